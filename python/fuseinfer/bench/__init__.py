@@ -1,0 +1,1 @@
+"""Microbenchmark harness: timing, device ceilings, reports and the summary page."""

@@ -1,0 +1,86 @@
+"""What a benchmark ran on: date, GPU, driver and software versions."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import importlib
+import importlib.metadata
+import platform
+import subprocess
+
+
+def _driver_version() -> str:
+    """Driver version from nvidia-smi; "unknown" where it is missing or fails."""
+    try:
+        done = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    lines = done.stdout.strip().splitlines()
+    return lines[0].strip() if lines and lines[0].strip() else "unknown"
+
+
+def _triton_version() -> str | None:
+    # The distribution metadata answers without importing triton, which is slow.
+    try:
+        return importlib.metadata.version("triton")
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    try:
+        import triton
+    except Exception:
+        return None
+    return getattr(triton, "__version__", None)
+
+
+def _fuseinfer_version() -> str | None:
+    try:
+        module = importlib.import_module("fuseinfer")
+    except Exception:
+        return None
+    return getattr(module, "__version__", None)
+
+
+def utc_now() -> str:
+    """UTC date-time in ISO form, to the second."""
+    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+
+
+def collect_environment(device: int | None = None) -> dict[str, object]:
+    """Describe the machine a run happens on; GPU fields are None without a GPU.
+
+    `gpu_key` is left None: the caller fills it from the dispatch identity.
+    """
+    env: dict[str, object] = {
+        "date": utc_now(),
+        "gpu": None,
+        "gpu_key": None,
+        "sm_count": None,
+        "compute_capability": None,
+        "memory_gib": None,
+        "driver": _driver_version(),
+        "torch": None,
+        "cuda": None,
+        "triton": _triton_version(),
+        "python": platform.python_version(),
+        "fuseinfer": _fuseinfer_version(),
+    }
+    try:
+        import torch
+    except ImportError:
+        return env
+    env["torch"] = torch.__version__
+    env["cuda"] = torch.version.cuda
+    if torch.cuda.is_available():
+        index = torch.cuda.current_device() if device is None else device
+        props = torch.cuda.get_device_properties(index)
+        env["gpu"] = torch.cuda.get_device_name(index)
+        env["sm_count"] = props.multi_processor_count
+        env["compute_capability"] = f"{props.major}.{props.minor}"
+        env["memory_gib"] = round(props.total_memory / 2**30, 1)
+    return env

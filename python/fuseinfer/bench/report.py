@@ -1,0 +1,119 @@
+"""Benchmark output: a plain-text table for the terminal and JSON files for the record."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+_RUN_KEYS = ("suite", "environment", "ceilings", "rows")
+
+
+@dataclass(frozen=True)
+class Column:
+    """One table column: row key, header text, format for non-None values, alignment."""
+
+    key: str
+    header: str
+    fmt: str = "{}"
+    align: str = ">"  # "<", ">" or "^", as in format specs
+
+
+def format_cell(value: object, fmt: str = "{}") -> str:
+    """Format one value; None (or a missing key) prints "-"."""
+    return "-" if value is None else fmt.format(value)
+
+
+def format_table(rows: Sequence[Mapping[str, object]], columns: Sequence[Column]) -> str:
+    """Monospace table: header line, a rule, one line per row; widths fit the content."""
+    for column in columns:
+        if column.align not in ("<", ">", "^"):
+            raise ValueError(f"column {column.key!r}: align must be '<', '>' or '^'")
+    body = [[format_cell(row.get(c.key), c.fmt) for c in columns] for row in rows]
+    widths = [max([len(c.header)] + [len(line[i]) for line in body]) for i, c in enumerate(columns)]
+
+    def render(cells: Sequence[str]) -> str:
+        parts = [f"{cell:{c.align}{w}}" for cell, c, w in zip(cells, columns, widths, strict=True)]
+        return "  ".join(parts).rstrip()
+
+    lines = [render([c.header for c in columns]), "  ".join("-" * w for w in widths)]
+    lines += [render(cells) for cells in body]
+    return "\n".join(lines)
+
+
+def _write_json(path: Path, data: object) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    os.replace(tmp, path)  # a crash mid-write must not destroy recorded runs
+
+
+def make_run(
+    suite: str,
+    environment: Mapping[str, Any],
+    ceilings: Mapping[str, Any] | None,
+    rows: Sequence[Mapping[str, Any]],
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """One run as a plain dict: suite, environment, ceilings, rows, then `extra` keys."""
+    run: dict[str, Any] = {
+        "suite": suite,
+        "environment": dict(environment),
+        "ceilings": None if ceilings is None else dict(ceilings),
+        "rows": [dict(row) for row in rows],
+    }
+    clash = sorted(set(extra or {}) & set(_RUN_KEYS))
+    if clash:
+        raise ValueError(f"extra must not redefine {clash}")
+    run.update(extra or {})
+    return run
+
+
+def write_run_json(
+    path: Path,
+    suite: str,
+    environment: Mapping[str, Any],
+    ceilings: Mapping[str, Any] | None,
+    rows: Sequence[Mapping[str, Any]],
+    extra: Mapping[str, Any] | None = None,
+) -> None:
+    """Write one run to `path`, creating parent folders."""
+    _write_json(Path(path), make_run(suite, environment, ceilings, rows, extra))
+
+
+def load_recorded(results_path: Path) -> dict[str, Any]:
+    """Read a recorded-results file, checking it is {"suite": str, "runs": [dict, ...]}."""
+    try:
+        data = json.loads(Path(results_path).read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{results_path}: not valid JSON ({err})") from err
+    if (
+        not isinstance(data, dict)
+        or not isinstance(data.get("suite"), str)
+        or not isinstance(data.get("runs"), list)
+        or not all(isinstance(run, dict) for run in data["runs"])
+    ):
+        raise ValueError(
+            f'{results_path}: expected {{"suite": <name>, "runs": [<run>, ...]}}, '
+            "found something else; fix or move the file before recording"
+        )
+    return data
+
+
+def record_run(results_path: Path, run: Mapping[str, Any]) -> None:
+    """Append `run` to microbench/results/<gpu>/<suite>.json, creating it if missing."""
+    results_path = Path(results_path)
+    suite = run.get("suite")
+    if results_path.exists():
+        data = load_recorded(results_path)
+        if suite is not None and suite != data["suite"]:
+            raise ValueError(f"{results_path} records suite {data['suite']!r}, not {suite!r}")
+    else:
+        if not isinstance(suite, str):
+            raise ValueError("run has no 'suite' name to start a results file with")
+        data = {"suite": suite, "runs": []}
+    data["runs"].append(dict(run))
+    _write_json(results_path, data)

@@ -1,0 +1,165 @@
+"""`fuseinfer bench norm`: RMSNorm kernels on real model shapes against torch and liger.
+
+Bytes counted per call (the fewest any kernel must move): rmsnorm reads x and writes y;
+fused_add_rmsnorm reads x and r and writes both; plus the weight once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..progress import Progress
+from ..report import Column
+from ..timing import TimingConfig, buffer_sets, l2_cache_bytes, time_calls
+from .. import norm_baselines  # noqa: I001
+
+MODEL_HIDDEN = {
+    1024: "Qwen3-0.6B",
+    2880: "GPT-OSS",
+    4096: "Llama-3-8B",
+    5120: "Qwen3-32B",
+    7168: "DeepSeek-V3",
+    8192: "Llama-3-70B",
+}
+TOKENS = (1, 8, 32, 128, 512, 2048, 8192, 32768)
+OPS = ("fused_add_rmsnorm", "rmsnorm")
+ALL_OPS = OPS + ("gemma_fused_add_rmsnorm", "gemma_rmsnorm")
+BASELINES = ("eager", "compile", "liger")
+EPS = 1e-6
+
+COLUMNS = [
+    Column("op", "op", align="<"),
+    Column("model", "model", align="<"),
+    Column("hidden", "hidden"),
+    Column("tokens", "tokens"),
+    Column("us", "us", "{:.2f}"),
+    Column("gbps", "GB/s", "{:.0f}"),
+    Column("pct_copy", "% copy", "{:.1f}"),
+    Column("vs_eager", "x eager", "{:.2f}"),
+    Column("vs_compile", "x compile", "{:.2f}"),
+    Column("vs_liger", "x liger", "{:.2f}"),
+    Column("l2", "L2", align="<"),
+    Column("rel_err", "rel err", "{:.1e}"),
+]
+
+
+@dataclass(frozen=True)
+class Shape:
+    tokens: int
+    hidden: int
+
+
+def parse_shapes(specs: Sequence[str]) -> list[Shape]:
+    """'512x4096' -> Shape(tokens=512, hidden=4096)."""
+    shapes = []
+    for spec in specs:
+        try:
+            tokens, hidden = (int(v) for v in spec.lower().split("x"))
+        except ValueError:
+            raise ValueError(f"bad shape '{spec}': expected TOKENSxHIDDEN, e.g. 512x4096")
+        if tokens < 1 or hidden < 1:
+            raise ValueError(f"bad shape '{spec}': sizes must be positive")
+        shapes.append(Shape(tokens, hidden))
+    return shapes
+
+
+def default_shapes() -> list[Shape]:
+    return [Shape(t, h) for h in MODEL_HIDDEN for t in TOKENS]
+
+
+def bytes_moved(op: str, shape: Shape, itemsize: int) -> int:
+    tensors = 4 if "fused" in op else 2
+    return (tensors * shape.tokens + 1) * shape.hidden * itemsize
+
+
+def _ours(op: str, sets: list[dict[str, torch.Tensor]], enable_pdl: bool | None
+          ) -> list[Callable[[], Any]]:
+    fn = getattr(torch.ops.fuseinfer, op)
+    if "fused" in op:
+        return [lambda s=s: fn(s["x"], s["r"], s["w"], EPS, enable_pdl) for s in sets]
+    return [lambda s=s: fn(s["y"], s["x"], s["w"], EPS, enable_pdl) for s in sets]
+
+
+def _baseline(name: str, op: str, sets: list[dict[str, torch.Tensor]]
+              ) -> list[Callable[[], Any]]:
+    fn = norm_baselines.baseline_fn(name, op)
+    # The outputs stay referenced by their set until its next call, so the allocator
+    # hands out as many output buffers as there are input sets.
+    if "fused" in op:
+        return [lambda s=s: s.__setitem__("out", fn(s["x"], s["r"], s["w"], EPS)) for s in sets]
+    return [lambda s=s: s.__setitem__("out", fn(s["x"], s["w"], EPS)) for s in sets]
+
+
+def _make_sets(shape: Shape, dtype: torch.dtype, count: int) -> list[dict[str, torch.Tensor]]:
+    w = torch.randn(shape.hidden, device="cuda", dtype=dtype)
+    sets = []
+    for _ in range(count):
+        x = torch.randn(shape.tokens, shape.hidden, device="cuda", dtype=dtype)
+        sets.append({"x": x, "r": torch.randn_like(x), "y": torch.empty_like(x), "w": w})
+    return sets
+
+
+def _check(op: str, shape: Shape, dtype: torch.dtype, enable_pdl: bool | None) -> float:
+    """Relative error of our op against the eager baseline on fresh data."""
+    s = _make_sets(shape, dtype, 1)[0]
+    x, r, w = s["x"].clone(), s["r"].clone(), s["w"]
+    if "fused" in op and not op.startswith("gemma"):
+        ref, _ = norm_baselines.torch_fused_add_rmsnorm(x, r, w, EPS)
+        torch.ops.fuseinfer.fused_add_rmsnorm(s["x"], s["r"], w, EPS, enable_pdl)
+        got = s["x"]
+    elif not op.startswith("gemma"):
+        ref = norm_baselines.torch_rmsnorm(x, w, EPS)
+        got = s["y"]
+        torch.ops.fuseinfer.rmsnorm(got, s["x"], w, EPS, enable_pdl)
+    else:
+        return float("nan")
+    return ((got.float() - ref.float()).norm() / ref.float().norm()).item()
+
+
+def run(shapes: Sequence[Shape], ops: Sequence[str], baselines: Sequence[str],
+        copy_gbps: float | None, dtype: torch.dtype = torch.bfloat16,
+        enable_pdl: bool | None = None, config: TimingConfig | None = None,
+        cold: bool = False) -> list[dict[str, Any]]:
+    """Time every (op, shape); one row per pair with our time and baseline ratios.
+
+    Every provider runs on the same buffer sets: one set, warm in L2, when a call's data
+    fits in a quarter of L2 (decode-sized), else enough rotated sets to defeat L2; `cold`
+    rotates for every shape."""
+    config = config or TimingConfig(repeats=15, target_graph_ms=2.0)
+    if "liger" in baselines and not norm_baselines.liger_available():
+        baselines = [b for b in baselines if b != "liger"]
+    l2 = l2_cache_bytes()
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    rows = []
+    with Progress(len(shapes) * len(ops), "bench norm") as progress:
+        for op in ops:
+            for shape in shapes:
+                progress.step(f"{op} tokens={shape.tokens} hidden={shape.hidden}")
+                nbytes = bytes_moved(op, shape, itemsize)
+                sets = _make_sets(shape, dtype, buffer_sets(nbytes, l2, cold))
+                ours = time_calls(_ours(op, sets, enable_pdl), config)
+                row: dict[str, Any] = {
+                    "op": op, "model": MODEL_HIDDEN.get(shape.hidden, ""),
+                    "hidden": shape.hidden, "tokens": shape.tokens,
+                    "dtype": str(dtype).removeprefix("torch."), "bytes": nbytes,
+                    "us": ours.median_us, "us_p20": ours.p20_us, "us_p80": ours.p80_us,
+                    "timing": ours.method, "calls_per_replay": ours.calls_per_replay,
+                    "rotated_sets": len(sets),
+                    "l2": "cold" if cold or 4 * nbytes > l2 else "warm",
+                    "gbps": nbytes / ours.median_us / 1e3,
+                }
+                row["pct_copy"] = 100 * row["gbps"] / copy_gbps if copy_gbps else None
+                for name in baselines:
+                    if op.startswith("gemma"):
+                        continue  # baselines implement the plain weight only
+                    base = time_calls(_baseline(name, op, sets), config)
+                    row[f"{name}_us"] = base.median_us
+                    row[f"vs_{name}"] = base.median_us / ours.median_us
+                row["rel_err"] = _check(op, shape, dtype, enable_pdl)
+                rows.append(row)
+                del sets
+    return rows

@@ -1,0 +1,157 @@
+"""Generate the benchmark summary in docs/benchmarks.md from recorded results.
+
+Usage: python -m fuseinfer.bench.summary [--results microbench/results] [--doc docs/benchmarks.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from fuseinfer.bench.report import load_recorded
+
+BEGIN_MARKER = "<!-- BEGIN GENERATED RESULTS -->"
+END_MARKER = "<!-- END GENERATED RESULTS -->"
+
+_CEILING_LABELS = (
+    ("copy_gbps", "copy {} GB/s"),
+    ("bf16_tflops", "bf16 {} TFLOP/s"),
+    ("fp8_tflops", "fp8 {} TFLOP/s"),
+)
+
+
+def format_number(value: float) -> str:
+    """About three significant digits, never scientific notation for usual magnitudes."""
+    if math.isnan(value) or math.isinf(value):
+        return str(value)
+    magnitude = abs(value)
+    if magnitude >= 100:
+        return f"{value:.0f}"
+    if magnitude >= 10:
+        return f"{value:.1f}"
+    if magnitude >= 1 or magnitude == 0:
+        return f"{value:.2f}"
+    return f"{value:.3g}"
+
+
+def _cell(value: object, fmt: str | None) -> str:
+    if value is None:
+        text = "-"
+    elif fmt:
+        text = fmt.format(value)
+    elif isinstance(value, float):
+        text = format_number(value)
+    else:
+        text = str(value)
+    return text.replace("|", "\\|")  # a bare pipe would split the markdown cell
+
+
+def _columns(run: Mapping[str, Any]) -> list[dict[str, Any]]:
+    declared = run.get("columns")
+    if declared:
+        return [
+            {"key": c["key"], "header": c.get("header", c["key"]), "fmt": c.get("fmt")}
+            for c in declared
+        ]
+    rows = run.get("rows") or []
+    return [{"key": key, "header": key, "fmt": None} for key in (rows[0] if rows else {})]
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[Mapping[str, Any]]) -> str:
+    """Markdown table; numeric columns are right-aligned."""
+    header = "| " + " | ".join(str(c["header"]) for c in columns) + " |"
+    rules = []
+    for c in columns:
+        values = [row.get(c["key"]) for row in rows if row.get(c["key"]) is not None]
+        numeric = bool(values) and all(_is_number(v) for v in values)
+        rules.append("---:" if numeric else "---")
+    lines = [header, "| " + " | ".join(rules) + " |"]
+    for row in rows:
+        lines.append("| " + " | ".join(_cell(row.get(c["key"]), c["fmt"]) for c in columns) + " |")
+    return "\n".join(lines)
+
+
+def _provenance(run: Mapping[str, Any]) -> str:
+    env = run.get("environment") or {}
+    parts = [
+        f"Recorded {env.get('date', 'unknown date')}",
+        f"GPU {env.get('gpu') or 'unknown'}",
+        f"driver {env.get('driver') or 'unknown'}",
+        f"torch {env.get('torch') or 'unknown'}",
+    ]
+    if env.get("cuda"):
+        parts.append(f"CUDA {env['cuda']}")
+    ceilings = run.get("ceilings") or {}
+    used = [
+        label.format(format_number(float(ceilings[key])))
+        for key, label in _CEILING_LABELS
+        if ceilings.get(key) is not None
+    ]
+    parts.append("ceilings: " + (", ".join(used) if used else "none"))
+    return "; ".join(parts) + "."
+
+
+def render_summary(results_dir: Path) -> str:
+    """Markdown for the latest run of every <results_dir>/<gpu>/<suite>.json."""
+    results_dir = Path(results_dir)
+    if not results_dir.is_dir():
+        raise FileNotFoundError(f"results folder {results_dir} does not exist")
+    sections = []
+    for gpu_dir in sorted(p for p in results_dir.iterdir() if p.is_dir()):
+        for path in sorted(gpu_dir.glob("*.json")):
+            recorded = load_recorded(path)
+            if not recorded["runs"]:
+                continue
+            run = recorded["runs"][-1]  # runs are appended in order: the last is the latest
+            sections.append(
+                "\n\n".join(
+                    [
+                        f"### {recorded['suite']} on {gpu_dir.name}",
+                        _provenance(run),
+                        markdown_table(run.get("rows") or [], _columns(run)),
+                    ]
+                )
+            )
+    if not sections:
+        return "_No recorded results yet._"
+    return "\n\n".join(sections)
+
+
+def update_benchmarks_doc(doc_path: Path, results_dir: Path) -> None:
+    """Replace the text between the generated-results markers of `doc_path`."""
+    doc_path = Path(doc_path)
+    lines = doc_path.read_text().splitlines()
+    stripped = [line.strip() for line in lines]
+    if stripped.count(BEGIN_MARKER) != 1 or stripped.count(END_MARKER) != 1:
+        raise ValueError(
+            f"{doc_path}: needs exactly one '{BEGIN_MARKER}' line and one '{END_MARKER}' line"
+        )
+    begin, end = stripped.index(BEGIN_MARKER), stripped.index(END_MARKER)
+    if begin > end:
+        raise ValueError(f"{doc_path}: '{END_MARKER}' comes before '{BEGIN_MARKER}'")
+    generated = ["", *render_summary(results_dir).splitlines(), ""]
+    doc_path.write_text("\n".join(lines[: begin + 1] + generated + lines[end:]) + "\n")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m fuseinfer.bench.summary",
+        description="Regenerate the results section of the benchmark page.",
+    )
+    parser.add_argument("--results", type=Path, default=Path("microbench/results"))
+    parser.add_argument("--doc", type=Path, default=Path("docs/benchmarks.md"))
+    args = parser.parse_args(argv)
+    update_benchmarks_doc(args.doc, args.results)
+    print(f"updated {args.doc} from {args.results}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,24 @@
+from __future__ import annotations
+
+import sys
+import zlib
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO / "python") not in sys.path:
+    sys.path.insert(0, str(REPO / "python"))
+
+
+@pytest.fixture(autouse=True)
+def _fresh_seed(request):
+    # A different seed per test, so each draws its own data, reproducible by test name.
+    torch.manual_seed(zlib.crc32(request.node.nodeid.encode()))
+
+
+@pytest.fixture
+def isolated_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("FUSEINFER_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache"

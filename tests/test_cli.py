@@ -1,0 +1,65 @@
+"""The `fuseinfer` command on a machine with no GPU."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(REPO / "python"), CUDA_VISIBLE_DEVICES="")
+    return subprocess.run([sys.executable, "-m", "fuseinfer.cli", *args], env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_info_without_gpu():
+    proc = run_cli("info")
+    assert proc.returncode == 0, proc.stderr
+    assert "device: no CUDA GPU visible" in proc.stdout
+    assert "norm:" in proc.stdout and "build cache:" in proc.stdout
+    assert "ninja:" in proc.stdout
+
+
+def test_info_json():
+    proc = run_cli("info", "--json")
+    report = json.loads(proc.stdout)
+    assert report["device"] is None
+    assert report["ops"]["norm"]["table"] == "builtin"
+    assert report["modules"] == ["norm"]
+    assert set(report["toolkit"]) == {"torch CUDA", "nvcc", "ninja", "cutlass"}
+
+
+@pytest.mark.parametrize("args", [("bench", "--help"), ("bench", "norm", "--help"),
+                                  ("bench", "ceilings", "--help"), ("tune", "--help")])
+def test_help(args):
+    proc = run_cli(*args)
+    assert proc.returncode == 0 and "usage: fuseinfer" in proc.stdout
+
+
+def test_bench_norm_without_gpu_runs_cpu_smoke():
+    proc = run_cli("bench", "norm")
+    assert proc.returncode == 0, proc.stderr
+    assert "no CUDA GPU found: running the CPU reference smoke" in proc.stderr
+    assert "worst relative error" in proc.stdout
+    assert "DeepSeek-V3" in proc.stdout
+
+
+@pytest.mark.parametrize("args", [("tune", "norm"), ("bench", "ceilings")])
+def test_gpu_only_commands_say_so(args):
+    proc = run_cli(*args)
+    assert proc.returncode == 1 and "no CUDA GPU found" in proc.stderr
+
+
+def test_bad_shape_is_reported():
+    from fuseinfer.bench.suites.norm import parse_shapes
+
+    assert parse_shapes(["512x4096"])[0].hidden == 4096
+    with pytest.raises(ValueError, match="expected TOKENSxHIDDEN"):
+        parse_shapes(["4096"])

@@ -1,0 +1,159 @@
+"""Norm ops on the CPU: schemas, reference against float64, checks, fake impls."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import fuseinfer
+from fuseinfer.ops.norm import reference_rmsnorm
+
+OPS = ["rmsnorm", "gemma_rmsnorm", "fused_add_rmsnorm", "gemma_fused_add_rmsnorm"]
+EPS = 1e-6
+REL = {torch.bfloat16: 8e-3, torch.float16: 1e-3, torch.float32: 1e-6}
+
+
+def float64_norm(x, w, offset):
+    x = x.double()
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + EPS) * (w.double() + offset)
+
+
+def rel_err(got, want):
+    assert not torch.isnan(got).any()
+    return ((got.double() - want).norm() / want.norm()).item()
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_schema_registered(op):
+    schema = str(getattr(torch.ops.fuseinfer, op).default._schema)
+    assert "bool? enable_pdl=None" in schema
+    assert "Tensor(a!)" in schema
+    if "fused" in op:
+        assert "Tensor(b!) residual" in schema
+
+
+def test_import_compiles_nothing(tmp_path):
+    """A fresh process imports fuseinfer and runs a CPU op without invoking nvcc."""
+    import os
+    import subprocess
+    import sys
+
+    marker = tmp_path / "nvcc_was_called"
+    fake_nvcc = tmp_path / "nvcc"
+    fake_nvcc.write_text(f"#!/bin/sh\ntouch {marker}\n")
+    fake_nvcc.chmod(0o755)
+    env = dict(os.environ, FUSEINFER_NVCC=str(fake_nvcc),
+               FUSEINFER_CACHE_DIR=str(tmp_path / "cache"),
+               PYTHONPATH=os.pathsep.join(sys.path))
+    code = ("import torch, fuseinfer; x = torch.randn(2, 8); "
+            "fuseinfer.ops.rmsnorm(x, torch.ones(8)); "
+            "assert fuseinfer.jit.loaded_modules() == {}; print('ok')")
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr
+    assert not marker.exists() and not (tmp_path / "cache").exists()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("hidden", [1024, 2880, 5120, 7168, 1000, 33])
+@pytest.mark.parametrize("op", ["rmsnorm", "gemma_rmsnorm"])
+def test_rmsnorm_cpu_matches_float64(op, hidden, dtype):
+    x = torch.randn(5, hidden, dtype=dtype)
+    w = torch.randn(hidden, dtype=dtype)
+    out = torch.full_like(x, float("nan"))
+    getattr(torch.ops.fuseinfer, op)(out, x, w, EPS, None)
+    assert rel_err(out, float64_norm(x, w, 1.0 if "gemma" in op else 0.0)) < REL[dtype]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("op", ["fused_add_rmsnorm", "gemma_fused_add_rmsnorm"])
+def test_fused_add_cpu_matches_float64(op, dtype):
+    x = torch.randn(9, 2880, dtype=dtype)
+    r = torch.randn_like(x)
+    w = torch.randn(2880, dtype=dtype)
+    summed = (x.double() + r.double()).to(dtype)
+    want = float64_norm(summed, w, 1.0 if "gemma" in op else 0.0)
+    getattr(torch.ops.fuseinfer, op)(x, r, w, EPS, None)
+    assert torch.equal(r, summed)
+    assert rel_err(x, want) < REL[dtype]
+
+
+def test_strided_rows_cpu():
+    buf = torch.randn(6, 4100, dtype=torch.bfloat16)
+    x = buf[:, :4096]
+    w = torch.randn(4096, dtype=torch.bfloat16)
+    out_buf = torch.full((6, 5000), float("nan"), dtype=torch.bfloat16)
+    fuseinfer.ops.rmsnorm(x, w, EPS, out=out_buf[:, 10:4106])
+    assert rel_err(out_buf[:, 10:4106], float64_norm(x, w, 0.0)) < 8e-3
+    assert torch.isnan(out_buf[:, :10]).all() and torch.isnan(out_buf[:, 4106:]).all()
+
+
+def test_reference_is_float32_math():
+    x = torch.randn(3, 64, dtype=torch.float64)
+    w = torch.randn(64, dtype=torch.float64)
+    assert reference_rmsnorm(x, w, EPS).dtype == torch.float64
+    assert reference_rmsnorm(x.bfloat16(), w.bfloat16(), EPS).dtype == torch.float32
+
+
+def _bad_cases():
+    x = torch.randn(4, 64, dtype=torch.bfloat16)
+    w = torch.randn(64, dtype=torch.bfloat16)
+    out = torch.empty_like(x)
+    return {
+        "weight dtype": ((out, x, w.float()), r"weight must have dtype torch.bfloat16"),
+        "weight length": ((out, x, w[:32]), r"weight must have shape \[64\]"),
+        "weight 2-D": ((out, x, w.view(8, 8)), r"weight must have shape"),
+        "out shape": ((out[:2], x, w), r"out must have shape \[4, 64\]"),
+        "out dtype": ((out.half(), x, w), r"out must have dtype"),
+        "last dim": ((out, x.t().contiguous().t(), w), r"input must be contiguous in its last"),
+        "input int": ((out, x.int(), w), r"input must be bfloat16, float16 or float32"),
+        "overlapping rows": ((out, x.as_strided((4, 64), (16, 1)), w), r"must not overlap"),
+    }
+
+
+@pytest.mark.parametrize("case", list(_bad_cases()))
+def test_bad_input_names_argument(case):
+    args, pattern = _bad_cases()[case]
+    with pytest.raises(ValueError, match=pattern):
+        torch.ops.fuseinfer.rmsnorm(*args, EPS, None)
+
+
+def test_fused_bad_residual():
+    x = torch.randn(4, 64, dtype=torch.bfloat16)
+    w = torch.randn(64, dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match=r"residual must have shape"):
+        fuseinfer.ops.fused_add_rmsnorm(x, torch.randn(4, 32, dtype=torch.bfloat16), w)
+    with pytest.raises(ValueError, match=r"eps must be >= 0"):
+        fuseinfer.ops.fused_add_rmsnorm(x, x.clone(), w, eps=-1.0)
+
+
+def test_fake_impl_under_torch_compile_fullgraph():
+    w = torch.randn(128, dtype=torch.bfloat16)
+
+    def layer(h, res):
+        fuseinfer.ops.fused_add_rmsnorm(h, res, w, EPS)
+        y = fuseinfer.ops.rmsnorm(h, w, EPS)
+        return fuseinfer.ops.gemma_rmsnorm(y * 2, w, EPS), res
+
+    h = torch.randn(4, 128, dtype=torch.bfloat16)
+    r = torch.randn_like(h)
+    want = layer(h.clone(), r.clone())
+    compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
+    got = compiled(h.clone(), r.clone())
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
+def test_fake_impl_checks_and_shapes():
+    x = torch.empty(4, 64, dtype=torch.bfloat16, device="meta")
+    w = torch.empty(64, dtype=torch.bfloat16, device="meta")
+    assert fuseinfer.ops.rmsnorm(x, w).shape == (4, 64)
+    with pytest.raises(ValueError, match="weight must have shape"):
+        fuseinfer.ops.rmsnorm(x, w[:8])
+    with pytest.raises(ValueError, match="residual must have dtype"):
+        fuseinfer.ops.fused_add_rmsnorm(x, x.float(), w)
+
+
+def test_no_cuda_kernel_before_first_use():
+    from fuseinfer.ops.library import has_cuda_kernel
+
+    assert not has_cuda_kernel("rmsnorm")
