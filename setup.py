@@ -1,6 +1,10 @@
 """Packaging. A plain install compiles nothing: CUDA modules are built on first use.
-FUSEINFER_AOT=1 prebuilds every csrc module (archs from FUSEINFER_AOT_ARCHS, default
-"9.0a;10.0a") into fuseinfer/_prebuilt, which the loader prefers when it matches."""
+
+    FUSEINFER_AOT=1 pip install --no-build-isolation .
+
+prebuilds every csrc module (archs from FUSEINFER_AOT_ARCHS, default "9.0a;10.0a") into
+fuseinfer/_prebuilt, which the loader prefers when it matches. The build needs the
+installed torch and nvidia-cutlass, hence --no-build-isolation."""
 
 from __future__ import annotations
 

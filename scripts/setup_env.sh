@@ -21,8 +21,14 @@ else
   # else from the PyTorch CPU index. A bare `pip install torch` would pull CUDA wheels.
   CPU_TORCH=${FUSEINFER_CPU_TORCH:-2.13.0}
   echo "setup: no torch found; installing a CPU build"
-  pip install -q --no-index "torch==$CPU_TORCH" 2>/dev/null \
-    || pip install -q --timeout 60 --index-url https://download.pytorch.org/whl/cpu torch
+  WHEELS=$(mktemp -d)
+  if pip download -q --no-index --no-deps -d "$WHEELS" "torch==$CPU_TORCH" 2>/dev/null \
+      && ls "$WHEELS"/torch-*+cpu-*.whl >/dev/null 2>&1; then
+    pip install -q "$WHEELS"/torch-*+cpu-*.whl  # its small dependencies come from the index
+  else
+    pip install -q --timeout 60 --index-url https://download.pytorch.org/whl/cpu torch
+  fi
+  rm -rf "$WHEELS"
 fi
 
 if ! python -c "import fuseinfer, pytest" >/dev/null 2>&1 || [ "${FUSEINFER_REINSTALL:-0}" = 1 ]; then

@@ -38,7 +38,7 @@ def test_gpu_key(name, major, minor, key):
 
 
 def _table(ops):
-    return {"key": "x", "description": "test", "ops": ops}
+    return {"description": "test", "ops": ops}
 
 
 def _rules():
@@ -142,3 +142,10 @@ def test_rule_for_first_match_per_kind():
 def test_family_key():
     assert family_key(ident("x", 9, 0)) == "sm90"
     assert family_key(ident("x", 10, 3)) == "sm100"
+
+
+def test_key_must_match_file_name(tmp_path):
+    data = _table({"norm": _norm_entry()}) | {"key": "h200"}
+    _write(tmp_path, "h100", data)
+    with pytest.raises(TableError, match="key 'h200' does not match the file name"):
+        lookup("norm", ident("NVIDIA H100"), tmp_path)

@@ -58,6 +58,16 @@ def test_per_file_flags_apply_to_that_file_only(tmp_path, monkeypatch):
     assert "build quant.so: link quant_plain.cu.o quant_fast.cu.o" in text
 
 
+def test_unknown_source_field_is_an_error(tmp_path):
+    spec = _spec_with_two_sources(tmp_path)
+    module = spec.sources[0].path.parent / "module.json"
+    data = json.loads(module.read_text())
+    data["sources"][1] = {"path": "fast.cu", "flag": ["--use_fast_math"]}
+    module.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=r"unknown field\(s\) \['flag'\] in a source entry"):
+        load_spec(module)
+
+
 def test_cache_key_tracks_sources_flags_and_torch(tmp_path):
     spec = _spec_with_two_sources(tmp_path)
     key = BuildKey("quant", spec.sources_digest(), ("-O3",), "2.11.0", "13.0", ("9.0a",), "4.2")

@@ -157,3 +157,23 @@ def test_no_cuda_kernel_before_first_use():
     from fuseinfer.ops.library import has_cuda_kernel
 
     assert not has_cuda_kernel("rmsnorm")
+
+
+def test_overlapping_tensors_are_rejected():
+    buf = torch.randn(5, 64, dtype=torch.bfloat16)
+    w = torch.randn(64, dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="out must not overlap input"):
+        fuseinfer.ops.rmsnorm(buf[:4], w, out=buf[1:5])
+    with pytest.raises(ValueError, match="residual must not overlap input"):
+        fuseinfer.ops.fused_add_rmsnorm(buf[:4], buf[1:5], w)
+    x = buf[:4].clone()
+    with pytest.raises(ValueError, match="weight must not overlap out"):
+        fuseinfer.ops.rmsnorm(x, x[0], out=x)
+
+
+def test_in_place_rmsnorm_is_allowed():
+    x = torch.randn(4, 64, dtype=torch.float32)
+    w = torch.randn(64, dtype=torch.float32)
+    want = float64_norm(x, w, 0.0)
+    fuseinfer.ops.rmsnorm(x, w, out=x)
+    assert rel_err(x, want) < 1e-6

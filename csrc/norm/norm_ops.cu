@@ -5,6 +5,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <utility>
 
 #include "device_info.h"
 #include "launch_table.h"
@@ -47,6 +48,27 @@ RowView row_view(const at::Tensor& t, const char* op, const char* name) {
   return {rows, stride};
 }
 
+// Byte range [first, last) that a row view touches.
+std::pair<uintptr_t, uintptr_t> byte_range(const at::Tensor& t, const RowView& rows) {
+  const auto first = reinterpret_cast<uintptr_t>(t.data_ptr());
+  const int64_t elements = (rows.rows - 1) * rows.stride + t.size(-1);
+  return {first, first + static_cast<uintptr_t>(elements) * t.element_size()};
+}
+
+// Rows written by one block must not be read or written by another through a second
+// tensor: only the exact alias `out is input` (same start and stride) is allowed.
+void check_no_overlap(const at::Tensor& a, const RowView& a_rows, const at::Tensor& b,
+                      const RowView& b_rows, bool exact_alias_ok, const char* op,
+                      const char* a_name, const char* b_name) {
+  if (a_rows.rows == 0 || b_rows.rows == 0) return;
+  const auto [a0, a1] = byte_range(a, a_rows);
+  const auto [b0, b1] = byte_range(b, b_rows);
+  const bool exact = a0 == b0 && a_rows.stride == b_rows.stride && a.sizes() == b.sizes();
+  FUSEINFER_CHECK_ARG(a1 <= b0 || b1 <= a0 || (exact_alias_ok && exact), op, a_name,
+                      "must not overlap ", b_name,
+                      exact_alias_ok ? " (passing the same tensor for both is allowed)" : "");
+}
+
 void check_same(const at::Tensor& t, const at::Tensor& input, const char* op, const char* name) {
   FUSEINFER_CHECK_ARG(t.device() == input.device(), op, name, "must be on ", input.device(),
                       " like input, got ", t.device());
@@ -68,8 +90,8 @@ bool resolve_pdl(std::optional<bool> enable_pdl, const LaunchTable* table, int d
   const bool supported = cc >= 90;
   if (enable_pdl.has_value()) {
     FUSEINFER_CHECK_ARG(!*enable_pdl || supported, op, "enable_pdl",
-                        "=True needs compute capability 9.0 or newer, this GPU is ",
-                        cc / 10, ".", cc % 10);
+                        "must be False or None on this GPU: PDL needs compute capability 9.0 "
+                        "or newer, this GPU is ", cc / 10, ".", cc % 10);
     return *enable_pdl;
   }
   return supported && (table == nullptr || table->enable_pdl);
@@ -185,6 +207,15 @@ void run(const char* op, const at::Tensor& out, const at::Tensor& input,
   const RowView res_rows = fused ? row_view(*residual, op, "residual") : RowView{0, 0};
   const int64_t hidden = input.size(-1);
   FUSEINFER_CHECK_ARG(hidden <= (int64_t{1} << 30), op, "input", "hidden size too large");
+  const RowView weight_rows{1, hidden};
+  if (fused) {
+    check_no_overlap(*residual, res_rows, input, in_rows, false, op, "residual", "input");
+    check_no_overlap(weight, weight_rows, input, in_rows, false, op, "weight", "input");
+    check_no_overlap(weight, weight_rows, *residual, res_rows, false, op, "weight", "residual");
+  } else {
+    check_no_overlap(out, out_rows, input, in_rows, true, op, "out", "input");
+    check_no_overlap(weight, weight_rows, out, out_rows, false, op, "weight", "out");
+  }
   if (in_rows.rows == 0 || hidden == 0) return;
 
   const c10::cuda::CUDAGuard guard(input.device());

@@ -152,13 +152,17 @@ def test_torch_compile_fullgraph_inductor():
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
 
 
-@pytest.mark.parametrize("case", ["dtype", "device", "shape", "contiguous", "out_shape"])
+@pytest.mark.parametrize("case", ["dtype", "device", "shape", "contiguous", "out_shape",
+                                  "overlap", "fused_overlap"])
 def test_bad_input_errors(case):
     x = torch.randn(8, 256, device="cuda", dtype=torch.bfloat16)
     w = torch.randn(256, device="cuda", dtype=torch.bfloat16)
     out = torch.empty_like(x)
     fuseinfer.ops.rmsnorm(x, w)  # loaded: the checks below run in the C++ launcher
+    buf = torch.randn(9, 256, device="cuda", dtype=torch.bfloat16)
     bad = {
+        "overlap": (buf[1:9], buf[:8], w, r"out must not overlap input"),
+        "fused_overlap": (None, None, None, r"residual must not overlap input"),
         "dtype": (out, x, w.float(), r"weight must have dtype"),
         "device": (out, x, w.cpu(), r"weight must be on"),
         "shape": (out, x, w[:128], r"weight must have shape \[256\]"),
@@ -166,4 +170,7 @@ def test_bad_input_errors(case):
         "out_shape": (out[:4], x, w, r"out must have shape"),
     }[case]
     with pytest.raises(ValueError, match=bad[3]):
-        torch.ops.fuseinfer.rmsnorm(bad[0], bad[1], bad[2], EPS, None)
+        if case == "fused_overlap":
+            torch.ops.fuseinfer.fused_add_rmsnorm(buf[:8], buf[1:9], w, EPS, None)
+        else:
+            torch.ops.fuseinfer.rmsnorm(bad[0], bad[1], bad[2], EPS, None)

@@ -58,9 +58,12 @@ def add_tune_parser(sub: Any) -> None:
     tune = sub.add_parser("tune", help="search launch shapes on this GPU and write its "
                           "dispatch table entry")
     tune.add_argument("op", choices=["norm"])
-    tune.add_argument("--hidden", nargs="+", type=int, help="hidden sizes to tune")
+    tune.add_argument("--hidden", nargs="+", type=int,
+                      help="hidden sizes to tune (default: 1024 ... 16384); the entry written "
+                      "covers only these, each rule serving sizes up to its own")
     tune.add_argument("--output", type=Path,
-                      help="table file to update (default: autotune_configs/<gpu-key>.json)")
+                      help="table file to update (default: <gpu-key>.json in the tables folder "
+                      "that `fuseinfer info` shows)")
     tune.add_argument("--log", type=Path, help="write every timing taken as JSON")
     tune.set_defaults(handler=_run_tune)
 
@@ -169,7 +172,7 @@ def _run_tune(args: argparse.Namespace) -> int:
     identity = current_identity()
     assert identity is not None
     device = torch.cuda.current_device()
-    hidden = tuple(args.hidden) if args.hidden else norm_tune.HIDDEN
+    hidden = tuple(sorted(set(args.hidden))) if args.hidden else norm_tune.HIDDEN
     rules, log = norm_tune.tune(device, hidden)
     pdl, pdl_times = norm_tune.pdl_helps(device, rules)
     source = (f"tuned on {identity.name} {utc_now()[:10]} (bf16, torch {torch.__version__}; "

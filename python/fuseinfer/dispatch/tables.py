@@ -88,7 +88,10 @@ def _load_file(path: str, mtime_ns: int) -> dict[str, Any]:
             data = json.load(f)
         except json.JSONDecodeError as e:
             raise TableError(f"{path}: not valid JSON ({e})") from e
-    return parse_table(data, Path(path).name)
+    name = Path(path)
+    if isinstance(data, Mapping) and "key" in data and data["key"] != name.stem:
+        raise TableError(f"{name.name}: key '{data['key']}' does not match the file name")
+    return parse_table(data, name.name)
 
 
 def load_table(path: Path) -> dict[str, Any]:

@@ -5,7 +5,7 @@ loader takes a prebuilt library only when its metadata matches the running torch
 major version, sources and the device's arch.
 
     python -m fuseinfer.jit.aot build --out DIR [--archs "9.0a;10.0a"]
-    python -m fuseinfer.jit.aot metadata --module norm --archs "9.0a" --out DIR
+    python -m fuseinfer.jit.aot metadata --module norm --archs "9.0a" --out DIR --cuda 13.0
 """
 
 from __future__ import annotations

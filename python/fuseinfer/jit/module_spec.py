@@ -57,6 +57,10 @@ def load_spec(path: Path) -> ModuleSpec:
     if unknown:
         raise ValueError(f"{path}: unknown field(s) {sorted(unknown)}")
     root = path.parent.parent
+    for entry in data["sources"]:
+        extra = set(entry) - {"path", "flags"}
+        if extra:
+            raise ValueError(f"{path}: unknown field(s) {sorted(extra)} in a source entry")
     sources = tuple(
         SourceFile(path.parent / s["path"], tuple(s.get("flags", ()))) for s in data["sources"]
     )

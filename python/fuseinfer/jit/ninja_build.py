@@ -128,7 +128,8 @@ def run_ninja(plan: BuildPlan, folder: Path, output: Path, compile_only: bool = 
     folder.mkdir(parents=True, exist_ok=True)
     write_ninja(plan, folder, output, compile_only)
     what = "compiling" if compile_only else "building"
-    print(f"fuseinfer: {what} CUDA module '{plan.spec.name}' for sm_{'/'.join(plan.archs)} "
+    archs = "/".join("sm_" + a.replace(".", "") for a in plan.archs)
+    print(f"fuseinfer: {what} CUDA module '{plan.spec.name}' for {archs} "
           f"in {folder} ...", file=sys.stderr, flush=True)
     start = time.perf_counter()
     cmd = [find_ninja(), "-C", str(folder)] + (["-v"] if verbose else [])

@@ -139,9 +139,21 @@ def cutlass_version() -> str:
 def probe() -> dict[str, str]:
     """What `fuseinfer info` shows: each requirement found, or why not."""
     report: dict[str, str] = {}
+    def nvcc() -> str:
+        found = next((c for c in _nvcc_candidates() if c.is_file()), None)
+        if found is None:
+            raise ToolkitError("nvcc not found (set CUDA_HOME or FUSEINFER_NVCC)")
+        version = "{}.{}".format(*_nvcc_version(str(found)))
+        try:
+            find_toolkit()
+            verdict = "matches torch"
+        except ToolkitError as e:
+            verdict = f"not usable: {e}"
+        return f"{found} (CUDA {version}; {verdict})"
+
     checks = {
         "torch CUDA": lambda: ".".join(map(str, torch_cuda_version())),
-        "nvcc": lambda: f"{find_toolkit().nvcc} (CUDA {find_toolkit().version_str})",
+        "nvcc": nvcc,
         "ninja": find_ninja,
         "cutlass": lambda: f"{cutlass_version()} at {cutlass_include_dirs()[0]}",
     }

@@ -35,6 +35,39 @@ def check_rows(t: torch.Tensor, op: str, arg: str) -> None:
         _fail(op, arg, f"rows must not overlap (row stride {stride} < hidden {hidden})")
 
 
+def _row_stride(t: torch.Tensor) -> int:
+    for d in range(t.dim() - 2, -1, -1):
+        if t.size(d) != 1:
+            return t.stride(d)
+    return t.size(-1)
+
+
+def _byte_range(t: torch.Tensor) -> tuple[int, int]:
+    rows = t.numel() // max(t.size(-1), 1)
+    first = t.data_ptr()
+    return first, first + ((rows - 1) * _row_stride(t) + t.size(-1)) * t.element_size()
+
+
+def _has_storage(t: torch.Tensor) -> bool:
+    from torch._subclasses.fake_tensor import is_fake
+
+    return t.device.type != "meta" and not is_fake(t)
+
+
+def check_no_overlap(a: torch.Tensor, b: torch.Tensor, op: str, a_name: str, b_name: str,
+                     exact_alias_ok: bool = False) -> None:
+    """One kernel block's rows must not be touched through a second tensor; only the
+    exact alias `out is input` is allowed."""
+    if a.numel() == 0 or b.numel() == 0 or not (_has_storage(a) and _has_storage(b)):
+        return
+    a0, a1 = _byte_range(a)
+    b0, b1 = _byte_range(b)
+    exact = a0 == b0 and a.shape == b.shape and _row_stride(a) == _row_stride(b)
+    if not (a1 <= b0 or b1 <= a0 or (exact_alias_ok and exact)):
+        hint = " (passing the same tensor for both is allowed)" if exact_alias_ok else ""
+        _fail(op, a_name, f"must not overlap {b_name}{hint}")
+
+
 def check_like_input(t: torch.Tensor, input: torch.Tensor, op: str, arg: str) -> None:
     if t.device != input.device:
         _fail(op, arg, f"must be on {input.device} like input, got {t.device}")
@@ -70,3 +103,10 @@ def check_norm_args(
         check_rows(t, op, arg)
     if not eps >= 0:
         _fail(op, "eps", f"must be >= 0, got {eps}")
+    if residual is not None:
+        check_no_overlap(residual, input, op, "residual", "input")
+        check_no_overlap(weight, input, op, "weight", "input")
+        check_no_overlap(weight, residual, op, "weight", "residual")
+    if out is not None:
+        check_no_overlap(out, input, op, "out", "input", exact_alias_ok=True)
+        check_no_overlap(weight, out, op, "weight", "out")

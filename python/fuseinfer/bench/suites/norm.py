@@ -107,16 +107,17 @@ def _check(op: str, shape: Shape, dtype: torch.dtype, enable_pdl: bool | None) -
     """Relative error of our op against the eager baseline on fresh data."""
     s = _make_sets(shape, dtype, 1)[0]
     x, r, w = s["x"].clone(), s["r"].clone(), s["w"]
-    if "fused" in op and not op.startswith("gemma"):
-        ref, _ = norm_baselines.torch_fused_add_rmsnorm(x, r, w, EPS)
-        torch.ops.fuseinfer.fused_add_rmsnorm(s["x"], s["r"], w, EPS, enable_pdl)
+    # Gemma applies the weight as (1 + w): the plain reference with w + 1 is its oracle.
+    w_ref = w.float() + 1.0 if op.startswith("gemma") else w
+    fn = getattr(torch.ops.fuseinfer, op)
+    if "fused" in op:
+        ref, _ = norm_baselines.torch_fused_add_rmsnorm(x, r, w_ref, EPS)
+        fn(s["x"], s["r"], w, EPS, enable_pdl)
         got = s["x"]
-    elif not op.startswith("gemma"):
-        ref = norm_baselines.torch_rmsnorm(x, w, EPS)
-        got = s["y"]
-        torch.ops.fuseinfer.rmsnorm(got, s["x"], w, EPS, enable_pdl)
     else:
-        return float("nan")
+        ref = norm_baselines.torch_rmsnorm(x, w_ref, EPS)
+        got = s["y"]
+        fn(got, s["x"], w, EPS, enable_pdl)
     return ((got.float() - ref.float()).norm() / ref.float().norm()).item()
 
 
