@@ -32,6 +32,13 @@ class BuildPy(build_py):
                 shutil.rmtree(target, ignore_errors=True)
                 shutil.copytree(ROOT / folder, target)
         if os.environ.get("FUSEINFER_AOT") == "1":
+            try:
+                import torch  # noqa: F401
+            except ImportError:
+                raise SystemExit(
+                    "FUSEINFER_AOT=1 builds against your installed torch, which pip's build "
+                    "isolation hides: run `FUSEINFER_AOT=1 pip install --no-build-isolation .`"
+                ) from None
             sys.path.insert(0, str(ROOT / "python"))
             from fuseinfer.jit.aot import build_all, parse_archs
 

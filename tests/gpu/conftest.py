@@ -5,7 +5,6 @@ from pathlib import Path
 import pytest
 import torch
 
-
 _HERE = Path(__file__).resolve().parent
 
 

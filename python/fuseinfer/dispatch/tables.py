@@ -81,7 +81,7 @@ def parse_table(data: Any, where: str) -> dict[str, Any]:
     return entries
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _load_file(path: str, mtime_ns: int) -> dict[str, Any]:
     with open(path) as f:
         try:

@@ -12,10 +12,10 @@ from typing import Any
 
 import torch
 
+from .. import norm_baselines  # noqa: I001
 from ..progress import Progress
 from ..report import Column
 from ..timing import TimingConfig, buffer_sets, l2_cache_bytes, time_calls
-from .. import norm_baselines  # noqa: I001
 
 MODEL_HIDDEN = {
     1024: "Qwen3-0.6B",
@@ -60,7 +60,8 @@ def parse_shapes(specs: Sequence[str]) -> list[Shape]:
         try:
             tokens, hidden = (int(v) for v in spec.lower().split("x"))
         except ValueError:
-            raise ValueError(f"bad shape '{spec}': expected TOKENSxHIDDEN, e.g. 512x4096")
+            raise ValueError(
+                f"bad shape '{spec}': expected TOKENSxHIDDEN, e.g. 512x4096") from None
         if tokens < 1 or hidden < 1:
             raise ValueError(f"bad shape '{spec}': sizes must be positive")
         shapes.append(Shape(tokens, hidden))

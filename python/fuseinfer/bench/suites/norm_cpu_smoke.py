@@ -10,16 +10,14 @@ import torch
 from ..progress import Progress
 from ..report import Column
 from ..timing import time_eager_cpu
+from .norm import COLUMNS as NORM_COLUMNS
 from .norm import MODEL_HIDDEN
 
 TOKENS = (1, 8, 32)
 EPS = 1e-6
 
 COLUMNS = [
-    Column("op", "op", align="<"),
-    Column("model", "model", align="<"),
-    Column("hidden", "hidden"),
-    Column("tokens", "tokens"),
+    *NORM_COLUMNS[:4],  # op, model, hidden, tokens
     Column("us", "CPU us", "{:.1f}"),
     Column("rel_err", "rel err vs fp64", "{:.1e}"),
 ]
@@ -28,6 +26,28 @@ COLUMNS = [
 def _float64_rmsnorm(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     x = x.double()
     return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + EPS) * w.double()
+
+
+def _check_and_time(op: str, x: torch.Tensor, r: torch.Tensor, w: torch.Tensor
+                    ) -> tuple[float, float]:
+    """(relative error against float64, median CPU microseconds) of one op on one shape."""
+    if op == "fused_add_rmsnorm":
+        expected = _float64_rmsnorm((x.double() + r.double()).to(x.dtype), w)
+        got, residual = x.clone(), r.clone()
+        torch.ops.fuseinfer.fused_add_rmsnorm(got, residual, w, EPS, None)
+
+        def call() -> None:
+            torch.ops.fuseinfer.fused_add_rmsnorm(x.clone(), r.clone(), w, EPS, None)
+    else:
+        expected = _float64_rmsnorm(x, w)
+        got = torch.empty_like(x)
+
+        def call() -> None:
+            torch.ops.fuseinfer.rmsnorm(got, x, w, EPS, None)
+
+        call()
+    err = ((got.double() - expected).norm() / expected.norm()).item()
+    return err, time_eager_cpu(call, repeats=3).median_us
 
 
 def run(dtype: torch.dtype = torch.bfloat16) -> list[dict[str, Any]]:
@@ -40,21 +60,7 @@ def run(dtype: torch.dtype = torch.bfloat16) -> list[dict[str, Any]]:
                 x = torch.randn(tokens, hidden, dtype=dtype)
                 r = torch.randn_like(x)
                 w = torch.randn(hidden, dtype=dtype)
-                if op == "fused_add_rmsnorm":
-                    summed = (x.double() + r.double()).to(dtype)
-                    expected = _float64_rmsnorm(summed, w)
-                    xi, ri = x.clone(), r.clone()
-                    torch.ops.fuseinfer.fused_add_rmsnorm(xi, ri, w, EPS, None)
-                    got = xi
-                    timing = time_eager_cpu(repeats=3, fn=lambda: torch.ops.fuseinfer.fused_add_rmsnorm(
-                        x.clone(), r.clone(), w, EPS, None))
-                else:
-                    expected = _float64_rmsnorm(x, w)
-                    got = torch.empty_like(x)
-                    torch.ops.fuseinfer.rmsnorm(got, x, w, EPS, None)
-                    timing = time_eager_cpu(repeats=3, fn=
-                        lambda: torch.ops.fuseinfer.rmsnorm(got, x, w, EPS, None))
-                err = ((got.double() - expected).norm() / expected.norm()).item()
+                err, us = _check_and_time(op, x, r, w)
                 rows.append({"op": op, "model": MODEL_HIDDEN[hidden], "hidden": hidden,
-                             "tokens": tokens, "us": timing.median_us, "rel_err": err})
+                             "tokens": tokens, "us": us, "rel_err": err})
     return rows
