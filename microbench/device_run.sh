@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Everything that needs a GPU, in one go, on a freshly lent machine:
-#   microbench/device_run.sh STEP...     steps: tests aot tune bench bench-quick
+#   microbench/device_run.sh STEP...     steps: tests aot tune bench bench-quick tune-rope bench-rope
 # Installs the wheels carried in .whl/, restores a carried JIT cache (.devcache/), runs the
 # steps and leaves at most 8 files in $OUT: logs.tgz, the run and recorded JSON, the tuned
 # table, the tuning log, the ceilings and the JIT cache for the next call.
@@ -76,6 +76,11 @@ for s in "$@"; do
       extra=(); [ "$s" = bench-quick ] && extra=(--tokens 1 128 8192 --hidden 4096 7168)
       TAIL=110 step bench_norm python3 -m fuseinfer.cli bench norm --record --json "$OUT/norm_run.json" "${extra[@]}"
       cp "microbench/results/$KEY/norm.json" "$OUT/results_norm_$KEY.json" ;;
+    tune-rope) TAIL=12 step tune_rope python3 -m fuseinfer.cli tune rope --log "$OUT/tune_rope_log.json"
+          cp "autotune_configs/$KEY.json" "$OUT/table_$KEY.json" ;;
+    bench-rope)
+      TAIL=60 step bench_rope python3 -m fuseinfer.cli bench rope --record --json "$OUT/rope_run.json"
+      cp "microbench/results/$KEY/rope.json" "$OUT/results_rope_$KEY.json" ;;
     *) echo "unknown step $s" ;;
   esac
 done

@@ -40,24 +40,43 @@ def add_bench_parser(sub: Any) -> None:
     norm.add_argument("--baselines", nargs="*", default=["eager", "compile", "liger"],
                       help="baselines timed in the same run (liger skipped if absent)")
     norm.add_argument("--dtype", choices=sorted(_DTYPES), default="bf16")
-    norm.add_argument("--pdl", choices=["auto", "on", "off"], default="auto")
-    norm.add_argument("--cold", action="store_true",
-                      help="rotate buffers past L2 for every shape (default: only shapes "
-                      "whose data exceeds a quarter of L2; smaller ones run L2-warm)")
-    norm.add_argument("--json", type=Path, help="write this run as JSON here")
-    norm.add_argument("--record", action="store_true",
-                      help="append the run to microbench/results/<gpu>/norm.json")
+    _add_run_options(norm, "norm")
     norm.set_defaults(handler=_run_norm)
+
+    rope = suites.add_parser("rope", help="RoPE fused with the KV-cache write, and the "
+                             "cache write alone, on real model shapes (bf16)")
+    rope.add_argument("--models", nargs="+", metavar="MODEL",
+                      help="keep only these models (default: Llama-3-8B Qwen3-0.6B "
+                      "GPT-OSS-120B DeepSeek-V3)")
+    rope.add_argument("--tokens", nargs="+", type=int,
+                      help="token counts (default: 1 8 32 128 512 4096 16384)")
+    rope.add_argument("--baselines", nargs="*", default=["eager", "compile", "flashinfer"],
+                      help="baselines timed in the same run (flashinfer skipped if absent); "
+                      "our unfused rope + store_kv is always timed")
+    _add_run_options(rope, "rope")
+    rope.set_defaults(handler=_run_rope)
 
     summary = suites.add_parser("summary", help="regenerate docs/benchmarks.md from "
                                 "microbench/results")
     summary.set_defaults(handler=_run_summary)
 
 
+def _add_run_options(parser: argparse.ArgumentParser, suite: str) -> None:
+    parser.add_argument("--pdl", choices=["auto", "on", "off"], default="auto")
+    parser.add_argument("--cold", action="store_true",
+                        help="rotate buffers past L2 for every shape (default: only shapes "
+                        "whose data exceeds a quarter of L2; smaller ones run L2-warm)")
+    parser.add_argument("--json", type=Path, help="write this run as JSON here")
+    parser.add_argument("--record", action="store_true",
+                        help=f"append the run to microbench/results/<gpu>/{suite}.json")
+
+
 def add_tune_parser(sub: Any) -> None:
     tune = sub.add_parser("tune", help="search launch shapes on this GPU and write its "
                           "dispatch table entry")
-    tune.add_argument("op", choices=["norm"])
+    tune.add_argument("op", choices=["norm", "rope"],
+                      help="norm: the RMSNorm family; rope: RoPE (+ KV write) and "
+                      "store_kv_cache")
     tune.add_argument("--hidden", nargs="+", type=int,
                       help="hidden sizes to tune (default: 1024 ... 16384); the entry written "
                       "covers only these, each rule serving sizes up to its own")
@@ -102,25 +121,59 @@ def _environment() -> dict[str, Any]:
     return env
 
 
-def _run_norm(args: argparse.Namespace) -> int:
-    import torch
+_PDL = {"auto": None, "on": True, "off": False}
 
+
+def _cpu_smoke(smoke: Any) -> int:
+    """The no-GPU path of a suite: its CPU reference smoke, passing on small errors."""
+    import math
+
+    from .report import format_table
+
+    print("no CUDA GPU found: running the CPU reference smoke instead of the benchmark "
+          "(CPU times say nothing about GPU kernels).", file=sys.stderr)
+    rows = smoke.run()
+    print(format_table(rows, smoke.COLUMNS))
+    errs = [r["rel_err"] for r in rows]
+    worst = math.nan if any(math.isnan(e) for e in errs) else max(errs)
+    print(f"CPU reference vs float64: worst relative error {worst:.1e}")
+    return 0 if worst < 1e-2 else 1
+
+
+def _report(name: str, columns: list[Any], rows: list[dict[str, Any]],
+            copy_gbps: float | None, args: argparse.Namespace) -> int:
+    """Print the table; write --json and append --record as the suite `name`."""
+    from .ceilings import load_ceilings
     from .report import format_table, make_run, record_run, write_run_json
 
+    print(format_table(rows, columns))
+    ceilings = load_ceilings()
+    env = _environment()
+    extra = {"columns": [{"key": c.key, "header": c.header, "fmt": c.fmt} for c in columns],
+             "pdl": args.pdl, "cold": args.cold}
+    run = make_run(name, env, ceilings.__dict__ if ceilings else {"copy_gbps": copy_gbps},
+                   rows, extra)
+    if args.json:
+        write_run_json(args.json, name, env, run["ceilings"], rows, extra)
+    if args.record:
+        root = repo_dir() or Path.cwd()
+        path = root / "microbench" / "results" / str(env["gpu_key"]) / f"{name}.json"
+        record_run(path, run)
+        print(f"recorded in {path}", file=sys.stderr)
+    return 0
+
+
+def _run_norm(args: argparse.Namespace) -> int:
     if not _has_gpu():
         from .suites import norm_cpu_smoke
 
-        print("no CUDA GPU found: running the CPU reference smoke instead of the benchmark "
-              "(CPU times say nothing about GPU kernels).", file=sys.stderr)
-        rows = norm_cpu_smoke.run()
-        print(format_table(rows, norm_cpu_smoke.COLUMNS))
-        worst = max(r["rel_err"] for r in rows)
-        print(f"CPU reference vs float64: worst relative error {worst:.1e}")
-        return 0 if worst < 1e-2 else 1
+        return _cpu_smoke(norm_cpu_smoke)
+
+    import torch
 
     import fuseinfer  # noqa: F401  (registers the ops)
 
-    from .ceilings import copy_bandwidth_gbps, load_ceilings
+    from .ceilings import copy_bandwidth_gbps
     from .suites import norm as suite
 
     ops = args.ops or list(suite.OPS)
@@ -128,25 +181,36 @@ def _run_norm(args: argparse.Namespace) -> int:
     if unknown:
         raise SystemExit(f"unknown op(s) {unknown}; choose from {list(suite.ALL_OPS)}")
     copy_gbps = copy_bandwidth_gbps()
-    pdl = {"auto": None, "on": True, "off": False}[args.pdl]
     rows = suite.run(_select_shapes(args), ops, args.baselines, copy_gbps,
-                     dtype=getattr(torch, _DTYPES[args.dtype]), enable_pdl=pdl,
+                     dtype=getattr(torch, _DTYPES[args.dtype]), enable_pdl=_PDL[args.pdl],
                      cold=args.cold)
-    print(format_table(rows, suite.COLUMNS))
-    ceilings = load_ceilings()
-    env = _environment()
-    extra = {"columns": [{"key": c.key, "header": c.header, "fmt": c.fmt}
-                         for c in suite.COLUMNS], "pdl": args.pdl, "cold": args.cold}
-    run = make_run("norm", env, ceilings.__dict__ if ceilings else {"copy_gbps": copy_gbps},
-                   rows, extra)
-    if args.json:
-        write_run_json(args.json, "norm", env, run["ceilings"], rows, extra)
-    if args.record:
-        root = repo_dir() or Path.cwd()
-        path = root / "microbench" / "results" / str(env["gpu_key"]) / "norm.json"
-        record_run(path, run)
-        print(f"recorded in {path}", file=sys.stderr)
-    return 0
+    return _report("norm", suite.COLUMNS, rows, copy_gbps, args)
+
+
+def _run_rope(args: argparse.Namespace) -> int:
+    if not _has_gpu():
+        from .suites import rope_cpu_smoke
+
+        return _cpu_smoke(rope_cpu_smoke)
+
+    import fuseinfer  # noqa: F401  (registers the ops)
+
+    from .ceilings import copy_bandwidth_gbps
+    from .suites import rope as suite
+
+    names = args.models or list(suite.MODELS)
+    for kind, asked, known in (("model", names, list(suite.MODELS)),
+                               ("baseline", args.baselines, list(suite.BASELINES))):
+        unknown = [n for n in asked if n not in known]
+        if unknown:
+            raise SystemExit(f"unknown {kind}(s) {unknown}; choose from {known}")
+    tokens = args.tokens or list(suite.TOKENS)
+    if min(tokens) < 1:
+        raise SystemExit("--tokens: token counts must be positive")
+    copy_gbps = copy_bandwidth_gbps()
+    rows = suite.run([suite.MODELS[n] for n in names], tokens, args.baselines, copy_gbps,
+                     enable_pdl=_PDL[args.pdl], cold=args.cold)
+    return _report("rope", suite.COLUMNS, rows, copy_gbps, args)
 
 
 def _run_summary(args: argparse.Namespace) -> int:
@@ -172,6 +236,8 @@ def _run_tune(args: argparse.Namespace) -> int:
     identity = current_identity()
     assert identity is not None
     device = torch.cuda.current_device()
+    if args.op == "rope":
+        return _run_tune_rope(args, identity, device)
     hidden = tuple(sorted(set(args.hidden))) if args.hidden else norm_tune.HIDDEN
     rules, log = norm_tune.tune(device, hidden)
     pdl, pdl_times = norm_tune.pdl_helps(device, rules)
@@ -189,6 +255,39 @@ def _run_tune(args: argparse.Namespace) -> int:
             print(f"  {kind}: hidden <= {rule.max_hidden}  tokens <= {rule.max_tokens}: "
                   f"{rule.threads_per_row} threads/row, {rule.rows_per_block} rows/block")
     print(f"PDL {'on' if pdl else 'off'} ({pdl_times})")
+    print(f"wrote {output}")
+    if args.log:
+        args.log.parent.mkdir(parents=True, exist_ok=True)
+        args.log.write_text(json.dumps({"source": source, "timings": log}, indent=1))
+    return 0
+
+
+def _run_tune_rope(args: argparse.Namespace, identity: Any, device: int) -> int:
+    from dataclasses import replace
+
+    import torch
+
+    from ..dispatch import gpu_key, write_entry
+    from ..ops.rope_dispatch import push_kvcache, push_rope
+    from .environment import utc_now
+    from .suites import rope_tune
+
+    rope, store, log = rope_tune.tune(device)
+    source = (f"tuned on {identity.name} {utc_now()[:10]} (bf16, torch {torch.__version__}; "
+              f"{' and '.join(rope_tune.TUNE_MODELS)})")
+    rope, store = replace(rope, source=source), replace(store, source=source)
+    key = gpu_key(identity)
+    output = args.output or tables_dir() / f"{key}.json"
+    write_entry(output, "rope", rope, key=key, description=identity.name)
+    write_entry(output, "kvcache", store, key=key, description=identity.name)
+    push_rope(device, rope)
+    push_kvcache(device, store)
+    for rule in rope.rules:
+        print(f"  rope: tokens <= {rule.max_tokens}: {rule.tokens_per_block} tokens x "
+              f"{rule.heads_per_block or 'all'} heads per block, {rule.threads_per_block} "
+              "threads")
+    for rule in store.rules:
+        print(f"  kvcache: tokens <= {rule.max_tokens}: {rule.threads_per_block} threads")
     print(f"wrote {output}")
     if args.log:
         args.log.parent.mkdir(parents=True, exist_ok=True)

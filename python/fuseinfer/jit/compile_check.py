@@ -80,8 +80,8 @@ def _print_resources(log: str) -> None:
         elif m := re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", line):
             if int(m.group(1)) or int(m.group(2)):
                 spills.append(kernel)
-        elif m := re.search(r"Used (\d+) registers.*?(\d+) bytes smem", line):
-            print(f"  {m.group(1):>3} regs {m.group(2):>6} B smem  {kernel}")
+        elif m := re.search(r"Used (\d+) registers(?:.*?(\d+) bytes smem)?", line):
+            print(f"  {m.group(1):>3} regs {m.group(2) or 0:>6} B smem  {kernel}")
     if spills:
         raise SystemExit(f"register spills in: {', '.join(s or '?' for s in spills)}")
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from . import norm
+from . import kvcache, norm, rope, rope_dispatch
+from .kvcache import store_kv_cache
 from .norm import fused_add_rmsnorm, gemma_fused_add_rmsnorm, gemma_rmsnorm, rmsnorm
+from .rope import rope_with_cos_sin_cache
 
-__all__ = ["fused_add_rmsnorm", "gemma_fused_add_rmsnorm", "gemma_rmsnorm", "norm", "rmsnorm"]
+__all__ = ["fused_add_rmsnorm", "gemma_fused_add_rmsnorm", "gemma_rmsnorm", "kvcache", "norm",
+           "rmsnorm", "rope", "rope_dispatch", "rope_with_cos_sin_cache", "store_kv_cache"]

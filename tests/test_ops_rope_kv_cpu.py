@@ -1,0 +1,159 @@
+"""RoPE and KV-cache ops on the CPU: semantics against float64 textbook math, layouts,
+FP8, errors, fake implementations under torch.compile."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import fuseinfer
+
+FP8 = torch.float8_e4m3fn
+
+
+def cos_sin(max_pos, rotary_dim, base=10000.0):
+    inv = 1.0 / base ** (torch.arange(0, rotary_dim, 2, dtype=torch.float64) / rotary_dim)
+    ang = torch.arange(max_pos, dtype=torch.float64)[:, None] * inv
+    return torch.cat((ang.cos(), ang.sin()), dim=-1).float()
+
+
+def textbook_rope(x, pos, head, rotary_dim, is_neox, base=10000.0):
+    """Per-element float64 rotation, written independently of the op's reference."""
+    out = x.double().reshape(x.size(0), -1, head).clone()
+    for t in range(x.size(0)):
+        for i in range(rotary_dim // 2):
+            theta = int(pos[t]) * base ** (-2 * i / rotary_dim)
+            c, s = math.cos(theta), math.sin(theta)
+            a, b = (i, i + rotary_dim // 2) if is_neox else (2 * i, 2 * i + 1)
+            x1, x2 = out[t, :, a].clone(), out[t, :, b].clone()
+            out[t, :, a] = x1 * c - x2 * s
+            out[t, :, b] = x2 * c + x1 * s
+    return out.reshape(x.shape)
+
+
+def qkv_views(tokens, q_heads, k_heads, head, dtype=torch.float32, pad=3):
+    width = (q_heads + 2 * k_heads) * head
+    qkv = torch.randn(tokens, width + pad, dtype=dtype)
+    q = qkv[:, : q_heads * head]
+    k = qkv[:, q_heads * head: (q_heads + k_heads) * head]
+    v = qkv[:, (q_heads + k_heads) * head: width]
+    return qkv, q, k, v
+
+
+@pytest.mark.parametrize("is_neox", [True, False])
+@pytest.mark.parametrize("head,rotary", [(64, 64), (128, 64), (10, 6)])
+def test_rope_matches_textbook_float64(is_neox, head, rotary):
+    qkv, q, k, v = qkv_views(5, 4, 2, head)
+    pos = torch.randint(0, 500, (5,))
+    want_q = textbook_rope(q, pos, head, rotary, is_neox)
+    want_k = textbook_rope(k, pos, head, rotary, is_neox)
+    v_before = v.clone()
+    fuseinfer.ops.rope_with_cos_sin_cache(pos, q, k, head, cos_sin(500, rotary), is_neox)
+    torch.testing.assert_close(q.double(), want_q, atol=2e-5, rtol=1e-5)
+    torch.testing.assert_close(k.double(), want_k, atol=2e-5, rtol=1e-5)
+    assert torch.equal(v, v_before)
+
+
+@pytest.mark.parametrize("cache_shape", ["flat", "paged", "flat2d"])
+def test_fused_write_puts_rotated_key_and_value_in_cache(cache_shape):
+    qkv, q, k, v = qkv_views(6, 4, 2, 32, dtype=torch.bfloat16)
+    shape = {"flat": (24, 2, 32), "paged": (6, 4, 2, 32), "flat2d": (24, 64)}[cache_shape]
+    kc = torch.zeros(shape, dtype=torch.bfloat16)
+    vc = torch.zeros_like(kc)
+    loc = torch.randperm(24)[:6].int()
+    pos = torch.randint(0, 100, (6,))
+    fuseinfer.ops.rope_with_cos_sin_cache(pos, q, k, 32, cos_sin(100, 32), True, v, kc, vc, loc)
+    slots_k, slots_v = kc.reshape(24, 64), vc.reshape(24, 64)
+    assert torch.equal(slots_k[loc.long()], k) and torch.equal(slots_v[loc.long()], v)
+    untouched = torch.ones(24, dtype=torch.bool)
+    untouched[loc.long()] = False
+    assert (slots_k[untouched] == 0).all()
+
+
+def test_store_kv_cache_fp8_scaled_and_saturated():
+    k = torch.randn(4, 2, 16) * 3
+    v = torch.randn(4, 2, 16)
+    k[0, 0, 0] = 1e6  # saturates to 448 * scale
+    kc = torch.zeros(8, 2, 16, dtype=FP8)
+    vc = torch.zeros_like(kc)
+    loc = torch.tensor([7, 0, 3, 5])
+    ks, vs = torch.tensor([0.5]), torch.tensor([0.25])
+    fuseinfer.ops.store_kv_cache(kc, vc, loc, k, v, ks, vs)
+    got = kc[loc].float() * 0.5
+    assert got[0, 0, 0] == 448 * 0.5
+    rel = ((got - k).abs() / k.abs().clamp(min=1e-3))[..., 1:]
+    assert rel.max() < 0.07  # e4m3 keeps 3 mantissa bits
+    torch.testing.assert_close(vc[loc].float() * 0.25, v, atol=0.02, rtol=0.07)
+
+
+def _bad(case):
+    qkv, q, k, v = qkv_views(3, 2, 1, 16)
+    pos = torch.tensor([1, 2, 3])
+    cs = cos_sin(10, 16)
+    kc, vc = torch.zeros(8, 16), torch.zeros(8, 16)
+    loc = torch.tensor([0, 1, 2])
+    op = fuseinfer.ops.rope_with_cos_sin_cache
+    return {
+        "positions beyond cache": (lambda: op(pos * 4, q, k, 16, cs), r"positions hold"),
+        "loc out of range": (lambda: op(pos, q, k, 16, cs, True, v, kc, vc, loc + 6),
+                             r"cache_loc holds slots outside \[0, 8\)"),
+        "partial fused": (lambda: op(pos, q, k, 16, cs, True, v, kc, None, loc),
+                          "go together"),
+        "rotary odd": (lambda: op(pos, q, k, 16, cos_sin(10, 16)[:, :15].contiguous()),
+                       "must be even"),
+        "rotary > head": (lambda: op(pos, q, k, 8, cs), r"not whole heads|at most head_size"),
+        "key dtype": (lambda: op(pos, q, k.double(), 16, cs), "key must have dtype"),
+        "cos dtype": (lambda: op(pos, q, k, 16, cs.double()), "cos_sin_cache must be"),
+        "positions dtype": (lambda: op(pos.float(), q, k, 16, cs), "positions must be"),
+        "scale without cache": (lambda: op(pos, q, k, 16, cs, k_scale=torch.ones(1)),
+                                "only used with k_cache"),
+        "cache width": (lambda: op(pos, q, k, 16, cs, True, v, torch.zeros(8, 8), vc, loc),
+                        "k_cache rows hold 8"),
+        "store loc": (lambda: fuseinfer.ops.store_kv_cache(kc, vc, loc - 1, k, v),
+                      r"loc holds slots outside"),
+        "scale on bf16 cache": (lambda: fuseinfer.ops.store_kv_cache(
+            kc, vc, loc, k, v, torch.ones(1)), "only used with a float8"),
+        "same cache": (lambda: fuseinfer.ops.store_kv_cache(kc, kc, loc, k, v),
+                       "must not be the same tensor"),
+    }[case]
+
+
+@pytest.mark.parametrize("case", [
+    "positions beyond cache", "loc out of range", "partial fused", "rotary odd",
+    "rotary > head", "key dtype", "cos dtype", "positions dtype", "scale without cache",
+    "cache width", "store loc", "scale on bf16 cache", "same cache"])
+def test_bad_input_names_argument(case):
+    fn, pattern = _bad(case)
+    with pytest.raises(ValueError, match=pattern):
+        fn()
+
+
+def test_fake_impls_under_torch_compile_fullgraph():
+    cs = cos_sin(64, 32)
+
+    def attention_prologue(qkv, pos, kc, vc, loc):
+        q, k, v = qkv[:, :128], qkv[:, 128:192], qkv[:, 192:256]
+        fuseinfer.ops.rope_with_cos_sin_cache(pos, q, k, 32, cs, True, v, kc, vc, loc)
+        fuseinfer.ops.store_kv_cache(kc, vc, loc, k, v)
+        return q * 2
+
+    def inputs():
+        torch.manual_seed(1)
+        return (torch.randn(5, 256, dtype=torch.bfloat16), torch.randint(0, 64, (5,)),
+                torch.zeros(10, 2, 32, dtype=torch.bfloat16),
+                torch.zeros(10, 2, 32, dtype=torch.bfloat16), torch.tensor([1, 3, 5, 7, 9]))
+
+    want_args, got_args = inputs(), inputs()
+    want = attention_prologue(*want_args)
+    got = torch.compile(attention_prologue, fullgraph=True, backend="aot_eager")(*got_args)
+    assert torch.equal(got, want)
+    assert torch.equal(got_args[2], want_args[2]) and torch.equal(got_args[0], want_args[0])
+
+
+def test_schemas():
+    schema = str(torch.ops.fuseinfer.rope_with_cos_sin_cache.default._schema)
+    assert "Tensor(a!) query" in schema and "Tensor(c!)? k_cache=None" in schema
+    schema = str(torch.ops.fuseinfer.store_kv_cache.default._schema)
+    assert "Tensor(a!) k_cache" in schema and "bool? enable_pdl=None" in schema
