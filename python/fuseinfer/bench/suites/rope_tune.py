@@ -64,7 +64,7 @@ def _search(label: str, candidates: list, push: Callable[[Any], None],
             push(candidate)
             for max_tokens, token_counts in TOKEN_CLASSES:
                 times = [time_one(m, t) for m in TUNE_MODELS for t in token_counts]
-                log.append({"op": label, "candidate": list(candidate),
+                log.append({"op": label, "candidate": candidate,
                             "max_tokens": max_tokens, "us": times})
                 score = _geomean(times)
                 if max_tokens not in best or score < best[max_tokens][0]:
