@@ -13,6 +13,8 @@ from typing import Any
 
 import torch
 
+from .static_compile import compile_static
+
 
 def torch_rmsnorm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
     xf = x.float()
@@ -26,26 +28,9 @@ def torch_fused_add_rmsnorm(x: torch.Tensor, r: torch.Tensor, w: torch.Tensor, e
     return torch_rmsnorm(summed, w, eps), summed
 
 
-def _allow_many_recompiles() -> None:
-    # One static-shape graph per benchmarked shape: lift dynamo's recompile limit so it
-    # never falls back to eager (which would flatter us), and never goes dynamic.
-    import torch._dynamo.config as dynamo_config
-
-    for name in ("recompile_limit", "cache_size_limit", "accumulated_recompile_limit",
-                 "accumulated_cache_size_limit"):
-        if hasattr(dynamo_config, name):
-            setattr(dynamo_config, name, 100_000)
-
-
-_compiled: dict[str, Callable[..., Any]] = {}
-
-
 def compiled(op: str) -> Callable[..., Any]:
-    if op not in _compiled:
-        _allow_many_recompiles()
-        fn = torch_fused_add_rmsnorm if op == "fused_add_rmsnorm" else torch_rmsnorm
-        _compiled[op] = torch.compile(fn, dynamic=False)
-    return _compiled[op]
+    fn = torch_fused_add_rmsnorm if op == "fused_add_rmsnorm" else torch_rmsnorm
+    return compile_static(op, fn)
 
 
 def liger_available() -> bool:

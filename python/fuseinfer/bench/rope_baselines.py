@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from .static_compile import compile_static
+
 
 def torch_rotate(positions: torch.Tensor, x: torch.Tensor, head_size: int,
                  cos_sin_cache: torch.Tensor, is_neox: bool) -> torch.Tensor:
@@ -55,27 +57,10 @@ def torch_rope(positions: torch.Tensor, query: torch.Tensor, key: torch.Tensor,
     return query, key
 
 
-def _allow_many_recompiles() -> None:
-    # One static-shape graph per benchmarked shape: lift dynamo's recompile limit so it
-    # never falls back to eager (which would flatter us), and never goes dynamic.
-    import torch._dynamo.config as dynamo_config
-
-    for name in ("recompile_limit", "cache_size_limit", "accumulated_recompile_limit",
-                 "accumulated_cache_size_limit"):
-        if hasattr(dynamo_config, name):
-            setattr(dynamo_config, name, 100_000)
-
-
-_compiled: dict[str, Callable[..., Any]] = {}
-
-
 def compiled(op: str) -> Callable[..., Any]:
-    kind = "store" if op == "store_kv" else "rope"
-    if kind not in _compiled:
-        _allow_many_recompiles()
-        fn = torch_store_kv if kind == "store" else torch_rope
-        _compiled[kind] = torch.compile(fn, dynamic=False)
-    return _compiled[kind]
+    if op == "store_kv":
+        return compile_static("store_kv", torch_store_kv)
+    return compile_static("rope", torch_rope)
 
 
 def flashinfer_available() -> bool:

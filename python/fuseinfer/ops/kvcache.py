@@ -15,11 +15,10 @@ writes out of bounds. Fast CUDA path: 16-byte aligned rows whose widths are mult
 
 from __future__ import annotations
 
-import threading
-
 import torch
 
-from .library import define, impl_cpu, impl_cuda_on_first_use, impl_fake
+from .library import define, impl_cpu, impl_cuda_on_first_use, impl_fake, module_loader
+from .rope_dispatch import push_kvcache_all_devices
 
 FP8 = torch.float8_e4m3fn
 FP8_MAX = 448.0
@@ -183,23 +182,8 @@ def _cpu(k_cache, v_cache, loc, k, v, k_scale=None, v_scale=None, enable_pdl=Non
     write_cache_rows(v_cache, loc, v, v_scale)
 
 
-_load_lock = threading.Lock()
-_loaded = False
-
-
-def load_cuda() -> None:
-    """Load csrc/kvcache (building it on first use) and push its dispatch table."""
-    global _loaded
-    with _load_lock:
-        if _loaded:
-            return
-        from ..jit import load
-        from .rope_dispatch import push_kvcache_all_devices
-
-        load("kvcache")
-        push_kvcache_all_devices()
-        _loaded = True
-
+# Loads csrc/kvcache (building it on first use) and pushes its dispatch table.
+load_cuda = module_loader("kvcache", push_kvcache_all_devices)
 
 define(_SCHEMA)
 impl_cpu("store_kv_cache", _cpu)

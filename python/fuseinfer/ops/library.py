@@ -10,6 +10,7 @@ registered for CUDA directly and the Python path is never taken again.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -62,3 +63,23 @@ def impl_cuda_on_first_use(
         return getattr(torch.ops.fuseinfer, name).default(*args, **kwargs)
 
     LIB.impl(name, first_call, "CompositeExplicitAutograd")
+
+
+def module_loader(module: str, push_tables: Callable[[], None]) -> Callable[[], None]:
+    """A function that loads csrc/<module> once per process (building it on first use) and
+    then hands the family's dispatch table to every device."""
+    lock = threading.Lock()
+    loaded = False
+
+    def load_family() -> None:
+        nonlocal loaded
+        with lock:
+            if loaded:
+                return
+            from ..jit import load
+
+            load(module)
+            push_tables()
+            loaded = True
+
+    return load_family

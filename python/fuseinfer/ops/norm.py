@@ -17,11 +17,9 @@ launch on for compute capability 9.0+ unless the table says otherwise.
 
 from __future__ import annotations
 
-import threading
-
 import torch
 
-from .library import define, impl_cpu, impl_cuda_on_first_use, impl_fake
+from .library import define, impl_cpu, impl_cuda_on_first_use, impl_fake, module_loader
 from .norm_checks import check_norm_args
 from .norm_dispatch import push_all_devices
 
@@ -40,21 +38,8 @@ def reference_rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float,
     return xf * scale * (weight.to(compute) + weight_offset)
 
 
-_load_lock = threading.Lock()
-_loaded = False
-
-
-def _load_cuda() -> None:
-    """Load csrc/norm (building it on first use) and push the dispatch table to it."""
-    global _loaded
-    with _load_lock:
-        if _loaded:
-            return
-        from ..jit import load
-
-        load("norm")
-        push_all_devices()
-        _loaded = True
+# Loads csrc/norm (building it on first use) and pushes the dispatch table to it.
+_load_cuda = module_loader("norm", push_all_devices)
 
 
 def _register_out_of_place(name: str) -> None:

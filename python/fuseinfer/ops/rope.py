@@ -23,8 +23,6 @@ contract (checking would need a device-to-host sync).
 
 from __future__ import annotations
 
-import threading
-
 import torch
 
 from .kvcache import (
@@ -34,7 +32,8 @@ from .kvcache import (
     token_rows,
     write_cache_rows,
 )
-from .library import define, impl_cpu, impl_cuda_on_first_use, impl_fake
+from .library import define, impl_cpu, impl_cuda_on_first_use, impl_fake, module_loader
+from .rope_dispatch import push_rope_all_devices
 
 OP = "rope_with_cos_sin_cache"
 _SCHEMA = (
@@ -132,23 +131,8 @@ def _cpu(positions, query, key, head_size, cos_sin_cache, is_neox=True, value=No
         write_cache_rows(v_cache, cache_loc, value, v_scale)
 
 
-_load_lock = threading.Lock()
-_loaded = False
-
-
-def load_cuda() -> None:
-    """Load csrc/rope (building it on first use) and push its dispatch table."""
-    global _loaded
-    with _load_lock:
-        if _loaded:
-            return
-        from ..jit import load
-        from .rope_dispatch import push_rope_all_devices
-
-        load("rope")
-        push_rope_all_devices()
-        _loaded = True
-
+# Loads csrc/rope (building it on first use) and pushes its dispatch table.
+load_cuda = module_loader("rope", push_rope_all_devices)
 
 define(_SCHEMA)
 impl_cpu(OP, _cpu)
