@@ -150,3 +150,13 @@ def test_key_must_match_file_name(tmp_path):
     _write(tmp_path, "h100", data)
     with pytest.raises(TableError, match="key 'h200' does not match the file name"):
         lookup("norm", ident("NVIDIA H100"), tmp_path)
+
+
+def test_rope_rules_need_positive_token_bounds(tmp_path):
+    entry = {"source": "tuned on test", "enable_pdl": True, "rules": [
+        {"max_tokens": -5, "tokens_per_block": 1, "heads_per_block": 0, "threads_per_block": 128},
+        {"max_tokens": None, "tokens_per_block": 1, "heads_per_block": 0,
+         "threads_per_block": 256}]}
+    _write(tmp_path, "h100", _table({"rope": entry}))
+    with pytest.raises(TableError, match="max_tokens: must be >= 1 or null"):
+        lookup("rope", ident("NVIDIA H100"), tmp_path)

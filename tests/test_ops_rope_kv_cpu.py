@@ -117,13 +117,21 @@ def _bad(case):
             kc, vc, loc, k, v, torch.ones(1)), "only used with a float8"),
         "same cache": (lambda: fuseinfer.ops.store_kv_cache(kc, kc, loc, k, v),
                        "must not be the same tensor"),
+        "cache dtypes differ": (lambda: fuseinfer.ops.store_kv_cache(
+            kc, vc.to(FP8), loc, k, v), "v_cache must have the dtype of k_cache"),
+        "value width": (lambda: op(pos, torch.randn(3, 32), torch.randn(3, 32), 16, cs, True,
+                                   torch.zeros(3, 17), torch.zeros(8, 32), torch.zeros(8, 17),
+                                   loc), "one row per key head"),
+        "v_scale without cache": (lambda: op(pos, q, k, 16, cs, v_scale=torch.ones(1)),
+                                  "v_scale is only used"),
     }[case]
 
 
 @pytest.mark.parametrize("case", [
     "positions beyond cache", "loc out of range", "partial fused", "rotary odd",
     "rotary > head", "key dtype", "cos dtype", "positions dtype", "scale without cache",
-    "cache width", "store loc", "scale on bf16 cache", "same cache"])
+    "cache width", "store loc", "scale on bf16 cache", "same cache", "cache dtypes differ",
+    "value width", "v_scale without cache"])
 def test_bad_input_names_argument(case):
     fn, pattern = _bad(case)
     with pytest.raises(ValueError, match=pattern):
@@ -157,3 +165,14 @@ def test_schemas():
     assert "Tensor(a!) query" in schema and "Tensor(c!)? k_cache=None" in schema
     schema = str(torch.ops.fuseinfer.store_kv_cache.default._schema)
     assert "Tensor(a!) k_cache" in schema and "bool? enable_pdl=None" in schema
+
+
+def test_paged_cache_with_one_slot_per_page_and_gaps():
+    """page_size 1 with pages spaced apart: the pages are the slots."""
+    buf = torch.zeros(8, 3, 32)  # pages 96 elements apart, each holding one 32-wide slot
+    kc = buf[:, :1, :].unflatten(-1, (2, 16))  # [8 pages, 1 slot, 2 heads, 16]
+    vc = buf[:, 1:2, :].unflatten(-1, (2, 16))
+    k, v = torch.randn(3, 32), torch.randn(3, 32)
+    loc = torch.tensor([6, 0, 3])
+    fuseinfer.ops.store_kv_cache(kc, vc, loc, k, v)
+    assert torch.equal(kc[loc, 0].reshape(3, 32), k) and torch.equal(vc[loc, 0].reshape(3, 32), v)

@@ -103,7 +103,7 @@ void store_kv_cache(const at::Tensor& k_cache, const at::Tensor& v_cache, const 
   FUSEINFER_CHECK_ARG(!k_cache.is_same(v_cache), op, "v_cache",
                       "must not be the same tensor as k_cache");
   check_loc(loc, k_rows.count, k, op, "loc");
-  if (k_rows.count == 0) return;
+  if (k_rows.count == 0 || k_rows.width + v_rows.width == 0) return;
 
   const c10::cuda::CUDAGuard guard(k.device());
   const int device = k.get_device();
@@ -131,12 +131,10 @@ void store_kv_cache(const at::Tensor& k_cache, const at::Tensor& v_cache, const 
   a.tokens = k_rows.count;
 
   const int vec = 16 / static_cast<int>(k.element_size());
-  const int cache_bytes = static_cast<int>(k_cache.element_size());
   const bool vector = k_rows.width % vec == 0 && v_rows.width % vec == 0 &&
                       k_rows.stride % vec == 0 && v_rows.stride % vec == 0 &&
                       kc.stride % vec == 0 && vc.stride % vec == 0 && aligned16(a.k) &&
-                      aligned16(a.v) && aligned16(a.k_cache) && aligned16(a.v_cache) &&
-                      cache_bytes * vec <= 16;
+                      aligned16(a.v) && aligned16(a.k_cache) && aligned16(a.v_cache);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device).stream();
   const bool fp8 = k_cache.scalar_type() == at::kFloat8_e4m3fn;
 #define FUSEINFER_STORE(CTYPE)                                                              \

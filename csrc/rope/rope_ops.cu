@@ -97,10 +97,10 @@ void rope_with_cos_sin_cache(const at::Tensor& positions, const at::Tensor& quer
                       " must be even, positive and at most head_size ", head_size);
   const int n_fused = value.has_value() + k_cache.has_value() + v_cache.has_value() +
                       cache_loc.has_value();
-  FUSEINFER_CHECK_ARG(n_fused == 0 || n_fused == 4, kOp, "value",
-                      "k_cache, v_cache and cache_loc go together: pass all four or none");
+  FUSEINFER_CHECK_ARG(n_fused == 0 || n_fused == 4, kOp, "value/k_cache/v_cache/cache_loc",
+                      "go together: pass all four or none");
   const bool fused = n_fused == 4;
-  FUSEINFER_CHECK_ARG(fused || (!k_scale && !v_scale), kOp, "k_scale",
+  FUSEINFER_CHECK_ARG(fused || (!k_scale && !v_scale), kOp, k_scale ? "k_scale" : "v_scale",
                       "is only used with k_cache and v_cache");
 
   RopeArgs a{};
@@ -131,7 +131,7 @@ void rope_with_cos_sin_cache(const at::Tensor& positions, const at::Tensor& quer
     a.k_scale = k_scale ? k_scale->data_ptr<float>() : nullptr;
     a.v_scale = v_scale ? v_scale->data_ptr<float>() : nullptr;
   }
-  if (tokens == 0) return;
+  if (tokens == 0 || q.width + k.width == 0) return;
 
   a.positions = positions.data_ptr();
   a.pos64 = positions.scalar_type() == at::kLong;

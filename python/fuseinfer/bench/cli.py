@@ -237,6 +237,8 @@ def _run_tune(args: argparse.Namespace) -> int:
     assert identity is not None
     device = torch.cuda.current_device()
     if args.op == "rope":
+        if args.hidden:
+            raise SystemExit("--hidden applies to `tune norm` only")
         return _run_tune_rope(args, identity, device)
     hidden = tuple(sorted(set(args.hidden))) if args.hidden else norm_tune.HIDDEN
     rules, log = norm_tune.tune(device, hidden)

@@ -67,8 +67,11 @@ def slot_rows(cache: torch.Tensor, op: str, arg: str) -> tuple[int, int, int]:
     for d in range(slot_dim + 1, cache.dim()):
         width *= cache.size(d)
     stride = cache.stride(slot_dim) if cache.size(slot_dim) > 1 else width
+    if cache.dim() == 4 and cache.size(1) == 1:  # one slot per page: pages are the slots
+        stride = cache.stride(0)
     slots = cache.size(0) * (cache.size(1) if cache.dim() == 4 else 1)
-    if cache.dim() == 4 and cache.size(0) > 1 and cache.stride(0) != cache.size(1) * stride:
+    if cache.dim() == 4 and cache.size(0) > 1 and cache.size(1) > 1 \
+            and cache.stride(0) != cache.size(1) * stride:
         _fail(op, arg, f"pages must be evenly spaced slots (stride(0) == page_size * "
               f"stride(1)), got strides {cache.stride()}")
     if slots > 1 and stride < width:
@@ -93,7 +96,8 @@ def check_cache_pair(op: str, k_cache, v_cache, loc, k, v, k_scale, v_scale,
     tokens = k.size(0)
     if k.dtype not in ACTIVATION_DTYPES:
         _fail(op, k_name, f"must be bfloat16, float16 or float32, got {k.dtype}")
-    for name, t in ((v_name, v), ("k_cache", k_cache), ("v_cache", v_cache), ("loc", loc)):
+    loc_name = "loc" if k_name == "k" else "cache_loc"
+    for name, t in ((v_name, v), ("k_cache", k_cache), ("v_cache", v_cache), (loc_name, loc)):
         if t.device != k.device:
             _fail(op, name, f"must be on {k.device} like {k_name}, got {t.device}")
     if v.dtype != k.dtype:
@@ -102,7 +106,7 @@ def check_cache_pair(op: str, k_cache, v_cache, loc, k, v, k_scale, v_scale,
         _fail(op, v_name, f"must have {tokens} tokens like {k_name}, got {v.size(0)}")
     if loc.dtype not in (torch.int32, torch.int64) or loc.dim() != 1 or loc.numel() != tokens \
             or not loc.is_contiguous():
-        _fail(op, "loc" if k_name == "k" else "cache_loc",
+        _fail(op, loc_name,
               f"must be a contiguous int32 or int64 tensor of shape [{tokens}], got "
               f"{loc.dtype} {list(loc.shape)}")
     for name, cache, src, src_name, scale, scale_name in (
@@ -117,6 +121,9 @@ def check_cache_pair(op: str, k_cache, v_cache, loc, k, v, k_scale, v_scale,
             _fail(op, name, f"rows hold {width} elements but {src_name} has {src_width} per "
                   "token")
         check_scale(scale, cache, op, scale_name)
+    if v_cache.dtype != k_cache.dtype:
+        _fail(op, "v_cache", f"must have the dtype of k_cache ({k_cache.dtype}), got "
+              f"{v_cache.dtype}")
     same = k_cache is v_cache or (
         _has_storage(k_cache) and _has_storage(v_cache) and k_cache.numel() > 0
         and k_cache.data_ptr() == v_cache.data_ptr())

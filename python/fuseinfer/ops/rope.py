@@ -70,7 +70,7 @@ def check_rope_args(positions, query, key, head_size, cos_sin_cache, is_neox=Tru
                   f"{head_size}")
     if positions.dtype not in (torch.int32, torch.int64) or positions.dim() != 1 \
             or positions.numel() != tokens or not positions.is_contiguous():
-        _fail("positions", f"must be int32 or int64 of shape [{tokens}], got "
+        _fail("positions", f"must be a contiguous int32 or int64 tensor of shape [{tokens}], got "
               f"{positions.dtype} {list(positions.shape)}")
     if cos_sin_cache.dtype != torch.float32 or cos_sin_cache.dim() != 2 \
             or not cos_sin_cache.is_contiguous():
@@ -82,12 +82,16 @@ def check_rope_args(positions, query, key, head_size, cos_sin_cache, is_neox=Tru
               f"head_size {head_size}")
     fused = [t is not None for t in (value, k_cache, v_cache, cache_loc)]
     if any(fused) and not all(fused):
-        _fail("value", "k_cache, v_cache and cache_loc go together: pass all four or none")
+        _fail("value/k_cache/v_cache/cache_loc", "go together: pass all four or none")
     if all(fused):
+        k_heads = token_rows(key, OP, "key")[0] // head_size
+        if value.size(0) != tokens or token_rows(value, OP, "value")[0] % max(k_heads, 1):
+            _fail("value", f"must have {tokens} tokens and one row per key head")
         check_cache_pair(OP, k_cache, v_cache, cache_loc, key, value, k_scale, v_scale,
                          k_name="key", v_name="value")
     elif k_scale is not None or v_scale is not None:
-        _fail("k_scale", "is only used with k_cache and v_cache")
+        _fail("k_scale" if k_scale is not None else "v_scale",
+              "is only used with k_cache and v_cache")
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, is_neox: bool

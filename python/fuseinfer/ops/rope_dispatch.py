@@ -20,6 +20,11 @@ def _check_threads(threads: int, where: str) -> None:
                          f"got {threads}")
 
 
+def _check_bound(max_tokens: int | None, where: str) -> None:
+    if max_tokens is not None and max_tokens < 1:
+        raise TableError(f"{where}.max_tokens: must be >= 1 or null, got {max_tokens}")
+
+
 def _check_last(rules: tuple, where: str) -> None:
     if not rules:
         raise TableError(f"{where}.rules: needs at least one rule")
@@ -36,6 +41,7 @@ class RopeLaunchRule:
 
     def validate(self, where: str) -> None:
         _check_threads(self.threads_per_block, where)
+        _check_bound(self.max_tokens, where)
         if self.tokens_per_block < 1 or self.heads_per_block < 0:
             raise TableError(f"{where}: tokens_per_block must be >= 1 and heads_per_block "
                              ">= 0")
@@ -61,6 +67,7 @@ class KvCacheLaunchRule:
 
     def validate(self, where: str) -> None:
         _check_threads(self.threads_per_block, where)
+        _check_bound(self.max_tokens, where)
 
 
 @dataclass(frozen=True)
