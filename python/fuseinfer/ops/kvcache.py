@@ -17,26 +17,14 @@ from __future__ import annotations
 
 import torch
 
+from .arg_checks import contiguous_tail, has_storage
+from .arg_checks import fail as _fail
 from .library import define, impl_cpu, impl_cuda_on_first_use, impl_fake, module_loader
-from .rope_dispatch import push_kvcache_all_devices
+from .rope_dispatch import push_kvcache
 
 FP8 = torch.float8_e4m3fn
 FP8_MAX = 448.0
 ACTIVATION_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
-
-
-def _fail(op: str, arg: str, message: str) -> None:
-    raise ValueError(f"fuseinfer.{op}: {arg} {message}")
-
-
-def _contiguous_tail(t: torch.Tensor, first: int) -> bool:
-    """Dims first.. of t are laid out contiguously (size-1 dims may have any stride)."""
-    expected = 1
-    for d in range(t.dim() - 1, first - 1, -1):
-        if t.size(d) != 1 and t.stride(d) != expected:
-            return False
-        expected *= t.size(d)
-    return True
 
 
 def token_rows(t: torch.Tensor, op: str, arg: str) -> tuple[int, int]:
@@ -45,7 +33,7 @@ def token_rows(t: torch.Tensor, op: str, arg: str) -> tuple[int, int]:
     if t.dim() not in (2, 3):
         _fail(op, arg, f"must be [tokens, heads, dim] or [tokens, width], got "
               f"{list(t.shape)}")
-    if not _contiguous_tail(t, 1):
+    if not contiguous_tail(t, 1):
         _fail(op, arg, f"must have each token's row contiguous, got strides {t.stride()}")
     width = t.size(1) * (t.size(2) if t.dim() == 3 else 1)
     stride = t.stride(0) if t.size(0) > 1 else width
@@ -61,7 +49,7 @@ def slot_rows(cache: torch.Tensor, op: str, arg: str) -> tuple[int, int, int]:
         _fail(op, arg, f"must be [slots, heads, dim] or [pages, page_size, heads, dim], "
               f"got shape {list(cache.shape)}")
     slot_dim = 1 if cache.dim() == 4 else 0
-    if not _contiguous_tail(cache, slot_dim + 1):
+    if not contiguous_tail(cache, slot_dim + 1):
         _fail(op, arg, f"must have each slot's row contiguous, got strides {cache.stride()}")
     width = 1
     for d in range(slot_dim + 1, cache.dim()):
@@ -125,16 +113,10 @@ def check_cache_pair(op: str, k_cache, v_cache, loc, k, v, k_scale, v_scale,
         _fail(op, "v_cache", f"must have the dtype of k_cache ({k_cache.dtype}), got "
               f"{v_cache.dtype}")
     same = k_cache is v_cache or (
-        _has_storage(k_cache) and _has_storage(v_cache) and k_cache.numel() > 0
+        has_storage(k_cache) and has_storage(v_cache) and k_cache.numel() > 0
         and k_cache.data_ptr() == v_cache.data_ptr())
     if same:
         _fail(op, "v_cache", "must not be the same tensor as k_cache")
-
-
-def _has_storage(t: torch.Tensor) -> bool:
-    from torch._subclasses.fake_tensor import is_fake
-
-    return t.device.type != "meta" and not is_fake(t)
 
 
 def check_loc_range(loc: torch.Tensor, cache: torch.Tensor, op: str, arg: str) -> None:
@@ -155,14 +137,9 @@ def to_cache(x: torch.Tensor, cache_dtype: torch.dtype, scale: torch.Tensor | No
 
 
 def slot_view(cache: torch.Tensor) -> torch.Tensor:
-    """The cache as [slots, width] (a view: writes land in the cache)."""
-    slots, width, stride = cache.size(0) * (cache.size(1) if cache.dim() == 4 else 1), 1, 0
-    slot_dim = 1 if cache.dim() == 4 else 0
-    for d in range(slot_dim + 1, cache.dim()):
-        width *= cache.size(d)
-    stride = cache.stride(slot_dim) if cache.size(slot_dim) > 1 else width
-    if cache.dim() == 4 and cache.size(1) == 1:
-        stride = cache.stride(0)
+    """The cache as [slots, width] (a view: writes land in the cache). The cache must have
+    passed slot_rows already."""
+    slots, width, stride = slot_rows(cache, "store_kv_cache", "cache")
     return cache.as_strided((slots, width), (stride, 1))
 
 
@@ -190,7 +167,7 @@ def _cpu(k_cache, v_cache, loc, k, v, k_scale=None, v_scale=None, enable_pdl=Non
 
 
 # Loads csrc/kvcache (building it on first use) and pushes its dispatch table.
-load_cuda = module_loader("kvcache", push_kvcache_all_devices)
+load_cuda = module_loader("kvcache", "kvcache", push_kvcache)
 
 define(_SCHEMA)
 impl_cpu("store_kv_cache", _cpu)

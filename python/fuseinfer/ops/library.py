@@ -65,9 +65,15 @@ def impl_cuda_on_first_use(
     LIB.impl(name, first_call, "CompositeExplicitAutograd")
 
 
-def module_loader(module: str, push_tables: Callable[[], None]) -> Callable[[], None]:
+def table_bound(value: int | None) -> int:
+    """A table's optional bound as the C++ launchers take it: -1 means unbounded."""
+    return -1 if value is None else value
+
+
+def module_loader(module: str, family: str, push: Callable[[int, Any], None]
+                  ) -> Callable[[], None]:
     """A function that loads csrc/<module> once per process (building it on first use) and
-    then hands the family's dispatch table to every device."""
+    then hands each device the effective `family` dispatch-table entry via `push`."""
     lock = threading.Lock()
     loaded = False
 
@@ -76,10 +82,12 @@ def module_loader(module: str, push_tables: Callable[[], None]) -> Callable[[], 
         with lock:
             if loaded:
                 return
+            from ..dispatch import current_identity, lookup
             from ..jit import load
 
             load(module)
-            push_tables()
+            for device in range(torch.cuda.device_count()):
+                push(device, lookup(family, current_identity(device)).entry)
             loaded = True
 
     return load_family

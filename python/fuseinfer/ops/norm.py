@@ -21,7 +21,7 @@ import torch
 
 from .library import define, impl_cpu, impl_cuda_on_first_use, impl_fake, module_loader
 from .norm_checks import check_norm_args
-from .norm_dispatch import push_all_devices
+from .norm_dispatch import OP_FAMILY, push_to_device
 
 _OUT_OF_PLACE = "(Tensor(a!) out, Tensor input, Tensor weight, float eps=1e-06, bool? enable_pdl=None) -> ()"  # noqa: E501
 _FUSED = "(Tensor(a!) input, Tensor(b!) residual, Tensor weight, float eps=1e-06, bool? enable_pdl=None) -> ()"  # noqa: E501
@@ -39,7 +39,7 @@ def reference_rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float,
 
 
 # Loads csrc/norm (building it on first use) and pushes the dispatch table to it.
-_load_cuda = module_loader("norm", push_all_devices)
+_load_cuda = module_loader("norm", OP_FAMILY, push_to_device)
 
 
 def _register_out_of_place(name: str) -> None:

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import torch
 
+from .arg_checks import fail as _fail
+from .arg_checks import has_storage
+
 SUPPORTED_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
-
-
-def _fail(op: str, arg: str, message: str) -> None:
-    raise ValueError(f"fuseinfer.{op}: {arg} {message}")
 
 
 def check_rows(t: torch.Tensor, op: str, arg: str) -> None:
@@ -48,17 +47,11 @@ def _byte_range(t: torch.Tensor) -> tuple[int, int]:
     return first, first + ((rows - 1) * _row_stride(t) + t.size(-1)) * t.element_size()
 
 
-def _has_storage(t: torch.Tensor) -> bool:
-    from torch._subclasses.fake_tensor import is_fake
-
-    return t.device.type != "meta" and not is_fake(t)
-
-
 def check_no_overlap(a: torch.Tensor, b: torch.Tensor, op: str, a_name: str, b_name: str,
                      exact_alias_ok: bool = False) -> None:
     """One kernel block's rows must not be touched through a second tensor; only the
     exact alias `out is input` is allowed."""
-    if a.numel() == 0 or b.numel() == 0 or not (_has_storage(a) and _has_storage(b)):
+    if a.numel() == 0 or b.numel() == 0 or not (has_storage(a) and has_storage(b)):
         return
     a0, a1 = _byte_range(a)
     b0, b1 = _byte_range(b)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..dispatch import TableError, current_identity, lookup, register_op
+from .library import table_bound
 
 OP_FAMILY = "norm"
 
@@ -102,23 +103,13 @@ def push_to_device(device: int, table: NormDispatch) -> None:
     """Hand a table to the loaded CUDA module (it keeps one per device)."""
     import torch
 
-    def bound(value: int | None) -> int:
-        return -1 if value is None else value
-
     tagged = [(0, r) for r in table.rmsnorm_rules] + [(1, r) for r in table.fused_add_rules]
     torch.ops.fuseinfer._norm_configure(
         device,
         [kind for kind, _ in tagged],
-        [bound(r.max_hidden) for _, r in tagged],
-        [bound(r.max_tokens) for _, r in tagged],
+        [table_bound(r.max_hidden) for _, r in tagged],
+        [table_bound(r.max_tokens) for _, r in tagged],
         [r.threads_per_row for _, r in tagged],
         [r.rows_per_block for _, r in tagged],
         table.enable_pdl,
     )
-
-
-def push_all_devices() -> None:
-    import torch
-
-    for device in range(torch.cuda.device_count()):
-        push_to_device(device, effective(device))

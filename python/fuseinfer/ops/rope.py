@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import torch
 
+from .arg_checks import fail
 from .kvcache import (
     ACTIVATION_DTYPES,
     check_cache_pair,
@@ -33,7 +34,7 @@ from .kvcache import (
     write_cache_rows,
 )
 from .library import define, impl_cpu, impl_cuda_on_first_use, impl_fake, module_loader
-from .rope_dispatch import push_rope_all_devices
+from .rope_dispatch import push_rope
 
 OP = "rope_with_cos_sin_cache"
 _SCHEMA = (
@@ -45,7 +46,7 @@ _SCHEMA = (
 
 
 def _fail(arg: str, message: str) -> None:
-    raise ValueError(f"fuseinfer.{OP}: {arg} {message}")
+    fail(OP, arg, message)
 
 
 def check_rope_args(positions, query, key, head_size, cos_sin_cache, is_neox=True,
@@ -136,7 +137,7 @@ def _cpu(positions, query, key, head_size, cos_sin_cache, is_neox=True, value=No
 
 
 # Loads csrc/rope (building it on first use) and pushes its dispatch table.
-load_cuda = module_loader("rope", push_rope_all_devices)
+load_cuda = module_loader("rope", "rope", push_rope)
 
 define(_SCHEMA)
 impl_cpu(OP, _cpu)

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..dispatch import TableError, current_identity, lookup, register_op
+from ..dispatch import TableError, register_op
+from .library import table_bound
 
 
 def _check_threads(threads: int, where: str) -> None:
@@ -98,15 +99,11 @@ register_op("rope", RopeDispatch, ROPE_BUILTIN)
 register_op("kvcache", KvCacheDispatch, KVCACHE_BUILTIN)
 
 
-def _bound(value: int | None) -> int:
-    return -1 if value is None else value
-
-
 def push_rope(device: int, table: RopeDispatch) -> None:
     import torch
 
     torch.ops.fuseinfer._rope_configure(
-        device, [_bound(r.max_tokens) for r in table.rules],
+        device, [table_bound(r.max_tokens) for r in table.rules],
         [r.tokens_per_block for r in table.rules], [r.heads_per_block for r in table.rules],
         [r.threads_per_block for r in table.rules], table.enable_pdl)
 
@@ -115,19 +112,5 @@ def push_kvcache(device: int, table: KvCacheDispatch) -> None:
     import torch
 
     torch.ops.fuseinfer._kvcache_configure(
-        device, [_bound(r.max_tokens) for r in table.rules],
+        device, [table_bound(r.max_tokens) for r in table.rules],
         [r.threads_per_block for r in table.rules], table.enable_pdl)
-
-
-def push_rope_all_devices() -> None:
-    import torch
-
-    for device in range(torch.cuda.device_count()):
-        push_rope(device, lookup("rope", current_identity(device)).entry)
-
-
-def push_kvcache_all_devices() -> None:
-    import torch
-
-    for device in range(torch.cuda.device_count()):
-        push_kvcache(device, lookup("kvcache", current_identity(device)).entry)

@@ -1,0 +1,27 @@
+"""Argument-check helpers shared by every op family's CPU, fake and first-call CUDA paths.
+Each error is a ValueError naming the op and the argument, as the C++ launchers' are."""
+
+from __future__ import annotations
+
+import torch
+
+
+def fail(op: str, arg: str, message: str) -> None:
+    raise ValueError(f"fuseinfer.{op}: {arg} {message}")
+
+
+def has_storage(t: torch.Tensor) -> bool:
+    """False for meta and fake tensors, whose data pointers cannot be read."""
+    from torch._subclasses.fake_tensor import is_fake
+
+    return t.device.type != "meta" and not is_fake(t)
+
+
+def contiguous_tail(t: torch.Tensor, first: int) -> bool:
+    """Dims first.. of t are laid out contiguously (size-1 dims may have any stride)."""
+    expected = 1
+    for d in range(t.dim() - 1, first - 1, -1):
+        if t.size(d) != 1 and t.stride(d) != expected:
+            return False
+        expected *= t.size(d)
+    return True
