@@ -96,6 +96,4 @@ inline void check_loc(const at::Tensor& loc, int64_t tokens, const at::Tensor& l
                       tokens, "]");
 }
 
-inline bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
-
 }  // namespace fuseinfer::kvcache

@@ -8,7 +8,7 @@
 
 #include "cache_args.h"
 #include "cache_store.cuh"
-#include "device_info.h"
+#include "launch_policy.h"
 #include "launch_rules.h"
 #include "pdl.cuh"
 
@@ -110,10 +110,7 @@ void store_kv_cache(const at::Tensor& k_cache, const at::Tensor& v_cache, const 
   const auto table = tables().get(device);
   const StoreRule* rule = table ? table->pick(k_rows.count) : nullptr;
   const int threads = rule ? rule->threads_per_block : 256;
-  const bool supported = compute_capability(device) >= 90;
-  FUSEINFER_CHECK_ARG(!enable_pdl.value_or(false) || supported, op, "enable_pdl",
-                      "must be False or None on this GPU: PDL needs compute capability 9.0+");
-  const bool pdl = enable_pdl.value_or(supported && (!table || table->enable_pdl));
+  const bool pdl = resolve_pdl(enable_pdl, !table || table->enable_pdl, device, op);
 
   StoreArgs a{};
   a.k = k.data_ptr();

@@ -3,10 +3,9 @@
 // the first whose bounds hold is used. Nothing here knows which GPU it runs on.
 #pragma once
 
-#include <atomic>
 #include <cstdint>
-#include <memory>
-#include <vector>
+
+#include "launch_rules.h"
 
 namespace fuseinfer::norm {
 
@@ -20,26 +19,11 @@ struct LaunchRule {
   int rows_per_block;
 };
 
-struct LaunchTable {
-  std::vector<LaunchRule> rules;
-  bool enable_pdl = false;
-};
+using LaunchTable = RuleTable<LaunchRule>;
 
-constexpr int kMaxDevices = 64;
-
-// One immutable table per device, swapped atomically so launches never take a lock.
-inline std::shared_ptr<const LaunchTable>& table_slot(int device) {
-  static std::shared_ptr<const LaunchTable> slots[kMaxDevices];
-  return slots[device];
-}
-
-inline std::shared_ptr<const LaunchTable> get_table(int device) {
-  if (device < 0 || device >= kMaxDevices) return nullptr;
-  return std::atomic_load(&table_slot(device));
-}
-
-inline void set_table(int device, std::shared_ptr<const LaunchTable> table) {
-  std::atomic_store(&table_slot(device), std::move(table));
+inline DeviceTables<LaunchRule>& tables() {
+  static DeviceTables<LaunchRule> instance;
+  return instance;
 }
 
 }  // namespace fuseinfer::norm

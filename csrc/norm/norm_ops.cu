@@ -7,7 +7,7 @@
 #include <algorithm>
 #include <utility>
 
-#include "device_info.h"
+#include "launch_policy.h"
 #include "launch_table.h"
 #include "rmsnorm_kernels.cuh"
 #include "torch_checks.h"
@@ -84,19 +84,6 @@ void check_weight(const at::Tensor& weight, const at::Tensor& input, const char*
   FUSEINFER_CHECK_ARG(weight.is_contiguous(), op, "weight", "must be contiguous");
 }
 
-bool resolve_pdl(std::optional<bool> enable_pdl, const LaunchTable* table, int device,
-                 const char* op) {
-  const int cc = compute_capability(device);
-  const bool supported = cc >= 90;
-  if (enable_pdl.has_value()) {
-    FUSEINFER_CHECK_ARG(!*enable_pdl || supported, op, "enable_pdl",
-                        "must be False or None on this GPU: PDL needs compute capability 9.0 "
-                        "or newer, this GPU is ", cc / 10, ".", cc % 10);
-    return *enable_pdl;
-  }
-  return supported && (table == nullptr || table->enable_pdl);
-}
-
 struct LaunchShape {
   int threads_per_row;
   int rows_per_block;
@@ -113,8 +100,6 @@ LaunchShape pick_shape(const LaunchTable* table, NormKind kind, int64_t hidden, 
   }
   return {256, 1};  // no table pushed for this device: a shape that is never wrong
 }
-
-bool aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
 
 using NormKernel = void (*)(RowPointers, int64_t, int, float, float);
 
@@ -220,8 +205,8 @@ void run(const char* op, const at::Tensor& out, const at::Tensor& input,
 
   const c10::cuda::CUDAGuard guard(input.device());
   const int device = input.get_device();
-  const auto table = get_table(device);
-  const bool pdl = resolve_pdl(enable_pdl, table.get(), device, op);
+  const auto table = tables().get(device);
+  const bool pdl = resolve_pdl(enable_pdl, !table || table->enable_pdl, device, op);
   const LaunchShape shape = pick_shape(table.get(), fused ? NormKind::kFusedAdd : NormKind::kRmsnorm,
                                        hidden, in_rows.rows);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device).stream();
@@ -278,7 +263,8 @@ void gemma_fused_add_rmsnorm(const at::Tensor& input, const at::Tensor& residual
 void configure(int64_t device, std::vector<int64_t> kinds, std::vector<int64_t> max_hidden,
                std::vector<int64_t> max_tokens, std::vector<int64_t> threads_per_row,
                std::vector<int64_t> rows_per_block, bool enable_pdl) {
-  TORCH_CHECK(device >= 0 && device < kMaxDevices, "fuseinfer: device index out of range");
+  TORCH_CHECK(device >= 0 && device < DeviceTables<LaunchRule>::kMaxDevices,
+              "fuseinfer: device index out of range");
   const size_t n = max_hidden.size();
   TORCH_CHECK(kinds.size() == n && max_tokens.size() == n && threads_per_row.size() == n &&
                   rows_per_block.size() == n,
@@ -298,7 +284,7 @@ void configure(int64_t device, std::vector<int64_t> kinds, std::vector<int64_t> 
     table->rules.push_back({static_cast<NormKind>(kinds[i]), max_hidden[i], max_tokens[i], tpr,
                             rpb});
   }
-  set_table(static_cast<int>(device), std::move(table));
+  tables().set(static_cast<int>(device), std::move(table));
 }
 
 }  // namespace

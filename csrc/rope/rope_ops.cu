@@ -6,14 +6,13 @@
 #include <torch/library.h>
 
 #include "cache_args.h"
-#include "device_info.h"
+#include "launch_policy.h"
 #include "launch_rules.h"
 #include "rope_kernel.cuh"
 
 namespace fuseinfer::rope {
 namespace {
 
-using kvcache::aligned16;
 using kvcache::Rows;
 
 struct RopeRule {
@@ -158,10 +157,7 @@ void rope_with_cos_sin_cache(const at::Tensor& positions, const at::Tensor& quer
   const dim3 grid(static_cast<unsigned>((tokens + a.tokens_per_block - 1) / a.tokens_per_block),
                   static_cast<unsigned>((all_heads + per_block - 1) / per_block));
 
-  const bool supported = compute_capability(device) >= 90;
-  FUSEINFER_CHECK_ARG(!enable_pdl.value_or(false) || supported, kOp, "enable_pdl",
-                      "must be False or None on this GPU: PDL needs compute capability 9.0+");
-  const bool pdl = enable_pdl.value_or(supported && (!table || table->enable_pdl));
+  const bool pdl = resolve_pdl(enable_pdl, !table || table->enable_pdl, device, kOp);
 
   const int vec = 16 / static_cast<int>(query.element_size());
   const bool vector =

@@ -154,7 +154,7 @@ def test_every_launch_shape(rule):
             None, tokens_per_block, heads_per_block, threads),)))
         fuseinfer.ops.rope_with_cos_sin_cache(pos, q, k, 128, cs, False, v, kc, vc, loc)
     finally:
-        push_rope(device, fuseinfer.ops.rope_dispatch.lookup(
+        push_rope(device, fuseinfer.dispatch.lookup(
             "rope", fuseinfer.dispatch.current_identity(device)).entry)
     assert_close(qkv, want_qkv, torch.bfloat16)
     assert_close(kc.view(-1, 256)[loc.long()], want_kc.view(-1, 256)[loc.long().cpu()],
