@@ -55,7 +55,9 @@ setup(
     python_requires=">=3.10",
     install_requires=["torch>=2.4", "ninja"],
     extras_require={
-        "test": ["pytest>=7"],
+        # Triton runs its kernels under TRITON_INTERPRET=1 in the CPU suite; its
+        # interpreter converts 1-element arrays to scalars, which numpy 2.4 refuses.
+        "test": ["pytest>=7", "triton>=3.3", "numpy<2.4"],
         # Headers only; install with --no-deps to skip its Python tooling's dependencies.
         "cuda": ["nvidia-cutlass>=3.9"],
         "bench": ["liger-kernel"],

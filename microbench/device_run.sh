@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Everything that needs a GPU, in one go, on a freshly lent machine:
 #   microbench/device_run.sh STEP...     steps: tests aot tune bench bench-quick tune-rope bench-rope
+#                                        tests-attn bench-attn bench-attn-quick
 # Installs the wheels carried in .whl/, restores a carried JIT cache (.devcache/), runs the
 # steps and leaves at most 8 files in $OUT: logs.tgz, the run and recorded JSON, the tuned
 # table, the tuning log, the ceilings and the JIT cache for the next call.
@@ -81,6 +82,15 @@ for s in "$@"; do
     bench-rope)
       TAIL=60 step bench_rope python3 -m fuseinfer.cli bench rope --record --json "$OUT/rope_run.json"
       cp "microbench/results/$KEY/rope.json" "$OUT/results_rope_$KEY.json" ;;
+    tests-attn) TAIL=40 step gpu_tests_attn python3 -m pytest -m gpu tests/gpu/test_attention_gpu.py \
+                  -q -rf -x -p no:cacheprovider ;;
+    bench-attn|bench-attn-quick)
+      [ -f "$OUT/ceilings.json" ] || { step ceilings python3 -m fuseinfer.cli bench ceilings \
+        && cp "$FUSEINFER_CACHE_DIR"/ceilings/*.json "$OUT/ceilings.json"; }
+      extra=(); rec=(--record)
+      [ "$s" = bench-attn-quick ] && { extra=(${ATTN_QUICK:---batches 1 64 --lengths 4096 16384 --prefill 1x4k --models Llama-3-8B GPT-OSS}); rec=(); }
+      TAIL=90 step bench_attn python3 -m fuseinfer.cli bench attention "${rec[@]}" --json "$OUT/attention_run.json" "${extra[@]}"
+      [ "$s" = bench-attn ] && cp "microbench/results/$KEY/attention.json" "$OUT/results_attention_$KEY.json" ;;
     *) echo "unknown step $s" ;;
   esac
 done

@@ -1,11 +1,17 @@
 from __future__ import annotations
 
+import os
 import sys
 import zlib
 from pathlib import Path
 
 import pytest
 import torch
+
+# With no GPU, Triton kernels run in Triton's interpreter on CPU tensors. It is read when a
+# kernel module is imported, so it must be set before any test imports one.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO / "python") not in sys.path:

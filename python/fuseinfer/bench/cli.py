@@ -56,6 +56,27 @@ def add_bench_parser(sub: Any) -> None:
     _add_run_options(rope, "rope")
     rope.set_defaults(handler=_run_rope)
 
+    attn = suites.add_parser("attention", help="paged decode and prefill/extend attention "
+                             "on model shapes against SDPA and flex_attention (bf16)")
+    attn.add_argument("--kinds", nargs="+", choices=["decode", "prefill"],
+                      default=["decode", "prefill"])
+    attn.add_argument("--models", nargs="+", metavar="MODEL",
+                      help="keep only these models (default: Llama-3-8B GPT-OSS "
+                      "GPT-OSS-win128)")
+    attn.add_argument("--batches", nargs="+", type=int, help="decode batch sizes "
+                      "(default: 1 8 64 256)")
+    attn.add_argument("--lengths", nargs="+", type=int, help="decode KV lengths "
+                      "(default: 1024 4096 16384 65536; batch 1 x 8192 is always added)")
+    attn.add_argument("--prefill", nargs="+", metavar="NAME",
+                      help="prefill shapes (default: 1x4k 4x2k 1x16k 'extend 2k on 4k')")
+    attn.add_argument("--page-size", type=int, default=16)
+    attn.add_argument("--baselines", nargs="*", default=["sdpa", "flex"],
+                      help="baselines timed in the same run on contiguous KV")
+    attn.add_argument("--json", type=Path, help="write this run as JSON here")
+    attn.add_argument("--record", action="store_true",
+                      help="append the run to microbench/results/<gpu>/attention.json")
+    attn.set_defaults(handler=_run_attention, pdl="auto", cold=False)
+
     summary = suites.add_parser("summary", help="regenerate docs/benchmarks.md from "
                                 "microbench/results")
     summary.set_defaults(handler=_run_summary)
@@ -211,6 +232,42 @@ def _run_rope(args: argparse.Namespace) -> int:
     rows = suite.run([suite.MODELS[n] for n in names], tokens, args.baselines, copy_gbps,
                      enable_pdl=_PDL[args.pdl], cold=args.cold)
     return _report("rope", suite.COLUMNS, rows, copy_gbps, args)
+
+
+def _run_attention(args: argparse.Namespace) -> int:
+    if not _has_gpu():
+        from .suites import attention_cpu_smoke
+
+        return _cpu_smoke(attention_cpu_smoke)
+
+    import fuseinfer  # noqa: F401  (registers the ops)
+
+    from .ceilings import copy_bandwidth_gbps, load_ceilings
+    from .suites import attention as suite
+
+    names = args.models or list(suite.MODELS)
+    prefill = args.prefill or list(suite.PREFILL)
+    for kind, asked, known in (("model", names, list(suite.MODELS)),
+                               ("prefill shape", prefill, list(suite.PREFILL)),
+                               ("baseline", args.baselines, ["sdpa", "flex"])):
+        unknown = [n for n in asked if n not in known]
+        if unknown:
+            raise SystemExit(f"unknown {kind}(s) {unknown}; choose from {known}")
+    if args.page_size < 1:
+        raise SystemExit("--page-size must be >= 1")
+    models = [suite.MODELS[n] for n in names]
+    cases = []
+    if "decode" in args.kinds:
+        cases += suite.decode_cases(models, args.batches or suite.DECODE_BATCHES,
+                                    args.lengths or suite.DECODE_LENGTHS)
+    if "prefill" in args.kinds:
+        cases += suite.prefill_cases([m for m in models if m.name in suite.PREFILL_MODELS],
+                                     prefill)
+    copy_gbps = copy_bandwidth_gbps()
+    ceilings = load_ceilings()
+    bf16 = ceilings.bf16_tflops if ceilings else None
+    rows = suite.run(cases, args.baselines, copy_gbps, bf16, page_size=args.page_size)
+    return _report("attention", suite.COLUMNS, rows, copy_gbps, args)
 
 
 def _run_summary(args: argparse.Namespace) -> int:

@@ -1,0 +1,57 @@
+"""Random paged-KV attention inputs, shared by the attention bench suite and the tests.
+
+Pages are handed out in a random order, so a request's tokens are scattered across the
+cache the way a long-running server's are."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..ops.kvcache import FP8
+
+
+@dataclass
+class PagedKv:
+    k_cache: torch.Tensor
+    v_cache: torch.Tensor
+    page_table: torch.Tensor  # int32 [batch, max_pages]
+    k_scale: torch.Tensor | None
+    v_scale: torch.Tensor | None
+
+    def contiguous(self, b: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Request b's first `length` keys and values as [length, kv_heads, head_dim]
+        (dequantized to float32 when the cache is fp8)."""
+        from ..ops.attention_reference import gather_tokens
+
+        return (gather_tokens(self.k_cache, self.page_table[b], length, self.k_scale),
+                gather_tokens(self.v_cache, self.page_table[b], length, self.v_scale))
+
+
+def make_paged_kv(kv_lens: list[int], kv_heads: int, head_dim: int, page_size: int,
+                  dtype: torch.dtype, device: torch.device | str, *, fp8: bool = False,
+                  spare_pages: int = 3, generator: torch.Generator | None = None) -> PagedKv:
+    """Caches holding random keys/values for requests of the given lengths (plus a few
+    unused pages), and a page table whose rows are padded with pages of other requests."""
+    pages_per_req = [max(1, -(-n // page_size)) for n in kv_lens]
+    total = sum(pages_per_req) + spare_pages
+    width = max(pages_per_req)
+    order = torch.randperm(total, generator=generator).to(torch.int32)
+    table = torch.empty(len(kv_lens), width, dtype=torch.int32)
+    at = 0
+    for b, n in enumerate(pages_per_req):
+        row = order[at:at + n]
+        pad = order[torch.randint(0, total, (width - n,), generator=generator)]
+        table[b] = torch.cat([row, pad])
+        at += n
+    shape = (total, page_size, kv_heads, head_dim) if page_size > 1 \
+        else (total, kv_heads, head_dim)
+    k = torch.randn(shape, generator=generator).to(device=device)
+    v = torch.randn(shape, generator=generator).to(device=device)
+    if fp8:
+        k_scale = torch.tensor([0.5], device=device)
+        v_scale = torch.tensor([0.25], device=device)
+        return PagedKv((k / 0.5).to(FP8), (v / 0.25).to(FP8), table.to(device), k_scale,
+                       v_scale)
+    return PagedKv(k.to(dtype), v.to(dtype), table.to(device), None, None)

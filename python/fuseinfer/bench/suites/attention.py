@@ -1,0 +1,259 @@
+"""`fuseinfer bench attention`: paged decode and prefill/extend on model shapes, against
+torch SDPA and flex_attention on contiguous KV.
+
+Decode: batch x KV length, every request the same length, bf16 paged cache (page size 16
+unless --page-size), pages scattered at random. Bytes counted: the KV each request can see
+(window: the last window_left + 1 tokens), K and V, plus q and out. Prefill: causal, the
+new tokens already in the cache; FLOPs counted: 4 * head_dim * q_heads per visible
+(query, key) pair. Extra timings of our own kernel give what a feature costs: `sink cost`
+is with sinks vs the same call without; `window cost` is window W over a long KV vs full
+attention over a KV of W + 1 tokens (the same keys read).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ...ops import AttentionShape, PagedAttention
+from ...ops.attention_reference import reference_paged_attention
+from .. import attention_baselines as base
+from ..attention_inputs import make_paged_kv
+from ..progress import Progress
+from ..report import Column
+from ..timing import TimingConfig, l2_cache_bytes, time_calls
+
+
+@dataclass(frozen=True)
+class Model:
+    name: str
+    q_heads: int
+    kv_heads: int
+    head_dim: int
+    sinks: bool = False
+    window_left: int | None = None
+
+
+MODELS = {m.name: m for m in (
+    Model("Llama-3-8B", 32, 8, 128),
+    Model("GPT-OSS", 64, 8, 64, sinks=True),
+    # GPT-OSS's sliding layers: 128 tokens, the query's own included.
+    Model("GPT-OSS-win128", 64, 8, 64, sinks=True, window_left=127),
+)}
+DECODE_BATCHES = (1, 8, 64, 256)
+DECODE_LENGTHS = (1024, 4096, 16384, 65536)
+EXTRA_DECODE = ((1, 8192),)  # the split-KV target shape
+FLEX_DECODE_BATCHES = (1, 64)  # flex compiles per shape: decode rows get it at these only
+PREFILL = {  # name: (q_lens, kv_lens)
+    "1x4k": ([4096], [4096]),
+    "4x2k": ([2048] * 4, [2048] * 4),
+    "1x16k": ([16384], [16384]),
+    "extend 2k on 4k": ([2048], [6144]),
+}
+PREFILL_MODELS = ("Llama-3-8B", "GPT-OSS", "GPT-OSS-win128")
+MAX_KV_BYTES = 24 << 30  # larger decode shapes are skipped (the contiguous copy doubles it)
+
+COLUMNS = [
+    Column("kind", "kind", align="<"),
+    Column("model", "model", align="<"),
+    Column("shape", "shape", align="<"),
+    Column("us", "us", "{:.1f}"),
+    Column("tbps", "TB/s", "{:.2f}"),
+    Column("tflops", "TFLOP/s", "{:.0f}"),
+    Column("pct_ceiling", "% ceiling", "{:.1f}"),
+    Column("vs_sdpa", "x sdpa", "{:.2f}"),
+    Column("vs_flex", "x flex", "{:.2f}"),
+    Column("feature_cost_pct", "sink cost %", "{:+.1f}"),
+    Column("window_cost_pct", "window cost %", "{:+.1f}"),
+    Column("splits", "splits"),
+    Column("rel_err", "rel err", "{:.1e}"),
+]
+
+
+@dataclass(frozen=True)
+class Case:
+    kind: str  # "decode" or "prefill"
+    model: Model
+    shape: str
+    q_lens: tuple[int, ...]
+    kv_lens: tuple[int, ...]
+
+
+def decode_cases(models: Sequence[Model], batches: Sequence[int], lengths: Sequence[int],
+                 extra: Sequence[tuple[int, int]] = EXTRA_DECODE) -> list[Case]:
+    pairs = [(b, n) for b in batches for n in lengths] + list(extra)
+    return [Case("decode", m, f"{b}x{n}", (1,) * b, (n,) * b) for m in models
+            for b, n in dict.fromkeys(pairs)]
+
+
+def prefill_cases(models: Sequence[Model], names: Sequence[str]) -> list[Case]:
+    return [Case("prefill", m, name, tuple(PREFILL[name][0]), tuple(PREFILL[name][1]))
+            for m in models for name in names]
+
+
+def visible(q_len: int, kv_len: int, window_left: int | None) -> int:
+    """(query, key) pairs the mask lets through for one request."""
+    total = 0
+    for p in range(kv_len - q_len, kv_len):
+        lo = 0 if window_left is None else max(0, p - window_left)
+        total += p + 1 - lo
+    return total
+
+
+def kv_bytes(case: Case, itemsize: int) -> int:
+    m = case.model
+    tokens = sum(n if m.window_left is None else min(n, m.window_left + 1)
+                 for n in case.kv_lens)
+    io = 2 * len(case.kv_lens) * m.q_heads * m.head_dim * itemsize
+    return 2 * tokens * m.kv_heads * m.head_dim * itemsize + io
+
+
+def flops(case: Case) -> int:
+    m = case.model
+    pairs = sum(visible(q, k, m.window_left) for q, k in zip(case.q_lens, case.kv_lens,
+                                                              strict=True))
+    return 4 * pairs * m.head_dim * m.q_heads
+
+
+@dataclass
+class Inputs:
+    attn: PagedAttention
+    plan: Any
+    q: torch.Tensor
+    kv: Any
+    out: torch.Tensor
+    sinks: torch.Tensor | None
+
+
+def make_inputs(case: Case, page_size: int, dtype: torch.dtype, kv_lens=None, q_lens=None,
+                device: str = "cuda") -> Inputs:
+    m = case.model
+    kv_lens = list(kv_lens or case.kv_lens)
+    q_lens = list(q_lens or case.q_lens)
+    kv = make_paged_kv(kv_lens, m.kv_heads, m.head_dim, page_size, dtype, device)
+    attn = PagedAttention(AttentionShape(m.q_heads, m.kv_heads, m.head_dim, page_size),
+                          device, max_batch=max(len(kv_lens), 1))
+    if case.kind == "decode":
+        plan = attn.plan_decode(kv_lens, kv.page_table)
+    else:
+        plan = attn.plan_prefill(q_lens, kv_lens, kv.page_table)
+    q = torch.randn(sum(q_lens), m.q_heads, m.head_dim, device=device, dtype=dtype)
+    sinks = torch.randn(m.q_heads, device=device) if m.sinks else None
+    return Inputs(attn, plan, q, kv, torch.empty_like(q), sinks)
+
+
+def ours(x: Inputs, sinks: bool = True, window_left: int | None = None
+         ) -> Callable[[], Any]:
+    s = x.sinks if sinks else None
+    return lambda: x.attn.run(x.plan, x.q, x.kv.k_cache, x.kv.v_cache, out=x.out, sinks=s,
+                              window_left=window_left)
+
+
+def check(case: Case, page_size: int, dtype: torch.dtype) -> float:
+    """Relative error against the reference on a cut-down copy of the case (at most two
+    requests of at most 2048 cached tokens), fresh data."""
+    m = case.model
+    kv_lens = [min(n, 2048) for n in case.kv_lens[:2]]
+    q_lens = [min(q, n) for q, n in zip(case.q_lens[:2], kv_lens, strict=True)]
+    x = make_inputs(case, page_size, dtype, kv_lens, q_lens)
+    got = x.attn.run(x.plan, x.q, x.kv.k_cache, x.kv.v_cache, sinks=x.sinks,
+                     window_left=m.window_left)
+    indptr = torch.tensor([0, *torch.tensor(q_lens).cumsum(0).tolist()], dtype=torch.int32,
+                          device=x.q.device)
+    want, _ = reference_paged_attention(
+        x.q, x.kv.k_cache, x.kv.v_cache, x.kv.page_table, indptr,
+        torch.tensor(kv_lens, dtype=torch.int32, device=x.q.device),
+        sm_scale=m.head_dim ** -0.5, window_left=m.window_left, sinks=x.sinks)
+    return ((got.float() - want).norm() / want.norm()).item()
+
+
+def _contiguous(case: Case, dtype: torch.dtype, device: str = "cuda"):
+    m = case.model
+    b, n, ql = len(case.kv_lens), case.kv_lens[0], case.q_lens[0]
+    k = torch.randn(b, m.kv_heads, n, m.head_dim, device=device, dtype=dtype)
+    v = torch.randn_like(k)
+    q = torch.randn(b, m.q_heads, ql, m.head_dim, device=device, dtype=dtype)
+    return q, k, v
+
+
+def _time(fn: Callable[[], Any], config: TimingConfig) -> float:
+    return time_calls([fn], config).median_us
+
+
+def run(cases: Sequence[Case], baselines: Sequence[str], copy_gbps: float | None,
+        bf16_tflops: float | None, page_size: int = 16, dtype: torch.dtype = torch.bfloat16,
+        config: TimingConfig | None = None) -> list[dict[str, Any]]:
+    config = config or TimingConfig(repeats=15, target_graph_ms=2.0)
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    l2 = l2_cache_bytes()
+    rows: list[dict[str, Any]] = []
+    with Progress(len(cases), "bench attention") as progress:
+        for case in cases:
+            m = case.model
+            progress.step(f"{case.kind} {m.name} {case.shape}")
+            full_bytes = 2 * sum(case.kv_lens) * m.kv_heads * m.head_dim * itemsize
+            row: dict[str, Any] = {"kind": case.kind, "model": m.name, "shape": case.shape,
+                                   "q_heads": m.q_heads, "kv_heads": m.kv_heads,
+                                   "head_dim": m.head_dim, "sinks": m.sinks,
+                                   "window_left": m.window_left, "page_size": page_size,
+                                   "dtype": str(dtype).removeprefix("torch.")}
+            if full_bytes > MAX_KV_BYTES:
+                row["note"] = f"skipped: {full_bytes / 2**30:.0f} GiB of KV exceeds the budget"
+                rows.append(row)
+                continue
+            row["rel_err"] = check(case, page_size, dtype)
+            x = make_inputs(case, page_size, dtype)
+            us = _time(ours(x, window_left=m.window_left), config)
+            row["us"] = us
+            if case.kind == "decode":
+                nbytes = kv_bytes(case, itemsize)
+                row["bytes"] = nbytes
+                row["tbps"] = nbytes / us / 1e6
+                row["pct_ceiling"] = 100 * row["tbps"] * 1e3 / copy_gbps if copy_gbps else None
+                row["splits"] = x.plan.splits
+                row["l2"] = "warm" if 4 * nbytes <= l2 else "cold"
+            else:
+                row["flops"] = flops(case)
+                row["tflops"] = row["flops"] / us / 1e6
+                row["pct_ceiling"] = 100 * row["tflops"] / bf16_tflops if bf16_tflops else None
+            if m.sinks:
+                plain = _time(ours(x, sinks=False, window_left=m.window_left), config)
+                row["no_sink_us"] = plain
+                row["feature_cost_pct"] = 100 * (us / plain - 1)
+            if m.window_left is not None and case.kind == "decode":
+                short = min(case.kv_lens[0], m.window_left + 1)
+                y = make_inputs(case, page_size, dtype, kv_lens=[short] * len(case.kv_lens))
+                full = _time(ours(y), config)
+                row["window_equiv_full_us"] = full
+                row["window_cost_pct"] = 100 * (us / full - 1)
+                del y
+            del x
+            _baselines(row, case, baselines, dtype, config)
+            rows.append(row)
+            torch.cuda.empty_cache()
+    return rows
+
+
+def _baselines(row: dict[str, Any], case: Case, baselines: Sequence[str],
+               dtype: torch.dtype, config: TimingConfig) -> None:
+    m = case.model
+    q, k, v = _contiguous(case, dtype)
+    sinks = torch.randn(m.q_heads, device=q.device) if m.sinks else None
+    for name in baselines:
+        if name == "sdpa":
+            fn = base.sdpa_decode(q[:, :, 0], k, v, m.window_left) if case.kind == "decode" \
+                else base.sdpa_prefill(q, k, v)
+        elif name == "flex":
+            if case.kind == "decode" and len(case.kv_lens) not in FLEX_DECODE_BATCHES:
+                continue
+            fn = base.flex_attention_call(q, k, v, m.window_left, sinks)
+        else:
+            raise ValueError(f"unknown baseline {name}")
+        other = _time(fn, config)
+        row[f"{name}_us"] = other
+        row[f"vs_{name}"] = other / row["us"]
+    if m.sinks and "sdpa" in baselines:
+        row["note"] = "sdpa has no sinks: timed without them"

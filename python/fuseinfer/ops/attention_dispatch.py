@@ -1,0 +1,116 @@
+"""Dispatch-table entry of the attention family (Triton kernels).
+
+Decode (split-KV): each request's visible KV range is cut into at most `max_splits`
+pieces of at least `min_chunk` tokens; the number of pieces is decided on the device from
+the request's length, so one plan (and one CUDA graph) serves any lengths. The plan sets
+max_splits from the batch: enough (batch x kv_heads x splits) programs to give every SM
+`target_ctas_per_sm`. KV groups of at least `tensor_core_min_group` q heads run together
+through tensor-core dots; smaller groups run one q head per program on the FMA units.
+Prefill: blocks of block_m queries x block_n keys. Rules are picked by head_dim.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..dispatch import TableError, register_op
+
+HEAD_DIMS = (64, 128, 256)
+
+
+def _check_pow2(value: int, low: int, high: int, where: str) -> None:
+    if value < low or value > high or value & (value - 1):
+        raise TableError(f"{where}: must be a power of two in [{low}, {high}], got {value}")
+
+
+@dataclass(frozen=True)
+class DecodeLaunchRule:
+    max_head_dim: int | None
+    block_n: int
+    num_warps: int
+    num_stages: int
+
+    def validate(self, where: str) -> None:
+        _check_pow2(self.block_n, 16, 256, f"{where}.block_n")
+        _check_pow2(self.num_warps, 1, 16, f"{where}.num_warps")
+        if not 1 <= self.num_stages <= 6:
+            raise TableError(f"{where}.num_stages: must be in [1, 6], got {self.num_stages}")
+
+
+@dataclass(frozen=True)
+class PrefillLaunchRule:
+    max_head_dim: int | None
+    block_m: int
+    block_n: int
+    num_warps: int
+    num_stages: int
+
+    def validate(self, where: str) -> None:
+        _check_pow2(self.block_m, 16, 256, f"{where}.block_m")
+        _check_pow2(self.block_n, 16, 256, f"{where}.block_n")
+        _check_pow2(self.num_warps, 1, 16, f"{where}.num_warps")
+        if not 1 <= self.num_stages <= 6:
+            raise TableError(f"{where}.num_stages: must be in [1, 6], got {self.num_stages}")
+
+
+def _check_rules(rules: tuple, where: str) -> None:
+    if not rules:
+        raise TableError(f"{where}: needs at least one rule")
+    if rules[-1].max_head_dim is not None:
+        raise TableError(f"{where}: the last rule must have max_head_dim null")
+
+
+@dataclass(frozen=True)
+class AttentionDispatch:
+    source: str
+    enable_pdl: bool
+    tensor_core_min_group: int
+    target_ctas_per_sm: int
+    min_chunk: int
+    max_splits: int
+    decode_rules: tuple[DecodeLaunchRule, ...]
+    prefill_rules: tuple[PrefillLaunchRule, ...]
+
+    def validate(self, where: str) -> None:
+        if self.tensor_core_min_group < 1:
+            raise TableError(f"{where}.tensor_core_min_group: must be >= 1")
+        if self.target_ctas_per_sm < 1 or not 1 <= self.max_splits <= 256:
+            raise TableError(f"{where}: target_ctas_per_sm must be >= 1 and max_splits in "
+                             "[1, 256]")
+        if self.min_chunk < 16:
+            raise TableError(f"{where}.min_chunk: must be >= 16, got {self.min_chunk}")
+        _check_rules(self.decode_rules, f"{where}.decode_rules")
+        _check_rules(self.prefill_rules, f"{where}.prefill_rules")
+
+    def decode_rule(self, head_dim: int) -> DecodeLaunchRule:
+        return next(r for r in self.decode_rules
+                    if r.max_head_dim is None or head_dim <= r.max_head_dim)
+
+    def prefill_rule(self, head_dim: int) -> PrefillLaunchRule:
+        return next(r for r in self.prefill_rules
+                    if r.max_head_dim is None or head_dim <= r.max_head_dim)
+
+
+ATTENTION_BUILTIN = AttentionDispatch(
+    source="built-in default",
+    enable_pdl=True,
+    tensor_core_min_group=4,
+    target_ctas_per_sm=2,
+    min_chunk=256,
+    max_splits=64,
+    decode_rules=(DecodeLaunchRule(None, 64, 4, 2),),
+    prefill_rules=(
+        PrefillLaunchRule(64, 128, 64, 4, 3),
+        PrefillLaunchRule(128, 128, 64, 8, 3),
+        PrefillLaunchRule(None, 64, 32, 4, 2),
+    ),
+)
+
+register_op("attention", AttentionDispatch, ATTENTION_BUILTIN)
+
+
+def attention_table(device_index: int | None = None) -> AttentionDispatch:
+    """The effective attention entry for a GPU (model table -> family -> built-in)."""
+    from ..dispatch import current_identity, lookup
+
+    return lookup("attention", current_identity(device_index)).entry

@@ -1,0 +1,110 @@
+"""Launchers of the Triton attention kernels (the CUDA path; under TRITON_INTERPRET=1 they
+also run on CPU tensors). Arguments are checked by the op before they get here."""
+
+from __future__ import annotations
+
+import torch
+
+from .attention_reference import page_size_of
+from .kvcache import FP8
+
+
+def _cache_strides(cache: torch.Tensor) -> tuple[int, int]:
+    """(slot stride, head stride) of a [slots, h, d] or [pages, page_size, h, d] cache."""
+    if cache.dim() == 4:
+        slot = cache.stride(1) if cache.size(1) > 1 else cache.stride(0)
+        return slot, cache.stride(2)
+    return cache.stride(0), cache.stride(1)
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(n - 1, 0).bit_length()
+
+
+def _flags(sinks, lse, k_cache, k_scale, window_left, logit_cap) -> dict:
+    return dict(HAS_WINDOW=window_left is not None, HAS_SINKS=sinks is not None,
+                HAS_CAP=logit_cap > 0, HAS_LSE=lse is not None,
+                KV_SCALED=k_cache.dtype == FP8 and k_scale is not None)
+
+
+def _pdl(enable_pdl: bool, device: torch.device) -> bool:
+    # PDL (griddepcontrol) needs sm_90+; the interpreter has no such thing.
+    return bool(enable_pdl) and device.type == "cuda" \
+        and torch.cuda.get_device_capability(device)[0] >= 9
+
+
+def launch_prefill(q, k_cache, v_cache, page_table, q_indptr, kv_lens, work, out, lse,
+                   sinks, k_scale, v_scale, sm_scale: float, window_left: int | None,
+                   logit_cap: float, launch: list[int], enable_pdl: bool) -> None:
+    from ..triton.attention_prefill import prefill_kernel
+
+    block_m, block_n, num_warps, num_stages = launch
+    num_items = work.size(0)
+    q_heads = q.size(1)
+    if num_items == 0 or q.size(0) == 0:
+        return
+    k_slot, k_head = _cache_strides(k_cache)
+    v_slot, v_head = _cache_strides(v_cache)
+    pdl = _pdl(enable_pdl, q.device)
+    extra = {"launch_pdl": True} if pdl else {}
+    dummy = kv_lens  # stands in for absent optional tensors; never read
+    prefill_kernel[(q_heads, num_items)](
+        q, k_cache, v_cache, out, lse if lse is not None else dummy,
+        sinks if sinks is not None else dummy, page_table, q_indptr, kv_lens, work,
+        k_scale if k_scale is not None else dummy, v_scale if v_scale is not None else dummy,
+        sm_scale, logit_cap, window_left if window_left is not None else 0,
+        q.stride(0), q.stride(1), k_slot, k_head, v_slot, v_head, out.stride(0),
+        out.stride(1), lse.stride(0) if lse is not None else 0, page_table.stride(0),
+        GROUP=q_heads // k_cache.size(-2), PAGE_SIZE=page_size_of(k_cache),
+        HEAD_DIM=q.size(2), BLOCK_M=block_m, BLOCK_N=block_n, USE_PDL=pdl,
+        DOT_F32=q.device.type == "cpu",
+        num_warps=num_warps, num_stages=num_stages,
+        **_flags(sinks, lse, k_cache, k_scale, window_left, logit_cap), **extra)
+
+
+def launch_decode(q, k_cache, v_cache, page_table, kv_lens, partial_out, partial_lse, out,
+                  lse, sinks, k_scale, v_scale, sm_scale: float, window_left: int | None,
+                  logit_cap: float, launch: list[int], enable_pdl: bool) -> None:
+    from ..triton.attention_decode import decode_kernel, merge_kernel
+
+    block_n, num_warps, num_stages, min_chunk, tensor_core_min_group = launch
+    batch, q_heads, head_dim = q.shape
+    if batch == 0:
+        return
+    kv_heads = k_cache.size(-2)
+    group = q_heads // kv_heads
+    max_splits = partial_lse.size(2)
+    use_dot = group >= tensor_core_min_group
+    heads_per_program = max(16, _pow2(group)) if use_dot else 1
+    k_slot, k_head = _cache_strides(k_cache)
+    v_slot, v_head = _cache_strides(v_cache)
+    pdl = _pdl(enable_pdl, q.device)
+    extra = {"launch_pdl": True} if pdl else {}
+    flags = _flags(sinks, lse, k_cache, k_scale, window_left, logit_cap)
+    dummy = kv_lens
+    lse_arg = lse if lse is not None else dummy
+    sinks_arg = sinks if sinks is not None else dummy
+    v_scale_arg = v_scale if v_scale is not None else dummy
+    part_strides = (partial_lse.stride(0), partial_lse.stride(1), partial_lse.stride(2))
+    window = window_left if window_left is not None else 0
+    decode_kernel[(batch, kv_heads if use_dot else q_heads, max_splits)](
+        q, k_cache, v_cache, out, lse_arg, partial_out, partial_lse, sinks_arg, page_table,
+        kv_lens, k_scale if k_scale is not None else dummy, v_scale_arg,
+        sm_scale, logit_cap, window, q_heads, max_splits,
+        q.stride(0), q.stride(1), k_slot, k_head, v_slot, v_head, out.stride(0),
+        out.stride(1), lse.stride(0) if lse is not None else 0, page_table.stride(0),
+        *part_strides,
+        GROUP=group, HEADS_PER_PROGRAM=heads_per_program, USE_DOT=use_dot,
+        PAGE_SIZE=page_size_of(k_cache), HEAD_DIM=head_dim, BLOCK_N=block_n,
+        MIN_CHUNK=min_chunk, USE_PDL=pdl, DOT_F32=q.device.type == "cpu",
+        num_warps=num_warps, num_stages=num_stages,
+        **flags, **extra)
+    if max_splits > 1:
+        merge_kernel[(batch, q_heads)](
+            out, lse_arg, partial_out, partial_lse, sinks_arg, kv_lens, v_scale_arg, window,
+            max_splits, out.stride(0), out.stride(1),
+            lse.stride(0) if lse is not None else 0, *part_strides,
+            HEAD_DIM=head_dim, SPLITS_POW2=_pow2(max_splits), MIN_CHUNK=min_chunk,
+            BLOCK_N=block_n, HAS_WINDOW=flags["HAS_WINDOW"], HAS_SINKS=flags["HAS_SINKS"],
+            HAS_LSE=flags["HAS_LSE"], KV_SCALED=flags["KV_SCALED"], USE_PDL=pdl,
+            num_warps=4 if head_dim >= 128 else 2, **extra)

@@ -1,0 +1,189 @@
+"""Triton kernels: paged split-KV decode attention (flash-decoding) and its merge.
+
+Stage 1: program (request, head or KV group, split) attends over one piece of the
+request's visible KV range and writes an unnormalized partial: the running max m (base 2),
+the weights' sum l and acc = sum exp2(s - m) v, as out = acc / l and lse = m + log2(l).
+How many pieces a request gets is decided here from its length (at most the grid's
+split count, each at least MIN_CHUNK tokens), so one launch shape serves every length.
+Stage 2 merges a request's pieces, adds the sink to the denominator and scales by
+v_scale. A request that fits one piece is finished by stage 1 directly.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _split_range(kv_len, window_left, split, num_splits_max, MIN_CHUNK: tl.constexpr,
+                 BLOCK_N: tl.constexpr, HAS_WINDOW: tl.constexpr):
+    """(start, end, pieces) of this split's KV range; empty when the split is unused."""
+    first = 0
+    if HAS_WINDOW:
+        first = tl.maximum(kv_len - 1 - window_left, 0)
+    visible = kv_len - first
+    pieces = tl.minimum(tl.cdiv(visible, MIN_CHUNK), num_splits_max)
+    pieces = tl.maximum(pieces, 1)
+    chunk = tl.cdiv(tl.cdiv(visible, pieces), BLOCK_N) * BLOCK_N
+    start = first + split * chunk
+    end = tl.minimum(start + chunk, kv_len)
+    return start, end, pieces
+
+
+@triton.jit
+def _finish(acc, m_i, l_i, Sinks, heads, head_ok, VScale, HAS_SINKS: tl.constexpr,
+            KV_SCALED: tl.constexpr):
+    """Normalize a complete softmax: the sink joins the denominator; returns (out, lse)."""
+    if HAS_SINKS:  # a request with no keys (a padded row) keeps zeros and lse -inf
+        seen = l_i > 0
+        sink = tl.load(Sinks + heads, mask=head_ok, other=0.0).to(tl.float32) \
+            * 1.4426950408889634
+        m_fin = tl.where(seen, tl.maximum(m_i, sink), 0.0)
+        alpha = tl.where(seen, tl.math.exp2(m_i - m_fin), 0.0)
+        acc = acc * alpha[:, None]
+        l_i = tl.where(seen, l_i * alpha + tl.math.exp2(sink - m_fin), 0.0)
+        m_i = m_fin
+    inv_l = tl.where(l_i > 0, 1.0 / l_i, 0.0)
+    if KV_SCALED:
+        inv_l = inv_l * tl.load(VScale)
+    lse = tl.where(l_i > 0, (m_i + tl.math.log2(l_i)) * 0.6931471805599453, float("-inf"))
+    return acc * inv_l[:, None], lse
+
+
+@triton.jit
+def decode_kernel(
+    Q, K, V, Out, Lse, PartO, PartLse, Sinks, PageTable, KvLens, KScale, VScale,
+    sm_scale, logit_cap, window_left, num_q_heads, num_splits_max,
+    stride_q_req, stride_q_head, stride_k_slot, stride_k_head, stride_v_slot, stride_v_head,
+    stride_o_req, stride_o_head, stride_lse_req, stride_page_row,
+    stride_part_req, stride_part_head, stride_part_split,
+    GROUP: tl.constexpr, HEADS_PER_PROGRAM: tl.constexpr, USE_DOT: tl.constexpr,
+    PAGE_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr,
+    MIN_CHUNK: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_SINKS: tl.constexpr,
+    HAS_CAP: tl.constexpr, HAS_LSE: tl.constexpr, KV_SCALED: tl.constexpr,
+    USE_PDL: tl.constexpr, DOT_F32: tl.constexpr,
+):
+    req = tl.program_id(0)
+    unit = tl.program_id(1)  # a KV group (USE_DOT) or a single q head
+    split = tl.program_id(2)
+    if USE_PDL:
+        tl.extra.cuda.gdc_wait()
+    kv_len = tl.load(KvLens + req)
+    start, end, pieces = _split_range(kv_len, window_left, split, num_splits_max, MIN_CHUNK,
+                                      BLOCK_N, HAS_WINDOW)
+    if USE_DOT:
+        kv_head = unit
+        heads = unit * GROUP + tl.arange(0, HEADS_PER_PROGRAM)
+        head_ok = tl.arange(0, HEADS_PER_PROGRAM) < GROUP
+    else:
+        kv_head = unit // GROUP
+        heads = unit + tl.arange(0, HEADS_PER_PROGRAM)
+        head_ok = tl.arange(0, HEADS_PER_PROGRAM) < 1
+    offs_d = tl.arange(0, HEAD_DIM)
+    offs_n = tl.arange(0, BLOCK_N)
+    m_i = tl.full([HEADS_PER_PROGRAM], float("-inf"), tl.float32)
+    l_i = tl.zeros([HEADS_PER_PROGRAM], tl.float32)
+    acc = tl.zeros([HEADS_PER_PROGRAM, HEAD_DIM], tl.float32)
+    if start < end:
+        q = tl.load(Q + req.to(tl.int64) * stride_q_req + heads[:, None] * stride_q_head
+                    + offs_d[None, :], mask=head_ok[:, None], other=0.0)
+        if DOT_F32:  # the interpreter's dot mishandles bfloat16
+            q = q.to(tl.float32)
+        qk_scale = sm_scale
+        if KV_SCALED:
+            qk_scale = qk_scale * tl.load(KScale)
+        page_row = PageTable + req.to(tl.int64) * stride_page_row
+        k_base = K + kv_head * stride_k_head
+        v_base = V + kv_head * stride_v_head
+        for block in range(start, end, BLOCK_N):
+            pos = block + offs_n
+            valid = pos < end
+            page = tl.load(page_row + pos // PAGE_SIZE, mask=valid, other=0)
+            slot = page.to(tl.int64) * PAGE_SIZE + pos % PAGE_SIZE
+            k = tl.load(k_base + slot[:, None] * stride_k_slot + offs_d[None, :],
+                        mask=valid[:, None], other=0.0)
+            if USE_DOT:
+                s = tl.dot(q, tl.trans(k.to(q.dtype)))
+            else:
+                s = tl.sum(q.to(tl.float32) * k.to(tl.float32), 1)[None, :]
+            s = s * qk_scale
+            if HAS_CAP:
+                s = logit_cap * (2.0 * tl.sigmoid(2.0 * s / logit_cap) - 1.0)
+            s = tl.where(valid[None, :], s * 1.4426950408889634, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            alpha = tl.math.exp2(m_i - m_new)
+            p = tl.math.exp2(s - m_new[:, None])
+            l_i = l_i * alpha + tl.sum(p, 1)
+            v = tl.load(v_base + slot[:, None] * stride_v_slot + offs_d[None, :],
+                        mask=valid[:, None], other=0.0)
+            if USE_DOT:
+                acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v.to(q.dtype))
+            else:
+                acc = acc * alpha[:, None] + tl.sum(tl.sum(p, 0)[:, None] * v.to(tl.float32),
+                                                    0)[None, :]
+            m_i = m_new
+    if USE_PDL:
+        tl.extra.cuda.gdc_launch_dependents()
+    if pieces == 1:
+        if split == 0:
+            out, lse = _finish(acc, m_i, l_i, Sinks, heads, head_ok, VScale, HAS_SINKS,
+                               KV_SCALED)
+            tl.store(Out + req.to(tl.int64) * stride_o_req + heads[:, None] * stride_o_head
+                     + offs_d[None, :], out.to(Out.dtype.element_ty), mask=head_ok[:, None])
+            if HAS_LSE:
+                tl.store(Lse + req.to(tl.int64) * stride_lse_req + heads, lse, mask=head_ok)
+    elif split < pieces:
+        part = req.to(tl.int64) * stride_part_req + heads * stride_part_head \
+            + split * stride_part_split
+        inv_l = tl.where(l_i > 0, 1.0 / l_i, 0.0)
+        tl.store(PartO + part[:, None] * HEAD_DIM + offs_d[None, :], acc * inv_l[:, None],
+                 mask=head_ok[:, None])
+        part_lse = tl.where(l_i > 0, m_i + tl.math.log2(l_i), float("-inf"))
+        tl.store(PartLse + part, part_lse, mask=head_ok)
+
+
+@triton.jit
+def merge_kernel(
+    Out, Lse, PartO, PartLse, Sinks, KvLens, VScale, window_left, num_splits_max,
+    stride_o_req, stride_o_head, stride_lse_req,
+    stride_part_req, stride_part_head, stride_part_split,
+    HEAD_DIM: tl.constexpr, SPLITS_POW2: tl.constexpr, MIN_CHUNK: tl.constexpr,
+    BLOCK_N: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_SINKS: tl.constexpr,
+    HAS_LSE: tl.constexpr, KV_SCALED: tl.constexpr, USE_PDL: tl.constexpr,
+):
+    req = tl.program_id(0)
+    head = tl.program_id(1)
+    if USE_PDL:
+        tl.extra.cuda.gdc_wait()
+    kv_len = tl.load(KvLens + req)
+    _, _, pieces = _split_range(kv_len, window_left, 0, num_splits_max, MIN_CHUNK, BLOCK_N,
+                                HAS_WINDOW)
+    if pieces > 1:
+        offs_s = tl.arange(0, SPLITS_POW2)
+        used = offs_s < pieces
+        part = req.to(tl.int64) * stride_part_req + head * stride_part_head \
+            + offs_s * stride_part_split
+        lse = tl.load(PartLse + part, mask=used, other=float("-inf"))
+        m = tl.max(lse, 0)
+        w = tl.where(used, tl.math.exp2(lse - m), 0.0)
+        offs_d = tl.arange(0, HEAD_DIM)
+        parts = tl.load(PartO + part[:, None] * HEAD_DIM + offs_d[None, :],
+                        mask=used[:, None], other=0.0)
+        acc = tl.sum(parts * w[:, None], 0)
+        l_sum = tl.sum(w, 0)
+        if HAS_SINKS:
+            sink = tl.load(Sinks + head).to(tl.float32) * 1.4426950408889634
+            m_fin = tl.maximum(m, sink)
+            scale = tl.math.exp2(m - m_fin)
+            acc = acc * scale
+            l_sum = l_sum * scale + tl.math.exp2(sink - m_fin)
+            m = m_fin
+        out = acc / l_sum
+        if KV_SCALED:
+            out = out * tl.load(VScale)
+        tl.store(Out + req.to(tl.int64) * stride_o_req + head * stride_o_head + offs_d,
+                 out.to(Out.dtype.element_ty))
+        if HAS_LSE:
+            tl.store(Lse + req.to(tl.int64) * stride_lse_req + head,
+                     (m + tl.math.log2(l_sum)) * 0.6931471805599453)

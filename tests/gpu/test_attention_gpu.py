@@ -1,0 +1,176 @@
+"""Paged attention (Triton kernels) on the GPU against the float32 reference (itself checked
+against SDPA and the sink identity in the CPU suite): head dims, page sizes, GQA groups,
+ragged extend batches, windows, sinks, soft-cap, FP8 KV, lse, split-KV, both decode
+paths, padded rows, PDL on/off, CUDA-graph replay with changing lengths, torch.compile."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from fuseinfer.bench.attention_inputs import make_paged_kv
+from fuseinfer.ops import AttentionShape, PagedAttention
+from fuseinfer.ops.attention_dispatch import ATTENTION_BUILTIN
+from fuseinfer.ops.attention_reference import reference_paged_attention
+
+TOL = {torch.bfloat16: 2e-2, torch.float16: 4e-3}
+
+
+def _features(name, hq):
+    sinks = (torch.randn(hq, device="cuda") * 2) if "sinks" in name else None
+    return dict(sinks=sinks, window_left=37 if "window" in name else None,
+                logit_cap=20.0 if "cap" in name else 0.0)
+
+
+def _check(out, lse, q, kv, page_table, indptr, kv_lens, dtype, scale, **kw):
+    want, want_lse = reference_paged_attention(
+        q, kv.k_cache, kv.v_cache, page_table, indptr, kv_lens, sm_scale=scale,
+        k_scale=kv.k_scale, v_scale=kv.v_scale, **kw)
+    tol = TOL[dtype] * (2 if kv.k_scale is not None else 1)
+    torch.testing.assert_close(out.float(), want, rtol=tol, atol=tol)
+    live = torch.isfinite(want_lse)
+    torch.testing.assert_close(lse[live], want_lse[live], rtol=1e-3, atol=1e-3)
+    assert torch.equal(torch.isfinite(lse), live)
+
+
+PREFILL_CASES = [  # (q_lens, kv_lens): prefill, extend on a cached prefix, tiny requests
+    ([300, 1, 77], [300, 450, 77]),
+    ([128, 1000], [640, 1000]),
+]
+
+
+@pytest.mark.parametrize("features", ["plain", "window", "sinks", "cap", "window-sinks-cap"])
+@pytest.mark.parametrize("head_dim, hq, hkv, page_size, dtype", [
+    (64, 8, 1, 16, torch.bfloat16), (128, 8, 2, 1, torch.bfloat16),
+    (128, 4, 4, 16, torch.bfloat16), (256, 4, 2, 1, torch.bfloat16),
+    (128, 8, 2, 16, torch.float16),
+])
+def test_prefill_matches_reference(features, head_dim, hq, hkv, page_size, dtype):
+    for q_lens, kv_lens in PREFILL_CASES:
+        kv = make_paged_kv(kv_lens, hkv, head_dim, page_size, dtype, "cuda")
+        q = torch.randn(sum(q_lens), hq, head_dim, device="cuda", dtype=dtype)
+        attn = PagedAttention(AttentionShape(hq, hkv, head_dim, page_size), "cuda")
+        plan = attn.plan_prefill(q_lens, kv_lens, kv.page_table)
+        kw = _features(features, hq)
+        out = torch.full_like(q, float("nan"))
+        out, lse = attn.run(plan, q, kv.k_cache, kv.v_cache, out=out, return_lse=True, **kw)
+        _check(out, lse, q, kv, kv.page_table, plan.q_indptr, plan.kv_lens, dtype,
+               head_dim ** -0.5, **kw)
+
+
+@pytest.mark.parametrize("page_size", [1, 16])
+def test_prefill_fp8_cache(page_size):
+    q_lens, kv_lens = [200, 3], [260, 3]
+    kv = make_paged_kv(kv_lens, 2, 128, page_size, torch.bfloat16, "cuda", fp8=True)
+    q = torch.randn(sum(q_lens), 8, 128, device="cuda", dtype=torch.bfloat16)
+    attn = PagedAttention(AttentionShape(8, 2, 128, page_size), "cuda")
+    plan = attn.plan_prefill(q_lens, kv_lens, kv.page_table)
+    kw = _features("sinks-window", 8)
+    out, lse = attn.run(plan, q, kv.k_cache, kv.v_cache, return_lse=True, k_scale=kv.k_scale,
+                        v_scale=kv.v_scale, **kw)
+    _check(out, lse, q, kv, kv.page_table, plan.q_indptr, plan.kv_lens, torch.bfloat16,
+           128 ** -0.5, **kw)
+
+
+def _decode(attn, kv, kv_lens, q, splits=None, **kw):
+    plan = attn.plan_decode(kv_lens, kv.page_table, splits=splits)
+    out = torch.full_like(q, float("nan"))
+    out, lse = attn.run(plan, q, kv.k_cache, kv.v_cache, out=out, return_lse=True,
+                        k_scale=kv.k_scale, v_scale=kv.v_scale, **kw)
+    return plan, out, lse
+
+
+@pytest.mark.parametrize("features", ["plain", "window", "sinks", "window-sinks-cap"])
+@pytest.mark.parametrize("head_dim, hq, hkv, page_size", [
+    (64, 64, 8, 16), (128, 32, 8, 1), (128, 8, 8, 16), (128, 16, 8, 1), (256, 8, 1, 16),
+])
+@pytest.mark.parametrize("splits", [None, 7])
+def test_decode_matches_reference(features, head_dim, hq, hkv, page_size, splits):
+    kv_lens = [1, 4100, 0, 333, 64, 2048]  # row 2 is a padded batch row
+    if features == "plain" and splits == 7:
+        splits = 1  # one piece: stage 1 finishes every request
+    dtype = torch.bfloat16
+    kv = make_paged_kv(kv_lens, hkv, head_dim, page_size, dtype, "cuda")
+    q = torch.randn(len(kv_lens), hq, head_dim, device="cuda", dtype=dtype)
+    attn = PagedAttention(AttentionShape(hq, hkv, head_dim, page_size), "cuda")
+    kw = _features(features, hq)
+    plan, out, lse = _decode(attn, kv, kv_lens, q, splits, **kw)
+    assert (out[2] == 0).all() and (lse[2] == -math.inf).all()
+    indptr = torch.arange(len(kv_lens) + 1, dtype=torch.int32, device="cuda")
+    _check(out, lse, q, kv, kv.page_table, indptr, plan.kv_lens, dtype, head_dim ** -0.5,
+           **kw)
+
+
+@pytest.mark.parametrize("tensor_core_min_group", [1, 64])
+def test_decode_both_paths_and_fp8(tensor_core_min_group):
+    table = ATTENTION_BUILTIN.__class__(**{**ATTENTION_BUILTIN.__dict__,
+                                           "tensor_core_min_group": tensor_core_min_group})
+    kv_lens = [3000, 17, 900]
+    for fp8 in (False, True):
+        kv = make_paged_kv(kv_lens, 4, 128, 16, torch.float16, "cuda", fp8=fp8)
+        q = torch.randn(3, 16, 128, device="cuda", dtype=torch.float16)
+        attn = PagedAttention(AttentionShape(16, 4, 128, 16), "cuda", table=table)
+        kw = _features("sinks", 16)
+        plan, out, lse = _decode(attn, kv, kv_lens, q, **kw)
+        indptr = torch.arange(4, dtype=torch.int32, device="cuda")
+        _check(out, lse, q, kv, kv.page_table, indptr, plan.kv_lens, torch.float16,
+               128 ** -0.5, **kw)
+
+
+def test_pdl_on_and_off_identical():
+    kv_lens = [5000, 12]
+    kv = make_paged_kv(kv_lens, 8, 64, 16, torch.bfloat16, "cuda")
+    q = torch.randn(2, 64, 64, device="cuda", dtype=torch.bfloat16)
+    outs = []
+    for pdl in (True, False):
+        attn = PagedAttention(AttentionShape(64, 8, 64, 16), "cuda", enable_pdl=pdl)
+        outs.append(_decode(attn, kv, kv_lens, q, **_features("sinks-window", 64))[1])
+        qp = torch.randn(400, 64, 64, device="cuda", dtype=torch.bfloat16,
+                         generator=torch.Generator("cuda").manual_seed(1))
+        plan = attn.plan_prefill([400, 0], [5000, 12], kv.page_table)
+        outs.append(attn.run(plan, qp, kv.k_cache, kv.v_cache, sinks=None))
+    assert torch.equal(outs[0], outs[2]) and torch.equal(outs[1], outs[3])
+
+
+def test_decode_cuda_graph_replay_with_new_lengths():
+    batch, hq, hkv, d, page = 8, 32, 8, 128, 16
+    max_len = 6000
+    kv = make_paged_kv([max_len] * batch, hkv, d, page, torch.bfloat16, "cuda")
+    table = kv.page_table.clone()  # a fixed buffer the graph reads
+    attn = PagedAttention(AttentionShape(hq, hkv, d, page), "cuda", max_batch=batch)
+    q = torch.randn(batch, hq, d, device="cuda", dtype=torch.bfloat16)
+    sinks = torch.randn(hq, device="cuda")
+    plan = attn.plan_decode([1] * batch, table)
+    out = torch.empty_like(q)
+    attn.run(plan, q, kv.k_cache, kv.v_cache, out=out, sinks=sinks)  # compile outside
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        attn.run(plan, q, kv.k_cache, kv.v_cache, out=out, sinks=sinks)
+    indptr = torch.arange(batch + 1, dtype=torch.int32, device="cuda")
+    for lens in ([5, 6000, 1, 0, 257, 4096, 33, 1000], [6000] * batch, [0] * 7 + [2]):
+        again = attn.plan_decode(lens, table)
+        assert again.kv_lens.data_ptr() == plan.kv_lens.data_ptr()
+        assert again.partial_out.data_ptr() == plan.partial_out.data_ptr()
+        q.copy_(torch.randn_like(q))
+        out.fill_(float("nan"))
+        graph.replay()
+        want, _ = reference_paged_attention(q, kv.k_cache, kv.v_cache, table, indptr,
+                                            again.kv_lens, sm_scale=d ** -0.5, sinks=sinks)
+        torch.testing.assert_close(out.float(), want, rtol=2e-2, atol=2e-2)
+
+
+def test_decode_under_torch_compile():
+    kv_lens = [700, 9]
+    kv = make_paged_kv(kv_lens, 2, 128, 16, torch.bfloat16, "cuda")
+    attn = PagedAttention(AttentionShape(8, 2, 128, 16), "cuda")
+    plan = attn.plan_decode(kv_lens, kv.page_table)
+    q = torch.randn(2, 8, 128, device="cuda", dtype=torch.bfloat16)
+
+    def step(x):
+        return attn.run(plan, x * 2, kv.k_cache, kv.v_cache)
+
+    got = torch.compile(step, fullgraph=True)(q)
+    torch.testing.assert_close(got, step(q), rtol=0, atol=0)

@@ -1,0 +1,244 @@
+"""Paged attention on the CPU: the reference against independent formulas (SDPA, the
+sink identity), the plan's checks, the ops' argument errors, and the Triton kernels run
+by Triton's interpreter against the reference on small shapes."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fuseinfer.bench.attention_inputs import make_paged_kv
+from fuseinfer.ops import AttentionShape, PagedAttention
+from fuseinfer.ops.attention_reference import reference_paged_attention
+
+BF16 = torch.bfloat16
+
+
+def _sdpa_request(q, k, v, prefix, window_left=None, scale=None):
+    """Torch SDPA for one request: q [n, hq, d], k/v [L, hkv, d] float32, explicit mask."""
+    n, hq, _ = q.shape
+    group = hq // k.size(1)
+    pos = torch.arange(prefix, prefix + n)
+    j = torch.arange(k.size(0))
+    mask = j[None, :] <= pos[:, None]
+    if window_left is not None:
+        mask &= j[None, :] >= pos[:, None] - window_left
+    out = F.scaled_dot_product_attention(
+        q.float().transpose(0, 1), k.repeat_interleave(group, 1).transpose(0, 1),
+        v.repeat_interleave(group, 1).transpose(0, 1), attn_mask=mask, scale=scale)
+    return out.transpose(0, 1)
+
+
+def _prefill_case(q_lens, kv_lens, hq, hkv, d, page_size, dtype=BF16, fp8=False):
+    kv = make_paged_kv(kv_lens, hkv, d, page_size, dtype, "cpu", fp8=fp8)
+    q = torch.randn(sum(q_lens), hq, d).to(dtype)
+    indptr = torch.tensor([0, *torch.tensor(q_lens).cumsum(0).tolist()], dtype=torch.int32)
+    return kv, q, indptr, torch.tensor(kv_lens, dtype=torch.int32)
+
+
+@pytest.mark.parametrize("window_left", [None, 0, 5])
+@pytest.mark.parametrize("page_size", [1, 4])
+def test_reference_matches_sdpa(window_left, page_size):
+    q_lens, kv_lens = [3, 9, 1], [10, 9, 14]
+    kv, q, indptr, lens = _prefill_case(q_lens, kv_lens, 8, 2, 64, page_size)
+    out, lse = reference_paged_attention(q, kv.k_cache, kv.v_cache, kv.page_table, indptr,
+                                         lens, sm_scale=0.125, window_left=window_left)
+    for b, (n, length) in enumerate(zip(q_lens, kv_lens, strict=True)):
+        k, v = kv.contiguous(b, length)
+        rows = slice(int(indptr[b]), int(indptr[b + 1]))
+        want = _sdpa_request(q[rows], k, v, length - n, window_left, scale=0.125)
+        torch.testing.assert_close(out[rows], want, rtol=1e-5, atol=1e-5)
+    assert torch.isfinite(lse).all()
+
+
+def test_reference_sink_identity():
+    """A sink only grows the denominator: out_sink = out * Z / (Z + e^sink), Z = e^lse."""
+    kv, q, indptr, lens = _prefill_case([4, 2], [7, 2], 4, 4, 64, 1)
+    sinks = torch.randn(4) * 2
+    base, base_lse = reference_paged_attention(q, kv.k_cache, kv.v_cache, kv.page_table,
+                                               indptr, lens, sm_scale=0.125)
+    out, lse = reference_paged_attention(q, kv.k_cache, kv.v_cache, kv.page_table, indptr,
+                                         lens, sm_scale=0.125, sinks=sinks)
+    z = base_lse.exp()
+    ratio = z / (z + sinks.exp()[None, :])
+    torch.testing.assert_close(out, base * ratio[..., None], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(lse, torch.log(z + sinks.exp()[None, :]), rtol=1e-5,
+                               atol=1e-5)
+
+
+def test_reference_soft_cap_and_fp8_scale():
+    kv, q, indptr, lens = _prefill_case([3], [5], 2, 1, 64, 2, fp8=True)
+    out, _ = reference_paged_attention(q, kv.k_cache, kv.v_cache, kv.page_table, indptr, lens,
+                                       sm_scale=0.3, logit_cap=2.0, k_scale=kv.k_scale,
+                                       v_scale=kv.v_scale)
+    k, v = kv.contiguous(0, 5)  # dequantized
+    s = torch.einsum("nhd,lhd->hnl", q.float(), k.expand(5, 2, 64)) * 0.3
+    s = 2.0 * torch.tanh(s / 2.0)
+    s = s.masked_fill(torch.arange(5)[None, :] > torch.arange(2, 5)[:, None], -math.inf)
+    want = torch.einsum("hnl,lhd->nhd", s.softmax(-1), v.expand(5, 2, 64))
+    torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5)
+
+
+def _run_plan(attn, plan, q, kv, **kw):
+    return attn.run(plan, q, kv.k_cache, kv.v_cache, k_scale=kv.k_scale, v_scale=kv.v_scale,
+                    return_lse=True, **kw)
+
+
+def test_plan_run_cpu_matches_reference():
+    q_lens, kv_lens = [2, 6], [9, 6]
+    kv, q, indptr, lens = _prefill_case(q_lens, kv_lens, 8, 2, 128, 4)
+    attn = PagedAttention(AttentionShape(8, 2, 128, 4), "cpu")
+    sinks = torch.randn(8)
+    out, lse = _run_plan(attn, attn.plan_prefill(q_lens, kv_lens, kv.page_table), q, kv,
+                         sinks=sinks, window_left=3)
+    want, want_lse = reference_paged_attention(q, kv.k_cache, kv.v_cache, kv.page_table,
+                                               indptr, lens, sm_scale=128 ** -0.5,
+                                               sinks=sinks, window_left=3)
+    torch.testing.assert_close(out.float(), want, rtol=1e-2, atol=1e-2)
+    torch.testing.assert_close(lse, want_lse)
+    plan = attn.plan_decode([9, 0], kv.page_table)
+    out, lse = _run_plan(attn, plan, q[:2], kv)
+    assert (out[1] == 0).all() and torch.isinf(lse[1]).all() and (lse[1] < 0).all()
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(kv_lens=[3, 6]), "kv_len 3 must be >= q_len 4"),
+    (dict(page_table_pages=2), "too short"),
+    (dict(q_lens=[4]), "has 1 requests but kv_lens has 2"),
+])
+def test_plan_rejects_bad_lengths(bad, message):
+    kv = make_paged_kv([9, 6], 2, 64, 4, BF16, "cpu")
+    attn = PagedAttention(AttentionShape(4, 2, 64, 4), "cpu")
+    table = kv.page_table[:, :bad.get("page_table_pages", kv.page_table.size(1))]
+    with pytest.raises(ValueError, match=message):
+        attn.plan_prefill(bad.get("q_lens", [4, 6]), bad.get("kv_lens", [9, 6]), table)
+
+
+def test_plan_needs_host_lengths_and_valid_shape():
+    with pytest.raises(ValueError, match="head_dim 96 is not supported"):
+        PagedAttention(AttentionShape(4, 2, 96), "cpu")
+    with pytest.raises(ValueError, match="must divide"):
+        PagedAttention(AttentionShape(6, 4, 64), "cpu")
+    attn = PagedAttention(AttentionShape(4, 2, 64), "cpu", max_batch=2)
+    with pytest.raises(ValueError, match="more than max_batch"):
+        attn.plan_decode([1, 2, 3], torch.zeros(3, 4, dtype=torch.int32))
+
+
+def _decode_args(batch=2, hq=4, hkv=2, d=64, splits=2):
+    kv = make_paged_kv([5] * batch, hkv, d, 1, BF16, "cpu")
+    q = torch.randn(batch, hq, d).to(BF16)
+    return dict(q=q, k_cache=kv.k_cache, v_cache=kv.v_cache, page_table=kv.page_table,
+                kv_lens=torch.full((batch,), 5, dtype=torch.int32),
+                partial_out=torch.empty(batch, hq, splits, d),
+                partial_lse=torch.empty(batch, hq, splits), out=torch.empty_like(q))
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(window_left=-1), "window_left must be >= 0"),
+    (dict(q=torch.randn(2, 4, 96).to(BF16)), "head_dim 96 is not supported"),
+    (dict(kv_lens=torch.full((3,), 5, dtype=torch.int32)), "kv_lens must have 2 elements"),
+    (dict(kv_lens=torch.full((2,), 5, dtype=torch.int64)), "kv_lens must be a contiguous int32"),
+    (dict(sinks=torch.randn(3)), "sinks must be a contiguous float32 or bfloat16 vector of 4"),
+    (dict(k_scale=torch.tensor([1.0])), "k_scale is only used with a float8_e4m3fn cache"),
+    (dict(page_table=torch.zeros(1, 5, dtype=torch.int32)), "page_table must be int32"),
+    (dict(partial_lse=torch.empty(2, 4, 3)), "partial_out must be contiguous float32"),
+    (dict(logit_cap=-1.0), "logit_cap must be >= 0"),
+])
+def test_decode_op_rejects_bad_arguments(change, message):
+    args = {**_decode_args(), **change}
+    with pytest.raises(ValueError, match=message):
+        torch.ops.fuseinfer.paged_decode_attention(**args)
+
+
+def test_prefill_op_checks_q_indptr_and_runs_on_meta():
+    kv = make_paged_kv([4], 1, 64, 1, BF16, "meta")
+    q = torch.empty(4, 2, 64, dtype=BF16, device="meta")
+    args = dict(q=q, k_cache=kv.k_cache, v_cache=kv.v_cache, page_table=kv.page_table,
+                q_indptr=torch.zeros(3, dtype=torch.int32, device="meta"),
+                kv_lens=torch.zeros(1, dtype=torch.int32, device="meta"),
+                work=torch.zeros(1, 2, dtype=torch.int32, device="meta"),
+                out=torch.empty_like(q))
+    with pytest.raises(ValueError, match="q_indptr must have 2 elements"):
+        torch.ops.fuseinfer.paged_prefill_attention(**args)
+    args["q_indptr"] = torch.zeros(2, dtype=torch.int32, device="meta")
+    torch.ops.fuseinfer.paged_prefill_attention(**args)  # the fake impl: shapes only
+
+
+# ---- Triton kernels under the interpreter ---------------------------------------------------
+
+needs_interpreter = pytest.mark.skipif(
+    os.environ.get("TRITON_INTERPRET") != "1",
+    reason="a GPU is present: the GPU suite runs these kernels natively")
+
+
+def _close(out, lse, want, want_lse, rows=None):
+    torch.testing.assert_close(out.float(), want, rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(lse, want_lse, rtol=1e-4, atol=1e-4)
+
+
+@needs_interpreter
+@pytest.mark.parametrize("case", [
+    dict(page_size=1, hq=4, hkv=4, dtype=torch.float16),
+    dict(page_size=4, hq=8, hkv=2, window_left=6),
+    dict(page_size=2, hq=4, hkv=1, sinks=True, logit_cap=4.0),
+    dict(page_size=4, hq=4, hkv=2, sinks=True, window_left=2, fp8=True),
+])
+def test_prefill_kernel_interpreted(case):
+    from fuseinfer.ops.attention_triton import launch_prefill
+
+    q_lens, kv_lens = [5, 21, 1], [12, 21, 33]
+    hq, hkv, d = case["hq"], case["hkv"], 64
+    kv, q, indptr, lens = _prefill_case(q_lens, kv_lens, hq, hkv, d, case["page_size"],
+                                        case.get("dtype", BF16), case.get("fp8", False))
+    sinks = torch.randn(hq) if case.get("sinks") else None
+    kw = dict(sinks=sinks, window_left=case.get("window_left"),
+              logit_cap=case.get("logit_cap", 0.0))
+    attn = PagedAttention(AttentionShape(hq, hkv, d, case["page_size"]), "cpu")
+    plan = attn.plan_prefill(q_lens, kv_lens, kv.page_table, block_m=16)
+    out = torch.full_like(q, float("nan"))
+    lse = torch.full((q.size(0), hq), float("nan"))
+    launch_prefill(q, kv.k_cache, kv.v_cache, plan.page_table, plan.q_indptr, plan.kv_lens,
+                   plan.work, out, lse, sinks, kv.k_scale, kv.v_scale, 0.125,
+                   kw["window_left"], kw["logit_cap"], [16, 16, 4, 1], False)
+    want, want_lse = reference_paged_attention(
+        q, kv.k_cache, kv.v_cache, kv.page_table, indptr, lens, sm_scale=0.125,
+        k_scale=kv.k_scale, v_scale=kv.v_scale, **kw)
+    _close(out, lse, want, want_lse)
+
+
+@needs_interpreter
+@pytest.mark.parametrize("tensor_cores", [True, False])
+@pytest.mark.parametrize("case", [
+    dict(page_size=1, splits=1),
+    dict(page_size=4, splits=3, sinks=True, window_left=9),
+    dict(page_size=2, splits=4, fp8=True, logit_cap=3.0),
+])
+def test_decode_kernel_interpreted(case, tensor_cores):
+    from fuseinfer.ops.attention_triton import launch_decode
+
+    kv_lens = [40, 0, 7, 25]  # row 1 is a padded batch row
+    hq, hkv, d = 8, 2, 64
+    kv = make_paged_kv(kv_lens, hkv, d, case["page_size"], BF16, "cpu",
+                       fp8=case.get("fp8", False))
+    q = torch.randn(len(kv_lens), hq, d).to(BF16)
+    sinks = torch.randn(hq) if case.get("sinks") else None
+    kw = dict(sinks=sinks, window_left=case.get("window_left"),
+              logit_cap=case.get("logit_cap", 0.0))
+    attn = PagedAttention(AttentionShape(hq, hkv, d, case["page_size"]), "cpu")
+    plan = attn.plan_decode(kv_lens, kv.page_table, splits=case["splits"])
+    out = torch.full_like(q, float("nan"))
+    lse = torch.full((q.size(0), hq), float("nan"))
+    launch_decode(q, kv.k_cache, kv.v_cache, plan.page_table, plan.kv_lens, plan.partial_out,
+                  plan.partial_lse, out, lse, sinks, kv.k_scale, kv.v_scale, 0.125,
+                  kw["window_left"], kw["logit_cap"],
+                  [16, 4, 1, 16, 4 if tensor_cores else 100], False)
+    want, want_lse = reference_paged_attention(
+        q, kv.k_cache, kv.v_cache, kv.page_table, torch.arange(5, dtype=torch.int32),
+        plan.kv_lens, sm_scale=0.125, k_scale=kv.k_scale, v_scale=kv.v_scale, **kw)
+    assert (out[1] == 0).all() and (lse[1] == -math.inf).all()
+    live = [0, 2, 3]
+    _close(out[live], lse[live], want[live], want_lse[live])
