@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Everything that needs a GPU, in one go, on a freshly lent machine:
 #   microbench/device_run.sh STEP...     steps: tests aot tune bench bench-quick tune-rope bench-rope
-#                                        tests-attn bench-attn bench-attn-quick
+#                                        tests-attn tune-attn bench-attn bench-attn-quick
 # Installs the wheels carried in .whl/, restores a carried JIT cache (.devcache/), runs the
 # steps and leaves at most 8 files in $OUT: logs.tgz, the run and recorded JSON, the tuned
 # table, the tuning log, the ceilings and the JIT cache for the next call.
@@ -82,6 +82,8 @@ for s in "$@"; do
     bench-rope)
       TAIL=60 step bench_rope python3 -m fuseinfer.cli bench rope --record --json "$OUT/rope_run.json"
       cp "microbench/results/$KEY/rope.json" "$OUT/results_rope_$KEY.json" ;;
+    tune-attn) TAIL=20 step tune_attn python3 -m fuseinfer.cli tune attention --log "$OUT/tune_attn_log.json"
+          cp "autotune_configs/$KEY.json" "$OUT/table_$KEY.json" ;;
     tests-attn) TAIL=40 step gpu_tests_attn python3 -m pytest -m gpu tests/gpu/test_attention_gpu.py \
                   -q -rf -x -p no:cacheprovider ;;
     bench-attn|bench-attn-quick)

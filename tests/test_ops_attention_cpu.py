@@ -186,6 +186,7 @@ def _close(out, lse, want, want_lse, rows=None):
     dict(page_size=4, hq=8, hkv=2, window_left=6),
     dict(page_size=2, hq=4, hkv=1, sinks=True, logit_cap=4.0),
     dict(page_size=4, hq=4, hkv=2, sinks=True, window_left=2, fp8=True),
+    dict(page_size=16, hq=4, hkv=2, window_left=9),  # a key block lies in one page
 ])
 def test_prefill_kernel_interpreted(case):
     from fuseinfer.ops.attention_triton import launch_prefill
@@ -216,6 +217,7 @@ def test_prefill_kernel_interpreted(case):
     dict(page_size=1, splits=1),
     dict(page_size=4, splits=3, sinks=True, window_left=9),
     dict(page_size=2, splits=4, fp8=True, logit_cap=3.0),
+    dict(page_size=32, splits=2, sinks=True, window_left=20),  # a key block in one page
 ])
 def test_decode_kernel_interpreted(case, tensor_cores):
     from fuseinfer.ops.attention_triton import launch_decode

@@ -44,7 +44,7 @@ PREFILL_CASES = [  # (q_lens, kv_lens): prefill, extend on a cached prefix, tiny
 @pytest.mark.parametrize("features", ["plain", "window", "sinks", "cap", "window-sinks-cap"])
 @pytest.mark.parametrize("head_dim, hq, hkv, page_size, dtype", [
     (64, 8, 1, 16, torch.bfloat16), (128, 8, 2, 1, torch.bfloat16),
-    (128, 4, 4, 16, torch.bfloat16), (256, 4, 2, 1, torch.bfloat16),
+    (128, 4, 4, 128, torch.bfloat16), (256, 4, 2, 1, torch.bfloat16),
     (128, 8, 2, 16, torch.float16),
 ])
 def test_prefill_matches_reference(features, head_dim, hq, hkv, page_size, dtype):
@@ -84,7 +84,7 @@ def _decode(attn, kv, kv_lens, q, splits=None, **kw):
 
 @pytest.mark.parametrize("features", ["plain", "window", "sinks", "window-sinks-cap"])
 @pytest.mark.parametrize("head_dim, hq, hkv, page_size", [
-    (64, 64, 8, 16), (128, 32, 8, 1), (128, 8, 8, 16), (128, 16, 8, 1), (256, 8, 1, 16),
+    (64, 64, 8, 16), (128, 32, 8, 1), (128, 8, 8, 128), (128, 16, 8, 1), (256, 8, 1, 64),
 ])
 @pytest.mark.parametrize("splits", [None, 7])
 def test_decode_matches_reference(features, head_dim, hq, hkv, page_size, splits):
@@ -123,14 +123,14 @@ def test_pdl_on_and_off_identical():
     kv_lens = [5000, 12]
     kv = make_paged_kv(kv_lens, 8, 64, 16, torch.bfloat16, "cuda")
     q = torch.randn(2, 64, 64, device="cuda", dtype=torch.bfloat16)
+    qp = torch.randn(400, 64, 64, device="cuda", dtype=torch.bfloat16)
+    kw = _features("sinks-window", 64)
     outs = []
     for pdl in (True, False):
         attn = PagedAttention(AttentionShape(64, 8, 64, 16), "cuda", enable_pdl=pdl)
-        outs.append(_decode(attn, kv, kv_lens, q, **_features("sinks-window", 64))[1])
-        qp = torch.randn(400, 64, 64, device="cuda", dtype=torch.bfloat16,
-                         generator=torch.Generator("cuda").manual_seed(1))
+        outs.append(_decode(attn, kv, kv_lens, q, **kw)[1])
         plan = attn.plan_prefill([400, 0], [5000, 12], kv.page_table)
-        outs.append(attn.run(plan, qp, kv.k_cache, kv.v_cache, sinks=None))
+        outs.append(attn.run(plan, qp, kv.k_cache, kv.v_cache, **kw))
     assert torch.equal(outs[0], outs[2]) and torch.equal(outs[1], outs[3])
 
 

@@ -48,8 +48,13 @@ def sdpa_prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
 
 def _flex():
     if not _FLEX:
+        import torch._dynamo.config as dynamo_config
         from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
+        # One compile per shape; past the recompile limit torch would silently fall back
+        # to an unfused flex that materializes the scores: time that and the row lies.
+        dynamo_config.recompile_limit = 1024
+        dynamo_config.fail_on_recompile_limit_hit = True
         _FLEX["fn"] = torch.compile(flex_attention, dynamic=False)
         _FLEX["mask"] = create_block_mask
     return _FLEX["fn"], _FLEX["mask"]

@@ -69,7 +69,9 @@ def add_bench_parser(sub: Any) -> None:
                       "(default: 1024 4096 16384 65536; batch 1 x 8192 is always added)")
     attn.add_argument("--prefill", nargs="+", metavar="NAME",
                       help="prefill shapes (default: 1x4k 4x2k 1x16k 'extend 2k on 4k')")
-    attn.add_argument("--page-size", type=int, default=16)
+    attn.add_argument("--page-size", type=int, default=64,
+                      help="tokens per KV page (default 64; 1 and 16 exercise the per-row "
+                      "gather path)")
     attn.add_argument("--baselines", nargs="*", default=["sdpa", "flex"],
                       help="baselines timed in the same run on contiguous KV")
     attn.add_argument("--json", type=Path, help="write this run as JSON here")
@@ -95,9 +97,9 @@ def _add_run_options(parser: argparse.ArgumentParser, suite: str) -> None:
 def add_tune_parser(sub: Any) -> None:
     tune = sub.add_parser("tune", help="search launch shapes on this GPU and write its "
                           "dispatch table entry")
-    tune.add_argument("op", choices=["norm", "rope"],
+    tune.add_argument("op", choices=["norm", "rope", "attention"],
                       help="norm: the RMSNorm family; rope: RoPE (+ KV write) and "
-                      "store_kv_cache")
+                      "store_kv_cache; attention: paged prefill and decode block sizes")
     tune.add_argument("--hidden", nargs="+", type=int,
                       help="hidden sizes to tune (default: 1024 ... 16384); the entry written "
                       "covers only these, each rule serving sizes up to its own")
@@ -293,9 +295,11 @@ def _run_tune(args: argparse.Namespace) -> int:
     identity = current_identity()
     assert identity is not None
     device = torch.cuda.current_device()
-    if args.op == "rope":
+    if args.op in ("rope", "attention"):
         if args.hidden:
             raise SystemExit("--hidden applies to `tune norm` only")
+        if args.op == "attention":
+            return _run_tune_attention(args, identity, device)
         return _run_tune_rope(args, identity, device)
     hidden = tuple(sorted(set(args.hidden))) if args.hidden else norm_tune.HIDDEN
     rules, log = norm_tune.tune(device, hidden)
@@ -314,6 +318,38 @@ def _run_tune(args: argparse.Namespace) -> int:
             print(f"  {kind}: hidden <= {rule.max_hidden}  tokens <= {rule.max_tokens}: "
                   f"{rule.threads_per_row} threads/row, {rule.rows_per_block} rows/block")
     print(f"PDL {'on' if pdl else 'off'} ({pdl_times})")
+    print(f"wrote {output}")
+    if args.log:
+        args.log.parent.mkdir(parents=True, exist_ok=True)
+        args.log.write_text(json.dumps({"source": source, "timings": log}, indent=1))
+    return 0
+
+
+def _run_tune_attention(args: argparse.Namespace, identity: Any, device: int) -> int:
+    from dataclasses import replace
+
+    import torch
+
+    from ..dispatch import gpu_key, write_entry
+    from .environment import utc_now
+    from .suites import attention_tune
+
+    table, log = attention_tune.tune(device)
+    source = (f"tuned on {identity.name} {utc_now()[:10]} (bf16, torch {torch.__version__}, "
+              f"page size {attention_tune.PAGE_SIZE}; prefill 1x4k causal, decode "
+              f"{attention_tune.DECODE_SHAPES} and splits over {attention_tune.SPLIT_SHAPES})")
+    table = replace(table, source=source)
+    key = gpu_key(identity)
+    output = args.output or tables_dir() / f"{key}.json"
+    write_entry(output, "attention", table, key=key, description=identity.name)
+    for r in table.prefill_rules:
+        print(f"  prefill head_dim <= {r.max_head_dim}: block {r.block_m}x{r.block_n}, "
+              f"{r.num_warps} warps, {r.num_stages} stages")
+    for r in table.decode_rules:
+        print(f"  decode head_dim <= {r.max_head_dim}: block_n {r.block_n}, {r.num_warps} "
+              f"warps, {r.num_stages} stages")
+    print(f"  decode splits: min_chunk {table.min_chunk}, {table.target_ctas_per_sm} "
+          "programs per SM")
     print(f"wrote {output}")
     if args.log:
         args.log.parent.mkdir(parents=True, exist_ok=True)

@@ -18,17 +18,19 @@ import triton.language as tl
 @triton.jit
 def _split_range(kv_len, window_left, split, num_splits_max, MIN_CHUNK: tl.constexpr,
                  BLOCK_N: tl.constexpr, HAS_WINDOW: tl.constexpr):
-    """(start, end, pieces) of this split's KV range; empty when the split is unused."""
+    """(start, end, first, pieces): this split's KV range, empty when the split is unused,
+    starting at a multiple of BLOCK_N; keys below `first` (the window's) are masked."""
     first = 0
     if HAS_WINDOW:
         first = tl.maximum(kv_len - 1 - window_left, 0)
-    visible = kv_len - first
+    aligned = (first // BLOCK_N) * BLOCK_N
+    visible = kv_len - aligned
     pieces = tl.minimum(tl.cdiv(visible, MIN_CHUNK), num_splits_max)
     pieces = tl.maximum(pieces, 1)
     chunk = tl.cdiv(tl.cdiv(visible, pieces), BLOCK_N) * BLOCK_N
-    start = first + split * chunk
+    start = aligned + split * chunk
     end = tl.minimum(start + chunk, kv_len)
-    return start, end, pieces
+    return start, end, first, pieces
 
 
 @triton.jit
@@ -70,8 +72,8 @@ def decode_kernel(
     if USE_PDL:
         tl.extra.cuda.gdc_wait()
     kv_len = tl.load(KvLens + req)
-    start, end, pieces = _split_range(kv_len, window_left, split, num_splits_max, MIN_CHUNK,
-                                      BLOCK_N, HAS_WINDOW)
+    start, end, first, pieces = _split_range(kv_len, window_left, split, num_splits_max,
+                                             MIN_CHUNK, BLOCK_N, HAS_WINDOW)
     if USE_DOT:
         kv_head = unit
         heads = unit * GROUP + tl.arange(0, HEADS_PER_PROGRAM)
@@ -94,15 +96,26 @@ def decode_kernel(
         if KV_SCALED:
             qk_scale = qk_scale * tl.load(KScale)
         page_row = PageTable + req.to(tl.int64) * stride_page_row
-        k_base = K + kv_head * stride_k_head
-        v_base = V + kv_head * stride_v_head
+        k_offs = offs_n[:, None] * stride_k_slot + kv_head * stride_k_head + offs_d[None, :]
+        v_offs = offs_n[:, None] * stride_v_slot + kv_head * stride_v_head + offs_d[None, :]
         for block in range(start, end, BLOCK_N):
             pos = block + offs_n
             valid = pos < end
-            page = tl.load(page_row + pos // PAGE_SIZE, mask=valid, other=0)
-            slot = page.to(tl.int64) * PAGE_SIZE + pos % PAGE_SIZE
-            k = tl.load(k_base + slot[:, None] * stride_k_slot + offs_d[None, :],
-                        mask=valid[:, None], other=0.0)
+            if HAS_WINDOW:
+                valid &= pos >= first
+            if PAGE_SIZE % BLOCK_N == 0:  # the block lies in one page: a scalar base
+                page = tl.load(page_row + block // PAGE_SIZE).to(tl.int64)
+                row = page * PAGE_SIZE + block % PAGE_SIZE
+                k_ptrs = K + row * stride_k_slot + k_offs
+                v_ptrs = V + row * stride_v_slot + v_offs
+            else:
+                page = tl.load(page_row + pos // PAGE_SIZE, mask=valid, other=0)
+                slot = page.to(tl.int64) * PAGE_SIZE + pos % PAGE_SIZE
+                k_ptrs = K + slot[:, None] * stride_k_slot + (k_offs - offs_n[:, None]
+                                                              * stride_k_slot)
+                v_ptrs = V + slot[:, None] * stride_v_slot + (v_offs - offs_n[:, None]
+                                                              * stride_v_slot)
+            k = tl.load(k_ptrs, mask=valid[:, None], other=0.0)
             if USE_DOT:
                 s = tl.dot(q, tl.trans(k.to(q.dtype)))
             else:
@@ -115,8 +128,7 @@ def decode_kernel(
             alpha = tl.math.exp2(m_i - m_new)
             p = tl.math.exp2(s - m_new[:, None])
             l_i = l_i * alpha + tl.sum(p, 1)
-            v = tl.load(v_base + slot[:, None] * stride_v_slot + offs_d[None, :],
-                        mask=valid[:, None], other=0.0)
+            v = tl.load(v_ptrs, mask=valid[:, None], other=0.0)
             if USE_DOT:
                 acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v.to(q.dtype))
             else:
@@ -157,7 +169,7 @@ def merge_kernel(
     if USE_PDL:
         tl.extra.cuda.gdc_wait()
     kv_len = tl.load(KvLens + req)
-    _, _, pieces = _split_range(kv_len, window_left, 0, num_splits_max, MIN_CHUNK, BLOCK_N,
+    _, _, _, pieces = _split_range(kv_len, window_left, 0, num_splits_max, MIN_CHUNK, BLOCK_N,
                                 HAS_WINDOW)
     if pieces > 1:
         offs_s = tl.arange(0, SPLITS_POW2)

@@ -17,20 +17,29 @@ LN2 = 0.6931471805599453
 
 
 @triton.jit
-def _load_kv_block(Cache, PageRow, start, offs_n, offs_d, kv_head, stride_slot, stride_head,
-                   kv_len, PAGE_SIZE: tl.constexpr, MASKED: tl.constexpr):
-    """Rows start..start+BLOCK_N of one request's keys (or values) for one KV head."""
+def _load_kv_block(Cache, PageRow, start, offs_n, tile_offs, kv_len, stride_slot,
+                   PAGE_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr):
+    """Rows start..start+BLOCK_N of one request's keys (or values) for one KV head;
+    `tile_offs` holds each element's offset within a contiguous tile (row * stride_slot +
+    head + dim). start is a multiple of BLOCK_N."""
     pos = start + offs_n
+    if PAGE_SIZE % BLOCK_N == 0:
+        # The tile lies inside one page: one page-table read and a scalar base address.
+        page = tl.load(PageRow + start // PAGE_SIZE).to(tl.int64)
+        ptrs = Cache + (page * PAGE_SIZE + start % PAGE_SIZE) * stride_slot + tile_offs
+        if MASKED:
+            return tl.load(ptrs, mask=(pos < kv_len)[:, None], other=0.0)
+        return tl.load(ptrs)
+    row_offs = tile_offs - offs_n[:, None] * stride_slot  # head + dim part
     if MASKED:
         valid = pos < kv_len
         page = tl.load(PageRow + pos // PAGE_SIZE, mask=valid, other=0)
         slot = page.to(tl.int64) * PAGE_SIZE + pos % PAGE_SIZE
-        ptrs = Cache + slot[:, None] * stride_slot + kv_head * stride_head + offs_d[None, :]
-        return tl.load(ptrs, mask=valid[:, None], other=0.0)
+        return tl.load(Cache + slot[:, None] * stride_slot + row_offs, mask=valid[:, None],
+                       other=0.0)
     page = tl.load(PageRow + pos // PAGE_SIZE)
     slot = page.to(tl.int64) * PAGE_SIZE + pos % PAGE_SIZE
-    ptrs = Cache + slot[:, None] * stride_slot + kv_head * stride_head + offs_d[None, :]
-    return tl.load(ptrs)
+    return tl.load(Cache + slot[:, None] * stride_slot + row_offs)
 
 
 @triton.jit
@@ -42,14 +51,13 @@ def _soft_cap(s, logit_cap, HAS_CAP: tl.constexpr):
 
 
 @triton.jit
-def _attend_range(acc, m_i, l_i, q, K, V, PageRow, lo, hi, offs_m_pos, offs_n, offs_d,
-                  kv_head, stride_k_slot, stride_k_head, stride_v_slot, stride_v_head,
-                  kv_len, qk_scale, logit_cap, window_left,
+def _attend_range(acc, m_i, l_i, q, K, V, PageRow, lo, hi, offs_m_pos, offs_n, k_offs, v_offs,
+                  stride_k_slot, stride_v_slot, kv_len, qk_scale, logit_cap, window_left,
                   PAGE_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr,
                   HAS_WINDOW: tl.constexpr, HAS_CAP: tl.constexpr):
     for start in range(lo, hi, BLOCK_N):
-        k = _load_kv_block(K, PageRow, start, offs_n, offs_d, kv_head, stride_k_slot,
-                           stride_k_head, kv_len, PAGE_SIZE, MASKED)
+        k = _load_kv_block(K, PageRow, start, offs_n, k_offs, kv_len, stride_k_slot,
+                           PAGE_SIZE, BLOCK_N, MASKED)
         s = tl.dot(q, tl.trans(k.to(q.dtype)))
         if HAS_CAP:
             s = _soft_cap(s * qk_scale, logit_cap, HAS_CAP) * 1.4426950408889634
@@ -67,8 +75,8 @@ def _attend_range(acc, m_i, l_i, q, K, V, PageRow, lo, hi, offs_m_pos, offs_n, o
         alpha = tl.math.exp2(m_i - m_new)
         p = tl.math.exp2(s - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
-        v = _load_kv_block(V, PageRow, start, offs_n, offs_d, kv_head, stride_v_slot,
-                           stride_v_head, kv_len, PAGE_SIZE, MASKED)
+        v = _load_kv_block(V, PageRow, start, offs_n, v_offs, kv_len, stride_v_slot,
+                           PAGE_SIZE, BLOCK_N, MASKED)
         acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v.to(q.dtype))
         m_i = m_new
     return acc, m_i, l_i
@@ -127,22 +135,24 @@ def prefill_kernel(
         diag = tl.maximum(diag, win_end)
 
     page_row = PageTable + req.to(tl.int64) * stride_page_row
+    k_offs = offs_n[:, None] * stride_k_slot + kv_head * stride_k_head + offs_d[None, :]
+    v_offs = offs_n[:, None] * stride_v_slot + kv_head * stride_v_head + offs_d[None, :]
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
     if HAS_WINDOW:
         acc, m_i, l_i = _attend_range(
-            acc, m_i, l_i, q, K, V, page_row, lo, win_end, q_pos, offs_n, offs_d, kv_head,
-            stride_k_slot, stride_k_head, stride_v_slot, stride_v_head, kv_len, qk_scale,
-            logit_cap, window_left, PAGE_SIZE, BLOCK_N, True, HAS_WINDOW, HAS_CAP)
+            acc, m_i, l_i, q, K, V, page_row, lo, win_end, q_pos, offs_n, k_offs, v_offs,
+            stride_k_slot, stride_v_slot, kv_len, qk_scale, logit_cap, window_left,
+            PAGE_SIZE, BLOCK_N, True, HAS_WINDOW, HAS_CAP)
     acc, m_i, l_i = _attend_range(
-        acc, m_i, l_i, q, K, V, page_row, win_end, diag, q_pos, offs_n, offs_d, kv_head,
-        stride_k_slot, stride_k_head, stride_v_slot, stride_v_head, kv_len, qk_scale,
-        logit_cap, window_left, PAGE_SIZE, BLOCK_N, False, HAS_WINDOW, HAS_CAP)
+        acc, m_i, l_i, q, K, V, page_row, win_end, diag, q_pos, offs_n, k_offs, v_offs,
+        stride_k_slot, stride_v_slot, kv_len, qk_scale, logit_cap, window_left,
+        PAGE_SIZE, BLOCK_N, False, HAS_WINDOW, HAS_CAP)
     acc, m_i, l_i = _attend_range(
-        acc, m_i, l_i, q, K, V, page_row, diag, hi, q_pos, offs_n, offs_d, kv_head,
-        stride_k_slot, stride_k_head, stride_v_slot, stride_v_head, kv_len, qk_scale,
-        logit_cap, window_left, PAGE_SIZE, BLOCK_N, True, HAS_WINDOW, HAS_CAP)
+        acc, m_i, l_i, q, K, V, page_row, diag, hi, q_pos, offs_n, k_offs, v_offs,
+        stride_k_slot, stride_v_slot, kv_len, qk_scale, logit_cap, window_left,
+        PAGE_SIZE, BLOCK_N, True, HAS_WINDOW, HAS_CAP)
     if USE_PDL:
         tl.extra.cuda.gdc_launch_dependents()
 

@@ -1,7 +1,7 @@
 """`fuseinfer bench attention`: paged decode and prefill/extend on model shapes, against
 torch SDPA and flex_attention on contiguous KV.
 
-Decode: batch x KV length, every request the same length, bf16 paged cache (page size 16
+Decode: batch x KV length, every request the same length, bf16 paged cache (page size 64
 unless --page-size), pages scattered at random. Bytes counted: the KV each request can see
 (window: the last window_left + 1 tokens), K and V, plus q and out. Prefill: causal, the
 new tokens already in the cache; FLOPs counted: 4 * head_dim * q_heads per visible
@@ -184,7 +184,7 @@ def _time(fn: Callable[[], Any], config: TimingConfig) -> float:
 
 
 def run(cases: Sequence[Case], baselines: Sequence[str], copy_gbps: float | None,
-        bf16_tflops: float | None, page_size: int = 16, dtype: torch.dtype = torch.bfloat16,
+        bf16_tflops: float | None, page_size: int = 64, dtype: torch.dtype = torch.bfloat16,
         config: TimingConfig | None = None) -> list[dict[str, Any]]:
     config = config or TimingConfig(repeats=15, target_graph_ms=2.0)
     itemsize = torch.empty((), dtype=dtype).element_size()

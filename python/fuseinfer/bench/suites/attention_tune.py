@@ -1,0 +1,120 @@
+"""`fuseinfer tune attention`: pick the attention kernels' block sizes on the present GPU and
+write them into its dispatch table.
+
+Prefill: per head dim, every (block_m, block_n, warps, stages) candidate on a causal 4k
+prefill of a model with that head dim; the fastest wins. Decode: per head dim, the
+(block_n, warps, stages) with the lowest geometric-mean time over a small-batch long-KV
+shape and a large-batch shape; then (min_chunk, target_ctas_per_sm), shared by every head
+dim, over small-batch shapes (where splitting matters). Head dim 256 keeps the built-in
+rules (no model of ours uses it). Candidates that fail to compile (shared memory) are
+skipped. Timed like `fuseinfer bench attention`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import replace
+from typing import Any
+
+import torch
+
+from ...ops.attention_dispatch import (
+    ATTENTION_BUILTIN,
+    AttentionDispatch,
+    DecodeLaunchRule,
+    PrefillLaunchRule,
+)
+from ..progress import Progress
+from ..timing import TimingConfig, time_calls
+from .attention import MODELS, Case, make_inputs, ours
+
+TUNE_MODELS = {64: "GPT-OSS", 128: "Llama-3-8B"}
+PREFILL_CANDIDATES = [c for c in itertools.product((64, 128), (32, 64, 128), (4, 8), (2, 3))]
+DECODE_CANDIDATES = list(itertools.product((32, 64, 128), (2, 4, 8), (2, 3, 4)))
+DECODE_SHAPES = ((1, 8192), (64, 4096))
+SPLIT_CANDIDATES = list(itertools.product((64, 128, 256, 512), (1, 2, 4)))
+SPLIT_SHAPES = ((1, 4096), (1, 16384), (8, 4096))
+PAGE_SIZE = 64
+CONFIG = TimingConfig(repeats=7, target_graph_ms=1.0)
+
+
+def _time(case: Case, table: AttentionDispatch, block_m: int | None = None) -> float:
+    """Median us of our kernel for `case` under `table`; inf if it fails to build."""
+    x = make_inputs(case, PAGE_SIZE, torch.bfloat16)
+    x.attn.table = table
+    m = case.model
+    if case.kind == "decode":
+        x.plan = x.attn.plan_decode(list(case.kv_lens), x.kv.page_table)
+    else:
+        x.plan = x.attn.plan_prefill(list(case.q_lens), list(case.kv_lens), x.kv.page_table,
+                                     block_m=block_m)
+    try:
+        return time_calls([ours(x, window_left=m.window_left)], CONFIG).median_us
+    except Exception as err:  # out of shared memory / registers: not a candidate
+        if "OutOfResources" not in type(err).__name__ and "out of resource" not in str(err):
+            raise
+        return math.inf
+
+
+def _with_rule(table: AttentionDispatch, head_dim: int, **rules: Any) -> AttentionDispatch:
+    """The table with one head dim's rule replaced (rules ordered by max_head_dim)."""
+    out = {}
+    for kind, rule in rules.items():
+        cls = DecodeLaunchRule if kind == "decode_rules" else PrefillLaunchRule
+        old = getattr(table, kind)
+        kept = [r for r in old if r.max_head_dim is not None and r.max_head_dim != head_dim]
+        new = cls(head_dim, *rule)
+        last = [r for r in old if r.max_head_dim is None]
+        out[kind] = tuple(sorted(kept + [new], key=lambda r: r.max_head_dim)) + tuple(last)
+    return replace(table, **out)
+
+
+def _geomean(values: list[float]) -> float:
+    return math.exp(sum(math.log(v) for v in values) / len(values))
+
+
+def tune(device: int) -> tuple[AttentionDispatch, list[dict[str, Any]]]:
+    torch.cuda.set_device(device)
+    table = ATTENTION_BUILTIN
+    log: list[dict[str, Any]] = []
+    steps = len(TUNE_MODELS) * (len(PREFILL_CANDIDATES) + len(DECODE_CANDIDATES)) \
+        + len(SPLIT_CANDIDATES)
+    with Progress(steps, "tune attention") as progress:
+        for head_dim, name in TUNE_MODELS.items():
+            m = MODELS[name]
+            case = Case("prefill", m, "1x4k", (4096,), (4096,))
+            best = None
+            for cand in PREFILL_CANDIDATES:
+                progress.step(f"prefill d={head_dim} {cand}")
+                trial = _with_rule(table, head_dim, prefill_rules=cand)
+                us = _time(case, trial, block_m=cand[0])
+                log.append({"kind": "prefill", "head_dim": head_dim, "candidate": cand,
+                            "us": us})
+                if best is None or us < best[0]:
+                    best = (us, cand)
+            table = _with_rule(table, head_dim, prefill_rules=best[1])
+            best = None
+            for cand in DECODE_CANDIDATES:
+                progress.step(f"decode d={head_dim} {cand}")
+                trial = _with_rule(table, head_dim, decode_rules=cand)
+                times = [_time(Case("decode", m, f"{b}x{n}", (1,) * b, (n,) * b), trial)
+                         for b, n in DECODE_SHAPES]
+                log.append({"kind": "decode", "head_dim": head_dim, "candidate": cand,
+                            "us": times})
+                score = _geomean(times)
+                if best is None or score < best[0]:
+                    best = (score, cand)
+            table = _with_rule(table, head_dim, decode_rules=best[1])
+        best = None
+        for chunk, ctas in SPLIT_CANDIDATES:
+            progress.step(f"decode splits min_chunk={chunk} ctas/sm={ctas}")
+            trial = replace(table, min_chunk=chunk, target_ctas_per_sm=ctas)
+            times = [_time(Case("decode", MODELS[name], f"{b}x{n}", (1,) * b, (n,) * b), trial)
+                     for name in TUNE_MODELS.values() for b, n in SPLIT_SHAPES]
+            log.append({"kind": "splits", "candidate": [chunk, ctas], "us": times})
+            score = _geomean(times)
+            if best is None or score < best[0]:
+                best = (score, (chunk, ctas))
+        table = replace(table, min_chunk=best[1][0], target_ctas_per_sm=best[1][1])
+    return table, log
