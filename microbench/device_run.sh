@@ -82,7 +82,7 @@ for s in "$@"; do
     bench-rope)
       TAIL=60 step bench_rope python3 -m fuseinfer.cli bench rope --record --json "$OUT/rope_run.json"
       cp "microbench/results/$KEY/rope.json" "$OUT/results_rope_$KEY.json" ;;
-    tune-attn) TAIL=20 step tune_attn python3 -m fuseinfer.cli tune attention --log "$OUT/tune_attn_log.json"
+    tune-attn) TAIL=20 step tune_attn python3 -m fuseinfer.cli tune attention --kinds ${TUNE_ATTN_KINDS:-prefill decode} --log "$OUT/tune_attn_log.json"
           cp "autotune_configs/$KEY.json" "$OUT/table_$KEY.json" ;;
     tests-attn) TAIL=40 step gpu_tests_attn python3 -m pytest -m gpu tests/gpu/test_attention_gpu.py \
                   -q -rf -x -p no:cacheprovider ;;

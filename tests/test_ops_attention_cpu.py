@@ -186,7 +186,8 @@ def _close(out, lse, want, want_lse, rows=None):
     dict(page_size=4, hq=8, hkv=2, window_left=6),
     dict(page_size=2, hq=4, hkv=1, sinks=True, logit_cap=4.0),
     dict(page_size=4, hq=4, hkv=2, sinks=True, window_left=2, fp8=True),
-    dict(page_size=16, hq=4, hkv=2, window_left=9),  # a key block lies in one page
+    dict(page_size=16, hq=4, hkv=2, window_left=9),  # a key block lies in one page: TMA
+    dict(page_size=16, hq=4, hkv=2, window_left=9, tma=False),  # ... or a scalar base
 ])
 def test_prefill_kernel_interpreted(case):
     from fuseinfer.ops.attention_triton import launch_prefill
@@ -204,7 +205,8 @@ def test_prefill_kernel_interpreted(case):
     lse = torch.full((q.size(0), hq), float("nan"))
     launch_prefill(q, kv.k_cache, kv.v_cache, plan.page_table, plan.q_indptr, plan.kv_lens,
                    plan.work, out, lse, sinks, kv.k_scale, kv.v_scale, 0.125,
-                   kw["window_left"], kw["logit_cap"], [16, 16, 4, 1], False)
+                   kw["window_left"], kw["logit_cap"], [16, 16, 4, 1, int(case.get("tma", True))],
+                   False)
     want, want_lse = reference_paged_attention(
         q, kv.k_cache, kv.v_cache, kv.page_table, indptr, lens, sm_scale=0.125,
         k_scale=kv.k_scale, v_scale=kv.v_scale, **kw)

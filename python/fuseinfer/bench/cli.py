@@ -107,6 +107,9 @@ def add_tune_parser(sub: Any) -> None:
                       help="table file to update (default: <gpu-key>.json in the tables folder "
                       "that `fuseinfer info` shows)")
     tune.add_argument("--log", type=Path, help="write every timing taken as JSON")
+    tune.add_argument("--kinds", nargs="+", choices=["prefill", "decode"],
+                      help="attention only: tune these kernels, keeping the table's current "
+                      "rules for the others (default: both)")
     tune.set_defaults(handler=_run_tune)
 
 
@@ -330,14 +333,21 @@ def _run_tune_attention(args: argparse.Namespace, identity: Any, device: int) ->
 
     import torch
 
-    from ..dispatch import gpu_key, write_entry
+    from ..dispatch import gpu_key, lookup, write_entry
     from .environment import utc_now
     from .suites import attention_tune
 
-    table, log = attention_tune.tune(device)
+    kinds = tuple(args.kinds or ("prefill", "decode"))
+    start = lookup("attention", identity).entry
+    table, log = attention_tune.tune(device, kinds, start)
+    done = {"prefill": "prefill 1x4k causal",
+            "decode": f"decode {attention_tune.DECODE_SHAPES}, splits over "
+                      f"{attention_tune.SPLIT_SHAPES}"}
     source = (f"tuned on {identity.name} {utc_now()[:10]} (bf16, torch {torch.__version__}, "
-              f"page size {attention_tune.PAGE_SIZE}; prefill 1x4k causal, decode "
-              f"{attention_tune.DECODE_SHAPES} and splits over {attention_tune.SPLIT_SHAPES})")
+              f"page size {attention_tune.PAGE_SIZE}; "
+              + "; ".join(done[k] for k in kinds) + ")")
+    if len(kinds) == 1 and start.source.startswith("tuned"):
+        source += f"; kept from before: {start.source}"
     table = replace(table, source=source)
     key = gpu_key(identity)
     output = args.output or tables_dir() / f"{key}.json"

@@ -40,7 +40,7 @@ _COMMON = ("Tensor(a!) out, Tensor(b!)? lse=None, Tensor? sinks=None, Tensor? k_
 _PREFILL_SCHEMA = (
     "paged_prefill_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor page_table, "
     "Tensor q_indptr, Tensor kv_lens, Tensor work, " + _COMMON
-    + ", int[] launch=[128, 64, 8, 3], bool? enable_pdl=None) -> ()")
+    + ", int[] launch=[128, 64, 8, 3, 1], bool? enable_pdl=None) -> ()")
 _DECODE_SCHEMA = (
     "paged_decode_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor page_table, "
     "Tensor kv_lens, Tensor(c!) partial_out, Tensor(d!) partial_lse, " + _COMMON
@@ -57,7 +57,7 @@ def _scale(q: torch.Tensor, sm_scale: float) -> float:
 
 def _check_prefill(q, k_cache, v_cache, page_table, q_indptr, kv_lens, work, out, lse=None,
                    sinks=None, k_scale=None, v_scale=None, sm_scale=0.0, window_left=None,
-                   logit_cap=0.0, launch=(128, 64, 8, 3), enable_pdl=None):
+                   logit_cap=0.0, launch=(128, 64, 8, 3, 1), enable_pdl=None):
     op = "paged_prefill_attention"
     check_int_vector(op, "kv_lens", kv_lens, None, q.device)
     batch = kv_lens.size(0)
@@ -68,8 +68,9 @@ def _check_prefill(q, k_cache, v_cache, page_table, q_indptr, kv_lens, work, out
             or not work.is_contiguous():
         fail(op, "work", f"must be contiguous int32 [items, 2] (request, query block) from "
              f"the plan, got {work.dtype} {list(work.shape)}")
-    if len(launch) != 4:
-        fail(op, "launch", f"must be [block_m, block_n, num_warps, num_stages], got {launch}")
+    if len(launch) != 5:
+        fail(op, "launch", "must be [block_m, block_n, num_warps, num_stages, tma], got "
+             f"{launch}")
 
 
 def _check_decode(q, k_cache, v_cache, page_table, kv_lens, partial_out, partial_lse, out,
@@ -107,7 +108,7 @@ def _write(out, lse, ref_out, ref_lse) -> None:
 
 def _prefill_cpu(q, k_cache, v_cache, page_table, q_indptr, kv_lens, work, out, lse=None,
                  sinks=None, k_scale=None, v_scale=None, sm_scale=0.0, window_left=None,
-                 logit_cap=0.0, launch=(128, 64, 8, 3), enable_pdl=None):
+                 logit_cap=0.0, launch=(128, 64, 8, 3, 1), enable_pdl=None):
     _check_prefill(q, k_cache, v_cache, page_table, q_indptr, kv_lens, work, out, lse, sinks,
                    k_scale, v_scale, sm_scale, window_left, logit_cap, launch)
     ref_out, ref_lse = reference_paged_attention(
@@ -140,7 +141,7 @@ def _pdl_default(enable_pdl: bool | None) -> bool:
 
 def _prefill_cuda(q, k_cache, v_cache, page_table, q_indptr, kv_lens, work, out, lse=None,
                   sinks=None, k_scale=None, v_scale=None, sm_scale=0.0, window_left=None,
-                  logit_cap=0.0, launch=(128, 64, 8, 3), enable_pdl=None):
+                  logit_cap=0.0, launch=(128, 64, 8, 3, 1), enable_pdl=None):
     from .attention_triton import launch_prefill
 
     _check_prefill(q, k_cache, v_cache, page_table, q_indptr, kv_lens, work, out, lse, sinks,

@@ -6,7 +6,9 @@ the request's length, so one plan (and one CUDA graph) serves any lengths. The p
 max_splits from the batch: enough (batch x kv_heads x splits) programs to give every SM
 `target_ctas_per_sm`. KV groups of at least `tensor_core_min_group` q heads run together
 through tensor-core dots; smaller groups run one q head per program on the FMA units.
-Prefill: blocks of block_m queries x block_n keys. Rules are picked by head_dim.
+Prefill: blocks of block_m queries x block_n keys; with `tma`, a key/value tile that lies
+inside one page (page_size a multiple of block_n) comes in one bulk tensor copy. Rules
+are picked by head_dim.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ class PrefillLaunchRule:
     block_n: int
     num_warps: int
     num_stages: int
+    tma: bool  # bulk-copy key/value tiles when a tile lies in one page (sm_90+)
 
     def validate(self, where: str) -> None:
         _check_pow2(self.block_m, 16, 256, f"{where}.block_m")
@@ -100,9 +103,9 @@ ATTENTION_BUILTIN = AttentionDispatch(
     max_splits=64,
     decode_rules=(DecodeLaunchRule(None, 64, 4, 2),),
     prefill_rules=(
-        PrefillLaunchRule(64, 128, 64, 4, 3),
-        PrefillLaunchRule(128, 128, 64, 8, 3),
-        PrefillLaunchRule(None, 64, 32, 4, 2),
+        PrefillLaunchRule(64, 128, 64, 4, 3, True),
+        PrefillLaunchRule(128, 128, 64, 8, 3, True),
+        PrefillLaunchRule(None, 64, 32, 4, 2, True),
     ),
 )
 

@@ -61,7 +61,7 @@ class PrefillPlan:
     q_indptr: torch.Tensor
     kv_lens: torch.Tensor
     work: torch.Tensor
-    launch: tuple[int, int, int, int]  # block_m, block_n, num_warps, num_stages
+    launch: tuple[int, int, int, int, int]  # block_m, block_n, warps, stages, tma
     q_lens_host: tuple[int, ...]
     kv_lens_host: tuple[int, ...]
 
@@ -207,7 +207,8 @@ class PagedAttention:
         return PrefillPlan(
             batch=len(ql), total_q=indptr[-1], page_table=page_table,
             q_indptr=_to_device(indptr, self.device), kv_lens=_to_device(kl, self.device),
-            work=work, launch=(bm, rule.block_n, rule.num_warps, rule.num_stages),
+            work=work, launch=(bm, rule.block_n, rule.num_warps, rule.num_stages,
+                               int(rule.tma)),
             q_lens_host=tuple(ql), kv_lens_host=tuple(kl))
 
     def _check_table(self, page_table: torch.Tensor, kv_lens: list[int], where: str) -> None:

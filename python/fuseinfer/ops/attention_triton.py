@@ -27,6 +27,28 @@ def _flags(sinks, lse, k_cache, k_scale, window_left, logit_cap) -> dict:
                 KV_SCALED=k_cache.dtype == FP8 and k_scale is not None)
 
 
+def _tma_ok(cache: torch.Tensor) -> bool:
+    """The bulk tensor copy needs sm_90+ (or the interpreter), 16-byte aligned base and
+    strides, and slots evenly spaced."""
+    if cache.device.type == "cuda" and torch.cuda.get_device_capability(cache.device)[0] < 9:
+        return False
+    slot, head = _cache_strides(cache)
+    item = cache.element_size()
+    return cache.stride(-1) == 1 and cache.data_ptr() % 16 == 0 \
+        and (slot * item) % 16 == 0 and (head * item) % 16 == 0
+
+
+def _slot_descriptor(cache: torch.Tensor, block_n: int):
+    """A tensor descriptor over the cache as [slots, kv_heads, head_dim], one page-tile
+    (block_n slots of one head) per load."""
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    slots = cache.size(0) * (cache.size(1) if cache.dim() == 4 else 1)
+    slot, head = _cache_strides(cache)
+    heads, dim = cache.size(-2), cache.size(-1)
+    return TensorDescriptor(cache, [slots, heads, dim], [slot, head, 1], [block_n, 1, dim])
+
+
 def _pdl(enable_pdl: bool, device: torch.device) -> bool:
     # PDL (griddepcontrol) needs sm_90+; the interpreter has no such thing.
     return bool(enable_pdl) and device.type == "cuda" \
@@ -38,7 +60,7 @@ def launch_prefill(q, k_cache, v_cache, page_table, q_indptr, kv_lens, work, out
                    logit_cap: float, launch: list[int], enable_pdl: bool) -> None:
     from ..triton.attention_prefill import prefill_kernel
 
-    block_m, block_n, num_warps, num_stages = launch
+    block_m, block_n, num_warps, num_stages, tma = launch
     num_items = work.size(0)
     q_heads = q.size(1)
     if num_items == 0 or q.size(0) == 0:
@@ -48,14 +70,20 @@ def launch_prefill(q, k_cache, v_cache, page_table, q_indptr, kv_lens, work, out
     pdl = _pdl(enable_pdl, q.device)
     extra = {"launch_pdl": True} if pdl else {}
     dummy = kv_lens  # stands in for absent optional tensors; never read
+    page_size = page_size_of(k_cache)
+    use_tma = bool(tma) and page_size % block_n == 0 and _tma_ok(k_cache) and _tma_ok(v_cache)
+    k_arg, v_arg = k_cache, v_cache
+    if use_tma:
+        k_arg = _slot_descriptor(k_cache, block_n)
+        v_arg = _slot_descriptor(v_cache, block_n)
     prefill_kernel[(q_heads, num_items)](
-        q, k_cache, v_cache, out, lse if lse is not None else dummy,
+        q, k_arg, v_arg, out, lse if lse is not None else dummy,
         sinks if sinks is not None else dummy, page_table, q_indptr, kv_lens, work,
         k_scale if k_scale is not None else dummy, v_scale if v_scale is not None else dummy,
         sm_scale, logit_cap, window_left if window_left is not None else 0,
         q.stride(0), q.stride(1), k_slot, k_head, v_slot, v_head, out.stride(0),
         out.stride(1), lse.stride(0) if lse is not None else 0, page_table.stride(0),
-        GROUP=q_heads // k_cache.size(-2), PAGE_SIZE=page_size_of(k_cache),
+        GROUP=q_heads // k_cache.size(-2), PAGE_SIZE=page_size, USE_TMA=use_tma,
         HEAD_DIM=q.size(2), BLOCK_M=block_m, BLOCK_N=block_n, USE_PDL=pdl,
         DOT_F32=q.device.type == "cpu",
         num_warps=num_warps, num_stages=num_stages,

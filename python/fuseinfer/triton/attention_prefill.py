@@ -17,12 +17,22 @@ LN2 = 0.6931471805599453
 
 
 @triton.jit
-def _load_kv_block(Cache, PageRow, start, offs_n, tile_offs, kv_len, stride_slot,
-                   PAGE_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr):
+def _load_kv_block(Cache, PageRow, start, offs_n, tile_offs, kv_len, stride_slot, kv_head,
+                   PAGE_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
+                   MASKED: tl.constexpr, USE_TMA: tl.constexpr):
     """Rows start..start+BLOCK_N of one request's keys (or values) for one KV head;
     `tile_offs` holds each element's offset within a contiguous tile (row * stride_slot +
-    head + dim). start is a multiple of BLOCK_N."""
+    head + dim). start is a multiple of BLOCK_N. With USE_TMA, Cache is a tensor
+    descriptor over [slots, kv_heads, head_dim] and the tile (inside one page) comes in one
+    bulk copy."""
     pos = start + offs_n
+    if USE_TMA:
+        page = tl.load(PageRow + start // PAGE_SIZE)
+        tile = Cache.load([page * PAGE_SIZE + start % PAGE_SIZE, kv_head, 0])
+        tile = tile.reshape(BLOCK_N, HEAD_DIM)
+        if MASKED:  # slots past kv_len may hold anything, NaN included: p * NaN = NaN
+            tile = tl.where((pos < kv_len)[:, None], tile, 0.0)
+        return tile
     if PAGE_SIZE % BLOCK_N == 0:
         # The tile lies inside one page: one page-table read and a scalar base address.
         page = tl.load(PageRow + start // PAGE_SIZE).to(tl.int64)
@@ -52,12 +62,13 @@ def _soft_cap(s, logit_cap, HAS_CAP: tl.constexpr):
 
 @triton.jit
 def _attend_range(acc, m_i, l_i, q, K, V, PageRow, lo, hi, offs_m_pos, offs_n, k_offs, v_offs,
-                  stride_k_slot, stride_v_slot, kv_len, qk_scale, logit_cap, window_left,
-                  PAGE_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr,
-                  HAS_WINDOW: tl.constexpr, HAS_CAP: tl.constexpr):
+                  stride_k_slot, stride_v_slot, kv_head, kv_len, qk_scale, logit_cap,
+                  window_left, PAGE_SIZE: tl.constexpr, BLOCK_N: tl.constexpr,
+                  HEAD_DIM: tl.constexpr, MASKED: tl.constexpr, HAS_WINDOW: tl.constexpr,
+                  HAS_CAP: tl.constexpr, USE_TMA: tl.constexpr):
     for start in range(lo, hi, BLOCK_N):
-        k = _load_kv_block(K, PageRow, start, offs_n, k_offs, kv_len, stride_k_slot,
-                           PAGE_SIZE, BLOCK_N, MASKED)
+        k = _load_kv_block(K, PageRow, start, offs_n, k_offs, kv_len, stride_k_slot, kv_head,
+                           PAGE_SIZE, BLOCK_N, HEAD_DIM, MASKED, USE_TMA)
         s = tl.dot(q, tl.trans(k.to(q.dtype)))
         if HAS_CAP:
             s = _soft_cap(s * qk_scale, logit_cap, HAS_CAP) * 1.4426950408889634
@@ -75,8 +86,8 @@ def _attend_range(acc, m_i, l_i, q, K, V, PageRow, lo, hi, offs_m_pos, offs_n, k
         alpha = tl.math.exp2(m_i - m_new)
         p = tl.math.exp2(s - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
-        v = _load_kv_block(V, PageRow, start, offs_n, v_offs, kv_len, stride_v_slot,
-                           PAGE_SIZE, BLOCK_N, MASKED)
+        v = _load_kv_block(V, PageRow, start, offs_n, v_offs, kv_len, stride_v_slot, kv_head,
+                           PAGE_SIZE, BLOCK_N, HEAD_DIM, MASKED, USE_TMA)
         acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v.to(q.dtype))
         m_i = m_new
     return acc, m_i, l_i
@@ -92,7 +103,7 @@ def prefill_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_WINDOW: tl.constexpr, HAS_SINKS: tl.constexpr, HAS_CAP: tl.constexpr,
     HAS_LSE: tl.constexpr, KV_SCALED: tl.constexpr, USE_PDL: tl.constexpr,
-    DOT_F32: tl.constexpr,
+    DOT_F32: tl.constexpr, USE_TMA: tl.constexpr,
 ):
     head = tl.program_id(0)  # heads fastest: one query block's heads share K/V in L2
     item = tl.program_id(1)
@@ -143,16 +154,16 @@ def prefill_kernel(
     if HAS_WINDOW:
         acc, m_i, l_i = _attend_range(
             acc, m_i, l_i, q, K, V, page_row, lo, win_end, q_pos, offs_n, k_offs, v_offs,
-            stride_k_slot, stride_v_slot, kv_len, qk_scale, logit_cap, window_left,
-            PAGE_SIZE, BLOCK_N, True, HAS_WINDOW, HAS_CAP)
+            stride_k_slot, stride_v_slot, kv_head, kv_len, qk_scale, logit_cap, window_left,
+            PAGE_SIZE, BLOCK_N, HEAD_DIM, True, HAS_WINDOW, HAS_CAP, USE_TMA)
     acc, m_i, l_i = _attend_range(
         acc, m_i, l_i, q, K, V, page_row, win_end, diag, q_pos, offs_n, k_offs, v_offs,
-        stride_k_slot, stride_v_slot, kv_len, qk_scale, logit_cap, window_left,
-        PAGE_SIZE, BLOCK_N, False, HAS_WINDOW, HAS_CAP)
+        stride_k_slot, stride_v_slot, kv_head, kv_len, qk_scale, logit_cap, window_left,
+        PAGE_SIZE, BLOCK_N, HEAD_DIM, False, HAS_WINDOW, HAS_CAP, USE_TMA)
     acc, m_i, l_i = _attend_range(
         acc, m_i, l_i, q, K, V, page_row, diag, hi, q_pos, offs_n, k_offs, v_offs,
-        stride_k_slot, stride_v_slot, kv_len, qk_scale, logit_cap, window_left,
-        PAGE_SIZE, BLOCK_N, True, HAS_WINDOW, HAS_CAP)
+        stride_k_slot, stride_v_slot, kv_head, kv_len, qk_scale, logit_cap, window_left,
+        PAGE_SIZE, BLOCK_N, HEAD_DIM, True, HAS_WINDOW, HAS_CAP, USE_TMA)
     if USE_PDL:
         tl.extra.cuda.gdc_launch_dependents()
 

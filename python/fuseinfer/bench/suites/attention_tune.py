@@ -1,7 +1,7 @@
 """`fuseinfer tune attention`: pick the attention kernels' block sizes on the present GPU and
 write them into its dispatch table.
 
-Prefill: per head dim, every (block_m, block_n, warps, stages) candidate on a causal 4k
+Prefill: per head dim, every (block_m, block_n, warps, stages, tma) candidate on a causal 4k
 prefill of a model with that head dim; the fastest wins. Decode: per head dim, the
 (block_n, warps, stages) with the lowest geometric-mean time over a small-batch long-KV
 shape and a large-batch shape; then (min_chunk, target_ctas_per_sm), shared by every head
@@ -30,7 +30,8 @@ from ..timing import TimingConfig, time_calls
 from .attention import MODELS, Case, make_inputs, ours
 
 TUNE_MODELS = {64: "GPT-OSS", 128: "Llama-3-8B"}
-PREFILL_CANDIDATES = [c for c in itertools.product((64, 128), (32, 64, 128), (4, 8), (2, 3))]
+PREFILL_CANDIDATES = list(itertools.product((64, 128), (64, 128), (4, 8), (2, 3),
+                                            (True, False)))
 DECODE_CANDIDATES = list(itertools.product((32, 64, 128), (2, 4, 8), (2, 3, 4)))
 DECODE_SHAPES = ((1, 8192), (64, 4096))
 SPLIT_CANDIDATES = list(itertools.product((64, 128, 256, 512), (1, 2, 4)))
@@ -74,47 +75,67 @@ def _geomean(values: list[float]) -> float:
     return math.exp(sum(math.log(v) for v in values) / len(values))
 
 
-def tune(device: int) -> tuple[AttentionDispatch, list[dict[str, Any]]]:
+def tune(device: int, kinds: tuple[str, ...] = ("prefill", "decode"),
+         start: AttentionDispatch = ATTENTION_BUILTIN
+         ) -> tuple[AttentionDispatch, list[dict[str, Any]]]:
+    """Tune the given kinds, starting from (and keeping the rest of) `start`."""
     torch.cuda.set_device(device)
-    table = ATTENTION_BUILTIN
+    table = start
     log: list[dict[str, Any]] = []
-    steps = len(TUNE_MODELS) * (len(PREFILL_CANDIDATES) + len(DECODE_CANDIDATES)) \
-        + len(SPLIT_CANDIDATES)
+    steps = len(TUNE_MODELS) * (len(PREFILL_CANDIDATES) * ("prefill" in kinds)
+                                + len(DECODE_CANDIDATES) * ("decode" in kinds)) \
+        + len(SPLIT_CANDIDATES) * ("decode" in kinds)
     with Progress(steps, "tune attention") as progress:
         for head_dim, name in TUNE_MODELS.items():
-            m = MODELS[name]
-            case = Case("prefill", m, "1x4k", (4096,), (4096,))
-            best = None
-            for cand in PREFILL_CANDIDATES:
-                progress.step(f"prefill d={head_dim} {cand}")
-                trial = _with_rule(table, head_dim, prefill_rules=cand)
-                us = _time(case, trial, block_m=cand[0])
-                log.append({"kind": "prefill", "head_dim": head_dim, "candidate": cand,
-                            "us": us})
-                if best is None or us < best[0]:
-                    best = (us, cand)
-            table = _with_rule(table, head_dim, prefill_rules=best[1])
-            best = None
-            for cand in DECODE_CANDIDATES:
-                progress.step(f"decode d={head_dim} {cand}")
-                trial = _with_rule(table, head_dim, decode_rules=cand)
-                times = [_time(Case("decode", m, f"{b}x{n}", (1,) * b, (n,) * b), trial)
-                         for b, n in DECODE_SHAPES]
-                log.append({"kind": "decode", "head_dim": head_dim, "candidate": cand,
-                            "us": times})
-                score = _geomean(times)
-                if best is None or score < best[0]:
-                    best = (score, cand)
-            table = _with_rule(table, head_dim, decode_rules=best[1])
-        best = None
-        for chunk, ctas in SPLIT_CANDIDATES:
-            progress.step(f"decode splits min_chunk={chunk} ctas/sm={ctas}")
-            trial = replace(table, min_chunk=chunk, target_ctas_per_sm=ctas)
-            times = [_time(Case("decode", MODELS[name], f"{b}x{n}", (1,) * b, (n,) * b), trial)
-                     for name in TUNE_MODELS.values() for b, n in SPLIT_SHAPES]
-            log.append({"kind": "splits", "candidate": [chunk, ctas], "us": times})
-            score = _geomean(times)
-            if best is None or score < best[0]:
-                best = (score, (chunk, ctas))
-        table = replace(table, min_chunk=best[1][0], target_ctas_per_sm=best[1][1])
+            if "prefill" in kinds:
+                table = _tune_prefill(table, head_dim, MODELS[name], log, progress)
+            if "decode" in kinds:
+                table = _tune_decode(table, head_dim, MODELS[name], log, progress)
+        if "decode" in kinds:
+            table = _tune_splits(table, log, progress)
     return table, log
+
+
+def _tune_prefill(table: AttentionDispatch, head_dim: int, m: Any, log: list, progress: Any
+                  ) -> AttentionDispatch:
+    case = Case("prefill", m, "1x4k", (4096,), (4096,))
+    best = None
+    for cand in PREFILL_CANDIDATES:
+        progress.step(f"prefill d={head_dim} {cand}")
+        trial = _with_rule(table, head_dim, prefill_rules=cand)
+        us = _time(case, trial, block_m=cand[0])
+        log.append({"kind": "prefill", "head_dim": head_dim, "candidate": cand,
+                    "us": us})
+        if best is None or us < best[0]:
+            best = (us, cand)
+    return _with_rule(table, head_dim, prefill_rules=best[1])
+
+
+def _tune_decode(table: AttentionDispatch, head_dim: int, m: Any, log: list, progress: Any
+                 ) -> AttentionDispatch:
+    best = None
+    for cand in DECODE_CANDIDATES:
+        progress.step(f"decode d={head_dim} {cand}")
+        trial = _with_rule(table, head_dim, decode_rules=cand)
+        times = [_time(Case("decode", m, f"{b}x{n}", (1,) * b, (n,) * b), trial)
+                 for b, n in DECODE_SHAPES]
+        log.append({"kind": "decode", "head_dim": head_dim, "candidate": cand,
+                    "us": times})
+        score = _geomean(times)
+        if best is None or score < best[0]:
+            best = (score, cand)
+    return _with_rule(table, head_dim, decode_rules=best[1])
+
+
+def _tune_splits(table: AttentionDispatch, log: list, progress: Any) -> AttentionDispatch:
+    best = None
+    for chunk, ctas in SPLIT_CANDIDATES:
+        progress.step(f"decode splits min_chunk={chunk} ctas/sm={ctas}")
+        trial = replace(table, min_chunk=chunk, target_ctas_per_sm=ctas)
+        times = [_time(Case("decode", MODELS[name], f"{b}x{n}", (1,) * b, (n,) * b), trial)
+                 for name in TUNE_MODELS.values() for b, n in SPLIT_SHAPES]
+        log.append({"kind": "splits", "candidate": [chunk, ctas], "us": times})
+        score = _geomean(times)
+        if best is None or score < best[0]:
+            best = (score, (chunk, ctas))
+    return replace(table, min_chunk=best[1][0], target_ctas_per_sm=best[1][1])
