@@ -26,30 +26,35 @@ def _load_kv_block(Cache, PageRow, start, offs_n, tile_offs, kv_len, stride_slot
     descriptor over [slots, kv_heads, head_dim] and the tile (inside one page) comes in one
     bulk copy."""
     pos = start + offs_n
+    # One return at the end: Triton compiles every branch that is not constexpr-dead, and a
+    # return inside an `if` does not make the code after it dead.
     if USE_TMA:
         page = tl.load(PageRow + start // PAGE_SIZE)
         tile = Cache.load([page * PAGE_SIZE + start % PAGE_SIZE, kv_head, 0])
         tile = tile.reshape(BLOCK_N, HEAD_DIM)
         if MASKED:  # slots past kv_len may hold anything, NaN included: p * NaN = NaN
             tile = tl.where((pos < kv_len)[:, None], tile, 0.0)
-        return tile
-    if PAGE_SIZE % BLOCK_N == 0:
+    elif PAGE_SIZE % BLOCK_N == 0:
         # The tile lies inside one page: one page-table read and a scalar base address.
         page = tl.load(PageRow + start // PAGE_SIZE).to(tl.int64)
         ptrs = Cache + (page * PAGE_SIZE + start % PAGE_SIZE) * stride_slot + tile_offs
         if MASKED:
-            return tl.load(ptrs, mask=(pos < kv_len)[:, None], other=0.0)
-        return tl.load(ptrs)
-    row_offs = tile_offs - offs_n[:, None] * stride_slot  # head + dim part
-    if MASKED:
-        valid = pos < kv_len
-        page = tl.load(PageRow + pos // PAGE_SIZE, mask=valid, other=0)
-        slot = page.to(tl.int64) * PAGE_SIZE + pos % PAGE_SIZE
-        return tl.load(Cache + slot[:, None] * stride_slot + row_offs, mask=valid[:, None],
-                       other=0.0)
-    page = tl.load(PageRow + pos // PAGE_SIZE)
-    slot = page.to(tl.int64) * PAGE_SIZE + pos % PAGE_SIZE
-    return tl.load(Cache + slot[:, None] * stride_slot + row_offs)
+            tile = tl.load(ptrs, mask=(pos < kv_len)[:, None], other=0.0)
+        else:
+            tile = tl.load(ptrs)
+    else:
+        row_offs = tile_offs - offs_n[:, None] * stride_slot  # head + dim part
+        if MASKED:
+            valid = pos < kv_len
+            page = tl.load(PageRow + pos // PAGE_SIZE, mask=valid, other=0)
+            slot = page.to(tl.int64) * PAGE_SIZE + pos % PAGE_SIZE
+            tile = tl.load(Cache + slot[:, None] * stride_slot + row_offs,
+                           mask=valid[:, None], other=0.0)
+        else:
+            page = tl.load(PageRow + pos // PAGE_SIZE)
+            slot = page.to(tl.int64) * PAGE_SIZE + pos % PAGE_SIZE
+            tile = tl.load(Cache + slot[:, None] * stride_slot + row_offs)
+    return tile
 
 
 @triton.jit
