@@ -89,7 +89,7 @@ for s in "$@"; do
     bench-attn|bench-attn-quick)
       [ -f "$OUT/ceilings.json" ] || { step ceilings python3 -m fuseinfer.cli bench ceilings \
         && cp "$FUSEINFER_CACHE_DIR"/ceilings/*.json "$OUT/ceilings.json"; }
-      extra=(); rec=(--record)
+      extra=(${ATTN_ARGS:-}); rec=(--record ${ATTN_RECORD:-})
       [ "$s" = bench-attn-quick ] && { extra=(${ATTN_QUICK:---batches 1 64 --lengths 4096 16384 --prefill 1x4k --models Llama-3-8B GPT-OSS}); rec=(); }
       TAIL=90 step bench_attn python3 -m fuseinfer.cli bench attention "${rec[@]}" --json "$OUT/attention_run.json" "${extra[@]}"
       [ "$s" = bench-attn ] && cp "microbench/results/$KEY/attention.json" "$OUT/results_attention_$KEY.json" ;;

@@ -77,6 +77,9 @@ def add_bench_parser(sub: Any) -> None:
     attn.add_argument("--json", type=Path, help="write this run as JSON here")
     attn.add_argument("--record", action="store_true",
                       help="append the run to microbench/results/<gpu>/attention.json")
+    attn.add_argument("--continue-run", action="store_true",
+                      help="with --record: add the rows to the latest recorded run (same "
+                      "GPU, driver and torch), for a suite recorded in parts")
     attn.set_defaults(handler=_run_attention, pdl="auto", cold=False)
 
     summary = suites.add_parser("summary", help="regenerate docs/benchmarks.md from "
@@ -184,7 +187,7 @@ def _report(name: str, columns: list[Any], rows: list[dict[str, Any]],
     if args.record:
         root = repo_dir() or Path.cwd()
         path = root / "microbench" / "results" / str(env["gpu_key"]) / f"{name}.json"
-        record_run(path, run)
+        record_run(path, run, continue_last=getattr(args, "continue_run", False))
         print(f"recorded in {path}", file=sys.stderr)
     return 0
 
@@ -347,7 +350,7 @@ def _run_tune_attention(args: argparse.Namespace, identity: Any, device: int) ->
               f"page size {attention_tune.PAGE_SIZE}; "
               + "; ".join(done[k] for k in kinds) + ")")
     if len(kinds) == 1 and start.source.startswith("tuned"):
-        source += f"; kept from before: {start.source}"
+        source += f"; kept from before: {start.source.split('; kept from before: ')[-1]}"
     table = replace(table, source=source)
     key = gpu_key(identity)
     output = args.output or tables_dir() / f"{key}.json"

@@ -103,8 +103,19 @@ def load_recorded(results_path: Path) -> dict[str, Any]:
     return data
 
 
-def record_run(results_path: Path, run: Mapping[str, Any]) -> None:
-    """Append `run` to microbench/results/<gpu>/<suite>.json, creating it if missing."""
+def _same_setup(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    ea, eb = a.get("environment") or {}, b.get("environment") or {}
+    return all(ea.get(k) == eb.get(k) for k in ("gpu", "driver", "torch")) \
+        and a.get("columns") == b.get("columns")
+
+
+def record_run(results_path: Path, run: Mapping[str, Any], continue_last: bool = False
+               ) -> None:
+    """Append `run` to microbench/results/<gpu>/<suite>.json, creating it if missing.
+
+    continue_last: add the run's rows to the latest recorded run instead (a suite too long
+    for one sitting, recorded in parts); that run must share GPU, driver, torch and
+    columns, and it lists each part's date under environment.continued."""
     results_path = Path(results_path)
     suite = run.get("suite")
     if results_path.exists():
@@ -115,5 +126,14 @@ def record_run(results_path: Path, run: Mapping[str, Any]) -> None:
         if not isinstance(suite, str):
             raise ValueError("run has no 'suite' name to start a results file with")
         data = {"suite": suite, "runs": []}
-    data["runs"].append(dict(run))
+    if continue_last:
+        last = data["runs"][-1] if data["runs"] else None
+        if last is None or not _same_setup(last, run):
+            raise ValueError(f"{results_path}: no latest run with the same GPU, driver, torch "
+                             "and columns to continue")
+        last["rows"] = list(last.get("rows") or []) + list(run.get("rows") or [])
+        env = last.setdefault("environment", {})
+        env.setdefault("continued", []).append((run.get("environment") or {}).get("date"))
+    else:
+        data["runs"].append(dict(run))
     _write_json(results_path, data)

@@ -130,7 +130,7 @@ def decode_kernel(
             l_i = l_i * alpha + tl.sum(p, 1)
             v = tl.load(v_ptrs, mask=valid[:, None], other=0.0)
             if USE_DOT:
-                acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v.to(q.dtype))
+                acc = tl.dot(p.to(q.dtype), v.to(q.dtype), acc * alpha[:, None])
             else:
                 acc = acc * alpha[:, None] + tl.sum(tl.sum(p, 0)[:, None] * v.to(tl.float32),
                                                     0)[None, :]

@@ -76,24 +76,25 @@ def _attend_range(acc, m_i, l_i, q, K, V, PageRow, lo, hi, offs_m_pos, offs_n, k
                            PAGE_SIZE, BLOCK_N, HEAD_DIM, MASKED, USE_TMA)
         s = tl.dot(q, tl.trans(k.to(q.dtype)))
         if HAS_CAP:
-            s = _soft_cap(s * qk_scale, logit_cap, HAS_CAP) * 1.4426950408889634
+            s = _soft_cap(s * qk_scale, logit_cap, HAS_CAP)
+            c = 1.4426950408889634
         else:
-            s = s * (qk_scale * 1.4426950408889634)
+            c = qk_scale * 1.4426950408889634  # folded into exp2's argument: one FMA
         if MASKED:
             key_pos = start + offs_n
             visible = (key_pos[None, :] <= offs_m_pos[:, None]) & (key_pos[None, :] < kv_len)
             if HAS_WINDOW:
                 visible &= key_pos[None, :] >= offs_m_pos[:, None] - window_left
             s = tl.where(visible, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_new = tl.maximum(m_i, tl.max(s, 1) * c)
         if MASKED:  # a row may have seen no key yet: keep exp2 away from (-inf) - (-inf)
             m_new = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.math.exp2(s * c - m_new[:, None])
         alpha = tl.math.exp2(m_i - m_new)
-        p = tl.math.exp2(s - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
         v = _load_kv_block(V, PageRow, start, offs_n, v_offs, kv_len, stride_v_slot, kv_head,
                            PAGE_SIZE, BLOCK_N, HEAD_DIM, MASKED, USE_TMA)
-        acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v.to(q.dtype))
+        acc = tl.dot(p.to(q.dtype), v.to(q.dtype), acc * alpha[:, None])
         m_i = m_new
     return acc, m_i, l_i
 
