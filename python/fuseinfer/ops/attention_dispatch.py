@@ -25,6 +25,14 @@ def _check_pow2(value: int, low: int, high: int, where: str) -> None:
         raise TableError(f"{where}: must be a power of two in [{low}, {high}], got {value}")
 
 
+def _check_loop(block_n: int, num_warps: int, num_stages: int, where: str) -> None:
+    """The fields every rule has: key block, warps, pipeline stages."""
+    _check_pow2(block_n, 16, 256, f"{where}.block_n")
+    _check_pow2(num_warps, 1, 16, f"{where}.num_warps")
+    if not 1 <= num_stages <= 6:
+        raise TableError(f"{where}.num_stages: must be in [1, 6], got {num_stages}")
+
+
 @dataclass(frozen=True)
 class DecodeLaunchRule:
     max_head_dim: int | None
@@ -33,10 +41,7 @@ class DecodeLaunchRule:
     num_stages: int
 
     def validate(self, where: str) -> None:
-        _check_pow2(self.block_n, 16, 256, f"{where}.block_n")
-        _check_pow2(self.num_warps, 1, 16, f"{where}.num_warps")
-        if not 1 <= self.num_stages <= 6:
-            raise TableError(f"{where}.num_stages: must be in [1, 6], got {self.num_stages}")
+        _check_loop(self.block_n, self.num_warps, self.num_stages, where)
 
 
 @dataclass(frozen=True)
@@ -50,10 +55,7 @@ class PrefillLaunchRule:
 
     def validate(self, where: str) -> None:
         _check_pow2(self.block_m, 16, 256, f"{where}.block_m")
-        _check_pow2(self.block_n, 16, 256, f"{where}.block_n")
-        _check_pow2(self.num_warps, 1, 16, f"{where}.num_warps")
-        if not 1 <= self.num_stages <= 6:
-            raise TableError(f"{where}.num_stages: must be in [1, 6], got {self.num_stages}")
+        _check_loop(self.block_n, self.num_warps, self.num_stages, where)
 
 
 def _check_rules(rules: tuple, where: str) -> None:

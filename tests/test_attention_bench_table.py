@@ -1,0 +1,86 @@
+"""The attention family's table entry, bench-suite accounting, the CLI without a GPU and
+recording a suite in parts."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from test_cli import run_cli  # noqa: E402  (tests/ is on sys.path under pytest)
+
+from fuseinfer.bench.report import record_run
+from fuseinfer.bench.suites import attention as suite
+from fuseinfer.dispatch import TableError, lookup
+from fuseinfer.dispatch.schema import parse_dataclass, to_json
+from fuseinfer.dispatch.tables import load_table
+from fuseinfer.ops.attention_dispatch import (
+    ATTENTION_BUILTIN,
+    AttentionDispatch,
+    DecodeLaunchRule,
+    PrefillLaunchRule,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_h100_entry_is_tuned_and_picks_rules_by_head_dim():
+    entry = load_table(REPO / "autotune_configs" / "h100.json")["attention"]
+    assert entry.source.startswith("tuned on NVIDIA H100")
+    assert entry.prefill_rule(128).max_head_dim == 128
+    assert entry.prefill_rule(256).max_head_dim is None
+    assert entry.decode_rule(64).max_head_dim == 64
+    assert lookup("attention", None).entry is ATTENTION_BUILTIN  # no GPU: built-in
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(decode_rules=(DecodeLaunchRule(None, 48, 4, 2),)), "block_n: must be a power of two"),
+    (dict(prefill_rules=(PrefillLaunchRule(128, 64, 64, 4, 2, True),)),
+     "last rule must have max_head_dim null"),
+    (dict(min_chunk=8), "min_chunk: must be >= 16"),
+    (dict(prefill_rules=(PrefillLaunchRule(None, 64, 64, 4, 9, True),)), "num_stages"),
+])
+def test_entry_validation(change, message):
+    data = to_json(replace(ATTENTION_BUILTIN, **change))
+    with pytest.raises(TableError, match=message):
+        parse_dataclass(AttentionDispatch, data, "attention")
+
+
+def test_visible_pairs_and_bytes():
+    assert suite.visible(4, 4, None) == 10  # causal triangle
+    assert suite.visible(2, 6, None) == 5 + 6  # extend: queries at positions 4 and 5
+    assert suite.visible(4, 4, 1) == 1 + 2 + 2 + 2  # window of the key itself and one more
+    case = suite.Case("decode", suite.MODELS["GPT-OSS-win128"], "2x1000", (1, 1), (1000, 50))
+    # 128 visible tokens of the first request, 50 of the second; K and V, 8 heads x 64 dims
+    assert suite.kv_bytes(case, 2) == 2 * (128 + 50) * 8 * 64 * 2 + 2 * 2 * 64 * 64 * 2
+    cases = suite.decode_cases([suite.MODELS["Llama-3-8B"]], (1, 8), (1024,))
+    assert [c.shape for c in cases] == ["1x1024", "8x1024", "1x8192"]
+
+
+def test_bench_attention_without_gpu_runs_cpu_smoke():
+    proc = run_cli("bench", "attention")
+    assert proc.returncode == 0, proc.stderr
+    assert "no CUDA GPU found: running the CPU reference smoke" in proc.stderr
+    assert "decode" in proc.stdout and "prefill" in proc.stdout
+
+
+def test_tune_attention_needs_a_gpu():
+    proc = run_cli("tune", "attention")
+    assert proc.returncode == 1 and "no CUDA GPU found" in proc.stderr
+
+
+def test_record_run_in_parts(tmp_path):
+    env = {"gpu": "H100", "driver": "1", "torch": "2.11", "date": "d1"}
+    first = {"suite": "attention", "environment": env, "columns": [{"key": "us"}],
+             "rows": [{"us": 1.0}]}
+    path = tmp_path / "attention.json"
+    record_run(path, first)
+    record_run(path, dict(first, environment=dict(env, date="d2"), rows=[{"us": 2.0}]),
+               continue_last=True)
+    data = json.loads(path.read_text())
+    assert len(data["runs"]) == 1
+    assert data["runs"][0]["rows"] == [{"us": 1.0}, {"us": 2.0}]
+    assert data["runs"][0]["environment"]["continued"] == ["d2"]
+    with pytest.raises(ValueError, match="no latest run with the same GPU"):
+        record_run(path, dict(first, environment=dict(env, gpu="H200")), continue_last=True)
