@@ -64,8 +64,9 @@ def render(report: dict[str, Any]) -> str:
         where = choice["path"] or "built-in default"
         lines.append(f"  {op}: {where}  [{choice['source']}]")
         entry = choice["entry"]
-        if "enable_pdl" in entry:
-            lines.append(f"    enable_pdl: {entry['enable_pdl']}")
+        for name, value in entry.items():  # scalar settings (enable_pdl, split sizes, ...)
+            if name != "source" and not name.endswith("rules"):
+                lines.append(f"    {name}: {value}")
         for name, rules in entry.items():
             if name.endswith("rules"):
                 lines.append(f"    {name}:")

@@ -96,17 +96,19 @@ class AttentionDispatch:
                     if r.max_head_dim is None or head_dim <= r.max_head_dim)
 
 
+# Defaults for GPUs without a tuned entry: the H100's tuned choices (2026-11-22), which
+# only need sm_80+ Triton features (the TMA path falls back on older GPUs).
 ATTENTION_BUILTIN = AttentionDispatch(
     source="built-in default",
     enable_pdl=True,
     tensor_core_min_group=4,
-    target_ctas_per_sm=2,
-    min_chunk=256,
+    target_ctas_per_sm=4,
+    min_chunk=64,
     max_splits=64,
     decode_rules=(DecodeLaunchRule(None, 64, 4, 2),),
     prefill_rules=(
-        PrefillLaunchRule(64, 128, 64, 4, 3, True),
-        PrefillLaunchRule(128, 128, 64, 8, 3, True),
+        PrefillLaunchRule(64, 64, 64, 4, 2, True),
+        PrefillLaunchRule(128, 128, 64, 4, 2, True),
         PrefillLaunchRule(None, 64, 32, 4, 2, True),
     ),
 )
