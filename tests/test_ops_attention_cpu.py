@@ -33,8 +33,9 @@ def _sdpa_request(q, k, v, prefix, window_left=None, scale=None):
     return out.transpose(0, 1)
 
 
-def _prefill_case(q_lens, kv_lens, hq, hkv, d, page_size, dtype=BF16, fp8=False):
-    kv = make_paged_kv(kv_lens, hkv, d, page_size, dtype, "cpu", fp8=fp8)
+def _prefill_case(q_lens, kv_lens, hq, hkv, d, page_size, dtype=BF16, fp8=False,
+                  poison=False):
+    kv = make_paged_kv(kv_lens, hkv, d, page_size, dtype, "cpu", fp8=fp8, poison=poison)
     q = torch.randn(sum(q_lens), hq, d).to(dtype)
     indptr = torch.tensor([0, *torch.tensor(q_lens).cumsum(0).tolist()], dtype=torch.int32)
     return kv, q, indptr, torch.tensor(kv_lens, dtype=torch.int32)
@@ -195,7 +196,8 @@ def test_prefill_kernel_interpreted(case):
     q_lens, kv_lens = [5, 21, 1], [12, 21, 33]
     hq, hkv, d = case["hq"], case["hkv"], 64
     kv, q, indptr, lens = _prefill_case(q_lens, kv_lens, hq, hkv, d, case["page_size"],
-                                        case.get("dtype", BF16), case.get("fp8", False))
+                                        case.get("dtype", BF16), case.get("fp8", False),
+                                        poison=True)
     sinks = torch.randn(hq) if case.get("sinks") else None
     kw = dict(sinks=sinks, window_left=case.get("window_left"),
               logit_cap=case.get("logit_cap", 0.0))
@@ -227,7 +229,7 @@ def test_decode_kernel_interpreted(case, tensor_cores):
     kv_lens = [40, 0, 7, 25]  # row 1 is a padded batch row
     hq, hkv, d = 8, 2, 64
     kv = make_paged_kv(kv_lens, hkv, d, case["page_size"], BF16, "cpu",
-                       fp8=case.get("fp8", False))
+                       fp8=case.get("fp8", False), poison=True)
     q = torch.randn(len(kv_lens), hq, d).to(BF16)
     sinks = torch.randn(hq) if case.get("sinks") else None
     kw = dict(sinks=sinks, window_left=case.get("window_left"),

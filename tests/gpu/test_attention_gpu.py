@@ -49,7 +49,7 @@ PREFILL_CASES = [  # (q_lens, kv_lens): prefill, extend on a cached prefix, tiny
 ])
 def test_prefill_matches_reference(features, head_dim, hq, hkv, page_size, dtype):
     for q_lens, kv_lens in PREFILL_CASES:
-        kv = make_paged_kv(kv_lens, hkv, head_dim, page_size, dtype, "cuda")
+        kv = make_paged_kv(kv_lens, hkv, head_dim, page_size, dtype, "cuda", poison=True)
         q = torch.randn(sum(q_lens), hq, head_dim, device="cuda", dtype=dtype)
         attn = PagedAttention(AttentionShape(hq, hkv, head_dim, page_size), "cuda")
         plan = attn.plan_prefill(q_lens, kv_lens, kv.page_table)
@@ -92,7 +92,7 @@ def test_decode_matches_reference(features, head_dim, hq, hkv, page_size, splits
     if features == "plain" and splits == 7:
         splits = 1  # one piece: stage 1 finishes every request
     dtype = torch.bfloat16
-    kv = make_paged_kv(kv_lens, hkv, head_dim, page_size, dtype, "cuda")
+    kv = make_paged_kv(kv_lens, hkv, head_dim, page_size, dtype, "cuda", poison=True)
     q = torch.randn(len(kv_lens), hq, head_dim, device="cuda", dtype=dtype)
     attn = PagedAttention(AttentionShape(hq, hkv, head_dim, page_size), "cuda")
     kw = _features(features, hq)

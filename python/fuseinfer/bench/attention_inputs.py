@@ -31,9 +31,12 @@ class PagedKv:
 
 def make_paged_kv(kv_lens: list[int], kv_heads: int, head_dim: int, page_size: int,
                   dtype: torch.dtype, device: torch.device | str, *, fp8: bool = False,
-                  spare_pages: int = 3, generator: torch.Generator | None = None) -> PagedKv:
+                  spare_pages: int = 3, generator: torch.Generator | None = None,
+                  poison: bool = False) -> PagedKv:
     """Caches holding random keys/values for requests of the given lengths (plus a few
-    unused pages), and a page table whose rows are padded with pages of other requests."""
+    unused pages), and a page table whose rows are padded with pages of other requests.
+    poison: every slot that holds no request's token is NaN (a kernel that lets one into
+    its sums returns NaN)."""
     pages_per_req = [max(1, -(-n // page_size)) for n in kv_lens]
     total = sum(pages_per_req) + spare_pages
     width = max(pages_per_req)
@@ -47,8 +50,16 @@ def make_paged_kv(kv_lens: list[int], kv_heads: int, head_dim: int, page_size: i
         at += n
     shape = (total, page_size, kv_heads, head_dim) if page_size > 1 \
         else (total, kv_heads, head_dim)
-    k = torch.randn(shape, generator=generator).to(device=device)
-    v = torch.randn(shape, generator=generator).to(device=device)
+    k = torch.randn(shape, generator=generator)
+    v = torch.randn(shape, generator=generator)
+    if poison:
+        used = torch.zeros(total * page_size, dtype=torch.bool)
+        for b, n in enumerate(kv_lens):
+            pos = torch.arange(n)
+            used[table[b, pos // page_size].long() * page_size + pos % page_size] = True
+        for t in (k, v):
+            t.view(total * page_size, -1)[~used] = float("nan")
+    k, v = k.to(device=device), v.to(device=device)
     if fp8:
         k_scale = torch.tensor([0.5], device=device)
         v_scale = torch.tensor([0.25], device=device)
