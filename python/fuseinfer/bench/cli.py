@@ -165,7 +165,8 @@ def _cpu_smoke(smoke: Any) -> int:
     print(format_table(rows, smoke.COLUMNS))
     errs = [r["rel_err"] for r in rows]
     worst = math.nan if any(math.isnan(e) for e in errs) else max(errs)
-    print(f"CPU reference vs float64: worst relative error {worst:.1e}")
+    against = getattr(smoke, "CHECKED_AGAINST", "float64")
+    print(f"CPU reference vs {against}: worst relative error {worst:.1e}")
     return 0 if worst < 1e-2 else 1
 
 

@@ -20,6 +20,7 @@ COLUMNS = [
     Column("us", "CPU us", "{:.1f}"),
     Column("rel_err", "rel err vs sdpa", "{:.1e}"),
 ]
+CHECKED_AGAINST = "torch SDPA"
 CASES = (("decode", [1] * 4, [300, 17, 64, 1]), ("prefill", [40, 7], [40, 100]))
 
 
