@@ -1,0 +1,130 @@
+"""Sampling parameters and batched sampling on the device, without host syncs.
+
+Each row of a batch has its own temperature, top-k, top-p, min-p and seed. Randomness is
+counter-based: the noise for (seed, step, token id) is a hash of the three, so a seeded
+request draws the same tokens whatever batch it lands in, and nothing is read back to the
+host. A row is sampled with the Gumbel-max trick over the filtered logits:
+argmax(logits / T + g), g = -log(-log(u)), which draws from softmax(logits / T).
+Temperature 0 means greedy (argmax of the raw logits).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+_MASK64 = (1 << 64) - 1
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_new_tokens: int = 128
+    temperature: float = 1.0
+    top_k: int = -1  # -1 or 0: no top-k
+    top_p: float = 1.0
+    min_p: float = 0.0
+    seed: int | None = None
+    stop_token_ids: tuple[int, ...] = field(default_factory=tuple)
+    ignore_eos: bool = False
+
+    def validate(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if not self.temperature >= 0.0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if self.top_k < -1:
+            raise ValueError(f"top_k must be -1 (off) or >= 0, got {self.top_k}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if not 0.0 <= self.min_p <= 1.0:
+            raise ValueError(f"min_p must be in [0, 1], got {self.min_p}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0 or self.top_k == 1
+
+
+@dataclass
+class SamplingBatch:
+    """Per-row sampling settings as device tensors, built once per batch composition."""
+
+    temperature: torch.Tensor  # float32 [B]; 0 rows are greedy
+    top_k: torch.Tensor  # int64 [B]; vocab size where off
+    top_p: torch.Tensor  # float32 [B]
+    min_p: torch.Tensor  # float32 [B]
+    seed: torch.Tensor  # int64 [B]
+    needs_filter: bool  # any top-k/top-p/min-p in the batch
+    all_greedy: bool
+
+    @staticmethod
+    def build(params: Sequence[SamplingParams], vocab_size: int, device: torch.device | str,
+              default_seeds: Sequence[int]) -> SamplingBatch:
+        """default_seeds: the seed of each unseeded row (e.g. its request id)."""
+        temps = [0.0 if p.greedy else p.temperature for p in params]
+        ks = [vocab_size if p.top_k in (-1, 0) else min(p.top_k, vocab_size) for p in params]
+        seeds = [p.seed if p.seed is not None else s for p, s in
+                 zip(params, default_seeds, strict=True)]
+        filt = any(k < vocab_size for k in ks) or any(p.top_p < 1.0 or p.min_p > 0.0
+                                                      for p in params)
+
+        def put(values, dtype):
+            return torch.tensor(values, dtype=dtype).to(device, non_blocking=True)
+
+        return SamplingBatch(
+            temperature=put(temps, torch.float32), top_k=put(ks, torch.int64),
+            top_p=put([p.top_p for p in params], torch.float32),
+            min_p=put([p.min_p for p in params], torch.float32),
+            seed=put([s & 0x7FFFFFFFFFFFFFFF for s in seeds], torch.int64),
+            needs_filter=filt, all_greedy=all(t == 0.0 for t in temps))
+
+
+def _mix(x: torch.Tensor) -> torch.Tensor:
+    """A 64-bit integer hash (splitmix64 finalizer) in wrapping int64 arithmetic."""
+    x = x ^ ((x >> 30) & 0x3FFFFFFFF)
+    x = x * -4658895280553007687  # 0xbf58476d1ce4e5b9 as a signed int64
+    x = x ^ ((x >> 27) & 0x1FFFFFFFFF)
+    x = x * -7723592293110705685  # 0x94d049bb133111eb
+    return x ^ ((x >> 31) & 0x1FFFFFFFF)
+
+
+def uniform_noise(seed: torch.Tensor, step: torch.Tensor, vocab: int) -> torch.Tensor:
+    """u in (0, 1), float32 [B, vocab], a pure function of (seed, step, token id)."""
+    ids = torch.arange(vocab, device=seed.device, dtype=torch.int64)
+    key = _mix(seed[:, None] * 1_000_003 + step[:, None])
+    bits = _mix(key * 0x9E3779B1 + ids[None, :])
+    top24 = (bits >> 40) & 0xFFFFFF  # 24 random bits, exact in float32
+    return (top24.to(torch.float32) + 0.5) / float(1 << 24)
+
+
+def filter_logits(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
+    """Logits with the tokens outside each row's top-k, top-p and min-p set to -inf
+    (computed on logits / temperature, as the distribution sampled)."""
+    vocab = logits.size(-1)
+    sorted_logits, order = logits.sort(dim=-1, descending=True)
+    probs = sorted_logits.softmax(dim=-1)
+    rank = torch.arange(vocab, device=logits.device)[None, :]
+    drop = rank >= batch.top_k[:, None]
+    # top-p: keep the smallest prefix whose mass reaches top_p (the token crossing it too)
+    drop |= (probs.cumsum(dim=-1) - probs) >= batch.top_p[:, None]
+    drop |= probs < batch.min_p[:, None] * probs[:, :1]
+    drop[:, 0] = False  # the most likely token always survives
+    masked = sorted_logits.masked_fill(drop, float("-inf"))
+    return torch.empty_like(logits).scatter_(-1, order, masked)
+
+
+def sample(logits: torch.Tensor, batch: SamplingBatch, step: torch.Tensor) -> torch.Tensor:
+    """Next token ids, int64 [B], from float logits [B, vocab]; `step` int64 [B] is each
+    row's generated-token count (the noise counter). No host sync."""
+    logits = logits.float()
+    greedy = logits.argmax(dim=-1)
+    if batch.all_greedy:
+        return greedy
+    temp = batch.temperature.clamp_min(1e-5)[:, None]
+    scaled = logits / temp
+    if batch.needs_filter:
+        scaled = filter_logits(scaled, batch)
+    u = uniform_noise(batch.seed, step, logits.size(-1))
+    drawn = (scaled - torch.log(-torch.log(u))).argmax(dim=-1)
+    return torch.where(batch.temperature > 0, drawn, greedy)
