@@ -53,11 +53,12 @@ setup(
     packages=find_packages("python"),
     package_data={"fuseinfer": ["_prebuilt/*.so", "_prebuilt/*.json"]},
     python_requires=">=3.10",
-    install_requires=["torch>=2.4", "ninja"],
+    install_requires=["torch>=2.4", "ninja", "safetensors"],
     extras_require={
         # Triton runs its kernels under TRITON_INTERPRET=1 in the CPU suite; its
         # interpreter converts 1-element arrays to scalars, which numpy 2.4 refuses.
-        "test": ["pytest>=7", "triton>=3.3", "numpy<2.4"],
+        # transformers: the models are checked against it on the same checkpoint.
+        "test": ["pytest>=7", "triton>=3.3", "numpy<2.4", "transformers>=4.51"],
         # Headers only; install with --no-deps to skip its Python tooling's dependencies.
         "cuda": ["nvidia-cutlass>=3.9"],
         "bench": ["liger-kernel"],

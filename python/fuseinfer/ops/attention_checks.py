@@ -71,8 +71,8 @@ def check_common(op: str, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch
                  window_left: int | None, logit_cap: float, sm_scale: float) -> None:
     if q.dim() != 3:
         fail(op, "q", f"must be [tokens, q_heads, head_dim], got {list(q.shape)}")
-    if q.dtype not in Q_DTYPES:
-        fail(op, "q", f"must be bfloat16 or float16, got {q.dtype}")
+    if q.dtype not in Q_DTYPES and not (q.dtype == torch.float32 and q.device.type == "cpu"):
+        fail(op, "q", f"must be bfloat16 or float16 (float32 on the CPU), got {q.dtype}")
     if q.stride(2) != 1:
         fail(op, "q", f"must have a contiguous last dim, got strides {q.stride()}")
     tokens, q_heads, head_dim = q.shape

@@ -24,7 +24,7 @@ class KvCacheConfig:
     num_kv_heads: int
     head_dim: int
     page_size: int
-    dtype: torch.dtype  # bfloat16, float16 or float8_e4m3fn
+    dtype: torch.dtype  # bfloat16, float16 or float8_e4m3fn (float32 on the CPU)
 
     def bytes_per_page(self) -> int:
         item = torch.empty((), dtype=self.dtype).element_size()
@@ -93,9 +93,10 @@ class TokenToKVPool:
 
     def __init__(self, config: KvCacheConfig, num_pages: int, device: torch.device | str
                  ) -> None:
-        if config.dtype not in (torch.bfloat16, torch.float16, FP8):
-            raise ValueError(f"KV dtype must be bfloat16, float16 or float8_e4m3fn, got "
-                             f"{config.dtype}")
+        if config.dtype not in (torch.bfloat16, torch.float16, FP8) and not (
+                config.dtype == torch.float32 and torch.device(device).type == "cpu"):
+            raise ValueError(f"KV dtype must be bfloat16, float16 or float8_e4m3fn (float32 "
+                             f"on the CPU), got {config.dtype}")
         self.config = config
         self.allocator = PageAllocator(num_pages)
         shape = (num_pages, config.page_size, config.num_kv_heads, config.head_dim)

@@ -1,0 +1,124 @@
+"""Llama and Qwen3 dense decoders from fuseinfer ops.
+
+Per layer: (fused add +) RMSNorm -> one qkv matmul -> (Qwen3: RMSNorm of each q and k head)
+-> RoPE that also writes the rotated k and the v into the paged KV cache -> paged
+attention -> o_proj -> fused add + RMSNorm -> one gate_up matmul -> SiLU * up -> down.
+Each fusion has a switch (`Fusions`), so its effect is measured end to end. The same code
+runs on CUDA tensors (kernels) and CPU tensors (the ops' reference implementations).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..ops import attention_plan, kvcache, norm, rope
+from ..ops.rope_cache import build_cos_sin_cache
+from ..runtime.kv_pool import TokenToKVPool
+from .config import ModelConfig
+
+
+@dataclass(frozen=True)
+class Fusions:
+    fused_rope_kv: bool = True  # RoPE and the KV-cache write in one kernel
+    fused_add_rmsnorm: bool = True  # residual add and RMSNorm in one kernel
+    enable_pdl: bool | None = None  # None: each op's table default
+
+
+@dataclass
+class ForwardBatch:
+    """One step's inputs: the tokens, their positions, the KV slots they are written to,
+    the attention plan, and which token rows yield logits (each request's last)."""
+
+    input_ids: torch.Tensor  # int64 [T]
+    positions: torch.Tensor  # int64 [T]
+    cache_loc: torch.Tensor  # int64 [T]
+    plan: attention_plan.PrefillPlan | attention_plan.DecodePlan
+    logits_rows: torch.Tensor  # int64 [B]
+
+
+@dataclass
+class LayerWeights:
+    input_norm: torch.Tensor
+    qkv: torch.Tensor  # [(Hq + 2 Hkv) D, hidden]
+    q_norm: torch.Tensor | None
+    k_norm: torch.Tensor | None
+    o: torch.Tensor
+    post_norm: torch.Tensor
+    gate_up: torch.Tensor  # [2 I, hidden]
+    down: torch.Tensor
+
+
+@dataclass
+class ModelWeights:
+    embed: torch.Tensor
+    layers: list[LayerWeights]
+    norm: torch.Tensor
+    lm_head: torch.Tensor  # the embedding itself when tied
+
+
+class DecoderModel:
+    def __init__(self, config: ModelConfig, weights: ModelWeights,
+                 attention: attention_plan.PagedAttention, kv_pool: TokenToKVPool,
+                 fusions: Fusions = Fusions()) -> None:
+        self.config = config
+        self.weights = weights
+        self.attention = attention
+        self.kv = kv_pool
+        self.fusions = fusions
+        self.cos_sin = build_cos_sin_cache(config.rope, device=weights.embed.device)
+
+    def _norm_residual(self, h: torch.Tensor, residual: torch.Tensor | None,
+                       weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(normed, new residual): residual += h; h = rmsnorm(residual) (first: h alone)."""
+        eps, pdl = self.config.rms_norm_eps, self.fusions.enable_pdl
+        if residual is None:
+            return norm.rmsnorm(h, weight, eps, enable_pdl=pdl), h
+        if self.fusions.fused_add_rmsnorm:
+            norm.fused_add_rmsnorm(h, residual, weight, eps, enable_pdl=pdl)
+            return h, residual
+        residual = residual + h
+        return norm.rmsnorm(residual, weight, eps, enable_pdl=pdl), residual
+
+    def _attention(self, layer: int, w: LayerWeights, h: torch.Tensor,
+                   batch: ForwardBatch) -> torch.Tensor:
+        c = self.config
+        tokens, d = h.size(0), c.head_dim
+        qkv = h @ w.qkv.t()
+        q, k, v = qkv.split([c.num_heads * d, c.num_kv_heads * d, c.num_kv_heads * d], dim=1)
+        if w.q_norm is not None and w.k_norm is not None:
+            eps, pdl = c.rms_norm_eps, self.fusions.enable_pdl
+            q = norm.rmsnorm(q.reshape(-1, d), w.q_norm, eps, enable_pdl=pdl).view(tokens, -1)
+            k = norm.rmsnorm(k.reshape(-1, d), w.k_norm, eps, enable_pdl=pdl).view(tokens, -1)
+        k_cache, v_cache = self.kv.k[layer], self.kv.v[layer]
+        k_scale, v_scale = self.kv.k_scale[layer], self.kv.v_scale[layer]
+        pdl = self.fusions.enable_pdl
+        if self.fusions.fused_rope_kv:
+            rope.rope_with_cos_sin_cache(batch.positions, q, k, d, self.cos_sin, True, v,
+                                         k_cache, v_cache, batch.cache_loc, k_scale, v_scale,
+                                         enable_pdl=pdl)
+        else:
+            rope.rope_with_cos_sin_cache(batch.positions, q, k, d, self.cos_sin, True,
+                                         enable_pdl=pdl)
+            kvcache.store_kv_cache(k_cache, v_cache, batch.cache_loc, k, v, k_scale, v_scale,
+                                   enable_pdl=pdl)
+        out = self.attention.run(batch.plan, q.view(tokens, c.num_heads, d), k_cache, v_cache,
+                                 k_scale=k_scale, v_scale=v_scale)
+        return out.view(tokens, -1) @ w.o.t()
+
+    @torch.inference_mode()
+    def forward(self, batch: ForwardBatch) -> torch.Tensor:
+        """float32 logits [B, vocab] for the batch's logits rows."""
+        w = self.weights
+        h = w.embed[batch.input_ids]
+        residual = None
+        for i, layer in enumerate(w.layers):
+            h, residual = self._norm_residual(h, residual, layer.input_norm)
+            h = self._attention(i, layer, h, batch)
+            h, residual = self._norm_residual(h, residual, layer.post_norm)
+            gate, up = (h @ layer.gate_up.t()).chunk(2, dim=1)
+            h = (F.silu(gate) * up) @ layer.down.t()
+        h, _ = self._norm_residual(h, residual, w.norm)
+        return (h[batch.logits_rows] @ w.lm_head.t()).float()
