@@ -1,0 +1,284 @@
+"""Continuous-batching scheduler: admission, chunked prefill, prefix reuse, retraction.
+
+Each step is either a prefill step (new requests, and the next chunk of a request being
+prefilled in pieces, within a token budget) or a decode step (one token for every running
+request). Prefill has priority: new requests join as soon as memory allows.
+
+A request's KV covers its first `cached` tokens. A step computes `n` more tokens from
+`cached` and, when they reach the end of the sequence, samples the next token. On
+admission the radix cache supplies the longest page-aligned cached prefix (locked while
+the request runs). When a decode step needs a page and none is free even after evicting
+unlocked cache entries, the most recently admitted running requests are retracted: their
+pages are freed and they wait again at the front of the queue, output so far kept, to be
+prefilled again. A request that could never fit is rejected when it arrives.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from .kv_pool import PageAllocator, ReqToTokenPool
+from .radix_cache import RadixCache, RadixNode
+from .sampling import SamplingParams
+
+
+@dataclass
+class Request:
+    rid: int
+    prompt: list[int]
+    params: SamplingParams
+    eos_ids: tuple[int, ...] = ()
+    output: list[int] = field(default_factory=list)
+    slot: int | None = None  # row in ReqToTokenPool while admitted
+    prefix_node: RadixNode | None = None  # locked radix node of the reused prefix
+    prefix_pages: int = 0  # leading pages shared with the cache (never freed by us)
+    cached: int = 0  # tokens whose KV is in this request's pages
+    cached_at_admission: int = 0  # prefix tokens reused from the radix cache
+    finish_reason: str | None = None  # "stop" | "length" | "abort" | "rejected: ..."
+    retractions: int = 0
+
+    @property
+    def tokens(self) -> list[int]:
+        return self.prompt + self.output
+
+    @property
+    def seq_len(self) -> int:
+        return len(self.prompt) + len(self.output)
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    max_running_requests: int = 256
+    max_prefill_tokens: int = 8192  # token budget of one prefill step
+    chunked_prefill_size: int = 4096  # a request's tokens per step; <= 0: no chunking
+    policy: str = "fcfs"  # "fcfs" or "lpm" (longest cached prefix first)
+
+    def validate(self) -> None:
+        if self.policy not in ("fcfs", "lpm"):
+            raise ValueError(f"policy must be fcfs or lpm, got {self.policy!r}")
+        if self.max_running_requests < 1 or self.max_prefill_tokens < 1:
+            raise ValueError("max_running_requests and max_prefill_tokens must be >= 1")
+
+
+@dataclass(frozen=True)
+class Work:
+    req: Request
+    start: int  # first position computed
+    count: int  # tokens computed
+    samples: bool  # the step reaches the end of the sequence: sample the next token
+
+
+@dataclass(frozen=True)
+class ScheduledBatch:
+    mode: str  # "prefill" or "decode"
+    work: list[Work]
+
+
+class Scheduler:
+    def __init__(self, config: SchedulerConfig, allocator: PageAllocator,
+                 req_pool: ReqToTokenPool, cache: RadixCache, page_size: int) -> None:
+        config.validate()
+        self.config = config
+        self.allocator = allocator
+        self.req_pool = req_pool
+        self.cache = cache
+        self.page_size = page_size
+        self.waiting: deque[Request] = deque()
+        self.running: list[Request] = []
+        self.prefilling: Request | None = None  # admitted, prompt chunks still to come
+        self._rid = itertools.count()
+
+    # ---- arrival ------------------------------------------------------------------------
+    def new_request(self, prompt: Sequence[int], params: SamplingParams,
+                    eos_ids: Sequence[int] = ()) -> Request:
+        params.validate()
+        req = Request(next(self._rid), list(prompt), params, tuple(eos_ids))
+        limit = self.req_pool.max_pages * self.page_size
+        total = len(req.prompt) + params.max_new_tokens
+        pages = -(-total // self.page_size)
+        if not req.prompt:
+            req.finish_reason = "rejected: empty prompt"
+        elif total > limit:
+            req.finish_reason = (f"rejected: prompt ({len(req.prompt)}) + max_new_tokens "
+                                 f"({params.max_new_tokens}) exceeds the context limit {limit}")
+        elif pages > self.allocator.capacity:
+            req.finish_reason = (f"rejected: needs {pages} KV pages, the pool holds "
+                                 f"{self.allocator.capacity}")
+        else:
+            self.waiting.append(req)
+        return req
+
+    def abort(self, req: Request) -> None:
+        if req in self.waiting:
+            self.waiting.remove(req)
+        elif req in self.running or req is self.prefilling:
+            self._release(req, keep_in_cache=False)
+            if req is self.prefilling:
+                self.prefilling = None
+            else:
+                self.running.remove(req)
+        req.finish_reason = req.finish_reason or "abort"
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running or self.prefilling)
+
+    # ---- memory -------------------------------------------------------------------------
+    def _alloc_pages(self, n: int) -> list[int] | None:
+        if n > self.allocator.available:
+            self.cache.evict(n - self.allocator.available)
+        return self.allocator.alloc(n)
+
+    def _grow(self, req: Request, tokens: int) -> bool:
+        """Give req pages for its first `tokens` tokens; False if memory is short."""
+        assert req.slot is not None
+        need = -(-tokens // self.page_size) - len(self.req_pool.pages[req.slot])
+        if need <= 0:
+            return True
+        pages = self._alloc_pages(need)
+        if pages is None:
+            return False
+        self.req_pool.append_pages(req.slot, pages)
+        return True
+
+    def _release(self, req: Request, keep_in_cache: bool) -> None:
+        """Hand the request's pages back: full pages of computed tokens into the radix
+        cache (keep_in_cache), the rest to the allocator; unlock its prefix; free its slot."""
+        if req.slot is None:
+            return
+        pages = self.req_pool.pages[req.slot]
+        kept = 0
+        if keep_in_cache:
+            kept = req.cached // self.page_size
+            self.cache.insert(req.tokens[:kept * self.page_size], pages[:kept])
+        own = pages[max(kept, req.prefix_pages):]
+        if own:
+            self.allocator.free(own)
+        if req.prefix_node is not None:
+            self.cache.unlock(req.prefix_node)
+        self.req_pool.free(req.slot)
+        req.slot, req.prefix_node, req.prefix_pages, req.cached = None, None, 0, 0
+
+    def _admit(self, req: Request) -> bool:
+        slot = self.req_pool.alloc()
+        if slot is None:
+            return False
+        match = self.cache.match_prefix(req.tokens[:req.seq_len - 1])
+        req.slot = slot
+        if match.tokens:
+            self.cache.lock(match.node)
+            req.prefix_node = match.node
+            self.req_pool.append_pages(slot, match.pages)
+        req.prefix_pages = len(match.pages)
+        req.cached = req.cached_at_admission = match.tokens
+        return True
+
+    # ---- scheduling ---------------------------------------------------------------------
+    def schedule(self) -> ScheduledBatch | None:
+        batch = self._schedule_prefill()
+        if batch is not None:
+            return batch
+        return self._schedule_decode()
+
+    def _order_waiting(self) -> None:
+        if self.config.policy == "lpm" and len(self.waiting) > 1:
+            def matched(r: Request) -> int:
+                return self.cache.match_prefix(r.tokens[:r.seq_len - 1]).tokens
+            # retracted requests keep their place at the front
+            self.waiting = deque(sorted(self.waiting, key=lambda r: (-r.retractions,
+                                                                     -matched(r))))
+
+    def _chunk(self, req: Request, budget: int) -> int:
+        remaining = req.seq_len - req.cached
+        n = min(remaining, budget)
+        if self.config.chunked_prefill_size > 0:
+            n = min(n, self.config.chunked_prefill_size)
+        return n
+
+    def _schedule_prefill(self) -> ScheduledBatch | None:
+        budget = self.config.max_prefill_tokens
+        work: list[Work] = []
+        if self.prefilling is not None:
+            req = self.prefilling
+            n = self._chunk(req, budget)
+            if not self._grow(req, req.cached + n):
+                return None  # memory short: decode (which may retract) makes room
+            work.append(Work(req, req.cached, n, req.cached + n == req.seq_len))
+            budget -= n
+        self._order_waiting()
+        partial = bool(work) and not work[-1].samples  # one request is prefilled in pieces
+        while self.waiting and budget > 0 and not partial:
+            if len(self.running) + len(work) >= self.config.max_running_requests:
+                break
+            req = self.waiting[0]
+            if not self._admit(req):
+                break
+            n = self._chunk(req, budget)
+            if not self._grow(req, req.cached + n):
+                self._release(req, keep_in_cache=False)
+                break
+            self.waiting.popleft()
+            work.append(Work(req, req.cached, n, req.cached + n == req.seq_len))
+            budget -= n
+            partial = not work[-1].samples
+        if not work:
+            return None
+        return ScheduledBatch("prefill", work)
+
+    def _schedule_decode(self) -> ScheduledBatch | None:
+        while self.running:
+            short = [r for r in self.running if not self._grow(r, r.seq_len)]
+            if not short:
+                break
+            self._retract(self.running[-1])
+        if not self.running:
+            return None
+        return ScheduledBatch("decode", [Work(r, r.cached, 1, True) for r in self.running])
+
+    def _retract(self, req: Request) -> None:
+        self.running.remove(req)
+        self._release(req, keep_in_cache=True)
+        req.retractions += 1
+        self.waiting.appendleft(req)
+
+    # ---- results ------------------------------------------------------------------------
+    def process(self, batch: ScheduledBatch, next_tokens: Sequence[int]) -> list[Request]:
+        """Record a step's sampled tokens (one per work item that samples, in order);
+        returns the requests that finished."""
+        finished = []
+        sampled = iter(next_tokens)
+        for w in batch.work:
+            req = w.req
+            req.cached = w.start + w.count
+            if not w.samples:  # a chunk in the middle of the prompt
+                self.prefilling = req
+                continue
+            if req is self.prefilling:
+                self.prefilling = None
+            token = int(next(sampled))
+            req.output.append(token)
+            if self._stops(req, token):
+                if req in self.running:
+                    self.running.remove(req)
+                self._release(req, keep_in_cache=True)
+                finished.append(req)
+            elif req not in self.running:
+                self.running.append(req)
+        return finished
+
+    def _stops(self, req: Request, token: int) -> bool:
+        p = req.params
+        if not p.ignore_eos and token in req.eos_ids:
+            req.finish_reason = "stop"
+        elif token in p.stop_token_ids:
+            req.finish_reason = "stop"
+        elif len(req.output) >= p.max_new_tokens:
+            req.finish_reason = "length"
+        return req.finish_reason is not None
