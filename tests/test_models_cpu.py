@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_checkpoint import COMMON, save_tiny_checkpoint  # tests/ is on sys.path
 
 from fuseinfer.models.config import ModelConfig
 from fuseinfer.models.decoder import DecoderModel, ForwardBatch, Fusions
@@ -14,33 +15,7 @@ from fuseinfer.models.loader import dummy_weights, load_weights
 from fuseinfer.ops import AttentionShape, PagedAttention
 from fuseinfer.runtime.kv_pool import KvCacheConfig, ReqToTokenPool, TokenToKVPool
 
-transformers = pytest.importorskip("transformers")
-
 PAGE = 4
-COMMON = dict(vocab_size=384, hidden_size=128, intermediate_size=192, num_hidden_layers=2,
-              num_attention_heads=4, num_key_value_heads=2, head_dim=64,
-              max_position_embeddings=256, rms_norm_eps=1e-6)
-
-
-def _save(tmp_path, arch):
-    torch.manual_seed(0)
-    if arch == "qwen3":
-        cfg = transformers.Qwen3Config(**COMMON, tie_word_embeddings=True)
-        model = transformers.Qwen3ForCausalLM(cfg)
-    else:
-        cfg = transformers.LlamaConfig(
-            **COMMON, tie_word_embeddings=False,
-            rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
-                          "high_freq_factor": 4.0, "original_max_position_embeddings": 64},
-            rope_theta=500000.0)
-        model = transformers.LlamaForCausalLM(cfg)
-    with torch.no_grad():  # HF initializes norms to 1: make them matter
-        for name, p in model.named_parameters():
-            if "norm" in name:
-                p.add_(torch.randn_like(p) * 0.2)
-    model = model.float().eval()
-    model.save_pretrained(tmp_path, safe_serialization=True)
-    return model
 
 
 class Runner:
@@ -86,7 +61,7 @@ class Runner:
 
 @pytest.mark.parametrize("arch", ["qwen3", "llama"])
 def test_matches_transformers(tmp_path, arch):
-    hf = _save(tmp_path, arch)
+    hf = save_tiny_checkpoint(tmp_path, arch)
     prompt = torch.randint(0, COMMON["vocab_size"], (13,)).tolist()
     with torch.no_grad():
         want_logits = hf(torch.tensor([prompt])).logits[0, -1]
@@ -102,7 +77,7 @@ def test_matches_transformers(tmp_path, arch):
 
 
 def test_config_reads_eos_ids_and_rejects_unknown_architectures(tmp_path):
-    _save(tmp_path, "qwen3")
+    save_tiny_checkpoint(tmp_path, "qwen3")
     (tmp_path / "generation_config.json").write_text('{"eos_token_id": [7, 9]}')
     cfg = ModelConfig.from_folder(tmp_path)
     assert cfg.arch == "qwen3" and cfg.qk_norm and {7, 9} <= set(cfg.eos_token_ids)
@@ -111,7 +86,7 @@ def test_config_reads_eos_ids_and_rejects_unknown_architectures(tmp_path):
 
 
 def test_dummy_weights_have_checkpoint_shapes(tmp_path):
-    _save(tmp_path, "llama")
+    save_tiny_checkpoint(tmp_path, "llama")
     cfg = ModelConfig.from_folder(tmp_path)
     real = load_weights(tmp_path, cfg, torch.float32, "cpu")
     fake = dummy_weights(cfg, torch.bfloat16, "cpu")

@@ -1,0 +1,152 @@
+"""The engine: scheduler + model + sampler in one loop (synchronous; CPU or CUDA).
+
+    engine = Engine(EngineArgs(model="/path/to/hf-folder"))
+    outs = engine.generate([[1, 2, 3], [4, 5]], SamplingParams(max_new_tokens=16))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from ..models.config import ModelConfig
+from ..models.decoder import DecoderModel, ForwardBatch, Fusions
+from ..models.loader import dummy_weights, load_weights
+from ..ops import AttentionShape, PagedAttention
+from .kv_pool import FP8, KvCacheConfig, ReqToTokenPool, TokenToKVPool, pages_for_budget
+from .radix_cache import RadixCache
+from .sampling import SamplingBatch, SamplingParams, sample
+from .scheduler import Request, ScheduledBatch, Scheduler, SchedulerConfig
+
+_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+@dataclass(frozen=True)
+class EngineArgs:
+    model: str
+    device: str = "auto"  # cuda if available, else cpu
+    dtype: str = "auto"  # bfloat16 on CUDA, float32 on the CPU
+    kv_cache_dtype: str = "auto"  # the model dtype, or "fp8_e4m3"
+    load_format: str = "auto"  # "auto" (safetensors) or "dummy" (random weights)
+    page_size: int = 16
+    mem_fraction_static: float = 0.85
+    max_total_tokens: int | None = None  # KV capacity in tokens; None: from memory
+    max_running_requests: int = 256
+    max_prefill_tokens: int = 8192
+    chunked_prefill_size: int = 4096
+    schedule_policy: str = "fcfs"
+    disable_radix_cache: bool = False
+    max_context_len: int | None = None  # default: the model's max_position_embeddings
+    disable_fused_rope_kv: bool = False
+    disable_fused_add_rmsnorm: bool = False
+    disable_pdl: bool = False
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class GenerateOutput:
+    rid: int
+    prompt: list[int]
+    output: list[int]
+    finish_reason: str
+
+
+class Engine:
+    def __init__(self, args: EngineArgs) -> None:
+        self.args = args
+        device = args.device if args.device != "auto" else (
+            "cuda" if torch.cuda.is_available() else "cpu")
+        self.device = torch.device(device)
+        cpu = self.device.type == "cpu"
+        dtype = _DTYPES[args.dtype] if args.dtype != "auto" else (
+            torch.float32 if cpu else torch.bfloat16)
+        self.config = ModelConfig.from_folder(args.model)
+        c = self.config
+        weights = dummy_weights(c, dtype, self.device, args.seed) \
+            if args.load_format == "dummy" else load_weights(args.model, c, dtype, self.device)
+        kv_dtype = FP8 if args.kv_cache_dtype == "fp8_e4m3" else dtype
+        kv_cfg = KvCacheConfig(c.num_layers, c.num_kv_heads, c.head_dim, args.page_size,
+                               kv_dtype)
+        num_pages = self._num_pages(kv_cfg)
+        context = min(args.max_context_len or c.max_position, c.max_position)
+        max_pages = -(-context // args.page_size)
+        self.kv = TokenToKVPool(kv_cfg, num_pages, self.device)
+        self.reqs = ReqToTokenPool(args.max_running_requests + 1, max_pages, self.device)
+        self.cache = RadixCache(args.page_size, self.kv.allocator.free,
+                                disable=args.disable_radix_cache)
+        self.scheduler = Scheduler(
+            SchedulerConfig(args.max_running_requests, args.max_prefill_tokens,
+                            args.chunked_prefill_size, args.schedule_policy),
+            self.kv.allocator, self.reqs, self.cache, args.page_size)
+        self.attention = PagedAttention(
+            AttentionShape(c.num_heads, c.num_kv_heads, c.head_dim, args.page_size),
+            self.device, max_batch=args.max_running_requests,
+            enable_pdl=False if args.disable_pdl else None)
+        fusions = Fusions(fused_rope_kv=not args.disable_fused_rope_kv,
+                          fused_add_rmsnorm=not args.disable_fused_add_rmsnorm,
+                          enable_pdl=False if args.disable_pdl else None)
+        self.model = DecoderModel(c, weights, self.attention, self.kv, fusions)
+
+    def _num_pages(self, kv_cfg: KvCacheConfig) -> int:
+        a = self.args
+        if a.max_total_tokens is not None:
+            return -(-a.max_total_tokens // a.page_size) + 1  # + the reserved pad page
+        if self.device.type != "cuda":
+            return -(-65536 // a.page_size) + 1
+        free, total = torch.cuda.mem_get_info(self.device)
+        return pages_for_budget(kv_cfg, total, a.mem_fraction_static, total - free)
+
+    # ---- one step -----------------------------------------------------------------------
+    def _forward_batch(self, batch: ScheduledBatch) -> ForwardBatch:
+        ids, pos, loc, rows, q_lens, kv_lens, slots = [], [], [], [], [], [], []
+        for w in batch.work:
+            r = w.req
+            assert r.slot is not None
+            end = w.start + w.count
+            ids += r.tokens[w.start:end]
+            pos += range(w.start, end)
+            loc += self.reqs.slots_for(r.slot, w.start, end, self.args.page_size)
+            rows.append(len(ids) - 1)
+            q_lens.append(w.count)
+            kv_lens.append(end)
+            slots.append(r.slot)
+        dev = self.device
+        table = self.reqs.page_table[torch.tensor(slots, device=dev)]
+        plan = self.attention.plan_decode(kv_lens, table) if batch.mode == "decode" \
+            else self.attention.plan_prefill(q_lens, kv_lens, table)
+        return ForwardBatch(torch.tensor(ids, device=dev), torch.tensor(pos, device=dev),
+                            torch.tensor(loc, device=dev), plan,
+                            torch.tensor(rows, device=dev))
+
+    def step(self) -> list[Request]:
+        """Run one scheduled step; returns the requests that finished in it."""
+        batch = self.scheduler.schedule()
+        if batch is None:
+            return []
+        logits = self.model.forward(self._forward_batch(batch))
+        sampling = [i for i, w in enumerate(batch.work) if w.samples]
+        tokens: list[int] = []
+        if sampling:
+            reqs = [batch.work[i].req for i in sampling]
+            sb = SamplingBatch.build([r.params for r in reqs], logits.size(-1), self.device,
+                                     [self.args.seed * 1_000_003 + r.rid for r in reqs])
+            steps = torch.tensor([len(r.output) for r in reqs], device=self.device)
+            tokens = sample(logits[sampling], sb, steps).tolist()
+        return self.scheduler.process(batch, tokens)
+
+    # ---- offline API --------------------------------------------------------------------
+    def generate(self, prompts: Sequence[Sequence[int]],
+                 params: SamplingParams | Sequence[SamplingParams]) -> list[GenerateOutput]:
+        """Generate for every prompt (token ids); outputs in prompt order. Rejected
+        requests come back with their reason and no tokens."""
+        plist = [params] * len(prompts) if isinstance(params, SamplingParams) else list(params)
+        if len(plist) != len(prompts):
+            raise ValueError(f"{len(prompts)} prompts but {len(plist)} sampling params")
+        reqs = [self.scheduler.new_request(p, sp, self.config.eos_token_ids)
+                for p, sp in zip(prompts, plist, strict=True)]
+        while self.scheduler.has_work:
+            self.step()
+        return [GenerateOutput(r.rid, r.prompt, r.output, r.finish_reason or "abort")
+                for r in reqs]
