@@ -51,9 +51,9 @@ setup(
     description="Fused CUDA/CUTLASS/Triton kernels for LLM inference",
     package_dir={"": "python"},
     packages=find_packages("python"),
-    package_data={"fuseinfer": ["_prebuilt/*.so", "_prebuilt/*.json"]},
+    package_data={"fuseinfer": ["_prebuilt/*.so", "_prebuilt/*.json", "models/tiny/*.json"]},
     python_requires=">=3.10",
-    install_requires=["torch>=2.4", "ninja", "safetensors"],
+    install_requires=["torch>=2.4", "ninja", "safetensors", "tokenizers"],
     extras_require={
         # Triton runs its kernels under TRITON_INTERPRET=1 in the CPU suite; its
         # interpreter converts 1-element arrays to scalars, which numpy 2.4 refuses.

@@ -1,4 +1,4 @@
-"""The `fuseinfer` command: info | bench | tune."""
+"""The `fuseinfer` command: info | bench | tune | generate."""
 
 from __future__ import annotations
 
@@ -10,15 +10,18 @@ from collections.abc import Sequence
 
 def build_parser() -> argparse.ArgumentParser:
     from .bench.cli import add_bench_parser, add_tune_parser
+    from .runtime.cli import add_generate_parser
 
     parser = argparse.ArgumentParser(prog="fuseinfer", description="Fused CUDA kernels for "
-                                     "LLM inference: inspect, benchmark and tune them.")
+                                     "LLM inference: inspect, benchmark and tune them; "
+                                     "generate with the reference runtime.")
     sub = parser.add_subparsers(dest="command", required=True)
     info = sub.add_parser("info", help="device, dispatch choices, toolkit and build cache")
     info.add_argument("--json", action="store_true", help="print the report as JSON")
     info.set_defaults(handler=_run_info)
     add_bench_parser(sub)
     add_tune_parser(sub)
+    add_generate_parser(sub)
     return parser
 
 

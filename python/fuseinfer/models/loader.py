@@ -77,14 +77,15 @@ def load_weights(folder: str | Path, config: ModelConfig, dtype: torch.dtype,
     return weights
 
 
-def dummy_weights(config: ModelConfig, dtype: torch.dtype, device: torch.device | str,
-                  seed: int = 0) -> ModelWeights:
-    """Random weights of the model's shapes (std 0.02; norms 1), for benchmarks."""
+def dummy_state_dict(config: ModelConfig, dtype: torch.dtype, device: torch.device | str,
+                     seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random weights under the checkpoint's tensor names (std 0.02; norms 1)."""
     gen = torch.Generator(device="cpu").manual_seed(seed)
     c, d = config, config.head_dim
     shapes = {"model.embed_tokens.weight": (c.vocab_size, c.hidden_size),
-              "lm_head.weight": (c.vocab_size, c.hidden_size),
               "model.norm.weight": (c.hidden_size,)}
+    if not c.tie_word_embeddings:
+        shapes["lm_head.weight"] = (c.vocab_size, c.hidden_size)
     for i in range(c.num_layers):
         n = _layer_names(i, c.qk_norm)
         shapes |= {n["input_norm"]: (c.hidden_size,), n["post_norm"]: (c.hidden_size,),
@@ -97,11 +98,18 @@ def dummy_weights(config: ModelConfig, dtype: torch.dtype, device: torch.device 
                    n["down"]: (c.hidden_size, c.intermediate_size)}
         if c.qk_norm:
             shapes |= {n["q_norm"]: (d,), n["k_norm"]: (d,)}
-
-    def get(name: str) -> torch.Tensor:
-        shape = shapes[name]
+    out = {}
+    for name, shape in shapes.items():
         if len(shape) == 1:
-            return torch.ones(shape, dtype=dtype, device=device)
-        return (torch.randn(shape, generator=gen) * 0.02).to(dtype=dtype, device=device)
+            out[name] = torch.ones(shape, dtype=dtype, device=device)
+        else:
+            out[name] = (torch.randn(shape, generator=gen) * 0.02).to(dtype=dtype,
+                                                                      device=device)
+    return out
 
-    return _assemble(config, get)
+
+def dummy_weights(config: ModelConfig, dtype: torch.dtype, device: torch.device | str,
+                  seed: int = 0) -> ModelWeights:
+    """Random weights of the model's shapes, for benchmarks (`--load-format dummy`)."""
+    named = dummy_state_dict(config, dtype, device, seed)
+    return _assemble(config, named.__getitem__)

@@ -1,0 +1,58 @@
+"""Offline Python API:
+
+    from fuseinfer import LLM, SamplingParams
+    llm = LLM("/path/to/hf-folder")              # no argument: the bundled tiny model
+    outs = llm.generate(["Hello"], SamplingParams(max_new_tokens=32, temperature=0))
+    print(outs[0].text)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .runtime.sampling import SamplingParams
+
+
+@dataclass(frozen=True)
+class Completion:
+    prompt_token_ids: list[int]
+    token_ids: list[int]
+    text: str | None  # None without a tokenizer
+    finish_reason: str
+
+
+class LLM:
+    def __init__(self, model: str | Path | None = None, **engine_args: Any) -> None:
+        from .models.tiny_model import tiny_model_path
+        from .runtime.engine import Engine, EngineArgs
+        from .runtime.tokenizer import TextTokenizer
+
+        path = Path(model) if model is not None else tiny_model_path()
+        if not (path / "config.json").exists():
+            raise FileNotFoundError(f"{path}: not a model folder (no config.json)")
+        self.engine = Engine(EngineArgs(model=str(path), **engine_args))
+        self.tokenizer = TextTokenizer(path) if (path / "tokenizer.json").exists() else None
+
+    def generate(self, prompts: str | Sequence[str] | Sequence[Sequence[int]],
+                 sampling_params: SamplingParams | Sequence[SamplingParams] | None = None
+                 ) -> list[Completion]:
+        """Generate for text prompts (needs the model's tokenizer) or token-id prompts."""
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        ids: list[list[int]] = []
+        for p in prompts:
+            if isinstance(p, str):
+                if self.tokenizer is None:
+                    raise ValueError("text prompts need the model folder's tokenizer.json; "
+                                     "pass token ids instead")
+                ids.append(self.tokenizer.encode(p))
+            else:
+                ids.append([int(t) for t in p])
+        params = sampling_params if sampling_params is not None else SamplingParams()
+        outs = self.engine.generate(ids, params)
+        return [Completion(o.prompt, o.output,
+                           self.tokenizer.decode(o.output) if self.tokenizer else None,
+                           o.finish_reason) for o in outs]

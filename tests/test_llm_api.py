@@ -1,0 +1,66 @@
+"""The offline API and `fuseinfer generate` on the bundled tiny model (CPU), the tiny model's
+files, and incremental detokenization."""
+
+from __future__ import annotations
+
+import pytest
+from test_cli import run_cli  # tests/ is on sys.path
+from tiny_checkpoint import save_tiny_checkpoint
+
+from fuseinfer import LLM, SamplingParams
+from fuseinfer.models.tiny_model import tiny_model_path
+from fuseinfer.runtime.tokenizer import IncrementalDetokenizer, TextTokenizer
+
+
+def test_llm_generates_text_and_token_ids(isolated_cache):
+    llm = LLM(device="cpu", page_size=4)
+    params = SamplingParams(max_new_tokens=6, temperature=0.0, ignore_eos=True)
+    first = llm.generate(["Hello, world!", "Paris"], params)
+    assert [len(c.token_ids) for c in first] == [6, 6]
+    assert first[0].prompt_token_ids == llm.tokenizer.encode("Hello, world!")
+    assert first[0].text == llm.tokenizer.decode(first[0].token_ids)
+    ids = llm.generate([first[0].prompt_token_ids], params)[0]
+    assert ids.token_ids == first[0].token_ids  # same tokens from ids as from text
+    sampled = llm.generate("Paris", SamplingParams(max_new_tokens=6, temperature=1.0, seed=4,
+                                                   ignore_eos=True))
+    again = llm.generate("Paris", SamplingParams(max_new_tokens=6, temperature=1.0, seed=4,
+                                                 ignore_eos=True))
+    assert sampled[0].token_ids == again[0].token_ids
+
+
+def test_tiny_model_is_made_once(isolated_cache):
+    path = tiny_model_path()
+    stamp = (path / "model.safetensors").stat().st_mtime_ns
+    assert tiny_model_path() == path
+    assert (path / "model.safetensors").stat().st_mtime_ns == stamp
+    assert {"config.json", "tokenizer.json"} <= {p.name for p in path.iterdir()}
+
+
+def test_llm_errors(tmp_path, isolated_cache):
+    with pytest.raises(FileNotFoundError, match="not a model folder"):
+        LLM(tmp_path / "nowhere", device="cpu")
+    save_tiny_checkpoint(tmp_path, "llama")  # weights and config, no tokenizer.json
+    llm = LLM(tmp_path, device="cpu", page_size=4)
+    with pytest.raises(ValueError, match="text prompts need"):
+        llm.generate("hi")
+    out = llm.generate([[1, 2, 3]], SamplingParams(max_new_tokens=2, ignore_eos=True))[0]
+    assert out.text is None and len(out.token_ids) == 2
+
+
+def test_incremental_detokenizer_handles_split_characters(isolated_cache):
+    tok = TextTokenizer(tiny_model_path())
+    text = "naïve 你好 fox"
+    ids = tok.encode(text)
+    assert len(ids) > len(text.split())  # multi-byte characters span several tokens
+    detok = IncrementalDetokenizer(tok)
+    pieces = [detok.add(i) for i in ids]
+    assert "".join(pieces) == text and "\ufffd" not in "".join(pieces)
+
+
+def test_generate_cli(isolated_cache):
+    proc = run_cli("generate", "--prompt", "Hello", "--max-new-tokens", "4", "--device", "cpu",
+                   "--page-size", "4", "--ignore-eos")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("Hello") and "[4 tokens, finish: length]" in proc.stdout
+    bad = run_cli("generate", "--prompt", "x", "--temperature", "-1", "--device", "cpu")
+    assert bad.returncode != 0 and "temperature must be >= 0" in bad.stderr
