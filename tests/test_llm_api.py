@@ -3,6 +3,8 @@ files, and incremental detokenization."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from test_cli import run_cli  # tests/ is on sys.path
 from tiny_checkpoint import save_tiny_checkpoint
@@ -64,3 +66,28 @@ def test_generate_cli(isolated_cache):
     assert proc.stdout.startswith("Hello") and "[4 tokens, finish: length]" in proc.stdout
     bad = run_cli("generate", "--prompt", "x", "--temperature", "-1", "--device", "cpu")
     assert bad.returncode != 0 and "temperature must be >= 0" in bad.stderr
+
+
+def test_bench_offline_cli_with_ablation(isolated_cache, tmp_path):
+    out = tmp_path / "offline.json"
+    proc = run_cli("bench", "offline", "--num-prompts", "5", "--min-len", "3", "--max-len",
+                   "9", "--device", "cpu", "--page-size", "4", "--ablate",
+                   "fused-add-rmsnorm", "--json", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "as configured:" in proc.stdout and "without fused-add-rmsnorm:" in proc.stdout
+    assert "(with / without)" in proc.stdout
+    data = json.loads(out.read_text())
+    for res in data["results"].values():
+        assert res["requests"] == 5 and res["output_tok_per_s"] > 0
+        assert 0 < res["peak_kv_usage"] <= 1
+
+
+def test_offline_workload_survives_a_tiny_kv_budget(isolated_cache):
+    from fuseinfer.runtime.bench_offline import Workload, run_workload
+    from fuseinfer.runtime.engine import Engine, EngineArgs
+
+    engine = Engine(EngineArgs(model=str(tiny_model_path()), device="cpu", page_size=4,
+                               max_total_tokens=64, max_context_len=64))
+    res = run_workload(engine, Workload(num_prompts=6, min_len=5, max_len=20), progress=False)
+    assert res["retractions"] > 0 and res["requests"] == 6
+    assert res["peak_kv_usage"] > 0.5

@@ -82,6 +82,10 @@ def add_bench_parser(sub: Any) -> None:
                       "GPU, driver and torch), for a suite recorded in parts")
     attn.set_defaults(handler=_run_attention, pdl="auto", cold=False)
 
+    from ..runtime.bench_offline import add_offline_parser
+
+    add_offline_parser(suites)
+
     summary = suites.add_parser("summary", help="regenerate docs/benchmarks.md from "
                                 "microbench/results")
     summary.set_defaults(handler=_run_summary)

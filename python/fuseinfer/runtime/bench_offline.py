@@ -1,0 +1,133 @@
+"""`fuseinfer bench offline`: the common offline throughput workload.
+
+N requests (default 256) with input and output lengths drawn uniformly from [100, 1024]
+(random token ids, ignore_eos, greedy), all submitted at once; reports output tokens per
+second, total time and peak KV-cache usage. `--ablate <switch>` runs the same workload
+with and without one fusion and prints both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+ABLATIONS = ("fused-rope-kv", "fused-add-rmsnorm", "pdl", "radix-cache")
+
+
+@dataclass(frozen=True)
+class Workload:
+    num_prompts: int = 256
+    min_len: int = 100
+    max_len: int = 1024
+    seed: int = 0
+
+    def requests(self, vocab: int) -> list[tuple[list[int], int]]:
+        rng = random.Random(self.seed)
+        out = []
+        for _ in range(self.num_prompts):
+            n_in = rng.randint(self.min_len, self.max_len)
+            n_out = rng.randint(self.min_len, self.max_len)
+            out.append(([rng.randrange(vocab) for _ in range(n_in)], n_out))
+        return out
+
+
+def run_workload(engine: Any, workload: Workload, progress: bool = True) -> dict[str, Any]:
+    from ..bench.progress import Progress
+    from .sampling import SamplingParams
+
+    reqs = workload.requests(engine.config.vocab_size)
+    handles = [engine.scheduler.new_request(p, SamplingParams(max_new_tokens=n,
+                                                              temperature=0.0,
+                                                              ignore_eos=True))
+               for p, n in reqs]
+    rejected = [h for h in handles if h.finished]
+    if rejected:
+        raise SystemExit(f"{len(rejected)} requests rejected: {rejected[0].finish_reason}")
+    total_out = sum(n for _, n in reqs)
+    peak = 0.0
+    steps = 0
+    start = time.perf_counter()
+    with Progress(len(handles), "bench offline") as bar:
+        done = 0
+        while engine.scheduler.has_work:
+            finished = engine.step()
+            steps += 1
+            peak = max(peak, engine.kv.usage())
+            for _ in finished:
+                done += 1
+                if progress:
+                    bar.step(f"{done}/{len(handles)} requests done")
+    elapsed = time.perf_counter() - start
+    produced = sum(len(h.output) for h in handles)
+    assert produced == total_out, "a request was lost"
+    return {"requests": len(handles), "input_tokens": sum(len(p) for p, _ in reqs),
+            "output_tokens": produced, "seconds": elapsed,
+            "output_tok_per_s": produced / elapsed, "steps": steps, "peak_kv_usage": peak,
+            "retractions": sum(h.retractions for h in handles)}
+
+
+def add_offline_parser(sub: Any) -> None:
+    p = sub.add_parser("offline", help="offline throughput workload on the reference runtime "
+                       "(N requests, lengths uniform in [100, 1024], ignore_eos)")
+    p.add_argument("--model", help="model folder (default: the bundled tiny model)")
+    p.add_argument("--load-format", choices=["auto", "dummy"], default="auto")
+    p.add_argument("--num-prompts", type=int, default=256)
+    p.add_argument("--min-len", type=int, default=100)
+    p.add_argument("--max-len", type=int, default=1024)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--page-size", type=int, default=16)
+    p.add_argument("--max-running-requests", type=int, default=256)
+    p.add_argument("--ablate", choices=ABLATIONS,
+                   help="run with and without this fusion (or the radix cache)")
+    p.add_argument("--json", type=Path, help="write the results as JSON here")
+    p.set_defaults(handler=_run_offline)
+
+
+def _args_without(base: Any, ablate: str) -> Any:
+    field = {"fused-rope-kv": "disable_fused_rope_kv",
+             "fused-add-rmsnorm": "disable_fused_add_rmsnorm", "pdl": "disable_pdl",
+             "radix-cache": "disable_radix_cache"}[ablate]
+    return replace(base, **{field: True})
+
+
+def _run_offline(args: argparse.Namespace) -> int:
+    from ..models.tiny_model import tiny_model_path
+    from .engine import Engine, EngineArgs
+
+    if args.min_len < 1 or args.max_len < args.min_len or args.num_prompts < 1:
+        raise SystemExit("need 1 <= --min-len <= --max-len and --num-prompts >= 1")
+    model = args.model or str(tiny_model_path())
+    base = EngineArgs(model=model, device=args.device, load_format=args.load_format,
+                      page_size=args.page_size,
+                      max_running_requests=args.max_running_requests,
+                      max_context_len=2 * args.max_len)
+    variants = [("as configured", base)]
+    if args.ablate:
+        variants.append((f"without {args.ablate}", _args_without(base, args.ablate)))
+    workload = Workload(args.num_prompts, args.min_len, args.max_len)
+    results = {}
+    for name, engine_args in variants:
+        engine = Engine(engine_args)
+        res = run_workload(engine, workload)
+        results[name] = res
+        print(f"{name}: {res['output_tok_per_s']:.1f} output tok/s, "
+              f"{res['seconds']:.2f} s for {res['requests']} requests "
+              f"({res['output_tokens']} output tokens), peak KV usage "
+              f"{100 * res['peak_kv_usage']:.1f}%, {res['retractions']} retractions")
+        del engine
+    if args.ablate:
+        a, b = results.values()
+        print(f"{args.ablate}: {a['output_tok_per_s'] / b['output_tok_per_s']:.3f}x "
+              "(with / without)")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"model": model, "workload": workload.__dict__,
+                                         "results": results}, indent=1))
+        print(f"wrote {args.json}", file=sys.stderr)
+    return 0
