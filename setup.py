@@ -51,7 +51,8 @@ setup(
     description="Fused CUDA/CUTLASS/Triton kernels for LLM inference",
     package_dir={"": "python"},
     packages=find_packages("python"),
-    package_data={"fuseinfer": ["_prebuilt/*.so", "_prebuilt/*.json", "models/tiny/*.json"]},
+    package_data={"fuseinfer": ["_prebuilt/*.so", "_prebuilt/*.json", "models/tiny/*.json",
+                              "models/configs/*/*.json"]},
     python_requires=">=3.10",
     install_requires=["torch>=2.4", "ninja", "safetensors", "tokenizers"],
     extras_require={

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from test_cli import run_cli  # tests/ is on sys.path
 from tiny_checkpoint import save_tiny_checkpoint
 
@@ -91,3 +92,27 @@ def test_offline_workload_survives_a_tiny_kv_budget(isolated_cache):
     res = run_workload(engine, Workload(num_prompts=6, min_len=5, max_len=20), progress=False)
     assert res["retractions"] > 0 and res["requests"] == 6
     assert res["peak_kv_usage"] > 0.5
+
+
+@pytest.mark.parametrize("name, layers, vocab", [("qwen3-0.6b", 28, 151936),
+                                                 ("qwen3-8b", 36, 151936),
+                                                 ("llama-3.1-8b", 32, 128256)])
+def test_bundled_configs(name, layers, vocab):
+    from fuseinfer.models.bundled import resolve_model
+    from fuseinfer.models.config import ModelConfig
+
+    cfg = ModelConfig.from_folder(resolve_model(name))
+    assert (cfg.num_layers, cfg.vocab_size, cfg.head_dim) == (layers, vocab, 128)
+    assert cfg.eos_token_ids and cfg.num_kv_heads == 8
+
+
+def test_bundled_config_needs_dummy_weights_and_fp8_kv_runs(isolated_cache):
+    from fuseinfer.runtime.engine import Engine, EngineArgs
+
+    with pytest.raises(FileNotFoundError, match="load-format dummy"):
+        Engine(EngineArgs(model="qwen3-0.6b", device="cpu"))
+    with pytest.raises(FileNotFoundError, match="bundled names"):
+        LLM("/nowhere/at/all", device="cpu")
+    llm = LLM(device="cpu", page_size=4, kv_cache_dtype="fp8_e4m3")
+    out = llm.generate("Hello", SamplingParams(max_new_tokens=5, ignore_eos=True))[0]
+    assert len(out.token_ids) == 5 and llm.engine.kv.k[0].dtype == torch.float8_e4m3fn

@@ -2,6 +2,7 @@
 
     from fuseinfer import LLM, SamplingParams
     llm = LLM("/path/to/hf-folder")              # no argument: the bundled tiny model
+    LLM("qwen3-0.6b", load_format="dummy")       # bundled config, random weights
     outs = llm.generate(["Hello"], SamplingParams(max_new_tokens=32, temperature=0))
     print(outs[0].text)
 """
@@ -26,13 +27,11 @@ class Completion:
 
 class LLM:
     def __init__(self, model: str | Path | None = None, **engine_args: Any) -> None:
-        from .models.tiny_model import tiny_model_path
+        from .models.bundled import resolve_model
         from .runtime.engine import Engine, EngineArgs
         from .runtime.tokenizer import TextTokenizer
 
-        path = Path(model) if model is not None else tiny_model_path()
-        if not (path / "config.json").exists():
-            raise FileNotFoundError(f"{path}: not a model folder (no config.json)")
+        path = resolve_model(model)
         self.engine = Engine(EngineArgs(model=str(path), **engine_args))
         self.tokenizer = TextTokenizer(path) if (path / "tokenizer.json").exists() else None
 

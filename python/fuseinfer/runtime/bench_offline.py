@@ -75,7 +75,8 @@ def run_workload(engine: Any, workload: Workload, progress: bool = True) -> dict
 def add_offline_parser(sub: Any) -> None:
     p = sub.add_parser("offline", help="offline throughput workload on the reference runtime "
                        "(N requests, lengths uniform in [100, 1024], ignore_eos)")
-    p.add_argument("--model", help="model folder (default: the bundled tiny model)")
+    p.add_argument("--model", help="model folder, or a bundled name: tiny (default), "
+                   "qwen3-0.6b, qwen3-8b, llama-3.1-8b (with --load-format dummy)")
     p.add_argument("--load-format", choices=["auto", "dummy"], default="auto")
     p.add_argument("--num-prompts", type=int, default=256)
     p.add_argument("--min-len", type=int, default=100)
@@ -97,12 +98,12 @@ def _args_without(base: Any, ablate: str) -> Any:
 
 
 def _run_offline(args: argparse.Namespace) -> int:
-    from ..models.tiny_model import tiny_model_path
+    from ..models.bundled import resolve_model
     from .engine import Engine, EngineArgs
 
     if args.min_len < 1 or args.max_len < args.min_len or args.num_prompts < 1:
         raise SystemExit("need 1 <= --min-len <= --max-len and --num-prompts >= 1")
-    model = args.model or str(tiny_model_path())
+    model = str(resolve_model(args.model))
     base = EngineArgs(model=model, device=args.device, load_format=args.load_format,
                       page_size=args.page_size,
                       max_running_requests=args.max_running_requests,

@@ -62,10 +62,18 @@ class Engine:
         cpu = self.device.type == "cpu"
         dtype = _DTYPES[args.dtype] if args.dtype != "auto" else (
             torch.float32 if cpu else torch.bfloat16)
-        self.config = ModelConfig.from_folder(args.model)
+        from ..models.bundled import resolve_model
+
+        folder = resolve_model(args.model)
+        self.config = ModelConfig.from_folder(folder)
         c = self.config
+        if args.load_format not in ("auto", "dummy"):
+            raise ValueError(f"load_format must be auto or dummy, got {args.load_format!r}")
+        if args.load_format == "auto" and not any(folder.glob("*.safetensors")):
+            raise FileNotFoundError(f"{folder}: no *.safetensors weights; use "
+                                    "load_format='dummy' (--load-format dummy) for random ones")
         weights = dummy_weights(c, dtype, self.device, args.seed) \
-            if args.load_format == "dummy" else load_weights(args.model, c, dtype, self.device)
+            if args.load_format == "dummy" else load_weights(folder, c, dtype, self.device)
         kv_dtype = FP8 if args.kv_cache_dtype == "fp8_e4m3" else dtype
         kv_cfg = KvCacheConfig(c.num_layers, c.num_kv_heads, c.head_dim, args.page_size,
                                kv_dtype)

@@ -1,0 +1,27 @@
+"""Model names that resolve to folders shipped in the package: the tiny model (config,
+tokenizer; weights made on first use) and the configs of Qwen3-0.6B, Qwen3-8B and
+Llama-3.1-8B (from their published config.json; no weights or tokenizer, so they run
+with `load_format="dummy"` and token-id prompts, for benchmarks)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
+CONFIG_ONLY = ("qwen3-0.6b", "qwen3-8b", "llama-3.1-8b")
+
+
+def resolve_model(model: str | Path | None) -> Path:
+    """A model folder for a path, a bundled name, or None (the tiny model)."""
+    from .tiny_model import tiny_model_path
+
+    if model is None or str(model).lower() == "tiny":
+        return tiny_model_path()
+    name = str(model).lower()
+    if name in CONFIG_ONLY and not Path(model).exists():
+        return CONFIGS_DIR / name
+    path = Path(model)
+    if not (path / "config.json").exists():
+        raise FileNotFoundError(f"{path}: not a model folder (no config.json); bundled "
+                                f"names: tiny, {', '.join(CONFIG_ONLY)}")
+    return path
