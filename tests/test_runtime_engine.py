@@ -72,3 +72,19 @@ def test_engine_rejects_and_samples(checkpoint):
     again = engine.generate([prompts[0]], SamplingParams(max_new_tokens=4, temperature=0.8,
                                                          seed=3, ignore_eos=True))
     assert again[0].output == outs[0].output  # seeded sampling is reproducible
+
+
+def test_engine_freezes_gc_after_warmup_and_detaches_its_hook(checkpoint):
+    import gc
+
+    path, prompts, _ = checkpoint
+    gc.unfreeze()
+    engine = Engine(EngineArgs(model=str(path), device="cpu", page_size=4))
+    hook = engine.gc_monitor._callback
+    assert hook in gc.callbacks
+    engine.generate(prompts[:1], SamplingParams(max_new_tokens=2))
+    assert gc.get_freeze_count() > 0
+    gc.unfreeze()
+    del engine
+    gc.collect()
+    assert hook not in gc.callbacks

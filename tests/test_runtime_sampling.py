@@ -85,3 +85,26 @@ def test_noise_is_uniform_and_deterministic():
 def test_params_validation(bad, message):
     with pytest.raises(ValueError, match=message):
         SamplingParams(**bad).validate()
+
+
+def test_gc_controls(caplog):
+    import gc
+    import logging
+
+    from fuseinfer.runtime.gc_control import GcPauseMonitor, freeze_after_warmup, gc_disabled
+
+    with gc_disabled():
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    with caplog.at_level(logging.WARNING, logger="fuseinfer.runtime"):
+        with GcPauseMonitor(0.0) as monitor:
+            gc.collect()
+        assert monitor.pauses and "paused the engine" in caplog.text
+        with GcPauseMonitor(60.0) as quiet:
+            gc.collect()
+        assert not quiet.pauses
+    assert monitor._callback not in gc.callbacks
+    try:
+        assert freeze_after_warmup() > 0
+    finally:
+        gc.unfreeze()

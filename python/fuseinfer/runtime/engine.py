@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -15,6 +16,7 @@ from ..models.config import ModelConfig
 from ..models.decoder import DecoderModel, ForwardBatch, Fusions
 from ..models.loader import dummy_weights, load_weights
 from ..ops import AttentionShape, PagedAttention
+from .gc_control import GcPauseMonitor, freeze_after_warmup
 from .kv_pool import FP8, KvCacheConfig, ReqToTokenPool, TokenToKVPool, pages_for_budget
 from .radix_cache import RadixCache
 from .sampling import SamplingBatch, SamplingParams, sample
@@ -43,6 +45,8 @@ class EngineArgs:
     disable_fused_add_rmsnorm: bool = False
     disable_pdl: bool = False
     seed: int = 0
+    gc_freeze: bool = True  # gc.freeze() after the first step (warm-up)
+    gc_warning_threshold_secs: float = 0.05  # warn on longer collection pauses; 0: off
 
 
 @dataclass(frozen=True)
@@ -96,6 +100,18 @@ class Engine:
                           fused_add_rmsnorm=not args.disable_fused_add_rmsnorm,
                           enable_pdl=False if args.disable_pdl else None)
         self.model = DecoderModel(c, weights, self.attention, self.kv, fusions)
+        self._warm = False
+        self.gc_monitor = GcPauseMonitor(args.gc_warning_threshold_secs) \
+            if args.gc_warning_threshold_secs > 0 else None
+        if self.gc_monitor is not None:
+            self.gc_monitor.__enter__()
+            weakref.finalize(self, self.gc_monitor.__exit__)  # detach when collected
+
+    def close(self) -> None:
+        """Detach the engine's garbage-collector hook."""
+        if self.gc_monitor is not None:
+            self.gc_monitor.__exit__()
+            self.gc_monitor = None
 
     def _num_pages(self, kv_cfg: KvCacheConfig) -> int:
         a = self.args
@@ -142,7 +158,12 @@ class Engine:
                                      [self.args.seed * 1_000_003 + r.rid for r in reqs])
             steps = torch.tensor([len(r.output) for r in reqs], device=self.device)
             tokens = sample(logits[sampling], sb, steps).tolist()
-        return self.scheduler.process(batch, tokens)
+        finished = self.scheduler.process(batch, tokens)
+        if not self._warm:  # the first step allocated what the loop keeps: freeze it
+            self._warm = True
+            if self.args.gc_freeze:
+                freeze_after_warmup()
+        return finished
 
     # ---- offline API --------------------------------------------------------------------
     def generate(self, prompts: Sequence[Sequence[int]],
