@@ -88,3 +88,11 @@ def test_engine_freezes_gc_after_warmup_and_detaches_its_hook(checkpoint):
     del engine
     gc.collect()
     assert hook not in gc.callbacks
+
+
+def test_graph_batch_sizes():
+    from fuseinfer.runtime.cuda_graph_runner import graph_batch_sizes
+
+    assert graph_batch_sizes(1) == [1]
+    assert graph_batch_sizes(20) == [1, 2, 4, 8, 16, 20]
+    assert graph_batch_sizes(32) == [1, 2, 4, 8, 16, 24, 32]

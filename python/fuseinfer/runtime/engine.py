@@ -16,6 +16,7 @@ from ..models.config import ModelConfig
 from ..models.decoder import DecoderModel, ForwardBatch, Fusions
 from ..models.loader import dummy_weights, load_weights
 from ..ops import AttentionShape, PagedAttention
+from .cuda_graph_runner import DecodeGraphRunner
 from .gc_control import GcPauseMonitor, freeze_after_warmup
 from .kv_pool import FP8, KvCacheConfig, ReqToTokenPool, TokenToKVPool, pages_for_budget
 from .radix_cache import RadixCache
@@ -45,6 +46,8 @@ class EngineArgs:
     disable_fused_add_rmsnorm: bool = False
     disable_pdl: bool = False
     seed: int = 0
+    disable_cuda_graph: bool = False
+    cuda_graph_max_bs: int = 160  # decode batches up to this size replay CUDA graphs
     gc_freeze: bool = True  # gc.freeze() after the first step (warm-up)
     gc_warning_threshold_secs: float = 0.05  # warn on longer collection pauses; 0: off
 
@@ -101,6 +104,11 @@ class Engine:
                           enable_pdl=False if args.disable_pdl else None)
         self.model = DecoderModel(c, weights, self.attention, self.kv, fusions)
         self._warm = False
+        self.graphs: DecodeGraphRunner | None = None
+        if self.device.type == "cuda" and not args.disable_cuda_graph:
+            bs = min(args.cuda_graph_max_bs, args.max_running_requests)
+            self.graphs = DecodeGraphRunner(self.model, max_pages, bs)
+            self.graphs.capture()
         self.gc_monitor = GcPauseMonitor(args.gc_warning_threshold_secs) \
             if args.gc_warning_threshold_secs > 0 else None
         if self.gc_monitor is not None:
@@ -123,33 +131,44 @@ class Engine:
         return pages_for_budget(kv_cfg, total, a.mem_fraction_static, total - free)
 
     # ---- one step -----------------------------------------------------------------------
-    def _forward_batch(self, batch: ScheduledBatch) -> ForwardBatch:
-        ids, pos, loc, rows, q_lens, kv_lens, slots = [], [], [], [], [], [], []
+    def _host_inputs(self, batch: ScheduledBatch) -> dict[str, list[int]]:
+        out: dict[str, list[int]] = {k: [] for k in ("ids", "pos", "loc", "rows", "q_lens",
+                                                     "kv_lens", "slots")}
         for w in batch.work:
             r = w.req
             assert r.slot is not None
             end = w.start + w.count
-            ids += r.tokens[w.start:end]
-            pos += range(w.start, end)
-            loc += self.reqs.slots_for(r.slot, w.start, end, self.args.page_size)
-            rows.append(len(ids) - 1)
-            q_lens.append(w.count)
-            kv_lens.append(end)
-            slots.append(r.slot)
+            out["ids"] += r.tokens[w.start:end]
+            out["pos"] += range(w.start, end)
+            out["loc"] += self.reqs.slots_for(r.slot, w.start, end, self.args.page_size)
+            out["rows"].append(len(out["ids"]) - 1)
+            out["q_lens"].append(w.count)
+            out["kv_lens"].append(end)
+            out["slots"].append(r.slot)
+        return out
+
+    def _logits(self, batch: ScheduledBatch) -> torch.Tensor:
+        """Logits of each work item's last token: a graph replay for decode batches that
+        fit one, else an eager forward."""
+        h = self._host_inputs(batch)
         dev = self.device
-        table = self.reqs.page_table[torch.tensor(slots, device=dev)]
-        plan = self.attention.plan_decode(kv_lens, table) if batch.mode == "decode" \
-            else self.attention.plan_prefill(q_lens, kv_lens, table)
-        return ForwardBatch(torch.tensor(ids, device=dev), torch.tensor(pos, device=dev),
-                            torch.tensor(loc, device=dev), plan,
-                            torch.tensor(rows, device=dev))
+        table = self.reqs.page_table[torch.tensor(h["slots"], device=dev)]
+        if batch.mode == "decode" and self.graphs is not None \
+                and self.graphs.padded_size(len(h["ids"])) is not None:
+            return self.graphs.replay(h["ids"], h["pos"], h["loc"], table, h["kv_lens"])
+        plan = self.attention.plan_decode(h["kv_lens"], table) if batch.mode == "decode" \
+            else self.attention.plan_prefill(h["q_lens"], h["kv_lens"], table)
+        fb = ForwardBatch(torch.tensor(h["ids"], device=dev), torch.tensor(h["pos"], device=dev),
+                          torch.tensor(h["loc"], device=dev), plan,
+                          torch.tensor(h["rows"], device=dev))
+        return self.model.forward(fb)
 
     def step(self) -> list[Request]:
         """Run one scheduled step; returns the requests that finished in it."""
         batch = self.scheduler.schedule()
         if batch is None:
             return []
-        logits = self.model.forward(self._forward_batch(batch))
+        logits = self._logits(batch)
         sampling = [i for i, w in enumerate(batch.work) if w.samples]
         tokens: list[int] = []
         if sampling:

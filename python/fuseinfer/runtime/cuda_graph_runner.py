@@ -1,0 +1,93 @@
+"""CUDA graphs for decode steps.
+
+One graph per batch size in `batch_sizes` (1, 2, 4, 8, then every 8 up to
+`cuda_graph_max_bs`). Each graph reads fixed input buffers (token ids, positions, KV
+slots, the request page-table rows, the attention lengths) and writes fixed logits. A
+decode batch is padded up to the next captured size: padded rows have kv_len 0 (zeros
+from attention), write their KV into the reserved pad page 0, and their logits are
+ignored. The garbage collector is off during capture. Before each replay the attention
+plan is rebuilt into the same buffers (`PagedAttention.plan_decode` keeps their addresses).
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass
+
+import torch
+
+from ..models.decoder import DecoderModel, ForwardBatch
+from .gc_control import gc_disabled
+
+
+def graph_batch_sizes(max_bs: int) -> list[int]:
+    sizes = [b for b in (1, 2, 4) if b < max_bs] + list(range(8, max_bs + 1, 8))
+    if not sizes or sizes[-1] != max_bs:
+        sizes.append(max_bs)
+    return sorted(set(sizes))
+
+
+@dataclass
+class _Graph:
+    graph: torch.cuda.CUDAGraph
+    logits: torch.Tensor
+
+
+class DecodeGraphRunner:
+    def __init__(self, model: DecoderModel, page_table_width: int, max_bs: int) -> None:
+        self.model = model
+        self.max_bs = max_bs
+        self.batch_sizes = graph_batch_sizes(max_bs)
+        dev = model.weights.embed.device
+        self.input_ids = torch.zeros(max_bs, dtype=torch.int64, device=dev)
+        self.positions = torch.zeros(max_bs, dtype=torch.int64, device=dev)
+        self.cache_loc = torch.zeros(max_bs, dtype=torch.int64, device=dev)
+        self.page_table = torch.zeros(max_bs, page_table_width, dtype=torch.int32, device=dev)
+        self.rows = torch.arange(max_bs, dtype=torch.int64, device=dev)
+        self.graphs: dict[int, _Graph] = {}
+        self.pool = None
+
+    def padded_size(self, bs: int) -> int | None:
+        i = bisect.bisect_left(self.batch_sizes, bs)
+        return self.batch_sizes[i] if i < len(self.batch_sizes) else None
+
+    def _batch(self, bs: int, kv_lens: list[int]) -> ForwardBatch:
+        plan = self.model.attention.plan_decode(kv_lens, self.page_table[:bs])
+        return ForwardBatch(self.input_ids[:bs], self.positions[:bs], self.cache_loc[:bs],
+                            plan, self.rows[:bs])
+
+    def capture(self) -> None:
+        """Capture every batch size, largest first (smaller graphs share its memory)."""
+        torch.cuda.synchronize()
+        with gc_disabled():
+            for bs in reversed(self.batch_sizes):
+                batch = self._batch(bs, [1] * bs)
+                self.model.forward(batch)  # warm-up: Triton compiles outside the capture
+                torch.cuda.synchronize()
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, pool=self.pool):
+                    logits = self.model.forward(batch)
+                if self.pool is None:
+                    self.pool = graph.pool()
+                self.graphs[bs] = _Graph(graph, logits)
+        torch.cuda.synchronize()
+
+    def replay(self, input_ids: list[int], positions: list[int], cache_loc: list[int],
+               page_rows: torch.Tensor, kv_lens: list[int]) -> torch.Tensor:
+        """Logits [len(input_ids), vocab] of one decode step through the padded graph."""
+        bs = len(input_ids)
+        size = self.padded_size(bs)
+        if size is None or size not in self.graphs:
+            raise ValueError(f"no graph for batch size {bs} (max {self.max_bs})")
+        pad = size - bs
+        host = torch.tensor([input_ids + [0] * pad, positions + [0] * pad,
+                             cache_loc + [0] * pad], dtype=torch.int64, pin_memory=True)
+        self.input_ids[:size].copy_(host[0], non_blocking=True)
+        self.positions[:size].copy_(host[1], non_blocking=True)
+        self.cache_loc[:size].copy_(host[2], non_blocking=True)
+        self.page_table[:bs].copy_(page_rows)
+        self.page_table[bs:size].zero_()
+        self._batch(size, kv_lens + [0] * pad)  # lengths into the captured plan's buffers
+        g = self.graphs[size]
+        g.graph.replay()
+        return g.logits[:bs]
