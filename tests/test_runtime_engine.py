@@ -96,3 +96,30 @@ def test_graph_batch_sizes():
     assert graph_batch_sizes(1) == [1]
     assert graph_batch_sizes(20) == [1, 2, 4, 8, 16, 20]
     assert graph_batch_sizes(32) == [1, 2, 4, 8, 16, 24, 32]
+
+
+@pytest.mark.parametrize("budget", [None, 36])
+def test_overlap_schedule_gives_the_same_results(checkpoint, budget):
+    """Overlap runs one step ahead on placeholder tokens; stops (a stop token mid-stream,
+    max_new_tokens), seeded sampling and retraction must come out the same as without."""
+    path, prompts, want = checkpoint
+    stop = want[0][3]
+    params = [SamplingParams(max_new_tokens=10, temperature=0.0, stop_token_ids=(stop,)),
+              SamplingParams(max_new_tokens=3, temperature=0.0, ignore_eos=True),
+              SamplingParams(max_new_tokens=10, temperature=0.7, seed=11, ignore_eos=True),
+              SamplingParams(max_new_tokens=1, temperature=0.0, ignore_eos=True),
+              SamplingParams(max_new_tokens=10, temperature=0.0, ignore_eos=True)]
+    results = {}
+    for overlap in (True, False):
+        engine = Engine(EngineArgs(model=str(path), device="cpu", page_size=4,
+                                   max_total_tokens=budget,
+                                   disable_overlap_schedule=not overlap))
+        outs = engine.generate(prompts, params)
+        results[overlap] = [(o.output, o.finish_reason) for o in outs]
+        assert engine.kv.allocator.available + engine.cache.cached_pages \
+            == engine.kv.allocator.capacity
+    assert results[True] == results[False]
+    first, reason = results[True][0]
+    assert reason == "stop" and first[-1] == stop and len(first) <= 4
+    assert [len(o) for o, _ in results[True][1:4]] == [3, 10, 1]
+    assert results[True][4][0] == want[4]

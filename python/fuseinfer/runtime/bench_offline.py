@@ -55,7 +55,7 @@ def run_workload(engine: Any, workload: Workload, progress: bool = True) -> dict
     start = time.perf_counter()
     with Progress(len(handles), "bench offline") as bar:
         done = 0
-        while engine.scheduler.has_work:
+        while engine.busy:
             finished = engine.step()
             steps += 1
             peak = max(peak, engine.kv.usage())

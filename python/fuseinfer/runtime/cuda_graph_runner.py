@@ -72,19 +72,21 @@ class DecodeGraphRunner:
                 self.graphs[bs] = _Graph(graph, logits)
         torch.cuda.synchronize()
 
-    def replay(self, input_ids: list[int], positions: list[int], cache_loc: list[int],
+    def replay(self, input_ids: torch.Tensor, positions: list[int], cache_loc: list[int],
                page_rows: torch.Tensor, kv_lens: list[int]) -> torch.Tensor:
-        """Logits [len(input_ids), vocab] of one decode step through the padded graph."""
-        bs = len(input_ids)
+        """Logits [bs, vocab] of one decode step through the padded graph; input_ids is
+        a device tensor (it may hold tokens sampled by a step still in flight)."""
+        bs = input_ids.numel()
         size = self.padded_size(bs)
         if size is None or size not in self.graphs:
             raise ValueError(f"no graph for batch size {bs} (max {self.max_bs})")
         pad = size - bs
-        host = torch.tensor([input_ids + [0] * pad, positions + [0] * pad,
-                             cache_loc + [0] * pad], dtype=torch.int64, pin_memory=True)
-        self.input_ids[:size].copy_(host[0], non_blocking=True)
-        self.positions[:size].copy_(host[1], non_blocking=True)
-        self.cache_loc[:size].copy_(host[2], non_blocking=True)
+        host = torch.tensor([positions + [0] * pad, cache_loc + [0] * pad],
+                            dtype=torch.int64, pin_memory=True)
+        self.input_ids[:bs].copy_(input_ids)
+        self.input_ids[bs:size].zero_()
+        self.positions[:size].copy_(host[0], non_blocking=True)
+        self.cache_loc[:size].copy_(host[1], non_blocking=True)
         self.page_table[:bs].copy_(page_rows)
         self.page_table[bs:size].zero_()
         self._batch(size, kv_lens + [0] * pad)  # lengths into the captured plan's buffers

@@ -45,11 +45,19 @@ class EngineArgs:
     disable_fused_rope_kv: bool = False
     disable_fused_add_rmsnorm: bool = False
     disable_pdl: bool = False
+    disable_overlap_schedule: bool = False  # overlap: schedule step N+1 while N runs
     seed: int = 0
     disable_cuda_graph: bool = False
     cuda_graph_max_bs: int = 160  # decode batches up to this size replay CUDA graphs
     gc_freeze: bool = True  # gc.freeze() after the first step (warm-up)
     gc_warning_threshold_secs: float = 0.05  # warn on longer collection pauses; 0: off
+
+
+@dataclass(frozen=True)
+class _InFlight:
+    batch: ScheduledBatch
+    tokens: torch.Tensor  # host copy of the sampled tokens (ready after the event)
+    event: torch.cuda.Event | None
 
 
 @dataclass(frozen=True)
@@ -104,6 +112,11 @@ class Engine:
                           enable_pdl=False if args.disable_pdl else None)
         self.model = DecoderModel(c, weights, self.attention, self.kv, fusions)
         self._warm = False
+        self._in_flight: _InFlight | None = None
+        # Tokens of steps in flight, read by the next step's inputs (overlap scheduling).
+        self._future = torch.zeros(4 * (args.max_running_requests + 1), dtype=torch.int64,
+                                   device=self.device)
+        self._next_future = 0
         self.graphs: DecodeGraphRunner | None = None
         if self.device.type == "cuda" and not args.disable_cuda_graph:
             bs = min(args.cuda_graph_max_bs, args.max_running_requests)
@@ -153,31 +166,72 @@ class Engine:
         h = self._host_inputs(batch)
         dev = self.device
         table = self.reqs.page_table[torch.tensor(h["slots"], device=dev)]
+        ids = self._resolve_ids(h["ids"])
         if batch.mode == "decode" and self.graphs is not None \
                 and self.graphs.padded_size(len(h["ids"])) is not None:
-            return self.graphs.replay(h["ids"], h["pos"], h["loc"], table, h["kv_lens"])
+            return self.graphs.replay(ids, h["pos"], h["loc"], table, h["kv_lens"])
         plan = self.attention.plan_decode(h["kv_lens"], table) if batch.mode == "decode" \
             else self.attention.plan_prefill(h["q_lens"], h["kv_lens"], table)
-        fb = ForwardBatch(torch.tensor(h["ids"], device=dev), torch.tensor(h["pos"], device=dev),
+        fb = ForwardBatch(ids, torch.tensor(h["pos"], device=dev),
                           torch.tensor(h["loc"], device=dev), plan,
                           torch.tensor(h["rows"], device=dev))
         return self.model.forward(fb)
 
-    def step(self) -> list[Request]:
-        """Run one scheduled step; returns the requests that finished in it."""
-        batch = self.scheduler.schedule()
-        if batch is None:
-            return []
+    def _resolve_ids(self, ids: list[int]) -> torch.Tensor:
+        """Token ids on the device; a placeholder -(1 + k) is the token sampled into slot k
+        of the future buffer by a step still in flight (read on the device, no sync)."""
+        raw = torch.tensor(ids, device=self.device)
+        if min(ids, default=0) >= 0:
+            return raw
+        return torch.where(raw >= 0, raw, self._future[(-raw - 1).clamp_min(0)])
+
+    @property
+    def busy(self) -> bool:
+        """Requests to run, or a step whose tokens are not recorded yet."""
+        return self.scheduler.has_work or self._in_flight is not None
+
+    def _launch(self, batch: ScheduledBatch) -> _InFlight:
+        """Queue the step on the device: forward, sample, tokens into the future buffer and
+        a non-blocking copy to the host; mark the scheduler's requests."""
         logits = self._logits(batch)
         sampling = [i for i, w in enumerate(batch.work) if w.samples]
-        tokens: list[int] = []
-        if sampling:
-            reqs = [batch.work[i].req for i in sampling]
+        reqs = [batch.work[i].req for i in sampling]
+        n = len(reqs)
+        slots = [(self._next_future + i) % self._future.numel() for i in range(n)]
+        self._next_future = (self._next_future + n) % self._future.numel()
+        host = torch.empty(n, dtype=torch.int64, pin_memory=self.device.type == "cuda")
+        if n:
             sb = SamplingBatch.build([r.params for r in reqs], logits.size(-1), self.device,
                                      [self.args.seed * 1_000_003 + r.rid for r in reqs])
             steps = torch.tensor([len(r.output) for r in reqs], device=self.device)
-            tokens = sample(logits[sampling], sb, steps).tolist()
-        finished = self.scheduler.process(batch, tokens)
+            tokens = sample(logits[sampling], sb, steps)
+            self._future[torch.tensor(slots, device=self.device)] = tokens
+            host.copy_(tokens, non_blocking=True)
+        event = torch.cuda.Event() if self.device.type == "cuda" else None
+        if event is not None:
+            event.record()
+        self.scheduler.launched(batch, [-(1 + k) for k in slots])
+        return _InFlight(batch, host, event)
+
+    def _resolve(self, step: _InFlight) -> list[Request]:
+        if step.event is not None:
+            step.event.synchronize()
+        return self.scheduler.resolve(step.batch, step.tokens.tolist())
+
+    def step(self) -> list[Request]:
+        """Run one step; returns the requests that finished in it. With overlap, the step
+        scheduled now runs on the device while the previous step's tokens are read back
+        and recorded."""
+        batch = self.scheduler.schedule()
+        launched = self._launch(batch) if batch is not None else None
+        finished: list[Request] = []
+        if self.args.disable_overlap_schedule:
+            if launched is not None:
+                finished = self._resolve(launched)
+        else:
+            if self._in_flight is not None:
+                finished = self._resolve(self._in_flight)
+            self._in_flight = launched
         if not self._warm:  # the first step allocated what the loop keeps: freeze it
             self._warm = True
             if self.args.gc_freeze:
@@ -194,7 +248,7 @@ class Engine:
             raise ValueError(f"{len(prompts)} prompts but {len(plist)} sampling params")
         reqs = [self.scheduler.new_request(p, sp, self.config.eos_token_ids)
                 for p, sp in zip(prompts, plist, strict=True)]
-        while self.scheduler.has_work:
+        while self.busy:
             self.step()
         return [GenerateOutput(r.rid, r.prompt, r.output, r.finish_reason or "abort")
                 for r in reqs]

@@ -233,14 +233,17 @@ class Scheduler:
         return ScheduledBatch("prefill", work)
 
     def _schedule_decode(self) -> ScheduledBatch | None:
+        # A request with all its tokens launched only waits for them (overlap scheduling).
+        def more(r: Request) -> bool:
+            return len(r.output) < r.params.max_new_tokens
+
         while self.running:
-            short = [r for r in self.running if not self._grow(r, r.seq_len)]
+            short = [r for r in self.running if more(r) and not self._grow(r, r.seq_len)]
             if not short:
                 break
             self._retract(self.running[-1])
-        if not self.running:
-            return None
-        return ScheduledBatch("decode", [Work(r, r.cached, 1, True) for r in self.running])
+        work = [Work(r, r.cached, 1, True) for r in self.running if more(r)]
+        return ScheduledBatch("decode", work) if work else None
 
     def _retract(self, req: Request) -> None:
         self.running.remove(req)
@@ -251,9 +254,15 @@ class Scheduler:
     # ---- results ------------------------------------------------------------------------
     def process(self, batch: ScheduledBatch, next_tokens: Sequence[int]) -> list[Request]:
         """Record a step's sampled tokens (one per work item that samples, in order);
-        returns the requests that finished."""
-        finished = []
-        sampled = iter(next_tokens)
+        returns the requests that finished. Same as `launched` then `resolve`."""
+        self.launched(batch, [-1] * sum(w.samples for w in batch.work))
+        return self.resolve(batch, next_tokens)
+
+    def launched(self, batch: ScheduledBatch, placeholders: Sequence[int]) -> None:
+        """The step is running: advance each request's KV and append a placeholder
+        (a negative id) for each token it will sample, so the next step can be scheduled
+        before the tokens are known (overlap scheduling)."""
+        marks = iter(placeholders)
         for w in batch.work:
             req = w.req
             req.cached = w.start + w.count
@@ -262,23 +271,40 @@ class Scheduler:
                 continue
             if req is self.prefilling:
                 self.prefilling = None
-            token = int(next(sampled))
-            req.output.append(token)
-            if self._stops(req, token):
+            req.output.append(int(next(marks)))
+            if req not in self.running and not req.finished:
+                self.running.append(req)
+
+    def resolve(self, batch: ScheduledBatch, next_tokens: Sequence[int]) -> list[Request]:
+        """Replace the step's placeholders with the sampled tokens and apply the stop rules;
+        returns the requests that finished. A request that finished at an earlier step
+        (overlap ran one more step for it) ignores its token."""
+        finished = []
+        sampled = iter(next_tokens)
+        for w in batch.work:
+            if not w.samples:
+                continue
+            req, token = w.req, int(next(sampled))
+            if req.finished:
+                continue
+            at = next(i for i, t in enumerate(req.output) if t < 0)
+            req.output[at] = token
+            if self._stops(req, token, len(req.output[:at + 1])):
+                del req.output[at + 1:]  # placeholders of steps scheduled past the stop
                 if req in self.running:
                     self.running.remove(req)
+                elif req in self.waiting:  # retracted while its token was in flight
+                    self.waiting.remove(req)
                 self._release(req, keep_in_cache=True)
                 finished.append(req)
-            elif req not in self.running:
-                self.running.append(req)
         return finished
 
-    def _stops(self, req: Request, token: int) -> bool:
+    def _stops(self, req: Request, token: int, produced: int) -> bool:
         p = req.params
         if not p.ignore_eos and token in req.eos_ids:
             req.finish_reason = "stop"
         elif token in p.stop_token_ids:
             req.finish_reason = "stop"
-        elif len(req.output) >= p.max_new_tokens:
+        elif produced >= p.max_new_tokens:
             req.finish_reason = "length"
         return req.finish_reason is not None
