@@ -168,3 +168,12 @@ def test_abort_frees_everything():
 def test_bad_policy():
     with pytest.raises(ValueError, match="policy"):
         make(policy="random")
+
+
+def test_token_slice_matches_the_sequence():
+    from fuseinfer.runtime.scheduler import Request
+
+    r = Request(0, [1, 2, 3], SamplingParams(), output=[4, 5])
+    for a in range(6):
+        for b in range(a, 6):
+            assert r.token_slice(a, b) == r.tokens[a:b]

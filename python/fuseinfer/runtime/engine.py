@@ -151,7 +151,7 @@ class Engine:
             r = w.req
             assert r.slot is not None
             end = w.start + w.count
-            out["ids"] += r.tokens[w.start:end]
+            out["ids"] += r.token_slice(w.start, end)
             out["pos"] += range(w.start, end)
             out["loc"] += self.reqs.slots_for(r.slot, w.start, end, self.args.page_size)
             out["rows"].append(len(out["ids"]) - 1)

@@ -44,6 +44,15 @@ class Request:
     def tokens(self) -> list[int]:
         return self.prompt + self.output
 
+    def token_slice(self, start: int, end: int) -> list[int]:
+        """tokens[start:end] without building the whole sequence (the decode hot path)."""
+        n = len(self.prompt)
+        if start >= n:
+            return self.output[start - n:end - n]
+        if end <= n:
+            return self.prompt[start:end]
+        return self.prompt[start:] + self.output[:end - n]
+
     @property
     def seq_len(self) -> int:
         return len(self.prompt) + len(self.output)
