@@ -59,7 +59,10 @@ setup(
         # Triton runs its kernels under TRITON_INTERPRET=1 in the CPU suite; its
         # interpreter converts 1-element arrays to scalars, which numpy 2.4 refuses.
         # transformers: the models are checked against it on the same checkpoint.
-        "test": ["pytest>=7", "triton>=3.3", "numpy<2.4", "transformers>=4.51"],
+        # openai/httpx: the server is driven by the official client in the CPU suite.
+        "test": ["pytest>=7", "triton>=3.3", "numpy<2.4", "transformers>=4.51", "openai",
+                 "httpx", "fastapi", "uvicorn", "jinja2"],
+        "serve": ["fastapi", "uvicorn", "jinja2"],
         # Headers only; install with --no-deps to skip its Python tooling's dependencies.
         "cuda": ["nvidia-cutlass>=3.9"],
         "bench": ["liger-kernel"],

@@ -31,7 +31,7 @@ else
   rm -rf "$WHEELS"
 fi
 
-if ! python -c "import fuseinfer, pytest, triton, transformers, safetensors, tokenizers" >/dev/null 2>&1 || [ "${FUSEINFER_REINSTALL:-0}" = 1 ]; then
+if ! python -c "import fuseinfer, pytest, triton, transformers, safetensors, tokenizers, fastapi, uvicorn, openai" >/dev/null 2>&1 || [ "${FUSEINFER_REINSTALL:-0}" = 1 ]; then
   echo "setup: installing fuseinfer (editable) and test tools"
   pip install -q -e "$ROOT[test]"
 fi

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 def build_parser() -> argparse.ArgumentParser:
     from .bench.cli import add_bench_parser, add_tune_parser
     from .runtime.cli import add_generate_parser
+    from .server.cli import add_serve_parser
 
     parser = argparse.ArgumentParser(prog="fuseinfer", description="Fused CUDA kernels for "
                                      "LLM inference: inspect, benchmark and tune them; "
@@ -22,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_bench_parser(sub)
     add_tune_parser(sub)
     add_generate_parser(sub)
+    add_serve_parser(sub)
     return parser
 
 

@@ -1,0 +1,1 @@
+"""`fuseinfer serve`: an OpenAI-compatible HTTP server over the reference runtime."""

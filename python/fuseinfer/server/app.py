@@ -1,0 +1,307 @@
+"""OpenAI-compatible HTTP front end (FastAPI) over the engine process.
+
+Endpoints: GET /health, GET /v1/models, POST /v1/completions, POST /v1/chat/completions
+(streaming as server-sent events or not), POST /generate (token ids in and out). Bad
+requests get HTTP 400 with an OpenAI-style error body. A streaming client that goes away
+aborts its request, which frees its KV.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from ..runtime.sampling import SamplingParams
+from ..runtime.tokenizer import IncrementalDetokenizer, TextTokenizer
+
+
+class ApiError(Exception):
+    def __init__(self, message: str, param: str | None = None, status: int = 400,
+                 kind: str = "invalid_request_error") -> None:
+        super().__init__(message)
+        self.message, self.param, self.status, self.kind = message, param, status, kind
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.kind, "param": self.param,
+                          "code": None}}
+
+
+@dataclass
+class Stream:
+    """Tokens of one request as the engine process reports them."""
+
+    queue: asyncio.Queue = field(default_factory=asyncio.Queue)
+
+
+class EngineClient:
+    """Sends requests to the engine process; a reader thread routes its replies to the
+    waiting request's asyncio queue."""
+
+    def __init__(self, inbox: Any, outbox: Any, info: dict) -> None:
+        self.inbox, self.outbox, self.info = inbox, outbox, info
+        self.streams: dict[int, tuple[asyncio.AbstractEventLoop, Stream]] = {}
+        self.stats: dict = {}
+        self._rid = itertools.count()
+        self._lock = threading.Lock()
+        self._reader = threading.Thread(target=self._read, daemon=True, name="engine-reader")
+        self._reader.start()
+
+    def _read(self) -> None:
+        while True:
+            msg = self.outbox.get()
+            if msg[0] == "tokens":
+                _, rid, tokens, finish, prompt_len = msg
+                with self._lock:
+                    entry = self.streams.get(rid)
+                if entry is not None:
+                    loop, stream = entry
+                    loop.call_soon_threadsafe(stream.queue.put_nowait,
+                                              (tokens, finish, prompt_len))
+            elif msg[0] == "stats":
+                self.stats = msg[1]
+
+    def submit(self, prompt: list[int], params: SamplingParams) -> tuple[int, Stream]:
+        rid = next(self._rid)
+        stream = Stream()
+        with self._lock:
+            self.streams[rid] = (asyncio.get_running_loop(), stream)
+        self.inbox.put(("add", rid, prompt, params))
+        return rid, stream
+
+    def done(self, rid: int, aborted: bool) -> None:
+        with self._lock:
+            self.streams.pop(rid, None)
+        if aborted:
+            self.inbox.put(("abort", rid))
+
+    async def tokens(self, rid: int, stream: Stream) -> AsyncIterator[tuple[list[int],
+                                                                            str | None]]:
+        """(new tokens, finish reason or None) until the request finishes; aborts it if
+        the consumer stops early (a client that went away)."""
+        finished = False
+        try:
+            while True:
+                tokens, finish, _ = await stream.queue.get()
+                yield tokens, finish
+                if finish is not None:
+                    finished = True
+                    return
+        finally:
+            self.done(rid, aborted=not finished)
+
+
+def _number(body: dict, key: str, default: Any, kind: type) -> Any:
+    value = body.get(key, default)
+    if value is None:
+        return default
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise ApiError(f"'{key}' must be a {kind.__name__}, got {type(value).__name__}", key)
+    return value
+
+
+def sampling_from_body(body: dict, max_default: int, eos_stop: bool = True) -> SamplingParams:
+    max_tokens = _number(body, "max_tokens", None, int)
+    if max_tokens is None:
+        max_tokens = _number(body, "max_completion_tokens", max_default, int)
+    if max_tokens <= 0:
+        raise ApiError(f"'max_tokens' must be > 0, got {max_tokens}", "max_tokens")
+    temperature = _number(body, "temperature", 1.0, float)
+    if temperature < 0:
+        raise ApiError(f"'temperature' must be >= 0, got {temperature}", "temperature")
+    top_p = _number(body, "top_p", 1.0, float)
+    if not 0 < top_p <= 1:
+        raise ApiError(f"'top_p' must be in (0, 1], got {top_p}", "top_p")
+    top_k = _number(body, "top_k", -1, int)
+    seed = _number(body, "seed", None, int)
+    stop_ids = body.get("stop_token_ids") or []
+    if not isinstance(stop_ids, list) or not all(isinstance(t, int) for t in stop_ids):
+        raise ApiError("'stop_token_ids' must be a list of integers", "stop_token_ids")
+    params = SamplingParams(max_new_tokens=max_tokens, temperature=temperature, top_p=top_p,
+                            top_k=top_k, min_p=_number(body, "min_p", 0.0, float), seed=seed,
+                            stop_token_ids=tuple(stop_ids),
+                            ignore_eos=bool(body.get("ignore_eos", False)))
+    try:
+        params.validate()
+    except ValueError as err:
+        raise ApiError(str(err)) from err
+    return params
+
+
+def create_app(client: EngineClient, model_name: str, tokenizer: TextTokenizer | None):
+    app = FastAPI(title="fuseinfer")
+    max_context = client.info["max_context"]
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, err: ApiError) -> JSONResponse:
+        return JSONResponse(err.body(), status_code=err.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, err: RequestValidationError) -> JSONResponse:
+        return JSONResponse(ApiError(f"invalid request: {err.errors()[0].get('msg')}").body(),
+                            status_code=400)
+
+    async def read_json(request: Request) -> dict:
+        try:
+            body = json.loads(await request.body())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ApiError(f"the request body is not valid JSON: {err}") from err
+        if not isinstance(body, dict):
+            raise ApiError("the request body must be a JSON object")
+        return body
+
+    def check_model(body: dict) -> None:
+        name = body.get("model")
+        if name is not None and name != model_name:
+            raise ApiError(f"the model '{name}' does not exist; this server serves "
+                           f"'{model_name}'", "model")
+
+    def prompt_ids(prompt: Any, param: str) -> list[int]:
+        if isinstance(prompt, str):
+            if tokenizer is None:
+                raise ApiError("this model has no tokenizer: send token ids", param)
+            return tokenizer.encode(prompt)
+        if isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt):
+            return prompt
+        raise ApiError(f"'{param}' must be a string or a non-empty list of token ids", param)
+
+    def check_length(ids: list[int], params: SamplingParams) -> None:
+        if not ids:
+            raise ApiError("the prompt is empty", "prompt")
+        if len(ids) + params.max_new_tokens > max_context:
+            raise ApiError(f"the prompt ({len(ids)} tokens) plus max_tokens "
+                           f"({params.max_new_tokens}) exceeds the context length "
+                           f"{max_context}", "prompt")
+
+    async def run(ids: list[int], params: SamplingParams):
+        rid, stream = client.submit(ids, params)
+        return client.tokens(rid, stream)
+
+    async def collect(ids: list[int], params: SamplingParams) -> tuple[list[int], str | None]:
+        out: list[int] = []
+        reason = None
+        async for tokens, finish in await run(ids, params):
+            out += tokens
+            reason = finish
+        return out, reason
+
+    @app.get("/health")
+    async def health() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/v1/models")
+    async def models() -> dict:
+        return {"object": "list", "data": [{"id": model_name, "object": "model",
+                                            "created": 0, "owned_by": "fuseinfer"}]}
+
+    @app.post("/generate")
+    async def generate(request: Request) -> JSONResponse:
+        body = await read_json(request)
+        ids = prompt_ids(body.get("input_ids", body.get("text")), "input_ids")
+        params = sampling_from_body(body.get("sampling_params") or {}, 128)
+        check_length(ids, params)
+        out, finish = await collect(ids, params)
+        if finish is not None and finish.startswith("rejected"):
+            raise ApiError(finish)
+        text = tokenizer.decode(out) if tokenizer else None
+        return JSONResponse({"output_ids": out, "text": text, "finish_reason": finish,
+                             "prompt_tokens": len(ids)})
+
+    def finish_reason(reason: str | None) -> str | None:
+        return {"stop": "stop", "length": "length", "abort": "abort"}.get(reason or "", reason)
+
+    async def complete(body: dict, ids: list[int], params: SamplingParams, chat: bool):
+        created = int(time.time())
+        cid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
+        obj = "chat.completion" if chat else "text_completion"
+        detok = IncrementalDetokenizer(tokenizer) if tokenizer else None
+        if body.get("stream"):
+            async def events() -> AsyncIterator[str]:
+                produced = 0
+                async for tokens, finish in await run(ids, params):
+                    produced += len(tokens)
+                    text = "".join(detok.add(t) for t in tokens) if detok else ""
+                    if chat:
+                        choice = {"index": 0, "delta": {"content": text},
+                                  "finish_reason": finish_reason(finish)}
+                    else:
+                        choice = {"index": 0, "text": text, "logprobs": None,
+                                  "finish_reason": finish_reason(finish)}
+                    chunk = {"id": cid, "object": obj + (".chunk" if chat else ""),
+                             "created": created, "model": model_name, "choices": [choice]}
+                    yield f"data: {json.dumps(chunk)}\n\n"
+                usage = {"prompt_tokens": len(ids), "completion_tokens": produced,
+                         "total_tokens": len(ids) + produced}
+                if (body.get("stream_options") or {}).get("include_usage"):
+                    yield "data: " + json.dumps({"id": cid, "object": obj, "created": created,
+                                                 "model": model_name, "choices": [],
+                                                 "usage": usage}) + "\n\n"
+                yield "data: [DONE]\n\n"
+
+            return StreamingResponse(events(), media_type="text/event-stream")
+        out, finish = await collect(ids, params)
+        if finish is not None and finish.startswith("rejected"):
+            raise ApiError(finish)
+        text = tokenizer.decode(out) if tokenizer else ""
+        choice = {"index": 0, "finish_reason": finish_reason(finish), "logprobs": None}
+        choice |= {"message": {"role": "assistant", "content": text}} if chat \
+            else {"text": text}
+        return JSONResponse({"id": cid, "object": obj, "created": created,
+                             "model": model_name, "choices": [choice],
+                             "usage": {"prompt_tokens": len(ids),
+                                       "completion_tokens": len(out),
+                                       "total_tokens": len(ids) + len(out)}})
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        body = await read_json(request)
+        check_model(body)
+        if "prompt" not in body:
+            raise ApiError("'prompt' is required", "prompt")
+        ids = prompt_ids(body["prompt"], "prompt")
+        params = sampling_from_body(body, 16)
+        check_length(ids, params)
+        return await complete(body, ids, params, chat=False)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        body = await read_json(request)
+        check_model(body)
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages or not all(
+                isinstance(m, dict) and isinstance(m.get("role"), str)
+                and isinstance(m.get("content"), str) for m in messages):
+            raise ApiError("'messages' must be a non-empty list of {role, content} objects",
+                           "messages")
+        ids = prompt_ids(render_chat(tokenizer, messages), "messages")
+        params = sampling_from_body(body, max(1, min(1024, max_context - len(ids))))
+        check_length(ids, params)
+        return await complete(body, ids, params, chat=True)
+
+    return app
+
+
+def render_chat(tokenizer: TextTokenizer | None, messages: list[dict]) -> str:
+    """The conversation through the tokenizer's chat template (ChatML if it has none)."""
+    if tokenizer is None:
+        raise ApiError("this model has no tokenizer: chat needs one", "messages")
+    template = tokenizer.config.get("chat_template")
+    if not template:
+        return "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n"
+                       for m in messages) + "<|im_start|>assistant\n"
+    import jinja2
+
+    env = jinja2.Environment(autoescape=False, trim_blocks=True, lstrip_blocks=True)
+    return env.from_string(template).render(messages=messages, add_generation_prompt=True)

@@ -1,0 +1,82 @@
+"""`fuseinfer serve [--model PATH] [--host 127.0.0.1] [--port 30000] [engine args]`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+from typing import Any
+
+
+def add_serve_parser(sub: Any) -> None:
+    p = sub.add_parser("serve", help="OpenAI-compatible HTTP server (the bundled tiny model "
+                       "when --model is not given)")
+    p.add_argument("--model", help="model folder or bundled name (default: tiny)")
+    p.add_argument("--served-model-name", help="the name clients use (default: the folder's)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=30000)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--load-format", choices=["auto", "dummy"], default="auto")
+    p.add_argument("--page-size", type=int, default=16)
+    p.add_argument("--max-running-requests", type=int, default=256)
+    p.add_argument("--max-total-tokens", type=int)
+    p.add_argument("--chunked-prefill-size", type=int, default=4096)
+    p.add_argument("--mem-fraction-static", type=float, default=0.85)
+    p.add_argument("--disable-radix-cache", action="store_true")
+    p.add_argument("--disable-cuda-graph", action="store_true")
+    p.add_argument("--disable-overlap-schedule", action="store_true")
+    p.set_defaults(handler=_run_serve)
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    try:
+        import fastapi  # noqa: F401
+        import jinja2  # noqa: F401
+        import uvicorn
+    except ImportError as err:
+        raise SystemExit(f"fuseinfer serve needs {err.name}: pip install 'fuseinfer[serve]'"
+                         ) from err
+
+    from ..models.bundled import resolve_model
+    from ..runtime.engine import EngineArgs
+    from ..runtime.tokenizer import TextTokenizer
+    from .app import EngineClient, create_app
+    from .engine_process import start_engine_process
+
+    folder = resolve_model(args.model)
+    engine_args = EngineArgs(
+        model=str(folder), device=args.device, load_format=args.load_format,
+        page_size=args.page_size, max_running_requests=args.max_running_requests,
+        max_total_tokens=args.max_total_tokens, chunked_prefill_size=args.chunked_prefill_size,
+        mem_fraction_static=args.mem_fraction_static,
+        disable_radix_cache=args.disable_radix_cache, disable_cuda_graph=args.disable_cuda_graph,
+        disable_overlap_schedule=args.disable_overlap_schedule)
+    print(f"fuseinfer serve: loading {folder} ...", file=sys.stderr, flush=True)
+    proc, inbox, outbox, info = start_engine_process(engine_args)
+    tokenizer = TextTokenizer(folder) if (folder / "tokenizer.json").exists() else None
+    name = args.served_model_name or (args.model or "tiny")
+    app = create_app(EngineClient(inbox, outbox, info), name, tokenizer)
+    print(f"fuseinfer serve: {name} on http://{args.host}:{args.port}", file=sys.stderr,
+          flush=True)
+    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port,
+                                           log_level="warning", timeout_graceful_shutdown=30))
+    # SIGTERM/SIGINT: stop accepting, let in-flight requests finish, exit 0 (uvicorn's own
+    # handler would re-raise the signal after shutting down).
+    server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]
+
+    async def serve() -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, lambda: setattr(server, "should_exit", True))
+        await server.serve()
+
+    try:
+        asyncio.run(serve())
+    finally:
+        inbox.put(("stop",))
+        proc.join(timeout=30)
+        if proc.is_alive():
+            proc.terminate()
+    return 0

@@ -1,0 +1,155 @@
+"""`fuseinfer serve` as a subprocess on 127.0.0.1 with the tiny model on the CPU, driven by
+the official openai client and by raw HTTP: completions and chat (streaming or not),
+/generate, models, every bad input -> 400 with an OpenAI-style body, 64 concurrent
+streams, and SIGTERM shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+NO_EOS = {"ignore_eos": True}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    port = _free_port()
+    env = dict(os.environ, PYTHONPATH=str(REPO / "python"), CUDA_VISIBLE_DEVICES="",
+               FUSEINFER_CACHE_DIR=str(tmp_path_factory.mktemp("cache")))
+    proc = subprocess.Popen([sys.executable, "-m", "fuseinfer.cli", "serve", "--port",
+                             str(port), "--device", "cpu", "--page-size", "4"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            if httpx.get(base + "/health", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.3)
+        if proc.poll() is not None:
+            pytest.fail(f"server exited early:\n{proc.stdout.read()}")
+    else:
+        proc.kill()
+        pytest.fail("server did not come up in 120 s")
+    yield base, proc
+    if proc.poll() is None:
+        proc.kill()
+
+
+@pytest.fixture
+def client(server):
+    return openai.OpenAI(base_url=server[0] + "/v1", api_key="none")
+
+
+def test_models_and_health(server, client):
+    assert [m.id for m in client.models.list().data] == ["tiny"]
+    assert httpx.get(server[0] + "/health").json() == {"status": "ok"}
+
+
+def test_completions(client):
+    out = client.completions.create(model="tiny", prompt="Hello", max_tokens=7,
+                                    temperature=0, extra_body=NO_EOS)
+    assert out.choices[0].finish_reason == "length" and out.usage.completion_tokens == 7
+    assert out.usage.prompt_tokens > 0 and isinstance(out.choices[0].text, str)
+    again = client.completions.create(model="tiny", prompt="Hello", max_tokens=7,
+                                      temperature=0, extra_body=NO_EOS)
+    assert again.choices[0].text == out.choices[0].text  # greedy is deterministic
+    chunks = list(client.completions.create(model="tiny", prompt="Hello", max_tokens=7,
+                                            temperature=0, stream=True, extra_body=NO_EOS))
+    assert "".join(c.choices[0].text for c in chunks) == out.choices[0].text
+    assert chunks[-1].choices[0].finish_reason == "length"
+    ids = client.completions.create(model="tiny", prompt=[5, 6, 7], max_tokens=3,
+                                    extra_body=NO_EOS)
+    assert ids.usage.prompt_tokens == 3 and ids.usage.completion_tokens == 3
+
+
+def test_chat(client):
+    msgs = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]
+    out = client.chat.completions.create(model="tiny", messages=msgs, max_tokens=5,
+                                         temperature=0, extra_body=NO_EOS)
+    assert out.choices[0].message.role == "assistant"
+    assert out.usage.completion_tokens == 5
+    stream = client.chat.completions.create(model="tiny", messages=msgs, max_tokens=5,
+                                            temperature=0, stream=True, extra_body=NO_EOS)
+    text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    assert text == out.choices[0].message.content
+
+
+def test_generate_native(server):
+    r = httpx.post(server[0] + "/generate", json={"input_ids": [1, 2, 3],
+                                                  "sampling_params": {"max_tokens": 4,
+                                                                      "ignore_eos": True}})
+    assert r.status_code == 200
+    body = r.json()
+    assert len(body["output_ids"]) == 4 and body["finish_reason"] == "length"
+
+
+@pytest.mark.parametrize("path, body, param", [
+    ("/v1/completions", b"{not json", None),
+    ("/v1/completions", {"model": "gpt-9", "prompt": "x"}, "model"),
+    ("/v1/completions", {"max_tokens": 3}, "prompt"),
+    ("/v1/completions", {"prompt": "x", "max_tokens": "three"}, "max_tokens"),
+    ("/v1/completions", {"prompt": "x", "max_tokens": 0}, "max_tokens"),
+    ("/v1/completions", {"prompt": "x", "temperature": -0.5}, "temperature"),
+    ("/v1/completions", {"prompt": "x", "top_p": 0}, "top_p"),
+    ("/v1/completions", {"prompt": "x", "top_p": 1.5}, "top_p"),
+    ("/v1/completions", {"prompt": "word " * 3000, "max_tokens": 4}, "prompt"),
+    ("/v1/completions", {"prompt": 12}, "prompt"),
+    ("/v1/chat/completions", {"messages": "hi"}, "messages"),
+    ("/v1/chat/completions", {"messages": [{"role": "user"}]}, "messages"),
+])
+def test_bad_requests_get_400(server, path, body, param):
+    url = server[0] + path
+    r = httpx.post(url, content=body) if isinstance(body, bytes) else httpx.post(url, json=body)
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["type"] == "invalid_request_error" and err["message"] and err["param"] == param
+    ok = httpx.post(server[0] + "/v1/completions", json={"prompt": "x", "max_tokens": 2})
+    assert ok.status_code == 200  # the server is unaffected
+
+
+def test_64_concurrent_streams(server):
+    async def one(c: openai.AsyncOpenAI, i: int) -> int:
+        stream = await c.completions.create(model="tiny", prompt=f"request {i}",
+                                            max_tokens=6 + i % 5, stream=True,
+                                            extra_body=NO_EOS)
+        n = 0
+        async for chunk in stream:
+            n += 1 if chunk.choices and chunk.choices[0].finish_reason else 0
+        return n
+
+    async def main() -> list[int]:
+        c = openai.AsyncOpenAI(base_url=server[0] + "/v1", api_key="none")
+        return await asyncio.gather(*(one(c, i) for i in range(64)))
+
+    assert asyncio.run(main()) == [1] * 64
+    counts = []
+    for i in range(8):  # token counts through the non-streaming path
+        r = httpx.post(server[0] + "/v1/completions",
+                       json={"prompt": f"request {i}", "max_tokens": 6 + i % 5, **NO_EOS})
+        counts.append(r.json()["usage"]["completion_tokens"])
+    assert counts == [6 + i % 5 for i in range(8)]
+
+
+def test_sigterm_shuts_down_cleanly(server):
+    _, proc = server
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 0
