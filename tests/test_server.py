@@ -149,6 +149,20 @@ def test_64_concurrent_streams(server):
     assert counts == [6 + i % 5 for i in range(8)]
 
 
+def test_metrics_and_freeze_gc(server, client):
+    client.completions.create(model="tiny", prompt="metrics", max_tokens=4, extra_body=NO_EOS)
+    time.sleep(0.6)  # the engine reports its gauges twice a second
+    text = httpx.get(server[0] + "/metrics").text
+    for name in ("fuseinfer_num_requests_waiting", "fuseinfer_num_requests_running",
+                 "fuseinfer_kv_cache_usage", "fuseinfer_generation_tokens_total",
+                 "fuseinfer_time_to_first_token_seconds_count",
+                 "fuseinfer_inter_token_latency_seconds_bucket"):
+        assert name in text
+    line = next(x for x in text.splitlines() if x.startswith("fuseinfer_requests_total "))
+    assert int(line.split()[1]) >= 1
+    assert httpx.post(server[0] + "/freeze_gc").json() == {"status": "ok"}
+
+
 def test_sigterm_shuts_down_cleanly(server):
     _, proc = server
     proc.send_signal(signal.SIGTERM)

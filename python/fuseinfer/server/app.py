@@ -24,6 +24,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from ..runtime.sampling import SamplingParams
 from ..runtime.tokenizer import IncrementalDetokenizer, TextTokenizer
+from .metrics import ServerMetrics
 
 
 class ApiError(Exception):
@@ -52,6 +53,7 @@ class EngineClient:
         self.inbox, self.outbox, self.info = inbox, outbox, info
         self.streams: dict[int, tuple[asyncio.AbstractEventLoop, Stream]] = {}
         self.stats: dict = {}
+        self.metrics = ServerMetrics()
         self._rid = itertools.count()
         self._lock = threading.Lock()
         self._reader = threading.Thread(target=self._read, daemon=True, name="engine-reader")
@@ -90,15 +92,35 @@ class EngineClient:
         """(new tokens, finish reason or None) until the request finishes; aborts it if
         the consumer stops early (a client that went away)."""
         finished = False
+        m = self.metrics
+        start = last = time.perf_counter()
+        first = True
         try:
             while True:
-                tokens, finish, _ = await stream.queue.get()
+                tokens, finish, prompt_len = await stream.queue.get()
+                now = time.perf_counter()
+                if tokens:
+                    with m.lock:
+                        (m.ttft if first else m.itl).observe(now - (start if first else last))
+                        # tokens arriving together share the gap since the last arrival
+                        for _ in tokens[1:]:
+                            m.itl.observe(0.0)
+                        m.generation_tokens += len(tokens)
+                    first, last = False, now
+                if finish is not None:
+                    with m.lock:
+                        m.e2e.observe(now - start)
+                        m.requests += 1
+                        m.prompt_tokens += prompt_len
                 yield tokens, finish
                 if finish is not None:
                     finished = True
                     return
         finally:
             self.done(rid, aborted=not finished)
+
+    def freeze_gc(self) -> None:
+        self.inbox.put(("freeze_gc",))
 
 
 def _number(body: dict, key: str, default: Any, kind: type) -> Any:
@@ -199,6 +221,23 @@ def create_app(client: EngineClient, model_name: str, tokenizer: TextTokenizer |
 
     @app.get("/health")
     async def health() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/metrics")
+    async def metrics():
+        from fastapi.responses import PlainTextResponse
+
+        return PlainTextResponse(client.metrics.render(client.stats),
+                                 media_type="text/plain; version=0.0.4")
+
+    @app.post("/freeze_gc")
+    async def freeze_gc() -> dict:
+        """Freeze the garbage collector's survivors in both processes (after warm-up)."""
+        import gc
+
+        gc.collect()
+        gc.freeze()
+        client.freeze_gc()
         return {"status": "ok"}
 
     @app.get("/v1/models")

@@ -1,7 +1,7 @@
 """The engine in its own process, so the HTTP process stays responsive while it works.
 
 Messages in (a multiprocessing queue): ("add", rid, prompt_ids, SamplingParams),
-("abort", rid), ("stop",). Messages out: ("ready", info) once loaded, then for each
+("abort", rid), ("freeze_gc",), ("stop",). Messages out: ("ready", info) once loaded, then for each
 request ("tokens", rid, new_token_ids, finish_reason or None, prompt_len) as steps record
 them, and ("stats", dict) after steps. A request that is rejected comes back at once
 with no tokens and its reason.
@@ -40,6 +40,10 @@ def engine_main(args: Any, inbox: mp.Queue, outbox: mp.Queue) -> None:
         while msg is not None:
             if msg[0] == "stop":
                 return
+            if msg[0] == "freeze_gc":
+                from ..runtime.gc_control import freeze_after_warmup
+
+                freeze_after_warmup()
             if msg[0] == "add":
                 _, rid, prompt, params = msg
                 req = engine.scheduler.new_request(prompt, params, engine.config.eos_token_ids)
