@@ -163,6 +163,24 @@ def test_metrics_and_freeze_gc(server, client):
     assert httpx.post(server[0] + "/freeze_gc").json() == {"status": "ok"}
 
 
+def test_disconnect_aborts_the_request(server):
+    def gauge(name: str) -> float:
+        text = httpx.get(server[0] + "/metrics").text
+        return float(next(x for x in text.splitlines() if x.startswith(name + " ")).split()[1])
+
+    before = gauge("fuseinfer_requests_aborted")
+    body = {"prompt": "a long one", "max_tokens": 1500, "stream": True, **NO_EOS}
+    with httpx.stream("POST", server[0] + "/v1/completions", json=body) as r:
+        next(r.iter_lines())  # the first event arrived: the request is running
+    deadline = time.time() + 10
+    while time.time() < deadline and gauge("fuseinfer_requests_aborted") == before:
+        time.sleep(0.2)
+    assert gauge("fuseinfer_requests_aborted") == before + 1
+    while time.time() < deadline and gauge("fuseinfer_num_requests_running") > 0:
+        time.sleep(0.2)
+    assert gauge("fuseinfer_num_requests_running") == 0
+
+
 def test_sigterm_shuts_down_cleanly(server):
     _, proc = server
     proc.send_signal(signal.SIGTERM)

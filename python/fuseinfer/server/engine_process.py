@@ -31,6 +31,7 @@ def engine_main(args: Any, inbox: mp.Queue, outbox: mp.Queue) -> None:
     live: dict[int, Any] = {}  # rid -> scheduler Request
     sent: dict[int, int] = {}  # rid -> tokens already sent
     last_stats = 0.0
+    aborted = 0
     while True:
         timeout = 0.0 if engine.busy else 0.05
         try:
@@ -56,6 +57,7 @@ def engine_main(args: Any, inbox: mp.Queue, outbox: mp.Queue) -> None:
                 if req is not None:
                     engine.scheduler.abort(req)
                     sent.pop(msg[1], None)
+                    aborted += 1
             try:
                 msg = inbox.get_nowait()
             except queue.Empty:
@@ -78,7 +80,7 @@ def engine_main(args: Any, inbox: mp.Queue, outbox: mp.Queue) -> None:
             last_stats = now
             s = engine.scheduler
             outbox.put(("stats", {"waiting": len(s.waiting), "running": len(s.running),
-                                  "kv_usage": engine.kv.usage()}))
+                                  "kv_usage": engine.kv.usage(), "aborted": aborted}))
 
 
 def start_engine_process(args: Any) -> tuple[mp.Process, mp.Queue, mp.Queue, dict]:

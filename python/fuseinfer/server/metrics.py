@@ -50,7 +50,9 @@ class ServerMetrics:
     def render(self, stats: dict) -> str:
         gauges = (("fuseinfer_num_requests_waiting", "Requests queued", "waiting"),
                   ("fuseinfer_num_requests_running", "Requests being generated", "running"),
-                  ("fuseinfer_kv_cache_usage", "Fraction of KV pages in use", "kv_usage"))
+                  ("fuseinfer_kv_cache_usage", "Fraction of KV pages in use", "kv_usage"),
+                  ("fuseinfer_requests_aborted", "Requests aborted (client gone) since start",
+                   "aborted"))
         lines = []
         for name, text, key in gauges:
             lines += [f"# HELP {name} {text}", f"# TYPE {name} gauge",
