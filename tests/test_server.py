@@ -181,6 +181,26 @@ def test_disconnect_aborts_the_request(server):
     assert gauge("fuseinfer_num_requests_running") == 0
 
 
+def test_stop_strings(client):
+    full = client.completions.create(model="tiny", prompt="Hello", max_tokens=24,
+                                     temperature=0, extra_body=NO_EOS).choices[0].text
+    stop = full[3:5]  # a string the greedy output contains
+    assert len(stop) == 2
+    want = full[:full.index(stop)]
+    out = client.completions.create(model="tiny", prompt="Hello", max_tokens=24,
+                                    temperature=0, stop=[stop], extra_body=NO_EOS)
+    assert out.choices[0].text == want and out.choices[0].finish_reason == "stop"
+    streamed = client.completions.create(model="tiny", prompt="Hello", max_tokens=24,
+                                         temperature=0, stop=stop, stream=True,
+                                         extra_body=NO_EOS)
+    chunks = list(streamed)
+    assert "".join(c.choices[0].text for c in chunks) == want
+    assert chunks[-1].choices[0].finish_reason == "stop"
+    bad = httpx.post(str(client.base_url) + "completions",
+                     json={"prompt": "x", "stop": ["a", "b", "c", "d", "e"]})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "stop"
+
+
 def test_sigterm_shuts_down_cleanly(server):
     _, proc = server
     proc.send_signal(signal.SIGTERM)

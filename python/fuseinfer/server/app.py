@@ -261,17 +261,45 @@ def create_app(client: EngineClient, model_name: str, tokenizer: TextTokenizer |
     def finish_reason(reason: str | None) -> str | None:
         return {"stop": "stop", "length": "length", "abort": "abort"}.get(reason or "", reason)
 
+    async def pieces(ids: list[int], params: SamplingParams, stops: list[str]
+                     ) -> AsyncIterator[tuple[str, int, str | None]]:
+        """(new text, new tokens, finish reason or None). With stop strings, text that could
+        start one is held back; a match ends the request there (finish "stop") and aborts
+        it in the engine."""
+        detok = IncrementalDetokenizer(tokenizer) if tokenizer else None
+        hold = max((len(x) for x in stops), default=1) - 1
+        pending = ""
+        gen = await run(ids, params)
+        try:
+            async for tokens, finish in gen:
+                pending += "".join(detok.add(t) for t in tokens) if detok else ""
+                if stops:
+                    hits = [i for i in (pending.find(x) for x in stops) if i >= 0]
+                    if hits:
+                        yield pending[:min(hits)], len(tokens), "stop"
+                        return
+                    if finish is None and hold:
+                        cut = max(len(pending) - hold, 0)
+                        yield pending[:cut], len(tokens), None
+                        pending = pending[cut:]
+                        continue
+                yield pending, len(tokens), finish
+                pending = ""
+        finally:
+            await gen.aclose()
+
     async def complete(body: dict, ids: list[int], params: SamplingParams, chat: bool):
         created = int(time.time())
         cid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
         obj = "chat.completion" if chat else "text_completion"
-        detok = IncrementalDetokenizer(tokenizer) if tokenizer else None
+        stops = stop_strings(body)
+        if stops and tokenizer is None:
+            raise ApiError("'stop' strings need the model's tokenizer", "stop")
         if body.get("stream"):
             async def events() -> AsyncIterator[str]:
                 produced = 0
-                async for tokens, finish in await run(ids, params):
-                    produced += len(tokens)
-                    text = "".join(detok.add(t) for t in tokens) if detok else ""
+                async for text, n, finish in pieces(ids, params, stops):
+                    produced += n
                     if chat:
                         choice = {"index": 0, "delta": {"content": text},
                                   "finish_reason": finish_reason(finish)}
@@ -290,18 +318,22 @@ def create_app(client: EngineClient, model_name: str, tokenizer: TextTokenizer |
                 yield "data: [DONE]\n\n"
 
             return StreamingResponse(events(), media_type="text/event-stream")
-        out, finish = await collect(ids, params)
+        texts, produced, finish = [], 0, None
+        async for text, n, reason in pieces(ids, params, stops):
+            texts.append(text)
+            produced += n
+            finish = reason
         if finish is not None and finish.startswith("rejected"):
             raise ApiError(finish)
-        text = tokenizer.decode(out) if tokenizer else ""
+        text = "".join(texts)
         choice = {"index": 0, "finish_reason": finish_reason(finish), "logprobs": None}
         choice |= {"message": {"role": "assistant", "content": text}} if chat \
             else {"text": text}
         return JSONResponse({"id": cid, "object": obj, "created": created,
                              "model": model_name, "choices": [choice],
                              "usage": {"prompt_tokens": len(ids),
-                                       "completion_tokens": len(out),
-                                       "total_tokens": len(ids) + len(out)}})
+                                       "completion_tokens": produced,
+                                       "total_tokens": len(ids) + produced}})
 
     @app.post("/v1/completions")
     async def completions(request: Request):
@@ -330,6 +362,17 @@ def create_app(client: EngineClient, model_name: str, tokenizer: TextTokenizer |
         return await complete(body, ids, params, chat=True)
 
     return app
+
+
+def stop_strings(body: dict) -> list[str]:
+    stop = body.get("stop")
+    if stop is None:
+        return []
+    if isinstance(stop, str):
+        stop = [stop]
+    if not isinstance(stop, list) or len(stop) > 4 or not all(isinstance(x, str) for x in stop):
+        raise ApiError("'stop' must be a string or a list of up to 4 strings", "stop")
+    return [x for x in stop if x]
 
 
 def render_chat(tokenizer: TextTokenizer | None, messages: list[dict]) -> str:
