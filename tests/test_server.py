@@ -201,6 +201,28 @@ def test_stop_strings(client):
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "stop"
 
 
+def test_n_choices(client):
+    out = client.completions.create(model="tiny", prompt="Hello", max_tokens=5, n=3,
+                                    temperature=1.0, seed=5, extra_body=NO_EOS)
+    assert [c.index for c in out.choices] == [0, 1, 2]
+    assert out.usage.completion_tokens == 15
+    again = client.completions.create(model="tiny", prompt="Hello", max_tokens=5, n=3,
+                                      temperature=1.0, seed=5, extra_body=NO_EOS)
+    assert [c.text for c in again.choices] == [c.text for c in out.choices]  # seeded
+    chunks = list(client.completions.create(model="tiny", prompt="Hello", max_tokens=5, n=3,
+                                            temperature=1.0, seed=5, stream=True,
+                                            extra_body=NO_EOS))
+    for i in range(3):
+        text = "".join(c.choices[0].text for c in chunks if c.choices[0].index == i)
+        assert text == out.choices[i].text
+    greedy = client.chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=4, n=2,
+        temperature=0, extra_body=NO_EOS)
+    assert greedy.choices[0].message.content == greedy.choices[1].message.content
+    bad = httpx.post(str(client.base_url) + "completions", json={"prompt": "x", "n": 0})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "n"
+
+
 def test_sigterm_shuts_down_cleanly(server):
     _, proc = server
     proc.send_signal(signal.SIGTERM)

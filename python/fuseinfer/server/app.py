@@ -15,7 +15,7 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -288,6 +288,37 @@ def create_app(client: EngineClient, model_name: str, tokenizer: TextTokenizer |
         finally:
             await gen.aclose()
 
+    def choice_params(params: SamplingParams, i: int) -> SamplingParams:
+        """The i-th of n choices: its own seed when the request has one."""
+        return replace(params, seed=None if params.seed is None else params.seed + i)
+
+    async def merged(ids: list[int], params: SamplingParams, stops: list[str], n: int
+                     ) -> AsyncIterator[tuple[int, str, int, str | None]]:
+        """(choice index, new text, new tokens, finish) from n choices as they come; an
+        early exit (client gone) cancels them all, which aborts their engine requests."""
+        queue: asyncio.Queue = asyncio.Queue()
+
+        async def feed(i: int) -> None:
+            try:
+                async for text, count, finish in pieces(ids, choice_params(params, i), stops):
+                    await queue.put((i, text, count, finish))
+            finally:
+                await queue.put((i, None, 0, None))
+
+        tasks = [asyncio.create_task(feed(i)) for i in range(n)]
+        try:
+            live = n
+            while live:
+                i, text, count, finish = await queue.get()
+                if text is None:
+                    live -= 1
+                    continue
+                yield i, text, count, finish
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
     async def complete(body: dict, ids: list[int], params: SamplingParams, chat: bool):
         created = int(time.time())
         cid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
@@ -295,16 +326,19 @@ def create_app(client: EngineClient, model_name: str, tokenizer: TextTokenizer |
         stops = stop_strings(body)
         if stops and tokenizer is None:
             raise ApiError("'stop' strings need the model's tokenizer", "stop")
+        n = _number(body, "n", 1, int)
+        if not 1 <= n <= 16:
+            raise ApiError(f"'n' must be in [1, 16], got {n}", "n")
         if body.get("stream"):
             async def events() -> AsyncIterator[str]:
                 produced = 0
-                async for text, n, finish in pieces(ids, params, stops):
-                    produced += n
+                async for i, text, count, finish in merged(ids, params, stops, n):
+                    produced += count
                     if chat:
-                        choice = {"index": 0, "delta": {"content": text},
+                        choice = {"index": i, "delta": {"content": text},
                                   "finish_reason": finish_reason(finish)}
                     else:
-                        choice = {"index": 0, "text": text, "logprobs": None,
+                        choice = {"index": i, "text": text, "logprobs": None,
                                   "finish_reason": finish_reason(finish)}
                     chunk = {"id": cid, "object": obj + (".chunk" if chat else ""),
                              "created": created, "model": model_name, "choices": [choice]}
@@ -318,19 +352,26 @@ def create_app(client: EngineClient, model_name: str, tokenizer: TextTokenizer |
                 yield "data: [DONE]\n\n"
 
             return StreamingResponse(events(), media_type="text/event-stream")
-        texts, produced, finish = [], 0, None
-        async for text, n, reason in pieces(ids, params, stops):
-            texts.append(text)
-            produced += n
-            finish = reason
-        if finish is not None and finish.startswith("rejected"):
-            raise ApiError(finish)
-        text = "".join(texts)
-        choice = {"index": 0, "finish_reason": finish_reason(finish), "logprobs": None}
-        choice |= {"message": {"role": "assistant", "content": text}} if chat \
-            else {"text": text}
+        texts: list[list[str]] = [[] for _ in range(n)]
+        finishes: list[str | None] = [None] * n
+        produced = 0
+        async for i, text, count, finish in merged(ids, params, stops, n):
+            texts[i].append(text)
+            produced += count
+            finishes[i] = finish or finishes[i]
+        rejected = next((f for f in finishes if f and f.startswith("rejected")), None)
+        if rejected:
+            raise ApiError(rejected)
+        choices = []
+        for i in range(n):
+            text = "".join(texts[i])
+            choice = {"index": i, "finish_reason": finish_reason(finishes[i]),
+                      "logprobs": None}
+            choice |= {"message": {"role": "assistant", "content": text}} if chat \
+                else {"text": text}
+            choices.append(choice)
         return JSONResponse({"id": cid, "object": obj, "created": created,
-                             "model": model_name, "choices": [choice],
+                             "model": model_name, "choices": choices,
                              "usage": {"prompt_tokens": len(ids),
                                        "completion_tokens": produced,
                                        "total_tokens": len(ids) + produced}})
