@@ -227,3 +227,47 @@ def test_sigterm_shuts_down_cleanly(server):
     _, proc = server
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 0
+
+
+@pytest.fixture(scope="module")
+def small_server(tmp_path_factory):
+    """One request at a time, none queued, 2 s per request."""
+    port = _free_port()
+    env = dict(os.environ, PYTHONPATH=str(REPO / "python"), CUDA_VISIBLE_DEVICES="",
+               FUSEINFER_CACHE_DIR=str(tmp_path_factory.mktemp("cache")))
+    proc = subprocess.Popen([sys.executable, "-m", "fuseinfer.cli", "serve", "--port",
+                             str(port), "--device", "cpu", "--page-size", "4",
+                             "--max-running-requests", "1", "--max-queued-requests", "0",
+                             "--request-timeout", "2"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            if httpx.get(base + "/health", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.3)
+    yield base
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 0
+
+
+def test_queue_limit_and_request_timeout(small_server):
+    # warm up first: the first step of a fresh engine is slower than the timeout allows
+    assert httpx.post(small_server + "/v1/completions",
+                      json={"prompt": "w", "max_tokens": 2}).status_code == 200
+    long = {"prompt": "a", "max_tokens": 2000, "stream": True, **NO_EOS}
+    with httpx.stream("POST", small_server + "/v1/completions", json=long, timeout=30) as r:
+        lines = r.iter_lines()  # keep it: a dropped iterator closes the response
+        next(lines)  # running: the one slot is taken
+        busy = httpx.post(small_server + "/v1/completions", json={"prompt": "b"})
+        assert busy.status_code == 503 and busy.headers["retry-after"] == "1"
+        assert busy.json()["error"]["type"] == "server_busy"
+        rest = "".join(lines)
+    assert '"type": "timeout"' in rest  # the stream ends with the timeout error event
+    slow = httpx.post(small_server + "/v1/completions",
+                      json={"prompt": "c", "max_tokens": 2000, **NO_EOS}, timeout=30)
+    assert slow.status_code == 504 and slow.json()["error"]["type"] == "timeout"
+    quick = httpx.post(small_server + "/v1/completions", json={"prompt": "d", "max_tokens": 2})
+    assert quick.status_code == 200  # the aborted requests freed their slot

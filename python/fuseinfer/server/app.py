@@ -54,6 +54,8 @@ class EngineClient:
         self.streams: dict[int, tuple[asyncio.AbstractEventLoop, Stream]] = {}
         self.stats: dict = {}
         self.metrics = ServerMetrics()
+        self.capacity: int | None = None  # running + queued requests allowed; None: no cap
+        self.timeout_s: float | None = None  # per-request limit; None: none
         self._rid = itertools.count()
         self._lock = threading.Lock()
         self._reader = threading.Thread(target=self._read, daemon=True, name="engine-reader")
@@ -74,12 +76,24 @@ class EngineClient:
                 self.stats = msg[1]
 
     def submit(self, prompt: list[int], params: SamplingParams) -> tuple[int, Stream]:
+        """Queue a request; ApiError 503 when `capacity` requests are already in flight."""
         rid = next(self._rid)
         stream = Stream()
         with self._lock:
+            if self.capacity is not None and len(self.streams) >= self.capacity:
+                raise ApiError(f"the server is at capacity ({self.capacity} requests running "
+                               "or queued); retry later", status=503, kind="server_busy")
             self.streams[rid] = (asyncio.get_running_loop(), stream)
         self.inbox.put(("add", rid, prompt, params))
         return rid, stream
+
+    def check_capacity(self, n: int) -> None:
+        """Refuse (HTTP 503) before a response starts if n more requests do not fit."""
+        with self._lock:
+            busy = len(self.streams)
+        if self.capacity is not None and busy + n > self.capacity:
+            raise ApiError(f"the server is at capacity ({self.capacity} requests running or "
+                           "queued); retry later", status=503, kind="server_busy")
 
     def done(self, rid: int, aborted: bool) -> None:
         with self._lock:
@@ -95,9 +109,17 @@ class EngineClient:
         m = self.metrics
         start = last = time.perf_counter()
         first = True
+        deadline = None if self.timeout_s is None else start + self.timeout_s
         try:
             while True:
-                tokens, finish, prompt_len = await stream.queue.get()
+                wait = None if deadline is None else max(deadline - time.perf_counter(), 0.0)
+                try:
+                    tokens, finish, prompt_len = await asyncio.wait_for(stream.queue.get(),
+                                                                        wait)
+                except asyncio.TimeoutError:
+                    raise ApiError(f"the request exceeded the {self.timeout_s:g} s request "
+                                   "timeout and was aborted", status=504,
+                                   kind="timeout") from None
                 now = time.perf_counter()
                 if tokens:
                     with m.lock:
@@ -168,7 +190,8 @@ def create_app(client: EngineClient, model_name: str, tokenizer: TextTokenizer |
 
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, err: ApiError) -> JSONResponse:
-        return JSONResponse(err.body(), status_code=err.status)
+        headers = {"Retry-After": "1"} if err.status == 503 else None
+        return JSONResponse(err.body(), status_code=err.status, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, err: RequestValidationError) -> JSONResponse:
@@ -302,6 +325,8 @@ def create_app(client: EngineClient, model_name: str, tokenizer: TextTokenizer |
             try:
                 async for text, count, finish in pieces(ids, choice_params(params, i), stops):
                     await queue.put((i, text, count, finish))
+            except ApiError as err:  # hand it to the consumer
+                await queue.put((i, err, 0, None))
             finally:
                 await queue.put((i, None, 0, None))
 
@@ -313,6 +338,8 @@ def create_app(client: EngineClient, model_name: str, tokenizer: TextTokenizer |
                 if text is None:
                     live -= 1
                     continue
+                if isinstance(text, ApiError):
+                    raise text
                 yield i, text, count, finish
         finally:
             for t in tasks:
@@ -329,8 +356,17 @@ def create_app(client: EngineClient, model_name: str, tokenizer: TextTokenizer |
         n = _number(body, "n", 1, int)
         if not 1 <= n <= 16:
             raise ApiError(f"'n' must be in [1, 16], got {n}", "n")
+        client.check_capacity(n)
         if body.get("stream"):
             async def events() -> AsyncIterator[str]:
+                try:
+                    async for event in stream_events():
+                        yield event
+                except ApiError as err:  # the response has started: report it in-stream
+                    yield f"data: {json.dumps(err.body())}\n\n"
+                yield "data: [DONE]\n\n"
+
+            async def stream_events() -> AsyncIterator[str]:
                 produced = 0
                 async for i, text, count, finish in merged(ids, params, stops, n):
                     produced += count
@@ -349,7 +385,6 @@ def create_app(client: EngineClient, model_name: str, tokenizer: TextTokenizer |
                     yield "data: " + json.dumps({"id": cid, "object": obj, "created": created,
                                                  "model": model_name, "choices": [],
                                                  "usage": usage}) + "\n\n"
-                yield "data: [DONE]\n\n"
 
             return StreamingResponse(events(), media_type="text/event-stream")
         texts: list[list[str]] = [[] for _ in range(n)]

@@ -27,6 +27,11 @@ def add_serve_parser(sub: Any) -> None:
     p.add_argument("--disable-radix-cache", action="store_true")
     p.add_argument("--disable-cuda-graph", action="store_true")
     p.add_argument("--disable-overlap-schedule", action="store_true")
+    p.add_argument("--max-queued-requests", type=int,
+                   help="requests allowed to wait beyond --max-running-requests; more get "
+                   "HTTP 503 with Retry-After (default: unbounded)")
+    p.add_argument("--request-timeout", type=float,
+                   help="seconds a request may take; longer ones are aborted (HTTP 504)")
     p.set_defaults(handler=_run_serve)
 
 
@@ -57,7 +62,11 @@ def _run_serve(args: argparse.Namespace) -> int:
     proc, inbox, outbox, info = start_engine_process(engine_args)
     tokenizer = TextTokenizer(folder) if (folder / "tokenizer.json").exists() else None
     name = args.served_model_name or (args.model or "tiny")
-    app = create_app(EngineClient(inbox, outbox, info), name, tokenizer)
+    client = EngineClient(inbox, outbox, info)
+    if args.max_queued_requests is not None:
+        client.capacity = args.max_running_requests + max(args.max_queued_requests, 0)
+    client.timeout_s = args.request_timeout
+    app = create_app(client, name, tokenizer)
     print(f"fuseinfer serve: {name} on http://{args.host}:{args.port}", file=sys.stderr,
           flush=True)
     server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port,
