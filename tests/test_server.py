@@ -6,6 +6,7 @@ streams, and SIGTERM shutdown."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
@@ -221,6 +222,25 @@ def test_n_choices(client):
     assert greedy.choices[0].message.content == greedy.choices[1].message.content
     bad = httpx.post(str(client.base_url) + "completions", json={"prompt": "x", "n": 0})
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "n"
+
+
+def test_bench_serving(server, tmp_path):
+    out = tmp_path / "serving.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "fuseinfer.cli", "bench", "serving", "--base-url", server[0],
+         "--num-prompts", "12", "--random-input", "16", "--random-output", "8",
+         "--vocab-size", "384", "--max-concurrency", "4", "--request-rate", "50",
+         "--json", str(out)],
+        env=dict(os.environ, PYTHONPATH=str(REPO / "python")), capture_output=True,
+        text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    summary = json.loads(out.read_text())
+    assert summary["completed"] == 12 and summary["failed"] == 0
+    assert summary["output_tokens"] == 96 and summary["input_tokens"] == 192
+    for key in ("ttft_ms_p50", "ttft_ms_p99", "itl_ms_p50", "itl_ms_p90", "e2e_ms_p99"):
+        assert summary[key] is not None and summary[key] >= 0
+    assert summary["ttft_ms_p50"] <= summary["e2e_ms_p50"]
+    assert "output_tok_per_s" in proc.stdout
 
 
 def test_sigterm_shuts_down_cleanly(server):

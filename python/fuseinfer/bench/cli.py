@@ -83,8 +83,10 @@ def add_bench_parser(sub: Any) -> None:
     attn.set_defaults(handler=_run_attention, pdl="auto", cold=False)
 
     from ..runtime.bench_offline import add_offline_parser
+    from ..server.bench_serving import add_serving_parser
 
     add_offline_parser(suites)
+    add_serving_parser(suites)
 
     summary = suites.add_parser("summary", help="regenerate docs/benchmarks.md from "
                                 "microbench/results")

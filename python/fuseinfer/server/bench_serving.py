@@ -1,0 +1,186 @@
+"""`fuseinfer bench serving`: load an OpenAI-compatible server and measure it.
+
+Requests are streamed completions with token-id prompts (so no tokenizer is needed on the
+client); arrivals are Poisson at --request-rate (inf: all at once) with at most
+--max-concurrency in flight. Datasets: `random` (input and output lengths as given) and
+`sharegpt-like` (synthetic lengths drawn around a conversational mix: inputs log-normal
+around 250 tokens, outputs around 200, clipped). Reports request and token throughput and
+TTFT, ITL and end-to-end latency p50/p90/p99, as a table and JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class Result:
+    ok: bool
+    prompt_tokens: int
+    output_tokens: int = 0
+    ttft: float = 0.0
+    itls: list[float] = field(default_factory=list)
+    e2e: float = 0.0
+    error: str = ""
+
+
+def make_requests(dataset: str, n: int, input_len: int, output_len: int, vocab: int,
+                  seed: int) -> list[tuple[list[int], int]]:
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        if dataset == "random":
+            n_in, n_out = input_len, output_len
+        else:  # sharegpt-like
+            n_in = int(min(max(rng.lognormvariate(math.log(250), 0.8), 4), 2048))
+            n_out = int(min(max(rng.lognormvariate(math.log(200), 0.7), 4), 1024))
+        out.append(([rng.randrange(10, vocab) for _ in range(n_in)], n_out))
+    return out
+
+
+async def _one(client: Any, base: str, model: str, prompt: list[int], max_tokens: int
+               ) -> Result:
+    res = Result(ok=False, prompt_tokens=len(prompt))
+    body = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "stream": True,
+            "temperature": 0.0, "ignore_eos": True}
+    start = last = time.perf_counter()
+    try:
+        async with client.stream("POST", base + "/v1/completions", json=body,
+                                 timeout=None) as r:
+            if r.status_code != 200:
+                res.error = f"HTTP {r.status_code}: {(await r.aread()).decode()[:200]}"
+                return res
+            async for line in r.aiter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                chunk = json.loads(line[6:])
+                if "error" in chunk:
+                    res.error = chunk["error"]["message"]
+                    return res
+                now = time.perf_counter()
+                if res.output_tokens == 0:
+                    res.ttft = now - start
+                else:
+                    res.itls.append(now - last)
+                last = now
+                res.output_tokens += 1
+        res.e2e = time.perf_counter() - start
+        res.ok = True
+    except Exception as err:  # a lost request is a result, not a crash of the benchmark
+        res.error = f"{type(err).__name__}: {err}"
+    return res
+
+
+def _pct(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    v = sorted(values)
+    return v[min(len(v) - 1, int(round(q / 100 * (len(v) - 1))))]
+
+
+async def run_benchmark(base: str, requests: list[tuple[list[int], int]], rate: float,
+                        concurrency: int | None, model: str, seed: int = 0,
+                        progress: bool = True) -> dict[str, Any]:
+    import httpx
+
+    from ..bench.progress import Progress
+
+    rng = random.Random(seed)
+    sem = asyncio.Semaphore(concurrency) if concurrency else None
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
+    results: list[Result] = []
+    async with httpx.AsyncClient(limits=limits) as client:
+        with Progress(len(requests), "bench serving") as bar:
+            async def go(prompt: list[int], n: int) -> None:
+                if sem is None:
+                    res = await _one(client, base, model, prompt, n)
+                else:
+                    async with sem:
+                        res = await _one(client, base, model, prompt, n)
+                results.append(res)
+                if progress:
+                    bar.step(f"{len(results)}/{len(requests)} done")
+
+            start = time.perf_counter()
+            tasks = []
+            for prompt, n in requests:
+                tasks.append(asyncio.create_task(go(prompt, n)))
+                if math.isfinite(rate) and rate > 0:
+                    await asyncio.sleep(rng.expovariate(rate))
+            await asyncio.gather(*tasks)
+            duration = time.perf_counter() - start
+    ok = [r for r in results if r.ok]
+    out_tokens = sum(r.output_tokens for r in ok)
+    in_tokens = sum(r.prompt_tokens for r in ok)
+    itls = [x for r in ok for x in r.itls]
+    summary: dict[str, Any] = {
+        "requests": len(requests), "completed": len(ok), "failed": len(results) - len(ok),
+        "duration_s": duration, "request_throughput": len(ok) / duration,
+        "input_tokens": in_tokens, "output_tokens": out_tokens,
+        "output_tok_per_s": out_tokens / duration,
+        "total_tok_per_s": (in_tokens + out_tokens) / duration,
+        "errors": sorted({r.error for r in results if not r.ok})[:5],
+    }
+    for name, values in (("ttft_ms", [r.ttft * 1e3 for r in ok]),
+                         ("itl_ms", [x * 1e3 for x in itls]),
+                         ("e2e_ms", [r.e2e * 1e3 for r in ok])):
+        for q in (50, 90, 99):
+            summary[f"{name}_p{q}"] = _pct(values, q)
+    return summary
+
+
+def add_serving_parser(sub: Any) -> None:
+    p = sub.add_parser("serving", help="load an OpenAI-compatible server: throughput and "
+                       "TTFT/ITL/E2E latency percentiles")
+    p.add_argument("--base-url", default="http://127.0.0.1:30000")
+    p.add_argument("--model", help="model name to send (default: the server's first)")
+    p.add_argument("--dataset", choices=["random", "sharegpt-like"], default="random")
+    p.add_argument("--num-prompts", type=int, default=200)
+    p.add_argument("--request-rate", type=float, default=math.inf,
+                   help="Poisson arrivals per second (default inf: all at once)")
+    p.add_argument("--max-concurrency", type=int, help="requests in flight at most")
+    p.add_argument("--random-input", type=int, default=256)
+    p.add_argument("--random-output", type=int, default=64)
+    p.add_argument("--vocab-size", type=int, default=32000,
+                   help="token ids are drawn below this (default 32000)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", type=Path, help="write the summary as JSON here")
+    p.set_defaults(handler=_run_serving)
+
+
+def _run_serving(args: argparse.Namespace) -> int:
+    import httpx
+
+    base = args.base_url.rstrip("/")
+    try:
+        models = httpx.get(base + "/v1/models", timeout=10).json()["data"]
+    except Exception as err:
+        raise SystemExit(f"cannot reach {base}/v1/models: {err}") from err
+    model = args.model or models[0]["id"]
+    if args.num_prompts < 1 or args.random_input < 1 or args.random_output < 1:
+        raise SystemExit("--num-prompts, --random-input and --random-output must be >= 1")
+    reqs = make_requests(args.dataset, args.num_prompts, args.random_input,
+                         args.random_output, args.vocab_size, args.seed)
+    summary = asyncio.run(run_benchmark(base, reqs, args.request_rate, args.max_concurrency,
+                                        model, args.seed))
+    summary |= {"base_url": base, "model": model, "dataset": args.dataset,
+                "request_rate": args.request_rate if math.isfinite(args.request_rate)
+                else "inf", "max_concurrency": args.max_concurrency}
+    width = max(len(k) for k in summary)
+    for key, value in summary.items():
+        shown = f"{value:.2f}" if isinstance(value, float) else value
+        print(f"{key:<{width}}  {shown}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(summary, indent=1, default=str))
+        print(f"wrote {args.json}", file=sys.stderr)
+    return 0 if summary["failed"] == 0 else 1
