@@ -243,6 +243,22 @@ def test_bench_serving(server, tmp_path):
     assert "output_tok_per_s" in proc.stdout
 
 
+def test_non_streaming_disconnect_aborts(server):
+    def aborted() -> float:
+        text = httpx.get(server[0] + "/metrics").text
+        line = next(x for x in text.splitlines() if x.startswith("fuseinfer_requests_aborted "))
+        return float(line.split()[1])
+
+    before = aborted()
+    with pytest.raises(httpx.ReadTimeout):  # the client gives up and closes the connection
+        httpx.post(server[0] + "/v1/completions",
+                   json={"prompt": "x", "max_tokens": 2000, **NO_EOS}, timeout=0.5)
+    deadline = time.time() + 10
+    while time.time() < deadline and aborted() == before:
+        time.sleep(0.2)
+    assert aborted() == before + 1
+
+
 def test_sigterm_shuts_down_cleanly(server):
     _, proc = server
     proc.send_signal(signal.SIGTERM)

@@ -346,7 +346,8 @@ def create_app(client: EngineClient, model_name: str, tokenizer: TextTokenizer |
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def complete(body: dict, ids: list[int], params: SamplingParams, chat: bool):
+    async def complete(request: Request, body: dict, ids: list[int], params: SamplingParams,
+                       chat: bool):
         created = int(time.time())
         cid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
         obj = "chat.completion" if chat else "text_completion"
@@ -390,10 +391,21 @@ def create_app(client: EngineClient, model_name: str, tokenizer: TextTokenizer |
         texts: list[list[str]] = [[] for _ in range(n)]
         finishes: list[str | None] = [None] * n
         produced = 0
-        async for i, text, count, finish in merged(ids, params, stops, n):
-            texts[i].append(text)
-            produced += count
-            finishes[i] = finish or finishes[i]
+        async def gather_all() -> None:
+            nonlocal produced
+            async for i, text, count, finish in merged(ids, params, stops, n):
+                texts[i].append(text)
+                produced += count
+                finishes[i] = finish or finishes[i]
+
+        work = asyncio.create_task(gather_all())
+        while not work.done():  # a client that goes away aborts the request (and its KV)
+            await asyncio.wait({work}, timeout=0.1)
+            if not work.done() and await request.is_disconnected():
+                work.cancel()
+                await asyncio.gather(work, return_exceptions=True)
+                raise ApiError("the client disconnected", status=499, kind="aborted")
+        work.result()  # re-raises an ApiError (timeout, capacity)
         rejected = next((f for f in finishes if f and f.startswith("rejected")), None)
         if rejected:
             raise ApiError(rejected)
@@ -420,7 +432,7 @@ def create_app(client: EngineClient, model_name: str, tokenizer: TextTokenizer |
         ids = prompt_ids(body["prompt"], "prompt")
         params = sampling_from_body(body, 16)
         check_length(ids, params)
-        return await complete(body, ids, params, chat=False)
+        return await complete(request, body, ids, params, chat=False)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
@@ -435,7 +447,7 @@ def create_app(client: EngineClient, model_name: str, tokenizer: TextTokenizer |
         ids = prompt_ids(render_chat(tokenizer, messages), "messages")
         params = sampling_from_body(body, max(1, min(1024, max_context - len(ids))))
         check_length(ids, params)
-        return await complete(body, ids, params, chat=True)
+        return await complete(request, body, ids, params, chat=True)
 
     return app
 
