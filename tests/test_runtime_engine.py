@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import transformers
 from tiny_checkpoint import COMMON, save_tiny_checkpoint  # tests/ is on sys.path
 
 from fuseinfer.runtime.engine import Engine, EngineArgs
@@ -123,3 +124,23 @@ def test_overlap_schedule_gives_the_same_results(checkpoint, budget):
     assert reason == "stop" and first[-1] == stop and len(first) <= 4
     assert [len(o) for o, _ in results[True][1:4]] == [3, 10, 1]
     assert results[True][4][0] == want[4]
+
+
+def test_logprobs_match_transformers(checkpoint):
+    path, prompts, want = checkpoint
+    engine = Engine(EngineArgs(model=str(path), device="cpu", page_size=4))
+    out = engine.scheduler.new_request(prompts[1], SamplingParams(
+        max_new_tokens=5, temperature=0.0, ignore_eos=True, logprobs=3))
+    plain = engine.scheduler.new_request(prompts[2], SamplingParams(max_new_tokens=5,
+                                                                    ignore_eos=True))
+    while engine.busy:
+        engine.step()
+    assert out.output == want[1][:5] and len(out.logprobs) == 5 and plain.logprobs == []
+    hf = transformers.AutoModelForCausalLM.from_pretrained(path, torch_dtype=torch.float32)
+    with torch.no_grad():
+        logits = hf(torch.tensor([prompts[1] + out.output])).logits[0]
+    lp = logits.log_softmax(-1)[len(prompts[1]) - 1:-1]  # the distributions sampled from
+    for step, (chosen, top) in enumerate(out.logprobs):
+        assert abs(chosen - lp[step, out.output[step]].item()) < 1e-4
+        assert [t for t, _ in top] == lp[step].topk(3).indices.tolist()
+        assert top[0][0] == out.output[step]  # greedy: the top token is the one chosen

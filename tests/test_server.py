@@ -259,6 +259,30 @@ def test_non_streaming_disconnect_aborts(server):
     assert aborted() == before + 1
 
 
+def test_logprobs(client):
+    out = client.completions.create(model="tiny", prompt="Hello", max_tokens=4, logprobs=2,
+                                    temperature=0, extra_body=NO_EOS)
+    lp = out.choices[0].logprobs
+    assert len(lp.tokens) == 4 and len(lp.token_logprobs) == 4
+    assert "".join(lp.tokens) == out.choices[0].text
+    for chosen, top in zip(lp.token_logprobs, lp.top_logprobs, strict=True):
+        assert chosen <= 0 and len(top) <= 2
+        assert abs(max(top.values()) - chosen) < 1e-5  # greedy picks the top token
+    chat = client.chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=3,
+        temperature=0, logprobs=True, top_logprobs=2, extra_body=NO_EOS)
+    content = chat.choices[0].logprobs.content
+    assert len(content) == 3 and all(len(c.top_logprobs) == 2 for c in content)
+    assert "".join(c.token for c in content) == chat.choices[0].message.content
+    chunks = list(client.completions.create(model="tiny", prompt="Hello", max_tokens=4,
+                                            logprobs=0, temperature=0, stream=True,
+                                            extra_body=NO_EOS))
+    tokens = [t for c in chunks if c.choices[0].logprobs for t in c.choices[0].logprobs.tokens]
+    assert tokens == lp.tokens
+    none = client.completions.create(model="tiny", prompt="Hello", max_tokens=2)
+    assert none.choices[0].logprobs is None
+
+
 def test_sigterm_shuts_down_cleanly(server):
     _, proc = server
     proc.send_signal(signal.SIGTERM)

@@ -20,7 +20,7 @@ from .cuda_graph_runner import DecodeGraphRunner
 from .gc_control import GcPauseMonitor, freeze_after_warmup
 from .kv_pool import FP8, KvCacheConfig, ReqToTokenPool, TokenToKVPool, pages_for_budget
 from .radix_cache import RadixCache
-from .sampling import SamplingBatch, SamplingParams, sample
+from .sampling import SamplingBatch, SamplingParams, sample, token_logprobs
 from .scheduler import Request, ScheduledBatch, Scheduler, SchedulerConfig
 
 _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
@@ -58,6 +58,9 @@ class _InFlight:
     batch: ScheduledBatch
     tokens: torch.Tensor  # host copy of the sampled tokens (ready after the event)
     event: torch.cuda.Event | None
+    # host copies (chosen [n], top values [n, k], top ids [n, k]) when a request asked
+    logprobs: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+    wants: tuple[int | None, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -207,16 +210,28 @@ class Engine:
             tokens = sample(logits[sampling], sb, steps)
             self._future[torch.tensor(slots, device=self.device)] = tokens
             host.copy_(tokens, non_blocking=True)
+        wants = tuple(r.params.logprobs for r in reqs)
+        lp_host = None
+        if any(k is not None for k in wants):
+            top = max(k or 0 for k in wants)
+            lp_host = tuple(t.to("cpu", non_blocking=True) for t in
+                            token_logprobs(logits[sampling], tokens, top))
         event = torch.cuda.Event() if self.device.type == "cuda" else None
         if event is not None:
             event.record()
         self.scheduler.launched(batch, [-(1 + k) for k in slots])
-        return _InFlight(batch, host, event)
+        return _InFlight(batch, host, event, lp_host, wants)
 
     def _resolve(self, step: _InFlight) -> list[Request]:
         if step.event is not None:
             step.event.synchronize()
-        return self.scheduler.resolve(step.batch, step.tokens.tolist())
+        entries = None
+        if step.logprobs is not None:
+            chosen, values, ids = (t.tolist() for t in step.logprobs)
+            entries = [None if k is None else (chosen[i], list(zip(ids[i][:k], values[i][:k],
+                                                                   strict=True)))
+                       for i, k in enumerate(step.wants)]
+        return self.scheduler.resolve(step.batch, step.tokens.tolist(), entries)
 
     def step(self) -> list[Request]:
         """Run one step; returns the requests that finished in it. With overlap, the step

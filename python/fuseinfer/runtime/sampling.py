@@ -28,6 +28,7 @@ class SamplingParams:
     seed: int | None = None
     stop_token_ids: tuple[int, ...] = field(default_factory=tuple)
     ignore_eos: bool = False
+    logprobs: int | None = None  # None: off; k >= 0: the sampled token's and the top k
 
     def validate(self) -> None:
         if self.max_new_tokens < 1:
@@ -40,6 +41,8 @@ class SamplingParams:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if not 0.0 <= self.min_p <= 1.0:
             raise ValueError(f"min_p must be in [0, 1], got {self.min_p}")
+        if self.logprobs is not None and not 0 <= self.logprobs <= 20:
+            raise ValueError(f"logprobs must be in [0, 20], got {self.logprobs}")
 
     @property
     def greedy(self) -> bool:
@@ -112,6 +115,16 @@ def filter_logits(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
     drop[:, 0] = False  # the most likely token always survives
     masked = sorted_logits.masked_fill(drop, float("-inf"))
     return torch.empty_like(logits).scatter_(-1, order, masked)
+
+
+def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, top: int
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Model log-probabilities (log_softmax of the raw logits): of each row's token [B], and
+    the top `top` [B, top] values and ids."""
+    lp = logits.float().log_softmax(dim=-1)
+    chosen = lp.gather(1, tokens[:, None])[:, 0]
+    values, ids = lp.topk(top, dim=-1) if top else (lp[:, :0], tokens[:, None][:, :0])
+    return chosen, values, ids
 
 
 def sample(logits: torch.Tensor, batch: SamplingBatch, step: torch.Tensor) -> torch.Tensor:

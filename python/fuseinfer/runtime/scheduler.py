@@ -39,6 +39,8 @@ class Request:
     cached_at_admission: int = 0  # prefix tokens reused from the radix cache
     finish_reason: str | None = None  # "stop" | "length" | "abort" | "rejected: ..."
     retractions: int = 0
+    # with params.logprobs: per output token, (its logprob, [(token id, logprob)] top-k)
+    logprobs: list[tuple[float, list[tuple[int, float]]]] = field(default_factory=list)
 
     @property
     def tokens(self) -> list[int]:
@@ -284,20 +286,26 @@ class Scheduler:
             if req not in self.running and not req.finished:
                 self.running.append(req)
 
-    def resolve(self, batch: ScheduledBatch, next_tokens: Sequence[int]) -> list[Request]:
+    def resolve(self, batch: ScheduledBatch, next_tokens: Sequence[int],
+                logprobs: Sequence[tuple[float, list[tuple[int, float]]] | None] | None = None
+                ) -> list[Request]:
         """Replace the step's placeholders with the sampled tokens and apply the stop rules;
         returns the requests that finished. A request that finished at an earlier step
         (overlap ran one more step for it) ignores its token."""
         finished = []
         sampled = iter(next_tokens)
+        entries = iter(logprobs) if logprobs is not None else None
         for w in batch.work:
             if not w.samples:
                 continue
             req, token = w.req, int(next(sampled))
+            entry = next(entries) if entries is not None else None
             if req.finished:
                 continue
             at = next(i for i, t in enumerate(req.output) if t < 0)
             req.output[at] = token
+            if entry is not None:
+                req.logprobs.append(entry)
             if self._stops(req, token, len(req.output[:at + 1])):
                 del req.output[at + 1:]  # placeholders of steps scheduled past the stop
                 if req in self.running:

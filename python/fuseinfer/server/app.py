@@ -65,13 +65,13 @@ class EngineClient:
         while True:
             msg = self.outbox.get()
             if msg[0] == "tokens":
-                _, rid, tokens, finish, prompt_len = msg
+                _, rid, tokens, finish, prompt_len, lps = msg
                 with self._lock:
                     entry = self.streams.get(rid)
                 if entry is not None:
                     loop, stream = entry
                     loop.call_soon_threadsafe(stream.queue.put_nowait,
-                                              (tokens, finish, prompt_len))
+                                              (tokens, finish, prompt_len, lps))
             elif msg[0] == "stats":
                 self.stats = msg[1]
 
@@ -102,9 +102,9 @@ class EngineClient:
             self.inbox.put(("abort", rid))
 
     async def tokens(self, rid: int, stream: Stream) -> AsyncIterator[tuple[list[int],
-                                                                            str | None]]:
-        """(new tokens, finish reason or None) until the request finishes; aborts it if
-        the consumer stops early (a client that went away)."""
+                                                                            str | None, Any]]:
+        """(new tokens, finish reason or None, their logprob entries or None) until the
+        request finishes; aborts it if the consumer stops early (a client that went away)."""
         finished = False
         m = self.metrics
         start = last = time.perf_counter()
@@ -114,8 +114,8 @@ class EngineClient:
             while True:
                 wait = None if deadline is None else max(deadline - time.perf_counter(), 0.0)
                 try:
-                    tokens, finish, prompt_len = await asyncio.wait_for(stream.queue.get(),
-                                                                        wait)
+                    tokens, finish, prompt_len, lps = await asyncio.wait_for(
+                        stream.queue.get(), wait)
                 except asyncio.TimeoutError:
                     raise ApiError(f"the request exceeded the {self.timeout_s:g} s request "
                                    "timeout and was aborted", status=504,
@@ -134,7 +134,7 @@ class EngineClient:
                         m.e2e.observe(now - start)
                         m.requests += 1
                         m.prompt_tokens += prompt_len
-                yield tokens, finish
+                yield tokens, finish, lps
                 if finish is not None:
                     finished = True
                     return
@@ -173,10 +173,18 @@ def sampling_from_body(body: dict, max_default: int, eos_stop: bool = True) -> S
     stop_ids = body.get("stop_token_ids") or []
     if not isinstance(stop_ids, list) or not all(isinstance(t, int) for t in stop_ids):
         raise ApiError("'stop_token_ids' must be a list of integers", "stop_token_ids")
+    logprobs = body.get("logprobs")
+    if isinstance(logprobs, bool):  # chat: logprobs: true, top_logprobs: k
+        top = _number(body, "top_logprobs", 0, int)
+        logprobs = top if logprobs else None
+    elif logprobs is not None:  # completions: logprobs: k
+        logprobs = _number(body, "logprobs", 0, int)
+    if logprobs is not None and not 0 <= logprobs <= 20:
+        raise ApiError(f"logprobs must be in [0, 20], got {logprobs}", "logprobs")
     params = SamplingParams(max_new_tokens=max_tokens, temperature=temperature, top_p=top_p,
                             top_k=top_k, min_p=_number(body, "min_p", 0.0, float), seed=seed,
                             stop_token_ids=tuple(stop_ids),
-                            ignore_eos=bool(body.get("ignore_eos", False)))
+                            ignore_eos=bool(body.get("ignore_eos", False)), logprobs=logprobs)
     try:
         params.validate()
     except ValueError as err:
@@ -237,7 +245,7 @@ def create_app(client: EngineClient, model_name: str, tokenizer: TextTokenizer |
     async def collect(ids: list[int], params: SamplingParams) -> tuple[list[int], str | None]:
         out: list[int] = []
         reason = None
-        async for tokens, finish in await run(ids, params):
+        async for tokens, finish, _ in await run(ids, params):
             out += tokens
             reason = finish
         return out, reason
@@ -285,7 +293,7 @@ def create_app(client: EngineClient, model_name: str, tokenizer: TextTokenizer |
         return {"stop": "stop", "length": "length", "abort": "abort"}.get(reason or "", reason)
 
     async def pieces(ids: list[int], params: SamplingParams, stops: list[str]
-                     ) -> AsyncIterator[tuple[str, int, str | None]]:
+                     ) -> AsyncIterator[tuple[str, int, str | None, list]]:
         """(new text, new tokens, finish reason or None). With stop strings, text that could
         start one is held back; a match ends the request there (finish "stop") and aborts
         it in the engine."""
@@ -294,53 +302,76 @@ def create_app(client: EngineClient, model_name: str, tokenizer: TextTokenizer |
         pending = ""
         gen = await run(ids, params)
         try:
-            async for tokens, finish in gen:
+            async for tokens, finish, lps in gen:
                 pending += "".join(detok.add(t) for t in tokens) if detok else ""
+                items = list(zip(tokens, lps, strict=True)) if lps else []
                 if stops:
                     hits = [i for i in (pending.find(x) for x in stops) if i >= 0]
                     if hits:
-                        yield pending[:min(hits)], len(tokens), "stop"
+                        yield pending[:min(hits)], len(tokens), "stop", items
                         return
                     if finish is None and hold:
                         cut = max(len(pending) - hold, 0)
-                        yield pending[:cut], len(tokens), None
+                        yield pending[:cut], len(tokens), None, items
                         pending = pending[cut:]
                         continue
-                yield pending, len(tokens), finish
+                yield pending, len(tokens), finish, items
                 pending = ""
         finally:
             await gen.aclose()
+
+    def token_text(t: int) -> str:
+        return tokenizer.decode([t], skip_special_tokens=False) if tokenizer else str(t)
+
+    def format_logprobs(items: list, chat: bool, offset: int) -> dict:
+        """OpenAI logprobs: chat's `content` list, or the completions legacy columns."""
+        if chat:
+            return {"content": [
+                {"token": token_text(t), "logprob": lp,
+                 "bytes": list(token_text(t).encode()),
+                 "top_logprobs": [{"token": token_text(u), "logprob": v,
+                                   "bytes": list(token_text(u).encode())} for u, v in top]}
+                for t, (lp, top) in items]}
+        texts = [token_text(t) for t, _ in items]
+        offsets, at = [], offset
+        for s in texts:
+            offsets.append(at)
+            at += len(s)
+        return {"tokens": texts, "token_logprobs": [lp for _, (lp, _) in items],
+                "top_logprobs": [{token_text(u): v for u, v in top} for _, (_, top) in items],
+                "text_offset": offsets}
 
     def choice_params(params: SamplingParams, i: int) -> SamplingParams:
         """The i-th of n choices: its own seed when the request has one."""
         return replace(params, seed=None if params.seed is None else params.seed + i)
 
     async def merged(ids: list[int], params: SamplingParams, stops: list[str], n: int
-                     ) -> AsyncIterator[tuple[int, str, int, str | None]]:
+                     ) -> AsyncIterator[tuple[int, str, int, str | None, list]]:
         """(choice index, new text, new tokens, finish) from n choices as they come; an
         early exit (client gone) cancels them all, which aborts their engine requests."""
         queue: asyncio.Queue = asyncio.Queue()
 
         async def feed(i: int) -> None:
             try:
-                async for text, count, finish in pieces(ids, choice_params(params, i), stops):
-                    await queue.put((i, text, count, finish))
+                async for text, count, finish, items in pieces(ids, choice_params(params, i),
+                                                               stops):
+                    await queue.put((i, text, count, finish, items))
             except ApiError as err:  # hand it to the consumer
-                await queue.put((i, err, 0, None))
+                await queue.put((i, err, 0, None, []))
             finally:
-                await queue.put((i, None, 0, None))
+                await queue.put((i, None, 0, None, []))
 
         tasks = [asyncio.create_task(feed(i)) for i in range(n)]
         try:
             live = n
             while live:
-                i, text, count, finish = await queue.get()
+                i, text, count, finish, items = await queue.get()
                 if text is None:
                     live -= 1
                     continue
                 if isinstance(text, ApiError):
                     raise text
-                yield i, text, count, finish
+                yield i, text, count, finish, items
         finally:
             for t in tasks:
                 t.cancel()
@@ -358,6 +389,7 @@ def create_app(client: EngineClient, model_name: str, tokenizer: TextTokenizer |
         if not 1 <= n <= 16:
             raise ApiError(f"'n' must be in [1, 16], got {n}", "n")
         client.check_capacity(n)
+        wants_lp = params.logprobs is not None
         if body.get("stream"):
             async def events() -> AsyncIterator[str]:
                 try:
@@ -369,13 +401,14 @@ def create_app(client: EngineClient, model_name: str, tokenizer: TextTokenizer |
 
             async def stream_events() -> AsyncIterator[str]:
                 produced = 0
-                async for i, text, count, finish in merged(ids, params, stops, n):
+                async for i, text, count, finish, items in merged(ids, params, stops, n):
                     produced += count
+                    lp = format_logprobs(items, chat, 0) if wants_lp else None
                     if chat:
-                        choice = {"index": i, "delta": {"content": text},
+                        choice = {"index": i, "delta": {"content": text}, "logprobs": lp,
                                   "finish_reason": finish_reason(finish)}
                     else:
-                        choice = {"index": i, "text": text, "logprobs": None,
+                        choice = {"index": i, "text": text, "logprobs": lp,
                                   "finish_reason": finish_reason(finish)}
                     chunk = {"id": cid, "object": obj + (".chunk" if chat else ""),
                              "created": created, "model": model_name, "choices": [choice]}
@@ -389,12 +422,14 @@ def create_app(client: EngineClient, model_name: str, tokenizer: TextTokenizer |
 
             return StreamingResponse(events(), media_type="text/event-stream")
         texts: list[list[str]] = [[] for _ in range(n)]
+        lp_items: list[list] = [[] for _ in range(n)]
         finishes: list[str | None] = [None] * n
         produced = 0
         async def gather_all() -> None:
             nonlocal produced
-            async for i, text, count, finish in merged(ids, params, stops, n):
+            async for i, text, count, finish, items in merged(ids, params, stops, n):
                 texts[i].append(text)
+                lp_items[i] += items
                 produced += count
                 finishes[i] = finish or finishes[i]
 
@@ -413,7 +448,7 @@ def create_app(client: EngineClient, model_name: str, tokenizer: TextTokenizer |
         for i in range(n):
             text = "".join(texts[i])
             choice = {"index": i, "finish_reason": finish_reason(finishes[i]),
-                      "logprobs": None}
+                      "logprobs": format_logprobs(lp_items[i], chat, 0) if wants_lp else None}
             choice |= {"message": {"role": "assistant", "content": text}} if chat \
                 else {"text": text}
             choices.append(choice)

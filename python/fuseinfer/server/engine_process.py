@@ -2,7 +2,8 @@
 
 Messages in (a multiprocessing queue): ("add", rid, prompt_ids, SamplingParams),
 ("abort", rid), ("freeze_gc",), ("stop",). Messages out: ("ready", info) once loaded, then for each
-request ("tokens", rid, new_token_ids, finish_reason or None, prompt_len) as steps record
+request ("tokens", rid, new_token_ids, finish_reason or None, prompt_len, logprobs) as
+steps record
 them, and ("stats", dict) after steps. A request that is rejected comes back at once
 with no tokens and its reason.
 """
@@ -49,7 +50,7 @@ def engine_main(args: Any, inbox: mp.Queue, outbox: mp.Queue) -> None:
                 _, rid, prompt, params = msg
                 req = engine.scheduler.new_request(prompt, params, engine.config.eos_token_ids)
                 if req.finished:  # rejected
-                    outbox.put(("tokens", rid, [], req.finish_reason, len(prompt)))
+                    outbox.put(("tokens", rid, [], req.finish_reason, len(prompt), None))
                 else:
                     live[rid], sent[rid] = req, 0
             elif msg[0] == "abort":
@@ -69,8 +70,9 @@ def engine_main(args: Any, inbox: mp.Queue, outbox: mp.Queue) -> None:
             real = req.output
             n = next((i for i, t in enumerate(real) if t < 0), len(real))
             if n > sent[rid] or req.finished:
+                lps = req.logprobs[sent[rid]:n] if req.params.logprobs is not None else None
                 outbox.put(("tokens", rid, real[sent[rid]:n], req.finish_reason,
-                            len(req.prompt)))
+                            len(req.prompt), lps))
                 sent[rid] = n
             if req.finished:
                 live.pop(rid)
