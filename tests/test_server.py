@@ -29,27 +29,32 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def start_server(cache: Path, *extra: str) -> tuple[str, subprocess.Popen]:
+    """`fuseinfer serve` with the tiny model on the CPU; returns once /health answers."""
     port = _free_port()
     env = dict(os.environ, PYTHONPATH=str(REPO / "python"), CUDA_VISIBLE_DEVICES="",
-               FUSEINFER_CACHE_DIR=str(tmp_path_factory.mktemp("cache")))
+               FUSEINFER_CACHE_DIR=str(cache))
     proc = subprocess.Popen([sys.executable, "-m", "fuseinfer.cli", "serve", "--port",
-                             str(port), "--device", "cpu", "--page-size", "4"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                             str(port), "--device", "cpu", "--page-size", "4", *extra],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
     base = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120
     while time.time() < deadline:
         try:
             if httpx.get(base + "/health", timeout=1).status_code == 200:
-                break
+                return base, proc
         except httpx.HTTPError:
             time.sleep(0.3)
         if proc.poll() is not None:
             pytest.fail(f"server exited early:\n{proc.stdout.read()}")
-    else:
-        proc.kill()
-        pytest.fail("server did not come up in 120 s")
+    proc.kill()
+    pytest.fail("server did not come up in 120 s")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    base, proc = start_server(tmp_path_factory.mktemp("cache"))
     yield base, proc
     if proc.poll() is None:
         proc.kill()
@@ -292,22 +297,8 @@ def test_sigterm_shuts_down_cleanly(server):
 @pytest.fixture(scope="module")
 def small_server(tmp_path_factory):
     """One request at a time, none queued, 2 s per request."""
-    port = _free_port()
-    env = dict(os.environ, PYTHONPATH=str(REPO / "python"), CUDA_VISIBLE_DEVICES="",
-               FUSEINFER_CACHE_DIR=str(tmp_path_factory.mktemp("cache")))
-    proc = subprocess.Popen([sys.executable, "-m", "fuseinfer.cli", "serve", "--port",
-                             str(port), "--device", "cpu", "--page-size", "4",
-                             "--max-running-requests", "1", "--max-queued-requests", "0",
-                             "--request-timeout", "2"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            if httpx.get(base + "/health", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.3)
+    base, proc = start_server(tmp_path_factory.mktemp("cache"), "--max-running-requests", "1",
+                              "--max-queued-requests", "0", "--request-timeout", "2")
     yield base
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 0
