@@ -133,20 +133,23 @@ def test_bad_requests_get_400(server, path, body, param):
 
 
 def test_64_concurrent_streams(server):
-    async def one(c: openai.AsyncOpenAI, i: int) -> int:
+    async def one(c: openai.AsyncOpenAI, i: int) -> tuple[int, int]:
+        """(finish chunks, tokens streamed): logprobs=0 makes each chunk list its tokens."""
         stream = await c.completions.create(model="tiny", prompt=f"request {i}",
-                                            max_tokens=6 + i % 5, stream=True,
+                                            max_tokens=6 + i % 5, stream=True, logprobs=0,
                                             extra_body=NO_EOS)
-        n = 0
+        finishes = tokens = 0
         async for chunk in stream:
-            n += 1 if chunk.choices and chunk.choices[0].finish_reason else 0
-        return n
+            choice = chunk.choices[0]
+            finishes += 1 if choice.finish_reason else 0
+            tokens += len(choice.logprobs.tokens) if choice.logprobs else 0
+        return finishes, tokens
 
-    async def main() -> list[int]:
+    async def main() -> list[tuple[int, int]]:
         c = openai.AsyncOpenAI(base_url=server[0] + "/v1", api_key="none")
         return await asyncio.gather(*(one(c, i) for i in range(64)))
 
-    assert asyncio.run(main()) == [1] * 64
+    assert asyncio.run(main()) == [(1, 6 + i % 5) for i in range(64)]
     counts = []
     for i in range(8):  # token counts through the non-streaming path
         r = httpx.post(server[0] + "/v1/completions",
