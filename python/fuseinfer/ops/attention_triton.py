@@ -6,15 +6,14 @@ from __future__ import annotations
 import torch
 
 from .attention_reference import page_size_of
-from .kvcache import FP8
+from .kvcache import FP8, slot_rows
 
 
 def _cache_strides(cache: torch.Tensor) -> tuple[int, int]:
-    """(slot stride, head stride) of a [slots, h, d] or [pages, page_size, h, d] cache."""
-    if cache.dim() == 4:
-        slot = cache.stride(1) if cache.size(1) > 1 else cache.stride(0)
-        return slot, cache.stride(2)
-    return cache.stride(0), cache.stride(1)
+    """(slot stride, head stride) of a [slots, h, d] or [pages, page_size, h, d] cache;
+    the slot geometry is the KV-cache family's (already checked by the op)."""
+    _, _, slot = slot_rows(cache, "paged_attention", "cache")
+    return slot, cache.stride(-2)
 
 
 def _pow2(n: int) -> int:
@@ -43,8 +42,8 @@ def _slot_descriptor(cache: torch.Tensor, block_n: int):
     (block_n slots of one head) per load."""
     from triton.tools.tensor_descriptor import TensorDescriptor
 
-    slots = cache.size(0) * (cache.size(1) if cache.dim() == 4 else 1)
-    slot, head = _cache_strides(cache)
+    slots, _, slot = slot_rows(cache, "paged_attention", "cache")
+    head = cache.stride(-2)
     heads, dim = cache.size(-2), cache.size(-1)
     return TensorDescriptor(cache, [slots, heads, dim], [slot, head, 1], [block_n, 1, dim])
 

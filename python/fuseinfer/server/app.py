@@ -79,10 +79,8 @@ class EngineClient:
         """Queue a request; ApiError 503 when `capacity` requests are already in flight."""
         rid = next(self._rid)
         stream = Stream()
-        with self._lock:
-            if self.capacity is not None and len(self.streams) >= self.capacity:
-                raise ApiError(f"the server is at capacity ({self.capacity} requests running "
-                               "or queued); retry later", status=503, kind="server_busy")
+        with self._lock:  # checked and registered at once: no two requests take one place
+            self._refuse_if_full(len(self.streams), 1)
             self.streams[rid] = (asyncio.get_running_loop(), stream)
         self.inbox.put(("add", rid, prompt, params))
         return rid, stream
@@ -91,6 +89,9 @@ class EngineClient:
         """Refuse (HTTP 503) before a response starts if n more requests do not fit."""
         with self._lock:
             busy = len(self.streams)
+        self._refuse_if_full(busy, n)
+
+    def _refuse_if_full(self, busy: int, n: int) -> None:
         if self.capacity is not None and busy + n > self.capacity:
             raise ApiError(f"the server is at capacity ({self.capacity} requests running or "
                            "queued); retry later", status=503, kind="server_busy")
