@@ -48,7 +48,7 @@ class EngineArgs:
     disable_overlap_schedule: bool = False  # overlap: schedule step N+1 while N runs
     seed: int = 0
     disable_cuda_graph: bool = False
-    cuda_graph_max_bs: int = 160  # decode batches up to this size replay CUDA graphs
+    cuda_graph_max_bs: int = 256  # decode batches up to this size replay CUDA graphs
     gc_freeze: bool = True  # gc.freeze() after the first step (warm-up)
     gc_warning_threshold_secs: float = 0.05  # warn on longer collection pauses; 0: off
 
@@ -143,6 +143,7 @@ class Engine:
             return -(-a.max_total_tokens // a.page_size) + 1  # + the reserved pad page
         if self.device.type != "cuda":
             return -(-65536 // a.page_size) + 1
+        torch.cuda.empty_cache()  # memory cached by torch but unused counts as free here
         free, total = torch.cuda.mem_get_info(self.device)
         return pages_for_budget(kv_cfg, total, a.mem_fraction_static, total - free)
 
@@ -167,23 +168,30 @@ class Engine:
         """Logits of each work item's last token: a graph replay for decode batches that
         fit one, else an eager forward."""
         h = self._host_inputs(batch)
-        dev = self.device
-        table = self.reqs.page_table[torch.tensor(h["slots"], device=dev)]
+        table = self.reqs.page_table[self._put(h["slots"])]
         ids = self._resolve_ids(h["ids"])
         if batch.mode == "decode" and self.graphs is not None \
                 and self.graphs.padded_size(len(h["ids"])) is not None:
             return self.graphs.replay(ids, h["pos"], h["loc"], table, h["kv_lens"])
         plan = self.attention.plan_decode(h["kv_lens"], table) if batch.mode == "decode" \
             else self.attention.plan_prefill(h["q_lens"], h["kv_lens"], table)
-        fb = ForwardBatch(ids, torch.tensor(h["pos"], device=dev),
-                          torch.tensor(h["loc"], device=dev), plan,
-                          torch.tensor(h["rows"], device=dev))
+        fb = ForwardBatch(ids, self._put(h["pos"]), self._put(h["loc"]), plan,
+                          self._put(h["rows"]))
         return self.model.forward(fb)
+
+    def _put(self, values: list[int]) -> torch.Tensor:
+        """Host ints to an int64 device tensor without a sync: a plain torch.tensor(...,
+        device=cuda) copies from pageable memory and waits for the stream, which would
+        stall the CPU behind the step in flight and undo the overlap."""
+        if self.device.type != "cuda":
+            return torch.tensor(values, dtype=torch.int64)
+        host = torch.tensor(values, dtype=torch.int64, pin_memory=True)
+        return host.to(self.device, non_blocking=True)
 
     def _resolve_ids(self, ids: list[int]) -> torch.Tensor:
         """Token ids on the device; a placeholder -(1 + k) is the token sampled into slot k
         of the future buffer by a step still in flight (read on the device, no sync)."""
-        raw = torch.tensor(ids, device=self.device)
+        raw = self._put(ids)
         if min(ids, default=0) >= 0:
             return raw
         return torch.where(raw >= 0, raw, self._future[(-raw - 1).clamp_min(0)])
@@ -199,6 +207,8 @@ class Engine:
         logits = self._logits(batch)
         sampling = [i for i, w in enumerate(batch.work) if w.samples]
         reqs = [batch.work[i].req for i in sampling]
+        if len(sampling) != len(batch.work):  # a python-list index would copy and sync
+            logits = logits[self._put(sampling)]
         n = len(reqs)
         slots = [(self._next_future + i) % self._future.numel() for i in range(n)]
         self._next_future = (self._next_future + n) % self._future.numel()
@@ -206,16 +216,16 @@ class Engine:
         if n:
             sb = SamplingBatch.build([r.params for r in reqs], logits.size(-1), self.device,
                                      [self.args.seed * 1_000_003 + r.rid for r in reqs])
-            steps = torch.tensor([len(r.output) for r in reqs], device=self.device)
-            tokens = sample(logits[sampling], sb, steps)
-            self._future[torch.tensor(slots, device=self.device)] = tokens
+            steps = self._put([len(r.output) for r in reqs])
+            tokens = sample(logits, sb, steps)
+            self._future[self._put(slots)] = tokens
             host.copy_(tokens, non_blocking=True)
         wants = tuple(r.params.logprobs for r in reqs)
         lp_host = None
         if any(k is not None for k in wants):
             top = max(k or 0 for k in wants)
             lp_host = tuple(t.to("cpu", non_blocking=True) for t in
-                            token_logprobs(logits[sampling], tokens, top))
+                            token_logprobs(logits, tokens, top))
         event = torch.cuda.Event() if self.device.type == "cuda" else None
         if event is not None:
             event.record()
@@ -252,6 +262,16 @@ class Engine:
             if self.args.gc_freeze:
                 freeze_after_warmup()
         return finished
+
+    def warmup(self) -> None:
+        """A short unmeasured generation (three prompt lengths, four tokens each): kernels
+        compile and the garbage collector freezes before the first real request."""
+        gen = torch.Generator().manual_seed(self.args.seed)
+        longest = self.reqs.max_pages * self.args.page_size - 8
+        prompts = [torch.randint(0, self.config.vocab_size, (max(1, min(n, longest)),),
+                                 generator=gen).tolist() for n in (3, 40, 300)]
+        self.generate(prompts, SamplingParams(max_new_tokens=4, temperature=0.0,
+                                              ignore_eos=True))
 
     # ---- offline API --------------------------------------------------------------------
     def generate(self, prompts: Sequence[Sequence[int]],

@@ -159,7 +159,8 @@ class ReqToTokenPool:
                              f"pages, more than the {self.max_pages} a request may hold")
         if new_pages:
             start = len(have)
-            values = torch.tensor(list(new_pages), dtype=torch.int32)
+            values = torch.tensor(list(new_pages), dtype=torch.int32,
+                                  pin_memory=self.page_table.is_cuda)  # no host sync
             self.page_table[slot, start:start + len(new_pages)].copy_(values,
                                                                        non_blocking=True)
             have.extend(new_pages)

@@ -73,7 +73,10 @@ class SamplingBatch:
                                                       for p in params)
 
         def put(values, dtype):
-            return torch.tensor(values, dtype=dtype).to(device, non_blocking=True)
+            # pinned: a copy from pageable memory would wait for the stream (a host sync)
+            pinned = torch.device(device).type == "cuda"
+            return torch.tensor(values, dtype=dtype, pin_memory=pinned).to(
+                device, non_blocking=True)
 
         return SamplingBatch(
             temperature=put(temps, torch.float32), top_k=put(ks, torch.int64),

@@ -25,7 +25,7 @@ from .radix_cache import RadixCache, RadixNode
 from .sampling import SamplingParams
 
 
-@dataclass
+@dataclass(eq=False)  # identity: `in`/`remove` on request lists must not compare fields
 class Request:
     rid: int
     prompt: list[int]
@@ -283,8 +283,8 @@ class Scheduler:
             if req is self.prefilling:
                 self.prefilling = None
             req.output.append(int(next(marks)))
-            if req not in self.running and not req.finished:
-                self.running.append(req)
+            if batch.mode != "decode" and req not in self.running and not req.finished:
+                self.running.append(req)  # a decode batch is all running requests
 
     def resolve(self, batch: ScheduledBatch, next_tokens: Sequence[int],
                 logprobs: Sequence[tuple[float, list[tuple[int, float]]] | None] | None = None
@@ -302,11 +302,14 @@ class Scheduler:
             entry = next(entries) if entries is not None else None
             if req.finished:
                 continue
-            at = next(i for i, t in enumerate(req.output) if t < 0)
-            req.output[at] = token
+            out = req.output
+            at = len(out) - 1  # the first placeholder: they sit at the tail, in order
+            while at > 0 and out[at - 1] < 0:
+                at -= 1
+            out[at] = token
             if entry is not None:
                 req.logprobs.append(entry)
-            if self._stops(req, token, len(req.output[:at + 1])):
+            if self._stops(req, token, at + 1):
                 del req.output[at + 1:]  # placeholders of steps scheduled past the stop
                 if req in self.running:
                     self.running.remove(req)
