@@ -101,7 +101,7 @@ class AttentionDispatch:
 ATTENTION_BUILTIN = AttentionDispatch(
     source="built-in default",
     enable_pdl=True,
-    tensor_core_min_group=4,
+    tensor_core_min_group=2,
     target_ctas_per_sm=4,
     min_chunk=64,
     max_splits=64,
