@@ -82,10 +82,12 @@ def add_bench_parser(sub: Any) -> None:
                       "GPU, driver and torch), for a suite recorded in parts")
     attn.set_defaults(handler=_run_attention, pdl="auto", cold=False)
 
+    from ..runtime.bench_latency import add_latency_parser
     from ..runtime.bench_offline import add_offline_parser
     from ..server.bench_serving import add_serving_parser
 
     add_offline_parser(suites)
+    add_latency_parser(suites)
     add_serving_parser(suites)
 
     summary = suites.add_parser("summary", help="regenerate docs/benchmarks.md from "
@@ -180,7 +182,7 @@ def _report(name: str, columns: list[Any], rows: list[dict[str, Any]],
             copy_gbps: float | None, args: argparse.Namespace) -> int:
     """Print the table; write --json and append --record as the suite `name`."""
     from .ceilings import load_ceilings
-    from .report import format_table, make_run, record_run, write_run_json
+    from .report import format_table, make_run, write_run_json
 
     print(format_table(rows, columns))
     ceilings = load_ceilings()
@@ -192,11 +194,30 @@ def _report(name: str, columns: list[Any], rows: list[dict[str, Any]],
     if args.json:
         write_run_json(args.json, name, env, run["ceilings"], rows, extra)
     if args.record:
-        root = repo_dir() or Path.cwd()
-        path = root / "microbench" / "results" / str(env["gpu_key"]) / f"{name}.json"
-        record_run(path, run, continue_last=getattr(args, "continue_run", False))
-        print(f"recorded in {path}", file=sys.stderr)
+        _record(run, continue_last=getattr(args, "continue_run", False))
     return 0
+
+
+def _record(run: dict[str, Any], continue_last: bool = False) -> Path:
+    from .report import record_run
+
+    root = repo_dir() or Path.cwd()
+    path = root / "microbench" / "results" / str(run["environment"]["gpu_key"]) / \
+        f"{run['suite']}.json"
+    record_run(path, run, continue_last=continue_last)
+    print(f"recorded in {path}", file=sys.stderr)
+    return path
+
+
+def record_results(name: str, columns: list[Any], rows: list[dict[str, Any]],
+                   extra: dict[str, Any] | None = None, continue_last: bool = False) -> Path:
+    """Append rows measured outside the kernel suites (runtime, serving) to
+    microbench/results/<gpu>/<name>.json with this machine's environment."""
+    from .report import make_run
+
+    extra = {"columns": [{"key": c.key, "header": c.header, "fmt": c.fmt} for c in columns],
+             **(extra or {})}
+    return _record(make_run(name, _environment(), None, rows, extra), continue_last)
 
 
 def _run_norm(args: argparse.Namespace) -> int:

@@ -2,8 +2,10 @@
 
 N requests (default 256) with input and output lengths drawn uniformly from [100, 1024]
 (random token ids, ignore_eos, greedy), all submitted at once; reports output tokens per
-second, total time and peak KV-cache usage. `--ablate <switch>` runs the same workload
-with and without one fusion and prints both.
+second, total time and peak KV-cache usage. `--ablate <switch>...` (or `all`) runs the
+same workload with and without each switch and prints both. A short unmeasured warm-up
+comes first, so kernel compilation is not timed. `--record` appends the rows to
+microbench/results/<gpu>/runtime.json.
 """
 
 from __future__ import annotations
@@ -17,7 +19,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-ABLATIONS = ("fused-rope-kv", "fused-add-rmsnorm", "pdl", "radix-cache")
+# switch name -> the EngineArgs field that turns it off
+ABLATIONS = {"fused-rope-kv": "disable_fused_rope_kv",
+             "fused-add-rmsnorm": "disable_fused_add_rmsnorm", "pdl": "disable_pdl",
+             "cuda-graph": "disable_cuda_graph", "overlap-schedule": "disable_overlap_schedule",
+             "radix-cache": "disable_radix_cache"}
 
 
 @dataclass(frozen=True)
@@ -84,17 +90,30 @@ def add_offline_parser(sub: Any) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--page-size", type=int, default=16)
     p.add_argument("--max-running-requests", type=int, default=256)
-    p.add_argument("--ablate", choices=ABLATIONS,
-                   help="run with and without this fusion (or the radix cache)")
+    p.add_argument("--cuda-graph-max-bs", type=int, default=256)
+    p.add_argument("--mem-fraction-static", type=float, default=0.85)
+    p.add_argument("--ablate", nargs="+", choices=[*ABLATIONS, "all"], default=[],
+                   help="also run without each of these switches (all: every one)")
+    p.add_argument("--no-warmup", action="store_true", help="skip the unmeasured warm-up")
     p.add_argument("--json", type=Path, help="write the results as JSON here")
+    p.add_argument("--record", action="store_true",
+                   help="append the rows to microbench/results/<gpu>/runtime.json")
     p.set_defaults(handler=_run_offline)
 
 
-def _args_without(base: Any, ablate: str) -> Any:
-    field = {"fused-rope-kv": "disable_fused_rope_kv",
-             "fused-add-rmsnorm": "disable_fused_add_rmsnorm", "pdl": "disable_pdl",
-             "radix-cache": "disable_radix_cache"}[ablate]
-    return replace(base, **{field: True})
+def release_engine(engine: Any) -> None:
+    """Free an engine's device memory before the next one sizes its KV pool from what is
+    free (frozen objects are never collected, so unfreeze first)."""
+    import gc
+
+    import torch
+
+    engine.close()
+    gc.unfreeze()
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
 
 
 def _run_offline(args: argparse.Namespace) -> int:
@@ -107,28 +126,47 @@ def _run_offline(args: argparse.Namespace) -> int:
     base = EngineArgs(model=model, device=args.device, load_format=args.load_format,
                       page_size=args.page_size,
                       max_running_requests=args.max_running_requests,
-                      max_context_len=2 * args.max_len)
-    variants = [("as configured", base)]
-    if args.ablate:
-        variants.append((f"without {args.ablate}", _args_without(base, args.ablate)))
+                      max_context_len=2 * args.max_len,
+                      cuda_graph_max_bs=args.cuda_graph_max_bs,
+                      mem_fraction_static=args.mem_fraction_static)
+    ablate = list(ABLATIONS) if "all" in args.ablate else list(dict.fromkeys(args.ablate))
+    variants = [("as configured", base)] + [
+        (f"without {name}", replace(base, **{ABLATIONS[name]: True})) for name in ablate]
     workload = Workload(args.num_prompts, args.min_len, args.max_len)
     results = {}
     for name, engine_args in variants:
         engine = Engine(engine_args)
+        if not args.no_warmup:  # compile kernels at a few shapes, unmeasured
+            run_workload(engine, Workload(24, min(5, args.min_len), min(300, args.max_len),
+                                          seed=1), progress=False)
         res = run_workload(engine, workload)
         results[name] = res
         print(f"{name}: {res['output_tok_per_s']:.1f} output tok/s, "
               f"{res['seconds']:.2f} s for {res['requests']} requests "
               f"({res['output_tokens']} output tokens), peak KV usage "
-              f"{100 * res['peak_kv_usage']:.1f}%, {res['retractions']} retractions")
+              f"{100 * res['peak_kv_usage']:.1f}%, {res['retractions']} retractions",
+              flush=True)
+        release_engine(engine)
         del engine
-    if args.ablate:
-        a, b = results.values()
-        print(f"{args.ablate}: {a['output_tok_per_s'] / b['output_tok_per_s']:.3f}x "
-              "(with / without)")
+    base_rate = results["as configured"]["output_tok_per_s"]
+    for name in ablate:
+        other = results[f"without {name}"]["output_tok_per_s"]
+        print(f"{name}: {base_rate / other:.3f}x (with / without)")
+    label = (f"offline {workload.num_prompts} req, in/out U[{workload.min_len}, "
+             f"{workload.max_len}]")
+    rows = [{"workload": label, "model": Path(model).name, "variant": name,
+             "output_tok_per_s": r["output_tok_per_s"], "seconds": r["seconds"],
+             "speedup": base_rate / r["output_tok_per_s"] if name != "as configured" else None,
+             "peak_kv_pct": 100 * r["peak_kv_usage"], "steps": r["steps"],
+             "retractions": r["retractions"]} for name, r in results.items()]
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"model": model, "workload": workload.__dict__,
                                          "results": results}, indent=1))
         print(f"wrote {args.json}", file=sys.stderr)
+    if args.record:
+        from ..bench.cli import record_results
+        from .bench_columns import RUNTIME_COLUMNS
+
+        record_results("runtime", RUNTIME_COLUMNS, rows)
     return 0

@@ -154,7 +154,24 @@ def add_serving_parser(sub: Any) -> None:
                    help="token ids are drawn below this (default 32000)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, help="write the summary as JSON here")
+    p.add_argument("--record", action="store_true",
+                   help="append a row to microbench/results/<gpu>/serving.json (the GPU of "
+                   "this machine: run the client where the server runs)")
+    p.add_argument("--continue-run", action="store_true",
+                   help="with --record: add to the latest recorded serving run")
     p.set_defaults(handler=_run_serving)
+
+
+def serving_columns() -> list[Any]:
+    from ..bench.report import Column
+
+    return [Column("workload", "workload", align="<"), Column("model", "model", align="<"),
+            Column("completed", "done"), Column("failed", "lost"),
+            Column("request_throughput", "req/s", "{:.1f}"),
+            Column("total_tok_per_s", "total tok/s", "{:.0f}"),
+            Column("output_tok_per_s", "output tok/s", "{:.0f}")] + [
+        Column(f"{m}_p{q}", f"{m[:-3].upper()} p{q} ms", "{:.2f}")
+        for m in ("ttft_ms", "itl_ms", "e2e_ms") for q in (50, 90, 99)]
 
 
 def _run_serving(args: argparse.Namespace) -> int:
@@ -183,4 +200,13 @@ def _run_serving(args: argparse.Namespace) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(summary, indent=1, default=str))
         print(f"wrote {args.json}", file=sys.stderr)
+    if args.record:
+        from ..bench.cli import record_results
+
+        shape = f"{args.random_input} in / {args.random_output} out" \
+            if args.dataset == "random" else "sharegpt-like"
+        limit = f", concurrency {args.max_concurrency}" if args.max_concurrency else ""
+        row = {"workload": f"{args.num_prompts} x {shape}, rate {summary['request_rate']}"
+               f"{limit}", **summary}
+        record_results("serving", serving_columns(), [row], continue_last=args.continue_run)
     return 0 if summary["failed"] == 0 else 1
