@@ -45,6 +45,11 @@ class Stream:
     queue: asyncio.Queue = field(default_factory=asyncio.Queue)
 
 
+def _deliver(items: list[tuple[Stream, tuple]]) -> None:
+    for stream, update in items:
+        stream.queue.put_nowait(update)
+
+
 class EngineClient:
     """Sends requests to the engine process; a reader thread routes its replies to the
     waiting request's asyncio queue."""
@@ -65,13 +70,14 @@ class EngineClient:
         while True:
             msg = self.outbox.get()
             if msg[0] == "tokens":
-                _, rid, tokens, finish, prompt_len, lps = msg
+                by_loop: dict[asyncio.AbstractEventLoop, list] = {}
                 with self._lock:
-                    entry = self.streams.get(rid)
-                if entry is not None:
-                    loop, stream = entry
-                    loop.call_soon_threadsafe(stream.queue.put_nowait,
-                                              (tokens, finish, prompt_len, lps))
+                    for rid, *update in msg[1]:
+                        entry = self.streams.get(rid)
+                        if entry is not None:
+                            by_loop.setdefault(entry[0], []).append((entry[1], tuple(update)))
+                for loop, items in by_loop.items():  # one wake-up per loop and step
+                    loop.call_soon_threadsafe(_deliver, items)
             elif msg[0] == "stats":
                 self.stats = msg[1]
 

@@ -1,11 +1,12 @@
 """The engine in its own process, so the HTTP process stays responsive while it works.
 
 Messages in (a multiprocessing queue): ("add", rid, prompt_ids, SamplingParams),
-("abort", rid), ("freeze_gc",), ("stop",). Messages out: ("ready", info) once loaded, then for each
-request ("tokens", rid, new_token_ids, finish_reason or None, prompt_len, logprobs) as
-steps record
-them, and ("stats", dict) after steps. A request that is rejected comes back at once
-with no tokens and its reason.
+("abort", rid), ("freeze_gc",), ("stop",). Messages out: ("ready", info) once loaded, then
+after each step one ("tokens", updates) for all requests with news, each update
+(rid, new_token_ids, finish_reason or None, prompt_len, logprobs), and ("stats", dict)
+twice a second. One message per step, not per request, keeps the queue's per-message
+cost off the step loop. A rejected request comes back at once with no tokens and its
+reason.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ def engine_main(args: Any, inbox: mp.Queue, outbox: mp.Queue) -> None:
         from ..runtime.engine import Engine
 
         engine = Engine(args)
+        engine.warmup()  # compile and freeze the GC before the first request, not during it
         outbox.put(("ready", {"max_context": engine.reqs.max_pages * args.page_size,
                               "eos": list(engine.config.eos_token_ids),
                               "vocab_size": engine.config.vocab_size}))
@@ -50,7 +52,7 @@ def engine_main(args: Any, inbox: mp.Queue, outbox: mp.Queue) -> None:
                 _, rid, prompt, params = msg
                 req = engine.scheduler.new_request(prompt, params, engine.config.eos_token_ids)
                 if req.finished:  # rejected
-                    outbox.put(("tokens", rid, [], req.finish_reason, len(prompt), None))
+                    outbox.put(("tokens", [(rid, [], req.finish_reason, len(prompt), None)]))
                 else:
                     live[rid], sent[rid] = req, 0
             elif msg[0] == "abort":
@@ -65,18 +67,23 @@ def engine_main(args: Any, inbox: mp.Queue, outbox: mp.Queue) -> None:
                 msg = None
         if engine.busy:
             engine.step()
+        updates = []
         for rid in list(live):
             req = live[rid]
             real = req.output
-            n = next((i for i, t in enumerate(real) if t < 0), len(real))
+            n = sent[rid]  # placeholders of steps in flight sit at the tail only
+            while n < len(real) and real[n] >= 0:
+                n += 1
             if n > sent[rid] or req.finished:
                 lps = req.logprobs[sent[rid]:n] if req.params.logprobs is not None else None
-                outbox.put(("tokens", rid, real[sent[rid]:n], req.finish_reason,
-                            len(req.prompt), lps))
+                updates.append((rid, real[sent[rid]:n], req.finish_reason, len(req.prompt),
+                                lps))
                 sent[rid] = n
             if req.finished:
                 live.pop(rid)
                 sent.pop(rid)
+        if updates:
+            outbox.put(("tokens", updates))
         now = time.monotonic()
         if now - last_stats > 0.5:
             last_stats = now
