@@ -2,6 +2,8 @@
 # Everything that needs a GPU, in one go, on a freshly lent machine:
 #   microbench/device_run.sh STEP...     steps: tests aot tune bench bench-quick tune-rope bench-rope
 #                                        tests-attn tune-attn bench-attn bench-attn-quick
+#                                        tests-runtime bench-runtime bench-runtime-quick serve
+#                                        profile-runtime
 # Installs the wheels carried in .whl/, restores a carried JIT cache (.devcache/), runs the
 # steps and leaves at most 8 files in $OUT: logs.tgz, the run and recorded JSON, the tuned
 # table, the tuning log, the ceilings and the JIT cache for the next call.
@@ -60,6 +62,33 @@ check_aot() {
     FUSEINFER_PREBUILT_DIR=/tmp/cmake-prebuilt python3 -c "$PROBE"
 }
 
+serve_bench() {  # fuseinfer serve on dummy Qwen3-0.6B, the two serving workloads, SIGTERM
+  python3 -m fuseinfer.cli serve --model qwen3-0.6b --load-format dummy --port 30000 \
+    >"$LOGS/serve.log" 2>&1 &
+  local pid=$! rec=(); [ "${SERVE_RECORD:-1}" = 1 ] && rec=(--record)
+  python3 - <<'PY' || { echo "server did not come up"; tail -n 40 "$LOGS/serve.log"; kill $pid; return 1; }
+import time, urllib.request
+for _ in range(240):
+    try:
+        urllib.request.urlopen("http://127.0.0.1:30000/health", timeout=2); break
+    except Exception:
+        time.sleep(1)
+else:
+    raise SystemExit(1)
+PY
+  local sv=(python3 -m fuseinfer.cli bench serving --base-url http://127.0.0.1:30000)
+  step serving_warmup timeout 120 "${sv[@]}" --num-prompts 16 --random-input 256 --random-output 16
+  TAIL=30 step serving_rate_inf timeout 120 "${sv[@]}" --num-prompts 50 --random-input 256 \
+    --random-output 64 "${rec[@]}" --json "$OUT/serving_rate_inf.json"
+  local cont=(); [ ${#rec[@]} -gt 0 ] && cont=(--continue-run)
+  TAIL=30 step serving_c64 timeout 240 "${sv[@]}" --num-prompts 256 --random-input 1024 \
+    --random-output 256 --max-concurrency 64 "${rec[@]}" "${cont[@]}" --json "$OUT/serving_c64.json"
+  kill -TERM $pid; wait $pid; echo "fuseinfer serve exit code after SIGTERM: $?"
+  tail -n 20 "$LOGS/serve.log"
+  [ ${#rec[@]} -gt 0 ] && cp "microbench/results/$KEY/serving.json" "$OUT/results_serving_$KEY.json"
+  return 0
+}
+
 { nvidia-smi; python3 -c 'import torch, triton; print(torch.__version__, torch.version.cuda, triton.__version__)'; } 2>&1 | tee "$LOGS/machine.log"
 KEY=$(python3 -c 'from fuseinfer.dispatch import current_identity, gpu_key; print(gpu_key(current_identity()))')
 for s in "$@"; do [ "$s" = aot ] && start_aot; done
@@ -93,6 +122,19 @@ for s in "$@"; do
       [ "$s" = bench-attn-quick ] && { extra=(${ATTN_QUICK:---batches 1 64 --lengths 4096 16384 --prefill 1x4k --models Llama-3-8B GPT-OSS}); rec=(); }
       TAIL=90 step bench_attn python3 -m fuseinfer.cli bench attention "${rec[@]}" --json "$OUT/attention_run.json" "${extra[@]}"
       [ "$s" = bench-attn ] && cp "microbench/results/$KEY/attention.json" "$OUT/results_attention_$KEY.json" ;;
+    tests-runtime) TAIL=40 step gpu_tests_runtime timeout 420 python3 -m pytest -m gpu \
+                     tests/gpu/test_runtime_gpu.py -q -rf -p no:cacheprovider ;;
+    bench-runtime|bench-runtime-quick)
+      model=(--model qwen3-0.6b --load-format dummy); rec=(--record); abl=(--ablate all)
+      [ "$s" = bench-runtime-quick ] && { rec=(); abl=(${RUNTIME_ABLATE:-}); }
+      TAIL=30 step bench_offline timeout 540 python3 -m fuseinfer.cli bench offline "${model[@]}" \
+        "${rec[@]}" ${abl[@]:+"${abl[@]}"} --json "$OUT/offline_run.json"
+      cont=(); [ "$s" = bench-runtime ] && cont=(--continue-run)
+      TAIL=10 step bench_latency timeout 240 python3 -m fuseinfer.cli bench latency "${model[@]}" \
+        "${rec[@]}" "${cont[@]}" --ablate cuda-graph overlap-schedule
+      [ "$s" = bench-runtime ] && cp "microbench/results/$KEY/runtime.json" "$OUT/results_runtime_$KEY.json" ;;
+    serve) serve_bench ;;
+    profile-runtime) TAIL=120 step profile_runtime timeout 300 python3 microbench/profile_runtime.py ${PROFILE_ARGS:-} ;;
     *) echo "unknown step $s" ;;
   esac
 done
