@@ -1,0 +1,95 @@
+"""silu_and_mul: the SwiGLU activation of a fused gate/up projection.
+
+    out = silu(gate) * up        for input = [gate | up], [tokens, 2 * inner]
+
+Math in fp32, the output rounded once. input and out are 2-D with a contiguous last dim
+(any row stride); dtypes bf16, fp16 or fp32, both the same. CUDA: one Triton pass over the
+input (programmatic dependent launch on sm_90+ unless enable_pdl=False); CPU: the
+reference below.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .arg_checks import fail
+from .library import LIB, define, impl_cpu, impl_fake
+
+_SCHEMA = "silu_and_mul(Tensor(a!) out, Tensor input, bool? enable_pdl=None) -> ()"
+_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+
+
+def reference_silu_and_mul(x: torch.Tensor) -> torch.Tensor:
+    """The semantics in float32: the CPU kernel and the test oracle."""
+    gate, up = x.float().chunk(2, dim=-1)
+    return F.silu(gate) * up
+
+
+def _check(out: torch.Tensor, input: torch.Tensor, enable_pdl: bool | None = None) -> None:
+    op = "silu_and_mul"
+    if input.dim() != 2 or input.size(1) % 2:
+        fail(op, "input", f"must be [tokens, 2 * inner], got {list(input.shape)}")
+    if input.dtype not in _DTYPES:
+        fail(op, "input", f"must be bfloat16, float16 or float32, got {input.dtype}")
+    if input.size(1) and input.stride(1) != 1:
+        fail(op, "input", "must have a contiguous last dim")
+    want = [input.size(0), input.size(1) // 2]
+    if list(out.shape) != want:
+        fail(op, "out", f"must be {want}, got {list(out.shape)}")
+    if out.dtype != input.dtype or out.device != input.device:
+        fail(op, "out", f"must be {input.dtype} on {input.device}, got {out.dtype} on "
+             f"{out.device}")
+    if out.size(1) and out.stride(1) != 1:
+        fail(op, "out", "must have a contiguous last dim")
+
+
+def _cpu(out: torch.Tensor, input: torch.Tensor, enable_pdl: bool | None = None) -> None:
+    _check(out, input)
+    out.copy_(reference_silu_and_mul(input).to(out.dtype))
+
+
+def launch_silu_and_mul(out: torch.Tensor, input: torch.Tensor, pdl: bool) -> None:
+    """The Triton launch (also used directly by the interpreter tests on the CPU)."""
+    from ..triton.activation import silu_and_mul_kernel
+
+    rows, inner = out.shape
+    if rows == 0 or inner == 0:
+        return
+    block = min(1024, triton_next_pow2(inner))
+    extra = {"launch_pdl": True} if pdl else {}
+    silu_and_mul_kernel[(rows, -(-inner // block))](
+        input, out, inner, input.stride(0), out.stride(0), BLOCK=block, USE_PDL=pdl,
+        num_warps=4, **extra)
+
+
+def triton_next_pow2(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+def pdl_default(enable_pdl: bool | None, device: torch.device) -> bool:
+    """PDL (griddepcontrol) on sm_90+ unless turned off."""
+    if enable_pdl is False or device.type != "cuda":
+        return False
+    return torch.cuda.get_device_capability(device)[0] >= 9
+
+
+def _cuda(out: torch.Tensor, input: torch.Tensor, enable_pdl: bool | None = None) -> None:
+    _check(out, input)
+    launch_silu_and_mul(out, input, pdl_default(enable_pdl, input.device))
+
+
+def silu_and_mul(input: torch.Tensor, out: torch.Tensor | None = None,
+                 enable_pdl: bool | None = None) -> torch.Tensor:
+    """silu(gate) * up of input [tokens, 2 * inner] = [gate | up]; returns out."""
+    if out is None:
+        out = torch.empty(input.size(0), input.size(-1) // 2, dtype=input.dtype,
+                          device=input.device)
+    torch.ops.fuseinfer.silu_and_mul(out, input, enable_pdl=enable_pdl)
+    return out
+
+
+define(_SCHEMA)
+impl_cpu("silu_and_mul", _cpu)
+impl_fake("silu_and_mul", _check)
+LIB.impl("silu_and_mul", _cuda, "CUDA")

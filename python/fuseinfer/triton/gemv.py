@@ -1,0 +1,31 @@
+"""Triton kernel: out[m] = W @ x[m] for a handful of rows x (decode at small batch).
+
+Each program owns BLOCK_N rows of W [N, K] and loads them whole (K padded to a power of
+two) before it waits on the previous kernel (PDL): the weight stream, which does not
+depend on that kernel, overlaps its tail. Then each of the up to M_MAX input rows is read
+and reduced in fp32 against the tile held in registers.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def gemv_kernel(X, W, Out, M, N, K, stride_xm, stride_wn, stride_om,
+                BLOCK_N: tl.constexpr, K_PAD: tl.constexpr, M_MAX: tl.constexpr,
+                USE_PDL: tl.constexpr):
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    ks = tl.arange(0, K_PAD)
+    kmask = ks < K
+    w = tl.load(W + rows[:, None].to(tl.int64) * stride_wn + ks[None, :],
+                mask=(rows < N)[:, None] & kmask[None, :], other=0.0).to(tl.float32)
+    if USE_PDL:
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
+    for m in tl.static_range(M_MAX):
+        if m < M:
+            x = tl.load(X + m * stride_xm + ks, mask=kmask, other=0.0).to(tl.float32)
+            y = tl.sum(w * x[None, :], axis=1)
+            tl.store(Out + m * stride_om + rows, y.to(Out.dtype.element_ty), mask=rows < N)
