@@ -72,7 +72,9 @@ def test_matches_transformers(tmp_path, arch):
     torch.testing.assert_close(got_logits, want_logits, rtol=1e-4, atol=1e-4)
     assert got == want
     # Every fusion switched off gives the same tokens.
-    plain = Runner(tmp_path, Fusions(fused_rope_kv=False, fused_add_rmsnorm=False))
+    plain = Runner(tmp_path, Fusions(fused_rope_kv=False, fused_add_rmsnorm=False,
+                                     fused_qk_norm=False, fused_silu_mul=False,
+                                     gemv_max_tokens=0))
     assert plain.greedy(prompt, 12)[1] == want
 
 

@@ -85,7 +85,9 @@ def test_prefill_logits_within_bf16_tolerance(case):
     dict(disable_cuda_graph=True),
     dict(disable_radix_cache=True, chunked_prefill_size=16, max_prefill_tokens=48),
     dict(page_size=1, schedule_policy="lpm"),
-    dict(disable_fused_rope_kv=True, disable_fused_add_rmsnorm=True, disable_pdl=True),
+    dict(disable_fused_rope_kv=True, disable_fused_add_rmsnorm=True, disable_pdl=True,
+         disable_fused_qk_norm=True, disable_fused_silu_mul=True,
+         disable_small_batch_gemv=True),
 ])
 def test_greedy_tokens_match_transformers(case, args):
     path, prompts, want, _ = case

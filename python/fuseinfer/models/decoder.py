@@ -1,8 +1,9 @@
 """Llama and Qwen3 dense decoders from fuseinfer ops.
 
-Per layer: (fused add +) RMSNorm -> one qkv matmul -> (Qwen3: RMSNorm of each q and k head)
--> RoPE that also writes the rotated k and the v into the paged KV cache -> paged
-attention -> o_proj -> fused add + RMSNorm -> one gate_up matmul -> SiLU * up -> down.
+Per layer: (fused add +) RMSNorm -> one qkv matmul -> (Qwen3: RMSNorm of each q and k head,
+in place, one launch) -> RoPE that also writes the rotated k and the v into the paged KV
+cache -> paged attention -> o_proj -> fused add + RMSNorm -> one gate_up matmul ->
+SiLU(gate) * up in one pass -> down.
 Each fusion has a switch (`Fusions`), so its effect is measured end to end. The same code
 runs on CUDA tensors (kernels) and CPU tensors (the ops' reference implementations).
 """
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..ops import attention_plan, kvcache, norm, rope
+from ..ops import activation, attention_plan, kvcache, linear, norm, qk_norm, rope
 from ..ops.rope_cache import build_cos_sin_cache
 from ..runtime.kv_pool import TokenToKVPool
 from .config import ModelConfig
@@ -24,6 +25,12 @@ from .config import ModelConfig
 class Fusions:
     fused_rope_kv: bool = True  # RoPE and the KV-cache write in one kernel
     fused_add_rmsnorm: bool = True  # residual add and RMSNorm in one kernel
+    fused_qk_norm: bool = True  # Qwen3's q and k head norms in one in-place kernel
+    fused_silu_mul: bool = True  # SiLU(gate) * up in one kernel
+    # Matmuls of at most this many tokens take the weight-streaming kernel (0: never).
+    # On H100 it beat cuBLAS on every Qwen3-0.6B weight at 1 token, lost on the larger
+    # ones at 4 (microbench/profile_runtime.py --only gemv).
+    gemv_max_tokens: int = 1
     enable_pdl: bool | None = None  # None: each op's table default
 
 
@@ -70,6 +77,12 @@ class DecoderModel:
         self.fusions = fusions
         self.cos_sin = build_cos_sin_cache(config.rope, device=weights.embed.device)
 
+    def _linear(self, h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """h @ weight.T; decode steps of a few tokens take the weight-streaming kernel."""
+        if h.size(0) <= min(self.fusions.gemv_max_tokens, linear.MAX_M):
+            return linear.small_batch_linear(h, weight, enable_pdl=self.fusions.enable_pdl)
+        return h @ weight.t()
+
     def _norm_residual(self, h: torch.Tensor, residual: torch.Tensor | None,
                        weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(normed, new residual): residual += h; h = rmsnorm(residual) (first: h alone)."""
@@ -86,9 +99,13 @@ class DecoderModel:
                    batch: ForwardBatch) -> torch.Tensor:
         c = self.config
         tokens, d = h.size(0), c.head_dim
-        qkv = h @ w.qkv.t()
+        qkv = self._linear(h, w.qkv)
         q, k, v = qkv.split([c.num_heads * d, c.num_kv_heads * d, c.num_kv_heads * d], dim=1)
-        if w.q_norm is not None and w.k_norm is not None:
+        if w.q_norm is not None and w.k_norm is not None and self.fusions.fused_qk_norm:
+            qk_norm.qk_rmsnorm(qkv[:, :(c.num_heads + c.num_kv_heads) * d], w.q_norm,
+                               w.k_norm, c.num_heads, c.rms_norm_eps,
+                               enable_pdl=self.fusions.enable_pdl)  # q, k stay views
+        elif w.q_norm is not None and w.k_norm is not None:
             eps, pdl = c.rms_norm_eps, self.fusions.enable_pdl
             q = norm.rmsnorm(q.reshape(-1, d), w.q_norm, eps, enable_pdl=pdl).view(tokens, -1)
             k = norm.rmsnorm(k.reshape(-1, d), w.k_norm, eps, enable_pdl=pdl).view(tokens, -1)
@@ -106,7 +123,7 @@ class DecoderModel:
                                    enable_pdl=pdl)
         out = self.attention.run(batch.plan, q.view(tokens, c.num_heads, d), k_cache, v_cache,
                                  k_scale=k_scale, v_scale=v_scale)
-        return out.view(tokens, -1) @ w.o.t()
+        return self._linear(out.view(tokens, -1), w.o)
 
     @torch.inference_mode()
     def forward(self, batch: ForwardBatch) -> torch.Tensor:
@@ -118,7 +135,12 @@ class DecoderModel:
             h, residual = self._norm_residual(h, residual, layer.input_norm)
             h = self._attention(i, layer, h, batch)
             h, residual = self._norm_residual(h, residual, layer.post_norm)
-            gate, up = (h @ layer.gate_up.t()).chunk(2, dim=1)
-            h = (F.silu(gate) * up) @ layer.down.t()
+            gate_up = self._linear(h, layer.gate_up)
+            if self.fusions.fused_silu_mul:
+                act = activation.silu_and_mul(gate_up, enable_pdl=self.fusions.enable_pdl)
+            else:
+                gate, up = gate_up.chunk(2, dim=1)
+                act = F.silu(gate) * up
+            h = self._linear(act, layer.down)
         h, _ = self._norm_residual(h, residual, w.norm)
-        return (h[batch.logits_rows] @ w.lm_head.t()).float()
+        return self._linear(h[batch.logits_rows], w.lm_head).float()

@@ -21,7 +21,9 @@ from typing import Any
 
 # switch name -> the EngineArgs field that turns it off
 ABLATIONS = {"fused-rope-kv": "disable_fused_rope_kv",
-             "fused-add-rmsnorm": "disable_fused_add_rmsnorm", "pdl": "disable_pdl",
+             "fused-add-rmsnorm": "disable_fused_add_rmsnorm",
+             "fused-qk-norm": "disable_fused_qk_norm", "fused-silu-mul": "disable_fused_silu_mul",
+             "small-batch-gemv": "disable_small_batch_gemv", "pdl": "disable_pdl",
              "cuda-graph": "disable_cuda_graph", "overlap-schedule": "disable_overlap_schedule",
              "radix-cache": "disable_radix_cache"}
 

@@ -44,6 +44,9 @@ class EngineArgs:
     max_context_len: int | None = None  # default: the model's max_position_embeddings
     disable_fused_rope_kv: bool = False
     disable_fused_add_rmsnorm: bool = False
+    disable_fused_qk_norm: bool = False
+    disable_fused_silu_mul: bool = False
+    disable_small_batch_gemv: bool = False  # 1-token matmuls on cuBLAS instead
     disable_pdl: bool = False
     disable_overlap_schedule: bool = False  # overlap: schedule step N+1 while N runs
     seed: int = 0
@@ -112,6 +115,9 @@ class Engine:
             enable_pdl=False if args.disable_pdl else None)
         fusions = Fusions(fused_rope_kv=not args.disable_fused_rope_kv,
                           fused_add_rmsnorm=not args.disable_fused_add_rmsnorm,
+                          fused_qk_norm=not args.disable_fused_qk_norm,
+                          fused_silu_mul=not args.disable_fused_silu_mul,
+                          gemv_max_tokens=0 if args.disable_small_batch_gemv else 1,
                           enable_pdl=False if args.disable_pdl else None)
         self.model = DecoderModel(c, weights, self.attention, self.kv, fusions)
         self._warm = False
