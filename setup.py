@@ -62,7 +62,8 @@ setup(
         # openai/httpx: the server is driven by the official client in the CPU suite.
         "test": ["pytest>=7", "triton>=3.3", "numpy<2.4", "transformers>=4.51", "openai",
                  "httpx", "fastapi", "uvicorn", "jinja2"],
-        "serve": ["fastapi", "uvicorn", "jinja2"],
+        # uvicorn[standard]: httptools and uvloop, the faster HTTP parser and event loop.
+        "serve": ["fastapi", "uvicorn[standard]", "jinja2"],
         # Headers only; install with --no-deps to skip its Python tooling's dependencies.
         "cuda": ["nvidia-cutlass>=3.9"],
         "bench": ["liger-kernel"],

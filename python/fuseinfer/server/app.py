@@ -119,10 +119,12 @@ class EngineClient:
         deadline = None if self.timeout_s is None else start + self.timeout_s
         try:
             while True:
-                wait = None if deadline is None else max(deadline - time.perf_counter(), 0.0)
                 try:
-                    tokens, finish, prompt_len, lps = await asyncio.wait_for(
-                        stream.queue.get(), wait)
+                    if deadline is None:  # the common case: no timer per token
+                        tokens, finish, prompt_len, lps = await stream.queue.get()
+                    else:
+                        tokens, finish, prompt_len, lps = await asyncio.wait_for(
+                            stream.queue.get(), max(deadline - time.perf_counter(), 0.0))
                 except asyncio.TimeoutError:
                     raise ApiError(f"the request exceeded the {self.timeout_s:g} s request "
                                    "timeout and was aborted", status=504,
@@ -352,6 +354,12 @@ def create_app(client: EngineClient, model_name: str, tokenizer: TextTokenizer |
         """The i-th of n choices: its own seed when the request has one."""
         return replace(params, seed=None if params.seed is None else params.seed + i)
 
+    async def single(ids: list[int], params: SamplingParams, stops: list[str]
+                     ) -> AsyncIterator[tuple[int, str, int, str | None, list]]:
+        """merged() for n = 1, without its task and queue hop per token."""
+        async for text, count, finish, items in pieces(ids, params, stops):
+            yield 0, text, count, finish, items
+
     async def merged(ids: list[int], params: SamplingParams, stops: list[str], n: int
                      ) -> AsyncIterator[tuple[int, str, int, str | None, list]]:
         """(choice index, new text, new tokens, finish) from n choices as they come; an
@@ -398,34 +406,34 @@ def create_app(client: EngineClient, model_name: str, tokenizer: TextTokenizer |
         client.check_capacity(n)
         wants_lp = params.logprobs is not None
         if body.get("stream"):
+            # Every chunk shares its head; only the choice is encoded per token (this loop
+            # runs once per token of every stream, so it is kept lean).
+            head = "data: " + json.dumps({"id": cid, "object": obj + (".chunk" if chat else ""),
+                                          "created": created, "model": model_name})[:-1]
+            text_key = '{"content": ' if chat else ""
+
             async def events() -> AsyncIterator[str]:
+                produced = 0
+                source = single(ids, params, stops) if n == 1 else \
+                    merged(ids, params, stops, n)
                 try:
-                    async for event in stream_events():
-                        yield event
+                    async for i, text, count, finish, items in source:
+                        produced += count
+                        lp = json.dumps(format_logprobs(items, chat, 0)) if wants_lp \
+                            else "null"
+                        fr = finish_reason(finish)
+                        body_text = json.dumps(text)
+                        content = f'"delta": {text_key}{body_text}}}' if chat \
+                            else f'"text": {body_text}'
+                        yield (f'{head}, "choices": [{{"index": {i}, {content}, "logprobs": '
+                               f'{lp}, "finish_reason": {json.dumps(fr)}}}]}}\n\n')
                 except ApiError as err:  # the response has started: report it in-stream
                     yield f"data: {json.dumps(err.body())}\n\n"
-                yield "data: [DONE]\n\n"
-
-            async def stream_events() -> AsyncIterator[str]:
-                produced = 0
-                async for i, text, count, finish, items in merged(ids, params, stops, n):
-                    produced += count
-                    lp = format_logprobs(items, chat, 0) if wants_lp else None
-                    if chat:
-                        choice = {"index": i, "delta": {"content": text}, "logprobs": lp,
-                                  "finish_reason": finish_reason(finish)}
-                    else:
-                        choice = {"index": i, "text": text, "logprobs": lp,
-                                  "finish_reason": finish_reason(finish)}
-                    chunk = {"id": cid, "object": obj + (".chunk" if chat else ""),
-                             "created": created, "model": model_name, "choices": [choice]}
-                    yield f"data: {json.dumps(chunk)}\n\n"
-                usage = {"prompt_tokens": len(ids), "completion_tokens": produced,
-                         "total_tokens": len(ids) + produced}
                 if (body.get("stream_options") or {}).get("include_usage"):
-                    yield "data: " + json.dumps({"id": cid, "object": obj, "created": created,
-                                                 "model": model_name, "choices": [],
-                                                 "usage": usage}) + "\n\n"
+                    usage = {"prompt_tokens": len(ids), "completion_tokens": produced,
+                             "total_tokens": len(ids) + produced}
+                    yield f'{head}, "choices": [], "usage": {json.dumps(usage)}}}\n\n'
+                yield "data: [DONE]\n\n"
 
             return StreamingResponse(events(), media_type="text/event-stream")
         texts: list[list[str]] = [[] for _ in range(n)]

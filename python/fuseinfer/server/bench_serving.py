@@ -47,36 +47,48 @@ def make_requests(dataset: str, n: int, input_len: int, output_len: int, vocab: 
     return out
 
 
-async def _one(client: Any, base: str, model: str, prompt: list[int], max_tokens: int
-               ) -> Result:
+async def _one(host: str, port: int, path: str, model: str, prompt: list[int],
+               max_tokens: int) -> Result:
+    """One streamed completion over a bare asyncio connection. HTTP/1.0 makes the server
+    send the event stream unchunked and close at its end, so lines are read as they come;
+    a full HTTP client costs more per line than the server spends per token and would
+    measure itself at high token rates."""
     res = Result(ok=False, prompt_tokens=len(prompt))
-    body = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "stream": True,
-            "temperature": 0.0, "ignore_eos": True}
+    body = json.dumps({"model": model, "prompt": prompt, "max_tokens": max_tokens,
+                       "stream": True, "temperature": 0.0, "ignore_eos": True}).encode()
+    head = (f"POST {path} HTTP/1.0\r\nHost: {host}:{port}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n")
     start = last = time.perf_counter()
+    writer = None
     try:
-        async with client.stream("POST", base + "/v1/completions", json=body,
-                                 timeout=None) as r:
-            if r.status_code != 200:
-                res.error = f"HTTP {r.status_code}: {(await r.aread()).decode()[:200]}"
+        reader, writer = await asyncio.open_connection(host, port, limit=1 << 22)
+        writer.write(head.encode() + body)
+        status = await reader.readline()
+        while (await reader.readline()).strip():  # headers
+            pass
+        if b" 200 " not in status:
+            res.error = f"{status.decode().strip()}: {(await reader.read())[:200].decode()}"
+            return res
+        while line := await reader.readline():
+            if not line.startswith(b"data: ") or line.startswith(b"data: [DONE]"):
+                continue
+            if line.startswith(b'data: {"error"'):
+                res.error = json.loads(line[6:])["error"]["message"]
                 return res
-            async for line in r.aiter_lines():
-                if not line.startswith("data: ") or line == "data: [DONE]":
-                    continue
-                chunk = json.loads(line[6:])
-                if "error" in chunk:
-                    res.error = chunk["error"]["message"]
-                    return res
-                now = time.perf_counter()
-                if res.output_tokens == 0:
-                    res.ttft = now - start
-                else:
-                    res.itls.append(now - last)
-                last = now
-                res.output_tokens += 1
+            now = time.perf_counter()
+            if res.output_tokens == 0:
+                res.ttft = now - start
+            else:
+                res.itls.append(now - last)
+            last = now
+            res.output_tokens += 1
         res.e2e = time.perf_counter() - start
         res.ok = True
     except Exception as err:  # a lost request is a result, not a crash of the benchmark
         res.error = f"{type(err).__name__}: {err}"
+    finally:
+        if writer is not None:
+            writer.close()
     return res
 
 
@@ -90,34 +102,37 @@ def _pct(values: list[float], q: float) -> float | None:
 async def run_benchmark(base: str, requests: list[tuple[list[int], int]], rate: float,
                         concurrency: int | None, model: str, seed: int = 0,
                         progress: bool = True) -> dict[str, Any]:
-    import httpx
+    from urllib.parse import urlsplit
 
     from ..bench.progress import Progress
 
+    url = urlsplit(base)
+    if url.scheme != "http" or not url.hostname:
+        raise SystemExit(f"--base-url must be http://host[:port], got {base}")
+    host, port = url.hostname, url.port or 80
+    path = url.path.rstrip("/") + "/v1/completions"
     rng = random.Random(seed)
     sem = asyncio.Semaphore(concurrency) if concurrency else None
-    limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
     results: list[Result] = []
-    async with httpx.AsyncClient(limits=limits) as client:
-        with Progress(len(requests), "bench serving") as bar:
-            async def go(prompt: list[int], n: int) -> None:
-                if sem is None:
-                    res = await _one(client, base, model, prompt, n)
-                else:
-                    async with sem:
-                        res = await _one(client, base, model, prompt, n)
-                results.append(res)
-                if progress:
-                    bar.step(f"{len(results)}/{len(requests)} done")
+    with Progress(len(requests), "bench serving") as bar:
+        async def go(prompt: list[int], n: int) -> None:
+            if sem is None:
+                res = await _one(host, port, path, model, prompt, n)
+            else:
+                async with sem:
+                    res = await _one(host, port, path, model, prompt, n)
+            results.append(res)
+            if progress:
+                bar.step(f"{len(results)}/{len(requests)} done")
 
-            start = time.perf_counter()
-            tasks = []
-            for prompt, n in requests:
-                tasks.append(asyncio.create_task(go(prompt, n)))
-                if math.isfinite(rate) and rate > 0:
-                    await asyncio.sleep(rng.expovariate(rate))
-            await asyncio.gather(*tasks)
-            duration = time.perf_counter() - start
+        start = time.perf_counter()
+        tasks = []
+        for prompt, n in requests:
+            tasks.append(asyncio.create_task(go(prompt, n)))
+            if math.isfinite(rate) and rate > 0:
+                await asyncio.sleep(rng.expovariate(rate))
+        await asyncio.gather(*tasks)
+        duration = time.perf_counter() - start
     ok = [r for r in results if r.ok]
     out_tokens = sum(r.output_tokens for r in ok)
     in_tokens = sum(r.prompt_tokens for r in ok)
@@ -175,11 +190,12 @@ def serving_columns() -> list[Any]:
 
 
 def _run_serving(args: argparse.Namespace) -> int:
-    import httpx
+    import urllib.request
 
     base = args.base_url.rstrip("/")
     try:
-        models = httpx.get(base + "/v1/models", timeout=10).json()["data"]
+        with urllib.request.urlopen(base + "/v1/models", timeout=10) as r:
+            models = json.load(r)["data"]
     except Exception as err:
         raise SystemExit(f"cannot reach {base}/v1/models: {err}") from err
     model = args.model or models[0]["id"]
