@@ -132,7 +132,7 @@ for s in "$@"; do
         "${rec[@]}" ${abl[@]:+"${abl[@]}"} --json "$OUT/offline_run.json"
       cont=(); [ "$s" = bench-runtime ] && cont=(--continue-run)
       TAIL=10 step bench_latency timeout 240 python3 -m fuseinfer.cli bench latency "${model[@]}" \
-        "${rec[@]}" "${cont[@]}" --ablate cuda-graph overlap-schedule
+        "${rec[@]}" "${cont[@]}" --ablate cuda-graph overlap-schedule small-batch-gemv pdl
       [ "$s" = bench-runtime ] && cp "microbench/results/$KEY/runtime.json" "$OUT/results_runtime_$KEY.json" ;;
     serve) serve_bench ;;
     profile-runtime) TAIL=120 step profile_runtime timeout 300 python3 microbench/profile_runtime.py ${PROFILE_ARGS:-} ;;

@@ -143,3 +143,25 @@ def test_small_batch_linear_kernel_interpreted(m, n, k):
     out = torch.full((m, n), float("nan"))
     launch_small_batch_linear(out, x, w, pdl=False)
     torch.testing.assert_close(out, reference_small_batch_linear(x, w), rtol=1e-4, atol=1e-3)
+
+
+def test_small_batch_linear_with_silu_mul():
+    from fuseinfer.ops import small_batch_linear
+    from fuseinfer.ops.activation import reference_silu_and_mul
+
+    x, w = torch.randn(2, 2 * 24), torch.randn(10, 24)
+    want = reference_silu_and_mul(x) @ w.t()
+    torch.testing.assert_close(small_batch_linear(x, w, silu_mul=True), want)
+    with pytest.raises(ValueError, match=r"weight must be \[N, 24\]"):
+        small_batch_linear(x, torch.randn(10, 48), silu_mul=True)
+
+
+@needs_interpreter
+def test_small_batch_linear_silu_mul_kernel_interpreted():
+    from fuseinfer.ops.linear import launch_small_batch_linear, reference_small_batch_linear
+
+    x, w = torch.randn(3, 2 * 300), torch.randn(20, 300)
+    out = torch.full((3, 20), float("nan"))
+    launch_small_batch_linear(out, x, w, pdl=False, silu_mul=True)
+    torch.testing.assert_close(out, reference_small_batch_linear(x, w, silu_mul=True),
+                               rtol=1e-4, atol=1e-3)

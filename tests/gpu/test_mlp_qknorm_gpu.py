@@ -100,3 +100,15 @@ def test_small_batch_linear_in_a_cuda_graph():
     graph.replay()
     torch.testing.assert_close(out.float(), reference_small_batch_linear(x, w), rtol=2e-2,
                                atol=2e-2)
+
+
+@pytest.mark.parametrize("m", [1, 5])
+def test_small_batch_linear_with_silu_mul(m):
+    from fuseinfer.ops import small_batch_linear
+    from fuseinfer.ops.linear import reference_small_batch_linear
+
+    x = torch.randn(m, 2 * 3072, device="cuda", dtype=torch.bfloat16)
+    w = torch.randn(1024, 3072, device="cuda", dtype=torch.bfloat16) / 55
+    got = small_batch_linear(x, w, silu_mul=True)
+    want = reference_small_batch_linear(x, w, silu_mul=True)
+    torch.testing.assert_close(got.float(), want, rtol=2e-2, atol=2e-2)

@@ -79,9 +79,12 @@ class DecoderModel:
 
     def _linear(self, h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """h @ weight.T; decode steps of a few tokens take the weight-streaming kernel."""
-        if h.size(0) <= min(self.fusions.gemv_max_tokens, linear.MAX_M):
+        if self._gemv(h):
             return linear.small_batch_linear(h, weight, enable_pdl=self.fusions.enable_pdl)
         return h @ weight.t()
+
+    def _gemv(self, h: torch.Tensor) -> bool:
+        return h.size(0) <= min(self.fusions.gemv_max_tokens, linear.MAX_M)
 
     def _norm_residual(self, h: torch.Tensor, residual: torch.Tensor | None,
                        weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -125,6 +128,16 @@ class DecoderModel:
                                  k_scale=k_scale, v_scale=v_scale)
         return self._linear(out.view(tokens, -1), w.o)
 
+    def _mlp(self, w: LayerWeights, h: torch.Tensor) -> torch.Tensor:
+        gate_up = self._linear(h, w.gate_up)
+        pdl = self.fusions.enable_pdl
+        if not self.fusions.fused_silu_mul:
+            gate, up = gate_up.chunk(2, dim=1)
+            return self._linear(F.silu(gate) * up, w.down)
+        if self._gemv(gate_up):  # SiLU inside the down projection's matmul
+            return linear.small_batch_linear(gate_up, w.down, silu_mul=True, enable_pdl=pdl)
+        return self._linear(activation.silu_and_mul(gate_up, enable_pdl=pdl), w.down)
+
     @torch.inference_mode()
     def forward(self, batch: ForwardBatch) -> torch.Tensor:
         """float32 logits [B, vocab] for the batch's logits rows."""
@@ -135,12 +148,6 @@ class DecoderModel:
             h, residual = self._norm_residual(h, residual, layer.input_norm)
             h = self._attention(i, layer, h, batch)
             h, residual = self._norm_residual(h, residual, layer.post_norm)
-            gate_up = self._linear(h, layer.gate_up)
-            if self.fusions.fused_silu_mul:
-                act = activation.silu_and_mul(gate_up, enable_pdl=self.fusions.enable_pdl)
-            else:
-                gate, up = gate_up.chunk(2, dim=1)
-                act = F.silu(gate) * up
-            h = self._linear(act, layer.down)
+            h = self._mlp(layer, h)
         h, _ = self._norm_residual(h, residual, w.norm)
         return self._linear(h[batch.logits_rows], w.lm_head).float()

@@ -3,7 +3,9 @@
 Each program owns BLOCK_N rows of W [N, K] and loads them whole (K padded to a power of
 two) before it waits on the previous kernel (PDL): the weight stream, which does not
 depend on that kernel, overlaps its tail. Then each of the up to M_MAX input rows is read
-and reduced in fp32 against the tile held in registers.
+and reduced in fp32 against the tile held in registers. SILU_MUL: each x row is
+[gate | up] (2K wide) and the kernel uses silu(gate) * up, rounded to x's dtype as a
+separate activation kernel would store it.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import triton.language as tl
 @triton.jit
 def gemv_kernel(X, W, Out, M, N, K, stride_xm, stride_wn, stride_om,
                 BLOCK_N: tl.constexpr, K_PAD: tl.constexpr, M_MAX: tl.constexpr,
-                USE_PDL: tl.constexpr):
+                SILU_MUL: tl.constexpr, USE_PDL: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     ks = tl.arange(0, K_PAD)
     kmask = ks < K
@@ -27,5 +29,9 @@ def gemv_kernel(X, W, Out, M, N, K, stride_xm, stride_wn, stride_om,
     for m in tl.static_range(M_MAX):
         if m < M:
             x = tl.load(X + m * stride_xm + ks, mask=kmask, other=0.0).to(tl.float32)
+            if SILU_MUL:
+                up = tl.load(X + m * stride_xm + K + ks, mask=kmask, other=0.0)
+                x = (x / (1.0 + tl.exp(-x)) * up.to(tl.float32)).to(X.dtype.element_ty)
+                x = x.to(tl.float32)
             y = tl.sum(w * x[None, :], axis=1)
             tl.store(Out + m * stride_om + rows, y.to(Out.dtype.element_ty), mask=rows < N)
