@@ -35,11 +35,12 @@ def replay_times(engine: Engine, context: int) -> None:
         for i in range(bs):
             table[i, :per] = torch.tensor(pages[i * per:(i + 1) * per])
         table = table.cuda()
+        rows = torch.arange(bs, device="cuda")
         ids = torch.randint(0, 1000, (bs,), device="cuda")
         pos = [context - 1] * bs
         loc = [pages[i * per + per - 1] * ps for i in range(bs)]
         for _ in range(3):
-            g.replay(ids, pos, loc, table, [context] * bs)
+            g.replay(ids, pos, loc, table, rows, [context] * bs)
         torch.cuda.synchronize()
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
@@ -50,7 +51,7 @@ def replay_times(engine: Engine, context: int) -> None:
         gpu = start.elapsed_time(end) / 50
         t = time.perf_counter()
         for _ in range(50):
-            g.replay(ids, pos, loc, table, [context] * bs)
+            g.replay(ids, pos, loc, table, rows, [context] * bs)
         torch.cuda.synchronize()
         full = (time.perf_counter() - t) / 50 * 1e3
         print(f"replay bs={bs:4d} ctx={context}: graph {gpu:.3f} ms GPU, "

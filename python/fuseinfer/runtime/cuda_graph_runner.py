@@ -73,9 +73,11 @@ class DecodeGraphRunner:
         torch.cuda.synchronize()
 
     def replay(self, input_ids: torch.Tensor, positions: list[int], cache_loc: list[int],
-               page_rows: torch.Tensor, kv_lens: list[int]) -> torch.Tensor:
+               page_table: torch.Tensor, slots: torch.Tensor, kv_lens: list[int]
+               ) -> torch.Tensor:
         """Logits [bs, vocab] of one decode step through the padded graph; input_ids is
-        a device tensor (it may hold tokens sampled by a step still in flight)."""
+        a device tensor (it may hold tokens sampled by a step still in flight); the
+        requests' rows `slots` (device) of `page_table` are gathered into the graph's."""
         bs = input_ids.numel()
         size = self.padded_size(bs)
         if size is None or size not in self.graphs:
@@ -87,7 +89,7 @@ class DecodeGraphRunner:
         self.input_ids[bs:size].zero_()
         self.positions[:size].copy_(host[0], non_blocking=True)
         self.cache_loc[:size].copy_(host[1], non_blocking=True)
-        self.page_table[:bs].copy_(page_rows)
+        torch.index_select(page_table, 0, slots, out=self.page_table[:bs])
         self.page_table[bs:size].zero_()
         self._batch(size, kv_lens + [0] * pad)  # lengths into the captured plan's buffers
         g = self.graphs[size]

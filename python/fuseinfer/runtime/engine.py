@@ -174,11 +174,13 @@ class Engine:
         """Logits of each work item's last token: a graph replay for decode batches that
         fit one, else an eager forward."""
         h = self._host_inputs(batch)
-        table = self.reqs.page_table[self._put(h["slots"])]
+        slots = self._put(h["slots"])
         ids = self._resolve_ids(h["ids"])
         if batch.mode == "decode" and self.graphs is not None \
                 and self.graphs.padded_size(len(h["ids"])) is not None:
-            return self.graphs.replay(ids, h["pos"], h["loc"], table, h["kv_lens"])
+            return self.graphs.replay(ids, h["pos"], h["loc"], self.reqs.page_table, slots,
+                                      h["kv_lens"])
+        table = self.reqs.page_table[slots]
         plan = self.attention.plan_decode(h["kv_lens"], table) if batch.mode == "decode" \
             else self.attention.plan_prefill(h["q_lens"], h["kv_lens"], table)
         fb = ForwardBatch(ids, self._put(h["pos"]), self._put(h["loc"]), plan,
@@ -197,9 +199,11 @@ class Engine:
     def _resolve_ids(self, ids: list[int]) -> torch.Tensor:
         """Token ids on the device; a placeholder -(1 + k) is the token sampled into slot k
         of the future buffer by a step still in flight (read on the device, no sync)."""
-        raw = self._put(ids)
         if min(ids, default=0) >= 0:
-            return raw
+            return self._put(ids)
+        if max(ids) < 0:  # all in flight (decode with overlap): one gather
+            return self._future[self._put([-1 - t for t in ids])]
+        raw = self._put(ids)
         return torch.where(raw >= 0, raw, self._future[(-raw - 1).clamp_min(0)])
 
     @property
@@ -216,15 +220,21 @@ class Engine:
         if len(sampling) != len(batch.work):  # a python-list index would copy and sync
             logits = logits[self._put(sampling)]
         n = len(reqs)
-        slots = [(self._next_future + i) % self._future.numel() for i in range(n)]
-        self._next_future = (self._next_future + n) % self._future.numel()
+        if self._next_future + n > self._future.numel():  # keep each step's run contiguous
+            self._next_future = 0
+        first = self._next_future
+        slots = list(range(first, first + n))
+        self._next_future += n
         host = torch.empty(n, dtype=torch.int64, pin_memory=self.device.type == "cuda")
         if n:
-            sb = SamplingBatch.build([r.params for r in reqs], logits.size(-1), self.device,
-                                     [self.args.seed * 1_000_003 + r.rid for r in reqs])
-            steps = self._put([len(r.output) for r in reqs])
-            tokens = sample(logits, sb, steps)
-            self._future[self._put(slots)] = tokens
+            if all(r.params.greedy for r in reqs):  # no sampling tensors to build
+                tokens = logits.argmax(dim=-1)
+            else:
+                sb = SamplingBatch.build([r.params for r in reqs], logits.size(-1),
+                                         self.device,
+                                         [self.args.seed * 1_000_003 + r.rid for r in reqs])
+                tokens = sample(logits, sb, self._put([len(r.output) for r in reqs]))
+            self._future[first:first + n].copy_(tokens)
             host.copy_(tokens, non_blocking=True)
         wants = tuple(r.params.logprobs for r in reqs)
         lp_host = None
