@@ -142,7 +142,7 @@ def test_small_batch_linear_kernel_interpreted(m, n, k):
     w = torch.randn(n, k)
     out = torch.full((m, n), float("nan"))
     launch_small_batch_linear(out, x, w, pdl=False)
-    torch.testing.assert_close(out, reference_small_batch_linear(x, w), rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(out, reference_small_batch_linear(x, w)[0], rtol=1e-4, atol=1e-3)
 
 
 def test_small_batch_linear_with_silu_mul():
@@ -163,5 +163,44 @@ def test_small_batch_linear_silu_mul_kernel_interpreted():
     x, w = torch.randn(3, 2 * 300), torch.randn(20, 300)
     out = torch.full((3, 20), float("nan"))
     launch_small_batch_linear(out, x, w, pdl=False, silu_mul=True)
-    torch.testing.assert_close(out, reference_small_batch_linear(x, w, silu_mul=True),
+    torch.testing.assert_close(out, reference_small_batch_linear(x, w, silu_mul=True)[0],
                                rtol=1e-4, atol=1e-3)
+
+
+def test_small_batch_linear_norm_prologues():
+    from fuseinfer.ops import small_batch_linear
+    from fuseinfer.ops.norm import reference_rmsnorm
+
+    x, res, w = torch.randn(2, 32), torch.randn(2, 32), torch.randn(12, 32)
+    nw = torch.rand(32) + 0.5
+    torch.testing.assert_close(small_batch_linear(x, w, norm_weight=nw),
+                               reference_rmsnorm(x, nw, 1e-6) @ w.t())
+    out, new_res = small_batch_linear(x, w, norm_weight=nw, residual=res)
+    torch.testing.assert_close(new_res, x + res)
+    torch.testing.assert_close(out, reference_rmsnorm(x + res, nw, 1e-6) @ w.t())
+    with pytest.raises(ValueError, match="needs norm_weight"):
+        torch.ops.fuseinfer.small_batch_linear(torch.empty(2, 12), x, w, residual=res,
+                                               residual_out=torch.empty(2, 32))
+    with pytest.raises(ValueError, match="must not be residual"):
+        torch.ops.fuseinfer.small_batch_linear(torch.empty(2, 12), x, w, norm_weight=nw,
+                                               residual=res, residual_out=res)
+    with pytest.raises(ValueError, match="norm_weight must be"):
+        small_batch_linear(x, w, norm_weight=torch.ones(31))
+
+
+@needs_interpreter
+@pytest.mark.parametrize("with_residual", [False, True])
+def test_small_batch_linear_norm_kernel_interpreted(with_residual):
+    from fuseinfer.ops.linear import launch_small_batch_linear, reference_small_batch_linear
+
+    x, w = torch.randn(3, 300), torch.randn(40, 300)
+    nw, res = torch.rand(300) + 0.5, torch.randn(3, 300)
+    out = torch.full((3, 40), float("nan"))
+    res_out = torch.full((3, 300), float("nan")) if with_residual else None
+    launch_small_batch_linear(out, x, w, pdl=False, norm_weight=nw,
+                              residual=res if with_residual else None, residual_out=res_out)
+    want, want_res = reference_small_batch_linear(x, w, norm_weight=nw,
+                                                  residual=res if with_residual else None)
+    torch.testing.assert_close(out, want, rtol=1e-4, atol=1e-3)
+    if with_residual:
+        torch.testing.assert_close(res_out, want_res)

@@ -86,6 +86,21 @@ class DecoderModel:
     def _gemv(self, h: torch.Tensor) -> bool:
         return h.size(0) <= min(self.fusions.gemv_max_tokens, linear.MAX_M)
 
+    def _norm_linear(self, h: torch.Tensor, residual: torch.Tensor | None,
+                     norm_weight: torch.Tensor, weight: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(rmsnorm(residual + h) @ weight.T, the new residual). A 1-token step folds the
+        add and the norm into the matmul's prologue (one kernel instead of two)."""
+        if self._gemv(h) and self.fusions.fused_add_rmsnorm:
+            eps, pdl = self.config.rms_norm_eps, self.fusions.enable_pdl
+            if residual is None:
+                return linear.small_batch_linear(h, weight, norm_weight=norm_weight, eps=eps,
+                                                 enable_pdl=pdl), h
+            return linear.small_batch_linear(h, weight, norm_weight=norm_weight,
+                                             residual=residual, eps=eps, enable_pdl=pdl)
+        h, residual = self._norm_residual(h, residual, norm_weight)
+        return self._linear(h, weight), residual
+
     def _norm_residual(self, h: torch.Tensor, residual: torch.Tensor | None,
                        weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(normed, new residual): residual += h; h = rmsnorm(residual) (first: h alone)."""
@@ -98,11 +113,11 @@ class DecoderModel:
         residual = residual + h
         return norm.rmsnorm(residual, weight, eps, enable_pdl=pdl), residual
 
-    def _attention(self, layer: int, w: LayerWeights, h: torch.Tensor,
+    def _attention(self, layer: int, w: LayerWeights, qkv: torch.Tensor,
                    batch: ForwardBatch) -> torch.Tensor:
+        """o_proj(attention) of the qkv projection's output."""
         c = self.config
-        tokens, d = h.size(0), c.head_dim
-        qkv = self._linear(h, w.qkv)
+        tokens, d = qkv.size(0), c.head_dim
         q, k, v = qkv.split([c.num_heads * d, c.num_kv_heads * d, c.num_kv_heads * d], dim=1)
         if w.q_norm is not None and w.k_norm is not None and self.fusions.fused_qk_norm:
             qk_norm.qk_rmsnorm(qkv[:, :(c.num_heads + c.num_kv_heads) * d], w.q_norm,
@@ -128,8 +143,7 @@ class DecoderModel:
                                  k_scale=k_scale, v_scale=v_scale)
         return self._linear(out.view(tokens, -1), w.o)
 
-    def _mlp(self, w: LayerWeights, h: torch.Tensor) -> torch.Tensor:
-        gate_up = self._linear(h, w.gate_up)
+    def _mlp_down(self, w: LayerWeights, gate_up: torch.Tensor) -> torch.Tensor:
         pdl = self.fusions.enable_pdl
         if not self.fusions.fused_silu_mul:
             gate, up = gate_up.chunk(2, dim=1)
@@ -140,14 +154,15 @@ class DecoderModel:
 
     @torch.inference_mode()
     def forward(self, batch: ForwardBatch) -> torch.Tensor:
-        """float32 logits [B, vocab] for the batch's logits rows."""
+        """Logits [B, vocab] (the model dtype) for the batch's logits rows."""
         w = self.weights
         h = w.embed[batch.input_ids]
         residual = None
         for i, layer in enumerate(w.layers):
-            h, residual = self._norm_residual(h, residual, layer.input_norm)
-            h = self._attention(i, layer, h, batch)
-            h, residual = self._norm_residual(h, residual, layer.post_norm)
-            h = self._mlp(layer, h)
-        h, _ = self._norm_residual(h, residual, w.norm)
-        return self._linear(h[batch.logits_rows], w.lm_head).float()
+            qkv, residual = self._norm_linear(h, residual, layer.input_norm, layer.qkv)
+            h = self._attention(i, layer, qkv, batch)
+            gate_up, residual = self._norm_linear(h, residual, layer.post_norm, layer.gate_up)
+            h = self._mlp_down(layer, gate_up)
+        rows = batch.logits_rows
+        logits, _ = self._norm_linear(h[rows], residual[rows], w.norm, w.lm_head)
+        return logits  # model dtype: greedy argmax needs no float copy of [B, vocab]
