@@ -123,7 +123,7 @@ for s in "$@"; do
       TAIL=90 step bench_attn python3 -m fuseinfer.cli bench attention "${rec[@]}" --json "$OUT/attention_run.json" "${extra[@]}"
       [ "$s" = bench-attn ] && cp "microbench/results/$KEY/attention.json" "$OUT/results_attention_$KEY.json" ;;
     tests-runtime) TAIL=40 step gpu_tests_runtime timeout 420 python3 -m pytest -m gpu \
-                     tests/gpu/test_runtime_gpu.py tests/gpu/test_mlp_qknorm_gpu.py -q -rf \
+                     tests/gpu/test_runtime_gpu.py tests/gpu/test_mlp_qknorm_gpu.py ${EXTRA_GPU_TESTS:-} -q -rf \
                      -p no:cacheprovider ;;
     bench-runtime|bench-runtime-quick)
       model=(--model qwen3-0.6b --load-format dummy); rec=(--record); abl=(--ablate all)

@@ -59,14 +59,17 @@ def replay_times(engine: Engine, context: int) -> None:
         alloc.free(pages)
 
 
-def kernel_profile(engine: Engine, context: int) -> None:
+def kernel_profile(engine: Engine, context: int, batch: int = 1) -> None:
+    """The kernels of decode steps at `batch` requests of `context` tokens, by GPU time."""
     from torch.profiler import ProfilerActivity, profile
 
     from fuseinfer.runtime.sampling import SamplingParams
 
-    req = engine.scheduler.new_request(list(range(10, 10 + context)),
-                                       SamplingParams(max_new_tokens=40, temperature=0.0,
-                                                      ignore_eos=True))
+    print(f"kernels of 5 eager decode steps, batch {batch}, context {context}:")
+    reqs = [engine.scheduler.new_request([10 + (i * 7 + j) % 1000 for j in range(context)],
+                                         SamplingParams(max_new_tokens=40, temperature=0.0,
+                                                        ignore_eos=True))
+            for i in range(batch)]
     graphs, engine.graphs = engine.graphs, None  # eager: the profiler sees each kernel
     for _ in range(10):
         engine.step()
@@ -78,7 +81,7 @@ def kernel_profile(engine: Engine, context: int) -> None:
     while engine.busy:
         engine.step()
     print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=30))
-    assert req.finished
+    assert all(r.finished for r in reqs)
 
 
 def host_breakdown(engine: Engine, context: int) -> None:
@@ -255,6 +258,8 @@ def main() -> None:
         host_breakdown(engine, args.context)
     if "kernels" in args.only:
         kernel_profile(engine, args.context)
+    if "kernels50" in args.only:
+        kernel_profile(engine, 300, batch=50)
     if "offline" in args.only:
         offline_breakdown(engine, args.offline_prompts)
 

@@ -125,12 +125,14 @@ def test_small_batch_linear_with_norm_prologue(m, with_residual):
     nw = torch.rand(1024, device="cuda", dtype=torch.bfloat16) + 0.5
     w = torch.randn(4096, 1024, device="cuda", dtype=torch.bfloat16) / 32
     if with_residual:
+        before = res.clone()
         out, new_res = small_batch_linear(x, w, norm_weight=nw, residual=res)
         h, r = x.clone(), res.clone()
         fused_add_rmsnorm(h, r, nw, 1e-6)
-        assert torch.equal(new_res, r) and torch.equal(res, res.clone())
+        assert torch.equal(new_res, r)  # the same rounded sum
+        assert torch.equal(res, before)  # the input residual is left alone
     else:
         out = small_batch_linear(x, w, norm_weight=nw)
         h = rmsnorm(x, nw, 1e-6)
-    want = small_batch_linear(h, w) if m <= 8 else h @ w.t()
+    want = small_batch_linear(h, w)
     torch.testing.assert_close(out.float(), want.float(), rtol=2e-2, atol=2e-2)
