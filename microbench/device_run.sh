@@ -3,7 +3,7 @@
 #   microbench/device_run.sh STEP...     steps: tests aot tune bench bench-quick tune-rope bench-rope
 #                                        tests-attn tune-attn bench-attn bench-attn-quick
 #                                        tests-runtime bench-runtime bench-runtime-quick serve
-#                                        profile-runtime
+#                                        profile-runtime latency-quick
 # Installs the wheels carried in .whl/, restores a carried JIT cache (.devcache/), runs the
 # steps and leaves at most 8 files in $OUT: logs.tgz, the run and recorded JSON, the tuned
 # table, the tuning log, the ceilings and the JIT cache for the next call.
@@ -134,6 +134,8 @@ for s in "$@"; do
       TAIL=10 step bench_latency timeout 240 python3 -m fuseinfer.cli bench latency "${model[@]}" \
         "${rec[@]}" "${cont[@]}" --ablate cuda-graph overlap-schedule small-batch-gemv pdl
       [ "$s" = bench-runtime ] && cp "microbench/results/$KEY/runtime.json" "$OUT/results_runtime_$KEY.json" ;;
+    latency-quick) TAIL=6 step bench_latency_quick timeout 120 python3 -m fuseinfer.cli bench \
+                     latency --model qwen3-0.6b --load-format dummy ;;
     serve) serve_bench ;;
     profile-runtime) TAIL=120 step profile_runtime timeout 300 python3 microbench/profile_runtime.py ${PROFILE_ARGS:-} ;;
     *) echo "unknown step $s" ;;
