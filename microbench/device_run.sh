@@ -3,7 +3,7 @@
 #   microbench/device_run.sh STEP...     steps: tests aot tune bench bench-quick tune-rope bench-rope
 #                                        tests-attn tune-attn bench-attn bench-attn-quick
 #                                        tests-runtime bench-runtime bench-runtime-quick serve
-#                                        profile-runtime latency-quick
+#                                        profile-runtime latency-quick offline-quick
 # Installs the wheels carried in .whl/, restores a carried JIT cache (.devcache/), runs the
 # steps and leaves at most 8 files in $OUT: logs.tgz, the run and recorded JSON, the tuned
 # table, the tuning log, the ceilings and the JIT cache for the next call.
@@ -64,7 +64,7 @@ check_aot() {
 
 serve_bench() {  # fuseinfer serve on dummy Qwen3-0.6B, the two serving workloads, SIGTERM
   python3 -m fuseinfer.cli serve --model qwen3-0.6b --load-format dummy --port 30000 \
-    >"$LOGS/serve.log" 2>&1 &
+    ${SERVE_ARGS:-} >"$LOGS/serve.log" 2>&1 &
   local pid=$! rec=(); [ "${SERVE_RECORD:-1}" = 1 ] && rec=(--record)
   python3 - <<'PY' || { echo "server did not come up"; tail -n 40 "$LOGS/serve.log"; kill $pid; return 1; }
 import time, urllib.request
@@ -135,7 +135,9 @@ for s in "$@"; do
         "${rec[@]}" "${cont[@]}" --ablate cuda-graph overlap-schedule small-batch-gemv pdl
       [ "$s" = bench-runtime ] && cp "microbench/results/$KEY/runtime.json" "$OUT/results_runtime_$KEY.json" ;;
     latency-quick) TAIL=6 step bench_latency_quick timeout 120 python3 -m fuseinfer.cli bench \
-                     latency --model qwen3-0.6b --load-format dummy ;;
+                     latency --model qwen3-0.6b --load-format dummy ${RUNTIME_ARGS:-} ;;
+    offline-quick) TAIL=6 step bench_offline_quick timeout 200 python3 -m fuseinfer.cli bench \
+                     offline --model qwen3-0.6b --load-format dummy ${RUNTIME_ARGS:-} ;;
     serve) serve_bench ;;
     profile-runtime) TAIL=120 step profile_runtime timeout 300 python3 microbench/profile_runtime.py ${PROFILE_ARGS:-} ;;
     *) echo "unknown step $s" ;;
