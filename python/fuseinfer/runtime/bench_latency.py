@@ -55,7 +55,7 @@ def add_latency_parser(sub: Any) -> None:
     p.add_argument("--context", type=int, default=1024, help="prompt tokens per request")
     p.add_argument("--new-tokens", type=int, default=256)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--page-size", type=int, default=16)
+    p.add_argument("--page-size", type=int, default=64)
     p.add_argument("--ablate", nargs="+", choices=[*ABLATIONS, "all"], default=[],
                    help="also run without each of these switches (all: every one)")
     p.add_argument("--record", action="store_true",

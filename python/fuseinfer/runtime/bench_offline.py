@@ -90,7 +90,7 @@ def add_offline_parser(sub: Any) -> None:
     p.add_argument("--min-len", type=int, default=100)
     p.add_argument("--max-len", type=int, default=1024)
     p.add_argument("--device", default="auto")
-    p.add_argument("--page-size", type=int, default=16)
+    p.add_argument("--page-size", type=int, default=64)
     p.add_argument("--max-running-requests", type=int, default=256)
     p.add_argument("--cuda-graph-max-bs", type=int, default=256)
     p.add_argument("--mem-fraction-static", type=float, default=0.85)

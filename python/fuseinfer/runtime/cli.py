@@ -21,7 +21,7 @@ def add_generate_parser(sub: Any) -> None:
     gen.add_argument("--ignore-eos", action="store_true")
     gen.add_argument("--device", default="auto")
     gen.add_argument("--load-format", choices=["auto", "dummy"], default="auto")
-    gen.add_argument("--page-size", type=int, default=16)
+    gen.add_argument("--page-size", type=int, default=64)
     gen.add_argument("--disable-radix-cache", action="store_true")
     gen.set_defaults(handler=_run_generate)
 

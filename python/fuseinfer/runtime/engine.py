@@ -33,7 +33,7 @@ class EngineArgs:
     dtype: str = "auto"  # bfloat16 on CUDA, float32 on the CPU
     kv_cache_dtype: str = "auto"  # the model dtype, or "fp8_e4m3"
     load_format: str = "auto"  # "auto" (safetensors) or "dummy" (random weights)
-    page_size: int = 16
+    page_size: int = 64  # a 64-key attention block is one page: one table load per block
     mem_fraction_static: float = 0.85
     max_total_tokens: int | None = None  # KV capacity in tokens; None: from memory
     max_running_requests: int = 256

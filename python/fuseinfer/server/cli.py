@@ -19,7 +19,7 @@ def add_serve_parser(sub: Any) -> None:
     p.add_argument("--port", type=int, default=30000)
     p.add_argument("--device", default="auto")
     p.add_argument("--load-format", choices=["auto", "dummy"], default="auto")
-    p.add_argument("--page-size", type=int, default=16)
+    p.add_argument("--page-size", type=int, default=64)
     p.add_argument("--max-running-requests", type=int, default=256)
     p.add_argument("--max-total-tokens", type=int)
     p.add_argument("--chunked-prefill-size", type=int, default=4096)
