@@ -216,7 +216,7 @@ def gemv_vs_cublas() -> None:
             x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
             w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16)
             times = []
-            for fn in (lambda: small_batch_linear(x, w), lambda: x @ w.t()):
+            for fn in (lambda x=x, w=w: small_batch_linear(x, w), lambda x=x, w=w: x @ w.t()):
                 fn()
                 torch.cuda.synchronize()
                 graph = torch.cuda.CUDAGraph()

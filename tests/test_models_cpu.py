@@ -96,3 +96,17 @@ def test_dummy_weights_have_checkpoint_shapes(tmp_path):
     for a, b in zip(real.layers, fake.layers, strict=True):
         assert a.qkv.shape == b.qkv.shape and a.gate_up.shape == b.gate_up.shape
         assert b.qkv.dtype == torch.bfloat16 and b.qkv.std() > 0
+
+
+def test_gemv_path_needs_a_weight_it_takes():
+    """1-token steps use small_batch_linear only for weights of width <= MAX_K (wider
+    intermediate sizes, e.g. 28672, stay on torch.matmul)."""
+    from fuseinfer.models.decoder import DecoderModel
+    from fuseinfer.ops import linear
+
+    model = DecoderModel.__new__(DecoderModel)
+    model.fusions = Fusions()
+    h = torch.randn(1, 8)
+    assert model._gemv(h, torch.randn(4, linear.MAX_K))
+    assert not model._gemv(h, torch.randn(4, linear.MAX_K + 1))
+    assert not model._gemv(torch.randn(2, 8), torch.randn(4, 8))  # 2 tokens: cuBLAS

@@ -79,19 +79,21 @@ class DecoderModel:
 
     def _linear(self, h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """h @ weight.T; decode steps of a few tokens take the weight-streaming kernel."""
-        if self._gemv(h):
+        if self._gemv(h, weight):
             return linear.small_batch_linear(h, weight, enable_pdl=self.fusions.enable_pdl)
         return h @ weight.t()
 
-    def _gemv(self, h: torch.Tensor) -> bool:
-        return h.size(0) <= min(self.fusions.gemv_max_tokens, linear.MAX_M)
+    def _gemv(self, h: torch.Tensor, weight: torch.Tensor) -> bool:
+        """A step small enough for small_batch_linear, on a weight it takes (K <= MAX_K)."""
+        return h.size(0) <= min(self.fusions.gemv_max_tokens, linear.MAX_M) \
+            and weight.size(1) <= linear.MAX_K
 
     def _norm_linear(self, h: torch.Tensor, residual: torch.Tensor | None,
                      norm_weight: torch.Tensor, weight: torch.Tensor
                      ) -> tuple[torch.Tensor, torch.Tensor]:
         """(rmsnorm(residual + h) @ weight.T, the new residual). A 1-token step folds the
         add and the norm into the matmul's prologue (one kernel instead of two)."""
-        if self._gemv(h) and self.fusions.fused_add_rmsnorm:
+        if self._gemv(h, weight) and self.fusions.fused_add_rmsnorm:
             eps, pdl = self.config.rms_norm_eps, self.fusions.enable_pdl
             if residual is None:
                 return linear.small_batch_linear(h, weight, norm_weight=norm_weight, eps=eps,
@@ -148,7 +150,7 @@ class DecoderModel:
         if not self.fusions.fused_silu_mul:
             gate, up = gate_up.chunk(2, dim=1)
             return self._linear(F.silu(gate) * up, w.down)
-        if self._gemv(gate_up):  # SiLU inside the down projection's matmul
+        if self._gemv(gate_up, w.down):  # SiLU inside the down projection's matmul
             return linear.small_batch_linear(gate_up, w.down, silu_mul=True, enable_pdl=pdl)
         return self._linear(activation.silu_and_mul(gate_up, enable_pdl=pdl), w.down)
 

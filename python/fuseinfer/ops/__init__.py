@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
-from . import (activation, attention, attention_dispatch, kvcache, linear, norm, qk_norm,
-               rope, rope_dispatch)
+from . import (
+    activation,
+    attention,
+    attention_dispatch,
+    kvcache,
+    linear,
+    norm,
+    qk_norm,
+    rope,
+    rope_dispatch,
+)
 from .activation import silu_and_mul
 from .attention_plan import AttentionShape, PagedAttention
 from .kvcache import store_kv_cache

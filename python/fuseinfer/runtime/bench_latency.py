@@ -36,7 +36,7 @@ def decode_ms_per_token(engine: Any, context: int, new_tokens: int, batch: int,
     start, first = 0.0, 0
     while engine.busy:
         engine.step()
-        if not first and all(r.output for r in reqs):
+        if not first and all(r.output and r.output[0] >= 0 for r in reqs):  # not a placeholder
             start, first = time.perf_counter(), min(len(r.output) for r in reqs)
     elapsed = time.perf_counter() - start
     steps = min(len(r.output) for r in reqs) - first

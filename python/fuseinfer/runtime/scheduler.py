@@ -306,6 +306,7 @@ class Scheduler:
             at = len(out) - 1  # the first placeholder: they sit at the tail, in order
             while at > 0 and out[at - 1] < 0:
                 at -= 1
+            assert out[at] < 0, "a resolved step found no placeholder for its token"
             out[at] = token
             if entry is not None:
                 req.logprobs.append(entry)

@@ -9,6 +9,7 @@ aborts its request, which frees its KV.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import threading
@@ -417,16 +418,19 @@ def create_app(client: EngineClient, model_name: str, tokenizer: TextTokenizer |
                 source = single(ids, params, stops) if n == 1 else \
                     merged(ids, params, stops, n)
                 try:
-                    async for i, text, count, finish, items in source:
-                        produced += count
-                        lp = json.dumps(format_logprobs(items, chat, 0)) if wants_lp \
-                            else "null"
-                        fr = finish_reason(finish)
-                        body_text = json.dumps(text)
-                        content = f'"delta": {text_key}{body_text}}}' if chat \
-                            else f'"text": {body_text}'
-                        yield (f'{head}, "choices": [{{"index": {i}, {content}, "logprobs": '
-                               f'{lp}, "finish_reason": {json.dumps(fr)}}}]}}\n\n')
+                    # closed on any exit (a client that went away included): aborts the
+                    # engine requests now, not when the generators are collected
+                    async with contextlib.aclosing(source):
+                        async for i, text, count, finish, items in source:
+                            produced += count
+                            lp = json.dumps(format_logprobs(items, chat, 0)) if wants_lp \
+                                else "null"
+                            fr = finish_reason(finish)
+                            body_text = json.dumps(text)
+                            content = f'"delta": {text_key}{body_text}}}' if chat \
+                                else f'"text": {body_text}'
+                            yield (f'{head}, "choices": [{{"index": {i}, {content}, "logprobs": '
+                                   f'{lp}, "finish_reason": {json.dumps(fr)}}}]}}\n\n')
                 except ApiError as err:  # the response has started: report it in-stream
                     yield f"data: {json.dumps(err.body())}\n\n"
                 if (body.get("stream_options") or {}).get("include_usage"):

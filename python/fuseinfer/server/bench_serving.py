@@ -17,6 +17,7 @@ import math
 import random
 import sys
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,12 +48,32 @@ def make_requests(dataset: str, n: int, input_len: int, output_len: int, vocab: 
     return out
 
 
+async def _body_lines(reader: asyncio.StreamReader, chunked: bool) -> AsyncIterator[bytes]:
+    """The response body's lines as they arrive, decoding chunked transfer encoding."""
+    if not chunked:
+        while line := await reader.readline():
+            yield line
+        return
+    pending = b""
+    while True:
+        size = int((await reader.readline()).split(b";")[0].strip() or b"0", 16)
+        if size == 0:
+            break
+        pending += await reader.readexactly(size)
+        await reader.readexactly(2)  # the CRLF after each chunk
+        *lines, pending = pending.split(b"\n")
+        for line in lines:
+            yield line + b"\n"
+    if pending:
+        yield pending
+
+
 async def _one(host: str, port: int, path: str, model: str, prompt: list[int],
                max_tokens: int) -> Result:
-    """One streamed completion over a bare asyncio connection. HTTP/1.0 makes the server
-    send the event stream unchunked and close at its end, so lines are read as they come;
-    a full HTTP client costs more per line than the server spends per token and would
-    measure itself at high token rates."""
+    """One streamed completion over a bare asyncio connection (HTTP/1.0: the server closes
+    the connection at the end; chunked bodies are decoded too). A full HTTP client costs
+    more per line than the server spends per token and would measure itself at high token
+    rates. A stream counts as complete only when it ends with [DONE]."""
     res = Result(ok=False, prompt_tokens=len(prompt))
     body = json.dumps({"model": model, "prompt": prompt, "max_tokens": max_tokens,
                        "stream": True, "temperature": 0.0, "ignore_eos": True}).encode()
@@ -63,15 +84,23 @@ async def _one(host: str, port: int, path: str, model: str, prompt: list[int],
     try:
         reader, writer = await asyncio.open_connection(host, port, limit=1 << 22)
         writer.write(head.encode() + body)
-        status = await reader.readline()
-        while (await reader.readline()).strip():  # headers
-            pass
-        if b" 200 " not in status:
-            res.error = f"{status.decode().strip()}: {(await reader.read())[:200].decode()}"
+        status = (await reader.readline()).split()
+        chunked = False
+        while header := (await reader.readline()).strip():
+            name, _, value = header.partition(b":")
+            if name.strip().lower() == b"transfer-encoding":
+                chunked = b"chunked" in value.lower()
+        if len(status) < 2 or status[1] != b"200":
+            text = b"".join([line async for line in _body_lines(reader, chunked)])
+            res.error = f"HTTP {b' '.join(status[1:]).decode(errors='replace')}: " \
+                f"{text[:200].decode(errors='replace')}"
             return res
-        while line := await reader.readline():
-            if not line.startswith(b"data: ") or line.startswith(b"data: [DONE]"):
+        async for line in _body_lines(reader, chunked):
+            if not line.startswith(b"data: "):
                 continue
+            if line.startswith(b"data: [DONE]"):
+                res.ok = True
+                break
             if line.startswith(b'data: {"error"'):
                 res.error = json.loads(line[6:])["error"]["message"]
                 return res
@@ -83,7 +112,8 @@ async def _one(host: str, port: int, path: str, model: str, prompt: list[int],
             last = now
             res.output_tokens += 1
         res.e2e = time.perf_counter() - start
-        res.ok = True
+        if not res.ok:
+            res.error = "the stream ended without [DONE]"
     except Exception as err:  # a lost request is a result, not a crash of the benchmark
         res.error = f"{type(err).__name__}: {err}"
     finally:
