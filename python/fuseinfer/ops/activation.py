@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from .arg_checks import fail
 from .library import LIB, define, impl_cpu, impl_fake
+from .triton_launch import next_pow2, use_pdl
 
 _SCHEMA = "silu_and_mul(Tensor(a!) out, Tensor input, bool? enable_pdl=None) -> ()"
 _DTYPES = (torch.bfloat16, torch.float16, torch.float32)
@@ -56,27 +57,16 @@ def launch_silu_and_mul(out: torch.Tensor, input: torch.Tensor, pdl: bool) -> No
     rows, inner = out.shape
     if rows == 0 or inner == 0:
         return
-    block = min(1024, triton_next_pow2(inner))
+    block = min(1024, next_pow2(inner))
     extra = {"launch_pdl": True} if pdl else {}
     silu_and_mul_kernel[(rows, -(-inner // block))](
         input, out, inner, input.stride(0), out.stride(0), BLOCK=block, USE_PDL=pdl,
         num_warps=4, **extra)
 
 
-def triton_next_pow2(n: int) -> int:
-    return 1 << max(0, (n - 1).bit_length())
-
-
-def pdl_default(enable_pdl: bool | None, device: torch.device) -> bool:
-    """PDL (griddepcontrol) on sm_90+ unless turned off."""
-    if enable_pdl is False or device.type != "cuda":
-        return False
-    return torch.cuda.get_device_capability(device)[0] >= 9
-
-
 def _cuda(out: torch.Tensor, input: torch.Tensor, enable_pdl: bool | None = None) -> None:
     _check(out, input)
-    launch_silu_and_mul(out, input, pdl_default(enable_pdl, input.device))
+    launch_silu_and_mul(out, input, use_pdl(enable_pdl, input.device))
 
 
 def silu_and_mul(input: torch.Tensor, out: torch.Tensor | None = None,

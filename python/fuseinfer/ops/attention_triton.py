@@ -7,6 +7,7 @@ import torch
 
 from .attention_reference import page_size_of
 from .kvcache import FP8, slot_rows
+from .triton_launch import next_pow2, use_pdl
 
 
 def _cache_strides(cache: torch.Tensor) -> tuple[int, int]:
@@ -14,10 +15,6 @@ def _cache_strides(cache: torch.Tensor) -> tuple[int, int]:
     the slot geometry is the KV-cache family's (already checked by the op)."""
     _, _, slot = slot_rows(cache, "paged_attention", "cache")
     return slot, cache.stride(-2)
-
-
-def _pow2(n: int) -> int:
-    return 1 << max(n - 1, 0).bit_length()
 
 
 def _flags(sinks, lse, k_cache, k_scale, window_left, logit_cap) -> dict:
@@ -48,12 +45,6 @@ def _slot_descriptor(cache: torch.Tensor, block_n: int):
     return TensorDescriptor(cache, [slots, heads, dim], [slot, head, 1], [block_n, 1, dim])
 
 
-def _pdl(enable_pdl: bool, device: torch.device) -> bool:
-    # PDL (griddepcontrol) needs sm_90+; the interpreter has no such thing.
-    return bool(enable_pdl) and device.type == "cuda" \
-        and torch.cuda.get_device_capability(device)[0] >= 9
-
-
 def launch_prefill(q, k_cache, v_cache, page_table, q_indptr, kv_lens, work, out, lse,
                    sinks, k_scale, v_scale, sm_scale: float, window_left: int | None,
                    logit_cap: float, launch: list[int], enable_pdl: bool) -> None:
@@ -66,7 +57,7 @@ def launch_prefill(q, k_cache, v_cache, page_table, q_indptr, kv_lens, work, out
         return
     k_slot, k_head = _cache_strides(k_cache)
     v_slot, v_head = _cache_strides(v_cache)
-    pdl = _pdl(enable_pdl, q.device)
+    pdl = use_pdl(enable_pdl, q.device)
     extra = {"launch_pdl": True} if pdl else {}
     dummy = kv_lens  # stands in for absent optional tensors; never read
     page_size = page_size_of(k_cache)
@@ -102,10 +93,10 @@ def launch_decode(q, k_cache, v_cache, page_table, kv_lens, partial_out, partial
     group = q_heads // kv_heads
     max_splits = partial_lse.size(2)
     use_dot = group >= tensor_core_min_group
-    heads_per_program = max(16, _pow2(group)) if use_dot else 1
+    heads_per_program = max(16, next_pow2(group)) if use_dot else 1
     k_slot, k_head = _cache_strides(k_cache)
     v_slot, v_head = _cache_strides(v_cache)
-    pdl = _pdl(enable_pdl, q.device)
+    pdl = use_pdl(enable_pdl, q.device)
     extra = {"launch_pdl": True} if pdl else {}
     flags = _flags(sinks, lse, k_cache, k_scale, window_left, logit_cap)
     dummy = kv_lens
@@ -131,7 +122,7 @@ def launch_decode(q, k_cache, v_cache, page_table, kv_lens, partial_out, partial
             out, lse_arg, partial_out, partial_lse, sinks_arg, kv_lens, v_scale_arg, window,
             max_splits, out.stride(0), out.stride(1),
             lse.stride(0) if lse is not None else 0, *part_strides,
-            HEAD_DIM=head_dim, SPLITS_POW2=_pow2(max_splits), MIN_CHUNK=min_chunk,
+            HEAD_DIM=head_dim, SPLITS_POW2=next_pow2(max_splits), MIN_CHUNK=min_chunk,
             BLOCK_N=block_n, HAS_WINDOW=flags["HAS_WINDOW"], HAS_SINKS=flags["HAS_SINKS"],
             HAS_LSE=flags["HAS_LSE"], KV_SCALED=flags["KV_SCALED"], USE_PDL=pdl,
             num_warps=4 if head_dim >= 128 else 2, **extra)

@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import torch
 
-from .activation import pdl_default, triton_next_pow2
 from .arg_checks import fail, has_storage
 from .library import LIB, define, impl_cpu, impl_fake
+from .triton_launch import next_pow2, use_pdl
 
 _SCHEMA = ("small_batch_linear(Tensor(a!) out, Tensor x, Tensor weight, bool silu_mul=False, "
            "Tensor? norm_weight=None, Tensor? residual=None, Tensor(b!)? residual_out=None, "
@@ -110,7 +110,7 @@ def launch_small_batch_linear(out, x, weight, pdl: bool, silu_mul: bool = False,
     m, n, k = x.size(0), weight.size(0), weight.size(1)
     if m == 0 or n == 0:
         return
-    k_pad = triton_next_pow2(k)
+    k_pad = next_pow2(k)
     block_n = max(1, min(64, _TILE // k_pad))
     extra = {"launch_pdl": True} if pdl else {}
     norm = 0 if norm_weight is None else (1 if residual is None else 2)
@@ -127,7 +127,7 @@ def launch_small_batch_linear(out, x, weight, pdl: bool, silu_mul: bool = False,
 def _cuda(out, x, weight, silu_mul=False, norm_weight=None, residual=None, residual_out=None,
           eps=1e-6, enable_pdl=None) -> None:
     _check(out, x, weight, silu_mul, norm_weight, residual, residual_out, eps)
-    launch_small_batch_linear(out, x, weight, pdl_default(enable_pdl, x.device), silu_mul,
+    launch_small_batch_linear(out, x, weight, use_pdl(enable_pdl, x.device), silu_mul,
                               norm_weight, residual, residual_out, eps)
 
 

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import torch
 
-from .activation import pdl_default, triton_next_pow2
 from .arg_checks import fail
 from .library import LIB, define, impl_cpu, impl_fake
+from .triton_launch import next_pow2, use_pdl
 
 _SCHEMA = ("qk_rmsnorm(Tensor(a!) qk, Tensor q_weight, Tensor k_weight, int num_q_heads, "
            "float eps=1e-06, bool? enable_pdl=None) -> ()")
@@ -68,7 +68,7 @@ def launch_qk_rmsnorm(qk, q_weight, k_weight, num_q_heads: int, eps: float,
     heads = qk.size(1) // d
     if qk.size(0) == 0:
         return
-    per_program = min(8, triton_next_pow2(heads))
+    per_program = min(8, next_pow2(heads))
     extra = {"launch_pdl": True} if pdl else {}
     qk_rmsnorm_kernel[(qk.size(0), -(-heads // per_program))](
         qk, q_weight, k_weight, qk.stride(0), num_q_heads, heads, eps, HEAD_DIM=d,
@@ -82,7 +82,7 @@ def _cuda(qk, q_weight, k_weight, num_q_heads, eps=1e-6, enable_pdl=None):
         fail("qk_rmsnorm", "q_weight", f"head_dim {d}: the CUDA path needs a power of two "
              "<= 512")
     launch_qk_rmsnorm(qk, q_weight, k_weight, num_q_heads, eps,
-                      pdl_default(enable_pdl, qk.device))
+                      use_pdl(enable_pdl, qk.device))
 
 
 def qk_rmsnorm(qk: torch.Tensor, q_weight: torch.Tensor, k_weight: torch.Tensor,
