@@ -15,9 +15,11 @@ import argparse
 import collections
 import random
 import time
+from functools import partial
 
 import torch
 
+from fuseinfer.bench.timing import time_calls
 from fuseinfer.runtime.bench_offline import Workload, run_workload
 from fuseinfer.runtime.engine import Engine, EngineArgs
 
@@ -183,20 +185,7 @@ def attention_group_paths(context: int) -> None:
             attn.table = dataclasses.replace(attn.table, tensor_core_min_group=tc)
             plan = attn.plan_decode([context] * bs, table)
             o = attn.run(plan, q, k, v)
-            torch.cuda.synchronize()
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                for _ in range(20):
-                    attn.run(plan, q, k, v, out=o)
-            graph.replay()
-            torch.cuda.synchronize()
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            for _ in range(5):
-                graph.replay()
-            b.record()
-            torch.cuda.synchronize()
-            us = a.elapsed_time(b) / 100 * 1e3
+            us = time_calls([partial(attn.run, plan, q, k, v, out=o)]).median_us
             gbs = 2 * k[0].numel() * 2 * pages_per * bs / us / 1e3
             out.append(o.float())
             print(f"attention decode bs={bs} ctx={context} tensor_core_min_group={tc}: "
@@ -205,8 +194,8 @@ def attention_group_paths(context: int) -> None:
 
 
 def gemv_vs_cublas() -> None:
-    """small_batch_linear against torch.matmul (cuBLAS) on Qwen3-0.6B's weights, 20 calls
-    captured in a CUDA graph (each kernel alone: no neighbour to overlap with)."""
+    """small_batch_linear against torch.matmul (cuBLAS) on Qwen3-0.6B's weights, timed by
+    CUDA-graph replay (each kernel alone: no neighbour to overlap with)."""
     from fuseinfer.ops import small_batch_linear
 
     shapes = {"qkv": (4096, 1024), "o": (1024, 2048), "gate_up": (6144, 1024),
@@ -215,22 +204,8 @@ def gemv_vs_cublas() -> None:
         for name, (n, k) in shapes.items():
             x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
             w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16)
-            times = []
-            for fn in (lambda x=x, w=w: small_batch_linear(x, w), lambda x=x, w=w: x @ w.t()):
-                fn()
-                torch.cuda.synchronize()
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph):
-                    for _ in range(20):
-                        fn()
-                graph.replay()
-                a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                a.record()
-                for _ in range(5):
-                    graph.replay()
-                b.record()
-                torch.cuda.synchronize()
-                times.append(a.elapsed_time(b) / 100 * 1e3)
+            times = [time_calls([fn]).median_us for fn in
+                     (partial(small_batch_linear, x, w), partial(torch.matmul, x, w.t()))]
             gb = n * k * 2 / 1e9
             print(f"linear m={m} {name:8s} [{n}x{k}]: gemv {times[0]:.2f} us "
                   f"({gb / times[0] * 1e6 / 1e3:.2f} TB/s), cuBLAS {times[1]:.2f} us "
