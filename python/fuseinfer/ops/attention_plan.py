@@ -27,6 +27,7 @@ import torch
 from .arg_checks import fail
 from .attention import default_scale
 from .attention_dispatch import HEAD_DIMS, AttentionDispatch
+from .host_copy import to_device
 
 Lengths = Sequence[int] | torch.Tensor
 
@@ -90,11 +91,7 @@ def _host_lengths(values: Lengths, name: str) -> list[int]:
 def _to_device(values: list[int], device: torch.device, out: torch.Tensor | None = None
                ) -> torch.Tensor:
     """Host ints to an int32 device tensor (into `out` when given), without a sync."""
-    host = torch.tensor(values, dtype=torch.int32, pin_memory=device.type == "cuda")
-    if out is None:
-        return host.to(device, non_blocking=True)
-    out.copy_(host, non_blocking=True)
-    return out
+    return to_device(values, torch.int32, device, out)
 
 
 class PagedAttention:

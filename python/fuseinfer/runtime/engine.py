@@ -16,6 +16,7 @@ from ..models.config import ModelConfig
 from ..models.decoder import DecoderModel, ForwardBatch, Fusions
 from ..models.loader import dummy_weights, load_weights
 from ..ops import AttentionShape, PagedAttention
+from ..ops.host_copy import to_device
 from .cuda_graph_runner import DecodeGraphRunner
 from .gc_control import GcPauseMonitor, freeze_after_warmup
 from .kv_pool import FP8, KvCacheConfig, ReqToTokenPool, TokenToKVPool, pages_for_budget
@@ -188,13 +189,9 @@ class Engine:
         return self.model.forward(fb)
 
     def _put(self, values: list[int]) -> torch.Tensor:
-        """Host ints to an int64 device tensor without a sync: a plain torch.tensor(...,
-        device=cuda) copies from pageable memory and waits for the stream, which would
-        stall the CPU behind the step in flight and undo the overlap."""
-        if self.device.type != "cuda":
-            return torch.tensor(values, dtype=torch.int64)
-        host = torch.tensor(values, dtype=torch.int64, pin_memory=True)
-        return host.to(self.device, non_blocking=True)
+        """Host ints to an int64 device tensor without a sync (a sync would stall the CPU
+        behind the step in flight and undo the overlap)."""
+        return to_device(values, torch.int64, self.device)
 
     def _resolve_ids(self, ids: list[int]) -> torch.Tensor:
         """Token ids on the device; a placeholder -(1 + k) is the token sampled into slot k

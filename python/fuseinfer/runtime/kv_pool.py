@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..ops.host_copy import to_device
+
 FP8 = torch.float8_e4m3fn
 
 
@@ -159,10 +161,8 @@ class ReqToTokenPool:
                              f"pages, more than the {self.max_pages} a request may hold")
         if new_pages:
             start = len(have)
-            values = torch.tensor(list(new_pages), dtype=torch.int32,
-                                  pin_memory=self.page_table.is_cuda)  # no host sync
-            self.page_table[slot, start:start + len(new_pages)].copy_(values,
-                                                                       non_blocking=True)
+            to_device(list(new_pages), torch.int32, self.page_table.device,
+                      out=self.page_table[slot, start:start + len(new_pages)])
             have.extend(new_pages)
 
     def truncate_pages(self, slot: int, keep: int) -> list[int]:

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..ops.host_copy import to_device
+
 _MASK64 = (1 << 64) - 1
 
 
@@ -73,10 +75,7 @@ class SamplingBatch:
                                                       for p in params)
 
         def put(values, dtype):
-            # pinned: a copy from pageable memory would wait for the stream (a host sync)
-            pinned = torch.device(device).type == "cuda"
-            return torch.tensor(values, dtype=dtype, pin_memory=pinned).to(
-                device, non_blocking=True)
+            return to_device(values, dtype, device)
 
         return SamplingBatch(
             temperature=put(temps, torch.float32), top_k=put(ks, torch.int64),
