@@ -14,11 +14,10 @@ import random
 import statistics
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from .bench_offline import ABLATIONS, release_engine
+from .bench_offline import ablation_variants, add_ablate_argument, release_engine
 
 
 def decode_ms_per_token(engine: Any, context: int, new_tokens: int, batch: int,
@@ -56,8 +55,7 @@ def add_latency_parser(sub: Any) -> None:
     p.add_argument("--new-tokens", type=int, default=256)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--page-size", type=int, default=64)
-    p.add_argument("--ablate", nargs="+", choices=[*ABLATIONS, "all"], default=[],
-                   help="also run without each of these switches (all: every one)")
+    add_ablate_argument(p)
     p.add_argument("--record", action="store_true",
                    help="add the rows to microbench/results/<gpu>/runtime.json")
     p.add_argument("--continue-run", action="store_true",
@@ -77,9 +75,7 @@ def _run_latency(args: argparse.Namespace) -> int:
                       page_size=args.page_size, max_running_requests=max(args.batch, 8),
                       max_context_len=args.context + args.new_tokens + 16,
                       cuda_graph_max_bs=max(args.batch, 8))
-    ablate = list(ABLATIONS) if "all" in args.ablate else list(dict.fromkeys(args.ablate))
-    variants = [("as configured", base)] + [
-        (f"without {name}", replace(base, **{ABLATIONS[name]: True})) for name in ablate]
+    _, variants = ablation_variants(base, args.ablate)
     label = f"decode batch {args.batch}, {args.context}-token context"
     rows = []
     for name, engine_args in variants:

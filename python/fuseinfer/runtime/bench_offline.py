@@ -94,8 +94,7 @@ def add_offline_parser(sub: Any) -> None:
     p.add_argument("--max-running-requests", type=int, default=256)
     p.add_argument("--cuda-graph-max-bs", type=int, default=256)
     p.add_argument("--mem-fraction-static", type=float, default=0.85)
-    p.add_argument("--ablate", nargs="+", choices=[*ABLATIONS, "all"], default=[],
-                   help="also run without each of these switches (all: every one)")
+    add_ablate_argument(p)
     p.add_argument("--no-warmup", action="store_true", help="skip the unmeasured warm-up")
     p.add_argument("--json", type=Path, help="write the results as JSON here")
     p.add_argument("--record", action="store_true",
@@ -118,6 +117,19 @@ def release_engine(engine: Any) -> None:
         torch.cuda.empty_cache()
 
 
+def add_ablate_argument(parser: Any) -> None:
+    parser.add_argument("--ablate", nargs="+", choices=[*ABLATIONS, "all"], default=[],
+                        help="also run without each of these switches (all: every one)")
+
+
+def ablation_variants(base: Any, requested: list[str]) -> tuple[list[str], list[tuple[str, Any]]]:
+    """(the switches to ablate, [(variant name, EngineArgs)]): the configured engine first,
+    then one without each switch."""
+    ablate = list(ABLATIONS) if "all" in requested else list(dict.fromkeys(requested))
+    return ablate, [("as configured", base)] + [
+        (f"without {name}", replace(base, **{ABLATIONS[name]: True})) for name in ablate]
+
+
 def _run_offline(args: argparse.Namespace) -> int:
     from ..models.bundled import resolve_model
     from .engine import Engine, EngineArgs
@@ -131,9 +143,7 @@ def _run_offline(args: argparse.Namespace) -> int:
                       max_context_len=2 * args.max_len,
                       cuda_graph_max_bs=args.cuda_graph_max_bs,
                       mem_fraction_static=args.mem_fraction_static)
-    ablate = list(ABLATIONS) if "all" in args.ablate else list(dict.fromkeys(args.ablate))
-    variants = [("as configured", base)] + [
-        (f"without {name}", replace(base, **{ABLATIONS[name]: True})) for name in ablate]
+    ablate, variants = ablation_variants(base, args.ablate)
     workload = Workload(args.num_prompts, args.min_len, args.max_len)
     results = {}
     for name, engine_args in variants:
