@@ -15,7 +15,7 @@ from fuseinfer.bench.suites import attention as suite
 from fuseinfer.dispatch import TableError, lookup
 from fuseinfer.dispatch.schema import parse_dataclass, to_json
 from fuseinfer.dispatch.tables import load_table
-from fuseinfer.ops.attention_dispatch import (
+from fuseinfer.ops.attention.dispatch import (
     ATTENTION_BUILTIN,
     AttentionDispatch,
     DecodeLaunchRule,

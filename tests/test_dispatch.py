@@ -10,7 +10,7 @@ import fuseinfer  # noqa: F401  (registers the norm table schema)
 from fuseinfer.dispatch import GpuIdentity, TableError, gpu_key, lookup, write_entry
 from fuseinfer.dispatch.identity import family_key
 from fuseinfer.dispatch.tables import load_table
-from fuseinfer.ops.norm_dispatch import BUILTIN, NormDispatch, NormLaunchRule
+from fuseinfer.ops.norm.dispatch import BUILTIN, NormDispatch, NormLaunchRule
 from fuseinfer.paths import tables_dir
 
 GIB = 1 << 30

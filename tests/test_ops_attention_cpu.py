@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from fuseinfer.bench.attention_inputs import make_paged_kv
 from fuseinfer.ops import AttentionShape, PagedAttention
-from fuseinfer.ops.attention_reference import reference_paged_attention
+from fuseinfer.ops.attention.reference import reference_paged_attention
 
 BF16 = torch.bfloat16
 
@@ -191,7 +191,7 @@ def _close(out, lse, want, want_lse, rows=None):
     dict(page_size=16, hq=4, hkv=2, window_left=9, tma=False),  # ... or a scalar base
 ])
 def test_prefill_kernel_interpreted(case):
-    from fuseinfer.ops.attention_triton import launch_prefill
+    from fuseinfer.ops.attention.launch import launch_prefill
 
     q_lens, kv_lens = [5, 21, 1], [12, 21, 33]
     hq, hkv, d = case["hq"], case["hkv"], 64
@@ -224,7 +224,7 @@ def test_prefill_kernel_interpreted(case):
     dict(page_size=32, splits=2, sinks=True, window_left=20),  # a key block in one page
 ])
 def test_decode_kernel_interpreted(case, tensor_cores):
-    from fuseinfer.ops.attention_triton import launch_decode
+    from fuseinfer.ops.attention.launch import launch_decode
 
     kv_lens = [40, 0, 7, 25]  # row 1 is a padded batch row
     hq, hkv, d = 8, 2, 64

@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from fuseinfer.ops import qk_rmsnorm, silu_and_mul
-from fuseinfer.ops.activation import launch_silu_and_mul, reference_silu_and_mul
-from fuseinfer.ops.qk_norm import launch_qk_rmsnorm, reference_qk_rmsnorm
+from fuseinfer.ops.activation.silu_and_mul import launch_silu_and_mul, reference_silu_and_mul
+from fuseinfer.ops.norm.qk_rmsnorm import launch_qk_rmsnorm, reference_qk_rmsnorm
 
 needs_interpreter = pytest.mark.skipif(
     os.environ.get("TRITON_INTERPRET") != "1",
@@ -136,7 +136,10 @@ def test_small_batch_linear_op_and_errors():
 @needs_interpreter
 @pytest.mark.parametrize("m, n, k", [(1, 37, 1000), (8, 70, 64), (5, 16, 3000)])
 def test_small_batch_linear_kernel_interpreted(m, n, k):
-    from fuseinfer.ops.linear import launch_small_batch_linear, reference_small_batch_linear
+    from fuseinfer.ops.linear.small_batch_linear import (
+        launch_small_batch_linear,
+        reference_small_batch_linear,
+    )
 
     x = torch.randn(m, k + 8)[:, :k]  # strided rows
     w = torch.randn(n, k)
@@ -147,7 +150,7 @@ def test_small_batch_linear_kernel_interpreted(m, n, k):
 
 def test_small_batch_linear_with_silu_mul():
     from fuseinfer.ops import small_batch_linear
-    from fuseinfer.ops.activation import reference_silu_and_mul
+    from fuseinfer.ops.activation.silu_and_mul import reference_silu_and_mul
 
     x, w = torch.randn(2, 2 * 24), torch.randn(10, 24)
     want = reference_silu_and_mul(x) @ w.t()
@@ -158,7 +161,10 @@ def test_small_batch_linear_with_silu_mul():
 
 @needs_interpreter
 def test_small_batch_linear_silu_mul_kernel_interpreted():
-    from fuseinfer.ops.linear import launch_small_batch_linear, reference_small_batch_linear
+    from fuseinfer.ops.linear.small_batch_linear import (
+        launch_small_batch_linear,
+        reference_small_batch_linear,
+    )
 
     x, w = torch.randn(3, 2 * 300), torch.randn(20, 300)
     out = torch.full((3, 20), float("nan"))
@@ -169,7 +175,7 @@ def test_small_batch_linear_silu_mul_kernel_interpreted():
 
 def test_small_batch_linear_norm_prologues():
     from fuseinfer.ops import small_batch_linear
-    from fuseinfer.ops.norm import reference_rmsnorm
+    from fuseinfer.ops.norm.rmsnorm import reference_rmsnorm
 
     x, res, w = torch.randn(2, 32), torch.randn(2, 32), torch.randn(12, 32)
     nw = torch.rand(32) + 0.5
@@ -191,7 +197,10 @@ def test_small_batch_linear_norm_prologues():
 @needs_interpreter
 @pytest.mark.parametrize("with_residual", [False, True])
 def test_small_batch_linear_norm_kernel_interpreted(with_residual):
-    from fuseinfer.ops.linear import launch_small_batch_linear, reference_small_batch_linear
+    from fuseinfer.ops.linear.small_batch_linear import (
+        launch_small_batch_linear,
+        reference_small_batch_linear,
+    )
 
     x, w = torch.randn(3, 300), torch.randn(40, 300)
     nw, res = torch.rand(300) + 0.5, torch.randn(3, 300)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import fuseinfer
-from fuseinfer.ops.norm import reference_rmsnorm
+from fuseinfer.ops.norm.rmsnorm import reference_rmsnorm
 
 OPS = ["rmsnorm", "gemma_rmsnorm", "fused_add_rmsnorm", "gemma_fused_add_rmsnorm"]
 EPS = 1e-6

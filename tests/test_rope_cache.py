@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from fuseinfer.ops.rope_cache import (
+from fuseinfer.ops.rope.cos_sin_cache import (
     DefaultScaling,
     Llama3Scaling,
     RopeSpec,

@@ -12,8 +12,8 @@ import torch
 
 from fuseinfer.bench.attention_inputs import make_paged_kv
 from fuseinfer.ops import AttentionShape, PagedAttention
-from fuseinfer.ops.attention_dispatch import ATTENTION_BUILTIN
-from fuseinfer.ops.attention_reference import reference_paged_attention
+from fuseinfer.ops.attention.dispatch import ATTENTION_BUILTIN
+from fuseinfer.ops.attention.reference import reference_paged_attention
 
 TOL = {torch.bfloat16: 2e-2, torch.float16: 4e-3}
 

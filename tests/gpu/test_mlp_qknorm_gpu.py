@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from fuseinfer.ops import qk_rmsnorm, silu_and_mul
-from fuseinfer.ops.activation import reference_silu_and_mul
-from fuseinfer.ops.qk_norm import reference_qk_rmsnorm
+from fuseinfer.ops.activation.silu_and_mul import reference_silu_and_mul
+from fuseinfer.ops.norm.qk_rmsnorm import reference_qk_rmsnorm
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
@@ -74,7 +74,7 @@ def test_both_replay_in_a_cuda_graph():
                                      (5, 1000, 2000), (2, 64, 16384)])
 def test_small_batch_linear(dtype, m, n, k):
     from fuseinfer.ops import small_batch_linear
-    from fuseinfer.ops.linear import reference_small_batch_linear
+    from fuseinfer.ops.linear.small_batch_linear import reference_small_batch_linear
 
     x = torch.randn(m, k + 8, device="cuda", dtype=dtype)[:, :k]
     w = torch.randn(n, k, device="cuda", dtype=dtype) / k ** 0.5
@@ -87,7 +87,7 @@ def test_small_batch_linear(dtype, m, n, k):
 
 def test_small_batch_linear_in_a_cuda_graph():
     from fuseinfer.ops import small_batch_linear
-    from fuseinfer.ops.linear import reference_small_batch_linear
+    from fuseinfer.ops.linear.small_batch_linear import reference_small_batch_linear
 
     x = torch.randn(4, 1024, device="cuda", dtype=torch.bfloat16)
     w = torch.randn(6144, 1024, device="cuda", dtype=torch.bfloat16) / 32
@@ -105,7 +105,7 @@ def test_small_batch_linear_in_a_cuda_graph():
 @pytest.mark.parametrize("m", [1, 5])
 def test_small_batch_linear_with_silu_mul(m):
     from fuseinfer.ops import small_batch_linear
-    from fuseinfer.ops.linear import reference_small_batch_linear
+    from fuseinfer.ops.linear.small_batch_linear import reference_small_batch_linear
 
     x = torch.randn(m, 2 * 3072, device="cuda", dtype=torch.bfloat16)
     w = torch.randn(1024, 3072, device="cuda", dtype=torch.bfloat16) / 55

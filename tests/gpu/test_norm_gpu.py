@@ -9,7 +9,7 @@ from norm_oracle import assert_close, oracle
 
 import fuseinfer
 from fuseinfer.bench.suites.norm_tune import candidates
-from fuseinfer.ops.norm_dispatch import NormDispatch, NormLaunchRule, effective, push_to_device
+from fuseinfer.ops.norm.dispatch import NormDispatch, NormLaunchRule, effective, push_to_device
 
 EPS = 1e-6
 DTYPES = [torch.bfloat16, torch.float16, torch.float32]

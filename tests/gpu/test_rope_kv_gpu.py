@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import fuseinfer
-from fuseinfer.ops.rope_dispatch import (
+from fuseinfer.ops.rope.dispatch import (
     ROPE_BUILTIN,
     RopeDispatch,
     RopeLaunchRule,
@@ -82,7 +82,7 @@ def test_fused_rope_kv_matches_reference(tokens, is_neox, model, dtype):
 def test_rope_only_and_layouts(cache, index_dtype):
     case = make_case(33, 8, 2, 128, 128, torch.bfloat16, cache=cache, index_dtype=index_dtype)
     qkv, q, k, v, kc, vc, loc, pos, cs = case
-    ref = fuseinfer.ops.rope.reference_rope
+    ref = fuseinfer.ops.rope.rope_with_cos_sin_cache.reference_rope
     want_q = ref(pos.cpu(), q.cpu(), 128, cs.cpu(), True)
     want_k = ref(pos.cpu(), k.cpu(), 128, cs.cpu(), True)
     v_before = v.clone()

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..ops.kvcache import FP8
+from ..ops.kvcache.store_kv_cache import FP8
 
 
 @dataclass
@@ -23,7 +23,7 @@ class PagedKv:
     def contiguous(self, b: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Request b's first `length` keys and values as [length, kv_heads, head_dim]
         (dequantized to float32 when the cache is fp8)."""
-        from ..ops.attention_reference import gather_tokens
+        from ..ops.attention.reference import gather_tokens
 
         return (gather_tokens(self.k_cache, self.page_table[b], length, self.k_scale),
                 gather_tokens(self.v_cache, self.page_table[b], length, self.v_scale))

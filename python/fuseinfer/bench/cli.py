@@ -322,7 +322,7 @@ def _run_tune(args: argparse.Namespace) -> int:
     import torch
 
     from ..dispatch import current_identity, gpu_key, write_entry
-    from ..ops.norm_dispatch import OP_FAMILY, NormDispatch, push_to_device
+    from ..ops.norm.dispatch import OP_FAMILY, NormDispatch, push_to_device
     from .environment import utc_now
     from .suites import norm_tune
 
@@ -404,7 +404,8 @@ def _run_tune_rope(args: argparse.Namespace, identity: Any, device: int) -> int:
     import torch
 
     from ..dispatch import gpu_key, write_entry
-    from ..ops.rope_dispatch import push_kvcache, push_rope
+    from ..ops.kvcache.dispatch import push_kvcache
+    from ..ops.rope.dispatch import push_rope
     from .environment import utc_now
     from .suites import rope_tune
 

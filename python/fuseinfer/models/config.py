@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..ops.rope_cache import RopeSpec, rope_scaling_from_config
+from ..ops.rope.cos_sin_cache import RopeSpec, rope_scaling_from_config
 
 ARCHITECTURES = {"LlamaForCausalLM": "llama", "Qwen3ForCausalLM": "qwen3"}
 

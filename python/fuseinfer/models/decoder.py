@@ -15,8 +15,14 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..ops import activation, attention_plan, kvcache, linear, norm, qk_norm, rope
-from ..ops.rope_cache import build_cos_sin_cache
+from ..ops.activation.silu_and_mul import silu_and_mul
+from ..ops.attention import DecodePlan, PagedAttention, PrefillPlan
+from ..ops.kvcache.store_kv_cache import store_kv_cache
+from ..ops.linear.small_batch_linear import MAX_K, MAX_M, small_batch_linear
+from ..ops.norm.qk_rmsnorm import qk_rmsnorm
+from ..ops.norm.rmsnorm import fused_add_rmsnorm, rmsnorm
+from ..ops.rope.cos_sin_cache import build_cos_sin_cache
+from ..ops.rope.rope_with_cos_sin_cache import rope_with_cos_sin_cache
 from ..runtime.kv_pool import TokenToKVPool
 from .config import ModelConfig
 
@@ -42,7 +48,7 @@ class ForwardBatch:
     input_ids: torch.Tensor  # int64 [T]
     positions: torch.Tensor  # int64 [T]
     cache_loc: torch.Tensor  # int64 [T]
-    plan: attention_plan.PrefillPlan | attention_plan.DecodePlan
+    plan: PrefillPlan | DecodePlan
     logits_rows: torch.Tensor  # int64 [B]
 
 
@@ -68,7 +74,7 @@ class ModelWeights:
 
 class DecoderModel:
     def __init__(self, config: ModelConfig, weights: ModelWeights,
-                 attention: attention_plan.PagedAttention, kv_pool: TokenToKVPool,
+                 attention: PagedAttention, kv_pool: TokenToKVPool,
                  fusions: Fusions = Fusions()) -> None:
         self.config = config
         self.weights = weights
@@ -80,13 +86,13 @@ class DecoderModel:
     def _linear(self, h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """h @ weight.T; decode steps of a few tokens take the weight-streaming kernel."""
         if self._gemv(h, weight):
-            return linear.small_batch_linear(h, weight, enable_pdl=self.fusions.enable_pdl)
+            return small_batch_linear(h, weight, enable_pdl=self.fusions.enable_pdl)
         return h @ weight.t()
 
     def _gemv(self, h: torch.Tensor, weight: torch.Tensor) -> bool:
         """A step small enough for small_batch_linear, on a weight it takes (K <= MAX_K)."""
-        return h.size(0) <= min(self.fusions.gemv_max_tokens, linear.MAX_M) \
-            and weight.size(1) <= linear.MAX_K
+        return h.size(0) <= min(self.fusions.gemv_max_tokens, MAX_M) \
+            and weight.size(1) <= MAX_K
 
     def _norm_linear(self, h: torch.Tensor, residual: torch.Tensor | None,
                      norm_weight: torch.Tensor, weight: torch.Tensor
@@ -96,9 +102,9 @@ class DecoderModel:
         if self._gemv(h, weight) and self.fusions.fused_add_rmsnorm:
             eps, pdl = self.config.rms_norm_eps, self.fusions.enable_pdl
             if residual is None:
-                return linear.small_batch_linear(h, weight, norm_weight=norm_weight, eps=eps,
+                return small_batch_linear(h, weight, norm_weight=norm_weight, eps=eps,
                                                  enable_pdl=pdl), h
-            return linear.small_batch_linear(h, weight, norm_weight=norm_weight,
+            return small_batch_linear(h, weight, norm_weight=norm_weight,
                                              residual=residual, eps=eps, enable_pdl=pdl)
         h, residual = self._norm_residual(h, residual, norm_weight)
         return self._linear(h, weight), residual
@@ -108,12 +114,12 @@ class DecoderModel:
         """(normed, new residual): residual += h; h = rmsnorm(residual) (first: h alone)."""
         eps, pdl = self.config.rms_norm_eps, self.fusions.enable_pdl
         if residual is None:
-            return norm.rmsnorm(h, weight, eps, enable_pdl=pdl), h
+            return rmsnorm(h, weight, eps, enable_pdl=pdl), h
         if self.fusions.fused_add_rmsnorm:
-            norm.fused_add_rmsnorm(h, residual, weight, eps, enable_pdl=pdl)
+            fused_add_rmsnorm(h, residual, weight, eps, enable_pdl=pdl)
             return h, residual
         residual = residual + h
-        return norm.rmsnorm(residual, weight, eps, enable_pdl=pdl), residual
+        return rmsnorm(residual, weight, eps, enable_pdl=pdl), residual
 
     def _attention(self, layer: int, w: LayerWeights, qkv: torch.Tensor,
                    batch: ForwardBatch) -> torch.Tensor:
@@ -122,24 +128,24 @@ class DecoderModel:
         tokens, d = qkv.size(0), c.head_dim
         q, k, v = qkv.split([c.num_heads * d, c.num_kv_heads * d, c.num_kv_heads * d], dim=1)
         if w.q_norm is not None and w.k_norm is not None and self.fusions.fused_qk_norm:
-            qk_norm.qk_rmsnorm(qkv[:, :(c.num_heads + c.num_kv_heads) * d], w.q_norm,
+            qk_rmsnorm(qkv[:, :(c.num_heads + c.num_kv_heads) * d], w.q_norm,
                                w.k_norm, c.num_heads, c.rms_norm_eps,
                                enable_pdl=self.fusions.enable_pdl)  # q, k stay views
         elif w.q_norm is not None and w.k_norm is not None:
             eps, pdl = c.rms_norm_eps, self.fusions.enable_pdl
-            q = norm.rmsnorm(q.reshape(-1, d), w.q_norm, eps, enable_pdl=pdl).view(tokens, -1)
-            k = norm.rmsnorm(k.reshape(-1, d), w.k_norm, eps, enable_pdl=pdl).view(tokens, -1)
+            q = rmsnorm(q.reshape(-1, d), w.q_norm, eps, enable_pdl=pdl).view(tokens, -1)
+            k = rmsnorm(k.reshape(-1, d), w.k_norm, eps, enable_pdl=pdl).view(tokens, -1)
         k_cache, v_cache = self.kv.k[layer], self.kv.v[layer]
         k_scale, v_scale = self.kv.k_scale[layer], self.kv.v_scale[layer]
         pdl = self.fusions.enable_pdl
         if self.fusions.fused_rope_kv:
-            rope.rope_with_cos_sin_cache(batch.positions, q, k, d, self.cos_sin, True, v,
+            rope_with_cos_sin_cache(batch.positions, q, k, d, self.cos_sin, True, v,
                                          k_cache, v_cache, batch.cache_loc, k_scale, v_scale,
                                          enable_pdl=pdl)
         else:
-            rope.rope_with_cos_sin_cache(batch.positions, q, k, d, self.cos_sin, True,
+            rope_with_cos_sin_cache(batch.positions, q, k, d, self.cos_sin, True,
                                          enable_pdl=pdl)
-            kvcache.store_kv_cache(k_cache, v_cache, batch.cache_loc, k, v, k_scale, v_scale,
+            store_kv_cache(k_cache, v_cache, batch.cache_loc, k, v, k_scale, v_scale,
                                    enable_pdl=pdl)
         out = self.attention.run(batch.plan, q.view(tokens, c.num_heads, d), k_cache, v_cache,
                                  k_scale=k_scale, v_scale=v_scale)
@@ -151,8 +157,8 @@ class DecoderModel:
             gate, up = gate_up.chunk(2, dim=1)
             return self._linear(F.silu(gate) * up, w.down)
         if self._gemv(gate_up, w.down):  # SiLU inside the down projection's matmul
-            return linear.small_batch_linear(gate_up, w.down, silu_mul=True, enable_pdl=pdl)
-        return self._linear(activation.silu_and_mul(gate_up, enable_pdl=pdl), w.down)
+            return small_batch_linear(gate_up, w.down, silu_mul=True, enable_pdl=pdl)
+        return self._linear(silu_and_mul(gate_up, enable_pdl=pdl), w.down)
 
     @torch.inference_mode()
     def forward(self, batch: ForwardBatch) -> torch.Tensor:

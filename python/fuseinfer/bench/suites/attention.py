@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from ...ops import AttentionShape, PagedAttention
-from ...ops.attention_reference import reference_paged_attention
+from ...ops.attention.reference import reference_paged_attention
 from .. import attention_baselines as base
 from ..attention_inputs import make_paged_kv
 from ..progress import Progress

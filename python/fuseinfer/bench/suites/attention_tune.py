@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from ...ops.attention_dispatch import (
+from ...ops.attention.dispatch import (
     ATTENTION_BUILTIN,
     AttentionDispatch,
     DecodeLaunchRule,

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from ...ops.norm_dispatch import NormDispatch, NormLaunchRule, push_to_device
+from ...ops.norm.dispatch import NormDispatch, NormLaunchRule, push_to_device
 from ..progress import Progress
 from ..timing import TimingConfig, buffer_sets, l2_cache_bytes, time_calls
 
@@ -77,7 +77,7 @@ def tune(device: int = 0, hidden_sizes: Sequence[int] = HIDDEN,
          config: TimingConfig | None = None
          ) -> tuple[dict[str, tuple[NormLaunchRule, ...]], list[dict[str, Any]]]:
     """Best rule per (kind, hidden, token class); returns rules per kind and every timing."""
-    from ...ops.norm import _load_cuda
+    from ...ops.norm.rmsnorm import _load_cuda
 
     _load_cuda()
     config = config or TimingConfig(repeats=7, target_graph_ms=1.0, warmup_calls=2)

@@ -15,14 +15,8 @@ from typing import Any
 
 import torch
 
-from ...ops.rope_dispatch import (
-    KvCacheDispatch,
-    KvCacheLaunchRule,
-    RopeDispatch,
-    RopeLaunchRule,
-    push_kvcache,
-    push_rope,
-)
+from ...ops.kvcache.dispatch import KvCacheDispatch, KvCacheLaunchRule, push_kvcache
+from ...ops.rope.dispatch import RopeDispatch, RopeLaunchRule, push_rope
 from ..progress import Progress
 from ..timing import TimingConfig, buffer_sets, l2_cache_bytes, time_calls
 from .rope import MODELS, Case, bytes_moved, make_sets, ours
@@ -75,8 +69,8 @@ def _search(label: str, candidates: list, push: Callable[[Any], None],
 def tune(device: int, config: TimingConfig | None = None
          ) -> tuple[RopeDispatch, KvCacheDispatch, list[dict[str, Any]]]:
     """Tuned rules for both families (sources filled in by the caller) and the log."""
-    from ...ops.kvcache import load_cuda as load_kvcache
-    from ...ops.rope import load_cuda as load_rope
+    from ...ops.kvcache.store_kv_cache import load_cuda as load_kvcache
+    from ...ops.rope.rope_with_cos_sin_cache import load_cuda as load_rope
 
     load_rope()
     load_kvcache()

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..dispatch import TableError, current_identity, lookup, register_op
-from .library import table_bound
+from ...dispatch import TableError, current_identity, lookup, register_op
+from ..library import table_bound
 
 OP_FAMILY = "norm"
 

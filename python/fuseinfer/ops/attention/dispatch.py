@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..dispatch import TableError, register_op
+from ...dispatch import TableError, register_op
 
 HEAD_DIMS = (64, 128, 256)
 
@@ -118,6 +118,6 @@ register_op("attention", AttentionDispatch, ATTENTION_BUILTIN)
 
 def attention_table(device_index: int | None = None) -> AttentionDispatch:
     """The effective attention entry for a GPU (model table -> family -> built-in)."""
-    from ..dispatch import current_identity, lookup
+    from ...dispatch import current_identity, lookup
 
     return lookup("attention", current_identity(device_index)).entry

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from .arg_checks import fail as _fail
-from .arg_checks import has_storage
+from ..arg_checks import fail as _fail
+from ..arg_checks import has_storage
 
 SUPPORTED_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 

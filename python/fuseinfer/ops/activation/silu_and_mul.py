@@ -13,9 +13,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .arg_checks import fail
-from .library import LIB, define, impl_cpu, impl_fake
-from .triton_launch import next_pow2, use_pdl
+from ..arg_checks import fail
+from ..library import LIB, define, impl_cpu, impl_fake
+from ..triton_launch import next_pow2, use_pdl
 
 _SCHEMA = "silu_and_mul(Tensor(a!) out, Tensor input, bool? enable_pdl=None) -> ()"
 _DTYPES = (torch.bfloat16, torch.float16, torch.float32)
@@ -52,7 +52,7 @@ def _cpu(out: torch.Tensor, input: torch.Tensor, enable_pdl: bool | None = None)
 
 def launch_silu_and_mul(out: torch.Tensor, input: torch.Tensor, pdl: bool) -> None:
     """The Triton launch (also used directly by the interpreter tests on the CPU)."""
-    from ..triton.activation import silu_and_mul_kernel
+    from ...triton.silu_and_mul import silu_and_mul_kernel
 
     rows, inner = out.shape
     if rows == 0 or inner == 0:

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import torch
 
-from .attention_reference import page_size_of
-from .kvcache import FP8, slot_rows
-from .triton_launch import next_pow2, use_pdl
+from ..kvcache.store_kv_cache import FP8, slot_rows
+from ..triton_launch import next_pow2, use_pdl
+from .reference import page_size_of
 
 
 def _cache_strides(cache: torch.Tensor) -> tuple[int, int]:
@@ -48,7 +48,7 @@ def _slot_descriptor(cache: torch.Tensor, block_n: int):
 def launch_prefill(q, k_cache, v_cache, page_table, q_indptr, kv_lens, work, out, lse,
                    sinks, k_scale, v_scale, sm_scale: float, window_left: int | None,
                    logit_cap: float, launch: list[int], enable_pdl: bool) -> None:
-    from ..triton.attention_prefill import prefill_kernel
+    from ...triton.attention_prefill import prefill_kernel
 
     block_m, block_n, num_warps, num_stages, tma = launch
     num_items = work.size(0)
@@ -83,7 +83,7 @@ def launch_prefill(q, k_cache, v_cache, page_table, q_indptr, kv_lens, work, out
 def launch_decode(q, k_cache, v_cache, page_table, kv_lens, partial_out, partial_lse, out,
                   lse, sinks, k_scale, v_scale, sm_scale: float, window_left: int | None,
                   logit_cap: float, launch: list[int], enable_pdl: bool) -> None:
-    from ..triton.attention_decode import decode_kernel, merge_kernel
+    from ...triton.attention_decode import decode_kernel, merge_kernel
 
     block_n, num_warps, num_stages, min_chunk, tensor_core_min_group = launch
     batch, q_heads, head_dim = q.shape

@@ -5,7 +5,7 @@
     paged_decode_attention   one query per request, KV split across programs, then merged
 
 Semantics (causal mask, sliding window, sinks, soft-cap, FP8 scales, lse) are defined by
-fuseinfer.ops.attention_reference, which is also the CPU path. Layouts:
+fuseinfer.ops.attention.reference, which is also the CPU path. Layouts:
   q, out        [tokens, q_heads, head_dim] (decode: tokens = batch), last dim contiguous
   k/v cache     [slots, kv_heads, head_dim] (page size 1) or
                 [pages, page_size, kv_heads, head_dim]; bf16/fp16 like q, or float8_e4m3fn
@@ -18,7 +18,7 @@ fuseinfer.ops.attention_reference, which is also the CPU path. Layouts:
   sinks         optional float32/bfloat16 [q_heads]; window_left W: keys p - W .. p
 head_dim is 64, 128 or 256; q_heads must be a multiple of kv_heads (GQA/MQA).
 Launch metadata (work items, split buffers, block sizes) comes from
-fuseinfer.ops.attention_plan, which checks lengths on the host; the ops check only shapes,
+fuseinfer.ops.attention.plan, which checks lengths on the host; the ops check only shapes,
 dtypes and layouts (no device-to-host sync), so lengths that disagree with the page table
 are the caller's contract on the GPU.
 """
@@ -29,10 +29,10 @@ import math
 
 import torch
 
-from .arg_checks import fail
-from .attention_checks import check_common, check_int_vector
-from .attention_reference import reference_paged_attention
-from .library import LIB, define, impl_cpu, impl_fake
+from ..arg_checks import fail
+from ..library import LIB, define, impl_cpu, impl_fake
+from .checks import check_common, check_int_vector
+from .reference import reference_paged_attention
 
 _COMMON = ("Tensor(a!) out, Tensor(b!)? lse=None, Tensor? sinks=None, Tensor? k_scale=None, "
            "Tensor? v_scale=None, float sm_scale=0.0, int? window_left=None, "
@@ -134,7 +134,7 @@ def _decode_cpu(q, k_cache, v_cache, page_table, kv_lens, partial_out, partial_l
 def _pdl_default(enable_pdl: bool | None) -> bool:
     if enable_pdl is not None:
         return enable_pdl
-    from .attention_dispatch import attention_table
+    from .dispatch import attention_table
 
     return attention_table().enable_pdl
 
@@ -142,7 +142,7 @@ def _pdl_default(enable_pdl: bool | None) -> bool:
 def _prefill_cuda(q, k_cache, v_cache, page_table, q_indptr, kv_lens, work, out, lse=None,
                   sinks=None, k_scale=None, v_scale=None, sm_scale=0.0, window_left=None,
                   logit_cap=0.0, launch=(128, 64, 8, 3, 1), enable_pdl=None):
-    from .attention_triton import launch_prefill
+    from .launch import launch_prefill
 
     _check_prefill(q, k_cache, v_cache, page_table, q_indptr, kv_lens, work, out, lse, sinks,
                    k_scale, v_scale, sm_scale, window_left, logit_cap, launch)
@@ -154,7 +154,7 @@ def _prefill_cuda(q, k_cache, v_cache, page_table, q_indptr, kv_lens, work, out,
 def _decode_cuda(q, k_cache, v_cache, page_table, kv_lens, partial_out, partial_lse, out,
                  lse=None, sinks=None, k_scale=None, v_scale=None, sm_scale=0.0,
                  window_left=None, logit_cap=0.0, launch=(64, 4, 2, 256, 4), enable_pdl=None):
-    from .attention_triton import launch_decode
+    from .launch import launch_decode
 
     _check_decode(q, k_cache, v_cache, page_table, kv_lens, partial_out, partial_lse, out, lse,
                   sinks, k_scale, v_scale, sm_scale, window_left, logit_cap, launch)

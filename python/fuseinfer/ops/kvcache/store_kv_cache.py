@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import torch
 
-from .arg_checks import contiguous_tail, has_storage
-from .arg_checks import fail as _fail
-from .library import define, impl_cpu, impl_cuda_on_first_use, impl_fake, module_loader
-from .rope_dispatch import push_kvcache
+from ..arg_checks import contiguous_tail, has_storage
+from ..arg_checks import fail as _fail
+from ..library import define, impl_cpu, impl_cuda_on_first_use, impl_fake, module_loader
+from .dispatch import push_kvcache
 
 FP8 = torch.float8_e4m3fn
 FP8_MAX = 448.0

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import torch
 
-from .arg_checks import fail
-from .attention_dispatch import HEAD_DIMS
-from .kvcache import FP8, check_scale, slot_rows
+from ..arg_checks import fail
+from ..kvcache.store_kv_cache import FP8, check_scale, slot_rows
+from .dispatch import HEAD_DIMS
 
 Q_DTYPES = (torch.bfloat16, torch.float16)
 

@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import torch
 
-from .arg_checks import fail, has_storage
-from .library import LIB, define, impl_cpu, impl_fake
-from .triton_launch import next_pow2, use_pdl
+from ..arg_checks import fail, has_storage
+from ..library import LIB, define, impl_cpu, impl_fake
+from ..triton_launch import next_pow2, use_pdl
 
 _SCHEMA = ("small_batch_linear(Tensor(a!) out, Tensor x, Tensor weight, bool silu_mul=False, "
            "Tensor? norm_weight=None, Tensor? residual=None, Tensor(b!)? residual_out=None, "
@@ -38,14 +38,14 @@ def reference_small_batch_linear(x: torch.Tensor, weight: torch.Tensor,
     """(float32 out, the new residual or None), each prologue rounded to x's dtype as its
     own kernel would store it: the CPU kernel and the test oracle."""
     if silu_mul:
-        from .activation import reference_silu_and_mul
+        from ..activation.silu_and_mul import reference_silu_and_mul
 
         x = reference_silu_and_mul(x).to(x.dtype)
     new_residual = None
     if residual is not None:
         x = new_residual = (x.float() + residual.float()).to(x.dtype)
     if norm_weight is not None:
-        from .norm import reference_rmsnorm
+        from ..norm.rmsnorm import reference_rmsnorm
 
         x = reference_rmsnorm(x, norm_weight, eps).to(x.dtype)
     return x.float() @ weight.float().t(), new_residual
@@ -105,7 +105,7 @@ def launch_small_batch_linear(out, x, weight, pdl: bool, silu_mul: bool = False,
                               norm_weight=None, residual=None, residual_out=None,
                               eps: float = 1e-6) -> None:
     """The Triton launch (also used directly by the interpreter tests on the CPU)."""
-    from ..triton.gemv import gemv_kernel
+    from ...triton.small_batch_linear import gemv_kernel
 
     m, n, k = x.size(0), weight.size(0), weight.size(1)
     if m == 0 or n == 0:

@@ -7,7 +7,7 @@
 Rotates the first rotary_dim = cos_sin_cache.size(1) dims of every head of query and key in
 place (the rest of each head is left as is). cos_sin_cache is float32
 [max_position, rotary_dim], row p = concat(cos(p * inv_freq), sin(p * inv_freq))
-(`fuseinfer.ops.rope_cache.build_cos_sin_cache` makes it). is_neox: rotate halves
+(`fuseinfer.ops.rope.cos_sin_cache.build_cos_sin_cache` makes it). is_neox: rotate halves
 (x[i], x[i + rotary_dim/2]); otherwise GPT-J style interleaved pairs (x[2i], x[2i+1]).
 
 query [tokens, q_heads * head_size] or [tokens, q_heads, head_size] and key likewise with
@@ -15,7 +15,7 @@ its own head count (GQA): each token's row contiguous, rows may be strided views
 qkv buffer. positions: int32 or int64 [tokens].
 
 With value, k_cache, v_cache and cache_loc the same kernel also writes the rotated key and
-the raw value into the caches at slots cache_loc (see fuseinfer.ops.kvcache for layouts,
+the raw value into the caches at slots cache_loc (see ops/kvcache/store_kv_cache.py for layouts,
 FP8 scales and the loc contract). Math in fp32, one rounding per output. On the CPU path
 positions beyond the cache and out-of-range slots raise; on the GPU they are the caller's
 contract (checking would need a device-to-host sync).
@@ -25,16 +25,16 @@ from __future__ import annotations
 
 import torch
 
-from .arg_checks import fail
-from .kvcache import (
+from ..arg_checks import fail
+from ..kvcache.store_kv_cache import (
     ACTIVATION_DTYPES,
     check_cache_pair,
     check_loc_range,
     token_rows,
     write_cache_rows,
 )
-from .library import define, impl_cpu, impl_cuda_on_first_use, impl_fake, module_loader
-from .rope_dispatch import push_rope
+from ..library import define, impl_cpu, impl_cuda_on_first_use, impl_fake, module_loader
+from .dispatch import push_rope
 
 OP = "rope_with_cos_sin_cache"
 _SCHEMA = (

@@ -24,10 +24,10 @@ from dataclasses import dataclass
 
 import torch
 
-from .arg_checks import fail
-from .attention import default_scale
-from .attention_dispatch import HEAD_DIMS, AttentionDispatch
-from .host_copy import to_device
+from ..arg_checks import fail
+from ..host_copy import to_device
+from .dispatch import HEAD_DIMS, AttentionDispatch
+from .paged_attention import default_scale
 
 Lengths = Sequence[int] | torch.Tensor
 
@@ -107,7 +107,7 @@ class PagedAttention:
             self.device = torch.device("cuda", torch.cuda.current_device())
         self.max_batch = max_batch
         if table is None:
-            from .attention_dispatch import ATTENTION_BUILTIN, attention_table
+            from .dispatch import ATTENTION_BUILTIN, attention_table
 
             table = attention_table(self.device.index) if self.device.type == "cuda" \
                 else ATTENTION_BUILTIN

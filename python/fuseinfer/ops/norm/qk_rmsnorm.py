@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import torch
 
-from .arg_checks import fail
-from .library import LIB, define, impl_cpu, impl_fake
-from .triton_launch import next_pow2, use_pdl
+from ..arg_checks import fail
+from ..library import LIB, define, impl_cpu, impl_fake
+from ..triton_launch import next_pow2, use_pdl
 
 _SCHEMA = ("qk_rmsnorm(Tensor(a!) qk, Tensor q_weight, Tensor k_weight, int num_q_heads, "
            "float eps=1e-06, bool? enable_pdl=None) -> ()")
@@ -62,7 +62,7 @@ def _cpu(qk, q_weight, k_weight, num_q_heads, eps=1e-6, enable_pdl=None):
 def launch_qk_rmsnorm(qk, q_weight, k_weight, num_q_heads: int, eps: float,
                       pdl: bool) -> None:
     """The Triton launch (also used directly by the interpreter tests on the CPU)."""
-    from ..triton.qk_norm import qk_rmsnorm_kernel
+    from ...triton.qk_rmsnorm import qk_rmsnorm_kernel
 
     d = q_weight.numel()
     heads = qk.size(1) // d

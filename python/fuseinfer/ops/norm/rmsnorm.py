@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import torch
 
-from .library import define, impl_cpu, impl_cuda_on_first_use, impl_fake, module_loader
-from .norm_checks import check_norm_args
-from .norm_dispatch import OP_FAMILY, push_to_device
+from ..library import define, impl_cpu, impl_cuda_on_first_use, impl_fake, module_loader
+from .checks import check_norm_args
+from .dispatch import OP_FAMILY, push_to_device
 
 _OUT_OF_PLACE = "(Tensor(a!) out, Tensor input, Tensor weight, float eps=1e-06, bool? enable_pdl=None) -> ()"  # noqa: E501
 _FUSED = "(Tensor(a!) input, Tensor(b!) residual, Tensor weight, float eps=1e-06, bool? enable_pdl=None) -> ()"  # noqa: E501

@@ -1,0 +1,40 @@
+"""What a step reports per request: the tokens it added and whether it finished.
+
+`Engine.step()` returns one `RequestDelta` for each request that got tokens or finished
+in that step. Tokens are real sampled ids only (a step in flight under overlap scheduling
+shows up in the delta of the step that reads it back), so consumers (the server's engine
+process, the benches) append `new_tokens` and never see an internal placeholder.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class FinishReason(enum.Enum):
+    STOP = "stop"  # an EOS or stop token
+    LENGTH = "length"  # max_new_tokens reached
+    ABORT = "abort"  # aborted by the caller
+    REJECTED = "rejected"  # never admitted; the reason is in the request's finish_detail
+
+    def __str__(self) -> str:
+        return self.value
+
+
+# Per output token: its log-probability and the top-k (token id, log-probability) pairs.
+TokenLogprob = tuple[float, list[tuple[int, float]]]
+
+
+@dataclass(frozen=True)
+class RequestDelta:
+    rid: int
+    new_tokens: list[int]
+    # one entry per new token when the request asked for logprobs, else empty
+    new_logprobs: list[TokenLogprob]
+    finish_reason: FinishReason | None = None
+    finish_detail: str | None = None  # why a request was rejected
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
