@@ -1,5 +1,6 @@
 """Batched sampling on the CPU: greedy, the drawn distribution, top-k/top-p/min-p filters,
-per-request seeds independent of batch composition, parameter validation."""
+per-request seeds independent of batch composition, parameter validation (errors name the
+field)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import pytest
 import torch
 
 from fuseinfer.runtime.sampling import (
+    InvalidSamplingParam,
     SamplingBatch,
     SamplingParams,
     filter_logits,
@@ -77,14 +79,25 @@ def test_noise_is_uniform_and_deterministic():
     assert not torch.equal(u[0], u[1])
 
 
-@pytest.mark.parametrize("bad, message", [
+@pytest.mark.parametrize("bad, name", [
     (dict(max_new_tokens=0), "max_new_tokens"), (dict(temperature=-0.1), "temperature"),
+    (dict(temperature=float("nan")), "temperature"),
     (dict(top_p=0.0), "top_p"), (dict(top_p=1.5), "top_p"), (dict(min_p=2.0), "min_p"),
-    (dict(top_k=-2), "top_k"),
+    (dict(top_k=-2), "top_k"), (dict(logprobs=21), "logprobs"), (dict(logprobs=-1), "logprobs"),
 ])
-def test_params_validation(bad, message):
-    with pytest.raises(ValueError, match=message):
+def test_params_validation_names_the_field(bad, name):
+    with pytest.raises(ValueError, match=name) as info:  # still a ValueError for callers
         SamplingParams(**bad).validate()
+    err = info.value
+    assert isinstance(err, InvalidSamplingParam) and err.field == name
+    assert err.requirement in str(err) and repr(bad[name]) in str(err)
+
+
+def test_params_at_the_edges_are_valid():
+    for ok in (dict(max_new_tokens=1), dict(temperature=0.0), dict(top_k=-1), dict(top_k=0),
+               dict(top_p=1.0), dict(min_p=0.0), dict(min_p=1.0), dict(logprobs=0),
+               dict(logprobs=20)):
+        SamplingParams(**ok).validate()
 
 
 def test_gc_controls(caplog):

@@ -20,6 +20,15 @@ from ..ops.host_copy import to_device
 _MASK64 = (1 << 64) - 1
 
 
+class InvalidSamplingParam(ValueError):
+    """A sampling parameter out of range. `field` names it, so a caller with its own names
+    for the fields (the HTTP server's `max_tokens`) can report it in its own terms."""
+
+    def __init__(self, field: str, requirement: str, value: object) -> None:
+        super().__init__(f"{field} {requirement}, got {value!r}")
+        self.field, self.requirement, self.value = field, requirement, value
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     max_new_tokens: int = 128
@@ -33,18 +42,20 @@ class SamplingParams:
     logprobs: int | None = None  # None: off; k >= 0: the sampled token's and the top k
 
     def validate(self) -> None:
-        if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if not self.temperature >= 0.0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
-        if self.top_k < -1:
-            raise ValueError(f"top_k must be -1 (off) or >= 0, got {self.top_k}")
-        if not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if not 0.0 <= self.min_p <= 1.0:
-            raise ValueError(f"min_p must be in [0, 1], got {self.min_p}")
-        if self.logprobs is not None and not 0 <= self.logprobs <= 20:
-            raise ValueError(f"logprobs must be in [0, 20], got {self.logprobs}")
+        """Raise InvalidSamplingParam for the first field out of range (the one place these
+        ranges are checked: the engine, the CLI and the server all call this)."""
+        checks = (
+            ("max_new_tokens", self.max_new_tokens >= 1, "must be >= 1"),
+            ("temperature", self.temperature >= 0.0, "must be >= 0"),
+            ("top_k", self.top_k >= -1, "must be -1 (off) or >= 0"),
+            ("top_p", 0.0 < self.top_p <= 1.0, "must be in (0, 1]"),
+            ("min_p", 0.0 <= self.min_p <= 1.0, "must be in [0, 1]"),
+            ("logprobs", self.logprobs is None or 0 <= self.logprobs <= 20,
+             "must be in [0, 20]"),
+        )
+        for name, ok, requirement in checks:
+            if not ok:  # `not` also catches NaN, which fails every comparison
+                raise InvalidSamplingParam(name, requirement, getattr(self, name))
 
     @property
     def greedy(self) -> bool:
@@ -53,7 +64,9 @@ class SamplingParams:
 
 @dataclass
 class SamplingBatch:
-    """Per-row sampling settings as device tensors, built once per batch composition."""
+    """Per-row sampling settings as device tensors, built per step when the step samples
+    (its rows change from step to step); one non-blocking host-to-device copy per tensor.
+    A step whose rows are all greedy takes the argmax and needs none."""
 
     temperature: torch.Tensor  # float32 [B]; 0 rows are greedy
     top_k: torch.Tensor  # int64 [B]; vocab size where off
