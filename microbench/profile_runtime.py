@@ -19,8 +19,8 @@ from functools import partial
 
 import torch
 
+from fuseinfer.bench.e2e.offline import Workload, run_workload
 from fuseinfer.bench.timing import time_calls
-from fuseinfer.runtime.bench_offline import Workload, run_workload
 from fuseinfer.runtime.engine import Engine, EngineArgs
 
 

@@ -31,6 +31,22 @@ def test_llm_generates_text_and_token_ids(isolated_cache):
     assert sampled[0].token_ids == again[0].token_ids
 
 
+def test_llm_leaves_the_garbage_collector_alone_unless_asked(isolated_cache):
+    import gc
+
+    gc.unfreeze()
+    hooks = list(gc.callbacks)
+    params = SamplingParams(max_new_tokens=3, ignore_eos=True)
+    with LLM(device="cpu", page_size=4) as llm:
+        llm.generate("Hello", params)
+        assert gc.get_freeze_count() == 0 and gc.callbacks == hooks
+    with LLM(device="cpu", page_size=4, gc_freeze=True, gc_warning_threshold_secs=0.05) as llm:
+        llm.generate("Hello", params)
+        assert gc.get_freeze_count() > 0 and len(gc.callbacks) == len(hooks) + 1
+    assert gc.callbacks == hooks  # closing detaches the pause monitor
+    gc.unfreeze()
+
+
 def test_tiny_model_is_made_once(isolated_cache):
     path = tiny_model_path()
     stamp = (path / "model.safetensors").stat().st_mtime_ns
@@ -84,7 +100,7 @@ def test_bench_offline_cli_with_ablation(isolated_cache, tmp_path):
 
 
 def test_offline_workload_survives_a_tiny_kv_budget(isolated_cache):
-    from fuseinfer.runtime.bench_offline import Workload, run_workload
+    from fuseinfer.bench.e2e.offline import Workload, run_workload
     from fuseinfer.runtime.engine import Engine, EngineArgs
 
     engine = Engine(EngineArgs(model=str(tiny_model_path()), device="cpu", page_size=4,
@@ -116,3 +132,4 @@ def test_bundled_config_needs_dummy_weights_and_fp8_kv_runs(isolated_cache):
     llm = LLM(device="cpu", page_size=4, kv_cache_dtype="fp8_e4m3")
     out = llm.generate("Hello", SamplingParams(max_new_tokens=5, ignore_eos=True))[0]
     assert len(out.token_ids) == 5 and llm.engine.kv.k[0].dtype == torch.float8_e4m3fn
+    assert out.finish_reason == "length" and out.finish_detail is None

@@ -11,6 +11,7 @@ from tiny_checkpoint import COMMON, save_tiny_checkpoint  # tests/ is on sys.pat
 
 from fuseinfer.runtime.engine import Engine, EngineArgs
 from fuseinfer.runtime.sampling import SamplingParams
+from fuseinfer.runtime.step_output import FinishReason
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +46,7 @@ def test_engine_matches_transformers(checkpoint, args):
     params = SamplingParams(max_new_tokens=10, temperature=0.0, ignore_eos=True)
     outs = engine.generate(prompts, params)
     assert [o.output for o in outs] == want
-    assert all(o.finish_reason == "length" for o in outs)
+    assert all(o.finish_reason is FinishReason.LENGTH for o in outs)
     # a second round reuses cached prefixes (when enabled) and gives the same tokens
     again = engine.generate(prompts, params)
     assert [o.output for o in again] == want
@@ -56,8 +57,8 @@ def test_engine_retracts_under_a_tiny_budget(checkpoint):
     engine = Engine(EngineArgs(model=str(path), device="cpu", page_size=4,
                                max_total_tokens=36))
     params = SamplingParams(max_new_tokens=10, temperature=0.0, ignore_eos=True)
-    reqs = [engine.scheduler.new_request(p, params) for p in prompts]
-    while engine.scheduler.has_work:
+    reqs = [engine.add_request(p, params) for p in prompts]
+    while engine.busy:
         engine.step()
     assert sum(r.retractions for r in reqs) > 0
     assert [r.output for r in reqs] == want
@@ -71,7 +72,9 @@ def test_engine_rejects_and_samples(checkpoint):
                            [SamplingParams(max_new_tokens=4, temperature=0.8, seed=3,
                                            ignore_eos=True),
                             SamplingParams(max_new_tokens=8)])
-    assert len(outs[0].output) == 4 and outs[1].finish_reason.startswith("rejected")
+    assert len(outs[0].output) == 4 and outs[1].finish_reason is FinishReason.REJECTED
+    assert outs[1].finish_detail == ("prompt (30) + max_new_tokens (8) exceeds the context "
+                                     "limit 32") and outs[1].output == []
     again = engine.generate([prompts[0]], SamplingParams(max_new_tokens=4, temperature=0.8,
                                                          seed=3, ignore_eos=True))
     assert again[0].output == outs[0].output  # seeded sampling is reproducible
@@ -82,7 +85,8 @@ def test_engine_freezes_gc_after_warmup_and_detaches_its_hook(checkpoint):
 
     path, prompts, _ = checkpoint
     gc.unfreeze()
-    engine = Engine(EngineArgs(model=str(path), device="cpu", page_size=4))
+    engine = Engine(EngineArgs(model=str(path), device="cpu", page_size=4, gc_freeze=True,
+                               gc_warning_threshold_secs=0.05))
     hook = engine.gc_monitor._callback
     assert hook in gc.callbacks
     engine.generate(prompts[:1], SamplingParams(max_new_tokens=2))
@@ -123,7 +127,7 @@ def test_overlap_schedule_gives_the_same_results(checkpoint, budget):
             == engine.kv.allocator.capacity
     assert results[True] == results[False]
     first, reason = results[True][0]
-    assert reason == "stop" and first[-1] == stop and len(first) <= 4
+    assert reason is FinishReason.STOP and first[-1] == stop and len(first) <= 4
     assert [len(o) for o, _ in results[True][1:4]] == [3, 10, 1]
     assert results[True][4][0] == want[4]
 
@@ -131,10 +135,9 @@ def test_overlap_schedule_gives_the_same_results(checkpoint, budget):
 def test_logprobs_match_transformers(checkpoint):
     path, prompts, want = checkpoint
     engine = Engine(EngineArgs(model=str(path), device="cpu", page_size=4))
-    out = engine.scheduler.new_request(prompts[1], SamplingParams(
+    out = engine.add_request(prompts[1], SamplingParams(
         max_new_tokens=5, temperature=0.0, ignore_eos=True, logprobs=3))
-    plain = engine.scheduler.new_request(prompts[2], SamplingParams(max_new_tokens=5,
-                                                                    ignore_eos=True))
+    plain = engine.add_request(prompts[2], SamplingParams(max_new_tokens=5, ignore_eos=True))
     while engine.busy:
         engine.step()
     assert out.output == want[1][:5] and len(out.logprobs) == 5 and plain.logprobs == []
@@ -146,3 +149,73 @@ def test_logprobs_match_transformers(checkpoint):
         assert abs(chosen - lp[step, out.output[step]].item()) < 1e-4
         assert [t for t, _ in top] == lp[step].topk(3).indices.tolist()
         assert top[0][0] == out.output[step]  # greedy: the top token is the one chosen
+
+
+@pytest.mark.parametrize("budget", [None, 36])
+def test_deltas_carry_real_tokens_only_and_add_up_to_the_output(checkpoint, budget):
+    """An overlapped generation with stop tokens, sampling and logprobs (and, with the
+    small budget, retraction): no placeholder ever shows in a request's output or in a
+    delta, a request's deltas concatenate to its output, and only its last one finishes."""
+    path, prompts, want = checkpoint
+    params = [SamplingParams(max_new_tokens=10, temperature=0.0, stop_token_ids=(w[2],),
+                             logprobs=2) for w in want[:3]]
+    params += [SamplingParams(max_new_tokens=7, temperature=0.9, seed=5, ignore_eos=True),
+               SamplingParams(max_new_tokens=10, temperature=0.0, ignore_eos=True)]
+    with Engine(EngineArgs(model=str(path), device="cpu", page_size=4,
+                           max_total_tokens=budget)) as engine:
+        reqs = [engine.add_request(p, sp) for p, sp in zip(prompts, params, strict=True)]
+        got: dict[int, list] = {r.rid: [] for r in reqs}
+        while engine.busy:
+            for d in engine.step():
+                assert all(t >= 0 for t in d.new_tokens) and d.new_tokens
+                assert not got[d.rid] or not got[d.rid][-1].finished
+                got[d.rid].append(d)
+            for r in reqs:
+                assert all(t >= 0 for t in r.output)
+                assert len(r.logprobs) == (len(r.output) if r.params.logprobs else 0)
+    for r, w in zip(reqs, want, strict=True):
+        deltas = got[r.rid]
+        assert [t for d in deltas for t in d.new_tokens] == r.output
+        assert [e for d in deltas for e in d.new_logprobs] == r.logprobs
+        assert deltas[-1].finish_reason is r.finish_reason is not None
+        if r.params.stop_token_ids:
+            stop = r.params.stop_token_ids[0]
+            assert r.output == w[:w.index(stop) + 1]
+            assert r.finish_reason is FinishReason.STOP
+    assert reqs[4].output == want[4] and len(reqs[3].output) == 7
+
+
+def test_abort_and_stats(checkpoint):
+    path, prompts, _ = checkpoint
+    engine = Engine(EngineArgs(model=str(path), device="cpu", page_size=4))
+    reqs = [engine.add_request(p, SamplingParams(max_new_tokens=50, ignore_eos=True))
+            for p in prompts]
+    assert engine.stats().waiting == len(prompts) and engine.stats().kv_usage == 0.0
+    engine.step()
+    engine.step()
+    stats = engine.stats()
+    assert stats.running == len(prompts) and stats.waiting == 0 and stats.kv_usage > 0
+    engine.abort(reqs[0])
+    assert reqs[0].finish_reason is FinishReason.ABORT
+    deltas = engine.step()  # the aborted request's token in flight is dropped
+    assert reqs[0].rid not in {d.rid for d in deltas} and all(t >= 0 for t in reqs[0].output)
+    assert engine.max_context == 256  # the checkpoint's max_position_embeddings
+    for r in reqs[1:]:
+        engine.abort(r)
+    while engine.busy:
+        assert engine.step() == []
+    assert engine.stats() == type(stats)(0, 0, engine.stats().kv_usage)
+
+
+def test_closing_an_engine_releases_its_memory(checkpoint):
+    import weakref
+
+    path, prompts, _ = checkpoint
+    with Engine(EngineArgs(model=str(path), device="cpu", page_size=4)) as engine:
+        engine.generate(prompts[:2], SamplingParams(max_new_tokens=3))
+        engine.add_request(prompts[2], SamplingParams(max_new_tokens=30))
+        engine.step()
+        held = [weakref.ref(t) for t in engine.kv.k + engine.kv.v + [engine.model.weights.embed]]
+    # freed by reference counting: a frozen heap (gc_freeze) would never collect a cycle
+    assert all(ref() is None for ref in held)
+    engine.close()  # twice is fine

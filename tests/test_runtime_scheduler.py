@@ -12,6 +12,7 @@ from fuseinfer.runtime.kv_pool import PageAllocator, ReqToTokenPool
 from fuseinfer.runtime.radix_cache import RadixCache
 from fuseinfer.runtime.sampling import SamplingParams
 from fuseinfer.runtime.scheduler import Scheduler, SchedulerConfig
+from fuseinfer.runtime.step_output import FinishReason
 
 VOCAB = 50
 
@@ -76,7 +77,7 @@ def test_continuous_batching_and_outputs():
 
     steps = run(sched, on_step=arrive)
     for r in reqs + late:
-        assert r.finish_reason == "length"
+        assert r.finish_reason is FinishReason.LENGTH
         assert r.output == expected(r.prompt, r.params.max_new_tokens)
     assert any(b.mode == "prefill" for b in steps[2:])  # late arrivals joined mid-run
     assert sched.allocator.available + sched.cache.cached_pages == sched.allocator.capacity
@@ -131,7 +132,7 @@ def test_retraction_under_a_tiny_kv_budget_loses_nothing():
     run(sched)
     assert sum(r.retractions for r in reqs) > 0
     for r in reqs:
-        assert r.finish_reason == "length"
+        assert r.finish_reason is FinishReason.LENGTH
         assert r.output == expected(r.prompt, r.params.max_new_tokens)
 
 
@@ -140,9 +141,11 @@ def test_rejections_and_stops():
     too_long = sched.new_request(list(range(30)), SamplingParams(max_new_tokens=10))
     too_big = sched.new_request(list(range(10)), SamplingParams(max_new_tokens=10))
     empty = sched.new_request([], SamplingParams())
-    assert too_long.finish_reason.startswith("rejected: prompt (30) + max_new_tokens (10)")
-    assert too_big.finish_reason.startswith("rejected: needs 5 KV pages, the pool holds 4")
-    assert empty.finish_reason == "rejected: empty prompt" and not sched.has_work
+    for r in (too_long, too_big, empty):
+        assert r.finish_reason is FinishReason.REJECTED and r.finished and r.output == []
+    assert too_long.finish_detail.startswith("prompt (30) + max_new_tokens (10)")
+    assert too_big.finish_detail == "needs 5 KV pages, the pool holds 4"
+    assert empty.finish_detail == "empty prompt" and not sched.has_work
     prompt = [3, 1]
     first = expected(prompt, 1)[0]
     stop = sched.new_request(prompt, SamplingParams(max_new_tokens=5), eos_ids=(first,))
@@ -150,9 +153,9 @@ def test_rejections_and_stops():
                                 eos_ids=(first,))
     by_id = sched.new_request(prompt, SamplingParams(max_new_tokens=5, stop_token_ids=(first,)))
     run(sched)
-    assert stop.finish_reason == "stop" and stop.output == [first]
-    assert ignored.finish_reason == "length" and len(ignored.output) == 3
-    assert by_id.finish_reason == "stop"
+    assert stop.finish_reason is FinishReason.STOP and stop.output == [first]
+    assert ignored.finish_reason is FinishReason.LENGTH and len(ignored.output) == 3
+    assert by_id.finish_reason is FinishReason.STOP
 
 
 def test_abort_frees_everything():
@@ -161,7 +164,7 @@ def test_abort_frees_everything():
     sched.process(sched.schedule(), [1])
     assert r in sched.running
     sched.abort(r)
-    assert r.finish_reason == "abort" and not sched.has_work
+    assert r.finish_reason is FinishReason.ABORT and not sched.has_work
     assert sched.allocator.available == sched.allocator.capacity
 
 
@@ -177,3 +180,73 @@ def test_token_slice_matches_the_sequence():
     for a in range(6):
         for b in range(a, 6):
             assert r.token_slice(a, b) == r.tokens[a:b]
+
+
+def run_overlapped(sched, reqs):
+    """Drive the scheduler as the overlap loop does: step N+1 is launched before step N's
+    tokens are resolved. The stand-in device reads in-flight tokens from a future buffer
+    (placeholder -> token), as the engine's sampler does. Checks after every step that no
+    placeholder shows in any output or delta; returns the deltas per request."""
+    future: dict[int, int] = {}
+    marks = iter(range(-1, -10**9, -1))
+    deltas: dict[int, list] = {r.rid: [] for r in reqs}
+    in_flight = None
+    while sched.has_work or in_flight is not None:
+        batch = sched.schedule()
+        launched = None
+        if batch is not None:
+            tokens, placeholders = [], []
+            for w in batch.work:
+                if w.samples:
+                    seq = [future.get(t, t) for t in w.req.token_slice(0, w.req.seq_len)]
+                    assert all(t >= 0 for t in seq)
+                    placeholders.append(next(marks))
+                    tokens.append(next_token(seq))
+                    future[placeholders[-1]] = tokens[-1]
+            sched.launched(batch, placeholders)
+            launched = (batch, tokens)
+        if in_flight is not None:
+            for d in sched.resolve(*in_flight):
+                assert all(t >= 0 for t in d.new_tokens)
+                deltas[d.rid].append(d)
+        in_flight = launched
+        for r in reqs:
+            assert all(t >= 0 for t in r.output) and all(t >= 0 for t in r.tokens)
+    return deltas
+
+
+@pytest.mark.parametrize("pages", [200, 13])  # 13: retraction with tokens in flight
+def test_overlapped_steps_report_real_tokens_only(pages):
+    rng = random.Random(5)
+    prompts = [[rng.randrange(VOCAB) for _ in range(rng.randrange(2, 12))] for _ in range(8)]
+    lengths = [rng.randrange(3, 25) for _ in prompts]
+    stops = [expected(p, n)[n // 2] for p, n in zip(prompts, lengths, strict=True)]
+    sched = make(pages=pages, page_size=4, max_pages=16)
+    reqs = [sched.new_request(p, SamplingParams(max_new_tokens=n, stop_token_ids=(s,)))
+            for p, n, s in zip(prompts, lengths, stops, strict=True)]
+    deltas = run_overlapped(sched, reqs)
+    if pages == 13:
+        assert sum(r.retractions for r in reqs) > 0
+    for r, n, s in zip(reqs, lengths, stops, strict=True):
+        want = expected(r.prompt, n, eos=(s,))
+        assert r.output == want
+        got = deltas[r.rid]
+        assert [t for d in got for t in d.new_tokens] == want
+        assert all(not d.finished for d in got[:-1])
+        assert got[-1].finish_reason is r.finish_reason
+        assert r.finish_reason is (FinishReason.STOP if want[-1] == s else FinishReason.LENGTH)
+    assert sched.allocator.available + sched.cache.cached_pages == sched.allocator.capacity
+
+
+def test_abort_with_a_token_in_flight_drops_it():
+    sched = make()
+    r = sched.new_request(list(range(6)), SamplingParams(max_new_tokens=9))
+    first = sched.schedule()
+    sched.launched(first, [-1])
+    second = sched.schedule()  # decode on the in-flight token
+    sched.launched(second, [-2])
+    assert r.output == [] and r.seq_len == 8 and r.token_slice(6, 8) == [-1, -2]
+    assert [d.new_tokens for d in sched.resolve(first, [4])] == [[4]]
+    sched.abort(r)
+    assert sched.resolve(second, [7]) == [] and r.output == [4]
+    assert r.finish_reason is FinishReason.ABORT and r.seq_len == 7

@@ -5,6 +5,10 @@
     LLM("qwen3-0.6b", load_format="dummy")       # bundled config, random weights
     outs = llm.generate(["Hello"], SamplingParams(max_new_tokens=32, temperature=0))
     print(outs[0].text)
+    llm.close()                                  # or: with LLM(...) as llm: ...
+
+The caller's garbage collector is left alone unless asked (`gc_freeze=True`,
+`gc_warning_threshold_secs=...`, as `fuseinfer serve` does).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .runtime.sampling import SamplingParams
+from .runtime.step_output import FinishReason
 
 
 @dataclass(frozen=True)
@@ -22,13 +27,15 @@ class Completion:
     prompt_token_ids: list[int]
     token_ids: list[int]
     text: str | None  # None without a tokenizer
-    finish_reason: str
+    finish_reason: FinishReason  # a str enum: "stop", "length", "abort", "rejected"
+    finish_detail: str | None = None  # why it was rejected
 
 
 class LLM:
     def __init__(self, model: str | Path | None = None, **engine_args: Any) -> None:
         from .models.bundled import resolve_model
-        from .runtime.engine import Engine, EngineArgs
+        from .runtime.engine import Engine
+        from .runtime.engine_args import EngineArgs
         from .runtime.tokenizer import TextTokenizer
 
         path = resolve_model(model)
@@ -54,4 +61,14 @@ class LLM:
         outs = self.engine.generate(ids, params)
         return [Completion(o.prompt, o.output,
                            self.tokenizer.decode(o.output) if self.tokenizer else None,
-                           o.finish_reason) for o in outs]
+                           o.finish_reason, o.finish_detail) for o in outs]
+
+    def close(self) -> None:
+        """Free the engine's device memory (weights, KV cache, CUDA graphs)."""
+        self.engine.close()
+
+    def __enter__(self) -> LLM:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,7 +1,13 @@
-"""The engine: scheduler + model + sampler in one loop (synchronous; CPU or CUDA).
+"""The engine: the step loop over the scheduler and the model (CPU or CUDA). With overlap
+scheduling (the default) step N+1 is queued on the device before step N's tokens are read
+back, so the host prepares the next step while the device runs the current one.
 
-    engine = Engine(EngineArgs(model="/path/to/hf-folder"))
-    outs = engine.generate([[1, 2, 3], [4, 5]], SamplingParams(max_new_tokens=16))
+    with Engine(EngineArgs(model="/path/to/hf-folder")) as engine:
+        outs = engine.generate([[1, 2, 3], [4, 5]], SamplingParams(max_new_tokens=16))
+        req = engine.add_request([1, 2, 3], SamplingParams(max_new_tokens=8))
+        while engine.busy:
+            for delta in engine.step():  # RequestDelta: new tokens, finish
+                ...
 """
 
 from __future__ import annotations
@@ -18,43 +24,17 @@ from ..models.loader import dummy_weights, load_weights
 from ..ops import AttentionShape, PagedAttention
 from ..ops.host_copy import to_device
 from .cuda_graph_runner import DecodeGraphRunner
+from .engine_args import EngineArgs
 from .gc_control import GcPauseMonitor, freeze_after_warmup
 from .kv_pool import FP8, KvCacheConfig, ReqToTokenPool, TokenToKVPool, pages_for_budget
 from .radix_cache import RadixCache
 from .sampling import SamplingBatch, SamplingParams, sample, token_logprobs
 from .scheduler import Request, ScheduledBatch, Scheduler, SchedulerConfig
+from .step_output import FinishReason, RequestDelta
+
+__all__ = ["Engine", "EngineArgs", "EngineStats", "GenerateOutput"]
 
 _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
-
-
-@dataclass(frozen=True)
-class EngineArgs:
-    model: str
-    device: str = "auto"  # cuda if available, else cpu
-    dtype: str = "auto"  # bfloat16 on CUDA, float32 on the CPU
-    kv_cache_dtype: str = "auto"  # the model dtype, or "fp8_e4m3"
-    load_format: str = "auto"  # "auto" (safetensors) or "dummy" (random weights)
-    page_size: int = 64  # a 64-key attention block is one page: one table load per block
-    mem_fraction_static: float = 0.85
-    max_total_tokens: int | None = None  # KV capacity in tokens; None: from memory
-    max_running_requests: int = 256
-    max_prefill_tokens: int = 8192
-    chunked_prefill_size: int = 4096
-    schedule_policy: str = "fcfs"
-    disable_radix_cache: bool = False
-    max_context_len: int | None = None  # default: the model's max_position_embeddings
-    disable_fused_rope_kv: bool = False
-    disable_fused_add_rmsnorm: bool = False
-    disable_fused_qk_norm: bool = False
-    disable_fused_silu_mul: bool = False
-    disable_small_batch_gemv: bool = False  # 1-token matmuls on cuBLAS instead
-    disable_pdl: bool = False
-    disable_overlap_schedule: bool = False  # overlap: schedule step N+1 while N runs
-    seed: int = 0
-    disable_cuda_graph: bool = False
-    cuda_graph_max_bs: int = 256  # decode batches up to this size replay CUDA graphs
-    gc_freeze: bool = True  # gc.freeze() after the first step (warm-up)
-    gc_warning_threshold_secs: float = 0.05  # warn on longer collection pauses; 0: off
 
 
 @dataclass(frozen=True)
@@ -72,7 +52,15 @@ class GenerateOutput:
     rid: int
     prompt: list[int]
     output: list[int]
-    finish_reason: str
+    finish_reason: FinishReason
+    finish_detail: str | None = None  # why it was rejected
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    waiting: int  # queued requests (retracted ones included)
+    running: int  # admitted requests (one being prefilled in chunks included)
+    kv_usage: float  # fraction of KV pages in use (radix-cached pages count)
 
 
 class Engine:
@@ -138,11 +126,25 @@ class Engine:
             self.gc_monitor.__enter__()
             weakref.finalize(self, self.gc_monitor.__exit__)  # detach when collected
 
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def close(self) -> None:
-        """Detach the engine's garbage-collector hook."""
+        """Free the engine's device memory (weights, KV cache, CUDA graphs) and detach its
+        garbage-collector hook. The engine cannot run after this; closing twice is fine."""
         if self.gc_monitor is not None:
             self.gc_monitor.__exit__()
             self.gc_monitor = None
+        if self._in_flight is not None and self._in_flight.event is not None:
+            self._in_flight.event.synchronize()  # its kernels still use the buffers
+        self._in_flight = None
+        self.model = self.graphs = self.kv = self.attention = None  # type: ignore[assignment]
+        self._future = None  # type: ignore[assignment]
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
 
     def _num_pages(self, kv_cfg: KvCacheConfig) -> int:
         a = self.args
@@ -230,7 +232,7 @@ class Engine:
                 sb = SamplingBatch.build([r.params for r in reqs], logits.size(-1),
                                          self.device,
                                          [self.args.seed * 1_000_003 + r.rid for r in reqs])
-                tokens = sample(logits, sb, self._put([len(r.output) for r in reqs]))
+                tokens = sample(logits, sb, self._put([r.generated for r in reqs]))
             self._future[first:first + n].copy_(tokens)
             host.copy_(tokens, non_blocking=True)
         wants = tuple(r.params.logprobs for r in reqs)
@@ -245,7 +247,7 @@ class Engine:
         self.scheduler.launched(batch, [-(1 + k) for k in slots])
         return _InFlight(batch, host, event, lp_host, wants)
 
-    def _resolve(self, step: _InFlight) -> list[Request]:
+    def _resolve(self, step: _InFlight) -> list[RequestDelta]:
         if step.event is not None:
             step.event.synchronize()
         entries = None
@@ -256,25 +258,25 @@ class Engine:
                        for i, k in enumerate(step.wants)]
         return self.scheduler.resolve(step.batch, step.tokens.tolist(), entries)
 
-    def step(self) -> list[Request]:
-        """Run one step; returns the requests that finished in it. With overlap, the step
-        scheduled now runs on the device while the previous step's tokens are read back
-        and recorded."""
+    def step(self) -> list[RequestDelta]:
+        """Run one step; returns a delta for each request that got a token or finished.
+        With overlap, the step scheduled now runs on the device while the previous step's
+        tokens are read back and recorded (they are the ones reported)."""
         batch = self.scheduler.schedule()
         launched = self._launch(batch) if batch is not None else None
-        finished: list[Request] = []
+        deltas: list[RequestDelta] = []
         if self.args.disable_overlap_schedule:
             if launched is not None:
-                finished = self._resolve(launched)
+                deltas = self._resolve(launched)
         else:
             if self._in_flight is not None:
-                finished = self._resolve(self._in_flight)
+                deltas = self._resolve(self._in_flight)
             self._in_flight = launched
         if not self._warm:  # the first step allocated what the loop keeps: freeze it
             self._warm = True
             if self.args.gc_freeze:
                 freeze_after_warmup()
-        return finished
+        return deltas
 
     def warmup(self) -> None:
         """A short unmeasured generation (three prompt lengths, four tokens each): kernels
@@ -286,6 +288,27 @@ class Engine:
         self.generate(prompts, SamplingParams(max_new_tokens=4, temperature=0.0,
                                               ignore_eos=True))
 
+    # ---- requests -----------------------------------------------------------------------
+    def add_request(self, prompt: Sequence[int], params: SamplingParams) -> Request:
+        """Queue a request (token ids). One that can never run comes back finished:
+        finish_reason REJECTED, the reason in finish_detail (no delta reports it)."""
+        return self.scheduler.new_request(prompt, params, self.config.eos_token_ids)
+
+    def abort(self, req: Request) -> None:
+        """Finish the request now (finish_reason ABORT) and free its memory; tokens of its
+        steps still in flight are dropped (no delta reports it)."""
+        self.scheduler.abort(req)
+
+    @property
+    def max_context(self) -> int:
+        """Tokens per request at most (prompt + max_new_tokens)."""
+        return self.scheduler.max_context
+
+    def stats(self) -> EngineStats:
+        s = self.scheduler
+        return EngineStats(len(s.waiting), len(s.running) + (s.prefilling is not None),
+                           self.kv.usage())
+
     # ---- offline API --------------------------------------------------------------------
     def generate(self, prompts: Sequence[Sequence[int]],
                  params: SamplingParams | Sequence[SamplingParams]) -> list[GenerateOutput]:
@@ -294,9 +317,8 @@ class Engine:
         plist = [params] * len(prompts) if isinstance(params, SamplingParams) else list(params)
         if len(plist) != len(prompts):
             raise ValueError(f"{len(prompts)} prompts but {len(plist)} sampling params")
-        reqs = [self.scheduler.new_request(p, sp, self.config.eos_token_ids)
-                for p, sp in zip(prompts, plist, strict=True)]
+        reqs = [self.add_request(p, sp) for p, sp in zip(prompts, plist, strict=True)]
         while self.busy:
             self.step()
-        return [GenerateOutput(r.rid, r.prompt, r.output, r.finish_reason or "abort")
-                for r in reqs]
+        return [GenerateOutput(r.rid, r.prompt, r.output, r.finish_reason or FinishReason.ABORT,
+                               r.finish_detail) for r in reqs]

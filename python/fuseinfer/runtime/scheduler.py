@@ -11,6 +11,11 @@ the request runs). When a decode step needs a page and none is free even after e
 unlocked cache entries, the most recently admitted running requests are retracted: their
 pages are freed and they wait again at the front of the queue, output so far kept, to be
 prefilled again. A request that could never fit is rejected when it arrives.
+
+Overlap scheduling launches step N+1 before step N's tokens are read back. A token still
+in flight is a placeholder id in the request's private `_in_flight` list (the next step's
+inputs read it on the device); `Request.output` only ever holds real tokens. `resolve`
+reports each step as per-request deltas (`RequestDelta`).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from dataclasses import dataclass, field
 from .kv_pool import PageAllocator, ReqToTokenPool
 from .radix_cache import RadixCache, RadixNode
 from .sampling import SamplingParams
+from .step_output import FinishReason, RequestDelta, TokenLogprob
 
 
 @dataclass(eq=False)  # identity: `in`/`remove` on request lists must not compare fields
@@ -31,33 +37,47 @@ class Request:
     prompt: list[int]
     params: SamplingParams
     eos_ids: tuple[int, ...] = ()
-    output: list[int] = field(default_factory=list)
+    output: list[int] = field(default_factory=list)  # sampled tokens (real ids only)
     slot: int | None = None  # row in ReqToTokenPool while admitted
     prefix_node: RadixNode | None = None  # locked radix node of the reused prefix
     prefix_pages: int = 0  # leading pages shared with the cache (never freed by us)
     cached: int = 0  # tokens whose KV is in this request's pages
     cached_at_admission: int = 0  # prefix tokens reused from the radix cache
-    finish_reason: str | None = None  # "stop" | "length" | "abort" | "rejected: ..."
+    finish_reason: FinishReason | None = None
+    finish_detail: str | None = None  # why it was rejected
     retractions: int = 0
     # with params.logprobs: per output token, (its logprob, [(token id, logprob)] top-k)
-    logprobs: list[tuple[float, list[tuple[int, float]]]] = field(default_factory=list)
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    # placeholder ids (negative) of tokens sampled by steps still in flight, in order; they
+    # follow `output` in the sequence
+    _in_flight: list[int] = field(default_factory=list, init=False, repr=False)
 
     @property
     def tokens(self) -> list[int]:
+        """Prompt and output: the known tokens (not those in flight)."""
         return self.prompt + self.output
 
     def token_slice(self, start: int, end: int) -> list[int]:
-        """tokens[start:end] without building the whole sequence (the decode hot path)."""
+        """Sequence tokens [start, end), in-flight placeholders included, without building
+        the whole sequence (a decode step reads one token)."""
         n = len(self.prompt)
-        if start >= n:
-            return self.output[start - n:end - n]
         if end <= n:
             return self.prompt[start:end]
-        return self.prompt[start:] + self.output[:end - n]
+        m = n + len(self.output)
+        if start >= m:
+            return self._in_flight[start - m:end - m]
+        if start >= n and end <= m:
+            return self.output[start - n:end - n]
+        return (self.prompt + self.output + self._in_flight)[start:end]
+
+    @property
+    def generated(self) -> int:
+        """Tokens sampled or being sampled (output and in flight)."""
+        return len(self.output) + len(self._in_flight)
 
     @property
     def seq_len(self) -> int:
-        return len(self.prompt) + len(self.output)
+        return len(self.prompt) + len(self.output) + len(self._in_flight)
 
     @property
     def finished(self) -> bool:
@@ -111,20 +131,26 @@ class Scheduler:
                     eos_ids: Sequence[int] = ()) -> Request:
         params.validate()
         req = Request(next(self._rid), list(prompt), params, tuple(eos_ids))
-        limit = self.req_pool.max_pages * self.page_size
+        limit = self.max_context
         total = len(req.prompt) + params.max_new_tokens
         pages = -(-total // self.page_size)
         if not req.prompt:
-            req.finish_reason = "rejected: empty prompt"
+            detail = "empty prompt"
         elif total > limit:
-            req.finish_reason = (f"rejected: prompt ({len(req.prompt)}) + max_new_tokens "
-                                 f"({params.max_new_tokens}) exceeds the context limit {limit}")
+            detail = (f"prompt ({len(req.prompt)}) + max_new_tokens ({params.max_new_tokens}) "
+                      f"exceeds the context limit {limit}")
         elif pages > self.allocator.capacity:
-            req.finish_reason = (f"rejected: needs {pages} KV pages, the pool holds "
-                                 f"{self.allocator.capacity}")
+            detail = f"needs {pages} KV pages, the pool holds {self.allocator.capacity}"
         else:
             self.waiting.append(req)
+            return req
+        req.finish_reason, req.finish_detail = FinishReason.REJECTED, detail
         return req
+
+    @property
+    def max_context(self) -> int:
+        """Tokens per request at most (prompt + new tokens)."""
+        return self.req_pool.max_pages * self.page_size
 
     def abort(self, req: Request) -> None:
         if req in self.waiting:
@@ -135,7 +161,8 @@ class Scheduler:
                 self.prefilling = None
             else:
                 self.running.remove(req)
-        req.finish_reason = req.finish_reason or "abort"
+        req._in_flight.clear()  # tokens of steps in flight are dropped
+        req.finish_reason = req.finish_reason or FinishReason.ABORT
 
     @property
     def has_work(self) -> bool:
@@ -166,8 +193,8 @@ class Scheduler:
             return
         pages = self.req_pool.pages[req.slot]
         kept = 0
-        if keep_in_cache:
-            kept = req.cached // self.page_size
+        if keep_in_cache:  # computed tokens are known ones: in-flight ones are not cached
+            kept = min(req.cached, len(req.prompt) + len(req.output)) // self.page_size
             self.cache.insert(req.tokens[:kept * self.page_size], pages[:kept])
         own = pages[max(kept, req.prefix_pages):]
         if own:
@@ -246,7 +273,7 @@ class Scheduler:
     def _schedule_decode(self) -> ScheduledBatch | None:
         # A request with all its tokens launched only waits for them (overlap scheduling).
         def more(r: Request) -> bool:
-            return len(r.output) < r.params.max_new_tokens
+            return r.generated < r.params.max_new_tokens
 
         while self.running:
             short = [r for r in self.running if more(r) and not self._grow(r, r.seq_len)]
@@ -263,15 +290,16 @@ class Scheduler:
         self.waiting.appendleft(req)
 
     # ---- results ------------------------------------------------------------------------
-    def process(self, batch: ScheduledBatch, next_tokens: Sequence[int]) -> list[Request]:
+    def process(self, batch: ScheduledBatch, next_tokens: Sequence[int]
+                ) -> list[RequestDelta]:
         """Record a step's sampled tokens (one per work item that samples, in order);
-        returns the requests that finished. Same as `launched` then `resolve`."""
+        returns its deltas. Same as `launched` then `resolve`."""
         self.launched(batch, [-1] * sum(w.samples for w in batch.work))
         return self.resolve(batch, next_tokens)
 
     def launched(self, batch: ScheduledBatch, placeholders: Sequence[int]) -> None:
-        """The step is running: advance each request's KV and append a placeholder
-        (a negative id) for each token it will sample, so the next step can be scheduled
+        """The step is running: advance each request's KV and note a placeholder (a
+        negative id) for each token it will sample, so the next step can be scheduled
         before the tokens are known (overlap scheduling)."""
         marks = iter(placeholders)
         for w in batch.work:
@@ -282,17 +310,17 @@ class Scheduler:
                 continue
             if req is self.prefilling:
                 self.prefilling = None
-            req.output.append(int(next(marks)))
+            req._in_flight.append(int(next(marks)))
             if batch.mode != "decode" and req not in self.running and not req.finished:
                 self.running.append(req)  # a decode batch is all running requests
 
     def resolve(self, batch: ScheduledBatch, next_tokens: Sequence[int],
-                logprobs: Sequence[tuple[float, list[tuple[int, float]]] | None] | None = None
-                ) -> list[Request]:
-        """Replace the step's placeholders with the sampled tokens and apply the stop rules;
-        returns the requests that finished. A request that finished at an earlier step
-        (overlap ran one more step for it) ignores its token."""
-        finished = []
+                logprobs: Sequence[TokenLogprob | None] | None = None
+                ) -> list[RequestDelta]:
+        """Append the step's sampled tokens in place of their placeholders and apply the
+        stop rules; returns one delta per request that got a token. A request that
+        finished at an earlier step (overlap ran one more step for it) ignores its token."""
+        deltas = []
         sampled = iter(next_tokens)
         entries = iter(logprobs) if logprobs is not None else None
         for w in batch.work:
@@ -302,30 +330,28 @@ class Scheduler:
             entry = next(entries) if entries is not None else None
             if req.finished:
                 continue
-            out = req.output
-            at = len(out) - 1  # the first placeholder: they sit at the tail, in order
-            while at > 0 and out[at - 1] < 0:
-                at -= 1
-            assert out[at] < 0, "a resolved step found no placeholder for its token"
-            out[at] = token
+            assert req._in_flight, "a resolved step found no placeholder for its token"
+            del req._in_flight[0]  # this step's: they resolve in launch order
+            req.output.append(token)
             if entry is not None:
                 req.logprobs.append(entry)
-            if self._stops(req, token, at + 1):
-                del req.output[at + 1:]  # placeholders of steps scheduled past the stop
+            new_lp = [entry] if entry is not None else []
+            if self._stops(req, token, len(req.output)):
+                req._in_flight.clear()  # placeholders of steps scheduled past the stop
                 if req in self.running:
                     self.running.remove(req)
                 elif req in self.waiting:  # retracted while its token was in flight
                     self.waiting.remove(req)
                 self._release(req, keep_in_cache=True)
-                finished.append(req)
-        return finished
+            deltas.append(RequestDelta(req.rid, [token], new_lp, req.finish_reason))
+        return deltas
 
     def _stops(self, req: Request, token: int, produced: int) -> bool:
         p = req.params
         if not p.ignore_eos and token in req.eos_ids:
-            req.finish_reason = "stop"
+            req.finish_reason = FinishReason.STOP
         elif token in p.stop_token_ids:
-            req.finish_reason = "stop"
+            req.finish_reason = FinishReason.STOP
         elif produced >= p.max_new_tokens:
-            req.finish_reason = "length"
+            req.finish_reason = FinishReason.LENGTH
         return req.finish_reason is not None

@@ -12,14 +12,11 @@ import enum
 from dataclasses import dataclass
 
 
-class FinishReason(enum.Enum):
+class FinishReason(enum.StrEnum):  # a str: JSON and f-strings give "stop", "length", ...
     STOP = "stop"  # an EOS or stop token
     LENGTH = "length"  # max_new_tokens reached
     ABORT = "abort"  # aborted by the caller
     REJECTED = "rejected"  # never admitted; the reason is in the request's finish_detail
-
-    def __str__(self) -> str:
-        return self.value
 
 
 # Per output token: its log-probability and the top-k (token id, log-probability) pairs.
