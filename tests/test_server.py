@@ -1,7 +1,8 @@
 """`fuseinfer serve` as a subprocess on 127.0.0.1 with the tiny model on the CPU, driven by
 the official openai client and by raw HTTP: completions and chat (streaming or not),
-/generate, models, every bad input -> 400 with an OpenAI-style body, 64 concurrent
-streams, and SIGTERM shutdown."""
+batched prompts, chat content as text parts, /generate, models, every bad input -> 400
+with an OpenAI-style body, an engine rejection as an error (never a finish reason), 64
+concurrent streams, and SIGTERM shutdown (on a server of its own)."""
 
 from __future__ import annotations
 
@@ -52,22 +53,32 @@ def start_server(cache: Path, *extra: str) -> tuple[str, subprocess.Popen]:
     pytest.fail("server did not come up in 120 s")
 
 
+def stop_server(proc: subprocess.Popen) -> int:
+    """SIGTERM (the server stops its engine process too); SIGKILL if it hangs."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            return proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    return proc.wait()
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     base, proc = start_server(tmp_path_factory.mktemp("cache"))
-    yield base, proc
-    if proc.poll() is None:
-        proc.kill()
+    yield base
+    stop_server(proc)
 
 
 @pytest.fixture
 def client(server):
-    return openai.OpenAI(base_url=server[0] + "/v1", api_key="none")
+    return openai.OpenAI(base_url=server + "/v1", api_key="none")
 
 
 def test_models_and_health(server, client):
     assert [m.id for m in client.models.list().data] == ["tiny"]
-    assert httpx.get(server[0] + "/health").json() == {"status": "ok"}
+    assert httpx.get(server + "/health").json() == {"status": "ok"}
 
 
 def test_completions(client):
@@ -99,8 +110,44 @@ def test_chat(client):
     assert text == out.choices[0].message.content
 
 
+def test_chat_content_as_text_parts(client):
+    def chat(content) -> str:
+        return client.chat.completions.create(
+            model="tiny", messages=[{"role": "user", "content": content}], max_tokens=6,
+            temperature=0, extra_body=NO_EOS).choices[0].message.content
+
+    assert chat([{"type": "text", "text": "hi there"}]) == chat("hi there")
+    parts = [{"type": "text", "text": "hi"}, {"type": "text", "text": "there"}]
+    assert chat(parts) == chat("hi\nthere")  # parts are joined by newlines
+
+
+def test_batched_prompts(client):
+    """A list of prompts gives n choices per prompt, prompt-major, each what the prompt
+    gets alone (seeded: choice i of each prompt uses seed + i)."""
+    prompts = ["Hello", "World wide"]
+    kw = dict(model="tiny", max_tokens=5, n=2, temperature=1.0, seed=11, extra_body=NO_EOS)
+    alone = [client.completions.create(prompt=p, **kw) for p in prompts]
+    batch = client.completions.create(prompt=prompts, **kw)
+    assert [c.index for c in batch.choices] == [0, 1, 2, 3]
+    assert [c.text for c in batch.choices] == [c.text for a in alone for c in a.choices]
+    assert batch.usage.completion_tokens == 20
+    assert batch.usage.prompt_tokens == sum(a.usage.prompt_tokens for a in alone)
+    chunks = list(client.completions.create(prompt=prompts, stream=True, **kw))
+    for c in batch.choices:
+        mine = [k.choices[0] for k in chunks if k.choices[0].index == c.index]
+        assert "".join(k.text for k in mine) == c.text
+        assert [k.finish_reason for k in mine if k.finish_reason] == ["length"]
+
+    ids = [[5, 6, 7], [9, 10], [11]]
+    greedy = dict(model="tiny", max_tokens=3, temperature=0, extra_body=NO_EOS)
+    tokens = client.completions.create(prompt=ids, **greedy)
+    assert tokens.usage.prompt_tokens == 6 and tokens.usage.completion_tokens == 9
+    assert [c.text for c in tokens.choices] == [
+        client.completions.create(prompt=p, **greedy).choices[0].text for p in ids]
+
+
 def test_generate_native(server):
-    r = httpx.post(server[0] + "/generate", json={"input_ids": [1, 2, 3],
+    r = httpx.post(server + "/generate", json={"input_ids": [1, 2, 3],
                                                   "sampling_params": {"max_tokens": 4,
                                                                       "ignore_eos": True}})
     assert r.status_code == 200
@@ -121,14 +168,23 @@ def test_generate_native(server):
     ("/v1/completions", {"prompt": 12}, "prompt"),
     ("/v1/chat/completions", {"messages": "hi"}, "messages"),
     ("/v1/chat/completions", {"messages": [{"role": "user"}]}, "messages"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "http://example.com/a.png"}}]}]},
+     "messages"),
+    ("/v1/completions", {"prompt": ["x", ""]}, "prompt"),
+    ("/v1/completions", {"prompt": [[1, 2], []]}, "prompt"),
+    ("/v1/completions", {"prompt": ["x", 3]}, "prompt"),
+    ("/v1/completions", {"prompt": "x", "logprobs": 21}, "logprobs"),
+    ("/generate", {"input_ids": [1, 2], "sampling_params": {"max_tokens": 0}},
+     "sampling_params.max_tokens"),
 ])
 def test_bad_requests_get_400(server, path, body, param):
-    url = server[0] + path
+    url = server + path
     r = httpx.post(url, content=body) if isinstance(body, bytes) else httpx.post(url, json=body)
     assert r.status_code == 400, r.text
     err = r.json()["error"]
     assert err["type"] == "invalid_request_error" and err["message"] and err["param"] == param
-    ok = httpx.post(server[0] + "/v1/completions", json={"prompt": "x", "max_tokens": 2})
+    ok = httpx.post(server + "/v1/completions", json={"prompt": "x", "max_tokens": 2})
     assert ok.status_code == 200  # the server is unaffected
 
 
@@ -146,13 +202,13 @@ def test_64_concurrent_streams(server):
         return finishes, tokens
 
     async def main() -> list[tuple[int, int]]:
-        c = openai.AsyncOpenAI(base_url=server[0] + "/v1", api_key="none")
+        c = openai.AsyncOpenAI(base_url=server + "/v1", api_key="none")
         return await asyncio.gather(*(one(c, i) for i in range(64)))
 
     assert asyncio.run(main()) == [(1, 6 + i % 5) for i in range(64)]
     counts = []
     for i in range(8):  # token counts through the non-streaming path
-        r = httpx.post(server[0] + "/v1/completions",
+        r = httpx.post(server + "/v1/completions",
                        json={"prompt": f"request {i}", "max_tokens": 6 + i % 5, **NO_EOS})
         counts.append(r.json()["usage"]["completion_tokens"])
     assert counts == [6 + i % 5 for i in range(8)]
@@ -161,7 +217,7 @@ def test_64_concurrent_streams(server):
 def test_metrics_and_freeze_gc(server, client):
     client.completions.create(model="tiny", prompt="metrics", max_tokens=4, extra_body=NO_EOS)
     time.sleep(0.6)  # the engine reports its gauges twice a second
-    text = httpx.get(server[0] + "/metrics").text
+    text = httpx.get(server + "/metrics").text
     for name in ("fuseinfer_num_requests_waiting", "fuseinfer_num_requests_running",
                  "fuseinfer_kv_cache_usage", "fuseinfer_generation_tokens_total",
                  "fuseinfer_time_to_first_token_seconds_count",
@@ -169,17 +225,17 @@ def test_metrics_and_freeze_gc(server, client):
         assert name in text
     line = next(x for x in text.splitlines() if x.startswith("fuseinfer_requests_total "))
     assert int(line.split()[1]) >= 1
-    assert httpx.post(server[0] + "/freeze_gc").json() == {"status": "ok"}
+    assert httpx.post(server + "/freeze_gc").json() == {"status": "ok"}
 
 
 def test_disconnect_aborts_the_request(server):
     def gauge(name: str) -> float:
-        text = httpx.get(server[0] + "/metrics").text
+        text = httpx.get(server + "/metrics").text
         return float(next(x for x in text.splitlines() if x.startswith(name + " ")).split()[1])
 
     before = gauge("fuseinfer_requests_aborted")
     body = {"prompt": "a long one", "max_tokens": 1500, "stream": True, **NO_EOS}
-    with httpx.stream("POST", server[0] + "/v1/completions", json=body) as r:
+    with httpx.stream("POST", server + "/v1/completions", json=body) as r:
         next(r.iter_lines())  # the first event arrived: the request is running
     deadline = time.time() + 10
     while time.time() < deadline and gauge("fuseinfer_requests_aborted") == before:
@@ -235,7 +291,7 @@ def test_n_choices(client):
 def test_bench_serving(server, tmp_path):
     out = tmp_path / "serving.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "fuseinfer.cli", "bench", "serving", "--base-url", server[0],
+        [sys.executable, "-m", "fuseinfer.cli", "bench", "serving", "--base-url", server,
          "--num-prompts", "12", "--random-input", "16", "--random-output", "8",
          "--vocab-size", "384", "--max-concurrency", "4", "--request-rate", "50",
          "--json", str(out)],
@@ -253,13 +309,13 @@ def test_bench_serving(server, tmp_path):
 
 def test_non_streaming_disconnect_aborts(server):
     def aborted() -> float:
-        text = httpx.get(server[0] + "/metrics").text
+        text = httpx.get(server + "/metrics").text
         line = next(x for x in text.splitlines() if x.startswith("fuseinfer_requests_aborted "))
         return float(line.split()[1])
 
     before = aborted()
     with pytest.raises(httpx.ReadTimeout):  # the client gives up and closes the connection
-        httpx.post(server[0] + "/v1/completions",
+        httpx.post(server + "/v1/completions",
                    json={"prompt": "x", "max_tokens": 2000, **NO_EOS}, timeout=0.5)
     deadline = time.time() + 10
     while time.time() < deadline and aborted() == before:
@@ -291,10 +347,21 @@ def test_logprobs(client):
     assert none.choices[0].logprobs is None
 
 
-def test_sigterm_shuts_down_cleanly(server):
-    _, proc = server
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=60) == 0
+def test_sigterm_shuts_down_cleanly(tmp_path):
+    """Its own server: SIGTERM lets the request in flight finish, then exits 0."""
+    base, proc = start_server(tmp_path)
+    try:
+        body = {"prompt": "x", "max_tokens": 300, "stream": True, **NO_EOS}
+        with httpx.stream("POST", base + "/v1/completions", json=body, timeout=60) as r:
+            lines = r.iter_lines()
+            next(lines)  # running
+            proc.send_signal(signal.SIGTERM)
+            rest = [line for line in lines if line]
+        assert rest[-1] == "data: [DONE]"
+        assert sum('"finish_reason": "length"' in line for line in rest) == 1
+        assert proc.wait(timeout=60) == 0
+    finally:
+        stop_server(proc)
 
 
 @pytest.fixture(scope="module")
@@ -303,8 +370,7 @@ def small_server(tmp_path_factory):
     base, proc = start_server(tmp_path_factory.mktemp("cache"), "--max-running-requests", "1",
                               "--max-queued-requests", "0", "--request-timeout", "2")
     yield base
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=60) == 0
+    assert stop_server(proc) == 0
 
 
 def test_queue_limit_and_request_timeout(small_server):
@@ -325,3 +391,34 @@ def test_queue_limit_and_request_timeout(small_server):
     assert slow.status_code == 504 and slow.json()["error"]["type"] == "timeout"
     quick = httpx.post(small_server + "/v1/completions", json={"prompt": "d", "max_tokens": 2})
     assert quick.status_code == 200  # the aborted requests freed their slot
+
+
+@pytest.fixture(scope="module")
+def tight_server(tmp_path_factory):
+    """A KV pool of 64 tokens: a request within the context but larger than the pool passes
+    the server's checks and is rejected by the engine."""
+    base, proc = start_server(tmp_path_factory.mktemp("cache"), "--max-total-tokens", "64")
+    yield base
+    assert stop_server(proc) == 0
+
+
+def test_engine_rejection_is_an_error_not_a_finish_reason(tight_server):
+    too_big = {"prompt": list(range(1, 11)), "max_tokens": 100, **NO_EOS}
+    r = httpx.post(tight_server + "/v1/completions", json=too_big)
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["type"] == "invalid_request_error" and "rejected" in err["message"]
+    with httpx.stream("POST", tight_server + "/v1/completions",
+                      json={**too_big, "stream": True}) as s:
+        assert s.status_code == 200  # the response started before the engine answered
+        lines = [line for line in s.iter_lines() if line]
+    assert lines[-1] == "data: [DONE]"
+    events = [json.loads(line[len("data: "):]) for line in lines[:-1]]
+    assert [e["error"]["type"] for e in events] == ["invalid_request_error"]
+    native = httpx.post(tight_server + "/generate",
+                        json={"input_ids": list(range(1, 11)),
+                              "sampling_params": {"max_tokens": 100}})
+    assert native.status_code == 400 and "rejected" in native.json()["error"]["message"]
+    ok = httpx.post(tight_server + "/v1/completions",
+                    json={"prompt": [1, 2, 3], "max_tokens": 4, **NO_EOS})
+    assert ok.status_code == 200 and ok.json()["choices"][0]["finish_reason"] == "length"

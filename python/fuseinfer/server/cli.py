@@ -1,4 +1,7 @@
-"""`fuseinfer serve [--model PATH] [--host 127.0.0.1] [--port 30000] [engine args]`."""
+"""`fuseinfer serve [--model PATH] [--host 127.0.0.1] [--port 30000] [engine args]`.
+
+The engine options come from EngineArgs (runtime/engine_args.py), with the serving GC
+settings on by default; the options here are the server's own."""
 
 from __future__ import annotations
 
@@ -11,27 +14,20 @@ from typing import Any
 
 
 def add_serve_parser(sub: Any) -> None:
+    from ..runtime.engine_args import SERVING_GC, add_engine_args
+
     p = sub.add_parser("serve", help="OpenAI-compatible HTTP server (the bundled tiny model "
                        "when --model is not given)")
     p.add_argument("--model", help="model folder or bundled name (default: tiny)")
     p.add_argument("--served-model-name", help="the name clients use (default: the folder's)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=30000)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--load-format", choices=["auto", "dummy"], default="auto")
-    p.add_argument("--page-size", type=int, default=64)
-    p.add_argument("--max-running-requests", type=int, default=256)
-    p.add_argument("--max-total-tokens", type=int)
-    p.add_argument("--chunked-prefill-size", type=int, default=4096)
-    p.add_argument("--mem-fraction-static", type=float, default=0.85)
-    p.add_argument("--disable-radix-cache", action="store_true")
-    p.add_argument("--disable-cuda-graph", action="store_true")
-    p.add_argument("--disable-overlap-schedule", action="store_true")
     p.add_argument("--max-queued-requests", type=int,
                    help="requests allowed to wait beyond --max-running-requests; more get "
                    "HTTP 503 with Retry-After (default: unbounded)")
     p.add_argument("--request-timeout", type=float,
                    help="seconds a request may take; longer ones are aborted (HTTP 504)")
+    add_engine_args(p, defaults=SERVING_GC)
     p.set_defaults(handler=_run_serve)
 
 
@@ -45,26 +41,25 @@ def _run_serve(args: argparse.Namespace) -> int:
                          ) from err
 
     from ..models.bundled import resolve_model
-    from ..runtime.engine import EngineArgs
+    from ..runtime.engine_args import engine_args_from
     from ..runtime.tokenizer import TextTokenizer
-    from .app import EngineClient, create_app
+    from .app import create_app
+    from .engine_client import EngineClient
     from .engine_process import start_engine_process
+    from .messages import Stop
 
     folder = resolve_model(args.model)
-    engine_args = EngineArgs(
-        model=str(folder), device=args.device, load_format=args.load_format,
-        page_size=args.page_size, max_running_requests=args.max_running_requests,
-        max_total_tokens=args.max_total_tokens, chunked_prefill_size=args.chunked_prefill_size,
-        mem_fraction_static=args.mem_fraction_static,
-        disable_radix_cache=args.disable_radix_cache, disable_cuda_graph=args.disable_cuda_graph,
-        disable_overlap_schedule=args.disable_overlap_schedule)
+    try:
+        engine_args = engine_args_from(args, model=str(folder))
+    except ValueError as err:
+        raise SystemExit(f"fuseinfer serve: {err}") from err
     print(f"fuseinfer serve: loading {folder} ...", file=sys.stderr, flush=True)
     proc, inbox, outbox, info = start_engine_process(engine_args)
     tokenizer = TextTokenizer(folder) if (folder / "tokenizer.json").exists() else None
     name = args.served_model_name or (args.model or "tiny")
     client = EngineClient(inbox, outbox, info)
     if args.max_queued_requests is not None:
-        client.capacity = args.max_running_requests + max(args.max_queued_requests, 0)
+        client.capacity = engine_args.max_running_requests + max(args.max_queued_requests, 0)
     client.timeout_s = args.request_timeout
     app = create_app(client, name, tokenizer)
     print(f"fuseinfer serve: {name} on http://{args.host}:{args.port}", file=sys.stderr,
@@ -84,7 +79,7 @@ def _run_serve(args: argparse.Namespace) -> int:
     try:
         asyncio.run(serve())
     finally:
-        inbox.put(("stop",))
+        inbox.put(Stop())
         proc.join(timeout=30)
         if proc.is_alive():
             proc.terminate()

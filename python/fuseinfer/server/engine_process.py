@@ -1,12 +1,11 @@
 """The engine in its own process, so the HTTP process stays responsive while it works.
 
-Messages in (a multiprocessing queue): ("add", rid, prompt_ids, SamplingParams),
-("abort", rid), ("freeze_gc",), ("stop",). Messages out: ("ready", info) once loaded, then
-after each step one ("tokens", updates) for all requests with news, each update
-(rid, new_token_ids, finish_reason or None, prompt_len, logprobs), and ("stats", dict)
-twice a second. One message per step, not per request, keeps the queue's per-message
-cost off the step loop. A rejected request comes back at once with no tokens and its
-reason.
+It reads `messages.ToEngine` from its inbox and answers on its outbox: `Ready` once
+loaded (after a warm-up that compiles and freezes the GC), then after each step one
+`StepTokens` with the step's deltas for every request (one message per step, not per
+request, keeps the queue's per-message cost off the step loop), and `Stats` twice a
+second. A request the engine rejects comes back at once, finished with
+`FinishReason.REJECTED` and its reason.
 """
 
 from __future__ import annotations
@@ -15,84 +14,135 @@ import multiprocessing as mp
 import queue
 import time
 import traceback
+from collections.abc import Sequence
 from typing import Any
 
+from ..runtime.engine_args import EngineArgs
+from ..runtime.step_output import FinishReason, RequestDelta
+from .messages import (
+    AbortRequest,
+    AddRequest,
+    Failed,
+    Finish,
+    FreezeGc,
+    FromEngine,
+    Ready,
+    Stats,
+    StepTokens,
+    Stop,
+)
 
-def engine_main(args: Any, inbox: mp.Queue, outbox: mp.Queue) -> None:
+STATS_PERIOD_S = 0.5
+
+
+class EngineLoop:
+    """The engine process's state: which engine request each HTTP request id is."""
+
+    def __init__(self, engine: Any, outbox: Any) -> None:
+        self.engine, self.outbox = engine, outbox
+        self.live: dict[int, Any] = {}  # HTTP rid -> the engine's Request
+        self.rid_of: dict[int, int] = {}  # engine rid -> HTTP rid
+        self.aborted = 0
+
+    def handle(self, msg: Any) -> bool:
+        """Apply one inbox message; False when it says stop."""
+        if isinstance(msg, AddRequest):
+            self._add(msg)
+        elif isinstance(msg, AbortRequest):
+            req = self.live.pop(msg.rid, None)
+            if req is not None:  # else it finished already: nothing to free
+                self.rid_of.pop(req.rid, None)
+                self.engine.abort(req)
+                self.aborted += 1
+        elif isinstance(msg, FreezeGc):
+            from ..runtime.gc_control import freeze_after_warmup
+
+            freeze_after_warmup()
+        elif isinstance(msg, Stop):
+            return False
+        return True
+
+    def _add(self, msg: AddRequest) -> None:
+        try:
+            req = self.engine.add_request(msg.prompt, msg.params)
+        except ValueError as err:  # parameters the HTTP process should have refused
+            self.outbox.put(_finished(msg.rid, Finish(FinishReason.REJECTED, str(err))))
+            return
+        if req.finished:  # rejected: it never entered the engine
+            self.outbox.put(_finished(msg.rid, Finish(req.finish_reason, req.finish_detail)))
+            return
+        self.live[msg.rid] = req
+        self.rid_of[req.rid] = msg.rid
+
+    def report(self, deltas: Sequence[RequestDelta]) -> None:
+        """Send one step's deltas, under HTTP request ids; an aborted request's are dropped."""
+        rids: list[int] = []
+        tokens: list[list[int]] = []
+        logprobs: list[list] = []
+        finished: dict[int, Finish] = {}
+        rid_of = self.rid_of
+        for d in deltas:
+            rid = rid_of.get(d.rid)
+            if rid is None:
+                continue
+            rids.append(rid)
+            tokens.append(d.new_tokens)
+            logprobs.append(d.new_logprobs)
+            if d.finish_reason is not None:
+                finished[rid] = Finish(d.finish_reason, d.finish_detail)
+                del rid_of[d.rid]
+                del self.live[rid]
+        if rids:
+            self.outbox.put(StepTokens(rids, tokens, logprobs, finished))
+
+    def stats(self) -> Stats:
+        s = self.engine.stats()
+        return Stats(s.waiting, s.running, s.kv_usage, self.aborted)
+
+
+def _finished(rid: int, finish: Finish) -> StepTokens:
+    return StepTokens([rid], [[]], [[]], {rid: finish})
+
+
+def engine_main(args: EngineArgs, inbox: mp.Queue, outbox: mp.Queue) -> None:
     """Child process entry point: build the engine, then serve the inbox."""
     try:
         from ..runtime.engine import Engine
 
         engine = Engine(args)
         engine.warmup()  # compile and freeze the GC before the first request, not during it
-        outbox.put(("ready", {"max_context": engine.reqs.max_pages * args.page_size,
-                              "eos": list(engine.config.eos_token_ids),
-                              "vocab_size": engine.config.vocab_size}))
+        outbox.put(Ready(engine.max_context, tuple(engine.config.eos_token_ids),
+                         engine.config.vocab_size))
     except Exception:  # report why the server cannot start, then exit
-        outbox.put(("failed", traceback.format_exc()))
+        outbox.put(Failed(traceback.format_exc()))
         return
-    live: dict[int, Any] = {}  # rid -> scheduler Request
-    sent: dict[int, int] = {}  # rid -> tokens already sent
+    loop = EngineLoop(engine, outbox)
+    parent = mp.parent_process()
     last_stats = 0.0
-    aborted = 0
-    while True:
-        timeout = 0.0 if engine.busy else 0.05
-        try:
-            msg = inbox.get(timeout=timeout) if timeout else inbox.get_nowait()
-        except queue.Empty:
-            msg = None
-        while msg is not None:
-            if msg[0] == "stop":
-                return
-            if msg[0] == "freeze_gc":
-                from ..runtime.gc_control import freeze_after_warmup
-
-                freeze_after_warmup()
-            if msg[0] == "add":
-                _, rid, prompt, params = msg
-                req = engine.scheduler.new_request(prompt, params, engine.config.eos_token_ids)
-                if req.finished:  # rejected
-                    outbox.put(("tokens", [(rid, [], req.finish_reason, len(prompt), None)]))
-                else:
-                    live[rid], sent[rid] = req, 0
-            elif msg[0] == "abort":
-                req = live.pop(msg[1], None)
-                if req is not None:
-                    engine.scheduler.abort(req)
-                    sent.pop(msg[1], None)
-                    aborted += 1
-            try:
-                msg = inbox.get_nowait()
+    with engine:
+        while True:
+            try:  # an idle engine waits for work; a busy one only drains what is there
+                msg = inbox.get_nowait() if engine.busy else inbox.get(timeout=0.05)
             except queue.Empty:
                 msg = None
-        if engine.busy:
-            engine.step()
-        updates = []
-        for rid in list(live):
-            req = live[rid]
-            real = req.output
-            n = sent[rid]  # placeholders of steps in flight sit at the tail only
-            while n < len(real) and real[n] >= 0:
-                n += 1
-            if n > sent[rid] or req.finished:
-                lps = req.logprobs[sent[rid]:n] if req.params.logprobs is not None else None
-                updates.append((rid, real[sent[rid]:n], req.finish_reason, len(req.prompt),
-                                lps))
-                sent[rid] = n
-            if req.finished:
-                live.pop(rid)
-                sent.pop(rid)
-        if updates:
-            outbox.put(("tokens", updates))
-        now = time.monotonic()
-        if now - last_stats > 0.5:
-            last_stats = now
-            s = engine.scheduler
-            outbox.put(("stats", {"waiting": len(s.waiting), "running": len(s.running),
-                                  "kv_usage": engine.kv.usage(), "aborted": aborted}))
+            while msg is not None:
+                if not loop.handle(msg):
+                    return
+                try:
+                    msg = inbox.get_nowait()
+                except queue.Empty:
+                    msg = None
+            if engine.busy:
+                loop.report(engine.step())
+            now = time.monotonic()
+            if now - last_stats > STATS_PERIOD_S:
+                last_stats = now
+                if parent is not None and not parent.is_alive():
+                    return  # the HTTP process died without a Stop (SIGKILL): nobody listens
+                outbox.put(loop.stats())
 
 
-def start_engine_process(args: Any) -> tuple[mp.Process, mp.Queue, mp.Queue, dict]:
+def start_engine_process(args: EngineArgs) -> tuple[mp.Process, mp.Queue, mp.Queue, Ready]:
     """Start the engine process and wait until it has loaded; raises with its traceback
     if it could not start."""
     ctx = mp.get_context("spawn")  # a fresh interpreter: CUDA must not be forked
@@ -100,8 +150,10 @@ def start_engine_process(args: Any) -> tuple[mp.Process, mp.Queue, mp.Queue, dic
     proc = ctx.Process(target=engine_main, args=(args, inbox, outbox), daemon=True,
                        name="fuseinfer-engine")
     proc.start()
-    kind, info = outbox.get()
-    if kind == "failed":
+    first: FromEngine = outbox.get()
+    if isinstance(first, Failed):
         proc.join(timeout=5)
-        raise RuntimeError(f"the engine process failed to start:\n{info}")
-    return proc, inbox, outbox, info
+        raise RuntimeError(f"the engine process failed to start:\n{first.error}")
+    if not isinstance(first, Ready):
+        raise RuntimeError(f"the engine process sent {type(first).__name__} before Ready")
+    return proc, inbox, outbox, first

@@ -7,6 +7,8 @@ from __future__ import annotations
 import bisect
 import threading
 
+from .messages import Stats
+
 BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
              30.0, 60.0)
 
@@ -47,7 +49,7 @@ class ServerMetrics:
         self.prompt_tokens = 0
         self.generation_tokens = 0
 
-    def render(self, stats: dict) -> str:
+    def render(self, stats: Stats) -> str:
         gauges = (("fuseinfer_num_requests_waiting", "Requests queued", "waiting"),
                   ("fuseinfer_num_requests_running", "Requests being generated", "running"),
                   ("fuseinfer_kv_cache_usage", "Fraction of KV pages in use", "kv_usage"),
@@ -56,7 +58,7 @@ class ServerMetrics:
         lines = []
         for name, text, key in gauges:
             lines += [f"# HELP {name} {text}", f"# TYPE {name} gauge",
-                      f"{name} {float(stats.get(key, 0))}"]
+                      f"{name} {float(getattr(stats, key))}"]
         with self.lock:
             for name, text, value in (
                 ("fuseinfer_requests_total", "Requests finished", self.requests),

@@ -1,0 +1,195 @@
+"""One typed request model per endpoint (pydantic, strict: `"3"` is not an int, `true` is
+not a number), and their sampling fields as `SamplingParams`.
+
+Types and shapes are checked here; value ranges once, in `SamplingParams.validate`, whose
+error names the field, reported back under the request's own name for it (`max_tokens`
+for `max_new_tokens`). Fields OpenAI defines that this server does not use are ignored,
+as OpenAI clients send them freely. `null` means "not given" everywhere.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationError
+
+from ..runtime.sampling import InvalidSamplingParam, SamplingParams
+from .errors import ApiError
+
+MAX_STOP_STRINGS = 4
+MAX_CHOICES = 16
+
+
+def _is_token(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _prompts(value: Any) -> list[str | list[int]]:
+    """A completions `prompt` as a list of prompts, each a string or token ids."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and value:
+        if all(_is_token(t) for t in value):
+            return [value]
+        if all(isinstance(p, str) for p in value):
+            return list(value)
+        if all(isinstance(p, list) and p and all(_is_token(t) for t in p) for p in value):
+            return list(value)
+    raise ValueError("must be a string, a list of strings, a non-empty list of token ids, "
+                     "or a list of such lists")
+
+
+def _stop_strings(value: Any) -> list[str]:
+    if value is None:
+        return []
+    stops = [value] if isinstance(value, str) else value
+    if not isinstance(stops, list) or len(stops) > MAX_STOP_STRINGS or \
+            not all(isinstance(x, str) for x in stops):
+        raise ValueError(f"must be a string or a list of up to {MAX_STOP_STRINGS} strings")
+    return [x for x in stops if x]
+
+
+def _message_text(value: Any) -> str:
+    """A chat message's content: a string, or a list of text parts (joined by newlines,
+    as the chat templates take one string)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and all(
+            isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
+            for p in value):
+        return "\n".join(p["text"] for p in value)
+    raise ValueError('must be a string or a list of {"type": "text", "text": ...} parts '
+                     "(only text is supported)")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+
+class SamplingFields(_Strict):
+    """The sampling fields every generating endpoint takes (OpenAI's names)."""
+
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None  # newer OpenAI clients' name for max_tokens
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    min_p: float | None = None
+    seed: int | None = None
+    stop_token_ids: list[int] | None = None
+    ignore_eos: bool | None = None
+
+    def sampling_params(self, default_max_tokens: int, logprobs: int | None = None,
+                        logprobs_name: str = "logprobs", prefix: str = "") -> SamplingParams:
+        """SamplingParams, range-checked; ApiError 400 naming the request's field (after
+        `prefix`: where these fields sit in the body)."""
+        max_name = "max_completion_tokens" if self.max_tokens is None and \
+            self.max_completion_tokens is not None else "max_tokens"
+        max_tokens = self.max_tokens if self.max_tokens is not None else \
+            self.max_completion_tokens
+        params = SamplingParams(
+            max_new_tokens=default_max_tokens if max_tokens is None else max_tokens,
+            temperature=_given(self.temperature, 1.0), top_p=_given(self.top_p, 1.0),
+            top_k=_given(self.top_k, -1), min_p=_given(self.min_p, 0.0), seed=self.seed,
+            stop_token_ids=tuple(self.stop_token_ids or ()),
+            ignore_eos=bool(self.ignore_eos), logprobs=logprobs)
+        try:
+            params.validate()
+        except InvalidSamplingParam as err:
+            name = {"max_new_tokens": max_name, "logprobs": logprobs_name}.get(err.field,
+                                                                                err.field)
+            name = prefix + name
+            raise ApiError(f"'{name}' {err.requirement}, got {err.value!r}", name) from err
+        return params
+
+
+def _given(value: Any, default: Any) -> Any:
+    return default if value is None else value
+
+
+class StreamOptions(_Strict):
+    include_usage: bool | None = None
+
+
+class _OpenAiRequest(SamplingFields):
+    model: str | None = None
+    n: Annotated[int, Field(ge=1, le=MAX_CHOICES)] | None = None
+    stream: bool | None = None
+    stream_options: StreamOptions | None = None
+    stop: Annotated[list[str], PlainValidator(_stop_strings)] = []
+
+    @property
+    def choices_per_prompt(self) -> int:
+        return self.n or 1
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+
+class CompletionRequest(_OpenAiRequest):
+    """POST /v1/completions. `prompt`: a string, token ids, or a list of either (one
+    prompt each: a batched request)."""
+
+    prompt: Annotated[list[str | list[int]], PlainValidator(_prompts)]
+    logprobs: int | None = None  # k: the sampled token's and the top k
+
+
+class ChatMessage(BaseModel):
+    # other keys (name, tool_calls, ...) reach the chat template as they came
+    model_config = ConfigDict(strict=True, extra="allow")
+
+    role: str
+    content: Annotated[str, PlainValidator(_message_text)]
+
+
+class ChatCompletionRequest(_OpenAiRequest):
+    """POST /v1/chat/completions."""
+
+    messages: Annotated[list[ChatMessage], Field(min_length=1)]
+    logprobs: bool | None = None
+    top_logprobs: int | None = None  # with logprobs: true, the top k per token
+
+    @property
+    def logprobs_k(self) -> int | None:
+        return (self.top_logprobs or 0) if self.logprobs else None
+
+
+class GenerateRequest(_Strict):
+    """POST /generate (native): token ids or text in, token ids (and text) out."""
+
+    input_ids: list[int] | None = None
+    text: str | None = None
+    sampling_params: SamplingFields | None = None
+
+
+Body = TypeVar("Body", bound=BaseModel)
+
+
+def parse_body(model: type[Body], raw: bytes) -> Body:
+    """The request body as `model`; ApiError 400 naming the first field at fault (the
+    top-level field, or `sampling_params.<field>` in /generate's)."""
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as err:
+        first = err.errors(include_url=False)[0]
+        raise ApiError(_error_message(first), _error_param(first["loc"])) from None
+
+
+def _error_param(loc: tuple) -> str | None:
+    if not loc:
+        return None  # the body as a whole
+    if loc[0] == "sampling_params" and len(loc) > 1 and isinstance(loc[1], str):
+        return f"sampling_params.{loc[1]}"
+    return str(loc[0])
+
+
+def _error_message(error: dict) -> str:
+    if error["type"] == "json_invalid":
+        return f"the request body is not valid JSON: {error['msg']}"
+    if not error["loc"]:
+        return "the request body must be a JSON object"
+    where = ".".join(str(x) for x in error["loc"])
+    if error["type"] == "value_error":  # our validators' own sentences
+        return f"'{where}' {error['ctx']['error']}"
+    return f"'{where}': {error['msg']}"
