@@ -1,5 +1,5 @@
-"""The attention family's table entry, bench-suite accounting, the CLI without a GPU and
-recording a suite in parts."""
+"""The attention family's table entry, bench-suite accounting, its options and recording
+a suite in parts."""
 
 from __future__ import annotations
 
@@ -58,16 +58,13 @@ def test_visible_pairs_and_bytes():
     assert [c.shape for c in cases] == ["1x1024", "8x1024", "1x8192"]
 
 
-def test_bench_attention_without_gpu_runs_cpu_smoke():
-    proc = run_cli("bench", "attention")
+def test_tune_attention_options():
+    proc = run_cli("tune", "attention", "--help")
     assert proc.returncode == 0, proc.stderr
-    assert "no CUDA GPU found: running the CPU reference smoke" in proc.stderr
-    assert "decode" in proc.stdout and "prefill" in proc.stdout
-
-
-def test_tune_attention_needs_a_gpu():
-    proc = run_cli("tune", "attention")
-    assert proc.returncode == 1 and "no CUDA GPU found" in proc.stderr
+    for flag in ("--kinds", "--output", "--log"):
+        assert flag in proc.stdout
+    bad = run_cli("tune", "attention", "--kinds", "sideways")
+    assert bad.returncode == 2 and "invalid choice: 'sideways'" in bad.stderr
 
 
 def test_record_run_in_parts(tmp_path):

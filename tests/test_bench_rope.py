@@ -1,5 +1,6 @@
 """`fuseinfer bench rope` on the CPU: shapes and byte counts, the baselines against our CPU
-ops (cache contents included), the suite's own check, and the command with no GPU."""
+ops (cache contents included, store_kv_cache's from suites/kvcache.py), the suite's own
+check, its report and its options."""
 
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ import torch
 
 import fuseinfer  # noqa: F401  (registers the ops)
 from fuseinfer.bench import rope_baselines
+from fuseinfer.bench.suites import kvcache
 from fuseinfer.bench.suites import rope as suite
-from fuseinfer.bench.suites.rope_cpu_smoke import float64_rope
 
 REPO = Path(__file__).resolve().parents[1]
 LLAMA = suite.MODELS["Llama-3-8B"]
@@ -52,6 +53,7 @@ def test_bytes_moved():
     assert suite.bytes_moved(suite.Case("rope+kv", LLAMA, 100), 2) == \
         100 * suite.bytes_moved(suite.Case("rope+kv", LLAMA, 1), 2)
     assert suite.bytes_moved(suite.Case("store_kv", LLAMA, 3), 2) == 4 * 8 * 128 * 3 * 2
+    assert kvcache.store_bytes(8, 128, 3, 2) == 4 * 8 * 128 * 3 * 2
     assert suite.bytes_moved(suite.Case("rope", DEEPSEEK, 2), 2) == \
         2 * ((256 + 2) * 64 * 2 + 8 + 64 * 4)
 
@@ -76,6 +78,22 @@ def test_sets_are_strided_slices_of_one_qkv_buffer():
     assert s["loc"].unique().numel() == 5 and int(s["loc"].max()) < 10
     deepseek = suite.make_sets(DEEPSEEK, 3, torch.bfloat16, 1, device="cpu")[0]
     assert "k_cache" not in deepseek and "v" not in deepseek
+
+
+def float64_rope(positions: torch.Tensor, x: torch.Tensor, m: suite.Model) -> torch.Tensor:
+    """x [tokens, heads * head_size] rotated in float64 from the angles themselves: each
+    pair of dims as a complex number times e^(i * position * inv_freq)."""
+    heads = x.double().unflatten(-1, (-1, m.head_size))
+    rot, rest = heads[..., :m.rotary_dim], heads[..., m.rotary_dim:]
+    re, im = rot.chunk(2, dim=-1) if m.is_neox else (rot[..., 0::2], rot[..., 1::2])
+    exponent = torch.arange(0, m.rotary_dim, 2, dtype=torch.float64) / m.rotary_dim
+    angle = positions.double()[:, None, None] * m.theta ** -exponent
+    z = torch.complex(re, im) * torch.polar(torch.ones_like(angle), angle)
+    if m.is_neox:
+        rot = torch.cat((z.real, z.imag), dim=-1)
+    else:
+        rot = torch.stack((z.real, z.imag), dim=-1).flatten(-2)
+    return torch.cat((rot, rest), dim=-1).flatten(1)
 
 
 def _small(is_neox: bool, rotary_dim: int) -> suite.Model:
@@ -113,7 +131,7 @@ def test_eager_baseline_matches_cpu_op_including_cache(is_neox, rotary_dim):
 def test_eager_store_matches_cpu_op():
     s = suite.make_sets(LLAMA, 6, torch.bfloat16, 1, device="cpu")[0]
     ref = {name: t.clone() for name, t in s.items()}
-    rope_baselines.torch_store_kv(*suite._store_args(ref))
+    rope_baselines.torch_store_kv(*kvcache.store_args(ref))
     suite.OURS["store"](s, LLAMA, None)
     loc = s["loc"]
     assert torch.equal(s["k_cache"][loc], ref["k_cache"][loc])
@@ -189,15 +207,16 @@ def test_report_writes_json_and_records_a_rope_run(tmp_path, monkeypatch, capsys
     import argparse
     import json
 
-    from fuseinfer.bench import cli
+    from fuseinfer.bench import report
+    from fuseinfer.bench.kernel_suite import report_run
     from fuseinfer.bench.summary import render_summary
 
-    monkeypatch.setattr(cli, "repo_dir", lambda: tmp_path)
-    monkeypatch.setattr(cli, "_environment", lambda: {"gpu_key": "h100"})
+    monkeypatch.setattr(report, "repo_dir", lambda: tmp_path)
+    monkeypatch.setattr(report, "bench_environment", lambda: {"gpu_key": "h100"})
     rows = [{"op": "rope+kv", "model": "Llama-3-8B", "tokens": 8, "us": 3.5, "gbps": 61.0,
              "vs_separate": 1.4, "vs_eager": 5.0, "l2": "warm", "rel_err": 1e-4}]
     args = argparse.Namespace(pdl="auto", cold=False, json=tmp_path / "run.json", record=True)
-    assert cli._report("rope", suite.COLUMNS, rows, 3000.0, args) == 0
+    assert report_run("rope", suite.COLUMNS, rows, 3000.0, args) == 0
     assert "x separate" in capsys.readouterr().out
     written = json.loads((tmp_path / "run.json").read_text())
     assert written["suite"] == "rope" and written["rows"] == rows
@@ -220,10 +239,16 @@ def test_help():
         assert flag in proc.stdout
 
 
-def test_bench_rope_without_gpu_runs_cpu_smoke():
-    proc = run_cli("bench", "rope")
-    assert proc.returncode == 0, proc.stderr
-    assert "no CUDA GPU found: running the CPU reference smoke" in proc.stderr
-    assert "worst relative error" in proc.stdout
-    for name in ("rope+kv", "store_kv", "DeepSeek-V3", "GPT-OSS-120B"):
-        assert name in proc.stdout
+
+@pytest.mark.parametrize("args, message", [
+    (["--models", "Nope"], r"unknown model\(s\) \['Nope'\]; choose from \['Llama-3-8B'"),
+    (["--baselines", "liger"], r"unknown baseline\(s\) \['liger'\]"),
+    (["--tokens", "0"], "token counts must be positive"),
+])
+def test_bad_names_are_reported_before_any_gpu_work(monkeypatch, args, message):
+    from fuseinfer.bench import cli as bench_cli
+    from fuseinfer.cli import main
+
+    monkeypatch.setattr(bench_cli, "has_cuda_gpu", lambda: True)
+    with pytest.raises(SystemExit, match=message):
+        main(["bench", "rope", *args])

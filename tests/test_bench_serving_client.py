@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from fuseinfer.server.bench_serving import _one
+from fuseinfer.bench.e2e.serving import _one
 
 EVENTS = [b'data: {"choices": [{"text": "a"}]}\n\n', b'data: {"choices": [{"text": "b"}]}\n\n',
           b"data: [DONE]\n\n"]

@@ -38,24 +38,38 @@ def test_info_json():
 
 
 @pytest.mark.parametrize("args", [("bench", "--help"), ("bench", "norm", "--help"),
-                                  ("bench", "ceilings", "--help"), ("tune", "--help")])
+                                  ("bench", "ceilings", "--help"), ("tune", "--help"),
+                                  ("tune", "norm", "--help")])
 def test_help(args):
     proc = run_cli(*args)
     assert proc.returncode == 0 and "usage: fuseinfer" in proc.stdout
 
 
-def test_bench_norm_without_gpu_runs_cpu_smoke():
-    proc = run_cli("bench", "norm")
-    assert proc.returncode == 0, proc.stderr
-    assert "no CUDA GPU found: running the CPU reference smoke" in proc.stderr
-    assert "worst relative error" in proc.stdout
-    assert "DeepSeek-V3" in proc.stdout
-
-
-@pytest.mark.parametrize("args", [("tune", "norm"), ("bench", "ceilings")])
-def test_gpu_only_commands_say_so(args):
+@pytest.mark.parametrize("args", [("bench", "norm"), ("tune", "norm"), ("bench", "ceilings")])
+def test_gpu_only_commands_say_so_in_one_line(args):
+    """The real check, in a process that sees no GPU (the in-process tests of every suite
+    in test_bench_registry.py stub it)."""
     proc = run_cli(*args)
-    assert proc.returncode == 1 and "no CUDA GPU found" in proc.stderr
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.splitlines() == [f"fuseinfer {' '.join(args)}: no CUDA GPU found, and "
+                                        "this command needs one."]
+    assert proc.stdout == ""
+
+
+def test_bench_without_a_suite_is_a_usage_error():
+    proc = run_cli("bench")
+    assert proc.returncode == 2 and "choose a suite (or --list)" in proc.stderr
+
+
+def test_norm_options_are_checked(monkeypatch):
+    from fuseinfer.bench import cli as bench_cli
+    from fuseinfer.cli import main
+
+    monkeypatch.setattr(bench_cli, "has_cuda_gpu", lambda: True)
+    with pytest.raises(SystemExit, match=r"unknown op\(s\) \['layernorm'\]"):
+        main(["bench", "norm", "--ops", "layernorm"])
+    with pytest.raises(SystemExit, match="no shapes left"):
+        main(["bench", "norm", "--hidden", "7"])
 
 
 def test_bad_shape_is_reported():

@@ -1,4 +1,4 @@
-"""The `fuseinfer` command: info | bench | tune | generate."""
+"""The `fuseinfer` command: info | bench | tune | generate | serve."""
 
 from __future__ import annotations
 

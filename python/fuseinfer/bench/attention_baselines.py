@@ -12,18 +12,16 @@ flashinfer: not timed here (no wheel on the device); published figures are cited
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from .timing import TimingConfig, time_calls
+
 _FLEX: dict[str, Any] = {}
-
-
-def contiguous_kv(k_rows: torch.Tensor, batch: int, length: int) -> torch.Tensor:
-    """[batch * length, heads, dim] rows as [batch, heads, length, dim]."""
-    return k_rows.view(batch, length, *k_rows.shape[1:]).transpose(1, 2).contiguous()
+FLEX_DECODE_BATCHES = (1, 64)  # flex compiles per shape: decode rows get it at these only
 
 
 def sdpa_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -85,3 +83,45 @@ def flex_attention_call(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         return out * torch.sigmoid(lse - sink).unsqueeze(-1).to(out.dtype)
 
     return with_sinks
+
+
+def contiguous_inputs(case: Any, dtype: torch.dtype, device: str = "cuda"
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Fresh q [batch, hq, q_len, dim] and k, v [batch, hkv, kv_len, dim] for a suite case
+    (every request the same lengths)."""
+    m = case.model
+    b, n, ql = len(case.kv_lens), case.kv_lens[0], case.q_lens[0]
+    k = torch.randn(b, m.kv_heads, n, m.head_dim, device=device, dtype=dtype)
+    v = torch.randn_like(k)
+    q = torch.randn(b, m.q_heads, ql, m.head_dim, device=device, dtype=dtype)
+    return q, k, v
+
+
+def time_baselines(row: dict[str, Any], case: Any, baselines: Sequence[str],
+                   dtype: torch.dtype, config: TimingConfig) -> None:
+    """Time each baseline on the suite case `case` and add `<name>_us` and `vs_<name>`
+    (baseline time over row["us"], ours) to its row; a baseline that cannot run the shape
+    leaves `<name>_error` instead."""
+    m = case.model
+    q, k, v = contiguous_inputs(case, dtype)
+    sinks = torch.randn(m.q_heads, device=q.device) if m.sinks else None
+    for name in baselines:
+        if name == "sdpa":
+            fn = sdpa_decode(q[:, :, 0], k, v, m.window_left) if case.kind == "decode" \
+                else sdpa_prefill(q, k, v)
+        elif name == "flex":
+            if case.kind == "decode" and len(case.kv_lens) not in FLEX_DECODE_BATCHES:
+                continue
+            fn = flex_attention_call(q, k, v, m.window_left, sinks)
+        else:
+            raise ValueError(f"unknown baseline {name}")
+        try:
+            other = time_calls([fn], config).median_us
+        except Exception as err:  # a baseline that cannot run a shape is reported, not fatal
+            row[f"{name}_error"] = f"{type(err).__name__}: {str(err).splitlines()[-1][:200]}"
+            torch._dynamo.reset()
+            continue
+        row[f"{name}_us"] = other
+        row[f"vs_{name}"] = other / row["us"]
+    if m.sinks and "sdpa" in baselines:
+        row["note"] = "sdpa has no sinks: timed without them"

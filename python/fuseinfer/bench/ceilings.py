@@ -6,6 +6,7 @@ datasheet. The cache is keyed by GPU name and invalidated when driver or torch c
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -17,6 +18,7 @@ from typing import Any
 
 from fuseinfer import paths
 from fuseinfer.bench.environment import collect_environment, utc_now
+from fuseinfer.bench.registry import Suite, register_suite
 
 KINDS = ("copy", "bf16", "fp8")
 _MATMUL_SIZE = 8192
@@ -168,3 +170,17 @@ def copy_bandwidth_gbps() -> float:
     if measured is None:
         raise RuntimeError("copy bandwidth measurement returned nothing")
     return measured
+
+
+# ---- the command: `fuseinfer bench ceilings` --------------------------------------------
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--which", nargs="+", default=list(KINDS), choices=list(KINDS))
+
+
+def run_command(args: argparse.Namespace) -> int:
+    print(json.dumps(measure_ceilings(args.which).__dict__, indent=1))
+    return 0
+
+
+register_suite(Suite(name="ceilings", help="measure and cache copy bandwidth and bf16/fp8 "
+                     "matmul peaks of this GPU", run=run_command, add_arguments=add_arguments))

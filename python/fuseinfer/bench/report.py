@@ -1,13 +1,17 @@
-"""Benchmark output: a plain-text table for the terminal and JSON files for the record."""
+"""Benchmark output: a plain-text table for the terminal and JSON files for the record
+(microbench/results/<gpu>/<suite>.json, appended to by every suite's --record)."""
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from ..paths import repo_dir
 
 _RUN_KEYS = ("suite", "environment", "ceilings", "rows")
 
@@ -137,3 +141,40 @@ def record_run(results_path: Path, run: Mapping[str, Any], continue_last: bool =
     else:
         data["runs"].append(dict(run))
     _write_json(results_path, data)
+
+
+def column_specs(columns: Sequence[Column]) -> list[dict[str, str]]:
+    """The columns as recorded with a run (the summary page renders rows with them)."""
+    return [{"key": c.key, "header": c.header, "fmt": c.fmt} for c in columns]
+
+
+def bench_environment() -> dict[str, Any]:
+    """This machine's environment as recorded with a run, with its dispatch-table GPU key
+    (None without a GPU): the folder its results are recorded in."""
+    from ..dispatch import current_identity, gpu_key
+    from .environment import collect_environment
+
+    env = collect_environment()
+    identity = current_identity()
+    env["gpu_key"] = gpu_key(identity) if identity else None
+    return env
+
+
+def record(run: Mapping[str, Any], continue_last: bool = False) -> Path:
+    """Append `run` to microbench/results/<gpu key>/<suite>.json of this checkout (or of the
+    working directory outside one); see record_run."""
+    root = repo_dir() or Path.cwd()
+    path = root / "microbench" / "results" / str(run["environment"]["gpu_key"]) / \
+        f"{run['suite']}.json"
+    record_run(path, run, continue_last=continue_last)
+    print(f"recorded in {path}", file=sys.stderr)
+    return path
+
+
+def record_results(name: str, columns: Sequence[Column], rows: Sequence[Mapping[str, Any]],
+                   extra: Mapping[str, Any] | None = None, continue_last: bool = False
+                   ) -> Path:
+    """Append rows measured outside the kernel suites (runtime, serving) to
+    microbench/results/<gpu>/<name>.json with this machine's environment."""
+    extra = {"columns": column_specs(columns), **(extra or {})}
+    return record(make_run(name, bench_environment(), None, rows, extra), continue_last)

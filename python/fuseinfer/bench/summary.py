@@ -11,7 +11,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from fuseinfer.bench.registry import Suite, register_suite
 from fuseinfer.bench.report import load_recorded
+from fuseinfer.paths import repo_dir
 
 BEGIN_MARKER = "<!-- BEGIN GENERATED RESULTS -->"
 END_MARKER = "<!-- END GENERATED RESULTS -->"
@@ -151,6 +153,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     update_benchmarks_doc(args.doc, args.results)
     print(f"updated {args.doc} from {args.results}")
     return 0
+
+
+# ---- the command: `fuseinfer bench summary` ---------------------------------------------
+def run_command(args: argparse.Namespace) -> int:
+    root = repo_dir() or Path.cwd()
+    update_benchmarks_doc(root / "docs" / "benchmarks.md", root / "microbench" / "results")
+    print(f"updated {root / 'docs' / 'benchmarks.md'}")
+    return 0
+
+
+register_suite(Suite(name="summary", help="regenerate docs/benchmarks.md from "
+                     "microbench/results", run=run_command, needs_gpu=False))
 
 
 if __name__ == "__main__":

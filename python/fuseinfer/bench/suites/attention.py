@@ -1,5 +1,6 @@
-"""`fuseinfer bench attention`: paged decode and prefill/extend on model shapes, against
-torch SDPA and flex_attention on contiguous KV.
+"""`fuseinfer bench attention`: paged decode and prefill/extend (ops/attention/) on model
+shapes, against torch SDPA and flex_attention on contiguous KV (`fuseinfer tune attention`:
+their block sizes, in attention_tune.py).
 
 Decode: batch x KV length, every request the same length, bf16 paged cache (page size 64
 unless --page-size), pages scattered at random. Bytes counted: the KV each request can see
@@ -12,6 +13,7 @@ attention over a KV of W + 1 tokens (the same keys read).
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +24,9 @@ from ...ops import AttentionShape, PagedAttention
 from ...ops.attention.reference import reference_paged_attention
 from .. import attention_baselines as base
 from ..attention_inputs import make_paged_kv
+from ..kernel_suite import add_output_options, check_known, report_run
 from ..progress import Progress
+from ..registry import Suite, Tuner, register_suite
 from ..report import Column
 from ..timing import TimingConfig, l2_cache_bytes, time_calls
 
@@ -46,7 +50,6 @@ MODELS = {m.name: m for m in (
 DECODE_BATCHES = (1, 8, 64, 256)
 DECODE_LENGTHS = (1024, 4096, 16384, 65536)
 EXTRA_DECODE = ((1, 8192),)  # the split-KV target shape
-FLEX_DECODE_BATCHES = (1, 64)  # flex compiles per shape: decode rows get it at these only
 PREFILL = {  # name: (q_lens, kv_lens)
     "1x4k": ([4096], [4096]),
     "4x2k": ([2048] * 4, [2048] * 4),
@@ -54,6 +57,7 @@ PREFILL = {  # name: (q_lens, kv_lens)
     "extend 2k on 4k": ([2048], [6144]),
 }
 PREFILL_MODELS = ("Llama-3-8B", "GPT-OSS", "GPT-OSS-win128")
+BASELINES = ("sdpa", "flex")
 MAX_KV_BYTES = 24 << 30  # larger decode shapes are skipped (the contiguous copy doubles it)
 
 COLUMNS = [
@@ -170,15 +174,6 @@ def check(case: Case, page_size: int, dtype: torch.dtype) -> float:
     return ((got.float() - want).norm() / want.norm()).item()
 
 
-def _contiguous(case: Case, dtype: torch.dtype, device: str = "cuda"):
-    m = case.model
-    b, n, ql = len(case.kv_lens), case.kv_lens[0], case.q_lens[0]
-    k = torch.randn(b, m.kv_heads, n, m.head_dim, device=device, dtype=dtype)
-    v = torch.randn_like(k)
-    q = torch.randn(b, m.q_heads, ql, m.head_dim, device=device, dtype=dtype)
-    return q, k, v
-
-
 def _time(fn: Callable[[], Any], config: TimingConfig) -> float:
     return time_calls([fn], config).median_us
 
@@ -231,34 +226,75 @@ def run(cases: Sequence[Case], baselines: Sequence[str], copy_gbps: float | None
                 row["window_cost_pct"] = 100 * (us / full - 1)
                 del y
             del x
-            _baselines(row, case, baselines, dtype, config)
+            base.time_baselines(row, case, baselines, dtype, config)
             rows.append(row)
             torch.cuda.empty_cache()
     return rows
 
 
-def _baselines(row: dict[str, Any], case: Case, baselines: Sequence[str],
-               dtype: torch.dtype, config: TimingConfig) -> None:
-    m = case.model
-    q, k, v = _contiguous(case, dtype)
-    sinks = torch.randn(m.q_heads, device=q.device) if m.sinks else None
-    for name in baselines:
-        if name == "sdpa":
-            fn = base.sdpa_decode(q[:, :, 0], k, v, m.window_left) if case.kind == "decode" \
-                else base.sdpa_prefill(q, k, v)
-        elif name == "flex":
-            if case.kind == "decode" and len(case.kv_lens) not in FLEX_DECODE_BATCHES:
-                continue
-            fn = base.flex_attention_call(q, k, v, m.window_left, sinks)
-        else:
-            raise ValueError(f"unknown baseline {name}")
-        try:
-            other = _time(fn, config)
-        except Exception as err:  # a baseline that cannot run a shape is reported, not fatal
-            row[f"{name}_error"] = f"{type(err).__name__}: {str(err).splitlines()[-1][:200]}"
-            torch._dynamo.reset()
-            continue
-        row[f"{name}_us"] = other
-        row[f"vs_{name}"] = other / row["us"]
-    if m.sinks and "sdpa" in baselines:
-        row["note"] = "sdpa has no sinks: timed without them"
+# ---- the command: `fuseinfer bench attention` and `fuseinfer tune attention` ------------
+KINDS = ("decode", "prefill")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--kinds", nargs="+", choices=list(KINDS), default=list(KINDS))
+    parser.add_argument("--models", nargs="+", metavar="MODEL",
+                        help="keep only these models (default: Llama-3-8B GPT-OSS "
+                        "GPT-OSS-win128)")
+    parser.add_argument("--batches", nargs="+", type=int, help="decode batch sizes "
+                        "(default: 1 8 64 256)")
+    parser.add_argument("--lengths", nargs="+", type=int, help="decode KV lengths "
+                        "(default: 1024 4096 16384 65536; batch 1 x 8192 is always added)")
+    parser.add_argument("--prefill", nargs="+", metavar="NAME",
+                        help="prefill shapes (default: 1x4k 4x2k 1x16k 'extend 2k on 4k')")
+    parser.add_argument("--page-size", type=int, default=64,
+                        help="tokens per KV page (default 64; 1 and 16 exercise the per-row "
+                        "gather path)")
+    parser.add_argument("--baselines", nargs="*", default=list(BASELINES),
+                        help="baselines timed in the same run on contiguous KV")
+    add_output_options(parser, "attention", continue_run=True)
+    parser.set_defaults(pdl="auto", cold=False)  # recorded with the run, as the others'
+
+
+def run_command(args: argparse.Namespace) -> int:
+    from ..ceilings import copy_bandwidth_gbps, load_ceilings
+
+    names = args.models or list(MODELS)
+    prefill = args.prefill or list(PREFILL)
+    check_known("model", names, MODELS)
+    check_known("prefill shape", prefill, PREFILL)
+    check_known("baseline", args.baselines, BASELINES)
+    if args.page_size < 1:
+        raise SystemExit("--page-size must be >= 1")
+    models = [MODELS[n] for n in names]
+    cases = []
+    if "decode" in args.kinds:
+        cases += decode_cases(models, args.batches or DECODE_BATCHES,
+                              args.lengths or DECODE_LENGTHS)
+    if "prefill" in args.kinds:
+        cases += prefill_cases([m for m in models if m.name in PREFILL_MODELS], prefill)
+    copy_gbps = copy_bandwidth_gbps()
+    ceilings = load_ceilings()
+    bf16 = ceilings.bf16_tflops if ceilings else None
+    rows = run(cases, args.baselines, copy_gbps, bf16, page_size=args.page_size)
+    return report_run("attention", COLUMNS, rows, copy_gbps, args)
+
+
+def add_tune_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--kinds", nargs="+", choices=["prefill", "decode"],
+                        help="tune these kernels, keeping the table's current rules for the "
+                        "others (default: both)")
+
+
+def tune_command(args: argparse.Namespace) -> int:
+    from .attention_tune import tune_command
+
+    return tune_command(args)
+
+
+register_suite(Suite(
+    name="attention", help="paged decode and prefill/extend attention on model shapes "
+    "against SDPA and flex_attention (bf16)", run=run_command, add_arguments=add_arguments,
+    records="attention",
+    tune=Tuner(help="paged prefill and decode block sizes", run=tune_command,
+               add_arguments=add_tune_arguments)))

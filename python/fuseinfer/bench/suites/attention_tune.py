@@ -12,6 +12,7 @@ skipped. Timed like `fuseinfer bench attention`.
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import math
 from dataclasses import replace
@@ -27,6 +28,7 @@ from ...ops.attention.dispatch import (
 )
 from ..progress import Progress
 from ..timing import TimingConfig, time_calls
+from ..tuning import tune_target, write_tune_log
 from .attention import MODELS, Case, make_inputs, ours
 
 TUNE_MODELS = {64: "GPT-OSS", 128: "Llama-3-8B"}
@@ -139,3 +141,32 @@ def _tune_splits(table: AttentionDispatch, log: list, progress: Any) -> Attentio
         if best is None or score < best[0]:
             best = (score, (chunk, ctas))
     return replace(table, min_chunk=best[1][0], target_ctas_per_sm=best[1][1])
+
+
+def tune_command(args: argparse.Namespace) -> int:
+    """`fuseinfer tune attention`: tune the asked kernels from the table's current entry,
+    write it, report."""
+    from ...dispatch import lookup
+
+    target = tune_target(args)
+    kinds = tuple(args.kinds or ("prefill", "decode"))
+    start = lookup("attention", target.identity).entry
+    table, log = tune(target.device, kinds, start)
+    done = {"prefill": "prefill 1x4k causal",
+            "decode": f"decode {DECODE_SHAPES}, splits over {SPLIT_SHAPES}"}
+    source = target.source(f", page size {PAGE_SIZE}; " + "; ".join(done[k] for k in kinds))
+    if len(kinds) == 1 and start.source.startswith("tuned"):
+        source += f"; kept from before: {start.source.split('; kept from before: ')[-1]}"
+    table = replace(table, source=source)
+    target.write("attention", table)
+    for r in table.prefill_rules:
+        print(f"  prefill head_dim <= {r.max_head_dim}: block {r.block_m}x{r.block_n}, "
+              f"{r.num_warps} warps, {r.num_stages} stages")
+    for r in table.decode_rules:
+        print(f"  decode head_dim <= {r.max_head_dim}: block_n {r.block_n}, {r.num_warps} "
+              f"warps, {r.num_stages} stages")
+    print(f"  decode splits: min_chunk {table.min_chunk}, {table.target_ctas_per_sm} "
+          "programs per SM")
+    print(f"wrote {target.output}")
+    write_tune_log(args.log, source, log)
+    return 0

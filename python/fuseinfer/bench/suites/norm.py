@@ -1,4 +1,5 @@
-"""`fuseinfer bench norm`: RMSNorm kernels on real model shapes against torch and liger.
+"""`fuseinfer bench norm`: RMSNorm kernels on real model shapes against torch and liger
+(`fuseinfer tune norm`: their launch shapes, in norm_tune.py).
 
 Bytes counted per call (the fewest any kernel must move): rmsnorm reads x and writes y;
 fused_add_rmsnorm reads x and r and writes both; plus the weight once.
@@ -6,6 +7,7 @@ fused_add_rmsnorm reads x and r and writes both; plus the weight once.
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -13,7 +15,9 @@ from typing import Any
 import torch
 
 from .. import norm_baselines  # noqa: I001
+from ..kernel_suite import PDL, add_run_options, check_known, report_run
 from ..progress import Progress
+from ..registry import Suite, Tuner, register_suite
 from ..report import Column
 from ..timing import TimingConfig, buffer_sets, l2_cache_bytes, time_calls
 
@@ -165,3 +169,62 @@ def run(shapes: Sequence[Shape], ops: Sequence[str], baselines: Sequence[str],
                 rows.append(row)
                 del sets
     return rows
+
+
+# ---- the command: `fuseinfer bench norm` and `fuseinfer tune norm` ----------------------
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--shapes", nargs="+", metavar="TOKENSxHIDDEN",
+                        help="explicit shapes, e.g. 512x4096 (default: model shapes)")
+    parser.add_argument("--hidden", nargs="+", type=int, help="keep only these hidden sizes")
+    parser.add_argument("--tokens", nargs="+", type=int, help="keep only these token counts")
+    parser.add_argument("--ops", nargs="+", default=None,
+                        help="ops to time (default: fused_add_rmsnorm rmsnorm)")
+    parser.add_argument("--baselines", nargs="*", default=list(BASELINES),
+                        help="baselines timed in the same run (liger skipped if absent)")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
+    add_run_options(parser, "norm")
+
+
+def select_shapes(args: argparse.Namespace) -> list[Shape]:
+    shapes = parse_shapes(args.shapes) if args.shapes else default_shapes()
+    if args.hidden:
+        shapes = [s for s in shapes if s.hidden in args.hidden]
+    if args.tokens:
+        shapes = [s for s in shapes if s.tokens in args.tokens]
+    if not shapes:
+        raise SystemExit("no shapes left after --hidden/--tokens filtering")
+    return shapes
+
+
+def run_command(args: argparse.Namespace) -> int:
+    from ..ceilings import copy_bandwidth_gbps
+
+    ops = args.ops or list(OPS)
+    check_known("op", ops, ALL_OPS)
+    shapes = select_shapes(args)
+    copy_gbps = copy_bandwidth_gbps()
+    rows = run(shapes, ops, args.baselines, copy_gbps, dtype=DTYPES[args.dtype],
+               enable_pdl=PDL[args.pdl], cold=args.cold)
+    return report_run("norm", COLUMNS, rows, copy_gbps, args)
+
+
+def add_tune_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--hidden", nargs="+", type=int,
+                        help="hidden sizes to tune (default: 1024 ... 16384); the entry "
+                        "written covers only these, each rule serving sizes up to its own")
+
+
+def tune_command(args: argparse.Namespace) -> int:
+    from .norm_tune import tune_command
+
+    return tune_command(args)
+
+
+register_suite(Suite(
+    name="norm", help="RMSNorm kernels on real model shapes", run=run_command,
+    add_arguments=add_arguments, records="norm",
+    tune=Tuner(help="the RMSNorm family's launch shapes (rmsnorm, fused_add_rmsnorm)",
+               run=tune_command, add_arguments=add_tune_arguments)))

@@ -9,6 +9,7 @@ geometric-mean time becomes the rule. PDL is kept on if it is not slower.
 
 from __future__ import annotations
 
+import argparse
 import math
 from collections.abc import Sequence
 from dataclasses import replace
@@ -16,9 +17,10 @@ from typing import Any
 
 import torch
 
-from ...ops.norm.dispatch import NormDispatch, NormLaunchRule, push_to_device
+from ...ops.norm.dispatch import OP_FAMILY, NormDispatch, NormLaunchRule, push_to_device
 from ..progress import Progress
 from ..timing import TimingConfig, buffer_sets, l2_cache_bytes, time_calls
+from ..tuning import tune_target, write_tune_log
 
 HIDDEN = (1024, 2048, 2880, 4096, 5120, 7168, 8192, 16384)
 # (label, largest token count the rule covers, token counts timed)
@@ -119,3 +121,26 @@ def pdl_helps(device: int, rules: dict[str, tuple[NormLaunchRule, ...]],
         samples = [time_kind("fused_add", 4096, t, config) for t in TOKEN_CLASSES[0][2]]
         times["pdl_on" if pdl else "pdl_off"] = _geomean(samples)
     return times["pdl_on"] <= times["pdl_off"], times
+
+
+def tune_command(args: argparse.Namespace) -> int:
+    """`fuseinfer tune norm`: tune, write the entry, push it to the device, report."""
+    target = tune_target(args)
+    hidden = tuple(sorted(set(args.hidden))) if args.hidden else HIDDEN
+    rules, log = tune(target.device, hidden)
+    pdl, pdl_times = pdl_helps(target.device, rules)
+    source = target.source(f"; PDL on {pdl_times['pdl_on']:.2f} us vs off "
+                           f"{pdl_times['pdl_off']:.2f} us, fused_add_rmsnorm hidden 4096, "
+                           "<= 128 tokens")
+    entry = NormDispatch(source=source, enable_pdl=pdl, rmsnorm_rules=rules["rmsnorm"],
+                         fused_add_rules=rules["fused_add"])
+    target.write(OP_FAMILY, entry)
+    push_to_device(target.device, entry)
+    for kind, kind_rules in rules.items():
+        for rule in kind_rules:
+            print(f"  {kind}: hidden <= {rule.max_hidden}  tokens <= {rule.max_tokens}: "
+                  f"{rule.threads_per_row} threads/row, {rule.rows_per_block} rows/block")
+    print(f"PDL {'on' if pdl else 'off'} ({pdl_times})")
+    print(f"wrote {target.output}")
+    write_tune_log(args.log, source, log)
+    return 0

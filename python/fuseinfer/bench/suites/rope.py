@@ -1,5 +1,7 @@
-"""`fuseinfer bench rope`: RoPE fused with the KV-cache write, and the cache write alone, on
-real model shapes against our two-launch path, torch and flashinfer.
+"""`fuseinfer bench rope`: RoPE fused with the KV-cache write (rope_with_cos_sin_cache), and
+the cache write alone (store_kv_cache, see kvcache.py), on real model shapes against our
+two-launch path, torch and flashinfer (`fuseinfer tune rope`: both ops' launch shapes, in
+rope_tune.py).
 
 Query, key and value are column slices of one fused qkv buffer [tokens, (Hq + 2 Hk) D], as
 models call the op, so their rows are strided; positions are random int64 in
@@ -11,12 +13,12 @@ Bytes counted per call (the fewest any kernel must move), D = head_size, T = tok
 rope+kv (fused, separate and the baselines alike) reads and writes q and k, reads v and
 writes k and v to the cache: (2 Hq + 2 Hk + Hk + 2 Hk) * D * T * itemsize, plus
 T * (8 + rotary_dim * 4) for the int64 positions and float32 cos/sin rows; rope (no cache
-write) drops the 3 Hk terms; store_kv reads k and v and writes them to the cache:
-4 Hk * D * T * itemsize.
+write) drops the 3 Hk terms; store_kv: kvcache.store_bytes.
 """
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -24,9 +26,12 @@ from typing import Any
 import torch
 
 from .. import rope_baselines  # noqa: I001
+from ..kernel_suite import PDL, add_run_options, check_known, report_run
 from ..progress import Progress
+from ..registry import Suite, Tuner, register_suite
 from ..report import Column
 from ..timing import TimingConfig, buffer_sets, l2_cache_bytes, time_calls
+from . import kvcache
 
 
 @dataclass(frozen=True)
@@ -88,8 +93,8 @@ def cases(models: Sequence[Model], tokens: Sequence[int]) -> list[Case]:
 
 def bytes_moved(case: Case, itemsize: int) -> int:
     m, t = case.model, case.tokens
-    if case.op == "store_kv":
-        return 4 * m.kv_heads * m.head_size * t * itemsize
+    if case.op == kvcache.OP:
+        return kvcache.store_bytes(m.kv_heads, m.head_size, t, itemsize)
     heads = 2 * m.q_heads + 2 * m.kv_heads  # q and k, read and written
     if case.op == "rope+kv":
         heads += m.kv_heads + 2 * m.kv_heads  # v read; k and v written to the cache
@@ -134,16 +139,12 @@ def _rope_args(s: dict[str, torch.Tensor], m: Model) -> tuple[Any, ...]:
             s.get("v"), s.get("k_cache"), s.get("v_cache"), s.get("loc"))
 
 
-def _store_args(s: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
-    return s["k_cache"], s["v_cache"], s["loc"], s["k"], s["v"]
-
-
 def _fused(s: dict[str, torch.Tensor], m: Model, pdl: bool | None) -> None:
     torch.ops.fuseinfer.rope_with_cos_sin_cache(*_rope_args(s, m), None, None, pdl)
 
 
 def _store(s: dict[str, torch.Tensor], m: Model, pdl: bool | None) -> None:
-    torch.ops.fuseinfer.store_kv_cache(*_store_args(s), None, None, pdl)
+    kvcache.store(s, pdl)
 
 
 def _separate(s: dict[str, torch.Tensor], m: Model, pdl: bool | None) -> None:
@@ -168,7 +169,7 @@ def baseline(name: str, op: str, m: Model, sets: list[dict[str, torch.Tensor]]
     if fn is None:
         return None
     if op == "store_kv":
-        return [lambda s=s: fn(*_store_args(s)) for s in sets]
+        return [lambda s=s: fn(*kvcache.store_args(s)) for s in sets]
     # The rotated q and k stay referenced by their set until its next call, so the
     # allocator hands out as many output buffers as there are input sets.
     return [lambda s=s: s.__setitem__("out", fn(*_rope_args(s, m))) for s in sets]
@@ -190,7 +191,7 @@ def check(case: Case, dtype: torch.dtype, enable_pdl: bool | None,
             s[name].fill_(float("nan"))
     ref = {name: t.clone() for name, t in s.items()}
     if case.op == "store_kv":
-        rope_baselines.torch_store_kv(*_store_args(ref))
+        rope_baselines.torch_store_kv(*kvcache.store_args(ref))
         _store(s, m, enable_pdl)
         pairs = []
     else:
@@ -264,3 +265,45 @@ def run(models: Sequence[Model], tokens: Sequence[int], baselines: Sequence[str]
             rows.append(row)
             del sets
     return rows
+
+
+# ---- the command: `fuseinfer bench rope` and `fuseinfer tune rope` ----------------------
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--models", nargs="+", metavar="MODEL",
+                        help="keep only these models (default: Llama-3-8B Qwen3-0.6B "
+                        "GPT-OSS-120B DeepSeek-V3)")
+    parser.add_argument("--tokens", nargs="+", type=int,
+                        help="token counts (default: 1 8 32 128 512 4096 16384)")
+    parser.add_argument("--baselines", nargs="*", default=list(BASELINES),
+                        help="baselines timed in the same run (flashinfer skipped if "
+                        "absent); our unfused rope + store_kv is always timed")
+    add_run_options(parser, "rope")
+
+
+def run_command(args: argparse.Namespace) -> int:
+    from ..ceilings import copy_bandwidth_gbps
+
+    names = args.models or list(MODELS)
+    check_known("model", names, MODELS)
+    check_known("baseline", args.baselines, BASELINES)
+    tokens = args.tokens or list(TOKENS)
+    if min(tokens) < 1:
+        raise SystemExit("--tokens: token counts must be positive")
+    copy_gbps = copy_bandwidth_gbps()
+    rows = run([MODELS[n] for n in names], tokens, args.baselines, copy_gbps,
+               enable_pdl=PDL[args.pdl], cold=args.cold)
+    return report_run("rope", COLUMNS, rows, copy_gbps, args)
+
+
+def tune_command(args: argparse.Namespace) -> int:
+    from .rope_tune import tune_command
+
+    return tune_command(args)
+
+
+register_suite(Suite(
+    name="rope", help="RoPE fused with the KV-cache write, and the cache write alone "
+    "(store_kv_cache), on real model shapes (bf16)", run=run_command,
+    add_arguments=add_arguments, records="rope",
+    tune=Tuner(help="RoPE (+ KV write) and store_kv_cache launch shapes (the rope and "
+               "kvcache table entries)", run=tune_command)))

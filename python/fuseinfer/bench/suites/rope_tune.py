@@ -9,8 +9,10 @@ heads) and token-parallel blocks (all heads of 1-8 tokens) at several block size
 
 from __future__ import annotations
 
+import argparse
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -19,6 +21,8 @@ from ...ops.kvcache.dispatch import KvCacheDispatch, KvCacheLaunchRule, push_kvc
 from ...ops.rope.dispatch import RopeDispatch, RopeLaunchRule, push_rope
 from ..progress import Progress
 from ..timing import TimingConfig, buffer_sets, l2_cache_bytes, time_calls
+from ..tuning import tune_target, write_tune_log
+from . import kvcache
 from .rope import MODELS, Case, bytes_moved, make_sets, ours
 
 TUNE_MODELS = ("Llama-3-8B", "GPT-OSS-120B")
@@ -43,7 +47,7 @@ def _timer(op: str, config: TimingConfig) -> Callable[[str, int], float]:
         model = MODELS[model_name]
         nbytes = bytes_moved(Case(op, model, tokens), 2)
         sets = make_sets(model, tokens, torch.bfloat16, buffer_sets(nbytes, l2_cache_bytes()))
-        provider = "fused" if op == "rope+kv" else "store"
+        provider = "store" if op == kvcache.OP else "fused"
         return time_calls(ours(provider, model, sets, None), config).median_us
     return time_one
 
@@ -81,15 +85,36 @@ def tune(device: int, config: TimingConfig | None = None
         push_rope(device, RopeDispatch("tuning", True, (RopeLaunchRule(None, *c),)))
 
     def push_store_rule(threads: int) -> None:
-        push_kvcache(device, KvCacheDispatch("tuning", True,
-                                             (KvCacheLaunchRule(None, threads),)))
+        kvcache.push_tuning_rule(device, threads)
 
     rope_best = _search("rope+kv", rope_candidates(), push_rope_rule,
                         _timer("rope+kv", config), log)
-    store_best = _search("store_kv", [*THREADS, 1024], push_store_rule,
-                         _timer("store_kv", config), log)
+    store_best = _search(kvcache.OP, list(kvcache.TUNE_THREADS), push_store_rule,
+                         _timer(kvcache.OP, config), log)
     rope = RopeDispatch("", True, tuple(RopeLaunchRule(k, *rope_best[k])
                                         for k, _ in TOKEN_CLASSES))
     store = KvCacheDispatch("", True, tuple(KvCacheLaunchRule(k, store_best[k])
                                             for k, _ in TOKEN_CLASSES))
     return rope, store, log
+
+
+def tune_command(args: argparse.Namespace) -> int:
+    """`fuseinfer tune rope`: tune both ops, write the rope and kvcache entries, push them
+    to the device, report."""
+    target = tune_target(args)
+    rope, store, log = tune(target.device)
+    source = target.source(f"; {' and '.join(TUNE_MODELS)}")
+    rope, store = replace(rope, source=source), replace(store, source=source)
+    target.write("rope", rope)
+    target.write("kvcache", store)
+    push_rope(target.device, rope)
+    push_kvcache(target.device, store)
+    for rule in rope.rules:
+        print(f"  rope: tokens <= {rule.max_tokens}: {rule.tokens_per_block} tokens x "
+              f"{rule.heads_per_block or 'all'} heads per block, {rule.threads_per_block} "
+              "threads")
+    for rule in store.rules:
+        print(f"  kvcache: tokens <= {rule.max_tokens}: {rule.threads_per_block} threads")
+    print(f"wrote {target.output}")
+    write_tune_log(args.log, source, log)
+    return 0

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..registry import Suite, register_suite
+
 
 @dataclass
 class Result:
@@ -134,7 +136,7 @@ async def run_benchmark(base: str, requests: list[tuple[list[int], int]], rate: 
                         progress: bool = True) -> dict[str, Any]:
     from urllib.parse import urlsplit
 
-    from ..bench.progress import Progress
+    from ..progress import Progress
 
     url = urlsplit(base)
     if url.scheme != "http" or not url.hostname:
@@ -183,43 +185,28 @@ async def run_benchmark(base: str, requests: list[tuple[list[int], int]], rate: 
     return summary
 
 
-def add_serving_parser(sub: Any) -> None:
-    p = sub.add_parser("serving", help="load an OpenAI-compatible server: throughput and "
-                       "TTFT/ITL/E2E latency percentiles")
-    p.add_argument("--base-url", default="http://127.0.0.1:30000")
-    p.add_argument("--model", help="model name to send (default: the server's first)")
-    p.add_argument("--dataset", choices=["random", "sharegpt-like"], default="random")
-    p.add_argument("--num-prompts", type=int, default=200)
-    p.add_argument("--request-rate", type=float, default=math.inf,
-                   help="Poisson arrivals per second (default inf: all at once)")
-    p.add_argument("--max-concurrency", type=int, help="requests in flight at most")
-    p.add_argument("--random-input", type=int, default=256)
-    p.add_argument("--random-output", type=int, default=64)
-    p.add_argument("--vocab-size", type=int, default=32000,
-                   help="token ids are drawn below this (default 32000)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", type=Path, help="write the summary as JSON here")
-    p.add_argument("--record", action="store_true",
-                   help="append a row to microbench/results/<gpu>/serving.json (the GPU of "
-                   "this machine: run the client where the server runs)")
-    p.add_argument("--continue-run", action="store_true",
-                   help="with --record: add to the latest recorded serving run")
-    p.set_defaults(handler=_run_serving)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--base-url", default="http://127.0.0.1:30000")
+    parser.add_argument("--model", help="model name to send (default: the server's first)")
+    parser.add_argument("--dataset", choices=["random", "sharegpt-like"], default="random")
+    parser.add_argument("--num-prompts", type=int, default=200)
+    parser.add_argument("--request-rate", type=float, default=math.inf,
+                        help="Poisson arrivals per second (default inf: all at once)")
+    parser.add_argument("--max-concurrency", type=int, help="requests in flight at most")
+    parser.add_argument("--random-input", type=int, default=256)
+    parser.add_argument("--random-output", type=int, default=64)
+    parser.add_argument("--vocab-size", type=int, default=32000,
+                        help="token ids are drawn below this (default 32000)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path, help="write the summary as JSON here")
+    parser.add_argument("--record", action="store_true",
+                        help="append a row to microbench/results/<gpu>/serving.json (the "
+                        "GPU of this machine: run the client where the server runs)")
+    parser.add_argument("--continue-run", action="store_true",
+                        help="with --record: add to the latest recorded serving run")
 
 
-def serving_columns() -> list[Any]:
-    from ..bench.report import Column
-
-    return [Column("workload", "workload", align="<"), Column("model", "model", align="<"),
-            Column("completed", "done"), Column("failed", "lost"),
-            Column("request_throughput", "req/s", "{:.1f}"),
-            Column("total_tok_per_s", "total tok/s", "{:.0f}"),
-            Column("output_tok_per_s", "output tok/s", "{:.0f}")] + [
-        Column(f"{m}_p{q}", f"{m[:-3].upper()} p{q} ms", "{:.2f}")
-        for m in ("ttft_ms", "itl_ms", "e2e_ms") for q in (50, 90, 99)]
-
-
-def _run_serving(args: argparse.Namespace) -> int:
+def run_command(args: argparse.Namespace) -> int:
     import urllib.request
 
     base = args.base_url.rstrip("/")
@@ -247,12 +234,19 @@ def _run_serving(args: argparse.Namespace) -> int:
         args.json.write_text(json.dumps(summary, indent=1, default=str))
         print(f"wrote {args.json}", file=sys.stderr)
     if args.record:
-        from ..bench.cli import record_results
+        from ..report import record_results
+        from .columns import SERVING_COLUMNS
 
         shape = f"{args.random_input} in / {args.random_output} out" \
             if args.dataset == "random" else "sharegpt-like"
         limit = f", concurrency {args.max_concurrency}" if args.max_concurrency else ""
         row = {"workload": f"{args.num_prompts} x {shape}, rate {summary['request_rate']}"
                f"{limit}", **summary}
-        record_results("serving", serving_columns(), [row], continue_last=args.continue_run)
+        record_results("serving", SERVING_COLUMNS, [row], continue_last=args.continue_run)
     return 0 if summary["failed"] == 0 else 1
+
+
+register_suite(Suite(
+    name="serving", help="load an OpenAI-compatible server: throughput and TTFT/ITL/E2E "
+    "latency percentiles", run=run_command, add_arguments=add_arguments, needs_gpu=False,
+    records="serving"))

@@ -1,0 +1,159 @@
+"""`fuseinfer bench offline`: the common offline throughput workload.
+
+N requests (default 256) with input and output lengths drawn uniformly from [100, 1024]
+(random token ids, ignore_eos, greedy), all submitted at once; reports output tokens per
+second, total time and peak KV-cache usage. `--ablate <switch>...` (or `all`) runs the
+same workload with and without each switch and prints both. A short unmeasured warm-up
+comes first, so kernel compilation is not timed. `--record` appends the rows to
+microbench/results/<gpu>/runtime.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ...runtime.engine_args import SERVING_GC, EngineArgs, add_engine_args, engine_args_from
+from ..registry import Suite, register_suite
+from .variants import ablation_variants, add_ablate_argument, release_engine
+
+# EngineArgs the workload sets itself (the rest are options)
+_SET_HERE = ("model", "max_context_len")
+
+
+@dataclass(frozen=True)
+class Workload:
+    num_prompts: int = 256
+    min_len: int = 100
+    max_len: int = 1024
+    seed: int = 0
+
+    def requests(self, vocab: int) -> list[tuple[list[int], int]]:
+        rng = random.Random(self.seed)
+        out = []
+        for _ in range(self.num_prompts):
+            n_in = rng.randint(self.min_len, self.max_len)
+            n_out = rng.randint(self.min_len, self.max_len)
+            out.append(([rng.randrange(vocab) for _ in range(n_in)], n_out))
+        return out
+
+
+def run_workload(engine: Any, workload: Workload, progress: bool = True) -> dict[str, Any]:
+    from ...runtime.sampling import SamplingParams
+    from ..progress import Progress
+
+    reqs = workload.requests(engine.config.vocab_size)
+    handles = [engine.add_request(p, SamplingParams(max_new_tokens=n, temperature=0.0,
+                                                    ignore_eos=True))
+               for p, n in reqs]
+    rejected = [h for h in handles if h.finished]
+    if rejected:
+        raise SystemExit(f"{len(rejected)} requests rejected: {rejected[0].finish_detail}")
+    total_out = sum(n for _, n in reqs)
+    peak = 0.0
+    steps = 0
+    start = time.perf_counter()
+    with Progress(len(handles), "bench offline") as bar:
+        done = 0
+        while engine.busy:
+            engine.step()
+            steps += 1
+            stats = engine.stats()
+            peak = max(peak, stats.kv_usage)
+            # Finished requests from the counts: no per-request scan in the timed loop.
+            finished = len(handles) - stats.waiting - stats.running
+            while progress and done < finished:
+                done += 1
+                bar.step(f"{done}/{len(handles)} requests done")
+    elapsed = time.perf_counter() - start
+    produced = sum(len(h.output) for h in handles)
+    assert produced == total_out, "a request was lost"
+    return {"requests": len(handles), "input_tokens": sum(len(p) for p, _ in reqs),
+            "output_tokens": produced, "seconds": elapsed,
+            "output_tok_per_s": produced / elapsed, "steps": steps, "peak_kv_usage": peak,
+            "retractions": sum(h.retractions for h in handles)}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", help="model folder, or a bundled name: tiny (default), "
+                        "qwen3-0.6b, qwen3-8b, llama-3.1-8b (with --load-format dummy)")
+    parser.add_argument("--num-prompts", type=int, default=256)
+    parser.add_argument("--min-len", type=int, default=100)
+    parser.add_argument("--max-len", type=int, default=1024)
+    add_engine_args(parser, exclude=_SET_HERE, defaults=SERVING_GC)
+    add_ablate_argument(parser)
+    parser.add_argument("--no-warmup", action="store_true",
+                        help="skip the unmeasured warm-up")
+    parser.add_argument("--json", type=Path, help="write the results as JSON here")
+    parser.add_argument("--record", action="store_true",
+                        help="append the rows to microbench/results/<gpu>/runtime.json")
+
+
+def engine_args(args: argparse.Namespace, **set_here: Any) -> EngineArgs:
+    """The configured EngineArgs: model resolved (bundled names), options, then `set_here`."""
+    from ...models.bundled import resolve_model
+
+    try:
+        return engine_args_from(args, model=str(resolve_model(args.model)), **set_here)
+    except ValueError as err:
+        raise SystemExit(str(err)) from None
+
+
+def run_command(args: argparse.Namespace) -> int:
+    from ...runtime.engine import Engine
+
+    if args.min_len < 1 or args.max_len < args.min_len or args.num_prompts < 1:
+        raise SystemExit("need 1 <= --min-len <= --max-len and --num-prompts >= 1")
+    base = engine_args(args, max_context_len=2 * args.max_len)
+    model = base.model
+    ablate, variants = ablation_variants(base, args.ablate)
+    workload = Workload(args.num_prompts, args.min_len, args.max_len)
+    results = {}
+    for name, variant in variants:
+        engine = Engine(variant)
+        if not args.no_warmup:  # compile kernels at a few shapes, unmeasured
+            run_workload(engine, Workload(24, min(5, args.min_len), min(300, args.max_len),
+                                          seed=1), progress=False)
+        res = run_workload(engine, workload)
+        results[name] = res
+        print(f"{name}: {res['output_tok_per_s']:.1f} output tok/s, "
+              f"{res['seconds']:.2f} s for {res['requests']} requests "
+              f"({res['output_tokens']} output tokens), peak KV usage "
+              f"{100 * res['peak_kv_usage']:.1f}%, {res['retractions']} retractions",
+              flush=True)
+        release_engine(engine)
+        del engine
+    base_rate = results["as configured"]["output_tok_per_s"]
+    for name in ablate:
+        other = results[f"without {name}"]["output_tok_per_s"]
+        print(f"{name}: {base_rate / other:.3f}x (with / without)")
+    label = (f"offline {workload.num_prompts} req, in/out U[{workload.min_len}, "
+             f"{workload.max_len}]")
+    rows = [{"workload": label, "model": Path(model).name, "variant": name,
+             "output_tok_per_s": r["output_tok_per_s"], "seconds": r["seconds"],
+             "speedup": base_rate / r["output_tok_per_s"] if name != "as configured" else None,
+             "peak_kv_pct": 100 * r["peak_kv_usage"], "steps": r["steps"],
+             "retractions": r["retractions"]} for name, r in results.items()]
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"model": model, "workload": workload.__dict__,
+                                         "results": results}, indent=1))
+        print(f"wrote {args.json}", file=sys.stderr)
+    if args.record:
+        from ..report import record_results
+        from .columns import RUNTIME_COLUMNS
+
+        record_results("runtime", RUNTIME_COLUMNS, rows)
+    return 0
+
+
+register_suite(Suite(
+    name="offline", help="offline throughput workload on the reference runtime (N requests, "
+    "lengths uniform in [100, 1024], ignore_eos)", run=run_command,
+    add_arguments=add_arguments, needs_gpu=False, records="runtime"))

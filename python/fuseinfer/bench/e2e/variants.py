@@ -1,0 +1,44 @@
+"""The engine variants an end-to-end bench runs: the engine as configured, then one without
+each ablated switch (`--ablate <switch>... | all`), one engine after the other."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import replace
+from typing import Any
+
+# switch name -> the EngineArgs field that turns it off
+ABLATIONS = {"fused-rope-kv": "disable_fused_rope_kv",
+             "fused-add-rmsnorm": "disable_fused_add_rmsnorm",
+             "fused-qk-norm": "disable_fused_qk_norm", "fused-silu-mul": "disable_fused_silu_mul",
+             "small-batch-gemv": "disable_small_batch_gemv", "pdl": "disable_pdl",
+             "cuda-graph": "disable_cuda_graph", "overlap-schedule": "disable_overlap_schedule",
+             "radix-cache": "disable_radix_cache"}
+
+
+def add_ablate_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--ablate", nargs="+", choices=[*ABLATIONS, "all"], default=[],
+                        help="also run without each of these switches (all: every one)")
+
+
+def ablation_variants(base: Any, requested: list[str]) -> tuple[list[str], list[tuple[str, Any]]]:
+    """(the switches to ablate, [(variant name, EngineArgs)]): the configured engine first,
+    then one without each switch."""
+    ablate = list(ABLATIONS) if "all" in requested else list(dict.fromkeys(requested))
+    return ablate, [("as configured", base)] + [
+        (f"without {name}", replace(base, **{ABLATIONS[name]: True})) for name in ablate]
+
+
+def release_engine(engine: Any) -> None:
+    """Free an engine's device memory before the next one sizes its KV pool from what is
+    free (frozen objects are never collected, so unfreeze first)."""
+    import gc
+
+    import torch
+
+    engine.close()
+    gc.unfreeze()
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()

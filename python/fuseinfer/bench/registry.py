@@ -1,0 +1,85 @@
+"""The bench registry: every `fuseinfer bench <suite>` and `fuseinfer tune <suite>` command.
+
+A suite module registers itself when imported:
+
+    register_suite(Suite(name="norm", help="...", add_arguments=add_arguments, run=run,
+                         tune=Tuner(help="...", add_arguments=..., run=...)))
+
+and its module is listed once in `bench/suites/__init__.py` (SUITE_MODULES). The command
+line (`bench/cli.py`) is built from what is registered; it holds no per-suite code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+AddArguments = Callable[[argparse.ArgumentParser], None]
+Command = Callable[[argparse.Namespace], int]
+
+
+def no_arguments(parser: argparse.ArgumentParser) -> None:
+    """For a suite or tuner that takes no options of its own."""
+
+
+@dataclass(frozen=True)
+class Tuner:
+    """`fuseinfer tune <suite>`: searches launch shapes on this GPU and writes its dispatch
+    table entries. Always needs a CUDA GPU. `--output` and `--log` are added for every
+    tuner; `run` reads them from its namespace."""
+
+    help: str
+    run: Command
+    add_arguments: AddArguments = no_arguments
+
+
+@dataclass(frozen=True)
+class Suite:
+    """One `fuseinfer bench <name>` command.
+
+    needs_gpu: without a CUDA GPU the command prints one line on stderr and exits with 2
+    (kernel suites); False for what runs anywhere (the end-to-end benches, the summary).
+    records: the results file its --record appends to (microbench/results/<gpu>/<records>.json),
+    None when it records nothing."""
+
+    name: str
+    help: str
+    run: Command
+    add_arguments: AddArguments = no_arguments
+    needs_gpu: bool = True
+    records: str | None = None
+    tune: Tuner | None = None
+
+
+_SUITES: dict[str, Suite] = {}
+
+
+def register_suite(suite: Suite) -> Suite:
+    """Add `suite` under its name; registering another suite under a taken name fails."""
+    if not suite.name or not suite.name.replace("-", "").isalnum():
+        raise ValueError(f"suite name {suite.name!r}: use letters, digits and '-'")
+    known = _SUITES.get(suite.name)
+    if known is not None and known != suite:
+        raise ValueError(f"two suites named {suite.name!r}")
+    _SUITES[suite.name] = suite
+    return suite
+
+
+def registered_suites() -> list[Suite]:
+    """Every suite, in the order SUITE_MODULES lists their modules."""
+    from .suites import SUITE_MODULES
+
+    for module in SUITE_MODULES:
+        importlib.import_module(module)
+    order = {module: i for i, module in enumerate(SUITE_MODULES)}
+    # Import order depends on who imported a suite first; the listing does not.
+    return sorted(_SUITES.values(), key=lambda s: order.get(s.run.__module__, len(order)))
+
+
+def find_suite(name: str) -> Suite:
+    for suite in registered_suites():
+        if suite.name == name:
+            return suite
+    raise KeyError(f"no bench suite {name!r}")

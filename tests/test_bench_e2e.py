@@ -1,0 +1,143 @@
+"""The end-to-end benches (bench/e2e/): their engine options, what they measure (against a
+scripted engine with a scripted clock), and `bench latency` on the tiny model (CPU)."""
+
+from __future__ import annotations
+
+import argparse
+import random
+from types import SimpleNamespace
+
+import pytest
+from test_cli import run_cli  # tests/ is on sys.path
+
+from fuseinfer.bench.e2e import latency, offline
+from fuseinfer.bench.e2e.variants import ABLATIONS, ablation_variants
+from fuseinfer.runtime.engine_args import SERVING_GC
+
+
+class ScriptedEngine:
+    """The Engine contract, scripted: every step adds one token to each unfinished request,
+    `lag` steps after it was launched (1: overlap scheduling, a step's tokens come back in
+    the next), and moves a clock by 1 ms. KV usage is the fraction of requests running."""
+
+    def __init__(self, lag: int) -> None:
+        self.config = SimpleNamespace(vocab_size=97)
+        self.lag = lag
+        self.now = 0.0
+        self.reqs: list[SimpleNamespace] = []
+        self.pending: list[list[SimpleNamespace]] = []
+        self.usages: list[float] = []
+
+    def add_request(self, prompt: list[int], params) -> SimpleNamespace:
+        req = SimpleNamespace(prompt=list(prompt), params=params, output=[], launched=0,
+                              finished=False, finish_detail=None, retractions=0)
+        self.reqs.append(req)
+        return req
+
+    @property
+    def busy(self) -> bool:
+        return any(not r.finished for r in self.reqs)
+
+    def step(self) -> list:
+        self.now += 1e-3
+        launch = [r for r in self.reqs if r.launched < r.params.max_new_tokens]
+        for r in launch:
+            r.launched += 1
+        self.pending.append(launch)
+        if len(self.pending) <= self.lag:
+            return []
+        for r in self.pending.pop(0):
+            r.output.append(random.randrange(self.config.vocab_size))
+            r.finished = len(r.output) == r.params.max_new_tokens
+        return []
+
+    def stats(self) -> SimpleNamespace:
+        running = sum(not r.finished for r in self.reqs)
+        self.usages.append(running / max(len(self.reqs), 1))
+        return SimpleNamespace(waiting=0, running=running, kv_usage=self.usages[-1])
+
+
+@pytest.mark.parametrize("lag", [0, 1])
+def test_latency_clock_starts_at_the_first_real_token(lag, monkeypatch):
+    engine = ScriptedEngine(lag)
+    monkeypatch.setattr(latency, "time", SimpleNamespace(perf_counter=lambda: engine.now))
+    ms = latency.decode_ms_per_token(engine, context=5, new_tokens=7, batch=3, seed=0)
+    assert ms == pytest.approx(1.0)  # one step per token after the first, 1 ms each
+    assert [len(r.output) for r in engine.reqs] == [8, 8, 8]
+    assert all(len(r.prompt) == 5 for r in engine.reqs)
+
+
+def test_latency_needs_a_decode_step(monkeypatch):
+    engine = ScriptedEngine(0)
+    with pytest.raises(SystemExit, match="--new-tokens too small"):
+        latency.decode_ms_per_token(engine, context=5, new_tokens=0, batch=1, seed=0)
+
+
+def test_offline_workload_counts_tokens_steps_peak_and_progress(monkeypatch, capsys):
+    monkeypatch.delenv("FUSEINFER_QUIET", raising=False)
+    engine = ScriptedEngine(1)
+    work = offline.Workload(num_prompts=5, min_len=2, max_len=9, seed=3)
+    res = offline.run_workload(engine, work)
+    lengths = [n for _, n in work.requests(97)]
+    assert res["requests"] == 5 and res["output_tokens"] == sum(lengths)
+    assert res["input_tokens"] == sum(len(p) for p, _ in work.requests(97))
+    assert res["steps"] == max(lengths) + 1  # the last tokens come back one step late
+    assert res["peak_kv_usage"] == max(engine.usages) == 1.0
+    progress = [line for line in capsys.readouterr().err.splitlines() if "requests done" in line]
+    assert len(progress) == 5 and progress[-1].endswith("5/5 requests done")
+
+
+def test_offline_refuses_a_rejected_request():
+    engine = ScriptedEngine(0)
+    add = engine.add_request
+
+    def rejecting(prompt, params):
+        req = add(prompt, params)
+        req.finished, req.finish_detail = True, "prompt longer than the context"
+        return req
+
+    engine.add_request = rejecting
+    with pytest.raises(SystemExit, match="5 requests rejected: prompt longer than"):
+        offline.run_workload(engine, offline.Workload(num_prompts=5, min_len=2, max_len=4),
+                             progress=False)
+
+
+def _parse(module, *argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    module.add_arguments(parser)
+    return parser.parse_args(list(argv))
+
+
+def test_offline_engine_args_come_from_the_engine_args_builder():
+    args = offline.engine_args(_parse(offline, "--max-len", "50", "--disable-pdl",
+                                      "--page-size", "16"), max_context_len=100)
+    assert args.max_context_len == 100 and args.page_size == 16 and args.disable_pdl
+    assert args.model.endswith("tiny") or "tiny" in args.model
+    # the benches run like serve: frozen heap after warm-up, pause warnings on
+    assert {k: getattr(args, k) for k in SERVING_GC} == SERVING_GC
+    with pytest.raises(SystemExit, match="EngineArgs.page_size"):
+        offline.engine_args(_parse(offline, "--page-size", "0"))
+    with pytest.raises(SystemExit):  # argparse: not one of the choices
+        _parse(offline, "--kv-cache-dtype", "fp8")
+
+
+def test_latency_sizes_the_engine_from_its_own_options():
+    ns = _parse(latency, "--batch", "12", "--context", "100", "--new-tokens", "20")
+    for name in latency._SET_HERE:
+        assert not hasattr(ns, name) or name == "model"
+    _, variants = ablation_variants(offline.engine_args(ns, max_running_requests=12),
+                                    ["pdl", "cuda-graph", "pdl"])
+    assert [n for n, _ in variants] == ["as configured", "without pdl", "without cuda-graph"]
+    assert variants[1][1].disable_pdl and not variants[0][1].disable_pdl
+    assert variants[2][1].disable_cuda_graph and variants[2][1].max_running_requests == 12
+    assert len(ablation_variants(variants[0][1], ["all"])[1]) == 1 + len(ABLATIONS)
+
+
+def test_bench_latency_on_the_tiny_model(isolated_cache):
+    proc = run_cli("bench", "latency", "--device", "cpu", "--page-size", "4", "--context",
+                   "8", "--new-tokens", "4", "--repeats", "1", "--ablate", "overlap-schedule")
+    assert proc.returncode == 0, proc.stderr
+    lines = [line for line in proc.stdout.splitlines() if "ms/token" in line]
+    assert len(lines) == 2 and "as configured" in lines[0]
+    assert "without overlap-schedule" in lines[1]
+    assert "overlap-schedule: " in proc.stdout and "(with / without)" in proc.stdout
