@@ -1,18 +1,38 @@
 #!/usr/bin/env bash
 # Everything that needs a GPU, in one go, on a freshly lent machine:
-#   microbench/device_run.sh STEP...     steps: tests aot tune bench bench-quick tune-rope bench-rope
-#                                        tests-attn tune-attn bench-attn bench-attn-quick
-#                                        tests-runtime bench-runtime bench-runtime-quick serve
-#                                        profile-runtime latency-quick offline-quick
+#   microbench/device_run.sh STEP...
+# Steps (suites come from the bench registry: `fuseinfer bench --list`):
+#   bench:SUITE      `fuseinfer bench SUITE`, with --record (RECORD=0: without) and
+#                    --json $OUT/SUITE_run.json where the suite has them, the model in
+#                    MODEL_ARGS for suites that run an engine (default: dummy Qwen3-0.6B), and
+#                    the options in ARGS_SUITE (e.g. ARGS_attention="--batches 1 64"). A suite
+#                    recording into a results file this call already recorded into continues
+#                    that run (--continue-run, where it has it). GPU kernel suites measure the
+#                    device ceilings first if this call has not.
+#   tune:SUITE       `fuseinfer tune SUITE --log $OUT/tune_SUITE_log.json` plus TUNE_ARGS_SUITE;
+#                    the updated table comes back as $OUT/table_<gpu>.json
+#   tests            the GPU test suite; tests:NAME only tests/gpu/test_NAME*.py (PYTEST_ARGS)
+#   runtime          the recorded runtime set: bench:offline (ARGS_offline, default --ablate all)
+#                    then bench:latency (ARGS_latency, default four ablations), one recorded run
+#   serve            `fuseinfer serve` (SERVE_ARGS) on MODEL_ARGS, the two recorded serving
+#                    workloads, SIGTERM
+#   profile-runtime  microbench/profile_runtime.py (PROFILE_ARGS)
+#   aot              both AOT builds (setup.py, CMake) on the CPU while the GPU works, then loaded
+# e.g. device_run.sh bench:ceilings bench:norm tune:rope tests runtime serve
+#      RECORD=0 ARGS_offline="--num-prompts 64" device_run.sh bench:offline bench:latency
 # Installs the wheels carried in .whl/, restores a carried JIT cache (.devcache/), runs the
-# steps and leaves at most 8 files in $OUT: logs.tgz, the run and recorded JSON, the tuned
-# table, the tuning log, the ceilings and the JIT cache for the next call.
+# steps and leaves in $OUT: logs.tgz, each run's JSON, the recorded results files touched,
+# the tuned table and tuning logs, the ceilings and the JIT cache for the next call.
+# STEP_TIMEOUT (default 560 s) bounds each command.
 set -uo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 OUT=${OUT:-/tmp/fuseinfer-out}
 LOGS=/tmp/fuseinfer-logs
 mkdir -p "$OUT" "$LOGS"
 export PYTHONUNBUFFERED=1 FUSEINFER_CACHE_DIR=${FUSEINFER_CACHE_DIR:-/tmp/fuseinfer-cache}
+MODEL_ARGS=${MODEL_ARGS:---model qwen3-0.6b --load-format dummy}
+STEP_TIMEOUT=${STEP_TIMEOUT:-560}
+RECORD=${RECORD:-1}
 cd "$REPO"
 
 if ls .whl/*.whl >/dev/null 2>&1; then
@@ -23,6 +43,7 @@ export PYTHONPATH=$REPO/python:/tmp/site:${PYTHONPATH:-}
 if [ -f .devcache/jit-cache.tgz ]; then
   mkdir -p "$FUSEINFER_CACHE_DIR" && tar -xzf .devcache/jit-cache.tgz -C "$FUSEINFER_CACHE_DIR"
 fi
+FI=(python3 -m fuseinfer.cli)
 
 step() {  # step NAME CMD...: run, log to $LOGS/NAME.log, print the tail
   local name=$1; shift
@@ -33,6 +54,68 @@ step() {  # step NAME CMD...: run, log to $LOGS/NAME.log, print the tail
   echo "=== $name rc=$rc in $((SECONDS - start)) s"
   tail -n "${TAIL:-15}" "$LOGS/$name.log"
   return $rc
+}
+
+# One line per registered suite: name, gpu|any, results-file stem or -, its options.
+SUITES=$(python3 - <<'PY'
+import argparse
+from fuseinfer.bench.registry import registered_suites
+for s in registered_suites():
+    p = argparse.ArgumentParser()
+    s.add_arguments(p)
+    opts = ",".join(o for a in p._actions for o in a.option_strings)
+    print(s.name, "gpu" if s.needs_gpu else "any", s.records or "-", opts)
+PY
+)
+suite_field() { awk -v s="$1" -v f="$2" '$1 == s {print $f}' <<<"$SUITES"; }
+has_option() { [[ ",$(suite_field "$1" 4)," == *",$2,"* ]]; }
+declare -A RECORDED=()
+
+copy_results() {  # copy_results STEM: the recorded results file, as $OUT/results_STEM_<gpu>.json
+  [ -f "microbench/results/$KEY/$1.json" ] && cp "microbench/results/$KEY/$1.json" "$OUT/results_$1_$KEY.json"
+}
+
+copy_ceilings() { cp "$FUSEINFER_CACHE_DIR"/ceilings/*.json "$OUT/ceilings.json" 2>/dev/null; }
+
+bench_step() {  # bench_step SUITE
+  local suite=$1 args=() extra_var="ARGS_$1" stem
+  [ -n "$(suite_field "$suite" 1)" ] || { echo "unknown suite $suite: $(cut -d' ' -f1 <<<"$SUITES" | tr '\n' ' ')"; return 1; }
+  stem=$(suite_field "$suite" 3)
+  if [ "$(suite_field "$suite" 2)" = gpu ] && [ "$suite" != ceilings ] && [ ! -f "$OUT/ceilings.json" ]; then
+    bench_step ceilings
+  fi
+  has_option "$suite" --load-format && [[ " ${!extra_var:-} " != *" --model "* ]] && args+=($MODEL_ARGS)
+  if [ "$RECORD" = 1 ] && has_option "$suite" --record; then
+    args+=(--record)
+    [ -n "${RECORDED[$stem]:-}" ] && has_option "$suite" --continue-run && args+=(--continue-run)
+  fi
+  has_option "$suite" --json && args+=(--json "$OUT/${suite}_run.json")
+  TAIL=${TAIL:-40} step "bench_$suite" timeout "$STEP_TIMEOUT" "${FI[@]}" bench "$suite" \
+    "${args[@]}" ${!extra_var:-}
+  local rc=$?
+  [ "$suite" = ceilings ] && copy_ceilings
+  if [[ " ${args[*]} " == *" --record "* ]] && [ "$rc" = 0 ]; then
+    RECORDED[$stem]=1
+    copy_results "$stem"
+  fi
+  return $rc
+}
+
+tune_step() {  # tune_step SUITE
+  local suite=$1 extra_var="TUNE_ARGS_$1"
+  TAIL=30 step "tune_$suite" timeout "$STEP_TIMEOUT" "${FI[@]}" tune "$suite" \
+    --log "$OUT/tune_${suite}_log.json" ${!extra_var:-}
+  cp "autotune_configs/$KEY.json" "$OUT/table_$KEY.json" 2>/dev/null
+}
+
+tests_step() {  # tests_step [NAME]
+  local files=(tests/gpu) name=gpu_tests
+  if [ -n "${1:-}" ]; then
+    files=(tests/gpu/test_"$1"*.py); name=gpu_tests_$1
+    [ -f "${files[0]}" ] || { echo "no tests/gpu/test_$1*.py"; return 1; }
+  fi
+  TAIL=40 step "$name" timeout "$STEP_TIMEOUT" python3 -m pytest -m gpu "${files[@]}" -q -rf \
+    -p no:cacheprovider ${PYTEST_ARGS:-}
 }
 
 PROBE='import torch, fuseinfer
@@ -62,10 +145,9 @@ check_aot() {
     FUSEINFER_PREBUILT_DIR=/tmp/cmake-prebuilt python3 -c "$PROBE"
 }
 
-serve_bench() {  # fuseinfer serve on dummy Qwen3-0.6B, the two serving workloads, SIGTERM
-  python3 -m fuseinfer.cli serve --model qwen3-0.6b --load-format dummy --port 30000 \
-    ${SERVE_ARGS:-} >"$LOGS/serve.log" 2>&1 &
-  local pid=$! rec=(); [ "${SERVE_RECORD:-1}" = 1 ] && rec=(--record)
+serve_bench() {  # fuseinfer serve, the two recorded serving workloads, SIGTERM
+  "${FI[@]}" serve $MODEL_ARGS --port 30000 ${SERVE_ARGS:-} >"$LOGS/serve.log" 2>&1 &
+  local pid=$! rec=(); [ "$RECORD" = 1 ] && rec=(--record)
   python3 - <<'PY' || { echo "server did not come up"; tail -n 40 "$LOGS/serve.log"; kill $pid; return 1; }
 import time, urllib.request
 for _ in range(240):
@@ -76,7 +158,7 @@ for _ in range(240):
 else:
     raise SystemExit(1)
 PY
-  local sv=(python3 -m fuseinfer.cli bench serving --base-url http://127.0.0.1:30000)
+  local sv=("${FI[@]}" bench serving --base-url http://127.0.0.1:30000)
   step serving_warmup timeout 120 "${sv[@]}" --num-prompts 16 --random-input 256 --random-output 16
   TAIL=30 step serving_rate_inf timeout 120 "${sv[@]}" --num-prompts 50 --random-input 256 \
     --random-output 64 "${rec[@]}" --json "$OUT/serving_rate_inf.json"
@@ -85,62 +167,29 @@ PY
     --random-output 256 --max-concurrency 64 "${rec[@]}" "${cont[@]}" --json "$OUT/serving_c64.json"
   kill -TERM $pid; wait $pid; echo "fuseinfer serve exit code after SIGTERM: $?"
   tail -n 20 "$LOGS/serve.log"
-  [ ${#rec[@]} -gt 0 ] && cp "microbench/results/$KEY/serving.json" "$OUT/results_serving_$KEY.json"
+  [ ${#rec[@]} -gt 0 ] && copy_results serving
   return 0
 }
 
 { nvidia-smi; python3 -c 'import torch, triton; print(torch.__version__, torch.version.cuda, triton.__version__)'; } 2>&1 | tee "$LOGS/machine.log"
 KEY=$(python3 -c 'from fuseinfer.dispatch import current_identity, gpu_key; print(gpu_key(current_identity()))')
 for s in "$@"; do [ "$s" = aot ] && start_aot; done
-step jit_first_use python3 -m fuseinfer.cli bench norm --shapes 8x4096 --baselines
-step info python3 -m fuseinfer.cli info
+step jit_first_use "${FI[@]}" bench norm --shapes 8x4096 --baselines
+step info "${FI[@]}" info
 
 for s in "$@"; do
   case $s in
-    tests) TAIL=40 step gpu_tests python3 -m pytest -m gpu tests/gpu -q -rf -p no:cacheprovider ;;
+    bench:*) bench_step "${s#bench:}" ;;
+    tune:*) tune_step "${s#tune:}" ;;
+    tests) tests_step ;;
+    tests:*) tests_step "${s#tests:}" ;;
+    runtime) ARGS_offline=${ARGS_offline:---ablate all} \
+             ARGS_latency=${ARGS_latency:---ablate cuda-graph overlap-schedule small-batch-gemv pdl}
+             TAIL=30 bench_step offline; TAIL=10 bench_step latency ;;
     aot) check_aot ;;
-    tune) TAIL=30 step tune python3 -m fuseinfer.cli tune norm --log "$OUT/tune_log.json"
-          cp "autotune_configs/$KEY.json" "$OUT/table_$KEY.json" ;;
-    bench|bench-quick)
-      step ceilings python3 -m fuseinfer.cli bench ceilings && cp "$FUSEINFER_CACHE_DIR"/ceilings/*.json "$OUT/ceilings.json"
-      extra=(); [ "$s" = bench-quick ] && extra=(--tokens 1 128 8192 --hidden 4096 7168)
-      TAIL=110 step bench_norm python3 -m fuseinfer.cli bench norm --record --json "$OUT/norm_run.json" "${extra[@]}"
-      cp "microbench/results/$KEY/norm.json" "$OUT/results_norm_$KEY.json" ;;
-    tune-rope) TAIL=12 step tune_rope python3 -m fuseinfer.cli tune rope --log "$OUT/tune_rope_log.json"
-          cp "autotune_configs/$KEY.json" "$OUT/table_$KEY.json" ;;
-    bench-rope)
-      TAIL=60 step bench_rope python3 -m fuseinfer.cli bench rope --record --json "$OUT/rope_run.json"
-      cp "microbench/results/$KEY/rope.json" "$OUT/results_rope_$KEY.json" ;;
-    tune-attn) TAIL=20 step tune_attn python3 -m fuseinfer.cli tune attention --kinds ${TUNE_ATTN_KINDS:-prefill decode} --log "$OUT/tune_attn_log.json"
-          cp "autotune_configs/$KEY.json" "$OUT/table_$KEY.json" ;;
-    tests-attn) TAIL=40 step gpu_tests_attn python3 -m pytest -m gpu tests/gpu/test_attention_gpu.py \
-                  -q -rf -x -p no:cacheprovider ;;
-    bench-attn|bench-attn-quick)
-      [ -f "$OUT/ceilings.json" ] || { step ceilings python3 -m fuseinfer.cli bench ceilings \
-        && cp "$FUSEINFER_CACHE_DIR"/ceilings/*.json "$OUT/ceilings.json"; }
-      extra=(${ATTN_ARGS:-}); rec=(--record ${ATTN_RECORD:-})
-      [ "$s" = bench-attn-quick ] && { extra=(${ATTN_QUICK:---batches 1 64 --lengths 4096 16384 --prefill 1x4k --models Llama-3-8B GPT-OSS}); rec=(); }
-      TAIL=90 step bench_attn python3 -m fuseinfer.cli bench attention "${rec[@]}" --json "$OUT/attention_run.json" "${extra[@]}"
-      [ "$s" = bench-attn ] && cp "microbench/results/$KEY/attention.json" "$OUT/results_attention_$KEY.json" ;;
-    tests-runtime) TAIL=40 step gpu_tests_runtime timeout 420 python3 -m pytest -m gpu \
-                     tests/gpu/test_runtime_gpu.py tests/gpu/test_mlp_qknorm_gpu.py ${EXTRA_GPU_TESTS:-} -q -rf \
-                     -p no:cacheprovider ;;
-    bench-runtime|bench-runtime-quick)
-      model=(--model qwen3-0.6b --load-format dummy); rec=(--record); abl=(--ablate all)
-      [ "$s" = bench-runtime-quick ] && { rec=(); abl=(${RUNTIME_ABLATE:-}); }
-      TAIL=30 step bench_offline timeout 540 python3 -m fuseinfer.cli bench offline "${model[@]}" \
-        "${rec[@]}" ${abl[@]:+"${abl[@]}"} --json "$OUT/offline_run.json"
-      cont=(); [ "$s" = bench-runtime ] && cont=(--continue-run)
-      TAIL=10 step bench_latency timeout 240 python3 -m fuseinfer.cli bench latency "${model[@]}" \
-        "${rec[@]}" "${cont[@]}" --ablate cuda-graph overlap-schedule small-batch-gemv pdl
-      [ "$s" = bench-runtime ] && cp "microbench/results/$KEY/runtime.json" "$OUT/results_runtime_$KEY.json" ;;
-    latency-quick) TAIL=6 step bench_latency_quick timeout 120 python3 -m fuseinfer.cli bench \
-                     latency --model qwen3-0.6b --load-format dummy ${RUNTIME_ARGS:-} ;;
-    offline-quick) TAIL=6 step bench_offline_quick timeout 200 python3 -m fuseinfer.cli bench \
-                     offline --model qwen3-0.6b --load-format dummy ${RUNTIME_ARGS:-} ;;
     serve) serve_bench ;;
     profile-runtime) TAIL=120 step profile_runtime timeout 300 python3 microbench/profile_runtime.py ${PROFILE_ARGS:-} ;;
-    *) echo "unknown step $s" ;;
+    *) echo "unknown step $s (bench:SUITE tune:SUITE tests tests:NAME runtime aot serve profile-runtime)" ;;
   esac
 done
 
