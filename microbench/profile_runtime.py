@@ -25,8 +25,8 @@ from fuseinfer.runtime.engine import Engine, EngineArgs
 
 
 def replay_times(engine: Engine, context: int) -> None:
-    g = engine.graphs
-    alloc = engine.kv.allocator
+    g = engine.runner.graphs
+    alloc = engine.allocator
     ps = engine.args.page_size
     for bs in [b for b in (1, 8, 32, 64, 128, 160, 256) if b <= g.max_bs]:
         pages = alloc.alloc(bs * (-(-context // ps)))
@@ -42,7 +42,7 @@ def replay_times(engine: Engine, context: int) -> None:
         pos = [context - 1] * bs
         loc = [pages[i * per + per - 1] * ps for i in range(bs)]
         for _ in range(3):
-            g.replay(ids, pos, loc, table, rows, [context] * bs)
+            g.replay(g.prepare(ids, pos, loc, table, rows, [context] * bs))
         torch.cuda.synchronize()
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
@@ -53,11 +53,11 @@ def replay_times(engine: Engine, context: int) -> None:
         gpu = start.elapsed_time(end) / 50
         t = time.perf_counter()
         for _ in range(50):
-            g.replay(ids, pos, loc, table, rows, [context] * bs)
+            g.replay(g.prepare(ids, pos, loc, table, rows, [context] * bs))
         torch.cuda.synchronize()
         full = (time.perf_counter() - t) / 50 * 1e3
         print(f"replay bs={bs:4d} ctx={context}: graph {gpu:.3f} ms GPU, "
-              f"replay() incl. inputs {full:.3f} ms wall")
+              f"prepare() + replay() {full:.3f} ms wall")
         alloc.free(pages)
 
 
@@ -68,18 +68,19 @@ def kernel_profile(engine: Engine, context: int, batch: int = 1) -> None:
     from fuseinfer.runtime.sampling import SamplingParams
 
     print(f"kernels of 5 eager decode steps, batch {batch}, context {context}:")
-    reqs = [engine.scheduler.new_request([10 + (i * 7 + j) % 1000 for j in range(context)],
-                                         SamplingParams(max_new_tokens=40, temperature=0.0,
-                                                        ignore_eos=True))
+    reqs = [engine.add_request([10 + (i * 7 + j) % 1000 for j in range(context)],
+                               SamplingParams(max_new_tokens=40, temperature=0.0,
+                                              ignore_eos=True))
             for i in range(batch)]
-    graphs, engine.graphs = engine.graphs, None  # eager: the profiler sees each kernel
+    runner = engine.runner
+    graphs, runner.graphs = runner.graphs, None  # eager: the profiler sees each kernel
     for _ in range(10):
         engine.step()
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         for _ in range(5):
             engine.step()
         torch.cuda.synchronize()
-    engine.graphs = graphs
+    runner.graphs = graphs
     while engine.busy:
         engine.step()
     print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=30))
@@ -91,8 +92,9 @@ def host_breakdown(engine: Engine, context: int) -> None:
 
     acc: dict[str, float] = collections.defaultdict(float)
     wrapped = {}
-    for name in ("_logits", "_resolve", "_launch"):
-        orig = getattr(engine, name)
+    runner = engine.runner
+    for name in ("logits", "resolve", "launch"):
+        orig = getattr(runner, name)
 
         def timed(*a, _orig=orig, _name=name, **k):
             t = time.perf_counter()
@@ -100,7 +102,7 @@ def host_breakdown(engine: Engine, context: int) -> None:
             acc[_name] += time.perf_counter() - t
             return out
         wrapped[name] = orig
-        setattr(engine, name, timed)
+        setattr(runner, name, timed)  # the instance attribute shadows the method
     sched = engine.scheduler.schedule
 
     def timed_schedule():
@@ -109,9 +111,8 @@ def host_breakdown(engine: Engine, context: int) -> None:
         acc["schedule"] += time.perf_counter() - t
         return out
     engine.scheduler.schedule = timed_schedule
-    engine.scheduler.new_request(list(range(10, 10 + context)),
-                                 SamplingParams(max_new_tokens=300, temperature=0.0,
-                                                ignore_eos=True))
+    engine.add_request(list(range(10, 10 + context)),
+                       SamplingParams(max_new_tokens=300, temperature=0.0, ignore_eos=True))
     for _ in range(20):
         engine.step()
     acc.clear()
@@ -123,25 +124,26 @@ def host_breakdown(engine: Engine, context: int) -> None:
     wall = (time.perf_counter() - t) / n * 1e3
     parts = ", ".join(f"{k} {v / n * 1e3:.3f}" for k, v in acc.items())
     print(f"batch 1 step: {wall:.3f} ms wall; host ms per step: {parts} "
-          "(_resolve includes the wait for the step before)")
-    for name, orig in wrapped.items():
-        setattr(engine, name, orig)
+          "(launch includes logits; resolve includes the wait for the step before)")
+    for name in wrapped:
+        delattr(runner, name)
     engine.scheduler.schedule = sched
 
 
 def offline_breakdown(engine: Engine, prompts: int) -> None:
     stats: dict[str, list[float]] = collections.defaultdict(list)
-    orig_launch = engine._launch
+    runner = engine.runner
+    orig_launch = runner.launch
 
-    def launch(batch):
+    def launch(inputs):
         t = time.perf_counter()
-        out = orig_launch(batch)
-        n = len(batch.work)
-        key = "prefill" if batch.mode != "decode" else \
+        out = orig_launch(inputs)
+        n = len(inputs.logits_rows)
+        key = "prefill" if not inputs.decode else \
             f"decode bs {min(256, 1 << max(0, (n - 1).bit_length()))}"
         stats[key].append(time.perf_counter() - t)
         return out
-    engine._launch = launch
+    runner.launch = launch  # the instance attribute shadows the method
     last = [time.perf_counter()]
     orig_step = engine.step
     steps = []

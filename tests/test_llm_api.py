@@ -83,6 +83,15 @@ def test_generate_cli(isolated_cache):
     assert proc.stdout.startswith("Hello") and "[4 tokens, finish: length]" in proc.stdout
     bad = run_cli("generate", "--prompt", "x", "--temperature", "-1", "--device", "cpu")
     assert bad.returncode != 0 and "temperature must be >= 0" in bad.stderr
+    # the engine options come from EngineArgs: its choices and ranges hold here too
+    fp8 = run_cli("generate", "--prompt", "x", "--kv-cache-dtype", "fp8", "--device", "cpu")
+    assert fp8.returncode != 0 and "fp8_e4m3" in fp8.stderr
+    zero = run_cli("generate", "--prompt", "x", "--page-size", "0", "--device", "cpu")
+    assert zero.returncode != 0 and "EngineArgs.page_size" in zero.stderr
+    small = run_cli("generate", "--prompt", "Hello", "--max-new-tokens", "8", "--device", "cpu",
+                    "--page-size", "4", "--max-context-len", "8", "--seed", "3")
+    assert small.returncode == 0, small.stderr
+    assert "[0 tokens, finish: rejected (prompt" in small.stdout
 
 
 def test_bench_offline_cli_with_ablation(isolated_cache, tmp_path):
@@ -131,5 +140,5 @@ def test_bundled_config_needs_dummy_weights_and_fp8_kv_runs(isolated_cache):
         LLM("/nowhere/at/all", device="cpu")
     llm = LLM(device="cpu", page_size=4, kv_cache_dtype="fp8_e4m3")
     out = llm.generate("Hello", SamplingParams(max_new_tokens=5, ignore_eos=True))[0]
-    assert len(out.token_ids) == 5 and llm.engine.kv.k[0].dtype == torch.float8_e4m3fn
+    assert len(out.token_ids) == 5 and llm.engine.runner.kv_cache.k[0].dtype == torch.float8_e4m3fn
     assert out.finish_reason == "length" and out.finish_detail is None

@@ -11,9 +11,10 @@ from tiny_checkpoint import COMMON, save_tiny_checkpoint  # tests/ is on sys.pat
 
 from fuseinfer.models.config import ModelConfig
 from fuseinfer.models.decoder import DecoderModel, ForwardBatch, Fusions
+from fuseinfer.models.kv_cache import KvCacheConfig, PagedKvCache
 from fuseinfer.models.loader import dummy_weights, load_weights
 from fuseinfer.ops import AttentionShape, PagedAttention
-from fuseinfer.runtime.kv_pool import KvCacheConfig, ReqToTokenPool, TokenToKVPool
+from fuseinfer.runtime.kv_pool import PageAllocator, ReqToTokenPool
 
 PAGE = 4
 
@@ -26,7 +27,8 @@ class Runner:
         c = self.config
         weights = load_weights(folder, c, torch.float32, "cpu")
         kv_cfg = KvCacheConfig(c.num_layers, c.num_kv_heads, c.head_dim, PAGE, torch.float32)
-        self.kv = TokenToKVPool(kv_cfg, 64, "cpu")
+        self.kv = PagedKvCache(kv_cfg, 64, "cpu")
+        self.allocator = PageAllocator(64)
         self.reqs = ReqToTokenPool(4, 32, "cpu")
         self.attn = PagedAttention(AttentionShape(c.num_heads, c.num_kv_heads, c.head_dim,
                                                   PAGE), "cpu")
@@ -39,7 +41,7 @@ class Runner:
         have = len(self.reqs.pages[self.slot])
         need = -(-end // PAGE) - have
         if need > 0:
-            self.reqs.append_pages(self.slot, self.kv.allocator.alloc(need))
+            self.reqs.append_pages(self.slot, self.allocator.alloc(need))
         loc = self.reqs.slots_for(self.slot, start, end, PAGE)
         table = self.reqs.page_table[self.slot:self.slot + 1]
         plan = self.attn.plan_prefill([len(tokens)], [end], table) if len(tokens) > 1 or \

@@ -123,8 +123,8 @@ def test_overlap_schedule_gives_the_same_results(checkpoint, budget):
                                    disable_overlap_schedule=not overlap))
         outs = engine.generate(prompts, params)
         results[overlap] = [(o.output, o.finish_reason) for o in outs]
-        assert engine.kv.allocator.available + engine.cache.cached_pages \
-            == engine.kv.allocator.capacity
+        assert engine.allocator.available + engine.cache.cached_pages \
+            == engine.allocator.capacity
     assert results[True] == results[False]
     first, reason = results[True][0]
     assert reason is FinishReason.STOP and first[-1] == stop and len(first) <= 4
@@ -215,7 +215,13 @@ def test_closing_an_engine_releases_its_memory(checkpoint):
         engine.generate(prompts[:2], SamplingParams(max_new_tokens=3))
         engine.add_request(prompts[2], SamplingParams(max_new_tokens=30))
         engine.step()
-        held = [weakref.ref(t) for t in engine.kv.k + engine.kv.v + [engine.model.weights.embed]]
+        runner = engine.runner
+        held = [weakref.ref(t) for t in runner.kv_cache.k + runner.kv_cache.v
+                + [runner.model.weights.embed, runner.req_pool.page_table]]
+        del runner
     # freed by reference counting: a frozen heap (gc_freeze) would never collect a cycle
     assert all(ref() is None for ref in held)
     engine.close()  # twice is fine
+    assert not engine.busy
+    with pytest.raises(RuntimeError, match="closed"):
+        engine.step()

@@ -8,15 +8,14 @@ import random
 import pytest
 import torch
 
-from fuseinfer.runtime.kv_pool import (
-    FP8,
-    KvCacheConfig,
-    PageAllocator,
-    ReqToTokenPool,
-    TokenToKVPool,
-    pages_for_budget,
-)
+from fuseinfer.models.kv_cache import FP8, KvCacheConfig, PagedKvCache
+from fuseinfer.runtime.kv_pool import PageAllocator, ReqToTokenPool, pages_for_budget
 from fuseinfer.runtime.radix_cache import RadixCache
+
+
+def evictable_pages(cache: RadixCache) -> int:
+    """Cached pages no running request holds (what eviction could free)."""
+    return cache.cached_pages - cache.locked_pages
 
 
 def test_allocator_hands_out_each_page_once_and_never_page_zero():
@@ -31,6 +30,7 @@ def test_allocator_hands_out_each_page_once_and_never_page_zero():
     with pytest.raises(ValueError, match="not a page"):
         a.free([0])
     assert a.alloc(4) is None and a.available == 3  # all or nothing
+    assert a.usage() == 5 / 8
 
 
 def test_budget_sizing_and_pools():
@@ -40,12 +40,17 @@ def test_budget_sizing_and_pools():
     assert pages_for_budget(cfg, 10 * cfg.bytes_per_page(), 0.5, 0) == 5
     with pytest.raises(ValueError, match="no room for the KV cache"):
         pages_for_budget(cfg, 10 * cfg.bytes_per_page(), 0.5, 4 * cfg.bytes_per_page())
-    pool = TokenToKVPool(cfg, 6, "cpu")
-    assert pool.k[0].shape == (6, 4, 2, 64) and len(pool.v) == 2 and pool.usage() == 0.0
-    pool.allocator.alloc(5)
-    assert pool.usage() == 1.0
-    fp8 = TokenToKVPool(KvCacheConfig(1, 1, 64, 1, FP8), 3, "cpu")
+    cache = PagedKvCache(cfg, 6, "cpu")
+    assert cache.k[0].shape == (6, 4, 2, 64) and len(cache.v) == 2 and cache.page_size == 4
+    assert cache.k_scale[0] is None
+    allocator = PageAllocator(cache.num_pages)
+    assert allocator.usage() == 0.0
+    allocator.alloc(5)
+    assert allocator.usage() == 1.0
+    fp8 = PagedKvCache(KvCacheConfig(1, 1, 64, 1, FP8), 3, "cpu")
     assert fp8.k[0].dtype == FP8 and fp8.k_scale[0].item() == 1.0
+    with pytest.raises(ValueError, match="KV dtype"):
+        PagedKvCache(KvCacheConfig(1, 1, 64, 1, torch.int8), 3, "cpu")
 
 
 def test_request_pool_page_table_and_slots():
@@ -57,7 +62,8 @@ def test_request_pool_page_table_and_slots():
     assert pool.slots_for(r, 2, 6, page_size=4) == [22, 23, 8, 9]
     with pytest.raises(ValueError, match="more than the 3"):
         pool.append_pages(r, [7, 8])
-    assert pool.truncate_pages(r, 1) == [2] and pool.page_table[r].tolist() == [5, 0, 0]
+    pool.append_pages(r, [7])
+    assert pool.page_table[r].tolist() == [5, 2, 7] and pool.pages[r] == [5, 2, 7]
     assert pool.alloc() is not None and pool.alloc() is None
     pool.free(r)
     assert pool.page_table[r].tolist() == [0, 0, 0] and pool.available == 1
@@ -99,7 +105,7 @@ def test_locks_protect_pages_and_eviction_is_lru():
     cache.insert([5, 6], [5, 6])
     locked = cache.match_prefix([1, 2, 3]).node
     cache.lock(locked)
-    assert cache.locked_pages == 3 and cache.evictable_pages == 3  # [9] and [5, 6]
+    assert cache.locked_pages == 3 and evictable_pages(cache) == 3  # [9] and [5, 6]
     cache.match_prefix([5, 6])  # touch: [9] is now the least recent
     assert cache.evict(1) == 1 and freed.freed == [9]
     assert cache.evict(10) == 2 and freed.freed == [9, 5, 6]  # locked path survives

@@ -71,9 +71,9 @@ def test_prefill_logits_within_bf16_tolerance(case):
     engine = Engine(EngineArgs(model=str(path), device="cuda", disable_cuda_graph=True,
                                max_total_tokens=KV_TOKENS))
     for p, ref in zip(prompts, want, strict=True):
-        req = engine.scheduler.new_request(p, SamplingParams(max_new_tokens=1))
+        req = engine.add_request(p, SamplingParams(max_new_tokens=1))
         batch = engine.scheduler.schedule()
-        got = engine._logits(batch)[0].float()
+        got = engine.runner.logits(engine.inputs_for(batch))[0].float()
         engine.scheduler.process(batch, [int(got.argmax())])
         assert req.finished
         scale = ref.abs().max()
@@ -108,16 +108,44 @@ def test_launching_a_step_never_waits_for_the_gpu(case, graphs):
     engine = Engine(EngineArgs(model=str(path), device="cuda", cuda_graph_max_bs=8,
                                max_total_tokens=KV_TOKENS, disable_cuda_graph=not graphs))
     engine.generate(prompts[:2], PARAMS)  # warm-up: compiles kernels, fills pinned pools
-    reqs = [engine.scheduler.new_request(p, PARAMS) for p in prompts]
-    reqs.append(engine.scheduler.new_request(prompts[0], SamplingParams(
+    reqs = [engine.add_request(p, PARAMS) for p in prompts]
+    reqs.append(engine.add_request(prompts[0], SamplingParams(
         max_new_tokens=NEW, temperature=0.8, top_p=0.9, seed=3, logprobs=2)))
+    runner = engine.runner
     while engine.scheduler.has_work:
         batch = engine.scheduler.schedule()
         torch.cuda.set_sync_debug_mode("error")
         try:
-            launched = engine._launch(batch)
+            step = runner.launch(engine.inputs_for(batch))
+            engine.scheduler.launched(batch, step.placeholders)
         finally:
             torch.cuda.set_sync_debug_mode(0)
-        engine._resolve(launched)
+        result = runner.resolve(step)
+        engine.scheduler.resolve(batch, result.tokens, result.logprobs)
     assert [r.output for r in reqs[:-1]] == want
     assert len(reqs[-1].output) == NEW and len(reqs[-1].logprobs) == NEW
+
+
+def test_overlapped_deltas_and_closing_frees_device_memory(case):
+    """The overlapped loop on the GPU reports real tokens only, its deltas add up to the
+    outputs, and closing the engine gives its device memory back (weights, KV cache,
+    graphs)."""
+    import gc
+
+    path, prompts, want, _ = case
+    gc.collect()  # engines of earlier tests
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    with Engine(EngineArgs(model=str(path), device="cuda", cuda_graph_max_bs=8,
+                           max_total_tokens=KV_TOKENS)) as engine:
+        reqs = [engine.add_request(p, PARAMS) for p in prompts]
+        got: dict[int, list[int]] = {r.rid: [] for r in reqs}
+        while engine.busy:
+            for d in engine.step():
+                assert min(d.new_tokens) >= 0
+                got[d.rid] += d.new_tokens
+            assert all(t >= 0 for r in reqs for t in r.output)
+        assert [got[r.rid] for r in reqs] == [r.output for r in reqs] == want
+        assert torch.cuda.memory_allocated() > before
+    torch.cuda.synchronize()
+    assert torch.cuda.memory_allocated() - before < 4 << 20

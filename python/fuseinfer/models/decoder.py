@@ -23,8 +23,8 @@ from ..ops.norm.qk_rmsnorm import qk_rmsnorm
 from ..ops.norm.rmsnorm import fused_add_rmsnorm, rmsnorm
 from ..ops.rope.cos_sin_cache import build_cos_sin_cache
 from ..ops.rope.rope_with_cos_sin_cache import rope_with_cos_sin_cache
-from ..runtime.kv_pool import TokenToKVPool
 from .config import ModelConfig
+from .kv_cache import PagedKvCache
 
 
 @dataclass(frozen=True)
@@ -74,12 +74,12 @@ class ModelWeights:
 
 class DecoderModel:
     def __init__(self, config: ModelConfig, weights: ModelWeights,
-                 attention: PagedAttention, kv_pool: TokenToKVPool,
+                 attention: PagedAttention, kv_cache: PagedKvCache,
                  fusions: Fusions = Fusions()) -> None:
         self.config = config
         self.weights = weights
         self.attention = attention
-        self.kv = kv_pool
+        self.kv = kv_cache
         self.fusions = fusions
         self.cos_sin = build_cos_sin_cache(config.rope, device=weights.embed.device)
 

@@ -5,8 +5,11 @@ One graph per batch size in `batch_sizes` (1, 2, 4, 8, then every 8 up to
 slots, the request page-table rows, the attention lengths) and writes fixed logits. A
 decode batch is padded up to the next captured size: padded rows have kv_len 0 (zeros
 from attention), write their KV into the reserved pad page 0, and their logits are
-ignored. The garbage collector is off during capture. Before each replay the attention
-plan is rebuilt into the same buffers (`PagedAttention.plan_decode` keeps their addresses).
+ignored. The garbage collector is off during capture.
+
+A step is `prepare` (inputs into the fixed buffers and the attention plan of the step's
+lengths, planned into the captured plan's buffers: `PagedAttention.plan_decode` keeps
+their addresses), then `replay` of that prepared step.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from ..models.decoder import DecoderModel, ForwardBatch
+from ..ops.attention import DecodePlan
 from .gc_control import gc_disabled
 
 
@@ -31,6 +35,15 @@ def graph_batch_sizes(max_bs: int) -> list[int]:
 class _Graph:
     graph: torch.cuda.CUDAGraph
     logits: torch.Tensor
+
+
+@dataclass(frozen=True)
+class PreparedDecode:
+    """A decode step loaded into a graph's input buffers, ready to replay."""
+
+    batch: int  # real rows
+    size: int  # the captured (padded) batch size replayed
+    plan: DecodePlan  # the step's lengths, in the captured plan's buffers
 
 
 class DecodeGraphRunner:
@@ -51,17 +64,20 @@ class DecodeGraphRunner:
         i = bisect.bisect_left(self.batch_sizes, bs)
         return self.batch_sizes[i] if i < len(self.batch_sizes) else None
 
-    def _batch(self, bs: int, kv_lens: list[int]) -> ForwardBatch:
-        plan = self.model.attention.plan_decode(kv_lens, self.page_table[:bs])
+    def _batch(self, plan: DecodePlan) -> ForwardBatch:
+        bs = plan.batch
         return ForwardBatch(self.input_ids[:bs], self.positions[:bs], self.cache_loc[:bs],
                             plan, self.rows[:bs])
+
+    def _plan(self, kv_lens: list[int]) -> DecodePlan:
+        return self.model.attention.plan_decode(kv_lens, self.page_table[:len(kv_lens)])
 
     def capture(self) -> None:
         """Capture every batch size, largest first (smaller graphs share its memory)."""
         torch.cuda.synchronize()
         with gc_disabled():
             for bs in reversed(self.batch_sizes):
-                batch = self._batch(bs, [1] * bs)
+                batch = self._batch(self._plan([1] * bs))
                 self.model.forward(batch)  # warm-up: Triton compiles outside the capture
                 torch.cuda.synchronize()
                 graph = torch.cuda.CUDAGraph()
@@ -72,12 +88,13 @@ class DecodeGraphRunner:
                 self.graphs[bs] = _Graph(graph, logits)
         torch.cuda.synchronize()
 
-    def replay(self, input_ids: torch.Tensor, positions: list[int], cache_loc: list[int],
-               page_table: torch.Tensor, slots: torch.Tensor, kv_lens: list[int]
-               ) -> torch.Tensor:
-        """Logits [bs, vocab] of one decode step through the padded graph; input_ids is
-        a device tensor (it may hold tokens sampled by a step still in flight); the
-        requests' rows `slots` (device) of `page_table` are gathered into the graph's."""
+    def prepare(self, input_ids: torch.Tensor, positions: list[int], cache_loc: list[int],
+                page_table: torch.Tensor, slots: torch.Tensor, kv_lens: list[int]
+                ) -> PreparedDecode:
+        """Load one decode step into the buffers of its padded graph: input_ids is a device
+        tensor (it may hold tokens sampled by a step still in flight); the requests' rows
+        `slots` (device) of `page_table` are gathered into the graph's; the lengths are
+        planned into the captured plan's buffers. No host sync."""
         bs = input_ids.numel()
         size = self.padded_size(bs)
         if size is None or size not in self.graphs:
@@ -91,7 +108,10 @@ class DecodeGraphRunner:
         self.cache_loc[:size].copy_(host[1], non_blocking=True)
         torch.index_select(page_table, 0, slots, out=self.page_table[:bs])
         self.page_table[bs:size].zero_()
-        self._batch(size, kv_lens + [0] * pad)  # lengths into the captured plan's buffers
-        g = self.graphs[size]
+        return PreparedDecode(bs, size, self._plan(kv_lens + [0] * pad))
+
+    def replay(self, step: PreparedDecode) -> torch.Tensor:
+        """Logits [batch, vocab] of a prepared decode step."""
+        g = self.graphs[step.size]
         g.graph.replay()
-        return g.logits[:bs]
+        return g.logits[:step.batch]

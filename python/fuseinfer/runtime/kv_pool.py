@@ -1,36 +1,20 @@
-"""KV memory: a page allocator, the per-layer paged K/V buffers (TokenToKVPool) and the
-request table that maps each request's token positions to pages (ReqToTokenPool).
+"""KV memory bookkeeping: the page allocator, the request table that maps each request's
+token positions to pages (ReqToTokenPool), and the sizing of the cache from a memory
+budget. The K/V buffers themselves are the model's (models/kv_cache.py).
 
 Pages are the unit of allocation: page p holds slots p * page_size .. p * page_size +
-page_size - 1 of every layer's cache, laid out [pages, page_size, kv_heads, head_dim]
-as the attention and KV-write ops take it. Page 0 is reserved and never handed out:
-padded batch rows and unused page-table entries point at it, so a stray read stays in
-bounds.
+page_size - 1 of every layer's cache. Page 0 is reserved and never handed out: padded
+batch rows and unused page-table entries point at it, so a stray read stays in bounds.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 
+from ..models.kv_cache import KvCacheConfig
 from ..ops.host_copy import to_device
-
-FP8 = torch.float8_e4m3fn
-
-
-@dataclass(frozen=True)
-class KvCacheConfig:
-    num_layers: int
-    num_kv_heads: int
-    head_dim: int
-    page_size: int
-    dtype: torch.dtype  # bfloat16, float16 or float8_e4m3fn (float32 on the CPU)
-
-    def bytes_per_page(self) -> int:
-        item = torch.empty((), dtype=self.dtype).element_size()
-        return 2 * self.num_layers * self.page_size * self.num_kv_heads * self.head_dim * item
 
 
 def pages_for_budget(config: KvCacheConfig, total_bytes: int, mem_fraction_static: float,
@@ -68,6 +52,10 @@ class PageAllocator:
     def capacity(self) -> int:
         return self.num_pages - 1
 
+    def usage(self) -> float:
+        """Fraction of allocatable pages in use."""
+        return 1.0 - len(self._free) / self.capacity
+
     def alloc(self, n: int) -> list[int] | None:
         """n pages, or None (nothing taken) when fewer are free."""
         if n < 0:
@@ -87,39 +75,6 @@ class PageAllocator:
                 raise ValueError(f"page {p} freed twice")
             self._is_free[p] = True
             self._free.append(p)
-
-
-class TokenToKVPool:
-    """Per-layer K and V caches plus the page allocator. FP8 caches carry per-layer
-    float32 scales (1.0 until calibrated)."""
-
-    def __init__(self, config: KvCacheConfig, num_pages: int, device: torch.device | str
-                 ) -> None:
-        if config.dtype not in (torch.bfloat16, torch.float16, FP8) and not (
-                config.dtype == torch.float32 and torch.device(device).type == "cpu"):
-            raise ValueError(f"KV dtype must be bfloat16, float16 or float8_e4m3fn (float32 "
-                             f"on the CPU), got {config.dtype}")
-        self.config = config
-        self.allocator = PageAllocator(num_pages)
-        shape = (num_pages, config.page_size, config.num_kv_heads, config.head_dim)
-        self.k = [torch.zeros(shape, dtype=config.dtype, device=device)
-                  for _ in range(config.num_layers)]
-        self.v = [torch.zeros(shape, dtype=config.dtype, device=device)
-                  for _ in range(config.num_layers)]
-        fp8 = config.dtype == FP8
-        self.k_scale = [torch.ones(1, device=device) if fp8 else None
-                        for _ in range(config.num_layers)]
-        self.v_scale = [torch.ones(1, device=device) if fp8 else None
-                        for _ in range(config.num_layers)]
-
-    @property
-    def page_size(self) -> int:
-        return self.config.page_size
-
-    def usage(self) -> float:
-        """Fraction of allocatable pages in use."""
-        a = self.allocator
-        return 1.0 - a.available / a.capacity
 
 
 class ReqToTokenPool:
@@ -164,15 +119,6 @@ class ReqToTokenPool:
             to_device(list(new_pages), torch.int32, self.page_table.device,
                       out=self.page_table[slot, start:start + len(new_pages)])
             have.extend(new_pages)
-
-    def truncate_pages(self, slot: int, keep: int) -> list[int]:
-        """Drop the request's pages past the first `keep`; returns the dropped ones."""
-        have = self.pages[slot]
-        dropped = have[keep:]
-        del have[keep:]
-        if dropped:
-            self.page_table[slot, keep:keep + len(dropped)].zero_()
-        return dropped
 
     def slots_for(self, slot: int, start: int, end: int, page_size: int) -> list[int]:
         """KV slot indices of the request's token positions start .. end - 1."""

@@ -142,10 +142,6 @@ class RadixCache:
             node = node.parent  # type: ignore[assignment]
 
     # ---- eviction -----------------------------------------------------------------------
-    @property
-    def evictable_pages(self) -> int:
-        return self.cached_pages - self.locked_pages
-
     def evict(self, pages_needed: int) -> int:
         """Free at least `pages_needed` pages from unlocked leaves, least recently used
         first (fewer if not enough are evictable). Returns the pages freed."""

@@ -30,9 +30,6 @@ class TextTokenizer:
     def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
         return self._tok.decode(ids, skip_special_tokens=skip_special_tokens)
 
-    def token_id(self, token: str) -> int | None:
-        return self._tok.token_to_id(token)
-
 
 class IncrementalDetokenizer:
     """Yields the new text of each appended token, holding back bytes that do not yet form

@@ -1,0 +1,66 @@
+"""A step's inputs as host lists: what the model runner needs to run one scheduled batch.
+
+Built once per step from the scheduler's batch (`step_inputs`), then handed to the model
+runner, which copies them to the device without a sync. Plain data only (no requests, no
+pools), so one rank can hand them to the others under tensor parallelism.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .kv_pool import ReqToTokenPool
+from .sampling import SamplingParams
+from .scheduler import ScheduledBatch
+
+
+@dataclass(frozen=True)
+class StepInputs:
+    decode: bool  # one token per request (graph replays apply), else a prefill step
+    # per token
+    input_ids: list[int]  # a negative id is a placeholder: a token of a step in flight
+    positions: list[int]
+    cache_loc: list[int]  # KV slot each token's K and V are written to
+    # per work item (request)
+    logits_rows: list[int]  # its last token's row
+    q_lens: list[int]  # tokens computed in this step
+    kv_lens: list[int]  # tokens in its cache after this step
+    req_slots: list[int]  # its page-table row
+    # per work item that samples a token, in order
+    sample_rows: list[int]  # which work items (logits rows) sample
+    sampling: list[SamplingParams]
+    rids: list[int]  # request ids (the seed of unseeded sampling)
+    steps: list[int]  # tokens the request generated before this one (the noise counter)
+
+    @property
+    def samples_all(self) -> bool:
+        return len(self.sample_rows) == len(self.logits_rows)
+
+
+def step_inputs(batch: ScheduledBatch, req_pool: ReqToTokenPool, page_size: int
+                ) -> StepInputs:
+    """The host inputs of `batch`; tokens still in flight stay placeholders (read on the
+    device by the model runner)."""
+    ids: list[int] = []
+    pos: list[int] = []
+    loc: list[int] = []
+    rows, q_lens, kv_lens, slots = [], [], [], []
+    sample_rows, params, rids, steps = [], [], [], []
+    for i, w in enumerate(batch.work):
+        r = w.req
+        assert r.slot is not None
+        end = w.start + w.count
+        ids += r.token_slice(w.start, end)
+        pos += range(w.start, end)
+        loc += req_pool.slots_for(r.slot, w.start, end, page_size)
+        rows.append(len(ids) - 1)
+        q_lens.append(w.count)
+        kv_lens.append(end)
+        slots.append(r.slot)
+        if w.samples:
+            sample_rows.append(i)
+            params.append(r.params)
+            rids.append(r.rid)
+            steps.append(r.generated)
+    return StepInputs(batch.mode == "decode", ids, pos, loc, rows, q_lens, kv_lens, slots,
+                      sample_rows, params, rids, steps)

@@ -1,0 +1,229 @@
+"""The model runner: everything on the device side of a step, for one rank.
+
+It owns the model and its weights, the KV cache buffers and the request page table, the
+attention plans, the decode CUDA graphs, sampling and logprobs. The engine hands it a
+step's host inputs (`StepInputs`) and gets tokens back:
+
+    out = runner.forward(inputs)      # StepOutput: device tensors, nothing waited for
+    step = runner.launch(inputs)      # forward + a non-blocking copy to the host
+    result = runner.resolve(step)     # waits for that step: StepResult (host lists)
+
+`launch` returns a placeholder id per sampled token: until `resolve`, a later step's
+inputs may carry that id in place of the token, and the runner reads the token on the
+device from its future buffer (no host sync; this is what overlap scheduling needs).
+
+A runner is built per rank over a `ParallelState`; one rank today.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..distributed.parallel_state import SINGLE_RANK, ParallelState
+from ..models.config import ModelConfig
+from ..models.decoder import DecoderModel, ForwardBatch, Fusions, ModelWeights
+from ..models.kv_cache import FP8, KvCacheConfig, PagedKvCache
+from ..models.loader import dummy_weights, load_weights
+from ..ops import AttentionShape, PagedAttention
+from ..ops.host_copy import to_device
+from .cuda_graph_runner import DecodeGraphRunner
+from .engine_args import EngineArgs
+from .host_inputs import StepInputs
+from .kv_pool import ReqToTokenPool, pages_for_budget
+from .sampling import SamplingBatch, sample, token_logprobs
+from .step_output import TokenLogprob
+
+_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+@dataclass(frozen=True)
+class StepOutput:
+    """What one step sampled, on the device (one row per sampling work item)."""
+
+    tokens: torch.Tensor  # int64 [n]
+    # (the sampled token's [n], the top values [n, k], the top ids [n, k]) when a row asked
+    logprobs: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None
+    wants: tuple[int | None, ...]  # per row: top-k logprobs asked (None: none)
+
+
+@dataclass(frozen=True)
+class InFlightStep:
+    """A launched step: its placeholder ids and the host copies that `resolve` reads."""
+
+    placeholders: list[int]  # stand for the sampled tokens until resolved
+    tokens: torch.Tensor  # host copy of the sampled tokens (ready after the event)
+    event: torch.cuda.Event | None
+    logprobs: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None  # host copies
+    wants: tuple[int | None, ...]
+
+
+@dataclass(frozen=True)
+class StepResult:
+    tokens: list[int]  # one per sampling work item, in order
+    logprobs: list[TokenLogprob | None] | None  # per token, when any row asked
+
+
+class ModelRunner:
+    def __init__(self, args: EngineArgs, parallel: ParallelState = SINGLE_RANK) -> None:
+        if not parallel.is_single:
+            raise NotImplementedError("tensor parallelism is not built yet (world_size 1)")
+        self.args = args
+        self.parallel = parallel
+        device = args.device if args.device != "auto" else (
+            "cuda" if torch.cuda.is_available() else "cpu")
+        self.device = torch.device(device)
+        cpu = self.device.type == "cpu"
+        dtype = _DTYPES[args.dtype] if args.dtype != "auto" else (
+            torch.float32 if cpu else torch.bfloat16)
+        from ..models.bundled import resolve_model
+
+        folder = resolve_model(args.model)
+        self.config = ModelConfig.from_folder(folder)
+        c = self.config
+        weights = self._weights(folder, dtype)
+        kv_dtype = FP8 if args.kv_cache_dtype == "fp8_e4m3" else dtype
+        kv_cfg = KvCacheConfig(c.num_layers, c.num_kv_heads, c.head_dim, args.page_size,
+                               kv_dtype)
+        context = min(args.max_context_len or c.max_position, c.max_position)
+        self.max_pages = -(-context // args.page_size)  # per request
+        self.kv_cache = PagedKvCache(kv_cfg, self._num_pages(kv_cfg), self.device)
+        self.req_pool = ReqToTokenPool(args.max_running_requests + 1, self.max_pages,
+                                       self.device)
+        self.attention = PagedAttention(
+            AttentionShape(c.num_heads, c.num_kv_heads, c.head_dim, args.page_size),
+            self.device, max_batch=args.max_running_requests,
+            enable_pdl=False if args.disable_pdl else None)
+        fusions = Fusions(fused_rope_kv=not args.disable_fused_rope_kv,
+                          fused_add_rmsnorm=not args.disable_fused_add_rmsnorm,
+                          fused_qk_norm=not args.disable_fused_qk_norm,
+                          fused_silu_mul=not args.disable_fused_silu_mul,
+                          gemv_max_tokens=0 if args.disable_small_batch_gemv else 1,
+                          enable_pdl=False if args.disable_pdl else None)
+        self.model = DecoderModel(c, weights, self.attention, self.kv_cache, fusions)
+        # Tokens of steps in flight, read by the next step's inputs (overlap scheduling).
+        self._future = torch.zeros(4 * (args.max_running_requests + 1), dtype=torch.int64,
+                                   device=self.device)
+        self._next_future = 0
+        self.graphs: DecodeGraphRunner | None = None
+        if self.device.type == "cuda" and not args.disable_cuda_graph:
+            bs = min(args.cuda_graph_max_bs, args.max_running_requests)
+            self.graphs = DecodeGraphRunner(self.model, self.max_pages, bs)
+            self.graphs.capture()
+
+    def _weights(self, folder: Path, dtype: torch.dtype) -> ModelWeights:
+        a = self.args
+        if a.load_format == "auto" and not any(folder.glob("*.safetensors")):
+            raise FileNotFoundError(f"{folder}: no *.safetensors weights; use "
+                                    "load_format='dummy' (--load-format dummy) for random ones")
+        if a.load_format == "dummy":
+            return dummy_weights(self.config, dtype, self.device, a.seed)
+        return load_weights(folder, self.config, dtype, self.device)
+
+    def _num_pages(self, kv_cfg: KvCacheConfig) -> int:
+        a = self.args
+        if a.max_total_tokens is not None:
+            return -(-a.max_total_tokens // a.page_size) + 1  # + the reserved pad page
+        if self.device.type != "cuda":
+            return -(-65536 // a.page_size) + 1
+        torch.cuda.empty_cache()  # memory cached by torch but unused counts as free here
+        free, total = torch.cuda.mem_get_info(self.device)
+        return pages_for_budget(kv_cfg, total, a.mem_fraction_static, total - free)
+
+    def close(self) -> None:
+        """Free the device memory: weights, KV cache, page table, graphs, buffers. The
+        caller makes sure no step is in flight."""
+        self.model = self.graphs = self.kv_cache = None  # type: ignore[assignment]
+        self.attention = self.req_pool = self._future = None  # type: ignore[assignment]
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    # ---- one step -----------------------------------------------------------------------
+    def _put(self, values: list[int]) -> torch.Tensor:
+        """Host ints to an int64 device tensor without a sync (a sync would stall the CPU
+        behind the step in flight and undo the overlap)."""
+        return to_device(values, torch.int64, self.device)
+
+    def _token_ids(self, ids: list[int]) -> torch.Tensor:
+        """Token ids on the device; a placeholder -(1 + k) is the token sampled into slot k
+        of the future buffer by a step still in flight (read on the device, no sync)."""
+        if min(ids, default=0) >= 0:
+            return self._put(ids)
+        if max(ids) < 0:  # all in flight (decode with overlap): one gather
+            return self._future[self._put([-1 - t for t in ids])]
+        raw = self._put(ids)
+        return torch.where(raw >= 0, raw, self._future[(-raw - 1).clamp_min(0)])
+
+    def logits(self, inputs: StepInputs) -> torch.Tensor:
+        """Logits of each work item's last token: a graph replay for decode batches that
+        fit one, else an eager forward."""
+        slots = self._put(inputs.req_slots)
+        ids = self._token_ids(inputs.input_ids)
+        page_table = self.req_pool.page_table
+        if inputs.decode and self.graphs is not None \
+                and self.graphs.padded_size(len(inputs.input_ids)) is not None:
+            return self.graphs.replay(self.graphs.prepare(
+                ids, inputs.positions, inputs.cache_loc, page_table, slots, inputs.kv_lens))
+        table = page_table[slots]
+        plan = self.attention.plan_decode(inputs.kv_lens, table) if inputs.decode \
+            else self.attention.plan_prefill(inputs.q_lens, inputs.kv_lens, table)
+        fb = ForwardBatch(ids, self._put(inputs.positions), self._put(inputs.cache_loc), plan,
+                          self._put(inputs.logits_rows))
+        return self.model.forward(fb)
+
+    def forward(self, inputs: StepInputs) -> StepOutput:
+        """Run the step and sample (and logprobs where asked), all queued on the device:
+        nothing waits for it."""
+        logits = self.logits(inputs)
+        if not inputs.samples_all:  # a python-list index would copy and sync
+            logits = logits[self._put(inputs.sample_rows)]
+        params = inputs.sampling
+        if not params:
+            tokens = torch.empty(0, dtype=torch.int64, device=self.device)
+        elif all(p.greedy for p in params):  # no sampling tensors to build
+            tokens = logits.argmax(dim=-1)
+        else:
+            seed = self.args.seed * 1_000_003
+            sb = SamplingBatch.build(params, logits.size(-1), self.device,
+                                     [seed + rid for rid in inputs.rids])
+            tokens = sample(logits, sb, self._put(inputs.steps))
+        wants = tuple(p.logprobs for p in params)
+        lp = None
+        if any(k is not None for k in wants):
+            lp = token_logprobs(logits, tokens, max(k or 0 for k in wants))
+        return StepOutput(tokens, lp, wants)
+
+    def launch(self, inputs: StepInputs) -> InFlightStep:
+        """Queue the step: forward, tokens into the future buffer and non-blocking copies
+        to the host. Returns the placeholders that stand for its tokens until `resolve`."""
+        out = self.forward(inputs)
+        n = len(inputs.sampling)
+        if self._next_future + n > self._future.numel():  # keep each step's run contiguous
+            self._next_future = 0
+        first = self._next_future
+        self._next_future += n
+        host = torch.empty(n, dtype=torch.int64, pin_memory=self.device.type == "cuda")
+        if n:
+            self._future[first:first + n].copy_(out.tokens)
+            host.copy_(out.tokens, non_blocking=True)
+        lp_host = None if out.logprobs is None else tuple(
+            t.to("cpu", non_blocking=True) for t in out.logprobs)
+        event = torch.cuda.Event() if self.device.type == "cuda" else None
+        if event is not None:
+            event.record()
+        return InFlightStep([-(1 + k) for k in range(first, first + n)], host, event,
+                            lp_host, out.wants)  # type: ignore[arg-type]
+
+    def resolve(self, step: InFlightStep) -> StepResult:
+        """Wait for a launched step; its tokens (and logprobs) as host lists."""
+        if step.event is not None:
+            step.event.synchronize()
+        entries = None
+        if step.logprobs is not None:
+            chosen, values, ids = (t.tolist() for t in step.logprobs)
+            entries = [None if k is None else (chosen[i], list(zip(ids[i][:k], values[i][:k],
+                                                                   strict=True)))
+                       for i, k in enumerate(step.wants)]
+        return StepResult(step.tokens.tolist(), entries)
