@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ import torch.nn.functional as F
 
 from fuseinfer.bench.attention_inputs import make_paged_kv
 from fuseinfer.ops import AttentionShape, PagedAttention
+from fuseinfer.ops.attention.arguments import DecodeArgs, DecodeLaunch, PrefillArgs, PrefillLaunch
 from fuseinfer.ops.attention.reference import reference_paged_attention
 
 BF16 = torch.bfloat16
@@ -169,6 +171,53 @@ def test_prefill_op_checks_q_indptr_and_runs_on_meta():
     torch.ops.fuseinfer.paged_prefill_attention(**args)  # the fake impl: shapes only
 
 
+@pytest.mark.parametrize("op, args, written", [
+    ("paged_prefill_attention", PrefillArgs, ("out", "lse")),
+    ("paged_decode_attention", DecodeArgs, ("partial_out", "partial_lse", "out", "lse")),
+])
+def test_schema_is_the_argument_tuple(op, args, written):
+    """The registered schema lists the tuple's fields in order, with its defaults, and marks
+    exactly the written tensors; the launch default is the tuple's launch choice."""
+    schema = getattr(torch.ops.fuseinfer, op).default._schema
+    assert [a.name for a in schema.arguments] == list(args._fields)
+    assert tuple(a.name for a in schema.arguments
+                 if a.alias_info is not None and a.alias_info.is_write) == written
+    launch = next(a for a in schema.arguments if a.name == "launch")
+    assert list(launch.default_value) == list(args._field_defaults["launch"])
+    optional = {a.name for a in schema.arguments if a.type.kind() == "OptionalType"}
+    assert optional == {"lse", "sinks", "k_scale", "v_scale", "window_left", "enable_pdl"}
+    assert len(schema.returns) == 0
+
+
+def test_op_schema_maps_annotations():
+    from typing import NamedTuple
+
+    from fuseinfer.ops.signature import op_schema
+
+    class Toy(NamedTuple):
+        out: torch.Tensor
+        x: torch.Tensor
+        extra: torch.Tensor | None = None
+        factor: float = 0.5
+        steps: int | None = None
+        sizes: Sequence[int] = (4, 2)
+        enable_pdl: bool | None = None
+
+    assert op_schema("toy", Toy, ("out",)) == (
+        "toy(Tensor(a!) out, Tensor x, Tensor? extra=None, float factor=0.5, "
+        "int? steps=None, int[] sizes=[4, 2], bool? enable_pdl=None) -> ()")
+    with pytest.raises(TypeError, match="only tensors can be mutated"):
+        op_schema("toy", Toy, ("factor",))
+    with pytest.raises(TypeError, match="mutated names no argument"):
+        op_schema("toy", Toy, ("missing",))
+
+    class Bad(NamedTuple):
+        x: str
+
+    with pytest.raises(TypeError, match="has no schema type"):
+        op_schema("bad", Bad)
+
+
 # ---- Triton kernels under the interpreter ---------------------------------------------------
 
 needs_interpreter = pytest.mark.skipif(
@@ -205,10 +254,10 @@ def test_prefill_kernel_interpreted(case):
     plan = attn.plan_prefill(q_lens, kv_lens, kv.page_table, block_m=16)
     out = torch.full_like(q, float("nan"))
     lse = torch.full((q.size(0), hq), float("nan"))
-    launch_prefill(q, kv.k_cache, kv.v_cache, plan.page_table, plan.q_indptr, plan.kv_lens,
-                   plan.work, out, lse, sinks, kv.k_scale, kv.v_scale, 0.125,
-                   kw["window_left"], kw["logit_cap"], [16, 16, 4, 1, int(case.get("tma", True))],
-                   False)
+    launch_prefill(PrefillArgs(
+        q, kv.k_cache, kv.v_cache, plan.page_table, plan.q_indptr, plan.kv_lens, plan.work,
+        out, lse, k_scale=kv.k_scale, v_scale=kv.v_scale, sm_scale=0.125, enable_pdl=False,
+        launch=PrefillLaunch(16, 16, 4, 1, int(case.get("tma", True))), **kw))
     want, want_lse = reference_paged_attention(
         q, kv.k_cache, kv.v_cache, kv.page_table, indptr, lens, sm_scale=0.125,
         k_scale=kv.k_scale, v_scale=kv.v_scale, **kw)
@@ -238,10 +287,11 @@ def test_decode_kernel_interpreted(case, tensor_cores):
     plan = attn.plan_decode(kv_lens, kv.page_table, splits=case["splits"])
     out = torch.full_like(q, float("nan"))
     lse = torch.full((q.size(0), hq), float("nan"))
-    launch_decode(q, kv.k_cache, kv.v_cache, plan.page_table, plan.kv_lens, plan.partial_out,
-                  plan.partial_lse, out, lse, sinks, kv.k_scale, kv.v_scale, 0.125,
-                  kw["window_left"], kw["logit_cap"],
-                  [16, 4, 1, 16, 4 if tensor_cores else 100], False)
+    launch_decode(DecodeArgs(
+        q, kv.k_cache, kv.v_cache, plan.page_table, plan.kv_lens, plan.partial_out,
+        plan.partial_lse, out, lse, k_scale=kv.k_scale, v_scale=kv.v_scale, sm_scale=0.125,
+        launch=DecodeLaunch(16, 4, 1, 16, 4 if tensor_cores else 100), enable_pdl=False,
+        **kw))
     want, want_lse = reference_paged_attention(
         q, kv.k_cache, kv.v_cache, kv.page_table, torch.arange(5, dtype=torch.int32),
         plan.kv_lens, sm_scale=0.125, k_scale=kv.k_scale, v_scale=kv.v_scale, **kw)

@@ -4,6 +4,8 @@ and the PagedAttention plan/run wrapper that the runtime uses."""
 from __future__ import annotations
 
 from . import paged_attention  # registers the two op schemas
+from .arguments import DecodeLaunch, PrefillLaunch
 from .plan import AttentionShape, DecodePlan, PagedAttention, PrefillPlan
 
-__all__ = ["AttentionShape", "DecodePlan", "PagedAttention", "PrefillPlan", "paged_attention"]
+__all__ = ["AttentionShape", "DecodeLaunch", "DecodePlan", "PagedAttention", "PrefillLaunch",
+           "PrefillPlan", "paged_attention"]

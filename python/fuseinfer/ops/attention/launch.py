@@ -7,6 +7,7 @@ import torch
 
 from ..kvcache.store_kv_cache import FP8, slot_rows
 from ..triton_launch import next_pow2, use_pdl
+from .arguments import DecodeArgs, DecodeLaunch, PrefillArgs, PrefillLaunch, softmax_scale
 from .reference import page_size_of
 
 
@@ -45,84 +46,98 @@ def _slot_descriptor(cache: torch.Tensor, block_n: int):
     return TensorDescriptor(cache, [slots, heads, dim], [slot, head, 1], [block_n, 1, dim])
 
 
-def launch_prefill(q, k_cache, v_cache, page_table, q_indptr, kv_lens, work, out, lse,
-                   sinks, k_scale, v_scale, sm_scale: float, window_left: int | None,
-                   logit_cap: float, launch: list[int], enable_pdl: bool) -> None:
+def _pdl(enable_pdl: bool | None, device: torch.device) -> bool:
+    """PDL for this launch: the caller's choice, else the attention table's."""
+    if enable_pdl is None:
+        from .dispatch import attention_table
+
+        enable_pdl = attention_table().enable_pdl
+    return use_pdl(enable_pdl, device)
+
+
+def launch_prefill(a: PrefillArgs) -> None:
     from ...triton.attention_prefill import prefill_kernel
 
-    block_m, block_n, num_warps, num_stages, tma = launch
+    q, k_cache, v_cache, kv_lens, work, out, lse, sinks = (
+        a.q, a.k_cache, a.v_cache, a.kv_lens, a.work, a.out, a.lse, a.sinks)
+    launch = PrefillLaunch(*a.launch)
+    block_n = launch.block_n
     num_items = work.size(0)
     q_heads = q.size(1)
     if num_items == 0 or q.size(0) == 0:
         return
     k_slot, k_head = _cache_strides(k_cache)
     v_slot, v_head = _cache_strides(v_cache)
-    pdl = use_pdl(enable_pdl, q.device)
+    pdl = _pdl(a.enable_pdl, q.device)
     extra = {"launch_pdl": True} if pdl else {}
     dummy = kv_lens  # stands in for absent optional tensors; never read
     page_size = page_size_of(k_cache)
-    use_tma = bool(tma) and page_size % block_n == 0 and _tma_ok(k_cache) and _tma_ok(v_cache)
+    use_tma = bool(launch.tma) and page_size % block_n == 0 and _tma_ok(k_cache) \
+        and _tma_ok(v_cache)
     k_arg, v_arg = k_cache, v_cache
     if use_tma:
         k_arg = _slot_descriptor(k_cache, block_n)
         v_arg = _slot_descriptor(v_cache, block_n)
     prefill_kernel[(q_heads, num_items)](
         q, k_arg, v_arg, out, lse if lse is not None else dummy,
-        sinks if sinks is not None else dummy, page_table, q_indptr, kv_lens, work,
-        k_scale if k_scale is not None else dummy, v_scale if v_scale is not None else dummy,
-        sm_scale, logit_cap, window_left if window_left is not None else 0,
+        sinks if sinks is not None else dummy, a.page_table, a.q_indptr, kv_lens, work,
+        a.k_scale if a.k_scale is not None else dummy,
+        a.v_scale if a.v_scale is not None else dummy,
+        softmax_scale(a), a.logit_cap, a.window_left if a.window_left is not None else 0,
         q.stride(0), q.stride(1), k_slot, k_head, v_slot, v_head, out.stride(0),
-        out.stride(1), lse.stride(0) if lse is not None else 0, page_table.stride(0),
+        out.stride(1), lse.stride(0) if lse is not None else 0, a.page_table.stride(0),
         GROUP=q_heads // k_cache.size(-2), PAGE_SIZE=page_size, USE_TMA=use_tma,
-        HEAD_DIM=q.size(2), BLOCK_M=block_m, BLOCK_N=block_n, USE_PDL=pdl,
+        HEAD_DIM=q.size(2), BLOCK_M=launch.block_m, BLOCK_N=block_n, USE_PDL=pdl,
         DOT_F32=q.device.type == "cpu",
-        num_warps=num_warps, num_stages=num_stages,
-        **_flags(sinks, lse, k_cache, k_scale, window_left, logit_cap), **extra)
+        num_warps=launch.num_warps, num_stages=launch.num_stages,
+        **_flags(sinks, lse, k_cache, a.k_scale, a.window_left, a.logit_cap), **extra)
 
 
-def launch_decode(q, k_cache, v_cache, page_table, kv_lens, partial_out, partial_lse, out,
-                  lse, sinks, k_scale, v_scale, sm_scale: float, window_left: int | None,
-                  logit_cap: float, launch: list[int], enable_pdl: bool) -> None:
+def launch_decode(a: DecodeArgs) -> None:
     from ...triton.attention_decode import decode_kernel, merge_kernel
 
-    block_n, num_warps, num_stages, min_chunk, tensor_core_min_group = launch
+    q, k_cache, v_cache, kv_lens, out, lse, sinks = (
+        a.q, a.k_cache, a.v_cache, a.kv_lens, a.out, a.lse, a.sinks)
+    partial_out, partial_lse = a.partial_out, a.partial_lse
+    launch = DecodeLaunch(*a.launch)
     batch, q_heads, head_dim = q.shape
     if batch == 0:
         return
     kv_heads = k_cache.size(-2)
     group = q_heads // kv_heads
     max_splits = partial_lse.size(2)
-    use_dot = group >= tensor_core_min_group
+    use_dot = group >= launch.tensor_core_min_group
     heads_per_program = max(16, next_pow2(group)) if use_dot else 1
     k_slot, k_head = _cache_strides(k_cache)
     v_slot, v_head = _cache_strides(v_cache)
-    pdl = use_pdl(enable_pdl, q.device)
+    pdl = _pdl(a.enable_pdl, q.device)
     extra = {"launch_pdl": True} if pdl else {}
-    flags = _flags(sinks, lse, k_cache, k_scale, window_left, logit_cap)
+    flags = _flags(sinks, lse, k_cache, a.k_scale, a.window_left, a.logit_cap)
     dummy = kv_lens
     lse_arg = lse if lse is not None else dummy
     sinks_arg = sinks if sinks is not None else dummy
-    v_scale_arg = v_scale if v_scale is not None else dummy
+    v_scale_arg = a.v_scale if a.v_scale is not None else dummy
     part_strides = (partial_lse.stride(0), partial_lse.stride(1), partial_lse.stride(2))
-    window = window_left if window_left is not None else 0
+    window = a.window_left if a.window_left is not None else 0
     decode_kernel[(batch, kv_heads if use_dot else q_heads, max_splits)](
-        q, k_cache, v_cache, out, lse_arg, partial_out, partial_lse, sinks_arg, page_table,
-        kv_lens, k_scale if k_scale is not None else dummy, v_scale_arg,
-        sm_scale, logit_cap, window, q_heads, max_splits,
+        q, k_cache, v_cache, out, lse_arg, partial_out, partial_lse, sinks_arg, a.page_table,
+        kv_lens, a.k_scale if a.k_scale is not None else dummy, v_scale_arg,
+        softmax_scale(a), a.logit_cap, window, q_heads, max_splits,
         q.stride(0), q.stride(1), k_slot, k_head, v_slot, v_head, out.stride(0),
-        out.stride(1), lse.stride(0) if lse is not None else 0, page_table.stride(0),
+        out.stride(1), lse.stride(0) if lse is not None else 0, a.page_table.stride(0),
         *part_strides,
         GROUP=group, HEADS_PER_PROGRAM=heads_per_program, USE_DOT=use_dot,
-        PAGE_SIZE=page_size_of(k_cache), HEAD_DIM=head_dim, BLOCK_N=block_n,
-        MIN_CHUNK=min_chunk, USE_PDL=pdl, DOT_F32=q.device.type == "cpu",
-        num_warps=num_warps, num_stages=num_stages,
+        PAGE_SIZE=page_size_of(k_cache), HEAD_DIM=head_dim, BLOCK_N=launch.block_n,
+        MIN_CHUNK=launch.min_chunk, USE_PDL=pdl, DOT_F32=q.device.type == "cpu",
+        num_warps=launch.num_warps, num_stages=launch.num_stages,
         **flags, **extra)
     if max_splits > 1:
         merge_kernel[(batch, q_heads)](
             out, lse_arg, partial_out, partial_lse, sinks_arg, kv_lens, v_scale_arg, window,
             max_splits, out.stride(0), out.stride(1),
             lse.stride(0) if lse is not None else 0, *part_strides,
-            HEAD_DIM=head_dim, SPLITS_POW2=next_pow2(max_splits), MIN_CHUNK=min_chunk,
-            BLOCK_N=block_n, HAS_WINDOW=flags["HAS_WINDOW"], HAS_SINKS=flags["HAS_SINKS"],
-            HAS_LSE=flags["HAS_LSE"], KV_SCALED=flags["KV_SCALED"], USE_PDL=pdl,
+            HEAD_DIM=head_dim, SPLITS_POW2=next_pow2(max_splits), MIN_CHUNK=launch.min_chunk,
+            BLOCK_N=launch.block_n, HAS_WINDOW=flags["HAS_WINDOW"],
+            HAS_SINKS=flags["HAS_SINKS"], HAS_LSE=flags["HAS_LSE"],
+            KV_SCALED=flags["KV_SCALED"], USE_PDL=pdl,
             num_warps=4 if head_dim >= 128 else 2, **extra)

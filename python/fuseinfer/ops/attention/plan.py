@@ -26,8 +26,8 @@ import torch
 
 from ..arg_checks import fail
 from ..host_copy import to_device
+from .arguments import DecodeLaunch, PrefillLaunch, default_scale
 from .dispatch import HEAD_DIMS, AttentionDispatch
-from .paged_attention import default_scale
 
 Lengths = Sequence[int] | torch.Tensor
 
@@ -62,7 +62,7 @@ class PrefillPlan:
     q_indptr: torch.Tensor
     kv_lens: torch.Tensor
     work: torch.Tensor
-    launch: tuple[int, int, int, int, int]  # block_m, block_n, warps, stages, tma
+    launch: PrefillLaunch
     q_lens_host: tuple[int, ...]
     kv_lens_host: tuple[int, ...]
 
@@ -75,7 +75,7 @@ class DecodePlan:
     kv_lens: torch.Tensor
     partial_out: torch.Tensor
     partial_lse: torch.Tensor
-    launch: tuple[int, int, int, int, int]  # block_n, warps, stages, min_chunk, tc group
+    launch: DecodeLaunch
     kv_lens_host: tuple[int, ...]
 
 
@@ -168,8 +168,8 @@ class PagedAttention:
             batch=batch, splits=splits, page_table=page_table,
             kv_lens=_to_device(lens, self.device, self._decode_kv_lens[:batch]),
             partial_out=partial_out, partial_lse=partial_lse,
-            launch=(rule.block_n, rule.num_warps, rule.num_stages, self.table.min_chunk,
-                    self.table.tensor_core_min_group),
+            launch=DecodeLaunch(rule.block_n, rule.num_warps, rule.num_stages,
+                                self.table.min_chunk, self.table.tensor_core_min_group),
             kv_lens_host=tuple(lens))
 
     # ---- prefill ------------------------------------------------------------------------
@@ -204,8 +204,8 @@ class PagedAttention:
         return PrefillPlan(
             batch=len(ql), total_q=indptr[-1], page_table=page_table,
             q_indptr=_to_device(indptr, self.device), kv_lens=_to_device(kl, self.device),
-            work=work, launch=(bm, rule.block_n, rule.num_warps, rule.num_stages,
-                               int(rule.tma)),
+            work=work, launch=PrefillLaunch(bm, rule.block_n, rule.num_warps,
+                                            rule.num_stages, int(rule.tma)),
             q_lens_host=tuple(ql), kv_lens_host=tuple(kl))
 
     def _check_table(self, page_table: torch.Tensor, kv_lens: list[int], where: str) -> None:
