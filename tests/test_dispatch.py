@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 import fuseinfer  # noqa: F401  (registers the norm table schema)
 from fuseinfer.dispatch import GpuIdentity, TableError, gpu_key, lookup, write_entry
 from fuseinfer.dispatch.identity import family_key
 from fuseinfer.dispatch.tables import load_table
-from fuseinfer.ops.norm.dispatch import BUILTIN, NormDispatch, NormLaunchRule
+from fuseinfer.ops.norm.dispatch import BUILTIN, NormDispatch, NormLaunchRule, push_to_device
 from fuseinfer.paths import tables_dir
 
 GIB = 1 << 30
@@ -129,15 +130,18 @@ def test_write_entry_roundtrip_and_refuses_invalid(tmp_path):
     assert load_table(path)["norm"] == entry  # the file was left as it was
 
 
-def test_rule_for_first_match_per_kind():
-    fused = (NormLaunchRule(4096, 256, 512, 1), NormLaunchRule(4096, None, 128, 1),
-             NormLaunchRule(None, None, 256, 1))
-    plain = (NormLaunchRule(None, None, 64, 2),)
-    entry = NormDispatch("test", True, plain, fused)
-    assert entry.rule_for(True, 4096, 1).threads_per_row == 512
-    assert entry.rule_for(True, 2048, 257).threads_per_row == 128
-    assert entry.rule_for(True, 8192, 1).threads_per_row == 256
-    assert entry.rule_for(False, 4096, 1).threads_per_row == 64
+def test_norm_push_hands_both_rule_lists_to_the_module(monkeypatch):
+    """push_to_device flattens the entry into _norm_configure's arguments: kind 0 for the
+    rmsnorm rules, 1 for the fused-add ones, in table order, null bounds as -1. (The rule
+    the C++ launcher then picks is checked through the op in tests/gpu/test_norm_gpu.py.)"""
+    calls = []
+    monkeypatch.setattr(torch.ops.fuseinfer, "_norm_configure",
+                        lambda *args: calls.append(args), raising=False)
+    plain = (NormLaunchRule(1024, 64, 32, 4), NormLaunchRule(None, None, 256, 1))
+    fused = (NormLaunchRule(None, 128, 512, 2), NormLaunchRule(None, None, 64, 8))
+    push_to_device(3, NormDispatch("test", False, plain, fused))
+    assert calls == [(3, [0, 0, 1, 1], [1024, -1, -1, -1], [64, -1, 128, -1],
+                      [32, 256, 512, 64], [4, 1, 2, 8], False)]
 
 
 def test_family_key():

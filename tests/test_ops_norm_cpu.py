@@ -1,12 +1,23 @@
-"""Norm ops on the CPU: schemas, reference against float64, checks, fake impls."""
+"""Norm ops on the CPU (rmsnorm, its Gemma and fused residual-add variants, qk_rmsnorm):
+schemas, the ops and references against float64 math written here, checks, fake impls,
+and the qk_rmsnorm Triton kernel run by Triton's interpreter against its reference."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
+import torch.nn.functional as F
 
 import fuseinfer
+from fuseinfer.ops import qk_rmsnorm
+from fuseinfer.ops.norm.qk_rmsnorm import launch_qk_rmsnorm, reference_qk_rmsnorm
 from fuseinfer.ops.norm.rmsnorm import reference_rmsnorm
+
+needs_interpreter = pytest.mark.skipif(
+    os.environ.get("TRITON_INTERPRET") != "1",
+    reason="a GPU is present: the GPU suite runs these kernels natively")
 
 OPS = ["rmsnorm", "gemma_rmsnorm", "fused_add_rmsnorm", "gemma_fused_add_rmsnorm"]
 EPS = 1e-6
@@ -177,3 +188,103 @@ def test_in_place_rmsnorm_is_allowed():
     want = float64_norm(x, w, 0.0)
     fuseinfer.ops.rmsnorm(x, w, out=x)
     assert rel_err(x, want) < 1e-6
+
+
+# ---- qk_rmsnorm ------------------------------------------------------------------------------
+
+def _qk_case(tokens=3, hq=4, hk=2, d=16, dtype=torch.float32):
+    qkv = torch.randn(tokens, (hq + 2 * hk) * d).to(dtype)
+    wq, wk = (torch.randn(d) * 0.5 + 1).to(dtype), (torch.randn(d) * 0.5 + 1).to(dtype)
+    return qkv, wq, wk
+
+
+def float64_qk_norm(qk, wq, wk, num_q_heads):
+    """Each head_dim slice of each row normalized in float64, q_weight for the first
+    num_q_heads heads and k_weight for the rest."""
+    heads = qk.double().reshape(qk.size(0), -1, wq.numel())
+    out = torch.cat([float64_norm(heads[:, :num_q_heads], wq, 0.0),
+                     float64_norm(heads[:, num_q_heads:], wk, 0.0)], dim=1)
+    return out.reshape(qk.shape)
+
+
+def test_qk_rmsnorm_reference_matches_per_head_rmsnorm():
+    qkv, wq, wk = _qk_case()
+    q, k = qkv[:, :64].reshape(3, 4, 16), qkv[:, 64:96].reshape(3, 2, 16)
+    want_q = F.rms_norm(q.double(), (16,), wq.double(), 1e-6)
+    want_k = F.rms_norm(k.double(), (16,), wk.double(), 1e-6)
+    got = reference_qk_rmsnorm(qkv[:, :96], wq, wk, 4, 1e-6).view(3, 6, 16).double()
+    torch.testing.assert_close(got[:, :4], want_q, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got[:, 4:], want_k, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_qk_rmsnorm_op_in_place_on_a_strided_view(dtype):
+    qkv, wq, wk = _qk_case(dtype=dtype)
+    v_before = qkv[:, 96:].clone()
+    want = float64_qk_norm(qkv[:, :96], wq, wk, 4)
+    qk_rmsnorm(qkv[:, :96], wq, wk, 4)
+    assert rel_err(qkv[:, :96], want) < REL[dtype]
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(qkv[:, :96].double(), want, rtol=tol, atol=tol)
+    assert torch.equal(qkv[:, 96:], v_before)  # the v columns are untouched
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(num_q_heads=6), "num_q_heads must be in"),
+    (dict(num_q_heads=0), "num_q_heads must be in"),
+    (dict(k_weight=torch.ones(8)), "must be the same 1-D"),
+    (dict(qk=torch.randn(3, 90)), "qk must be"),
+    (dict(eps=0.0), "eps must be > 0"),
+    (dict(q_weight=torch.ones(16, dtype=torch.float16), k_weight=torch.ones(16,
+          dtype=torch.float16)), "must have qk's dtype"),
+])
+def test_qk_rmsnorm_errors(bad, match):
+    qkv, wq, wk = _qk_case()
+    args = dict(qk=qkv[:, :96], q_weight=wq, k_weight=wk, num_q_heads=4, eps=1e-6) | bad
+    with pytest.raises(ValueError, match=match):
+        qk_rmsnorm(**args)
+
+
+def test_qk_rmsnorm_meta():
+    """The fake impl checks the arguments and returns nothing; qk is the one argument
+    the schema marks written, so tracing sees the in-place update."""
+    qk = torch.empty(2, 96, device="meta", dtype=torch.bfloat16)
+    w = torch.empty(16, device="meta", dtype=torch.bfloat16)
+    assert torch.ops.fuseinfer.qk_rmsnorm(qk, w, w, 4) is None
+    assert qk.shape == (2, 96) and qk.dtype == torch.bfloat16 and qk.device.type == "meta"
+    with pytest.raises(ValueError, match="num_q_heads must be in"):
+        qk_rmsnorm(qk, w, w, 6)
+    with pytest.raises(ValueError, match="must have qk's dtype"):
+        qk_rmsnorm(qk, w.float(), w.float(), 4)
+    schema = torch.ops.fuseinfer.qk_rmsnorm.default._schema
+    written = [a.name for a in schema.arguments
+               if a.alias_info is not None and a.alias_info.is_write]
+    assert written == ["qk"] and len(schema.returns) == 0
+
+
+def test_qk_rmsnorm_under_torch_compile_fullgraph():
+    """Traced through the fake impl, the in-place update of a view of qkv reaches qkv."""
+    _, wq, wk = _qk_case(dtype=torch.bfloat16)
+
+    def attention_prologue(qkv):
+        qk_rmsnorm(qkv[:, :96], wq, wk, 4)
+        return qkv[:, :64] * 2
+
+    qkv = _qk_case(dtype=torch.bfloat16)[0]
+    want_qkv, got_qkv = qkv.clone(), qkv.clone()
+    want = attention_prologue(want_qkv)
+    got = torch.compile(attention_prologue, fullgraph=True, backend="aot_eager")(got_qkv)
+    assert torch.equal(got, want) and torch.equal(got_qkv, want_qkv)
+    assert not torch.equal(got_qkv, qkv)
+
+
+@needs_interpreter
+@pytest.mark.parametrize("hq, hk, d", [(4, 2, 16), (16, 8, 32), (2, 1, 64)])
+def test_qk_rmsnorm_kernel_interpreted(hq, hk, d):
+    qkv, wq, wk = _qk_case(tokens=3, hq=hq, hk=hk, d=d)
+    width = (hq + hk) * d
+    v_before = qkv[:, width:].clone()
+    want = reference_qk_rmsnorm(qkv[:, :width], wq, wk, hq, 1e-6)
+    launch_qk_rmsnorm(qkv[:, :width], wq, wk, hq, 1e-6, pdl=False)
+    torch.testing.assert_close(qkv[:, :width], want, rtol=1e-5, atol=1e-5)
+    assert torch.equal(qkv[:, width:], v_before)

@@ -1,7 +1,12 @@
 """Norm kernels on the GPU against a float64 oracle: dtypes, odd sizes, strided rows,
-poisoned outputs, every launch shape, PDL on and off, CUDA graphs, torch.compile."""
+poisoned outputs, every launch shape, the pushed table deciding the launch, PDL on and
+off, CUDA graphs, torch.compile; and qk_rmsnorm (Triton) against its float32 reference
+over model shapes, dtypes and strided views."""
 
 from __future__ import annotations
+
+import json
+from functools import partial
 
 import pytest
 import torch
@@ -9,7 +14,9 @@ from norm_oracle import assert_close, oracle
 
 import fuseinfer
 from fuseinfer.bench.suites.norm_tune import candidates
+from fuseinfer.ops import qk_rmsnorm
 from fuseinfer.ops.norm.dispatch import NormDispatch, NormLaunchRule, effective, push_to_device
+from fuseinfer.ops.norm.qk_rmsnorm import reference_qk_rmsnorm
 
 EPS = 1e-6
 DTYPES = [torch.bfloat16, torch.float16, torch.float32]
@@ -101,6 +108,51 @@ def test_every_launch_shape(hidden):
         push_to_device(device, effective(device))
 
 
+def _kernel_launches(fn, tmp_path) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
+    """(grid, block) of every norm kernel `fn` launches, as the profiler recorded them."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    trace = tmp_path / "trace.json"
+    prof.export_chrome_trace(str(trace))
+    events = json.loads(trace.read_text())["traceEvents"]
+    return [(tuple(e["args"]["grid"]), tuple(e["args"]["block"])) for e in events
+            if e.get("cat") == "kernel" and "rmsnorm" in e["name"]]
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_launch_follows_the_pushed_table(fused, tmp_path):
+    """The C++ launcher takes the first rule of the op's kind whose bounds hold: each token
+    count below gets its rule's (threads_per_row, rows_per_block) as its block shape, and
+    the other kind's rules are never used. hidden 4096 bf16 takes the vector path with at
+    most 4 vectors per thread, so the launcher keeps these shapes as they are."""
+    device = torch.cuda.current_device()
+    hidden = 4096
+    rules = (NormLaunchRule(8192, 64, 128, 2), NormLaunchRule(2048, None, 512, 1),
+             NormLaunchRule(None, 256, 64, 4), NormLaunchRule(None, None, 256, 1))
+    other = (NormLaunchRule(None, None, 32, 8),)
+    table = NormDispatch("test", True, other, rules) if fused else \
+        NormDispatch("test", True, rules, other)
+    w = torch.randn(hidden, device="cuda", dtype=torch.bfloat16)
+    _run_out_of_place("rmsnorm", torch.randn(1, hidden, device="cuda"), w.float())  # loaded
+    want = {64: ((32, 1, 1), (128, 2, 1)), 200: ((50, 1, 1), (64, 4, 1)),
+            300: ((300, 1, 1), (256, 1, 1))}
+    try:
+        push_to_device(device, table)
+        for tokens, launch in want.items():
+            x = torch.randn(tokens, hidden, device="cuda", dtype=torch.bfloat16)
+            r = torch.randn_like(x)
+            call = partial(_run_fused, "fused_add_rmsnorm", x, r, w, False) if fused else \
+                partial(_run_out_of_place, "rmsnorm", x, w, False)
+            seen = _kernel_launches(call, tmp_path)
+            assert seen == [launch], f"{tokens} tokens"
+    finally:
+        push_to_device(device, effective(device))
+
+
 @pytest.mark.parametrize("op", ["rmsnorm", "fused_add_rmsnorm"])
 @pytest.mark.parametrize("hidden", [4096, 4095])
 def test_pdl_on_off_identical(op, hidden):
@@ -174,3 +226,41 @@ def test_bad_input_errors(case):
             torch.ops.fuseinfer.fused_add_rmsnorm(buf[:8], buf[1:9], w, EPS, None)
         else:
             torch.ops.fuseinfer.rmsnorm(bad[0], bad[1], bad[2], EPS, None)
+
+
+# ---- qk_rmsnorm (Triton) ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("tokens, hq, hk, d", [(1, 16, 8, 128), (33, 32, 8, 128),
+                                               (4, 64, 4, 64), (2, 8, 1, 256)])
+def test_qk_rmsnorm(dtype, tokens, hq, hk, d):
+    qkv = torch.randn(tokens, (hq + 2 * hk) * d, device="cuda", dtype=dtype)
+    wq = torch.randn(d, device="cuda", dtype=dtype) * 0.3 + 1
+    wk = torch.randn(d, device="cuda", dtype=dtype) * 0.3 + 1
+    width = (hq + hk) * d
+    want = reference_qk_rmsnorm(qkv[:, :width], wq, wk, hq, 1e-6)
+    results = []
+    for pdl in (True, False):
+        buf = qkv.clone()
+        qk_rmsnorm(buf[:, :width], wq, wk, hq, 1e-6, enable_pdl=pdl)
+        assert torch.equal(buf[:, width:], qkv[:, width:])
+        results.append(buf)
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(results[0][:, :width].float(), want, rtol=tol, atol=tol)
+    assert torch.equal(results[0], results[1])
+
+
+def test_qk_rmsnorm_replays_in_a_cuda_graph():
+    qkv = torch.randn(8, 32 * 128, device="cuda", dtype=torch.bfloat16)
+    wq = torch.rand(128, device="cuda", dtype=torch.bfloat16) + 0.5
+    wk = torch.rand(128, device="cuda", dtype=torch.bfloat16) + 0.5
+    work = qkv.clone()
+    qk_rmsnorm(work[:, :24 * 128], wq, wk, 16)  # compile outside the capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        qk_rmsnorm(work[:, :24 * 128], wq, wk, 16)
+    work.copy_(qkv)
+    graph.replay()
+    want = reference_qk_rmsnorm(qkv[:, :24 * 128], wq, wk, 16, 1e-6)
+    torch.testing.assert_close(work[:, :24 * 128].float(), want, rtol=2e-2, atol=2e-2)
+    assert torch.equal(work[:, 24 * 128:], qkv[:, 24 * 128:])

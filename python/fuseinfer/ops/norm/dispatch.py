@@ -47,7 +47,9 @@ def _check_rules(rules: tuple[NormLaunchRule, ...], where: str) -> None:
 @dataclass(frozen=True)
 class NormDispatch:
     """Launch rules of the plain RMSNorm ops (rmsnorm, gemma_rmsnorm) and of the fused
-    residual-add ones, tuned apart: they move two and four rows of data per row."""
+    residual-add ones, tuned apart: they move two and four rows of data per row. The CUDA
+    module picks a rule (pick_shape in csrc/norm/norm_ops.cu: the first of the op's kind
+    whose bounds hold) from the table that push_to_device hands it."""
 
     source: str
     enable_pdl: bool
@@ -57,18 +59,6 @@ class NormDispatch:
     def validate(self, where: str) -> None:
         _check_rules(self.rmsnorm_rules, f"{where}.rmsnorm_rules")
         _check_rules(self.fused_add_rules, f"{where}.fused_add_rules")
-
-    def rules(self, fused: bool) -> tuple[NormLaunchRule, ...]:
-        return self.fused_add_rules if fused else self.rmsnorm_rules
-
-    def rule_for(self, fused: bool, hidden: int, tokens: int) -> NormLaunchRule:
-        rules = self.rules(fused)
-        for rule in rules:
-            if (rule.max_hidden is None or hidden <= rule.max_hidden) and (
-                rule.max_tokens is None or tokens <= rule.max_tokens
-            ):
-                return rule
-        return rules[-1]
 
 
 def _rule(hidden: int | None, tokens: int | None, tpr: int, rpb: int) -> NormLaunchRule:

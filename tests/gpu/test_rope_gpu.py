@@ -1,11 +1,12 @@
-"""RoPE, fused RoPE + KV write and store_kv_cache on the GPU against the CPU reference
-(itself checked against float64 in the CPU suite): styles, partial rotary, GQA, strided
-qkv views, paged and flat caches, FP8, int32/int64 indices, every launch shape, PDL."""
+"""RoPE and fused RoPE + KV write on the GPU against the CPU reference (itself checked
+against float64 in the CPU suite): styles, partial rotary, GQA, strided qkv views, paged
+and flat caches, FP8, int32/int64 indices, every launch shape, PDL, CUDA graphs."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from qkv_cases import assert_close, cpu_run, make_case
 
 import fuseinfer
 from fuseinfer.ops.rope.dispatch import (
@@ -14,46 +15,6 @@ from fuseinfer.ops.rope.dispatch import (
     RopeLaunchRule,
     push_rope,
 )
-
-TOL = {torch.bfloat16: 2e-2, torch.float16: 2e-3, torch.float32: 1e-5}
-
-
-def cos_sin(max_pos: int, rotary_dim: int, base: float = 10000.0) -> torch.Tensor:
-    inv = 1.0 / base ** (torch.arange(0, rotary_dim, 2, dtype=torch.float64) / rotary_dim)
-    ang = torch.arange(max_pos, dtype=torch.float64)[:, None] * inv
-    return torch.cat((ang.cos(), ang.sin()), dim=-1).float().cuda()
-
-
-def make_case(tokens, q_heads, k_heads, head, rotary, dtype, cache="flat", cache_dtype=None,
-              index_dtype=torch.int64, pad=0):
-    width = (q_heads + 2 * k_heads) * head
-    qkv = torch.randn(tokens, width + pad, device="cuda", dtype=dtype)
-    q = qkv[:, : q_heads * head]
-    k = qkv[:, q_heads * head: (q_heads + k_heads) * head]
-    v = qkv[:, (q_heads + k_heads) * head: width]
-    slots = max(2 * tokens, 16)
-    cache_dtype = cache_dtype or dtype
-    shape = (slots // 4, 4, k_heads, head) if cache == "paged" else (slots, k_heads, head)
-    kc = torch.full(shape, float("nan"), device="cuda").to(cache_dtype)
-    vc = torch.full(shape, float("nan"), device="cuda").to(cache_dtype)
-    loc = torch.randperm(slots, device="cuda")[:tokens].to(index_dtype)
-    pos = torch.randint(0, 4096, (tokens,), device="cuda").to(index_dtype)
-    return qkv, q, k, v, kc, vc, loc, pos, cos_sin(4096, rotary)
-
-
-def cpu_run(args, head, is_neox, scales=(None, None)):
-    cpu = [t.cpu().clone() if isinstance(t, torch.Tensor) else t for t in args]
-    qkv, q, k, v, kc, vc, loc, pos, cs = cpu
-    q, k, v = (t.as_strided(s.shape, s.stride(), s.storage_offset()) for t, s in
-               ((qkv, args[1]), (qkv, args[2]), (qkv, args[3])))
-    ks, vs = (s.cpu() if s is not None else None for s in scales)
-    fuseinfer.ops.rope_with_cos_sin_cache(pos, q, k, head, cs, is_neox, v, kc, vc, loc, ks, vs)
-    return qkv, kc, vc
-
-
-def assert_close(got, want, dtype):
-    assert not torch.isnan(got.float()).any()
-    torch.testing.assert_close(got.float().cpu(), want.float(), atol=TOL[dtype], rtol=TOL[dtype])
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
@@ -108,38 +69,6 @@ def test_fp8_cache_with_scales():
                        [rows.cpu()].float())
 
 
-@pytest.mark.parametrize("cache_dtype", [torch.bfloat16, torch.float8_e4m3fn])
-@pytest.mark.parametrize("cache", ["flat", "paged"])
-@pytest.mark.parametrize("tokens", [1, 5, 1000])
-def test_store_kv_cache(tokens, cache, cache_dtype):
-    case = make_case(tokens, 4, 8, 128, 128, torch.bfloat16, cache=cache,
-                     cache_dtype=cache_dtype, pad=8)
-    _, _, k, v, kc, vc, loc, _, _ = case
-    scale = torch.tensor([0.1], device="cuda") if cache_dtype != torch.bfloat16 else None
-    want_kc, want_vc = kc.cpu().clone(), vc.cpu().clone()
-    fuseinfer.ops.store_kv_cache(want_kc, want_vc, loc.cpu(), k.cpu(), v.cpu(), scale and
-                                 scale.cpu(), scale and scale.cpu())
-    fuseinfer.ops.store_kv_cache(kc, vc, loc, k, v, scale, scale)
-    rows = loc.long()
-    for got, want in ((kc, want_kc), (vc, want_vc)):
-        g = got.view(-1, 1024)[rows].cpu().float()
-        w = want.view(-1, 1024)[rows.cpu()].float()
-        assert ((g - w).abs() > 0).float().mean() < 0.01
-    untouched = torch.ones(kc.view(-1, 1024).size(0), dtype=torch.bool)
-    untouched[rows.cpu()] = False
-    assert torch.isnan(kc.view(-1, 1024)[untouched.cuda()].float()).all()
-
-
-def test_store_misaligned_rows_take_scalar_path():
-    k = torch.randn(9, 3 * 130 + 1, device="cuda", dtype=torch.bfloat16)[:, 1:]
-    v = torch.randn(9, 390, device="cuda", dtype=torch.bfloat16)
-    kc = torch.zeros(20, 390, device="cuda", dtype=torch.bfloat16)
-    vc = torch.zeros_like(kc)
-    loc = torch.arange(9, device="cuda", dtype=torch.int32) * 2
-    fuseinfer.ops.store_kv_cache(kc, vc, loc, k, v)
-    assert torch.equal(kc[loc.long()], k) and torch.equal(vc[loc.long()], v)
-
-
 @pytest.mark.parametrize("rule", [(1, 1, 32), (1, 2, 64), (1, 0, 128), (4, 0, 256),
                                   (16, 0, 1024), (1, 5, 96)])
 def test_every_launch_shape(rule):
@@ -171,7 +100,6 @@ def test_pdl_on_off_identical_and_graph_capture():
         qkv.copy_(start)
         fuseinfer.ops.rope_with_cos_sin_cache(pos, q, k, 128, cs, True, v, kc, vc, loc,
                                               enable_pdl=pdl)
-        fuseinfer.ops.store_kv_cache(kc, vc, loc, k, v, enable_pdl=pdl)
         results.append((qkv.clone(), kc.clone()))
     assert torch.equal(results[0][0], results[1][0])
     assert torch.equal(results[0][1].view(-1, 256)[loc.long()],

@@ -1,0 +1,123 @@
+"""small_batch_linear on the CPU: the op (plain, with the SiLU-and-mul prologue, with the
+RMSNorm and add + RMSNorm prologues) against float64 math written here, the argument
+errors and meta shapes, and the Triton kernel run by Triton's interpreter against the
+reference (poisoned outputs, strided rows)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from fuseinfer.ops import small_batch_linear
+from fuseinfer.ops.linear.small_batch_linear import (
+    launch_small_batch_linear,
+    reference_small_batch_linear,
+)
+
+needs_interpreter = pytest.mark.skipif(
+    os.environ.get("TRITON_INTERPRET") != "1",
+    reason="a GPU is present: the GPU suite runs these kernels natively")
+
+EPS = 1e-6
+
+
+def float64_rmsnorm(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    xd = x.double()
+    return xd / torch.sqrt((xd * xd).mean(-1, keepdim=True) + EPS) * w.double()
+
+
+def test_small_batch_linear_op_and_errors():
+    x, w = torch.randn(3, 40, dtype=torch.float64), torch.randn(24, 40, dtype=torch.float64)
+    xb, wb = x.to(torch.bfloat16), w.to(torch.bfloat16)
+    out = small_batch_linear(xb, wb)
+    want = (xb.double() @ wb.double().t()).to(torch.bfloat16)
+    torch.testing.assert_close(out, want)
+    with pytest.raises(ValueError, match="M <= 8"):
+        small_batch_linear(torch.randn(9, 40), torch.randn(24, 40))
+    with pytest.raises(ValueError, match=r"weight must be \[N, 40\]"):
+        small_batch_linear(torch.randn(2, 40), torch.randn(24, 41))
+    with pytest.raises(ValueError, match="share a float dtype"):
+        small_batch_linear(torch.randn(2, 40), torch.randn(24, 40, dtype=torch.float16))
+    with pytest.raises(ValueError, match="contiguous last dim"):
+        small_batch_linear(torch.randn(2, 40), torch.randn(40, 24).t())
+    assert small_batch_linear(torch.empty(2, 40, device="meta"),
+                              torch.empty(24, 40, device="meta")).shape == (2, 24)
+
+
+def test_small_batch_linear_with_silu_mul():
+    x, w = torch.randn(2, 2 * 24), torch.randn(10, 24)
+    xd = x.double()
+    act = xd[:, :24] / (1.0 + torch.exp(-xd[:, :24])) * xd[:, 24:]
+    want = act @ w.double().t()
+    got = small_batch_linear(x, w, silu_mul=True)
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match=r"weight must be \[N, 24\]"):
+        small_batch_linear(x, torch.randn(10, 48), silu_mul=True)
+
+
+def test_small_batch_linear_norm_prologues():
+    x, res, w = torch.randn(2, 32), torch.randn(2, 32), torch.randn(12, 32)
+    nw = torch.rand(32) + 0.5
+    wd = w.double().t()
+    torch.testing.assert_close(small_batch_linear(x, w, norm_weight=nw).double(),
+                               float64_rmsnorm(x, nw) @ wd, rtol=1e-5, atol=1e-5)
+    out, new_res = small_batch_linear(x, w, norm_weight=nw, residual=res)
+    torch.testing.assert_close(new_res.double(), x.double() + res.double())
+    torch.testing.assert_close(out.double(), float64_rmsnorm(new_res, nw) @ wd, rtol=1e-5,
+                               atol=1e-5)
+    with pytest.raises(ValueError, match="needs norm_weight"):
+        torch.ops.fuseinfer.small_batch_linear(torch.empty(2, 12), x, w, residual=res,
+                                               residual_out=torch.empty(2, 32))
+    with pytest.raises(ValueError, match="must not be residual"):
+        torch.ops.fuseinfer.small_batch_linear(torch.empty(2, 12), x, w, norm_weight=nw,
+                                               residual=res, residual_out=res)
+    with pytest.raises(ValueError, match="norm_weight must be"):
+        small_batch_linear(x, w, norm_weight=torch.ones(31))
+
+
+def test_small_batch_linear_bf16_prologues_round_like_their_own_kernels():
+    """With bf16 x, each prologue's result is rounded to bf16 before the matmul, as the
+    kernel it replaces would store it: the add's sum exactly, then the norm."""
+    x, res = torch.randn(3, 64).bfloat16(), torch.randn(3, 64).bfloat16()
+    w, nw = torch.randn(16, 64).bfloat16(), (torch.rand(64) + 0.5).bfloat16()
+    out, new_res = small_batch_linear(x, w, norm_weight=nw, residual=res)
+    assert torch.equal(new_res, (x.double() + res.double()).bfloat16())
+    normed = float64_rmsnorm(new_res, nw).bfloat16().double()
+    torch.testing.assert_close(out.double(), normed @ w.double().t(), rtol=1e-2, atol=2e-2)
+
+
+@needs_interpreter
+@pytest.mark.parametrize("m, n, k", [(1, 37, 1000), (8, 70, 64), (5, 16, 3000)])
+def test_small_batch_linear_kernel_interpreted(m, n, k):
+    x = torch.randn(m, k + 8)[:, :k]  # strided rows
+    w = torch.randn(n, k)
+    out = torch.full((m, n), float("nan"))
+    launch_small_batch_linear(out, x, w, pdl=False)
+    torch.testing.assert_close(out, reference_small_batch_linear(x, w)[0], rtol=1e-4, atol=1e-3)
+
+
+@needs_interpreter
+def test_small_batch_linear_silu_mul_kernel_interpreted():
+    x, w = torch.randn(3, 2 * 300), torch.randn(20, 300)
+    out = torch.full((3, 20), float("nan"))
+    launch_small_batch_linear(out, x, w, pdl=False, silu_mul=True)
+    torch.testing.assert_close(out, reference_small_batch_linear(x, w, silu_mul=True)[0],
+                               rtol=1e-4, atol=1e-3)
+
+
+@needs_interpreter
+@pytest.mark.parametrize("with_residual", [False, True])
+def test_small_batch_linear_norm_kernel_interpreted(with_residual):
+    x, w = torch.randn(3, 300), torch.randn(40, 300)
+    nw, res = torch.rand(300) + 0.5, torch.randn(3, 300)
+    out = torch.full((3, 40), float("nan"))
+    res_out = torch.full((3, 300), float("nan")) if with_residual else None
+    launch_small_batch_linear(out, x, w, pdl=False, norm_weight=nw,
+                              residual=res if with_residual else None, residual_out=res_out)
+    want, want_res = reference_small_batch_linear(x, w, norm_weight=nw,
+                                                  residual=res if with_residual else None)
+    torch.testing.assert_close(out, want, rtol=1e-4, atol=1e-3)
+    if with_residual:
+        torch.testing.assert_close(res_out, want_res)
