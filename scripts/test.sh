@@ -1,13 +1,24 @@
 #!/usr/bin/env bash
 # Set up (see setup_env.sh) and run the CPU test suite; with nvcc present, first check that
 # every CUDA module compiles (no GPU needed). Extra arguments go to pytest.
+#
+# The compile check remembers each module that passed (a stamp under the fuseinfer cache
+# dir, keyed by its sources, flags, nvcc, torch and CUTLASS), so with nothing changed it
+# takes seconds; `python -m fuseinfer.jit.compile_check -v` prints every kernel's
+# registers. FUSEINFER_SKIP_COMPILE_CHECK=1 skips it.
 set -euo pipefail
 . "$(dirname "$0")/setup_env.sh"
 
-if python -c "from fuseinfer.jit.compile_check import _toolkit_without_torch_cuda as t; t()" \
+if [ "${FUSEINFER_SKIP_COMPILE_CHECK:-0}" = 1 ]; then
+  echo "test: FUSEINFER_SKIP_COMPILE_CHECK=1, skipping the CUDA compile check"
+elif python -c "from fuseinfer.jit.compile_check import _toolkit_without_torch_cuda as t; t()" \
     >/dev/null 2>&1; then
   python -m fuseinfer.jit.compile_check
 else
   echo "test: nvcc not found, skipping the CUDA compile check (the CPU suite still runs)"
 fi
-python -m pytest -q "$@"
+status=0
+python -m pytest -q "$@" || status=$?
+echo "test: the deselected tests are the GPU suite (tests/gpu/, marker 'gpu'): run them" \
+  "on a machine with a CUDA GPU with 'python -m pytest -m gpu'"
+exit "$status"

@@ -1,5 +1,6 @@
 """Build machinery without a GPU: module specs, ninja files with per-file flags, cache
-keys, build-once under concurrency, toolkit errors and prebuilt matching."""
+keys, build-once under concurrency, toolkit errors, prebuilt matching, and the compile
+check's ptxas summary and stamps (nvcc and ninja faked)."""
 
 from __future__ import annotations
 
@@ -12,12 +13,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from fuseinfer.jit import ToolkitError, toolkit
+from fuseinfer.jit import BuildError, ToolkitError, compile_check, toolkit
 from fuseinfer.jit.arch import arch_name, device_arch, gencode_flags
 from fuseinfer.jit.cache import BuildKey, build_once, cached_builds, library_path
+from fuseinfer.jit.compile_stamp import check_digest
 from fuseinfer.jit.loader import _matching_prebuilt, prebuilt_metadata
 from fuseinfer.jit.module_spec import all_specs, load_spec
 from fuseinfer.jit.ninja_build import BuildPlan, write_ninja
+from fuseinfer.jit.ptxas_report import ModuleReport, parse_ptxas
 
 
 def _spec_with_two_sources(tmp_path: Path):
@@ -168,3 +171,125 @@ def test_prebuilt_taken_only_when_it_matches(tmp_path, monkeypatch):
     for field, value in (("torch", "0.0.0"), ("sources_digest", "stale"), ("cuda", "12.8")):
         (tmp_path / "norm.json").write_text(json.dumps(meta | {field: value}))
         assert _matching_prebuilt(spec, "9.0a") is None
+
+
+# ---- compile check: ptxas summary and the stamp that skips unchanged modules --------------
+
+PTXAS_LOG = """ptxas info    : 0 bytes gmem
+ptxas info    : Compiling entry function '_Z4fastPf' for 'sm_90a'
+ptxas info    : Function properties for _Z4fastPf
+    0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads
+ptxas info    : Used 40 registers, used 1 barriers, 1024 bytes smem, 380 bytes cmem[0]
+ptxas info    : Compiling entry function '_Z5plainPf' for 'sm_90a'
+ptxas info    : Function properties for _Z5plainPf
+    0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads
+ptxas info    : Used 18 registers, 380 bytes cmem[0]
+"""
+SPILLING_LOG = PTXAS_LOG.replace("0 bytes spill stores, 0 bytes spill loads",
+                                 "8 bytes spill stores, 12 bytes spill loads", 1)
+NVCC = "Cuda compilation tools, release 13.0, V13.0.48"
+
+
+def test_ptxas_report_summary_and_spills():
+    report = parse_ptxas("quant", PTXAS_LOG)
+    assert [(k.name, k.registers, k.smem_bytes) for k in report.kernels] == [
+        ("_Z4fastPf", 40, 1024), ("_Z5plainPf", 18, 0)]
+    assert report.summary() == ("quant: 2 kernels, at most 40 registers and 1024 B shared "
+                                "memory, no spills")
+    assert report.spilling() == [] and len(report.details()) == 2
+    assert ModuleReport.from_json(report.to_json()) == report
+    spilled = parse_ptxas("quant", SPILLING_LOG)
+    assert spilled.spilling() == ["_Z4fastPf"] and "1 spill registers" in spilled.summary()
+    assert "SPILLS 8 B stored, 12 B loaded" in spilled.details()[0]
+    loose = parse_ptxas("quant", "    0 bytes stack frame, 4 bytes spill stores, "
+                                 "4 bytes spill loads\n" + PTXAS_LOG)
+    assert loose.spilling() == ["a device function"]
+
+
+def test_check_digest_tracks_sources_flags_and_nvcc(tmp_path):
+    spec = _spec_with_two_sources(tmp_path)
+    plan = BuildPlan(spec=spec, toolkit=_fake_toolkit(tmp_path), archs=("9.0a",))
+    base = check_digest(plan, NVCC, False)
+    assert check_digest(plan, NVCC, False) == base
+    # the header shim lives in a fresh temporary folder each run: only its use counts
+    assert check_digest(replace(plan, extra_includes=(tmp_path / "elsewhere",)), NVCC,
+                        False) == base
+    assert check_digest(plan, NVCC, True) != base
+    assert check_digest(plan, NVCC.replace("V13.0.48", "V13.0.88"), False) != base
+    assert check_digest(replace(plan, archs=("10.0a",)), NVCC, False) != base
+    fast = replace(spec.sources[1], flags=("--use_fast_math", "-DX"))
+    flags_changed = replace(plan, spec=replace(spec, sources=(spec.sources[0], fast)))
+    assert check_digest(flags_changed, NVCC, False) != base
+    spec.sources[0].path.write_text("// changed\n")
+    after_source = check_digest(plan, NVCC, False)
+    assert after_source != base
+    (spec.include_dirs[0] / "helper.cuh").write_text("// a header the sources include\n")
+    assert check_digest(plan, NVCC, False) != after_source
+
+
+class _FakeNinja:
+    """Stands in for run_ninja: writes `log` as the build log and counts the compiles."""
+
+    def __init__(self, log: str) -> None:
+        self.log = log
+        self.compiled: list[str] = []
+
+    def __call__(self, plan, folder, output, compile_only=False, verbose=False, quiet=False):
+        assert compile_only and quiet and plan.spec.sources[0].flags[-2:] == ("-Xptxas", "-v")
+        if self.log == "error":
+            raise BuildError("building CUDA module 'quant' failed:\nerror: expected ';'")
+        self.compiled.append(plan.spec.name)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "build.log").write_text(self.log)
+        return 0.0
+
+
+def _fake_check(tmp_path, monkeypatch, log: str):
+    spec = _spec_with_two_sources(tmp_path)
+    ninja = _FakeNinja(log)
+    monkeypatch.setattr(compile_check, "all_specs", lambda: {"quant": spec})
+    monkeypatch.setattr(compile_check, "_toolkit_without_torch_cuda",
+                        lambda: _fake_toolkit(tmp_path))
+    monkeypatch.setattr(compile_check, "nvcc_version_text", lambda nvcc: NVCC)
+    monkeypatch.setattr(compile_check, "run_ninja", ninja)
+    monkeypatch.delenv(compile_check.SKIP_VARIABLE, raising=False)
+    return spec, ninja
+
+
+def test_compile_check_compiles_again_only_when_something_changed(
+        tmp_path, monkeypatch, isolated_cache, capsys):
+    spec, ninja = _fake_check(tmp_path, monkeypatch, PTXAS_LOG)
+    assert compile_check.main([]) == 0 and ninja.compiled == ["quant"]
+    out = capsys.readouterr().out
+    assert "quant: 2 kernels, at most 40 registers" in out and "(compiled in" in out
+    assert "_Z4fastPf" not in out  # one line per module; the kernels with -v
+    assert (isolated_cache / "compile_check" / "quant-sm90a.json").is_file()
+    assert compile_check.main(["-v"]) == 0 and ninja.compiled == ["quant"]
+    out = capsys.readouterr().out
+    assert "(unchanged since it passed)" in out and "_Z4fastPf" in out
+    assert compile_check.main(["--arch", "10.0a"]) == 0 and len(ninja.compiled) == 2
+    spec.sources[1].path.write_text("// edited\n")
+    assert compile_check.main([]) == 0 and len(ninja.compiled) == 3
+    assert compile_check.main([]) == 0 and len(ninja.compiled) == 3
+    assert compile_check.main(["--force"]) == 0 and len(ninja.compiled) == 4
+
+
+@pytest.mark.parametrize("log, message", [(SPILLING_LOG, "register spills in _Z4fastPf"),
+                                          ("error", "quant: FAILED")])
+def test_compile_check_fails_and_stamps_nothing(tmp_path, monkeypatch, isolated_cache, capsys,
+                                                log, message):
+    _, ninja = _fake_check(tmp_path, monkeypatch, log)
+    assert compile_check.main([]) == 1
+    out = capsys.readouterr().out
+    assert message in out and "compile check FAILED: quant" in out
+    assert not (isolated_cache / "compile_check" / "quant-sm90a.json").exists()
+    ninja.log = PTXAS_LOG
+    assert compile_check.main([]) == 0 and ninja.compiled[-1] == "quant"
+
+
+def test_compile_check_can_be_skipped(monkeypatch, capsys):
+    monkeypatch.setenv(compile_check.SKIP_VARIABLE, "1")
+    monkeypatch.setattr(compile_check, "_toolkit_without_torch_cuda",
+                        lambda: pytest.fail("the skipped check looked for nvcc"))
+    assert compile_check.main([]) == 0
+    assert "skipped (FUSEINFER_SKIP_COMPILE_CHECK=1)" in capsys.readouterr().out

@@ -123,14 +123,16 @@ def write_ninja(plan: BuildPlan, folder: Path, output: Path, compile_only: bool 
 
 
 def run_ninja(plan: BuildPlan, folder: Path, output: Path, compile_only: bool = False,
-              verbose: bool = False) -> float:
-    """Build in `folder`; returns seconds taken. Raises BuildError with the compiler's output."""
+              verbose: bool = False, quiet: bool = False) -> float:
+    """Build in `folder`; returns seconds taken. Raises BuildError with the compiler's output.
+    `quiet`: no progress lines on stderr (the caller reports)."""
     folder.mkdir(parents=True, exist_ok=True)
     write_ninja(plan, folder, output, compile_only)
     what = "compiling" if compile_only else "building"
     archs = "/".join("sm_" + a.replace(".", "") for a in plan.archs)
-    print(f"fuseinfer: {what} CUDA module '{plan.spec.name}' for {archs} "
-          f"in {folder} ...", file=sys.stderr, flush=True)
+    if not quiet:
+        print(f"fuseinfer: {what} CUDA module '{plan.spec.name}' for {archs} "
+              f"in {folder} ...", file=sys.stderr, flush=True)
     start = time.perf_counter()
     cmd = [find_ninja(), "-C", str(folder)] + (["-v"] if verbose else [])
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -140,6 +142,7 @@ def run_ninja(plan: BuildPlan, folder: Path, output: Path, compile_only: bool = 
         tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-60:])
         raise BuildError(f"building CUDA module '{plan.spec.name}' failed (log: {log}):\n{tail}")
     seconds = time.perf_counter() - start
-    print(f"fuseinfer: {what} '{plan.spec.name}' done in {seconds:.1f} s", file=sys.stderr,
-          flush=True)
+    if not quiet:
+        print(f"fuseinfer: {what} '{plan.spec.name}' done in {seconds:.1f} s",
+              file=sys.stderr, flush=True)
     return seconds
