@@ -23,7 +23,10 @@ class FinishReason(enum.StrEnum):  # a str: JSON and f-strings give "stop", "len
 TokenLogprob = tuple[float, list[tuple[int, float]]]
 
 
-@dataclass(frozen=True)
+# Not frozen: one is built per request per step, and a frozen dataclass's __init__ costs
+# about three times as much (~1 us more each, ~0.3 ms a step at batch 256). Read-only by
+# convention.
+@dataclass(slots=True)
 class RequestDelta:
     rid: int
     new_tokens: list[int]
