@@ -10,7 +10,7 @@ import argparse
 import sys
 from typing import Any
 
-from .registry import Suite, registered_suites
+from .registry import Command, Suite, registered_suites
 from .tuning import add_tune_output_options
 
 NO_GPU_EXIT = 2
@@ -41,15 +41,16 @@ def add_tune_parser(sub: Any) -> None:
                           "dispatch table entry")
     ops = tune.add_subparsers(dest="op", metavar="OP", required=True)
     for suite in registered_suites():
-        if suite.tune is None:
+        tuner = suite.tune
+        if tuner is None:
             continue
-        parser = ops.add_parser(suite.name, help=suite.tune.help)
-        suite.tune.add_arguments(parser)
+        parser = ops.add_parser(suite.name, help=tuner.help)
+        tuner.add_arguments(parser)
         add_tune_output_options(parser)
-        parser.set_defaults(handler=lambda args, s=suite: _run(s, "tune", s.tune.run, args))
+        parser.set_defaults(handler=lambda args, s=suite, t=tuner: _run(s, "tune", t.run, args))
 
 
-def _run(suite: Suite, command: str, run: Any, args: argparse.Namespace) -> int:
+def _run(suite: Suite, command: str, run: Command, args: argparse.Namespace) -> int:
     # Tuning always needs the GPU; a bench suite says whether it does.
     if (command == "tune" or suite.needs_gpu) and not has_cuda_gpu():
         print(f"fuseinfer {command} {suite.name}: no CUDA GPU found, and this command needs "
