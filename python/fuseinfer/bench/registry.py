@@ -5,7 +5,7 @@ A suite module registers itself when imported:
     register_suite(Suite(name="norm", help="...", add_arguments=add_arguments, run=run,
                          tune=Tuner(help="...", add_arguments=..., run=...)))
 
-and its module is listed once in `bench/suites/__init__.py` (SUITE_MODULES). The command
+and a family suite file in `bench/suites/` is found by name (SUITE_MODULES). The command
 line (`bench/cli.py`) is built from what is registered; it holds no per-suite code.
 """
 
