@@ -23,8 +23,9 @@ _OPENAI_FINISH = {FinishReason.STOP: "stop", FinishReason.LENGTH: "length"}
 
 
 def openai_finish_reason(reason: FinishReason | None) -> str | None:
-    """"stop" or "length" (None while running). ABORT and REJECTED are not finish reasons
-    a client knows: `finish_error` turns them into errors before any response shows them."""
+    """The OpenAI finish reason, `stop` or `length` (None while running). ABORT and REJECTED
+    are not reasons a client knows: `finish_error` turns them into errors before any
+    response shows them."""
     if reason is None:
         return None
     try:
