@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Before/after comparison of the user-facing runtime numbers, in one machine session:
+#   microbench/before_after.sh BEFORE_TREE [ROUNDS]
+# BEFORE_TREE is a checkout of the older code (its python/ and csrc/); the working tree is
+# "after". Each round runs bench offline, bench latency and the two recorded serving
+# workloads on both trees, alternating which goes first, with the same client (the older
+# tree's bench serving) against both servers. Logs and one JSON per run land in
+# $OUT/ab/, and microbench/before_after_summary.py prints the medians and ratios.
+set -uo pipefail
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+BEFORE=$(cd "$1" && pwd)
+ROUNDS=${2:-2}
+OUT=${OUT:-/tmp/fuseinfer-out}
+AB=$OUT/ab
+mkdir -p "$AB"
+export PYTHONUNBUFFERED=1 FUSEINFER_CACHE_DIR=${FUSEINFER_CACHE_DIR:-/tmp/fuseinfer-cache}
+MODEL=(--model qwen3-0.6b --load-format dummy)
+CLIENT=(env PYTHONPATH="$BEFORE/python:/tmp/site" python3 -m fuseinfer.cli bench serving
+        --base-url http://127.0.0.1:30000)
+
+run_tree() {  # run_tree NAME TREE ROUND
+  local name=$1 tree=$2 round=$3 tag="$1_r$3"
+  local py=(env PYTHONPATH="$tree/python:/tmp/site" python3 -m fuseinfer.cli)
+  echo "=== $tag: offline"
+  timeout 300 "${py[@]}" bench offline "${MODEL[@]}" --json "$AB/offline_$tag.json" \
+    >"$AB/offline_$tag.log" 2>&1; echo "rc=$? $(grep 'as configured' "$AB/offline_$tag.log")"
+  echo "=== $tag: latency"
+  timeout 200 "${py[@]}" bench latency "${MODEL[@]}" >"$AB/latency_$tag.log" 2>&1
+  echo "rc=$? $(grep 'ms/token' "$AB/latency_$tag.log")"
+  echo "=== $tag: serve"
+  "${py[@]}" serve "${MODEL[@]}" --port 30000 >"$AB/serve_$tag.log" 2>&1 &
+  local pid=$!
+  python3 - <<'PY' || { echo "server did not come up"; tail -n 30 "$AB/serve_$tag.log"; kill $pid; return 1; }
+import time, urllib.request
+for _ in range(300):
+    try:
+        urllib.request.urlopen("http://127.0.0.1:30000/health", timeout=2); break
+    except Exception:
+        time.sleep(1)
+else:
+    raise SystemExit(1)
+PY
+  timeout 120 "${CLIENT[@]}" --num-prompts 16 --random-input 256 --random-output 16 \
+    >"$AB/serving_warmup_$tag.log" 2>&1
+  timeout 120 "${CLIENT[@]}" --num-prompts 50 --random-input 256 --random-output 64 \
+    --json "$AB/serving_inf_$tag.json" >"$AB/serving_inf_$tag.log" 2>&1
+  echo "rate inf rc=$?"
+  timeout 240 "${CLIENT[@]}" --num-prompts 256 --random-input 1024 --random-output 256 \
+    --max-concurrency 64 --json "$AB/serving_c64_$tag.json" >"$AB/serving_c64_$tag.log" 2>&1
+  echo "c64 rc=$?"
+  kill -TERM $pid; wait $pid; echo "serve exit after SIGTERM: $?"
+}
+
+for r in $(seq 1 "$ROUNDS"); do
+  if [ $((r % 2)) = 1 ]; then
+    run_tree before "$BEFORE" "$r"; run_tree after "$REPO" "$r"
+  else
+    run_tree after "$REPO" "$r"; run_tree before "$BEFORE" "$r"
+  fi
+done
+python3 "$REPO/microbench/before_after_summary.py" "$AB" | tee "$OUT/before_after.txt"
