@@ -11,5 +11,6 @@ __version__ = "0.1.0"
 from . import jit, ops  # noqa: E402  (ops registers torch.ops.fuseinfer.*; jit builds nothing)
 from .llm import LLM, Completion  # noqa: E402
 from .runtime.sampling import SamplingParams  # noqa: E402
+from .runtime.step_output import FinishReason  # noqa: E402
 
-__all__ = ["LLM", "Completion", "SamplingParams", "__version__", "jit", "ops"]
+__all__ = ["LLM", "Completion", "FinishReason", "SamplingParams", "__version__", "jit", "ops"]

@@ -214,7 +214,7 @@ class ModelRunner:
         if event is not None:
             event.record()
         return InFlightStep([-(1 + k) for k in range(first, first + n)], host, event,
-                            lp_host, out.wants)  # type: ignore[arg-type]
+                            lp_host, out.wants)
 
     def resolve(self, step: InFlightStep) -> StepResult:
         """Wait for a launched step; its tokens (and logprobs) as host lists."""
