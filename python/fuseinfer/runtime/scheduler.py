@@ -13,9 +13,9 @@ pages are freed and they wait again at the front of the queue, output so far kep
 prefilled again. A request that could never fit is rejected when it arrives.
 
 Overlap scheduling launches step N+1 before step N's tokens are read back. A token still
-in flight is a placeholder id in the request's private `_in_flight` list (the next step's
-inputs read it on the device); `Request.output` only ever holds real tokens. `resolve`
-reports each step as per-request deltas (`RequestDelta`).
+in flight is a placeholder id kept privately by the request (the next step's inputs read
+it on the device); `Request.output` only ever holds real tokens. `resolve` reports each
+step as per-request deltas (`RequestDelta`).
 """
 
 from __future__ import annotations
@@ -23,65 +23,15 @@ from __future__ import annotations
 import itertools
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .kv_pool import PageAllocator, ReqToTokenPool
-from .radix_cache import RadixCache, RadixNode
+from .radix_cache import RadixCache
+from .request import Request
 from .sampling import SamplingParams
 from .step_output import FinishReason, RequestDelta, TokenLogprob
 
-
-@dataclass(eq=False)  # identity: `in`/`remove` on request lists must not compare fields
-class Request:
-    rid: int
-    prompt: list[int]
-    params: SamplingParams
-    eos_ids: tuple[int, ...] = ()
-    output: list[int] = field(default_factory=list)  # sampled tokens (real ids only)
-    slot: int | None = None  # row in ReqToTokenPool while admitted
-    prefix_node: RadixNode | None = None  # locked radix node of the reused prefix
-    prefix_pages: int = 0  # leading pages shared with the cache (never freed by us)
-    cached: int = 0  # tokens whose KV is in this request's pages
-    cached_at_admission: int = 0  # prefix tokens reused from the radix cache
-    finish_reason: FinishReason | None = None
-    finish_detail: str | None = None  # why it was rejected
-    retractions: int = 0
-    # with params.logprobs: per output token, (its logprob, [(token id, logprob)] top-k)
-    logprobs: list[TokenLogprob] = field(default_factory=list)
-    # placeholder ids (negative) of tokens sampled by steps still in flight, in order; they
-    # follow `output` in the sequence
-    _in_flight: list[int] = field(default_factory=list, init=False, repr=False)
-
-    @property
-    def tokens(self) -> list[int]:
-        """Prompt and output: the known tokens (not those in flight)."""
-        return self.prompt + self.output
-
-    def token_slice(self, start: int, end: int) -> list[int]:
-        """Sequence tokens [start, end), in-flight placeholders included, without building
-        the whole sequence (a decode step reads one token)."""
-        n = len(self.prompt)
-        if end <= n:
-            return self.prompt[start:end]
-        m = n + len(self.output)
-        if start >= m:
-            return self._in_flight[start - m:end - m]
-        if start >= n and end <= m:
-            return self.output[start - n:end - n]
-        return (self.prompt + self.output + self._in_flight)[start:end]
-
-    @property
-    def generated(self) -> int:
-        """Tokens sampled or being sampled (output and in flight)."""
-        return len(self.output) + len(self._in_flight)
-
-    @property
-    def seq_len(self) -> int:
-        return len(self.prompt) + len(self.output) + len(self._in_flight)
-
-    @property
-    def finished(self) -> bool:
-        return self.finish_reason is not None
+__all__ = ["Request", "ScheduledBatch", "Scheduler", "SchedulerConfig", "Work"]
 
 
 @dataclass(frozen=True)
@@ -161,7 +111,7 @@ class Scheduler:
                 self.prefilling = None
             else:
                 self.running.remove(req)
-        req._in_flight.clear()  # tokens of steps in flight are dropped
+        req.drop_in_flight()  # tokens of steps in flight are dropped
         req.finish_reason = req.finish_reason or FinishReason.ABORT
 
     @property
@@ -272,8 +222,8 @@ class Scheduler:
 
     def _schedule_decode(self) -> ScheduledBatch | None:
         # A request with all its tokens launched only waits for them (overlap scheduling).
-        def more(r: Request) -> bool:  # r.generated, inlined: twice per request per step
-            return len(r.output) + len(r._in_flight) < r.params.max_new_tokens
+        def more(r: Request) -> bool:
+            return r.generated < r.params.max_new_tokens
 
         while self.running:
             short = [r for r in self.running if more(r) and not self._grow(r, r.seq_len)]
@@ -310,7 +260,7 @@ class Scheduler:
                 continue
             if req is self.prefilling:
                 self.prefilling = None
-            req._in_flight.append(int(next(marks)))
+            req.in_flight(int(next(marks)))
             if batch.mode != "decode" and req not in self.running and not req.finished:
                 self.running.append(req)  # a decode batch is all running requests
 
@@ -330,14 +280,10 @@ class Scheduler:
             entry = next(entries) if entries is not None else None
             if req.finished:
                 continue
-            assert req._in_flight, "a resolved step found no placeholder for its token"
-            del req._in_flight[0]  # this step's: they resolve in launch order
-            req.output.append(token)
-            if entry is not None:
-                req.logprobs.append(entry)
+            req.arrived(token, entry)
             new_lp = [entry] if entry is not None else []
             if self._stops(req, token, len(req.output)):
-                req._in_flight.clear()  # placeholders of steps scheduled past the stop
+                req.drop_in_flight()  # placeholders of steps scheduled past the stop
                 if req in self.running:
                     self.running.remove(req)
                 elif req in self.waiting:  # retracted while its token was in flight
