@@ -192,7 +192,7 @@ def test_schema_is_the_argument_tuple(op, args, written):
 def test_op_schema_maps_annotations():
     from typing import NamedTuple
 
-    from fuseinfer.ops.signature import op_schema
+    from fuseinfer.ops.signature import call_args, op_schema
 
     class Toy(NamedTuple):
         out: torch.Tensor
@@ -210,6 +210,11 @@ def test_op_schema_maps_annotations():
         op_schema("toy", Toy, ("factor",))
     with pytest.raises(TypeError, match="mutated names no argument"):
         op_schema("toy", Toy, ("missing",))
+
+    t = torch.zeros(1)
+    full = call_args(Toy, (t, t, None, 0.5, 3, (4, 2), False), {})
+    assert full == call_args(Toy, (t, t), {"steps": 3, "enable_pdl": False})
+    assert type(full) is Toy and full.steps == 3 and full.factor == 0.5
 
     class Bad(NamedTuple):
         x: str

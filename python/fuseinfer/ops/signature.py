@@ -13,6 +13,7 @@ from the arguments the dispatcher passes them (positionally, trailing defaults l
 
 Annotations map to schema types: torch.Tensor -> Tensor, float, int, bool, Sequence[int]
 -> int[], and `X | None` -> `X?`. A mutated tensor gets the next alias set (a!, b!, ...).
+An implementation builds the tuple with `call_args(ScaleArgs, args, kwargs)`.
 """
 
 from __future__ import annotations
@@ -21,10 +22,12 @@ import string
 import types
 import typing
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
+T = TypeVar("T", bound=tuple)
+_tuple_new = tuple.__new__
 _SCALARS: dict[Any, str] = {torch.Tensor: "Tensor", float: "float", int: "int",
                             bool: "bool", Sequence[int]: "int[]"}
 
@@ -73,3 +76,12 @@ def op_schema(name: str, args: type[tuple], mutated: Sequence[str] = (),
             text += f"={_schema_default(defaults[field])}"
         parts.append(text)
     return f"{name}({', '.join(parts)}) -> {returns}"
+
+
+def call_args(args_type: type[T], args: tuple, kwargs: dict[str, Any]) -> T:
+    """The argument tuple of one call. The dispatcher passes every argument positionally
+    but trailing defaults, so a full call skips the NamedTuple's argument binding (it runs
+    per layer and step on the CUDA path)."""
+    if not kwargs and len(args) == len(args_type._fields):  # type: ignore[attr-defined]
+        return _tuple_new(args_type, args)
+    return args_type(*args, **kwargs)

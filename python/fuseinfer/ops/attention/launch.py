@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from ..kvcache.store_kv_cache import FP8, slot_rows
+from ..kvcache.store_kv_cache import FP8, slot_rows, slot_stride
 from ..triton_launch import next_pow2, use_pdl
 from .arguments import DecodeArgs, DecodeLaunch, PrefillArgs, PrefillLaunch, softmax_scale
 from .reference import page_size_of
@@ -14,8 +14,7 @@ from .reference import page_size_of
 def _cache_strides(cache: torch.Tensor) -> tuple[int, int]:
     """(slot stride, head stride) of a [slots, h, d] or [pages, page_size, h, d] cache;
     the slot geometry is the KV-cache family's (already checked by the op)."""
-    _, _, slot = slot_rows(cache, "paged_attention", "cache")
-    return slot, cache.stride(-2)
+    return slot_stride(cache, cache.size(-2) * cache.size(-1)), cache.stride(-2)
 
 
 def _flags(sinks, lse, k_cache, k_scale, window_left, logit_cap) -> dict:
@@ -60,7 +59,7 @@ def launch_prefill(a: PrefillArgs) -> None:
 
     q, k_cache, v_cache, kv_lens, work, out, lse, sinks = (
         a.q, a.k_cache, a.v_cache, a.kv_lens, a.work, a.out, a.lse, a.sinks)
-    launch = PrefillLaunch(*a.launch)
+    launch = PrefillLaunch._make(a.launch)
     block_n = launch.block_n
     num_items = work.size(0)
     q_heads = q.size(1)
@@ -99,7 +98,7 @@ def launch_decode(a: DecodeArgs) -> None:
     q, k_cache, v_cache, kv_lens, out, lse, sinks = (
         a.q, a.k_cache, a.v_cache, a.kv_lens, a.out, a.lse, a.sinks)
     partial_out, partial_lse = a.partial_out, a.partial_lse
-    launch = DecodeLaunch(*a.launch)
+    launch = DecodeLaunch._make(a.launch)
     batch, q_heads, head_dim = q.shape
     if batch == 0:
         return

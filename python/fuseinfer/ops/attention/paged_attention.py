@@ -32,7 +32,7 @@ import torch
 
 from ..arg_checks import fail
 from ..library import LIB, define, impl_cpu, impl_fake
-from ..signature import op_schema
+from ..signature import call_args, op_schema
 from .arguments import (
     DECODE_WRITES,
     PREFILL_WRITES,
@@ -108,33 +108,33 @@ def _reference_into(a: PrefillArgs | DecodeArgs, q_indptr: torch.Tensor) -> None
 
 
 def _prefill_cpu(*args, **kwargs) -> None:
-    a = PrefillArgs(*args, **kwargs)
+    a = call_args(PrefillArgs, args, kwargs)
     check_prefill(a)
     _reference_into(a, a.q_indptr)
 
 
 def _decode_cpu(*args, **kwargs) -> None:
-    a = DecodeArgs(*args, **kwargs)
+    a = call_args(DecodeArgs, args, kwargs)
     check_decode(a)
     _reference_into(a, torch.arange(a.q.size(0) + 1, dtype=torch.int32))
 
 
 def _prefill_fake(*args, **kwargs) -> None:
-    check_prefill(PrefillArgs(*args, **kwargs))
+    check_prefill(call_args(PrefillArgs, args, kwargs))
 
 
 def _decode_fake(*args, **kwargs) -> None:
-    check_decode(DecodeArgs(*args, **kwargs))
+    check_decode(call_args(DecodeArgs, args, kwargs))
 
 
 def _prefill_cuda(*args, **kwargs) -> None:
-    a = PrefillArgs(*args, **kwargs)
+    a = call_args(PrefillArgs, args, kwargs)
     check_prefill(a)
     launch_prefill(a)
 
 
 def _decode_cuda(*args, **kwargs) -> None:
-    a = DecodeArgs(*args, **kwargs)
+    a = call_args(DecodeArgs, args, kwargs)
     check_decode(a)
     launch_decode(a)
 

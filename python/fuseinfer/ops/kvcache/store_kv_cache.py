@@ -42,6 +42,15 @@ def token_rows(t: torch.Tensor, op: str, arg: str) -> tuple[int, int]:
     return width, stride
 
 
+def slot_stride(cache: torch.Tensor, width: int) -> int:
+    """Elements from one slot to the next: stride(1) of a paged cache (stride(0) with one
+    slot per page: the pages are the slots), stride(0) of a flat one (`width` when it has
+    one slot). No checks: for launchers, on a cache slot_rows accepted."""
+    if cache.dim() == 4:
+        return cache.stride(1) if cache.size(1) > 1 else cache.stride(0)
+    return cache.stride(0) if cache.size(0) > 1 else width
+
+
 def slot_rows(cache: torch.Tensor, op: str, arg: str) -> tuple[int, int, int]:
     """(slots, width, slot stride) of a [slots, heads, dim], [slots, width] or paged
     [pages, page_size, heads, dim] cache; a paged cache's pages must flatten to slots."""
@@ -54,9 +63,7 @@ def slot_rows(cache: torch.Tensor, op: str, arg: str) -> tuple[int, int, int]:
     width = 1
     for d in range(slot_dim + 1, cache.dim()):
         width *= cache.size(d)
-    stride = cache.stride(slot_dim) if cache.size(slot_dim) > 1 else width
-    if cache.dim() == 4 and cache.size(1) == 1:  # one slot per page: pages are the slots
-        stride = cache.stride(0)
+    stride = slot_stride(cache, width)
     slots = cache.size(0) * (cache.size(1) if cache.dim() == 4 else 1)
     if cache.dim() == 4 and cache.size(0) > 1 and cache.size(1) > 1 \
             and cache.stride(0) != cache.size(1) * stride:
