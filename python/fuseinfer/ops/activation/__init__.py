@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-# Modules, not functions: a module named after its op stays reachable as an attribute.
-from . import silu_and_mul
+from ..discovery import import_modules
 
-__all__ = ["silu_and_mul"]
+# Every module of the family, imported (an op module registers its schemas) and kept as a
+# module attribute; fuseinfer.ops re-exports what each lists in __all__.
+__all__ = import_modules(__name__, __path__)

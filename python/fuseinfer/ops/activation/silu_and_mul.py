@@ -83,3 +83,6 @@ define(_SCHEMA)
 impl_cpu("silu_and_mul", _cpu)
 impl_fake("silu_and_mul", _check)
 LIB.impl("silu_and_mul", _cuda, "CUDA")
+
+
+__all__ = ["silu_and_mul"]

@@ -3,9 +3,12 @@ and the PagedAttention plan/run wrapper that the runtime uses."""
 
 from __future__ import annotations
 
-from . import paged_attention  # registers the two op schemas
+from ..discovery import import_modules
 from .arguments import DecodeLaunch, PrefillLaunch
 from .plan import AttentionShape, DecodePlan, PagedAttention, PrefillPlan
 
-__all__ = ["AttentionShape", "DecodeLaunch", "DecodePlan", "PagedAttention", "PrefillLaunch",
-           "PrefillPlan", "paged_attention"]
+# Every module of the family, imported (paged_attention registers the two schemas) and
+# kept as a module attribute; fuseinfer.ops re-exports what each lists in __all__. The
+# plan and launch types are importable from the family too.
+__all__ = [*import_modules(__name__, __path__), "AttentionShape", "DecodeLaunch",
+           "DecodePlan", "PagedAttention", "PrefillLaunch", "PrefillPlan"]

@@ -257,3 +257,6 @@ class PagedAttention:
                 q, k_cache, v_cache, plan.page_table, plan.kv_lens, plan.partial_out,
                 plan.partial_lse, out, **common)
         return (out, lse) if return_lse else out
+
+
+__all__ = ["AttentionShape", "PagedAttention"]

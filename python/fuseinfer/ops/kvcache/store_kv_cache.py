@@ -188,3 +188,6 @@ def store_kv_cache(k_cache: torch.Tensor, v_cache: torch.Tensor, loc: torch.Tens
     """Write k and v rows into their caches at slots `loc`, in one kernel (see module doc)."""
     torch.ops.fuseinfer.store_kv_cache(k_cache, v_cache, loc, k, v, k_scale, v_scale,
                                        enable_pdl)
+
+
+__all__ = ["store_kv_cache"]

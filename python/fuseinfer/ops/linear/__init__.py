@@ -3,7 +3,8 @@ of a few tokens, with optional (add +) RMSNorm and SiLU*mul prologues."""
 
 from __future__ import annotations
 
-# Modules, not functions: a module named after its op stays reachable as an attribute.
-from . import small_batch_linear
+from ..discovery import import_modules
 
-__all__ = ["small_batch_linear"]
+# Every module of the family, imported (an op module registers its schemas) and kept as a
+# module attribute; fuseinfer.ops re-exports what each lists in __all__.
+__all__ = import_modules(__name__, __path__)

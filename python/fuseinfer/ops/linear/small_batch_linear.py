@@ -151,3 +151,6 @@ define(_SCHEMA)
 impl_cpu("small_batch_linear", _cpu)
 impl_fake("small_batch_linear", _check)
 LIB.impl("small_batch_linear", _cuda, "CUDA")
+
+
+__all__ = ["small_batch_linear"]

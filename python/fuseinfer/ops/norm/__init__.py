@@ -3,7 +3,8 @@ qk_rmsnorm (Qwen3's per-head q/k norms, Triton)."""
 
 from __future__ import annotations
 
-# Modules, not functions: a module named after its op stays reachable as an attribute.
-from . import qk_rmsnorm, rmsnorm
+from ..discovery import import_modules
 
-__all__ = ["qk_rmsnorm", "rmsnorm"]
+# Every module of the family, imported (an op module registers its schemas) and kept as a
+# module attribute; fuseinfer.ops re-exports what each lists in __all__.
+__all__ = import_modules(__name__, __path__)

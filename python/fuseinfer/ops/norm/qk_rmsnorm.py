@@ -96,3 +96,6 @@ define(_SCHEMA)
 impl_cpu("qk_rmsnorm", _cpu)
 impl_fake("qk_rmsnorm", _check)
 LIB.impl("qk_rmsnorm", _cuda, "CUDA")
+
+
+__all__ = ["qk_rmsnorm"]

@@ -125,5 +125,4 @@ def gemma_fused_add_rmsnorm(input: torch.Tensor, residual: torch.Tensor,
     torch.ops.fuseinfer.gemma_fused_add_rmsnorm(input, residual, weight, eps, enable_pdl)
 
 
-__all__ = ["fused_add_rmsnorm", "gemma_fused_add_rmsnorm", "gemma_rmsnorm",
-           "reference_rmsnorm", "rmsnorm"]
+__all__ = ["fused_add_rmsnorm", "gemma_fused_add_rmsnorm", "gemma_rmsnorm", "rmsnorm"]

@@ -3,7 +3,8 @@ write) and the cos/sin cache builder (plain, Llama-3, YaRN)."""
 
 from __future__ import annotations
 
-# Modules, not functions: a module named after its op stays reachable as an attribute.
-from . import rope_with_cos_sin_cache
+from ..discovery import import_modules
 
-__all__ = ["rope_with_cos_sin_cache"]
+# Every module of the family, imported (an op module registers its schemas) and kept as a
+# module attribute; fuseinfer.ops re-exports what each lists in __all__.
+__all__ = import_modules(__name__, __path__)

@@ -323,5 +323,7 @@ def _scaling(kind: str, params: Mapping, original: Any, max_position: int) -> Ro
                        truncate=bool(params.get("truncate", True)))
 
 
+# The builder's API, also exported from fuseinfer.ops; inv_freq and attention_scaling stay
+# here (fuseinfer.ops.rope.cos_sin_cache).
 __all__ = ["DefaultScaling", "Llama3Scaling", "RopeScaling", "RopeSpec", "YarnScaling",
-           "attention_scaling", "build_cos_sin_cache", "inv_freq", "rope_scaling_from_config"]
+           "build_cos_sin_cache", "rope_scaling_from_config"]

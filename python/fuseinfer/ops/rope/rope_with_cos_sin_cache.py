@@ -157,3 +157,6 @@ def rope_with_cos_sin_cache(
     torch.ops.fuseinfer.rope_with_cos_sin_cache(
         positions, query, key, head_size, cos_sin_cache, is_neox, value, k_cache, v_cache,
         cache_loc, k_scale, v_scale, enable_pdl)
+
+
+__all__ = ["rope_with_cos_sin_cache"]
