@@ -18,7 +18,7 @@ PROBE = (
     "x = torch.randn(4, 4096, device='cuda', dtype=torch.bfloat16)\n"
     "w = torch.randn(4096, device='cuda', dtype=torch.bfloat16)\n"
     "y = fuseinfer.ops.rmsnorm(x, w)\n"
-    "ref = fuseinfer.ops.norm.reference_rmsnorm(x, w, 1e-6)\n"
+    "ref = fuseinfer.ops.norm.rmsnorm.reference_rmsnorm(x, w, 1e-6)\n"
     "assert ((y.float() - ref).norm() / ref.norm()).item() < 1e-2\n"
     "print('ORIGIN', fuseinfer.jit.loaded_modules()['norm'].origin)\n"
 )
