@@ -120,7 +120,7 @@ tests_step() {  # tests_step [NAME]
 
 PROBE='import torch, fuseinfer
 x = torch.randn(64, 4096, device="cuda", dtype=torch.bfloat16); w = torch.randn(4096, device="cuda", dtype=torch.bfloat16)
-y = fuseinfer.ops.rmsnorm(x, w); ref = fuseinfer.ops.norm.reference_rmsnorm(x, w, 1e-6)
+y = fuseinfer.ops.rmsnorm(x, w); ref = fuseinfer.ops.norm.rmsnorm.reference_rmsnorm(x, w, 1e-6)
 err = ((y.float() - ref).norm() / ref.norm()).item(); assert err < 1e-2, err
 m = fuseinfer.jit.loaded_modules()["norm"]; print("ORIGIN", m.origin, m.path, "rel err", err)
 assert m.origin == "prebuilt", m.origin'
