@@ -30,16 +30,14 @@ run_tree() {  # run_tree NAME TREE ROUND
   echo "=== $tag: serve"
   "${py[@]}" serve "${MODEL[@]}" --port 30000 >"$AB/serve_$tag.log" 2>&1 &
   local pid=$!
-  python3 - <<'PY' || { echo "server did not come up"; tail -n 30 "$AB/serve_$tag.log"; kill $pid; return 1; }
-import time, urllib.request
-for _ in range(300):
-    try:
-        urllib.request.urlopen("http://127.0.0.1:30000/health", timeout=2); break
-    except Exception:
-        time.sleep(1)
-else:
-    raise SystemExit(1)
-PY
+  local waited=0  # until /health answers; stop at once if the server exited
+  until python3 -c 'import urllib.request as u; u.urlopen("http://127.0.0.1:30000/health", timeout=2)' 2>/dev/null; do
+    if ! kill -0 $pid 2>/dev/null || [ $waited -ge 300 ]; then
+      echo "server did not come up"; tail -n 30 "$AB/serve_$tag.log"; kill $pid 2>/dev/null
+      return 1
+    fi
+    sleep 1; waited=$((waited + 1))
+  done
   timeout 120 "${CLIENT[@]}" --num-prompts 16 --random-input 256 --random-output 16 \
     >"$AB/serving_warmup_$tag.log" 2>&1
   timeout 120 "${CLIENT[@]}" --num-prompts 50 --random-input 256 --random-output 64 \
