@@ -22,6 +22,7 @@ import torch
 from fuseinfer.bench.e2e.offline import Workload, run_workload
 from fuseinfer.bench.timing import time_calls
 from fuseinfer.runtime.engine import Engine, EngineArgs
+from fuseinfer.runtime.engine_args import SERVING_GC
 
 
 def replay_times(engine: Engine, context: int) -> None:
@@ -227,7 +228,7 @@ def main() -> None:
     if "gemv" in args.only:
         gemv_vs_cublas()
     engine = Engine(EngineArgs(model=args.model, load_format="dummy", max_context_len=2048,
-                               cuda_graph_max_bs=256))
+                               cuda_graph_max_bs=256, **SERVING_GC))  # as serve runs
     engine.warmup()
     if "replay" in args.only:
         replay_times(engine, args.context)

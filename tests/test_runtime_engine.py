@@ -202,9 +202,15 @@ def test_abort_and_stats(checkpoint):
     assert engine.max_context == 256  # the checkpoint's max_position_embeddings
     for r in reqs[1:]:
         engine.abort(r)
+    vocab = engine.config.vocab_size
+    for bad in ([vocab], [-1, 2], [3, 2**70]):  # outside the vocabulary: refused up front
+        rejected = engine.add_request(bad, SamplingParams(max_new_tokens=2))
+        assert rejected.finish_reason is FinishReason.REJECTED
+        assert "outside the vocabulary" in rejected.finish_detail
     while engine.busy:
         assert engine.step() == []
-    assert engine.stats() == type(stats)(0, 0, engine.stats().kv_usage)
+    # aborted requests give every page back (nothing of theirs enters the radix cache)
+    assert engine.stats() == type(stats)(0, 0, 0.0)
 
 
 def test_closing_an_engine_releases_its_memory(checkpoint):
@@ -225,3 +231,7 @@ def test_closing_an_engine_releases_its_memory(checkpoint):
     assert not engine.busy
     with pytest.raises(RuntimeError, match="closed"):
         engine.step()
+    with pytest.raises(RuntimeError, match="closed"):
+        engine.add_request(prompts[0], SamplingParams(max_new_tokens=3))
+    with pytest.raises(RuntimeError, match="closed"):
+        engine.stats()

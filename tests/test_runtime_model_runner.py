@@ -4,6 +4,8 @@ parallel state it is built over."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from tiny_checkpoint import COMMON, save_tiny_checkpoint  # tests/ is on sys.path
@@ -56,8 +58,9 @@ def test_launch_resolve_reads_tokens_in_flight_from_the_future_buffer(engine):
     steps one after the other with the real token."""
     prompt = _prompt(5)
     params = SamplingParams(max_new_tokens=3, temperature=0.0, ignore_eos=True, logprobs=2)
-    want = engine.generate([prompt], params)[0]
-    engine.cache.reset()  # no prefix reuse: the same steps again
+    sequential = replace(engine.args, disable_overlap_schedule=True)
+    with Engine(sequential) as plain:  # the reference: each step waits for the last
+        want = plain.generate([prompt], params)[0]
     req = engine.add_request(prompt, params)
     runner, sched = engine.runner, engine.scheduler
     first = sched.schedule()

@@ -44,6 +44,8 @@ class PreparedDecode:
     batch: int  # real rows
     size: int  # the captured (padded) batch size replayed
     plan: DecodePlan  # the step's lengths, in the captured plan's buffers
+    # which prepare() filled the shared buffers: only the latest one can be replayed
+    generation: int = 0
 
 
 class DecodeGraphRunner:
@@ -59,6 +61,7 @@ class DecodeGraphRunner:
         self.rows = torch.arange(max_bs, dtype=torch.int64, device=dev)
         self.graphs: dict[int, _Graph] = {}
         self.pool = None
+        self._generation = 0  # prepare() calls so far
 
     def padded_size(self, bs: int) -> int | None:
         i = bisect.bisect_left(self.batch_sizes, bs)
@@ -108,10 +111,14 @@ class DecodeGraphRunner:
         self.cache_loc[:size].copy_(host[1], non_blocking=True)
         torch.index_select(page_table, 0, slots, out=self.page_table[:bs])
         self.page_table[bs:size].zero_()
-        return PreparedDecode(bs, size, self._plan(kv_lens + [0] * pad))
+        self._generation += 1
+        return PreparedDecode(bs, size, self._plan(kv_lens + [0] * pad), self._generation)
 
     def replay(self, step: PreparedDecode) -> torch.Tensor:
-        """Logits [batch, vocab] of a prepared decode step."""
+        """Logits [batch, vocab] of a prepared decode step. The inputs live in buffers
+        shared by every step, so only the step prepared last can be replayed."""
+        if step.generation != self._generation:
+            raise ValueError("replay of a decode step that a later prepare() overwrote")
         g = self.graphs[step.size]
         g.graph.replay()
         return g.logits[:step.batch]

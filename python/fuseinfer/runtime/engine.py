@@ -114,6 +114,10 @@ class Engine:
         result = self.runner.resolve(launched.step)
         return self.scheduler.resolve(launched.batch, result.tokens, result.logprobs)
 
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("the engine is closed")
+
     @property
     def busy(self) -> bool:
         """Requests to run, or a step whose tokens are not recorded yet."""
@@ -125,8 +129,7 @@ class Engine:
         """Run one step; returns a delta for each request that got a token or finished.
         With overlap, the step scheduled now runs on the device while the previous step's
         tokens are read back and recorded (they are the ones reported)."""
-        if self._closed:
-            raise RuntimeError("the engine is closed")
+        self._check_open()
         batch = self.scheduler.schedule()
         launched = self._launch(batch) if batch is not None else None
         deltas: list[RequestDelta] = []
@@ -157,12 +160,16 @@ class Engine:
     # ---- requests -----------------------------------------------------------------------
     def add_request(self, prompt: Sequence[int], params: SamplingParams) -> Request:
         """Queue a request (token ids). One that can never run comes back finished:
-        finish_reason REJECTED, the reason in finish_detail (no delta reports it)."""
-        return self.scheduler.new_request(prompt, params, self.config.eos_token_ids)
+        finish_reason REJECTED, the reason in finish_detail (no delta reports it), e.g. a
+        token id outside the vocabulary."""
+        self._check_open()
+        return self.scheduler.new_request(prompt, params, self.config.eos_token_ids,
+                                          self.config.vocab_size)
 
     def abort(self, req: Request) -> None:
         """Finish the request now (finish_reason ABORT) and free its memory; tokens of its
         steps still in flight are dropped (no delta reports it)."""
+        self._check_open()
         self.scheduler.abort(req)
 
     @property
@@ -171,6 +178,7 @@ class Engine:
         return self.scheduler.max_context
 
     def stats(self) -> EngineStats:
+        self._check_open()
         s = self.scheduler
         return EngineStats(len(s.waiting), len(s.running) + (s.prefilling is not None),
                            self.allocator.usage())

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,7 +21,6 @@ DTYPES = ("auto", "bfloat16", "float16", "float32")
 KV_CACHE_DTYPES = ("auto", "fp8_e4m3")
 LOAD_FORMATS = ("auto", "dummy")
 SCHEDULE_POLICIES = ("fcfs", "lpm")
-DEVICES = ("auto", "cuda", "cpu")
 
 
 # What `serve` and the benches run with: a frozen heap after warm-up and a warning on
@@ -36,7 +36,7 @@ def _opt(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any
 class EngineArgs:
     model: str = field(metadata={"help": "a local Hugging Face model folder or a bundled "
                                  "name (tiny, qwen3-0.6b, ...)"})
-    device: str = _opt("auto", "cuda if available, else cpu", DEVICES)
+    device: str = _opt("auto", "auto (cuda if available, else cpu), cpu, cuda or cuda:N")
     dtype: str = _opt("auto", "model dtype; auto: bfloat16 on CUDA, float32 on the CPU",
                       DTYPES)
     kv_cache_dtype: str = _opt("auto", "KV-cache dtype; auto: the model dtype",
@@ -82,6 +82,9 @@ class EngineArgs:
             if choices and value not in choices:
                 raise ValueError(f"EngineArgs.{f.name}: {value!r} is not one of "
                                  f"{', '.join(choices)}")
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
+            raise ValueError(f"EngineArgs.device: {self.device!r} is not one of auto, cpu, "
+                             "cuda, cuda:N")
         _at_least(self, "page_size", 1)
         _at_least(self, "max_running_requests", 1)
         _at_least(self, "max_prefill_tokens", 1)

@@ -34,6 +34,10 @@ from .step_output import FinishReason, RequestDelta, TokenLogprob
 __all__ = ["Request", "ScheduledBatch", "Scheduler", "SchedulerConfig", "Work"]
 
 
+# The new_logprobs of a delta whose request asked for none: one shared empty tuple (a
+# delta is built per request per step).
+_NO_LOGPROBS: tuple = ()
+
 @dataclass(frozen=True)
 class SchedulerConfig:
     max_running_requests: int = 256
@@ -78,7 +82,10 @@ class Scheduler:
 
     # ---- arrival ------------------------------------------------------------------------
     def new_request(self, prompt: Sequence[int], params: SamplingParams,
-                    eos_ids: Sequence[int] = ()) -> Request:
+                    eos_ids: Sequence[int] = (), vocab_size: int | None = None) -> Request:
+        """Queue a request, or return it finished (REJECTED, with the reason) when it can
+        never run. With vocab_size, ids outside [0, vocab_size) are refused: a negative id
+        would read an in-flight token and a large one index past the embedding."""
         params.validate()
         req = Request(next(self._rid), list(prompt), params, tuple(eos_ids))
         limit = self.max_context
@@ -86,6 +93,9 @@ class Scheduler:
         pages = -(-total // self.page_size)
         if not req.prompt:
             detail = "empty prompt"
+        elif vocab_size is not None and not 0 <= min(req.prompt) <= max(req.prompt) < vocab_size:
+            bad = next(t for t in req.prompt if not 0 <= t < vocab_size)
+            detail = f"token id {bad} is outside the vocabulary [0, {vocab_size})"
         elif total > limit:
             detail = (f"prompt ({len(req.prompt)}) + max_new_tokens ({params.max_new_tokens}) "
                       f"exceeds the context limit {limit}")
@@ -221,17 +231,16 @@ class Scheduler:
         return ScheduledBatch("prefill", work)
 
     def _schedule_decode(self) -> ScheduledBatch | None:
-        # A request with all its tokens launched only waits for them (overlap scheduling).
-        def more(r: Request) -> bool:
-            return r.generated < r.params.max_new_tokens
-
         while self.running:
-            short = [r for r in self.running if more(r) and not self._grow(r, r.seq_len)]
+            # A request with all its tokens launched only waits for them (overlap
+            # scheduling); `generated` is read once per request per step.
+            active = [r for r in self.running if r.generated < r.params.max_new_tokens]
+            short = [r for r in active if not self._grow(r, r.seq_len)]
             if not short:
-                break
+                work = [Work(r, r.cached, 1, True) for r in active]
+                return ScheduledBatch("decode", work) if work else None
             self._retract(self.running[-1])
-        work = [Work(r, r.cached, 1, True) for r in self.running if more(r)]
-        return ScheduledBatch("decode", work) if work else None
+        return None
 
     def _retract(self, req: Request) -> None:
         self.running.remove(req)
@@ -281,7 +290,7 @@ class Scheduler:
             if req.finished:
                 continue
             req.arrived(token, entry)
-            new_lp = [entry] if entry is not None else []
+            new_lp = [entry] if entry is not None else _NO_LOGPROBS
             if self._stops(req, token, len(req.output)):
                 req.drop_in_flight()  # placeholders of steps scheduled past the stop
                 if req in self.running:

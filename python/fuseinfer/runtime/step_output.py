@@ -9,14 +9,22 @@ process, the benches) append `new_tokens` and never see an internal placeholder.
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 
-class FinishReason(enum.StrEnum):  # a str: JSON and f-strings give "stop", "length", ...
+class FinishReason(str, enum.Enum):  # a str: JSON and f-strings give "stop", "length", ...
     STOP = "stop"  # an EOS or stop token
     LENGTH = "length"  # max_new_tokens reached
     ABORT = "abort"  # aborted by the caller
     REJECTED = "rejected"  # never admitted; the reason is in the request's finish_detail
+
+    # enum.StrEnum would do this, but it needs Python 3.11
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
 
 
 # Per output token: its log-probability and the top-k (token id, log-probability) pairs.
@@ -31,7 +39,7 @@ class RequestDelta:
     rid: int
     new_tokens: list[int]
     # one entry per new token when the request asked for logprobs, else empty
-    new_logprobs: list[TokenLogprob]
+    new_logprobs: Sequence[TokenLogprob]
     finish_reason: FinishReason | None = None
     finish_detail: str | None = None  # why a request was rejected
 
