@@ -422,3 +422,17 @@ def test_engine_rejection_is_an_error_not_a_finish_reason(tight_server):
     ok = httpx.post(tight_server + "/v1/completions",
                     json={"prompt": [1, 2, 3], "max_tokens": 4, **NO_EOS})
     assert ok.status_code == 200 and ok.json()["choices"][0]["finish_reason"] == "length"
+
+
+@pytest.mark.parametrize("ids", [[100000], [-1, 2], [3, 2**70]])
+def test_token_ids_outside_the_vocabulary_are_refused(server, ids):
+    """Ids the model has no embedding for (or negative ones, which the engine would read
+    as tokens in flight) are refused with a 400; the engine keeps serving."""
+    for path, body in (("/v1/completions", {"prompt": ids, "max_tokens": 2}),
+                       ("/generate", {"input_ids": ids, "sampling_params": {"max_tokens": 2}})):
+        r = httpx.post(server + path, json=body)
+        assert r.status_code == 400, r.text
+        assert "outside the vocabulary" in r.json()["error"]["message"]
+    ok = httpx.post(server + "/v1/completions", json={"prompt": [1, 2], "max_tokens": 2})
+    assert ok.status_code == 200 and len(ok.json()["choices"][0]["text"]) >= 0
+    assert httpx.get(server + "/health").status_code == 200
