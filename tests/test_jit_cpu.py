@@ -199,7 +199,7 @@ def test_ptxas_report_summary_and_spills():
     assert report.spilling() == [] and len(report.details()) == 2
     assert ModuleReport.from_json(report.to_json()) == report
     spilled = parse_ptxas("quant", SPILLING_LOG)
-    assert spilled.spilling() == ["_Z4fastPf"] and "1 spill registers" in spilled.summary()
+    assert spilled.spilling() == ["_Z4fastPf"] and "1 kernels spill registers" in spilled.summary()
     assert "SPILLS 8 B stored, 12 B loaded" in spilled.details()[0]
     loose = parse_ptxas("quant", "    0 bytes stack frame, 4 bytes spill stores, "
                                  "4 bytes spill loads\n" + PTXAS_LOG)
@@ -293,3 +293,20 @@ def test_compile_check_can_be_skipped(monkeypatch, capsys):
                         lambda: pytest.fail("the skipped check looked for nvcc"))
     assert compile_check.main([]) == 0
     assert "skipped (FUSEINFER_SKIP_COMPILE_CHECK=1)" in capsys.readouterr().out
+
+
+def test_check_digest_tracks_the_host_compiler_and_nvcc_variables(tmp_path, monkeypatch):
+    """A host-compiler upgrade or NVCC_APPEND_FLAGS changes what nvcc builds: a new digest."""
+    plan = BuildPlan(spec=_spec_with_two_sources(tmp_path), toolkit=_fake_toolkit(tmp_path),
+                     archs=("9.0a",))
+    compiler = tmp_path / "fake-cxx"
+    compiler.write_text("#!/bin/sh\necho 'fake c++ 12.1'\n")
+    compiler.chmod(0o755)
+    monkeypatch.setenv("NVCC_CCBIN", str(compiler))
+    monkeypatch.delenv("NVCC_APPEND_FLAGS", raising=False)
+    base = check_digest(plan, NVCC, False)
+    compiler.write_text("#!/bin/sh\necho 'fake c++ 14.2'\n")
+    upgraded = check_digest(plan, NVCC, False)
+    assert upgraded != base
+    monkeypatch.setenv("NVCC_APPEND_FLAGS", "-DEXTRA")
+    assert check_digest(plan, NVCC, False) not in (base, upgraded)

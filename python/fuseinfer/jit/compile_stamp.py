@@ -18,9 +18,31 @@ from .ptxas_report import ModuleReport
 _FORMAT = 1  # bump when what a stamp means changes
 
 
+_NVCC_ENV = ("NVCC_PREPEND_FLAGS", "NVCC_APPEND_FLAGS", "NVCC_CCBIN", "CUDAHOSTCXX", "CXX")
+
+
+def _host_compiler() -> str:
+    """`--version` of the host compiler nvcc calls (a compiler upgrade can break a build
+    that nvcc itself still accepts); empty when none answers."""
+    import shutil
+    import subprocess
+
+    compiler = os.environ.get("NVCC_CCBIN") or os.environ.get("CUDAHOSTCXX") \
+        or shutil.which("c++") or shutil.which("g++") or ""
+    if not compiler:
+        return ""
+    try:
+        out = subprocess.run([compiler, "--version"], capture_output=True, text=True,
+                             timeout=30, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return compiler
+    return f"{compiler}: {out.stdout.strip()}"
+
+
 def check_digest(plan: BuildPlan, nvcc_version: str, header_shim: bool) -> str:
     """SHA-256 over the module's sources and headers (with per-file flags), the common and
-    include flags, the full `nvcc --version` text, torch's version and CUTLASS's version.
+    include flags, the full `nvcc --version` text, torch's version, CUTLASS's version, the
+    host compiler's `--version` and the NVCC_* variables nvcc reads.
     The header shim's folder is temporary, so only whether one is used enters the key."""
     import torch
 
@@ -37,6 +59,9 @@ def check_digest(plan: BuildPlan, nvcc_version: str, header_shim: bool) -> str:
         "nvcc": nvcc_version,
         "torch": torch.__version__,
         "cutlass": cutlass_version() if plan.spec.uses_cutlass else "",
+        "host_compiler": _host_compiler(),
+        # nvcc reads these on every call: a change is a different compile
+        "nvcc_env": {k: os.environ.get(k) for k in _NVCC_ENV},
     }
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 

@@ -45,7 +45,7 @@ class ModuleReport:
         regs = max(k.registers for k in self.kernels)
         smem = max(k.smem_bytes for k in self.kernels)
         spills = self.spilling()
-        verdict = f"{len(spills)} spill registers" if spills else "no spills"
+        verdict = f"{len(spills)} kernels spill registers" if spills else "no spills"
         return (f"{self.module}: {len(self.kernels)} kernels, at most {regs} registers and "
                 f"{smem} B shared memory, {verdict}")
 
