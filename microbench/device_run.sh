@@ -78,7 +78,7 @@ copy_results() {  # copy_results STEM: the recorded results file, as $OUT/result
 copy_ceilings() { cp "$FUSEINFER_CACHE_DIR"/ceilings/*.json "$OUT/ceilings.json" 2>/dev/null; }
 
 bench_step() {  # bench_step SUITE
-  local suite=$1 args=() extra_var="ARGS_$1" stem
+  local suite=$1 args=() extra_var="ARGS_${1//-/_}" stem
   [ -n "$(suite_field "$suite" 1)" ] || { echo "unknown suite $suite: $(cut -d' ' -f1 <<<"$SUITES" | tr '\n' ' ')"; return 1; }
   stem=$(suite_field "$suite" 3)
   if [ "$(suite_field "$suite" 2)" = gpu ] && [ "$suite" != ceilings ] && [ ! -f "$OUT/ceilings.json" ]; then
@@ -102,7 +102,7 @@ bench_step() {  # bench_step SUITE
 }
 
 tune_step() {  # tune_step SUITE
-  local suite=$1 extra_var="TUNE_ARGS_$1"
+  local suite=$1 extra_var="TUNE_ARGS_${1//-/_}"
   TAIL=30 step "tune_$suite" timeout "$STEP_TIMEOUT" "${FI[@]}" tune "$suite" \
     --log "$OUT/tune_${suite}_log.json" ${!extra_var:-}
   cp "autotune_configs/$KEY.json" "$OUT/table_$KEY.json" 2>/dev/null
