@@ -29,8 +29,9 @@ class ScriptedEngine:
         self.usages: list[float] = []
 
     def add_request(self, prompt: list[int], params) -> SimpleNamespace:
-        req = SimpleNamespace(prompt=list(prompt), params=params, output=[], launched=0,
-                              finished=False, finish_detail=None, retractions=0)
+        req = SimpleNamespace(rid=len(self.reqs), prompt=list(prompt), params=params,
+                              output=[], launched=0, finished=False, finish_detail=None,
+                              retractions=0)
         self.reqs.append(req)
         return req
 
@@ -46,10 +47,14 @@ class ScriptedEngine:
         self.pending.append(launch)
         if len(self.pending) <= self.lag:
             return []
+        deltas = []
         for r in self.pending.pop(0):
-            r.output.append(random.randrange(self.config.vocab_size))
+            token = random.randrange(self.config.vocab_size)
+            r.output.append(token)
             r.finished = len(r.output) == r.params.max_new_tokens
-        return []
+            deltas.append(SimpleNamespace(rid=r.rid, new_tokens=[token],
+                                          finish_reason="length" if r.finished else None))
+        return deltas
 
     def stats(self) -> SimpleNamespace:
         running = sum(not r.finished for r in self.reqs)

@@ -39,13 +39,15 @@ def decode_ms_per_token(engine: Any, context: int, new_tokens: int, batch: int,
     rejected = [r for r in reqs if r.finished]
     if rejected:
         raise SystemExit(f"request rejected: {rejected[0].finish_detail}")
+    got = {r.rid: 0 for r in reqs}  # real tokens per request, from the step deltas
     start, first = 0.0, 0
     while engine.busy:
-        engine.step()
-        if not first and all(r.output for r in reqs):  # output holds real tokens only
-            start, first = time.perf_counter(), min(len(r.output) for r in reqs)
+        for d in engine.step():
+            got[d.rid] += len(d.new_tokens)
+        if not first and all(got.values()):
+            start, first = time.perf_counter(), min(got.values())
     elapsed = time.perf_counter() - start
-    steps = min(len(r.output) for r in reqs) - first
+    steps = min(got.values()) - first
     if steps < 1:
         raise SystemExit("--new-tokens too small to time a decode step")
     return 1e3 * elapsed / steps

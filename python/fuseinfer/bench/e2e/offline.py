@@ -59,21 +59,20 @@ def run_workload(engine: Any, workload: Workload, progress: bool = True) -> dict
     peak = 0.0
     steps = 0
     start = time.perf_counter()
+    produced = done = 0
     with Progress(len(handles), "bench offline") as bar:
-        done = 0
         while engine.busy:
-            engine.step()
+            deltas = engine.step()  # one per request that got a token or finished
             steps += 1
-            stats = engine.stats()
-            peak = max(peak, stats.kv_usage)
-            # Finished requests from the counts: no per-request scan in the timed loop.
-            finished = len(handles) - stats.waiting - stats.running
-            while progress and done < finished:
-                done += 1
-                bar.step(f"{done}/{len(handles)} requests done")
+            peak = max(peak, engine.stats().kv_usage)
+            for d in deltas:
+                produced += len(d.new_tokens)
+                if d.finish_reason is not None:
+                    done += 1
+                    if progress:
+                        bar.step(f"{done}/{len(handles)} requests done")
     elapsed = time.perf_counter() - start
-    produced = sum(len(h.output) for h in handles)
-    assert produced == total_out, "a request was lost"
+    assert produced == total_out == sum(len(h.output) for h in handles), "a request was lost"
     return {"requests": len(handles), "input_tokens": sum(len(p) for p, _ in reqs),
             "output_tokens": produced, "seconds": elapsed,
             "output_tok_per_s": produced / elapsed, "steps": steps, "peak_kv_usage": peak,
