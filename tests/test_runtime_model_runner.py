@@ -8,6 +8,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+from scheduler_steps import record_step  # tests/ is on sys.path
 from tiny_checkpoint import COMMON, save_tiny_checkpoint  # tests/ is on sys.path
 
 from fuseinfer.distributed.parallel_state import SINGLE_RANK, ParallelState
@@ -47,7 +48,7 @@ def test_step_inputs_of_a_chunked_prefill(engine):
     assert inputs.cache_loc[3:] == [pages[p // 4] * 4 + p % 4 for p in range(6)]
     out = engine.runner.forward(inputs)
     assert out.tokens.shape == (1,) and out.logprobs is None and out.wants == (None,)
-    engine.scheduler.process(batch, out.tokens.tolist())
+    record_step(engine.scheduler, batch, out.tokens.tolist())
     assert reqs[0].output == out.tokens.tolist() and reqs[1].output == []
     for r in reqs:
         engine.abort(r)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import random
 
 import pytest
+from scheduler_steps import record_step  # tests/ is on sys.path
 
 from fuseinfer.runtime.kv_pool import PageAllocator, ReqToTokenPool
 from fuseinfer.runtime.radix_cache import RadixCache
@@ -44,7 +45,7 @@ def run(sched, max_steps=10_000, on_step=None):
             if w.samples:
                 tokens.append(next_token(r.tokens))
         steps.append(batch)
-        sched.process(batch, tokens)
+        record_step(sched, batch, tokens)
         if on_step:
             on_step(sched)
         used = sched.allocator.capacity - sched.allocator.available
@@ -161,7 +162,7 @@ def test_rejections_and_stops():
 def test_abort_frees_everything():
     sched = make()
     r = sched.new_request(list(range(10)), SamplingParams(max_new_tokens=50))
-    sched.process(sched.schedule(), [1])
+    record_step(sched, sched.schedule(), [1])
     assert r in sched.running
     sched.abort(r)
     assert r.finish_reason is FinishReason.ABORT and not sched.has_work

@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 import transformers
+from scheduler_steps import record_step
 from tiny_checkpoint import COMMON, save_tiny_checkpoint, tiny_model, train_copy_task
 
 from fuseinfer.runtime.engine import Engine, EngineArgs
@@ -74,7 +75,7 @@ def test_prefill_logits_within_bf16_tolerance(case):
         req = engine.add_request(p, SamplingParams(max_new_tokens=1))
         batch = engine.scheduler.schedule()
         got = engine.runner.logits(engine.inputs_for(batch))[0].float()
-        engine.scheduler.process(batch, [int(got.argmax())])
+        record_step(engine.scheduler, batch, [int(got.argmax())])
         assert req.finished
         scale = ref.abs().max()
         torch.testing.assert_close(got, ref, rtol=0.0, atol=3e-2 * float(scale))

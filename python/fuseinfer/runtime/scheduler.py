@@ -249,13 +249,6 @@ class Scheduler:
         self.waiting.appendleft(req)
 
     # ---- results ------------------------------------------------------------------------
-    def process(self, batch: ScheduledBatch, next_tokens: Sequence[int]
-                ) -> list[RequestDelta]:
-        """Record a step's sampled tokens (one per work item that samples, in order);
-        returns its deltas. Same as `launched` then `resolve`."""
-        self.launched(batch, [-1] * sum(w.samples for w in batch.work))
-        return self.resolve(batch, next_tokens)
-
     def launched(self, batch: ScheduledBatch, placeholders: Sequence[int]) -> None:
         """The step is running: advance each request's KV and note a placeholder (a
         negative id) for each token it will sample, so the next step can be scheduled
