@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Before/after comparison of the user-facing runtime numbers, in one machine session:
-#   microbench/before_after.sh BEFORE_TREE [ROUNDS]
-# BEFORE_TREE is a checkout of the older code (its python/ and csrc/); the working tree is
-# "after". Each round runs bench offline, bench latency and the two recorded serving
+#   microbench/before_after.sh BEFORE_TREE [ROUNDS] [AFTER_TREE]
+# BEFORE_TREE is a checkout of the older code (its python/ and csrc/; e.g.
+# `mkdir .before && git archive REV python csrc autotune_configs | tar -x -C .before`);
+# AFTER_TREE defaults to the working tree. Each round runs bench offline, bench latency and the two recorded serving
 # workloads on both trees, alternating which goes first, with the same client (the older
 # tree's bench serving) against both servers. Logs and one JSON per run land in
 # $OUT/ab/, and microbench/before_after_summary.py prints the medians and ratios.
@@ -10,6 +11,7 @@ set -uo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 BEFORE=$(cd "$1" && pwd)
 ROUNDS=${2:-2}
+AFTER=$(cd "${3:-$REPO}" && pwd)
 OUT=${OUT:-/tmp/fuseinfer-out}
 AB=$OUT/ab
 mkdir -p "$AB"
@@ -51,9 +53,9 @@ run_tree() {  # run_tree NAME TREE ROUND
 
 for r in $(seq 1 "$ROUNDS"); do
   if [ $((r % 2)) = 1 ]; then
-    run_tree before "$BEFORE" "$r"; run_tree after "$REPO" "$r"
+    run_tree before "$BEFORE" "$r"; run_tree after "$AFTER" "$r"
   else
-    run_tree after "$REPO" "$r"; run_tree before "$BEFORE" "$r"
+    run_tree after "$AFTER" "$r"; run_tree before "$BEFORE" "$r"
   fi
 done
 python3 "$REPO/microbench/before_after_summary.py" "$AB" | tee "$OUT/before_after.txt"
