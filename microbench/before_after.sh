@@ -3,9 +3,9 @@
 #   microbench/before_after.sh BEFORE_TREE [ROUNDS] [AFTER_TREE]
 # BEFORE_TREE is a checkout of the older code (its python/ and csrc/; e.g.
 # `mkdir .before && git archive REV python csrc autotune_configs | tar -x -C .before`);
-# AFTER_TREE defaults to the working tree. Each round runs bench offline, bench latency and the two recorded serving
-# workloads on both trees, alternating which goes first, with the same client (the older
-# tree's bench serving) against both servers. Logs and one JSON per run land in
+# AFTER_TREE defaults to the working tree. Each round runs bench offline, bench latency
+# and the two recorded serving workloads on both trees, alternating which goes first, with
+# the same client (the older tree's bench serving) against both servers. Logs and one JSON per run land in
 # $OUT/ab/, and microbench/before_after_summary.py prints the medians and ratios.
 set -uo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
