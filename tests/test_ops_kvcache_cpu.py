@@ -101,3 +101,21 @@ def test_schema():
     schema = str(torch.ops.fuseinfer.store_kv_cache.default._schema)
     assert "Tensor(a!) k_cache" in schema and "Tensor(b!) v_cache" in schema
     assert "bool? enable_pdl=None" in schema
+
+
+@pytest.mark.parametrize("layout", ["3d", "2d"])
+def test_zero_tokens_is_a_no_op(layout):
+    kc = torch.randn(6, 4, 2, 32)
+    vc = torch.randn(6, 4, 2, 32)
+    before_k, before_v = kc.clone(), vc.clone()
+    shape = (0, 2, 32) if layout == "3d" else (0, 64)
+    fuseinfer.ops.store_kv_cache(kc, vc, torch.zeros(0, dtype=torch.int32),
+                                 torch.empty(shape), torch.empty(shape))
+    assert torch.equal(kc, before_k) and torch.equal(vc, before_v)
+
+
+def test_zero_tokens_still_checks_widths():
+    kc, vc = torch.zeros(8, 2, 32), torch.zeros(8, 2, 32)
+    with pytest.raises(ValueError, match="k_cache"):
+        fuseinfer.ops.store_kv_cache(kc, vc, torch.zeros(0, dtype=torch.int64),
+                                     torch.empty(0, 2, 16), torch.empty(0, 2, 16))

@@ -288,3 +288,12 @@ def test_qk_rmsnorm_kernel_interpreted(hq, hk, d):
     launch_qk_rmsnorm(qkv[:, :width], wq, wk, hq, 1e-6, pdl=False)
     torch.testing.assert_close(qkv[:, :width], want, rtol=1e-5, atol=1e-5)
     assert torch.equal(qkv[:, width:], v_before)
+
+
+def test_qk_rmsnorm_zero_tokens_is_a_no_op():
+    qkv, wq, wk = _qk_case(tokens=0)
+    qk_rmsnorm(qkv[:, :96], wq, wk, 4)
+    assert qkv.shape == (0, 128)
+    assert reference_qk_rmsnorm(qkv[:, :96], wq, wk, 4, 1e-6).shape == (0, 96)
+    with pytest.raises(ValueError, match="num_q_heads must be in"):
+        qk_rmsnorm(qkv[:, :96], wq, wk, 6)  # 0 tokens still checks the arguments

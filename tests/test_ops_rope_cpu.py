@@ -157,3 +157,25 @@ def test_fused_fp8_write_matches_store_kv_cache():
     assert torch.equal(kc.view(torch.uint8), want_k.view(torch.uint8))
     assert torch.equal(vc.view(torch.uint8), want_v.view(torch.uint8))
     assert kc.float().abs().sum() > 0
+
+
+@pytest.mark.parametrize("fused", [False, True])
+@pytest.mark.parametrize("heads_dim", [False, True])
+def test_zero_tokens_is_a_no_op(fused, heads_dim):
+    qkv, q, k, v = qkv_views(0, 4, 2, 32)
+    if heads_dim:
+        q, k, v = q.unflatten(1, (4, 32)), k.unflatten(1, (2, 32)), v.unflatten(1, (2, 32))
+    kc, vc = torch.randn(8, 2, 32), torch.randn(8, 2, 32)
+    before_k, before_v = kc.clone(), vc.clone()
+    extra = (v, kc, vc, torch.zeros(0, dtype=torch.int32)) if fused else ()
+    fuseinfer.ops.rope_with_cos_sin_cache(torch.zeros(0, dtype=torch.int64), q, k, 32,
+                                          cos_sin(64, 32), True, *extra)
+    assert q.shape[0] == 0 and k.shape[0] == 0
+    assert torch.equal(kc, before_k) and torch.equal(vc, before_v)
+
+
+def test_zero_tokens_still_checks_head_size():
+    _, q, k, _ = qkv_views(0, 4, 2, 32)
+    with pytest.raises(ValueError, match="query"):
+        fuseinfer.ops.rope_with_cos_sin_cache(torch.zeros(0, dtype=torch.int64), q, k, 48,
+                                              cos_sin(64, 32), True)

@@ -63,3 +63,15 @@ def test_pdl_on_off_identical_and_graph_capture():
     graph.replay()
     torch.cuda.synchronize()
     assert torch.equal(kc.view(-1, 256)[rows], k)
+
+
+@pytest.mark.parametrize("layout", [(0, 8, 128), (0, 1024)])
+def test_store_kv_cache_zero_tokens_is_a_no_op(layout):
+    kc = torch.randn(64, 8, 128, device="cuda", dtype=torch.bfloat16)
+    vc = torch.randn_like(kc)
+    before_k, before_v = kc.clone(), vc.clone()
+    k = torch.empty(layout, device="cuda", dtype=torch.bfloat16)
+    fuseinfer.ops.store_kv_cache(kc, vc, torch.zeros(0, dtype=torch.int32, device="cuda"),
+                                 k, torch.empty_like(k))
+    torch.cuda.synchronize()  # a zero-grid launch would surface here
+    assert torch.equal(kc, before_k) and torch.equal(vc, before_v)

@@ -264,3 +264,11 @@ def test_qk_rmsnorm_replays_in_a_cuda_graph():
     want = reference_qk_rmsnorm(qkv[:, :24 * 128], wq, wk, 16, 1e-6)
     torch.testing.assert_close(work[:, :24 * 128].float(), want, rtol=2e-2, atol=2e-2)
     assert torch.equal(work[:, 24 * 128:], qkv[:, 24 * 128:])
+
+
+def test_qk_rmsnorm_zero_tokens_is_a_no_op():
+    qkv = torch.empty(0, (8 + 2 * 2) * 128, device="cuda", dtype=torch.bfloat16)
+    w = torch.randn(128, device="cuda", dtype=torch.bfloat16)
+    qk_rmsnorm(qkv[:, :1280], w, w.clone(), 8)
+    torch.cuda.synchronize()  # a zero-grid launch would surface here
+    assert qkv.shape == (0, 1536)

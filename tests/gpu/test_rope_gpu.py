@@ -133,3 +133,20 @@ def test_bad_input_errors_cuda(case):
     fn, pattern = calls[case]
     with pytest.raises(ValueError, match=pattern):
         fn()
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_rope_zero_tokens_is_a_no_op(fused):
+    from fuseinfer.ops.rope.rope_with_cos_sin_cache import rope_with_cos_sin_cache
+
+    qkv = torch.empty(0, (8 + 2 * 2) * 128, device="cuda", dtype=torch.bfloat16)
+    q, k, v = qkv[:, :1024], qkv[:, 1024:1280], qkv[:, 1280:]
+    cos_sin = torch.randn(64, 128, device="cuda")
+    kc = torch.randn(32, 2, 128, device="cuda", dtype=torch.bfloat16)
+    vc = torch.randn_like(kc)
+    before_k, before_v = kc.clone(), vc.clone()
+    extra = (v, kc, vc, torch.zeros(0, dtype=torch.int64, device="cuda")) if fused else ()
+    rope_with_cos_sin_cache(torch.zeros(0, dtype=torch.int64, device="cuda"), q, k, 128,
+                            cos_sin, True, *extra)
+    torch.cuda.synchronize()  # a zero-grid launch would surface here
+    assert torch.equal(kc, before_k) and torch.equal(vc, before_v)

@@ -153,7 +153,7 @@ def slot_view(cache: torch.Tensor) -> torch.Tensor:
 def write_cache_rows(cache: torch.Tensor, loc: torch.Tensor, rows: torch.Tensor,
                      scale: torch.Tensor | None) -> None:
     """cache[loc[i]] = rows[i] on the CPU (any cache layout that flattens to slots)."""
-    values = to_cache(rows.reshape(rows.size(0), -1), cache.dtype, scale)
+    values = to_cache(rows.flatten(1), cache.dtype, scale)  # flatten: also for 0 rows
     slot_view(cache)[loc.long()] = values
 
 

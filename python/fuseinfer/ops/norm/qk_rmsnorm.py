@@ -26,7 +26,7 @@ def reference_qk_rmsnorm(qk: torch.Tensor, q_weight: torch.Tensor, k_weight: tor
                          num_q_heads: int, eps: float) -> torch.Tensor:
     """The normalized rows in float32 (shape of qk): the CPU kernel and the test oracle."""
     d = q_weight.numel()
-    x = qk.float().reshape(qk.size(0), -1, d)
+    x = qk.float().unflatten(1, (-1, d))  # not reshape(tokens, -1, d): fine at 0 tokens
     w = torch.cat([q_weight.float().expand(num_q_heads, d),
                    k_weight.float().expand(x.size(1) - num_q_heads, d)])
     return (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w).reshape(qk.shape)

@@ -110,7 +110,8 @@ def reference_rope(positions: torch.Tensor, x: torch.Tensor, head_size: int,
     """Rotated copy of x ([tokens, heads*head_size] or [tokens, heads, head_size]) in
     float32 (float64 stays float64): the CPU kernel and the test oracle."""
     compute = torch.float64 if x.dtype == torch.float64 else torch.float32
-    heads = x.reshape(x.size(0), -1, head_size).to(compute)
+    # unflatten, not reshape(tokens, -1, head_size): the head count must be known at 0 tokens
+    heads = x.flatten(1).unflatten(1, (-1, head_size)).to(compute)
     rotary_dim = cos_sin_cache.size(1)
     cos, sin = cos_sin_cache[positions.long()].to(compute).unsqueeze(1).chunk(2, dim=-1)
     rotated = _rotate(heads[..., :rotary_dim], cos, sin, is_neox)
