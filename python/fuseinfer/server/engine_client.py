@@ -1,18 +1,30 @@
 """The HTTP process's side of the engine process: submit, abort, and each request's tokens
-as an async iterator."""
+as an async iterator; and whether the engine is still there.
+
+When the engine process dies (a bug, an OOM kill, a device error), a watcher thread
+notices at once: every waiting request fails with HTTP 503, new requests get 503,
+`health()` says 503, and after `EXIT_GRACE_S` (long enough for a health probe to see it)
+the server is asked to stop (`on_engine_death`) and exits with `ENGINE_DIED_EXIT_CODE`, so
+a supervisor restarts it. A server that does not stop by itself within `HARD_EXIT_S` more
+is ended with that code regardless.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import os
+import sys
 import threading
 import time
-from collections.abc import AsyncIterator
+import traceback
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..runtime.sampling import SamplingParams
 from ..runtime.step_output import FinishReason, TokenLogprob
+from .engine_watch import describe_exit, watch_process
 from .errors import ApiError
 from .messages import (
     AbortRequest,
@@ -27,8 +39,13 @@ from .metrics import ServerMetrics
 from .openai_format import finish_error
 
 # What a request's queue receives per step: (new tokens, its finish or None, their logprob
-# entries). A plain tuple: one is built per request and step on the reader thread.
-StreamItem = tuple[list[int], Finish | None, list[TokenLogprob]]
+# entries). A plain tuple: one is built per request and step on the reader thread. The
+# finish is an ApiError when the engine process died under the request.
+StreamItem = tuple[list[int], Finish | ApiError | None, list[TokenLogprob]]
+
+ENGINE_DIED_EXIT_CODE = 3
+EXIT_GRACE_S = 1.0  # health says 503 this long before the server stops accepting
+HARD_EXIT_S = 5.0  # then this long for a clean stop before the process is ended
 
 
 @dataclass(slots=True)
@@ -55,18 +72,79 @@ class EngineClient:
         self.metrics = ServerMetrics()
         self.capacity: int | None = None  # running + queued requests allowed; None: no cap
         self.timeout_s: float | None = None  # per-request limit; None: none
+        # Why the engine cannot serve (it died); None while it can.
+        self.engine_error: str | None = None
+        # Asked (from a thread) to stop the server once the engine died; the server's exit
+        # status is then `exit_code`.
+        self.on_engine_death: Callable[[], None] | None = None
+        self.exit_code = 0
+        self.exit_process: Callable[[int], None] = os._exit  # the last resort
+        self.metrics.engine_pid = info.pid
         self._rid = itertools.count()
         self._lock = threading.Lock()
         self._reader = threading.Thread(target=self._read, daemon=True, name="engine-reader")
         self._reader.start()
+        if info.pid:
+            watch_process(info.pid, self._engine_exited)
 
     def _read(self) -> None:
         while True:
-            msg = self.outbox.get()
+            try:
+                msg = self.outbox.get()
+            except Exception as err:  # a message cut short: the engine died mid-write
+                self.engine_failed(f"the engine process's messages could not be read "
+                                   f"({err!r})")
+                return
             if isinstance(msg, StepTokens):
                 self._route(msg)
             elif isinstance(msg, Stats):
                 self.stats = msg
+
+    # ---- health --------------------------------------------------------------------------
+    @property
+    def healthy(self) -> bool:
+        return self.engine_error is None
+
+    def health(self) -> tuple[int, dict]:
+        """(HTTP status, body) for /health: 200 while the engine serves, else 503."""
+        if self.engine_error is None:
+            return 200, {"status": "ok"}
+        return 503, {"status": "unavailable", "error": self.engine_error}
+
+    def _engine_exited(self, code: int | None) -> None:
+        # 0: it left its loop on a Stop; None: this process joined it already (shutdown)
+        if code:
+            self.engine_failed(f"the engine process died ({describe_exit(code)})")
+
+    def engine_failed(self, why: str) -> None:
+        """The engine cannot serve any more: fail every waiting request, refuse new ones,
+        then stop the server with a non-zero exit code. Runs once, on a watcher thread."""
+        reason = f"{why}; this server cannot serve and is exiting"
+        with self._lock:
+            if self.engine_error is not None:
+                return
+            self.engine_error = reason
+            waiting = list(self.streams.values())
+        self.metrics.engine_up = False
+        print(f"fuseinfer serve: {reason}", file=sys.stderr, flush=True)
+        error = ApiError(reason, status=503, kind="engine_unavailable")
+        by_loop: dict[asyncio.AbstractEventLoop, list] = {}
+        for loop, stream in waiting:
+            by_loop.setdefault(loop, []).append((stream, ([], error, [])))
+        for loop, items in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_deliver, items)
+            except RuntimeError:  # that event loop has closed: nobody waits there
+                pass
+        time.sleep(EXIT_GRACE_S)
+        self.exit_code = ENGINE_DIED_EXIT_CODE
+        if self.on_engine_death is not None:
+            try:
+                self.on_engine_death()
+            except Exception:
+                traceback.print_exc()
+        time.sleep(HARD_EXIT_S if self.on_engine_death is not None else 0.0)
+        self.exit_process(ENGINE_DIED_EXIT_CODE)
 
     def _route(self, msg: StepTokens) -> None:
         by_loop: dict[asyncio.AbstractEventLoop, list] = {}
@@ -86,6 +164,7 @@ class EngineClient:
         rid = next(self._rid)
         stream = Stream(len(prompt))
         with self._lock:  # checked and registered at once: no two requests take one place
+            self._refuse_if_dead()
             self._refuse_if_full(len(self.streams), 1)
             self.streams[rid] = (asyncio.get_running_loop(), stream)
         self.inbox.put(AddRequest(rid, prompt, params))
@@ -93,9 +172,14 @@ class EngineClient:
 
     def check_capacity(self, n: int) -> None:
         """Refuse (HTTP 503) before a response starts if n more requests do not fit."""
+        self._refuse_if_dead()
         with self._lock:
             busy = len(self.streams)
         self._refuse_if_full(busy, n)
+
+    def _refuse_if_dead(self) -> None:
+        if self.engine_error is not None:
+            raise ApiError(self.engine_error, status=503, kind="engine_unavailable")
 
     def _refuse_if_full(self, busy: int, n: int) -> None:
         if self.capacity is not None and busy + n > self.capacity:
@@ -144,6 +228,8 @@ class EngineClient:
                     yield tokens, None, lps
                     continue
                 finished = True  # the engine is done with it: nothing to abort
+                if isinstance(finish, ApiError):  # the engine process died under it
+                    raise finish
                 with m.lock:
                     m.e2e.observe(now - start)
                     m.requests += 1

@@ -6,12 +6,20 @@ loaded (after a warm-up that compiles and freezes the GC), then after each step 
 request, keeps the queue's per-message cost off the step loop), and `Stats` twice a
 second. A request the engine rejects comes back at once, finished with
 `FinishReason.REJECTED` and its reason.
+
+Faults stay with the request that caused them: an exception while adding or aborting one
+request fails that request alone (`FinishReason.ABORT` with the error, which the HTTP side
+answers with a 500), and an exception from a step fails the requests the engine holds and
+the loop carries on. Only an engine that keeps failing with nothing left to fail ends the
+process, with a non-zero exit code, which the HTTP side notices at once.
 """
 
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import queue
+import sys
 import time
 import traceback
 from collections.abc import Sequence
@@ -33,6 +41,13 @@ from .messages import (
 )
 
 STATS_PERIOD_S = 0.5
+# Consecutive failed steps after which the engine counts as wedged (a step that fails again
+# once every request was failed): the process exits and the HTTP side reports it dead.
+MAX_FAILED_STEPS = 3
+
+
+def _log_error(what: str) -> None:
+    print(f"fuseinfer engine: {what}\n{traceback.format_exc()}", file=sys.stderr, flush=True)
 
 
 class EngineLoop:
@@ -43,6 +58,7 @@ class EngineLoop:
         self.live: dict[int, Any] = {}  # HTTP rid -> the engine's Request
         self.rid_of: dict[int, int] = {}  # engine rid -> HTTP rid
         self.aborted = 0
+        self.failed_steps = 0  # consecutive steps that raised
 
     def handle(self, msg: Any) -> bool:
         """Apply one inbox message; False when it says stop."""
@@ -52,8 +68,11 @@ class EngineLoop:
             req = self.live.pop(msg.rid, None)
             if req is not None:  # else it finished already: nothing to free
                 self.rid_of.pop(req.rid, None)
-                self.engine.abort(req)
                 self.aborted += 1
+                try:
+                    self.engine.abort(req)
+                except Exception:  # its client is gone: nobody to tell, keep serving others
+                    _log_error(f"aborting request {msg.rid} failed")
         elif isinstance(msg, FreezeGc):
             from ..runtime.gc_control import freeze_after_warmup
 
@@ -67,6 +86,11 @@ class EngineLoop:
             req = self.engine.add_request(msg.prompt, msg.params)
         except ValueError as err:  # parameters the HTTP process should have refused
             self.outbox.put(_finished(msg.rid, Finish(FinishReason.REJECTED, str(err))))
+            return
+        except Exception as err:  # a bug this request triggers: it fails, the others go on
+            _log_error(f"adding request {msg.rid} failed")
+            self.outbox.put(_finished(msg.rid, Finish(FinishReason.ABORT,
+                                                      f"internal error: {err!r}")))
             return
         if req.finished:  # rejected: it never entered the engine
             self.outbox.put(_finished(msg.rid, Finish(req.finish_reason, req.finish_detail)))
@@ -95,6 +119,35 @@ class EngineLoop:
         if rids:
             self.outbox.put(StepTokens(rids, tokens, logprobs, finished))
 
+    def step(self) -> None:
+        """One engine step, its deltas reported. A step that raises fails every request the
+        engine holds (which of them the step touched is unknown) and frees them; raises when
+        steps keep failing with nothing left to fail (the engine is wedged)."""
+        try:
+            deltas = self.engine.step()
+        except Exception as err:
+            self.failed_steps += 1
+            _log_error("a step failed; failing the requests it may have touched")
+            if self.failed_steps >= MAX_FAILED_STEPS and not self.live:
+                raise
+            self.fail_all(f"internal error in an engine step: {err!r}")
+            return
+        self.failed_steps = 0
+        self.report(deltas)
+
+    def fail_all(self, reason: str) -> None:
+        """Finish every live request with ABORT and `reason`, freeing it in the engine."""
+        if not self.live:
+            return
+        finish = Finish(FinishReason.ABORT, reason)
+        rids = list(self.live)
+        for req in self.live.values():
+            self.engine.abort(req)  # raises when the engine is beyond repair: the process ends
+        self.live.clear()
+        self.rid_of.clear()
+        self.outbox.put(StepTokens(rids, [[] for _ in rids], [[] for _ in rids],
+                                   dict.fromkeys(rids, finish)))
+
     def stats(self) -> Stats:
         s = self.engine.stats()
         return Stats(s.waiting, s.running, s.kv_usage, self.aborted)
@@ -112,7 +165,7 @@ def engine_main(args: EngineArgs, inbox: mp.Queue, outbox: mp.Queue) -> None:
         engine = Engine(args)
         engine.warmup()  # compile and freeze the GC before the first request, not during it
         outbox.put(Ready(engine.max_context, tuple(engine.config.eos_token_ids),
-                         engine.config.vocab_size))
+                         engine.config.vocab_size, os.getpid()))
     except Exception:  # report why the server cannot start, then exit
         outbox.put(Failed(traceback.format_exc()))
         return
@@ -133,7 +186,7 @@ def engine_main(args: EngineArgs, inbox: mp.Queue, outbox: mp.Queue) -> None:
                 except queue.Empty:
                     msg = None
             if engine.busy:
-                loop.report(engine.step())
+                loop.step()
             now = time.monotonic()
             if now - last_stats > STATS_PERIOD_S:
                 last_stats = now

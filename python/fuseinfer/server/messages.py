@@ -52,6 +52,7 @@ class Ready:
     max_context: int  # tokens per request at most (prompt + output)
     eos_token_ids: tuple[int, ...]
     vocab_size: int
+    pid: int = 0  # the engine process, watched by the HTTP process (0: not watched)
 
 
 @dataclass(frozen=True, slots=True)

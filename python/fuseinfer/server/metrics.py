@@ -48,6 +48,8 @@ class ServerMetrics:
         self.requests = 0
         self.prompt_tokens = 0
         self.generation_tokens = 0
+        self.engine_pid = 0  # the engine process's pid (0: unknown)
+        self.engine_up = True  # False once the engine process died
 
     def render(self, stats: Stats) -> str:
         gauges = (("fuseinfer_num_requests_waiting", "Requests queued", "waiting"),
@@ -55,10 +57,13 @@ class ServerMetrics:
                   ("fuseinfer_kv_cache_usage", "Fraction of KV pages in use", "kv_usage"),
                   ("fuseinfer_requests_aborted", "Requests aborted (client gone) since start",
                    "aborted"))
+        values = [(name, text, float(getattr(stats, key))) for name, text, key in gauges]
+        values += [("fuseinfer_engine_up", "1 while the engine process serves, 0 once it died",
+                    float(self.engine_up)),
+                   ("fuseinfer_engine_pid", "The engine process's pid", float(self.engine_pid))]
         lines = []
-        for name, text, key in gauges:
-            lines += [f"# HELP {name} {text}", f"# TYPE {name} gauge",
-                      f"{name} {float(getattr(stats, key))}"]
+        for name, text, value in values:
+            lines += [f"# HELP {name} {text}", f"# TYPE {name} gauge", f"{name} {value}"]
         with self.lock:
             for name, text, value in (
                 ("fuseinfer_requests_total", "Requests finished", self.requests),
