@@ -38,8 +38,14 @@ def _run_info(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     import fuseinfer  # noqa: F401  (registers ops and their table schemas)
 
+    from .runtime.cli import UsageExit
+
     args = build_parser().parse_args(argv)
-    return int(args.handler(args) or 0)
+    try:
+        return int(args.handler(args) or 0)
+    except UsageExit as err:  # a user's mistake: one line, no traceback
+        print(err, file=sys.stderr, flush=True)
+        return 2
 
 
 if __name__ == "__main__":

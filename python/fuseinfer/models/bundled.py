@@ -21,7 +21,19 @@ def resolve_model(model: str | Path | None) -> Path:
     if name in CONFIG_ONLY and not Path(model).exists():
         return CONFIGS_DIR / name
     path = Path(model)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such model folder; bundled names: tiny, "
+                                f"{', '.join(CONFIG_ONLY)}")
     if not (path / "config.json").exists():
         raise FileNotFoundError(f"{path}: not a model folder (no config.json); bundled "
                                 f"names: tiny, {', '.join(CONFIG_ONLY)}")
     return path
+
+
+def require_weights(folder: Path, load_format: str) -> None:
+    """Raise FileNotFoundError, saying what to do, when `folder` has no weights to load."""
+    if load_format == "dummy" or any(folder.glob("*.safetensors")):
+        return
+    what = f"the bundled {folder.name} is config-only" if folder.parent == CONFIGS_DIR \
+        else f"{folder} has no weights (*.safetensors)"
+    raise FileNotFoundError(f"{what}: add --load-format dummy to run it with random weights")
