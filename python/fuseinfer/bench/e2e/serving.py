@@ -6,6 +6,12 @@ client); arrivals are Poisson at --request-rate (inf: all at once) with at most
 `sharegpt-like` (synthetic lengths drawn around a conversational mix: inputs log-normal
 around 250 tokens, outputs around 200, clipped). Reports request and token throughput and
 TTFT, ITL and end-to-end latency p50/p90/p99, as a table and JSON.
+
+Token ids are drawn below the vocabulary size the server reports on /v1/models
+(`vocab_size` of the model's entry) unless --vocab-size is given; a server that reports none
+gets ids below FALLBACK_VOCAB, with a warning. A request that errs, ends early or takes
+longer than --request-timeout counts as failed; the run always ends with its table, also
+when the server refuses connections or dies mid-run.
 """
 
 from __future__ import annotations
@@ -24,6 +30,9 @@ from typing import Any
 
 from ..registry import Suite, register_suite
 
+FALLBACK_VOCAB = 256  # every model has at least this many ids (byte-level tokenizers do)
+DEFAULT_REQUEST_TIMEOUT_S = 600.0
+
 
 @dataclass
 class Result:
@@ -34,6 +43,7 @@ class Result:
     itls: list[float] = field(default_factory=list)
     e2e: float = 0.0
     error: str = ""
+    timed_out: bool = False
 
 
 def make_requests(dataset: str, n: int, input_len: int, output_len: int, vocab: int,
@@ -124,6 +134,17 @@ async def _one(host: str, port: int, path: str, model: str, prompt: list[int],
     return res
 
 
+async def _one_within(timeout_s: float | None, host: str, port: int, path: str, model: str,
+                      prompt: list[int], max_tokens: int) -> Result:
+    """_one, failed (not hung) when the server takes longer than timeout_s."""
+    try:
+        return await asyncio.wait_for(_one(host, port, path, model, prompt, max_tokens),
+                                      timeout_s)
+    except asyncio.TimeoutError:
+        return Result(ok=False, prompt_tokens=len(prompt), timed_out=True,
+                      error=f"no complete answer within --request-timeout {timeout_s:g} s")
+
+
 def _pct(values: list[float], q: float) -> float | None:
     if not values:
         return None
@@ -133,7 +154,9 @@ def _pct(values: list[float], q: float) -> float | None:
 
 async def run_benchmark(base: str, requests: list[tuple[list[int], int]], rate: float,
                         concurrency: int | None, model: str, seed: int = 0,
-                        progress: bool = True) -> dict[str, Any]:
+                        progress: bool = True,
+                        request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT_S
+                        ) -> dict[str, Any]:
     from urllib.parse import urlsplit
 
     from ..progress import Progress
@@ -149,10 +172,11 @@ async def run_benchmark(base: str, requests: list[tuple[list[int], int]], rate: 
     with Progress(len(requests), "bench serving") as bar:
         async def go(prompt: list[int], n: int) -> None:
             if sem is None:
-                res = await _one(host, port, path, model, prompt, n)
+                res = await _one_within(request_timeout, host, port, path, model, prompt, n)
             else:
                 async with sem:
-                    res = await _one(host, port, path, model, prompt, n)
+                    res = await _one_within(request_timeout, host, port, path, model, prompt,
+                                            n)
             results.append(res)
             if progress:
                 bar.step(f"{len(results)}/{len(requests)} done")
@@ -163,14 +187,15 @@ async def run_benchmark(base: str, requests: list[tuple[list[int], int]], rate: 
             tasks.append(asyncio.create_task(go(prompt, n)))
             if math.isfinite(rate) and rate > 0:
                 await asyncio.sleep(rng.expovariate(rate))
-        await asyncio.gather(*tasks)
-        duration = time.perf_counter() - start
+        await asyncio.gather(*tasks, return_exceptions=True)  # the table comes regardless
+        duration = max(time.perf_counter() - start, 1e-9)
     ok = [r for r in results if r.ok]
     out_tokens = sum(r.output_tokens for r in ok)
     in_tokens = sum(r.prompt_tokens for r in ok)
     itls = [x for r in ok for x in r.itls]
     summary: dict[str, Any] = {
-        "requests": len(requests), "completed": len(ok), "failed": len(results) - len(ok),
+        "requests": len(requests), "completed": len(ok), "failed": len(requests) - len(ok),
+        "timed_out": sum(r.timed_out for r in results),
         "duration_s": duration, "request_throughput": len(ok) / duration,
         "input_tokens": in_tokens, "output_tokens": out_tokens,
         "output_tok_per_s": out_tokens / duration,
@@ -195,8 +220,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-concurrency", type=int, help="requests in flight at most")
     parser.add_argument("--random-input", type=int, default=256)
     parser.add_argument("--random-output", type=int, default=64)
-    parser.add_argument("--vocab-size", type=int, default=32000,
-                        help="token ids are drawn below this (default 32000)")
+    parser.add_argument("--vocab-size", type=int,
+                        help="token ids are drawn below this (default: the vocab_size the "
+                        f"server reports on /v1/models, else {FALLBACK_VOCAB})")
+    parser.add_argument("--request-timeout", type=float, default=DEFAULT_REQUEST_TIMEOUT_S,
+                        help="seconds a request may take before it counts as failed "
+                        f"(default {DEFAULT_REQUEST_TIMEOUT_S:g}; 0: no limit)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="write the summary as JSON here")
     parser.add_argument("--record", action="store_true",
@@ -206,23 +235,49 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="with --record: add to the latest recorded serving run")
 
 
-def run_command(args: argparse.Namespace) -> int:
+def _warn(message: str) -> None:
+    print(f"fuseinfer bench serving: warning: {message}", file=sys.stderr, flush=True)
+
+
+def server_model(base: str, wanted: str | None) -> tuple[str, int | None]:
+    """The model name to send and the vocabulary size the server reports for it (None when
+    it reports none). An unreachable server is a warning, not an error: the run goes on and
+    counts its requests as failed."""
     import urllib.request
 
-    base = args.base_url.rstrip("/")
     try:
         with urllib.request.urlopen(base + "/v1/models", timeout=10) as r:
-            models = json.load(r)["data"]
+            models = [m for m in json.load(r)["data"] if isinstance(m, dict)]
     except Exception as err:
-        raise SystemExit(f"cannot reach {base}/v1/models: {err}") from err
-    model = args.model or models[0]["id"]
+        _warn(f"cannot read {base}/v1/models: {err}")
+        return wanted or "default", None
+    entry = next((m for m in models if m.get("id") == wanted), None) if wanted else \
+        (models[0] if models else None)
+    model = wanted or (str(entry["id"]) if entry and "id" in entry else "default")
+    vocab = entry.get("vocab_size") if entry else None
+    ok = isinstance(vocab, int) and not isinstance(vocab, bool) and vocab > 10
+    return model, vocab if ok else None
+
+
+def run_command(args: argparse.Namespace) -> int:
+    base = args.base_url.rstrip("/")
     if args.num_prompts < 1 or args.random_input < 1 or args.random_output < 1:
         raise SystemExit("--num-prompts, --random-input and --random-output must be >= 1")
+    if args.vocab_size is not None and args.vocab_size <= 10:
+        raise SystemExit("--vocab-size must be > 10 (ids are drawn from [10, vocab))")
+    model, reported = server_model(base, args.model)
+    vocab = args.vocab_size or reported
+    if vocab is None:
+        _warn(f"the server reports no vocab_size on /v1/models: token ids are drawn below "
+              f"{FALLBACK_VOCAB} (--vocab-size sets it)")
+        vocab = FALLBACK_VOCAB
     reqs = make_requests(args.dataset, args.num_prompts, args.random_input,
-                         args.random_output, args.vocab_size, args.seed)
+                         args.random_output, vocab, args.seed)
+    timeout = args.request_timeout if args.request_timeout and args.request_timeout > 0 \
+        else None
     summary = asyncio.run(run_benchmark(base, reqs, args.request_rate, args.max_concurrency,
-                                        model, args.seed))
-    summary |= {"base_url": base, "model": model, "dataset": args.dataset,
+                                        model, args.seed, request_timeout=timeout))
+    summary |= {"base_url": base, "model": model, "vocab_size": vocab, "dataset": args.dataset,
                 "request_rate": args.request_rate if math.isfinite(args.request_rate)
                 else "inf", "max_concurrency": args.max_concurrency}
     width = max(len(k) for k in summary)
