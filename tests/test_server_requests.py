@@ -20,6 +20,7 @@ from fuseinfer.server.request_models import (
     ChatCompletionRequest,
     CompletionRequest,
     GenerateRequest,
+    GenerateSamplingFields,
     parse_body,
 )
 
@@ -91,10 +92,122 @@ def test_bad_types_name_their_field(model, body, param):
     assert err.value.body()["error"]["type"] == "invalid_request_error"
 
 
+@pytest.mark.parametrize("model, body, param", [
+    (CompletionRequest, {"prompt": "x", "stream": "yes"}, "stream"),
+    (CompletionRequest, {"prompt": "x", "stream": 1}, "stream"),
+    (CompletionRequest, {"prompt": "x", "ignore_eos": "true"}, "ignore_eos"),
+    (CompletionRequest, {"prompt": "x", "max_tokens": True}, "max_tokens"),
+    (CompletionRequest, {"prompt": "x", "seed": False}, "seed"),
+    (CompletionRequest, {"prompt": "x", "top_p": True}, "top_p"),
+    (CompletionRequest, {"prompt": "x", "logprobs": 1.0}, "logprobs"),
+    (CompletionRequest, {"prompt": "x", "stream_options": 3}, "stream_options"),
+    (CompletionRequest, {"prompt": "x", "stream_options": [True]}, "stream_options"),
+    (CompletionRequest, {"prompt": "x", "stop_token_ids": [True]}, "stop_token_ids"),
+    (CompletionRequest, {"prompt": "x", "stop_token_ids": [2.0]}, "stop_token_ids"),
+    (CompletionRequest, {"prompt": [[1, 2], [False]]}, "prompt"),
+    (ChatCompletionRequest, {"messages": [{"role": "u", "content": "x"}], "logprobs": 1},
+     "logprobs"),
+    (ChatCompletionRequest, {"messages": [{"role": "u", "content": "x"}], "n": 2.0}, "n"),
+    (GenerateRequest, {"input_ids": [1], "sampling_params": [1]}, "sampling_params"),
+    (GenerateRequest, {"input_ids": [1], "sampling_params": "greedy"}, "sampling_params"),
+    (GenerateRequest, {"input_ids": [1, True]}, "input_ids"),
+    (GenerateRequest, {"input_ids": [1, 2.0]}, "input_ids"),
+    (GenerateRequest, {"input_ids": [1], "sampling_params": {"ignore_eos": "no"}},
+     "sampling_params.ignore_eos"),
+])
+def test_strict_types_name_their_field(model, body, param):
+    with pytest.raises(ApiError) as err:
+        _parse(model, body)
+    assert err.value.param == param and err.value.status == 400
+
+
+@pytest.mark.parametrize("raw, param", [
+    (b'{"prompt": "x", "temperature": NaN}', "temperature"),
+    (b'{"prompt": "x", "top_p": Infinity}', "top_p"),
+    (b'{"prompt": "x", "min_p": -Infinity}', "min_p"),
+])
+def test_non_finite_numbers_are_refused(raw, param):
+    with pytest.raises(ApiError) as err:
+        parse_body(CompletionRequest, raw)
+    assert err.value.param == param
+
+
+@pytest.mark.parametrize("model, field, value", [
+    (CompletionRequest, "presence_penalty", 0.5), (CompletionRequest, "frequency_penalty", -1),
+    (CompletionRequest, "repetition_penalty", 1.2), (CompletionRequest, "logit_bias", {"5": 3}),
+    (CompletionRequest, "min_tokens", 4), (CompletionRequest, "echo", True),
+    (CompletionRequest, "best_of", 3), (CompletionRequest, "suffix", "end"),
+    (CompletionRequest, "presence_penalty", False),  # not a number, so not the neutral 0
+    (ChatCompletionRequest, "tools", [{"type": "function"}]),
+    (ChatCompletionRequest, "tool_choice", "auto"),
+    (ChatCompletionRequest, "response_format", {"type": "json_object"}),
+    (ChatCompletionRequest, "frequency_penalty", 0.1),
+    (ChatCompletionRequest, "modalities", ["text", "audio"]),
+    (ChatCompletionRequest, "audio", {"voice": "x"}),
+])
+def test_unimplemented_openai_fields_are_refused_by_name(model, field, value):
+    base = {"prompt": "x"} if model is CompletionRequest else \
+        {"messages": [{"role": "u", "content": "x"}]}
+    with pytest.raises(ApiError) as err:
+        _parse(model, {**base, field: value})
+    assert err.value.param == field and "unsupported" in err.value.message
+
+
+@pytest.mark.parametrize("model, neutral", [
+    (CompletionRequest, {"prompt": "x", "presence_penalty": 0.0, "frequency_penalty": 0,
+                         "repetition_penalty": 1.0, "echo": False, "best_of": 1,
+                         "suffix": None, "min_tokens": 0}),
+    (ChatCompletionRequest, {"messages": [{"role": "u", "content": "x"}], "tools": [],
+                             "tool_choice": "none", "response_format": {"type": "text"},
+                             "modalities": ["text"], "user": "u", "store": False}),
+])
+def test_unimplemented_fields_at_their_neutral_values_are_accepted(model, neutral):
+    rng = random.Random(7)
+    max_tokens = rng.randrange(1, 99)
+    req = _parse(model, {**neutral, "max_tokens": max_tokens})
+    assert req.sampling_params(16) == SamplingParams(max_new_tokens=max_tokens)
+
+
+def test_generate_takes_the_runtime_names_and_refuses_unknown_keys():
+    rng = random.Random(8)
+    n = rng.randrange(1, 99)
+    for fields in ({"max_new_tokens": n}, {"max_tokens": n}, {"max_new_tokens": n,
+                                                             "max_tokens": n}):
+        req = _parse(GenerateRequest, {"input_ids": [1], "sampling_params": fields})
+        assert req.sampling_params.sampling_params(128).max_new_tokens == n
+    assert GenerateSamplingFields().sampling_params(128).max_new_tokens == 128
+    req = _parse(GenerateRequest, {"input_ids": [1], "sampling_params": {
+        "max_new_tokens": n, "max_tokens": n + 1}})
+    with pytest.raises(ApiError) as err:
+        req.sampling_params.sampling_params(128, prefix="sampling_params.")
+    assert err.value.param == "sampling_params.max_tokens"
+    for body, param in [({"input_ids": [1], "prompt": "x"}, "prompt"),
+                        ({"input_ids": [1], "sampling_params": {"presence_penalty": 0}},
+                         "sampling_params.presence_penalty"),
+                        ({"input_ids": [1], "sampling_params": {"logprobs": 2}},
+                         "sampling_params.logprobs")]:
+        with pytest.raises(ApiError) as err:
+            _parse(GenerateRequest, body)
+        assert err.value.param == param and "not a known field" in err.value.message
+
+
+def test_max_tokens_under_two_names_must_agree():
+    rng = random.Random(9)
+    a = rng.randrange(1, 50)
+    req = _parse(CompletionRequest, {"prompt": "x", "max_tokens": a,
+                                     "max_completion_tokens": a + rng.randrange(1, 9)})
+    with pytest.raises(ApiError) as err:
+        req.sampling_params(16)
+    assert err.value.param == "max_completion_tokens"
+    same = _parse(CompletionRequest, {"prompt": "x", "max_tokens": a,
+                                      "max_completion_tokens": a})
+    assert same.sampling_params(16).max_new_tokens == a
+
+
 def test_nulls_and_unknown_fields_mean_not_given():
     req = _parse(CompletionRequest, {"prompt": "x", "max_tokens": None, "temperature": None,
-                                     "n": None, "stop": None, "presence_penalty": 0.5,
-                                     "user": "u"})
+                                     "n": None, "stop": None, "presence_penalty": 0,
+                                     "logit_bias": {}, "user": "u", "metadata": {"a": 1}})
     params = req.sampling_params(16)
     assert params == SamplingParams(max_new_tokens=16)
     assert req.choices_per_prompt == 1 and req.stop == []

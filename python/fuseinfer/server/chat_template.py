@@ -19,4 +19,8 @@ def render_chat(tokenizer: TextTokenizer | None, messages: list[dict]) -> str:
     import jinja2
 
     env = jinja2.Environment(autoescape=False, trim_blocks=True, lstrip_blocks=True)
-    return env.from_string(template).render(messages=messages, add_generation_prompt=True)
+    try:
+        return env.from_string(template).render(messages=messages, add_generation_prompt=True)
+    except Exception as err:  # the messages' extra keys reach the template as sent
+        raise ApiError(f"the chat template cannot render these messages: {err}",
+                       "messages") from err

@@ -13,8 +13,9 @@ import contextlib
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, replace
+from typing import Any
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -61,6 +62,7 @@ class CompletionService:
                  tokenizer: TextTokenizer | None) -> None:
         self.client, self.model_name, self.tokenizer = client, model_name, tokenizer
         self.max_context = client.info.max_context
+        self.vocab_size = client.info.vocab_size
 
     # ---- checks -------------------------------------------------------------------------
     def check_model(self, name: str | None) -> None:
@@ -68,8 +70,17 @@ class CompletionService:
             raise ApiError(f"the model '{name}' does not exist; this server serves "
                            f"'{self.model_name}'", "model")
 
+    def check_token_ids(self, ids: list[int] | tuple[int, ...], param: str) -> None:
+        """Every id in [0, vocab): the engine checks too, but refusing here keeps a bad
+        request out of the engine process entirely."""
+        vocab = self.vocab_size
+        for t in ids:
+            if not 0 <= t < vocab:
+                raise ApiError(f"token id {t} is outside the vocabulary [0, {vocab})", param)
+
     def prompt_ids(self, prompt: str | list[int], param: str) -> list[int]:
         if isinstance(prompt, list):
+            self.check_token_ids(prompt, param)
             return prompt
         if self.tokenizer is None:
             raise ApiError("this model has no tokenizer: send token ids", param)
@@ -88,17 +99,22 @@ class CompletionService:
             raise ApiError("'stop' strings need the model's tokenizer", "stop")
 
     # ---- /generate ----------------------------------------------------------------------
-    async def collect(self, ids: list[int], params: SamplingParams
+    async def collect(self, request: Request, ids: list[int], params: SamplingParams
                       ) -> tuple[list[int], FinishReason | None]:
-        """All tokens of one request and how it finished."""
+        """All tokens of one request and how it finished; aborted if the client goes away."""
         out: list[int] = []
         reason = None
-        rid, stream = self.client.submit(ids, params)
-        tokens_of = self.client.tokens(rid, stream)
-        async with contextlib.aclosing(tokens_of):
-            async for tokens, finish, _ in tokens_of:
-                out += tokens
-                reason = finish
+
+        async def gather() -> None:
+            nonlocal reason
+            rid, stream = self.client.submit(ids, params)
+            tokens_of = self.client.tokens(rid, stream)
+            async with contextlib.aclosing(tokens_of):
+                async for tokens, finish, _ in tokens_of:
+                    out.extend(tokens)
+                    reason = finish
+
+        await _unless_disconnected(request, gather())
         return out, reason
 
     # ---- completions and chat -----------------------------------------------------------
@@ -154,14 +170,7 @@ class CompletionService:
                     produced += count
                     finishes[i] = finish or finishes[i]
 
-        work = asyncio.create_task(gather_all())
-        while not work.done():  # a client that goes away aborts the request (and its KV)
-            await asyncio.wait({work}, timeout=DISCONNECT_POLL_S)
-            if not work.done() and await request.is_disconnected():
-                work.cancel()
-                await asyncio.gather(work, return_exceptions=True)
-                raise ApiError("the client disconnected", status=499, kind="aborted")
-        work.result()  # re-raises an ApiError (timeout, capacity, rejection)
+        await _unless_disconnected(request, gather_all())
         wants_lp = job.params.logprobs is not None
         choices = []
         for i in range(len(gens)):
@@ -177,3 +186,17 @@ class CompletionService:
             "created": created, "model": self.model_name, "choices": choices,
             "usage": {"prompt_tokens": job.prompt_tokens, "completion_tokens": produced,
                       "total_tokens": job.prompt_tokens + produced}})
+
+
+async def _unless_disconnected(request: Request, work_done: Coroutine[Any, Any, None]) -> None:
+    """Run `work_done`; a client that goes away first cancels it, which aborts its engine
+    requests (and frees their KV). Re-raises the work's ApiError (timeout, capacity,
+    rejection)."""
+    work = asyncio.create_task(work_done)
+    while not work.done():
+        await asyncio.wait({work}, timeout=DISCONNECT_POLL_S)
+        if not work.done() and await request.is_disconnected():
+            work.cancel()
+            await asyncio.gather(work, return_exceptions=True)
+            raise ApiError("the client disconnected", status=499, kind="aborted")
+    work.result()

@@ -1,10 +1,14 @@
 """One typed request model per endpoint (pydantic, strict: `"3"` is not an int, `true` is
-not a number), and their sampling fields as `SamplingParams`.
+not a number, NaN and infinities are not numbers), and their sampling fields as
+`SamplingParams`.
 
 Types and shapes are checked here; value ranges once, in `SamplingParams.validate`, whose
 error names the field, reported back under the request's own name for it (`max_tokens`
-for `max_new_tokens`). Fields OpenAI defines that this server does not use are ignored,
-as OpenAI clients send them freely. `null` means "not given" everywhere.
+for `max_new_tokens`). OpenAI fields this server does not implement (penalties,
+`logit_bias`, tools, ...) are refused unless they hold their neutral value (a client that
+sends `presence_penalty: 0` asks for nothing we lack); other unknown fields of the OpenAI
+endpoints are ignored, as OpenAI clients send extras freely. The native /generate knows
+its own fields exactly and refuses any other. `null` means "not given" everywhere.
 """
 
 from __future__ import annotations
@@ -62,8 +66,23 @@ def _message_text(value: Any) -> str:
                      "(only text is supported)")
 
 
+def _unsupported(*neutral: Any) -> PlainValidator:
+    """A field we do not implement: accepted only as null or one of its neutral values
+    (compared with their types, so `false` is not 0)."""
+    def check(value: Any) -> None:
+        if value is None or any(type(value) in _SAME_TYPES.get(type(n), (type(n),))
+                                and value == n for n in neutral):
+            return None
+        raise ValueError("is unsupported: this server does not implement it")
+    return PlainValidator(check)
+
+
+_SAME_TYPES = {int: (int, float), float: (int, float)}
+Unsupported = Any
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(strict=True, extra="ignore")
+    model_config = ConfigDict(strict=True, extra="ignore", allow_inf_nan=False)
 
 
 class SamplingFields(_Strict):
@@ -79,14 +98,23 @@ class SamplingFields(_Strict):
     stop_token_ids: list[int] | None = None
     ignore_eos: bool | None = None
 
+    def max_tokens_given(self) -> list[tuple[str, int]]:
+        """The output length under each name it was given by (they must agree)."""
+        return [(name, value) for name, value in (
+            ("max_tokens", self.max_tokens), ("max_completion_tokens",
+                                              self.max_completion_tokens))
+            if value is not None]
+
     def sampling_params(self, default_max_tokens: int, logprobs: int | None = None,
                         logprobs_name: str = "logprobs", prefix: str = "") -> SamplingParams:
         """SamplingParams, range-checked; ApiError 400 naming the request's field (after
         `prefix`: where these fields sit in the body)."""
-        max_name = "max_completion_tokens" if self.max_tokens is None and \
-            self.max_completion_tokens is not None else "max_tokens"
-        max_tokens = self.max_tokens if self.max_tokens is not None else \
-            self.max_completion_tokens
+        given = self.max_tokens_given()
+        max_name, max_tokens = given[0] if given else ("max_tokens", None)
+        for name, value in given[1:]:
+            if value != max_tokens:
+                raise ApiError(f"'{prefix}{name}' ({value}) disagrees with '{prefix}{max_name}' "
+                               f"({max_tokens}); give one of them", prefix + name)
         params = SamplingParams(
             max_new_tokens=default_max_tokens if max_tokens is None else max_tokens,
             temperature=_given(self.temperature, 1.0), top_p=_given(self.top_p, 1.0),
@@ -117,6 +145,12 @@ class _OpenAiRequest(SamplingFields):
     stream: bool | None = None
     stream_options: StreamOptions | None = None
     stop: Annotated[list[str], PlainValidator(_stop_strings)] = []
+    # not implemented: refused unless neutral
+    presence_penalty: Annotated[Unsupported, _unsupported(0)] = None
+    frequency_penalty: Annotated[Unsupported, _unsupported(0)] = None
+    repetition_penalty: Annotated[Unsupported, _unsupported(1)] = None
+    logit_bias: Annotated[Unsupported, _unsupported({})] = None
+    min_tokens: Annotated[Unsupported, _unsupported(0)] = None
 
     @property
     def choices_per_prompt(self) -> int:
@@ -133,6 +167,9 @@ class CompletionRequest(_OpenAiRequest):
 
     prompt: Annotated[list[str | list[int]], PlainValidator(_prompts)]
     logprobs: int | None = None  # k: the sampled token's and the top k
+    echo: Annotated[Unsupported, _unsupported(False)] = None
+    best_of: Annotated[Unsupported, _unsupported(1)] = None
+    suffix: Annotated[Unsupported, _unsupported("")] = None
 
 
 class ChatMessage(BaseModel):
@@ -149,18 +186,43 @@ class ChatCompletionRequest(_OpenAiRequest):
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
     logprobs: bool | None = None
     top_logprobs: int | None = None  # with logprobs: true, the top k per token
+    tools: Annotated[Unsupported, _unsupported([])] = None
+    tool_choice: Annotated[Unsupported, _unsupported("none")] = None
+    functions: Annotated[Unsupported, _unsupported([])] = None
+    function_call: Annotated[Unsupported, _unsupported("none")] = None
+    response_format: Annotated[Unsupported, _unsupported({"type": "text"})] = None
+    audio: Annotated[Unsupported, _unsupported()] = None
+    modalities: Annotated[Unsupported, _unsupported(["text"])] = None
+    prediction: Annotated[Unsupported, _unsupported()] = None
 
     @property
     def logprobs_k(self) -> int | None:
         return (self.top_logprobs or 0) if self.logprobs else None
 
 
+class GenerateSamplingFields(SamplingFields):
+    """/generate's `sampling_params`: OpenAI's names and the runtime's own
+    (`max_new_tokens`); unknown keys are refused, not ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_new_tokens: int | None = None
+
+    def max_tokens_given(self) -> list[tuple[str, int]]:
+        own = [("max_new_tokens", self.max_new_tokens)] if self.max_new_tokens is not None \
+            else []
+        return own + super().max_tokens_given()
+
+
 class GenerateRequest(_Strict):
-    """POST /generate (native): token ids or text in, token ids (and text) out."""
+    """POST /generate (native): token ids or text in, token ids (and text) out. Unknown
+    keys are refused."""
+
+    model_config = ConfigDict(extra="forbid")
 
     input_ids: list[int] | None = None
     text: str | None = None
-    sampling_params: SamplingFields | None = None
+    sampling_params: GenerateSamplingFields | None = None
 
 
 Body = TypeVar("Body", bound=BaseModel)
@@ -190,6 +252,8 @@ def _error_message(error: dict) -> str:
     if not error["loc"]:
         return "the request body must be a JSON object"
     where = ".".join(str(x) for x in error["loc"])
+    if error["type"] == "extra_forbidden":
+        return f"'{where}' is not a known field"
     if error["type"] == "value_error":  # our validators' own sentences
         return f"'{where}' {error['ctx']['error']}"
     return f"'{where}': {error['msg']}"

@@ -17,7 +17,7 @@ from .request_models import (
     ChatCompletionRequest,
     CompletionRequest,
     GenerateRequest,
-    SamplingFields,
+    GenerateSamplingFields,
     parse_body,
 )
 
@@ -65,16 +65,19 @@ async def models(service: Service) -> dict:
 @router.post("/generate")
 async def generate(request: Request, service: Service) -> JSONResponse:
     body = parse_body(GenerateRequest, await request.body())
+    if body.input_ids is not None and body.text is not None:
+        raise ApiError("give one of 'input_ids' and 'text', not both", "text")
     if body.input_ids is not None:
-        param, ids = "input_ids", body.input_ids
+        param, ids = "input_ids", service.prompt_ids(body.input_ids, "input_ids")
     elif body.text is not None:
         param, ids = "text", service.prompt_ids(body.text, "text")
     else:
         raise ApiError("'input_ids' (token ids) or 'text' is required", "input_ids")
-    fields = body.sampling_params or SamplingFields()
+    fields = body.sampling_params or GenerateSamplingFields()
     params = fields.sampling_params(GENERATE_MAX_TOKENS, prefix="sampling_params.")
+    service.check_token_ids(params.stop_token_ids, "sampling_params.stop_token_ids")
     service.check_length(ids, params, param)
-    out, finish = await service.collect(ids, params)
+    out, finish = await service.collect(request, ids, params)
     text = service.tokenizer.decode(out) if service.tokenizer else None
     return JSONResponse({"output_ids": out, "text": text,
                          "finish_reason": openai_finish_reason(finish),
@@ -87,6 +90,7 @@ async def completions(request: Request, service: Service):
     service.check_model(body.model)
     prompts = [service.prompt_ids(p, "prompt") for p in body.prompt]
     params = body.sampling_params(COMPLETIONS_MAX_TOKENS, body.logprobs)
+    service.check_token_ids(params.stop_token_ids, "stop_token_ids")
     for ids in prompts:
         service.check_length(ids, params, "prompt")
     service.check_stops(body.stop)
@@ -105,6 +109,7 @@ async def chat_completions(request: Request, service: Service):
     room = service.max_context - len(ids)
     params = body.sampling_params(max(1, min(CHAT_MAX_TOKENS_CAP, room)),
                                   body.logprobs_k, logprobs_name="top_logprobs")
+    service.check_token_ids(params.stop_token_ids, "stop_token_ids")
     service.check_length(ids, params, "messages")
     service.check_stops(body.stop)
     job = CompletionJob(chat=True, prompts=[ids], params=params, n=body.choices_per_prompt,
