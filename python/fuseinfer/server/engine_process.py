@@ -58,6 +58,7 @@ class EngineLoop:
         self.live: dict[int, Any] = {}  # HTTP rid -> the engine's Request
         self.rid_of: dict[int, int] = {}  # engine rid -> HTTP rid
         self.aborted = 0
+        self.retractions = 0  # of requests that have left the engine
         self.failed_steps = 0  # consecutive steps that raised
 
     def handle(self, msg: Any) -> bool:
@@ -69,6 +70,7 @@ class EngineLoop:
             if req is not None:  # else it finished already: nothing to free
                 self.rid_of.pop(req.rid, None)
                 self.aborted += 1
+                self._forget(req)
                 try:
                     self.engine.abort(req)
                 except Exception:  # its client is gone: nobody to tell, keep serving others
@@ -115,7 +117,7 @@ class EngineLoop:
             if d.finish_reason is not None:
                 finished[rid] = Finish(d.finish_reason, d.finish_detail)
                 del rid_of[d.rid]
-                del self.live[rid]
+                self._forget(self.live.pop(rid))
         if rids:
             self.outbox.put(StepTokens(rids, tokens, logprobs, finished))
 
@@ -143,14 +145,19 @@ class EngineLoop:
         rids = list(self.live)
         for req in self.live.values():
             self.engine.abort(req)  # raises when the engine is beyond repair: the process ends
+            self._forget(req)
         self.live.clear()
         self.rid_of.clear()
         self.outbox.put(StepTokens(rids, [[] for _ in rids], [[] for _ in rids],
                                    dict.fromkeys(rids, finish)))
 
+    def _forget(self, req: Any) -> None:
+        # once per request, when it leaves: no per-step cost
+        self.retractions += getattr(req, "retractions", 0)
+
     def stats(self) -> Stats:
         s = self.engine.stats()
-        return Stats(s.waiting, s.running, s.kv_usage, self.aborted)
+        return Stats(s.waiting, s.running, s.kv_usage, self.aborted, self.retractions)
 
 
 def _finished(rid: int, finish: Finish) -> StepTokens:

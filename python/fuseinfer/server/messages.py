@@ -87,6 +87,7 @@ class Stats:
     running: int
     kv_usage: float  # fraction of KV pages in use
     aborted: int  # requests aborted by the HTTP process since start
+    retractions: int = 0  # times finished requests were retracted (KV short) since start
 
 
 FromEngine = Ready | Failed | StepTokens | Stats

@@ -56,7 +56,9 @@ class ServerMetrics:
                   ("fuseinfer_num_requests_running", "Requests being generated", "running"),
                   ("fuseinfer_kv_cache_usage", "Fraction of KV pages in use", "kv_usage"),
                   ("fuseinfer_requests_aborted", "Requests aborted (client gone) since start",
-                   "aborted"))
+                   "aborted"),
+                  ("fuseinfer_retractions", "Times finished requests were retracted to free "
+                   "KV pages, since start", "retractions"))
         values = [(name, text, float(getattr(stats, key))) for name, text, key in gauges]
         values += [("fuseinfer_engine_up", "1 while the engine process serves, 0 once it died",
                     float(self.engine_up)),
