@@ -8,6 +8,7 @@ import argparse
 import asyncio
 import json
 import math
+import os
 import random
 import socket
 import time
@@ -199,7 +200,7 @@ def test_run_without_a_reported_vocabulary_warns_and_stays_small(capsys):
     its table (every completion fails here: the stub serves /v1/models only)."""
     args = argparse.Namespace(
         model=None, dataset="random", num_prompts=3, random_input=5, random_output=2,
-        vocab_size=None, request_timeout=5.0, seed=random.randrange(1000), json=None,
+        vocab_size=None, request_timeout=5.0, api_key=None, seed=random.randrange(1000), json=None,
         record=False, continue_run=False, request_rate=math.inf, max_concurrency=None)
     with _ModelsServer({"data": [{"id": "tiny"}]}) as srv:
         args.base_url = srv.base
@@ -215,3 +216,28 @@ def test_requests_draw_ids_below_the_vocabulary():
     reqs = make_requests("sharegpt-like", 20, 0, 0, vocab, seed=random.randrange(1 << 30))
     ids = [t for prompt, _ in reqs for t in prompt]
     assert ids and max(ids) < vocab and min(ids) >= 10
+
+
+def test_the_api_key_is_sent_with_every_request():
+    key = os.urandom(8).hex()
+    heads: list[bytes] = []
+
+    async def go(api_key):
+        async def handle(reader, writer):
+            heads.append(await reader.readuntil(b"\r\n\r\n"))
+            writer.write(b"HTTP/1.0 200 OK\r\n\r\n" + b"".join(EVENTS))
+            await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        async with server:
+            return await run_benchmark(f"http://127.0.0.1:{port}", _requests(2), math.inf,
+                                       None, "m", progress=False, api_key=api_key)
+
+    assert asyncio.run(go(key))["completed"] == 2
+    assert len(heads) == 2 and all(f"Authorization: Bearer {key}\r\n".encode() in h
+                                   for h in heads)
+    heads.clear()
+    assert asyncio.run(go(None))["completed"] == 2
+    assert heads and not any(b"Authorization" in h for h in heads)

@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import json
 import math
+import os
 import random
 import sys
 import time
@@ -81,7 +82,7 @@ async def _body_lines(reader: asyncio.StreamReader, chunked: bool) -> AsyncItera
 
 
 async def _one(host: str, port: int, path: str, model: str, prompt: list[int],
-               max_tokens: int) -> Result:
+               max_tokens: int, extra_headers: str = "") -> Result:
     """One streamed completion over a bare asyncio connection (HTTP/1.0: the server closes
     the connection at the end; chunked bodies are decoded too). A full HTTP client costs
     more per line than the server spends per token and would measure itself at high token
@@ -90,7 +91,8 @@ async def _one(host: str, port: int, path: str, model: str, prompt: list[int],
     body = json.dumps({"model": model, "prompt": prompt, "max_tokens": max_tokens,
                        "stream": True, "temperature": 0.0, "ignore_eos": True}).encode()
     head = (f"POST {path} HTTP/1.0\r\nHost: {host}:{port}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n")
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+            f"{extra_headers}\r\n")
     start = last = time.perf_counter()
     writer = None
     try:
@@ -135,11 +137,11 @@ async def _one(host: str, port: int, path: str, model: str, prompt: list[int],
 
 
 async def _one_within(timeout_s: float | None, host: str, port: int, path: str, model: str,
-                      prompt: list[int], max_tokens: int) -> Result:
+                      prompt: list[int], max_tokens: int, extra_headers: str = "") -> Result:
     """_one, failed (not hung) when the server takes longer than timeout_s."""
     try:
-        return await asyncio.wait_for(_one(host, port, path, model, prompt, max_tokens),
-                                      timeout_s)
+        return await asyncio.wait_for(
+            _one(host, port, path, model, prompt, max_tokens, extra_headers), timeout_s)
     except asyncio.TimeoutError:
         return Result(ok=False, prompt_tokens=len(prompt), timed_out=True,
                       error=f"no complete answer within --request-timeout {timeout_s:g} s")
@@ -155,8 +157,8 @@ def _pct(values: list[float], q: float) -> float | None:
 async def run_benchmark(base: str, requests: list[tuple[list[int], int]], rate: float,
                         concurrency: int | None, model: str, seed: int = 0,
                         progress: bool = True,
-                        request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT_S
-                        ) -> dict[str, Any]:
+                        request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT_S,
+                        api_key: str | None = None) -> dict[str, Any]:
     from urllib.parse import urlsplit
 
     from ..progress import Progress
@@ -168,15 +170,17 @@ async def run_benchmark(base: str, requests: list[tuple[list[int], int]], rate: 
     path = url.path.rstrip("/") + "/v1/completions"
     rng = random.Random(seed)
     sem = asyncio.Semaphore(concurrency) if concurrency else None
+    auth = f"Authorization: Bearer {api_key}\r\n" if api_key else ""
     results: list[Result] = []
     with Progress(len(requests), "bench serving") as bar:
         async def go(prompt: list[int], n: int) -> None:
             if sem is None:
-                res = await _one_within(request_timeout, host, port, path, model, prompt, n)
+                res = await _one_within(request_timeout, host, port, path, model, prompt, n,
+                                        auth)
             else:
                 async with sem:
                     res = await _one_within(request_timeout, host, port, path, model, prompt,
-                                            n)
+                                            n, auth)
             results.append(res)
             if progress:
                 bar.step(f"{len(results)}/{len(requests)} done")
@@ -223,6 +227,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--vocab-size", type=int,
                         help="token ids are drawn below this (default: the vocab_size the "
                         f"server reports on /v1/models, else {FALLBACK_VOCAB})")
+    parser.add_argument("--api-key", help="sent as 'Authorization: Bearer KEY' (default: "
+                        "$FUSEINFER_API_KEY, if set)")
     parser.add_argument("--request-timeout", type=float, default=DEFAULT_REQUEST_TIMEOUT_S,
                         help="seconds a request may take before it counts as failed "
                         f"(default {DEFAULT_REQUEST_TIMEOUT_S:g}; 0: no limit)")
@@ -239,14 +245,17 @@ def _warn(message: str) -> None:
     print(f"fuseinfer bench serving: warning: {message}", file=sys.stderr, flush=True)
 
 
-def server_model(base: str, wanted: str | None) -> tuple[str, int | None]:
+def server_model(base: str, wanted: str | None, api_key: str | None = None
+                 ) -> tuple[str, int | None]:
     """The model name to send and the vocabulary size the server reports for it (None when
     it reports none). An unreachable server is a warning, not an error: the run goes on and
     counts its requests as failed."""
     import urllib.request
 
     try:
-        with urllib.request.urlopen(base + "/v1/models", timeout=10) as r:
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        request = urllib.request.Request(base + "/v1/models", headers=headers)
+        with urllib.request.urlopen(request, timeout=10) as r:
             models = [m for m in json.load(r)["data"] if isinstance(m, dict)]
     except Exception as err:
         _warn(f"cannot read {base}/v1/models: {err}")
@@ -265,7 +274,8 @@ def run_command(args: argparse.Namespace) -> int:
         raise SystemExit("--num-prompts, --random-input and --random-output must be >= 1")
     if args.vocab_size is not None and args.vocab_size <= 10:
         raise SystemExit("--vocab-size must be > 10 (ids are drawn from [10, vocab))")
-    model, reported = server_model(base, args.model)
+    api_key = args.api_key or os.environ.get("FUSEINFER_API_KEY")
+    model, reported = server_model(base, args.model, api_key)
     vocab = args.vocab_size or reported
     if vocab is None:
         _warn(f"the server reports no vocab_size on /v1/models: token ids are drawn below "
@@ -276,7 +286,8 @@ def run_command(args: argparse.Namespace) -> int:
     timeout = args.request_timeout if args.request_timeout and args.request_timeout > 0 \
         else None
     summary = asyncio.run(run_benchmark(base, reqs, args.request_rate, args.max_concurrency,
-                                        model, args.seed, request_timeout=timeout))
+                                        model, args.seed, request_timeout=timeout,
+                                        api_key=api_key))
     summary |= {"base_url": base, "model": model, "vocab_size": vocab, "dataset": args.dataset,
                 "request_rate": args.request_rate if math.isfinite(args.request_rate)
                 else "inf", "max_concurrency": args.max_concurrency}
