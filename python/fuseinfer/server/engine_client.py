@@ -127,9 +127,10 @@ class EngineClient:
             waiting = list(self.streams.values())
         self.metrics.engine_up = False
         print(f"fuseinfer serve: {reason}", file=sys.stderr, flush=True)
-        error = ApiError(reason, status=503, kind="engine_unavailable")
         by_loop: dict[asyncio.AbstractEventLoop, list] = {}
-        for loop, stream in waiting:
+        for loop, stream in waiting:  # an error each: one raised in many tasks would
+            # collect all their tracebacks
+            error = ApiError(reason, status=503, kind="engine_unavailable")
             by_loop.setdefault(loop, []).append((stream, ([], error, [])))
         for loop, items in by_loop.items():
             try:
