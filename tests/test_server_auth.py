@@ -2,10 +2,12 @@
 thread) over a stand-in engine client that echoes a fixed token: the API key (401 with an
 OpenAI-style body, /health open) and the request body size limit (413 before any parsing,
 by Content-Length and for chunked bodies). Also token ids outside the vocabulary, which
-the request layer refuses before the engine sees them."""
+the request layer refuses before the engine sees them, and /generate's abort when its
+client goes away."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 import secrets
@@ -30,11 +32,14 @@ LIMIT = 4096
 
 class EchoEngineClient:
     """The parts of EngineClient the generating routes use: every request gets TOKEN
-    max_new_tokens times, then finishes with `length`."""
+    max_new_tokens times, `delay_s` apart, then finishes with `length`. A request whose
+    reader stops early is recorded in `aborted`, as EngineClient would abort it."""
 
-    def __init__(self) -> None:
+    def __init__(self, delay_s: float = 0.0) -> None:
         self.info = Ready(max_context=256, eos_token_ids=(), vocab_size=VOCAB)
         self.submitted: list[list[int]] = []
+        self.aborted: list[int] = []
+        self.delay_s = delay_s
         self._params: dict[int, SamplingParams] = {}
 
     def check_capacity(self, n: int) -> None:
@@ -48,9 +53,16 @@ class EchoEngineClient:
 
     async def tokens(self, rid: int, stream: None) -> AsyncIterator[tuple]:
         n = self._params[rid].max_new_tokens
-        for _ in range(n - 1):
-            yield [TOKEN], None, []
-        yield [TOKEN], FinishReason.LENGTH, []
+        finished = False
+        try:
+            for i in range(n):
+                if self.delay_s:
+                    await asyncio.sleep(self.delay_s)
+                finished = i == n - 1
+                yield [TOKEN], FinishReason.LENGTH if finished else None, []
+        finally:
+            if not finished:
+                self.aborted.append(rid)
 
 
 def _serve(app) -> Iterator[str]:
@@ -210,3 +222,18 @@ def test_token_ids_outside_the_vocabulary_never_reach_the_engine(limited, path, 
     assert len(engine.submitted) == before
     ok = httpx.post(base + "/generate", json={"input_ids": [VOCAB - 1]}, timeout=10)
     assert ok.status_code == 200 and engine.submitted[-1] == [VOCAB - 1]
+
+
+def test_generate_is_aborted_when_its_client_goes_away():
+    engine = EchoEngineClient(delay_s=0.02)
+    for base in _serve(create_app(engine, "echo", None)):
+        r = httpx.post(base + "/generate", timeout=10, json={
+            "input_ids": [1], "sampling_params": {"max_new_tokens": 3}})
+        assert r.json()["output_ids"] == [TOKEN] * 3 and engine.aborted == []
+        with pytest.raises(httpx.ReadTimeout):  # the client gives up and closes
+            httpx.post(base + "/generate", timeout=0.5, json={
+                "input_ids": [2], "sampling_params": {"max_new_tokens": 250}})
+        deadline = time.time() + 5  # 250 tokens would take 5 s; the abort comes sooner
+        while not engine.aborted and time.time() < deadline:
+            time.sleep(0.05)
+        assert engine.aborted == [1] and engine.submitted[1] == [2]
