@@ -3,11 +3,13 @@ exit status 2, never a traceback; serve says "ready" only once /health answers."
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -95,9 +97,30 @@ def test_serve_on_a_busy_port(cache):
     assert took < 60  # it fails before loading an engine
 
 
+def _status(url: str, key: str | None = None, body: bytes | None = None) -> int:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    if body is not None:
+        headers["Content-Type"] = "application/json"
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, body, headers), timeout=30) as r:
+            return r.status
+    except urllib.error.HTTPError as err:
+        return err.code
+
+
+@pytest.mark.parametrize("flag", ["--api-key", "--max-request-bytes"])
+def test_serve_refuses_an_empty_key_or_no_byte_limit(cache, flag):
+    value = "" if flag == "--api-key" else "0"
+    proc = run_cli(cache, "serve", "--device", "cpu", "--port", "0", flag, value)
+    assert_usage_error(proc, "serve", flag)
+
+
 def test_serve_says_ready_only_when_it_answers(cache):
+    """Also: --seed, --api-key and --max-request-bytes reach the server."""
+    key, seed = os.urandom(6).hex(), str(int.from_bytes(os.urandom(3), "little"))
     proc = subprocess.Popen([sys.executable, "-m", "fuseinfer.cli", "serve", "--device", "cpu",
-                             "--port", "0", "--page-size", "4"], env=_env(cache),
+                             "--port", "0", "--page-size", "4", "--seed", seed, "--api-key",
+                             key, "--max-request-bytes", "2000"], env=_env(cache),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 180
@@ -110,13 +133,18 @@ def test_serve_says_ready_only_when_it_answers(cache):
             if "ready on http://" in line:
                 url = line.strip().rsplit(" ", 1)[-1]
                 # no retry: the first request after "ready" must succeed
-                with urllib.request.urlopen(url + "/health", timeout=10) as r:
-                    assert r.status == 200
+                assert _status(url + "/health") == 200
+                assert _status(url + "/v1/models") == 401
+                assert _status(url + "/v1/models", key) == 200
+                big = json.dumps({"prompt": "x" * 3000, "max_tokens": 1}).encode()
+                assert _status(url + "/v1/completions", key, big) == 413
+                small = json.dumps({"prompt": [5, 6, 7], "max_tokens": 2}).encode()
+                assert _status(url + "/v1/completions", key, small) == 200
                 break
         else:
             pytest.fail(f"no ready line in 180 s: {lines}")
         assert any("ready on http://127.0.0.1:" in x for x in lines), lines
-        assert any("engine seed" in x for x in lines), lines
+        assert any(f"(engine seed {seed})" in x for x in lines), lines
     finally:
         proc.terminate()
         proc.wait(timeout=60)

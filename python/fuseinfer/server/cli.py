@@ -11,10 +11,13 @@ import argparse
 import asyncio
 import contextlib
 import errno
+import os
 import signal
 import socket
 import sys
 from typing import Any
+
+from .body_limit import DEFAULT_MAX_REQUEST_BYTES
 
 READY_POLL_S = 0.02
 
@@ -43,6 +46,12 @@ def add_serve_parser(sub: Any) -> None:
                    "HTTP 503 with Retry-After (default: unbounded)")
     p.add_argument("--request-timeout", type=float,
                    help="seconds a request may take; longer ones are aborted (HTTP 504)")
+    p.add_argument("--api-key", default=os.environ.get("FUSEINFER_API_KEY") or None,
+                   help="every endpoint but /health needs 'Authorization: Bearer KEY' "
+                   "(default: $FUSEINFER_API_KEY; none: no key)")
+    p.add_argument("--max-request-bytes", type=int, default=DEFAULT_MAX_REQUEST_BYTES,
+                   help="larger request bodies get HTTP 413 (default: "
+                   f"{DEFAULT_MAX_REQUEST_BYTES})")
     p.add_argument("--seed", type=int, default=0, action=_StoreGiven,
                    help="engine seed: of unseeded sampling and of --load-format dummy "
                    "weights (default: random per start; a request's own seed is always "
@@ -82,13 +91,18 @@ def _run_serve(args: argparse.Namespace) -> int:
         raise SystemExit(f"fuseinfer serve needs {err.name}: pip install 'fuseinfer[serve]'"
                          ) from err
 
-    from ..runtime.cli import random_engine_seed, resolve_engine_args
+    from ..runtime.cli import UsageExit, random_engine_seed, resolve_engine_args
     from ..runtime.tokenizer import TextTokenizer
     from .app import create_app
     from .engine_client import EngineClient
     from .engine_process import start_engine_process
     from .messages import Stop
 
+    if args.api_key is not None and not args.api_key:
+        raise UsageExit("serve", "--api-key must not be empty")
+    if args.max_request_bytes < 1:
+        raise UsageExit("serve", f"--max-request-bytes must be >= 1, got "
+                        f"{args.max_request_bytes}")
     seed = args.seed if args.seed_given else random_engine_seed()
     folder, engine_args = resolve_engine_args("serve", args, seed)
     sock = bind_socket(args.host, args.port)
@@ -106,12 +120,15 @@ def _run_serve(args: argparse.Namespace) -> int:
     if args.max_queued_requests is not None:
         client.capacity = engine_args.max_running_requests + max(args.max_queued_requests, 0)
     client.timeout_s = args.request_timeout
-    app = create_app(client, name, tokenizer)
+    app = create_app(client, name, tokenizer, api_key=args.api_key,
+                     max_request_bytes=args.max_request_bytes)
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
                                            timeout_graceful_shutdown=30))
     # SIGTERM/SIGINT: stop accepting, let in-flight requests finish, exit 0 (uvicorn's own
     # handler would re-raise the signal after shutting down).
     server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]
+    # The engine died: stop serving (from the client's watcher thread) and exit non-zero.
+    client.on_engine_death = lambda: setattr(server, "should_exit", True)
 
     async def announce_ready() -> None:
         while not server.started:  # set once uvicorn listens on the socket
@@ -137,4 +154,4 @@ def _run_serve(args: argparse.Namespace) -> int:
         proc.join(timeout=30)
         if proc.is_alive():
             proc.terminate()
-    return 0
+    return client.exit_code
