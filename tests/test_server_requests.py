@@ -296,3 +296,30 @@ def test_logprobs_formats():
     assert [c["token"] for c in chat] == legacy["tokens"]
     assert chat[0]["bytes"] == list(text(items[0][0]).encode())
     assert [len(c["top_logprobs"]) for c in chat] == [2] * 4
+
+
+def test_text_too_large_for_the_context_is_refused_before_tokenizing():
+    from types import SimpleNamespace
+
+    from fuseinfer.models.bundled import resolve_model
+    from fuseinfer.runtime.tokenizer import TextTokenizer
+    from fuseinfer.server.completion_service import CompletionService
+    from fuseinfer.server.messages import Ready
+    from fuseinfer.server.text_budget import max_prompt_bytes, utf8_size
+
+    tokenizer = TextTokenizer(resolve_model(None))
+    rng = random.Random(10)
+    per_token = max_prompt_bytes(tokenizer, 1)
+    alphabet = "abc XYZ é你🙂\n\t.,"
+    for _ in range(50):  # the bound holds: no token covers more than `per_token` bytes
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randrange(1, 400)))
+        assert len(tokenizer.encode(text)) * per_token >= utf8_size(text)
+    context = rng.randrange(16, 64)
+    client = SimpleNamespace(info=Ready(context, (), tokenizer.vocab_size))
+    service = CompletionService(client, "tiny", tokenizer)
+    assert service.max_prompt_bytes == per_token * context
+    fits = "ab " * rng.randrange(1, 5)
+    assert service.prompt_ids(fits, "prompt") == tokenizer.encode(fits)
+    with pytest.raises(ApiError) as err:
+        service.prompt_ids("x" * (service.max_prompt_bytes + 1), "prompt")
+    assert err.value.param == "prompt" and "cannot fit" in err.value.message

@@ -27,6 +27,7 @@ from .engine_client import EngineClient
 from .errors import ApiError
 from .openai_format import LogprobItem, format_logprobs, openai_finish_reason
 from .sse import DONE, ChunkEncoder, error_event
+from .text_budget import max_prompt_bytes, utf8_size
 from .text_streams import Generation, choice_pieces
 
 DISCONNECT_POLL_S = 0.1
@@ -63,6 +64,8 @@ class CompletionService:
         self.client, self.model_name, self.tokenizer = client, model_name, tokenizer
         self.max_context = client.info.max_context
         self.vocab_size = client.info.vocab_size
+        self.max_prompt_bytes = max_prompt_bytes(tokenizer, self.max_context) \
+            if tokenizer is not None else 0
 
     # ---- checks -------------------------------------------------------------------------
     def check_model(self, name: str | None) -> None:
@@ -84,6 +87,10 @@ class CompletionService:
             return prompt
         if self.tokenizer is None:
             raise ApiError("this model has no tokenizer: send token ids", param)
+        size = utf8_size(prompt)
+        if size > self.max_prompt_bytes:
+            raise ApiError(f"the prompt ({size} bytes of text) cannot fit in the context "
+                           f"length {self.max_context}", param)
         return self.tokenizer.encode(prompt)
 
     def check_length(self, ids: list[int], params: SamplingParams, param: str) -> None:
