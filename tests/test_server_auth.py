@@ -3,7 +3,7 @@ thread) over a stand-in engine client that echoes a fixed token: the API key (40
 OpenAI-style body, /health open) and the request body size limit (413 before any parsing,
 by Content-Length and for chunked bodies). Also token ids outside the vocabulary, which
 the request layer refuses before the engine sees them, and /generate's abort when its
-client goes away."""
+client goes away. Last, `fuseinfer serve --api-key --max-request-bytes` end to end."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Iterator
 import httpx
 import pytest
 import uvicorn
+from test_server import start_server, stop_server
 
 from fuseinfer.runtime.sampling import SamplingParams
 from fuseinfer.runtime.step_output import FinishReason
@@ -237,3 +238,20 @@ def test_generate_is_aborted_when_its_client_goes_away():
         while not engine.aborted and time.time() < deadline:
             time.sleep(0.05)
         assert engine.aborted == [1] and engine.submitted[1] == [2]
+
+
+def test_serve_options_reach_the_real_server(tmp_path):
+    base, proc = start_server(tmp_path, "--api-key", KEY, "--max-request-bytes", str(LIMIT))
+    try:
+        auth = {"Authorization": f"Bearer {KEY}"}
+        body = {"prompt": "hi", "max_tokens": 2, "ignore_eos": True}
+        assert httpx.get(base + "/health", timeout=10).status_code == 200
+        _is_error(httpx.post(base + "/v1/completions", json=body, timeout=10), 401,
+                  "invalid_api_key")
+        r = httpx.post(base + "/v1/completions", json=body, headers=auth, timeout=30)
+        assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 2
+        r = httpx.post(base + "/v1/completions", headers=auth, timeout=10,
+                       content=_body_of_size(LIMIT + 1))
+        _is_error(r, 413, "request_too_large")
+    finally:
+        assert stop_server(proc) == 0
