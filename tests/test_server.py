@@ -78,7 +78,11 @@ def client(server):
 
 def test_models_and_health(server, client):
     assert [m.id for m in client.models.list().data] == ["tiny"]
-    assert httpx.get(server + "/health").json() == {"status": "ok"}
+    model = httpx.get(server + "/v1/models").json()["data"][0]
+    # what bench serving draws its token ids below; the tiny model's vocabulary
+    assert model["vocab_size"] == 384 and model["max_model_len"] >= 256
+    health = httpx.get(server + "/health")
+    assert health.status_code == 200 and health.json() == {"status": "ok"}
 
 
 def test_completions(client):

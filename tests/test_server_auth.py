@@ -46,6 +46,9 @@ class EchoEngineClient:
     def check_capacity(self, n: int) -> None:
         pass
 
+    def health(self) -> tuple[int, dict]:
+        return 200, {"status": "ok"}
+
     def submit(self, prompt: list[int], params: SamplingParams) -> tuple[int, None]:
         rid = len(self.submitted)
         self.submitted.append(prompt)

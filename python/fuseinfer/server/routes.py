@@ -36,8 +36,10 @@ Service = Annotated[CompletionService, Depends(_service)]
 
 
 @router.get("/health")
-async def health() -> dict:
-    return {"status": "ok"}
+async def health(service: Service) -> JSONResponse:
+    """200 while the engine process serves; 503 once it died (the server is exiting)."""
+    status, body = service.client.health()
+    return JSONResponse(body, status_code=status)
 
 
 @router.get("/metrics")
@@ -59,7 +61,9 @@ async def freeze_gc(service: Service) -> dict:
 @router.get("/v1/models")
 async def models(service: Service) -> dict:
     return {"object": "list", "data": [{"id": service.model_name, "object": "model",
-                                        "created": 0, "owned_by": "fuseinfer"}]}
+                                        "created": 0, "owned_by": "fuseinfer",
+                                        "vocab_size": service.vocab_size,
+                                        "max_model_len": service.max_context}]}
 
 
 @router.post("/generate")
