@@ -56,8 +56,11 @@ def test_tiny_model_is_made_once(isolated_cache):
 
 
 def test_llm_errors(tmp_path, isolated_cache):
-    with pytest.raises(FileNotFoundError, match="not a model folder"):
+    with pytest.raises(FileNotFoundError, match="no such model folder"):
         LLM(tmp_path / "nowhere", device="cpu")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="not a model folder"):
+        LLM(tmp_path / "empty", device="cpu")
     save_tiny_checkpoint(tmp_path, "llama")  # weights and config, no tokenizer.json
     llm = LLM(tmp_path, device="cpu", page_size=4)
     with pytest.raises(ValueError, match="text prompts need"):
@@ -90,8 +93,9 @@ def test_generate_cli(isolated_cache):
     assert zero.returncode != 0 and "EngineArgs.page_size" in zero.stderr
     small = run_cli("generate", "--prompt", "Hello", "--max-new-tokens", "8", "--device", "cpu",
                     "--page-size", "4", "--max-context-len", "8", "--seed", "3")
-    assert small.returncode == 0, small.stderr
-    assert "[0 tokens, finish: rejected (prompt" in small.stdout
+    # a prompt the engine can never run is a usage error: one line, exit 2
+    assert small.returncode == 2, small.stderr
+    assert "exceeds the context limit 8" in small.stderr and "Traceback" not in small.stderr
 
 
 def test_bench_offline_cli_with_ablation(isolated_cache, tmp_path):
