@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 import httpx
 import pytest
+from engine_stand_ins import StandInRequest  # tests/ is on sys.path
 from test_server import start_server, stop_server
 
 from fuseinfer.runtime.sampling import SamplingParams
@@ -38,29 +39,18 @@ POISON = 666  # a prompt starting with this id makes the stand-in engine raise
 
 
 @dataclass
-class _Req:
-    rid: int
-    finish_reason: FinishReason | None = None
-    finish_detail: str | None = None
-
-    @property
-    def finished(self) -> bool:
-        return self.finish_reason is not None
-
-
-@dataclass
 class _FaultyEngine:
     next_rid: int = 0
     fail_steps: int = 0  # the next this many steps raise
     fail_abort: bool = False
     aborted: list[int] = field(default_factory=list)
-    running: list[_Req] = field(default_factory=list)
+    running: list[StandInRequest] = field(default_factory=list)
 
     def add_request(self, prompt, params):
         if prompt[0] == POISON:
             raise RuntimeError("index out of range in the embedding")
         self.next_rid += 1
-        req = _Req(self.next_rid)
+        req = StandInRequest(self.next_rid)
         self.running.append(req)
         return req
 

@@ -9,6 +9,8 @@ import random
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 
+from engine_stand_ins import StandInRequest  # tests/ is on sys.path
+
 from fuseinfer.runtime.sampling import SamplingParams
 from fuseinfer.runtime.step_output import FinishReason, RequestDelta
 from fuseinfer.server.engine_process import EngineLoop
@@ -57,17 +59,6 @@ def test_every_message_survives_a_process_queue():
 
 
 @dataclass
-class _Req:
-    rid: int
-    finish_reason: FinishReason | None = None
-    finish_detail: str | None = None
-
-    @property
-    def finished(self) -> bool:
-        return self.finish_reason is not None
-
-
-@dataclass
 class _FakeEngine:
     """add_request rejects empty prompts; engine rids are not the HTTP rids."""
 
@@ -78,8 +69,8 @@ class _FakeEngine:
         params.validate()
         self.next_rid += 3
         if not prompt:
-            return _Req(self.next_rid, FinishReason.REJECTED, "empty prompt")
-        return _Req(self.next_rid)
+            return StandInRequest(self.next_rid, FinishReason.REJECTED, "empty prompt")
+        return StandInRequest(self.next_rid)
 
     def abort(self, req):
         self.aborted.append(req.rid)
