@@ -244,7 +244,8 @@ def test_generate_is_aborted_when_its_client_goes_away():
 
 
 def test_serve_options_reach_the_real_server(tmp_path):
-    base, proc = start_server(tmp_path, "--api-key", KEY, "--max-request-bytes", str(LIMIT))
+    # `--api-key=KEY`: a urlsafe key may start with '-', which argparse would read as an option
+    base, proc = start_server(tmp_path, f"--api-key={KEY}", "--max-request-bytes", str(LIMIT))
     try:
         auth = {"Authorization": f"Bearer {KEY}"}
         body = {"prompt": "hi", "max_tokens": 2, "ignore_eos": True}
