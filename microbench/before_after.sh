@@ -5,10 +5,12 @@
 # `mkdir .before && git archive REV python csrc autotune_configs | tar -x -C .before`);
 # AFTER_TREE defaults to the working tree. Each round runs bench offline, bench latency
 # and the two recorded serving workloads on both trees, alternating which goes first, with
-# the same client (the older tree's bench serving) against both servers. Logs and one JSON per run land in
-# $OUT/ab/, and microbench/before_after_summary.py prints the medians and ratios.
+# the same client (the older tree's bench serving) against both servers. Logs and one JSON
+# per run land in $OUT/ab/, and microbench/before_after_summary.py prints the medians and
+# ratios.
 set -uo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
+. "$REPO/microbench/wait_for_server.sh"
 BEFORE=$(cd "$1" && pwd)
 ROUNDS=${2:-2}
 AFTER=$(cd "${3:-$REPO}" && pwd)
@@ -32,14 +34,7 @@ run_tree() {  # run_tree NAME TREE ROUND
   echo "=== $tag: serve"
   "${py[@]}" serve "${MODEL[@]}" --port 30000 >"$AB/serve_$tag.log" 2>&1 &
   local pid=$!
-  local waited=0  # until /health answers; stop at once if the server exited
-  until python3 -c 'import urllib.request as u; u.urlopen("http://127.0.0.1:30000/health", timeout=2)' 2>/dev/null; do
-    if ! kill -0 $pid 2>/dev/null || [ $waited -ge 300 ]; then
-      echo "server did not come up"; tail -n 30 "$AB/serve_$tag.log"; kill $pid 2>/dev/null
-      return 1
-    fi
-    sleep 1; waited=$((waited + 1))
-  done
+  wait_for_server $pid "$AB/serve_$tag.log" 300 || return 1
   timeout 120 "${CLIENT[@]}" --num-prompts 16 --random-input 256 --random-output 16 \
     >"$AB/serving_warmup_$tag.log" 2>&1
   timeout 120 "${CLIENT[@]}" --num-prompts 50 --random-input 256 --random-output 64 \

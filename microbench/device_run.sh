@@ -26,6 +26,7 @@
 # STEP_TIMEOUT (default 560 s) bounds each command.
 set -uo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
+. "$REPO/microbench/wait_for_server.sh"
 OUT=${OUT:-/tmp/fuseinfer-out}
 LOGS=/tmp/fuseinfer-logs
 mkdir -p "$OUT" "$LOGS"
@@ -148,14 +149,7 @@ check_aot() {
 serve_bench() {  # fuseinfer serve, the two recorded serving workloads, SIGTERM
   "${FI[@]}" serve $MODEL_ARGS --port 30000 ${SERVE_ARGS:-} >"$LOGS/serve.log" 2>&1 &
   local pid=$! rec=(); [ "$RECORD" = 1 ] && rec=(--record)
-  local waited=0  # until /health answers; stop at once if the server exited
-  until python3 -c 'import urllib.request as u; u.urlopen("http://127.0.0.1:30000/health", timeout=2)' 2>/dev/null; do
-    if ! kill -0 $pid 2>/dev/null || [ $waited -ge 240 ]; then
-      echo "server did not come up"; tail -n 40 "$LOGS/serve.log"; kill $pid 2>/dev/null
-      return 1
-    fi
-    sleep 1; waited=$((waited + 1))
-  done
+  wait_for_server $pid "$LOGS/serve.log" 240 || return 1
   local sv=("${FI[@]}" bench serving --base-url http://127.0.0.1:30000)
   step serving_warmup timeout 120 "${sv[@]}" --num-prompts 16 --random-input 256 --random-output 16
   TAIL=30 step serving_rate_inf timeout 120 "${sv[@]}" --num-prompts 50 --random-input 256 \
