@@ -7,7 +7,7 @@
 # and the two recorded serving workloads on both trees, alternating which goes first, with
 # the same client (the older tree's bench serving) against both servers. Logs and one JSON
 # per run land in $OUT/ab/, and microbench/before_after_summary.py prints the medians and
-# ratios.
+# ratios. AB_PARTS picks what runs (default "offline latency serving").
 set -uo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 . "$REPO/microbench/wait_for_server.sh"
@@ -16,6 +16,7 @@ ROUNDS=${2:-2}
 AFTER=$(cd "${3:-$REPO}" && pwd)
 OUT=${OUT:-/tmp/fuseinfer-out}
 AB=$OUT/ab
+PARTS=" ${AB_PARTS:-offline latency serving} "
 mkdir -p "$AB"
 export PYTHONUNBUFFERED=1 FUSEINFER_CACHE_DIR=${FUSEINFER_CACHE_DIR:-/tmp/fuseinfer-cache}
 MODEL=(--model qwen3-0.6b --load-format dummy)
@@ -25,12 +26,17 @@ CLIENT=(env PYTHONPATH="$BEFORE/python:/tmp/site" python3 -m fuseinfer.cli bench
 run_tree() {  # run_tree NAME TREE ROUND
   local name=$1 tree=$2 round=$3 tag="$1_r$3"
   local py=(env PYTHONPATH="$tree/python:/tmp/site" python3 -m fuseinfer.cli)
-  echo "=== $tag: offline"
-  timeout 300 "${py[@]}" bench offline "${MODEL[@]}" --json "$AB/offline_$tag.json" \
-    >"$AB/offline_$tag.log" 2>&1; echo "rc=$? $(grep 'as configured' "$AB/offline_$tag.log")"
-  echo "=== $tag: latency"
-  timeout 200 "${py[@]}" bench latency "${MODEL[@]}" >"$AB/latency_$tag.log" 2>&1
-  echo "rc=$? $(grep 'ms/token' "$AB/latency_$tag.log")"
+  if [[ $PARTS == *" offline "* ]]; then
+    echo "=== $tag: offline"
+    timeout 300 "${py[@]}" bench offline "${MODEL[@]}" --json "$AB/offline_$tag.json" \
+      >"$AB/offline_$tag.log" 2>&1; echo "rc=$? $(grep 'as configured' "$AB/offline_$tag.log")"
+  fi
+  if [[ $PARTS == *" latency "* ]]; then
+    echo "=== $tag: latency"
+    timeout 200 "${py[@]}" bench latency "${MODEL[@]}" >"$AB/latency_$tag.log" 2>&1
+    echo "rc=$? $(grep 'ms/token' "$AB/latency_$tag.log")"
+  fi
+  [[ $PARTS == *" serving "* ]] || return 0
   echo "=== $tag: serve"
   "${py[@]}" serve "${MODEL[@]}" --port 30000 >"$AB/serve_$tag.log" 2>&1 &
   local pid=$!

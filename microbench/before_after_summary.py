@@ -40,6 +40,7 @@ METRICS = [
     ("serving rate-inf total tok/s", "serving_inf_{}.json", _serving("total_tok_per_s"), True),
     ("serving rate-inf ITL p50 ms", "serving_inf_{}.json", _serving("itl_ms_p50"), False),
     ("serving c64 total tok/s", "serving_c64_{}.json", _serving("total_tok_per_s"), True),
+    ("serving c64 ITL p50 ms", "serving_c64_{}.json", _serving("itl_ms_p50"), False),
     ("serving c64 ITL p99 ms", "serving_c64_{}.json", _serving("itl_ms_p99"), False),
 ]
 

@@ -8,7 +8,8 @@ cd "$(dirname "$0")/.."
 mkdir -p .whl
 WHEELS=(fastapi==0.165.0 starlette==1.10.0 pydantic==2.13.4 pydantic_core==2.46.4
         uvicorn==0.54.0 httptools==0.9.0 annotated-types==0.7.0 typing-inspection==0.4.2
-        opentelemetry-api==1.45.2 nvidia-cutlass==4.2.0.0)
+        opentelemetry-api==1.45.2 annotated-doc anyio idna sniffio click h11
+        typing-extensions nvidia-cutlass==4.2.0.0)
 for w in "${WHEELS[@]}"; do
   python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
     --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
