@@ -7,7 +7,9 @@
 # and the two recorded serving workloads on both trees, alternating which goes first, with
 # the same client (the older tree's bench serving) against both servers. Logs and one JSON
 # per run land in $OUT/ab/, and microbench/before_after_summary.py prints the medians and
-# ratios. AB_PARTS picks what runs (default "offline latency serving").
+# ratios. AB_PARTS picks what runs (default "offline latency serving"); REPEATS and
+# C64_REPEATS repeat the serving workloads within one server start (seeds 1..N, the same
+# prompts for both trees).
 set -uo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 . "$REPO/microbench/wait_for_server.sh"
@@ -17,6 +19,8 @@ AFTER=$(cd "${3:-$REPO}" && pwd)
 OUT=${OUT:-/tmp/fuseinfer-out}
 AB=$OUT/ab
 PARTS=" ${AB_PARTS:-offline latency serving} "
+REPEATS=${REPEATS:-1}  # serving runs per server start: rate inf, and concurrency 64
+C64_REPEATS=${C64_REPEATS:-$REPEATS}
 mkdir -p "$AB"
 export PYTHONUNBUFFERED=1 FUSEINFER_CACHE_DIR=${FUSEINFER_CACHE_DIR:-/tmp/fuseinfer-cache}
 MODEL=(--model qwen3-0.6b --load-format dummy)
@@ -43,12 +47,18 @@ run_tree() {  # run_tree NAME TREE ROUND
   wait_for_server $pid "$AB/serve_$tag.log" 300 || return 1
   timeout 120 "${CLIENT[@]}" --num-prompts 16 --random-input 256 --random-output 16 \
     >"$AB/serving_warmup_$tag.log" 2>&1
-  timeout 120 "${CLIENT[@]}" --num-prompts 50 --random-input 256 --random-output 64 \
-    --json "$AB/serving_inf_$tag.json" >"$AB/serving_inf_$tag.log" 2>&1
-  echo "rate inf rc=$?"
-  timeout 240 "${CLIENT[@]}" --num-prompts 256 --random-input 1024 --random-output 256 \
-    --max-concurrency 64 --json "$AB/serving_c64_$tag.json" >"$AB/serving_c64_$tag.log" 2>&1
-  echo "c64 rc=$?"
+  local k
+  for k in $(seq 1 "$REPEATS"); do  # the rate-inf run lasts ~0.2 s: repeat it, not the start
+    timeout 120 "${CLIENT[@]}" --num-prompts 50 --random-input 256 --random-output 64 \
+      --seed "$k" --json "$AB/serving_inf_${tag}_$k.json" >"$AB/serving_inf_${tag}_$k.log" 2>&1
+    echo "rate inf $k rc=$?"
+  done
+  for k in $(seq 1 "$C64_REPEATS"); do
+    timeout 240 "${CLIENT[@]}" --num-prompts 256 --random-input 1024 --random-output 256 \
+      --max-concurrency 64 --seed "$k" --json "$AB/serving_c64_${tag}_$k.json" \
+      >"$AB/serving_c64_${tag}_$k.log" 2>&1
+    echo "c64 $k rc=$?"
+  done
   kill -TERM $pid; wait $pid; echo "serve exit after SIGTERM: $?"
 }
 

@@ -77,9 +77,9 @@ class CompletionService:
         """Every id in [0, vocab): the engine checks too, but refusing here keeps a bad
         request out of the engine process entirely."""
         vocab = self.vocab_size
-        for t in ids:
-            if not 0 <= t < vocab:
-                raise ApiError(f"token id {t} is outside the vocabulary [0, {vocab})", param)
+        if ids and not 0 <= min(ids) <= max(ids) < vocab:  # C-level scans; the loop only
+            bad = next(t for t in ids if not 0 <= t < vocab)  # names the culprit
+            raise ApiError(f"token id {bad} is outside the vocabulary [0, {vocab})", param)
 
     def prompt_ids(self, prompt: str | list[int], param: str) -> list[int]:
         if isinstance(prompt, list):

@@ -24,8 +24,10 @@ MAX_STOP_STRINGS = 4
 MAX_CHOICES = 16
 
 
-def _is_token(x: Any) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
+def _are_tokens(value: list) -> bool:
+    """Every item an int (not a bool): one C-level pass, as prompts run to many thousands
+    of ids and this is on every request's path."""
+    return {int}.issuperset(map(type, value))
 
 
 def _prompts(value: Any) -> list[str | list[int]]:
@@ -33,11 +35,11 @@ def _prompts(value: Any) -> list[str | list[int]]:
     if isinstance(value, str):
         return [value]
     if isinstance(value, list) and value:
-        if all(_is_token(t) for t in value):
+        if _are_tokens(value):
             return [value]
         if all(isinstance(p, str) for p in value):
             return list(value)
-        if all(isinstance(p, list) and p and all(_is_token(t) for t in p) for p in value):
+        if all(isinstance(p, list) and p and _are_tokens(p) for p in value):
             return list(value)
     raise ValueError("must be a string, a list of strings, a non-empty list of token ids, "
                      "or a list of such lists")

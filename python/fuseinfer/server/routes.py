@@ -28,7 +28,7 @@ GENERATE_MAX_TOKENS = 128
 CHAT_MAX_TOKENS_CAP = 1024
 
 
-def _service(request: Request) -> CompletionService:
+async def _service(request: Request) -> CompletionService:
     return request.app.state.service
 
 
