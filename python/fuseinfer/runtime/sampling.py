@@ -18,6 +18,8 @@ import torch
 from ..ops.host_copy import to_device
 
 _MASK64 = (1 << 64) - 1
+MAX_LOGIT_BIAS = 1024  # entries per request
+MAX_REPETITION_PENALTY = 10.0
 
 
 class InvalidSamplingParam(ValueError):
@@ -40,6 +42,15 @@ class SamplingParams:
     stop_token_ids: tuple[int, ...] = field(default_factory=tuple)
     ignore_eos: bool = False
     logprobs: int | None = None  # None: off; k >= 0: the sampled token's and the top k
+    # Logit adjustments, applied on the device before temperature and filtering (and before
+    # the greedy argmax); logprobs stay the model's own.
+    presence_penalty: float = 0.0  # minus this once for each token already in the output
+    frequency_penalty: float = 0.0  # minus this times the token's count in the output
+    # > 1 discourages every token of the prompt and output: a positive logit is divided by
+    # it, a negative one multiplied
+    repetition_penalty: float = 1.0
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, added to its logit)
+    min_new_tokens: int = 0  # EOS and stop_token_ids cannot be sampled before this many
 
     def validate(self) -> None:
         """Raise InvalidSamplingParam for the first field out of range (the one place these
@@ -52,6 +63,16 @@ class SamplingParams:
             ("min_p", 0.0 <= self.min_p <= 1.0, "must be in [0, 1]"),
             ("logprobs", self.logprobs is None or 0 <= self.logprobs <= 20,
              "must be in [0, 20]"),
+            ("presence_penalty", -2.0 <= self.presence_penalty <= 2.0, "must be in [-2, 2]"),
+            ("frequency_penalty", -2.0 <= self.frequency_penalty <= 2.0,
+             "must be in [-2, 2]"),
+            ("repetition_penalty", 0.0 < self.repetition_penalty <= MAX_REPETITION_PENALTY,
+             f"must be in (0, {MAX_REPETITION_PENALTY:g}]"),
+            ("min_new_tokens", 0 <= self.min_new_tokens <= self.max_new_tokens,
+             "must be in [0, max_new_tokens]"),
+            ("logit_bias", len(self.logit_bias) <= MAX_LOGIT_BIAS and all(
+                t >= 0 and -100.0 <= b <= 100.0 for t, b in self.logit_bias),
+             f"must map at most {MAX_LOGIT_BIAS} token ids (>= 0) to biases in [-100, 100]"),
         )
         for name, ok, requirement in checks:
             if not ok:  # `not` also catches NaN, which fails every comparison
@@ -60,6 +81,18 @@ class SamplingParams:
     @property
     def greedy(self) -> bool:
         return self.temperature == 0.0 or self.top_k == 1
+
+    @property
+    def penalized(self) -> bool:
+        """Needs the request's token counts on the device (presence, frequency or
+        repetition penalty)."""
+        return self.presence_penalty != 0.0 or self.frequency_penalty != 0.0 \
+            or self.repetition_penalty != 1.0
+
+    @property
+    def adjusts_logits(self) -> bool:
+        """Any logit adjustment: a penalty, a bias or a minimum length."""
+        return self.penalized or bool(self.logit_bias) or self.min_new_tokens > 0
 
 
 @dataclass
