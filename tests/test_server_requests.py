@@ -1,7 +1,7 @@
 """The server's request side without a server: the request models (the forms OpenAI clients
 send, and the field each bad input is reported under), the sampling range checks reported
-in the request's own names, the choices of a batched request, and finish reasons in
-OpenAI's terms."""
+in the request's own names, the logit adjustments (penalties, `logit_bias`, `min_tokens`)
+and `echo`, the choices of a batched request, and finish reasons in OpenAI's terms."""
 
 from __future__ import annotations
 
@@ -133,15 +133,11 @@ def test_non_finite_numbers_are_refused(raw, param):
 
 
 @pytest.mark.parametrize("model, field, value", [
-    (CompletionRequest, "presence_penalty", 0.5), (CompletionRequest, "frequency_penalty", -1),
-    (CompletionRequest, "repetition_penalty", 1.2), (CompletionRequest, "logit_bias", {"5": 3}),
-    (CompletionRequest, "min_tokens", 4), (CompletionRequest, "echo", True),
     (CompletionRequest, "best_of", 3), (CompletionRequest, "suffix", "end"),
-    (CompletionRequest, "presence_penalty", False),  # not a number, so not the neutral 0
+    (CompletionRequest, "best_of", True),  # not a number, so not the neutral 1
     (ChatCompletionRequest, "tools", [{"type": "function"}]),
     (ChatCompletionRequest, "tool_choice", "auto"),
     (ChatCompletionRequest, "response_format", {"type": "json_object"}),
-    (ChatCompletionRequest, "frequency_penalty", 0.1),
     (ChatCompletionRequest, "modalities", ["text", "audio"]),
     (ChatCompletionRequest, "audio", {"voice": "x"}),
 ])
@@ -156,12 +152,17 @@ def test_unimplemented_openai_fields_are_refused_by_name(model, field, value):
 @pytest.mark.parametrize("model, neutral", [
     (CompletionRequest, {"prompt": "x", "presence_penalty": 0.0, "frequency_penalty": 0,
                          "repetition_penalty": 1.0, "echo": False, "best_of": 1,
-                         "suffix": None, "min_tokens": 0}),
+                         "suffix": None, "min_tokens": 0, "logit_bias": {}}),
     (ChatCompletionRequest, {"messages": [{"role": "u", "content": "x"}], "tools": [],
                              "tool_choice": "none", "response_format": {"type": "text"},
-                             "modalities": ["text"], "user": "u", "store": False}),
+                             "modalities": ["text"], "user": "u", "store": False,
+                             "presence_penalty": 0, "frequency_penalty": 0.0,
+                             "repetition_penalty": 1, "logit_bias": None, "min_tokens": None}),
+    (GenerateSamplingFields, {"presence_penalty": 0, "frequency_penalty": 0,
+                              "repetition_penalty": 1, "logit_bias": {},
+                              "min_new_tokens": 0, "min_tokens": 0}),
 ])
-def test_unimplemented_fields_at_their_neutral_values_are_accepted(model, neutral):
+def test_neutral_values_are_accepted_and_change_nothing(model, neutral):
     rng = random.Random(7)
     max_tokens = rng.randrange(1, 99)
     req = _parse(model, {**neutral, "max_tokens": max_tokens})
@@ -182,8 +183,10 @@ def test_generate_takes_the_runtime_names_and_refuses_unknown_keys():
         req.sampling_params.sampling_params(128, prefix="sampling_params.")
     assert err.value.param == "sampling_params.max_tokens"
     for body, param in [({"input_ids": [1], "prompt": "x"}, "prompt"),
-                        ({"input_ids": [1], "sampling_params": {"presence_penalty": 0}},
-                         "sampling_params.presence_penalty"),
+                        ({"input_ids": [1], "sampling_params": {"best_of": 1}},
+                         "sampling_params.best_of"),
+                        ({"input_ids": [1], "sampling_params": {"echo": False}},
+                         "sampling_params.echo"),
                         ({"input_ids": [1], "sampling_params": {"logprobs": 2}},
                          "sampling_params.logprobs")]:
         with pytest.raises(ApiError) as err:
@@ -323,3 +326,203 @@ def test_text_too_large_for_the_context_is_refused_before_tokenizing():
     with pytest.raises(ApiError) as err:
         service.prompt_ids("x" * (service.max_prompt_bytes + 1), "prompt")
     assert err.value.param == "prompt" and "cannot fit" in err.value.message
+
+
+# ---- logit adjustments, min_tokens and echo ----------------------------------------------
+CHAT_BASE = {"messages": [{"role": "u", "content": "x"}]}
+
+
+def _adjustments(rng: random.Random) -> tuple[dict, dict]:
+    """Random penalty, bias and min-length fields in OpenAI's names, and the SamplingParams
+    fields they stand for."""
+    ids = rng.sample(range(384), rng.randrange(1, 9))
+    bias = {t: rng.choice([rng.uniform(-100, 100), float(rng.randrange(-100, 101)),
+                           rng.randrange(-100, 101)]) for t in ids}
+    body = {"presence_penalty": rng.uniform(-2, 2), "frequency_penalty": rng.uniform(-2, 2),
+            "repetition_penalty": rng.uniform(0.01, 10), "max_tokens": rng.randrange(5, 99),
+            "logit_bias": {str(t): b for t, b in bias.items()}}
+    body["min_tokens"] = rng.randrange(0, body["max_tokens"] + 1)
+    want = {"presence_penalty": body["presence_penalty"],
+            "frequency_penalty": body["frequency_penalty"],
+            "repetition_penalty": body["repetition_penalty"],
+            "max_new_tokens": body["max_tokens"], "min_new_tokens": body["min_tokens"],
+            "logit_bias": tuple((t, float(bias[t])) for t in sorted(ids))}
+    return body, want
+
+
+def test_logit_adjustments_and_min_tokens_reach_the_params():
+    rng = random.Random(11)
+    for _ in range(20):
+        body, want = _adjustments(rng)
+        for model, base in ((CompletionRequest, {"prompt": "x"}), (ChatCompletionRequest,
+                                                                    CHAT_BASE)):
+            params = _parse(model, {**base, **body}).sampling_params(16)
+            assert params == SamplingParams(**want), (model, body)
+        native = _parse(GenerateRequest, {"input_ids": [1], "sampling_params": body})
+        assert native.sampling_params.sampling_params(128) == SamplingParams(**want)
+        runtime_names = {k: v for k, v in body.items() if k != "min_tokens"} | {
+            "min_new_tokens": body["min_tokens"]}
+        native = _parse(GenerateRequest, {"input_ids": [1], "sampling_params": runtime_names})
+        params = native.sampling_params.sampling_params(128)
+        assert params.min_new_tokens == body["min_tokens"] and params == SamplingParams(**want)
+    # the bias is sorted by token id whatever order the object lists them in
+    req = _parse(CompletionRequest, {"prompt": "x", "logit_bias": {"9": 1, "0": -2, "10": 3}})
+    assert req.sampling_params(16).logit_bias == ((0, -2.0), (9, 1.0), (10, 3.0))
+
+
+@pytest.mark.parametrize("bias", [
+    {"-1": 1}, {"1.5": 1}, {"abc": 1}, {" 5": 1}, {"5 ": 1}, {"": 1}, {"+5": 1}, {"0x10": 1},
+    {"1e3": 1}, {"\u0663": 1}, {"9" * 19: 1}, {"5": 1, "05": 2},
+    {"5": True}, {"5": "3"}, {"5": None}, {"5": [1]}, {"5": {"a": 1}},
+    [[5, 1]], "5:1", 5, True,
+])
+def test_bad_logit_bias_names_logit_bias(bias):
+    cases = [(CompletionRequest, {"prompt": "x", "logit_bias": bias}, "logit_bias"),
+             (ChatCompletionRequest, {**CHAT_BASE, "logit_bias": bias}, "logit_bias"),
+             (GenerateRequest, {"input_ids": [1], "sampling_params": {"logit_bias": bias}},
+              "sampling_params.logit_bias")]
+    for model, body, param in cases:
+        with pytest.raises(ApiError) as err:
+            _parse(model, body)
+        assert err.value.param == param and err.value.status == 400, err.value.message
+
+
+@pytest.mark.parametrize("raw", [b'{"prompt": "x", "logit_bias": {"5": NaN}}',
+                                 b'{"prompt": "x", "logit_bias": {"5": Infinity}}',
+                                 b'{"prompt": "x", "logit_bias": {"5": 1e999}}'])
+def test_non_finite_biases_are_refused(raw):
+    with pytest.raises(ApiError) as err:
+        parse_body(CompletionRequest, raw)
+    assert err.value.param == "logit_bias"
+
+
+@pytest.mark.parametrize("field, value", [
+    ("presence_penalty", True), ("presence_penalty", "0.5"), ("frequency_penalty", "1"),
+    ("frequency_penalty", False), ("repetition_penalty", "1.2"), ("repetition_penalty", True),
+    ("min_tokens", 2.0), ("min_tokens", True), ("min_tokens", "3"), ("presence_penalty", [1]),
+])
+def test_adjustments_have_strict_types(field, value):
+    for model, base, param in ((CompletionRequest, {"prompt": "x"}, field),
+                               (ChatCompletionRequest, CHAT_BASE, field)):
+        with pytest.raises(ApiError) as err:
+            _parse(model, {**base, field: value})
+        assert err.value.param == param and err.value.status == 400
+    with pytest.raises(ApiError) as err:
+        _parse(GenerateRequest, {"input_ids": [1], "sampling_params": {field: value}})
+    assert err.value.param == f"sampling_params.{field}"
+    with pytest.raises(ApiError) as err:
+        _parse(GenerateRequest, {"input_ids": [1], "sampling_params": {"min_new_tokens": "2"}})
+    assert err.value.param == "sampling_params.min_new_tokens"
+
+
+def _out_of_range(rng: random.Random) -> list[tuple[dict, str]]:
+    """Bodies with one adjustment field out of range, and the field's name."""
+    max_tokens = rng.randrange(1, 50)
+    return [
+        ({"presence_penalty": rng.uniform(2.001, 50)}, "presence_penalty"),
+        ({"presence_penalty": -rng.uniform(2.001, 50)}, "presence_penalty"),
+        ({"frequency_penalty": rng.uniform(2.001, 50)}, "frequency_penalty"),
+        ({"frequency_penalty": -rng.uniform(2.001, 50)}, "frequency_penalty"),
+        ({"repetition_penalty": 0}, "repetition_penalty"),
+        ({"repetition_penalty": -rng.uniform(0, 5)}, "repetition_penalty"),
+        ({"repetition_penalty": rng.uniform(10.001, 99)}, "repetition_penalty"),
+        ({"logit_bias": {str(rng.randrange(384)): rng.uniform(100.001, 1e6)}}, "logit_bias"),
+        ({"logit_bias": {str(rng.randrange(384)): -rng.uniform(100.001, 1e6)}}, "logit_bias"),
+        ({"logit_bias": {str(t): 1 for t in range(1025)}}, "logit_bias"),
+        ({"min_tokens": -rng.randrange(1, 9)}, "min_tokens"),
+        ({"max_tokens": max_tokens, "min_tokens": max_tokens + rng.randrange(1, 9)},
+         "min_tokens"),
+    ]
+
+
+def test_adjustment_ranges_are_reported_under_the_request_names():
+    rng = random.Random(12)
+    for body, param in _out_of_range(rng):
+        for model, base in ((CompletionRequest, {"prompt": "x"}), (ChatCompletionRequest,
+                                                                    CHAT_BASE)):
+            req = _parse(model, {**base, **body})
+            with pytest.raises(ApiError) as err:
+                req.sampling_params(16)
+            assert err.value.param == param and f"'{param}'" in err.value.message, body
+        native = _parse(GenerateRequest, {"input_ids": [1], "sampling_params": body})
+        with pytest.raises(ApiError) as err:
+            native.sampling_params.sampling_params(128, prefix="sampling_params.")
+        assert err.value.param == "sampling_params." + param, body
+    # min_new_tokens is reported under the name it was given by, with the max in its terms
+    max_tokens = rng.randrange(1, 50)
+    native = _parse(GenerateRequest, {"input_ids": [1], "sampling_params": {
+        "max_new_tokens": max_tokens, "min_new_tokens": max_tokens + 1}})
+    with pytest.raises(ApiError) as err:
+        native.sampling_params.sampling_params(128, prefix="sampling_params.")
+    assert err.value.param == "sampling_params.min_new_tokens"
+    assert f"'sampling_params.max_new_tokens' ({max_tokens})" in err.value.message
+    chat = _parse(ChatCompletionRequest, {**CHAT_BASE, "min_tokens": 40})
+    with pytest.raises(ApiError) as err:  # above the default max_tokens the context leaves
+        chat.sampling_params(39)
+    assert err.value.param == "min_tokens" and "'max_tokens' (39)" in err.value.message
+    assert chat.sampling_params(40).min_new_tokens == 40
+
+
+def test_min_tokens_under_two_names_must_agree():
+    rng = random.Random(13)
+    a = rng.randrange(0, 20)
+    same = _parse(GenerateRequest, {"input_ids": [1], "sampling_params": {
+        "min_new_tokens": a, "min_tokens": a, "max_tokens": 20}})
+    assert same.sampling_params.sampling_params(128).min_new_tokens == a
+    other = _parse(GenerateRequest, {"input_ids": [1], "sampling_params": {
+        "min_new_tokens": a, "min_tokens": a + rng.randrange(1, 9)}})
+    with pytest.raises(ApiError) as err:
+        other.sampling_params.sampling_params(128, prefix="sampling_params.")
+    assert err.value.param == "sampling_params.min_tokens"
+    assert "'sampling_params.min_new_tokens'" in err.value.message
+
+
+def test_logit_bias_ids_are_checked_against_the_vocabulary():
+    from types import SimpleNamespace
+
+    from fuseinfer.server.completion_service import CompletionService
+    from fuseinfer.server.messages import Ready
+
+    rng = random.Random(14)
+    vocab = rng.randrange(100, 1000)
+    service = CompletionService(SimpleNamespace(info=Ready(64, (), vocab)), "m", None)
+    inside = {str(t): 1.0 for t in rng.sample(range(vocab), 5)} | {str(vocab - 1): -1.0}
+    for prefix in ("", "sampling_params."):
+        params = SamplingParams(logit_bias=tuple(sorted((int(k), v)
+                                                        for k, v in inside.items())))
+        service.check_sampling_token_ids(params, prefix)  # no error
+        outside = rng.choice([vocab, vocab + rng.randrange(1, 10**6)])
+        bad = SamplingParams(logit_bias=params.logit_bias + ((outside, 2.0),))
+        with pytest.raises(ApiError) as err:
+            service.check_sampling_token_ids(bad, prefix)
+        assert err.value.param == prefix + "logit_bias" and str(outside) in err.value.message
+        with pytest.raises(ApiError) as err:
+            service.check_sampling_token_ids(SamplingParams(stop_token_ids=(outside,)), prefix)
+        assert err.value.param == prefix + "stop_token_ids"
+
+
+def test_echo_is_a_bool_and_refused_with_logprobs():
+    assert _parse(CompletionRequest, {"prompt": "x", "echo": True}).echo is True
+    assert _parse(CompletionRequest, {"prompt": "x", "echo": False, "logprobs": 3}).echo is False
+    assert _parse(CompletionRequest, {"prompt": "x", "echo": True, "logprobs": None}).echo
+    for k in (0, random.Random(15).randrange(1, 21)):
+        with pytest.raises(ApiError) as err:
+            _parse(CompletionRequest, {"prompt": "x", "logprobs": k, "echo": True})
+        assert err.value.param == "echo" and "unsupported" in err.value.message
+    for value in ("yes", 1, [True]):
+        with pytest.raises(ApiError) as err:
+            _parse(CompletionRequest, {"prompt": "x", "echo": value})
+        assert err.value.param == "echo"
+
+
+def test_echo_texts_follow_the_choice_order():
+    rng = random.Random(16)
+    texts = ["".join(rng.choice("abc ") for _ in range(rng.randrange(1, 9))) for _ in range(3)]
+    n = rng.randrange(1, 5)
+    job = CompletionJob(chat=False, prompts=[[1]] * 3, params=SamplingParams(), n=n, stops=[],
+                        stream=False, include_usage=False, echo_texts=texts)
+    assert [job.echo_text(g.index) for g in job.generations()] == [t for t in texts
+                                                                    for _ in range(n)]
+    plain = CompletionJob(chat=False, prompts=[[1]], params=SamplingParams(), n=1, stops=[],
+                          stream=False, include_usage=False)
+    assert plain.echo_text(0) == ""

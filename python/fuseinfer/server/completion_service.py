@@ -3,7 +3,8 @@ OpenAI response out (one JSON body, or server-sent events).
 
 A request has one or more prompts (batched completions) and `n` choices per prompt:
 choice `j * n + i` is prompt j's i-th. With a seed, the i-th choice of every prompt uses
-seed + i, so each prompt of a batch gets the choices it would get alone.
+seed + i, so each prompt of a batch gets the choices it would get alone. With `echo`
+(completions), each choice's text starts with its prompt's.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from .errors import ApiError
 from .openai_format import LogprobItem, format_logprobs, openai_finish_reason
 from .sse import DONE, ChunkEncoder, error_event
 from .text_budget import max_prompt_bytes, utf8_size
-from .text_streams import Generation, choice_pieces
+from .text_streams import Generation, IndexedPiece, choice_pieces, with_echo
 
 DISCONNECT_POLL_S = 0.1
 
@@ -44,6 +45,7 @@ class CompletionJob:
     stops: list[str]
     stream: bool
     include_usage: bool
+    echo_texts: list[str] | None = None  # `echo`: each prompt's text, put before its choices'
 
     def generations(self) -> list[Generation]:
         seed = self.params.seed
@@ -54,6 +56,10 @@ class CompletionJob:
     @property
     def prompt_tokens(self) -> int:
         return sum(len(ids) for ids in self.prompts)
+
+    def echo_text(self, index: int) -> str:
+        """The prompt text choice `index` starts with."""
+        return self.echo_texts[index // self.n] if self.echo_texts else ""
 
 
 class CompletionService:
@@ -81,6 +87,12 @@ class CompletionService:
             bad = next(t for t in ids if not 0 <= t < vocab)  # names the culprit
             raise ApiError(f"token id {bad} is outside the vocabulary [0, {vocab})", param)
 
+    def check_sampling_token_ids(self, params: SamplingParams, prefix: str = "") -> None:
+        """The token ids inside the sampling fields (`prefix`: where they sit in the body)."""
+        self.check_token_ids(params.stop_token_ids, prefix + "stop_token_ids")
+        if params.logit_bias:
+            self.check_token_ids([t for t, _ in params.logit_bias], prefix + "logit_bias")
+
     def prompt_ids(self, prompt: str | list[int], param: str) -> list[int]:
         if isinstance(prompt, list):
             self.check_token_ids(prompt, param)
@@ -92,6 +104,15 @@ class CompletionService:
             raise ApiError(f"the prompt ({size} bytes of text) cannot fit in the context "
                            f"length {self.max_context}", param)
         return self.tokenizer.encode(prompt)
+
+    def prompt_text(self, prompt: str | list[int]) -> str:
+        """A prompt as `echo` shows it: a string as given; token ids decoded as the
+        completion's text is (without a tokenizer: each id as text, as in logprobs)."""
+        if isinstance(prompt, str):
+            return prompt
+        if self.tokenizer is not None:
+            return self.tokenizer.decode(prompt)
+        return "".join(map(self.token_text, prompt))
 
     def check_length(self, ids: list[int], params: SamplingParams, param: str) -> None:
         if not ids:
@@ -138,12 +159,17 @@ class CompletionService:
             return StreamingResponse(self._events(job, encoder), media_type="text/event-stream")
         return await self._whole(request, job, cid, created)
 
+    def _pieces(self, job: CompletionJob, gens: list[Generation]
+                ) -> AsyncIterator[IndexedPiece]:
+        source = choice_pieces(self.client, self.tokenizer, gens, job.stops)
+        return with_echo(source, job.echo_text) if job.echo_texts else source
+
     async def _events(self, job: CompletionJob, encoder: ChunkEncoder) -> AsyncIterator[str]:
         """The response's events. This loop runs once per token of every stream: it only
         encodes the choice (the head is encoded once) and the logprobs when asked for."""
         produced = 0
         wants_lp = job.params.logprobs is not None
-        source = choice_pieces(self.client, self.tokenizer, job.generations(), job.stops)
+        source = self._pieces(job, job.generations())
         try:
             # closed on any exit (a client that went away included): aborts the engine
             # requests now, not when the generators are collected
@@ -169,7 +195,7 @@ class CompletionService:
 
         async def gather_all() -> None:
             nonlocal produced
-            source = choice_pieces(self.client, self.tokenizer, gens, job.stops)
+            source = self._pieces(job, gens)
             async with contextlib.aclosing(source):
                 async for i, text, count, finish, items in source:
                     texts[i].append(text)

@@ -4,18 +4,28 @@ not a number, NaN and infinities are not numbers), and their sampling fields as
 
 Types and shapes are checked here; value ranges once, in `SamplingParams.validate`, whose
 error names the field, reported back under the request's own name for it (`max_tokens`
-for `max_new_tokens`). OpenAI fields this server does not implement (penalties,
-`logit_bias`, tools, ...) are refused unless they hold their neutral value (a client that
-sends `presence_penalty: 0` asks for nothing we lack); other unknown fields of the OpenAI
-endpoints are ignored, as OpenAI clients send extras freely. The native /generate knows
+for `max_new_tokens`, `min_tokens` for `min_new_tokens`). OpenAI fields this server does
+not implement (tools, `best_of`, ...) are refused unless they hold their neutral value (a
+client that sends `best_of: 1` asks for nothing we lack); other unknown fields of the
+OpenAI endpoints are ignored, as OpenAI clients send extras freely. The native /generate knows
 its own fields exactly and refuses any other. `null` means "not given" everywhere.
 """
 
 from __future__ import annotations
 
+import math
+import re
 from typing import Annotated, Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from ..runtime.sampling import InvalidSamplingParam, SamplingParams
 from .errors import ApiError
@@ -53,6 +63,34 @@ def _stop_strings(value: Any) -> list[str]:
             not all(isinstance(x, str) for x in stops):
         raise ValueError(f"must be a string or a list of up to {MAX_STOP_STRINGS} strings")
     return [x for x in stops if x]
+
+
+_TOKEN_ID_KEY = re.compile(r"[0-9]+")
+MAX_TOKEN_ID_DIGITS = 18  # longer ids lie outside any vocabulary (and int() of them is slow)
+
+
+def _logit_bias(value: Any) -> tuple[tuple[int, float], ...]:
+    """OpenAI's `logit_bias` object (token id as a decimal string -> bias) as sorted
+    (id, bias) pairs. The bias range and the entry count are SamplingParams' to check; the
+    vocabulary the service's."""
+    if value is None:
+        return ()
+    if not isinstance(value, dict):
+        raise ValueError("must be an object mapping token ids (decimal strings) to numbers")
+    pairs: dict[int, float] = {}
+    for key, bias in value.items():
+        if not _TOKEN_ID_KEY.fullmatch(key):
+            raise ValueError(f"keys must be token ids as decimal strings, got {key[:40]!r}")
+        if len(key) > MAX_TOKEN_ID_DIGITS:
+            raise ValueError(f"key {key[:40]!r}... is too large to be a token id")
+        # strict like every number here: a bool or a string is not one, nor NaN or inf
+        if type(bias) not in (int, float) or not math.isfinite(bias):
+            raise ValueError(f"values must be finite numbers, got {bias!r} for {key!r}")
+        token = int(key)
+        if token in pairs:  # "5" and "05"
+            raise ValueError(f"gives token id {token} more than once")
+        pairs[token] = float(bias)
+    return tuple(sorted(pairs.items()))
 
 
 def _message_text(value: Any) -> str:
@@ -99,6 +137,12 @@ class SamplingFields(_Strict):
     seed: int | None = None
     stop_token_ids: list[int] | None = None
     ignore_eos: bool | None = None
+    # logit adjustments (applied on the device before temperature and filtering)
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    repetition_penalty: float | None = None
+    logit_bias: Annotated[tuple[tuple[int, float], ...], PlainValidator(_logit_bias)] = ()
+    min_tokens: int | None = None  # vLLM's name for the runtime's min_new_tokens
 
     def max_tokens_given(self) -> list[tuple[str, int]]:
         """The output length under each name it was given by (they must agree)."""
@@ -107,30 +151,49 @@ class SamplingFields(_Strict):
                                               self.max_completion_tokens))
             if value is not None]
 
+    def min_tokens_given(self) -> list[tuple[str, int]]:
+        """The minimum output length under each name it was given by."""
+        return [("min_tokens", self.min_tokens)] if self.min_tokens is not None else []
+
     def sampling_params(self, default_max_tokens: int, logprobs: int | None = None,
                         logprobs_name: str = "logprobs", prefix: str = "") -> SamplingParams:
         """SamplingParams, range-checked; ApiError 400 naming the request's field (after
         `prefix`: where these fields sit in the body)."""
-        given = self.max_tokens_given()
-        max_name, max_tokens = given[0] if given else ("max_tokens", None)
-        for name, value in given[1:]:
-            if value != max_tokens:
-                raise ApiError(f"'{prefix}{name}' ({value}) disagrees with '{prefix}{max_name}' "
-                               f"({max_tokens}); give one of them", prefix + name)
+        max_name, max_tokens = _agreed(self.max_tokens_given(), "max_tokens", prefix)
+        min_name, min_tokens = _agreed(self.min_tokens_given(), "min_tokens", prefix)
         params = SamplingParams(
             max_new_tokens=default_max_tokens if max_tokens is None else max_tokens,
             temperature=_given(self.temperature, 1.0), top_p=_given(self.top_p, 1.0),
             top_k=_given(self.top_k, -1), min_p=_given(self.min_p, 0.0), seed=self.seed,
             stop_token_ids=tuple(self.stop_token_ids or ()),
-            ignore_eos=bool(self.ignore_eos), logprobs=logprobs)
+            ignore_eos=bool(self.ignore_eos), logprobs=logprobs,
+            presence_penalty=_given(self.presence_penalty, 0.0),
+            frequency_penalty=_given(self.frequency_penalty, 0.0),
+            repetition_penalty=_given(self.repetition_penalty, 1.0),
+            logit_bias=self.logit_bias, min_new_tokens=_given(min_tokens, 0))
         try:
             params.validate()
         except InvalidSamplingParam as err:
-            name = {"max_new_tokens": max_name, "logprobs": logprobs_name}.get(err.field,
-                                                                                err.field)
-            name = prefix + name
-            raise ApiError(f"'{name}' {err.requirement}, got {err.value!r}", name) from err
+            names = {"max_new_tokens": max_name, "logprobs": logprobs_name,
+                     "min_new_tokens": min_name}
+            name = prefix + names.get(err.field, err.field)
+            # "[0, max_new_tokens]" in the request's terms: its name and the value it has
+            requirement = err.requirement.replace(
+                "max_new_tokens", f"'{prefix}{max_name}' ({params.max_new_tokens})")
+            raise ApiError(f"'{name}' {requirement}, got {err.value!r}", name) from err
         return params
+
+
+def _agreed(given: list[tuple[str, int]], default_name: str, prefix: str
+            ) -> tuple[str, int | None]:
+    """One value given under several names: (the first name, its value); ApiError 400
+    naming the first other name whose value differs."""
+    first_name, value = given[0] if given else (default_name, None)
+    for name, other in given[1:]:
+        if other != value:
+            raise ApiError(f"'{prefix}{name}' ({other}) disagrees with '{prefix}{first_name}' "
+                           f"({value}); give one of them", prefix + name)
+    return first_name, value
 
 
 def _given(value: Any, default: Any) -> Any:
@@ -147,12 +210,6 @@ class _OpenAiRequest(SamplingFields):
     stream: bool | None = None
     stream_options: StreamOptions | None = None
     stop: Annotated[list[str], PlainValidator(_stop_strings)] = []
-    # not implemented: refused unless neutral
-    presence_penalty: Annotated[Unsupported, _unsupported(0)] = None
-    frequency_penalty: Annotated[Unsupported, _unsupported(0)] = None
-    repetition_penalty: Annotated[Unsupported, _unsupported(1)] = None
-    logit_bias: Annotated[Unsupported, _unsupported({})] = None
-    min_tokens: Annotated[Unsupported, _unsupported(0)] = None
 
     @property
     def choices_per_prompt(self) -> int:
@@ -169,9 +226,19 @@ class CompletionRequest(_OpenAiRequest):
 
     prompt: Annotated[list[str | list[int]], PlainValidator(_prompts)]
     logprobs: int | None = None  # k: the sampled token's and the top k
-    echo: Annotated[Unsupported, _unsupported(False)] = None
+    echo: bool | None = None  # each choice's text starts with its prompt
+    # not implemented: refused unless neutral
     best_of: Annotated[Unsupported, _unsupported(1)] = None
     suffix: Annotated[Unsupported, _unsupported("")] = None
+
+    @field_validator("echo")
+    @classmethod
+    def _echo_without_logprobs(cls, echo: bool | None, info: ValidationInfo) -> bool | None:
+        # `logprobs` is declared first, so it is in info.data when it is valid
+        if echo and info.data.get("logprobs") is not None:
+            raise ValueError("is unsupported together with 'logprobs': this server does not "
+                             "compute the prompt's logprobs")
+        return echo
 
 
 class ChatMessage(BaseModel):
@@ -204,16 +271,22 @@ class ChatCompletionRequest(_OpenAiRequest):
 
 class GenerateSamplingFields(SamplingFields):
     """/generate's `sampling_params`: OpenAI's names and the runtime's own
-    (`max_new_tokens`); unknown keys are refused, not ignored."""
+    (`max_new_tokens`, `min_new_tokens`); unknown keys are refused, not ignored."""
 
     model_config = ConfigDict(extra="forbid")
 
     max_new_tokens: int | None = None
+    min_new_tokens: int | None = None
 
     def max_tokens_given(self) -> list[tuple[str, int]]:
         own = [("max_new_tokens", self.max_new_tokens)] if self.max_new_tokens is not None \
             else []
         return own + super().max_tokens_given()
+
+    def min_tokens_given(self) -> list[tuple[str, int]]:
+        own = [("min_new_tokens", self.min_new_tokens)] if self.min_new_tokens is not None \
+            else []
+        return own + super().min_tokens_given()
 
 
 class GenerateRequest(_Strict):

@@ -79,7 +79,7 @@ async def generate(request: Request, service: Service) -> JSONResponse:
         raise ApiError("'input_ids' (token ids) or 'text' is required", "input_ids")
     fields = body.sampling_params or GenerateSamplingFields()
     params = fields.sampling_params(GENERATE_MAX_TOKENS, prefix="sampling_params.")
-    service.check_token_ids(params.stop_token_ids, "sampling_params.stop_token_ids")
+    service.check_sampling_token_ids(params, "sampling_params.")
     service.check_length(ids, params, param)
     out, finish = await service.collect(request, ids, params)
     text = service.tokenizer.decode(out) if service.tokenizer else None
@@ -94,13 +94,15 @@ async def completions(request: Request, service: Service):
     service.check_model(body.model)
     prompts = [service.prompt_ids(p, "prompt") for p in body.prompt]
     params = body.sampling_params(COMPLETIONS_MAX_TOKENS, body.logprobs)
-    service.check_token_ids(params.stop_token_ids, "stop_token_ids")
+    service.check_sampling_token_ids(params)
     for ids in prompts:
         service.check_length(ids, params, "prompt")
     service.check_stops(body.stop)
+    echo_texts = [service.prompt_text(p) for p in body.prompt] if body.echo else None
     job = CompletionJob(chat=False, prompts=prompts, params=params,
                         n=body.choices_per_prompt, stops=body.stop,
-                        stream=bool(body.stream), include_usage=body.include_usage)
+                        stream=bool(body.stream), include_usage=body.include_usage,
+                        echo_texts=echo_texts)
     return await service.respond(request, job)
 
 
@@ -113,7 +115,7 @@ async def chat_completions(request: Request, service: Service):
     room = service.max_context - len(ids)
     params = body.sampling_params(max(1, min(CHAT_MAX_TOKENS_CAP, room)),
                                   body.logprobs_k, logprobs_name="top_logprobs")
-    service.check_token_ids(params.stop_token_ids, "stop_token_ids")
+    service.check_sampling_token_ids(params)
     service.check_length(ids, params, "messages")
     service.check_stops(body.stop)
     job = CompletionJob(chat=True, prompts=[ids], params=params, n=body.choices_per_prompt,

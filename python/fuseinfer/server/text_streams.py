@@ -1,10 +1,12 @@
 """Engine tokens as text: per choice (`pieces`), and the choices of one response together
-(`choice_pieces`), with stop strings applied."""
+(`choice_pieces`), with stop strings applied (never before a choice's `min_new_tokens`), and
+prompts echoed in front (`with_echo`)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import contextlib
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from ..runtime.sampling import SamplingParams
@@ -32,29 +34,42 @@ class Generation:
 async def pieces(client: EngineClient, tokenizer: TextTokenizer | None, gen: Generation,
                  stops: list[str]) -> AsyncIterator[Piece]:
     """One choice's text as it comes. With stop strings, text that could start one is held
-    back; a match ends the choice there (finish STOP) and aborts it in the engine. Without a
-    tokenizer the text is empty (token-id clients read the tokens)."""
+    back; a match ends the choice there (finish STOP) and aborts it in the engine. A match
+    must end in the text of the `min_new_tokens`-th token or later, so that a stop string
+    does not end a choice sooner than the engine would end it on EOS. Without a tokenizer
+    the text is empty (token-id clients read the tokens)."""
     detok = IncrementalDetokenizer(tokenizer) if tokenizer else None
     hold = max((len(x) for x in stops), default=1) - 1
     pending = ""
+    # the first `early` tokens cannot end a choice; `shielded`: how many characters at the
+    # start of `pending` are their text (a match must end past them)
+    early, shielded, produced = max(gen.params.min_new_tokens - 1, 0), 0, 0
     rid, stream = client.submit(gen.prompt, gen.params)
     tokens_of = client.tokens(rid, stream)
     try:
         async for tokens, finish, lps in tokens_of:
-            pending += "".join(detok.add(t) for t in tokens) if detok else ""
+            if detok and produced < early:
+                split = early - produced
+                pending += "".join(detok.add(t) for t in tokens[:split])
+                shielded = len(pending)
+                pending += "".join(detok.add(t) for t in tokens[split:])
+            elif detok:
+                pending += "".join(detok.add(t) for t in tokens)
+            produced += len(tokens)
             items = list(zip(tokens, lps, strict=True)) if lps else []
             if stops:
-                hits = [i for i in (pending.find(x) for x in stops) if i >= 0]
+                hits = [i for i in (pending.find(x, max(shielded - len(x) + 1, 0))
+                                    for x in stops) if i >= 0]
                 if hits:
                     yield pending[:min(hits)], len(tokens), FinishReason.STOP, items
                     return
                 if finish is None and hold:
                     cut = max(len(pending) - hold, 0)
                     yield pending[:cut], len(tokens), None, items
-                    pending = pending[cut:]
+                    pending, shielded = pending[cut:], max(shielded - cut, 0)
                     continue
             yield pending, len(tokens), finish, items
-            pending = ""
+            pending, shielded = "", 0
     finally:
         await tokens_of.aclose()  # aborts the request now if it is still running
 
@@ -103,3 +118,16 @@ async def _merged(client: EngineClient, tokenizer: TextTokenizer | None,
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def with_echo(source: AsyncIterator[IndexedPiece], prompt_text: Callable[[int], str]
+                    ) -> AsyncIterator[IndexedPiece]:
+    """`source` with each choice's prompt text (`prompt_text(index)`) in front of its first
+    piece; every choice has one, as its last piece carries its finish."""
+    echoed: set[int] = set()
+    async with contextlib.aclosing(source):
+        async for index, text, count, finish, items in source:
+            if index not in echoed:
+                echoed.add(index)
+                text = prompt_text(index) + text
+            yield index, text, count, finish, items
