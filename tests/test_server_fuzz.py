@@ -22,16 +22,20 @@ BASES: dict[str, dict] = {
 FIELDS = ["prompt", "messages", "input_ids", "text", "sampling_params", "max_tokens",
           "max_completion_tokens", "max_new_tokens", "temperature", "top_p", "top_k", "min_p",
           "seed", "stop", "stop_token_ids", "ignore_eos", "n", "stream", "stream_options",
-          "logprobs", "top_logprobs", "model", "presence_penalty", "logit_bias", "echo",
+          "logprobs", "top_logprobs", "model", "presence_penalty", "frequency_penalty",
+          "repetition_penalty", "logit_bias", "min_tokens", "min_new_tokens", "echo",
           "tools", "user", "ünïcödé", "", "x" * 300]
 # the fields each endpoint knows, picked more often than the rest
 OWN_FIELDS = {
-    "/v1/completions": ["prompt", "max_tokens", "n", "stream", "logprobs", "stop", "seed"],
+    "/v1/completions": ["prompt", "max_tokens", "n", "stream", "logprobs", "stop", "seed",
+                        "echo"],
     "/v1/chat/completions": ["messages", "max_tokens", "n", "stream", "top_logprobs", "stop"],
     "/generate": ["input_ids", "text", "sampling_params"],
 }
 SAMPLING_FIELDS = ["max_new_tokens", "max_tokens", "temperature", "top_p", "top_k", "min_p",
-                   "seed", "stop_token_ids", "ignore_eos"]
+                   "seed", "stop_token_ids", "ignore_eos", "presence_penalty",
+                   "frequency_penalty", "repetition_penalty", "logit_bias", "min_tokens",
+                   "min_new_tokens"]
 REQUESTS_PER_ENDPOINT = 100
 
 
@@ -48,8 +52,11 @@ def _value(rng: random.Random, depth: int = 0) -> Any:
                            "a" * rng.randrange(1, 300_000)])
     if kind == 4:
         return [rng.randrange(-5, 500) for _ in range(rng.randrange(0, 6))]
-    if kind == 5:
-        return {"type": "text", "text": "x"} if rng.random() < 0.5 else {}
+    if kind == 5:  # a text part, an empty object, or a logit_bias-like map
+        return rng.choice([{"type": "text", "text": "x"}, {}, {
+            rng.choice([str(rng.randrange(-5, 500)), "07", "1.5", "x"]):
+            rng.choice([rng.uniform(-150, 150), 100, -100, True, "3", None])
+            for _ in range(rng.randrange(1, 4))}])
     if kind == 6:
         return [_value(rng, depth + 1) for _ in range(rng.randrange(0, 4))]
     if kind == 7:
