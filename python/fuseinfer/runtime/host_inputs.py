@@ -10,8 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .kv_pool import ReqToTokenPool
+from .logit_adjust import HistoryReset
 from .sampling import SamplingParams
-from .scheduler import ScheduledBatch
+from .scheduler import Request, ScheduledBatch
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,10 @@ class StepInputs:
     sampling: list[SamplingParams]
     rids: list[int]  # request ids (the seed of unseeded sampling)
     steps: list[int]  # tokens the request generated before this one (the noise counter)
+    # ids it may not sample in this step (EOS and stop ids while short of min_new_tokens)
+    masked_stops: list[tuple[int, ...]]
+    # penalized requests admitted in this step: their slot's token history is rebuilt
+    history_resets: list[HistoryReset]
 
     @property
     def samples_all(self) -> bool:
@@ -46,9 +51,13 @@ def step_inputs(batch: ScheduledBatch, req_pool: ReqToTokenPool, page_size: int
     loc: list[int] = []
     rows, q_lens, kv_lens, slots = [], [], [], []
     sample_rows, params, rids, steps = [], [], [], []
+    masked: list[tuple[int, ...]] = []
+    resets: list[HistoryReset] = []
     for i, w in enumerate(batch.work):
         r = w.req
         assert r.slot is not None
+        if r.params.penalized and w.start == r.cached_at_admission:  # its first work
+            resets.append(_history_reset(r))
         end = w.start + w.count
         ids += r.token_slice(w.start, end)
         pos += range(w.start, end)
@@ -62,5 +71,18 @@ def step_inputs(batch: ScheduledBatch, req_pool: ReqToTokenPool, page_size: int
             params.append(r.params)
             rids.append(r.rid)
             steps.append(r.generated)
+            masked.append(_masked_stops(r) if r.generated < r.params.min_new_tokens else ())
     return StepInputs(batch.mode == "decode", ids, pos, loc, rows, q_lens, kv_lens, slots,
-                      sample_rows, params, rids, steps)
+                      sample_rows, params, rids, steps, masked, resets)
+
+
+def _masked_stops(r: Request) -> tuple[int, ...]:
+    p = r.params
+    return tuple(sorted(set(p.stop_token_ids) | (set() if p.ignore_eos else set(r.eos_ids))))
+
+
+def _history_reset(r: Request) -> HistoryReset:
+    """The request's tokens so far; the prompt only when the repetition penalty reads it."""
+    n = len(r.prompt)
+    prompt = r.prompt if r.params.repetition_penalty != 1.0 else []
+    return HistoryReset(r.slot, prompt, r.token_slice(n, r.seq_len))

@@ -33,6 +33,7 @@ from .cuda_graph_runner import DecodeGraphRunner
 from .engine_args import EngineArgs
 from .host_inputs import StepInputs
 from .kv_pool import ReqToTokenPool, pages_for_budget
+from .logit_adjust import HistoryReset, LogitAdjustments, TokenHistory
 from .sampling import SamplingBatch, sample, token_logprobs
 from .step_output import TokenLogprob
 
@@ -107,6 +108,8 @@ class ModelRunner:
         self._future = torch.zeros(4 * (args.max_running_requests + 1), dtype=torch.int64,
                                    device=self.device)
         self._next_future = 0
+        # penalized requests' token counts, per page-table row (allocated on first use)
+        self.history = TokenHistory(args.max_running_requests + 1, c.vocab_size, self.device)
         self.graphs: DecodeGraphRunner | None = None
         if self.device.type == "cuda" and not args.disable_cuda_graph:
             bs = min(args.cuda_graph_max_bs, args.max_running_requests)
@@ -137,6 +140,7 @@ class ModelRunner:
         caller makes sure no step is in flight."""
         self.model = self.graphs = self.kv_cache = None  # type: ignore[assignment]
         self.attention = self.req_pool = self._future = None  # type: ignore[assignment]
+        self.history = None  # type: ignore[assignment]
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
@@ -180,20 +184,34 @@ class ModelRunner:
         if not inputs.samples_all:  # a python-list index would copy and sync
             logits = logits[self._put(inputs.sample_rows)]
         params = inputs.sampling
+        if inputs.history_resets:
+            self._reset_history(inputs.history_resets)
+        adjust = LogitAdjustments.build(params, [inputs.req_slots[i] for i in
+                                                 inputs.sample_rows],
+                                        inputs.masked_stops, self.device) \
+            if any(p.adjusts_logits for p in params) else None
+        scores = logits if adjust is None else adjust.apply(logits, self.history)
         if not params:
             tokens = torch.empty(0, dtype=torch.int64, device=self.device)
         elif all(p.greedy for p in params):  # no sampling tensors to build
-            tokens = logits.argmax(dim=-1)
+            tokens = scores.argmax(dim=-1)
         else:
             seed = self.args.seed * 1_000_003
             sb = SamplingBatch.build(params, logits.size(-1), self.device,
                                      [seed + rid for rid in inputs.rids])
-            tokens = sample(logits, sb, self._put(inputs.steps))
+            tokens = sample(scores, sb, self._put(inputs.steps))
+        if adjust is not None and adjust.penalty_rows is not None:  # the history grows
+            self.history.add(adjust.penalty_slots, tokens[adjust.penalty_rows])
         wants = tuple(p.logprobs for p in params)
         lp = None
         if any(k is not None for k in wants):
             lp = token_logprobs(logits, tokens, max(k or 0 for k in wants))
         return StepOutput(tokens, lp, wants)
+
+    def _reset_history(self, resets: list[HistoryReset]) -> None:
+        outputs = [t for r in resets for t in r.output]
+        self.history.reset(resets, self._token_ids(outputs) if outputs else
+                           torch.empty(0, dtype=torch.int64, device=self.device))
 
     def launch(self, inputs: StepInputs) -> InFlightStep:
         """Queue the step: forward, tokens into the future buffer and non-blocking copies

@@ -93,9 +93,10 @@ class Scheduler:
         pages = -(-total // self.page_size)
         if not req.prompt:
             detail = "empty prompt"
-        elif vocab_size is not None and not 0 <= min(req.prompt) <= max(req.prompt) < vocab_size:
-            bad = next(t for t in req.prompt if not 0 <= t < vocab_size)
-            detail = f"token id {bad} is outside the vocabulary [0, {vocab_size})"
+        elif vocab_size is not None and (bad := _outside(vocab_size, req.prompt,
+                                                          params.stop_token_ids,
+                                                          [t for t, _ in params.logit_bias])):
+            detail = bad
         elif total > limit:
             detail = (f"prompt ({len(req.prompt)}) + max_new_tokens ({params.max_new_tokens}) "
                       f"exceeds the context limit {limit}")
@@ -296,6 +297,8 @@ class Scheduler:
 
     def _stops(self, req: Request, token: int, produced: int) -> bool:
         p = req.params
+        if produced <= p.min_new_tokens and produced < p.max_new_tokens:
+            return False  # the sampler masks EOS and stop ids until then
         if not p.ignore_eos and token in req.eos_ids:
             req.finish_reason = FinishReason.STOP
         elif token in p.stop_token_ids:
@@ -303,3 +306,14 @@ class Scheduler:
         elif produced >= p.max_new_tokens:
             req.finish_reason = FinishReason.LENGTH
         return req.finish_reason is not None
+
+
+def _outside(vocab_size: int, *id_lists: Sequence[int]) -> str | None:
+    """Why a token id (of the prompt, stop ids or logit bias) cannot be used, or None: a
+    negative id would read an in-flight token and a large one index past the vocabulary,
+    on the device."""
+    for ids in id_lists:
+        if ids and not 0 <= min(ids) <= max(ids) < vocab_size:
+            bad = next(t for t in ids if not 0 <= t < vocab_size)
+            return f"token id {bad} is outside the vocabulary [0, {vocab_size})"
+    return None
