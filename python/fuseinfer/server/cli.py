@@ -92,6 +92,7 @@ def _run_serve(args: argparse.Namespace) -> int:
                          ) from err
 
     from ..runtime.cli import UsageExit, random_engine_seed, resolve_engine_args
+    from ..runtime.gc_control import freeze_after_warmup
     from ..runtime.tokenizer import TextTokenizer
     from .app import create_app
     from .engine_client import EngineClient
@@ -122,6 +123,10 @@ def _run_serve(args: argparse.Namespace) -> int:
     client.timeout_s = args.request_timeout
     app = create_app(client, name, tokenizer, api_key=args.api_key,
                      max_request_bytes=args.max_request_bytes)
+    if engine_args.gc_freeze:
+        # This process too: its modules, app and engine client stay for good, and a full
+        # collection scanning them mid-stream stalls every stream's next token.
+        freeze_after_warmup()
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
                                            timeout_graceful_shutdown=30))
     # SIGTERM/SIGINT: stop accepting, let in-flight requests finish, exit 0 (uvicorn's own
