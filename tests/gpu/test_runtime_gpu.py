@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 import transformers
-from scheduler_steps import record_step
+from scheduler_steps import record_step, run_launches_without_syncs
 from tiny_checkpoint import COMMON, save_tiny_checkpoint, tiny_model, train_copy_task
 
 from fuseinfer.runtime.engine import Engine, EngineArgs
@@ -112,17 +112,7 @@ def test_launching_a_step_never_waits_for_the_gpu(case, graphs):
     reqs = [engine.add_request(p, PARAMS) for p in prompts]
     reqs.append(engine.add_request(prompts[0], SamplingParams(
         max_new_tokens=NEW, temperature=0.8, top_p=0.9, seed=3, logprobs=2)))
-    runner = engine.runner
-    while engine.scheduler.has_work:
-        batch = engine.scheduler.schedule()
-        torch.cuda.set_sync_debug_mode("error")
-        try:
-            step = runner.launch(engine.inputs_for(batch))
-            engine.scheduler.launched(batch, step.placeholders)
-        finally:
-            torch.cuda.set_sync_debug_mode(0)
-        result = runner.resolve(step)
-        engine.scheduler.resolve(batch, result.tokens, result.logprobs)
+    run_launches_without_syncs(engine)
     assert [r.output for r in reqs[:-1]] == want
     assert len(reqs[-1].output) == NEW and len(reqs[-1].logprobs) == NEW
 

@@ -9,7 +9,8 @@ import random
 
 import pytest
 import torch
-from test_runtime_logit_adjust import _requests, reference_adjust  # tests/ is on sys.path
+from scheduler_steps import run_launches_without_syncs  # tests/ is on sys.path
+from test_runtime_logit_adjust import _requests, reference_adjust
 from tiny_checkpoint import COMMON, save_tiny_checkpoint, tiny_model
 
 from fuseinfer.runtime.engine import Engine, EngineArgs
@@ -113,16 +114,6 @@ def test_adjusted_steps_never_wait_for_the_gpu(checkpoint):
     prompts, params = _requests(12, 6)
     engine.generate(prompts, params)  # warm-up: kernels, pinned pools, the history buffers
     reqs = [engine.add_request(p, sp) for p, sp in zip(prompts, params)]
-    runner = engine.runner
-    while engine.scheduler.has_work:
-        batch = engine.scheduler.schedule()
-        torch.cuda.set_sync_debug_mode("error")
-        try:
-            step = runner.launch(engine.inputs_for(batch))
-            engine.scheduler.launched(batch, step.placeholders)
-        finally:
-            torch.cuda.set_sync_debug_mode(0)
-        result = runner.resolve(step)
-        engine.scheduler.resolve(batch, result.tokens, result.logprobs)
+    run_launches_without_syncs(engine)
     assert all(r.finished for r in reqs)
     assert COMMON["vocab_size"] == engine.config.vocab_size
