@@ -3,7 +3,8 @@
 A suite module registers itself when imported:
 
     register_suite(Suite(name="norm", help="...", add_arguments=add_arguments, run=run,
-                         tune=Tuner(help="...", add_arguments=..., run=...)))
+                         tune=Tuner(help="...", add_arguments=..., run=...),
+                         quick_args=("--hidden", "4096", "--tokens", "1", "128", "8192")))
 
 and a family suite file in `bench/suites/` is found by name (SUITE_MODULES). The command
 line (`bench/cli.py`) is built from what is registered; it holds no per-suite code.
@@ -42,7 +43,10 @@ class Suite:
     needs_gpu: without a CUDA GPU the command prints one line on stderr and exits with 2
     (kernel suites); False for what runs anywhere (the end-to-end benches, the summary).
     records: the results file its --record appends to (microbench/results/<gpu>/<records>.json),
-    None when it records nothing."""
+    None when it records nothing.
+    quick_args: the suite's own options for a short representative run (one or two model
+    shapes, two or three token counts), what `fuseinfer bench all --quick` runs; every GPU
+    kernel suite (kernel_suites) declares one."""
 
     name: str
     help: str
@@ -51,6 +55,7 @@ class Suite:
     needs_gpu: bool = True
     records: str | None = None
     tune: Tuner | None = None
+    quick_args: tuple[str, ...] | None = None
 
 
 _SUITES: dict[str, Suite] = {}
@@ -76,6 +81,13 @@ def registered_suites() -> list[Suite]:
     order = {module: i for i, module in enumerate(SUITE_MODULES)}
     # Import order depends on who imported a suite first; the listing does not.
     return sorted(_SUITES.values(), key=lambda s: order.get(s.run.__module__, len(order)))
+
+
+def kernel_suites() -> list[Suite]:
+    """The GPU kernel suites (norm, rope, attention, ...), what `fuseinfer bench all` runs:
+    those that need a GPU and record rows (the ceilings suite measures the device limits
+    they report against and records none)."""
+    return [s for s in registered_suites() if s.needs_gpu and s.records is not None]
 
 
 def find_suite(name: str) -> Suite:
