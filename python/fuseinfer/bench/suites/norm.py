@@ -226,5 +226,6 @@ def tune_command(args: argparse.Namespace) -> int:
 register_suite(Suite(
     name="norm", help="RMSNorm kernels on real model shapes", run=run_command,
     add_arguments=add_arguments, records="norm",
+    quick_args=("--hidden", "4096", "--tokens", "1", "128", "8192"),
     tune=Tuner(help="the RMSNorm family's launch shapes (rmsnorm, fused_add_rmsnorm)",
                run=tune_command, add_arguments=add_tune_arguments)))
