@@ -305,5 +305,6 @@ register_suite(Suite(
     name="rope", help="RoPE fused with the KV-cache write, and the cache write alone "
     "(store_kv_cache), on real model shapes (bf16)", run=run_command,
     add_arguments=add_arguments, records="rope",
+    quick_args=("--models", "Llama-3-8B", "--tokens", "1", "128", "4096"),
     tune=Tuner(help="RoPE (+ KV write) and store_kv_cache launch shapes (the rope and "
                "kvcache table entries)", run=tune_command)))
