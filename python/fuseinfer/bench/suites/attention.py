@@ -296,5 +296,8 @@ register_suite(Suite(
     name="attention", help="paged decode and prefill/extend attention on model shapes "
     "against SDPA and flex_attention (bf16)", run=run_command, add_arguments=add_arguments,
     records="attention",
+    # decode 64x4096 and the always-added 1x8192 (split-KV), prefill 1x4k
+    quick_args=("--models", "Llama-3-8B", "--batches", "64", "--lengths", "4096",
+                "--prefill", "1x4k"),
     tune=Tuner(help="paged prefill and decode block sizes", run=tune_command,
                add_arguments=add_tune_arguments)))
