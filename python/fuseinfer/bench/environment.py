@@ -7,6 +7,7 @@ import importlib
 import importlib.metadata
 import platform
 import subprocess
+import sys
 
 
 def _driver_version() -> str:
@@ -36,6 +37,21 @@ def _triton_version() -> str | None:
     except Exception:
         return None
     return getattr(triton, "__version__", None)
+
+
+def _flashinfer_version() -> str | None:
+    """The FlashInfer a run compared against: the imported module's version, else the
+    installed distribution's; None where there is none (its column stays '-')."""
+    module = sys.modules.get("flashinfer")
+    version = getattr(module, "__version__", None) if module is not None else None
+    if version:
+        return str(version)
+    for distribution in ("flashinfer-python", "flashinfer"):
+        try:
+            return importlib.metadata.version(distribution)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return None
 
 
 def _fuseinfer_version() -> str | None:
@@ -69,6 +85,7 @@ def collect_environment(device: int | None = None) -> dict[str, object]:
         "triton": _triton_version(),
         "python": platform.python_version(),
         "fuseinfer": _fuseinfer_version(),
+        "flashinfer": _flashinfer_version(),
     }
     try:
         import torch
