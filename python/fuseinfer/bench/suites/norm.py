@@ -1,8 +1,12 @@
-"""`fuseinfer bench norm`: RMSNorm kernels on real model shapes against torch and liger
-(`fuseinfer tune norm`: their launch shapes, in norm_tune.py).
+"""`fuseinfer bench norm`: RMSNorm kernels on real model shapes against torch, liger and
+FlashInfer (`fuseinfer tune norm`: their launch shapes, in norm_tune.py).
 
 Bytes counted per call (the fewest any kernel must move): rmsnorm reads x and writes y;
 fused_add_rmsnorm reads x and r and writes both; plus the weight once.
+
+FlashInfer (when installed) runs its kernel for every op, gemma variants included, called
+as ours is (in place for the fused ops, into the same output buffer otherwise), after its
+output agreed with ours on fresh data (flashinfer_baselines).
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from typing import Any
 
 import torch
 
-from .. import norm_baselines  # noqa: I001
+from .. import flashinfer_baselines, norm_baselines  # noqa: I001
 from ..kernel_suite import PDL, add_run_options, check_known, report_run
 from ..progress import Progress
 from ..registry import Suite, Tuner, register_suite
@@ -32,7 +36,7 @@ MODEL_HIDDEN = {
 TOKENS = (1, 8, 32, 128, 512, 2048, 8192, 32768)
 OPS = ("fused_add_rmsnorm", "rmsnorm")
 ALL_OPS = OPS + ("gemma_fused_add_rmsnorm", "gemma_rmsnorm")
-BASELINES = ("eager", "compile", "liger")
+BASELINES = ("eager", "compile", "liger", "flashinfer")
 EPS = 1e-6
 
 COLUMNS = [
@@ -46,6 +50,7 @@ COLUMNS = [
     Column("vs_eager", "x eager", "{:.2f}"),
     Column("vs_compile", "x compile", "{:.2f}"),
     Column("vs_liger", "x liger", "{:.2f}"),
+    Column("vs_flashinfer", "x flashinfer", "{:.2f}"),
     Column("l2", "L2", align="<"),
     Column("rel_err", "rel err", "{:.1e}"),
 ]
@@ -81,9 +86,10 @@ def bytes_moved(op: str, shape: Shape, itemsize: int) -> int:
     return (tensors * shape.tokens + 1) * shape.hidden * itemsize
 
 
-def _ours(op: str, sets: list[dict[str, torch.Tensor]], enable_pdl: bool | None
-          ) -> list[Callable[[], Any]]:
-    fn = getattr(torch.ops.fuseinfer, op)
+def _ours(op: str, sets: list[dict[str, torch.Tensor]], enable_pdl: bool | None,
+          fn: Callable[..., Any] | None = None) -> list[Callable[[], Any]]:
+    """One call of our op per set; `fn`: another kernel taking our op's arguments."""
+    fn = fn or getattr(torch.ops.fuseinfer, op)
     if "fused" in op:
         return [lambda s=s: fn(s["x"], s["r"], s["w"], EPS, enable_pdl) for s in sets]
     return [lambda s=s: fn(s["y"], s["x"], s["w"], EPS, enable_pdl) for s in sets]
@@ -99,11 +105,12 @@ def _baseline(name: str, op: str, sets: list[dict[str, torch.Tensor]]
     return [lambda s=s: s.__setitem__("out", fn(s["x"], s["w"], EPS)) for s in sets]
 
 
-def _make_sets(shape: Shape, dtype: torch.dtype, count: int) -> list[dict[str, torch.Tensor]]:
-    w = torch.randn(shape.hidden, device="cuda", dtype=dtype)
+def _make_sets(shape: Shape, dtype: torch.dtype, count: int,
+               device: torch.device | str = "cuda") -> list[dict[str, torch.Tensor]]:
+    w = torch.randn(shape.hidden, device=device, dtype=dtype)
     sets = []
     for _ in range(count):
-        x = torch.randn(shape.tokens, shape.hidden, device="cuda", dtype=dtype)
+        x = torch.randn(shape.tokens, shape.hidden, device=device, dtype=dtype)
         sets.append({"x": x, "r": torch.randn_like(x), "y": torch.empty_like(x), "w": w})
     return sets
 
@@ -126,6 +133,28 @@ def _check(op: str, shape: Shape, dtype: torch.dtype, enable_pdl: bool | None) -
     return ((got.float() - ref.float()).norm() / ref.float().norm()).item()
 
 
+def _flashinfer_rel_err(op: str, shape: Shape, dtype: torch.dtype, enable_pdl: bool | None
+                        ) -> float:
+    """FlashInfer's outputs against ours on the same fresh data (both outputs of the fused
+    ops: the normalized input and the summed residual)."""
+    ours = _make_sets(shape, dtype, 1)[0]
+    theirs = {name: t.clone() for name, t in ours.items()}
+    _ours(op, [ours], enable_pdl)[0]()
+    _ours(op, [theirs], enable_pdl, flashinfer_baselines.norm(op))[0]()
+    names = ("x", "r") if "fused" in op else ("y",)
+    return flashinfer_baselines.worst_rel_err([(theirs[n], ours[n]) for n in names])
+
+
+def _time_flashinfer(row: dict[str, Any], op: str, shape: Shape, dtype: torch.dtype,
+                     sets: list[dict[str, torch.Tensor]], enable_pdl: bool | None,
+                     config: TimingConfig, ours_us: float) -> None:
+    """FlashInfer on the timed sets, once it agrees with ours (flashinfer_* keys of row)."""
+    flashinfer_baselines.check_then_time(
+        row, lambda: _flashinfer_rel_err(op, shape, dtype, enable_pdl),
+        lambda: time_calls(_ours(op, sets, enable_pdl, flashinfer_baselines.norm(op)),
+                           config).median_us, ours_us)
+
+
 def run(shapes: Sequence[Shape], ops: Sequence[str], baselines: Sequence[str],
         copy_gbps: float | None, dtype: torch.dtype = torch.bfloat16,
         enable_pdl: bool | None = None, config: TimingConfig | None = None,
@@ -138,6 +167,8 @@ def run(shapes: Sequence[Shape], ops: Sequence[str], baselines: Sequence[str],
     config = config or TimingConfig(repeats=15, target_graph_ms=2.0)
     if "liger" in baselines and not norm_baselines.liger_available():
         baselines = [b for b in baselines if b != "liger"]
+    if "flashinfer" in baselines and not flashinfer_baselines.available("norm"):
+        baselines = [b for b in baselines if b != "flashinfer"]
     l2 = l2_cache_bytes()
     itemsize = torch.empty((), dtype=dtype).element_size()
     rows = []
@@ -160,8 +191,12 @@ def run(shapes: Sequence[Shape], ops: Sequence[str], baselines: Sequence[str],
                 }
                 row["pct_copy"] = 100 * row["gbps"] / copy_gbps if copy_gbps else None
                 for name in baselines:
+                    if name == "flashinfer":
+                        _time_flashinfer(row, op, shape, dtype, sets, enable_pdl, config,
+                                         ours.median_us)
+                        continue
                     if op.startswith("gemma"):
-                        continue  # baselines implement the plain weight only
+                        continue  # the other baselines implement the plain weight only
                     base = time_calls(_baseline(name, op, sets), config)
                     row[f"{name}_us"] = base.median_us
                     row[f"vs_{name}"] = base.median_us / ours.median_us
@@ -183,7 +218,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ops", nargs="+", default=None,
                         help="ops to time (default: fused_add_rmsnorm rmsnorm)")
     parser.add_argument("--baselines", nargs="*", default=list(BASELINES),
-                        help="baselines timed in the same run (liger skipped if absent)")
+                        help="baselines timed in the same run (liger and flashinfer "
+                        "skipped if absent)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
     add_run_options(parser, "norm")
 
