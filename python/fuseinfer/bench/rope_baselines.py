@@ -1,6 +1,7 @@
 """What the RoPE and KV-cache kernels are compared against, timed in the same run: the plain
-torch code a model would run (eager), the same code under torch.compile, and flashinfer's
-in-place RoPE followed by the plain cache write when flashinfer is installed.
+torch code a model would run (eager), the same code under torch.compile, and FlashInfer's
+in-place RoPE followed by the plain cache write when FlashInfer is installed (its call in
+flashinfer_baselines.py; in place like our rope, on the same strided q and k).
 
 Each baseline computes the same results as our op, as the plain functional code a model
 would run: the rotated query and key come back as fresh tensors (the suite keeps them alive
@@ -17,6 +18,7 @@ from typing import Any
 
 import torch
 
+from . import flashinfer_baselines
 from .static_compile import compile_static
 
 
@@ -64,11 +66,7 @@ def compiled(op: str) -> Callable[..., Any]:
 
 
 def flashinfer_available() -> bool:
-    try:
-        from flashinfer.rope import apply_rope_with_cos_sin_cache_inplace  # noqa: F401
-    except Exception:  # ImportError, or a flashinfer that cannot start on this machine
-        return False
-    return True
+    return flashinfer_baselines.available("rope")
 
 
 def flashinfer_rope(positions: torch.Tensor, query: torch.Tensor, key: torch.Tensor,
@@ -76,12 +74,10 @@ def flashinfer_rope(positions: torch.Tensor, query: torch.Tensor, key: torch.Ten
                     value: torch.Tensor | None = None, k_cache: torch.Tensor | None = None,
                     v_cache: torch.Tensor | None = None, cache_loc: torch.Tensor | None = None
                     ) -> tuple[torch.Tensor, torch.Tensor]:
-    """flashinfer's RoPE (in place), then the plain cache write: flashinfer has no write
+    """FlashInfer's RoPE (in place), then the plain cache write: FlashInfer has no write
     into this cache layout, so a model using it writes the cache as the eager code does."""
-    from flashinfer.rope import apply_rope_with_cos_sin_cache_inplace
-
-    apply_rope_with_cos_sin_cache_inplace(positions, query, key, head_size, cos_sin_cache,
-                                          is_neox)
+    flashinfer_baselines.rope_inplace(positions, query, key, head_size, cos_sin_cache,
+                                      is_neox)
     if k_cache is not None:
         torch_store_kv(k_cache, v_cache, cache_loc, key, value)
     return query, key

@@ -14,6 +14,10 @@ rope+kv (fused, separate and the baselines alike) reads and writes q and k, read
 writes k and v to the cache: (2 Hq + 2 Hk + Hk + 2 Hk) * D * T * itemsize, plus
 T * (8 + rotary_dim * 4) for the int64 positions and float32 cos/sin rows; rope (no cache
 write) drops the 3 Hk terms; store_kv: kvcache.store_bytes.
+
+FlashInfer (when installed) rotates in place on the same buffer sets (its cos/sin cache
+layout is ours, no conversion), then the plain cache write; it is timed only after its q, k
+and cache rows agree with ours on fresh data. It has no store_kv: '-' on those rows.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from typing import Any
 
 import torch
 
-from .. import rope_baselines  # noqa: I001
+from .. import flashinfer_baselines, rope_baselines  # noqa: I001
 from ..kernel_suite import PDL, add_run_options, check_known, report_run
 from ..progress import Progress
 from ..registry import Suite, Tuner, register_suite
@@ -179,23 +183,37 @@ def _rel(got: torch.Tensor, ref: torch.Tensor) -> float:
     return ((got.float() - ref.float()).norm() / ref.float().norm()).item()
 
 
+def _clone_set(s: dict[str, torch.Tensor], m: Model) -> dict[str, torch.Tensor]:
+    """A copy of a buffer set with q, k and v again column slices of one qkv copy, the
+    layout the timed calls see."""
+    copy = {name: t.clone() for name, t in s.items()}
+    widths = [m.q_heads * m.head_size, m.kv_heads * m.head_size, m.kv_heads * m.head_size]
+    copy["q"], copy["k"], v = copy["qkv"].split(widths, dim=1)
+    if "v" in copy:
+        copy["v"] = v
+    return copy
+
+
 def check(case: Case, dtype: torch.dtype, enable_pdl: bool | None,
-          device: torch.device | str = "cuda") -> float:
-    """Relative error of our op (fused, or store for store_kv) against the eager baseline on
-    fresh data: the largest over q, k and the cache rows written. Caches start as NaN; a
-    row written outside cache_loc (or a NaN anywhere) gives inf or NaN."""
+          device: torch.device | str = "cuda",
+          reference: Callable[..., tuple[torch.Tensor, torch.Tensor]] = rope_baselines.torch_rope
+          ) -> float:
+    """Relative error of our op (fused, or store for store_kv) against `reference` (the
+    eager baseline; FlashInfer's before it is timed) on fresh data: the largest over q, k
+    and the cache rows written. Caches start as NaN; a row written outside cache_loc (or a
+    NaN anywhere) gives inf or NaN."""
     m = case.model
     s = make_sets(m, case.tokens, dtype, 1, device)[0]
     for name in ("k_cache", "v_cache"):
         if name in s:
             s[name].fill_(float("nan"))
-    ref = {name: t.clone() for name, t in s.items()}
+    ref = _clone_set(s, m)
     if case.op == "store_kv":
         rope_baselines.torch_store_kv(*kvcache.store_args(ref))
         _store(s, m, enable_pdl)
         pairs = []
     else:
-        ref["q"], ref["k"] = rope_baselines.torch_rope(*_rope_args(ref, m))
+        ref["q"], ref["k"] = reference(*_rope_args(ref, m))
         _fused(s, m, enable_pdl)
         pairs = [(s["q"], ref["q"]), (s["k"], ref["k"])]
     if "k_cache" in s:
@@ -208,6 +226,16 @@ def check(case: Case, dtype: torch.dtype, enable_pdl: bool | None,
             pairs.append((s[name][loc], ref[name][loc]))
     # torch's max, unlike Python's, keeps a NaN.
     return torch.tensor([_rel(got, want) for got, want in pairs]).max().item()
+
+
+def _time_flashinfer(row: dict[str, Any], case: Case, calls: list[Callable[[], Any]],
+                     dtype: torch.dtype, enable_pdl: bool | None, config: TimingConfig,
+                     ours_us: float) -> None:
+    """FlashInfer's calls on the timed sets, once its q, k and cache rows agree with ours on
+    fresh data (flashinfer_* keys of row)."""
+    flashinfer_baselines.check_then_time(
+        row, lambda: check(case, dtype, enable_pdl, reference=rope_baselines.flashinfer_rope),
+        lambda: time_calls(calls, config).median_us, ours_us)
 
 
 def run(models: Sequence[Model], tokens: Sequence[int], baselines: Sequence[str],
@@ -256,6 +284,10 @@ def run(models: Sequence[Model], tokens: Sequence[int], baselines: Sequence[str]
                 calls = baseline(name, op, m, sets)
                 if calls is None:
                     continue  # flashinfer has no write into this cache layout
+                if name == "flashinfer":
+                    _time_flashinfer(row, case, calls, dtype, enable_pdl, config,
+                                     timed.median_us)
+                    continue
                 other = time_calls(calls, config)
                 row[f"{name}_us"] = other.median_us
                 row[f"vs_{name}"] = other.median_us / timed.median_us
