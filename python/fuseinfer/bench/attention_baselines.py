@@ -1,4 +1,5 @@
-"""Baselines for `fuseinfer bench attention`, on contiguous (unpaged) KV as they take it.
+"""Baselines for `fuseinfer bench attention`: SDPA and flex on contiguous (unpaged) KV as
+they take it; FlashInfer on the suite's own paged KV.
 
 sdpa: torch.nn.functional.scaled_dot_product_attention, [batch, heads, len, dim] with
       enable_gqa; decode with a window reads the window's slice; causal prefill uses
@@ -6,8 +7,10 @@ sdpa: torch.nn.functional.scaled_dot_product_attention, [batch, heads, len, dim]
       it without them (it does less work than asked).
 flex: torch flex_attention compiled, causal / window / prefix offset as a mask_mod; sinks
       emulated exactly from its lse: out * sigmoid(lse - sink).
-flashinfer: not timed here (no wheel on the device); published figures are cited in
-      docs/benchmarks.md.
+flashinfer: its paged decode / causal prefill wrappers (flashinfer_baselines), planned
+      outside timing over the same page table, queries and K/V caches as ours; timed only
+      after its output agrees with ours on those inputs. Rows with sinks get no column:
+      its Hopper kernels (fa2/fa3) drop the sinks argument.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from . import flashinfer_baselines
 from .timing import TimingConfig, time_calls
 
 _FLEX: dict[str, Any] = {}
@@ -97,6 +101,50 @@ def contiguous_inputs(case: Any, dtype: torch.dtype, device: str = "cuda"
     return q, k, v
 
 
+def _add_note(row: dict[str, Any], text: str) -> None:
+    row["note"] = f"{row['note']}; {text}" if row.get("note") else text
+
+
+def installed(baselines: Sequence[str]) -> list[str]:
+    """The baselines this machine can run (flashinfer only where it imports)."""
+    if "flashinfer" in baselines and not flashinfer_baselines.available("decode", "prefill"):
+        return [b for b in baselines if b != "flashinfer"]
+    return list(baselines)
+
+
+def time_flashinfer(row: dict[str, Any], case: Any, inputs: Any, config: TimingConfig
+                    ) -> None:
+    """Time FlashInfer's paged attention on the suite case `case` over the suite's own
+    inputs (page table, q, K/V caches; `inputs` as the suite's make_inputs returns them),
+    once its output agrees with ours on them; adds the flashinfer_* keys to row, or a note
+    where FlashInfer has not the case's semantics."""
+    m = case.model
+    if m.sinks:
+        _add_note(row, flashinfer_baselines.NO_SINKS)
+        return
+    kv, q = inputs.kv, inputs.q
+    out = torch.empty_like(q)
+    try:
+        run = flashinfer_baselines.plan_paged_attention(
+            case.kind, case.q_lens, case.kv_lens, kv.page_table, m.q_heads, m.kv_heads,
+            m.head_dim, inputs.attn.shape.page_size, q.dtype, sm_scale=m.head_dim ** -0.5,
+            window_left=m.window_left)
+    except Exception as error:  # a baseline that cannot run a shape is reported, not fatal
+        row["flashinfer_error"] = flashinfer_baselines.describe(error)
+        return
+
+    def agreement() -> float:
+        ours = inputs.attn.run(inputs.plan, q, kv.k_cache, kv.v_cache, sinks=inputs.sinks,
+                               window_left=m.window_left)
+        run(q, kv.k_cache, kv.v_cache, out)
+        return flashinfer_baselines.rel_err(out, ours)
+
+    flashinfer_baselines.check_then_time(
+        row, agreement,
+        lambda: time_calls([lambda: run(q, kv.k_cache, kv.v_cache, out)], config).median_us,
+        row["us"])
+
+
 def time_baselines(row: dict[str, Any], case: Any, baselines: Sequence[str],
                    dtype: torch.dtype, config: TimingConfig) -> None:
     """Time each baseline on the suite case `case` and add `<name>_us` and `vs_<name>`
@@ -106,6 +154,8 @@ def time_baselines(row: dict[str, Any], case: Any, baselines: Sequence[str],
     q, k, v = contiguous_inputs(case, dtype)
     sinks = torch.randn(m.q_heads, device=q.device) if m.sinks else None
     for name in baselines:
+        if name == "flashinfer":
+            continue  # timed on the paged KV itself, by time_flashinfer
         if name == "sdpa":
             fn = sdpa_decode(q[:, :, 0], k, v, m.window_left) if case.kind == "decode" \
                 else sdpa_prefill(q, k, v)
@@ -124,4 +174,4 @@ def time_baselines(row: dict[str, Any], case: Any, baselines: Sequence[str],
         row[f"{name}_us"] = other
         row[f"vs_{name}"] = other / row["us"]
     if m.sinks and "sdpa" in baselines:
-        row["note"] = "sdpa has no sinks: timed without them"
+        _add_note(row, "sdpa has no sinks: timed without them")

@@ -15,7 +15,7 @@ time_calls warms up again before measuring, so compile time never reaches a figu
 Agreement: before a FlashInfer call is timed, its output is compared with ours on the same
 inputs; a relative error ||theirs - ours|| / ||ours|| above AGREE_REL_ERR (or NaN) puts
 `flashinfer_error` in the row and the call is not timed. Rows FlashInfer cannot compute
-with our semantics get the reason in their `note` and no column.
+with our semantics (attention sinks) get the reason in their `note` and no column.
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ NAME = "flashinfer"
 PINNED_VERSION = "0.7.2.post1"
 AGREE_REL_ERR = 2e-2  # bf16 outputs of the same math differ by ~3e-3
 WORKSPACE_BYTES = 128 << 20  # the float workspace FlashInfer's docs recommend
-NO_SINKS = ("flashinfer: not timed, its paged decode/prefill on fa2/fa3 (sm90 and older) "
-            "drop the sinks argument (only trtllm-gen, Blackwell, and cuDNN apply them)")
+NO_SINKS = ("flashinfer: not timed, its paged decode/prefill kernels for sm90 and older "
+            "(fa2/fa3) drop the sinks argument (only its trtllm-gen and cuDNN backends apply it)")
 
 
 def available(*submodules: str) -> bool:
@@ -59,10 +59,6 @@ def worst_rel_err(pairs: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> float:
 def describe(error: BaseException) -> str:
     lines = str(error).strip().splitlines()
     return f"{type(error).__name__}: {lines[-1][:200] if lines else ''}"
-
-
-def add_note(row: dict[str, Any], text: str) -> None:
-    row["note"] = f"{row['note']}; {text}" if row.get("note") else text
 
 
 def check_then_time(row: dict[str, Any], agreement: Callable[[], float],

@@ -1,6 +1,6 @@
 """`fuseinfer bench attention`: paged decode and prefill/extend (ops/attention/) on model
-shapes, against torch SDPA and flex_attention on contiguous KV (`fuseinfer tune attention`:
-their block sizes, in attention_tune.py).
+shapes, against torch SDPA and flex_attention on contiguous KV and FlashInfer on the same
+paged KV (`fuseinfer tune attention`: their block sizes, in attention_tune.py).
 
 Decode: batch x KV length, every request the same length, bf16 paged cache (page size 64
 unless --page-size), pages scattered at random. Bytes counted: the KV each request can see
@@ -57,7 +57,7 @@ PREFILL = {  # name: (q_lens, kv_lens)
     "extend 2k on 4k": ([2048], [6144]),
 }
 PREFILL_MODELS = ("Llama-3-8B", "GPT-OSS", "GPT-OSS-win128")
-BASELINES = ("sdpa", "flex")
+BASELINES = ("sdpa", "flex", "flashinfer")
 MAX_KV_BYTES = 24 << 30  # larger decode shapes are skipped (the contiguous copy doubles it)
 
 COLUMNS = [
@@ -70,6 +70,7 @@ COLUMNS = [
     Column("pct_ceiling", "% ceiling", "{:.1f}"),
     Column("vs_sdpa", "x sdpa", "{:.2f}"),
     Column("vs_flex", "x flex", "{:.2f}"),
+    Column("vs_flashinfer", "x flashinfer", "{:.2f}"),
     Column("feature_cost_pct", "sink cost %", "{:+.1f}"),
     Column("window_cost_pct", "window cost %", "{:+.1f}"),
     Column("splits", "splits"),
@@ -182,6 +183,7 @@ def run(cases: Sequence[Case], baselines: Sequence[str], copy_gbps: float | None
         bf16_tflops: float | None, page_size: int = 64, dtype: torch.dtype = torch.bfloat16,
         config: TimingConfig | None = None) -> list[dict[str, Any]]:
     config = config or TimingConfig(repeats=15, target_graph_ms=2.0)
+    baselines = base.installed(baselines)
     itemsize = torch.empty((), dtype=dtype).element_size()
     l2 = l2_cache_bytes()
     rows: list[dict[str, Any]] = []
@@ -225,6 +227,8 @@ def run(cases: Sequence[Case], baselines: Sequence[str], copy_gbps: float | None
                 row["window_equiv_full_us"] = full
                 row["window_cost_pct"] = 100 * (us / full - 1)
                 del y
+            if "flashinfer" in baselines:
+                base.time_flashinfer(row, case, x, config)
             del x
             base.time_baselines(row, case, baselines, dtype, config)
             rows.append(row)
@@ -251,7 +255,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="tokens per KV page (default 64; 1 and 16 exercise the per-row "
                         "gather path)")
     parser.add_argument("--baselines", nargs="*", default=list(BASELINES),
-                        help="baselines timed in the same run on contiguous KV")
+                        help="baselines timed in the same run: sdpa and flex on contiguous "
+                        "KV, flashinfer (skipped if absent) on the same paged KV")
     add_output_options(parser, "attention", continue_run=True)
     parser.set_defaults(pdl="auto", cold=False)  # recorded with the run, as the others'
 
