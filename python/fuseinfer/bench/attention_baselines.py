@@ -150,12 +150,13 @@ def time_baselines(row: dict[str, Any], case: Any, baselines: Sequence[str],
     """Time each baseline on the suite case `case` and add `<name>_us` and `vs_<name>`
     (baseline time over row["us"], ours) to its row; a baseline that cannot run the shape
     leaves `<name>_error` instead."""
+    baselines = [b for b in baselines if b != "flashinfer"]  # paged: time_flashinfer
+    if not baselines:
+        return
     m = case.model
     q, k, v = contiguous_inputs(case, dtype)
     sinks = torch.randn(m.q_heads, device=q.device) if m.sinks else None
     for name in baselines:
-        if name == "flashinfer":
-            continue  # timed on the paged KV itself, by time_flashinfer
         if name == "sdpa":
             fn = sdpa_decode(q[:, :, 0], k, v, m.window_left) if case.kind == "decode" \
                 else sdpa_prefill(q, k, v)

@@ -1,0 +1,365 @@
+"""FlashInfer as a same-run baseline, on the CPU: a stand-in `flashinfer` package (FlashInfer's
+documented semantics in torch ops) is picked up by the norm, rope and attention suites,
+checked against our ops and timed; a deliberately wrong stand-in is reported as disagreeing
+and never timed; without FlashInfer the suites add no FlashInfer keys; the environment
+records the version."""
+
+from __future__ import annotations
+
+import sys
+import types
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import fuseinfer  # noqa: F401  (registers the ops)
+from fuseinfer.bench import attention_baselines, flashinfer_baselines
+from fuseinfer.bench.environment import collect_environment
+from fuseinfer.bench.report import format_table
+from fuseinfer.bench.suites import attention, norm, rope
+from fuseinfer.bench.timing import time_eager_cpu
+from fuseinfer.ops.attention.reference import attend
+
+VERSION = flashinfer_baselines.PINNED_VERSION
+
+
+# ---- the stand-in package -------------------------------------------------------------------
+def _rms(x: torch.Tensor, w: torch.Tensor, eps: float, offset: float) -> torch.Tensor:
+    xf = x.float()
+    return xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps) * (w.float() + offset)
+
+
+def _rotate(x: torch.Tensor, positions: torch.Tensor, head_size: int, cache: torch.Tensor,
+            is_neox: bool) -> None:
+    """FlashInfer's documented rotation of x [tokens, heads * head_size], in place."""
+    heads = x.view(x.size(0), -1, head_size)
+    half = cache.size(1) // 2
+    cos, sin = cache[positions].unsqueeze(1).split(half, dim=-1)
+    rot = heads[..., :2 * half].float()
+    if is_neox:
+        a, b = rot[..., :half], rot[..., half:]
+        rot = torch.cat((a * cos - b * sin, b * cos + a * sin), dim=-1)
+    else:
+        a, b = rot[..., 0::2], rot[..., 1::2]
+        rot = torch.stack((a * cos - b * sin, b * cos + a * sin), dim=-1).flatten(-2)
+    heads[..., :2 * half] = rot.to(x.dtype)
+
+
+class _Paged:
+    """FlashInfer's paged attention semantics from indptr / indices / last_page_len."""
+
+    calls: Counter[str]
+    wrong: bool
+    kind: str
+
+    def __init__(self, workspace: torch.Tensor, kv_layout: str = "NHD", **_: Any) -> None:
+        assert kv_layout == "NHD" and workspace.dtype == torch.uint8
+
+    def _plan(self, qo_indptr: torch.Tensor | None, indptr: torch.Tensor,
+              indices: torch.Tensor, last_page_len: torch.Tensor, q_heads: int,
+              kv_heads: int, head_dim: int, page_size: int, *, window_left: int = -1,
+              sm_scale: float | None = None, causal: bool = True, **_: Any) -> None:
+        assert causal, "our prefill is causal"
+        self.qo = None if qo_indptr is None else qo_indptr.tolist()
+        self.indptr, self.indices = indptr.tolist(), indices.long()
+        self.last, self.page_size = last_page_len.tolist(), page_size
+        self.window = None if window_left < 0 else window_left
+        self.scale = sm_scale if sm_scale is not None else head_dim ** -0.5
+
+    def run(self, q: torch.Tensor, paged_kv_cache: tuple[torch.Tensor, torch.Tensor], *,
+            out: torch.Tensor | None = None, **_: Any) -> torch.Tensor:
+        self.calls[self.kind] += 1
+        k_cache, v_cache = paged_kv_cache
+        assert k_cache.dim() == 4 and k_cache.size(1) == self.page_size
+        out = torch.empty_like(q) if out is None else out
+        qo = self.qo or list(range(len(self.last) + 1))
+        for b, last in enumerate(self.last):
+            pages = self.indices[self.indptr[b]:self.indptr[b + 1]]
+            n = (len(pages) - 1) * self.page_size + last
+            k = k_cache[pages].flatten(0, 1)[:n].float()
+            v = v_cache[pages].flatten(0, 1)[:n].float()
+            rows = q[qo[b]:qo[b + 1]]
+            positions = torch.arange(n - rows.size(0), n)
+            got, _ = attend(rows, k, v, positions, self.scale, self.window, None, 0.0)
+            out[qo[b]:qo[b + 1]] = (got * (2 if self.wrong else 1)).to(out.dtype)
+        return out
+
+
+def stand_in(wrong: bool = False) -> tuple[dict[str, types.ModuleType], Counter[str]]:
+    """The `flashinfer` package and its submodules, and a counter of calls per function;
+    `wrong`: every function's output is twice the right one."""
+    calls: Counter[str] = Counter()
+    scale = 2.0 if wrong else 1.0
+
+    def out_of_place(name: str, offset: float) -> Callable[..., torch.Tensor]:
+        def fn(input, weight, eps=1e-6, out=None, enable_pdl=None):
+            calls[name] += 1
+            out = torch.empty_like(input) if out is None else out
+            out.copy_(_rms(input, weight, eps, offset) * scale)
+            return out
+        return fn
+
+    def fused(name: str, offset: float) -> Callable[..., None]:
+        def fn(input, residual, weight, eps=1e-6, enable_pdl=None):
+            calls[name] += 1
+            residual.copy_(input.float() + residual.float())
+            input.copy_(_rms(residual, weight, eps, offset) * scale)
+        return fn
+
+    norm_module = types.ModuleType("flashinfer.norm")
+    for name, offset in (("rmsnorm", 0.0), ("gemma_rmsnorm", 1.0)):
+        setattr(norm_module, name, out_of_place(name, offset))
+    for name, offset in (("fused_add_rmsnorm", 0.0), ("gemma_fused_add_rmsnorm", 1.0)):
+        setattr(norm_module, name, fused(name, offset))
+
+    rope_module = types.ModuleType("flashinfer.rope")
+
+    def apply_rope_with_cos_sin_cache_inplace(positions, query, key, head_size,
+                                              cos_sin_cache, is_neox=True):
+        calls["rope"] += 1
+        assert cos_sin_cache.dtype == torch.float32
+        for x in (query, key):
+            _rotate(x, positions, head_size, cos_sin_cache, is_neox)
+            x.mul_(scale)
+
+    rope_module.apply_rope_with_cos_sin_cache_inplace = apply_rope_with_cos_sin_cache_inplace
+
+    activation_module = types.ModuleType("flashinfer.activation")
+
+    def silu_and_mul(input, out=None, enable_pdl=None):
+        calls["silu_and_mul"] += 1
+        gate, up = input.float().chunk(2, dim=-1)
+        result = (F.silu(gate) * up * scale).to(input.dtype)
+        return result if out is None else out.copy_(result)
+
+    activation_module.silu_and_mul = silu_and_mul
+
+    class Decode(_Paged):
+        def plan(self, indptr, indices, last_page_len, num_qo_heads, num_kv_heads, head_dim,
+                 page_size, **options):
+            self._plan(None, indptr, indices, last_page_len, num_qo_heads, num_kv_heads,
+                       head_dim, page_size, **options)
+
+    class Prefill(_Paged):
+        def plan(self, qo_indptr, paged_kv_indptr, paged_kv_indices, paged_kv_last_page_len,
+                 num_qo_heads, num_kv_heads, head_dim_qk, page_size, *, causal=False,
+                 **options):
+            self._plan(qo_indptr, paged_kv_indptr, paged_kv_indices, paged_kv_last_page_len,
+                       num_qo_heads, num_kv_heads, head_dim_qk, page_size, causal=causal,
+                       **options)
+
+    for cls, kind in ((Decode, "decode"), (Prefill, "prefill")):
+        cls.calls, cls.wrong, cls.kind = calls, wrong, kind
+    decode_module = types.ModuleType("flashinfer.decode")
+    decode_module.BatchDecodeWithPagedKVCacheWrapper = Decode
+    prefill_module = types.ModuleType("flashinfer.prefill")
+    prefill_module.BatchPrefillWithPagedKVCacheWrapper = Prefill
+
+    package = types.ModuleType("flashinfer")
+    package.__version__ = VERSION
+    package.__path__ = []  # a package, so its submodules import
+    modules = {"flashinfer": package}
+    for sub, module in (("norm", norm_module), ("rope", rope_module),
+                        ("activation", activation_module), ("decode", decode_module),
+                        ("prefill", prefill_module)):
+        setattr(package, sub, module)
+        modules[f"flashinfer.{sub}"] = module
+    return modules, calls
+
+
+@pytest.fixture
+def flashinfer(monkeypatch):
+    """Install the right stand-in; returns its call counter."""
+    modules, calls = stand_in()
+    for name, module in modules.items():
+        monkeypatch.setitem(sys.modules, name, module)
+    return calls
+
+
+@pytest.fixture
+def wrong_flashinfer(monkeypatch):
+    modules, calls = stand_in(wrong=True)
+    for name, module in modules.items():
+        monkeypatch.setitem(sys.modules, name, module)
+    return calls
+
+
+@pytest.fixture
+def no_flashinfer(monkeypatch):
+    for name in [n for n in sys.modules if n == "flashinfer" or n.startswith("flashinfer.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "flashinfer", None)  # import flashinfer raises
+
+
+def host_timed(calls, config):
+    return time_eager_cpu(lambda: [call() for call in calls], repeats=1)
+
+
+# ---- norm ---------------------------------------------------------------------------------
+def _run_norm(monkeypatch, baselines: list[str]) -> list[dict[str, Any]]:
+    make_sets = norm._make_sets
+    monkeypatch.setattr(norm, "time_calls", host_timed)
+    monkeypatch.setattr(norm, "_make_sets", lambda *args: make_sets(*args[:3], device="cpu"))
+    return norm.run([norm.Shape(3, 64)], norm.ALL_OPS, baselines, copy_gbps=None)
+
+
+def test_norm_times_flashinfer_for_every_op_gemma_included(monkeypatch, flashinfer):
+    rows = _run_norm(monkeypatch, ["eager", "flashinfer"])
+    assert [r["op"] for r in rows] == list(norm.ALL_OPS)
+    for row in rows:
+        assert row["vs_flashinfer"] > 0 and row["flashinfer_us"] > 0, row
+        assert row["flashinfer_rel_err"] < 1e-2 and "flashinfer_error" not in row
+        assert ("vs_eager" in row) != row["op"].startswith("gemma")
+    # Called once by the check, then by the timing (warm-up included).
+    assert all(calls > 1 for calls in flashinfer.values()) and len(flashinfer) == 4
+    assert "x flashinfer" in format_table(rows, norm.COLUMNS)
+
+
+def test_norm_reports_a_disagreeing_flashinfer_and_does_not_time_it(monkeypatch,
+                                                                     wrong_flashinfer):
+    rows = _run_norm(monkeypatch, ["flashinfer"])
+    for row in rows:
+        assert "disagrees with ours" in row["flashinfer_error"]
+        assert row["flashinfer_rel_err"] > 0.5
+        assert "vs_flashinfer" not in row and "flashinfer_us" not in row
+    assert set(wrong_flashinfer.values()) == {1}  # the check only
+
+
+def test_norm_without_flashinfer_adds_no_flashinfer_keys(monkeypatch, no_flashinfer):
+    assert not flashinfer_baselines.available()
+    rows = _run_norm(monkeypatch, ["eager", "flashinfer"])
+    assert rows and not any(key.startswith(("flashinfer", "vs_flashinfer"))
+                            for row in rows for key in row)
+
+
+# ---- rope ---------------------------------------------------------------------------------
+def _run_rope(monkeypatch, baselines: list[str]) -> list[dict[str, Any]]:
+    make_sets = rope.make_sets
+    monkeypatch.setattr(rope, "time_calls", host_timed)
+    monkeypatch.setattr(rope, "make_sets", lambda *args: make_sets(*args[:4], device="cpu"))
+    models = [rope.MODELS["Llama-3-8B"], rope.MODELS["DeepSeek-V3"]]
+    return rope.run(models, [3], baselines, copy_gbps=None)
+
+
+def test_rope_times_flashinfer_after_checking_q_k_and_cache(monkeypatch, flashinfer):
+    rows = _run_rope(monkeypatch, ["flashinfer"])
+    by_op = {(r["op"], r["model"]): r for r in rows}
+    for key in (("rope+kv", "Llama-3-8B"), ("rope", "DeepSeek-V3")):  # neox and interleaved
+        row = by_op[key]
+        assert row["vs_flashinfer"] > 0 and row["flashinfer_rel_err"] < 1e-2, row
+    store = by_op[("store_kv", "Llama-3-8B")]
+    assert not any(k.startswith(("flashinfer", "vs_flashinfer")) for k in store)
+    assert flashinfer["rope"] > 2
+
+
+def test_rope_reports_a_disagreeing_flashinfer_and_does_not_time_it(monkeypatch,
+                                                                     wrong_flashinfer):
+    rows = _run_rope(monkeypatch, ["eager", "flashinfer"])
+    rotating = [r for r in rows if r["op"] != "store_kv"]
+    for row in rotating:
+        assert "disagrees with ours" in row["flashinfer_error"] and "vs_flashinfer" not in row
+        assert row["vs_eager"] > 0
+    assert wrong_flashinfer["rope"] == len(rotating)
+
+
+def test_rope_without_flashinfer_adds_no_flashinfer_keys(monkeypatch, no_flashinfer):
+    rows = _run_rope(monkeypatch, ["eager", "flashinfer"])
+    assert all("vs_eager" in r for r in rows)
+    assert not any(k.startswith(("flashinfer", "vs_flashinfer")) for r in rows for k in r)
+
+
+# ---- attention ----------------------------------------------------------------------------
+TINY = attention.Model("tiny", 4, 2, 64)
+TINY_SINKS = attention.Model("tiny-sinks", 4, 2, 64, sinks=True)
+
+
+def _attention_cases(model: attention.Model) -> list[attention.Case]:
+    return [attention.Case("decode", model, "3x37", (1, 1, 1), (37, 37, 37)),
+            attention.Case("prefill", model, "extend", (5, 16), (37, 16))]
+
+
+def _run_attention(monkeypatch, cases, baselines: list[str], page_size: int
+                   ) -> list[dict[str, Any]]:
+    make_inputs = attention.make_inputs
+    monkeypatch.setattr(attention, "time_calls", host_timed)
+    monkeypatch.setattr(attention_baselines, "time_calls", host_timed)
+    monkeypatch.setattr(attention, "make_inputs",
+                        lambda *args, **kwargs: make_inputs(*args, **kwargs, device="cpu"))
+    return attention.run(cases, baselines, None, None, page_size=page_size)
+
+
+@pytest.mark.parametrize("page_size", [16, 1])
+def test_attention_times_flashinfer_on_the_same_paged_kv(monkeypatch, flashinfer, page_size):
+    rows = _run_attention(monkeypatch, _attention_cases(TINY), ["flashinfer"], page_size)
+    for row in rows:
+        assert row["vs_flashinfer"] > 0 and row["flashinfer_rel_err"] < 1e-2, row
+    assert flashinfer["decode"] > 1 and flashinfer["prefill"] > 1
+
+
+def test_attention_reports_a_disagreeing_flashinfer_and_does_not_time_it(monkeypatch,
+                                                                          wrong_flashinfer):
+    rows = _run_attention(monkeypatch, _attention_cases(TINY), ["flashinfer"], 16)
+    for row in rows:
+        assert "disagrees with ours" in row["flashinfer_error"] and "vs_flashinfer" not in row
+    assert wrong_flashinfer == Counter({"decode": 1, "prefill": 1})
+
+
+def test_attention_rows_with_sinks_say_why_flashinfer_is_absent(monkeypatch, flashinfer):
+    rows = _run_attention(monkeypatch, _attention_cases(TINY_SINKS), ["flashinfer"], 16)
+    for row in rows:
+        assert "vs_flashinfer" not in row and "drop the sinks" in row["note"]
+    assert not flashinfer
+
+
+def test_attention_without_flashinfer_adds_no_flashinfer_keys(monkeypatch, no_flashinfer):
+    rows = _run_attention(monkeypatch, _attention_cases(TINY_SINKS), ["flashinfer"], 16)
+    assert not any(k.startswith(("flashinfer", "vs_flashinfer")) for r in rows for k in r)
+    assert not any("note" in r for r in rows)
+
+
+def test_page_index_maps_our_padded_page_table():
+    table = torch.tensor([[7, 2, 9, 9], [4, 7, 7, 7], [1, 3, 5, 8]], dtype=torch.int32)
+    index = flashinfer_baselines.page_index(table, [20, 16, 49], 16)
+    assert index.indptr.tolist() == [0, 2, 3, 7]
+    assert index.indices.tolist() == [7, 2, 4, 1, 3, 5, 8]
+    assert index.last_page_len.tolist() == [4, 16, 1]
+    assert index.indices.dtype == index.indptr.dtype == torch.int32
+    cache = torch.zeros(5, 2, 64)
+    assert flashinfer_baselines.paged_kv(cache).shape == (5, 1, 2, 64)
+    assert flashinfer_baselines.decode_uses_tensor_cores(32, 8)
+    assert not flashinfer_baselines.decode_uses_tensor_cores(8, 8)
+
+
+# ---- wrappers and the environment -----------------------------------------------------------
+def test_silu_and_mul_and_norm_wrappers_take_our_argument_order(flashinfer):
+    x = torch.randn(3, 16)
+    out = torch.empty(3, 8)
+    flashinfer_baselines.silu_and_mul(out, x)
+    ours = torch.empty(3, 8)
+    torch.ops.fuseinfer.silu_and_mul(ours, x)
+    torch.testing.assert_close(out, ours)
+    y, w = torch.empty(3, 16), torch.randn(16)
+    flashinfer_baselines.norm("rmsnorm")(y, x, w, 1e-6)
+    ours_norm = torch.empty(3, 16)
+    torch.ops.fuseinfer.rmsnorm(ours_norm, x, w, 1e-6)
+    torch.testing.assert_close(y, ours_norm)
+    with pytest.raises(ValueError, match="no norm op"):
+        flashinfer_baselines.norm("layernorm")
+
+
+def test_environment_records_the_flashinfer_version(flashinfer):
+    assert collect_environment()["flashinfer"] == VERSION
+
+
+def test_environment_without_flashinfer_records_null(monkeypatch, no_flashinfer):
+    import importlib.metadata
+
+    def not_installed(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", not_installed)
+    assert collect_environment()["flashinfer"] is None
