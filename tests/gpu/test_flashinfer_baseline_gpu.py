@@ -1,0 +1,136 @@
+"""FlashInfer's calls as the bench suites make them (bench/flashinfer_baselines.py) against our
+ops on small random shapes: argument order, the cos/sin cache layout, the strided qkv rows,
+the page-table mapping (page sizes 1, 16 and 64, ragged lengths, GQA groups with and without
+its decode tensor cores, a sliding window) and the suites' check-then-time path, CUDA-graph
+capture included. Skipped where FlashInfer (an optional baseline) is not installed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+pytest.importorskip("flashinfer")
+
+from fuseinfer.bench import attention_baselines, flashinfer_baselines, rope_baselines  # noqa: E402
+from fuseinfer.bench.suites import attention, norm, rope  # noqa: E402
+from fuseinfer.bench.timing import TimingConfig  # noqa: E402
+
+QUICK = TimingConfig(repeats=2, target_graph_ms=0.2)
+REL = 1e-2  # bf16 outputs of the same math
+
+
+def _rel(got: torch.Tensor, want: torch.Tensor) -> float:
+    err = flashinfer_baselines.rel_err(got, want)
+    assert err == err, "NaN"
+    return err
+
+
+# ---- norm ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("op", flashinfer_baselines.NORM_OPS)
+@pytest.mark.parametrize("tokens, hidden", [(1, 4096), (7, 2880), (33, 1024), (300, 8192)])
+@pytest.mark.parametrize("pdl", [True, False])
+def test_norm_wrapper_matches_ours(op, tokens, hidden, pdl):
+    shape = norm.Shape(tokens, hidden)
+    ours = norm._make_sets(shape, torch.bfloat16, 1)[0]
+    theirs = {name: t.clone() for name, t in ours.items()}
+    norm._ours(op, [ours], pdl)[0]()
+    norm._ours(op, [theirs], pdl, flashinfer_baselines.norm(op))[0]()
+    for name in ("x", "r") if "fused" in op else ("y",):
+        assert _rel(theirs[name], ours[name]) < REL, name
+        torch.testing.assert_close(theirs[name].float(), ours[name].float(), rtol=2e-2,
+                                   atol=2e-2)
+
+
+def test_norm_suite_times_flashinfer():
+    rows = norm.run([norm.Shape(8, 4096)], list(flashinfer_baselines.NORM_OPS),
+                    ["flashinfer"], None, config=QUICK)
+    for row in rows:
+        assert "flashinfer_error" not in row, row
+        assert row["vs_flashinfer"] > 0 and row["flashinfer_rel_err"] < REL
+
+
+# ---- rope ---------------------------------------------------------------------------------
+ROPE_MODELS = [rope.MODELS["Llama-3-8B"], rope.MODELS["GPT-OSS-120B"],
+               rope.MODELS["DeepSeek-V3"],  # interleaved, one key head, no cache
+               rope.Model("partial", 8, 2, 128, 64, True, 10_000.0),
+               rope.Model("partial-gptj", 8, 2, 128, 32, False, 10_000.0)]
+
+
+@pytest.mark.parametrize("model", ROPE_MODELS, ids=lambda m: m.name)
+@pytest.mark.parametrize("tokens", [1, 7, 300])
+def test_rope_wrapper_matches_ours_on_strided_qkv(model, tokens):
+    case = rope.Case("rope+kv" if model.kv_cache else "rope", model, tokens)
+    err = rope.check(case, torch.bfloat16, None, "cuda",
+                     reference=rope_baselines.flashinfer_rope)
+    assert err < REL
+
+
+def test_rope_suite_times_flashinfer():
+    rows = rope.run([rope.MODELS["Llama-3-8B"], rope.MODELS["DeepSeek-V3"]], [8],
+                    ["flashinfer"], None, config=QUICK)
+    for row in rows:
+        if row["op"] == "store_kv":
+            assert "vs_flashinfer" not in row
+            continue
+        assert "flashinfer_error" not in row, row
+        assert row["vs_flashinfer"] > 0
+
+
+# ---- silu_and_mul -------------------------------------------------------------------------
+@pytest.mark.parametrize("rows, inner", [(1, 3072), (7, 14336), (300, 1536)])
+def test_silu_and_mul_wrapper_matches_ours(rows, inner):
+    x = torch.randn(rows, 2 * inner, device="cuda", dtype=torch.bfloat16)
+    ours = torch.empty(rows, inner, device="cuda", dtype=torch.bfloat16)
+    theirs = torch.full_like(ours, float("nan"))
+    torch.ops.fuseinfer.silu_and_mul(ours, x)
+    flashinfer_baselines.silu_and_mul(theirs, x)
+    assert _rel(theirs, ours) < REL
+
+
+# ---- paged attention ----------------------------------------------------------------------
+ATTENTION_MODELS = [attention.Model("gqa4-128", 32, 8, 128),  # decode on tensor cores
+                    attention.Model("mha-64", 8, 8, 64),  # decode on CUDA cores
+                    attention.Model("gqa8-64-win", 64, 8, 64, window_left=127)]
+
+
+def _attention_rel_err(case: attention.Case, page_size: int) -> float:
+    m = case.model
+    x = attention.make_inputs(case, page_size, torch.bfloat16)
+    ours = x.attn.run(x.plan, x.q, x.kv.k_cache, x.kv.v_cache, window_left=m.window_left)
+    run = flashinfer_baselines.plan_paged_attention(
+        case.kind, case.q_lens, case.kv_lens, x.kv.page_table, m.q_heads, m.kv_heads,
+        m.head_dim, page_size, torch.bfloat16, sm_scale=m.head_dim ** -0.5,
+        window_left=m.window_left)
+    out = torch.full_like(x.q, float("nan"))
+    run(x.q, x.kv.k_cache, x.kv.v_cache, out)
+    return _rel(out, ours)
+
+
+@pytest.mark.parametrize("model", ATTENTION_MODELS, ids=lambda m: m.name)
+@pytest.mark.parametrize("page_size", [1, 16, 64])
+@pytest.mark.parametrize("kv_lens", [(1,), (300, 1, 1000), (4096,) * 3])
+def test_paged_decode_wrapper_matches_ours(model, page_size, kv_lens):
+    case = attention.Case("decode", model, "t", (1,) * len(kv_lens), kv_lens)
+    assert _attention_rel_err(case, page_size) < REL
+
+
+@pytest.mark.parametrize("model", ATTENTION_MODELS, ids=lambda m: m.name)
+@pytest.mark.parametrize("page_size", [1, 16, 64])
+@pytest.mark.parametrize("q_lens, kv_lens", [((300,), (300,)), ((17, 200), (333, 200)),
+                                             ((1, 64, 5), (1, 1000, 70))])
+def test_paged_prefill_wrapper_matches_ours(model, page_size, q_lens, kv_lens):
+    case = attention.Case("prefill", model, "t", q_lens, kv_lens)
+    assert _attention_rel_err(case, page_size) < REL
+
+
+@pytest.mark.parametrize("kind, q_lens, kv_lens", [("decode", (1,) * 4, (2048,) * 4),
+                                                   ("prefill", (512,), (1024,))])
+def test_attention_suite_times_flashinfer(kind, q_lens, kv_lens):
+    case = attention.Case(kind, attention.MODELS["Llama-3-8B"], "t", q_lens, kv_lens)
+    x = attention.make_inputs(case, 64, torch.bfloat16)
+    row: dict[str, Any] = {"us": 10.0}
+    attention_baselines.time_flashinfer(row, case, x, QUICK)
+    assert "flashinfer_error" not in row, row
+    assert row["vs_flashinfer"] > 0 and row["flashinfer_rel_err"] < REL
