@@ -213,6 +213,7 @@ def test_norm_times_flashinfer_for_every_op_gemma_included(monkeypatch, flashinf
     for row in rows:
         assert row["vs_flashinfer"] > 0 and row["flashinfer_us"] > 0, row
         assert row["flashinfer_rel_err"] < 1e-2 and "flashinfer_error" not in row
+        assert row["flashinfer_timing"] == "cpu"  # the suite's timing (host, in this test)
         assert ("vs_eager" in row) != row["op"].startswith("gemma")
     # Called once by the check, then by the timing (warm-up included).
     assert all(calls > 1 for calls in flashinfer.values()) and len(flashinfer) == 4

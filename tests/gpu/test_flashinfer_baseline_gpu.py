@@ -49,6 +49,7 @@ def test_norm_suite_times_flashinfer():
     for row in rows:
         assert "flashinfer_error" not in row, row
         assert row["vs_flashinfer"] > 0 and row["flashinfer_rel_err"] < REL
+        assert row["flashinfer_timing"] == "cuda_graph"  # replayed as ours is
 
 
 # ---- rope ---------------------------------------------------------------------------------
@@ -75,7 +76,7 @@ def test_rope_suite_times_flashinfer():
             assert "vs_flashinfer" not in row
             continue
         assert "flashinfer_error" not in row, row
-        assert row["vs_flashinfer"] > 0
+        assert row["vs_flashinfer"] > 0 and row["flashinfer_timing"] == "cuda_graph"
 
 
 # ---- silu_and_mul -------------------------------------------------------------------------
@@ -134,3 +135,4 @@ def test_attention_suite_times_flashinfer(kind, q_lens, kv_lens):
     attention_baselines.time_flashinfer(row, case, x, QUICK)
     assert "flashinfer_error" not in row, row
     assert row["vs_flashinfer"] > 0 and row["flashinfer_rel_err"] < REL
+    assert row["flashinfer_timing"] == "cuda_graph"

@@ -28,6 +28,8 @@ from typing import Any
 
 import torch
 
+from .timing import TimingResult
+
 NAME = "flashinfer"
 PINNED_VERSION = "0.7.2.post1"
 AGREE_REL_ERR = 2e-2  # bf16 outputs of the same math differ by ~3e-3
@@ -62,9 +64,10 @@ def describe(error: BaseException) -> str:
 
 
 def check_then_time(row: dict[str, Any], agreement: Callable[[], float],
-                    time_us: Callable[[], float], ours_us: float) -> None:
+                    time: Callable[[], TimingResult], ours_us: float) -> None:
     """Add `flashinfer_rel_err` (from `agreement`, FlashInfer against ours) and then either
-    `flashinfer_us` and `vs_flashinfer` (its time over ours) or `flashinfer_error`: it
+    `flashinfer_us`, `vs_flashinfer` (its time over ours) and `flashinfer_timing` (the
+    method: "cuda_graph" unless its calls could not be captured) or `flashinfer_error`: it
     disagrees (and is not timed) or it failed to run."""
     try:
         err = agreement()
@@ -77,12 +80,13 @@ def check_then_time(row: dict[str, Any], agreement: Callable[[], float],
                                    f"{AGREE_REL_ERR:.0e}, not timed")
         return
     try:
-        us = time_us()
+        timed = time()
     except Exception as error:
         row["flashinfer_error"] = describe(error)
         return
-    row["flashinfer_us"] = us
-    row["vs_flashinfer"] = us / ours_us
+    row["flashinfer_us"] = timed.median_us
+    row["vs_flashinfer"] = timed.median_us / ours_us
+    row["flashinfer_timing"] = timed.method
 
 
 # ---- norm ---------------------------------------------------------------------------------

@@ -235,7 +235,7 @@ def _time_flashinfer(row: dict[str, Any], case: Case, calls: list[Callable[[], A
     fresh data (flashinfer_* keys of row)."""
     flashinfer_baselines.check_then_time(
         row, lambda: check(case, dtype, enable_pdl, reference=rope_baselines.flashinfer_rope),
-        lambda: time_calls(calls, config).median_us, ours_us)
+        lambda: time_calls(calls, config), ours_us)
 
 
 def run(models: Sequence[Model], tokens: Sequence[int], baselines: Sequence[str],
