@@ -2,6 +2,8 @@
 (bench/registry.py): one subcommand per registered suite and per suite with a tuner.
 
 Without a CUDA GPU, every GPU-only command says so in one line on stderr and exits with 2.
+`fuseinfer bench all` (bench/suites/all.py) runs every GPU kernel suite into one summary
+table; without a GPU it says so in one line, runs a short CPU demonstration and exits 0.
 """
 
 from __future__ import annotations
@@ -25,7 +27,12 @@ def has_cuda_gpu() -> bool:
 def add_bench_parser(sub: Any) -> None:
     bench = sub.add_parser("bench", help="microbenchmarks against the device limits and "
                            "against torch eager / torch.compile / liger, and end-to-end "
-                           "benches of the runtime and server")
+                           "benches of the runtime and server",
+                           description="One command per suite. `fuseinfer bench all --quick` "
+                           "runs every GPU kernel suite at a small representative shape set "
+                           "and prints one summary table (our time, % of the device "
+                           "ceiling, x the fastest baseline); `fuseinfer bench <suite>` runs "
+                           "one suite at its full shape set with its own table.")
     bench.add_argument("--list", action="store_true",
                        help="list the suites: name, needs (gpu/any), results file, help")
     bench.set_defaults(handler=lambda args: _list_or_usage(args, bench))
