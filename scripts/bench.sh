@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Set up (see setup_env.sh) and run the norm microbenchmark on the local GPU: kernels built
-# on first use, compared with torch eager, torch.compile and liger-kernel (if installed).
-# With no GPU, `fuseinfer bench norm` says so in one line and exits with 2 (as every
-# GPU-only bench and tune command does; `fuseinfer bench --list` shows which need one).
-# Extra arguments go to `fuseinfer bench norm` (e.g. --hidden 4096 --tokens 1 128 --json out.json).
+# Set up (see setup_env.sh) and run the main job: every GPU kernel suite (norm, rope,
+# attention, ...) at a small representative shape set, timed against the device ceilings
+# and the baselines in the same run, then one summary table (`fuseinfer bench all --quick`;
+# a few minutes on an H200 once the kernels are built). Nothing is recorded (`fuseinfer bench
+# <suite> --record` records a suite's full set). With no GPU it says so in one line,
+# generates a few tokens with the bundled tiny model on the CPU instead, and exits 0.
+# Extra arguments go to `fuseinfer bench all --quick` (e.g. --suites norm rope --json out.json).
 set -euo pipefail
 . "$(dirname "$0")/setup_env.sh"
-fuseinfer bench norm "$@"
+fuseinfer bench all --quick "$@"
