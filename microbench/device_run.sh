@@ -9,6 +9,9 @@
 #                    recording into a results file this call already recorded into continues
 #                    that run (--continue-run, where it has it). GPU kernel suites measure the
 #                    device ceilings first if this call has not.
+#   all              `fuseinfer bench all --quick --json $OUT/bench_all.json` plus ARGS_all:
+#                    every GPU kernel suite at its quick shape set, one summary table (the
+#                    ceilings measured first where missing); records nothing
 #   tune:SUITE       `fuseinfer tune SUITE --log $OUT/tune_SUITE_log.json` plus TUNE_ARGS_SUITE;
 #                    the updated table comes back as $OUT/table_<gpu>.json
 #   tests            the GPU test suite; tests:NAME only tests/gpu/test_NAME*.py (PYTEST_ARGS)
@@ -18,7 +21,7 @@
 #                    workloads, SIGTERM
 #   profile-runtime  microbench/profile_runtime.py (PROFILE_ARGS)
 #   aot              both AOT builds (setup.py, CMake) on the CPU while the GPU works, then loaded
-# e.g. device_run.sh bench:ceilings bench:norm tune:rope tests runtime serve
+# e.g. device_run.sh all bench:ceilings bench:norm tune:rope tests runtime serve
 #      RECORD=0 ARGS_offline="--num-prompts 64" device_run.sh bench:offline bench:latency
 # Installs the wheels carried in .whl/, restores a carried JIT cache (.devcache/), runs the
 # steps and leaves in $OUT: logs.tgz, each run's JSON, the recorded results files touched,
@@ -102,6 +105,14 @@ bench_step() {  # bench_step SUITE
   return $rc
 }
 
+all_step() {  # every GPU kernel suite at its quick shape set, the summary table as JSON
+  TAIL=40 step bench_all timeout "$STEP_TIMEOUT" "${FI[@]}" bench all --quick \
+    --json "$OUT/bench_all.json" ${ARGS_all:-}
+  local rc=$?
+  copy_ceilings
+  return $rc
+}
+
 tune_step() {  # tune_step SUITE
   local suite=$1 extra_var="TUNE_ARGS_${1//-/_}"
   TAIL=30 step "tune_$suite" timeout "$STEP_TIMEOUT" "${FI[@]}" tune "$suite" \
@@ -172,6 +183,7 @@ step info "${FI[@]}" info
 for s in "$@"; do
   case $s in
     bench:*) bench_step "${s#bench:}" ;;
+    all) all_step ;;
     tune:*) tune_step "${s#tune:}" ;;
     tests) tests_step ;;
     tests:*) tests_step "${s#tests:}" ;;
@@ -181,7 +193,7 @@ for s in "$@"; do
     aot) check_aot ;;
     serve) serve_bench ;;
     profile-runtime) TAIL=120 step profile_runtime timeout 300 python3 microbench/profile_runtime.py ${PROFILE_ARGS:-} ;;
-    *) echo "unknown step $s (bench:SUITE tune:SUITE tests tests:NAME runtime aot serve profile-runtime)" ;;
+    *) echo "unknown step $s (all bench:SUITE tune:SUITE tests tests:NAME runtime aot serve profile-runtime)" ;;
   esac
 done
 
