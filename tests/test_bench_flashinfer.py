@@ -70,8 +70,10 @@ class _Paged:
         self.window = None if window_left < 0 else window_left
         self.scale = sm_scale if sm_scale is not None else head_dim ** -0.5
 
-    def run(self, q: torch.Tensor, paged_kv_cache: tuple[torch.Tensor, torch.Tensor], *,
-            out: torch.Tensor | None = None, **_: Any) -> torch.Tensor:
+    def run(self, q: torch.Tensor, paged_kv_cache: tuple[torch.Tensor, torch.Tensor],
+            *sink: torch.Tensor, out: torch.Tensor | None = None, **_: Any) -> torch.Tensor:
+        """`sink`: the attention-sink variant's float32 [q_heads] logits."""
+        assert not sink or sink[0].dtype == torch.float32
         self.calls[self.kind] += 1
         k_cache, v_cache = paged_kv_cache
         assert k_cache.dim() == 4 and k_cache.size(1) == self.page_size
@@ -84,7 +86,8 @@ class _Paged:
             v = v_cache[pages].flatten(0, 1)[:n].float()
             rows = q[qo[b]:qo[b + 1]]
             positions = torch.arange(n - rows.size(0), n)
-            got, _ = attend(rows, k, v, positions, self.scale, self.window, None, 0.0)
+            got, _ = attend(rows, k, v, positions, self.scale, self.window,
+                            sink[0] if sink else None, 0.0)
             out[qo[b]:qo[b + 1]] = (got * (2 if self.wrong else 1)).to(out.dtype)
         return out
 
@@ -152,12 +155,25 @@ def stand_in(wrong: bool = False) -> tuple[dict[str, types.ModuleType], Counter[
                        num_qo_heads, num_kv_heads, head_dim_qk, page_size, causal=causal,
                        **options)
 
-    for cls, kind in ((Decode, "decode"), (Prefill, "prefill")):
+    class PrefillWithSinks(Prefill):
+        def __init__(self, workspace, kv_layout="NHD", *, head_dim_qk=128, head_dim_vo=128,
+                     window_left=-1, **options):
+            super().__init__(workspace, kv_layout)
+            assert head_dim_qk == head_dim_vo
+            self.built_window = window_left  # its kernel is built for one window
+
+        def plan(self, *args, window_left=-1, **options):
+            assert window_left == self.built_window
+            super().plan(*args, window_left=window_left, **options)
+
+    for cls, kind in ((Decode, "decode"), (Prefill, "prefill"), (PrefillWithSinks, "sinks")):
         cls.calls, cls.wrong, cls.kind = calls, wrong, kind
     decode_module = types.ModuleType("flashinfer.decode")
     decode_module.BatchDecodeWithPagedKVCacheWrapper = Decode
     prefill_module = types.ModuleType("flashinfer.prefill")
     prefill_module.BatchPrefillWithPagedKVCacheWrapper = Prefill
+    attention_module = types.ModuleType("flashinfer.attention")
+    attention_module.BatchAttentionWithAttentionSinkWrapper = PrefillWithSinks
 
     package = types.ModuleType("flashinfer")
     package.__version__ = VERSION
@@ -165,7 +181,7 @@ def stand_in(wrong: bool = False) -> tuple[dict[str, types.ModuleType], Counter[
     modules = {"flashinfer": package}
     for sub, module in (("norm", norm_module), ("rope", rope_module),
                         ("activation", activation_module), ("decode", decode_module),
-                        ("prefill", prefill_module)):
+                        ("prefill", prefill_module), ("attention", attention_module)):
         setattr(package, sub, module)
         modules[f"flashinfer.{sub}"] = module
     return modules, calls
@@ -276,6 +292,7 @@ def test_rope_without_flashinfer_adds_no_flashinfer_keys(monkeypatch, no_flashin
 # ---- attention ----------------------------------------------------------------------------
 TINY = attention.Model("tiny", 4, 2, 64)
 TINY_SINKS = attention.Model("tiny-sinks", 4, 2, 64, sinks=True)
+TINY_SINKS_WINDOW = attention.Model("tiny-sinks-win", 4, 2, 64, sinks=True, window_left=7)
 
 
 def _attention_cases(model: attention.Model) -> list[attention.Case]:
@@ -309,11 +326,13 @@ def test_attention_reports_a_disagreeing_flashinfer_and_does_not_time_it(monkeyp
     assert wrong_flashinfer == Counter({"decode": 1, "prefill": 1})
 
 
-def test_attention_rows_with_sinks_say_why_flashinfer_is_absent(monkeypatch, flashinfer):
-    rows = _run_attention(monkeypatch, _attention_cases(TINY_SINKS), ["flashinfer"], 16)
+@pytest.mark.parametrize("model", [TINY_SINKS, TINY_SINKS_WINDOW], ids=lambda m: m.name)
+def test_attention_rows_with_sinks_take_the_sink_variant(monkeypatch, flashinfer, model):
+    rows = _run_attention(monkeypatch, _attention_cases(model), ["flashinfer"], 16)
     for row in rows:
-        assert "vs_flashinfer" not in row and "drop the sinks" in row["note"]
-    assert not flashinfer
+        assert row["vs_flashinfer"] > 0 and row["flashinfer_rel_err"] < 1e-2, row
+        assert "attention-sink variant" in row["note"]
+    assert set(flashinfer) == {"sinks"} and flashinfer["sinks"] > 2
 
 
 def test_attention_without_flashinfer_adds_no_flashinfer_keys(monkeypatch, no_flashinfer):

@@ -93,17 +93,22 @@ def test_silu_and_mul_wrapper_matches_ours(rows, inner):
 # ---- paged attention ----------------------------------------------------------------------
 ATTENTION_MODELS = [attention.Model("gqa4-128", 32, 8, 128),  # decode on tensor cores
                     attention.Model("mha-64", 8, 8, 64),  # decode on CUDA cores
-                    attention.Model("gqa8-64-win", 64, 8, 64, window_left=127)]
+                    attention.Model("gqa8-64-win", 64, 8, 64, window_left=127),
+                    # GPT-OSS: sinks, full and windowed (FlashInfer's attention-sink variant)
+                    attention.Model("gqa8-64-sinks", 64, 8, 64, sinks=True),
+                    attention.Model("gqa8-64-sinks-win", 64, 8, 64, sinks=True,
+                                    window_left=127)]
 
 
 def _attention_rel_err(case: attention.Case, page_size: int) -> float:
     m = case.model
     x = attention.make_inputs(case, page_size, torch.bfloat16)
-    ours = x.attn.run(x.plan, x.q, x.kv.k_cache, x.kv.v_cache, window_left=m.window_left)
+    ours = x.attn.run(x.plan, x.q, x.kv.k_cache, x.kv.v_cache, sinks=x.sinks,
+                      window_left=m.window_left)
     run = flashinfer_baselines.plan_paged_attention(
         case.kind, case.q_lens, case.kv_lens, x.kv.page_table, m.q_heads, m.kv_heads,
         m.head_dim, page_size, torch.bfloat16, sm_scale=m.head_dim ** -0.5,
-        window_left=m.window_left)
+        window_left=m.window_left, sinks=x.sinks)
     out = torch.full_like(x.q, float("nan"))
     run(x.q, x.kv.k_cache, x.kv.v_cache, out)
     return _rel(out, ours)
@@ -126,10 +131,21 @@ def test_paged_prefill_wrapper_matches_ours(model, page_size, q_lens, kv_lens):
     assert _attention_rel_err(case, page_size) < REL
 
 
+def test_sinks_change_the_answer_on_these_shapes():
+    """The sink cases above would pass with sinks dropped if sinks barely mattered here."""
+    m = ATTENTION_MODELS[3]
+    case = attention.Case("prefill", m, "t", (17, 200), (333, 200))
+    x = attention.make_inputs(case, 16, torch.bfloat16)
+    with_sinks = x.attn.run(x.plan, x.q, x.kv.k_cache, x.kv.v_cache, sinks=x.sinks)
+    without = x.attn.run(x.plan, x.q, x.kv.k_cache, x.kv.v_cache)
+    assert _rel(without, with_sinks) > 3 * REL
+
+
+@pytest.mark.parametrize("model", ["Llama-3-8B", "GPT-OSS", "GPT-OSS-win128"])
 @pytest.mark.parametrize("kind, q_lens, kv_lens", [("decode", (1,) * 4, (2048,) * 4),
                                                    ("prefill", (512,), (1024,))])
-def test_attention_suite_times_flashinfer(kind, q_lens, kv_lens):
-    case = attention.Case(kind, attention.MODELS["Llama-3-8B"], "t", q_lens, kv_lens)
+def test_attention_suite_times_flashinfer(model, kind, q_lens, kv_lens):
+    case = attention.Case(kind, attention.MODELS[model], "t", q_lens, kv_lens)
     x = attention.make_inputs(case, 64, torch.bfloat16)
     row: dict[str, Any] = {"us": 10.0}
     attention_baselines.time_flashinfer(row, case, x, QUICK)

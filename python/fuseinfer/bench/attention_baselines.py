@@ -9,8 +9,8 @@ flex: torch flex_attention compiled, causal / window / prefix offset as a mask_m
       emulated exactly from its lse: out * sigmoid(lse - sink).
 flashinfer: its paged decode / causal prefill wrappers (flashinfer_baselines), planned
       outside timing over the same page table, queries and K/V caches as ours; timed only
-      after its output agrees with ours on those inputs. Rows with sinks get no column:
-      its Hopper kernels (fa2/fa3) drop the sinks argument.
+      after its output agrees with ours on those inputs. Rows with sinks take its
+      attention-sink variant: its plain fa2/fa3 kernels drop the sinks argument.
 """
 
 from __future__ import annotations
@@ -116,19 +116,18 @@ def time_flashinfer(row: dict[str, Any], case: Any, inputs: Any, config: TimingC
                     ) -> None:
     """Time FlashInfer's paged attention on the suite case `case` over the suite's own
     inputs (page table, q, K/V caches; `inputs` as the suite's make_inputs returns them),
-    once its output agrees with ours on them; adds the flashinfer_* keys to row, or a note
-    where FlashInfer has not the case's semantics."""
+    once its output agrees with ours on them; adds the flashinfer_* keys to row (and a note
+    where sinks take its attention-sink variant)."""
     m = case.model
     if m.sinks:
-        _add_note(row, flashinfer_baselines.NO_SINKS)
-        return
+        _add_note(row, flashinfer_baselines.SINKS_NOTE)
     kv, q = inputs.kv, inputs.q
     out = torch.empty_like(q)
     try:
         run = flashinfer_baselines.plan_paged_attention(
             case.kind, case.q_lens, case.kv_lens, kv.page_table, m.q_heads, m.kv_heads,
             m.head_dim, inputs.attn.shape.page_size, q.dtype, sm_scale=m.head_dim ** -0.5,
-            window_left=m.window_left)
+            window_left=m.window_left, sinks=inputs.sinks)
     except Exception as error:  # a baseline that cannot run a shape is reported, not fatal
         row["flashinfer_error"] = flashinfer_baselines.describe(error)
         return

@@ -14,8 +14,7 @@ time_calls warms up again before measuring, so compile time never reaches a figu
 
 Agreement: before a FlashInfer call is timed, its output is compared with ours on the same
 inputs; a relative error ||theirs - ours|| / ||ours|| above AGREE_REL_ERR (or NaN) puts
-`flashinfer_error` in the row and the call is not timed. Rows FlashInfer cannot compute
-with our semantics (attention sinks) get the reason in their `note` and no column.
+`flashinfer_error` in the row and the call is not timed.
 """
 
 from __future__ import annotations
@@ -34,8 +33,7 @@ NAME = "flashinfer"
 PINNED_VERSION = "0.7.2.post1"
 AGREE_REL_ERR = 2e-2  # bf16 outputs of the same math differ by ~3e-3
 WORKSPACE_BYTES = 128 << 20  # the float workspace FlashInfer's docs recommend
-NO_SINKS = ("flashinfer: not timed, its paged decode/prefill kernels for sm90 and older "
-            "(fa2/fa3) drop the sinks argument (only its trtllm-gen and cuDNN backends apply it)")
+SINKS_NOTE = "flashinfer: its attention-sink variant (BatchAttentionWithAttentionSinkWrapper)"
 
 
 def available(*submodules: str) -> bool:
@@ -171,35 +169,54 @@ AttentionRun = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 def plan_paged_attention(kind: str, q_lens: Sequence[int], kv_lens: Sequence[int],
                          page_table: torch.Tensor, q_heads: int, kv_heads: int,
                          head_dim: int, page_size: int, dtype: torch.dtype, *,
-                         sm_scale: float, window_left: int | None = None) -> AttentionRun:
+                         sm_scale: float, window_left: int | None = None,
+                         sinks: torch.Tensor | None = None) -> AttentionRun:
     """Plan FlashInfer's paged decode (kind "decode", one query per request) or causal
     prefill/extend (the new tokens already in the cache, queries bottom-right aligned as
     ours) over our page table; returns run(q, k_cache, v_cache, out), q and out
-    [tokens, q_heads, head_dim]. The plan (host work) happens here, outside any timing."""
-    from flashinfer.decode import BatchDecodeWithPagedKVCacheWrapper
-    from flashinfer.prefill import BatchPrefillWithPagedKVCacheWrapper
+    [tokens, q_heads, head_dim]. The plan (host work) happens here, outside any timing.
 
+    With `sinks` (one logit per q head) both kinds run FlashInfer's attention-sink variant
+    (BatchAttentionWithAttentionSinkWrapper, a prefill kernel, one query per request for
+    decode): its plain decode/prefill kernels for sm90 and older (fa2/fa3) drop the sinks
+    argument."""
     index = page_index(page_table, kv_lens, page_size)
-    workspace = torch.zeros(WORKSPACE_BYTES, dtype=torch.uint8, device=page_table.device)
-    options = {"window_left": -1 if window_left is None else window_left,
-               "q_data_type": dtype, "kv_data_type": dtype, "sm_scale": sm_scale}
+    device = page_table.device
+    workspace = torch.zeros(WORKSPACE_BYTES, dtype=torch.uint8, device=device)
+    window = -1 if window_left is None else window_left
+    options = {"window_left": window, "q_data_type": dtype, "kv_data_type": dtype,
+               "sm_scale": sm_scale}
+    qo_indptr = torch.tensor([0, *itertools.accumulate(q_lens)], dtype=torch.int32,
+                             device=device)
+    pages = (index.indptr, index.indices, index.last_page_len)
+    extra: tuple[torch.Tensor, ...] = ()
     wrapper: Any
-    if kind == "decode":
+    if kind not in ("decode", "prefill"):
+        raise ValueError(f"unknown attention kind '{kind}' (decode, prefill)")
+    if sinks is not None:
+        from flashinfer.attention import BatchAttentionWithAttentionSinkWrapper
+
+        wrapper = BatchAttentionWithAttentionSinkWrapper(
+            workspace, "NHD", q_data_type=dtype, kv_data_type=dtype, head_dim_qk=head_dim,
+            head_dim_vo=head_dim, window_left=window)
+        wrapper.plan(qo_indptr, *pages, q_heads, kv_heads, head_dim, page_size, causal=True,
+                     **options)
+        extra = (sinks.float().contiguous(),)  # its "sink" argument: float32 [q_heads]
+    elif kind == "decode":
+        from flashinfer.decode import BatchDecodeWithPagedKVCacheWrapper
+
         wrapper = BatchDecodeWithPagedKVCacheWrapper(
             workspace, "NHD", use_tensor_cores=decode_uses_tensor_cores(q_heads, kv_heads))
-        wrapper.plan(index.indptr, index.indices, index.last_page_len, q_heads, kv_heads,
-                     head_dim, page_size, **options)
-    elif kind == "prefill":
-        qo_indptr = torch.tensor([0, *itertools.accumulate(q_lens)], dtype=torch.int32,
-                                 device=page_table.device)
-        wrapper = BatchPrefillWithPagedKVCacheWrapper(workspace, "NHD")
-        wrapper.plan(qo_indptr, index.indptr, index.indices, index.last_page_len, q_heads,
-                     kv_heads, head_dim, page_size, causal=True, **options)
+        wrapper.plan(*pages, q_heads, kv_heads, head_dim, page_size, **options)
     else:
-        raise ValueError(f"unknown attention kind '{kind}' (decode, prefill)")
+        from flashinfer.prefill import BatchPrefillWithPagedKVCacheWrapper
+
+        wrapper = BatchPrefillWithPagedKVCacheWrapper(workspace, "NHD")
+        wrapper.plan(qo_indptr, *pages, q_heads, kv_heads, head_dim, page_size, causal=True,
+                     **options)
 
     def run(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
             out: torch.Tensor) -> Any:
-        return wrapper.run(q, (paged_kv(k_cache), paged_kv(v_cache)), out=out)
+        return wrapper.run(q, (paged_kv(k_cache), paged_kv(v_cache)), *extra, out=out)
 
     return run
