@@ -178,3 +178,22 @@ def test_bench_all_picks_suites_when_asked(stand_ins, capsys):
     assert stand_ins == [["fake-norm"]]  # no --quick: the suite's full set
     with pytest.raises(SystemExit, match="unknown suite"):
         main(["bench", "all", "--suites", "nope"])
+
+
+def test_missing_ceilings_are_measured_before_the_suites(monkeypatch):
+    from fuseinfer.bench import ceilings
+
+    cached = ceilings.Ceilings(4000.0, None, None, "gpu", "driver", "torch", "date")
+    asked: list[list[str]] = []
+
+    def measure(which: list[str]) -> ceilings.Ceilings:
+        asked.append(list(which))
+        return ceilings.Ceilings(4000.0, 700.0, None, "gpu", "driver", "torch", "date")
+
+    monkeypatch.setattr(ceilings, "load_ceilings", lambda: cached)
+    monkeypatch.setattr(ceilings, "measure_ceilings", measure)
+    assert bench_all.ensure_ceilings()["bf16_tflops"] == 700.0 and asked == [["bf16"]]
+    full = ceilings.Ceilings(4000.0, 700.0, None, "gpu", "driver", "torch", "date")
+    monkeypatch.setattr(ceilings, "load_ceilings", lambda: full)
+    asked.clear()
+    assert bench_all.ensure_ceilings()["copy_gbps"] == 4000.0 and asked == []  # fp8 unused

@@ -23,7 +23,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -185,7 +185,7 @@ def run_suite(suite: Suite, args: Sequence[str], workdir: Path) -> SuiteResult:
     return result
 
 
-def ensure_ceilings() -> dict[str, Any] | None:
+def ensure_ceilings() -> dict[str, Any]:
     """The cached copy-bandwidth and bf16 matmul ceilings (the % columns), measured first
     where missing."""
     from ..ceilings import load_ceilings, measure_ceilings
@@ -193,7 +193,7 @@ def ensure_ceilings() -> dict[str, Any] | None:
     cached = load_ceilings()
     missing = [kind for kind, key in (("copy", "copy_gbps"), ("bf16", "bf16_tflops"))
                if cached is None or getattr(cached, key) is None]
-    return (measure_ceilings(missing) if missing else cached).__dict__
+    return asdict(measure_ceilings(missing) if missing else cached)
 
 
 def run_all(suites: Sequence[Suite], quick: bool) -> list[SuiteResult]:
@@ -241,8 +241,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--suites", nargs="+", metavar="SUITE",
                         help="run only these suites (default: every GPU kernel suite)")
     parser.add_argument("--json", type=Path, help="write the summary table, each suite's "
-                        "rows and the ceilings here (nothing is recorded: `fuseinfer bench "
-                        "<suite> --record` records a suite's run)")
+                        "rows and the ceilings here, with a GPU (nothing is recorded: "
+                        "`fuseinfer bench <suite> --record` records a suite's run)")
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -271,10 +271,9 @@ def run_command(args: argparse.Namespace) -> int:
     print(f"total {time.perf_counter() - start:.0f} s (x best: the fastest baseline's time "
           "over ours; > 1.0 means we are faster)")
     if args.json:
-        suites_out = [r.__dict__ for r in results]
         write_run_json(args.json, "all", bench_environment(), ceilings, table,
                        {"columns": column_specs(COLUMNS), "quick": args.quick,
-                        "suites": suites_out})
+                        "suites": [asdict(r) for r in results]})
     return 1 if any(r.error for r in results) else 0
 
 
