@@ -67,6 +67,8 @@ setup(
         # Headers only; install with --no-deps to skip its Python tooling's dependencies.
         "cuda": ["nvidia-cutlass>=3.9"],
         "bench": ["liger-kernel"],
+        # `fuseinfer bench summary` draws docs/plots with it; without it, tables only.
+        "plot": ["matplotlib>=3.6"],
     },
     entry_points={"console_scripts": ["fuseinfer=fuseinfer.cli:main"]},
     cmdclass={"build_py": BuildPy},

@@ -31,9 +31,10 @@ else
   rm -rf "$WHEELS"
 fi
 
-if ! python -c "import fuseinfer, pytest, triton, transformers, safetensors, tokenizers, fastapi, uvicorn, openai" >/dev/null 2>&1 || [ "${FUSEINFER_REINSTALL:-0}" = 1 ]; then
+# matplotlib (the plot extra): the CPU suite draws the benchmark plots.
+if ! python -c "import fuseinfer, pytest, triton, transformers, safetensors, tokenizers, fastapi, uvicorn, openai, matplotlib" >/dev/null 2>&1 || [ "${FUSEINFER_REINSTALL:-0}" = 1 ]; then
   echo "setup: installing fuseinfer (editable) and test tools"
-  pip install -q -e "$ROOT[test]"
+  pip install -q -e "$ROOT[test,plot]"
 fi
 # CUTLASS headers for the CUDA build and the compile check; --no-deps skips the Python
 # tooling of the package (which would pull CUDA Python packages).

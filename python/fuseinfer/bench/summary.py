@@ -1,16 +1,21 @@
-"""Generate the benchmark summary in docs/benchmarks.md from recorded results.
+"""Generate the benchmark summary in docs/benchmarks.md from recorded results: per recorded
+(gpu, suite), the provenance of its latest run, its plot (docs/plots/<gpu>_<suite>.svg,
+drawn by bench/plots.py when matplotlib is installed) and its table.
 
 Usage: python -m fuseinfer.bench.summary [--results microbench/results] [--doc docs/benchmarks.md]
+                                         [--plots docs/plots]
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from fuseinfer.bench.plots import PLOT_INSTALL_HINT, plot_name, plot_results
 from fuseinfer.bench.registry import Suite, register_suite
 from fuseinfer.bench.report import load_recorded
 from fuseinfer.paths import repo_dir
@@ -100,8 +105,10 @@ def _provenance(run: Mapping[str, Any]) -> str:
     return "; ".join(parts) + "."
 
 
-def render_summary(results_dir: Path) -> str:
-    """Markdown for the latest run of every <results_dir>/<gpu>/<suite>.json."""
+def render_summary(results_dir: Path, plots_dir: Path | None = None,
+                   doc_dir: Path | None = None) -> str:
+    """Markdown for the latest run of every <results_dir>/<gpu>/<suite>.json; a section
+    whose plot exists in `plots_dir` embeds it, linked relative to `doc_dir`."""
     results_dir = Path(results_dir)
     if not results_dir.is_dir():
         raise FileNotFoundError(f"results folder {results_dir} does not exist")
@@ -112,22 +119,25 @@ def render_summary(results_dir: Path) -> str:
             if not recorded["runs"]:
                 continue
             run = recorded["runs"][-1]  # runs are appended in order: the last is the latest
-            sections.append(
-                "\n\n".join(
-                    [
-                        f"### {recorded['suite']} on {gpu_dir.name}",
-                        _provenance(run),
-                        markdown_table(run.get("rows") or [], _columns(run)),
-                    ]
-                )
-            )
+            title = f"{recorded['suite']} on {gpu_dir.name}"
+            parts = [f"### {title}", _provenance(run)]
+            plot = Path(plots_dir) / plot_name(gpu_dir.name, recorded["suite"]) \
+                if plots_dir is not None else None
+            if plot is not None and plot.is_file():
+                link = Path(os.path.relpath(plot, doc_dir if doc_dir is not None else "."))
+                parts.append(f"![{title}]({link.as_posix()})")
+            parts.append(markdown_table(run.get("rows") or [], _columns(run)))
+            sections.append("\n\n".join(parts))
     if not sections:
         return "_No recorded results yet._"
     return "\n\n".join(sections)
 
 
-def update_benchmarks_doc(doc_path: Path, results_dir: Path) -> None:
-    """Replace the text between the generated-results markers of `doc_path`."""
+def update_benchmarks_doc(doc_path: Path, results_dir: Path, plots_dir: Path | None = None
+                          ) -> str:
+    """Replace the text between the generated-results markers of `doc_path`; with
+    `plots_dir`, first redraw the plots there (bench/plots.py) and embed them. Returns a
+    line saying what was done with the plots ("" without `plots_dir`)."""
     doc_path = Path(doc_path)
     lines = doc_path.read_text().splitlines()
     stripped = [line.strip() for line in lines]
@@ -138,33 +148,51 @@ def update_benchmarks_doc(doc_path: Path, results_dir: Path) -> None:
     begin, end = stripped.index(BEGIN_MARKER), stripped.index(END_MARKER)
     if begin > end:
         raise ValueError(f"{doc_path}: '{END_MARKER}' comes before '{BEGIN_MARKER}'")
-    generated = ["", *render_summary(results_dir).splitlines(), ""]
+    note = ""
+    if plots_dir is not None:
+        drawn = plot_results(results_dir, plots_dir)
+        if drawn is None:
+            # Plots already in plots_dir stay embedded: the tables alone are regenerated.
+            note = (f"plots skipped: matplotlib is not installed ({PLOT_INSTALL_HINT}); "
+                    f"the tables are updated, {plots_dir} is left as it is")
+        else:
+            note = f"drew {len(drawn)} plots in {plots_dir}"
+    summary = render_summary(results_dir, plots_dir, doc_path.parent)
+    generated = ["", *summary.splitlines(), ""]
     doc_path.write_text("\n".join(lines[: begin + 1] + generated + lines[end:]) + "\n")
+    return note
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m fuseinfer.bench.summary",
-        description="Regenerate the results section of the benchmark page.",
+        description="Regenerate the results section and the plots of the benchmark page.",
     )
     parser.add_argument("--results", type=Path, default=Path("microbench/results"))
     parser.add_argument("--doc", type=Path, default=Path("docs/benchmarks.md"))
+    parser.add_argument("--plots", type=Path, default=Path("docs/plots"),
+                        help="folder of the generated SVG plots (default: docs/plots)")
     args = parser.parse_args(argv)
-    update_benchmarks_doc(args.doc, args.results)
+    note = update_benchmarks_doc(args.doc, args.results, args.plots)
     print(f"updated {args.doc} from {args.results}")
+    if note:
+        print(note)
     return 0
 
 
 # ---- the command: `fuseinfer bench summary` ---------------------------------------------
 def run_command(args: argparse.Namespace) -> int:
     root = repo_dir() or Path.cwd()
-    update_benchmarks_doc(root / "docs" / "benchmarks.md", root / "microbench" / "results")
-    print(f"updated {root / 'docs' / 'benchmarks.md'}")
+    doc = root / "docs" / "benchmarks.md"
+    note = update_benchmarks_doc(doc, root / "microbench" / "results", root / "docs" / "plots")
+    print(f"updated {doc}")
+    if note:
+        print(note)
     return 0
 
 
-register_suite(Suite(name="summary", help="regenerate docs/benchmarks.md from "
-                     "microbench/results", run=run_command, needs_gpu=False))
+register_suite(Suite(name="summary", help="regenerate docs/benchmarks.md and docs/plots "
+                     "from microbench/results", run=run_command, needs_gpu=False))
 
 
 if __name__ == "__main__":
