@@ -55,9 +55,14 @@ class _Paged:
     calls: Counter[str]
     wrong: bool
     kind: str
+    unbuildable: tuple[str, ...]  # backends whose kernels fail to build
 
-    def __init__(self, workspace: torch.Tensor, kv_layout: str = "NHD", **_: Any) -> None:
+    def __init__(self, workspace: torch.Tensor, kv_layout: str = "NHD", *,
+                 backend: str = "auto", **_: Any) -> None:
         assert kv_layout == "NHD" and workspace.dtype == torch.uint8
+        if backend in self.unbuildable:
+            self.calls[f"build {backend}"] += 1
+            raise RuntimeError(f"Ninja build failed\nmissing sources for {backend}")
 
     def _plan(self, qo_indptr: torch.Tensor | None, indptr: torch.Tensor,
               indices: torch.Tensor, last_page_len: torch.Tensor, q_heads: int,
@@ -92,9 +97,11 @@ class _Paged:
         return out
 
 
-def stand_in(wrong: bool = False) -> tuple[dict[str, types.ModuleType], Counter[str]]:
+def stand_in(wrong: bool = False, unbuildable: tuple[str, ...] = ()
+             ) -> tuple[dict[str, types.ModuleType], Counter[str]]:
     """The `flashinfer` package and its submodules, and a counter of calls per function;
-    `wrong`: every function's output is twice the right one."""
+    `wrong`: every function's output is twice the right one; `unbuildable`: attention
+    backends that fail to build."""
     calls: Counter[str] = Counter()
     scale = 2.0 if wrong else 1.0
 
@@ -157,8 +164,8 @@ def stand_in(wrong: bool = False) -> tuple[dict[str, types.ModuleType], Counter[
 
     class PrefillWithSinks(Prefill):
         def __init__(self, workspace, kv_layout="NHD", *, head_dim_qk=128, head_dim_vo=128,
-                     window_left=-1, **options):
-            super().__init__(workspace, kv_layout)
+                     window_left=-1, backend="auto", **options):
+            super().__init__(workspace, kv_layout, backend=backend)
             assert head_dim_qk == head_dim_vo
             self.built_window = window_left  # its kernel is built for one window
 
@@ -167,7 +174,7 @@ def stand_in(wrong: bool = False) -> tuple[dict[str, types.ModuleType], Counter[
             super().plan(*args, window_left=window_left, **options)
 
     for cls, kind in ((Decode, "decode"), (Prefill, "prefill"), (PrefillWithSinks, "sinks")):
-        cls.calls, cls.wrong, cls.kind = calls, wrong, kind
+        cls.calls, cls.wrong, cls.kind, cls.unbuildable = calls, wrong, kind, unbuildable
     decode_module = types.ModuleType("flashinfer.decode")
     decode_module.BatchDecodeWithPagedKVCacheWrapper = Decode
     prefill_module = types.ModuleType("flashinfer.prefill")
@@ -187,21 +194,23 @@ def stand_in(wrong: bool = False) -> tuple[dict[str, types.ModuleType], Counter[
     return modules, calls
 
 
+def _install(monkeypatch, **options: Any) -> Counter[str]:
+    modules, calls = stand_in(**options)
+    for name, module in modules.items():
+        monkeypatch.setitem(sys.modules, name, module)
+    monkeypatch.setattr(flashinfer_baselines, "_UNBUILDABLE", {})
+    return calls
+
+
 @pytest.fixture
 def flashinfer(monkeypatch):
     """Install the right stand-in; returns its call counter."""
-    modules, calls = stand_in()
-    for name, module in modules.items():
-        monkeypatch.setitem(sys.modules, name, module)
-    return calls
+    return _install(monkeypatch)
 
 
 @pytest.fixture
 def wrong_flashinfer(monkeypatch):
-    modules, calls = stand_in(wrong=True)
-    for name, module in modules.items():
-        monkeypatch.setitem(sys.modules, name, module)
-    return calls
+    return _install(monkeypatch, wrong=True)
 
 
 @pytest.fixture
@@ -315,6 +324,7 @@ def test_attention_times_flashinfer_on_the_same_paged_kv(monkeypatch, flashinfer
     rows = _run_attention(monkeypatch, _attention_cases(TINY), ["flashinfer"], page_size)
     for row in rows:
         assert row["vs_flashinfer"] > 0 and row["flashinfer_rel_err"] < 1e-2, row
+        assert row["flashinfer_backend"] == "auto" and "note" not in row
     assert flashinfer["decode"] > 1 and flashinfer["prefill"] > 1
 
 
@@ -333,6 +343,17 @@ def test_attention_rows_with_sinks_take_the_sink_variant(monkeypatch, flashinfer
         assert row["vs_flashinfer"] > 0 and row["flashinfer_rel_err"] < 1e-2, row
         assert "attention-sink variant" in row["note"]
     assert set(flashinfer) == {"sinks"} and flashinfer["sinks"] > 2
+
+
+def test_attention_falls_back_to_fa2_where_its_own_pick_cannot_build(monkeypatch):
+    calls = _install(monkeypatch, unbuildable=("auto",))
+    cases = _attention_cases(TINY) * 2  # the same kernels again: the failure is remembered
+    rows = _run_attention(monkeypatch, cases, ["flashinfer"], 16)
+    for row in rows:
+        assert row["vs_flashinfer"] > 0 and row["flashinfer_backend"] == "fa2", row
+        assert "backend auto cannot run here (RuntimeError: missing sources for auto)" \
+            in row["note"]
+    assert calls["build auto"] == 2  # once per kernel (decode, prefill), not once per row
 
 
 def test_attention_without_flashinfer_adds_no_flashinfer_keys(monkeypatch, no_flashinfer):

@@ -10,7 +10,9 @@ flex: torch flex_attention compiled, causal / window / prefix offset as a mask_m
 flashinfer: its paged decode / causal prefill wrappers (flashinfer_baselines), planned
       outside timing over the same page table, queries and K/V caches as ours; timed only
       after its output agrees with ours on those inputs. Rows with sinks take its
-      attention-sink variant: its plain fa2/fa3 kernels drop the sinks argument.
+      attention-sink variant: its plain fa2/fa3 kernels drop the sinks argument. Its own
+      backend pick (FA3 on Hopper) where it builds, else FA2 (a trimmed install carries
+      FA2 only): the row records flashinfer_backend, and a fallback in its note.
 """
 
 from __future__ import annotations
@@ -131,6 +133,10 @@ def time_flashinfer(row: dict[str, Any], case: Any, inputs: Any, config: TimingC
     except Exception as error:  # a baseline that cannot run a shape is reported, not fatal
         row["flashinfer_error"] = flashinfer_baselines.describe(error)
         return
+    row["flashinfer_backend"] = run.backend
+    for backend, why in run.fallbacks.items():
+        _add_note(row, f"flashinfer: backend {backend} cannot run here ({why}); "
+                  f"{run.backend} timed")
 
     def agreement() -> float:
         ours = inputs.attn.run(inputs.plan, q, kv.k_cache, kv.v_cache, sinks=inputs.sinks,

@@ -163,23 +163,72 @@ def decode_uses_tensor_cores(q_heads: int, kv_heads: int) -> bool:
     return q_heads // kv_heads >= 4
 
 
-AttentionRun = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], Any]
+# Its own pick first (FA3 on Hopper), then FA2: a trimmed install may carry FA2 only.
+ATTENTION_BACKENDS = ("auto", "fa2")
+# (backend, kernel) pairs that failed to build or plan here, and why: not retried, since
+# a failed JIT build can cost tens of seconds per row.
+_UNBUILDABLE: dict[tuple[str, tuple[Any, ...]], str] = {}
+
+
+@dataclass
+class PlannedAttention:
+    """A planned FlashInfer wrapper; calling it runs attention into `out`."""
+
+    wrapper: Any
+    extra: tuple[torch.Tensor, ...]  # run()'s extra tensors (the sink variant's sinks)
+    backend: str  # as FlashInfer resolved it
+    fallbacks: dict[str, str]  # backends tried first that could not run here: why
+
+    def __call__(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                 out: torch.Tensor) -> Any:
+        return self.wrapper.run(q, (paged_kv(k_cache), paged_kv(v_cache)), *self.extra,
+                                out=out)
 
 
 def plan_paged_attention(kind: str, q_lens: Sequence[int], kv_lens: Sequence[int],
                          page_table: torch.Tensor, q_heads: int, kv_heads: int,
                          head_dim: int, page_size: int, dtype: torch.dtype, *,
                          sm_scale: float, window_left: int | None = None,
-                         sinks: torch.Tensor | None = None) -> AttentionRun:
+                         sinks: torch.Tensor | None = None,
+                         backends: Sequence[str] = ATTENTION_BACKENDS) -> PlannedAttention:
     """Plan FlashInfer's paged decode (kind "decode", one query per request) or causal
     prefill/extend (the new tokens already in the cache, queries bottom-right aligned as
-    ours) over our page table; returns run(q, k_cache, v_cache, out), q and out
-    [tokens, q_heads, head_dim]. The plan (host work) happens here, outside any timing.
+    ours) over our page table, with the first of `backends` that builds here; call the
+    result as run(q, k_cache, v_cache, out), q and out [tokens, q_heads, head_dim]. The
+    plan (host work, and the JIT build) happens here, outside any timing.
 
     With `sinks` (one logit per q head) both kinds run FlashInfer's attention-sink variant
     (BatchAttentionWithAttentionSinkWrapper, a prefill kernel, one query per request for
     decode): its plain decode/prefill kernels for sm90 and older (fa2/fa3) drop the sinks
     argument."""
+    if kind not in ("decode", "prefill"):
+        raise ValueError(f"unknown attention kind '{kind}' (decode, prefill)")
+    kernel = (kind, head_dim, dtype, sinks is not None, window_left is not None,
+              kind == "decode" and decode_uses_tensor_cores(q_heads, kv_heads))
+    fallbacks: dict[str, str] = {}
+    for backend in backends:
+        known = _UNBUILDABLE.get((backend, kernel))
+        if known is not None:
+            fallbacks[backend] = known
+            continue
+        try:
+            wrapper, extra = _plan(backend, kind, q_lens, kv_lens, page_table, q_heads,
+                                   kv_heads, head_dim, page_size, dtype, sm_scale,
+                                   window_left, sinks)
+        except Exception as error:
+            if backend == backends[-1]:
+                raise
+            fallbacks[backend] = _UNBUILDABLE[(backend, kernel)] = describe(error)
+            continue
+        return PlannedAttention(wrapper, extra, str(getattr(wrapper, "_backend", backend)),
+                                fallbacks)
+    raise RuntimeError(f"no FlashInfer backend left to try: {fallbacks}")
+
+
+def _plan(backend: str, kind: str, q_lens: Sequence[int], kv_lens: Sequence[int],
+          page_table: torch.Tensor, q_heads: int, kv_heads: int, head_dim: int,
+          page_size: int, dtype: torch.dtype, sm_scale: float, window_left: int | None,
+          sinks: torch.Tensor | None) -> tuple[Any, tuple[torch.Tensor, ...]]:
     index = page_index(page_table, kv_lens, page_size)
     device = page_table.device
     workspace = torch.zeros(WORKSPACE_BYTES, dtype=torch.uint8, device=device)
@@ -189,34 +238,26 @@ def plan_paged_attention(kind: str, q_lens: Sequence[int], kv_lens: Sequence[int
     qo_indptr = torch.tensor([0, *itertools.accumulate(q_lens)], dtype=torch.int32,
                              device=device)
     pages = (index.indptr, index.indices, index.last_page_len)
-    extra: tuple[torch.Tensor, ...] = ()
-    wrapper: Any
-    if kind not in ("decode", "prefill"):
-        raise ValueError(f"unknown attention kind '{kind}' (decode, prefill)")
     if sinks is not None:
         from flashinfer.attention import BatchAttentionWithAttentionSinkWrapper
 
         wrapper = BatchAttentionWithAttentionSinkWrapper(
-            workspace, "NHD", q_data_type=dtype, kv_data_type=dtype, head_dim_qk=head_dim,
-            head_dim_vo=head_dim, window_left=window)
+            workspace, "NHD", backend=backend, q_data_type=dtype, kv_data_type=dtype,
+            head_dim_qk=head_dim, head_dim_vo=head_dim, window_left=window)
         wrapper.plan(qo_indptr, *pages, q_heads, kv_heads, head_dim, page_size, causal=True,
                      **options)
-        extra = (sinks.float().contiguous(),)  # its "sink" argument: float32 [q_heads]
-    elif kind == "decode":
+        return wrapper, (sinks.float().contiguous(),)  # its "sink": float32 [q_heads]
+    if kind == "decode":
         from flashinfer.decode import BatchDecodeWithPagedKVCacheWrapper
 
         wrapper = BatchDecodeWithPagedKVCacheWrapper(
-            workspace, "NHD", use_tensor_cores=decode_uses_tensor_cores(q_heads, kv_heads))
+            workspace, "NHD", use_tensor_cores=decode_uses_tensor_cores(q_heads, kv_heads),
+            backend=backend)
         wrapper.plan(*pages, q_heads, kv_heads, head_dim, page_size, **options)
-    else:
-        from flashinfer.prefill import BatchPrefillWithPagedKVCacheWrapper
+        return wrapper, ()
+    from flashinfer.prefill import BatchPrefillWithPagedKVCacheWrapper
 
-        wrapper = BatchPrefillWithPagedKVCacheWrapper(workspace, "NHD")
-        wrapper.plan(qo_indptr, *pages, q_heads, kv_heads, head_dim, page_size, causal=True,
-                     **options)
-
-    def run(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-            out: torch.Tensor) -> Any:
-        return wrapper.run(q, (paged_kv(k_cache), paged_kv(v_cache)), *extra, out=out)
-
-    return run
+    wrapper = BatchPrefillWithPagedKVCacheWrapper(workspace, "NHD", backend=backend)
+    wrapper.plan(qo_indptr, *pages, q_heads, kv_heads, head_dim, page_size, causal=True,
+                 **options)
+    return wrapper, ()
