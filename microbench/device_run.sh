@@ -25,7 +25,8 @@
 #      RECORD=0 ARGS_offline="--num-prompts 64" device_run.sh bench:offline bench:latency
 # Installs the wheels carried in .whl/, restores a carried JIT cache (.devcache/), runs the
 # steps and leaves in $OUT: logs.tgz, each run's JSON, the recorded results files touched,
-# the tuned table and tuning logs, the ceilings and the JIT cache for the next call.
+# the tuned table and tuning logs, the ceilings and the JIT caches for the next call (ours
+# as jit-cache.tgz, FlashInfer's as flashinfer-jit.tgz: put both in .devcache/).
 # STEP_TIMEOUT (default 560 s) bounds each command.
 set -uo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
@@ -44,6 +45,15 @@ if ls .whl/*.whl >/dev/null 2>&1; then
     --target /tmp/site .whl/*.whl || exit 1
 fi
 export PYTHONPATH=$REPO/python:/tmp/site:${PYTHONPATH:-}
+# The trimmed FlashInfer baseline (microbench/flashinfer_bundle.sh), when carried: importable
+# from .whl/flashinfer, its JIT builds under FLASHINFER_WORKSPACE_BASE, carried back and
+# forth as .devcache/flashinfer-jit.tgz like our own JIT cache.
+export FLASHINFER_WORKSPACE_BASE=${FLASHINFER_WORKSPACE_BASE:-/tmp/flashinfer-ws}
+if [ -d .whl/flashinfer ]; then
+  export PYTHONPATH=$PYTHONPATH:$REPO/.whl/flashinfer
+  mkdir -p "$FLASHINFER_WORKSPACE_BASE"
+  [ -f .devcache/flashinfer-jit.tgz ] && tar -xzf .devcache/flashinfer-jit.tgz -C "$FLASHINFER_WORKSPACE_BASE"
+fi
 if [ -f .devcache/jit-cache.tgz ]; then
   mkdir -p "$FUSEINFER_CACHE_DIR" && tar -xzf .devcache/jit-cache.tgz -C "$FUSEINFER_CACHE_DIR"
 fi
@@ -198,5 +208,9 @@ for s in "$@"; do
 done
 
 tar -czf "$OUT/jit-cache.tgz" -C "$FUSEINFER_CACHE_DIR" jit 2>/dev/null
+if [ -d "$FLASHINFER_WORKSPACE_BASE/.cache" ]; then  # whole build dirs: ninja rebuilds without its objects
+  tar -czf "$OUT/flashinfer-jit.tgz" -C "$FLASHINFER_WORKSPACE_BASE" .cache
+  du -h "$OUT/flashinfer-jit.tgz"  # it travels back in the 64 MiB carry: prune if it grows near that
+fi
 tar -czf "$OUT/logs.tgz" -C "$LOGS" .
 ls -la "$OUT"
