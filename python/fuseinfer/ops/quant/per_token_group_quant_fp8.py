@@ -1,0 +1,134 @@
+"""per_token_group_quant_fp8: dynamic FP8 (e4m3) quantization with one scale per token and
+group of `group_size` channels, the activation side of 1 x 128 / 128 x 128 blockwise-scaled
+FP8 GEMMs (DeepSeek-V3 and Qwen3-FP8 checkpoints).
+
+    scale[m, g] = max(amax(|x[m, g*G : (g+1)*G]|), 1e-10) / 448
+    q[m, k]     = fp8(clamp(x[m, k] / scale[m, k // G], -448, 448))   (round to nearest even)
+
+With scale_ue8m0 the scale is rounded up to a power of two (what UE8M0 scale formats store).
+With column_major_scales the scales [M, K / G] are stored M-major (stride (1, M)), the layout
+a TMA-fed GEMM reads, written that way directly rather than transposed afterwards.
+
+input: [M, K] bf16, fp16 or fp32 with a contiguous last dim, K a multiple of group_size (a
+power of two, 16..1024). Math in fp32. CUDA: one Triton pass (PDL on sm_90+ unless
+enable_pdl=False); CPU: the reference below.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..arg_checks import fail
+from ..library import LIB, define, impl_cpu, impl_fake
+from ..triton_launch import next_pow2, use_pdl
+
+_SCHEMA = ("per_token_group_quant_fp8(Tensor(a!) q, Tensor(b!) scales, Tensor input, "
+           "int group_size, bool scale_ue8m0=False, bool? enable_pdl=None) -> ()")
+_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+FP8 = torch.float8_e4m3fn
+FP8_MAX = 448.0
+EPS = 1e-10  # an all-zero group still gets a finite, non-zero scale
+
+
+def reference_per_token_group_quant_fp8(x: torch.Tensor, group_size: int,
+                                        scale_ue8m0: bool = False
+                                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The semantics in float32: (q float8_e4m3fn [M, K], scales float32 [M, K / G]); the
+    CPU kernel and the test oracle."""
+    m, k = x.shape
+    groups = x.float().reshape(m, k // group_size, group_size)
+    scale = groups.abs().amax(dim=-1).clamp_min(EPS) / FP8_MAX
+    if scale_ue8m0:
+        scale = torch.exp2(torch.ceil(torch.log2(scale)))
+    q = (groups / scale[..., None]).clamp(-FP8_MAX, FP8_MAX).to(FP8)
+    return q.reshape(m, k), scale
+
+
+def _check(q: torch.Tensor, scales: torch.Tensor, input: torch.Tensor, group_size: int,
+           scale_ue8m0: bool = False, enable_pdl: bool | None = None) -> None:
+    op = "per_token_group_quant_fp8"
+    if input.dim() != 2:
+        fail(op, "input", f"must be [tokens, channels], got {list(input.shape)}")
+    if input.dtype not in _DTYPES:
+        fail(op, "input", f"must be bfloat16, float16 or float32, got {input.dtype}")
+    if group_size < 16 or group_size > 1024 or group_size & (group_size - 1):
+        fail(op, "group_size", f"must be a power of two in [16, 1024], got {group_size}")
+    m, k = input.shape
+    if k % group_size:
+        fail(op, "input", f"channels ({k}) must be a multiple of group_size ({group_size})")
+    if k and input.stride(1) != 1:
+        fail(op, "input", "must have a contiguous last dim")
+    if list(q.shape) != [m, k] or q.dtype != FP8 or q.device != input.device:
+        fail(op, "q", f"must be float8_e4m3fn {[m, k]} on {input.device}, got {q.dtype} "
+             f"{list(q.shape)} on {q.device}")
+    if k and q.stride(1) != 1:
+        fail(op, "q", "must have a contiguous last dim")
+    want = [m, k // group_size]
+    if list(scales.shape) != want or scales.dtype != torch.float32 \
+            or scales.device != input.device:
+        fail(op, "scales", f"must be float32 {want} on {input.device}, got {scales.dtype} "
+             f"{list(scales.shape)} on {scales.device}")
+
+
+def _cpu(q: torch.Tensor, scales: torch.Tensor, input: torch.Tensor, group_size: int,
+         scale_ue8m0: bool = False, enable_pdl: bool | None = None) -> None:
+    _check(q, scales, input, group_size)
+    if input.numel() == 0:
+        return
+    ref_q, ref_s = reference_per_token_group_quant_fp8(input, group_size, scale_ue8m0)
+    q.copy_(ref_q)
+    scales.copy_(ref_s)
+
+
+def launch_per_token_group_quant_fp8(q: torch.Tensor, scales: torch.Tensor,
+                                     input: torch.Tensor, group_size: int,
+                                     scale_ue8m0: bool, pdl: bool) -> None:
+    """The Triton launch (also used directly by the interpreter tests on the CPU)."""
+    from ...triton.per_token_group_quant import per_token_group_quant_fp8_kernel
+
+    rows, k = input.shape
+    groups = k // group_size
+    if rows == 0 or groups == 0:
+        return
+    # about 1024 elements per program: several small groups, or one large one
+    per_program = min(next_pow2(groups), max(1, 1024 // group_size))
+    extra = {"launch_pdl": True} if pdl else {}
+    per_token_group_quant_fp8_kernel[(rows, -(-groups // per_program))](
+        input, q, scales, groups, input.stride(0), q.stride(0), scales.stride(0),
+        scales.stride(1), EPS, FP8_MAX, GROUP=group_size, GROUPS_PER_PROGRAM=per_program,
+        UE8M0=scale_ue8m0, USE_PDL=pdl, EXACT_ROUNDING=input.device.type == "cpu",
+        num_warps=4, **extra)
+
+
+def _cuda(q: torch.Tensor, scales: torch.Tensor, input: torch.Tensor, group_size: int,
+          scale_ue8m0: bool = False, enable_pdl: bool | None = None) -> None:
+    _check(q, scales, input, group_size)
+    launch_per_token_group_quant_fp8(q, scales, input, group_size, scale_ue8m0,
+                                     use_pdl(enable_pdl, input.device))
+
+
+def per_token_group_quant_fp8(input: torch.Tensor, group_size: int = 128, *,
+                              column_major_scales: bool = False, scale_ue8m0: bool = False,
+                              enable_pdl: bool | None = None
+                              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(q float8_e4m3fn [M, K], scales float32 [M, K / group_size]) of input [M, K];
+    column_major_scales stores the scales M-major (stride (1, M))."""
+    m, k = input.shape[0], input.shape[-1]
+    q = torch.empty(m, k, dtype=FP8, device=input.device)
+    groups = k // group_size if group_size > 0 else 0
+    scales = torch.empty(groups, m, dtype=torch.float32, device=input.device).t() \
+        if column_major_scales else \
+        torch.empty(m, groups, dtype=torch.float32, device=input.device)
+    torch.ops.fuseinfer.per_token_group_quant_fp8(q, scales, input, group_size,
+                                                  scale_ue8m0=scale_ue8m0,
+                                                  enable_pdl=enable_pdl)
+    return q, scales
+
+
+define(_SCHEMA)
+impl_cpu("per_token_group_quant_fp8", _cpu)
+impl_fake("per_token_group_quant_fp8", _check)
+LIB.impl("per_token_group_quant_fp8", _cuda, "CUDA")
+
+
+__all__ = ["per_token_group_quant_fp8"]

@@ -1,0 +1,120 @@
+"""per_token_group_quant_fp8 on the CPU: the op against float64 math written here, the
+power-of-two and M-major scale options, the argument errors and fake impl, and the Triton
+kernel run by Triton's interpreter against the reference (poisoned outputs)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from fuseinfer.ops import per_token_group_quant_fp8
+from fuseinfer.ops.quant.per_token_group_quant_fp8 import (
+    launch_per_token_group_quant_fp8,
+    reference_per_token_group_quant_fp8,
+)
+
+needs_interpreter = pytest.mark.skipif(
+    os.environ.get("TRITON_INTERPRET") != "1",
+    reason="a GPU is present: the GPU suite runs these kernels natively")
+
+FP8 = torch.float8_e4m3fn
+
+
+def float64_group_scales(x: torch.Tensor, group: int) -> torch.Tensor:
+    xd = x.double().reshape(x.size(0), -1, group)
+    return xd.abs().amax(dim=-1).clamp_min(1e-10) / 448.0
+
+
+def assert_quantized(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, group: int
+                     ) -> None:
+    """Independent checks of q and scales: the scale is the group's amax / 448, the largest
+    element lands on +-448, and every value is within half an e4m3 step (3 mantissa bits)."""
+    want = float64_group_scales(x, group)
+    torch.testing.assert_close(scales.double(), want, rtol=2e-7, atol=0.0)
+    deq = q.double().reshape(x.size(0), -1, group) * scales.double()[..., None]
+    xd = x.double().reshape(x.size(0), -1, group)
+    err = (deq - xd).abs()
+    assert (err <= xd.abs() * 2.0 ** -4 + scales.double()[..., None] * 2.0 ** -10).all()
+    peak = q.double().abs().reshape(x.size(0), -1, group).amax(dim=-1)
+    assert torch.equal(peak[want > 1e-10 / 448], torch.full_like(peak[want > 1e-10 / 448],
+                                                                 448.0))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("group", [32, 128])
+def test_op_matches_float64_math(dtype, group):
+    x = (torch.randn(9, 4 * group) * torch.rand(9, 1) * 20).to(dtype)
+    x[3, :group] = 0.0  # an all-zero group: a finite scale, zeros out
+    q, s = per_token_group_quant_fp8(x, group)
+    assert q.dtype == FP8 and q.shape == x.shape
+    assert s.dtype == torch.float32 and s.shape == (9, 4)
+    assert_quantized(x, q, s, group)
+    assert (q[3, :group].float() == 0).all() and s[3, 0] > 0
+
+
+def test_ue8m0_scales_are_the_next_power_of_two():
+    x = torch.randn(6, 256) * 7
+    plain = float64_group_scales(x, 128)
+    q, s = per_token_group_quant_fp8(x, 128, scale_ue8m0=True)
+    exponent = torch.log2(s.double())
+    assert torch.equal(exponent, exponent.round())
+    assert (s.double() >= plain).all() and (s.double() < 2 * plain).all()
+    deq = q.double().reshape(6, 2, 128) * s.double()[..., None]
+    # half an e4m3 step: relative 2^-4, or 2^-10 of the scale among the subnormals
+    assert ((deq - x.double().reshape(6, 2, 128)).abs()
+            <= x.double().abs().reshape(6, 2, 128) * 2.0 ** -4
+            + s.double()[..., None] * 2.0 ** -10).all()
+
+
+def test_column_major_scales_are_stored_m_major():
+    x = torch.randn(5, 512, dtype=torch.bfloat16)
+    q, s = per_token_group_quant_fp8(x, 128, column_major_scales=True)
+    assert s.shape == (5, 4) and s.stride() == (1, 5)
+    q_rows, s_rows = per_token_group_quant_fp8(x, 128)
+    assert torch.equal(q.view(torch.uint8), q_rows.view(torch.uint8))
+    assert torch.equal(s, s_rows)
+
+
+def test_zero_tokens_is_a_no_op():
+    q, s = per_token_group_quant_fp8(torch.randn(0, 256), 128)
+    assert q.shape == (0, 256) and s.shape == (0, 2)
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(x=torch.randn(4, 200)), "multiple of group_size"),
+    (dict(group=96), "power of two"),
+    (dict(x=torch.randn(4, 256).to(torch.int32)), "bfloat16, float16 or float32"),
+    (dict(x=torch.randn(2, 4, 256)), r"\[tokens, channels\]"),
+    (dict(x=torch.randn(256, 4).t()), "contiguous last dim"),
+])
+def test_argument_errors(bad, match):
+    x, group = bad.get("x", torch.randn(4, 256)), bad.get("group", 128)
+    with pytest.raises(ValueError, match=f"per_token_group_quant_fp8: .*{match}"):
+        per_token_group_quant_fp8(x, group)
+
+
+def test_fake_impl_gives_shapes_without_data():
+    x = torch.empty(7, 384, dtype=torch.bfloat16, device="meta")
+    q, s = per_token_group_quant_fp8(x, 128, column_major_scales=True)
+    assert q.device.type == "meta" and q.shape == (7, 384) and q.dtype == FP8
+    assert s.shape == (7, 3) and s.stride() == (1, 7)
+
+
+@needs_interpreter
+@pytest.mark.parametrize("group, ue8m0, column_major", [
+    (128, False, False), (128, True, True), (64, False, True), (16, False, False),
+    (1024, False, False)])
+def test_triton_kernel_matches_the_reference(group, ue8m0, column_major):
+    rows = 5
+    x = (torch.randn(rows, 2 * max(group, 128)) * 9).to(torch.bfloat16)
+    x[1, :group] = 0.0
+    k = x.size(1)
+    q = torch.full((rows, k), float("nan")).to(FP8)
+    scales = torch.full((k // group, rows), float("nan")).t() if column_major else \
+        torch.full((rows, k // group), float("nan"))
+    launch_per_token_group_quant_fp8(q, scales, x, group, ue8m0, pdl=False)
+    want_q, want_s = reference_per_token_group_quant_fp8(x, group, ue8m0)
+    assert torch.equal(scales, want_s)
+    assert torch.equal(q.view(torch.uint8), want_q.view(torch.uint8))
