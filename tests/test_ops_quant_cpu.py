@@ -1,6 +1,7 @@
-"""per_token_group_quant_fp8 on the CPU: the op against float64 math written here, the
-power-of-two and M-major scale options, the argument errors and fake impl, and the Triton
-kernel run by Triton's interpreter against the reference (poisoned outputs)."""
+"""per_token_group_quant_fp8 and silu_and_mul_quant_fp8 on the CPU: the ops against
+float64 math written here, the power-of-two and M-major scale options, the argument errors
+and fake impls, and the Triton kernels run by Triton's interpreter against the reference
+(poisoned outputs)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,14 @@ import os
 import pytest
 import torch
 
-from fuseinfer.ops import per_token_group_quant_fp8
+from fuseinfer.ops import per_token_group_quant_fp8, silu_and_mul_quant_fp8
 from fuseinfer.ops.quant.per_token_group_quant_fp8 import (
     launch_per_token_group_quant_fp8,
     reference_per_token_group_quant_fp8,
+)
+from fuseinfer.ops.quant.silu_and_mul_quant_fp8 import (
+    launch_silu_and_mul_quant_fp8,
+    reference_silu_and_mul_quant_fp8,
 )
 
 needs_interpreter = pytest.mark.skipif(
@@ -118,3 +123,50 @@ def test_triton_kernel_matches_the_reference(group, ue8m0, column_major):
     want_q, want_s = reference_per_token_group_quant_fp8(x, group, ue8m0)
     assert torch.equal(scales, want_s)
     assert torch.equal(q.view(torch.uint8), want_q.view(torch.uint8))
+
+
+# ---- silu_and_mul_quant_fp8 ------------------------------------------------------------
+
+def float64_swiglu(x: torch.Tensor) -> torch.Tensor:
+    xd = x.double()
+    gate, up = xd.chunk(2, dim=-1)
+    return gate / (1.0 + torch.exp(-gate)) * up
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_fused_swiglu_quant_matches_float64_math(dtype):
+    x = (torch.randn(6, 2 * 384) * 4).to(dtype)
+    q, s = silu_and_mul_quant_fp8(x, 128)
+    y = float64_swiglu(x)
+    assert q.shape == (6, 384) and s.shape == (6, 3)
+    torch.testing.assert_close(s.double(), float64_group_scales(y, 128), rtol=1e-5, atol=0.0)
+    deq = q.double().reshape(6, 3, 128) * s.double()[..., None]
+    yg = y.reshape(6, 3, 128)
+    assert ((deq - yg).abs() <= yg.abs() * 2.0 ** -4 * 1.001
+            + s.double()[..., None] * 2.0 ** -10).all()
+
+
+def test_fused_swiglu_quant_errors_name_the_op():
+    with pytest.raises(ValueError, match=r"silu_and_mul_quant_fp8: input must be \[tokens"):
+        silu_and_mul_quant_fp8(torch.randn(4, 255), 128)
+    with pytest.raises(ValueError, match="silu_and_mul_quant_fp8: .*multiple of group_size"):
+        silu_and_mul_quant_fp8(torch.randn(4, 2 * 200), 128)
+    meta = torch.empty(3, 2 * 256, device="meta", dtype=torch.bfloat16)
+    q, s = silu_and_mul_quant_fp8(meta, 128, column_major_scales=True)
+    assert q.shape == (3, 256) and s.shape == (3, 2) and s.stride() == (1, 3)
+
+
+@needs_interpreter
+@pytest.mark.parametrize("group, ue8m0", [(128, False), (64, True)])
+def test_fused_triton_kernel_matches_the_reference(group, ue8m0):
+    x = (torch.randn(4, 2 * 512) * 3).to(torch.bfloat16)
+    q = torch.full((4, 512), float("nan")).to(FP8)
+    scales = torch.full((4, 512 // group), float("nan"))
+    launch_silu_and_mul_quant_fp8(q, scales, x, group, ue8m0, pdl=False)
+    want_q, want_s = reference_silu_and_mul_quant_fp8(x, group, ue8m0)
+    # the kernel's exp and the reference's silu may differ in the last float32 bit, which
+    # can move a value across an fp8 rounding boundary: one e4m3 step at most, rarely
+    torch.testing.assert_close(scales, want_s, rtol=1e-6, atol=0.0)
+    diff = (q.double() - want_q.double()).abs()
+    assert (diff <= want_q.double().abs() * 2.0 ** -3 + 2.0 ** -9).all()
+    assert (diff > 0).float().mean() < 0.01

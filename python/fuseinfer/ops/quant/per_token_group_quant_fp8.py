@@ -46,7 +46,13 @@ def reference_per_token_group_quant_fp8(x: torch.Tensor, group_size: int,
 
 def _check(q: torch.Tensor, scales: torch.Tensor, input: torch.Tensor, group_size: int,
            scale_ue8m0: bool = False, enable_pdl: bool | None = None) -> None:
-    op = "per_token_group_quant_fp8"
+    check_group_quant("per_token_group_quant_fp8", q, scales, input, group_size)
+
+
+def check_group_quant(op: str, q: torch.Tensor, scales: torch.Tensor, input: torch.Tensor,
+                      group_size: int) -> None:
+    """The arguments of a group quantization of `input` [M, K] (for a fused op: the
+    values it quantizes), errors in `op`'s name."""
     if input.dim() != 2:
         fail(op, "input", f"must be [tokens, channels], got {list(input.shape)}")
     if input.dtype not in _DTYPES:
@@ -55,7 +61,8 @@ def _check(q: torch.Tensor, scales: torch.Tensor, input: torch.Tensor, group_siz
         fail(op, "group_size", f"must be a power of two in [16, 1024], got {group_size}")
     m, k = input.shape
     if k % group_size:
-        fail(op, "input", f"channels ({k}) must be a multiple of group_size ({group_size})")
+        fail(op, "input", f"its quantized channels ({k}) must be a multiple of group_size "
+             f"({group_size})")
     if k and input.stride(1) != 1:
         fail(op, "input", "must have a contiguous last dim")
     if list(q.shape) != [m, k] or q.dtype != FP8 or q.device != input.device:
