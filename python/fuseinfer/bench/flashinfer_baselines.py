@@ -220,9 +220,17 @@ def plan_paged_attention(kind: str, q_lens: Sequence[int], kv_lens: Sequence[int
                 raise
             fallbacks[backend] = _UNBUILDABLE[(backend, kernel)] = describe(error)
             continue
-        return PlannedAttention(wrapper, extra, str(getattr(wrapper, "_backend", backend)),
-                                fallbacks)
+        return PlannedAttention(wrapper, extra, resolved_backend(wrapper, backend), fallbacks)
     raise RuntimeError(f"no FlashInfer backend left to try: {fallbacks}")
+
+
+def resolved_backend(wrapper: Any, requested: str) -> str:
+    """The backend a planned wrapper runs. The decode wrapper reports it as
+    `resolved_backend` (its CUDA-core kernel keeps `_backend` "auto" but is "fa2"); the
+    prefill wrapper overwrites `_backend` with its pick in plan(), the sink variant in its
+    constructor."""
+    resolved = getattr(wrapper, "resolved_backend", None)
+    return str(resolved or getattr(wrapper, "_backend", requested))
 
 
 def _plan(backend: str, kind: str, q_lens: Sequence[int], kv_lens: Sequence[int],
@@ -232,6 +240,9 @@ def _plan(backend: str, kind: str, q_lens: Sequence[int], kv_lens: Sequence[int]
     index = page_index(page_table, kv_lens, page_size)
     device = page_table.device
     workspace = torch.zeros(WORKSPACE_BYTES, dtype=torch.uint8, device=device)
+    # FlashInfer's window_left is ours: from query position p, key j is kept when
+    # j >= p - window_left (its variants' mask kv_idx + qo_len + window_left >= kv_len +
+    # qo_idx, p = kv_len - qo_len + qo_idx), the query's own key included; -1: no window.
     window = -1 if window_left is None else window_left
     options = {"window_left": window, "q_data_type": dtype, "kv_data_type": dtype,
                "sm_scale": sm_scale}
