@@ -1,4 +1,4 @@
-"""per_token_group_quant_fp8 (and silu_and_mul_quant_fp8, within one e4m3 step) on the GPU (Triton, the hardware fp8 cast) against its float32
+"""per_token_group_quant_fp8 (and the fused producers, within one e4m3 step) on the GPU (Triton, the hardware fp8 cast) against its float32
 reference (checked against float64 in the CPU suite): bit for bit over model shapes, dtypes,
 group sizes, strided rows, power-of-two and M-major scales; PDL on and off give the same
 bits; it replays inside a CUDA graph."""
@@ -8,7 +8,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fuseinfer.ops import per_token_group_quant_fp8, silu_and_mul_quant_fp8
+from fuseinfer.ops import (
+    fused_add_rmsnorm_quant_fp8,
+    per_token_group_quant_fp8,
+    silu_and_mul_quant_fp8,
+)
+from fuseinfer.ops.quant.fused_add_rmsnorm_quant_fp8 import (
+    reference_fused_add_rmsnorm_quant_fp8,
+)
 from fuseinfer.ops.quant.per_token_group_quant_fp8 import reference_per_token_group_quant_fp8
 from fuseinfer.ops.quant.silu_and_mul_quant_fp8 import reference_silu_and_mul_quant_fp8
 
@@ -73,4 +80,26 @@ def test_fused_swiglu_quant_matches_the_reference(dtype, rows, inner):
         diff = (q.float() - want_q.float()).abs()
         assert (diff <= want_q.float().abs() * 2.0 ** -3 + 2.0 ** -9).all()
         assert (diff > 0).float().mean() < 1e-3
+    assert torch.equal(_bits(outs[0]), _bits(outs[1]))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("rows, hidden", [(1, 7168), (33, 4096), (4096, 2048), (7, 16384)])
+def test_fused_norm_quant_matches_the_reference(dtype, rows, hidden):
+    x = torch.randn(rows, hidden + 64, device="cuda").to(dtype)[:, :hidden]
+    res0 = (torch.randn(rows, hidden, device="cuda") * 4).to(dtype)
+    w = (1 + 0.3 * torch.randn(hidden, device="cuda")).to(dtype)
+    want_q, want_s, want_res = reference_fused_add_rmsnorm_quant_fp8(x, res0, w, 128, 1e-6)
+    outs = []
+    for pdl in (True, False):
+        res = res0.clone()
+        q, s = fused_add_rmsnorm_quant_fp8(x, res, w, 128, 1e-6, column_major_scales=True,
+                                           enable_pdl=pdl)
+        outs.append(q)
+        assert torch.equal(res, want_res)  # the add is rounded once, like the reference
+        # the kernel's rsqrt and sum order differ from torch's in the last float32 bits
+        torch.testing.assert_close(s, want_s, rtol=1e-5, atol=0.0)
+        diff = (q.float() - want_q.float()).abs()
+        assert (diff <= want_q.float().abs() * 2.0 ** -3 + 2.0 ** -9).all()
+        assert (diff > 0).float().mean() < 1e-2
     assert torch.equal(_bits(outs[0]), _bits(outs[1]))

@@ -34,16 +34,19 @@ def per_token_group_quant_fp8_kernel(X, Q, S, groups, stride_x, stride_q, stride
 def group_scales(x, eps, fp8_max, UE8M0: tl.constexpr):
     """Per group (row of x [groups, GROUP]): max(amax, eps) / fp8_max, or the next power of
     two (exact to apply, and what UE8M0 formats store)."""
-    scale = tl.maximum(tl.max(tl.abs(x), axis=1), eps) / fp8_max
-    if UE8M0:
-        scale = tl.exp2(tl.ceil(tl.log2(scale)))
+    # IEEE division (Triton's `/` is approximate on the GPU): the scales match torch's bits
+    scale = tl.div_rn(tl.maximum(tl.max(tl.abs(x), axis=1), eps), fp8_max)
+    if UE8M0:  # from the bits, not log2: exact for every scale
+        bits = scale.to(tl.int32, bitcast=True)
+        exponent = ((bits >> 23) & 0xFF) + ((bits & 0x7FFFFF) != 0).to(tl.int32)
+        scale = (exponent << 23).to(tl.float32, bitcast=True)
     return scale
 
 
 @triton.jit
 def quantize_groups(x, scale, fp8_max, EXACT_ROUNDING: tl.constexpr):
     """x / scale clamped to the e4m3 range, ready for the fp8 cast."""
-    q = tl.clamp(x / scale[:, None], -fp8_max, fp8_max)
+    q = tl.clamp(tl.div_rn(x, tl.broadcast_to(scale[:, None], x.shape)), -fp8_max, fp8_max)
     if EXACT_ROUNDING:
         # Triton's interpreter casts to fp8 rounding ties away and losing the carry into
         # the exponent; round to the e4m3 grid here (to nearest even) so its cast is exact.
@@ -78,3 +81,34 @@ def silu_and_mul_quant_fp8_kernel(X, Q, S, inner, groups, stride_x, stride_q, st
     q = quantize_groups(y, scale, fp8_max, EXACT_ROUNDING)
     tl.store(Q + row * stride_q + cols, q.to(Q.dtype.element_ty), mask=mask)
     tl.store(S + row * stride_s_row + g * stride_s_group, scale, mask=gmask)
+
+
+@triton.jit
+def fused_add_rmsnorm_quant_fp8_kernel(X, R, W, Q, S, hidden, stride_x, stride_r, stride_q,
+                                       stride_s_row, stride_s_group, eps, qeps, fp8_max,
+                                       BLOCK: tl.constexpr, GROUP: tl.constexpr,
+                                       UE8M0: tl.constexpr, USE_PDL: tl.constexpr,
+                                       EXACT_ROUNDING: tl.constexpr):
+    """residual += input (rounded to its dtype, written back), then RMSNorm of the row
+    straight to FP8 with per-group scales: one program per row, the row read once."""
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK)
+    mask = cols < hidden
+    if USE_PDL:
+        tl.extra.cuda.gdc_wait()
+    x = tl.load(X + row * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
+    r = tl.load(R + row * stride_r + cols, mask=mask, other=0.0).to(tl.float32)
+    w = tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
+    if USE_PDL:
+        tl.extra.cuda.gdc_launch_dependents()
+    summed = (x + r).to(R.dtype.element_ty)
+    tl.store(R + row * stride_r + cols, summed, mask=mask)
+    s = summed.to(tl.float32)
+    inv_rms = 1.0 / tl.sqrt(tl.sum(s * s, axis=0) / hidden + eps)
+    y = tl.reshape(s * inv_rms * w, (BLOCK // GROUP, GROUP))
+    g = tl.arange(0, BLOCK // GROUP)
+    scale = group_scales(y, qeps, fp8_max, UE8M0)
+    q = quantize_groups(y, scale, fp8_max, EXACT_ROUNDING)
+    qcols = g[:, None] * GROUP + tl.arange(0, GROUP)[None, :]
+    tl.store(Q + row * stride_q + qcols, q.to(Q.dtype.element_ty), mask=qcols < hidden)
+    tl.store(S + row * stride_s_row + g * stride_s_group, scale, mask=g * GROUP < hidden)
