@@ -21,9 +21,9 @@ from ..norm.rmsnorm import reference_rmsnorm
 from ..triton_launch import next_pow2, use_pdl
 from .per_token_group_quant_fp8 import (
     EPS,
-    FP8,
     FP8_MAX,
     check_group_quant,
+    empty_group_quant,
     reference_per_token_group_quant_fp8,
 )
 
@@ -112,12 +112,8 @@ def fused_add_rmsnorm_quant_fp8(input: torch.Tensor, residual: torch.Tensor,
                                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """residual += input in place; returns (q, scales) of rmsnorm(residual) in FP8 with
     per-token-group scales (column_major_scales: stored M-major)."""
-    m, hidden = input.shape[0], input.shape[-1]
-    q = torch.empty(m, hidden, dtype=FP8, device=input.device)
-    groups = hidden // group_size if group_size > 0 else 0
-    scales = torch.empty(groups, m, dtype=torch.float32, device=input.device).t() \
-        if column_major_scales else \
-        torch.empty(m, groups, dtype=torch.float32, device=input.device)
+    q, scales = empty_group_quant(input.shape[0], input.shape[-1], group_size,
+                                  column_major_scales, input.device)
     torch.ops.fuseinfer.fused_add_rmsnorm_quant_fp8(
         q, scales, input, residual, weight, group_size, eps=eps, scale_ue8m0=scale_ue8m0,
         enable_pdl=enable_pdl)

@@ -77,6 +77,17 @@ def check_group_quant(op: str, q: torch.Tensor, scales: torch.Tensor, input: tor
              f"{list(scales.shape)} on {scales.device}")
 
 
+def empty_group_quant(m: int, k: int, group_size: int, column_major_scales: bool,
+                      device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Outputs of a group quantization of [m, k] values: q and the scales, M-major when
+    column_major_scales (shapes checked by the op, so a bad group_size is reported there)."""
+    q = torch.empty(m, k, dtype=FP8, device=device)
+    groups = k // group_size if group_size > 0 else 0
+    scales = torch.empty(groups, m, dtype=torch.float32, device=device).t() \
+        if column_major_scales else torch.empty(m, groups, dtype=torch.float32, device=device)
+    return q, scales
+
+
 def _cpu(q: torch.Tensor, scales: torch.Tensor, input: torch.Tensor, group_size: int,
          scale_ue8m0: bool = False, enable_pdl: bool | None = None) -> None:
     _check(q, scales, input, group_size)
@@ -97,14 +108,22 @@ def launch_per_token_group_quant_fp8(q: torch.Tensor, scales: torch.Tensor,
     groups = k // group_size
     if rows == 0 or groups == 0:
         return
-    # about 1024 elements per program: several small groups, or one large one
+    launch_groups(per_token_group_quant_fp8_kernel, (input, q, scales, groups), q, scales,
+                  input, groups, group_size, scale_ue8m0, pdl)
+
+
+def launch_groups(kernel, head: tuple, q: torch.Tensor, scales: torch.Tensor,
+                  input: torch.Tensor, groups: int, group_size: int, scale_ue8m0: bool,
+                  pdl: bool) -> None:
+    """Launch a row-by-groups quant kernel: `head` (its leading arguments), then the
+    strides, constants and launch shape every such kernel takes; about 1024 elements per
+    program (several small groups, or one large one)."""
     per_program = min(next_pow2(groups), max(1, 1024 // group_size))
     extra = {"launch_pdl": True} if pdl else {}
-    per_token_group_quant_fp8_kernel[(rows, -(-groups // per_program))](
-        input, q, scales, groups, input.stride(0), q.stride(0), scales.stride(0),
-        scales.stride(1), EPS, FP8_MAX, GROUP=group_size, GROUPS_PER_PROGRAM=per_program,
-        UE8M0=scale_ue8m0, USE_PDL=pdl, EXACT_ROUNDING=input.device.type == "cpu",
-        num_warps=4, **extra)
+    kernel[(q.size(0), -(-groups // per_program))](
+        *head, input.stride(0), q.stride(0), scales.stride(0), scales.stride(1), EPS,
+        FP8_MAX, GROUP=group_size, GROUPS_PER_PROGRAM=per_program, UE8M0=scale_ue8m0,
+        USE_PDL=pdl, EXACT_ROUNDING=input.device.type == "cpu", num_warps=4, **extra)
 
 
 def _cuda(q: torch.Tensor, scales: torch.Tensor, input: torch.Tensor, group_size: int,
@@ -120,12 +139,8 @@ def per_token_group_quant_fp8(input: torch.Tensor, group_size: int = 128, *,
                               ) -> tuple[torch.Tensor, torch.Tensor]:
     """(q float8_e4m3fn [M, K], scales float32 [M, K / group_size]) of input [M, K];
     column_major_scales stores the scales M-major (stride (1, M))."""
-    m, k = input.shape[0], input.shape[-1]
-    q = torch.empty(m, k, dtype=FP8, device=input.device)
-    groups = k // group_size if group_size > 0 else 0
-    scales = torch.empty(groups, m, dtype=torch.float32, device=input.device).t() \
-        if column_major_scales else \
-        torch.empty(m, groups, dtype=torch.float32, device=input.device)
+    q, scales = empty_group_quant(input.shape[0], input.shape[-1], group_size,
+                                  column_major_scales, input.device)
     torch.ops.fuseinfer.per_token_group_quant_fp8(q, scales, input, group_size,
                                                   scale_ue8m0=scale_ue8m0,
                                                   enable_pdl=enable_pdl)

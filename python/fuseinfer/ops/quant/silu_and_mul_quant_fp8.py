@@ -17,12 +17,11 @@ import torch
 from ..activation.silu_and_mul import reference_silu_and_mul
 from ..arg_checks import fail
 from ..library import LIB, define, impl_cpu, impl_fake
-from ..triton_launch import next_pow2, use_pdl
+from ..triton_launch import use_pdl
 from .per_token_group_quant_fp8 import (
-    EPS,
-    FP8,
-    FP8_MAX,
     check_group_quant,
+    empty_group_quant,
+    launch_groups,
     reference_per_token_group_quant_fp8,
 )
 
@@ -68,13 +67,8 @@ def launch_silu_and_mul_quant_fp8(q: torch.Tensor, scales: torch.Tensor,
     groups = inner // group_size
     if rows == 0 or groups == 0:
         return
-    per_program = min(next_pow2(groups), max(1, 1024 // group_size))
-    extra = {"launch_pdl": True} if pdl else {}
-    silu_and_mul_quant_fp8_kernel[(rows, -(-groups // per_program))](
-        input, q, scales, inner, groups, input.stride(0), q.stride(0), scales.stride(0),
-        scales.stride(1), EPS, FP8_MAX, GROUP=group_size, GROUPS_PER_PROGRAM=per_program,
-        UE8M0=scale_ue8m0, USE_PDL=pdl, EXACT_ROUNDING=input.device.type == "cpu",
-        num_warps=4, **extra)
+    launch_groups(silu_and_mul_quant_fp8_kernel, (input, q, scales, inner, groups), q,
+                  scales, input, groups, group_size, scale_ue8m0, pdl)
 
 
 def _cuda(q: torch.Tensor, scales: torch.Tensor, input: torch.Tensor, group_size: int,
@@ -90,12 +84,8 @@ def silu_and_mul_quant_fp8(input: torch.Tensor, group_size: int = 128, *,
                            ) -> tuple[torch.Tensor, torch.Tensor]:
     """(q float8_e4m3fn [M, inner], scales float32 [M, inner / group_size]) of
     silu(gate) * up for input [M, 2 * inner]; column_major_scales stores the scales M-major."""
-    m, inner = input.shape[0], input.shape[-1] // 2
-    q = torch.empty(m, inner, dtype=FP8, device=input.device)
-    groups = inner // group_size if group_size > 0 else 0
-    scales = torch.empty(groups, m, dtype=torch.float32, device=input.device).t() \
-        if column_major_scales else \
-        torch.empty(m, groups, dtype=torch.float32, device=input.device)
+    q, scales = empty_group_quant(input.shape[0], input.shape[-1] // 2, group_size,
+                                  column_major_scales, input.device)
     torch.ops.fuseinfer.silu_and_mul_quant_fp8(q, scales, input, group_size,
                                                scale_ue8m0=scale_ue8m0,
                                                enable_pdl=enable_pdl)
