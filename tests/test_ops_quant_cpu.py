@@ -1,4 +1,4 @@
-"""per_token_group_quant_fp8 and the fused producers (silu_and_mul_quant_fp8,
+"""per_token_group_quant_fp8, its int8 twin and the fused producers (silu_and_mul_quant_fp8,
 fused_add_rmsnorm_quant_fp8) on the CPU: the ops against
 float64 math written here, the power-of-two and M-major scale options, the argument errors
 and fake impls, and the Triton kernels run by Triton's interpreter against the reference
@@ -14,6 +14,7 @@ import torch
 from fuseinfer.ops import (
     fused_add_rmsnorm_quant_fp8,
     per_token_group_quant_fp8,
+    per_token_group_quant_int8,
     silu_and_mul_quant_fp8,
 )
 from fuseinfer.ops.norm.rmsnorm import reference_rmsnorm
@@ -24,6 +25,10 @@ from fuseinfer.ops.quant.fused_add_rmsnorm_quant_fp8 import (
 from fuseinfer.ops.quant.per_token_group_quant_fp8 import (
     launch_per_token_group_quant_fp8,
     reference_per_token_group_quant_fp8,
+)
+from fuseinfer.ops.quant.per_token_group_quant_int8 import (
+    launch_per_token_group_quant_int8,
+    reference_per_token_group_quant_int8,
 )
 from fuseinfer.ops.quant.silu_and_mul_quant_fp8 import (
     launch_silu_and_mul_quant_fp8,
@@ -237,3 +242,39 @@ def test_fused_norm_triton_kernel_matches_the_reference(hidden, group, ue8m0):
     diff = (q.double() - want_q.double()).abs()
     assert (diff <= want_q.double().abs() * 2.0 ** -3 + 2.0 ** -9).all()
     assert (diff > 0).float().mean() < 0.01
+
+
+# ---- per_token_group_quant_int8 --------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_int8_op_matches_float64_math(dtype):
+    x = (torch.randn(7, 384) * torch.rand(7, 1) * 30).to(dtype)
+    x[2, 128:256] = 0.0
+    q, s = per_token_group_quant_int8(x, 128)
+    assert q.dtype == torch.int8 and s.shape == (7, 3)
+    xd = x.double().reshape(7, 3, 128)
+    want_s = xd.abs().amax(-1).clamp_min(1e-10) / 127.0
+    torch.testing.assert_close(s.double(), want_s, rtol=2e-7, atol=0.0)
+    # within half a step of x / scale, and the group's largest element lands on +-127
+    err = (q.double().reshape(7, 3, 128) - xd / s.double()[..., None]).abs()
+    assert (err <= 0.5 + 1e-4).all()
+    peak = q.abs().reshape(7, 3, 128).amax(-1)
+    assert (peak[want_s > 1e-9] == 127).all() and (q[2, 128:256] == 0).all()
+
+
+def test_int8_rounds_half_to_even():
+    # groups whose amax is 127 make the scale 1: x / scale is x itself
+    x = torch.tensor([[127.0, 0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 3.5] + [0.0] * 8])
+    q, s = per_token_group_quant_int8(x, 16)
+    assert s.item() == 1.0
+    assert q[0, :8].tolist() == [127, 0, 2, 2, 0, -2, -2, 4]
+
+
+@needs_interpreter
+def test_int8_triton_kernel_matches_the_reference():
+    x = (torch.randn(5, 512) * 9).to(torch.bfloat16)
+    q = torch.full((5, 512), 99, dtype=torch.int8)
+    scales = torch.full((4, 5), float("nan")).t()
+    launch_per_token_group_quant_int8(q, scales, x, 128, pdl=False)
+    want_q, want_s = reference_per_token_group_quant_int8(x, 128)
+    assert torch.equal(scales, want_s) and torch.equal(q, want_q)

@@ -11,12 +11,14 @@ import torch
 from fuseinfer.ops import (
     fused_add_rmsnorm_quant_fp8,
     per_token_group_quant_fp8,
+    per_token_group_quant_int8,
     silu_and_mul_quant_fp8,
 )
 from fuseinfer.ops.quant.fused_add_rmsnorm_quant_fp8 import (
     reference_fused_add_rmsnorm_quant_fp8,
 )
 from fuseinfer.ops.quant.per_token_group_quant_fp8 import reference_per_token_group_quant_fp8
+from fuseinfer.ops.quant.per_token_group_quant_int8 import reference_per_token_group_quant_int8
 from fuseinfer.ops.quant.silu_and_mul_quant_fp8 import reference_silu_and_mul_quant_fp8
 
 
@@ -103,3 +105,11 @@ def test_fused_norm_quant_matches_the_reference(dtype, rows, hidden):
         assert (diff <= want_q.float().abs() * 2.0 ** -3 + 2.0 ** -9).all()
         assert (diff > 0).float().mean() < 1e-2
     assert torch.equal(_bits(outs[0]), _bits(outs[1]))
+
+
+@pytest.mark.parametrize("rows, k", [(1, 7168), (300, 2048), (4096, 4096)])
+def test_int8_matches_the_reference_bit_for_bit(rows, k):
+    x = (torch.randn(rows, k, device="cuda") * 7).to(torch.bfloat16)
+    want_q, want_s = reference_per_token_group_quant_int8(x, 128)
+    q, s = per_token_group_quant_int8(x, 128, column_major_scales=True)
+    assert torch.equal(s, want_s) and torch.equal(q, want_q)

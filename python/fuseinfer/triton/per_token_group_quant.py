@@ -31,11 +31,11 @@ def per_token_group_quant_fp8_kernel(X, Q, S, groups, stride_x, stride_q, stride
 
 
 @triton.jit
-def group_scales(x, eps, fp8_max, UE8M0: tl.constexpr):
-    """Per group (row of x [groups, GROUP]): max(amax, eps) / fp8_max, or the next power of
+def group_scales(x, eps, qmax, UE8M0: tl.constexpr):
+    """Per group (row of x [groups, GROUP]): max(amax, eps) / qmax, or the next power of
     two (exact to apply, and what UE8M0 formats store)."""
     # IEEE division (Triton's `/` is approximate on the GPU): the scales match torch's bits
-    scale = tl.div_rn(tl.maximum(tl.max(tl.abs(x), axis=1), eps), fp8_max)
+    scale = tl.div_rn(tl.maximum(tl.max(tl.abs(x), axis=1), eps), qmax)
     if UE8M0:  # from the bits, not log2: exact for every scale
         bits = scale.to(tl.int32, bitcast=True)
         exponent = ((bits >> 23) & 0xFF) + ((bits & 0x7FFFFF) != 0).to(tl.int32)
@@ -112,3 +112,29 @@ def fused_add_rmsnorm_quant_fp8_kernel(X, R, W, Q, S, hidden, stride_x, stride_r
     qcols = g[:, None] * GROUP + tl.arange(0, GROUP)[None, :]
     tl.store(Q + row * stride_q + qcols, q.to(Q.dtype.element_ty), mask=qcols < hidden)
     tl.store(S + row * stride_s_row + g * stride_s_group, scale, mask=g * GROUP < hidden)
+
+
+@triton.jit
+def per_token_group_quant_int8_kernel(X, Q, S, groups, stride_x, stride_q, stride_s_row,
+                                      stride_s_group, eps, int8_max, GROUP: tl.constexpr,
+                                      GROUPS_PER_PROGRAM: tl.constexpr,
+                                      UE8M0: tl.constexpr, USE_PDL: tl.constexpr,
+                                      EXACT_ROUNDING: tl.constexpr):
+    """The int8 twin: scale = amax / 127, values rounded half to even (in fp32 arithmetic,
+    the same on the GPU and in the interpreter), so the int8 cast is exact."""
+    row = tl.program_id(0).to(tl.int64)
+    g = tl.program_id(1) * GROUPS_PER_PROGRAM + tl.arange(0, GROUPS_PER_PROGRAM)
+    gmask = g < groups
+    cols = g[:, None] * GROUP + tl.arange(0, GROUP)[None, :]
+    mask = gmask[:, None]
+    if USE_PDL:
+        tl.extra.cuda.gdc_wait()
+    x = tl.load(X + row * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
+    if USE_PDL:
+        tl.extra.cuda.gdc_launch_dependents()
+    scale = group_scales(x, eps, int8_max, UE8M0)
+    v = tl.clamp(tl.div_rn(x, tl.broadcast_to(scale[:, None], x.shape)), -int8_max - 1.0,
+                 int8_max)
+    v = (v + 12582912.0) - 12582912.0  # 1.5 * 2^23: round half to even
+    tl.store(Q + row * stride_q + cols, v.to(tl.int8), mask=mask)
+    tl.store(S + row * stride_s_row + g * stride_s_group, scale, mask=gmask)

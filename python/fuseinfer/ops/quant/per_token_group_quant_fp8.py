@@ -50,7 +50,7 @@ def _check(q: torch.Tensor, scales: torch.Tensor, input: torch.Tensor, group_siz
 
 
 def check_group_quant(op: str, q: torch.Tensor, scales: torch.Tensor, input: torch.Tensor,
-                      group_size: int) -> None:
+                      group_size: int, q_dtype: torch.dtype = FP8) -> None:
     """The arguments of a group quantization of `input` [M, K] (for a fused op: the
     values it quantizes), errors in `op`'s name."""
     if input.dim() != 2:
@@ -65,8 +65,8 @@ def check_group_quant(op: str, q: torch.Tensor, scales: torch.Tensor, input: tor
              f"({group_size})")
     if k and input.stride(1) != 1:
         fail(op, "input", "must have a contiguous last dim")
-    if list(q.shape) != [m, k] or q.dtype != FP8 or q.device != input.device:
-        fail(op, "q", f"must be float8_e4m3fn {[m, k]} on {input.device}, got {q.dtype} "
+    if list(q.shape) != [m, k] or q.dtype != q_dtype or q.device != input.device:
+        fail(op, "q", f"must be {q_dtype} {[m, k]} on {input.device}, got {q.dtype} "
              f"{list(q.shape)} on {q.device}")
     if k and q.stride(1) != 1:
         fail(op, "q", "must have a contiguous last dim")
@@ -78,10 +78,11 @@ def check_group_quant(op: str, q: torch.Tensor, scales: torch.Tensor, input: tor
 
 
 def empty_group_quant(m: int, k: int, group_size: int, column_major_scales: bool,
-                      device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+                      device: torch.device, q_dtype: torch.dtype = FP8
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
     """Outputs of a group quantization of [m, k] values: q and the scales, M-major when
     column_major_scales (shapes checked by the op, so a bad group_size is reported there)."""
-    q = torch.empty(m, k, dtype=FP8, device=device)
+    q = torch.empty(m, k, dtype=q_dtype, device=device)
     groups = k // group_size if group_size > 0 else 0
     scales = torch.empty(groups, m, dtype=torch.float32, device=device).t() \
         if column_major_scales else torch.empty(m, groups, dtype=torch.float32, device=device)
@@ -114,7 +115,7 @@ def launch_per_token_group_quant_fp8(q: torch.Tensor, scales: torch.Tensor,
 
 def launch_groups(kernel, head: tuple, q: torch.Tensor, scales: torch.Tensor,
                   input: torch.Tensor, groups: int, group_size: int, scale_ue8m0: bool,
-                  pdl: bool) -> None:
+                  pdl: bool, qmax: float = FP8_MAX) -> None:
     """Launch a row-by-groups quant kernel: `head` (its leading arguments), then the
     strides, constants and launch shape every such kernel takes; about 1024 elements per
     program (several small groups, or one large one)."""
@@ -122,7 +123,7 @@ def launch_groups(kernel, head: tuple, q: torch.Tensor, scales: torch.Tensor,
     extra = {"launch_pdl": True} if pdl else {}
     kernel[(q.size(0), -(-groups // per_program))](
         *head, input.stride(0), q.stride(0), scales.stride(0), scales.stride(1), EPS,
-        FP8_MAX, GROUP=group_size, GROUPS_PER_PROGRAM=per_program, UE8M0=scale_ue8m0,
+        qmax, GROUP=group_size, GROUPS_PER_PROGRAM=per_program, UE8M0=scale_ue8m0,
         USE_PDL=pdl, EXACT_ROUNDING=input.device.type == "cpu", num_warps=4, **extra)
 
 
