@@ -1,4 +1,5 @@
-"""Triton kernels: per-token-group FP8 quantization, alone and fused behind SiLU·mul. One
+"""Triton kernels: per-token-group FP8 (or int8) quantization, alone and fused behind
+SiLU·mul or residual add + RMSNorm. One
 program per (row, block of groups), one pass: each group's amax, its scale, the quantized
 values and the scale written."""
 
@@ -9,11 +10,13 @@ import triton.language as tl
 
 
 @triton.jit
-def per_token_group_quant_fp8_kernel(X, Q, S, groups, stride_x, stride_q, stride_s_row,
-                                     stride_s_group, eps, fp8_max,
-                                     GROUP: tl.constexpr, GROUPS_PER_PROGRAM: tl.constexpr,
-                                     UE8M0: tl.constexpr, USE_PDL: tl.constexpr,
-                                     EXACT_ROUNDING: tl.constexpr):
+def per_token_group_quant_kernel(X, Q, S, groups, stride_x, stride_q, stride_s_row,
+                                 stride_s_group, eps, qmax, GROUP: tl.constexpr,
+                                 GROUPS_PER_PROGRAM: tl.constexpr, UE8M0: tl.constexpr,
+                                 USE_PDL: tl.constexpr, EXACT_ROUNDING: tl.constexpr,
+                                 INT8: tl.constexpr = False):
+    """FP8 (e4m3) or, with INT8, int8 values (scale = amax / 127, rounded half to even in
+    fp32 arithmetic, so the GPU and the interpreter agree bit for bit)."""
     row = tl.program_id(0).to(tl.int64)
     g = tl.program_id(1) * GROUPS_PER_PROGRAM + tl.arange(0, GROUPS_PER_PROGRAM)
     gmask = g < groups
@@ -24,8 +27,13 @@ def per_token_group_quant_fp8_kernel(X, Q, S, groups, stride_x, stride_q, stride
     x = tl.load(X + row * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
     if USE_PDL:
         tl.extra.cuda.gdc_launch_dependents()
-    scale = group_scales(x, eps, fp8_max, UE8M0)
-    q = quantize_groups(x, scale, fp8_max, EXACT_ROUNDING)
+    scale = group_scales(x, eps, qmax, UE8M0)
+    if INT8:
+        v = tl.clamp(tl.div_rn(x, tl.broadcast_to(scale[:, None], x.shape)), -qmax - 1.0,
+                     qmax)
+        q = (v + 12582912.0) - 12582912.0  # 1.5 * 2^23: round half to even
+    else:
+        q = quantize_groups(x, scale, qmax, EXACT_ROUNDING)
     tl.store(Q + row * stride_q + cols, q.to(Q.dtype.element_ty), mask=mask)
     tl.store(S + row * stride_s_row + g * stride_s_group, scale, mask=gmask)
 
@@ -113,28 +121,3 @@ def fused_add_rmsnorm_quant_fp8_kernel(X, R, W, Q, S, hidden, stride_x, stride_r
     tl.store(Q + row * stride_q + qcols, q.to(Q.dtype.element_ty), mask=qcols < hidden)
     tl.store(S + row * stride_s_row + g * stride_s_group, scale, mask=g * GROUP < hidden)
 
-
-@triton.jit
-def per_token_group_quant_int8_kernel(X, Q, S, groups, stride_x, stride_q, stride_s_row,
-                                      stride_s_group, eps, int8_max, GROUP: tl.constexpr,
-                                      GROUPS_PER_PROGRAM: tl.constexpr,
-                                      UE8M0: tl.constexpr, USE_PDL: tl.constexpr,
-                                      EXACT_ROUNDING: tl.constexpr):
-    """The int8 twin: scale = amax / 127, values rounded half to even (in fp32 arithmetic,
-    the same on the GPU and in the interpreter), so the int8 cast is exact."""
-    row = tl.program_id(0).to(tl.int64)
-    g = tl.program_id(1) * GROUPS_PER_PROGRAM + tl.arange(0, GROUPS_PER_PROGRAM)
-    gmask = g < groups
-    cols = g[:, None] * GROUP + tl.arange(0, GROUP)[None, :]
-    mask = gmask[:, None]
-    if USE_PDL:
-        tl.extra.cuda.gdc_wait()
-    x = tl.load(X + row * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
-    if USE_PDL:
-        tl.extra.cuda.gdc_launch_dependents()
-    scale = group_scales(x, eps, int8_max, UE8M0)
-    v = tl.clamp(tl.div_rn(x, tl.broadcast_to(scale[:, None], x.shape)), -int8_max - 1.0,
-                 int8_max)
-    v = (v + 12582912.0) - 12582912.0  # 1.5 * 2^23: round half to even
-    tl.store(Q + row * stride_q + cols, v.to(tl.int8), mask=mask)
-    tl.store(S + row * stride_s_row + g * stride_s_group, scale, mask=gmask)

@@ -103,19 +103,19 @@ def launch_per_token_group_quant_fp8(q: torch.Tensor, scales: torch.Tensor,
                                      input: torch.Tensor, group_size: int,
                                      scale_ue8m0: bool, pdl: bool) -> None:
     """The Triton launch (also used directly by the interpreter tests on the CPU)."""
-    from ...triton.per_token_group_quant import per_token_group_quant_fp8_kernel
+    from ...triton.per_token_group_quant import per_token_group_quant_kernel
 
     rows, k = input.shape
     groups = k // group_size
     if rows == 0 or groups == 0:
         return
-    launch_groups(per_token_group_quant_fp8_kernel, (input, q, scales, groups), q, scales,
+    launch_groups(per_token_group_quant_kernel, (input, q, scales, groups), q, scales,
                   input, groups, group_size, scale_ue8m0, pdl)
 
 
 def launch_groups(kernel, head: tuple, q: torch.Tensor, scales: torch.Tensor,
                   input: torch.Tensor, groups: int, group_size: int, scale_ue8m0: bool,
-                  pdl: bool, qmax: float = FP8_MAX) -> None:
+                  pdl: bool, qmax: float = FP8_MAX, **constants: bool) -> None:
     """Launch a row-by-groups quant kernel: `head` (its leading arguments), then the
     strides, constants and launch shape every such kernel takes; about 1024 elements per
     program (several small groups, or one large one)."""
@@ -124,7 +124,8 @@ def launch_groups(kernel, head: tuple, q: torch.Tensor, scales: torch.Tensor,
     kernel[(q.size(0), -(-groups // per_program))](
         *head, input.stride(0), q.stride(0), scales.stride(0), scales.stride(1), EPS,
         qmax, GROUP=group_size, GROUPS_PER_PROGRAM=per_program, UE8M0=scale_ue8m0,
-        USE_PDL=pdl, EXACT_ROUNDING=input.device.type == "cpu", num_warps=4, **extra)
+        USE_PDL=pdl, EXACT_ROUNDING=input.device.type == "cpu", num_warps=4, **constants,
+        **extra)
 
 
 def _cuda(q: torch.Tensor, scales: torch.Tensor, input: torch.Tensor, group_size: int,

@@ -50,14 +50,14 @@ def _cpu(q: torch.Tensor, scales: torch.Tensor, input: torch.Tensor, group_size:
 def launch_per_token_group_quant_int8(q: torch.Tensor, scales: torch.Tensor,
                                       input: torch.Tensor, group_size: int, pdl: bool) -> None:
     """The Triton launch (also used directly by the interpreter tests on the CPU)."""
-    from ...triton.per_token_group_quant import per_token_group_quant_int8_kernel
+    from ...triton.per_token_group_quant import per_token_group_quant_kernel
 
     rows, k = input.shape
     groups = k // group_size
     if rows == 0 or groups == 0:
         return
-    launch_groups(per_token_group_quant_int8_kernel, (input, q, scales, groups), q, scales,
-                  input, groups, group_size, False, pdl, qmax=INT8_MAX)
+    launch_groups(per_token_group_quant_kernel, (input, q, scales, groups), q, scales,
+                  input, groups, group_size, False, pdl, qmax=INT8_MAX, INT8=True)
 
 
 def _cuda(q: torch.Tensor, scales: torch.Tensor, input: torch.Tensor, group_size: int,
