@@ -10,7 +10,6 @@ from collections import Counter
 
 import pytest
 import torch
-import transformers
 from tiny_checkpoint import COMMON, save_tiny_checkpoint, tiny_model  # tests/ is on sys.path
 
 from fuseinfer.runtime.engine import Engine, EngineArgs
@@ -78,7 +77,7 @@ def test_adjustments_match_the_reference_row_by_row():
                         torch.tensor([outputs[i][k] for i in grow]))
     logits = torch.randn(rows, VOCAB) * 4
     masked = [tuple(sorted(set(p.stop_token_ids) | set(eos))) if len(o) < p.min_new_tokens
-              else () for p, o in zip(params, outputs)]
+              else () for p, o in zip(params, outputs, strict=True)]
     adjust = LogitAdjustments.build(params, slots, masked, torch.device("cpu"))
     got = adjust.apply(logits, history)
     assert torch.equal(got[0], logits[0])
@@ -161,12 +160,12 @@ def test_engine_penalties_match_the_reference_decode(checkpoint, args):
     engine = Engine(EngineArgs(model=str(path), device="cpu", max_running_requests=4, **args))
     eos = tuple(engine.config.eos_token_ids)
     assert eos == (7,)
-    got = [engine.add_request(p, sp) for p, sp in zip(prompts, params)]
+    got = [engine.add_request(p, sp) for p, sp in zip(prompts, params, strict=True)]
     gen = torch.Generator().manual_seed(3)
     while engine.busy:
         engine.step()
         _poison_free_slots(engine, gen)
-    want = [reference_generate(hf, p, sp, eos) for p, sp in zip(prompts, params)]
+    want = [reference_generate(hf, p, sp, eos) for p, sp in zip(prompts, params, strict=True)]
     assert [r.output for r in got] == want
     plain = engine.generate(prompts, SamplingParams(max_new_tokens=12, temperature=0.0,
                                                     ignore_eos=True))
@@ -198,7 +197,7 @@ def test_engine_repetition_penalty_matches_transformers(checkpoint):
                             repetition_penalty=1.8)
     outs = engine.generate(prompts, params)
     with torch.no_grad():
-        for p, o in zip(prompts, outs):
+        for p, o in zip(prompts, outs, strict=True):
             ref = hf.generate(torch.tensor([p]), max_new_tokens=16, min_new_tokens=16,
                               do_sample=False, repetition_penalty=1.8)
             assert o.output == ref[0, len(p):].tolist()

@@ -1,7 +1,8 @@
-"""per_token_group_quant_fp8 (and the fused producers, within one e4m3 step) on the GPU (Triton, the hardware fp8 cast) against its float32
-reference (checked against float64 in the CPU suite): bit for bit over model shapes, dtypes,
-group sizes, strided rows, power-of-two and M-major scales; PDL on and off give the same
-bits; it replays inside a CUDA graph."""
+"""per_token_group_quant_fp8 and its int8 twin on the GPU (Triton, the hardware casts)
+against their float32 references (checked against float64 in the CPU suite): bit for bit
+over model shapes, dtypes, group sizes, strided rows, power-of-two and M-major scales; PDL
+on and off give the same bits; it replays inside a CUDA graph. The fused producers match
+within one e4m3 step (their exp / rsqrt differ from torch's in the last float32 bit)."""
 
 from __future__ import annotations
 

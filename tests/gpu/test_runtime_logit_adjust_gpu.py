@@ -46,9 +46,10 @@ def test_device_adjustments_match_the_reference():
     slots = rng.sample(range(64), rows)
     cuda = torch.device("cuda")
     history = TokenHistory(64, vocab, cuda)
-    resets = [HistoryReset(s, p, o) for s, p, o in zip(slots, prompts, outputs)]
+    resets = [HistoryReset(s, p, o) for s, p, o in zip(slots, prompts, outputs, strict=True)]
     history.reset(resets, torch.tensor([t for o in outputs for t in o], device=cuda))
-    masked = [(7, 11) if len(o) < p.min_new_tokens else () for p, o in zip(params, outputs)]
+    masked = [(7, 11) if len(o) < p.min_new_tokens else ()
+              for p, o in zip(params, outputs, strict=True)]
     logits = torch.randn(rows, vocab, device=cuda, dtype=torch.bfloat16) * 5
     got = LogitAdjustments.build(params, slots, masked, cuda).apply(logits, history).cpu()
     for i in range(rows):
@@ -87,7 +88,7 @@ def test_each_sampled_token_is_the_reference_choice(checkpoint, args):
     prompts, params = _requests(11, 12)
     engine.generate(prompts[:2], params[0])  # warm-up
     seen = _capture_logits(engine)
-    reqs = [engine.add_request(p, sp) for p, sp in zip(prompts, params)]
+    reqs = [engine.add_request(p, sp) for p, sp in zip(prompts, params, strict=True)]
     by_rid = {r.rid: r for r in reqs}
     while engine.busy:
         engine.step()
@@ -113,7 +114,7 @@ def test_adjusted_steps_never_wait_for_the_gpu(checkpoint):
                                max_total_tokens=4096))
     prompts, params = _requests(12, 6)
     engine.generate(prompts, params)  # warm-up: kernels, pinned pools, the history buffers
-    reqs = [engine.add_request(p, sp) for p, sp in zip(prompts, params)]
+    reqs = [engine.add_request(p, sp) for p, sp in zip(prompts, params, strict=True)]
     run_launches_without_syncs(engine)
     assert all(r.finished for r in reqs)
     assert COMMON["vocab_size"] == engine.config.vocab_size
