@@ -95,6 +95,17 @@ class SamplingParams:
         return self.penalized or bool(self.logit_bias) or self.min_new_tokens > 0
 
 
+def outside_vocabulary(vocab_size: int, *id_lists: Sequence[int]) -> str | None:
+    """Why a token id (of any of the lists) cannot be used, or None: a negative id would
+    read an in-flight token and a large one index past the vocabulary, on the device. Two
+    C-level scans per list; the loop only names the culprit."""
+    for ids in id_lists:
+        if ids and not 0 <= min(ids) <= max(ids) < vocab_size:
+            bad = next(t for t in ids if not 0 <= t < vocab_size)
+            return f"token id {bad} is outside the vocabulary [0, {vocab_size})"
+    return None
+
+
 @dataclass
 class SamplingBatch:
     """Per-row sampling settings as device tensors, built per step when the step samples

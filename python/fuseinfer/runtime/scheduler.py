@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from .kv_pool import PageAllocator, ReqToTokenPool
 from .radix_cache import RadixCache
 from .request import Request
-from .sampling import SamplingParams
+from .sampling import SamplingParams, outside_vocabulary
 from .step_output import FinishReason, RequestDelta, TokenLogprob
 
 __all__ = ["Request", "ScheduledBatch", "Scheduler", "SchedulerConfig", "Work"]
@@ -93,9 +93,9 @@ class Scheduler:
         pages = -(-total // self.page_size)
         if not req.prompt:
             detail = "empty prompt"
-        elif vocab_size is not None and (bad := _outside(vocab_size, req.prompt,
-                                                          params.stop_token_ids,
-                                                          [t for t, _ in params.logit_bias])):
+        elif vocab_size is not None and (bad := outside_vocabulary(
+                vocab_size, req.prompt, params.stop_token_ids,
+                [t for t, _ in params.logit_bias])):
             detail = bad
         elif total > limit:
             detail = (f"prompt ({len(req.prompt)}) + max_new_tokens ({params.max_new_tokens}) "
@@ -307,13 +307,3 @@ class Scheduler:
             req.finish_reason = FinishReason.LENGTH
         return req.finish_reason is not None
 
-
-def _outside(vocab_size: int, *id_lists: Sequence[int]) -> str | None:
-    """Why a token id (of the prompt, stop ids or logit bias) cannot be used, or None: a
-    negative id would read an in-flight token and a large one index past the vocabulary,
-    on the device."""
-    for ids in id_lists:
-        if ids and not 0 <= min(ids) <= max(ids) < vocab_size:
-            bad = next(t for t in ids if not 0 <= t < vocab_size)
-            return f"token id {bad} is outside the vocabulary [0, {vocab_size})"
-    return None

@@ -21,7 +21,7 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from ..runtime.sampling import SamplingParams
+from ..runtime.sampling import SamplingParams, outside_vocabulary
 from ..runtime.step_output import FinishReason
 from ..runtime.tokenizer import TextTokenizer
 from .engine_client import EngineClient
@@ -82,10 +82,9 @@ class CompletionService:
     def check_token_ids(self, ids: list[int] | tuple[int, ...], param: str) -> None:
         """Every id in [0, vocab): the engine checks too, but refusing here keeps a bad
         request out of the engine process entirely."""
-        vocab = self.vocab_size
-        if ids and not 0 <= min(ids) <= max(ids) < vocab:  # C-level scans; the loop only
-            bad = next(t for t in ids if not 0 <= t < vocab)  # names the culprit
-            raise ApiError(f"token id {bad} is outside the vocabulary [0, {vocab})", param)
+        why = outside_vocabulary(self.vocab_size, ids)
+        if why is not None:
+            raise ApiError(why, param)
 
     def check_sampling_token_ids(self, params: SamplingParams, prefix: str = "") -> None:
         """The token ids inside the sampling fields (`prefix`: where they sit in the body)."""
