@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree
 
-from fuseinfer.bench.report import load_recorded
+from fuseinfer.bench.report import load_recorded, positive_number, timed_baselines
 
 PLOT_INSTALL_HINT = "pip install 'fuseinfer[plot]'"
 
@@ -89,30 +89,21 @@ class Panel:
     series: tuple[Series, ...]
 
 
-def _number(value: object) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value) if math.isfinite(value) and value > 0 else None
-
-
 def implementations(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     """"ours", then every baseline timed in the rows (`<name>_us` with `vs_<name>`), in order
     of first appearance. Other `*_us` keys (a variant of our own kernel timed for a cost
     column) have no ratio and are not implementations."""
     names: list[str] = [OURS]
     for row in rows:
-        for key in row:
-            name = key[: -len("_us")]
-            if key.endswith("_us") and f"vs_{name}" in row and name not in names:
-                names.append(name)
+        names += [name for name in timed_baselines(row) if name not in names]
     return names
 
 
 def _unit(row: Mapping[str, Any]) -> str | None:
     """What a row's rates are in: TFLOP/s when it counts FLOPs, GB/s when it counts bytes."""
-    if _number(row.get("flops")) is not None:
+    if positive_number(row.get("flops")) is not None:
         return "TFLOP/s"
-    return "GB/s" if _number(row.get("bytes")) is not None else None
+    return "GB/s" if positive_number(row.get("bytes")) is not None else None
 
 
 def _rate(row: Mapping[str, Any], implementation: str) -> float | None:
@@ -121,7 +112,7 @@ def _rate(row: Mapping[str, Any], implementation: str) -> float | None:
     (a baseline that disagreed with our output is not a point on the plot)."""
     if f"{implementation}_error" in row:
         return None
-    us = _number(row.get("us" if implementation == OURS else f"{implementation}_us"))
+    us = positive_number(row.get("us" if implementation == OURS else f"{implementation}_us"))
     unit = _unit(row)
     if us is None or unit is None:
         return None
@@ -132,10 +123,10 @@ def _rate(row: Mapping[str, Any], implementation: str) -> float | None:
 
 def _ceiling(ceilings: Mapping[str, Any], unit: str, dtype: str) -> tuple[float | None, str]:
     if unit == "GB/s":
-        value = _number(ceilings.get("copy_gbps"))
+        value = positive_number(ceilings.get("copy_gbps"))
         return value, f"copy bandwidth ({value:.0f} GB/s)" if value else ""
     kind = "fp8" if "float8" in dtype else "bf16"
-    value = _number(ceilings.get(f"{kind}_tflops"))
+    value = positive_number(ceilings.get(f"{kind}_tflops"))
     return value, f"{kind} matmul peak ({value:.0f} TFLOP/s)" if value else ""
 
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 from collections.abc import Mapping, Sequence
@@ -24,6 +25,19 @@ class Column:
     header: str
     fmt: str = "{}"
     align: str = ">"  # "<", ">" or "^", as in format specs
+
+
+def positive_number(value: object) -> float | None:
+    """A row value as a usable measurement: a finite number > 0 (not a bool), else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) and value > 0 else None
+
+
+def timed_baselines(row: Mapping[str, Any]) -> list[str]:
+    """The baselines a suite row timed, in row order: every `<name>_us` that has its
+    `vs_<name>` ratio (other `*_us` keys, variants of our own kernel, have none)."""
+    return [key[:-3] for key in row if key.endswith("_us") and f"vs_{key[:-3]}" in row]
 
 
 def format_cell(value: object, fmt: str = "{}") -> str:

@@ -29,7 +29,7 @@ from typing import Any, TextIO
 
 from ..progress import Progress
 from ..registry import Suite, kernel_suites, register_suite
-from ..report import Column
+from ..report import Column, positive_number, timed_baselines
 
 COLUMNS = [
     Column("suite", "suite", align="<"),
@@ -59,16 +59,10 @@ class SuiteResult:
 
 
 # ---- the summary table (pure: suite rows in, table rows out) ----------------------------
-def _number(value: object) -> float | None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) \
-        and math.isfinite(value) and value > 0
-    return float(value) if ok else None
-
-
 def _baselines_of(row: Mapping[str, Any], asked: Sequence[str] | None) -> list[str]:
     if asked is not None:
         return list(asked)
-    return [k[3:] for k in row if k.startswith("vs_") and f"{k[3:]}_us" in row]
+    return timed_baselines(row)
 
 
 def best_baseline(row: Mapping[str, Any], baselines: Sequence[str] | None
@@ -83,7 +77,7 @@ def best_baseline(row: Mapping[str, Any], baselines: Sequence[str] | None
         if f"{name}_error" in row:
             not_timed.append(name)
             continue
-        ratio = _number(row.get(f"vs_{name}"))
+        ratio = positive_number(row.get(f"vs_{name}"))
         if ratio is not None and (best[1] is None or ratio < best[1]):
             best = (name, ratio)
     return best[0], best[1], not_timed
@@ -102,7 +96,7 @@ def _shape(row: Mapping[str, Any]) -> str:
 
 def _pct(row: Mapping[str, Any]) -> float | None:
     # Each suite names its ceiling: pct_copy (bandwidth), pct_ceiling (bandwidth or matmul).
-    return next((_number(v) for k, v in row.items() if k.startswith("pct_")), None)
+    return next((positive_number(v) for k, v in row.items() if k.startswith("pct_")), None)
 
 
 def summary_table(results: Sequence[SuiteResult]) -> list[dict[str, Any]]:
@@ -116,7 +110,7 @@ def summary_table(results: Sequence[SuiteResult]) -> list[dict[str, Any]]:
             if row.get("note"):
                 notes.append(str(row["note"]))
             table.append({"suite": result.name, "op": row.get("op") or row.get("kind"),
-                          "shape": _shape(row), "us": _number(row.get("us")),
+                          "shape": _shape(row), "us": positive_number(row.get("us")),
                           "pct_ceiling": _pct(row), "best": best, "vs_best": ratio,
                           "note": "; ".join(notes) or None})
     return table
@@ -138,7 +132,7 @@ def suite_lines(results: Sequence[SuiteResult]) -> list[str]:
             behind = sum(x < 1.0 for x in ratios)
             line += f"; x best geomean {geomean:.2f}, behind (< 1.0) in {behind}/{len(ratios)}"
         names = dict.fromkeys(n for row in r.rows for n in _baselines_of(row, r.baselines))
-        timed = [n for n in names if any(_number(row.get(f"vs_{n}")) for row in r.rows)]
+        timed = [n for n in names if any(positive_number(row.get(f"vs_{n}")) for row in r.rows)]
         line += f"; baselines timed: {', '.join(timed) or 'none'}"
         lines.append(line)
     return lines
