@@ -1,8 +1,11 @@
 """per_token_group_quant_fp8, its int8 twin and the fused producers (silu_and_mul_quant_fp8,
 fused_add_rmsnorm_quant_fp8) on the CPU: the ops against
-float64 math written here, the power-of-two and M-major scale options, the argument errors
-and fake impls, and the Triton kernels run by Triton's interpreter against the reference
-(poisoned outputs)."""
+float64 math written here, the power-of-two and M-major scale options (padded column
+stride), the argument errors and fake impls, and the Triton kernels run by Triton's
+interpreter against the reference (poisoned outputs). Also
+per_token_quant_fp8 and per_tensor_quant_fp8 (float64 math, interpreted kernels), the
+quant dispatch entry and the CUDA group kernel's internal op (schema, fake impl, the
+alignment rule that sends a call to Triton)."""
 
 from __future__ import annotations
 
@@ -11,16 +14,26 @@ import os
 import pytest
 import torch
 
+from fuseinfer.dispatch import TableError
+from fuseinfer.dispatch.schema import parse_dataclass
 from fuseinfer.ops import (
     fused_add_rmsnorm_quant_fp8,
+    per_tensor_quant_fp8,
     per_token_group_quant_fp8,
     per_token_group_quant_int8,
+    per_token_quant_fp8,
     silu_and_mul_quant_fp8,
 )
 from fuseinfer.ops.norm.rmsnorm import reference_rmsnorm
+from fuseinfer.ops.quant import dispatch as quant_dispatch
 from fuseinfer.ops.quant.fused_add_rmsnorm_quant_fp8 import (
     launch_fused_add_rmsnorm_quant_fp8,
     reference_fused_add_rmsnorm_quant_fp8,
+)
+from fuseinfer.ops.quant.group_quant_cuda import cuda_covers
+from fuseinfer.ops.quant.per_tensor_quant_fp8 import (
+    launch_per_tensor_quant_fp8,
+    reference_per_tensor_quant_fp8,
 )
 from fuseinfer.ops.quant.per_token_group_quant_fp8 import (
     launch_per_token_group_quant_fp8,
@@ -29,6 +42,10 @@ from fuseinfer.ops.quant.per_token_group_quant_fp8 import (
 from fuseinfer.ops.quant.per_token_group_quant_int8 import (
     launch_per_token_group_quant_int8,
     reference_per_token_group_quant_int8,
+)
+from fuseinfer.ops.quant.per_token_quant_fp8 import (
+    launch_per_token_quant_fp8,
+    reference_per_token_quant_fp8,
 )
 from fuseinfer.ops.quant.silu_and_mul_quant_fp8 import (
     launch_silu_and_mul_quant_fp8,
@@ -91,10 +108,28 @@ def test_ue8m0_scales_are_the_next_power_of_two():
 def test_column_major_scales_are_stored_m_major():
     x = torch.randn(5, 512, dtype=torch.bfloat16)
     q, s = per_token_group_quant_fp8(x, 128, column_major_scales=True)
-    assert s.shape == (5, 4) and s.stride() == (1, 5)
+    assert s.shape == (5, 4) and s.stride() == (1, 8)
     q_rows, s_rows = per_token_group_quant_fp8(x, 128)
     assert torch.equal(q.view(torch.uint8), q_rows.view(torch.uint8))
     assert torch.equal(s, s_rows)
+
+
+@pytest.mark.parametrize("rows", [1, 4, 6, 13])
+def test_m_major_scales_have_a_16_byte_aligned_column_stride(rows):
+    q, s = per_token_group_quant_fp8(torch.randn(rows, 384), 128, column_major_scales=True)
+    pad = -(-rows // 4) * 4
+    assert s.shape == (rows, 3) and s.stride() == (1, pad)
+    assert (s.stride(1) * s.element_size()) % 16 == 0
+
+
+def test_m_major_padding_rows_are_never_written():
+    x = torch.randn(5, 512)
+    storage = torch.full((4, 8), float("nan"))  # [groups, M_pad]
+    scales = storage[:, :5].t()
+    q = torch.empty(5, 512, dtype=FP8)
+    torch.ops.fuseinfer.per_token_group_quant_fp8(q, scales, x, 128)
+    assert storage[:, 5:].isnan().all() and not storage[:, :5].isnan().any()
+    assert torch.equal(scales, float64_group_scales(x, 128).float())
 
 
 def test_zero_tokens_is_a_no_op():
@@ -119,7 +154,7 @@ def test_fake_impl_gives_shapes_without_data():
     x = torch.empty(7, 384, dtype=torch.bfloat16, device="meta")
     q, s = per_token_group_quant_fp8(x, 128, column_major_scales=True)
     assert q.device.type == "meta" and q.shape == (7, 384) and q.dtype == FP8
-    assert s.shape == (7, 3) and s.stride() == (1, 7)
+    assert s.shape == (7, 3) and s.stride() == (1, 8)
 
 
 @needs_interpreter
@@ -132,7 +167,7 @@ def test_triton_kernel_matches_the_reference(group, ue8m0, column_major):
     x[1, :group] = 0.0
     k = x.size(1)
     q = torch.full((rows, k), float("nan")).to(FP8)
-    scales = torch.full((k // group, rows), float("nan")).t() if column_major else \
+    scales = torch.full((k // group, 8), float("nan"))[:, :rows].t() if column_major else \
         torch.full((rows, k // group), float("nan"))
     launch_per_token_group_quant_fp8(q, scales, x, group, ue8m0, pdl=False)
     want_q, want_s = reference_per_token_group_quant_fp8(x, group, ue8m0)
@@ -168,7 +203,7 @@ def test_fused_swiglu_quant_errors_name_the_op():
         silu_and_mul_quant_fp8(torch.randn(4, 2 * 200), 128)
     meta = torch.empty(3, 2 * 256, device="meta", dtype=torch.bfloat16)
     q, s = silu_and_mul_quant_fp8(meta, 128, column_major_scales=True)
-    assert q.shape == (3, 256) and s.shape == (3, 2) and s.stride() == (1, 3)
+    assert q.shape == (3, 256) and s.shape == (3, 2) and s.stride() == (1, 4)
 
 
 @needs_interpreter
@@ -278,3 +313,127 @@ def test_int8_triton_kernel_matches_the_reference():
     launch_per_token_group_quant_int8(q, scales, x, 128, pdl=False)
     want_q, want_s = reference_per_token_group_quant_int8(x, 128)
     assert torch.equal(scales, want_s) and torch.equal(q, want_q)
+
+
+# ---- per_token_quant_fp8 and per_tensor_quant_fp8 ----------------------------------------
+
+def assert_within_half_a_step(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> None:
+    """q * scale is within half an e4m3 step of x (relative 2^-4, or 2^-10 of the scale
+    among the subnormals) wherever x is inside the representable range."""
+    xd, deq, sd = x.double(), q.double() * scale.double(), scale.double()
+    inside = xd.abs() <= 448 * sd
+    err = (deq - xd).abs()
+    assert (err <= xd.abs() * 2.0 ** -4 + sd * 2.0 ** -10)[inside].all()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_per_token_matches_float64_math(dtype):
+    x = (torch.randn(7, 1000) * torch.rand(7, 1) * 30).to(dtype)
+    x[4] = 0.0
+    q, s = per_token_quant_fp8(x)
+    assert q.dtype == FP8 and q.shape == (7, 1000) and s.shape == (7, 1)
+    want = x.double().abs().amax(-1, keepdim=True).clamp_min(1e-10) / 448.0
+    torch.testing.assert_close(s.double(), want, rtol=2e-7, atol=0.0)
+    assert_within_half_a_step(x, q, s)
+    peak = q.double().abs().amax(-1)
+    assert (peak[torch.arange(7) != 4] == 448).all() and (q[4].float() == 0).all()
+
+
+def test_per_tensor_dynamic_and_static_match_float64_math():
+    x = (torch.randn(9, 640) * 5).to(torch.bfloat16)
+    q, s = per_tensor_quant_fp8(x)
+    assert s.shape == (1,) and s.dtype == torch.float32
+    want = x.double().abs().max() / 448.0
+    torch.testing.assert_close(s.double(), want.reshape(1), rtol=2e-7, atol=0.0)
+    assert_within_half_a_step(x, q, s)
+    assert q.double().abs().max() == 448
+    # static: the given scale is used and returned, values past 448 * scale saturate
+    given = torch.tensor([0.01])
+    q2, s2 = per_tensor_quant_fp8(x, given)
+    assert s2 is given and given.item() == pytest.approx(0.01)
+    assert_within_half_a_step(x, q2, given)
+    big = x.double().abs() > 448 * 0.01
+    assert big.any() and (q2.double().abs()[big] == 448).all()
+
+
+def test_per_token_and_per_tensor_errors_and_meta():
+    with pytest.raises(ValueError, match="per_token_quant_fp8: input .*contiguous last dim"):
+        per_token_quant_fp8(torch.randn(64, 4).t())
+    with pytest.raises(ValueError, match="per_token_quant_fp8: scales must be float32"):
+        torch.ops.fuseinfer.per_token_quant_fp8(torch.empty(3, 8, dtype=FP8),
+                                                torch.empty(3), torch.randn(3, 8))
+    with pytest.raises(ValueError, match="per_tensor_quant_fp8: scale must be a float32"):
+        per_tensor_quant_fp8(torch.randn(3, 8), torch.tensor([1.0, 2.0]))
+    with pytest.raises(ValueError, match="per_tensor_quant_fp8: input must be bfloat16"):
+        per_tensor_quant_fp8(torch.ones(3, 8, dtype=torch.int32))
+    meta = torch.empty(5, 256, device="meta", dtype=torch.bfloat16)
+    q, s = per_token_quant_fp8(meta)
+    assert q.shape == (5, 256) and q.dtype == FP8 and s.shape == (5, 1)
+    q, s = per_tensor_quant_fp8(meta)
+    assert q.shape == (5, 256) and s.shape == (1,)
+
+
+@needs_interpreter
+@pytest.mark.parametrize("k", [5000, 96])
+def test_per_token_triton_kernel_matches_the_reference(k):
+    x = (torch.randn(6, k + 64) * 7).to(torch.bfloat16)[:, :k]  # strided rows
+    x[2] = 0.0
+    q = torch.full((6, k), float("nan")).to(FP8)
+    s = torch.full((6, 1), float("nan"))
+    launch_per_token_quant_fp8(q, s, x, pdl=False)
+    want_q, want_s = reference_per_token_quant_fp8(x)
+    assert torch.equal(s, want_s) and torch.equal(q.view(torch.uint8), want_q.view(torch.uint8))
+
+
+@needs_interpreter
+@pytest.mark.parametrize("static", [False, True])
+def test_per_tensor_triton_kernels_match_the_reference(static):
+    x = (torch.randn(37, 3000 + 8) * 9).to(torch.float16)[:, :3000]
+    given = torch.tensor([0.02]) if static else None
+    q = torch.full((37, 3000), float("nan")).to(FP8)
+    s = given.clone() if static else torch.full((1,), float("nan"))
+    launch_per_tensor_quant_fp8(q, s, x, static, pdl=False)
+    want_q, want_s = reference_per_tensor_quant_fp8(x, given)
+    assert torch.equal(s, want_s) and torch.equal(q.view(torch.uint8), want_q.view(torch.uint8))
+
+
+# ---- the quant dispatch entry and the CUDA group kernel's internal op -------------------
+
+def test_quant_table_entry_is_validated():
+    entry = parse_dataclass(quant_dispatch.QuantDispatch,
+                            {"source": "tuned", "group_quant_backend": "triton",
+                             "fast_math": False}, "t")
+    assert entry.group_quant_backend == "triton"
+    with pytest.raises(TableError, match="group_quant_backend: must be one of"):
+        parse_dataclass(quant_dispatch.QuantDispatch,
+                        {"source": "x", "group_quant_backend": "cutlass", "fast_math": False},
+                        "t")
+    with pytest.raises(TableError, match="fast_math: only the cuda backend"):
+        parse_dataclass(quant_dispatch.QuantDispatch,
+                        {"source": "x", "group_quant_backend": "triton", "fast_math": True},
+                        "t")
+    assert quant_dispatch.BUILTIN.group_quant_backend == "cuda"
+    assert not quant_dispatch.BUILTIN.fast_math
+
+
+def test_cuda_kernel_covers_only_16_byte_aligned_rows():
+    base = torch.randn(4, 264, dtype=torch.bfloat16)
+    q = torch.empty(4, 256, dtype=FP8)
+    assert cuda_covers(q, base[:, :256])           # row stride 264: 16-byte steps
+    assert not cuda_covers(q, base[:, 4:260])      # starts 8 bytes in
+    odd = torch.randn(4, 260, dtype=torch.bfloat16)[:, :256]
+    assert not cuda_covers(q, odd)                 # row stride 520 bytes
+    assert cuda_covers(q[:1], odd[:1])             # one row: its stride never matters
+    assert not cuda_covers(q, torch.empty(4, 256, device="meta"))
+
+
+def test_internal_cuda_op_has_a_schema_and_fake_impl():
+    op = torch.ops.fuseinfer._per_token_group_quant_fp8_cuda
+    assert "fast_math" in str(op.default._schema)
+    x = torch.empty(6, 512, device="meta", dtype=torch.bfloat16)
+    q = torch.empty(6, 512, device="meta", dtype=FP8)
+    op(q, torch.empty(6, 4, device="meta"), x, 128, False, None, True)
+    with pytest.raises(ValueError, match="_per_token_group_quant_fp8_cuda: scales"):
+        op(q, torch.empty(6, 3, device="meta"), x, 128, False, None, False)
+    with pytest.raises(RuntimeError, match="no kernel for device 'cpu'"):
+        op(torch.empty(6, 512, dtype=FP8), torch.empty(6, 4), torch.randn(6, 512), 128)

@@ -6,12 +6,16 @@ FP8 GEMMs (DeepSeek-V3 and Qwen3-FP8 checkpoints).
     q[m, k]     = fp8(clamp(x[m, k] / scale[m, k // G], -448, 448))   (round to nearest even)
 
 With scale_ue8m0 the scale is rounded up to a power of two (what UE8M0 scale formats store).
-With column_major_scales the scales [M, K / G] are stored M-major (stride (1, M)), the layout
-a TMA-fed GEMM reads, written that way directly rather than transposed afterwards.
+With column_major_scales the scales [M, K / G] are stored M-major with stride (1, M_pad),
+M_pad = M rounded up to a multiple of 4: each group's column of scales starts 16-byte
+aligned, as a TMA-fed GEMM loads it; written that way directly rather than transposed
+afterwards (the padding rows are never written).
 
 input: [M, K] bf16, fp16 or fp32 with a contiguous last dim, K a multiple of group_size (a
-power of two, 16..1024). Math in fp32. CUDA: one Triton pass (PDL on sm_90+ unless
-enable_pdl=False); CPU: the reference below.
+power of two, 16..1024). Math in fp32. CUDA: the kernel the dispatch table's `quant` entry
+names (built-in: the C++ kernel of csrc/quant, precise; or its --use_fast_math build; or
+the Triton kernel), one pass, PDL on sm_90+ unless enable_pdl=False; rows the C++ kernel
+cannot load 16 bytes at a time take the Triton kernel. CPU: the reference below.
 """
 
 from __future__ import annotations
@@ -53,23 +57,13 @@ def check_group_quant(op: str, q: torch.Tensor, scales: torch.Tensor, input: tor
                       group_size: int, q_dtype: torch.dtype = FP8) -> None:
     """The arguments of a group quantization of `input` [M, K] (for a fused op: the
     values it quantizes), errors in `op`'s name."""
-    if input.dim() != 2:
-        fail(op, "input", f"must be [tokens, channels], got {list(input.shape)}")
-    if input.dtype not in _DTYPES:
-        fail(op, "input", f"must be bfloat16, float16 or float32, got {input.dtype}")
+    check_rows_quant(op, q, input, q_dtype)
     if group_size < 16 or group_size > 1024 or group_size & (group_size - 1):
         fail(op, "group_size", f"must be a power of two in [16, 1024], got {group_size}")
     m, k = input.shape
     if k % group_size:
         fail(op, "input", f"its quantized channels ({k}) must be a multiple of group_size "
              f"({group_size})")
-    if k and input.stride(1) != 1:
-        fail(op, "input", "must have a contiguous last dim")
-    if list(q.shape) != [m, k] or q.dtype != q_dtype or q.device != input.device:
-        fail(op, "q", f"must be {q_dtype} {[m, k]} on {input.device}, got {q.dtype} "
-             f"{list(q.shape)} on {q.device}")
-    if k and q.stride(1) != 1:
-        fail(op, "q", "must have a contiguous last dim")
     want = [m, k // group_size]
     if list(scales.shape) != want or scales.dtype != torch.float32 \
             or scales.device != input.device:
@@ -77,15 +71,43 @@ def check_group_quant(op: str, q: torch.Tensor, scales: torch.Tensor, input: tor
              f"{list(scales.shape)} on {scales.device}")
 
 
+def check_rows_quant(op: str, q: torch.Tensor, input: torch.Tensor,
+                     q_dtype: torch.dtype = FP8) -> None:
+    """input [M, K] (bf16, fp16 or fp32, contiguous last dim) and q like it in q_dtype:
+    what every quantization of rows checks, errors in `op`'s name."""
+    if input.dim() != 2:
+        fail(op, "input", f"must be [tokens, channels], got {list(input.shape)}")
+    if input.dtype not in _DTYPES:
+        fail(op, "input", f"must be bfloat16, float16 or float32, got {input.dtype}")
+    m, k = input.shape
+    if k and input.stride(1) != 1:
+        fail(op, "input", "must have a contiguous last dim")
+    if list(q.shape) != [m, k] or q.dtype != q_dtype or q.device != input.device:
+        fail(op, "q", f"must be {q_dtype} {[m, k]} on {input.device}, got {q.dtype} "
+             f"{list(q.shape)} on {q.device}")
+    if k and q.stride(1) != 1:
+        fail(op, "q", "must have a contiguous last dim")
+
+
+def padded_rows(m: int) -> int:
+    """M rounded up to a multiple of 4: the column stride of M-major scales, so each
+    column starts 16-byte aligned (what a TMA load of activation scales needs)."""
+    return -(-m // 4) * 4
+
+
 def empty_group_quant(m: int, k: int, group_size: int, column_major_scales: bool,
                       device: torch.device, q_dtype: torch.dtype = FP8
                       ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Outputs of a group quantization of [m, k] values: q and the scales, M-major when
-    column_major_scales (shapes checked by the op, so a bad group_size is reported there)."""
+    """Outputs of a group quantization of [m, k] values: q and the scales [m, k / G],
+    M-major with stride (1, padded_rows(m)) when column_major_scales (shapes checked by
+    the op, so a bad group_size is reported there)."""
     q = torch.empty(m, k, dtype=q_dtype, device=device)
     groups = k // group_size if group_size > 0 else 0
-    scales = torch.empty(groups, m, dtype=torch.float32, device=device).t() \
-        if column_major_scales else torch.empty(m, groups, dtype=torch.float32, device=device)
+    if column_major_scales:
+        scales = torch.empty(groups, padded_rows(m), dtype=torch.float32,
+                             device=device)[:, :m].t()
+    else:
+        scales = torch.empty(m, groups, dtype=torch.float32, device=device)
     return q, scales
 
 
@@ -131,8 +153,15 @@ def launch_groups(kernel, head: tuple, q: torch.Tensor, scales: torch.Tensor,
 def _cuda(q: torch.Tensor, scales: torch.Tensor, input: torch.Tensor, group_size: int,
           scale_ue8m0: bool = False, enable_pdl: bool | None = None) -> None:
     _check(q, scales, input, group_size)
-    launch_per_token_group_quant_fp8(q, scales, input, group_size, scale_ue8m0,
-                                     use_pdl(enable_pdl, input.device))
+    from .group_quant_cuda import fast_math_choice
+
+    fast_math = fast_math_choice(q, input)
+    if fast_math is None:
+        launch_per_token_group_quant_fp8(q, scales, input, group_size, scale_ue8m0,
+                                         use_pdl(enable_pdl, input.device))
+        return
+    torch.ops.fuseinfer._per_token_group_quant_fp8_cuda(
+        q, scales, input, group_size, scale_ue8m0, enable_pdl, fast_math)
 
 
 def per_token_group_quant_fp8(input: torch.Tensor, group_size: int = 128, *,
@@ -140,7 +169,7 @@ def per_token_group_quant_fp8(input: torch.Tensor, group_size: int = 128, *,
                               enable_pdl: bool | None = None
                               ) -> tuple[torch.Tensor, torch.Tensor]:
     """(q float8_e4m3fn [M, K], scales float32 [M, K / group_size]) of input [M, K];
-    column_major_scales stores the scales M-major (stride (1, M))."""
+    column_major_scales stores the scales M-major (stride (1, M rounded up to 4))."""
     q, scales = empty_group_quant(input.shape[0], input.shape[-1], group_size,
                                   column_major_scales, input.device)
     torch.ops.fuseinfer.per_token_group_quant_fp8(q, scales, input, group_size,
