@@ -1,0 +1,81 @@
+// The Hopper (sm_90a) FP8 blockwise-scaled GEMM: TMA warp-specialized CUTLASS kernels with
+// 1 x 128 activation and 128 x 128 weight scales applied to the fp32 accumulators once per
+// 128-deep k block. One template covers the menu: tile, cluster, Cooperative or Pingpong,
+// persistent or StreamK, swap-AB (small M as the MMA's N).
+#pragma once
+
+#include "fp8_blockwise_runner.cuh"
+
+#include "cutlass/detail/blockwise_scale_layout.hpp"
+#include "cutlass/epilogue/collective/collective_builder.hpp"
+#include "cutlass/epilogue/fusion/operations.hpp"
+#include "cutlass/gemm/collective/collective_builder.hpp"
+#include "cutlass/gemm/device/gemm_universal_adapter.h"
+#include "cutlass/gemm/dispatch_policy.hpp"
+#include "cutlass/gemm/kernel/gemm_universal.hpp"
+
+namespace fuseinfer::gemm::sm90 {
+
+enum class Schedule { kCooperative, kPingpong };
+enum class Tiles { kPersistent, kStreamK };
+
+template <int TileM, int TileN, int ClusterM, int ClusterN, Schedule S, Tiles T, bool SwapAB,
+          typename ElementD>
+struct Fp8Blockwise {
+  using Element = cutlass::float_e4m3_t;
+  using TileShape = cute::Shape<cute::Int<TileM>, cute::Int<TileN>, cute::_128>;
+  using ClusterShape = cute::Shape<cute::Int<ClusterM>, cute::Int<ClusterN>, cute::_1>;
+  // Scale granularity (M, N, K) of the MMA's operands: the activation side has one scale
+  // per row, the weight side one per 128 rows; both stored M/N-major (what sm_90 reads).
+  using ScaleConfig = std::conditional_t<SwapAB,
+      cutlass::detail::Sm90BlockwiseScaleConfig<128, 1, 128>,
+      cutlass::detail::Sm90BlockwiseScaleConfig<1, 128, 128>>;
+  using LayoutSFA = decltype(ScaleConfig::deduce_layoutSFA());
+  using LayoutSFB = decltype(ScaleConfig::deduce_layoutSFB());
+  using LayoutD = std::conditional_t<SwapAB, cutlass::layout::ColumnMajor,
+                                     cutlass::layout::RowMajor>;
+  static constexpr bool kPingpong = S == Schedule::kPingpong;
+  using MainloopSchedule = std::conditional_t<kPingpong,
+      cutlass::gemm::KernelTmaWarpSpecializedPingpongFP8Blockwise,
+      cutlass::gemm::KernelTmaWarpSpecializedCooperativeFP8Blockwise>;
+  using EpilogueSchedule = std::conditional_t<kPingpong,
+      cutlass::epilogue::TmaWarpSpecialized, cutlass::epilogue::TmaWarpSpecializedCooperative>;
+  using TileScheduler = std::conditional_t<T == Tiles::kStreamK,
+      cutlass::gemm::StreamKScheduler, cutlass::gemm::PersistentScheduler>;
+
+  // out = accumulator (no source tensor C), written with 16-byte stores.
+  using Epilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
+      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape, ClusterShape,
+      cutlass::epilogue::collective::EpilogueTileAuto, float, float,
+      void, LayoutD, 8, ElementD, LayoutD, 8, EpilogueSchedule,
+      cutlass::epilogue::fusion::LinearCombination<ElementD, float, void, float>>::CollectiveOp;
+
+  using Mainloop = typename cutlass::gemm::collective::CollectiveBuilder<
+      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp,
+      Element, cute::tuple<cutlass::layout::RowMajor, LayoutSFA>, 16,
+      Element, cute::tuple<cutlass::layout::ColumnMajor, LayoutSFB>, 16,
+      float, TileShape, ClusterShape,
+      cutlass::gemm::collective::StageCountAutoCarveout<
+          static_cast<int>(sizeof(typename Epilogue::SharedStorage))>,
+      MainloopSchedule>::CollectiveOp;
+
+  using Kernel = cutlass::gemm::kernel::GemmUniversal<cute::Shape<int, int, int, int>,
+                                                      Mainloop, Epilogue, TileScheduler>;
+  using Gemm = cutlass::gemm::device::GemmUniversalAdapter<Kernel>;
+  using Launcher = Fp8BlockwiseLauncher<Gemm, ScaleConfig, SwapAB>;
+
+  static size_t workspace_bytes(const Fp8GemmArgs& p) { return Launcher::workspace_bytes(p); }
+  static std::string run(const Fp8GemmArgs& p, void* ws) { return Launcher::run(p, ws); }
+};
+
+}  // namespace fuseinfer::gemm::sm90
+
+// One menu entry: FUSEINFER_SM90_FP8_GEMM(name, TileM, TileN, ClusterM, ClusterN, Schedule,
+// Tiles, SwapAB) in its own translation unit.
+#define FUSEINFER_SM90_FP8_GEMM(NAME, TM, TN, CM, CN, SCHEDULE, TILES, SWAP)                 \
+  namespace fuseinfer::gemm::sm90 {                                                        \
+  template <typename D>                                                                    \
+  using NAME##_config = Fp8Blockwise<TM, TN, CM, CN, Schedule::SCHEDULE, Tiles::TILES, SWAP, \
+                                     D>;                                                   \
+  static const Fp8GemmRegistration<NAME##_config> NAME##_registration{#NAME};             \
+  }

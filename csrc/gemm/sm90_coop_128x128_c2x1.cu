@@ -1,0 +1,2 @@
+#include "fp8_blockwise_sm90.cuh"
+FUSEINFER_SM90_FP8_GEMM(sm90_coop_128x128_c2x1, 128, 128, 2, 1, kCooperative, kPersistent, false)
