@@ -13,7 +13,10 @@ if [ "${FUSEINFER_SKIP_COMPILE_CHECK:-0}" = 1 ]; then
   echo "test: FUSEINFER_SKIP_COMPILE_CHECK=1, skipping the CUDA compile check"
 elif python -c "from fuseinfer.jit.compile_check import _toolkit_without_torch_cuda as t; t()" \
     >/dev/null 2>&1; then
-  python -m fuseinfer.jit.compile_check
+  # --quick: a representative sample of the CUTLASS GEMM menu (the GPU build compiles all);
+  # the Blackwell GEMM path is compile-checked too, though no Blackwell GPU runs it here.
+  python -m fuseinfer.jit.compile_check --quick
+  python -m fuseinfer.jit.compile_check --quick --arch 10.0a --module gemm
 else
   echo "test: nvcc not found, skipping the CUDA compile check (the CPU suite still runs)"
 fi

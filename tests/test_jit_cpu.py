@@ -54,11 +54,64 @@ def test_per_file_flags_apply_to_that_file_only(tmp_path, monkeypatch):
     blocks = text.split("\nbuild ")
     fast = next(b for b in blocks if b.startswith("quant_fast.cu.o"))
     plain = next(b for b in blocks if b.startswith("quant_plain.cu.o"))
-    assert "file_flags = --use_fast_math" in fast
+    assert "file_flags = -gencode=arch=compute_90a,code=sm_90a --use_fast_math" in fast
     assert "use_fast_math" not in plain
     assert "use_fast_math" not in text.split("rule nvcc")[0]  # not in the common flags
     assert "-gencode=arch=compute_90a,code=sm_90a" in text
     assert "build quant.so: link quant_plain.cu.o quant_fast.cu.o" in text
+
+
+def _spec_with_arch_sources(tmp_path: Path):
+    family = tmp_path / "csrc" / "gemm"
+    family.mkdir(parents=True)
+    for name in ("ops.cu", "h1.cu", "h2.cu", "b1.cu"):
+        (family / name).write_text(f"// {name}\n")
+    (family / "module.json").write_text(json.dumps({
+        "name": "gemm", "include_dirs": ["gemm"],
+        "sources": [{"path": "ops.cu"},
+                    {"path": "h1.cu", "archs": ["9.0a"], "quick_check": True},
+                    {"path": "h2.cu", "archs": ["9.0a"]},
+                    {"path": "b1.cu", "archs": ["10.0a"], "quick_check": True}],
+    }))
+    return load_spec(family / "module.json")
+
+
+def test_arch_specific_sources_build_only_for_their_arch(tmp_path, monkeypatch):
+    spec = _spec_with_arch_sources(tmp_path)
+    monkeypatch.setattr("fuseinfer.jit.ninja_build.cutlass_include_dirs", lambda: [])
+    plan = BuildPlan(spec=spec, toolkit=_fake_toolkit(tmp_path), archs=("9.0a", "10.0a"))
+    blocks = write_ninja(plan, tmp_path, tmp_path / "gemm.so").read_text().split("\nbuild ")
+    block = {b.split(".cu.o")[0]: b for b in blocks if ".cu.o:" in b.split("\n")[0]}
+    hopper, blackwell = "code=sm_90a", "code=sm_100a"
+    assert hopper in block["gemm_ops"] and blackwell in block["gemm_ops"]
+    assert hopper in block["gemm_h1"] and blackwell not in block["gemm_h1"]
+    assert blackwell in block["gemm_b1"] and hopper not in block["gemm_b1"]
+    only_hopper = BuildPlan(spec=spec, toolkit=_fake_toolkit(tmp_path), archs=("9.0a",))
+    text = write_ninja(only_hopper, tmp_path, tmp_path / "gemm.so").read_text()
+    assert "b1.cu" not in text and "h2.cu" in text
+    assert "build gemm.so: link gemm_ops.cu.o gemm_h1.cu.o gemm_h2.cu.o" in text
+
+
+def test_quick_subset_keeps_marked_and_shared_sources(tmp_path):
+    spec = _spec_with_arch_sources(tmp_path)
+    quick = spec.quick_subset()
+    assert [s.path.name for s in quick.sources] == ["ops.cu", "h1.cu", "b1.cu"]
+    assert [s.path.name for s in quick.sources_for(("10.0a",))] == ["ops.cu", "b1.cu"]
+    plain = _spec_with_two_sources(tmp_path / "other")
+    assert plain.quick_subset() is plain  # nothing marked: the whole module
+
+
+def test_gemm_module_lists_every_configuration_of_the_menu():
+    from fuseinfer.ops.gemm.fp8_gemm_dispatch import CONFIGS
+
+    spec = all_specs()["gemm"]
+    configs = {s.path.stem for s in spec.sources if s.archs}
+    assert configs == set(CONFIGS)
+    for source in spec.sources:
+        if source.archs:  # each configuration's file registers itself under its own name
+            assert f"({source.path.stem}," in source.path.read_text()
+    assert all(s.archs == ("9.0a",) for s in spec.sources if s.path.stem.startswith("sm90_"))
+    assert any(s.quick_check for s in spec.sources if s.path.stem.startswith("sm100_"))
 
 
 def test_unknown_source_field_is_an_error(tmp_path):

@@ -8,7 +8,10 @@ and CUTLASS are unchanged since it last passed is not compiled again (a stamp un
 check. A CPU-only torch lacks one generated c10 CUDA header; a one-line stand-in is
 supplied for this check only.
 
-    python -m fuseinfer.jit.compile_check [--arch 9.0a] [--module norm] [-v] [--force]
+--quick compiles only the representative sources of a module that marks some
+(`quick_check` in its module.json: the CUTLASS GEMM menu is large, CI compiles a sample).
+
+    python -m fuseinfer.jit.compile_check [--arch 9.0a] [--module norm] [--quick] [-v] [--force]
 """
 
 from __future__ import annotations
@@ -74,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--module", action="append", help="only these modules")
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="one line per kernel (registers, shared memory, spills)")
+    parser.add_argument("--quick", action="store_true",
+                        help="only the representative sources of modules that mark some")
     parser.add_argument("--force", action="store_true",
                         help="compile even the modules whose stamp is current")
     args = parser.parse_args(argv)
@@ -89,8 +94,12 @@ def main(argv: list[str] | None = None) -> int:
         root = Path(tmp)
         shim = _shim_dir(root)
         for name in names:
+            spec = specs[name].quick_subset() if args.quick else specs[name]
+            if not any(src.path.suffix == ".cu" for src in spec.sources_for((args.arch,))):
+                print(f"  {name}: nothing to compile for arch {args.arch}")
+                continue
             plan = _with_ptxas_report(BuildPlan(
-                spec=specs[name], toolkit=toolkit, archs=(args.arch,),
+                spec=spec, toolkit=toolkit, archs=(args.arch,),
                 extra_includes=(shim,) if shim else ()))
             digest = check_digest(plan, nvcc_version, shim is not None)
             stamp = stamp_path(name, args.arch)

@@ -43,13 +43,14 @@ class BuildPlan:
 
     def common_flags(self) -> list[str]:
         """Flags that go into the cache key (per-file flags enter via the sources digest)."""
+        return self.base_flags() + [f for arch in self.archs for f in gencode_flags(arch)]
+
+    def base_flags(self) -> list[str]:
+        """nvcc flags of every file; each file adds the gencode of its own archs."""
         import torch
 
         abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
-        flags = list(_NVCC_FLAGS) + [f"-D_GLIBCXX_USE_CXX11_ABI={abi}"]
-        for arch in self.archs:
-            flags += gencode_flags(arch)
-        return flags
+        return list(_NVCC_FLAGS) + [f"-D_GLIBCXX_USE_CXX11_ABI={abi}"]
 
     def include_flags(self) -> list[str]:
         from torch.utils.cpp_extension import include_paths
@@ -85,7 +86,7 @@ def write_ninja(plan: BuildPlan, folder: Path, output: Path, compile_only: bool 
         "ninja_required_version = 1.3",
         f"nvcc = {plan.toolkit.nvcc}",
         "cxx = c++",
-        f"nvcc_flags = {' '.join(plan.common_flags())} {includes}",
+        f"nvcc_flags = {' '.join(plan.base_flags())} {includes}",
         f"cxx_flags = {' '.join(_CXX_FLAGS)} {includes}",
         f"ldflags = {' '.join(plan.link_flags())}",
         "",
@@ -105,13 +106,17 @@ def write_ninja(plan: BuildPlan, folder: Path, output: Path, compile_only: bool 
         "",
     ]
     objects = []
-    for source in plan.spec.sources:
+    for source in plan.spec.sources_for(plan.archs):
         obj = object_name(source.path)
         objects.append(obj)
-        rule = "nvcc" if source.path.suffix == ".cu" else "cxx"
-        lines.append(f"build {obj}: {rule} {_esc(source.path)}")
-        if source.flags:  # per-file flags: only this file sees them
-            lines.append(f"  file_flags = {' '.join(source.flags)}")
+        cuda = source.path.suffix == ".cu"
+        lines.append(f"build {obj}: {'nvcc' if cuda else 'cxx'} {_esc(source.path)}")
+        # per-file flags: only this file sees them; CUDA files get the gencode of their archs
+        flags = [f for a in source.build_archs(plan.archs) for f in gencode_flags(a)] \
+            if cuda else []
+        flags += source.flags
+        if flags:
+            lines.append(f"  file_flags = {' '.join(flags)}")
     if compile_only:
         lines.append(f"default {' '.join(objects)}")
     else:
