@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..ops.rope.cos_sin_cache import RopeSpec, rope_scaling_from_config
+from .quantization import Fp8BlockConfig, quantization_from_dict
 
 ARCHITECTURES = {"LlamaForCausalLM": "llama", "Qwen3ForCausalLM": "qwen3"}
 
@@ -29,6 +30,8 @@ class ModelConfig:
     rope: RopeSpec
     eos_token_ids: tuple[int, ...]
     max_position: int
+    # FP8 block-quantized linear layers (config.json's quantization_config); None: none
+    quantization: Fp8BlockConfig | None = None
 
     @staticmethod
     def from_dict(cfg: Mapping[str, Any]) -> ModelConfig:
@@ -49,7 +52,8 @@ class ModelConfig:
             rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
             tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
             qk_norm=arch == "qwen3", rope=rope_scaling_from_config(cfg, default_theta=10000.0),
-            eos_token_ids=eos_ids, max_position=int(cfg["max_position_embeddings"]))
+            eos_token_ids=eos_ids, max_position=int(cfg["max_position_embeddings"]),
+            quantization=quantization_from_dict(cfg))
 
     @staticmethod
     def from_folder(path: str | Path) -> ModelConfig:

@@ -4,6 +4,9 @@ Per layer: (fused add +) RMSNorm -> one qkv matmul -> (Qwen3: RMSNorm of each q 
 in place, one launch) -> RoPE that also writes the rotated k and the v into the paged KV
 cache -> paged attention -> o_proj -> fused add + RMSNorm -> one gate_up matmul ->
 SiLU(gate) * up in one pass -> down.
+FP8 linear layers (`Fp8Weight`) take FP8 activations with 1 x 128 scales: the quantization
+ends the op before each (the input and post-attention norms, SiLU * up) in the same kernel,
+o_proj's input gets one group-quant kernel, then one fp8_blockwise_mm each.
 Each fusion has a switch (`Fusions`), so its effect is measured end to end. The same code
 runs on CUDA tensors (kernels) and CPU tensors (the ops' reference implementations).
 """
@@ -21,10 +24,17 @@ from ..ops.kvcache.store_kv_cache import store_kv_cache
 from ..ops.linear.small_batch_linear import MAX_K, MAX_M, small_batch_linear
 from ..ops.norm.qk_rmsnorm import qk_rmsnorm
 from ..ops.norm.rmsnorm import fused_add_rmsnorm, rmsnorm
+from ..ops.quant.fused_add_rmsnorm_quant_fp8 import fused_add_rmsnorm_quant_fp8
+from ..ops.quant.per_token_group_quant_fp8 import per_token_group_quant_fp8
+from ..ops.quant.silu_and_mul_quant_fp8 import silu_and_mul_quant_fp8
 from ..ops.rope.cos_sin_cache import build_cos_sin_cache
 from ..ops.rope.rope_with_cos_sin_cache import rope_with_cos_sin_cache
 from .config import ModelConfig
+from .fp8_linear import Fp8Weight, fp8_matmul
 from .kv_cache import PagedKvCache
+from .quantization import BLOCK
+
+Linear = torch.Tensor | Fp8Weight  # [N, K] in the model dtype, or FP8 with block scales
 
 
 @dataclass(frozen=True)
@@ -33,6 +43,10 @@ class Fusions:
     fused_add_rmsnorm: bool = True  # residual add and RMSNorm in one kernel
     fused_qk_norm: bool = True  # Qwen3's q and k head norms in one in-place kernel
     fused_silu_mul: bool = True  # SiLU(gate) * up in one kernel
+    # FP8 models: the RMSNorm before qkv / gate_up ends in the activation quantization
+    fused_norm_quant: bool = True
+    # FP8 models: SiLU(gate) * up ends in the down projection's activation quantization
+    fused_silu_mul_quant: bool = True
     # Matmuls of at most this many tokens take the weight-streaming kernel (0: never).
     # On H100 it beat cuBLAS on every Qwen3-0.6B weight at 1 token, lost on the larger
     # ones at 4 (microbench/profile_runtime.py --only gemv).
@@ -55,13 +69,13 @@ class ForwardBatch:
 @dataclass
 class LayerWeights:
     input_norm: torch.Tensor
-    qkv: torch.Tensor  # [(Hq + 2 Hkv) D, hidden]
+    qkv: Linear  # [(Hq + 2 Hkv) D, hidden]
     q_norm: torch.Tensor | None
     k_norm: torch.Tensor | None
-    o: torch.Tensor
+    o: Linear
     post_norm: torch.Tensor
-    gate_up: torch.Tensor  # [2 I, hidden]
-    down: torch.Tensor
+    gate_up: Linear  # [2 I, hidden]
+    down: Linear
 
 
 @dataclass
@@ -83,8 +97,14 @@ class DecoderModel:
         self.fusions = fusions
         self.cos_sin = build_cos_sin_cache(config.rope, device=weights.embed.device)
 
-    def _linear(self, h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        """h @ weight.T; decode steps of a few tokens take the weight-streaming kernel."""
+    def _linear(self, h: torch.Tensor, weight: Linear) -> torch.Tensor:
+        """h @ weight.T; decode steps of a few tokens take the weight-streaming kernel; an
+        FP8 weight: h quantized per 1 x 128 group, then the FP8 GEMM."""
+        if isinstance(weight, Fp8Weight):
+            pdl = self.fusions.enable_pdl
+            q, scales = per_token_group_quant_fp8(h, BLOCK, column_major_scales=True,
+                                                  enable_pdl=pdl)
+            return fp8_matmul(q, scales, weight, h.dtype, pdl)
         if self._gemv(h, weight):
             return small_batch_linear(h, weight, enable_pdl=self.fusions.enable_pdl)
         return h @ weight.t()
@@ -95,10 +115,12 @@ class DecoderModel:
             and weight.size(1) <= MAX_K
 
     def _norm_linear(self, h: torch.Tensor, residual: torch.Tensor | None,
-                     norm_weight: torch.Tensor, weight: torch.Tensor
+                     norm_weight: torch.Tensor, weight: Linear
                      ) -> tuple[torch.Tensor, torch.Tensor]:
         """(rmsnorm(residual + h) @ weight.T, the new residual). A 1-token step folds the
         add and the norm into the matmul's prologue (one kernel instead of two)."""
+        if isinstance(weight, Fp8Weight):
+            return self._norm_fp8_linear(h, residual, norm_weight, weight)
         if self._gemv(h, weight) and self.fusions.fused_add_rmsnorm:
             eps, pdl = self.config.rms_norm_eps, self.fusions.enable_pdl
             if residual is None:
@@ -108,6 +130,22 @@ class DecoderModel:
                                              residual=residual, eps=eps, enable_pdl=pdl)
         h, residual = self._norm_residual(h, residual, norm_weight)
         return self._linear(h, weight), residual
+
+    def _norm_fp8_linear(self, h: torch.Tensor, residual: torch.Tensor | None,
+                         norm_weight: torch.Tensor, weight: Fp8Weight
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+        """_norm_linear for an FP8 weight: add + RMSNorm + activation quantization in one
+        kernel, then the FP8 GEMM (unfused: the bf16 norm path, then a group quant)."""
+        pdl = self.fusions.enable_pdl
+        if self.fusions.fused_norm_quant:
+            if residual is None:  # first layer: 0 + h keeps it one kernel (h is only read)
+                residual = torch.zeros_like(h)
+            q, scales = fused_add_rmsnorm_quant_fp8(
+                h, residual, norm_weight, BLOCK, self.config.rms_norm_eps,
+                column_major_scales=True, enable_pdl=pdl)
+            return fp8_matmul(q, scales, weight, h.dtype, pdl), residual
+        normed, residual = self._norm_residual(h, residual, norm_weight)
+        return self._linear(normed, weight), residual
 
     def _norm_residual(self, h: torch.Tensor, residual: torch.Tensor | None,
                        weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -153,10 +191,15 @@ class DecoderModel:
 
     def _mlp_down(self, w: LayerWeights, gate_up: torch.Tensor) -> torch.Tensor:
         pdl = self.fusions.enable_pdl
+        if isinstance(w.down, Fp8Weight) and self.fusions.fused_silu_mul_quant:
+            q, scales = silu_and_mul_quant_fp8(gate_up, BLOCK, column_major_scales=True,
+                                               enable_pdl=pdl)
+            return fp8_matmul(q, scales, w.down, gate_up.dtype, pdl)
         if not self.fusions.fused_silu_mul:
             gate, up = gate_up.chunk(2, dim=1)
             return self._linear(F.silu(gate) * up, w.down)
-        if self._gemv(gate_up, w.down):  # SiLU inside the down projection's matmul
+        # SiLU inside the down projection's matmul (a float weight only)
+        if not isinstance(w.down, Fp8Weight) and self._gemv(gate_up, w.down):
             return small_batch_linear(gate_up, w.down, silu_mul=True, enable_pdl=pdl)
         return self._linear(silu_and_mul(gate_up, enable_pdl=pdl), w.down)
 

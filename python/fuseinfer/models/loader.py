@@ -1,15 +1,25 @@
 """Weights from a local Hugging Face folder (*.safetensors), streamed tensor by tensor
 straight to the target device, with q/k/v and gate/up fused into one matrix each; or
-random weights of the right shapes (`--load-format dummy`)."""
+random weights of the right shapes (`--load-format dummy`).
+
+Linear layers stored in FP8 (with their `weight_scale_inv`) load as `Fp8Weight`s; with
+`quantize=True` (`--quantization fp8`) float ones are quantized into 128 x 128 blocks as
+they load. Embeddings, norms and lm_head stay in the model dtype."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from .config import ModelConfig
-from .decoder import LayerWeights, ModelWeights
+from .decoder import LayerWeights, Linear, ModelWeights
+from .fp8_linear import FP8, concat_fp8, quantize_weight
+from .quantization import Fp8BlockConfig
+
+Getter = Callable[[str], torch.Tensor]
+LinearGetter = Callable[[list[str]], Linear]
 
 
 def _layer_names(i: int, qk_norm: bool) -> dict[str, str]:
@@ -28,17 +38,41 @@ def _layer_names(i: int, qk_norm: bool) -> dict[str, str]:
     return names
 
 
-def _assemble(config: ModelConfig, get) -> ModelWeights:
+def _fused(parts: list[torch.Tensor]) -> torch.Tensor:
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
+
+
+def _fp8_scheme(config: ModelConfig, quantize: bool) -> Fp8BlockConfig | None:
+    """The FP8 scheme float linear layers are quantized with at load (None: kept)."""
+    if config.quantization is not None:  # a dummy FP8 model; a checkpoint's float leftovers
+        return config.quantization if quantize else None
+    return Fp8BlockConfig() if quantize else None
+
+
+def _float_linear(scheme: Fp8BlockConfig | None, names: list[str],
+                  parts: list[torch.Tensor], dtype: torch.dtype) -> Linear:
+    """A fused float weight, quantized to FP8 when the scheme converts its module."""
+    module = names[0].removesuffix(".weight")
+    if scheme is not None and scheme.converts(module):
+        return quantize_weight(_fused(parts), names[0])  # from the stored precision
+    return _fused([p.to(dtype) for p in parts])
+
+
+def _assemble(config: ModelConfig, get: Getter,
+              linear: LinearGetter | None = None) -> ModelWeights:
+    if linear is None:
+        def linear(names: list[str]) -> Linear:
+            return _fused([get(n) for n in names])
     layers = []
     for i in range(config.num_layers):
         n = _layer_names(i, config.qk_norm)
         layers.append(LayerWeights(
             input_norm=get(n["input_norm"]),
-            qkv=torch.cat([get(n["q"]), get(n["k"]), get(n["v"])], dim=0),
+            qkv=linear([n["q"], n["k"], n["v"]]),
             q_norm=get(n["q_norm"]) if config.qk_norm else None,
             k_norm=get(n["k_norm"]) if config.qk_norm else None,
-            o=get(n["o"]), post_norm=get(n["post_norm"]),
-            gate_up=torch.cat([get(n["gate"]), get(n["up"])], dim=0), down=get(n["down"])))
+            o=linear([n["o"]]), post_norm=get(n["post_norm"]),
+            gate_up=linear([n["gate"], n["up"]]), down=linear([n["down"]])))
     embed = get("model.embed_tokens.weight")
     lm_head = embed if config.tie_word_embeddings else get("lm_head.weight")
     return ModelWeights(embed=embed, layers=layers, norm=get("model.norm.weight"),
@@ -46,9 +80,10 @@ def _assemble(config: ModelConfig, get) -> ModelWeights:
 
 
 def load_weights(folder: str | Path, config: ModelConfig, dtype: torch.dtype,
-                 device: torch.device | str) -> ModelWeights:
+                 device: torch.device | str, quantize: bool = False) -> ModelWeights:
     """Read every *.safetensors file of `folder`; a missing or unexpected tensor (biases
-    included, which these architectures do not have) is an error."""
+    included, which these architectures do not have) is an error. `quantize`: float
+    linear weights become FP8 128 x 128 blocks."""
     from safetensors import safe_open
 
     files = sorted(Path(folder).glob("*.safetensors"))
@@ -62,13 +97,32 @@ def load_weights(folder: str | Path, config: ModelConfig, dtype: torch.dtype,
             where[name] = idx
     used: set[str] = set()
 
-    def get(name: str) -> torch.Tensor:
+    def stored(name: str) -> torch.Tensor:
         if name not in where:
             raise KeyError(f"{folder}: tensor {name} not found in the safetensors files")
         used.add(name)
-        return handles[where[name]].get_tensor(name).to(dtype)
+        return handles[where[name]].get_tensor(name)
 
-    weights = _assemble(config, get)
+    def get(name: str) -> torch.Tensor:
+        return stored(name).to(dtype)
+
+    scheme = _fp8_scheme(config, quantize)
+
+    def linear(names: list[str]) -> Linear:
+        parts = [stored(n) for n in names]
+        fp8 = [p.dtype == FP8 for p in parts]
+        if not any(fp8):
+            return _float_linear(scheme, names, parts, dtype)
+        if config.quantization is None:
+            raise ValueError(f"{folder}: {names[fp8.index(True)]} is float8_e4m3fn but "
+                             "config.json has no quantization_config")
+        if not all(fp8):
+            raise ValueError(f"{folder}: {names[fp8.index(False)]} is not FP8 while "
+                             f"{names[fp8.index(True)]}, fused with it, is")
+        return concat_fp8([(n, p, stored(n + "_scale_inv")) for n, p in
+                           zip(names, parts, strict=True)])
+
+    weights = _assemble(config, get, linear)
     extra = sorted(n for n in where if n not in used and not n.endswith("rotary_emb.inv_freq")
                    and not (config.tie_word_embeddings and n == "lm_head.weight"))
     if extra:
@@ -109,7 +163,16 @@ def dummy_state_dict(config: ModelConfig, dtype: torch.dtype, device: torch.devi
 
 
 def dummy_weights(config: ModelConfig, dtype: torch.dtype, device: torch.device | str,
-                  seed: int = 0) -> ModelWeights:
-    """Random weights of the model's shapes, for benchmarks (`--load-format dummy`)."""
+                  seed: int = 0, quantize: bool = False) -> ModelWeights:
+    """Random weights of the model's shapes, for benchmarks (`--load-format dummy`). An
+    FP8 config (or `quantize`) gets FP8 linear layers: the same std-0.02 random weights
+    quantized into 128 x 128 blocks, so activations stay as tame as in the float model."""
     named = dummy_state_dict(config, dtype, device, seed)
-    return _assemble(config, named.__getitem__)
+    scheme = config.quantization or (Fp8BlockConfig() if quantize else None)
+    if scheme is None:
+        return _assemble(config, named.__getitem__)
+
+    def linear(names: list[str]) -> Linear:  # pop: each float copy freed once quantized
+        return _float_linear(scheme, names, [named.pop(n) for n in names], dtype)
+
+    return _assemble(config, named.__getitem__, linear)

@@ -20,6 +20,7 @@ from typing import Any
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 KV_CACHE_DTYPES = ("auto", "fp8_e4m3")
 LOAD_FORMATS = ("auto", "dummy")
+QUANTIZATIONS = ("auto", "fp8")
 SCHEDULE_POLICIES = ("fcfs", "lpm")
 
 
@@ -43,6 +44,9 @@ class EngineArgs:
                                KV_CACHE_DTYPES)
     load_format: str = _opt("auto", "auto: safetensors from the folder; dummy: random "
                             "weights from its config", LOAD_FORMATS)
+    quantization: str = _opt("auto", "linear-layer weights; auto: as the checkpoint is "
+                             "stored (FP8 if its config.json says so); fp8: quantize float "
+                             "weights into 128x128 FP8 blocks at load", QUANTIZATIONS)
     page_size: int = _opt(64, "tokens per KV page (a 64-key attention block is one page)")
     mem_fraction_static: float = _opt(0.85, "fraction of GPU memory for weights and KV cache")
     max_total_tokens: int | None = _opt(None, "KV capacity in tokens (default: from memory)")
@@ -59,6 +63,11 @@ class EngineArgs:
     disable_fused_add_rmsnorm: bool = _opt(False, "residual add and RMSNorm as two kernels")
     disable_fused_qk_norm: bool = _opt(False, "Qwen3's q and k norms as two launches")
     disable_fused_silu_mul: bool = _opt(False, "SiLU(gate) * up in eager torch")
+    disable_fused_norm_quant: bool = _opt(False, "FP8 models: RMSNorm, then the activation "
+                                          "quantization as a second kernel")
+    disable_fused_silu_mul_quant: bool = _opt(False, "FP8 models: SiLU(gate) * up, then "
+                                              "the activation quantization as a second "
+                                              "kernel")
     disable_small_batch_gemv: bool = _opt(False, "1-token matmuls on cuBLAS")
     disable_pdl: bool = _opt(False, "no programmatic dependent launch")
     disable_overlap_schedule: bool = _opt(False, "no overlap: schedule step N+1 only after "

@@ -101,6 +101,8 @@ class ModelRunner:
                           fused_add_rmsnorm=not args.disable_fused_add_rmsnorm,
                           fused_qk_norm=not args.disable_fused_qk_norm,
                           fused_silu_mul=not args.disable_fused_silu_mul,
+                          fused_norm_quant=not args.disable_fused_norm_quant,
+                          fused_silu_mul_quant=not args.disable_fused_silu_mul_quant,
                           gemv_max_tokens=0 if args.disable_small_batch_gemv else 1,
                           enable_pdl=False if args.disable_pdl else None)
         self.model = DecoderModel(c, weights, self.attention, self.kv_cache, fusions)
@@ -121,9 +123,10 @@ class ModelRunner:
         if a.load_format == "auto" and not any(folder.glob("*.safetensors")):
             raise FileNotFoundError(f"{folder}: no *.safetensors weights; use "
                                     "load_format='dummy' (--load-format dummy) for random ones")
+        quantize = a.quantization == "fp8"
         if a.load_format == "dummy":
-            return dummy_weights(self.config, dtype, self.device, a.seed)
-        return load_weights(folder, self.config, dtype, self.device)
+            return dummy_weights(self.config, dtype, self.device, a.seed, quantize)
+        return load_weights(folder, self.config, dtype, self.device, quantize)
 
     def _num_pages(self, kv_cfg: KvCacheConfig) -> int:
         a = self.args
