@@ -59,3 +59,74 @@ def save_tiny_checkpoint(tmp_path, arch, tie=True, lm_head_scale=1.0, model=None
     model = tiny_model(arch, tie, lm_head_scale) if model is None else model
     model.save_pretrained(tmp_path, safe_serialization=True)
     return model
+
+
+# FP8 linear layers need every K (hidden, heads * head_dim, intermediate) a multiple of 128
+# and, for a stored checkpoint, the fused parts' row offsets too.
+FP8_SHAPE = dict(COMMON, hidden_size=256, intermediate_size=384)
+FP8_QUANT = {"activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8",
+             "weight_block_size": [128, 128]}
+LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def block_quantize(w):
+    """The test's own 128 x 128 block quantizer, one block at a time: (q e4m3, scale_inv)."""
+    n, k = w.shape
+    q = torch.empty(n, k, dtype=torch.float8_e4m3fn)
+    scales = torch.empty(-(-n // 128), -(-k // 128))
+    for i in range(scales.shape[0]):
+        for j in range(scales.shape[1]):
+            block = w[i * 128:(i + 1) * 128, j * 128:(j + 1) * 128].double()
+            scale = max(float(block.abs().max()), 1e-10) / 448.0
+            scales[i, j] = scale
+            q[i * 128:(i + 1) * 128, j * 128:(j + 1) * 128] = (block / scale).float().to(
+                torch.float8_e4m3fn)
+    return q, scales
+
+
+def fp8_tiny_model(arch):
+    """A tiny random model of FP8-compatible shapes (untied, so lm_head is its own)."""
+    cfg_cls = transformers.Qwen3Config if arch == "qwen3" else transformers.LlamaConfig
+    model_cls = transformers.Qwen3ForCausalLM if arch == "qwen3" \
+        else transformers.LlamaForCausalLM
+    torch.manual_seed(1)
+    model = model_cls(cfg_cls(**FP8_SHAPE, tie_word_embeddings=False))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.add_(torch.randn_like(p) * 0.2)
+    return model.float().eval()
+
+
+def save_fp8_checkpoint(fp8_path, dequant_path, model, keep_float=(), quant=None):
+    """Save `model` as an FP8 checkpoint (e4m3 linear weights + weight_scale_inv, its
+    config.json with a quantization_config) to fp8_path, and the same weights dequantized
+    (float32) as a plain checkpoint to dequant_path. Linear modules whose name contains an
+    entry of keep_float stay float (listed in modules_to_not_convert). Returns the model
+    holding the dequantized weights."""
+    import json
+
+    from safetensors.torch import save_file
+
+    with torch.no_grad():
+        state = {}
+        for name, p in model.state_dict().items():
+            module = name.removesuffix(".weight")
+            if module.split(".")[-1] in LINEARS and not any(s in module for s in keep_float):
+                q, s = block_quantize(p)
+                state[name], state[name + "_scale_inv"] = q, s
+                p.copy_(q.float() * s.repeat_interleave(128, 0)[:p.shape[0]]
+                        .repeat_interleave(128, 1)[:, :p.shape[1]])
+            else:
+                state[name] = p.clone()
+    model.save_pretrained(dequant_path, safe_serialization=True)
+    model.save_pretrained(fp8_path, safe_serialization=True)
+    for f in fp8_path.glob("*.safetensors"):
+        f.unlink()
+    save_file(state, str(fp8_path / "model.safetensors"))
+    cfg = json.loads((fp8_path / "config.json").read_text())
+    cfg["quantization_config"] = dict(quant or FP8_QUANT)
+    if keep_float:
+        cfg["quantization_config"]["modules_to_not_convert"] = list(keep_float)
+    (fp8_path / "config.json").write_text(json.dumps(cfg))
+    return model
