@@ -20,7 +20,7 @@ import torch
 from ..arg_checks import fail
 from ..library import LIB, define, impl_cpu, impl_fake
 from ..triton_launch import next_pow2, use_pdl
-from .per_token_group_quant_fp8 import EPS, FP8, FP8_MAX, check_rows_quant
+from .per_token_group_quant_fp8 import EPS, FP8, FP8_MAX, check_rows_quant, divided
 
 _SCHEMA = ("per_tensor_quant_fp8(Tensor(a!) q, Tensor(b!) scale, Tensor input, "
            "bool is_static=False, bool? enable_pdl=None) -> ()")
@@ -34,7 +34,8 @@ def reference_per_tensor_quant_fp8(x: torch.Tensor, scale: torch.Tensor | None =
     given: static quantization with it."""
     xf = x.float()
     if scale is None:
-        scale = (xf.abs().amax() if xf.numel() else xf.new_zeros(())).clamp_min(EPS) / FP8_MAX
+        scale = divided((xf.abs().amax() if xf.numel() else xf.new_zeros(())).clamp_min(EPS),
+                        FP8_MAX)
     scale = scale.float().reshape(1)
     return (xf / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8), scale
 

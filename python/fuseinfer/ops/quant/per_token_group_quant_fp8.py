@@ -34,6 +34,12 @@ FP8_MAX = 448.0
 EPS = 1e-10  # an all-zero group still gets a finite, non-zero scale
 
 
+def divided(t: torch.Tensor, value: float) -> torch.Tensor:
+    """t / value with IEEE division on every device: torch divides a CUDA tensor by a Python
+    number as t * (1 / value), which differs in the last bit from the kernels' division."""
+    return t / torch.full((), value, dtype=t.dtype, device=t.device)
+
+
 def reference_per_token_group_quant_fp8(x: torch.Tensor, group_size: int,
                                         scale_ue8m0: bool = False
                                         ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -41,7 +47,7 @@ def reference_per_token_group_quant_fp8(x: torch.Tensor, group_size: int,
     CPU kernel and the test oracle."""
     m, k = x.shape
     groups = x.float().reshape(m, k // group_size, group_size)
-    scale = groups.abs().amax(dim=-1).clamp_min(EPS) / FP8_MAX
+    scale = divided(groups.abs().amax(dim=-1).clamp_min(EPS), FP8_MAX)
     if scale_ue8m0:
         scale = torch.exp2(torch.ceil(torch.log2(scale)))
     q = (groups / scale[..., None]).clamp(-FP8_MAX, FP8_MAX).to(FP8)

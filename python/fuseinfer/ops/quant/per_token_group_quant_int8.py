@@ -14,7 +14,13 @@ import torch
 
 from ..library import LIB, define, impl_cpu, impl_fake
 from ..triton_launch import use_pdl
-from .per_token_group_quant_fp8 import EPS, check_group_quant, empty_group_quant, launch_groups
+from .per_token_group_quant_fp8 import (
+    EPS,
+    check_group_quant,
+    divided,
+    empty_group_quant,
+    launch_groups,
+)
 
 _SCHEMA = ("per_token_group_quant_int8(Tensor(a!) q, Tensor(b!) scales, Tensor input, "
            "int group_size, bool? enable_pdl=None) -> ()")
@@ -26,7 +32,7 @@ def reference_per_token_group_quant_int8(x: torch.Tensor, group_size: int
     """The semantics in float32: (q int8 [M, K], scales float32 [M, K / G])."""
     m, k = x.shape
     groups = x.float().reshape(m, k // group_size, group_size)
-    scale = groups.abs().amax(dim=-1).clamp_min(EPS) / INT8_MAX
+    scale = divided(groups.abs().amax(dim=-1).clamp_min(EPS), INT8_MAX)
     q = torch.round((groups / scale[..., None]).clamp(-INT8_MAX - 1, INT8_MAX))
     return q.to(torch.int8).reshape(m, k), scale
 

@@ -17,7 +17,7 @@ import torch
 from ..arg_checks import fail
 from ..library import LIB, define, impl_cpu, impl_fake
 from ..triton_launch import next_pow2, use_pdl
-from .per_token_group_quant_fp8 import EPS, FP8, FP8_MAX, check_rows_quant
+from .per_token_group_quant_fp8 import EPS, FP8, FP8_MAX, check_rows_quant, divided
 
 _SCHEMA = ("per_token_quant_fp8(Tensor(a!) q, Tensor(b!) scales, Tensor input, "
            "bool? enable_pdl=None) -> ()")
@@ -27,7 +27,7 @@ OP = "per_token_quant_fp8"
 def reference_per_token_quant_fp8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The semantics in float32: (q float8_e4m3fn [M, K], scales float32 [M, 1])."""
     xf = x.float()
-    scale = xf.abs().amax(dim=-1, keepdim=True).clamp_min(EPS) / FP8_MAX
+    scale = divided(xf.abs().amax(dim=-1, keepdim=True).clamp_min(EPS), FP8_MAX)
     return (xf / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8), scale
 
 
