@@ -183,11 +183,13 @@ def flashinfer(ops: Operands) -> Call:
     if hopper is not None:
         sa = ops.a_scales.contiguous()
         sb = ops.b_scales.contiguous()
-        return lambda: hopper(ops.a_q, ops.b_q, sa, sb, out=ops.out)
+        # Whatever it returns, the result is read from `out`, the buffer it was given.
+        return lambda: (hopper(ops.a_q, ops.b_q, sa, sb, out=ops.out), ops.out)[1]
     groupwise = gemm.gemm_fp8_nt_groupwise
     sa = ops.a_scales.t().contiguous()  # "MN" major: [K/128, M]
     sb = ops.b_scales.t().contiguous()  # [K/128, N/128]
-    return lambda: groupwise(ops.a_q, ops.b_q, sa, sb, scale_major_mode="MN", out=ops.out)
+    return lambda: (groupwise(ops.a_q, ops.b_q, sa, sb, scale_major_mode="MN", out=ops.out),
+                    ops.out)[1]
 
 
 PREPARE: dict[str, Callable[[Operands], Call]] = {
