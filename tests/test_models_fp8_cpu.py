@@ -247,3 +247,26 @@ def test_engine_runs_fp8_with_quantization_option(tmp_path, isolated_cache):
         with LLM(folder, device="cpu", page_size=4, **extra) as llm:
             assert isinstance(llm.engine.runner.model.weights.layers[0].qkv, Fp8Weight)
             assert len(llm.generate([[1, 2, 3]], params)[0].token_ids) == 4
+
+
+def test_bundled_fp8_config_and_bench_options():
+    """qwen3-8b-fp8 resolves to an FP8 config; `bench latency` and `bench offline` take
+    the new options through to EngineArgs."""
+    import argparse
+
+    from fuseinfer.bench.e2e import latency, offline
+    from fuseinfer.models.bundled import resolve_model
+
+    cfg = ModelConfig.from_folder(resolve_model("qwen3-8b-fp8"))
+    plain = ModelConfig.from_folder(resolve_model("qwen3-8b"))
+    assert cfg.quantization is not None and cfg.quantization.converts("model.layers.0.mlp")
+    assert plain.quantization is None and cfg.num_layers == plain.num_layers == 36
+    for module in (latency, offline):
+        parser = argparse.ArgumentParser()
+        module.add_arguments(parser)
+        ns = parser.parse_args(["--model", "qwen3-8b", "--load-format", "dummy",
+                                "--quantization", "fp8", "--disable-fused-norm-quant",
+                                "--disable-fused-silu-mul-quant"])
+        args = offline.engine_args(ns)
+        assert (args.quantization, args.disable_fused_norm_quant,
+                args.disable_fused_silu_mul_quant) == ("fp8", True, True)
