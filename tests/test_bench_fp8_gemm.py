@@ -173,6 +173,18 @@ def test_rates_against_the_ceilings():
     assert suite.rates(1, 8, 128, 1.0, suite.Peaks(None, None))["pct_roofline"] is None
 
 
+def test_bench_all_shows_the_roofline_as_the_ceiling(cpu_suite):
+    from fuseinfer.bench.suites.all import SuiteResult, summary_table
+
+    rows = suite.run([SMALL], [2], ["bf16", "cublas_block"], suite.Peaks(1e9, 1e-3),
+                     device="cpu")
+    table = summary_table([SuiteResult("fp8-gemm", [], ["bf16", "cublas_block"], rows)])
+    assert table[0]["pct_ceiling"] == pytest.approx(rows[0]["pct_roofline"])
+    assert table[0]["pct_ceiling"] != pytest.approx(rows[0]["pct_fp8"])
+    assert table[0]["best"] == "bf16" and "cublas_block not timed" in table[0]["note"]
+    assert "M=2 N=200 K=256" in table[0]["shape"]
+
+
 # ---- the tuner ------------------------------------------------------------------------------
 SHAPES = [(2112, 7168), (4096, 4096), (24576, 1536), (57344, 8192)]
 A, B, C = SM90_CONFIGS[:3]

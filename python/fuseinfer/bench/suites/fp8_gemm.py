@@ -140,11 +140,12 @@ def rates(m: int, n: int, k: int, us: float, peaks: Peaks) -> dict[str, float | 
     if peaks.copy_gbps:
         floor_us.append(baselines.operand_bytes(m, n, k) / (peaks.copy_gbps * 1e3))
     tflops = flops / us / 1e6
+    # pct_roofline first: `bench all` shows a row's first pct_* key as its "% ceiling".
     return {
         "tflops": tflops,
+        "pct_roofline": 100 * max(floor_us) / us if floor_us else None,
         "pct_fp8": 100 * tflops / peaks.fp8_tflops if peaks.fp8_tflops else None,
         "weight_gbps": n * k / us / 1e3,
-        "pct_roofline": 100 * max(floor_us) / us if floor_us else None,
     }
 
 
