@@ -155,6 +155,21 @@ def test_flashinfer_is_checked_then_timed(cpu_suite, monkeypatch, scale, timed):
     assert ("flashinfer_error" in row) == (not timed)
 
 
+def test_a_baseline_that_cannot_build_is_tried_once(cpu_suite, monkeypatch):
+    tried = []
+
+    def unbuildable(ops):
+        tried.append(ops.mnk)
+        raise RuntimeError("ninja: build stopped: subcommand failed")
+
+    monkeypatch.setitem(baselines.PREPARE, "flashinfer", unbuildable)
+    monkeypatch.setattr(baselines, "available", lambda name: True)
+    rows = suite.run([SMALL], [1, 2], ["flashinfer", "bf16"], suite.Peaks(None, None),
+                     device="cpu")
+    assert len(tried) == 1 and all("ninja" in r["flashinfer_error"] for r in rows)
+    assert all("vs_bf16" in r for r in rows)
+
+
 def test_without_flashinfer_no_column_values(cpu_suite, monkeypatch):
     monkeypatch.setitem(sys.modules, "flashinfer", None)  # import fails
     row = suite.run([SMALL], [3], ["flashinfer"], suite.Peaks(None, None), device="cpu")[0]

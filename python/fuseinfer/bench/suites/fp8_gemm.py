@@ -149,10 +149,20 @@ def rates(m: int, n: int, k: int, us: float, peaks: Peaks) -> dict[str, float | 
     }
 
 
+# A baseline failing like this cannot run any shape in this process (it did not import or
+# its JIT build failed): the rest of the run reports the same error without retrying, since
+# a failed build can cost a minute per row.
+_FATAL_WORDS = ("ninja", "compil", "build", "no module", "has no attribute")
+
+
 def _time_baseline(row: dict[str, Any], name: str, sets: Sequence[baselines.Operands],
-                   config: TimingConfig, ours_us: float) -> None:
+                   config: TimingConfig, ours_us: float, broken: dict[str, str]) -> None:
     """Check `name` on the first set, then time it on all: `<name>_us` and `vs_<name>`, or
-    `<name>_error` (failed to run or disagreed with the reference; not timed)."""
+    `<name>_error` (failed to run or disagreed with the reference; not timed). `broken`:
+    the baselines that cannot run at all here, with why (read and extended)."""
+    if name in broken:
+        row[f"{name}_error"] = broken[name]
+        return
     try:
         calls = [baselines.PREPARE[name](sets[0])]
         err = baselines.checked_rel_err(calls[0], sets[0], name)
@@ -165,14 +175,16 @@ def _time_baseline(row: dict[str, Any], name: str, sets: Sequence[baselines.Oper
         timed = time_calls(calls, config)
     except Exception as error:  # a baseline that cannot run a shape is reported, not fatal
         row[f"{name}_error"] = describe(error)
+        if any(word in str(error).lower() for word in _FATAL_WORDS):
+            broken[name] = row[f"{name}_error"]
         return
     row[f"{name}_us"] = timed.median_us
     row[f"vs_{name}"] = timed.median_us / ours_us
 
 
 def measure(shape: GemmShape, m: int, wanted: Sequence[str], peaks: Peaks,
-            enable_pdl: bool | None, config: TimingConfig, device: str = "cuda"
-            ) -> dict[str, Any]:
+            enable_pdl: bool | None, config: TimingConfig, device: str = "cuda",
+            broken: dict[str, str] | None = None) -> dict[str, Any]:
     """One row: check ours, time it, then each baseline on the same rotated sets."""
     n, k = shape.n, shape.k
     nbytes = baselines.operand_bytes(m, n, k)
@@ -198,7 +210,8 @@ def measure(shape: GemmShape, m: int, wanted: Sequence[str], peaks: Peaks,
                 "timing": timed.method, "calls_per_replay": timed.calls_per_replay})
     row.update(rates(m, n, k, timed.median_us, peaks))
     for name in wanted:
-        _time_baseline(row, name, sets, config, timed.median_us)
+        _time_baseline(row, name, sets, config, timed.median_us,
+                       {} if broken is None else broken)
     failed = [name for name in wanted if f"{name}_error" in row]
     row["not_timed"] = ", ".join(failed) or None
     return row
@@ -210,12 +223,14 @@ def run(shapes: Sequence[GemmShape], ms: Sequence[int], wanted: Sequence[str], p
     """Every (shape, M): one row each, shapes in order, M ascending."""
     config = config or TimingConfig(repeats=15, target_graph_ms=2.0)
     wanted = [name for name in wanted if baselines.available(name)]
+    broken: dict[str, str] = {}
     rows = []
     with Progress(len(shapes) * len(ms), "bench fp8-gemm") as progress:
         for shape in shapes:
             for m in ms:
                 progress.step(f"{shape.model} {shape.proj} M={m} N={shape.n} K={shape.k}")
-                rows.append(measure(shape, m, wanted, peaks, enable_pdl, config, device))
+                rows.append(measure(shape, m, wanted, peaks, enable_pdl, config, device,
+                                    broken))
                 if device == "cuda":
                     torch.cuda.empty_cache()  # the next shape's sets may be far larger
     return rows
