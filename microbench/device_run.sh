@@ -27,7 +27,9 @@
 # steps and leaves in $OUT: logs.tgz, each run's JSON, the recorded results files touched,
 # the tuned table and tuning logs, the ceilings and the JIT caches for the next call (ours
 # as jit-cache.tgz, FlashInfer's as flashinfer-jit.tgz: put both in .devcache/).
-# STEP_TIMEOUT (default 560 s) bounds each command.
+# STEP_TIMEOUT (default 560 s) bounds each command; DEADLINE (default 540 s after the start)
+# bounds them all: a step gets at most the time left, steps past it are skipped, so the
+# caches and logs are always packed before the call's limit.
 set -uo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 . "$REPO/microbench/wait_for_server.sh"
@@ -37,6 +39,8 @@ mkdir -p "$OUT" "$LOGS"
 export PYTHONUNBUFFERED=1 FUSEINFER_CACHE_DIR=${FUSEINFER_CACHE_DIR:-/tmp/fuseinfer-cache}
 MODEL_ARGS=${MODEL_ARGS:---model qwen3-0.6b --load-format dummy}
 STEP_TIMEOUT=${STEP_TIMEOUT:-560}
+STEP_TIMEOUT_MAX=$STEP_TIMEOUT
+DEADLINE=${DEADLINE:-540}
 RECORD=${RECORD:-1}
 cd "$REPO"
 
@@ -191,6 +195,9 @@ step jit_first_use "${FI[@]}" bench norm --shapes 8x4096 --baselines
 step info "${FI[@]}" info
 
 for s in "$@"; do
+  left=$((DEADLINE - SECONDS))
+  if [ "$left" -lt 30 ]; then echo "=== $s skipped: DEADLINE ($DEADLINE s) reached"; continue; fi
+  STEP_TIMEOUT=$((left < STEP_TIMEOUT_MAX ? left : STEP_TIMEOUT_MAX))
   case $s in
     bench:*) bench_step "${s#bench:}" ;;
     all) all_step ;;
