@@ -134,6 +134,7 @@ def cmd_specs(out: str) -> None:
     import torch
     from flashinfer.jit.activation import gen_act_and_mul_module
     from flashinfer.jit.attention import gen_batch_decode_module, gen_batch_prefill_module
+    from flashinfer.jit.attention.modules import _gen_batch_prefill_independent_paged_module
     from flashinfer.jit.norm import gen_norm_module
     from flashinfer.jit.page import gen_page_module
     from flashinfer.jit.rope import gen_rope_module
@@ -148,6 +149,10 @@ def cmd_specs(out: str) -> None:
             bf16, bf16, bf16, i32, 128, 128, 0, False, False),
         # ragged and paged prefill are one module; FA2 (FA3 needs ~22 MB of CUTLASS/CuTe)
         "batch_prefill_fa2": gen_batch_prefill_module(
+            "fa2", bf16, bf16, bf16, i32, 128, 128, 0, False, False, False),
+        # the paged-only surface the paged prefill (and tensor-core decode) wrappers load,
+        # with its own batch_prefill_paged*.cu sources
+        "batch_prefill_paged_fa2": _gen_batch_prefill_independent_paged_module(
             "fa2", bf16, bf16, bf16, i32, 128, 128, 0, False, False, False),
     }
     commands = {name: spec.get_compile_commands() for name, spec in specs.items()}
