@@ -84,17 +84,16 @@ class Fp8GemmDispatch:
         return next(r.config for r in self.rules if r.holds(m, n, k))
 
 
-# Hopper rules before tuning: swap-AB with split K while M is a handful of tokens (too few
-# output tiles to fill the GPU otherwise), 128 x 128 tiles with a 2-CTA cluster beyond.
+# Hopper rules from a first H200 measurement of the whole menu (2026-11-30: N x K of
+# 7168x7168, 2112x7168, 24576x1536, 4096x7168, 7168x2048 at M = 1 ... 4096; geometric mean
+# per M): Pingpong 64 x 128 tiles lead up to M = 128 (swap-AB + StreamK within 5-10%), one
+# CTA of Cooperative 128 x 128 from M = 512. `fuseinfer tune fp8-gemm` refines them per GPU.
 FP8_GEMM_BUILTIN = Fp8GemmDispatch(
-    source="built-in default (Hopper rules, not tuned)",
+    source="built-in default (Hopper; from an H200 run of the menu on 5 shapes, not tuned)",
     enable_pdl=True,
     rules=(
-        Fp8GemmRule(16, "sm90_swap_128x16_c1x1_streamk"),
-        Fp8GemmRule(32, "sm90_swap_128x32_c1x1_streamk"),
-        Fp8GemmRule(64, "sm90_swap_128x64_c1x1_streamk"),
-        Fp8GemmRule(256, "sm90_ping_64x128_c1x1"),
-        Fp8GemmRule(None, "sm90_coop_128x128_c1x2"),
+        Fp8GemmRule(128, "sm90_ping_64x128_c1x1"),
+        Fp8GemmRule(None, "sm90_coop_128x128_c1x1"),
     ),
 )
 register_op(OP_FAMILY, Fp8GemmDispatch, FP8_GEMM_BUILTIN)
