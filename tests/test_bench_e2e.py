@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import argparse
 import random
+from dataclasses import replace
 from types import SimpleNamespace
 
 import pytest
 from test_cli import run_cli  # tests/ is on sys.path
 
 from fuseinfer.bench.e2e import latency, offline
-from fuseinfer.bench.e2e.variants import ABLATIONS, ablation_variants
+from fuseinfer.bench.e2e.variants import ABLATIONS, FP8_ABLATIONS, ablation_variants
 from fuseinfer.runtime.engine_args import SERVING_GC
 
 
@@ -135,7 +136,17 @@ def test_latency_sizes_the_engine_from_its_own_options():
     assert [n for n, _ in variants] == ["as configured", "without pdl", "without cuda-graph"]
     assert variants[1][1].disable_pdl and not variants[0][1].disable_pdl
     assert variants[2][1].disable_cuda_graph and variants[2][1].max_running_requests == 12
-    assert len(ablation_variants(variants[0][1], ["all"])[1]) == 1 + len(ABLATIONS)
+    # `all` on a bf16 model leaves out the switches that only change an FP8 model
+    names = [n for n, _ in ablation_variants(variants[0][1], ["all"])[1]]
+    assert len(names) == 1 + len(ABLATIONS) - len(FP8_ABLATIONS)
+    assert not any(a in n for n in names for a in FP8_ABLATIONS)
+    fp8 = replace(variants[0][1], quantization="fp8")
+    fp8_variants = ablation_variants(fp8, ["all"])[1]
+    assert len(fp8_variants) == 1 + len(ABLATIONS)
+    quant_off = dict(fp8_variants)["without fused-norm-quant"]
+    assert quant_off.disable_fused_norm_quant and not quant_off.disable_fused_silu_mul_quant
+    bundled = replace(variants[0][1], model="qwen3-8b-fp8")  # FP8 by its checkpoint config
+    assert len(ablation_variants(bundled, ["all"])[1]) == 1 + len(ABLATIONS)
 
 
 def test_bench_latency_on_the_tiny_model(isolated_cache):

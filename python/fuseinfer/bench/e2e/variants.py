@@ -13,7 +13,28 @@ ABLATIONS = {"fused-rope-kv": "disable_fused_rope_kv",
              "fused-qk-norm": "disable_fused_qk_norm", "fused-silu-mul": "disable_fused_silu_mul",
              "small-batch-gemv": "disable_small_batch_gemv", "pdl": "disable_pdl",
              "cuda-graph": "disable_cuda_graph", "overlap-schedule": "disable_overlap_schedule",
-             "radix-cache": "disable_radix_cache"}
+             "radix-cache": "disable_radix_cache",
+             "fused-norm-quant": "disable_fused_norm_quant",
+             "fused-silu-mul-quant": "disable_fused_silu_mul_quant"}
+# switches that only change an FP8 model: `all` includes them only for one
+FP8_ABLATIONS = ("fused-norm-quant", "fused-silu-mul-quant")
+
+
+def is_fp8_engine(base: Any) -> bool:
+    """Whether the engine runs FP8 linears: --quantization fp8, or a checkpoint (a local
+    folder or bundled config) whose quantization_config says fp8."""
+    if getattr(base, "quantization", "auto") == "fp8":
+        return True
+    import json
+
+    from ...models.bundled import resolve_model
+    from ...models.quantization import quantization_from_dict
+
+    try:
+        config = json.loads((resolve_model(base.model) / "config.json").read_text())
+        return quantization_from_dict(config) is not None
+    except (OSError, ValueError):
+        return False
 
 
 def add_ablate_argument(parser: argparse.ArgumentParser) -> None:
@@ -24,7 +45,11 @@ def add_ablate_argument(parser: argparse.ArgumentParser) -> None:
 def ablation_variants(base: Any, requested: list[str]) -> tuple[list[str], list[tuple[str, Any]]]:
     """(the switches to ablate, [(variant name, EngineArgs)]): the configured engine first,
     then one without each switch."""
-    ablate = list(ABLATIONS) if "all" in requested else list(dict.fromkeys(requested))
+    if "all" in requested:
+        fp8 = is_fp8_engine(base)
+        ablate = [a for a in ABLATIONS if fp8 or a not in FP8_ABLATIONS]
+    else:
+        ablate = list(dict.fromkeys(requested))
     return ablate, [("as configured", base)] + [
         (f"without {name}", replace(base, **{ABLATIONS[name]: True})) for name in ablate]
 
