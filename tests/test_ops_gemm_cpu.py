@@ -15,6 +15,7 @@ from fuseinfer.dispatch import TableError
 from fuseinfer.dispatch.schema import parse_dataclass
 from fuseinfer.ops import fp8_blockwise_mm, fp8_weight_scales_for_mm
 from fuseinfer.ops.gemm.fp8_blockwise_mm import (
+    launch_fp8_gemv,
     launch_triton_fp8_blockwise_mm,
     tma_aligned_activation_scales,
 )
@@ -123,6 +124,17 @@ def test_interpreted_triton_kernel_matches_float64(m, n, k):
     assert ((out.double() - want).norm() / want.norm()).item() < 8e-3
 
 
+@needs_interpreter
+@pytest.mark.parametrize("m, n, k", [(1, 200, 384), (16, 130, 256)])
+def test_interpreted_gemv_kernel_matches_float64(m, n, k):
+    a_q, a_s, b_q, b_s = _operands(m, n, k, seed=5)
+    out = torch.full((m + 1, n), float("nan"), dtype=torch.bfloat16)
+    launch_fp8_gemv(out[:m], a_q, a_s.t().contiguous().t(), b_q, b_s, pdl=False)
+    want = float64_blockwise_mm(a_q, a_s, b_q, b_s)
+    assert ((out[:m].double() - want).norm() / want.norm()).item() < 8e-3
+    assert torch.isnan(out[m:]).all()  # rows past M untouched
+
+
 def test_rules_pick_by_m_then_n_and_k_over_n():
     table = Fp8GemmDispatch("test", True, (
         Fp8GemmRule(16, "sm90_swap_128x16_c1x1_streamk"),
@@ -143,8 +155,18 @@ def test_rules_pick_by_m_then_n_and_k_over_n():
     ([{"max_m": 16, "config": "sm100_1sm_128x128_c1x1"},
       {"max_m": None, "config": "sm90_coop_128x128_c1x1"}], "one arch only"),
     ([{"max_m": 0, "config": "sm90_coop_128x128_c1x1"}], "max_m"),
+    ([{"max_m": 32, "config": "triton_gemv"},
+      {"max_m": None, "config": "sm90_coop_128x128_c1x1"}], "at most 16 tokens"),
 ])
 def test_table_validation(rules, message):
     with pytest.raises(TableError, match=message):
         parse_dataclass(Fp8GemmDispatch, {"source": "t", "enable_pdl": True, "rules": rules},
                         "fp8_gemm")
+
+
+def test_gemv_rule_mixes_with_one_arch():
+    table = parse_dataclass(Fp8GemmDispatch, {"source": "t", "enable_pdl": True, "rules": [
+        {"max_m": 8, "config": "triton_gemv"},
+        {"max_m": None, "config": "sm100_1sm_128x128_c1x1"}]}, "fp8_gemm")
+    assert table.config_for(8, 4096, 4096) == "triton_gemv"
+    assert table.config_for(9, 4096, 4096) == "sm100_1sm_128x128_c1x1"

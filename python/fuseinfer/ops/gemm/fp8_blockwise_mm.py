@@ -27,8 +27,8 @@ import torch
 
 from ..arg_checks import fail, has_storage
 from ..library import LIB, define, impl_cpu, impl_fake
-from ..triton_launch import use_pdl
-from .fp8_gemm_dispatch import effective
+from ..triton_launch import next_pow2, use_pdl
+from .fp8_gemm_dispatch import GEMV_MAX_M, TRITON_GEMV, effective
 
 _SCHEMA = ("fp8_blockwise_mm(Tensor(a!) out, Tensor a_q, Tensor a_scales, Tensor b_q, "
            "Tensor b_scales, str? config=None, bool? enable_pdl=None) -> ()")
@@ -173,11 +173,43 @@ def launch_triton_fp8_blockwise_mm(out: torch.Tensor, a_q: torch.Tensor,
         out.stride(0), BLOCK_M=block_m, BLOCK_N=block_n, DOT=dot, num_warps=4)
 
 
+def launch_fp8_gemv(out: torch.Tensor, a_q: torch.Tensor, a_scales: torch.Tensor,
+                    b_q: torch.Tensor, b_scales: torch.Tensor, pdl: bool) -> None:
+    """The weight-streaming kernel for M <= GEMV_MAX_M (the `triton_gemv` configuration;
+    also used directly by the interpreter tests on the CPU)."""
+    from ...triton.fp8_gemv import fp8_gemv_kernel
+
+    m, k = a_q.shape
+    n = b_q.shape[0]
+    if m == 0:
+        return
+    k_pad = next_pow2(k)
+    block_n = max(1, min(64, _GEMV_TILE // k_pad))  # a power of two: divides 128
+    extra = {"launch_pdl": True} if pdl else {}
+    fp8_gemv_kernel[(-(-n // block_n),)](
+        a_q, a_scales, b_q, b_scales, out, m, n, k, a_q.stride(0), a_scales.stride(0),
+        a_scales.stride(1), b_q.stride(0), b_scales.stride(0), b_scales.stride(1),
+        out.stride(0), BLOCK_N=block_n, K_PAD=k_pad, M_MAX=GEMV_MAX_M, USE_PDL=pdl,
+        num_warps=8, **extra)
+
+
+_GEMV_TILE = 16384  # weight elements per gemv program, held in registers as fp32
+
+
 def _cuda(out: torch.Tensor, a_q: torch.Tensor, a_scales: torch.Tensor, b_q: torch.Tensor,
           b_scales: torch.Tensor, config: str | None = None,
           enable_pdl: bool | None = None) -> None:
     _check(out, a_q, a_scales, b_q, b_scales, config)
     if a_q.shape[0] == 0:
+        return
+    table = effective(out.device.index)
+    m, k = a_q.shape
+    chosen = config or table.config_for(m, b_q.shape[0], k)
+    pdl = table.enable_pdl and use_pdl(enable_pdl, out.device)
+    if chosen == TRITON_GEMV:
+        if m > GEMV_MAX_M:
+            fail(OP, "config", f"{TRITON_GEMV} takes at most {GEMV_MAX_M} tokens, got {m}")
+        launch_fp8_gemv(out, a_q, a_scales, b_q, b_scales, pdl)
         return
     if not cutlass_takes(out, a_q, b_q):
         if config is not None:
@@ -186,10 +218,6 @@ def _cuda(out: torch.Tensor, a_q: torch.Tensor, a_scales: torch.Tensor, b_q: tor
         launch_triton_fp8_blockwise_mm(out, a_q, a_scales, b_q, b_scales)
         return
     _load_gemm_module()
-    table = effective(out.device.index)
-    m, k = a_q.shape
-    chosen = config or table.config_for(m, b_q.shape[0], k)
-    pdl = table.enable_pdl and use_pdl(enable_pdl, out.device)
     torch.ops.fuseinfer._fp8_blockwise_mm_cutlass(
         out, a_q, tma_aligned_activation_scales(a_scales), b_q, _n_major(b_scales), chosen,
         pdl)
@@ -209,9 +237,10 @@ def fp8_blockwise_mm(a_q: torch.Tensor, a_scales: torch.Tensor, b_q: torch.Tenso
 
 
 def built_configs() -> list[str]:
-    """The CUTLASS configurations the present GPU's build holds (builds it if needed)."""
+    """The configurations that run on the present GPU: the CUTLASS ones its build holds
+    (builds it if needed), then the Triton gemv (M <= GEMV_MAX_M only)."""
     _load_gemm_module()
-    return list(torch.ops.fuseinfer._fp8_gemm_configs())
+    return list(torch.ops.fuseinfer._fp8_gemm_configs()) + [TRITON_GEMV]
 
 
 define(_SCHEMA)

@@ -8,7 +8,8 @@ name those. `fuseinfer tune fp8-gemm` times the menu on model shapes and writes 
 Configuration names read <arch>_<schedule>_<tile M>x<tile N>_c<cluster M>x<cluster N>[_streamk]:
 coop/ping are the Cooperative/Pingpong warp-specialized kernels, swap computes out^T so a
 small M becomes the MMA's N (tile N then covers tokens), streamk splits K across SMs when
-there are fewer output tiles than SMs.
+there are fewer output tiles than SMs. `triton_gemv` is not CUTLASS: a Triton kernel that
+streams the weights with every SM for at most GEMV_MAX_M tokens (decode), on any arch.
 """
 
 from __future__ import annotations
@@ -35,7 +36,9 @@ SM100_CONFIGS = (
     "sm100_2sm_256x128_c2x1",
     "sm100_swap_1sm_128x32_c1x1",
 )
-CONFIGS = SM90_CONFIGS + SM100_CONFIGS
+TRITON_GEMV = "triton_gemv"
+GEMV_MAX_M = 16  # token rows the gemv kernel holds (its static loop bound)
+CONFIGS = SM90_CONFIGS + SM100_CONFIGS + (TRITON_GEMV,)
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,9 @@ class Fp8GemmRule:
                 raise TableError(f"{where}.{name}: must be >= 1 or null, got {value}")
         if self.min_k_over_n is not None and self.min_k_over_n <= 0:
             raise TableError(f"{where}.min_k_over_n: must be > 0 or null")
+        if self.config == TRITON_GEMV and (self.max_m is None or self.max_m > GEMV_MAX_M):
+            raise TableError(f"{where}.max_m: {TRITON_GEMV} takes at most {GEMV_MAX_M} "
+                             "tokens; its rule needs max_m <= that")
 
     def holds(self, m: int, n: int, k: int) -> bool:
         return ((self.max_m is None or m <= self.max_m)
@@ -75,7 +81,7 @@ class Fp8GemmDispatch:
         if (last.max_m, last.max_n, last.min_k_over_n) != (None, None, None):
             raise TableError(f"{where}.rules: the last rule must hold for every problem "
                              "(max_m, max_n and min_k_over_n null)")
-        archs = {r.config.split("_", 1)[0] for r in self.rules}
+        archs = {r.config.split("_", 1)[0] for r in self.rules if r.config != TRITON_GEMV}
         if len(archs) > 1:
             raise TableError(f"{where}.rules: configurations of one arch only, got "
                              f"{sorted(archs)}")
