@@ -118,7 +118,7 @@ def moe_fused_gate_kernel(X, Bias, W, Ids, experts, per_group, stride_x, stride_
         cand = tl.where(avail, sb, float("-inf"))
         best = tl.max(tl.max(cand, axis=1), axis=0)
         idx = tl.min(tl.min(tl.where(avail & (cand == best), flat, big), axis=1), axis=0)
-        chosen = flat == idx
+        chosen = valid & (flat == idx)  # padding columns alias the next group's indices
         sval = tl.sum(tl.sum(tl.where(chosen, s, 0.0), axis=1), axis=0)
         w = tl.where(kcols == i, sval, w)
         ids = tl.where(kcols == i, idx, ids)

@@ -49,7 +49,7 @@ def reference_moe_fused_gate(scores: torch.Tensor, bias: torch.Tensor, num_exper
     tokens, experts = scores.shape
     s = torch.sigmoid(scores.float())
     sb = s + bias.float()
-    grouped = sb.view(tokens, num_expert_group, -1)
+    grouped = sb.view(tokens, num_expert_group, experts // num_expert_group)
     best2, _ = topk_lowest_index(grouped, min(2, grouped.size(-1)))
     _, groups = topk_lowest_index(best2.sum(dim=-1), topk_group)
     keep = torch.zeros(tokens, num_expert_group, dtype=torch.bool, device=scores.device)
