@@ -9,8 +9,9 @@ import os
 import pytest
 import torch
 
-from fuseinfer.ops import fused_moe
-from fuseinfer.ops.moe.fused_moe import reference_fused_moe
+from fuseinfer.ops import fused_moe, moe_align_block_size
+from fuseinfer.ops.moe.fused_moe import dequantize_block_weights, reference_fused_moe
+from fuseinfer.ops.moe.moe_align_block_size import launch_moe_align_block_size, max_padded_rows
 
 needs_interpreter = pytest.mark.skipif(
     os.environ.get("TRITON_INTERPRET") != "1",
@@ -91,7 +92,6 @@ def test_fp8_reference_is_close_to_the_unquantized_math():
     got = fused_moe(hidden, w13_q, w2_q, weights, ids, quant="fp8_block",
                     w13_scales=s13, w2_scales=s2)
     # against float64 math on the dequantized weights: only the activation rounding left
-    from fuseinfer.ops.moe.fused_moe import dequantize_block_weights
     want = float64_moe(hidden, dequantize_block_weights(w13_q, s13),
                        dequantize_block_weights(w2_q, s2), weights, ids)
     assert rel_err(got, want) < 0.06
@@ -136,3 +136,78 @@ def test_fused_moe_fake_gives_shapes():
                     torch.empty(8, 64, 48, dtype=torch.bfloat16, **meta),
                     torch.empty(5, 2, **meta), torch.empty(5, 2, dtype=torch.int32, **meta))
     assert out.shape == (5, 64) and out.dtype == torch.bfloat16 and out.device.type == "meta"
+
+
+# --- moe_align_block_size -------------------------------------------------------------
+
+def expected_alignment(ids: torch.Tensor, e_count: int, block: int):
+    """Built from the definition: segments by expert, rows ascending, padded per expert."""
+    flat = ids.reshape(-1).tolist()
+    rows = len(flat)
+    sorted_ids: list[int] = []
+    expert_ids: list[int] = []
+    for e in range(e_count):
+        mine = [r for r, x in enumerate(flat) if x == e]
+        if not mine:
+            continue
+        padded = -(-len(mine) // block) * block
+        sorted_ids += mine + [rows] * (padded - len(mine))
+        expert_ids += [e] * (padded // block)
+    return sorted_ids, expert_ids, rows + e_count * (block - 1)
+
+
+def check_alignment(outs, ids, e_count, block):
+    sorted_ids, expert_ids, total = outs
+    want_sorted, want_experts, capacity = expected_alignment(ids, e_count, block)
+    assert sorted_ids.dtype == expert_ids.dtype == total.dtype == torch.int32
+    assert sorted_ids.shape == (capacity,) and expert_ids.shape == (capacity // block,)
+    n = len(want_sorted)
+    assert int(total[0]) == n and n % block == 0
+    assert sorted_ids[:n].tolist() == want_sorted
+    assert (sorted_ids[n:] == ids.numel()).all()  # the sentinel after the last segment
+    assert expert_ids[:n // block].tolist() == want_experts
+    assert (expert_ids[n // block:] == -1).all()
+
+
+@pytest.mark.parametrize("t, k, e, block", [(5, 2, 4, 4), (33, 4, 8, 16), (1, 1, 3, 1),
+                                            (0, 2, 4, 16), (64, 8, 6, 64)])
+def test_align_matches_the_definition(t, k, e, block):
+    ids = torch.randint(0, e, (t, k), dtype=torch.int32)
+    check_alignment(moe_align_block_size(ids, e, block), ids, e, block)
+
+
+def test_align_drops_ids_outside_the_experts_and_is_stable():
+    ids = torch.tensor([[2, -1], [0, 2], [4, 2], [0, 0]], dtype=torch.int32)  # E = 4
+    sorted_ids, expert_ids, total = moe_align_block_size(ids, 4, 2)
+    # expert 0: rows 2, 6, 7 (+1 pad); expert 2: rows 0, 3, 5 (+1 pad); -1 and 4 dropped
+    assert int(total[0]) == 8
+    assert sorted_ids[:8].tolist() == [2, 6, 7, 8, 0, 3, 5, 8]
+    assert expert_ids[:4].tolist() == [0, 0, 2, 2]
+    check_alignment((sorted_ids, expert_ids, total), ids, 4, 2)
+
+
+def test_align_errors_and_meta():
+    with pytest.raises(ValueError, match="moe_align_block_size: topk_ids must be int32"):
+        moe_align_block_size(torch.zeros(3, 2), 4, 16)
+    with pytest.raises(ValueError, match="moe_align_block_size: num_experts must be"):
+        moe_align_block_size(torch.zeros(3, 2, dtype=torch.int32), 0, 16)
+    with pytest.raises(ValueError, match="moe_align_block_size: sorted_token_ids must be"):
+        torch.ops.fuseinfer.moe_align_block_size(
+            torch.empty(5, dtype=torch.int32), torch.empty(2, dtype=torch.int32),
+            torch.empty(1, dtype=torch.int32), torch.zeros(3, 2, dtype=torch.int32), 4, 16)
+    s, x, n = moe_align_block_size(torch.empty(7, 2, dtype=torch.int32, device="meta"), 8, 16)
+    assert s.shape == (14 + 8 * 15,) and x.shape == ((14 + 8 * 15) // 16,) and n.shape == (1,)
+    assert s.device.type == "meta"
+
+
+@needs_interpreter
+@pytest.mark.parametrize("t, k, e, block", [(5, 2, 4, 4), (70, 4, 8, 16), (1, 1, 5, 16),
+                                            (0, 2, 4, 16), (600, 2, 3, 8)])
+def test_align_kernels_interpreted(t, k, e, block):
+    ids = torch.randint(-1, e + 1, (t, k), dtype=torch.int32)  # some -1 and E slots
+    capacity = max_padded_rows(t * k, e, block)
+    outs = (torch.full((capacity,), -7, dtype=torch.int32),  # poisoned
+            torch.full((capacity // block,), -7, dtype=torch.int32),
+            torch.full((1,), -7, dtype=torch.int32))
+    launch_moe_align_block_size(*outs, ids, e, block, pdl=False)
+    check_alignment(outs, ids, e, block)
