@@ -6,6 +6,11 @@ Qwen3-8B FP8 model next to the dummy bf16 one it is the quantization of (same se
 
 Tolerances: activation quantization alone costs the tiny models 4-7% relative logits
 error on the CPU (tests/test_models_fp8_cpu.py); bf16 adds rounding, so REL_TOL = 0.12.
+Two runs of the same FP8 model that round differently (bf16 against float32, a fused
+quantization against the bf16 norm or SiLU * up quantized after) land some activations on
+the neighbouring e4m3 step: the CPU ops in bf16 against themselves in float32 measured
+4.4-6.5% relative and top-1 0.86-0.98 on these models (4 prompts each), so PAIR_REL_TOL =
+0.10 and PAIR_TOP1_MIN = 0.75; a misread scale or a dropped residual is far above that.
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ from fuseinfer.runtime.sampling import SamplingParams
 PAGE = 16
 REL_TOL = 0.12
 TOP1_MIN = 0.7
+PAIR_REL_TOL = 0.10
+PAIR_TOP1_MIN = 0.75
 TOKENS = 96
 FUSED = Fusions()  # every fusion on
 
@@ -83,7 +90,7 @@ def test_fp8_kernels_agree_with_the_cpu_references(case):
     cpu = teacher_forced(path / "fp8", "cpu", torch.float32, tokens=tokens)
     gpu = teacher_forced(path / "fp8", "cuda", torch.bfloat16, tokens=tokens)
     rel, top1 = _compare(gpu, cpu)
-    assert rel < 0.05 and top1 >= 0.85, (rel, top1)
+    assert rel < PAIR_REL_TOL and top1 >= PAIR_TOP1_MIN, (rel, top1)
 
 
 @pytest.mark.parametrize("fusions", [Fusions(fused_norm_quant=False),
@@ -95,7 +102,7 @@ def test_fusion_switches_agree_on_cuda(case, fusions):
     fused = teacher_forced(path / "fp8", "cuda", torch.bfloat16, tokens=tokens)
     plain = teacher_forced(path / "fp8", "cuda", torch.bfloat16, fusions, tokens)
     rel, top1 = _compare(plain, fused)
-    assert rel < 0.05 and top1 >= 0.85, (rel, top1)
+    assert rel < PAIR_REL_TOL and top1 >= PAIR_TOP1_MIN, (rel, top1)
 
 
 def test_quantize_at_load_on_cuda(case):
