@@ -114,9 +114,13 @@ def test_quantize_at_load_on_cuda(case):
 
 
 def test_engine_graphs_and_eager_give_the_same_tokens(case):
+    """Four prompts: every decode step is a batch of 4, a captured size, so the graphs run
+    the very kernels eager decode runs (a padded batch would change M for cuBLAS' lm_head,
+    whose other kernel may round differently, and random weights leave near-ties that such
+    a difference flips)."""
     path, tokens, _ = case
     params = SamplingParams(max_new_tokens=24, temperature=0.0, ignore_eos=True)
-    prompts = [tokens[:n] for n in (1, 17, 60)]
+    prompts = [tokens[:n] for n in (1, 17, 60, 33)]
     outs = []
     for graphs in (True, False):
         with Engine(EngineArgs(model=str(path / "fp8"), device="cuda", cuda_graph_max_bs=8,
