@@ -211,3 +211,52 @@ def test_align_kernels_interpreted(t, k, e, block):
             torch.full((1,), -7, dtype=torch.int32))
     launch_moe_align_block_size(*outs, ids, e, block, pdl=False)
     check_alignment(outs, ids, e, block)
+
+
+# --- fused_moe's Triton kernels under the interpreter ---------------------------------
+
+@needs_interpreter
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("t, h, inner, e, k, block", [(3, 64, 64, 4, 2, (16, 32, 32)),
+                                                      (19, 96, 80, 6, 3, (16, 64, 32)),
+                                                      (40, 128, 64, 8, 2, (32, 64, 64)),
+                                                      (1, 64, 64, 5, 1, (16, 16, 16))])
+def test_fused_moe_kernels_interpreted(t, h, inner, e, k, block, dtype):
+    from fuseinfer.ops.moe.fused_moe import launch_fused_moe
+    from fuseinfer.ops.moe.moe_dispatch import MoeLaunchRule
+    hidden, w13, w2, weights, ids = random_moe(t, h, inner, e, k, dtype)
+    if t > 2:
+        ids[1, 0] = -1      # masked slot
+        ids[2, -1] = e      # a slot some other path (a shared expert) takes
+    out = torch.full((t, h), float("nan"), dtype=dtype)
+    rule = MoeLaunchRule(None, *block, group_m=2, num_warps=4, num_stages=2)
+    launch_fused_moe(out, hidden, w13, w2, weights, ids, None, None, None, rule, pdl=False)
+    want = reference_fused_moe(hidden, w13, w2, weights, ids)
+    if dtype == torch.float32:
+        torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5)
+    else:
+        # gate_up, the activation and each slot's row are bf16 (and the interpreter rounds
+        # to bf16 by truncation)
+        assert rel_err(out, want) < 1.5e-2
+        torch.testing.assert_close(out.float(), want, rtol=5e-2, atol=5e-2)
+
+
+@needs_interpreter
+@pytest.mark.parametrize("t, e, k, block", [(5, 4, 2, (16, 64, 128)),
+                                            (23, 6, 3, (32, 128, 64))])
+def test_fused_moe_fp8_kernels_interpreted(t, e, k, block):
+    from fuseinfer.ops.moe.fused_moe import launch_fused_moe
+    from fuseinfer.ops.moe.moe_dispatch import MoeLaunchRule
+    # float32 hidden: every intermediate stays fp32, so the kernels see the reference's
+    # exact activations (the interpreter rounds fp32 -> bf16 by truncation; a GPU does not)
+    h, inner = 128, 128 if t < 10 else 256
+    hidden, w13, w2, weights, ids = random_moe(t, h, inner, e, k)
+    ids[0, 0] = -1
+    q13, s13 = fp8_weights(w13)
+    q2, s2 = fp8_weights(w2)
+    out = torch.full((t, h), float("nan"))
+    rule = MoeLaunchRule(None, *block, group_m=1, num_warps=4, num_stages=2)
+    launch_fused_moe(out, hidden, q13, q2, weights, ids, "fp8_block", s13, s2, rule,
+                     pdl=False)
+    want = reference_fused_moe(hidden, q13, q2, weights, ids, "fp8_block", s13, s2)
+    assert rel_err(out, want) < 1e-4

@@ -26,7 +26,9 @@ import torch
 import torch.nn.functional as F
 
 from ..arg_checks import fail
-from ..library import define, impl_cpu, impl_fake
+from ..library import LIB, define, impl_cpu, impl_fake
+from ..triton_launch import next_pow2, use_pdl
+from .moe_dispatch import MoeLaunchRule, effective
 
 OP = "fused_moe"
 _SCHEMA = ("fused_moe(Tensor(a!) out, Tensor hidden, Tensor w13, Tensor w2, "
@@ -164,6 +166,102 @@ def _cpu(out: torch.Tensor, hidden: torch.Tensor, w13: torch.Tensor, w2: torch.T
                                   w13_scales, w2_scales, a_group_size))
 
 
+def _dot_mode(device: torch.device, dtype: torch.dtype) -> int:
+    from ...triton.fused_moe import DOT_BF16, DOT_FP32, DOT_NATIVE
+
+    if device.type != "cuda" or dtype == torch.float32:
+        return DOT_FP32
+    if dtype == FP8 and torch.cuda.get_device_capability(device) < (8, 9):
+        return DOT_BF16
+    return DOT_NATIVE
+
+
+def _grouped_gemm(a: torch.Tensor, a_scales: torch.Tensor | None, b: torch.Tensor,
+                  b_scales: torch.Tensor | None, c: torch.Tensor, weights: torch.Tensor | None,
+                  align: tuple[torch.Tensor, torch.Tensor, torch.Tensor], a_div: int,
+                  top_k: int, m_blocks: int, rule: MoeLaunchRule, pdl: bool) -> None:
+    from ...triton.fused_moe import fused_moe_gemm_kernel
+
+    sorted_ids, expert_ids, total = align
+    n, k = b.shape[1], b.shape[2]
+    sa = a_scales if a_scales is not None else c  # unread stand-ins when not quantized
+    sb = b_scales if b_scales is not None else c
+    w = weights if weights is not None else c
+    grid = (m_blocks * -(-n // rule.block_n),)
+    extra = {"launch_pdl": True} if pdl else {}
+    fused_moe_gemm_kernel[grid](
+        a, b, c, sa, sb, w, sorted_ids, expert_ids, total, n, k, c.shape[0], a_div, top_k,
+        m_blocks, a.stride(0), b.stride(0), b.stride(1), c.stride(0),
+        sa.stride(0), sa.stride(-1), sb.stride(0), sb.stride(-2), sb.stride(-1),
+        w.stride(0), w.stride(-1), BLOCK_M=rule.block_m, BLOCK_N=rule.block_n,
+        BLOCK_K=rule.block_k, GROUP_M=rule.group_m, QUANT=a_scales is not None,
+        MUL_WEIGHT=weights is not None, DOT=_dot_mode(a.device, a.dtype), USE_PDL=pdl,
+        num_warps=rule.num_warps, num_stages=rule.num_stages, **extra)
+
+
+def launch_fused_moe(out: torch.Tensor, hidden: torch.Tensor, w13: torch.Tensor,
+                     w2: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor,
+                     quant: str | None, w13_scales: torch.Tensor | None,
+                     w2_scales: torch.Tensor | None, rule: MoeLaunchRule, pdl: bool) -> None:
+    """align -> grouped GEMM 1 -> SwiGLU (+ quant) -> grouped GEMM 2 (x routing weight)
+    -> combine; Triton kernels (also run directly by the interpreter tests on the CPU,
+    where the activation ops take their CPU references)."""
+    from ...triton.fused_moe import moe_combine_kernel
+    from ..activation.silu_and_mul import silu_and_mul
+    from ..quant.per_token_group_quant_fp8 import per_token_group_quant_fp8
+    from ..quant.silu_and_mul_quant_fp8 import silu_and_mul_quant_fp8
+    from .moe_align_block_size import launch_moe_align_block_size, max_padded_rows
+
+    t, h = hidden.shape
+    e, inner, top_k = w13.shape[0], w2.shape[2], topk_ids.shape[1]
+    rows = t * top_k
+    if t == 0:
+        return
+    ids = topk_ids.contiguous()
+    block_m = rule.block_m
+    capacity = max_padded_rows(rows, e, block_m)
+    align = (torch.empty(capacity, dtype=torch.int32, device=hidden.device),
+             torch.empty(capacity // block_m, dtype=torch.int32, device=hidden.device),
+             torch.empty(1, dtype=torch.int32, device=hidden.device))
+    launch_moe_align_block_size(*align, ids, e, block_m, pdl)
+    # At most min(E, rows) experts are non-empty, so fewer tiles than the capacity can
+    # hold rows; the rest would only exit.
+    m_blocks = -(-(rows + min(e, rows) * (block_m - 1)) // block_m)
+    gate_up = torch.empty(rows, 2 * inner, dtype=hidden.dtype, device=hidden.device)
+    y = torch.empty(rows, h, dtype=hidden.dtype, device=hidden.device)
+    if quant:
+        hq, hs = per_token_group_quant_fp8(hidden, QUANT_BLOCK, enable_pdl=pdl)
+        _grouped_gemm(hq, hs, w13, w13_scales, gate_up, None, align, top_k, top_k,
+                      m_blocks, rule, pdl)
+        act, act_s = silu_and_mul_quant_fp8(gate_up, QUANT_BLOCK, enable_pdl=pdl)
+        _grouped_gemm(act, act_s, w2, w2_scales, y, topk_weights, align, 1, top_k,
+                      m_blocks, rule, pdl)
+    else:
+        _grouped_gemm(hidden, None, w13, None, gate_up, None, align, top_k, top_k,
+                      m_blocks, rule, pdl)
+        act = silu_and_mul(gate_up, enable_pdl=pdl)
+        _grouped_gemm(act, None, w2, None, y, topk_weights, align, 1, top_k, m_blocks,
+                      rule, pdl)
+    block_h = min(1024, next_pow2(h))
+    extra = {"launch_pdl": True} if pdl else {}
+    moe_combine_kernel[(t, -(-h // block_h))](
+        y, ids, out, h, top_k, e, y.stride(0), out.stride(0), BLOCK_H=block_h,
+        USE_PDL=pdl, num_warps=4, **extra)
+
+
+def _cuda(out: torch.Tensor, hidden: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor,
+          topk_weights: torch.Tensor, topk_ids: torch.Tensor, activation: str = "silu",
+          quant: str | None = None, w13_scales: torch.Tensor | None = None,
+          w2_scales: torch.Tensor | None = None, a_group_size: int = QUANT_BLOCK,
+          enable_pdl: bool | None = None) -> None:
+    check_fused_moe(out, hidden, w13, w2, topk_weights, topk_ids, activation, quant,
+                    w13_scales, w2_scales, a_group_size)
+    table = effective(hidden.device.index)
+    pdl = table.enable_pdl and use_pdl(enable_pdl, hidden.device)
+    launch_fused_moe(out, hidden, w13, w2, topk_weights, topk_ids, quant, w13_scales,
+                     w2_scales, table.rule(hidden.shape[0], quant), pdl)
+
+
 def fused_moe(hidden: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor,
               topk_weights: torch.Tensor, topk_ids: torch.Tensor, *,
               activation: str = "silu", quant: str | None = None,
@@ -184,6 +282,7 @@ def fused_moe(hidden: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor,
 define(_SCHEMA)
 impl_cpu(OP, _cpu)
 impl_fake(OP, check_fused_moe)
+LIB.impl(OP, _cuda, "CUDA")
 
 
 __all__ = ["fused_moe"]

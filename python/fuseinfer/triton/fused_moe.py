@@ -1,0 +1,111 @@
+"""Triton kernels of fused_moe: the grouped GEMM over expert-aligned rows, and the combine.
+
+Grouped GEMM: the rows come from moe_align_block_size (sorted_token_ids, one expert per
+BLOCK_M tile). A program owns a BLOCK_M x BLOCK_N tile: it gathers its A rows (row r of the
+routing reads A row r // A_DIV: the token's hidden row for the first GEMM, A_DIV = k; the
+slot's own row for the second, A_DIV = 1), multiplies by the tile's expert's weights
+B[e] [N, K] (rows contiguous), and scatters the result to C row r; sentinel rows (padding)
+are masked. Tiles past num_tokens_post_padded exit at once: the grid is sized from the
+shapes, so it is the same in every CUDA-graph replay. With QUANT, A and B are float8_e4m3fn
+with per-row 128-group scales on A and 128 x 128 block scales on B; a k step (BLOCK_K
+divides 128) lies in one scale group, its partial product scaled into the fp32 accumulator.
+With MUL_WEIGHT each row is scaled by its routing weight before the store.
+
+Combine: out[t] = sum over the slots j of t with an id in [0, E) of Y[t * k + j], in fp32.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+DOT_NATIVE = 0  # bf16/fp16 tensor cores; fp8 tensor cores (sm_89+)
+DOT_BF16 = 1    # fp8 operands widened to bf16 (exact) for GPUs without fp8 dots
+DOT_FP32 = 2    # fp32 operands, IEEE products: fp32 inputs and the interpreter
+
+
+@triton.jit
+def fused_moe_gemm_kernel(A, B, C, AS, BS, W, SORTED, EXPERT_IDS, NUM_POST,
+                          N, K, num_rows, a_div, top_k, num_m_blocks,
+                          stride_am, stride_be, stride_bn, stride_cm,
+                          stride_as_m, stride_as_k, stride_bs_e, stride_bs_n, stride_bs_k,
+                          stride_w_t, stride_w_j,
+                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                          BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+                          QUANT: tl.constexpr, MUL_WEIGHT: tl.constexpr, DOT: tl.constexpr,
+                          USE_PDL: tl.constexpr):
+    # grouped order: GROUP_M row tiles walk the N tiles together, so weight tiles of one
+    # expert are reused from L2
+    pid = tl.program_id(0)
+    n_blocks = tl.cdiv(N, BLOCK_N)
+    in_group = GROUP_M * n_blocks
+    first_m = (pid // in_group) * GROUP_M
+    group_rows = tl.minimum(num_m_blocks - first_m, GROUP_M)
+    pid_m = first_m + (pid % in_group) % group_rows
+    pid_n = (pid % in_group) // group_rows
+
+    if USE_PDL:
+        tl.extra.cuda.gdc_wait()  # every input below may come from the launches before
+    if pid_m * BLOCK_M >= tl.load(NUM_POST):
+        return
+    expert = tl.load(EXPERT_IDS + pid_m).to(tl.int64)
+    rows = tl.load(SORTED + pid_m * BLOCK_M + tl.arange(0, BLOCK_M))
+    row_ok = rows < num_rows
+    a_rows = (rows // a_div).to(tl.int64)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_ok = rn < N
+    rk = tl.arange(0, BLOCK_K)
+    a_ptrs = A + a_rows[:, None] * stride_am + rk[None, :]
+    b_ptrs = B + expert * stride_be + rn[None, :].to(tl.int64) * stride_bn + rk[:, None]
+    if QUANT:
+        as_ptrs = AS + a_rows * stride_as_m
+        bs_ptrs = BS + expert * stride_bs_e + (rn // 128) * stride_bs_n
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        k_ok = k0 + rk < K
+        a = tl.load(a_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+        b = tl.load(b_ptrs, mask=k_ok[:, None] & n_ok[None, :], other=0.0)
+        if DOT == 0:
+            part = tl.dot(a, b)
+        elif DOT == 1:
+            part = tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16))
+        else:
+            part = tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+        if QUANT:
+            group = k0 // 128
+            sa = tl.load(as_ptrs + group * stride_as_k, mask=row_ok, other=0.0)
+            sb = tl.load(bs_ptrs + group * stride_bs_k, mask=n_ok, other=0.0)
+            acc += part * (sa[:, None] * sb[None, :])
+        else:
+            acc += part
+        a_ptrs += BLOCK_K
+        b_ptrs += BLOCK_K
+    if USE_PDL:
+        tl.extra.cuda.gdc_launch_dependents()
+    if MUL_WEIGHT:
+        w = tl.load(W + (rows // top_k) * stride_w_t + (rows % top_k) * stride_w_j,
+                    mask=row_ok, other=0.0)
+        acc = acc * w[:, None]
+    c_ptrs = C + rows[:, None].to(tl.int64) * stride_cm + rn[None, :]
+    tl.store(c_ptrs, acc.to(C.dtype.element_ty), mask=row_ok[:, None] & n_ok[None, :])
+
+
+@triton.jit
+def moe_combine_kernel(Y, IDS, OUT, H, top_k, num_experts, stride_ym, stride_om,
+                       BLOCK_H: tl.constexpr, USE_PDL: tl.constexpr):
+    """Y [T * k, H] (rows already weighted), IDS [T, k] contiguous, OUT [T, H]."""
+    t = tl.program_id(0).to(tl.int64)
+    cols = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    mask = cols < H
+    if USE_PDL:
+        tl.extra.cuda.gdc_wait()
+    acc = tl.zeros((BLOCK_H,), dtype=tl.float32)
+    for j in range(0, top_k):
+        e = tl.load(IDS + t * top_k + j + cols * 0)  # broadcast: a per-lane mask
+        # a dropped slot's row was never written: skip it rather than read garbage
+        valid = (e >= 0) & (e < num_experts)
+        y = tl.load(Y + (t * top_k + j) * stride_ym + cols, mask=mask & valid, other=0.0)
+        acc += y.to(tl.float32)
+    if USE_PDL:
+        tl.extra.cuda.gdc_launch_dependents()
+    tl.store(OUT + t * stride_om + cols, acc.to(OUT.dtype.element_ty), mask=mask)
