@@ -254,3 +254,13 @@ def test_moe_fused_gate_kernel_interpreted(experts, groups, topk_group, k, share
     margins = float64_gate(x, bias, groups, topk_group, k, 2.5, on_output, shared)[2]
     assert_routing(w, ids, *want, margins, tol=1e-6)
     assert torch.isnan(buf[:, k + shared:]).all()
+
+
+def test_routing_traces_under_torch_compile():
+    def route(x: torch.Tensor, scores: torch.Tensor, bias: torch.Tensor):
+        return (*topk_softmax(x, 4, True), *moe_fused_gate(scores, bias, 8, 4, 8, 2.5, False, 1))
+
+    x, scores, bias = torch.randn(5, 64), torch.randn(5, 256), torch.rand(256)
+    got = torch.compile(route, fullgraph=True, backend="aot_eager")(x, scores, bias)
+    for a, b in zip(got, route(x, scores, bias), strict=True):
+        assert torch.equal(a, b)
