@@ -260,3 +260,53 @@ def test_fused_moe_fp8_kernels_interpreted(t, e, k, block):
                      pdl=False)
     want = reference_fused_moe(hidden, q13, q2, weights, ids, "fp8_block", s13, s2)
     assert rel_err(out, want) < 1e-4
+
+
+# --- the `moe` dispatch entry ---------------------------------------------------------
+
+def test_moe_entry_rules_and_validation(tmp_path):
+    import json
+
+    from fuseinfer.dispatch import GpuIdentity, TableError, lookup
+    from fuseinfer.dispatch.schema import to_json
+    from fuseinfer.ops.moe.moe_dispatch import MOE_BUILTIN
+
+    assert MOE_BUILTIN.rule(1, None).block_m == 16
+    assert MOE_BUILTIN.rule(10_000, None).max_tokens is None
+    assert MOE_BUILTIN.rule(4, "fp8_block") in MOE_BUILTIN.fp8_rules
+    entry = to_json(MOE_BUILTIN)
+    entry["rules"][0]["block_k"] = 256  # past the 128 a k step may span
+    (tmp_path / "h200.json").write_text(json.dumps({"key": "h200", "ops": {"moe": entry}}))
+    h200 = GpuIdentity(name="NVIDIA H200", sm_count=132, major=9, minor=0,
+                       memory_bytes=141 << 30)
+    with pytest.raises(TableError, match=r"moe.rules\[0\].block_k"):
+        lookup("moe", h200, tmp_path)
+    entry = to_json(MOE_BUILTIN)
+    entry["fp8_rules"][-1]["max_tokens"] = 64
+    (tmp_path / "h200.json").write_text(json.dumps({"key": "h200", "ops": {"moe": entry}}))
+    with pytest.raises(TableError, match="last rule must have max_tokens null"):
+        lookup("moe", h200, tmp_path)
+    entry = to_json(MOE_BUILTIN)
+    entry["rules"][0]["block_m"] = 32
+    (tmp_path / "h200.json").write_text(json.dumps({"key": "h200", "ops": {"moe": entry}}))
+    assert lookup("moe", h200, tmp_path).entry.rule(1, None).block_m == 32
+
+
+def test_moe_builtin_fallback_warns_once_naming_the_gpu_key(monkeypatch, tmp_path):
+    import warnings
+
+    import fuseinfer.dispatch as dispatch
+    from fuseinfer.dispatch import GpuIdentity
+    from fuseinfer.ops.moe import moe_dispatch
+
+    h20 = GpuIdentity(name="NVIDIA H20", sm_count=78, major=9, minor=0, memory_bytes=96 << 30)
+    monkeypatch.setattr(dispatch, "current_identity", lambda device=None: h20)
+    monkeypatch.setattr(dispatch, "lookup",
+                        lambda op, ident: dispatch.tables.lookup(op, ident, tmp_path))
+    monkeypatch.setattr(moe_dispatch, "_warned", False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(3):
+            assert moe_dispatch.effective(0) is moe_dispatch.MOE_BUILTIN
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 1 and "'h20'" in messages[0] and "moe" in messages[0]
