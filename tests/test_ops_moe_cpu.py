@@ -138,6 +138,17 @@ def test_fused_moe_fake_gives_shapes():
     assert out.shape == (5, 64) and out.dtype == torch.bfloat16 and out.device.type == "meta"
 
 
+
+def test_moe_ops_trace_under_torch_compile():
+    def moe(hidden, w13, w2, weights, ids):
+        return (fused_moe(hidden, w13, w2, weights, ids),
+                *moe_align_block_size(ids, w13.shape[0], 16))
+
+    args = random_moe(6, 64, 32, 4, 2)
+    got = torch.compile(moe, fullgraph=True, backend="aot_eager")(*args)
+    for a, b in zip(got, moe(*args), strict=True):
+        assert torch.equal(a, b)
+
 # --- moe_align_block_size -------------------------------------------------------------
 
 def expected_alignment(ids: torch.Tensor, e_count: int, block: int):
