@@ -102,11 +102,11 @@ def test_quick_subset_keeps_marked_and_shared_sources(tmp_path):
 
 
 def test_gemm_module_lists_every_configuration_of_the_menu():
-    from fuseinfer.ops.gemm.fp8_gemm_dispatch import CONFIGS
+    from fuseinfer.ops.gemm.fp8_gemm_dispatch import CONFIGS, TRITON_GEMV
 
     spec = all_specs()["gemm"]
     configs = {s.path.stem for s in spec.sources if s.archs}
-    assert configs == set(CONFIGS)
+    assert configs == set(CONFIGS) - {TRITON_GEMV}  # the gemv is Triton, not a source here
     for source in spec.sources:
         if source.archs:  # each configuration's file registers itself under its own name
             assert f"({source.path.stem}," in source.path.read_text()

@@ -22,11 +22,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import replace
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .compile_stamp import check_digest, read_stamp, stamp_path, write_stamp
-from .module_spec import all_specs
+from .module_spec import ModuleSpec, all_specs
 from .ninja_build import BuildError, BuildPlan, run_ninja
 from .ptxas_report import ModuleReport, parse_ptxas
 from .toolkit import CudaToolkit, _nvcc_candidates, _nvcc_version
@@ -71,6 +72,48 @@ def _compile(plan: BuildPlan, folder: Path) -> ModuleReport:
     return parse_ptxas(plan.spec.name, (folder / "build.log").read_text())
 
 
+@dataclass(frozen=True)
+class _CheckContext:
+    toolkit: CudaToolkit
+    nvcc_version: str
+    arch: str
+    shim: Path | None
+    root: Path
+    force: bool
+    verbose: bool
+
+
+def _check_module(spec: ModuleSpec, ctx: _CheckContext) -> tuple[list[str], bool]:
+    """Compile one module (unless its stamp is current): its report lines, and whether it
+    passed."""
+    name = spec.name
+    if not any(src.path.suffix == ".cu" for src in spec.sources_for((ctx.arch,))):
+        return [f"  {name}: nothing to compile for arch {ctx.arch}"], True
+    plan = _with_ptxas_report(BuildPlan(spec=spec, toolkit=ctx.toolkit, archs=(ctx.arch,),
+                                        extra_includes=(ctx.shim,) if ctx.shim else ()))
+    digest = check_digest(plan, ctx.nvcc_version, ctx.shim is not None)
+    stamp = stamp_path(name, ctx.arch)
+    report = None if ctx.force else read_stamp(stamp, digest)
+    compiled = report is None
+    how = "unchanged since it passed"
+    if compiled:
+        start = time.perf_counter()
+        try:
+            report = _compile(plan, ctx.root / name)
+        except BuildError as err:
+            return [f"  {name}: FAILED\n{err}"], False
+        how = f"compiled in {time.perf_counter() - start:.0f} s"
+    lines = [f"  {report.summary()} ({how})"]
+    if ctx.verbose:
+        lines += [f"    {line}" for line in report.details()]
+    if report.spilling():
+        lines.append(f"  {name}: register spills in {', '.join(report.spilling())}")
+        return lines, False
+    if compiled:
+        write_stamp(stamp, digest, report)
+    return lines, True
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="9.0a")
@@ -93,37 +136,19 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="fuseinfer-compile-check-") as tmp:
         root = Path(tmp)
         shim = _shim_dir(root)
-        for name in names:
-            spec = specs[name].quick_subset() if args.quick else specs[name]
-            if not any(src.path.suffix == ".cu" for src in spec.sources_for((args.arch,))):
-                print(f"  {name}: nothing to compile for arch {args.arch}")
-                continue
-            plan = _with_ptxas_report(BuildPlan(
-                spec=spec, toolkit=toolkit, archs=(args.arch,),
-                extra_includes=(shim,) if shim else ()))
-            digest = check_digest(plan, nvcc_version, shim is not None)
-            stamp = stamp_path(name, args.arch)
-            report = None if args.force else read_stamp(stamp, digest)
-            compiled = report is None
-            how = "unchanged since it passed"
-            if compiled:
-                start = time.perf_counter()
-                try:
-                    report = _compile(plan, root / name)
-                except BuildError as err:
-                    print(f"  {name}: FAILED\n{err}")
+        context = _CheckContext(toolkit, nvcc_version, args.arch, shim, root, args.force,
+                                args.verbose)
+        specs_to_check = [specs[n].quick_subset() if args.quick else specs[n] for n in names]
+        # Modules compile side by side: most are one translation unit, which alone would
+        # leave all but one core idle.
+        workers = max(1, min(len(names), os.cpu_count() or 1))
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            results = [pool.submit(_check_module, spec, context) for spec in specs_to_check]
+            for name, result in zip(names, results, strict=True):
+                lines, ok = result.result()
+                print("\n".join(lines), flush=True)
+                if not ok:
                     failed.append(name)
-                    continue
-                how = f"compiled in {time.perf_counter() - start:.0f} s"
-            print(f"  {report.summary()} ({how})", flush=True)
-            if args.verbose:
-                for line in report.details():
-                    print(f"    {line}")
-            if report.spilling():
-                print(f"  {name}: register spills in {', '.join(report.spilling())}")
-                failed.append(name)
-            elif compiled:
-                write_stamp(stamp, digest, report)
     if failed:
         print(f"compile check FAILED: {', '.join(failed)} for arch {args.arch}")
         return 1
