@@ -20,6 +20,11 @@ constexpr bool kFp8GemmPdl = true;
 
 #include "cute/tensor.hpp"
 #include "cutlass/cutlass.h"
+#include "cutlass/epilogue/collective/collective_builder.hpp"
+#include "cutlass/epilogue/fusion/operations.hpp"
+#include "cutlass/gemm/collective/collective_builder.hpp"
+#include "cutlass/gemm/device/gemm_universal_adapter.h"
+#include "cutlass/gemm/kernel/gemm_universal.hpp"
 #include "cutlass/util/packed_stride.hpp"
 #include "fp8_gemm_args.h"
 
@@ -93,6 +98,34 @@ struct Fp8BlockwiseLauncher {
     }
     return {};
   }
+};
+
+// The CUTLASS GEMM type of one configuration, for any arch: e4m3 A (row-major) and B
+// (column-major, i.e. K-major [n, k]), fp32 accumulation with the blockwise scales of
+// ScaleConfig, out = accumulator (no source C) in ElementD with 16-byte stores.
+template <typename ArchTag, typename TileShape, typename ClusterShape, typename ScaleConfig,
+          typename LayoutD, typename MainloopSchedule, typename EpilogueSchedule,
+          typename TileScheduler, typename ElementD>
+struct Fp8BlockwiseGemmType {
+  using Element = cutlass::float_e4m3_t;
+  using LayoutSFA = decltype(ScaleConfig::deduce_layoutSFA());
+  using LayoutSFB = decltype(ScaleConfig::deduce_layoutSFB());
+  using Epilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
+      ArchTag, cutlass::arch::OpClassTensorOp, TileShape, ClusterShape,
+      cutlass::epilogue::collective::EpilogueTileAuto, float, float,
+      void, LayoutD, 8, ElementD, LayoutD, 8, EpilogueSchedule,
+      cutlass::epilogue::fusion::LinearCombination<ElementD, float, void, float>>::CollectiveOp;
+  using Mainloop = typename cutlass::gemm::collective::CollectiveBuilder<
+      ArchTag, cutlass::arch::OpClassTensorOp,
+      Element, cute::tuple<cutlass::layout::RowMajor, LayoutSFA>, 16,
+      Element, cute::tuple<cutlass::layout::ColumnMajor, LayoutSFB>, 16,
+      float, TileShape, ClusterShape,
+      cutlass::gemm::collective::StageCountAutoCarveout<
+          static_cast<int>(sizeof(typename Epilogue::SharedStorage))>,
+      MainloopSchedule>::CollectiveOp;
+  using Kernel = cutlass::gemm::kernel::GemmUniversal<cute::Shape<int, int, int, int>,
+                                                      Mainloop, Epilogue, TileScheduler>;
+  using Gemm = cutlass::gemm::device::GemmUniversalAdapter<Kernel>;
 };
 
 // Registers the bf16- and fp16-output instantiations of one configuration under `name`.

@@ -7,12 +7,7 @@
 #include "fp8_blockwise_runner.cuh"
 
 #include "cutlass/detail/blockwise_scale_layout.hpp"
-#include "cutlass/epilogue/collective/collective_builder.hpp"
-#include "cutlass/epilogue/fusion/operations.hpp"
-#include "cutlass/gemm/collective/collective_builder.hpp"
-#include "cutlass/gemm/device/gemm_universal_adapter.h"
 #include "cutlass/gemm/dispatch_policy.hpp"
-#include "cutlass/gemm/kernel/gemm_universal.hpp"
 
 namespace fuseinfer::gemm::sm90 {
 
@@ -22,7 +17,6 @@ enum class Tiles { kPersistent, kStreamK };
 template <int TileM, int TileN, int ClusterM, int ClusterN, Schedule S, Tiles T, bool SwapAB,
           typename ElementD>
 struct Fp8Blockwise {
-  using Element = cutlass::float_e4m3_t;
   using TileShape = cute::Shape<cute::Int<TileM>, cute::Int<TileN>, cute::_128>;
   using ClusterShape = cute::Shape<cute::Int<ClusterM>, cute::Int<ClusterN>, cute::_1>;
   // Scale granularity (M, N, K) of the MMA's operands: the activation side has one scale
@@ -30,8 +24,6 @@ struct Fp8Blockwise {
   using ScaleConfig = std::conditional_t<SwapAB,
       cutlass::detail::Sm90BlockwiseScaleConfig<128, 1, 128>,
       cutlass::detail::Sm90BlockwiseScaleConfig<1, 128, 128>>;
-  using LayoutSFA = decltype(ScaleConfig::deduce_layoutSFA());
-  using LayoutSFB = decltype(ScaleConfig::deduce_layoutSFB());
   using LayoutD = std::conditional_t<SwapAB, cutlass::layout::ColumnMajor,
                                      cutlass::layout::RowMajor>;
   static constexpr bool kPingpong = S == Schedule::kPingpong;
@@ -42,26 +34,9 @@ struct Fp8Blockwise {
       cutlass::epilogue::TmaWarpSpecialized, cutlass::epilogue::TmaWarpSpecializedCooperative>;
   using TileScheduler = std::conditional_t<T == Tiles::kStreamK,
       cutlass::gemm::StreamKScheduler, cutlass::gemm::PersistentScheduler>;
-
-  // out = accumulator (no source tensor C), written with 16-byte stores.
-  using Epilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
-      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape, ClusterShape,
-      cutlass::epilogue::collective::EpilogueTileAuto, float, float,
-      void, LayoutD, 8, ElementD, LayoutD, 8, EpilogueSchedule,
-      cutlass::epilogue::fusion::LinearCombination<ElementD, float, void, float>>::CollectiveOp;
-
-  using Mainloop = typename cutlass::gemm::collective::CollectiveBuilder<
-      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp,
-      Element, cute::tuple<cutlass::layout::RowMajor, LayoutSFA>, 16,
-      Element, cute::tuple<cutlass::layout::ColumnMajor, LayoutSFB>, 16,
-      float, TileShape, ClusterShape,
-      cutlass::gemm::collective::StageCountAutoCarveout<
-          static_cast<int>(sizeof(typename Epilogue::SharedStorage))>,
-      MainloopSchedule>::CollectiveOp;
-
-  using Kernel = cutlass::gemm::kernel::GemmUniversal<cute::Shape<int, int, int, int>,
-                                                      Mainloop, Epilogue, TileScheduler>;
-  using Gemm = cutlass::gemm::device::GemmUniversalAdapter<Kernel>;
+  using Gemm = typename Fp8BlockwiseGemmType<cutlass::arch::Sm90, TileShape, ClusterShape,
+      ScaleConfig, LayoutD, MainloopSchedule, EpilogueSchedule, TileScheduler,
+      ElementD>::Gemm;
   using Launcher = Fp8BlockwiseLauncher<Gemm, ScaleConfig, SwapAB>;
 
   static size_t workspace_bytes(const Fp8GemmArgs& p) { return Launcher::workspace_bytes(p); }
