@@ -130,3 +130,29 @@ def save_fp8_checkpoint(fp8_path, dequant_path, model, keep_float=(), quant=None
         cfg["quantization_config"]["modules_to_not_convert"] = list(keep_float)
     (fp8_path / "config.json").write_text(json.dumps(cfg))
     return model
+
+
+# Qwen3-MoE: 8 experts, 2 per token; layer 1 dense (mlp_only_layers), so both kinds of
+# layer run, and norm_topk_prob on (Qwen3-30B-A3B's setting).
+MOE_SHAPE = dict(COMMON, num_hidden_layers=3, moe_intermediate_size=64, num_experts=8,
+                 num_experts_per_tok=2, norm_topk_prob=True, mlp_only_layers=[1],
+                 decoder_sparse_step=1)
+
+
+def tiny_moe_model(seed=0, router_scale=1.0, **overrides):
+    """A tiny random Qwen3-MoE (float32, untied); norms perturbed so they matter, expert
+    weights of std 0.02 (transformers' init leaves them as torch.empty gives them in some
+    versions) and the router scaled by router_scale (> 1: decisive routing, far from
+    near-ties between the k-th and k+1-th expert)."""
+    torch.manual_seed(seed)
+    cfg = transformers.Qwen3MoeConfig(**(MOE_SHAPE | overrides), tie_word_embeddings=False)
+    model = transformers.Qwen3MoeForCausalLM(cfg)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.add_(torch.randn_like(p) * 0.2)
+            elif "experts" in name:
+                p.normal_(0.0, 0.02)
+            elif name.endswith("mlp.gate.weight"):
+                p.normal_(0.0, 0.02 * router_scale)
+    return model.float().eval()

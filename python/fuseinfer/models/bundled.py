@@ -1,6 +1,7 @@
 """Model names that resolve to folders shipped in the package: the tiny model (config,
 tokenizer; weights made on first use) and the configs of Qwen3-0.6B, Qwen3-8B (also its
-FP8 block-quantized variant, qwen3-8b-fp8) and Llama-3.1-8B (from their published
+FP8 block-quantized variant, qwen3-8b-fp8), Qwen3-30B-A3B (MoE: 128 experts, 8 per token)
+and Llama-3.1-8B (from their published
 config.json; no weights or tokenizer, so they run with `load_format="dummy"` and token-id
 prompts, for benchmarks)."""
 
@@ -9,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
-CONFIG_ONLY = ("qwen3-0.6b", "qwen3-8b", "qwen3-8b-fp8", "llama-3.1-8b")
+CONFIG_ONLY = ("qwen3-0.6b", "qwen3-8b", "qwen3-8b-fp8", "qwen3-30b-a3b", "llama-3.1-8b")
 
 
 def resolve_model(model: str | Path | None) -> Path:

@@ -1,4 +1,5 @@
-"""A decoder model's shape, read from a Hugging Face config.json."""
+"""A decoder model's shape, read from a Hugging Face config.json (Llama, Qwen3 and
+Qwen3-MoE, whose sparse layers are described by `MoeConfig`)."""
 
 from __future__ import annotations
 
@@ -11,12 +12,42 @@ from typing import Any
 from ..ops.rope.cos_sin_cache import RopeSpec, rope_scaling_from_config
 from .quantization import Fp8BlockConfig, quantization_from_dict
 
-ARCHITECTURES = {"LlamaForCausalLM": "llama", "Qwen3ForCausalLM": "qwen3"}
+ARCHITECTURES = {"LlamaForCausalLM": "llama", "Qwen3ForCausalLM": "qwen3",
+                 "Qwen3MoeForCausalLM": "qwen3_moe"}
+QK_NORM_ARCHS = ("qwen3", "qwen3_moe")
+
+
+@dataclass(frozen=True)
+class MoeConfig:
+    """The routed experts of a Qwen3-MoE model: softmax over all experts, top_k of them
+    per token (renormalized to sum 1 when norm_topk_prob), SwiGLU experts of width
+    intermediate_size. Layers in sparse_layers use them; the others the dense MLP."""
+
+    num_experts: int
+    top_k: int
+    intermediate_size: int
+    norm_topk_prob: bool
+    sparse_layers: frozenset[int]
+
+    @staticmethod
+    def from_dict(cfg: Mapping[str, Any]) -> MoeConfig:
+        # transformers 5 saves num_local_experts; the published config.json num_experts
+        experts = int(cfg.get("num_experts") or cfg.get("num_local_experts") or 0)
+        step = int(cfg.get("decoder_sparse_step", 1))
+        dense = set(cfg.get("mlp_only_layers") or ())
+        layers = int(cfg["num_hidden_layers"])
+        # the rule of transformers' Qwen3MoeDecoderLayer
+        sparse = frozenset(i for i in range(layers) if i not in dense and experts > 0
+                           and step > 0 and (i + 1) % step == 0)
+        return MoeConfig(num_experts=experts, top_k=int(cfg["num_experts_per_tok"]),
+                         intermediate_size=int(cfg["moe_intermediate_size"]),
+                         norm_topk_prob=bool(cfg.get("norm_topk_prob", False)),
+                         sparse_layers=sparse)
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    arch: str  # "llama" or "qwen3"
+    arch: str  # "llama", "qwen3" or "qwen3_moe"
     vocab_size: int
     hidden_size: int
     intermediate_size: int
@@ -32,6 +63,11 @@ class ModelConfig:
     max_position: int
     # FP8 block-quantized linear layers (config.json's quantization_config); None: none
     quantization: Fp8BlockConfig | None = None
+    moe: MoeConfig | None = None  # Qwen3-MoE's experts; None: every layer is dense
+
+    def is_sparse(self, layer: int) -> bool:
+        """Whether `layer` runs the routed experts (else the dense MLP)."""
+        return self.moe is not None and layer in self.moe.sparse_layers
 
     @staticmethod
     def from_dict(cfg: Mapping[str, Any]) -> ModelConfig:
@@ -44,6 +80,11 @@ class ModelConfig:
         head_dim = int(cfg.get("head_dim") or cfg["hidden_size"] // heads)
         eos = cfg.get("eos_token_id")
         eos_ids = tuple(eos) if isinstance(eos, list) else (() if eos is None else (eos,))
+        moe = MoeConfig.from_dict(cfg) if arch == "qwen3_moe" else None
+        quantization = quantization_from_dict(cfg)
+        if moe is not None and quantization is not None:
+            raise ValueError("quantization_config: FP8 MoE (Qwen3-MoE) checkpoints are not "
+                             "supported yet; use the bf16 checkpoint")
         return ModelConfig(
             arch=arch, vocab_size=int(cfg["vocab_size"]), hidden_size=int(cfg["hidden_size"]),
             intermediate_size=int(cfg["intermediate_size"]),
@@ -51,9 +92,10 @@ class ModelConfig:
             num_kv_heads=int(cfg.get("num_key_value_heads") or heads), head_dim=head_dim,
             rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
             tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-            qk_norm=arch == "qwen3", rope=rope_scaling_from_config(cfg, default_theta=10000.0),
+            qk_norm=arch in QK_NORM_ARCHS,
+            rope=rope_scaling_from_config(cfg, default_theta=10000.0),
             eos_token_ids=eos_ids, max_position=int(cfg["max_position_embeddings"]),
-            quantization=quantization_from_dict(cfg))
+            quantization=quantization, moe=moe)
 
     @staticmethod
     def from_folder(path: str | Path) -> ModelConfig:

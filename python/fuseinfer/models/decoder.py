@@ -1,9 +1,10 @@
-"""Llama and Qwen3 dense decoders from fuseinfer ops.
+"""Llama, Qwen3 and Qwen3-MoE decoders from fuseinfer ops.
 
 Per layer: (fused add +) RMSNorm -> one qkv matmul -> (Qwen3: RMSNorm of each q and k head,
 in place, one launch) -> RoPE that also writes the rotated k and the v into the paged KV
 cache -> paged attention -> o_proj -> fused add + RMSNorm -> one gate_up matmul ->
-SiLU(gate) * up in one pass -> down.
+SiLU(gate) * up in one pass -> down. Qwen3-MoE's sparse layers replace the last three
+with fused add + RMSNorm -> router matmul -> topk_softmax -> fused_moe (moe_block.py).
 FP8 linear layers (`Fp8Weight`) take FP8 activations with 1 x 128 scales: the quantization
 ends the op before each (the input and post-attention norms, SiLU * up) in the same kernel,
 o_proj's input gets one group-quant kernel, then one fp8_blockwise_mm each.
@@ -32,6 +33,7 @@ from ..ops.rope.rope_with_cos_sin_cache import rope_with_cos_sin_cache
 from .config import ModelConfig
 from .fp8_linear import Fp8Weight, fp8_matmul
 from .kv_cache import PagedKvCache
+from .moe_block import MoeWeights, moe_block
 from .quantization import BLOCK
 
 Linear = torch.Tensor | Fp8Weight  # [N, K] in the model dtype, or FP8 with block scales
@@ -74,8 +76,9 @@ class LayerWeights:
     k_norm: torch.Tensor | None
     o: Linear
     post_norm: torch.Tensor
-    gate_up: Linear  # [2 I, hidden]
-    down: Linear
+    gate_up: Linear | None  # [2 I, hidden]; None on a sparse (MoE) layer
+    down: Linear | None
+    moe: MoeWeights | None = None  # a sparse layer's router and experts
 
 
 @dataclass
@@ -190,6 +193,7 @@ class DecoderModel:
         return self._linear(out.view(tokens, -1), w.o)
 
     def _mlp_down(self, w: LayerWeights, gate_up: torch.Tensor) -> torch.Tensor:
+        assert w.down is not None
         pdl = self.fusions.enable_pdl
         if isinstance(w.down, Fp8Weight) and self.fusions.fused_silu_mul_quant:
             q, scales = silu_and_mul_quant_fp8(gate_up, BLOCK, column_major_scales=True,
@@ -203,6 +207,15 @@ class DecoderModel:
             return small_batch_linear(gate_up, w.down, silu_mul=True, enable_pdl=pdl)
         return self._linear(silu_and_mul(gate_up, enable_pdl=pdl), w.down)
 
+    def _moe(self, h: torch.Tensor, residual: torch.Tensor | None, norm_weight: torch.Tensor,
+             w: MoeWeights) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the routed experts' output, the new residual) of a sparse layer."""
+        assert self.config.moe is not None
+        normed, residual = self._norm_residual(h, residual, norm_weight)
+        logits = self._linear(normed, w.gate)  # [T, E]: 1-token steps take the gemv
+        return moe_block(normed, w, logits, self.config.moe, self.fusions.enable_pdl), \
+            residual
+
     @torch.inference_mode()
     def forward(self, batch: ForwardBatch) -> torch.Tensor:
         """Logits [B, vocab] (the model dtype) for the batch's logits rows."""
@@ -212,6 +225,10 @@ class DecoderModel:
         for i, layer in enumerate(w.layers):
             qkv, residual = self._norm_linear(h, residual, layer.input_norm, layer.qkv)
             h = self._attention(i, layer, qkv, batch)
+            if layer.moe is not None:
+                h, residual = self._moe(h, residual, layer.post_norm, layer.moe)
+                continue
+            assert layer.gate_up is not None
             gate_up, residual = self._norm_linear(h, residual, layer.post_norm, layer.gate_up)
             h = self._mlp_down(layer, gate_up)
         rows = batch.logits_rows

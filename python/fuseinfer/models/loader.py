@@ -4,7 +4,13 @@ random weights of the right shapes (`--load-format dummy`).
 
 Linear layers stored in FP8 (with their `weight_scale_inv`) load as `Fp8Weight`s; with
 `quantize=True` (`--quantization fp8`) float ones are quantized into 128 x 128 blocks as
-they load. Embeddings, norms and lm_head stay in the model dtype."""
+they load. Embeddings, norms and lm_head stay in the model dtype.
+
+Qwen3-MoE's sparse layers: the router (`mlp.gate.weight`) and the experts stacked into
+w13 [E, 2I, H] / w2 [E, H, I], from the published per-expert tensors
+(`mlp.experts.{e}.gate_proj.weight`, `up_proj`, `down_proj`) or from already stacked ones
+(`mlp.experts.gate_up_proj`, `mlp.experts.down_proj`), written into one preallocated
+tensor each so no second copy of the experts is ever held."""
 
 from __future__ import annotations
 
@@ -16,10 +22,12 @@ import torch
 from .config import ModelConfig
 from .decoder import LayerWeights, Linear, ModelWeights
 from .fp8_linear import FP8, concat_fp8, quantize_weight
+from .moe_block import MoeWeights, empty_experts
 from .quantization import Fp8BlockConfig
 
 Getter = Callable[[str], torch.Tensor]
 LinearGetter = Callable[[list[str]], Linear]
+ExpertsGetter = Callable[[int], tuple[torch.Tensor, torch.Tensor]]  # layer -> (w13, w2)
 
 
 def _layer_names(i: int, qk_norm: bool) -> dict[str, str]:
@@ -36,6 +44,21 @@ def _layer_names(i: int, qk_norm: bool) -> dict[str, str]:
         names |= {"q_norm": p + "self_attn.q_norm.weight",
                   "k_norm": p + "self_attn.k_norm.weight"}
     return names
+
+
+def _router_name(i: int) -> str:
+    return f"model.layers.{i}.mlp.gate.weight"
+
+
+def _expert_names(i: int, e: int) -> tuple[str, str, str]:
+    p = f"model.layers.{i}.mlp.experts.{e}."
+    return p + "gate_proj.weight", p + "up_proj.weight", p + "down_proj.weight"
+
+
+def _no_fp8_moe(config: ModelConfig, quantize: bool) -> None:
+    if config.moe is not None and quantize:
+        raise ValueError("--quantization fp8: FP8 MoE (Qwen3-MoE) is not supported yet; "
+                         "run the model in bf16")
 
 
 def _fused(parts: list[torch.Tensor]) -> torch.Tensor:
@@ -58,14 +81,23 @@ def _float_linear(scheme: Fp8BlockConfig | None, names: list[str],
     return _fused([p.to(dtype) for p in parts])
 
 
-def _assemble(config: ModelConfig, get: Getter,
-              linear: LinearGetter | None = None) -> ModelWeights:
+def _assemble(config: ModelConfig, get: Getter, linear: LinearGetter | None = None,
+              experts: ExpertsGetter | None = None) -> ModelWeights:
     if linear is None:
         def linear(names: list[str]) -> Linear:
             return _fused([get(n) for n in names])
     layers = []
     for i in range(config.num_layers):
         n = _layer_names(i, config.qk_norm)
+        if config.is_sparse(i):
+            assert experts is not None
+            layers.append(LayerWeights(
+                input_norm=get(n["input_norm"]), qkv=linear([n["q"], n["k"], n["v"]]),
+                q_norm=get(n["q_norm"]) if config.qk_norm else None,
+                k_norm=get(n["k_norm"]) if config.qk_norm else None,
+                o=linear([n["o"]]), post_norm=get(n["post_norm"]), gate_up=None, down=None,
+                moe=MoeWeights(get(_router_name(i)), *experts(i))))
+            continue
         layers.append(LayerWeights(
             input_norm=get(n["input_norm"]),
             qkv=linear([n["q"], n["k"], n["v"]]),
@@ -106,7 +138,31 @@ def load_weights(folder: str | Path, config: ModelConfig, dtype: torch.dtype,
     def get(name: str) -> torch.Tensor:
         return stored(name).to(dtype)
 
+    _no_fp8_moe(config, quantize)
     scheme = _fp8_scheme(config, quantize)
+
+    def expert_part(name: str, shape: tuple[int, ...]) -> torch.Tensor:
+        t = stored(name)
+        if t.dtype == FP8 or tuple(t.shape) != shape:
+            raise ValueError(f"{folder}: {name} must be a float {list(shape)} tensor, got "
+                             f"{t.dtype} {list(t.shape)}")
+        return t
+
+    def experts(i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        assert config.moe is not None
+        e, inner, hidden = (config.moe.num_experts, config.moe.intermediate_size,
+                            config.hidden_size)
+        fused = f"model.layers.{i}.mlp.experts."
+        if fused + "gate_up_proj" in where:  # stacked already (transformers' own layout)
+            return (expert_part(fused + "gate_up_proj", (e, 2 * inner, hidden)).to(dtype),
+                    expert_part(fused + "down_proj", (e, hidden, inner)).to(dtype))
+        w13, w2 = empty_experts(config.moe, hidden, dtype, device)
+        for x in range(e):
+            gate, up, down = _expert_names(i, x)
+            w13[x, :inner].copy_(expert_part(gate, (inner, hidden)))
+            w13[x, inner:].copy_(expert_part(up, (inner, hidden)))
+            w2[x].copy_(expert_part(down, (hidden, inner)))
+        return w13, w2
 
     def linear(names: list[str]) -> Linear:
         parts = [stored(n) for n in names]
@@ -122,7 +178,7 @@ def load_weights(folder: str | Path, config: ModelConfig, dtype: torch.dtype,
         return concat_fp8([(n, p, stored(n + "_scale_inv")) for n, p in
                            zip(names, parts, strict=True)])
 
-    weights = _assemble(config, get, linear)
+    weights = _assemble(config, get, linear, experts)
     extra = sorted(n for n in where if n not in used and not n.endswith("rotary_emb.inv_freq")
                    and not (config.tie_word_embeddings and n == "lm_head.weight"))
     if extra:
@@ -142,14 +198,20 @@ def dummy_state_dict(config: ModelConfig, dtype: torch.dtype, device: torch.devi
         shapes["lm_head.weight"] = (c.vocab_size, c.hidden_size)
     for i in range(c.num_layers):
         n = _layer_names(i, c.qk_norm)
+        if c.is_sparse(i):  # the router here; the experts from dummy_experts
+            assert c.moe is not None
+            shapes[_router_name(i)] = (c.moe.num_experts, c.hidden_size)
+            for part in ("gate", "up", "down"):
+                del n[part]
         shapes |= {n["input_norm"]: (c.hidden_size,), n["post_norm"]: (c.hidden_size,),
                    n["q"]: (c.num_heads * d, c.hidden_size),
                    n["k"]: (c.num_kv_heads * d, c.hidden_size),
                    n["v"]: (c.num_kv_heads * d, c.hidden_size),
-                   n["o"]: (c.hidden_size, c.num_heads * d),
-                   n["gate"]: (c.intermediate_size, c.hidden_size),
-                   n["up"]: (c.intermediate_size, c.hidden_size),
-                   n["down"]: (c.hidden_size, c.intermediate_size)}
+                   n["o"]: (c.hidden_size, c.num_heads * d)}
+        if "gate" in n:
+            shapes |= {n["gate"]: (c.intermediate_size, c.hidden_size),
+                       n["up"]: (c.intermediate_size, c.hidden_size),
+                       n["down"]: (c.hidden_size, c.intermediate_size)}
         if c.qk_norm:
             shapes |= {n["q_norm"]: (d,), n["k_norm"]: (d,)}
     out = {}
@@ -162,15 +224,31 @@ def dummy_state_dict(config: ModelConfig, dtype: torch.dtype, device: torch.devi
     return out
 
 
+def dummy_experts(config: ModelConfig, dtype: torch.dtype, device: torch.device | str,
+                  seed: int = 0) -> ExpertsGetter:
+    """Random stacked experts (std 0.02) drawn in place on the device, layer by layer:
+    no float32 or host copy of Qwen3-30B-A3B's ~58 GB of expert weights."""
+    gen = torch.Generator(device=torch.device(device)).manual_seed(seed + 1)
+
+    def experts(i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        assert config.moe is not None
+        w13, w2 = empty_experts(config.moe, config.hidden_size, dtype, device)
+        return w13.normal_(0.0, 0.02, generator=gen), w2.normal_(0.0, 0.02, generator=gen)
+
+    return experts
+
+
 def dummy_weights(config: ModelConfig, dtype: torch.dtype, device: torch.device | str,
                   seed: int = 0, quantize: bool = False) -> ModelWeights:
     """Random weights of the model's shapes, for benchmarks (`--load-format dummy`). An
     FP8 config (or `quantize`) gets FP8 linear layers: the same std-0.02 random weights
     quantized into 128 x 128 blocks, so activations stay as tame as in the float model."""
+    _no_fp8_moe(config, quantize)
     named = dummy_state_dict(config, dtype, device, seed)
     scheme = config.quantization or (Fp8BlockConfig() if quantize else None)
     if scheme is None:
-        return _assemble(config, named.__getitem__)
+        return _assemble(config, named.__getitem__,
+                         experts=dummy_experts(config, dtype, device, seed))
 
     def linear(names: list[str]) -> Linear:  # pop: each float copy freed once quantized
         return _float_linear(scheme, names, [named.pop(n) for n in names], dtype)
