@@ -1,0 +1,356 @@
+"""`fuseinfer bench moe`: the MoE ops on real model shapes (Qwen3-30B-A3B, GPT-OSS-20B,
+DeepSeek-V3) at decode and prefill token counts, one row per (op, model, tokens):
+
+  routing  topk_softmax (Qwen3: renormalize; GPT-OSS: softmax_after_topk) or moe_fused_gate
+           (DeepSeek-V3: 8 groups, 4 kept, routed_scaling_factor 2.5 on the weights)
+           against torch eager and torch.compile of the same routing
+  align    moe_align_block_size with the block_m the `moe` table picks for T (no baseline)
+  layer    fused_moe (bf16; fp8_block with --quant: weights quantized per 128 x 128 block
+           once, outside timing) against a torch pipeline around torch._grouped_mm
+
+Every set has its own fresh random logits, so the experts hit vary as in a model. For the
+layer the experts hit are counted on the host before timing: their weight bytes over our
+time give GB/s and % of copy bandwidth; TFLOP/s counts 2*T*k*(2I*H + H*I). Ours and every
+baseline are checked against the float32 reference before they are timed (the layer on at
+most 64 tokens); a mismatch or a failure is reported in the row, not timed. FlashInfer's
+MoE is not in the trimmed bundle: the layer rows say so.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .. import moe_baselines as mb
+from ..flashinfer_baselines import describe
+from ..kernel_suite import PDL, add_run_options, check_known, report_run
+from ..progress import Progress
+from ..registry import Suite, register_suite
+from ..report import Column
+from ..static_compile import compile_static
+from ..timing import TimingConfig, buffer_sets, l2_cache_bytes, time_calls
+
+TOKENS = (1, 8, 32, 128, 512, 2048, 8192)
+OPS = ("routing", "align", "layer")
+QUANTS: dict[str, str | None] = {"none": None, "fp8_block": "fp8_block"}
+FLASHINFER_NOTE = "flashinfer: MoE not in the trimmed bundle"
+
+COLUMNS = [
+    Column("op", "op", align="<"),
+    Column("model", "model", align="<"),
+    Column("tokens", "tokens"),
+    Column("quant", "quant", align="<"),
+    Column("block_m", "block_m"),
+    Column("us", "us", "{:.2f}"),
+    Column("experts_hit", "experts hit", "{:.1f}"),
+    Column("weight_gbps", "weight GB/s", "{:.0f}"),
+    Column("pct_copy", "% copy", "{:.1f}"),
+    Column("tflops", "TFLOP/s", "{:.1f}"),
+    Column("vs_eager", "x eager", "{:.2f}"),
+    Column("vs_compile", "x compile", "{:.2f}"),
+    Column("vs_torch", "x torch", "{:.2f}"),
+    Column("rel_err", "rel err", "{:.1e}"),
+    Column("timing", "timing", align="<"),
+    Column("not_timed", "not timed", align="<"),
+    Column("note", "note", align="<"),
+]
+
+
+@dataclass
+class Inputs:
+    """One rotated set: fresh logits (and bias), the routing they give, and for the layer
+    the hidden states and the output. `keep` holds a baseline's last outputs alive."""
+
+    logits: torch.Tensor
+    bias: torch.Tensor
+    weights: torch.Tensor
+    ids: torch.Tensor
+    hidden: torch.Tensor | None = None
+    out: torch.Tensor | None = None
+    keep: dict[str, Any] = field(default_factory=dict)
+
+
+def make_inputs(model: mb.MoeModel, tokens: int, count: int, with_hidden: bool,
+                device: torch.device | str = "cuda") -> list[Inputs]:
+    """`count` sets, each routed by the float32 reference (the layer's routing input)."""
+    sets = []
+    for _ in range(count):
+        logits, bias = mb.make_logits(model, tokens, device)
+        weights, ids = mb.reference_routing(model, logits, bias)
+        hidden = out = None
+        if with_hidden:
+            hidden = torch.randn(tokens, model.hidden, device=device, dtype=torch.bfloat16)
+            out = torch.empty_like(hidden)
+        sets.append(Inputs(logits, bias, weights, ids, hidden, out))
+    return sets
+
+
+def dispatched_block_m(tokens: int, quant: str | None) -> int:
+    """The block_m of the `moe` entry's rule for T on this GPU (fused_moe's alignment)."""
+    from ...ops.moe.moe_dispatch import effective
+
+    index = torch.cuda.current_device() if torch.cuda.is_available() else None
+    return effective(index).rule(tokens, quant).block_m
+
+
+def _time_checked(row: dict[str, Any], name: str, err: Callable[[], float], tol: float,
+                  calls: Callable[[], list[Callable[[], Any]]], config: TimingConfig,
+                  ours_us: float) -> None:
+    """A baseline: checked, then timed (`<name>_us`, `vs_<name>`, `<name>_timing`), or
+    `<name>_error` when it fails or disagrees with the reference (then not timed)."""
+    try:
+        e = err()
+        row[f"{name}_rel_err"] = e
+        if not e <= tol:  # NaN included
+            row[f"{name}_error"] = (f"disagrees with the reference: rel err {e:.1e} > "
+                                    f"{tol:.0e}, not timed")
+            return
+        timed = time_calls(calls(), config)
+    except Exception as error:  # a baseline that cannot run a shape is reported, not fatal
+        row[f"{name}_error"] = describe(error)
+        return
+    row[f"{name}_us"] = timed.median_us
+    row[f"vs_{name}"] = timed.median_us / ours_us
+    row[f"{name}_timing"] = timed.method
+
+
+def _time_ours(row: dict[str, Any], err: float, tol: float,
+               calls: list[Callable[[], Any]], config: TimingConfig) -> bool:
+    """Time our op when its check passed; else a MISMATCH note. True when timed."""
+    row["rel_err"] = err
+    if not err <= tol:
+        row["note"] = (f"MISMATCH: rel err {err:.1e} > {tol:.0e} against the float32 "
+                       "reference, not timed")
+        return False
+    timed = time_calls(calls, config)
+    row.update({"us": timed.median_us, "us_p20": timed.p20_us, "us_p80": timed.p80_us,
+                "timing": timed.method, "calls_per_replay": timed.calls_per_replay})
+    return True
+
+
+def _finish(row: dict[str, Any], wanted: Sequence[str]) -> dict[str, Any]:
+    row["not_timed"] = ", ".join(n for n in wanted if f"{n}_error" in row) or None
+    return row
+
+
+def measure_routing(model: mb.MoeModel, tokens: int, wanted: Sequence[str],
+                    config: TimingConfig, cold: bool, pdl: bool | None,
+                    device: torch.device | str = "cuda") -> dict[str, Any]:
+    nbytes = tokens * model.experts * 2 + tokens * model.topk * 8
+    sets = make_inputs(model, tokens, buffer_sets(nbytes, l2_cache_bytes(), cold), False,
+                       device)
+    row: dict[str, Any] = {"op": model.router, "kind": "routing", "model": model.name,
+                           "tokens": tokens, "experts": model.experts, "topk": model.topk,
+                           "bytes": nbytes, "rotated_sets": len(sets)}
+
+    def ours(s: Inputs) -> None:
+        mb.ours_routing(model, s.logits, s.bias, s.weights, s.ids, pdl)
+
+    try:
+        s0 = sets[0]
+        s0.weights.fill_(float("nan"))
+        ours(s0)
+        err = mb.routing_rel_err(model, s0.logits, s0.bias, (s0.weights, s0.ids))
+        if not _time_ours(row, err, mb.ROUTING_REL_ERR, [lambda s=s: ours(s) for s in sets],
+                          config):
+            return row
+    except Exception as error:
+        row["note"] = f"ours failed: {describe(error)}"
+        return row
+    row["gbps"] = nbytes / row["us"] / 1e3
+    eager = mb.torch_routing(model)
+    fns = {"eager": eager,
+           "compile": lambda x, b: compile_static(f"moe_routing:{model.name}", eager)(x, b)}
+    names = [n for n in wanted if n in mb.ROUTING_BASELINES]
+    for name in names:
+        fn = fns[name]
+        _time_checked(
+            row, name,
+            lambda fn=fn: mb.routing_rel_err(model, s0.logits, s0.bias, fn(s0.logits, s0.bias)),
+            mb.ROUTING_REL_ERR,
+            lambda fn=fn, name=name: [
+                lambda s=s: s.keep.__setitem__(name, fn(s.logits, s.bias)) for s in sets],
+            config, row["us"])
+    return _finish(row, names)
+
+
+def measure_align(model: mb.MoeModel, tokens: int, quant: str | None, config: TimingConfig,
+                  cold: bool, pdl: bool | None, device: torch.device | str = "cuda"
+                  ) -> dict[str, Any]:
+    from ...ops.moe.moe_align_block_size import (
+        max_padded_rows,
+        reference_moe_align_block_size,
+    )
+
+    block_m = dispatched_block_m(tokens, quant)
+    capacity = max_padded_rows(tokens * model.topk, model.experts, block_m)
+    nbytes = tokens * model.topk * 4 + capacity * 4 + capacity // block_m * 4
+    sets = make_inputs(model, tokens, buffer_sets(nbytes, l2_cache_bytes(), cold), False,
+                       device)
+    row: dict[str, Any] = {"op": "moe_align_block_size", "kind": "align",
+                           "model": model.name, "tokens": tokens, "block_m": block_m,
+                           "experts": model.experts, "topk": model.topk, "bytes": nbytes,
+                           "rotated_sets": len(sets)}
+    outs = [(torch.empty(capacity, dtype=torch.int32, device=device),
+             torch.empty(capacity // block_m, dtype=torch.int32, device=device),
+             torch.empty(1, dtype=torch.int32, device=device)) for _ in sets]
+
+    def ours(i: int) -> None:
+        torch.ops.fuseinfer.moe_align_block_size(*outs[i], sets[i].ids, model.experts,
+                                                 block_m, enable_pdl=pdl)
+
+    try:
+        ours(0)
+        want = reference_moe_align_block_size(sets[0].ids, model.experts, block_m)
+        total = int(want[2].item())
+        same = (torch.equal(outs[0][2], want[2])
+                and torch.equal(outs[0][0][:total], want[0][:total])
+                and torch.equal(outs[0][1][:total // block_m], want[1][:total // block_m]))
+        _time_ours(row, 0.0 if same else 1.0, 0.0,
+                   [lambda i=i: ours(i) for i in range(len(sets))], config)
+    except Exception as error:
+        row["note"] = f"ours failed: {describe(error)}"
+    return row
+
+
+def measure_layer(model: mb.MoeModel, tokens: int, weights: mb.LayerWeights,
+                  wanted: Sequence[str], config: TimingConfig, copy_gbps: float | None,
+                  pdl: bool | None, device: torch.device | str = "cuda") -> dict[str, Any]:
+    from ...ops.moe.fused_moe import fused_moe
+
+    quant = weights.quant
+    per_expert = mb.expert_bytes(model, quant)
+    guess = per_expert * min(model.experts, tokens * model.topk)
+    sets = make_inputs(model, tokens, buffer_sets(guess, l2_cache_bytes(), cold=True), True,
+                       device)
+    # Counted on the host now: nothing inside the timed region syncs.
+    hit = sum(int(s.ids.unique().numel()) for s in sets) / len(sets)
+    row: dict[str, Any] = {
+        "op": "fused_moe", "kind": "layer", "model": model.name, "tokens": tokens,
+        "quant": quant or "bf16", "shape": quant or "bf16",
+        "block_m": dispatched_block_m(tokens, quant), "experts": model.experts,
+        "topk": model.topk, "hidden": model.hidden, "inter": model.inter,
+        "experts_hit": hit, "weight_bytes": hit * per_expert, "rotated_sets": len(sets)}
+
+    def ours(s: Inputs) -> None:
+        fused_moe(s.hidden, weights.w13, weights.w2, s.weights, s.ids, quant=quant,
+                  w13_scales=weights.w13_scales, w2_scales=weights.w2_scales,
+                  enable_pdl=pdl, out=s.out)
+
+    tol = mb.LAYER_REL_ERR[quant]
+    try:
+        s0 = sets[0]
+        assert s0.out is not None and s0.hidden is not None
+        s0.out.fill_(float("nan"))
+        ours(s0)
+        err = mb.layer_rel_err(s0.out, s0.hidden, weights, (s0.weights, s0.ids))
+        if not _time_ours(row, err, tol, [lambda s=s: ours(s) for s in sets], config):
+            return row
+    except Exception as error:
+        row["note"] = f"ours failed: {describe(error)}"
+        return row
+    row["weight_gbps"] = row["weight_bytes"] / row["us"] / 1e3
+    row["pct_copy"] = 100 * row["weight_gbps"] / copy_gbps if copy_gbps else None
+    row["tflops"] = mb.layer_flops(model, tokens) / row["us"] / 1e6
+    names = [n for n in wanted if n in mb.LAYER_BASELINES]
+    notes = [FLASHINFER_NOTE] if "flashinfer" in wanted else []
+    if quant is not None and names:
+        notes.append("torch pipeline: bf16 rows only")
+        names = []
+    if "torch" in names:
+        # built inside the check, so a torch without _grouped_mm lands in torch_error
+        pipeline: list[Callable[[torch.Tensor, mb.Routing], torch.Tensor]] = []
+
+        def check() -> float:
+            pipeline.append(mb.torch_layer(weights))
+            got = pipeline[0](s0.hidden, (s0.weights, s0.ids))
+            return mb.layer_rel_err(got, s0.hidden, weights, (s0.weights, s0.ids))
+
+        _time_checked(row, "torch", check, tol, lambda: [
+            lambda s=s: s.keep.__setitem__("torch", pipeline[0](s.hidden, (s.weights, s.ids)))
+            for s in sets], config, row["us"])
+    row["note"] = "; ".join(notes) or None
+    return _finish(row, names)
+
+
+def run(models: Sequence[mb.MoeModel], tokens: Sequence[int], ops: Sequence[str],
+        wanted: Sequence[str], quants: Sequence[str | None], copy_gbps: float | None,
+        enable_pdl: bool | None = None, config: TimingConfig | None = None,
+        cold: bool = False, device: torch.device | str = "cuda") -> list[dict[str, Any]]:
+    """Per model: the routing rows, the align rows, then the layer rows per quant (the
+    experts built once per model and quant, outside timing)."""
+    config = config or TimingConfig(repeats=15, target_graph_ms=2.0)
+    steps = len(models) * len(tokens) * (sum(op != "layer" for op in ops)
+                                         + ("layer" in ops) * len(quants))
+    rows = []
+    with Progress(steps, "bench moe") as progress:
+        for model in models:
+            for op in ops:
+                for quant in quants if op == "layer" else [None]:
+                    if quant == "fp8_block" and model.hidden % 128 + model.inter % 128:
+                        rows += [{"op": "fused_moe", "kind": "layer", "model": model.name,
+                                  "tokens": t, "quant": quant, "shape": quant,
+                                  "note": f"fp8_block needs H and I multiples of 128 "
+                                  f"(H={model.hidden}, I={model.inter})"} for t in tokens]
+                        continue
+                    weights = mb.make_weights(model, quant, device) if op == "layer" else None
+                    for t in tokens:
+                        progress.step(f"{op} {model.name} tokens={t} {quant or ''}".strip())
+                        if weights is not None:
+                            rows.append(measure_layer(model, t, weights, wanted, config,
+                                                      copy_gbps, enable_pdl, device))
+                        elif op == "routing":
+                            rows.append(measure_routing(model, t, wanted, config, cold,
+                                                        enable_pdl, device))
+                        else:
+                            rows.append(measure_align(model, t, None, config, cold,
+                                                      enable_pdl, device))
+                    del weights
+                    if torch.cuda.is_available():
+                        torch.cuda.empty_cache()  # the next model's experts may be larger
+    return rows
+
+
+# ---- the command: `fuseinfer bench moe` ---------------------------------------------------
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--models", nargs="+", metavar="MODEL",
+                        help=f"models (default: {' '.join(mb.MODELS)})")
+    parser.add_argument("--tokens", nargs="+", type=int,
+                        help=f"token counts (default: {' '.join(map(str, TOKENS))})")
+    parser.add_argument("--ops", nargs="+", help=f"rows to time (default: {' '.join(OPS)})")
+    parser.add_argument("--baselines", nargs="*", default=list(mb.BASELINES),
+                        help="baselines timed in the same run (eager, compile: routing; "
+                        "torch: the layer; flashinfer: noted as absent)")
+    parser.add_argument("--quant", nargs="+", choices=list(QUANTS), default=["none"],
+                        help="the layer's weights: none (bf16) and/or fp8_block")
+    add_run_options(parser, "moe")
+
+
+def run_command(args: argparse.Namespace) -> int:
+    from ..ceilings import copy_bandwidth_gbps
+
+    names = args.models or list(mb.MODELS)
+    check_known("model", names, mb.MODELS)
+    ops = args.ops or list(OPS)
+    check_known("op", ops, OPS)
+    check_known("baseline", args.baselines, mb.BASELINES)
+    tokens = args.tokens or list(TOKENS)
+    if min(tokens) < 1:
+        raise SystemExit(f"token counts must be positive, got {tokens}")
+    copy_gbps = copy_bandwidth_gbps()
+    rows = run([mb.MODELS[n] for n in names], tokens, ops, args.baselines,
+               [QUANTS[q] for q in dict.fromkeys(args.quant)], copy_gbps,
+               enable_pdl=PDL[args.pdl], cold=args.cold)
+    return report_run("moe", COLUMNS, rows, copy_gbps, args)
+
+
+register_suite(Suite(
+    name="moe", help="MoE routing (topk_softmax, moe_fused_gate), moe_align_block_size and "
+    "fused_moe (bf16, fp8_block) on Qwen3-30B-A3B, GPT-OSS-20B and DeepSeek-V3 against "
+    "torch (eager, torch.compile, a _grouped_mm pipeline)", run=run_command,
+    add_arguments=add_arguments, records="moe",
+    quick_args=("--models", "Qwen3-30B-A3B", "--tokens", "1", "128", "4096")))

@@ -1,0 +1,225 @@
+"""`fuseinfer bench moe` on the CPU: the model table, the torch routing and layer baselines
+against the ops' float32 references, the per-expert oracle against reference_fused_moe,
+the byte and FLOP counts, and the whole suite loop host-timed (ours or a baseline that
+disagrees or fails is reported, never timed), its table and its options."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+import torch
+
+import fuseinfer  # noqa: F401  (registers the ops)
+from fuseinfer.bench import moe_baselines as mb
+from fuseinfer.bench.registry import find_suite
+from fuseinfer.bench.report import format_table
+from fuseinfer.bench.suites import moe as suite
+from fuseinfer.bench.timing import time_eager_cpu
+from fuseinfer.ops.moe.fused_moe import reference_fused_moe
+
+TINY = mb.MoeModel("tiny", 16, 4, 256, 128, renormalize=True)
+GROUPED = mb.MoeModel("tiny-grouped", 32, 4, 256, 128, groups=4, topk_group=2, scaling=2.5)
+AFTER = mb.MoeModel("tiny-after", 8, 2, 192, 128, softmax_after_topk=True)
+HAS_GROUPED_MM = hasattr(torch, "_grouped_mm")
+
+
+def test_models_are_the_real_configs():
+    qwen, oss, ds = (mb.MODELS[n] for n in ("Qwen3-30B-A3B", "GPT-OSS-20B", "DeepSeek-V3"))
+    assert (qwen.experts, qwen.topk, qwen.hidden, qwen.inter) == (128, 8, 2048, 768)
+    assert qwen.renormalize and qwen.router == "topk_softmax"
+    assert (oss.experts, oss.topk, oss.hidden, oss.inter) == (32, 4, 2880, 2880)
+    assert oss.softmax_after_topk and not oss.renormalize
+    assert (ds.experts, ds.topk, ds.hidden, ds.inter) == (256, 8, 7168, 2048)
+    assert (ds.groups, ds.topk_group, ds.scaling, ds.router) == (8, 4, 2.5, "moe_fused_gate")
+    assert suite.TOKENS == (1, 8, 32, 128, 512, 2048, 8192)
+
+
+@pytest.mark.parametrize("model", [TINY, GROUPED, AFTER], ids=lambda m: m.name)
+def test_torch_routing_matches_the_op_and_a_wrong_one_does_not(model):
+    logits, bias = mb.make_logits(model, 37, "cpu")
+    got = mb.torch_routing(model)(logits, bias)
+    assert mb.routing_rel_err(model, logits, bias, got) < 1e-6
+    w = torch.empty(37, model.topk)
+    ids = torch.empty(37, model.topk, dtype=torch.int32)
+    mb.ours_routing(model, logits, bias, w, ids, None)  # the CPU op
+    assert mb.routing_rel_err(model, logits, bias, (w, ids)) == 0.0
+    worst = ids.clone()
+    worst[:, 0] = (ids[:, 0] + 1) % model.experts  # best expert swapped out
+    assert mb.routing_rel_err(model, logits, bias, (w, worst)) > 1e-2
+    assert mb.routing_rel_err(model, logits, bias, (w.flip(-1), ids)) > 1e-2
+    assert mb.routing_rel_err(model, logits, bias, (w, ids - 100)) == float("inf")
+
+
+def test_routing_check_accepts_either_expert_of_a_tie():
+    logits = torch.zeros(1, TINY.experts, dtype=torch.bfloat16)
+    logits[0, :6] = torch.tensor([3.0, 2.0, 2.0, 2.0, 2.0, 1.0])
+    bias = torch.zeros(TINY.experts)
+    w, ids = mb.reference_routing(TINY, logits, bias)
+    assert ids.tolist() == [[0, 1, 2, 3]]
+    tied = torch.tensor([[0, 4, 2, 1]], dtype=torch.int32)  # 4 ties with 3
+    assert mb.routing_rel_err(TINY, logits, bias, (w, tied)) == 0.0
+
+
+@pytest.mark.parametrize("quant", [None, "fp8_block"])
+def test_per_expert_oracle_is_reference_fused_moe(quant):
+    weights = mb.make_weights(TINY, quant, "cpu")
+    hidden = torch.randn(9, TINY.hidden, dtype=torch.bfloat16)
+    logits, bias = mb.make_logits(TINY, 9, "cpu")
+    tw, ids = mb.reference_routing(TINY, logits, bias)
+    ids[2, 1] = -1  # a masked slot contributes nothing
+    want = reference_fused_moe(hidden, weights.w13, weights.w2, tw, ids, quant,
+                               weights.w13_scales, weights.w2_scales)
+    got = mb.reference_layer(hidden, weights, tw, ids)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert want.norm() > 0
+
+
+def test_fp8_weights_are_block_quantized_close_to_bf16():
+    torch.manual_seed(0)
+    weights = mb.make_weights(TINY, "fp8_block", "cpu")
+    assert weights.w13.dtype == torch.float8_e4m3fn and weights.w2.dtype == torch.float8_e4m3fn
+    assert weights.w13_scales.shape == (16, 2, 2) and weights.w2_scales.shape == (16, 2, 1)
+
+
+@pytest.mark.skipif(not HAS_GROUPED_MM, reason="this torch has no _grouped_mm")
+@pytest.mark.parametrize("model", [TINY, AFTER], ids=lambda m: m.name)
+def test_torch_pipeline_matches_the_oracle(model):
+    weights = mb.make_weights(model, None, "cpu")
+    hidden = torch.randn(70, model.hidden, dtype=torch.bfloat16)
+    routing = mb.reference_routing(model, *mb.make_logits(model, 70, "cpu"))
+    out = mb.torch_layer(weights)(hidden, routing)
+    assert out.shape == hidden.shape and out.dtype == torch.bfloat16
+    assert mb.layer_rel_err(out, hidden, weights, routing) < 1e-2
+    assert mb.layer_rel_err(2 * out, hidden, weights, routing) > 0.5
+
+
+def test_torch_pipeline_refuses_fp8_weights():
+    with pytest.raises(NotImplementedError, match="bf16"):
+        mb.torch_layer(mb.make_weights(TINY, "fp8_block", "cpu"))
+
+
+def test_counts_and_check_tokens():
+    qwen, ds = mb.MODELS["Qwen3-30B-A3B"], mb.MODELS["DeepSeek-V3"]
+    assert mb.expert_bytes(qwen, None) == 3 * 2048 * 768 * 2
+    assert mb.expert_bytes(ds, "fp8_block") == 3 * 7168 * 2048 + 4 * (32 * 56 + 56 * 16)
+    assert mb.layer_flops(qwen, 4) == 2 * 4 * 8 * (2 * 768 * 2048 + 2048 * 768)
+    assert mb.check_tokens(5).tolist() == list(range(5))
+    picked = mb.check_tokens(8192)
+    assert len(picked) == mb.CHECK_TOKENS and picked[0] == 0 and picked[-1] == 8191
+
+
+# ---- the suite loop, host-timed ----------------------------------------------------------
+@pytest.fixture
+def cpu_suite(monkeypatch):
+    timed: list[int] = []
+
+    def host_timed(calls, config):
+        timed.append(len(calls))
+        return time_eager_cpu(lambda: [call() for call in calls], repeats=1)
+
+    monkeypatch.setattr(suite, "time_calls", host_timed)
+    monkeypatch.setattr(suite, "buffer_sets", lambda *args, **kwargs: 2)
+    monkeypatch.setattr(suite, "dispatched_block_m", lambda tokens, quant: 16)
+    return timed
+
+
+def _run(ops, baselines, quants=(None,), models=(TINY,), tokens=(3, 70)):
+    return suite.run(list(models), list(tokens), list(ops), list(baselines), list(quants),
+                     1000.0, device="cpu")
+
+
+def test_rows_for_every_op_with_rates_and_ratios(cpu_suite):
+    baselines = ["eager", "torch", "flashinfer"] if HAS_GROUPED_MM else ["eager", "flashinfer"]
+    rows = _run(suite.OPS, baselines, quants=(None, "fp8_block"))
+    assert [(r["kind"], r.get("quant"), r["tokens"]) for r in rows] == [
+        ("routing", None, 3), ("routing", None, 70), ("align", None, 3), ("align", None, 70),
+        ("layer", "bf16", 3), ("layer", "bf16", 70), ("layer", "fp8_block", 3),
+        ("layer", "fp8_block", 70)]
+    for row in rows:
+        assert row["us"] > 0 and row["timing"] == "cpu" and row["rel_err"] <= 2e-2, row
+        assert row.get("not_timed") is None
+    routing = rows[0]
+    assert routing["op"] == "topk_softmax"
+    assert routing["vs_eager"] == pytest.approx(routing["eager_us"] / routing["us"])
+    assert rows[2]["op"] == "moe_align_block_size" and rows[2]["block_m"] == 16
+    for row in rows[4:]:
+        assert 1 <= row["experts_hit"] <= min(16, 4 * row["tokens"])
+        assert row["weight_gbps"] == pytest.approx(
+            row["experts_hit"] * mb.expert_bytes(TINY, row["shape"] if row["shape"] !=
+                                                 "bf16" else None) / row["us"] / 1e3)
+        assert row["pct_copy"] == pytest.approx(100 * row["weight_gbps"] / 1000.0)
+        assert row["tflops"] == pytest.approx(mb.layer_flops(TINY, row["tokens"])
+                                              / row["us"] / 1e6)
+        assert suite.FLASHINFER_NOTE in row["note"]
+    if HAS_GROUPED_MM:
+        assert rows[4]["vs_torch"] == pytest.approx(rows[4]["torch_us"] / rows[4]["us"])
+        assert rows[4]["torch_timing"] == "cpu"
+    assert "vs_torch" not in rows[6] and "bf16 rows only" in rows[6]["note"]
+    table = format_table(rows, suite.COLUMNS)
+    assert "moe_fused_gate" not in table and "fp8_block" in table and "x torch" in table
+
+
+def test_grouped_routing_row_uses_moe_fused_gate(cpu_suite):
+    row = _run(["routing"], ["eager"], models=(GROUPED,), tokens=(5,))[0]
+    assert row["op"] == "moe_fused_gate" and row["rel_err"] == 0.0 and row["eager_us"] > 0
+
+
+def test_our_mismatch_is_reported_not_timed(cpu_suite, monkeypatch):
+    def wrong(model, logits, bias, weights, ids, pdl):
+        weights.zero_()
+        ids.zero_()
+
+    monkeypatch.setattr(mb, "ours_routing", wrong)
+    row = _run(["routing"], ["eager"], tokens=(4,))[0]
+    assert row["note"].startswith("MISMATCH") and "us" not in row and "eager_us" not in row
+    assert cpu_suite == []  # nothing was timed
+
+
+def test_a_disagreeing_or_failing_baseline_is_not_timed(cpu_suite, monkeypatch):
+    eager = mb.torch_routing
+
+    def doubled(model):
+        fn = eager(model)
+        return lambda x, b: (2 * fn(x, b)[0], fn(x, b)[1])
+
+    monkeypatch.setattr(mb, "torch_routing", doubled)
+    row = _run(["routing"], ["eager"], tokens=(4,))[0]
+    assert "disagrees" in row["eager_error"] and "eager_us" not in row
+    assert row["not_timed"] == "eager" and row["us"] > 0
+
+    def broken(weights):
+        raise RuntimeError("_grouped_mm: unsupported here")
+
+    monkeypatch.setattr(mb, "torch_layer", broken)
+    row = _run(["layer"], ["torch"], tokens=(4,))[0]
+    assert row["torch_error"] == "RuntimeError: _grouped_mm: unsupported here"
+    assert "torch_us" not in row and row["not_timed"] == "torch" and row["us"] > 0
+
+
+def test_fp8_rows_of_a_model_off_the_128_grid_are_notes(cpu_suite):
+    rows = _run(["layer"], [], quants=("fp8_block",), models=(AFTER,), tokens=(1, 8))
+    assert [r["tokens"] for r in rows] == [1, 8]
+    assert all("multiples of 128" in r["note"] and "us" not in r for r in rows)
+
+
+def test_options_and_quick_args():
+    parser = argparse.ArgumentParser()
+    suite.add_arguments(parser)
+    args = parser.parse_args(["--models", "DeepSeek-V3", "--ops", "layer", "--quant",
+                              "none", "fp8_block", "--record"])
+    assert args.models == ["DeepSeek-V3"] and args.quant == ["none", "fp8_block"]
+    assert args.record and args.baselines == list(mb.BASELINES)
+    quick = parser.parse_args(list(find_suite("moe").quick_args or ()))
+    assert quick.models == ["Qwen3-30B-A3B"] and quick.tokens == [1, 128, 4096]
+    assert quick.quant == ["none"] and not quick.record
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--quant", "int4"])
+
+
+def test_unknown_names_exit_before_anything_runs(monkeypatch):
+    parser = argparse.ArgumentParser()
+    suite.add_arguments(parser)
+    for bad in (["--models", "Mixtral"], ["--ops", "gemm"], ["--baselines", "vllm"]):
+        with pytest.raises(SystemExit, match="unknown"):
+            suite.run_command(parser.parse_args(bad))
