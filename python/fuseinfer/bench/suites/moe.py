@@ -55,6 +55,7 @@ COLUMNS = [
     Column("vs_torch", "x torch", "{:.2f}"),
     Column("rel_err", "rel err", "{:.1e}"),
     Column("timing", "timing", align="<"),
+    Column("torch_timing", "torch timing", align="<"),
     Column("not_timed", "not timed", align="<"),
     Column("note", "note", align="<"),
 ]
@@ -152,7 +153,8 @@ def measure_routing(model: mb.MoeModel, tokens: int, wanted: Sequence[str],
 
     try:
         s0 = sets[0]
-        s0.weights.fill_(float("nan"))
+        s0.weights.fill_(float("nan"))  # poisoned: an unwritten output cannot pass
+        s0.ids.fill_(-1)
         ours(s0)
         err = mb.routing_rel_err(model, s0.logits, s0.bias, (s0.weights, s0.ids))
         if not _time_ours(row, err, mb.ROUTING_REL_ERR, [lambda s=s: ours(s) for s in sets],
@@ -292,10 +294,13 @@ def run(models: Sequence[mb.MoeModel], tokens: Sequence[int], ops: Sequence[str]
             for op in ops:
                 for quant in quants if op == "layer" else [None]:
                     if quant == "fp8_block" and model.hidden % 128 + model.inter % 128:
-                        rows += [{"op": "fused_moe", "kind": "layer", "model": model.name,
-                                  "tokens": t, "quant": quant, "shape": quant,
-                                  "note": f"fp8_block needs H and I multiples of 128 "
-                                  f"(H={model.hidden}, I={model.inter})"} for t in tokens]
+                        for t in tokens:
+                            progress.step(f"layer {model.name} tokens={t} fp8_block: not run")
+                            rows.append({"op": "fused_moe", "kind": "layer",
+                                         "model": model.name, "tokens": t, "quant": quant,
+                                         "shape": quant, "note": "fp8_block needs H and I "
+                                         f"multiples of 128 (H={model.hidden}, "
+                                         f"I={model.inter})"})
                         continue
                     weights = mb.make_weights(model, quant, device) if op == "layer" else None
                     for t in tokens:
