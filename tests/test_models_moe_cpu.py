@@ -3,8 +3,10 @@ their float32 references) against transformers' Qwen3MoeForCausalLM on the same 
 random checkpoint saved to disk: 3 layers (layer 1 dense through mlp_only_layers), 8
 experts, 2 per token, norm_topk_prob. Prefill logits agree to 1e-4 (float32 in both; only
 summation order differs), greedy tokens match over decode steps, directly and through
-the LLM API; transformers' stacked expert layout loads too; the bundled Qwen3-30B-A3B
-config parses and its dummy weights, at 2 layers and 8 experts, have the stacked shapes."""
+the LLM API; transformers' stacked expert layout loads too; FP8 block-quantized experts
+(a checkpoint's, quantized at load, dummy) stack their scales and stay within the FP8
+tolerance of the dequantized model; the bundled Qwen3-30B-A3B config parses and its dummy
+weights, at 2 layers and 8 experts, have the stacked shapes."""
 
 from __future__ import annotations
 
@@ -15,10 +17,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 from test_models_cpu import Runner  # tests/ is on sys.path
-from tiny_checkpoint import COMMON, tiny_moe_model
+from tiny_checkpoint import COMMON, FP8_QUANT, block_quantize, tiny_moe_model
 
 from fuseinfer.models.config import ModelConfig, MoeConfig
-from fuseinfer.models.decoder import Fusions
+from fuseinfer.models.decoder import DecoderModel, Fusions
 from fuseinfer.models.loader import dummy_weights, load_weights
 
 STEPS = 10
@@ -132,15 +134,93 @@ def test_missing_or_misshapen_expert_is_an_error(checkpoint, tmp_path):
         load_weights(tmp_path, cfg, torch.float32, "cpu")
 
 
-def test_fp8_moe_is_refused(checkpoint, tmp_path):
-    raw = json.loads((checkpoint[0] / "config.json").read_text())
-    quant = {"quant_method": "fp8", "weight_block_size": [128, 128],
-             "activation_scheme": "dynamic", "fmt": "e4m3"}
-    with pytest.raises(ValueError, match="FP8 MoE .* not supported yet"):
-        ModelConfig.from_dict(raw | {"quantization_config": quant})
-    cfg = ModelConfig.from_dict(raw)
-    with pytest.raises(ValueError, match="FP8 MoE .* not supported yet"):
-        dummy_weights(cfg, torch.float32, "cpu", quantize=True)
+# FP8 experts need H and I multiples of 128 (fused_moe's fp8_block), and the fused
+# q/k/v and gate/up parts of the attention and dense layers 128-row multiples.
+FP8_MOE = dict(intermediate_size=256, moe_intermediate_size=128)
+# Activation quantization (1 x 128 groups, e4m3) alone costs the tiny dense models 4-7%
+# relative logits error (test_models_fp8_cpu.py); the same bound holds here.
+FP8_REL_TOL = 0.12
+
+
+def _save_fp8_moe(root):
+    """The tiny MoE as an FP8 checkpoint (every q/k/v/o, dense and expert projection
+    block-quantized with weight_scale_inv; router, norms, embeddings float) in root/fp8,
+    its dequantized twin (float32) in root/deq, and the float original in root/float."""
+    model = tiny_moe_model(router_scale=ROUTER_SCALE, **FP8_MOE)
+    model.save_pretrained(root / "float", safe_serialization=True)
+    state = load_file(str(root / "float" / "model.safetensors"))
+    fp8, deq = {}, {}
+    for name, t in state.items():
+        if "proj" in name and t.dim() == 2:
+            q, sc = block_quantize(t)
+            fp8[name], fp8[name + "_scale_inv"] = q, sc
+            deq[name] = q.float() * sc.repeat_interleave(128, 0)[:t.shape[0]] \
+                .repeat_interleave(128, 1)[:, :t.shape[1]]
+        else:
+            fp8[name] = deq[name] = t
+    raw = json.loads((root / "float" / "config.json").read_text())
+    for sub, tensors, cfg in (("fp8", fp8, raw | {"quantization_config": FP8_QUANT}),
+                              ("deq", deq, raw)):
+        (root / sub).mkdir()
+        save_file(tensors, str(root / sub / "model.safetensors"))
+        (root / sub / "config.json").write_text(json.dumps(cfg))
+    return root
+
+
+def _quantized_runner(folder):
+    """Runner of a float checkpoint quantized to FP8 at load (--quantization fp8)."""
+    runner = Runner(folder)
+    weights = load_weights(folder, runner.config, torch.float32, "cpu", quantize=True)
+    runner.model = DecoderModel(runner.config, weights, runner.attn, runner.kv)
+    return runner
+
+
+def _rel(a, b):
+    return float((a - b).norm() / b.norm())
+
+
+def test_fp8_moe_checkpoint_and_quantization_at_load(tmp_path):
+    from fuseinfer.models.fp8_linear import FP8
+    from fuseinfer.ops.moe.fused_moe import dequantize_block_weights
+
+    root = _save_fp8_moe(tmp_path)
+    deq = Runner(root / "deq")
+    fp8 = Runner(root / "fp8")
+    moe, ref = fp8.model.weights.layers[0].moe, deq.model.weights.layers[0].moe
+    assert moe.w13.dtype == FP8 and moe.w13_scales.shape == (8, 2, 1)
+    assert moe.w2.dtype == FP8 and moe.w2_scales.shape == (8, 1, 1)
+    assert moe.gate.dtype == torch.float32  # the router stays float
+    # the stacked q and scales are exactly the checkpoint's, gate rows before up rows
+    torch.testing.assert_close(dequantize_block_weights(moe.w13, moe.w13_scales), ref.w13,
+                               rtol=0, atol=0)
+    torch.testing.assert_close(dequantize_block_weights(moe.w2, moe.w2_scales), ref.w2,
+                               rtol=0, atol=0)
+    quantized = _quantized_runner(root / "float")
+    assert quantized.model.weights.layers[2].moe.w13.dtype == FP8
+    gen = torch.Generator().manual_seed(5)
+    for _ in range(3):
+        prompt = torch.randint(0, COMMON["vocab_size"], (11,), generator=gen).tolist()
+        want = Runner(root / "deq").step(prompt, 0)
+        got = Runner(root / "fp8").step(prompt, 0)
+        assert _rel(got, want) < FP8_REL_TOL
+        assert 0 < _rel(_quantized_runner(root / "float").step(prompt, 0), want) \
+            < FP8_REL_TOL
+
+
+def test_fp8_moe_dummy_and_bad_scales(tmp_path):
+    from fuseinfer.models.fp8_linear import FP8
+
+    root = _save_fp8_moe(tmp_path)
+    cfg = ModelConfig.from_folder(root / "fp8")
+    w = dummy_weights(cfg, torch.float32, "cpu")
+    assert w.layers[0].moe.w13.dtype == FP8 and w.layers[1].moe is None
+    state = load_file(str(root / "fp8" / "model.safetensors"))
+    name = "model.layers.2.mlp.experts.3.down_proj.weight_scale_inv"
+    state[name] = torch.ones(2, 2)
+    save_file(state, str(root / "fp8" / "model.safetensors"))
+    with pytest.raises(ValueError, match=r"experts.3.down_proj.weight_scale_inv must be a "
+                                         r"float \[1, 1\]"):
+        load_weights(root / "fp8", cfg, torch.float32, "cpu")
 
 
 def test_bundled_qwen3_30b_a3b_config_and_dummy_shapes():

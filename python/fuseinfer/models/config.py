@@ -82,9 +82,6 @@ class ModelConfig:
         eos_ids = tuple(eos) if isinstance(eos, list) else (() if eos is None else (eos,))
         moe = MoeConfig.from_dict(cfg) if arch == "qwen3_moe" else None
         quantization = quantization_from_dict(cfg)
-        if moe is not None and quantization is not None:
-            raise ValueError("quantization_config: FP8 MoE (Qwen3-MoE) checkpoints are not "
-                             "supported yet; use the bf16 checkpoint")
         return ModelConfig(
             arch=arch, vocab_size=int(cfg["vocab_size"]), hidden_size=int(cfg["hidden_size"]),
             intermediate_size=int(cfg["intermediate_size"]),

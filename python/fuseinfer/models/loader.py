@@ -8,9 +8,8 @@ they load. Embeddings, norms and lm_head stay in the model dtype.
 
 Qwen3-MoE's sparse layers: the router (`mlp.gate.weight`) and the experts stacked into
 w13 [E, 2I, H] / w2 [E, H, I], from the published per-expert tensors
-(`mlp.experts.{e}.gate_proj.weight`, `up_proj`, `down_proj`) or from already stacked ones
-(`mlp.experts.gate_up_proj`, `mlp.experts.down_proj`), written into one preallocated
-tensor each so no second copy of the experts is ever held."""
+(`mlp.experts.{e}.gate_proj.weight`, `up_proj`, `down_proj`, float or FP8) or from
+already stacked ones (moe_loader.py)."""
 
 from __future__ import annotations
 
@@ -21,13 +20,13 @@ import torch
 
 from .config import ModelConfig
 from .decoder import LayerWeights, Linear, ModelWeights
-from .fp8_linear import FP8, concat_fp8, quantize_weight
-from .moe_block import MoeWeights, empty_experts
+from .fp8_linear import FP8, concat_fp8, dequantize_blockwise, quantize_weight
+from .moe_block import MoeWeights
+from .moe_loader import ExpertsGetter, checkpoint_experts, dummy_experts
 from .quantization import Fp8BlockConfig
 
 Getter = Callable[[str], torch.Tensor]
 LinearGetter = Callable[[list[str]], Linear]
-ExpertsGetter = Callable[[int], tuple[torch.Tensor, torch.Tensor]]  # layer -> (w13, w2)
 
 
 def _layer_names(i: int, qk_norm: bool) -> dict[str, str]:
@@ -48,17 +47,6 @@ def _layer_names(i: int, qk_norm: bool) -> dict[str, str]:
 
 def _router_name(i: int) -> str:
     return f"model.layers.{i}.mlp.gate.weight"
-
-
-def _expert_names(i: int, e: int) -> tuple[str, str, str]:
-    p = f"model.layers.{i}.mlp.experts.{e}."
-    return p + "gate_proj.weight", p + "up_proj.weight", p + "down_proj.weight"
-
-
-def _no_fp8_moe(config: ModelConfig, quantize: bool) -> None:
-    if config.moe is not None and quantize:
-        raise ValueError("--quantization fp8: FP8 MoE (Qwen3-MoE) is not supported yet; "
-                         "run the model in bf16")
 
 
 def _fused(parts: list[torch.Tensor]) -> torch.Tensor:
@@ -136,33 +124,15 @@ def load_weights(folder: str | Path, config: ModelConfig, dtype: torch.dtype,
         return handles[where[name]].get_tensor(name)
 
     def get(name: str) -> torch.Tensor:
-        return stored(name).to(dtype)
+        t = stored(name)
+        if t.dtype == FP8:  # an FP8 MoE router (most checkpoints keep it float)
+            return dequantize_blockwise(t, stored(name + "_scale_inv")).to(dtype)
+        return t.to(dtype)
 
-    _no_fp8_moe(config, quantize)
     scheme = _fp8_scheme(config, quantize)
 
-    def expert_part(name: str, shape: tuple[int, ...]) -> torch.Tensor:
-        t = stored(name)
-        if t.dtype == FP8 or tuple(t.shape) != shape:
-            raise ValueError(f"{folder}: {name} must be a float {list(shape)} tensor, got "
-                             f"{t.dtype} {list(t.shape)}")
-        return t
-
-    def experts(i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        assert config.moe is not None
-        e, inner, hidden = (config.moe.num_experts, config.moe.intermediate_size,
-                            config.hidden_size)
-        fused = f"model.layers.{i}.mlp.experts."
-        if fused + "gate_up_proj" in where:  # stacked already (transformers' own layout)
-            return (expert_part(fused + "gate_up_proj", (e, 2 * inner, hidden)).to(dtype),
-                    expert_part(fused + "down_proj", (e, hidden, inner)).to(dtype))
-        w13, w2 = empty_experts(config.moe, hidden, dtype, device)
-        for x in range(e):
-            gate, up, down = _expert_names(i, x)
-            w13[x, :inner].copy_(expert_part(gate, (inner, hidden)))
-            w13[x, inner:].copy_(expert_part(up, (inner, hidden)))
-            w2[x].copy_(expert_part(down, (hidden, inner)))
-        return w13, w2
+    experts = checkpoint_experts(config, stored, where.__contains__, dtype, device, scheme,
+                                 str(folder))
 
     def linear(names: list[str]) -> Linear:
         parts = [stored(n) for n in names]
@@ -224,33 +194,18 @@ def dummy_state_dict(config: ModelConfig, dtype: torch.dtype, device: torch.devi
     return out
 
 
-def dummy_experts(config: ModelConfig, dtype: torch.dtype, device: torch.device | str,
-                  seed: int = 0) -> ExpertsGetter:
-    """Random stacked experts (std 0.02) drawn in place on the device, layer by layer:
-    no float32 or host copy of Qwen3-30B-A3B's ~58 GB of expert weights."""
-    gen = torch.Generator(device=torch.device(device)).manual_seed(seed + 1)
-
-    def experts(i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        assert config.moe is not None
-        w13, w2 = empty_experts(config.moe, config.hidden_size, dtype, device)
-        return w13.normal_(0.0, 0.02, generator=gen), w2.normal_(0.0, 0.02, generator=gen)
-
-    return experts
-
-
 def dummy_weights(config: ModelConfig, dtype: torch.dtype, device: torch.device | str,
                   seed: int = 0, quantize: bool = False) -> ModelWeights:
     """Random weights of the model's shapes, for benchmarks (`--load-format dummy`). An
     FP8 config (or `quantize`) gets FP8 linear layers: the same std-0.02 random weights
     quantized into 128 x 128 blocks, so activations stay as tame as in the float model."""
-    _no_fp8_moe(config, quantize)
     named = dummy_state_dict(config, dtype, device, seed)
     scheme = config.quantization or (Fp8BlockConfig() if quantize else None)
+    experts = dummy_experts(config, dtype, device, seed, scheme)
     if scheme is None:
-        return _assemble(config, named.__getitem__,
-                         experts=dummy_experts(config, dtype, device, seed))
+        return _assemble(config, named.__getitem__, experts=experts)
 
     def linear(names: list[str]) -> Linear:  # pop: each float copy freed once quantized
         return _float_linear(scheme, names, [named.pop(n) for n in names], dtype)
 
-    return _assemble(config, named.__getitem__, linear)
+    return _assemble(config, named.__getitem__, linear, experts)

@@ -8,6 +8,8 @@ routed SwiGLU experts in one fused_moe call.
 
 The experts are kept stacked (w13 [E, 2I, H]: each expert's gate rows, then its up rows;
 w2 [E, H, I]), the layout fused_moe reads, so a step does no per-expert work on the host.
+FP8 experts (e4m3, one float32 scale per 128 x 128 block of each expert, the checkpoints'
+`weight_scale_inv`) run fused_moe's quant="fp8_block".
 """
 
 from __future__ import annotations
@@ -16,9 +18,10 @@ from dataclasses import dataclass
 
 import torch
 
-from ..ops.moe.fused_moe import fused_moe
+from ..ops.moe.fused_moe import FP8, QUANT_BLOCK, fused_moe
 from ..ops.moe.topk_softmax import topk_softmax
 from .config import MoeConfig
+from .fp8_linear import AMAX_FLOOR, FP8_MAX
 
 
 @dataclass(frozen=True)
@@ -26,6 +29,9 @@ class MoeWeights:
     gate: torch.Tensor  # the router [E, H]
     w13: torch.Tensor  # [E, 2I, H]
     w2: torch.Tensor  # [E, H, I]
+    # FP8 experts: float32 [E, 2I/128, H/128] and [E, H/128, I/128]; None: float experts
+    w13_scales: torch.Tensor | None = None
+    w2_scales: torch.Tensor | None = None
 
 
 def moe_block(h: torch.Tensor, w: MoeWeights, router_logits: torch.Tensor,
@@ -34,13 +40,26 @@ def moe_block(h: torch.Tensor, w: MoeWeights, router_logits: torch.Tensor,
     [T, E] of h (the caller picks the matmul kernel); out [T, H] in h's dtype."""
     weights, ids = topk_softmax(router_logits, config.top_k, config.norm_topk_prob,
                                 enable_pdl=enable_pdl)
-    return fused_moe(h, w.w13, w.w2, weights, ids, enable_pdl=enable_pdl)
+    quant = "fp8_block" if w.w13.dtype == FP8 else None
+    return fused_moe(h, w.w13, w.w2, weights, ids, quant=quant, w13_scales=w.w13_scales,
+                     w2_scales=w.w2_scales, enable_pdl=enable_pdl)
 
 
-def empty_experts(config: MoeConfig, hidden: int, dtype: torch.dtype,
-                  device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Uninitialized (w13, w2) of one layer, filled in place by a loader, so the stacked
-    tensors are the only copy (Qwen3-30B-A3B's experts are ~58 GB in bf16)."""
-    e, inner = config.num_experts, config.intermediate_size
-    return (torch.empty(e, 2 * inner, hidden, dtype=dtype, device=device),
-            torch.empty(e, hidden, inner, dtype=dtype, device=device))
+def quantize_experts(w: torch.Tensor, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stacked float experts w [E, N, K] as (e4m3 [E, N, K], float32 scales [E, N/128,
+    K/128]), each 128 x 128 block scaled by amax / 448 as fp8_linear's quantizer does;
+    N and K multiples of 128 (what fused_moe's FP8 path takes)."""
+    e, n, k = w.shape
+    if n % QUANT_BLOCK or k % QUANT_BLOCK:
+        raise ValueError(f"{name}: FP8 experts need both dims multiples of {QUANT_BLOCK}, "
+                         f"got {list(w.shape)}")
+    q = torch.empty(e, n, k, dtype=FP8, device=w.device)
+    scales = torch.empty(e, n // QUANT_BLOCK, k // QUANT_BLOCK, dtype=torch.float32,
+                         device=w.device)
+    for x in range(e):  # one expert at a time: the float32 temporary stays small
+        blocks = w[x].float().view(n // QUANT_BLOCK, QUANT_BLOCK, k // QUANT_BLOCK,
+                                   QUANT_BLOCK)
+        s = blocks.abs().amax(dim=(1, 3)).clamp_min(AMAX_FLOOR) / FP8_MAX
+        scales[x] = s
+        q[x] = (blocks / s[:, None, :, None]).clamp(-FP8_MAX, FP8_MAX).to(FP8).view(n, k)
+    return q, scales
