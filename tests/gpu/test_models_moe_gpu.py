@@ -2,8 +2,9 @@
 against transformers (bf16) on the same tiny checkpoint saved to disk (3 layers, layer 1
 dense, 8 experts, 2 per token): prefill logits within bf16 tolerance and greedy tokens
 token for token over 32 new tokens, with and without CUDA graphs, chunked prefill and
-every fusion off; and the bundled Qwen3-30B-A3B with dummy weights, built without a
-second copy of its experts, generating on one GPU.
+every fusion off; FP8 experts against their dequantized twin; and the bundled
+Qwen3-30B-A3B with dummy weights, built without a second copy of its experts, generating
+on one GPU.
 
 As in test_runtime_gpu.py, the checkpoint is trained on a copy task so its greedy path has
 wide logit gaps (MARGIN, checked in float32) that bf16 rounding cannot flip. A token
@@ -125,3 +126,33 @@ def test_dummy_qwen3_30b_a3b_fits_without_a_second_copy():
                                SamplingParams(max_new_tokens=8, ignore_eos=True))
         assert [len(o.output) for o in outs] == [8, 8]
         assert all(0 <= t < 151936 for o in outs for t in o.output)
+
+
+# FP8 experts (and FP8 attention / dense linears) on the GPU against the dequantized twin
+# in float32 on the CPU: activation quantization costs 5-9% on the CPU
+# (test_models_moe_cpu.py) and bf16 adds its rounding, so 15%.
+FP8_REL_TOL = 0.15
+
+
+def test_fp8_experts_against_the_dequantized_twin(tmp_path):
+    from test_models_moe_cpu import Runner, _save_fp8_moe  # tests/ is on sys.path
+
+    root = _save_fp8_moe(tmp_path)
+    engine = Engine(EngineArgs(model=str(root / "fp8"), device="cuda",
+                               disable_cuda_graph=True, max_total_tokens=KV_TOKENS))
+    moe = engine.runner.model.weights.layers[0].moe
+    assert moe is not None and moe.w13.dtype == torch.float8_e4m3fn
+    gen = torch.Generator().manual_seed(5)
+    prompts = [torch.randint(0, COMMON["vocab_size"], (n,), generator=gen).tolist()
+               for n in (11, 40, 90)]
+    for p in prompts:
+        ref = Runner(root / "deq").step(p, 0)
+        engine.add_request(p, SamplingParams(max_new_tokens=1))
+        batch = engine.scheduler.schedule()
+        got = engine.runner.logits(engine.inputs_for(batch))[0].float().cpu()
+        record_step(engine.scheduler, batch, [int(got.argmax())])
+        assert float((got - ref).norm() / ref.norm()) < FP8_REL_TOL
+    with Engine(EngineArgs(model=str(root / "fp8"), device="cuda", cuda_graph_max_bs=4,
+                           max_total_tokens=KV_TOKENS)) as graphs:
+        outs = graphs.generate(prompts, SamplingParams(max_new_tokens=8, ignore_eos=True))
+        assert [len(o.output) for o in outs] == [8, 8, 8]
