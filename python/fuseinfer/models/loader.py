@@ -77,22 +77,17 @@ def _assemble(config: ModelConfig, get: Getter, linear: LinearGetter | None = No
     layers = []
     for i in range(config.num_layers):
         n = _layer_names(i, config.qk_norm)
-        if config.is_sparse(i):
+        attn = dict(input_norm=get(n["input_norm"]), qkv=linear([n["q"], n["k"], n["v"]]),
+                    q_norm=get(n["q_norm"]) if config.qk_norm else None,
+                    k_norm=get(n["k_norm"]) if config.qk_norm else None,
+                    o=linear([n["o"]]), post_norm=get(n["post_norm"]))
+        if config.is_sparse(i):  # the router and the stacked experts
             assert experts is not None
-            layers.append(LayerWeights(
-                input_norm=get(n["input_norm"]), qkv=linear([n["q"], n["k"], n["v"]]),
-                q_norm=get(n["q_norm"]) if config.qk_norm else None,
-                k_norm=get(n["k_norm"]) if config.qk_norm else None,
-                o=linear([n["o"]]), post_norm=get(n["post_norm"]), gate_up=None, down=None,
-                moe=MoeWeights(get(_router_name(i)), *experts(i))))
-            continue
-        layers.append(LayerWeights(
-            input_norm=get(n["input_norm"]),
-            qkv=linear([n["q"], n["k"], n["v"]]),
-            q_norm=get(n["q_norm"]) if config.qk_norm else None,
-            k_norm=get(n["k_norm"]) if config.qk_norm else None,
-            o=linear([n["o"]]), post_norm=get(n["post_norm"]),
-            gate_up=linear([n["gate"], n["up"]]), down=linear([n["down"]])))
+            layers.append(LayerWeights(**attn, gate_up=None, down=None,
+                                       moe=MoeWeights(get(_router_name(i)), *experts(i))))
+        else:
+            layers.append(LayerWeights(**attn, gate_up=linear([n["gate"], n["up"]]),
+                                       down=linear([n["down"]])))
     embed = get("model.embed_tokens.weight")
     lm_head = embed if config.tie_word_embeddings else get("lm_head.weight")
     return ModelWeights(embed=embed, layers=layers, norm=get("model.norm.weight"),
