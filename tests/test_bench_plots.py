@@ -11,7 +11,8 @@ from xml.etree import ElementTree
 
 import pytest
 
-from fuseinfer.bench.plots import implementations, plot_results, suite_panels
+from fuseinfer.bench.plot_panels import implementations, suite_panels
+from fuseinfer.bench.plots import plot_results
 from fuseinfer.bench.report import record_run
 from fuseinfer.bench.summary import BEGIN_MARKER, END_MARKER, main, update_benchmarks_doc
 
