@@ -21,12 +21,10 @@ CPU: the reference below (float32).
 
 from __future__ import annotations
 
-import threading
-
 import torch
 
 from ..arg_checks import fail, has_storage
-from ..library import LIB, define, impl_cpu, impl_fake
+from ..library import LIB, define, impl_cpu, impl_fake, module_loader
 from ..triton_launch import next_pow2, use_pdl
 from .fp8_gemm_dispatch import GEMV_MAX_M, TRITON_GEMV, effective
 
@@ -125,18 +123,9 @@ def _n_major(b_scales: torch.Tensor) -> torch.Tensor:
     return fp8_weight_scales_for_mm(b_scales)
 
 
-_MODULE_LOCK = threading.Lock()
-_MODULE_LOADED = False
-
-
-def _load_gemm_module() -> None:
-    global _MODULE_LOADED
-    with _MODULE_LOCK:
-        if not _MODULE_LOADED:
-            from ...jit import load
-
-            load("gemm")
-            _MODULE_LOADED = True
+# Loads csrc/gemm once per process (building it on first use); the table is read per call
+# in Python, so there is nothing to hand the C++ side.
+_load_gemm_module = module_loader("gemm", "fp8_gemm", lambda device, entry: None)
 
 
 def cutlass_takes(out: torch.Tensor, a_q: torch.Tensor, b_q: torch.Tensor) -> bool:
