@@ -8,7 +8,8 @@
 #                    the options in ARGS_SUITE (e.g. ARGS_attention="--batches 1 64"). A suite
 #                    recording into a results file this call already recorded into continues
 #                    that run (--continue-run, where it has it). GPU kernel suites measure the
-#                    device ceilings first if this call has not.
+#                    device ceilings first if this call has not. bench:SUITE@TAG runs it with
+#                    ARGS_SUITE_TAG instead (e.g. one suite twice, on two models, one run).
 #   all              `fuseinfer bench all --quick --json $OUT/bench_all.json` plus ARGS_all:
 #                    every GPU kernel suite at its quick shape set, one summary table (the
 #                    ceilings measured first where missing); records nothing
@@ -95,8 +96,10 @@ copy_results() {  # copy_results STEM: the recorded results file, as $OUT/result
 
 copy_ceilings() { cp "$FUSEINFER_CACHE_DIR"/ceilings/*.json "$OUT/ceilings.json" 2>/dev/null; }
 
-bench_step() {  # bench_step SUITE
-  local suite=$1 args=() extra_var="ARGS_${1//-/_}" stem
+bench_step() {  # bench_step SUITE[@TAG]: with TAG, the options in ARGS_SUITE_TAG instead
+  local suite=${1%%@*} tag="" args=() extra_var stem
+  [[ "$1" == *@* ]] && tag=_${1#*@}
+  extra_var="ARGS_${suite//-/_}$tag"
   [ -n "$(suite_field "$suite" 1)" ] || { echo "unknown suite $suite: $(cut -d' ' -f1 <<<"$SUITES" | tr '\n' ' ')"; return 1; }
   stem=$(suite_field "$suite" 3)
   if [ "$(suite_field "$suite" 2)" = gpu ] && [ "$suite" != ceilings ] && [ ! -f "$OUT/ceilings.json" ]; then
@@ -107,8 +110,8 @@ bench_step() {  # bench_step SUITE
     args+=(--record)
     [ -n "${RECORDED[$stem]:-}" ] && has_option "$suite" --continue-run && args+=(--continue-run)
   fi
-  has_option "$suite" --json && args+=(--json "$OUT/${suite}_run.json")
-  TAIL=${TAIL:-40} step "bench_$suite" timeout "$STEP_TIMEOUT" "${FI[@]}" bench "$suite" \
+  has_option "$suite" --json && args+=(--json "$OUT/${suite}${tag}_run.json")
+  TAIL=${TAIL:-40} step "bench_$suite$tag" timeout "$STEP_TIMEOUT" "${FI[@]}" bench "$suite" \
     "${args[@]}" ${!extra_var:-}
   local rc=$?
   [ "$suite" = ceilings ] && copy_ceilings
