@@ -25,9 +25,9 @@
 # e.g. device_run.sh all bench:ceilings bench:norm tune:rope tests runtime serve
 #      RECORD=0 ARGS_offline="--num-prompts 64" device_run.sh bench:offline bench:latency
 # Installs the wheels carried in .whl/, restores a carried JIT cache (.devcache/), runs the
-# steps and leaves in $OUT: logs.tgz, each run's JSON, the recorded results files touched,
-# the tuned table and tuning logs, the ceilings and the JIT caches for the next call (ours
-# as jit-cache.tgz, FlashInfer's as flashinfer-jit.tgz: put both in .devcache/).
+# steps and leaves in $OUT: logs.tgz, results.tgz (each run's JSON, the recorded results
+# files touched, the tuned table and tuning logs, the ceilings) and the JIT caches for the
+# next call (ours as jit-cache.tgz, FlashInfer's as flashinfer-jit.tgz: put both in .devcache/).
 # STEP_TIMEOUT (default 560 s) bounds each command; DEADLINE (default 540 s after the start)
 # bounds them all: a step gets at most the time left, steps past it are skipped, so the
 # caches and logs are always packed before the call's limit.
@@ -223,4 +223,7 @@ if [ -d "$FLASHINFER_WORKSPACE_BASE/.cache" ]; then  # whole build dirs: ninja r
   du -h "$OUT/flashinfer-jit.tgz"  # it travels back in the 64 MiB carry: prune if it grows near that
 fi
 tar -czf "$OUT/logs.tgz" -C "$LOGS" .
+# At most 8 files come back from a call: the JSON (runs, results files, tables, tuning
+# logs, ceilings) travels as one results.tgz next to the caches and the logs.
+(cd "$OUT" && ls ./*.json >/dev/null 2>&1 && tar -czf results.tgz ./*.json && rm -f ./*.json)
 ls -la "$OUT"
