@@ -70,10 +70,11 @@ def table_bound(value: int | None) -> int:
     return -1 if value is None else value
 
 
-def module_loader(module: str, family: str, push: Callable[[int, Any], None]
+def module_loader(module: str, family: str, push: Callable[[int, Any], None] | None = None
                   ) -> Callable[[], None]:
     """A function that loads csrc/<module> once per process (building it on first use) and
-    then hands each device the effective `family` dispatch-table entry via `push`."""
+    then hands each device the effective `family` dispatch-table entry via `push` (None: a
+    family whose table is read in Python per call, nothing to hand over)."""
     lock = threading.Lock()
     loaded = False
 
@@ -86,7 +87,7 @@ def module_loader(module: str, family: str, push: Callable[[int, Any], None]
             from ..jit import load
 
             load(module)
-            for device in range(torch.cuda.device_count()):
+            for device in range(torch.cuda.device_count() if push else 0):
                 push(device, lookup(family, current_identity(device)).entry)
             loaded = True
 

@@ -125,7 +125,7 @@ def _n_major(b_scales: torch.Tensor) -> torch.Tensor:
 
 # Loads csrc/gemm once per process (building it on first use); the table is read per call
 # in Python, so there is nothing to hand the C++ side.
-_load_gemm_module = module_loader("gemm", "fp8_gemm", lambda device, entry: None)
+_load_gemm_module = module_loader("gemm", "fp8_gemm")
 
 
 def cutlass_takes(out: torch.Tensor, a_q: torch.Tensor, b_q: torch.Tensor) -> bool:
