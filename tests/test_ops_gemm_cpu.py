@@ -109,6 +109,12 @@ def test_scale_layout_helpers_keep_values_and_give_the_kernel_layouts():
     assert tma_aligned_activation_scales(aligned) is aligned  # already right: no copy
     n_major = fp8_weight_scales_for_mm(b_s)
     assert torch.equal(n_major, b_s) and n_major.stride() == (1, 3)
+    # K = 128: one column, whose stride the kernels' check still wants to be the row count
+    # (a transpose-contiguous-transpose leaves (1, 1) there)
+    for shape in ((5, 1), (1, 4)):
+        col = torch.rand(shape)
+        n_major = fp8_weight_scales_for_mm(col)
+        assert torch.equal(n_major, col) and n_major.stride() == (1, shape[0])
     # the kernels read whole padded columns: a last one past the storage means a copy
     tail = torch.as_strided(torch.rand(30), (6, 4), (1, 8))
     assert tma_aligned_activation_scales(tail).data_ptr() != tail.data_ptr()

@@ -94,8 +94,13 @@ def _cpu(out: torch.Tensor, a_q: torch.Tensor, a_scales: torch.Tensor, b_q: torc
 
 def fp8_weight_scales_for_mm(b_scales: torch.Tensor) -> torch.Tensor:
     """The same [ceil(N / 128), K / 128] weight scales stored N-major (stride (1, rows)),
-    the layout the CUTLASS kernels read; make it once when weights load."""
-    return b_scales.t().contiguous().t()
+    the layout the CUTLASS kernels read; make it once when weights load. The strides are
+    set outright: `.t().contiguous().t()` keeps (1, 1) for a single column (K = 128), a
+    layout torch calls contiguous but the kernels' check does not accept."""
+    rows = b_scales.shape[0]
+    out = torch.empty_strided(tuple(b_scales.shape), (1, rows), dtype=b_scales.dtype,
+                              device=b_scales.device)
+    return out.copy_(b_scales)
 
 
 def tma_aligned_activation_scales(a_scales: torch.Tensor) -> torch.Tensor:
