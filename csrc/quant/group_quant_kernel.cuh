@@ -85,8 +85,10 @@ __global__ void __launch_bounds__(kThreads) group_quant_fp8_kernel(GroupQuantArg
   }
   if (!valid) return;
 
-  // The one division the two builds differ in: IEEE here, approximate under fast math.
-  float scale = fmaxf(amax, kScaleFloor) / kFp8Max;
+  // The scale is IEEE-divided in both builds (__fdiv_rn survives --use_fast_math), so both
+  // write the reference's scales, UE8M0 included; the builds differ only in x / scale below
+  // (approximate under fast math: a value may land one e4m3 step away).
+  float scale = __fdiv_rn(fmaxf(amax, kScaleFloor), kFp8Max);
   if (a.ue8m0) scale = ceil_pow2(scale);
 
   uint8_t* out = a.q + row * a.q_stride + group * GROUP;

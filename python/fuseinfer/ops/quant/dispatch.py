@@ -4,7 +4,7 @@ on CUDA.
     "quant": {"source": "...", "group_quant_backend": "cuda", "fast_math": false}
 
 group_quant_backend "cuda" is the C++ kernel of csrc/quant (fast_math picks its
---use_fast_math build, whose scales may differ from the reference by one ulp); "triton"
+--use_fast_math build: the reference's scales, a value sometimes one e4m3 step away); "triton"
 the Triton kernel. Arguments the CUDA kernel does not cover (misaligned rows) take the
 Triton kernel whatever the table says. The built-in default is the precise CUDA kernel
 until `fuseinfer bench quant` has measured the three on a GPU.

@@ -8,10 +8,10 @@ quant entry says "cuda" and `cuda_covers` holds; the bench times it directly).
 
 Same semantics, shapes and layouts as per_token_group_quant_fp8 (scales written through
 their strides, row-major or M-major). fast_math=True runs the same kernel source built with
---use_fast_math: its scale division is approximate, so a scale may be one ulp off the
-reference (and a value may then land one e4m3 step away); fast_math=False is bit-identical
-to the reference. Needs 16-byte aligned input rows and q rows aligned to 16 / itemsize
-bytes; CUDA only (the CPU has the public op's reference).
+--use_fast_math: the scales are still the reference's (one IEEE division per group), but
+each value's division by its scale is approximate, so a value may land one e4m3 step away;
+fast_math=False is bit-identical to the reference. Needs 16-byte aligned input rows and
+q rows aligned to 16 / itemsize bytes; CUDA only (the CPU has the public op's reference).
 """
 
 from __future__ import annotations
