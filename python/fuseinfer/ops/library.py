@@ -87,8 +87,9 @@ def module_loader(module: str, family: str, push: Callable[[int, Any], None] | N
             from ..jit import load
 
             load(module)
-            for device in range(torch.cuda.device_count() if push else 0):
-                push(device, lookup(family, current_identity(device)).entry)
+            if push is not None:
+                for device in range(torch.cuda.device_count()):
+                    push(device, lookup(family, current_identity(device)).entry)
             loaded = True
 
     return load_family

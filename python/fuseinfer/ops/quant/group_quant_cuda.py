@@ -57,7 +57,7 @@ def fast_math_choice(q: torch.Tensor, input: torch.Tensor) -> bool | None:
 
 # Loads csrc/quant on first use; the table is read on the Python side (fast_math_choice),
 # so nothing is pushed to the module.
-_load_cuda = module_loader("quant", OP_FAMILY, lambda device, table: None)
+_load_cuda = module_loader("quant", OP_FAMILY)
 
 define(_SCHEMA)
 impl_fake(NAME, _check)
