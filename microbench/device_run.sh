@@ -50,12 +50,24 @@ if ls .whl/*.whl >/dev/null 2>&1; then
     --target /tmp/site .whl/*.whl || exit 1
 fi
 export PYTHONPATH=$REPO/python:/tmp/site:${PYTHONPATH:-}
-# The trimmed FlashInfer baseline (microbench/flashinfer_bundle.sh), when carried: importable
-# from .whl/flashinfer, its JIT builds under FLASHINFER_WORKSPACE_BASE, carried back and
-# forth as .devcache/flashinfer-jit.tgz like our own JIT cache.
+# The trimmed FlashInfer baseline (microbench/flashinfer_bundle.sh), when carried: unpacked
+# from .whl/flashinfer.tar.xz to a fixed folder (its JIT build files name their sources by
+# absolute path, so a restored cache stays valid), its JIT builds under
+# FLASHINFER_WORKSPACE_BASE, carried back and forth as .devcache/flashinfer-jit.tgz like our
+# own JIT cache. Its run-time (NVRTC) FP8 GEMM kernels keep their files there too.
 export FLASHINFER_WORKSPACE_BASE=${FLASHINFER_WORKSPACE_BASE:-/tmp/flashinfer-ws}
-if [ -d .whl/flashinfer ]; then
-  export PYTHONPATH=$PYTHONPATH:$REPO/.whl/flashinfer
+export TRTLLM_DG_CACHE_DIR=${TRTLLM_DG_CACHE_DIR:-$FLASHINFER_WORKSPACE_BASE/.cache/deep_gemm}
+FI_BUNDLE=/tmp/flashinfer-bundle-device
+if [ -f .whl/flashinfer.tar.xz ]; then
+  rm -rf "$FI_BUNDLE" && mkdir -p "$FI_BUNDLE"
+  tar -xJf .whl/flashinfer.tar.xz -C "$FI_BUNDLE" 2>/dev/null ||
+    python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])' \
+      .whl/flashinfer.tar.xz "$FI_BUNDLE" || exit 1
+elif [ -d .whl/flashinfer ]; then  # the unpacked layout of earlier bundles
+  FI_BUNDLE=$REPO/.whl/flashinfer
+fi
+if [ -d "$FI_BUNDLE/flashinfer" ]; then
+  export PYTHONPATH=$PYTHONPATH:$FI_BUNDLE
   mkdir -p "$FLASHINFER_WORKSPACE_BASE"
   [ -f .devcache/flashinfer-jit.tgz ] && tar -xzf .devcache/flashinfer-jit.tgz -C "$FLASHINFER_WORKSPACE_BASE"
 fi

@@ -24,14 +24,20 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 # The modules whose function bodies run on the compared ops' path (utils and api_logging
-# wrap every op call): their in-function imports are followed too. Everywhere else only
-# module-level imports are (those run at `import flashinfer`); the lazy imports of other
-# features (MoE, GEMM, CuTe DSL kernels) are not.
+# wrap every op call; gemm.gemm_base holds the FP8 GEMMs): their in-function imports are
+# followed too. Everywhere else only module-level imports are (those run at
+# `import flashinfer`); the lazy imports of other features (MoE, CuTe DSL kernels) are not.
 OP_MODULES = tuple("flashinfer." + m for m in (
     "norm", "rope", "decode", "prefill", "activation", "page", "utils", "api_logging",
-    "jit.core", "jit.cpp_ext", "jit.env", "jit.attention", "jit.norm", "jit.rope",
-    "jit.page", "jit.activation", "jit.utils"))
+    "gemm.gemm_base", "jit.core", "jit.cpp_ext", "jit.env", "jit.attention", "jit.norm",
+    "jit.rope", "jit.page", "jit.activation", "jit.gemm", "jit.utils"))
+# Headers compiled at run time rather than by the JIT build: fp8_blockscale_gemm_sm90
+# generates its DeepGEMM-style kernels per shape with NVRTC from this folder, so no compile
+# command reaches it.
+RUNTIME_HEADER_DIRS = ("nv_internal/tensorrt_llm/deep_gemm",)
 INCLUDE = re.compile(r'^\s*#\s*include\s*([<"])([^>"]+)[>"]', re.M)
+# CUTLASS spells some includes through a macro: CUDA_STD_HEADER(x) is <cuda/std/x>
+MACRO_INCLUDE = re.compile(r'^\s*#\s*include\s+CUDA_STD_HEADER\(\s*([\w/.]+)\s*\)', re.M)
 
 
 # ---- Python: the import closure -------------------------------------------------------
@@ -116,7 +122,10 @@ def header_closure(sources, dirs) -> tuple[set[Path], set[str]]:
         if path in seen:
             continue
         seen.add(path)
-        for quote, name in INCLUDE.findall(path.read_text(errors="replace")):
+        text = path.read_text(errors="replace")
+        includes = INCLUDE.findall(text) + [("<", f"cuda/std/{name}")
+                                            for name in MACRO_INCLUDE.findall(text)]
+        for quote, name in includes:
             candidates = ([path.parent / name] if quote == '"' else []) + [d / name for d in dirs]
             hit = next((c for c in candidates if c.is_file()), None)
             if hit is None:
@@ -135,6 +144,7 @@ def cmd_specs(out: str) -> None:
     from flashinfer.jit.activation import gen_act_and_mul_module
     from flashinfer.jit.attention import gen_batch_decode_module, gen_batch_prefill_module
     from flashinfer.jit.attention.modules import _gen_batch_prefill_independent_paged_module
+    from flashinfer.jit.gemm import gen_fp8_blockscale_gemm_sm90_module, gen_gemm_module
     from flashinfer.jit.norm import gen_norm_module
     from flashinfer.jit.page import gen_page_module
     from flashinfer.jit.rope import gen_rope_module
@@ -154,6 +164,10 @@ def cmd_specs(out: str) -> None:
         # with its own batch_prefill_paged*.cu sources
         "batch_prefill_paged_fa2": _gen_batch_prefill_independent_paged_module(
             "fa2", bf16, bf16, bf16, i32, 128, 128, 0, False, False, False),
+        # bmm_fp8 (cuBLASLt) and the grouped GEMMs built with it in one module
+        "gemm": gen_gemm_module(),
+        # fp8_blockscale_gemm_sm90: the host side; its kernels are NVRTC-compiled per shape
+        "fp8_blockscale_gemm_sm90": gen_fp8_blockscale_gemm_sm90_module(),
     }
     commands = {name: spec.get_compile_commands() for name, spec in specs.items()}
     Path(out).write_text(json.dumps(commands, indent=1))
@@ -171,6 +185,7 @@ def cmd_trim(full: str, dest: str, cmds_json: str) -> None:
     copied = {csrc / Path(c["file"]).name for c in commands}
     keep |= {p for p in copied if p.is_file()}
     keep |= {p for ext in ("*.h", "*.cuh", "*.jinja") for p in csrc.glob(ext)}
+    keep |= {p for d in RUNTIME_HEADER_DIRS for p in (csrc / d).rglob("*") if p.is_file()}
     for c in commands:
         files, _ = header_closure([c["file"]], include_dirs(c["command"]))
         keep |= {f for f in files if f.is_relative_to(full_root / "flashinfer")}
@@ -258,7 +273,8 @@ def cmd_manifest(dest: str, out: str, *wheels: str) -> None:
             "apply_rope_with_cos_sin_cache", "apply_rope_pos_ids_cos_sin_cache",
             "BatchDecodeWithPagedKVCacheWrapper", "BatchPrefillWithPagedKVCacheWrapper (fa2)",
             "BatchPrefillWithRaggedKVCacheWrapper (fa2)", "append_paged_kv_cache",
-            "silu_and_mul"]}, indent=1) + "\n")
+            "silu_and_mul", "gemm.fp8_blockscale_gemm_sm90", "gemm.bmm_fp8 (cublas)"]},
+        indent=1) + "\n")
 
 
 if __name__ == "__main__":

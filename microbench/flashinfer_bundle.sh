@@ -1,23 +1,30 @@
 #!/usr/bin/env bash
 # Build the trimmed FlashInfer baseline bundle that travels to the GPU machine (which
 # cannot install from a registry) inside the 64 MiB carry:
-#   .whl/flashinfer/      importable tree: the flashinfer modules the compared ops import
-#                         and the headers/sources their JIT compiles (see docs/baselines.md)
+#   .whl/flashinfer.tar.xz  the importable tree, packed: the flashinfer modules the compared
+#                         ops import and the headers/sources their JIT compiles (see
+#                         docs/baselines.md); ~60 MiB unpacked would not fit the carry
+#                         beside the project's other wheels and JIT cache, ~6 MiB packed does
 #   .whl/apache_tvm_ffi-*.whl   installed there with the project's other wheels
-#   .whl/flashinfer/BUNDLE.json versions, sha256 of the source wheels, file count, size
+#   BUNDLE.json (in the tree, and printed) versions, sha256 of the source wheels, files, size
 # then checks on this CPU machine that the tree imports with nothing but tvm-ffi, torch and
 # the packages the GPU machine has, and that every source the JIT would compile
 # preprocesses with nvcc against the trimmed tree.
-# Scratch (the 62 MB source wheel, its unpacked 420 MB, the check's site) goes to $WORK.
+# Scratch (the 62 MB source wheel, its unpacked 420 MB, the check's site, the unpacked
+# bundle) goes to $WORK.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 FLASHINFER=flashinfer-python==0.7.2.post1
 TVM_FFI=apache-tvm-ffi==0.1.15.post2
 WORK=${FLASHINFER_BUNDLE_WORK:-/tmp/flashinfer-bundle}
-DEST=.whl/flashinfer
+DEST=$WORK/bundle
+PACKED=.whl/flashinfer.tar.xz
 PY=${PY:-.venv/bin/python}
 HELPER=microbench/flashinfer_bundle.py
 export FLASHINFER_CUDA_ARCH_LIST=${FLASHINFER_CUDA_ARCH_LIST:-9.0a}
+# the toolkit folder itself, as on the GPU machine (flashinfer's host-compiler commands take
+# its include folder from here; a bare nvcc wrapper on PATH would give /usr/local)
+export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
 mkdir -p "$WORK/wheels" "$WORK/local" .whl
 
 download() {  # download DIR PYVER SPEC...: binary wheels for CPython PYVER on x86-64 Linux
@@ -72,21 +79,26 @@ FLASHINFER_WORKSPACE_BASE="$WORK/ws-full" isolated "$WORK/full" "$HELPER" specs 
 
 # 5. checks: the trimmed tree imports, writes its JIT specs, and every source preprocesses
 isolated "$DEST" -c '
-import sys, flashinfer, flashinfer.norm, flashinfer.rope, flashinfer.decode, flashinfer.prefill, flashinfer.activation, flashinfer.page
+import sys, flashinfer, flashinfer.norm, flashinfer.rope, flashinfer.decode, flashinfer.prefill, flashinfer.activation, flashinfer.page, flashinfer.gemm
+assert callable(flashinfer.gemm.fp8_blockscale_gemm_sm90) and callable(flashinfer.gemm.bmm_fp8)
 bad = [m for m, v in sys.modules.items() if m.startswith("flashinfer") and getattr(v, "__file__", None) and sys.argv[1] not in v.__file__]
 assert not bad, bad
 print("import ok:", flashinfer.__version__, flashinfer.__file__)' "$(cd "$DEST" && pwd)"
 FLASHINFER_WORKSPACE_BASE="$WORK/ws-trim" isolated "$DEST" "$HELPER" specs "$WORK/cmds-trim.json"
 "$PY" "$HELPER" deps "$WORK/cmds-trim.json" "$WORK/deps-trim.json" "$DEST" "$WORK/full"
 
-# 6. record what was built
+# 6. record what was built, and pack it (xz: the device unpacks with tar or Python alone)
 "$PY" "$HELPER" manifest "$DEST" "$DEST/BUNDLE.json" "$FI_WHEEL" "$TVM_WHEEL"
-"$PY" - "$DEST/BUNDLE.json" "$TVM_WHEEL" <<'PY'
+rm -rf .whl/flashinfer  # the unpacked layout of earlier versions of this script
+tar -C "$DEST" -cf - . | xz -T0 -6 > "$PACKED.tmp" && mv "$PACKED.tmp" "$PACKED"
+cat "$DEST/BUNDLE.json"
+"$PY" - "$DEST/BUNDLE.json" "$TVM_WHEEL" "$PACKED" <<'PY'
 import json, os, sys
 from pathlib import Path
 mib = lambda n: f"{n / 2**20:.1f} MiB"
 bundle = json.loads(Path(sys.argv[1]).read_text())
 carried = sum(p.stat().st_size for p in Path(".whl").rglob("*") if p.is_file())
-print(f"bundle: {bundle['files']} files, {mib(bundle['bytes'])} in {Path(sys.argv[1]).parent}; "
+print(f"bundle: {bundle['files']} files, {mib(bundle['bytes'])} unpacked, "
+      f"{mib(os.path.getsize(sys.argv[3]))} as {sys.argv[3]}; "
       f"{mib(os.path.getsize(sys.argv[2]))} {sys.argv[2]}; all of .whl: {mib(carried)}")
 PY

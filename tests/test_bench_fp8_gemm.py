@@ -133,26 +133,42 @@ def test_a_disagreeing_baseline_is_not_timed(cpu_suite, monkeypatch):
 
 
 def _fake_flashinfer(monkeypatch, scale: float) -> None:
-    """A `flashinfer.gemm` whose Hopper GEMM is the reference (times `scale`)."""
+    """A `flashinfer.gemm` computing the reference (times `scale`) from the layouts its
+    kernels read: the Hopper GEMM's activation scales as [K/128, M rounded up to 4] M-major
+    (only the pointer is used), bmm_fp8's [1, K, N] column-major weight and 1-element
+    scales."""
     def fp8_blockscale_gemm_sm90(a, b, a_scale, b_scale, out=None, out_dtype=None):
-        assert a_scale.is_contiguous() and a_scale.shape == (a.shape[0], a.shape[1] // 128)
-        out.copy_(scale * reference_fp8_blockwise_mm(a, a_scale, b, b_scale))
+        m, groups = a.shape[0], a.shape[1] // 128
+        assert a_scale.is_contiguous() and a_scale.shape[0] == groups
+        assert a_scale.shape[1] >= m and a_scale.shape[1] % 4 == 0
+        assert b_scale.is_contiguous() and b_scale.shape == (-(-b.shape[0] // 128), groups)
+        out.copy_(scale * reference_fp8_blockwise_mm(a, a_scale[:, :m].t(), b, b_scale))
+        return out
+
+    def bmm_fp8(a, b, a_scale, b_scale, dtype, out=None, backend="cublas"):
+        assert a.dim() == b.dim() == 3 and b.stride(1) == 1 and a_scale.numel() == 1
+        want = (a[0].float() * a_scale) @ (b[0].float() * b_scale)
+        out.copy_(scale * want.unsqueeze(0))
         return out
 
     package = types.ModuleType("flashinfer")
     gemm = types.ModuleType("flashinfer.gemm")
     gemm.fp8_blockscale_gemm_sm90 = fp8_blockscale_gemm_sm90
+    gemm.bmm_fp8 = bmm_fp8
     package.gemm = gemm
     monkeypatch.setitem(sys.modules, "flashinfer", package)
     monkeypatch.setitem(sys.modules, "flashinfer.gemm", gemm)
+    monkeypatch.setattr(baselines, "_sm90", lambda device: True)
 
 
+@pytest.mark.parametrize("name", ["flashinfer", "flashinfer_tensor"])
 @pytest.mark.parametrize("scale, timed", [(1.0, True), (1.5, False)])
-def test_flashinfer_is_checked_then_timed(cpu_suite, monkeypatch, scale, timed):
+def test_flashinfer_is_checked_then_timed(cpu_suite, monkeypatch, name, scale, timed):
     _fake_flashinfer(monkeypatch, scale)
-    row = suite.run([SMALL], [3], ["flashinfer"], suite.Peaks(None, None), device="cpu")[0]
-    assert ("vs_flashinfer" in row) == timed
-    assert ("flashinfer_error" in row) == (not timed)
+    for m in (3, 9):  # padded scale pitch (4 -> 4, 9 -> 12)
+        row = suite.run([SMALL], [m], [name], suite.Peaks(None, None), device="cpu")[0]
+        assert (f"vs_{name}" in row) == timed, row.get(f"{name}_error")
+        assert (f"{name}_error" in row) == (not timed)
 
 
 def test_a_baseline_that_cannot_build_is_tried_once(cpu_suite, monkeypatch):

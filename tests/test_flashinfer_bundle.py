@@ -33,6 +33,19 @@ def test_header_closure_follows_quoted_and_angle_includes_through_the_search_pat
     assert missing == {"cublasLt.h"}  # left to the toolkit
 
 
+def test_header_closure_follows_cutlass_macro_includes(tmp_path):
+    write(tmp_path, {
+        "csrc/op.cu": "#include <cutlass/fast_math.h>\n",
+        "inc/cutlass/fast_math.h": "#ifndef X\n#include CUDA_STD_HEADER(utility)\n#endif\n",
+        "inc/cuda/std/utility": "#include <cuda/std/__utility/pair.h>\n",
+        "inc/cuda/std/__utility/pair.h": "",
+    })
+    files, missing = bundle.header_closure([tmp_path / "csrc/op.cu"], [tmp_path / "inc"])
+    names = {str(f.relative_to(tmp_path.resolve())) for f in files}
+    assert "inc/cuda/std/utility" in names and "inc/cuda/std/__utility/pair.h" in names
+    assert not missing
+
+
 def test_include_dirs_reads_both_flag_spellings_then_the_toolkit(monkeypatch):
     monkeypatch.setenv("CUDA_HOME", "/opt/cuda")
     dirs = bundle.include_dirs("nvcc -c x.cu -I/a/cub -isystem /b/include -o x.o")

@@ -1,8 +1,9 @@
 """FlashInfer's calls as the bench suites make them (bench/flashinfer_baselines.py) against our
 ops on small random shapes: argument order, the cos/sin cache layout, the strided qkv rows,
 the page-table mapping (page sizes 1, 16 and 64, ragged lengths, GQA groups with and without
-its decode tensor cores, a sliding window) and the suites' check-then-time path, CUDA-graph
-capture included. Skipped where FlashInfer (an optional baseline) is not installed."""
+its decode tensor cores, a sliding window), the FP8 GEMMs' scale layouts, and the suites'
+check-then-time path, CUDA-graph capture included. Skipped where FlashInfer (an optional
+baseline) is not installed."""
 
 from __future__ import annotations
 
@@ -11,8 +12,13 @@ from typing import Any
 import pytest
 import torch
 
-from fuseinfer.bench import attention_baselines, flashinfer_baselines, rope_baselines
-from fuseinfer.bench.suites import attention, norm, rope
+from fuseinfer.bench import (
+    attention_baselines,
+    flashinfer_baselines,
+    fp8_gemm_baselines,
+    rope_baselines,
+)
+from fuseinfer.bench.suites import attention, fp8_gemm, norm, rope
 from fuseinfer.bench.timing import TimingConfig
 
 
@@ -157,3 +163,27 @@ def test_attention_suite_times_flashinfer(model, kind, q_lens, kv_lens):
     assert "flashinfer_error" not in row, row
     assert row["vs_flashinfer"] > 0 and row["flashinfer_rel_err"] < REL
     assert row["flashinfer_timing"] == "cuda_graph"
+
+
+# ---- FP8 GEMM -----------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["flashinfer", "flashinfer_tensor"])
+@pytest.mark.parametrize("m, n, k", [(1, 2112, 7168), (13, 4096, 512), (33, 1024, 1536),
+                                     (300, 2048, 1024)])
+def test_fp8_gemm_wrappers_match_the_reference(name, m, n, k):
+    """Both sides of the swap-AB threshold (M < 32), an unpadded scale pitch (13, 33), N not
+    a multiple of 128 (2112): the activation-scale layout the Hopper GEMM reads by pointer."""
+    ops = fp8_gemm_baselines.make_operands(m, n, k)
+    ops.out.fill_(float("nan"))
+    call = fp8_gemm_baselines.PREPARE[name](ops)
+    err = fp8_gemm_baselines.checked_rel_err(call, ops, name)
+    assert err < fp8_gemm_baselines.AGREE_REL_ERR, err
+
+
+def test_fp8_gemm_suite_times_flashinfer():
+    shape = fp8_gemm.GemmShape("square", "2048x2048", 2048, 2048)
+    rows = fp8_gemm.run([shape], [4, 256], ["flashinfer", "flashinfer_tensor"],
+                        fp8_gemm.Peaks(None, None), config=QUICK)
+    for row in rows:
+        for name in ("flashinfer", "flashinfer_tensor"):
+            assert f"{name}_error" not in row, row
+            assert row[f"vs_{name}"] > 0 and row[f"{name}_rel_err"] < 2e-2

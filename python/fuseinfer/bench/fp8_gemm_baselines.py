@@ -9,8 +9,11 @@ timing) and returns a closure launching one GEMM:
                  blockwise, sm_90 and CUDA >= 12.9); torch.nn.functional.scaled_mm with
                  ScalingType.BlockWise1x128 / BlockWise128x128 where _scaled_mm refuses
   bf16           torch.mm on bf16 copies of the dequantized operands
-  flashinfer     FlashInfer's Hopper block-scaled FP8 GEMM (fp8_blockscale_gemm_sm90), else
-                 its groupwise one (gemm_fp8_nt_groupwise, Blackwell)
+  flashinfer     FlashInfer's Hopper block-scaled FP8 GEMM (fp8_blockscale_gemm_sm90, its
+                 DeepGEMM-style kernels compiled at run time), else its groupwise one
+                 (gemm_fp8_nt_groupwise, Blackwell)
+  flashinfer_tensor  FlashInfer's bmm_fp8 (cuBLASLt backend), per-tensor scales: the FP8
+                 GEMM it offers on every GPU
 
 The per-tensor and rowwise baselines run the same-sized GEMM with coarser scales taken from
 the operands' own (the first block's scale; each row's first group, each 128-row weight
@@ -34,7 +37,8 @@ from ..ops.gemm.fp8_blockwise_mm import (
 from . import flashinfer_baselines
 
 FP8 = torch.float8_e4m3fn
-BASELINES = ("cublas_tensor", "cublas_row", "cublas_block", "bf16", "flashinfer")
+BASELINES = ("cublas_tensor", "cublas_row", "cublas_block", "bf16", "flashinfer",
+             "flashinfer_tensor")
 AGREE_REL_ERR = 2e-2  # bf16 outputs of the same math differ by ~3e-3
 CHECK_ROWS = 256  # rows compared with the float32 oracle (all of them up to this M)
 Call = Callable[[], torch.Tensor]
@@ -89,7 +93,7 @@ def check_rows(m: int) -> torch.Tensor:
 def reference_scales(name: str, ops: Operands) -> tuple[torch.Tensor, torch.Tensor]:
     """The scales a baseline (or ours: "ours") applies, as [M, K/128] and [N/128, K/128]."""
     a, b = ops.a_scales, ops.b_scales
-    if name == "cublas_tensor":
+    if name in ("cublas_tensor", "flashinfer_tensor"):
         return a[:1, :1].expand_as(a), b[:1, :1].expand_as(b)
     if name == "cublas_row":
         return a[:, :1].expand_as(a), b[:, :1].expand_as(b)
@@ -175,13 +179,21 @@ def bf16(ops: Operands) -> Call:
     return lambda: torch.mm(a, b_t)
 
 
+def _sm90(device: torch.device) -> bool:
+    return device.type == "cuda" and torch.cuda.get_device_capability(device)[0] == 9
+
+
 def flashinfer(ops: Operands) -> Call:
     """FlashInfer's block-scaled FP8 GEMM into the same output buffer as ours."""
     import flashinfer.gemm as gemm
 
     hopper = getattr(gemm, "fp8_blockscale_gemm_sm90", None)
-    if hopper is not None:
-        sa = ops.a_scales.contiguous()
+    if hopper is not None and _sm90(ops.a_q.device):
+        # Its kernels read the activation scales as [K/128, M rounded up to 4], M-major,
+        # through the pointer alone: exactly the storage behind our M-major scales, passed
+        # as that dense block. Weight scales: [ceil(N/128), K/128] row-major.
+        groups, pitch = ops.a_scales.shape[1], ops.a_scales.stride(1)
+        sa = ops.a_scales.as_strided((groups, pitch), (pitch, 1))
         sb = ops.b_scales.contiguous()
         # Whatever it returns, the result is read from `out`, the buffer it was given.
         return lambda: (hopper(ops.a_q, ops.b_q, sa, sb, out=ops.out), ops.out)[1]
@@ -192,12 +204,24 @@ def flashinfer(ops: Operands) -> Call:
                     ops.out)[1]
 
 
+def flashinfer_tensor(ops: Operands) -> Call:
+    """FlashInfer's bmm_fp8 through cuBLASLt: one float32 scale per operand, a batch of one,
+    the weight read column-major (its [N, K] rows as is)."""
+    import flashinfer.gemm as gemm
+
+    a, b = ops.a_q.unsqueeze(0), ops.b_q.t().unsqueeze(0)
+    sa, sb = ops.a_scales[0, 0].clone().reshape(1), ops.b_scales[0, 0].clone().reshape(1)
+    out = ops.out.unsqueeze(0)
+    return lambda: (gemm.bmm_fp8(a, b, sa, sb, torch.bfloat16, out=out, backend="cublas"),
+                    ops.out)[1]
+
+
 PREPARE: dict[str, Callable[[Operands], Call]] = {
     "cublas_tensor": cublas_tensor, "cublas_row": cublas_row, "cublas_block": cublas_block,
-    "bf16": bf16, "flashinfer": flashinfer,
+    "bf16": bf16, "flashinfer": flashinfer, "flashinfer_tensor": flashinfer_tensor,
 }
 
 
 def available(name: str) -> bool:
     """Whether a baseline can be tried here at all (FlashInfer installed with its gemm)."""
-    return name != "flashinfer" or flashinfer_baselines.available("gemm")
+    return not name.startswith("flashinfer") or flashinfer_baselines.available("gemm")

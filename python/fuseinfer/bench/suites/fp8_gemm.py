@@ -1,7 +1,8 @@
 """`fuseinfer bench fp8-gemm`: fp8_blockwise_mm (the configuration the `fp8_gemm` dispatch
 table picks, recorded per row) on the linear layers of real models against cuBLAS
-(per-tensor, rowwise and blockwise scaled mm), bf16 cuBLAS and FlashInfer
-(`fuseinfer tune fp8-gemm`: the table's rules, in fp8_gemm_tune.py).
+(per-tensor, rowwise and blockwise scaled mm), bf16 cuBLAS and FlashInfer (its Hopper
+block-scaled GEMM and its per-tensor bmm_fp8). `fuseinfer tune fp8-gemm`: the table's
+rules, in fp8_gemm_tune.py.
 
 Per row (M tokens through an N x K weight): our time, TFLOP/s (2*M*N*K), % of the measured
 fp8 matmul peak, weight GB/s (N*K bytes over our time: what bounds decode), % of the
@@ -78,6 +79,7 @@ COLUMNS = [
     Column("vs_cublas_block", "x cuBLAS block", "{:.2f}"),
     Column("vs_bf16", "x bf16", "{:.2f}"),
     Column("vs_flashinfer", "x flashinfer", "{:.2f}"),
+    Column("vs_flashinfer_tensor", "x flashinfer tensor", "{:.2f}"),
     Column("rel_err", "rel err", "{:.1e}"),
     Column("not_timed", "not timed", align="<"),
     Column("note", "note", align="<"),
