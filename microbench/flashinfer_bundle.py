@@ -24,13 +24,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 # The modules whose function bodies run on the compared ops' path (utils and api_logging
-# wrap every op call; gemm.gemm_base holds the FP8 GEMMs): their in-function imports are
-# followed too. Everywhere else only module-level imports are (those run at
-# `import flashinfer`); the lazy imports of other features (MoE, CuTe DSL kernels) are not.
+# wrap every op call; gemm.gemm_base holds the FP8 GEMMs, bmm_fp8 runs through the
+# autotuner): their in-function imports are followed too. Everywhere else only module-level
+# imports are (those run at `import flashinfer`); the lazy imports of other features (MoE,
+# CuTe DSL kernels) are not.
 OP_MODULES = tuple("flashinfer." + m for m in (
     "norm", "rope", "decode", "prefill", "activation", "page", "utils", "api_logging",
-    "gemm.gemm_base", "jit.core", "jit.cpp_ext", "jit.env", "jit.attention", "jit.norm",
-    "jit.rope", "jit.page", "jit.activation", "jit.gemm", "jit.utils"))
+    "gemm.gemm_base", "autotuner", "jit.core", "jit.cpp_ext", "jit.env", "jit.attention",
+    "jit.norm", "jit.rope", "jit.page", "jit.activation", "jit.gemm", "jit.utils"))
 # Headers compiled at run time rather than by the JIT build: fp8_blockscale_gemm_sm90
 # generates its DeepGEMM-style kernels per shape with NVRTC from this folder, so no compile
 # command reaches it.
