@@ -12,6 +12,7 @@ import torch
 
 import fuseinfer  # noqa: F401  (registers the ops)
 from fuseinfer.bench import moe_baselines as mb
+from fuseinfer.bench import moe_grouped
 from fuseinfer.bench.registry import find_suite
 from fuseinfer.bench.report import format_table
 from fuseinfer.bench.suites import moe as suite
@@ -119,6 +120,7 @@ def cpu_suite(monkeypatch):
         return time_eager_cpu(lambda: [call() for call in calls], repeats=1)
 
     monkeypatch.setattr(suite, "time_calls", host_timed)
+    monkeypatch.setattr(moe_grouped, "time_calls", host_timed)
     monkeypatch.setattr(suite, "buffer_sets", lambda *args, **kwargs: 2)
     monkeypatch.setattr(suite, "dispatched_block_m", lambda tokens, quant: 16)
     return timed
@@ -131,7 +133,7 @@ def _run(ops, baselines, quants=(None,), models=(TINY,), tokens=(3, 70)):
 
 def test_rows_for_every_op_with_rates_and_ratios(cpu_suite):
     baselines = ["eager", "torch", "flashinfer"] if HAS_GROUPED_MM else ["eager", "flashinfer"]
-    rows = _run(suite.OPS, baselines, quants=(None, "fp8_block"))
+    rows = _run(suite.DEFAULT_OPS, baselines, quants=(None, "fp8_block"))
     assert [(r["kind"], r.get("quant"), r["tokens"]) for r in rows] == [
         ("routing", None, 3), ("routing", None, 70), ("align", None, 3), ("align", None, 70),
         ("layer", "bf16", 3), ("layer", "bf16", 70), ("layer", "fp8_block", 3),
@@ -203,13 +205,37 @@ def test_fp8_rows_of_a_model_off_the_128_grid_are_notes(cpu_suite):
     assert all("multiples of 128" in r["note"] and "us" not in r for r in rows)
 
 
+def test_grouped_rows_check_time_and_report_what_cannot_run(cpu_suite):
+    rows = suite.run([TINY], [1], ["grouped"], ["torch_fp8_row", "torch_bf16"], [None],
+                     1000.0, device="cpu", per_expert=(3, 16))
+    assert [r["per_expert"] for r in rows] == [3, 16]
+    for row in rows:
+        assert row["rel_err"] < 2e-2 and row["us"] > 0, row
+        assert row["tflops"] == pytest.approx(2 * row["rows"] * 256 * 256 / row["us"] / 1e6)
+        # each torch baseline is timed with its ratio or reported with its error
+        for name in ("torch_fp8_row", "torch_bf16"):
+            assert (f"vs_{name}" in row) != (f"{name}_error" in row), row
+
+
+def test_grouped_mismatch_is_not_timed(cpu_suite, monkeypatch):
+    def wrong(case, config, pdl):
+        return lambda: case.out.fill_(1.0)
+
+    monkeypatch.setattr(moe_grouped, "ours", wrong)
+    row = suite.run([TINY], [1], ["grouped"], [], [None], 1000.0, device="cpu",
+                    per_expert=(4,))[0]
+    assert row["note"].startswith("MISMATCH") and "us" not in row
+
+
 def test_options_and_quick_args():
     parser = argparse.ArgumentParser()
     suite.add_arguments(parser)
     args = parser.parse_args(["--models", "DeepSeek-V3", "--ops", "layer", "--quant",
                               "none", "fp8_block", "--record"])
     assert args.models == ["DeepSeek-V3"] and args.quant == ["none", "fp8_block"]
-    assert args.record and args.baselines == list(mb.BASELINES)
+    assert args.record and args.baselines == list(mb.BASELINES) + ["torch_fp8_row",
+                                                                   "torch_bf16"]
+    assert args.fp8_backend == ["table"] and args.per_expert is None
     quick = parser.parse_args(list(find_suite("moe").quick_args or ()))
     assert quick.models == ["Qwen3-30B-A3B"] and quick.tokens == [1, 128, 4096]
     assert quick.quant == ["none"] and not quick.record

@@ -8,20 +8,29 @@
 
 namespace fuseinfer {
 
-// Compute capability as major * 10 + minor (90 for Hopper), cached per device.
-inline int compute_capability(int device) {
+// One device attribute, read once per device and cached (never 0 once read on a real GPU).
+template <cudaDeviceAttr Attr>
+inline int cached_device_attribute(int device) {
   constexpr int kMaxDevices = 64;
   static std::atomic<int> cache[kMaxDevices] = {};
   if (device < 0 || device >= kMaxDevices) return 0;
-  int cc = cache[device].load(std::memory_order_relaxed);
-  if (cc == 0) {
-    int major = 0, minor = 0;
-    cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
-    cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device);
-    cc = major * 10 + minor;
-    cache[device].store(cc, std::memory_order_relaxed);
+  int value = cache[device].load(std::memory_order_relaxed);
+  if (value == 0) {
+    cudaDeviceGetAttribute(&value, Attr, device);
+    cache[device].store(value, std::memory_order_relaxed);
   }
-  return cc;
+  return value;
+}
+
+// Compute capability as major * 10 + minor (90 for Hopper), cached per device.
+inline int compute_capability(int device) {
+  return cached_device_attribute<cudaDevAttrComputeCapabilityMajor>(device) * 10 +
+         cached_device_attribute<cudaDevAttrComputeCapabilityMinor>(device);
+}
+
+// Streaming multiprocessors, cached per device (persistent kernels size their grid by it).
+inline int device_sm_count(int device) {
+  return cached_device_attribute<cudaDevAttrMultiProcessorCount>(device);
 }
 
 }  // namespace fuseinfer

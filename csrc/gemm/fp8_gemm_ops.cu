@@ -7,8 +7,7 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
-#include <atomic>
-
+#include "device_info.h"
 #include "fp8_gemm_args.h"
 #include "torch_checks.h"
 
@@ -16,18 +15,6 @@ namespace fuseinfer::gemm {
 namespace {
 
 constexpr const char* kOp = "_fp8_blockwise_mm_cutlass";
-
-int sm_count(int device) {
-  constexpr int kMaxDevices = 64;
-  static std::atomic<int> cache[kMaxDevices] = {};
-  if (device < 0 || device >= kMaxDevices) return 0;
-  int count = cache[device].load(std::memory_order_relaxed);
-  if (count == 0) {
-    cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device);
-    cache[device].store(count, std::memory_order_relaxed);
-  }
-  return count;
-}
 
 void check_args(const at::Tensor& out, const at::Tensor& a, const at::Tensor& a_scales,
                 const at::Tensor& b, const at::Tensor& b_scales) {
@@ -90,7 +77,7 @@ void fp8_blockwise_mm_cutlass(at::Tensor& out, const at::Tensor& a, const at::Te
   args.b_scales_ld = b_scales.size(0);
   args.out_bf16 = out.scalar_type() == at::kBFloat16;
   args.enable_pdl = enable_pdl;
-  args.sm_count = sm_count(out.device().index());
+  args.sm_count = device_sm_count(out.device().index());
   args.stream = c10::cuda::getCurrentCUDAStream(out.device().index()).stream();
   // StreamK partial sums: scratch from the caching allocator (capture-safe).
   const size_t bytes = chosen->workspace_bytes(args);

@@ -91,9 +91,12 @@ def fused_moe_gemm_kernel(A, B, C, AS, BS, W, SORTED, EXPERT_IDS, NUM_POST,
 
 
 @triton.jit
-def moe_combine_kernel(Y, IDS, OUT, H, top_k, num_experts, stride_ym, stride_om,
-                       BLOCK_H: tl.constexpr, USE_PDL: tl.constexpr):
-    """Y [T * k, H] (rows already weighted), IDS [T, k] contiguous, OUT [T, H]."""
+def moe_combine_kernel(Y, IDS, ROW_OF, W, OUT, H, top_k, num_experts, stride_ym, stride_om,
+                       BLOCK_H: tl.constexpr, MAP_ROWS: tl.constexpr, WEIGHTED: tl.constexpr,
+                       USE_PDL: tl.constexpr):
+    """OUT [T, H] = sum over token t's k slots of Y rows; IDS [T, k] contiguous. Slot
+    s = t * k + j reads Y row s, or ROW_OF[s] with MAP_ROWS (Y sorted by expert), and is
+    scaled by W[s] (float32 [T, k] contiguous) with WEIGHTED (else Y rows are weighted)."""
     t = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     mask = cols < H
@@ -101,11 +104,17 @@ def moe_combine_kernel(Y, IDS, OUT, H, top_k, num_experts, stride_ym, stride_om,
         tl.extra.cuda.gdc_wait()
     acc = tl.zeros((BLOCK_H,), dtype=tl.float32)
     for j in range(0, top_k):
-        e = tl.load(IDS + t * top_k + j + cols * 0)  # broadcast: a per-lane mask
+        slot = t * top_k + j
+        e = tl.load(IDS + slot + cols * 0)  # broadcast: a per-lane mask
         # a dropped slot's row was never written: skip it rather than read garbage
         valid = (e >= 0) & (e < num_experts)
-        y = tl.load(Y + (t * top_k + j) * stride_ym + cols, mask=mask & valid, other=0.0)
-        acc += y.to(tl.float32)
+        row = slot
+        if MAP_ROWS:
+            row = tl.load(ROW_OF + slot + cols * 0, mask=valid, other=0).to(tl.int64)
+        y = tl.load(Y + row * stride_ym + cols, mask=mask & valid, other=0.0).to(tl.float32)
+        if WEIGHTED:
+            y = y * tl.load(W + slot + cols * 0)
+        acc += y
     if USE_PDL:
         tl.extra.cuda.gdc_launch_dependents()
     tl.store(OUT + t * stride_om + cols, acc.to(OUT.dtype.element_ty), mask=mask)

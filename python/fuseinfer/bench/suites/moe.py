@@ -6,7 +6,13 @@ DeepSeek-V3) at decode and prefill token counts, one row per (op, model, tokens)
            against torch eager and torch.compile of the same routing
   align    moe_align_block_size with the block_m the `moe` table picks for T (no baseline)
   layer    fused_moe (bf16; fp8_block with --quant: weights quantized per 128 x 128 block
-           once, outside timing) against a torch pipeline around torch._grouped_mm
+           once, outside timing) against a torch pipeline around torch._grouped_mm; the
+           fp8 rows once per --fp8-backend (table: the `moe` entry's choice; triton;
+           cutlass: the grouped GEMM path, sm_90a)
+  grouped  fp8_blockwise_grouped_mm on the w13 shape with --per-expert rows per expert
+           against torch._scaled_grouped_mm (rowwise fp8) and torch._grouped_mm (bf16)
+           (bench/moe_grouped.py; not in the default ops: DeepSeek-V3's 256 experts take
+           7.5 GB of fp8 and 15 GB of bf16 weights)
 
 Every set has its own fresh random logits, so the experts hit vary as in a model. For the
 layer the experts hit are counted on the host before timing: their weight bytes over our
@@ -26,6 +32,7 @@ from typing import Any
 import torch
 
 from .. import moe_baselines as mb
+from .. import moe_grouped
 from ..flashinfer_baselines import describe
 from ..kernel_suite import PDL, add_run_options, check_known, report_run
 from ..progress import Progress
@@ -35,7 +42,9 @@ from ..static_compile import compile_static
 from ..timing import TimingConfig, buffer_sets, l2_cache_bytes, time_calls
 
 TOKENS = (1, 8, 32, 128, 512, 2048, 8192)
-OPS = ("routing", "align", "layer")
+OPS = ("routing", "align", "layer", "grouped")
+DEFAULT_OPS = ("routing", "align", "layer")
+FP8_BACKENDS = ("table", "triton", "cutlass")
 QUANTS: dict[str, str | None] = {"none": None, "fp8_block": "fp8_block"}
 FLASHINFER_NOTE = "flashinfer: MoE not in the trimmed bundle"
 
@@ -44,6 +53,8 @@ COLUMNS = [
     Column("model", "model", align="<"),
     Column("tokens", "tokens"),
     Column("quant", "quant", align="<"),
+    Column("backend", "backend", align="<"),
+    Column("config", "config", align="<"),
     Column("block_m", "block_m"),
     Column("us", "us", "{:.2f}"),
     Column("experts_hit", "experts hit", "{:.1f}"),
@@ -53,6 +64,8 @@ COLUMNS = [
     Column("vs_eager", "x eager", "{:.2f}"),
     Column("vs_compile", "x compile", "{:.2f}"),
     Column("vs_torch", "x torch", "{:.2f}"),
+    Column("vs_torch_fp8_row", "x torch fp8 row", "{:.2f}"),
+    Column("vs_torch_bf16", "x torch bf16", "{:.2f}"),
     Column("rel_err", "rel err", "{:.1e}"),
     Column("timing", "timing", align="<"),
     Column("torch_timing", "torch timing", align="<"),
@@ -282,16 +295,25 @@ def measure_layer(model: mb.MoeModel, tokens: int, weights: mb.LayerWeights,
 def run(models: Sequence[mb.MoeModel], tokens: Sequence[int], ops: Sequence[str],
         wanted: Sequence[str], quants: Sequence[str | None], copy_gbps: float | None,
         enable_pdl: bool | None = None, config: TimingConfig | None = None,
-        cold: bool = False, device: torch.device | str = "cuda") -> list[dict[str, Any]]:
-    """Per model: the routing rows, the align rows, then the layer rows per quant (the
-    experts built once per model and quant, outside timing)."""
+        cold: bool = False, device: torch.device | str = "cuda",
+        fp8_backends: Sequence[str] = ("table",),
+        per_expert: Sequence[int] = moe_grouped.PER_EXPERT) -> list[dict[str, Any]]:
+    """Per model: the routing rows, the align rows, the layer rows per quant (the experts
+    built once per model and quant, outside timing; fp8 once per backend), then the
+    grouped-GEMM rows per rows-per-expert."""
     config = config or TimingConfig(repeats=15, target_graph_ms=2.0)
-    steps = len(models) * len(tokens) * (sum(op != "layer" for op in ops)
-                                         + ("layer" in ops) * len(quants))
+    layer_sets = sum(len(fp8_backends) if q else 1 for q in quants)
+    steps = len(models) * (len(tokens) * (sum(op in ("routing", "align") for op in ops)
+                                          + ("layer" in ops) * layer_sets)
+                           + ("grouped" in ops) * len(per_expert))
     rows = []
     with Progress(steps, "bench moe") as progress:
         for model in models:
             for op in ops:
+                if op == "grouped":
+                    rows += _grouped_rows(model, per_expert, wanted, config, enable_pdl,
+                                          device, progress)
+                    continue
                 for quant in quants if op == "layer" else [None]:
                     if quant == "fp8_block" and model.hidden % 128 + model.inter % 128:
                         for t in tokens:
@@ -303,20 +325,60 @@ def run(models: Sequence[mb.MoeModel], tokens: Sequence[int], ops: Sequence[str]
                                          f"I={model.inter})"})
                         continue
                     weights = mb.make_weights(model, quant, device) if op == "layer" else None
-                    for t in tokens:
-                        progress.step(f"{op} {model.name} tokens={t} {quant or ''}".strip())
-                        if weights is not None:
-                            rows.append(measure_layer(model, t, weights, wanted, config,
-                                                      copy_gbps, enable_pdl, device))
-                        elif op == "routing":
-                            rows.append(measure_routing(model, t, wanted, config, cold,
-                                                        enable_pdl, device))
-                        else:
-                            rows.append(measure_align(model, t, None, config, cold,
-                                                      enable_pdl, device))
+                    for backend in fp8_backends if weights is not None and quant else [None]:
+                        for t in tokens:
+                            progress.step(f"{op} {model.name} tokens={t} {quant or ''} "
+                                          f"{backend or ''}".strip())
+                            if weights is not None:
+                                rows.append(_layer_row(model, t, weights, wanted, config,
+                                                       copy_gbps, enable_pdl, device, backend))
+                            elif op == "routing":
+                                rows.append(measure_routing(model, t, wanted, config, cold,
+                                                            enable_pdl, device))
+                            else:
+                                rows.append(measure_align(model, t, None, config, cold,
+                                                          enable_pdl, device))
                     del weights
                     if torch.cuda.is_available():
                         torch.cuda.empty_cache()  # the next model's experts may be larger
+    return rows
+
+
+def _layer_row(model: mb.MoeModel, tokens: int, weights: mb.LayerWeights,
+               wanted: Sequence[str], config: TimingConfig, copy_gbps: float | None,
+               pdl: bool | None, device: torch.device | str, backend: str | None
+               ) -> dict[str, Any]:
+    """A layer row; an fp8 one under `backend` ("table": the entry's own choice)."""
+    from ...ops.moe.fused_moe import grouped_takes
+    from ...ops.moe.moe_dispatch import effective, forced_fp8_backend
+
+    forced = None if backend in (None, "table") else backend
+    with forced_fp8_backend(forced):
+        row = measure_layer(model, tokens, weights, wanted, config, copy_gbps, pdl, device)
+        if weights.quant:
+            index = torch.device(device).index if torch.device(device).type == "cuda" else None
+            entry = effective(index)
+            probe = torch.empty(0, dtype=torch.bfloat16, device=device)
+            cutlass = entry.fp8_backend == "cutlass" and grouped_takes(probe)
+            row["backend"] = "cutlass" if cutlass else "triton"
+            if cutlass:
+                row["config"] = entry.grouped_config(tokens * model.topk)
+    return row
+
+
+def _grouped_rows(model: mb.MoeModel, per_expert: Sequence[int], wanted: Sequence[str],
+                  config: TimingConfig, pdl: bool | None, device: torch.device | str,
+                  progress: Progress) -> list[dict[str, Any]]:
+    names = [n for n in wanted if n in moe_grouped.GROUPED_BASELINES]
+    if model.hidden % 128 or model.inter % 64:
+        progress.step(f"grouped {model.name}: not run")
+        return [{"op": "fp8_blockwise_grouped_mm", "kind": "grouped", "model": model.name,
+                 "note": f"needs H a multiple of 128 (H={model.hidden})"}]
+    rows = []
+    for count in per_expert:
+        progress.step(f"grouped {model.name} {count} rows/expert")
+        rows.append(moe_grouped.measure_grouped(model, count, names, config, pdl,
+                                                device=device))
     return rows
 
 
@@ -326,10 +388,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"models (default: {' '.join(mb.MODELS)})")
     parser.add_argument("--tokens", nargs="+", type=int,
                         help=f"token counts (default: {' '.join(map(str, TOKENS))})")
-    parser.add_argument("--ops", nargs="+", help=f"rows to time (default: {' '.join(OPS)})")
-    parser.add_argument("--baselines", nargs="*", default=list(mb.BASELINES),
+    parser.add_argument("--ops", nargs="+", help=f"rows to time, of {' '.join(OPS)} "
+                        f"(default: {' '.join(DEFAULT_OPS)})")
+    parser.add_argument("--baselines", nargs="*",
+                        default=list(mb.BASELINES) + list(moe_grouped.GROUPED_BASELINES),
                         help="baselines timed in the same run (eager, compile: routing; "
-                        "torch: the layer; flashinfer: noted as absent)")
+                        "torch: the layer; torch_fp8_row, torch_bf16: grouped; flashinfer: "
+                        "noted as absent)")
+    parser.add_argument("--fp8-backend", nargs="+", choices=FP8_BACKENDS, default=["table"],
+                        help="the fp8 layer rows' path, once each (table: the entry's)")
+    parser.add_argument("--per-expert", nargs="+", type=int,
+                        help="rows per expert of the grouped rows (default: "
+                        f"{' '.join(map(str, moe_grouped.PER_EXPERT))})")
     parser.add_argument("--quant", nargs="+", choices=list(QUANTS), default=["none"],
                         help="the layer's weights: none (bf16) and/or fp8_block")
     add_run_options(parser, "moe")
@@ -340,16 +410,21 @@ def run_command(args: argparse.Namespace) -> int:
 
     names = args.models or list(mb.MODELS)
     check_known("model", names, mb.MODELS)
-    ops = args.ops or list(OPS)
+    ops = args.ops or list(DEFAULT_OPS)
     check_known("op", ops, OPS)
-    check_known("baseline", args.baselines, mb.BASELINES)
+    check_known("baseline", args.baselines,
+                tuple(mb.BASELINES) + moe_grouped.GROUPED_BASELINES)
+    per_expert = args.per_expert or list(moe_grouped.PER_EXPERT)
+    if min(per_expert) < 1:
+        raise SystemExit(f"rows per expert must be positive, got {per_expert}")
     tokens = args.tokens or list(TOKENS)
     if min(tokens) < 1:
         raise SystemExit(f"token counts must be positive, got {tokens}")
     copy_gbps = copy_bandwidth_gbps()
     rows = run([mb.MODELS[n] for n in names], tokens, ops, args.baselines,
                [QUANTS[q] for q in dict.fromkeys(args.quant)], copy_gbps,
-               enable_pdl=PDL[args.pdl], cold=args.cold)
+               enable_pdl=PDL[args.pdl], cold=args.cold,
+               fp8_backends=list(dict.fromkeys(args.fp8_backend)), per_expert=per_expert)
     return report_run("moe", COLUMNS, rows, copy_gbps, args)
 
 

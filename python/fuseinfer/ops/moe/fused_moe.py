@@ -17,6 +17,9 @@ CUDA: moe_align_block_size groups the (token, slot) rows by expert, a Triton gro
 gathers hidden rows into w13, silu_and_mul (or silu_and_mul_quant_fp8) activates, a second
 grouped GEMM through w2 scales each row by its routing weight, and a combine sums each
 token's k rows; block sizes from the `moe` dispatch entry (moe_dispatch.py), PDL on sm_90+.
+With quant="fp8_block" and the entry's fp8_backend "cutlass" on sm_90a (bf16/fp16
+activations), the two GEMMs are fp8_blockwise_grouped_mm over the rows sorted by expert
+instead (launch_fused_moe_grouped).
 CPU: the float32 reference below (also the test oracle).
 """
 
@@ -206,7 +209,6 @@ def launch_fused_moe(out: torch.Tensor, hidden: torch.Tensor, w13: torch.Tensor,
     """align -> grouped GEMM 1 -> SwiGLU (+ quant) -> grouped GEMM 2 (x routing weight)
     -> combine; Triton kernels (also run directly by the interpreter tests on the CPU,
     where the activation ops take their CPU references)."""
-    from ...triton.fused_moe import moe_combine_kernel
     from ..activation.silu_and_mul import silu_and_mul
     from ..quant.per_token_group_quant_fp8 import per_token_group_quant_fp8
     from ..quant.silu_and_mul_quant_fp8 import silu_and_mul_quant_fp8
@@ -242,11 +244,68 @@ def launch_fused_moe(out: torch.Tensor, hidden: torch.Tensor, w13: torch.Tensor,
         act = silu_and_mul(gate_up, enable_pdl=pdl)
         _grouped_gemm(act, None, w2, None, y, topk_weights, align, 1, top_k, m_blocks,
                       rule, pdl)
+    _combine(out, y, ids, None, None, e, pdl)
+
+
+def _combine(out: torch.Tensor, y: torch.Tensor, ids: torch.Tensor,
+             row_of: torch.Tensor | None, weights: torch.Tensor | None, num_experts: int,
+             pdl: bool) -> None:
+    """out[t] = sum of token t's slot rows of y (through row_of, times weights, if given)."""
+    from ...triton.fused_moe import moe_combine_kernel
+
+    t, h = out.shape
     block_h = min(1024, next_pow2(h))
     extra = {"launch_pdl": True} if pdl else {}
     moe_combine_kernel[(t, -(-h // block_h))](
-        y, ids, out, h, top_k, e, y.stride(0), out.stride(0), BLOCK_H=block_h,
-        USE_PDL=pdl, num_warps=4, **extra)
+        y, ids, row_of if row_of is not None else ids, weights if weights is not None else y,
+        out, h, ids.shape[1], num_experts, y.stride(0), out.stride(0), BLOCK_H=block_h,
+        MAP_ROWS=row_of is not None, WEIGHTED=weights is not None, USE_PDL=pdl, num_warps=4,
+        **extra)
+
+
+def launch_fused_moe_grouped(out: torch.Tensor, hidden: torch.Tensor, w13: torch.Tensor,
+                             w2: torch.Tensor, topk_weights: torch.Tensor,
+                             topk_ids: torch.Tensor, w13_scales: torch.Tensor,
+                             w2_scales: torch.Tensor, config: str, pdl: bool) -> None:
+    """quant="fp8_block" through the CUTLASS grouped GEMM (sm_90a): the routed rows sorted
+    by expert with no padding (moe_align_block_size with blocks of one row), the tokens
+    quantized once and gathered, grouped GEMM 1 -> silu_and_mul_quant_fp8 -> grouped GEMM 2,
+    then each token's rows summed back with their routing weights."""
+    from ..quant.per_token_group_quant_fp8 import per_token_group_quant_fp8
+    from ..quant.silu_and_mul_quant_fp8 import silu_and_mul_quant_fp8
+    from .fp8_blockwise_grouped_mm import fp8_blockwise_grouped_mm
+    from .moe_align_block_size import launch_moe_align_block_size
+
+    t, h = hidden.shape
+    e, inner, top_k = w13.shape[0], w2.shape[2], topk_ids.shape[1]
+    rows = t * top_k
+    if t == 0:
+        return
+    dev = hidden.device
+    ids = topk_ids.contiguous()
+    sorted_rows = torch.empty(rows, dtype=torch.int32, device=dev)
+    expert_of = torch.empty(rows, dtype=torch.int32, device=dev)
+    total = torch.empty(1, dtype=torch.int32, device=dev)
+    launch_moe_align_block_size(sorted_rows, expert_of, total, ids, e, 1, pdl)
+    # Each expert's first sorted row; the tail past the routed rows (-1) counts as expert E.
+    offsets = torch.searchsorted(torch.where(expert_of < 0, e, expert_of),
+                                 torch.arange(e + 1, dtype=torch.int32, device=dev),
+                                 out_int32=True)
+    hq, hs = per_token_group_quant_fp8(hidden, QUANT_BLOCK, enable_pdl=pdl)
+    # Quantize once per token, then gather: the same values as quantizing each routed row.
+    token = (sorted_rows.clamp(max=rows - 1) // top_k).long()  # tail rows: any valid token
+    gate_up = torch.empty(rows, 2 * inner, dtype=hidden.dtype, device=dev)
+    fp8_blockwise_grouped_mm(hq.index_select(0, token), hs.index_select(0, token), w13,
+                             w13_scales, offsets, out=gate_up, config=config, enable_pdl=pdl)
+    act, act_s = silu_and_mul_quant_fp8(gate_up, QUANT_BLOCK, enable_pdl=pdl)
+    y = torch.empty(rows, h, dtype=hidden.dtype, device=dev)
+    fp8_blockwise_grouped_mm(act, act_s, w2, w2_scales, offsets, out=y, config=config,
+                             enable_pdl=pdl)
+    # slot -> its sorted row; the tail's sentinel (rows) lands in the spare last entry
+    row_of = torch.empty(rows + 1, dtype=torch.int32, device=dev)
+    row_of.index_copy_(0, sorted_rows.long(),
+                       torch.arange(rows, dtype=torch.int32, device=dev))
+    _combine(out, y, ids, row_of, topk_weights.contiguous(), e, pdl)
 
 
 def _cuda(out: torch.Tensor, hidden: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor,
@@ -258,8 +317,19 @@ def _cuda(out: torch.Tensor, hidden: torch.Tensor, w13: torch.Tensor, w2: torch.
                     w13_scales, w2_scales, a_group_size)
     table = effective(hidden.device.index)
     pdl = table.enable_pdl and use_pdl(enable_pdl, hidden.device)
+    if quant and table.fp8_backend == "cutlass" and grouped_takes(hidden):
+        launch_fused_moe_grouped(out, hidden, w13, w2, topk_weights, topk_ids, w13_scales,
+                                 w2_scales, table.grouped_config(topk_ids.numel()), pdl)
+        return
     launch_fused_moe(out, hidden, w13, w2, topk_weights, topk_ids, quant, w13_scales,
                      w2_scales, table.rule(hidden.shape[0], quant), pdl)
+
+
+def grouped_takes(hidden: torch.Tensor) -> bool:
+    """Whether the CUTLASS grouped path runs this call: sm_90a, bf16 or fp16 activations."""
+    from .fp8_blockwise_grouped_mm import cutlass_grouped_runs
+
+    return hidden.dtype in (torch.bfloat16, torch.float16) and cutlass_grouped_runs(hidden.device)
 
 
 def fused_moe(hidden: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor,

@@ -1,4 +1,6 @@
-"""Dispatch-table entry `moe`: the Triton block sizes of fused_moe's grouped GEMMs.
+"""Dispatch-table entry `moe`: the Triton block sizes of fused_moe's grouped GEMMs, and for
+quant="fp8_block" the backend (Triton or the CUTLASS grouped GEMM) and the CUTLASS
+configuration per total-rows bucket.
 
 A rule's block_m is also the alignment block of moe_align_block_size (a tile of block_m
 rows belongs to one expert); block_n x block_k is the weight tile, group_m the number of
@@ -8,20 +10,33 @@ what bounds the rows per expert in decode); the last has max_tokens null. `rules
 the bf16/fp16/fp32 path, `fp8_rules` quant="fp8_block" (block_k divides 128 there, so a
 k step lies in one scale group).
 
+`fp8_backend` "cutlass" runs the FP8 experts through fp8_blockwise_grouped_mm (sm_90a; other
+GPUs fall back to Triton) with the configuration of the first `fp8_grouped` rule whose
+max_rows bounds R = T * k, the routed rows (the grouped GEMM's M summed over experts);
+"triton" keeps the Triton kernels. Both fields may be left out (the defaults below).
+
 A GPU whose tables have no `moe` entry runs the built-in below, with one warning per process
 that names the GPU key (the starting points are not tuned for any GPU).
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import threading
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from ...dispatch import TableError, register_op
 from ...dispatch.rule_checks import check_bound
 
 OP_FAMILY = "moe"
+# The CUTLASS grouped configurations csrc/moe builds (sm_90a): tile, cluster, schedule, and
+# swap-AB (few rows per expert as the MMA's N).
+GROUPED_CONFIGS = ("sm90_grouped_coop_128x128_c1x1", "sm90_grouped_ping_64x128_c1x2",
+                   "sm90_grouped_swap_128x32_c1x1")
+FP8_BACKENDS = ("triton", "cutlass")
 
 
 def _check_pow2(value: int, low: int, high: int, where: str) -> None:
@@ -51,6 +66,23 @@ class MoeLaunchRule:
             raise TableError(f"{where}.num_stages: must be in [1, 6], got {self.num_stages}")
 
 
+@dataclass(frozen=True)
+class GroupedRule:
+    max_rows: int | None  # null: any R
+    config: str
+
+    def validate(self, where: str) -> None:
+        check_bound(self.max_rows, where)
+        if self.config not in GROUPED_CONFIGS:
+            raise TableError(f"{where}.config: must be one of {list(GROUPED_CONFIGS)}, got "
+                             f"{self.config!r}")
+
+
+# Swap-AB while few rows reach each expert, the 128 x 128 cooperative tile beyond.
+DEFAULT_GROUPED = (GroupedRule(1024, "sm90_grouped_swap_128x32_c1x1"),
+                   GroupedRule(None, "sm90_grouped_coop_128x128_c1x1"))
+
+
 def _check_rules(rules: tuple[MoeLaunchRule, ...], where: str) -> None:
     if not rules:
         raise TableError(f"{where}: needs at least one rule")
@@ -64,14 +96,28 @@ class MoeDispatch:
     enable_pdl: bool
     rules: tuple[MoeLaunchRule, ...]
     fp8_rules: tuple[MoeLaunchRule, ...]
+    fp8_backend: str = "triton"
+    fp8_grouped: tuple[GroupedRule, ...] = DEFAULT_GROUPED
 
     def validate(self, where: str) -> None:
         _check_rules(self.rules, f"{where}.rules")
         _check_rules(self.fp8_rules, f"{where}.fp8_rules")
+        if self.fp8_backend not in FP8_BACKENDS:
+            raise TableError(f"{where}.fp8_backend: must be one of {list(FP8_BACKENDS)}, got "
+                             f"{self.fp8_backend!r}")
+        if not self.fp8_grouped or self.fp8_grouped[-1].max_rows is not None:
+            raise TableError(f"{where}.fp8_grouped: needs rules, the last with max_rows null")
+        for i, rule in enumerate(self.fp8_grouped):
+            rule.validate(f"{where}.fp8_grouped[{i}]")
 
     def rule(self, tokens: int, quant: str | None) -> MoeLaunchRule:
         rules = self.fp8_rules if quant else self.rules
         return next(r for r in rules if r.max_tokens is None or tokens <= r.max_tokens)
+
+    def grouped_config(self, rows: int) -> str:
+        """The CUTLASS grouped configuration for R = rows routed rows."""
+        return next(r.config for r in self.fp8_grouped
+                    if r.max_rows is None or rows <= r.max_rows)
 
 
 # Untuned starting points: small M tiles while few rows reach each expert (decode), larger
@@ -93,6 +139,21 @@ register_op(OP_FAMILY, MoeDispatch, MOE_BUILTIN)
 
 _warned = False
 _warn_lock = threading.Lock()
+_forced_fp8_backend: str | None = None
+
+
+@contextlib.contextmanager
+def forced_fp8_backend(backend: str | None) -> Iterator[None]:
+    """Within the block, fused_moe's fp8 path takes `backend` whatever the table says (None:
+    the table's; for the bench and the tuner, which compare the two)."""
+    global _forced_fp8_backend
+    if backend is not None and backend not in FP8_BACKENDS:
+        raise ValueError(f"fp8 backend must be one of {list(FP8_BACKENDS)}, got {backend!r}")
+    before, _forced_fp8_backend = _forced_fp8_backend, backend
+    try:
+        yield
+    finally:
+        _forced_fp8_backend = before
 
 
 def effective(device: int | None = None) -> MoeDispatch:
@@ -110,4 +171,6 @@ def effective(device: int | None = None) -> MoeDispatch:
             warnings.warn(f"fuseinfer.fused_moe: no '{OP_FAMILY}' entry in the dispatch "
                           f"tables for GPU key '{gpu_key(identity)}'; using the built-in "
                           "untuned block sizes", stacklevel=3)
+    if _forced_fp8_backend is not None:
+        return dataclasses.replace(choice.entry, fp8_backend=_forced_fp8_backend)
     return choice.entry
