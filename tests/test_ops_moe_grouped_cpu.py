@@ -91,7 +91,14 @@ def test_moe_entry_grouped_rules():
     assert entry.fp8_backend == "cutlass"
     assert entry.grouped_config(64) == "sm90_grouped_swap_128x32_c1x1"
     assert entry.grouped_config(65) == "sm90_grouped_ping_64x128_c1x2"
+    assert entry.fp8_grouped_config(64) == "sm90_grouped_swap_128x32_c1x1"
     assert parse_entry(_entry_json()).fp8_backend == "triton"  # both fields may be left out
+    assert parse_entry(_entry_json()).fp8_grouped_config(64) is None
+    mixed = parse_entry({**_entry_json(), "fp8_backend": "cutlass", "fp8_grouped": [
+        {"max_rows": 2048, "config": "triton"},
+        {"max_rows": None, "config": "sm90_grouped_coop_128x128_c1x1"}]})
+    assert mixed.fp8_grouped_config(2048) is None  # this bucket stays on Triton
+    assert mixed.fp8_grouped_config(2049) == "sm90_grouped_coop_128x128_c1x1"
     bad = [({"fp8_backend": "cublas"}, "fp8_backend"),
            ({"fp8_grouped": [{"max_rows": 8, "config": "sm90_grouped_coop_128x128_c1x1"}]},
             "fp8_grouped"),

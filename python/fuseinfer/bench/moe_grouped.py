@@ -121,7 +121,7 @@ def measure_grouped(model: MoeModel, per_expert: int, wanted: list[str], config:
     case = make_case(model, per_expert, device)
     rows, n, k = case.a_q.shape[0], case.b_q.shape[1], case.a_q.shape[1]
     index = torch.device(device).index if torch.device(device).type == "cuda" else None
-    chosen = gemm_config or effective(index).grouped_config(rows)
+    chosen = gemm_config or effective(index).cutlass_config(rows)
     row: dict[str, Any] = {
         "op": "fp8_blockwise_grouped_mm", "kind": "grouped", "model": model.name,
         "tokens": per_expert, "per_expert": per_expert, "quant": "fp8_block",

@@ -9,6 +9,7 @@ from ..report import Column
 RUNTIME_COLUMNS = [
     Column("workload", "workload", align="<"),
     Column("model", "model", align="<"),
+    Column("weights", "weights", align="<"),
     Column("variant", "variant", align="<"),
     Column("output_tok_per_s", "output tok/s", "{:.0f}"),
     Column("ms_per_token", "ms/token", "{:.3f}"),

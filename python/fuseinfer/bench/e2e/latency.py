@@ -20,7 +20,7 @@ from typing import Any
 from ...runtime.engine_args import SERVING_GC, add_engine_args
 from ..registry import Suite, register_suite
 from .offline import engine_args
-from .variants import ablation_variants, add_ablate_argument, release_engine
+from .variants import ablation_variants, add_ablate_argument, release_engine, weights_label
 
 # EngineArgs sized from --batch, --context and --new-tokens (the rest are options)
 _SET_HERE = ("model", "max_context_len", "max_running_requests", "cuda_graph_max_bs")
@@ -87,7 +87,8 @@ def run_command(args: argparse.Namespace) -> int:
         ms = statistics.median(runs)
         print(f"{label}, {name}: {ms:.3f} ms/token (runs: "
               f"{', '.join(f'{r:.3f}' for r in runs)})", flush=True)
-        rows.append({"workload": label, "model": Path(base.model).name, "variant": name,
+        rows.append({"workload": label, "model": Path(base.model).name,
+                     "weights": weights_label(base), "variant": name,
                      "ms_per_token": ms, "output_tok_per_s": 1e3 * args.batch / ms,
                      "steps": args.new_tokens})
         release_engine(engine)

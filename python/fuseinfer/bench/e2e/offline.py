@@ -21,7 +21,7 @@ from typing import Any
 
 from ...runtime.engine_args import SERVING_GC, EngineArgs, add_engine_args, engine_args_from
 from ..registry import Suite, register_suite
-from .variants import ablation_variants, add_ablate_argument, release_engine
+from .variants import ablation_variants, add_ablate_argument, release_engine, weights_label
 
 # EngineArgs the workload sets itself (the rest are options)
 _SET_HERE = ("model", "max_context_len")
@@ -134,7 +134,8 @@ def run_command(args: argparse.Namespace) -> int:
         print(f"{name}: {base_rate / other:.3f}x (with / without)")
     label = (f"offline {workload.num_prompts} req, in/out U[{workload.min_len}, "
              f"{workload.max_len}]")
-    rows = [{"workload": label, "model": Path(model).name, "variant": name,
+    weights = weights_label(base)
+    rows = [{"workload": label, "model": Path(model).name, "weights": weights, "variant": name,
              "output_tok_per_s": r["output_tok_per_s"], "seconds": r["seconds"],
              "speedup": base_rate / r["output_tok_per_s"] if name != "as configured" else None,
              "peak_kv_pct": 100 * r["peak_kv_usage"], "steps": r["steps"],

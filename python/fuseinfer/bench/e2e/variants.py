@@ -37,6 +37,15 @@ def is_fp8_engine(base: Any) -> bool:
         return False
 
 
+def weights_label(base: Any) -> str:
+    """What the engine's linear weights are, for the recorded rows: "fp8", else the dtype
+    asked for ("checkpoint dtype" for auto)."""
+    if is_fp8_engine(base):
+        return "fp8"
+    dtype = getattr(base, "dtype", "auto")
+    return "checkpoint dtype" if dtype in (None, "auto") else str(dtype)
+
+
 def add_ablate_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ablate", nargs="+", choices=[*ABLATIONS, "all"], default=[],
                         help="also run without each of these switches (all: every one)")

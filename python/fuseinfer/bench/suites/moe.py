@@ -357,12 +357,12 @@ def _layer_row(model: mb.MoeModel, tokens: int, weights: mb.LayerWeights,
         row = measure_layer(model, tokens, weights, wanted, config, copy_gbps, pdl, device)
         if weights.quant:
             index = torch.device(device).index if torch.device(device).type == "cuda" else None
-            entry = effective(index)
+            config = effective(index).fp8_grouped_config(tokens * model.topk)
             probe = torch.empty(0, dtype=torch.bfloat16, device=device)
-            cutlass = entry.fp8_backend == "cutlass" and grouped_takes(probe)
+            cutlass = config is not None and grouped_takes(probe)
             row["backend"] = "cutlass" if cutlass else "triton"
             if cutlass:
-                row["config"] = entry.grouped_config(tokens * model.topk)
+                row["config"] = config
     return row
 
 

@@ -126,7 +126,7 @@ def _cuda(out: torch.Tensor, a_q: torch.Tensor, a_scales: torch.Tensor, b_q: tor
     if a_q.shape[0] == 0:
         return
     table = effective(out.device.index)
-    chosen = config or table.grouped_config(a_q.shape[0])
+    chosen = config or table.cutlass_config(a_q.shape[0])
     pdl = table.enable_pdl and use_pdl(enable_pdl, out.device)
     _load_moe_module()
     torch.ops.fuseinfer._fp8_blockwise_grouped_mm_cutlass(

@@ -17,9 +17,9 @@ CUDA: moe_align_block_size groups the (token, slot) rows by expert, a Triton gro
 gathers hidden rows into w13, silu_and_mul (or silu_and_mul_quant_fp8) activates, a second
 grouped GEMM through w2 scales each row by its routing weight, and a combine sums each
 token's k rows; block sizes from the `moe` dispatch entry (moe_dispatch.py), PDL on sm_90+.
-With quant="fp8_block" and the entry's fp8_backend "cutlass" on sm_90a (bf16/fp16
-activations), the two GEMMs are fp8_blockwise_grouped_mm over the rows sorted by expert
-instead (launch_fused_moe_grouped).
+With quant="fp8_block", the entry's fp8_backend "cutlass" and a CUTLASS configuration for
+R = T * k on sm_90a (bf16/fp16 activations), the two GEMMs are fp8_blockwise_grouped_mm
+over the rows sorted by expert instead (launch_fused_moe_grouped).
 CPU: the float32 reference below (also the test oracle).
 """
 
@@ -317,9 +317,10 @@ def _cuda(out: torch.Tensor, hidden: torch.Tensor, w13: torch.Tensor, w2: torch.
                     w13_scales, w2_scales, a_group_size)
     table = effective(hidden.device.index)
     pdl = table.enable_pdl and use_pdl(enable_pdl, hidden.device)
-    if quant and table.fp8_backend == "cutlass" and grouped_takes(hidden):
+    grouped = table.fp8_grouped_config(topk_ids.numel()) if quant else None
+    if grouped is not None and grouped_takes(hidden):
         launch_fused_moe_grouped(out, hidden, w13, w2, topk_weights, topk_ids, w13_scales,
-                                 w2_scales, table.grouped_config(topk_ids.numel()), pdl)
+                                 w2_scales, grouped, pdl)
         return
     launch_fused_moe(out, hidden, w13, w2, topk_weights, topk_ids, quant, w13_scales,
                      w2_scales, table.rule(hidden.shape[0], quant), pdl)

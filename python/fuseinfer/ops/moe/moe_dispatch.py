@@ -12,8 +12,10 @@ k step lies in one scale group).
 
 `fp8_backend` "cutlass" runs the FP8 experts through fp8_blockwise_grouped_mm (sm_90a; other
 GPUs fall back to Triton) with the configuration of the first `fp8_grouped` rule whose
-max_rows bounds R = T * k, the routed rows (the grouped GEMM's M summed over experts);
-"triton" keeps the Triton kernels. Both fields may be left out (the defaults below).
+max_rows bounds R = T * k, the routed rows (the grouped GEMM's M summed over experts); a
+rule whose config is "triton" keeps that bucket on the Triton kernels (the grouped path
+costs more launches, which decode feels). fp8_backend "triton" ignores the rules. Both
+fields may be left out (the defaults below).
 
 A GPU whose tables have no `moe` entry runs the built-in below, with one warning per process
 that names the GPU key (the starting points are not tuned for any GPU).
@@ -37,6 +39,7 @@ OP_FAMILY = "moe"
 GROUPED_CONFIGS = ("sm90_grouped_coop_128x128_c1x1", "sm90_grouped_ping_64x128_c1x2",
                    "sm90_grouped_swap_128x32_c1x1")
 FP8_BACKENDS = ("triton", "cutlass")
+TRITON = "triton"  # an fp8_grouped rule's config: this bucket stays on the Triton kernels
 
 
 def _check_pow2(value: int, low: int, high: int, where: str) -> None:
@@ -73,9 +76,9 @@ class GroupedRule:
 
     def validate(self, where: str) -> None:
         check_bound(self.max_rows, where)
-        if self.config not in GROUPED_CONFIGS:
-            raise TableError(f"{where}.config: must be one of {list(GROUPED_CONFIGS)}, got "
-                             f"{self.config!r}")
+        if self.config not in (*GROUPED_CONFIGS, TRITON):
+            raise TableError(f"{where}.config: must be one of {[*GROUPED_CONFIGS, TRITON]}, "
+                             f"got {self.config!r}")
 
 
 # Swap-AB while few rows reach each expert, the 128 x 128 cooperative tile beyond.
@@ -115,9 +118,25 @@ class MoeDispatch:
         return next(r for r in rules if r.max_tokens is None or tokens <= r.max_tokens)
 
     def grouped_config(self, rows: int) -> str:
-        """The CUTLASS grouped configuration for R = rows routed rows."""
+        """The CUTLASS grouped configuration for R = rows routed rows ("triton": none)."""
         return next(r.config for r in self.fp8_grouped
                     if r.max_rows is None or rows <= r.max_rows)
+
+    def cutlass_config(self, rows: int) -> str:
+        """The CUTLASS configuration fp8_blockwise_grouped_mm runs for R rows: the rule's,
+        or where the rule keeps fused_moe on Triton, the default rules' choice."""
+        config = self.grouped_config(rows)
+        if config == TRITON:
+            config = next(r.config for r in DEFAULT_GROUPED
+                          if r.max_rows is None or rows <= r.max_rows)
+        return config
+
+    def fp8_grouped_config(self, rows: int) -> str | None:
+        """The grouped configuration fused_moe's fp8 path runs for R rows, None: Triton."""
+        if self.fp8_backend != "cutlass":
+            return None
+        config = self.grouped_config(rows)
+        return None if config == TRITON else config
 
 
 # Untuned starting points: small M tiles while few rows reach each expert (decode), larger
@@ -171,6 +190,9 @@ def effective(device: int | None = None) -> MoeDispatch:
             warnings.warn(f"fuseinfer.fused_moe: no '{OP_FAMILY}' entry in the dispatch "
                           f"tables for GPU key '{gpu_key(identity)}'; using the built-in "
                           "untuned block sizes", stacklevel=3)
+    entry = choice.entry
     if _forced_fp8_backend is not None:
-        return dataclasses.replace(choice.entry, fp8_backend=_forced_fp8_backend)
-    return choice.entry
+        entry = dataclasses.replace(entry, fp8_backend=_forced_fp8_backend)
+        if any(r.config == TRITON for r in entry.fp8_grouped):  # forced: CUTLASS throughout
+            entry = dataclasses.replace(entry, fp8_grouped=DEFAULT_GROUPED)
+    return entry
