@@ -15,7 +15,8 @@ expert covers are left as they are. K a multiple of 128, N a multiple of 8.
 CUDA, sm_90a: CUTLASS ptr-array kernels (csrc/moe), one problem per expert, sizes and
 pointers built on the device from expert_offsets: no host sync, capturable in a CUDA graph.
 The configuration comes from the `moe` dispatch entry's fp8_grouped rules by R (or is
-named by `config`). Other GPUs: fused_moe runs its Triton path there; this op raises.
+named by `config`). sm_100a: the 1-SM tcgen05 instantiation, compile-checked but never run
+here (fused_moe does not route to it). Other GPUs: fused_moe runs Triton; this op raises.
 CPU: the reference below (float32).
 """
 
@@ -111,22 +112,28 @@ def _cpu(out: torch.Tensor, a_q: torch.Tensor, a_scales: torch.Tensor, b_q: torc
 _load_moe_module = module_loader("moe", "moe")
 
 
-def cutlass_grouped_runs(device: torch.device) -> bool:
-    """Whether this GPU runs the CUTLASS grouped kernels (sm_90a)."""
-    return device.type == "cuda" and torch.cuda.get_device_capability(device)[0] == 9
+def cutlass_grouped_runs(device: torch.device, compile_checked: bool = False) -> bool:
+    """Whether this GPU runs the CUTLASS grouped kernels: sm_90a; with compile_checked also
+    sm_100a, whose kernels are built but have not run on a GPU here (the op takes them when
+    called; fused_moe does not pick them on its own)."""
+    if device.type != "cuda":
+        return False
+    major = torch.cuda.get_device_capability(device)[0]
+    return major == 9 or (compile_checked and major == 10)
 
 
 def _cuda(out: torch.Tensor, a_q: torch.Tensor, a_scales: torch.Tensor, b_q: torch.Tensor,
           b_scales: torch.Tensor, expert_offsets: torch.Tensor, config: str | None = None,
           enable_pdl: bool | None = None) -> None:
     _check(out, a_q, a_scales, b_q, b_scales, expert_offsets, config)
-    if not cutlass_grouped_runs(out.device):
-        fail(OP, "a_q", f"needs an sm_90a GPU, got compute capability "
+    if not cutlass_grouped_runs(out.device, compile_checked=True):
+        fail(OP, "a_q", f"needs an sm_90a or sm_100a GPU, got compute capability "
              f"{torch.cuda.get_device_capability(out.device)} (fused_moe runs Triton there)")
     if a_q.shape[0] == 0:
         return
     table = effective(out.device.index)
-    chosen = config or table.cutlass_config(a_q.shape[0])
+    major = torch.cuda.get_device_capability(out.device)[0]
+    chosen = config or table.cutlass_config(a_q.shape[0], major)
     pdl = table.enable_pdl and use_pdl(enable_pdl, out.device)
     _load_moe_module()
     torch.ops.fuseinfer._fp8_blockwise_grouped_mm_cutlass(

@@ -34,10 +34,11 @@ from ...dispatch import TableError, register_op
 from ...dispatch.rule_checks import check_bound
 
 OP_FAMILY = "moe"
-# The CUTLASS grouped configurations csrc/moe builds (sm_90a): tile, cluster, schedule, and
-# swap-AB (few rows per expert as the MMA's N).
+# The CUTLASS grouped configurations csrc/moe builds, each for its arch only (sm90_: sm_90a,
+# sm100_: sm_100a, compile-checked, not yet run): tile, cluster, schedule, and swap-AB (few
+# rows per expert as the MMA's N).
 GROUPED_CONFIGS = ("sm90_grouped_coop_128x128_c1x1", "sm90_grouped_ping_64x128_c1x2",
-                   "sm90_grouped_swap_128x32_c1x1")
+                   "sm90_grouped_swap_128x32_c1x1", "sm100_grouped_1sm_128x128_c1x1")
 FP8_BACKENDS = ("triton", "cutlass")
 TRITON = "triton"  # an fp8_grouped rule's config: this bucket stays on the Triton kernels
 
@@ -81,7 +82,8 @@ class GroupedRule:
                              f"got {self.config!r}")
 
 
-# Swap-AB while few rows reach each expert, the 128 x 128 cooperative tile beyond.
+SM100_DEFAULT_GROUPED = "sm100_grouped_1sm_128x128_c1x1"
+# Swap-AB while few rows reach each expert, the 128 x 128 cooperative tile beyond (sm_90a).
 DEFAULT_GROUPED = (GroupedRule(1024, "sm90_grouped_swap_128x32_c1x1"),
                    GroupedRule(None, "sm90_grouped_coop_128x128_c1x1"))
 
@@ -122,11 +124,14 @@ class MoeDispatch:
         return next(r.config for r in self.fp8_grouped
                     if r.max_rows is None or rows <= r.max_rows)
 
-    def cutlass_config(self, rows: int) -> str:
-        """The CUTLASS configuration fp8_blockwise_grouped_mm runs for R rows: the rule's,
-        or where the rule keeps fused_moe on Triton, the default rules' choice."""
+    def cutlass_config(self, rows: int, arch_major: int = 9) -> str:
+        """The CUTLASS configuration fp8_blockwise_grouped_mm runs for R rows on a GPU of
+        compute capability arch_major.x: the rule's, or where the rule keeps fused_moe on
+        Triton or names another arch's kernel, the default for this arch."""
         config = self.grouped_config(rows)
-        if config == TRITON:
+        if config == TRITON or not config.startswith(f"sm{arch_major}0_"):
+            if arch_major == 10:
+                return SM100_DEFAULT_GROUPED
             config = next(r.config for r in DEFAULT_GROUPED
                           if r.max_rows is None or rows <= r.max_rows)
         return config
@@ -159,6 +164,19 @@ register_op(OP_FAMILY, MoeDispatch, MOE_BUILTIN)
 _warned = False
 _warn_lock = threading.Lock()
 _forced_fp8_backend: str | None = None
+_forced_entry: MoeDispatch | None = None
+
+
+@contextlib.contextmanager
+def forced_entry(entry: MoeDispatch | None) -> Iterator[None]:
+    """Within the block, `entry` stands in for the tables' `moe` entry (None: the tables'
+    own; for the tuner, which times candidate entries)."""
+    global _forced_entry
+    before, _forced_entry = _forced_entry, entry
+    try:
+        yield
+    finally:
+        _forced_entry = before
 
 
 @contextlib.contextmanager
@@ -190,7 +208,7 @@ def effective(device: int | None = None) -> MoeDispatch:
             warnings.warn(f"fuseinfer.fused_moe: no '{OP_FAMILY}' entry in the dispatch "
                           f"tables for GPU key '{gpu_key(identity)}'; using the built-in "
                           "untuned block sizes", stacklevel=3)
-    entry = choice.entry
+    entry = choice.entry if _forced_entry is None else _forced_entry
     if _forced_fp8_backend is not None:
         entry = dataclasses.replace(entry, fp8_backend=_forced_fp8_backend)
         if any(r.config == TRITON for r in entry.fp8_grouped):  # forced: CUTLASS throughout
