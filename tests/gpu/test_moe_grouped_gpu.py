@@ -18,6 +18,7 @@ from fuseinfer.ops.moe.fused_moe import reference_fused_moe
 from fuseinfer.ops.moe.moe_dispatch import GROUPED_CONFIGS, forced_fp8_backend
 
 FP8 = torch.float8_e4m3fn
+SM90_CONFIGS = [c for c in GROUPED_CONFIGS if c.startswith("sm90_")]  # built for this GPU
 
 pytestmark = pytest.mark.skipif(
     not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] != 9,
@@ -41,10 +42,10 @@ def _rel(got: torch.Tensor, want: torch.Tensor) -> float:
 
 
 def test_every_menu_configuration_is_built():
-    assert sorted(built_grouped_configs()) == sorted(GROUPED_CONFIGS)
+    assert sorted(built_grouped_configs()) == sorted(SM90_CONFIGS)
 
 
-@pytest.mark.parametrize("config", GROUPED_CONFIGS)
+@pytest.mark.parametrize("config", SM90_CONFIGS)
 @pytest.mark.parametrize("counts, n, k", [
     ([1, 0, 37, 5, 0, 130, 2, 64], 1536, 2048),   # ragged, empty experts (Qwen3-MoE w13)
     ([300, 1, 77], 2048, 768),                    # many rows for one expert (w2)
@@ -66,7 +67,7 @@ def test_grouped_mm_matches_the_reference(config, counts, n, k, out_dtype):
     assert torch.isnan(out[covered:].float()).all()  # rows no expert covers: untouched
 
 
-@pytest.mark.parametrize("config", GROUPED_CONFIGS)
+@pytest.mark.parametrize("config", SM90_CONFIGS)
 def test_a_replayed_graph_follows_new_offsets(config):
     a_q, a_scales, b_q, b_scales, offsets = _case([10, 20, 30, 40], 512, 512)
     out = torch.zeros(a_q.shape[0], 512, dtype=torch.bfloat16, device="cuda")
