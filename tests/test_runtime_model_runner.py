@@ -93,5 +93,11 @@ def test_parallel_state_checks_itself_and_one_rank_is_built():
         ParallelState(world_size=0)
     two = ParallelState(rank=1, world_size=2, group=object())
     assert not two.is_first and not two.is_single
-    with pytest.raises(NotImplementedError, match="tensor parallelism"):
-        ModelRunner(EngineArgs(model="tiny", device="cpu"), two)
+    with pytest.raises(NotImplementedError, match="multi-rank engine"):
+        Engine(EngineArgs(model="tiny", device="cpu"), two)
+    # a runner builds its rank's shard: half the heads, its kv heads in the cache
+    runner = ModelRunner(EngineArgs(model="tiny", device="cpu", load_format="dummy"), two)
+    full = runner.config
+    assert runner.model.config.num_heads == full.num_heads // 2
+    assert runner.kv_cache.k[0].shape[-2] == max(1, full.num_kv_heads // 2)
+    assert runner.model.weights.embed.shape[0] == -(-full.vocab_size // 2)

@@ -10,6 +10,9 @@ ends the op before each (the input and post-attention norms, SiLU * up) in the s
 o_proj's input gets one group-quant kernel, then one fp8_blockwise_mm each.
 Each fusion has a switch (`Fusions`), so its effect is measured end to end. The same code
 runs on CUDA tensors (kernels) and CPU tensors (the ops' reference implementations).
+Tensor parallel (distributed/tensor_parallel.py): the config and weights are one rank's
+shard; o_proj, down and the experts' outputs are all-reduced before the residual add, the
+vocab-parallel embedding is summed over the ranks and the logits gathered.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..distributed.collectives import all_gather_last, all_reduce_, vocab_shard
+from ..distributed.parallel_state import SINGLE_RANK, ParallelState
 from ..ops.activation.silu_and_mul import silu_and_mul
 from ..ops.attention import DecodePlan, PagedAttention, PrefillPlan
 from ..ops.kvcache.store_kv_cache import store_kv_cache
@@ -92,13 +97,25 @@ class ModelWeights:
 class DecoderModel:
     def __init__(self, config: ModelConfig, weights: ModelWeights,
                  attention: PagedAttention, kv_cache: PagedKvCache,
-                 fusions: Fusions = Fusions()) -> None:
+                 fusions: Fusions = Fusions(), parallel: ParallelState = SINGLE_RANK) -> None:
+        """config and weights: this rank's shard (the whole model on a single rank)."""
         self.config = config
         self.weights = weights
         self.attention = attention
         self.kv = kv_cache
         self.fusions = fusions
+        self.parallel = parallel
         self.cos_sin = build_cos_sin_cache(config.rope, device=weights.embed.device)
+
+    def _embed(self, ids: torch.Tensor) -> torch.Tensor:
+        """Embedding rows; vocab-parallel: this rank's rows, zeros elsewhere, summed."""
+        if self.parallel.is_single:
+            return self.weights.embed[ids]
+        start, rows = vocab_shard(self.config.vocab_size, self.parallel)
+        local = ids - start
+        mine = (local >= 0) & (local < rows)
+        h = self.weights.embed[local.clamp(0, rows - 1)] * mine[:, None]
+        return all_reduce_(h, self.parallel)
 
     def _linear(self, h: torch.Tensor, weight: Linear) -> torch.Tensor:
         """h @ weight.T; decode steps of a few tokens take the weight-streaming kernel; an
@@ -219,18 +236,21 @@ class DecoderModel:
     @torch.inference_mode()
     def forward(self, batch: ForwardBatch) -> torch.Tensor:
         """Logits [B, vocab] (the model dtype) for the batch's logits rows."""
-        w = self.weights
-        h = w.embed[batch.input_ids]
+        w, tp = self.weights, self.parallel
+        h = self._embed(batch.input_ids)
         residual = None
         for i, layer in enumerate(w.layers):
             qkv, residual = self._norm_linear(h, residual, layer.input_norm, layer.qkv)
-            h = self._attention(i, layer, qkv, batch)
+            h = all_reduce_(self._attention(i, layer, qkv, batch), tp)
             if layer.moe is not None:
                 h, residual = self._moe(h, residual, layer.post_norm, layer.moe)
+                h = all_reduce_(h, tp)
                 continue
             assert layer.gate_up is not None
             gate_up, residual = self._norm_linear(h, residual, layer.post_norm, layer.gate_up)
-            h = self._mlp_down(layer, gate_up)
+            h = all_reduce_(self._mlp_down(layer, gate_up), tp)
         rows = batch.logits_rows
         logits, _ = self._norm_linear(h[rows], residual[rows], w.norm, w.lm_head)
+        if not tp.is_single:  # each rank's vocabulary slice, the padding cut off
+            logits = all_gather_last(logits, tp)[:, :self.config.vocab_size]
         return logits  # model dtype: greedy argmax needs no float copy of [B, vocab]

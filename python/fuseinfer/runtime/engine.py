@@ -57,6 +57,10 @@ class EngineStats:
 
 class Engine:
     def __init__(self, args: EngineArgs, parallel: ParallelState = SINGLE_RANK) -> None:
+        if not parallel.is_single:
+            raise NotImplementedError("tensor parallelism: the multi-rank engine (rank 0 "
+                                      "scheduling, every rank stepping) is not built yet; "
+                                      "ModelRunner and DecoderModel run sharded")
         self.args = args
         self.runner = ModelRunner(args, parallel)
         self.config = self.runner.config

@@ -12,7 +12,10 @@ step's host inputs (`StepInputs`) and gets tokens back:
 inputs may carry that id in place of the token, and the runner reads the token on the
 device from its future buffer (no host sync; this is what overlap scheduling needs).
 
-A runner is built per rank over a `ParallelState`; one rank today.
+A runner is built per rank over a `ParallelState`: with several ranks it holds this rank's
+shard (distributed/tensor_parallel.py: heads, kv heads and intermediate sizes split, the
+vocabulary too) and its KV cache holds only its kv heads; every rank must run the same steps
+(the multi-rank engine that drives them is not built yet).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from pathlib import Path
 import torch
 
 from ..distributed.parallel_state import SINGLE_RANK, ParallelState
+from ..distributed.tensor_parallel import local_config, shard_weights
 from ..models.config import ModelConfig
 from ..models.decoder import DecoderModel, ForwardBatch, Fusions, ModelWeights
 from ..models.kv_cache import FP8, KvCacheConfig, PagedKvCache
@@ -69,8 +73,6 @@ class StepResult:
 
 class ModelRunner:
     def __init__(self, args: EngineArgs, parallel: ParallelState = SINGLE_RANK) -> None:
-        if not parallel.is_single:
-            raise NotImplementedError("tensor parallelism is not built yet (world_size 1)")
         self.args = args
         self.parallel = parallel
         device = args.device if args.device != "auto" else (
@@ -82,9 +84,9 @@ class ModelRunner:
         from ..models.bundled import resolve_model
 
         folder = resolve_model(args.model)
-        self.config = ModelConfig.from_folder(folder)
-        c = self.config
-        weights = self._weights(folder, dtype)
+        self.config = ModelConfig.from_folder(folder)  # the whole model's
+        c = local_config(self.config, parallel)  # this rank's shard (all of it on one rank)
+        weights = shard_weights(self._weights(folder, dtype), self.config, parallel)
         kv_dtype = FP8 if args.kv_cache_dtype == "fp8_e4m3" else dtype
         kv_cfg = KvCacheConfig(c.num_layers, c.num_kv_heads, c.head_dim, args.page_size,
                                kv_dtype)
@@ -105,7 +107,7 @@ class ModelRunner:
                           fused_silu_mul_quant=not args.disable_fused_silu_mul_quant,
                           gemv_max_tokens=0 if args.disable_small_batch_gemv else 1,
                           enable_pdl=False if args.disable_pdl else None)
-        self.model = DecoderModel(c, weights, self.attention, self.kv_cache, fusions)
+        self.model = DecoderModel(c, weights, self.attention, self.kv_cache, fusions, parallel)
         # Tokens of steps in flight, read by the next step's inputs (overlap scheduling).
         self._future = torch.zeros(4 * (args.max_running_requests + 1), dtype=torch.int64,
                                    device=self.device)

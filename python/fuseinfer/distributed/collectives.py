@@ -1,0 +1,31 @@
+"""The collectives a tensor-parallel forward pass needs, over the parallel state's group
+(torch.distributed: gloo on CPUs, NCCL on GPUs); a single rank skips them."""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+from .parallel_state import ParallelState
+
+
+def all_reduce_(x: torch.Tensor, parallel: ParallelState) -> torch.Tensor:
+    """x summed over the ranks, in place (a single rank: x as is)."""
+    if not parallel.is_single:
+        dist.all_reduce(x, group=parallel.group)
+    return x
+
+
+def all_gather_last(x: torch.Tensor, parallel: ParallelState) -> torch.Tensor:
+    """Every rank's x concatenated along the last dim, in rank order."""
+    if parallel.is_single:
+        return x
+    parts = [torch.empty_like(x) for _ in range(parallel.world_size)]
+    dist.all_gather(parts, x.contiguous(), group=parallel.group)
+    return torch.cat(parts, dim=-1)
+
+
+def vocab_shard(vocab: int, parallel: ParallelState) -> tuple[int, int]:
+    """[start, start + rows) of the vocabulary this rank holds; rows = ceil(V / world)."""
+    rows = -(-vocab // parallel.world_size)
+    return parallel.rank * rows, rows

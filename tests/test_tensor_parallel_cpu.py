@@ -1,0 +1,140 @@
+"""Tensor parallelism on the CPU: the decoder sharded over 2 and 4 ranks (one process each,
+gloo) gives the single-rank logits and greedy tokens on tiny Qwen3, Llama (untied lm_head)
+and Qwen3-MoE checkpoints: heads and kv heads split (and replicated when the ranks outnumber
+the kv heads), gate_up / down and the experts split by intermediate size, the vocabulary
+split with the last shard padded; plus the shapes and errors of the sharding itself."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from test_models_cpu import PAGE, Runner  # tests/ is on sys.path
+from tiny_checkpoint import COMMON, save_tiny_checkpoint, tiny_moe_model
+
+from fuseinfer.distributed.parallel_state import ParallelState
+from fuseinfer.distributed.tensor_parallel import local_config, shard_weights
+from fuseinfer.models.config import ModelConfig
+from fuseinfer.models.decoder import DecoderModel, Fusions
+from fuseinfer.models.kv_cache import KvCacheConfig, PagedKvCache
+from fuseinfer.models.loader import dummy_weights, load_weights
+from fuseinfer.ops import AttentionShape, PagedAttention
+from fuseinfer.runtime.kv_pool import PageAllocator, ReqToTokenPool
+
+STEPS = 6
+
+
+class ShardRunner(Runner):
+    """test_models_cpu's Runner over one rank's shard."""
+
+    def __init__(self, folder, parallel: ParallelState):
+        full = ModelConfig.from_folder(folder)
+        self.config = local_config(full, parallel)
+        c = self.config
+        weights = shard_weights(load_weights(folder, full, torch.float32, "cpu"), full,
+                                parallel)
+        kv_cfg = KvCacheConfig(c.num_layers, c.num_kv_heads, c.head_dim, PAGE, torch.float32)
+        self.kv = PagedKvCache(kv_cfg, 64, "cpu")
+        self.allocator = PageAllocator(64)
+        self.reqs = ReqToTokenPool(4, 32, "cpu")
+        self.attn = PagedAttention(AttentionShape(c.num_heads, c.num_kv_heads, c.head_dim,
+                                                  PAGE), "cpu")
+        self.model = DecoderModel(c, weights, self.attn, self.kv, Fusions(), parallel)
+        self.slot = self.reqs.alloc()
+
+
+def _rank(rank: int, world: int, folder: str, prompt: list[int], out: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank,
+                            world_size=world)
+    torch.set_num_threads(1)
+    try:
+        runner = ShardRunner(folder, ParallelState(rank, world, dist.group.WORLD))
+        first, tokens = runner.greedy(prompt, STEPS)
+        if rank == 0:
+            Path(out).write_text(json.dumps({"logits": first.tolist(), "tokens": tokens}))
+    finally:
+        dist.destroy_process_group()
+
+
+def _tensor_parallel(folder: Path, world: int, prompt: list[int]) -> dict:
+    out = folder / f"tp{world}.json"
+    mp.spawn(_rank, args=(world, str(folder), prompt, str(out)), nprocs=world, join=True)
+    return json.loads(out.read_text())
+
+
+@pytest.mark.parametrize("arch, world", [("qwen3", 2), ("llama", 2), ("qwen3", 4),
+                                         ("qwen3_moe", 2)])
+def test_sharded_decoder_matches_one_rank(tmp_path, arch, world):
+    if arch == "qwen3_moe":
+        save_tiny_checkpoint(tmp_path, arch, model=tiny_moe_model(router_scale=20.0))
+    else:
+        save_tiny_checkpoint(tmp_path, arch, tie=arch == "qwen3")
+    prompt = torch.randint(0, COMMON["vocab_size"], (11,)).tolist()
+    want_logits, want = Runner(tmp_path).greedy(prompt, STEPS)
+    got = _tensor_parallel(tmp_path, world, prompt)
+    torch.testing.assert_close(torch.tensor(got["logits"]), want_logits, rtol=1e-4,
+                               atol=1e-4)
+    assert got["tokens"] == want
+
+
+def _fake_group(world: int) -> list[ParallelState]:
+    return [ParallelState(r, world, group=object()) for r in range(world)]
+
+
+def test_shards_cover_the_weights_once(tmp_path):
+    cfg = ModelConfig.from_folder(_folder(tmp_path, "qwen3"))
+    full = dummy_weights(cfg, torch.float32, "cpu", seed=1)
+    d, inter = cfg.head_dim, cfg.intermediate_size
+    shards = [shard_weights(full, cfg, p) for p in _fake_group(2)]
+    # o_proj columns and down columns: the two shards side by side are the whole weight
+    torch.testing.assert_close(torch.cat([s.layers[0].o for s in shards], dim=1),
+                               full.layers[0].o)
+    torch.testing.assert_close(torch.cat([s.layers[1].down for s in shards], dim=1),
+                               full.layers[1].down)
+    # gate_up: each shard its gate slice then the same up slice
+    gate_up = full.layers[0].gate_up
+    half = inter // 2
+    torch.testing.assert_close(shards[1].layers[0].gate_up,
+                               torch.cat([gate_up[half:inter], gate_up[inter + half:]]))
+    # qkv of rank 1: q heads 2-3, kv head 1 (k then v)
+    q_rows = cfg.num_heads * d
+    kv_rows = cfg.num_kv_heads * d
+    qkv = full.layers[0].qkv
+    want = torch.cat([qkv[2 * d:4 * d], qkv[q_rows + d:q_rows + 2 * d],
+                      qkv[q_rows + kv_rows + d:q_rows + kv_rows + 2 * d]])
+    torch.testing.assert_close(shards[1].layers[0].qkv, want)
+    tied = shards[0].lm_head is shards[0].embed
+    assert tied == (full.lm_head is full.embed)
+
+
+def test_vocab_shards_pad_the_last_rank(tmp_path):
+    from fuseinfer.distributed.collectives import vocab_shard
+
+    assert [vocab_shard(10, p) for p in _fake_group(4)] == [(0, 3), (3, 3), (6, 3), (9, 3)]
+    cfg = ModelConfig.from_folder(_folder(tmp_path, "llama"))
+    full = dummy_weights(cfg, torch.float32, "cpu", seed=2)
+    ranks = _fake_group(2)
+    parts = [shard_weights(full, cfg, p).lm_head for p in ranks]
+    torch.testing.assert_close(torch.cat(parts)[:cfg.vocab_size], full.lm_head)
+
+
+def test_sharding_errors_name_what_does_not_divide(tmp_path):
+    cfg = ModelConfig.from_folder(_folder(tmp_path, "qwen3"))
+    with pytest.raises(ValueError, match="attention heads"):
+        local_config(cfg, _fake_group(3)[0])
+    from dataclasses import replace
+
+    with pytest.raises(ValueError, match="intermediate size"):
+        local_config(replace(cfg, intermediate_size=191), _fake_group(2)[0])
+    eight = local_config(replace(cfg, num_heads=8), _fake_group(8)[5])
+    assert (eight.num_heads, eight.num_kv_heads) == (1, 1)  # kv heads replicated
+
+
+def _folder(tmp_path: Path, arch: str) -> Path:
+    save_tiny_checkpoint(tmp_path, arch, tie=arch == "qwen3")
+    return tmp_path
+
