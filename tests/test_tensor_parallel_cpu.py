@@ -17,11 +17,11 @@ from test_models_cpu import PAGE, Runner  # tests/ is on sys.path
 from tiny_checkpoint import COMMON, save_tiny_checkpoint, tiny_moe_model
 
 from fuseinfer.distributed.parallel_state import ParallelState
-from fuseinfer.distributed.tensor_parallel import local_config, shard_weights
 from fuseinfer.models.config import ModelConfig
 from fuseinfer.models.decoder import DecoderModel, Fusions
 from fuseinfer.models.kv_cache import KvCacheConfig, PagedKvCache
 from fuseinfer.models.loader import dummy_weights, load_weights
+from fuseinfer.models.tensor_parallel import local_config, shard_weights
 from fuseinfer.ops import AttentionShape, PagedAttention
 from fuseinfer.runtime.kv_pool import PageAllocator, ReqToTokenPool
 

@@ -10,7 +10,7 @@ ends the op before each (the input and post-attention norms, SiLU * up) in the s
 o_proj's input gets one group-quant kernel, then one fp8_blockwise_mm each.
 Each fusion has a switch (`Fusions`), so its effect is measured end to end. The same code
 runs on CUDA tensors (kernels) and CPU tensors (the ops' reference implementations).
-Tensor parallel (distributed/tensor_parallel.py): the config and weights are one rank's
+Tensor parallel (models/tensor_parallel.py): the config and weights are one rank's
 shard; o_proj, down and the experts' outputs are all-reduced before the residual add, the
 vocab-parallel embedding is summed over the ranks and the logits gathered.
 """

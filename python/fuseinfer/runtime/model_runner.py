@@ -13,7 +13,7 @@ inputs may carry that id in place of the token, and the runner reads the token o
 device from its future buffer (no host sync; this is what overlap scheduling needs).
 
 A runner is built per rank over a `ParallelState`: with several ranks it holds this rank's
-shard (distributed/tensor_parallel.py: heads, kv heads and intermediate sizes split, the
+shard (models/tensor_parallel.py: heads, kv heads and intermediate sizes split, the
 vocabulary too) and its KV cache holds only its kv heads; every rank must run the same steps
 (the multi-rank engine that drives them is not built yet).
 """
@@ -26,11 +26,11 @@ from pathlib import Path
 import torch
 
 from ..distributed.parallel_state import SINGLE_RANK, ParallelState
-from ..distributed.tensor_parallel import local_config, shard_weights
 from ..models.config import ModelConfig
 from ..models.decoder import DecoderModel, ForwardBatch, Fusions, ModelWeights
 from ..models.kv_cache import FP8, KvCacheConfig, PagedKvCache
 from ..models.loader import dummy_weights, load_weights
+from ..models.tensor_parallel import local_config, shard_weights
 from ..ops import AttentionShape, PagedAttention
 from ..ops.host_copy import to_device
 from .cuda_graph_runner import DecodeGraphRunner

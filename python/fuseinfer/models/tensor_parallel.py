@@ -10,7 +10,7 @@ all-reduce before the residual add. The embedding and the lm_head are vocab-para
 (ceil(V / world) rows each, the last shard padded): a token's row comes from the rank that
 holds it (the others contribute zeros to an all-reduce), and the logits are gathered once.
 
-The collectives are in collectives.py. FP8 checkpoints are not sharded yet (a clear
+The collectives are in distributed/collectives.py. FP8 checkpoints are not sharded yet (a clear
 error).
 """
 
@@ -20,12 +20,12 @@ from dataclasses import replace
 
 import torch
 
-from ..models.config import ModelConfig
-from ..models.decoder import LayerWeights, ModelWeights
-from ..models.fp8_linear import Fp8Weight
-from ..models.moe_block import MoeWeights
-from .collectives import vocab_shard
-from .parallel_state import ParallelState
+from ..distributed.collectives import vocab_shard
+from ..distributed.parallel_state import ParallelState
+from .config import ModelConfig
+from .decoder import LayerWeights, ModelWeights
+from .fp8_linear import Fp8Weight
+from .moe_block import MoeWeights
 
 
 def _split(total: int, parallel: ParallelState, what: str) -> tuple[int, int]:
