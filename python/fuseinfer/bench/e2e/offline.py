@@ -92,6 +92,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", type=Path, help="write the results as JSON here")
     parser.add_argument("--record", action="store_true",
                         help="append the rows to microbench/results/<gpu>/runtime.json")
+    parser.add_argument("--continue-run", action="store_true",
+                        help="with --record: add to the latest recorded runtime run (same "
+                        "GPU, driver, torch) instead of starting a new one")
 
 
 def engine_args(args: argparse.Namespace, **set_here: Any) -> EngineArgs:
@@ -149,7 +152,9 @@ def run_command(args: argparse.Namespace) -> int:
         from ..report import record_results
         from .columns import RUNTIME_COLUMNS
 
-        record_results("runtime", RUNTIME_COLUMNS, rows)
+        record_results("runtime", RUNTIME_COLUMNS, rows, continue_last=args.continue_run)
+    elif args.continue_run:
+        print("--continue-run does nothing without --record", file=sys.stderr)
     return 0
 
 
