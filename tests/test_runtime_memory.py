@@ -79,6 +79,29 @@ class Pages:
         self.freed.extend(pages)
 
 
+def test_request_pool_journal_replays_onto_another_pool():
+    """What a tensor-parallel rank 0 logs, another rank's pool replays to the same table."""
+    rank0, rank1 = ReqToTokenPool(4, 6, "cpu"), ReqToTokenPool(4, 6, "cpu")
+    rank0.journal = []
+    rng = random.Random(3)
+    live: list[int] = []
+    for _ in range(40):
+        if live and (rng.random() < 0.3 or rank0.available == 0):
+            rank0.free(live.pop(rng.randrange(len(live))))
+        elif rng.random() < 0.5 and rank0.available:
+            live.append(rank0.alloc())
+        elif live:
+            slot = rng.choice(live)
+            room = rank0.max_pages - len(rank0.pages[slot])
+            rank0.append_pages(slot, [rng.randrange(1, 50) for _ in range(rng.randint(0, room))])
+        rank1.replay(rank0.journal)
+        rank0.journal.clear()
+        assert torch.equal(rank0.page_table, rank1.page_table)
+        assert rank0.pages == rank1.pages and rank0.available == rank1.available
+    with pytest.raises(ValueError, match="journal entry"):
+        rank1.replay([("resize", 0)])
+
+
 def test_match_is_page_aligned_and_splits_nodes():
     freed = Pages()
     cache = RadixCache(page_size=2, free_pages=freed)

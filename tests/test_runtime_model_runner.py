@@ -93,7 +93,7 @@ def test_parallel_state_checks_itself_and_one_rank_is_built():
         ParallelState(world_size=0)
     two = ParallelState(rank=1, world_size=2, group=object())
     assert not two.is_first and not two.is_single
-    with pytest.raises(NotImplementedError, match="multi-rank engine"):
+    with pytest.raises(ValueError, match="runs on rank 0"):
         Engine(EngineArgs(model="tiny", device="cpu"), two)
     # a runner builds its rank's shard: half the heads, its kv heads in the cache
     runner = ModelRunner(EngineArgs(model="tiny", device="cpu", load_format="dummy"), two)

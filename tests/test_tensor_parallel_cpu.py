@@ -23,7 +23,10 @@ from fuseinfer.models.kv_cache import KvCacheConfig, PagedKvCache
 from fuseinfer.models.loader import dummy_weights, load_weights
 from fuseinfer.models.tensor_parallel import local_config, shard_weights
 from fuseinfer.ops import AttentionShape, PagedAttention
+from fuseinfer.runtime.engine import Engine, EngineArgs
 from fuseinfer.runtime.kv_pool import PageAllocator, ReqToTokenPool
+from fuseinfer.runtime.rank_follower import follow_steps
+from fuseinfer.runtime.sampling import SamplingParams
 
 STEPS = 6
 
@@ -79,6 +82,45 @@ def test_sharded_decoder_matches_one_rank(tmp_path, arch, world):
     torch.testing.assert_close(torch.tensor(got["logits"]), want_logits, rtol=1e-4,
                                atol=1e-4)
     assert got["tokens"] == want
+
+
+ENGINE = dict(device="cpu", page_size=4, max_running_requests=2)
+GREEDY = SamplingParams(max_new_tokens=7, temperature=0.0, ignore_eos=True)
+
+
+def _engine_rank(rank: int, world: int, folder: str, prompts: list[list[int]],
+                 out: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{folder}/rendezvous_engine",
+                            rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    try:
+        parallel = ParallelState(rank, world, dist.group.WORLD)
+        args = EngineArgs(model=folder, **ENGINE)
+        if rank == 0:
+            with Engine(args, parallel) as engine:
+                first = engine.generate(prompts, GREEDY)
+                again = engine.generate(prompts, GREEDY)  # cached prefixes, reused slots
+            Path(out).write_text(json.dumps([[o.output for o in first],
+                                             [o.output for o in again]]))
+        else:
+            Path(f"{out}.steps{rank}").write_text(str(follow_steps(args, parallel)))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_rank_engine_generates_the_single_rank_tokens(tmp_path):
+    """Rank 0 schedules (overlapped steps, the radix cache, more requests than slots) and
+    broadcasts each step with its page-table changes; rank 1 follows until it closes."""
+    save_tiny_checkpoint(tmp_path, "qwen3")
+    base = torch.randint(0, COMMON["vocab_size"], (9,)).tolist()
+    prompts = [base, base + [5, 6, 7], torch.randint(0, 384, (14,)).tolist(), base[:4]]
+    with Engine(EngineArgs(model=str(tmp_path), **ENGINE)) as engine:
+        want = [o.output for o in engine.generate(prompts, GREEDY)]
+    out = tmp_path / "engine.json"
+    mp.spawn(_engine_rank, args=(2, str(tmp_path), prompts, str(out)), nprocs=2, join=True)
+    first, again = json.loads(out.read_text())
+    assert first == want and again == want
+    assert int(Path(f"{out}.steps1").read_text()) > 2 * GREEDY.max_new_tokens
 
 
 def _fake_group(world: int) -> list[ParallelState]:

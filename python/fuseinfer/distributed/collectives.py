@@ -29,3 +29,14 @@ def vocab_shard(vocab: int, parallel: ParallelState) -> tuple[int, int]:
     """[start, start + rows) of the vocabulary this rank holds; rows = ceil(V / world)."""
     rows = -(-vocab // parallel.world_size)
     return parallel.rank * rows, rows
+
+
+def broadcast_object(obj: object, parallel: ParallelState) -> object:
+    """Rank 0's `obj` on every rank (pickled; for host-side messages such as a step's
+    inputs). A single rank gets its own back."""
+    if parallel.is_single:
+        return obj
+    box = [obj if parallel.is_first else None]
+    dist.broadcast_object_list(box, src=dist.get_global_rank(parallel.group, 0),
+                               group=parallel.group)
+    return box[0]

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..distributed.collectives import broadcast_object
 from ..distributed.parallel_state import SINGLE_RANK, ParallelState
 from .engine_args import EngineArgs
 from .gc_control import GcPauseMonitor, freeze_after_warmup
@@ -26,6 +27,7 @@ from .host_inputs import StepInputs, step_inputs
 from .kv_pool import PageAllocator
 from .model_runner import InFlightStep, ModelRunner
 from .radix_cache import RadixCache
+from .rank_follower import StepMessage
 from .sampling import SamplingParams
 from .scheduler import Request, ScheduledBatch, Scheduler, SchedulerConfig
 from .step_output import FinishReason, RequestDelta
@@ -57,15 +59,19 @@ class EngineStats:
 
 class Engine:
     def __init__(self, args: EngineArgs, parallel: ParallelState = SINGLE_RANK) -> None:
-        if not parallel.is_single:
-            raise NotImplementedError("tensor parallelism: the multi-rank engine (rank 0 "
-                                      "scheduling, every rank stepping) is not built yet; "
-                                      "ModelRunner and DecoderModel run sharded")
+        """On several ranks this is rank 0's engine: it schedules, and every step it makes
+        is broadcast to the other ranks, which run `rank_follower.follow_steps`."""
+        if not parallel.is_first:
+            raise ValueError(f"the Engine runs on rank 0; rank {parallel.rank} runs "
+                             "fuseinfer.runtime.rank_follower.follow_steps")
         self.args = args
+        self.parallel = parallel
         self.runner = ModelRunner(args, parallel)
         self.config = self.runner.config
         self.device = self.runner.device
         self.reqs = self.runner.req_pool
+        if not parallel.is_single:  # page-table changes travel with the next step
+            self.reqs.journal = []
         self.allocator = PageAllocator(self.runner.kv_cache.num_pages)
         self.cache = RadixCache(args.page_size, self.allocator.free,
                                 disable=args.disable_radix_cache)
@@ -98,6 +104,8 @@ class Engine:
         if self._in_flight is not None and self._in_flight.step.event is not None:
             self._in_flight.step.event.synchronize()  # its kernels still use the buffers
         self._in_flight = None
+        if not self._closed and not self.parallel.is_single:
+            broadcast_object(None, self.parallel)  # the other ranks stop following
         self._closed = True
         self.runner.close()
         # the scheduler's pools hold the device page table: drop them with it
@@ -110,7 +118,12 @@ class Engine:
 
     def _launch(self, batch: ScheduledBatch) -> _Launched:
         """Queue the step on the device and mark the scheduler's requests."""
-        step = self.runner.launch(self.inputs_for(batch))
+        inputs = self.inputs_for(batch)
+        if not self.parallel.is_single:
+            assert self.reqs.journal is not None
+            broadcast_object(StepMessage(list(self.reqs.journal), inputs), self.parallel)
+            self.reqs.journal.clear()
+        step = self.runner.launch(inputs)
         self.scheduler.launched(batch, step.placeholders)
         return _Launched(batch, step)
 

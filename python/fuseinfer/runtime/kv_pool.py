@@ -80,7 +80,11 @@ class PageAllocator:
 class ReqToTokenPool:
     """Request slots and their page tables: row r of `page_table` (int32, on the device)
     lists the pages of the request in slot r, in token order; unused entries are page 0.
-    The host keeps each row's pages too, so the scheduler never reads the device."""
+    The host keeps each row's pages too, so the scheduler never reads the device.
+
+    With a `journal` (a list), every change is also logged as ("alloc", slot), ("append",
+    slot, pages) or ("free", slot): the other tensor-parallel ranks `replay` them on their
+    own copy of the table."""
 
     def __init__(self, max_requests: int, max_pages_per_request: int,
                  device: torch.device | str) -> None:
@@ -89,6 +93,20 @@ class ReqToTokenPool:
         self.max_pages = max_pages_per_request
         self._free = list(range(max_requests - 1, -1, -1))
         self.pages: dict[int, list[int]] = {}
+        self.journal: list[tuple] | None = None
+
+    def replay(self, ops: Sequence[tuple]) -> None:
+        """Apply another pool's journal entries, in order, to this one."""
+        for op in ops:
+            if op[0] == "alloc":
+                self._free.remove(op[1])
+                self.pages[op[1]] = []
+            elif op[0] == "append":
+                self.append_pages(op[1], op[2])
+            elif op[0] == "free":
+                self.free(op[1])
+            else:
+                raise ValueError(f"unknown page-table journal entry {op!r}")
 
     @property
     def available(self) -> int:
@@ -99,6 +117,8 @@ class ReqToTokenPool:
             return None
         slot = self._free.pop()
         self.pages[slot] = []
+        if self.journal is not None:
+            self.journal.append(("alloc", slot))
         return slot
 
     def free(self, slot: int) -> None:
@@ -107,6 +127,8 @@ class ReqToTokenPool:
         del self.pages[slot]
         self.page_table[slot].zero_()
         self._free.append(slot)
+        if self.journal is not None:
+            self.journal.append(("free", slot))
 
     def append_pages(self, slot: int, new_pages: Sequence[int]) -> None:
         """Extend the request's page list (host and device) with `new_pages`."""
@@ -119,6 +141,8 @@ class ReqToTokenPool:
             to_device(list(new_pages), torch.int32, self.page_table.device,
                       out=self.page_table[slot, start:start + len(new_pages)])
             have.extend(new_pages)
+            if self.journal is not None:
+                self.journal.append(("append", slot, list(new_pages)))
 
     def slots_for(self, slot: int, start: int, end: int, page_size: int) -> list[int]:
         """KV slot indices of the request's token positions start .. end - 1."""
