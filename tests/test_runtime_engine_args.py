@@ -31,11 +31,17 @@ def test_unknown_choices_name_the_field_and_the_allowed_values(field, value, all
     ("page_size", 0), ("max_running_requests", 0), ("max_prefill_tokens", -1),
     ("cuda_graph_max_bs", 0), ("max_total_tokens", 0), ("max_context_len", 0),
     ("gc_warning_threshold_secs", -0.5), ("mem_fraction_static", 1.5),
-    ("mem_fraction_static", 0.0), ("page_size", True),
+    ("mem_fraction_static", 0.0), ("page_size", True), ("tp", 0),
 ])
 def test_out_of_range_numbers_name_the_field(field, value):
     with pytest.raises(ValueError, match=rf"EngineArgs\.{field}"):
         EngineArgs(model="m", **{field: value})
+
+
+def test_tensor_parallel_ranks_pick_their_own_gpus():
+    with pytest.raises(ValueError, match="cuda:0..tp-1"):
+        EngineArgs(model="m", tp=2, device="cuda:1")
+    assert EngineArgs(model="m", tp=2, device="cuda").tp == 2
 
 
 def test_library_defaults_leave_the_garbage_collector_alone():

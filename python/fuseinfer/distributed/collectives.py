@@ -40,3 +40,12 @@ def broadcast_object(obj: object, parallel: ParallelState) -> object:
     dist.broadcast_object_list(box, src=dist.get_global_rank(parallel.group, 0),
                                group=parallel.group)
     return box[0]
+
+
+def min_over_ranks(value: int, parallel: ParallelState, device: torch.device) -> int:
+    """The smallest of every rank's `value` (e.g. KV pages each rank's memory allows)."""
+    if parallel.is_single:
+        return value
+    t = torch.tensor([value], dtype=torch.int64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN, group=parallel.group)
+    return int(t.item())

@@ -64,6 +64,14 @@ class Engine:
         if not parallel.is_first:
             raise ValueError(f"the Engine runs on rank 0; rank {parallel.rank} runs "
                              "fuseinfer.runtime.rank_follower.follow_steps")
+        self._ranks = None  # the ranks this engine spawned (args.tp > 1)
+        if args.tp > 1:
+            if not parallel.is_single:
+                raise ValueError("give either EngineArgs.tp or a ParallelState, not both")
+            from .tensor_parallel_launch import launch_ranks
+
+            self._ranks = launch_ranks(args)
+            parallel = self._ranks.parallel
         self.args = args
         self.parallel = parallel
         self.runner = ModelRunner(args, parallel)
@@ -108,6 +116,9 @@ class Engine:
             broadcast_object(None, self.parallel)  # the other ranks stop following
         self._closed = True
         self.runner.close()
+        if self._ranks is not None:
+            self._ranks.stop()
+            self._ranks = None
         # the scheduler's pools hold the device page table: drop them with it
         self.scheduler = self.reqs = self.cache = self.allocator = None  # type: ignore
 

@@ -73,6 +73,8 @@ class EngineArgs:
     disable_overlap_schedule: bool = _opt(False, "no overlap: schedule step N+1 only after "
                                           "step N's tokens are back")
     seed: int = _opt(0, "seed of dummy weights and of unseeded sampling")
+    tp: int = _opt(1, "tensor-parallel ranks: one process per GPU (cuda:0..N-1), this one "
+                   "rank 0; on the CPU, gloo processes")
     disable_cuda_graph: bool = _opt(False, "eager decode steps")
     cuda_graph_max_bs: int = _opt(256, "decode batches up to this size replay CUDA graphs")
     # Off for library use (the caller's garbage collector is left alone); serve and the
@@ -95,6 +97,10 @@ class EngineArgs:
             raise ValueError(f"EngineArgs.device: {self.device!r} is not one of auto, cpu, "
                              "cuda, cuda:N")
         _at_least(self, "page_size", 1)
+        _at_least(self, "tp", 1)
+        if self.tp > 1 and re.fullmatch(r"cuda:\d+", self.device):
+            raise ValueError("EngineArgs.device: with tp > 1 the ranks take cuda:0..tp-1; "
+                             "give 'cuda' or 'auto'")
         _at_least(self, "max_running_requests", 1)
         _at_least(self, "max_prefill_tokens", 1)
         _at_least(self, "cuda_graph_max_bs", 1)

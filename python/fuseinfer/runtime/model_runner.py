@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from ..distributed.collectives import min_over_ranks
 from ..distributed.parallel_state import SINGLE_RANK, ParallelState
 from ..models.config import ModelConfig
 from ..models.decoder import DecoderModel, ForwardBatch, Fusions, ModelWeights
@@ -92,7 +93,9 @@ class ModelRunner:
                                kv_dtype)
         context = min(args.max_context_len or c.max_position, c.max_position)
         self.max_pages = -(-context // args.page_size)  # per request
-        self.kv_cache = PagedKvCache(kv_cfg, self._num_pages(kv_cfg), self.device)
+        # every rank holds the same pages (rank 0 hands out their ids): the smallest budget
+        pages = min_over_ranks(self._num_pages(kv_cfg), parallel, self.device)
+        self.kv_cache = PagedKvCache(kv_cfg, pages, self.device)
         self.req_pool = ReqToTokenPool(args.max_running_requests + 1, self.max_pages,
                                        self.device)
         self.attention = PagedAttention(

@@ -1,0 +1,80 @@
+"""Starting a tensor-parallel engine from one process: `EngineArgs.tp` > 1 makes the Engine
+(as rank 0, in the calling process) spawn ranks 1..tp-1, each following its steps
+(rank_follower.follow_steps) on its own GPU (cuda:rank; gloo processes on the CPU), after
+all join one process group (NCCL on GPUs, gloo on the CPU) through a local TCP rendezvous.
+`stop` waits for them once the engine has told them to stop."""
+
+from __future__ import annotations
+
+import dataclasses
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from ..distributed.parallel_state import ParallelState
+from .engine_args import EngineArgs
+
+
+@dataclass
+class LaunchedRanks:
+    parallel: ParallelState  # rank 0's
+    processes: list[Any]
+
+    def stop(self, timeout: float = 60.0) -> None:
+        """Wait for the other ranks (already told to stop) and leave the group."""
+        for proc in self.processes:
+            proc.join(timeout)
+            if proc.is_alive():
+                proc.terminate()
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _backend(args: EngineArgs) -> str:
+    cuda = args.device.startswith("cuda") or (args.device == "auto" and
+                                              torch.cuda.is_available())
+    return "nccl" if cuda else "gloo"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _join(rank: int, world: int, address: str, backend: str) -> ParallelState:
+    if backend == "nccl":
+        torch.cuda.set_device(rank)
+    dist.init_process_group(backend, init_method=address, rank=rank, world_size=world)
+    return ParallelState(rank, world, dist.group.WORLD)
+
+
+def _follower(rank: int, args: EngineArgs, address: str, backend: str) -> None:
+    from .rank_follower import follow_steps
+
+    parallel = _join(rank, args.tp, address, backend)
+    try:
+        follow_steps(dataclasses.replace(args, tp=1), parallel)
+    finally:
+        dist.destroy_process_group()
+
+
+def launch_ranks(args: EngineArgs) -> LaunchedRanks:
+    """Spawn ranks 1..tp-1 and join the group as rank 0 (this process)."""
+    if dist.is_initialized():
+        raise RuntimeError("tensor parallelism: this process is already in a process group; "
+                           "build the Engine with its ParallelState instead of tp")
+    if _backend(args) == "nccl" and torch.cuda.device_count() < args.tp:
+        raise ValueError(f"EngineArgs.tp: {args.tp} ranks need {args.tp} GPUs, "
+                         f"{torch.cuda.device_count()} visible")
+    address, backend = f"tcp://127.0.0.1:{_free_port()}", _backend(args)
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_follower, args=(rank, args, address, backend), daemon=True)
+             for rank in range(1, args.tp)]
+    for proc in procs:
+        proc.start()
+    return LaunchedRanks(_join(0, args.tp, address, backend), procs)
