@@ -440,3 +440,25 @@ def test_token_ids_outside_the_vocabulary_are_refused(server, ids):
     ok = httpx.post(server + "/v1/completions", json={"prompt": [1, 2], "max_tokens": 2})
     assert ok.status_code == 200 and len(ok.json()["choices"][0]["text"]) >= 0
     assert httpx.get(server + "/health").status_code == 200
+
+
+def test_serve_on_two_ranks_answers_as_one_rank(server, tmp_path):
+    """`serve --tp 2` on the CPU: the engine process is rank 0 and starts rank 1; greedy
+    completions (one streamed) equal the single-rank server's, and SIGTERM stops both."""
+    base, proc = start_server(tmp_path, "--tp", "2")
+    try:
+        two = openai.OpenAI(base_url=base + "/v1", api_key="none")
+        one = openai.OpenAI(base_url=server + "/v1", api_key="none")
+        for prompt in ("Hello", "the sky is blue and"):
+            want = one.completions.create(model="tiny", prompt=prompt, max_tokens=9,
+                                          temperature=0, extra_body=NO_EOS).choices[0].text
+            got = two.completions.create(model="tiny", prompt=prompt, max_tokens=9,
+                                         temperature=0, extra_body=NO_EOS).choices[0].text
+            assert got == want
+        chunks = two.completions.create(model="tiny", prompt="Hello", max_tokens=9,
+                                        temperature=0, stream=True, extra_body=NO_EOS)
+        assert "".join(c.choices[0].text for c in chunks) == \
+            one.completions.create(model="tiny", prompt="Hello", max_tokens=9,
+                                   temperature=0, extra_body=NO_EOS).choices[0].text
+    finally:
+        assert stop_server(proc) == 0

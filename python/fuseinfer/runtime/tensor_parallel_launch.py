@@ -1,19 +1,25 @@
 """Starting a tensor-parallel engine from one process: `EngineArgs.tp` > 1 makes the Engine
-(as rank 0, in the calling process) spawn ranks 1..tp-1, each following its steps
+(as rank 0, in the calling process) start ranks 1..tp-1, each following its steps
 (rank_follower.follow_steps) on its own GPU (cuda:rank; gloo processes on the CPU), after
 all join one process group (NCCL on GPUs, gloo on the CPU) through a local TCP rendezvous.
-`stop` waits for them once the engine has told them to stop."""
+The ranks are fresh interpreters (`python -m fuseinfer.runtime.tensor_parallel_launch`),
+not multiprocessing children, so a daemonic caller (the server's engine process) can start
+them too. `stop` waits for them once the engine has told them to stop."""
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import json
+import os
 import socket
+import subprocess
+import sys
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from ..distributed.parallel_state import ParallelState
 from .engine_args import EngineArgs
@@ -22,13 +28,14 @@ from .engine_args import EngineArgs
 @dataclass
 class LaunchedRanks:
     parallel: ParallelState  # rank 0's
-    processes: list[Any]
+    processes: list[subprocess.Popen]
 
     def stop(self, timeout: float = 60.0) -> None:
         """Wait for the other ranks (already told to stop) and leave the group."""
         for proc in self.processes:
-            proc.join(timeout)
-            if proc.is_alive():
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
                 proc.terminate()
         if dist.is_initialized():
             dist.destroy_process_group()
@@ -63,6 +70,19 @@ def _follower(rank: int, args: EngineArgs, address: str, backend: str) -> None:
         dist.destroy_process_group()
 
 
+def main(argv: list[str] | None = None) -> int:
+    """One rank > 0: `python -m fuseinfer.runtime.tensor_parallel_launch --rank R ...`."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rank", type=int, required=True)
+    parser.add_argument("--address", required=True)
+    parser.add_argument("--backend", choices=("nccl", "gloo"), required=True)
+    parser.add_argument("--engine-args", required=True, help="EngineArgs as JSON")
+    ns = parser.parse_args(argv)
+    args = EngineArgs(**json.loads(ns.engine_args))
+    _follower(ns.rank, args, ns.address, ns.backend)
+    return 0
+
+
 def launch_ranks(args: EngineArgs) -> LaunchedRanks:
     """Spawn ranks 1..tp-1 and join the group as rank 0 (this process)."""
     if dist.is_initialized():
@@ -72,9 +92,16 @@ def launch_ranks(args: EngineArgs) -> LaunchedRanks:
         raise ValueError(f"EngineArgs.tp: {args.tp} ranks need {args.tp} GPUs, "
                          f"{torch.cuda.device_count()} visible")
     address, backend = f"tcp://127.0.0.1:{_free_port()}", _backend(args)
-    ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_follower, args=(rank, args, address, backend), daemon=True)
+    package_root = str(Path(__file__).resolve().parents[2])  # importable as in this process
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [package_root, *filter(None, [os.environ.get("PYTHONPATH")])]))
+    payload = json.dumps(dataclasses.asdict(args))
+    procs = [subprocess.Popen([sys.executable, "-m", "fuseinfer.runtime.tensor_parallel_launch",
+                               "--rank", str(rank), "--address", address, "--backend",
+                               backend, "--engine-args", payload], env=env)
              for rank in range(1, args.tp)]
-    for proc in procs:
-        proc.start()
     return LaunchedRanks(_join(0, args.tp, address, backend), procs)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
