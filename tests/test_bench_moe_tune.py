@@ -11,7 +11,7 @@ import json
 import pytest
 
 from fuseinfer.bench import moe_baselines as mb
-from fuseinfer.bench.suites import moe as suite
+from fuseinfer.bench import moe_inputs
 from fuseinfer.bench.suites import moe_tune as tune
 from fuseinfer.bench.timing import time_eager_cpu
 from fuseinfer.bench.tuning import TuneTarget
@@ -44,8 +44,8 @@ def test_tune_command_writes_a_valid_entry(tmp_path, monkeypatch):
     out = tmp_path / "cpu.json"
     identity = argparse.Namespace(name="CPU test")
     monkeypatch.setattr(tune, "tune_target", lambda args: TuneTarget(identity, 0, "cpu", out))
-    real_make = suite.make_inputs
-    monkeypatch.setattr(suite, "make_inputs",
+    real_make = moe_inputs.make_inputs
+    monkeypatch.setattr(moe_inputs, "make_inputs",
                         lambda model, t, count, hidden, device="cuda":
                         real_make(model, t, count, hidden, "cpu"))
     monkeypatch.setattr(mb, "make_weights", _cpu_weights(mb.make_weights))

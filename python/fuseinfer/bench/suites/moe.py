@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -35,6 +34,7 @@ from .. import moe_baselines as mb
 from .. import moe_grouped
 from ..flashinfer_baselines import describe
 from ..kernel_suite import PDL, add_run_options, check_known, report_run
+from ..moe_inputs import Inputs, make_inputs
 from ..progress import Progress
 from ..registry import Suite, Tuner, register_suite
 from ..report import Column
@@ -72,35 +72,6 @@ COLUMNS = [
     Column("not_timed", "not timed", align="<"),
     Column("note", "note", align="<"),
 ]
-
-
-@dataclass
-class Inputs:
-    """One rotated set: fresh logits (and bias), the routing they give, and for the layer
-    the hidden states and the output. `keep` holds a baseline's last outputs alive."""
-
-    logits: torch.Tensor
-    bias: torch.Tensor
-    weights: torch.Tensor
-    ids: torch.Tensor
-    hidden: torch.Tensor | None = None
-    out: torch.Tensor | None = None
-    keep: dict[str, Any] = field(default_factory=dict)
-
-
-def make_inputs(model: mb.MoeModel, tokens: int, count: int, with_hidden: bool,
-                device: torch.device | str = "cuda") -> list[Inputs]:
-    """`count` sets, each routed by the float32 reference (the layer's routing input)."""
-    sets = []
-    for _ in range(count):
-        logits, bias = mb.make_logits(model, tokens, device)
-        weights, ids = mb.reference_routing(model, logits, bias)
-        hidden = out = None
-        if with_hidden:
-            hidden = torch.randn(tokens, model.hidden, device=device, dtype=torch.bfloat16)
-            out = torch.empty_like(hidden)
-        sets.append(Inputs(logits, bias, weights, ids, hidden, out))
-    return sets
 
 
 def dispatched_block_m(tokens: int, quant: str | None) -> int:

@@ -82,7 +82,7 @@ def measure(models: Sequence[mb.MoeModel], quant: str | None,
     reference on the first set, then timed; failures and mismatches logged, skipped."""
     from ...ops.moe.fused_moe import fused_moe
     from ...ops.moe.moe_dispatch import forced_entry
-    from .moe import make_inputs
+    from ..moe_inputs import make_inputs
 
     times: Times = {name: {} for name in candidates}
     tokens = [t for _, bucket in BUCKETS for t in bucket]
