@@ -99,6 +99,26 @@ def test_generate_on_two_ranks_samples_what_one_rank_does(tmp_path):
         _generate(tmp_path, "--seed", seed)
 
 
+def test_generate_under_torchrun_prints_once_what_one_rank_does(tmp_path):
+    """torchrun starts both ranks running the same command: rank 1 follows inside the
+    Engine and exits 0, rank 0 prints."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    seed = str(int.from_bytes(os.urandom(3), "little"))
+    env = dict(os.environ, PYTHONPATH=str(REPO / "python"), CUDA_VISIBLE_DEVICES="",
+               FUSEINFER_CACHE_DIR=str(tmp_path))
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node",
+                           "2", "--master-port", str(port), "-m", "fuseinfer.cli", "generate",
+                           "--device", "cpu", "--prompt", "the sky is", "--max-new-tokens",
+                           "12", "--temperature", "1.0", "--ignore-eos", "--seed", seed,
+                           "--tp", "2"], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == _generate(tmp_path, "--seed", seed)
+
+
 def test_generate_unseeded_differs_across_runs_and_seeded_repeats(tmp_path):
     seed = str(int.from_bytes(os.urandom(3), "little"))
     assert _generate(tmp_path, "--seed", seed) == _generate(tmp_path, "--seed", seed)

@@ -68,10 +68,14 @@ class Engine:
         if args.tp > 1:
             if not parallel.is_single:
                 raise ValueError("give either EngineArgs.tp or a ParallelState, not both")
-            from .tensor_parallel_launch import launch_ranks
+            from .tensor_parallel_launch import join_launcher, launch_ranks, under_launcher
 
-            self._ranks = launch_ranks(args)
-            parallel = self._ranks.parallel
+            if under_launcher(args):  # torchrun: ranks > 0 follow here, then exit
+                parallel = join_launcher(args)
+                self._left_group = False
+            else:
+                self._ranks = launch_ranks(args)
+                parallel = self._ranks.parallel
         self.args = args
         self.parallel = parallel
         self.runner = ModelRunner(args, parallel)
@@ -119,6 +123,11 @@ class Engine:
         if self._ranks is not None:
             self._ranks.stop()
             self._ranks = None
+        elif getattr(self, "_left_group", True) is False:  # joined torchrun's group
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+            self._left_group = True
         # the scheduler's pools hold the device page table: drop them with it
         self.scheduler = self.reqs = self.cache = self.allocator = None  # type: ignore
 

@@ -4,7 +4,13 @@
 all join one process group (NCCL on GPUs, gloo on the CPU) through a local TCP rendezvous.
 The ranks are fresh interpreters (`python -m fuseinfer.runtime.tensor_parallel_launch`),
 not multiprocessing children, so a daemonic caller (the server's engine process) can start
-them too. `stop` waits for them once the engine has told them to stop."""
+them too. `stop` waits for them once the engine has told them to stop.
+
+Under torchrun (WORLD_SIZE, RANK, LOCAL_RANK, MASTER_ADDR/PORT in the environment, as
+across nodes), every process runs the same command: the Engine joins that group instead
+(`join_launcher`), on cuda:LOCAL_RANK; rank 0 goes on with the command, and every other
+rank follows the steps inside the Engine's constructor and then ends its process (exit
+code 0) once rank 0 closes its engine."""
 
 from __future__ import annotations
 
@@ -81,6 +87,31 @@ def main(argv: list[str] | None = None) -> int:
     args = EngineArgs(**json.loads(ns.engine_args))
     _follower(ns.rank, args, ns.address, ns.backend)
     return 0
+
+
+def under_launcher(args: EngineArgs) -> bool:
+    """Whether torchrun (or another torch.distributed launcher) started tp processes."""
+    return args.tp > 1 and os.environ.get("WORLD_SIZE") == str(args.tp) \
+        and "RANK" in os.environ
+
+
+def join_launcher(args: EngineArgs) -> ParallelState:
+    """Join the launcher's group; ranks other than 0 follow the steps, then exit."""
+    backend = _backend(args)
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    if not dist.is_initialized():
+        dist.init_process_group(backend, init_method="env://")
+    parallel = ParallelState(dist.get_rank(), dist.get_world_size(), dist.group.WORLD)
+    if not parallel.is_first:
+        from .rank_follower import follow_steps
+
+        try:
+            follow_steps(dataclasses.replace(args, tp=1), parallel)
+        finally:
+            dist.destroy_process_group()
+        raise SystemExit(0)
+    return parallel
 
 
 def launch_ranks(args: EngineArgs) -> LaunchedRanks:
