@@ -83,7 +83,7 @@ def test_launch_resolve_reads_tokens_in_flight_from_the_future_buffer(engine):
     engine.abort(req)
 
 
-def test_parallel_state_checks_itself_and_one_rank_is_built():
+def test_parallel_state_checks_itself_and_a_rank_builds_its_shard(monkeypatch):
     assert SINGLE_RANK.is_single and SINGLE_RANK.is_first and SINGLE_RANK.group is None
     with pytest.raises(ValueError, match="ParallelState.rank"):
         ParallelState(rank=2, world_size=2, group=object())
@@ -95,7 +95,11 @@ def test_parallel_state_checks_itself_and_one_rank_is_built():
     assert not two.is_first and not two.is_single
     with pytest.raises(ValueError, match="runs on rank 0"):
         Engine(EngineArgs(model="tiny", device="cpu"), two)
-    # a runner builds its rank's shard: half the heads, its kv heads in the cache
+    # a runner builds its rank's shard: half the heads, its kv heads in the cache (the
+    # group is a stand-in: the KV budget agreement is the one collective at build time)
+    import fuseinfer.runtime.model_runner as model_runner
+
+    monkeypatch.setattr(model_runner, "min_over_ranks", lambda value, parallel, device: value)
     runner = ModelRunner(EngineArgs(model="tiny", device="cpu", load_format="dummy"), two)
     full = runner.config
     assert runner.model.config.num_heads == full.num_heads // 2
