@@ -9,10 +9,12 @@ import pytest
 import torch
 from tiny_checkpoint import COMMON, save_tiny_checkpoint  # tests/ is on sys.path
 
+from fuseinfer.distributed.parallel_state import SINGLE_RANK, ParallelState
 from fuseinfer.models.config import ModelConfig
 from fuseinfer.models.decoder import DecoderModel, ForwardBatch, Fusions
 from fuseinfer.models.kv_cache import KvCacheConfig, PagedKvCache
 from fuseinfer.models.loader import dummy_weights, load_weights
+from fuseinfer.models.tensor_parallel import local_config, shard_weights
 from fuseinfer.ops import AttentionShape, PagedAttention
 from fuseinfer.runtime.kv_pool import PageAllocator, ReqToTokenPool
 
@@ -22,17 +24,22 @@ PAGE = 4
 class Runner:
     """Drives one request through prefill and decode steps on the paged cache."""
 
-    def __init__(self, folder, fusions: Fusions | None = None):
-        self.config = ModelConfig.from_folder(folder)
+    def __init__(self, folder, fusions: Fusions | None = None,
+                 parallel: ParallelState = SINGLE_RANK):
+        """parallel: run this rank's shard of the model (the whole of it on one rank)."""
+        full = ModelConfig.from_folder(folder)
+        self.config = local_config(full, parallel)
         c = self.config
-        weights = load_weights(folder, c, torch.float32, "cpu")
+        weights = shard_weights(load_weights(folder, full, torch.float32, "cpu"), full,
+                                parallel)
         kv_cfg = KvCacheConfig(c.num_layers, c.num_kv_heads, c.head_dim, PAGE, torch.float32)
         self.kv = PagedKvCache(kv_cfg, 64, "cpu")
         self.allocator = PageAllocator(64)
         self.reqs = ReqToTokenPool(4, 32, "cpu")
         self.attn = PagedAttention(AttentionShape(c.num_heads, c.num_kv_heads, c.head_dim,
                                                   PAGE), "cpu")
-        self.model = DecoderModel(c, weights, self.attn, self.kv, fusions or Fusions())
+        self.model = DecoderModel(c, weights, self.attn, self.kv, fusions or Fusions(),
+                                  parallel)
         self.slot = self.reqs.alloc()
 
     def step(self, tokens, start):

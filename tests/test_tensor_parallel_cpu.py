@@ -13,41 +13,18 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from test_models_cpu import PAGE, Runner  # tests/ is on sys.path
+from test_models_cpu import Runner  # tests/ is on sys.path
 from tiny_checkpoint import COMMON, save_tiny_checkpoint, tiny_moe_model
 
 from fuseinfer.distributed.parallel_state import ParallelState
 from fuseinfer.models.config import ModelConfig
-from fuseinfer.models.decoder import DecoderModel, Fusions
-from fuseinfer.models.kv_cache import KvCacheConfig, PagedKvCache
-from fuseinfer.models.loader import dummy_weights, load_weights
+from fuseinfer.models.loader import dummy_weights
 from fuseinfer.models.tensor_parallel import local_config, shard_weights
-from fuseinfer.ops import AttentionShape, PagedAttention
 from fuseinfer.runtime.engine import Engine, EngineArgs
-from fuseinfer.runtime.kv_pool import PageAllocator, ReqToTokenPool
 from fuseinfer.runtime.rank_follower import follow_steps
 from fuseinfer.runtime.sampling import SamplingParams
 
 STEPS = 6
-
-
-class ShardRunner(Runner):
-    """test_models_cpu's Runner over one rank's shard."""
-
-    def __init__(self, folder, parallel: ParallelState):
-        full = ModelConfig.from_folder(folder)
-        self.config = local_config(full, parallel)
-        c = self.config
-        weights = shard_weights(load_weights(folder, full, torch.float32, "cpu"), full,
-                                parallel)
-        kv_cfg = KvCacheConfig(c.num_layers, c.num_kv_heads, c.head_dim, PAGE, torch.float32)
-        self.kv = PagedKvCache(kv_cfg, 64, "cpu")
-        self.allocator = PageAllocator(64)
-        self.reqs = ReqToTokenPool(4, 32, "cpu")
-        self.attn = PagedAttention(AttentionShape(c.num_heads, c.num_kv_heads, c.head_dim,
-                                                  PAGE), "cpu")
-        self.model = DecoderModel(c, weights, self.attn, self.kv, Fusions(), parallel)
-        self.slot = self.reqs.alloc()
 
 
 def _rank(rank: int, world: int, folder: str, prompt: list[int], out: str) -> None:
@@ -55,7 +32,7 @@ def _rank(rank: int, world: int, folder: str, prompt: list[int], out: str) -> No
                             world_size=world)
     torch.set_num_threads(1)
     try:
-        runner = ShardRunner(folder, ParallelState(rank, world, dist.group.WORLD))
+        runner = Runner(folder, parallel=ParallelState(rank, world, dist.group.WORLD))
         first, tokens = runner.greedy(prompt, STEPS)
         if rank == 0:
             Path(out).write_text(json.dumps({"logits": first.tolist(), "tokens": tokens}))

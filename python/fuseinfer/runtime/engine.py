@@ -65,6 +65,7 @@ class Engine:
             raise ValueError(f"the Engine runs on rank 0; rank {parallel.rank} runs "
                              "fuseinfer.runtime.rank_follower.follow_steps")
         self._ranks = None  # the ranks this engine spawned (args.tp > 1)
+        self._in_launcher_group = False  # joined torchrun's group: leave it on close
         if args.tp > 1:
             if not parallel.is_single:
                 raise ValueError("give either EngineArgs.tp or a ParallelState, not both")
@@ -72,7 +73,7 @@ class Engine:
 
             if under_launcher(args):  # torchrun: ranks > 0 follow here, then exit
                 parallel = join_launcher(args)
-                self._left_group = False
+                self._in_launcher_group = True
             else:
                 self._ranks = launch_ranks(args)
                 parallel = self._ranks.parallel
@@ -123,11 +124,11 @@ class Engine:
         if self._ranks is not None:
             self._ranks.stop()
             self._ranks = None
-        elif getattr(self, "_left_group", True) is False:  # joined torchrun's group
+        elif self._in_launcher_group:
             import torch.distributed as dist
 
             dist.destroy_process_group()
-            self._left_group = True
+            self._in_launcher_group = False
         # the scheduler's pools hold the device page table: drop them with it
         self.scheduler = self.reqs = self.cache = self.allocator = None  # type: ignore
 

@@ -320,7 +320,7 @@ def _layer_row(model: mb.MoeModel, tokens: int, weights: mb.LayerWeights,
                pdl: bool | None, device: torch.device | str, backend: str | None
                ) -> dict[str, Any]:
     """A layer row; an fp8 one under `backend` ("table": the entry's own choice)."""
-    from ...ops.moe.fused_moe import grouped_takes
+    from ...ops.moe.fp8_blockwise_grouped_mm import cutlass_grouped_runs
     from ...ops.moe.moe_dispatch import effective, forced_fp8_backend
 
     forced = None if backend in (None, "table") else backend
@@ -329,8 +329,8 @@ def _layer_row(model: mb.MoeModel, tokens: int, weights: mb.LayerWeights,
         if weights.quant:
             index = torch.device(device).index if torch.device(device).type == "cuda" else None
             config = effective(index).fp8_grouped_config(tokens * model.topk)
-            probe = torch.empty(0, dtype=torch.bfloat16, device=device)
-            cutlass = config is not None and grouped_takes(probe)
+            # the layer's hidden states are bf16: the GPU alone decides (as fused_moe does)
+            cutlass = config is not None and cutlass_grouped_runs(torch.device(device))
             row["backend"] = "cutlass" if cutlass else "triton"
             if cutlass:
                 row["config"] = config
