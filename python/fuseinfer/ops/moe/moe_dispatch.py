@@ -82,6 +82,11 @@ class GroupedRule:
                              f"got {self.config!r}")
 
 
+def _config_for(rules: tuple[GroupedRule, ...], rows: int) -> str:
+    """The configuration of the first rule whose max_rows bounds `rows`."""
+    return next(r.config for r in rules if r.max_rows is None or rows <= r.max_rows)
+
+
 SM100_DEFAULT_GROUPED = "sm100_grouped_1sm_128x128_c1x1"
 # Swap-AB while few rows reach each expert, the 128 x 128 cooperative tile beyond (sm_90a).
 DEFAULT_GROUPED = (GroupedRule(1024, "sm90_grouped_swap_128x32_c1x1"),
@@ -121,8 +126,7 @@ class MoeDispatch:
 
     def grouped_config(self, rows: int) -> str:
         """The CUTLASS grouped configuration for R = rows routed rows ("triton": none)."""
-        return next(r.config for r in self.fp8_grouped
-                    if r.max_rows is None or rows <= r.max_rows)
+        return _config_for(self.fp8_grouped, rows)
 
     def cutlass_config(self, rows: int, arch_major: int = 9) -> str:
         """The CUTLASS configuration fp8_blockwise_grouped_mm runs for R rows on a GPU of
@@ -132,8 +136,7 @@ class MoeDispatch:
         if config == TRITON or not config.startswith(f"sm{arch_major}0_"):
             if arch_major == 10:
                 return SM100_DEFAULT_GROUPED
-            config = next(r.config for r in DEFAULT_GROUPED
-                          if r.max_rows is None or rows <= r.max_rows)
+            config = _config_for(DEFAULT_GROUPED, rows)
         return config
 
     def fp8_grouped_config(self, rows: int) -> str | None:
