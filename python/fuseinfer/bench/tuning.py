@@ -27,13 +27,13 @@ class TuneTarget:
     key: str  # its dispatch-table key
     output: Path
 
-    def source(self, details: str) -> str:
-        """A tuned entry's `source`: what, where and when it was tuned."""
+    def source(self, details: str, dtypes: str = "bf16") -> str:
+        """A tuned entry's `source`: what (the dtypes timed), where and when it was tuned."""
         import torch
 
         from .environment import utc_now
 
-        return f"tuned on {self.identity.name} {utc_now()[:10]} (bf16, torch " \
+        return f"tuned on {self.identity.name} {utc_now()[:10]} ({dtypes}, torch " \
             f"{torch.__version__}{details})"
 
     def write(self, family: str, entry: Any) -> None:

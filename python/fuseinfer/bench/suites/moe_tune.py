@@ -187,7 +187,8 @@ def tune_command(args: argparse.Namespace) -> int:
                 GroupedRule(None if max_t is None else max_t * top_k, name)
                 for max_t, name in backend))
     tokens = ",".join(str(t) for _, bucket in BUCKETS for t in bucket)
-    source = target.source(f"; fused_moe layers of {', '.join(names)} at T {tokens}")
+    source = target.source(f"; fused_moe layers of {', '.join(names)} at T {tokens}",
+                           "bf16 and fp8_block" if fp8_models else "bf16")
     entry = replace(entry, source=source)
     entry.validate("moe")
     target.write(OP_FAMILY, entry)
