@@ -16,6 +16,8 @@ class ParallelState:
     rank: int = 0
     world_size: int = 1  # tensor-parallel ranks
     group: Any = None  # a torch.distributed ProcessGroup; None for a single rank
+    # a CustomAllreduce over the group (GPUs of one node), None: torch.distributed alone
+    allreduce: Any = None
 
     def __post_init__(self) -> None:
         if self.world_size < 1:

@@ -22,7 +22,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..distributed.collectives import all_gather_last, all_reduce_, vocab_shard
+from ..distributed.collectives import (
+    all_gather_last,
+    all_reduce_,
+    fused_allreduce_add_rmsnorm,
+    vocab_shard,
+)
 from ..distributed.parallel_state import SINGLE_RANK, ParallelState
 from ..ops.activation.silu_and_mul import silu_and_mul
 from ..ops.attention import DecodePlan, PagedAttention, PrefillPlan
@@ -58,6 +63,9 @@ class Fusions:
     # On H100 it beat cuBLAS on every Qwen3-0.6B weight at 1 token, lost on the larger
     # ones at 4 (microbench/profile_runtime.py --only gemv).
     gemv_max_tokens: int = 1
+    # Tensor parallel: the allreduce of a layer's output, the residual add and the next
+    # RMSNorm in one call (one kernel where the allreduce table says it wins)
+    fused_allreduce_rmsnorm: bool = True
     enable_pdl: bool | None = None  # None: each op's table default
 
 
@@ -134,11 +142,30 @@ class DecoderModel:
         return h.size(0) <= min(self.fusions.gemv_max_tokens, MAX_M) \
             and weight.size(1) <= MAX_K
 
+    def _reduce_norm(self, h: torch.Tensor, residual: torch.Tensor | None,
+                     norm_weight: torch.Tensor) -> torch.Tensor | None:
+        """Tensor parallel, h a partial sum: rmsnorm(residual + allreduce(h)) in one call
+        (residual updated in place) when that fusion is on; None: not taken (the caller
+        reduces h and normalizes as a single rank would)."""
+        f = self.fusions
+        if residual is None or not (f.fused_allreduce_rmsnorm and f.fused_add_rmsnorm):
+            return None
+        return fused_allreduce_add_rmsnorm(h, residual, norm_weight, self.config.rms_norm_eps,
+                                           self.parallel, enable_pdl=f.enable_pdl)
+
     def _norm_linear(self, h: torch.Tensor, residual: torch.Tensor | None,
-                     norm_weight: torch.Tensor, weight: Linear
+                     norm_weight: torch.Tensor, weight: Linear, reduce: bool = False
                      ) -> tuple[torch.Tensor, torch.Tensor]:
         """(rmsnorm(residual + h) @ weight.T, the new residual). A 1-token step folds the
-        add and the norm into the matmul's prologue (one kernel instead of two)."""
+        add and the norm into the matmul's prologue (one kernel instead of two). reduce: h
+        is this rank's partial sum, allreduced first (fused with the add and norm when
+        that fusion is on)."""
+        if reduce:
+            normed = self._reduce_norm(h, residual, norm_weight)
+            if normed is not None:
+                assert residual is not None
+                return self._linear(normed, weight), residual
+            h = all_reduce_(h, self.parallel)
         if isinstance(weight, Fp8Weight):
             return self._norm_fp8_linear(h, residual, norm_weight, weight)
         if self._gemv(h, weight) and self.fusions.fused_add_rmsnorm:
@@ -225,10 +252,16 @@ class DecoderModel:
         return self._linear(silu_and_mul(gate_up, enable_pdl=pdl), w.down)
 
     def _moe(self, h: torch.Tensor, residual: torch.Tensor | None, norm_weight: torch.Tensor,
-             w: MoeWeights) -> tuple[torch.Tensor, torch.Tensor]:
-        """(the routed experts' output, the new residual) of a sparse layer."""
+             w: MoeWeights, reduce: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the routed experts' output, the new residual) of a sparse layer; reduce: as
+        _norm_linear's."""
         assert self.config.moe is not None
-        normed, residual = self._norm_residual(h, residual, norm_weight)
+        normed = self._reduce_norm(h, residual, norm_weight) if reduce else None
+        if normed is None:
+            if reduce:
+                h = all_reduce_(h, self.parallel)
+            normed, residual = self._norm_residual(h, residual, norm_weight)
+        assert residual is not None
         logits = self._linear(normed, w.gate)  # [T, E]: 1-token steps take the gemv
         return moe_block(normed, w, logits, self.config.moe, self.fusions.enable_pdl), \
             residual
@@ -239,16 +272,22 @@ class DecoderModel:
         w, tp = self.weights, self.parallel
         h = self._embed(batch.input_ids)
         residual = None
+        # Row-parallel outputs (attention's o_proj, the MLP's down, the experts) are
+        # partial sums; the norm that reads each one reduces it first (reduce=True).
+        partial = False
         for i, layer in enumerate(w.layers):
-            qkv, residual = self._norm_linear(h, residual, layer.input_norm, layer.qkv)
-            h = all_reduce_(self._attention(i, layer, qkv, batch), tp)
+            qkv, residual = self._norm_linear(h, residual, layer.input_norm, layer.qkv,
+                                              reduce=partial)
+            h, partial = self._attention(i, layer, qkv, batch), not tp.is_single
             if layer.moe is not None:
-                h, residual = self._moe(h, residual, layer.post_norm, layer.moe)
-                h = all_reduce_(h, tp)
+                h, residual = self._moe(h, residual, layer.post_norm, layer.moe, partial)
                 continue
             assert layer.gate_up is not None
-            gate_up, residual = self._norm_linear(h, residual, layer.post_norm, layer.gate_up)
-            h = all_reduce_(self._mlp_down(layer, gate_up), tp)
+            gate_up, residual = self._norm_linear(h, residual, layer.post_norm, layer.gate_up,
+                                                  reduce=partial)
+            h = self._mlp_down(layer, gate_up)
+        if partial:
+            h = all_reduce_(h, tp)
         rows = batch.logits_rows
         logits, _ = self._norm_linear(h[rows], residual[rows], w.norm, w.lm_head)
         if not tp.is_single:  # each rank's vocabulary slice, the padding cut off

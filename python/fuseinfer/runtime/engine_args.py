@@ -75,6 +75,10 @@ class EngineArgs:
     seed: int = _opt(0, "seed of dummy weights and of unseeded sampling")
     tp: int = _opt(1, "tensor-parallel ranks: one process per GPU (cuda:0..N-1), this one "
                    "rank 0; on the CPU, gloo processes")
+    disable_custom_allreduce: bool = _opt(False, "tensor parallel: NCCL for every allreduce "
+                                          "(no peer-mapped custom kernels)")
+    disable_fused_allreduce_rmsnorm: bool = _opt(False, "tensor parallel: the allreduce, "
+                                                 "then the residual add + RMSNorm kernel")
     disable_cuda_graph: bool = _opt(False, "eager decode steps")
     cuda_graph_max_bs: int = _opt(256, "decode batches up to this size replay CUDA graphs")
     # Off for library use (the caller's garbage collector is left alone); serve and the

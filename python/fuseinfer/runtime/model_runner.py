@@ -20,12 +20,13 @@ vocabulary too) and its KV cache holds only its kv heads; every rank must run th
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
 from ..distributed.collectives import min_over_ranks
+from ..distributed.custom_allreduce import CustomAllreduce, custom_allreduce_usable
 from ..distributed.parallel_state import SINGLE_RANK, ParallelState
 from ..models.config import ModelConfig
 from ..models.decoder import DecoderModel, ForwardBatch, Fusions, ModelWeights
@@ -80,6 +81,10 @@ class ModelRunner:
             "cuda" if torch.cuda.is_available() else "cpu")
         self.device = torch.device(device)
         cpu = self.device.type == "cpu"
+        if not cpu and not parallel.is_single and not args.disable_custom_allreduce \
+                and custom_allreduce_usable(parallel, self.device):
+            parallel = replace(parallel, allreduce=CustomAllreduce(parallel, self.device))
+            self.parallel = parallel
         dtype = _DTYPES[args.dtype] if args.dtype != "auto" else (
             torch.float32 if cpu else torch.bfloat16)
         from ..models.bundled import resolve_model
@@ -109,6 +114,7 @@ class ModelRunner:
                           fused_norm_quant=not args.disable_fused_norm_quant,
                           fused_silu_mul_quant=not args.disable_fused_silu_mul_quant,
                           gemv_max_tokens=0 if args.disable_small_batch_gemv else 1,
+                          fused_allreduce_rmsnorm=not args.disable_fused_allreduce_rmsnorm,
                           enable_pdl=False if args.disable_pdl else None)
         self.model = DecoderModel(c, weights, self.attention, self.kv_cache, fusions, parallel)
         # Tokens of steps in flight, read by the next step's inputs (overlap scheduling).
@@ -149,6 +155,8 @@ class ModelRunner:
         self.model = self.graphs = self.kv_cache = None  # type: ignore[assignment]
         self.attention = self.req_pool = self._future = None  # type: ignore[assignment]
         self.history = None  # type: ignore[assignment]
+        if self.parallel.allreduce is not None:
+            self.parallel.allreduce.close()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 

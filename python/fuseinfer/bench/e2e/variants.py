@@ -15,9 +15,13 @@ ABLATIONS = {"fused-rope-kv": "disable_fused_rope_kv",
              "cuda-graph": "disable_cuda_graph", "overlap-schedule": "disable_overlap_schedule",
              "radix-cache": "disable_radix_cache",
              "fused-norm-quant": "disable_fused_norm_quant",
-             "fused-silu-mul-quant": "disable_fused_silu_mul_quant"}
+             "fused-silu-mul-quant": "disable_fused_silu_mul_quant",
+             "custom-allreduce": "disable_custom_allreduce",
+             "fused-allreduce-rmsnorm": "disable_fused_allreduce_rmsnorm"}
 # switches that only change an FP8 model: `all` includes them only for one
 FP8_ABLATIONS = ("fused-norm-quant", "fused-silu-mul-quant")
+# switches that only change a tensor-parallel engine: `all` includes them only for one
+TP_ABLATIONS = ("custom-allreduce", "fused-allreduce-rmsnorm")
 
 
 def is_fp8_engine(base: Any) -> bool:
@@ -56,7 +60,9 @@ def ablation_variants(base: Any, requested: list[str]) -> tuple[list[str], list[
     then one without each switch."""
     if "all" in requested:
         fp8 = is_fp8_engine(base)
-        ablate = [a for a in ABLATIONS if fp8 or a not in FP8_ABLATIONS]
+        tp = getattr(base, "tp", 1) > 1
+        ablate = [a for a in ABLATIONS if (fp8 or a not in FP8_ABLATIONS)
+                  and (tp or a not in TP_ABLATIONS)]
     else:
         ablate = list(dict.fromkeys(requested))
     return ablate, [("as configured", base)] + [
