@@ -229,6 +229,11 @@ for s in "$@"; do
   esac
 done
 
+# Only the newest build of each module travels back: older ones (sources since changed)
+# would push the tarball past the 16 MiB a returned file may have.
+for module in "$FUSEINFER_CACHE_DIR"/jit/*/; do
+  ls -1dt "$module"*/ 2>/dev/null | tail -n +2 | xargs -r rm -rf
+done
 tar -czf "$OUT/jit-cache.tgz" -C "$FUSEINFER_CACHE_DIR" jit 2>/dev/null
 if [ -d "$FLASHINFER_WORKSPACE_BASE/.cache" ]; then  # whole build dirs: ninja rebuilds without its objects
   tar -czf "$OUT/flashinfer-jit.tgz" -C "$FLASHINFER_WORKSPACE_BASE" .cache
