@@ -12,7 +12,12 @@ import pytest
 from test_cli import run_cli  # tests/ is on sys.path
 
 from fuseinfer.bench.e2e import latency, offline
-from fuseinfer.bench.e2e.variants import ABLATIONS, FP8_ABLATIONS, ablation_variants
+from fuseinfer.bench.e2e.variants import (
+    ABLATIONS,
+    FP8_ABLATIONS,
+    TP_ABLATIONS,
+    ablation_variants,
+)
 from fuseinfer.runtime.engine_args import SERVING_GC
 
 
@@ -138,15 +143,18 @@ def test_latency_sizes_the_engine_from_its_own_options():
     assert variants[2][1].disable_cuda_graph and variants[2][1].max_running_requests == 12
     # `all` on a bf16 model leaves out the switches that only change an FP8 model
     names = [n for n, _ in ablation_variants(variants[0][1], ["all"])[1]]
-    assert len(names) == 1 + len(ABLATIONS) - len(FP8_ABLATIONS)
+    assert len(names) == 1 + len(ABLATIONS) - len(FP8_ABLATIONS) - len(TP_ABLATIONS)
     assert not any(a in n for n in names for a in FP8_ABLATIONS)
     fp8 = replace(variants[0][1], quantization="fp8")
     fp8_variants = ablation_variants(fp8, ["all"])[1]
-    assert len(fp8_variants) == 1 + len(ABLATIONS)
+    assert len(fp8_variants) == 1 + len(ABLATIONS) - len(TP_ABLATIONS)  # one rank
     quant_off = dict(fp8_variants)["without fused-norm-quant"]
     assert quant_off.disable_fused_norm_quant and not quant_off.disable_fused_silu_mul_quant
     bundled = replace(variants[0][1], model="qwen3-8b-fp8")  # FP8 by its checkpoint config
-    assert len(ablation_variants(bundled, ["all"])[1]) == 1 + len(ABLATIONS)
+    assert len(ablation_variants(bundled, ["all"])[1]) == 1 + len(ABLATIONS) - len(TP_ABLATIONS)
+    # ... and the tensor-parallel switches only for an engine of several ranks
+    tp_names = [n for n, _ in ablation_variants(replace(fp8, tp=2), ["all"])[1]]
+    assert len(tp_names) == 1 + len(ABLATIONS)
 
 
 def test_bench_latency_on_the_tiny_model(isolated_cache):

@@ -135,4 +135,32 @@ def reference_fused_allreduce_add_rmsnorm(inputs: Sequence[torch.Tensor],
     return reference_rmsnorm(summed, weight, eps).to(residual.dtype), summed
 
 
-__all__ = ["reference_all_reduce", "reference_fused_allreduce_add_rmsnorm"]
+def custom_all_reduce(input: torch.Tensor, peer_bases: Sequence[int], max_bytes: int,
+                      rank: int, two_shot: bool = False, out: torch.Tensor | None = None,
+                      enable_pdl: bool | None = None) -> torch.Tensor:
+    """The sum of every rank's `input` (contiguous, bf16/fp16/fp32, a multiple of 16 bytes,
+    at most max_bytes) into `out` (allocated if None; may be input). peer_bases/max_bytes:
+    a CustomAllreduce's workspaces; every rank calls with the same shapes, in order."""
+    out = torch.empty_like(input) if out is None else out
+    torch.ops.fuseinfer.custom_all_reduce(input, out, list(peer_bases), max_bytes, rank,
+                                          two_shot, enable_pdl)
+    return out
+
+
+def custom_fused_allreduce_add_rmsnorm(input: torch.Tensor, residual: torch.Tensor,
+                                       weight: torch.Tensor, peer_bases: Sequence[int],
+                                       max_bytes: int, rank: int, two_shot: bool = False,
+                                       eps: float = 1e-6, out: torch.Tensor | None = None,
+                                       enable_pdl: bool | None = None) -> torch.Tensor:
+    """residual += (every rank's input summed, rounded to the dtype) in place; returns
+    out = rmsnorm(residual) * weight (allocated if None; may be input). input, residual,
+    out: [..., hidden] contiguous, rows a multiple of 16 bytes; weight [hidden]."""
+    out = torch.empty_like(input) if out is None else out
+    torch.ops.fuseinfer.custom_fused_allreduce_add_rmsnorm(
+        input, residual, weight, out, list(peer_bases), max_bytes, rank, two_shot, eps,
+        enable_pdl)
+    return out
+
+
+__all__ = ["custom_all_reduce", "custom_fused_allreduce_add_rmsnorm", "reference_all_reduce",
+           "reference_fused_allreduce_add_rmsnorm"]
