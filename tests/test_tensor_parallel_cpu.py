@@ -18,6 +18,7 @@ from tiny_checkpoint import COMMON, save_tiny_checkpoint, tiny_moe_model
 
 from fuseinfer.distributed.parallel_state import ParallelState
 from fuseinfer.models.config import ModelConfig
+from fuseinfer.models.decoder import Fusions
 from fuseinfer.models.loader import dummy_weights
 from fuseinfer.models.tensor_parallel import local_config, shard_weights
 from fuseinfer.runtime.engine import Engine, EngineArgs
@@ -27,22 +28,48 @@ from fuseinfer.runtime.sampling import SamplingParams
 STEPS = 6
 
 
-def _rank(rank: int, world: int, folder: str, prompt: list[int], out: str) -> None:
+class CountingAllreduce:
+    """Stands in for CustomAllreduce on the CPU (same two methods, through gloo) and counts
+    what the decoder asks of it."""
+
+    def __init__(self, group) -> None:
+        self.group, self.calls = group, {"all_reduce_": 0, "fused_add_rmsnorm_": 0}
+
+    def all_reduce_(self, x):
+        self.calls["all_reduce_"] += 1
+        dist.all_reduce(x, group=self.group)
+        return x
+
+    def fused_add_rmsnorm_(self, x, residual, weight, eps):
+        self.calls["fused_add_rmsnorm_"] += 1
+        dist.all_reduce(x, group=self.group)
+        torch.ops.fuseinfer.fused_add_rmsnorm(x, residual, weight, eps, None)
+        return x
+
+
+def _rank(rank: int, world: int, folder: str, prompt: list[int], out: str,
+          mode: str = "plain") -> None:
     dist.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank,
                             world_size=world)
     torch.set_num_threads(1)
     try:
-        runner = Runner(folder, parallel=ParallelState(rank, world, dist.group.WORLD))
+        comm = CountingAllreduce(dist.group.WORLD) if mode == "comm" else None
+        parallel = ParallelState(rank, world, dist.group.WORLD, allreduce=comm)
+        fusions = Fusions(fused_allreduce_rmsnorm=mode != "unfused")
+        runner = Runner(folder, fusions=fusions, parallel=parallel)
         first, tokens = runner.greedy(prompt, STEPS)
         if rank == 0:
-            Path(out).write_text(json.dumps({"logits": first.tolist(), "tokens": tokens}))
+            Path(out).write_text(json.dumps({"logits": first.tolist(), "tokens": tokens,
+                                             "calls": comm.calls if comm else None}))
     finally:
         dist.destroy_process_group()
 
 
-def _tensor_parallel(folder: Path, world: int, prompt: list[int]) -> dict:
-    out = folder / f"tp{world}.json"
-    mp.spawn(_rank, args=(world, str(folder), prompt, str(out)), nprocs=world, join=True)
+def _tensor_parallel(folder: Path, world: int, prompt: list[int], mode: str = "plain"
+                     ) -> dict:
+    out = folder / f"tp{world}_{mode}.json"
+    mp.spawn(_rank, args=(world, str(folder), prompt, str(out), mode), nprocs=world,
+             join=True)
     return json.loads(out.read_text())
 
 
@@ -83,6 +110,28 @@ def _engine_rank(rank: int, world: int, folder: str, prompts: list[list[int]],
             Path(f"{out}.steps{rank}").write_text(str(follow_steps(args, parallel)))
     finally:
         dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("mode", ["unfused", "comm"])
+def test_the_allreduce_seam(tmp_path, mode):
+    """The norms reduce what they read through the state's allreduce (fused add + norm
+    once per norm after the first layer's input), or, with the fusion off, the allreduce
+    then the norm: the single-rank logits and tokens either way."""
+    save_tiny_checkpoint(tmp_path, "qwen3", tie=True)
+    prompt = torch.randint(0, COMMON["vocab_size"], (9,)).tolist()
+    want_logits, want = Runner(tmp_path).greedy(prompt, STEPS)
+    got = _tensor_parallel(tmp_path, 2, prompt, mode)
+    torch.testing.assert_close(torch.tensor(got["logits"]), want_logits, rtol=1e-4,
+                               atol=1e-4)
+    assert got["tokens"] == want
+    if mode == "comm":
+        layers = ModelConfig.from_folder(tmp_path).num_layers
+        forwards = 1 + STEPS  # the prefill, then one decode step per new token
+        calls = got["calls"]
+        # per forward: post-attention norm of every layer, input norm of layers 1.., the
+        # embedding sum and the last layer's output reduced outside a norm
+        assert calls["fused_add_rmsnorm_"] == forwards * (2 * layers - 1)
+        assert calls["all_reduce_"] == forwards * 2
 
 
 def test_two_rank_engine_generates_the_single_rank_tokens(tmp_path):
