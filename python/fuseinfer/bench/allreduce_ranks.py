@@ -192,6 +192,24 @@ def run_ranks(job: RankJob) -> dict[str, Any]:
     return torch.load(Path(job.folder) / "rows.pt")
 
 
+def measure(world: int, cases: list[tuple[int, int]], dtype: str, paths: list[str],
+            calls: int, repeats: int) -> dict[str, Any]:
+    """Rank 0's {"rows", "notes"} for `cases` (tokens, hidden) over `paths`."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="fuseinfer-allreduce-") as folder:
+        return run_ranks(RankJob(world, tuple(cases), dtype, tuple(paths), calls, repeats,
+                                 folder))
+
+
+def world_size(asked: int | None) -> int:
+    """--world, default every GPU (at least 2); 2, 4 or 8 (the kernels' world sizes)."""
+    world = asked or max(2, torch.cuda.device_count())
+    if world not in (2, 4, 8):
+        raise SystemExit(f"--world must be 2, 4 or 8, got {world}")
+    return world
+
+
 def _entry(rank: int, job: RankJob) -> None:
     run_rank(rank, job)
 

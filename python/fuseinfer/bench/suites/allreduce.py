@@ -17,12 +17,18 @@ nothing and NCCL / symmetric memory do not run.
 from __future__ import annotations
 
 import argparse
-import tempfile
 from typing import Any
 
 import torch
 
-from ..allreduce_ranks import ALLREDUCE_PATHS, FUSED_PATHS, NORM_PATHS, RankJob, best, run_ranks
+from ..allreduce_ranks import (
+    ALLREDUCE_PATHS,
+    FUSED_PATHS,
+    NORM_PATHS,
+    best,
+    measure,
+    world_size,
+)
 from ..kernel_suite import add_output_options, check_known
 from ..registry import Suite, Tuner, register_suite
 from ..report import Column
@@ -67,20 +73,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--calls", type=int, default=20, help="calls per graph replay")
     parser.add_argument("--repeats", type=int, default=15)
     add_output_options(parser, "allreduce")
-
-
-def measure(world: int, cases: list[tuple[int, int]], dtype: str, paths: list[str],
-            calls: int, repeats: int) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory(prefix="fuseinfer-allreduce-") as folder:
-        return run_ranks(RankJob(world, tuple(cases), dtype, tuple(paths), calls, repeats,
-                                 folder))
-
-
-def world_size(asked: int | None) -> int:
-    world = asked or max(2, torch.cuda.device_count())
-    if world not in (2, 4, 8):
-        raise SystemExit(f"--world must be 2, 4 or 8, got {world}")
-    return world
 
 
 def _tune(args: argparse.Namespace) -> int:

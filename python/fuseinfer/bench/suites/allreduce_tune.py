@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from ..allreduce_ranks import best
+from ..allreduce_ranks import best, measure, world_size
 from ..tuning import tune_target, write_tune_log
 
 TUNE_TOKENS = (1, 4, 16, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
@@ -58,8 +58,6 @@ def add_tune_arguments(parser: argparse.ArgumentParser) -> None:
 
 def tune_command(args: argparse.Namespace) -> int:
     from ...ops.allreduce.allreduce_dispatch import OP_FAMILY, effective
-    from .allreduce import measure, world_size
-
     world = world_size(args.world)
     if torch.cuda.device_count() < world:
         raise SystemExit(f"tune allreduce: {world} ranks need {world} GPUs, this machine has "
