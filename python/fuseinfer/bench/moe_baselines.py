@@ -9,6 +9,8 @@ Baselines:
            (argsort, index_select), torch._grouped_mm through w13 and w2 with the experts'
            end offsets, SiLU * up in torch, the routing weight applied and the rows summed
            per token with index_add_ (bf16 only: torch has no blockwise-fp8 grouped GEMM)
+  flashinfer     the layer as FlashInfer's cutlass_fused_moe (bf16; fp8_block with its
+           DeepSeek block scales, H and I multiples of 128), experts re-laid out once
 
 Routing is checked by weights and by the ranking score of the chosen experts (not their
 ids: bf16 logits can tie, and then either expert is right).
@@ -30,7 +32,7 @@ from ..ops.quant.per_token_group_quant_fp8 import reference_per_token_group_quan
 
 BASELINES = ("eager", "compile", "torch", "flashinfer")
 ROUTING_BASELINES = ("eager", "compile")
-LAYER_BASELINES = ("torch",)
+LAYER_BASELINES = ("torch", "flashinfer")
 ROUTING_REL_ERR = 1e-3  # float32 weights of the same math
 LAYER_REL_ERR = {None: 2e-2, "fp8_block": 5e-2}  # bf16 intermediates; fp8 rounding flips
 CHECK_TOKENS = 64  # tokens compared with the float32 oracle (all of them up to this T)
@@ -265,5 +267,76 @@ def torch_layer(weights: LayerWeights) -> Callable[[torch.Tensor, Routing], torc
         y = y * topk_weights.reshape(-1).index_select(0, order)[:, None]
         out = torch.zeros(hidden.shape, dtype=torch.float32, device=hidden.device)
         return out.index_add_(0, token, y).to(hidden.dtype)
+
+    return layer
+
+
+# ---- FlashInfer's Hopper fused MoE (cutlass_fused_moe) ----------------------------------
+@dataclass
+class FlashinferWeights:
+    """One layer's experts in cutlass_fused_moe's layout, made once per model and quant
+    (outside timing): fc1 [E, 2I, H] with the up rows first, then the gate rows (ours are
+    gate then up); fc2 [E, H, I] as ours; fp8_block: the 128 x 128 float32 scales in the
+    same row order ([E, 2I/128, H/128] and [E, H/128, I/128])."""
+
+    fc1: torch.Tensor
+    fc2: torch.Tensor
+    quant: str | None = None
+    fc1_scales: torch.Tensor | None = None
+    fc2_scales: torch.Tensor | None = None
+
+
+def _up_then_gate(w: torch.Tensor) -> torch.Tensor:
+    half = w.shape[1] // 2
+    return torch.cat([w[:, half:], w[:, :half]], dim=1).contiguous()
+
+
+def flashinfer_weights(weights: LayerWeights) -> FlashinferWeights:
+    """Our experts re-laid out for cutlass_fused_moe (raises where it has no layout for
+    them: fp8_block needs H and I multiples of 128)."""
+    inner, hidden = weights.w2.shape[2], weights.w2.shape[1]
+    if weights.quant is None:
+        return FlashinferWeights(_up_then_gate(weights.w13), weights.w2.contiguous())
+    if inner % QUANT_BLOCK or hidden % QUANT_BLOCK:
+        raise NotImplementedError(f"flashinfer fp8 block scale: H={hidden} and I={inner} "
+                                  f"must be multiples of {QUANT_BLOCK}")
+    assert weights.w13_scales is not None and weights.w2_scales is not None
+    return FlashinferWeights(_up_then_gate(weights.w13), weights.w2.contiguous(),
+                             weights.quant, _up_then_gate(weights.w13_scales.float()),
+                             weights.w2_scales.float().contiguous())
+
+
+def _trimmed_build_applies(device: torch.device) -> bool:
+    return device.type == "cuda" and torch.cuda.get_device_capability(device)[0] == 9
+
+
+def flashinfer_layer(fi: FlashinferWeights, topk: int, max_tokens: int
+                     ) -> Callable[[torch.Tensor, Routing, torch.Tensor], torch.Tensor]:
+    """cutlass_fused_moe on `fi` writing into `out` (the call returns `out`). On SM90 the
+    trimmed bf16 / fp8-block module is built (bench/flashinfer_moe_build.py) instead of
+    FlashInfer's stock 248-unit one. The workspace is sized once, for max_tokens."""
+    import flashinfer.fused_moe as fused
+
+    device = fi.fc1.device
+    if _trimmed_build_applies(device):
+        from .flashinfer_moe_build import install
+        install()
+    fp8 = fi.quant == "fp8_block"
+    experts, hidden, inner = fi.fc2.shape
+    size = fused.cutlass_fused_moe_workspace_size(
+        max_tokens, hidden, inner, experts, topk, x_dtype=torch.bfloat16,
+        weight_dtype=fi.fc1.dtype, output_dtype=torch.bfloat16,
+        use_deepseek_fp8_block_scale=fp8, device=device)
+    workspace = torch.empty(max(int(size), 1), dtype=torch.uint8, device=device)
+    scales = [fi.fc1_scales, fi.fc2_scales] if fp8 else None
+
+    def layer(hidden_states: torch.Tensor, routing: Routing, out: torch.Tensor
+              ) -> torch.Tensor:
+        topk_weights, topk_ids = routing
+        fused.cutlass_fused_moe(
+            hidden_states, topk_ids, topk_weights.float(), fi.fc1, fi.fc2, torch.bfloat16,
+            quant_scales=scales, output=out, workspace_buffer=workspace,
+            use_deepseek_fp8_block_scale=fp8)
+        return out  # whatever it returns, the result is read from the buffer it was given
 
     return layer

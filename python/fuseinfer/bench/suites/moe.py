@@ -18,10 +18,14 @@ Every set has its own fresh random logits, so the experts hit vary as in a model
 layer the experts hit are counted on the host before timing: their weight bytes over our
 time give GB/s and % of copy bandwidth; TFLOP/s counts 2*T*k*(2I*H + H*I). Ours and every
 baseline are checked against the float32 reference before they are timed (the layer on at
-most 64 tokens); a mismatch or a failure is reported in the row, not timed. FlashInfer's
-Hopper MoE (cutlass_fused_moe) is not run: its sm90 module (248 CUTLASS units) is too
-large to build on the lent GPU machine and is not in the trimmed bundle (docs/moe.md); the
-layer rows say so.
+most 64 tokens); a mismatch or a failure is reported in the row, not timed.
+
+The `flashinfer` baseline of the layer rows is FlashInfer's cutlass_fused_moe (bf16, and
+fp8_block where H and I are multiples of 128), its experts re-laid out once per model and
+quant (up rows before gate rows; the scales likewise) and its workspace sized once for the
+largest T. On SM90 it loads a trimmed build of FlashInfer's module with only the bf16 and
+bf16 x fp8-block runners (bench/flashinfer_moe_build.py; the stock one compiles 248 CUTLASS
+units). Without FlashInfer the rows say FLASHINFER_NOTE (docs/moe.md).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ import torch
 
 from .. import moe_baselines as mb
 from .. import moe_grouped
+from ..flashinfer_baselines import available as flashinfer_available
 from ..flashinfer_baselines import describe
 from ..kernel_suite import PDL, add_run_options, check_known, report_run
 from ..moe_inputs import Inputs, make_inputs
@@ -48,7 +53,7 @@ OPS = ("routing", "align", "layer", "grouped")
 DEFAULT_OPS = ("routing", "align", "layer")
 FP8_BACKENDS = ("table", "triton", "cutlass")
 QUANTS: dict[str, str | None] = {"none": None, "fp8_block": "fp8_block"}
-FLASHINFER_NOTE = "flashinfer: MoE not built (docs/moe.md)"
+FLASHINFER_NOTE = "flashinfer: not importable (docs/moe.md)"
 
 COLUMNS = [
     Column("op", "op", align="<"),
@@ -68,6 +73,7 @@ COLUMNS = [
     Column("vs_torch", "x torch", "{:.2f}"),
     Column("vs_torch_fp8_row", "x torch fp8 row", "{:.2f}"),
     Column("vs_torch_bf16", "x torch bf16", "{:.2f}"),
+    Column("vs_flashinfer", "x flashinfer", "{:.2f}"),
     Column("rel_err", "rel err", "{:.1e}"),
     Column("timing", "timing", align="<"),
     Column("torch_timing", "torch timing", align="<"),
@@ -207,7 +213,10 @@ def measure_align(model: mb.MoeModel, tokens: int, quant: str | None, config: Ti
 
 def measure_layer(model: mb.MoeModel, tokens: int, weights: mb.LayerWeights,
                   wanted: Sequence[str], config: TimingConfig, copy_gbps: float | None,
-                  pdl: bool | None, device: torch.device | str = "cuda") -> dict[str, Any]:
+                  pdl: bool | None, device: torch.device | str = "cuda",
+                  flashinfer: FlashinferLayer | None = None) -> dict[str, Any]:
+    """`flashinfer`: the baseline prepared once for this model and quant (see
+    prepare_flashinfer), or None when it is not wanted."""
     from ...ops.moe.fused_moe import fused_moe
 
     quant = weights.quant
@@ -245,10 +254,18 @@ def measure_layer(model: mb.MoeModel, tokens: int, weights: mb.LayerWeights,
     row["pct_copy"] = 100 * row["weight_gbps"] / copy_gbps if copy_gbps else None
     row["tflops"] = mb.layer_flops(model, tokens) / row["us"] / 1e6
     names = [n for n in wanted if n in mb.LAYER_BASELINES]
-    notes = [FLASHINFER_NOTE] if "flashinfer" in wanted else []
-    if quant is not None and names:
+    notes = []
+    if "torch" in names and quant is not None:
         notes.append("torch pipeline: bf16 rows only")
-        names = []
+        names.remove("torch")
+    if "flashinfer" in names:
+        if flashinfer is None or flashinfer.note is not None:
+            notes.append(FLASHINFER_NOTE if flashinfer is None else flashinfer.note)
+            names.remove("flashinfer")
+        else:
+            _time_flashinfer(row, flashinfer, sets, weights, tol, config)
+            if "flashinfer_error" in row:
+                notes.append(f"flashinfer: {row['flashinfer_error']}")
     if "torch" in names:
         # built inside the check, so a torch without _grouped_mm lands in torch_error
         pipeline: list[Callable[[torch.Tensor, mb.Routing], torch.Tensor]] = []
@@ -263,6 +280,49 @@ def measure_layer(model: mb.MoeModel, tokens: int, weights: mb.LayerWeights,
             for s in sets], config, row["us"])
     row["note"] = "; ".join(notes) or None
     return _finish(row, names)
+
+
+class FlashinferLayer:
+    """The flashinfer baseline of one model and quant: its experts re-laid out and its
+    workspace sized once (outside timing), or `note` saying why it cannot run."""
+
+    def __init__(self, weights: mb.LayerWeights, topk: int, max_tokens: int) -> None:
+        self.note: str | None = None
+        self.call: Callable[[torch.Tensor, mb.Routing, torch.Tensor], torch.Tensor] | None
+        self.call = None
+        try:
+            fi = mb.flashinfer_weights(weights)
+            self.call = mb.flashinfer_layer(fi, topk, max_tokens)
+        except Exception as error:  # not built, no layout for this shape, ...: one note
+            self.note = f"flashinfer: {describe(error)}"
+
+
+def prepare_flashinfer(weights: mb.LayerWeights, topk: int, max_tokens: int
+                       ) -> FlashinferLayer | None:
+    """None when FlashInfer does not import here (the rows then say FLASHINFER_NOTE)."""
+    if not flashinfer_available("fused_moe"):
+        return None
+    return FlashinferLayer(weights, topk, max_tokens)
+
+
+def _time_flashinfer(row: dict[str, Any], fi: FlashinferLayer, sets: list[Inputs],
+                     weights: mb.LayerWeights, tol: float, config: TimingConfig) -> None:
+    """Checked on the first set against the float32 reference, then timed over the sets,
+    each into its own output buffer (a baseline output per set, made before timing)."""
+    call = fi.call
+    assert call is not None
+    outs = [torch.empty_like(s.out) for s in sets]
+    s0 = sets[0]
+
+    def check() -> float:
+        outs[0].fill_(float("nan"))
+        got = call(s0.hidden, (s0.weights, s0.ids), outs[0])
+        return mb.layer_rel_err(got, s0.hidden, weights, (s0.weights, s0.ids))
+
+    _time_checked(row, "flashinfer", check, tol, lambda: [
+        lambda s=s, o=o: call(s.hidden, (s.weights, s.ids), o)
+        for s, o in zip(sets, outs, strict=True)],
+        config, row["us"])
 
 
 def run(models: Sequence[mb.MoeModel], tokens: Sequence[int], ops: Sequence[str],
@@ -298,20 +358,23 @@ def run(models: Sequence[mb.MoeModel], tokens: Sequence[int], ops: Sequence[str]
                                          f"I={model.inter})"})
                         continue
                     weights = mb.make_weights(model, quant, device) if op == "layer" else None
+                    fi = (prepare_flashinfer(weights, model.topk, max(tokens))
+                          if weights is not None and "flashinfer" in wanted else None)
                     for backend in fp8_backends if weights is not None and quant else [None]:
                         for t in tokens:
                             progress.step(f"{op} {model.name} tokens={t} {quant or ''} "
                                           f"{backend or ''}".strip())
                             if weights is not None:
                                 rows.append(_layer_row(model, t, weights, wanted, config,
-                                                       copy_gbps, enable_pdl, device, backend))
+                                                       copy_gbps, enable_pdl, device, backend,
+                                                       fi))
                             elif op == "routing":
                                 rows.append(measure_routing(model, t, wanted, config, cold,
                                                             enable_pdl, device))
                             else:
                                 rows.append(measure_align(model, t, None, config, cold,
                                                           enable_pdl, device))
-                    del weights
+                    del weights, fi
                     if torch.cuda.is_available():
                         torch.cuda.empty_cache()  # the next model's experts may be larger
     return rows
@@ -319,15 +382,16 @@ def run(models: Sequence[mb.MoeModel], tokens: Sequence[int], ops: Sequence[str]
 
 def _layer_row(model: mb.MoeModel, tokens: int, weights: mb.LayerWeights,
                wanted: Sequence[str], config: TimingConfig, copy_gbps: float | None,
-               pdl: bool | None, device: torch.device | str, backend: str | None
-               ) -> dict[str, Any]:
+               pdl: bool | None, device: torch.device | str, backend: str | None,
+               flashinfer: FlashinferLayer | None = None) -> dict[str, Any]:
     """A layer row; an fp8 one under `backend` ("table": the entry's own choice)."""
     from ...ops.moe.fp8_blockwise_grouped_mm import cutlass_grouped_runs
     from ...ops.moe.moe_dispatch import effective, forced_fp8_backend
 
     forced = None if backend in (None, "table") else backend
     with forced_fp8_backend(forced):
-        row = measure_layer(model, tokens, weights, wanted, config, copy_gbps, pdl, device)
+        row = measure_layer(model, tokens, weights, wanted, config, copy_gbps, pdl, device,
+                            flashinfer)
         if weights.quant:
             index = torch.device(device).index if torch.device(device).type == "cuda" else None
             config = effective(index).fp8_grouped_config(tokens * model.topk)
