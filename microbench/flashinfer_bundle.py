@@ -25,17 +25,34 @@ from pathlib import Path
 
 # The modules whose function bodies run on the compared ops' path (utils and api_logging
 # wrap every op call; gemm.gemm_base holds the FP8 GEMMs, bmm_fp8 runs through the
-# autotuner): their in-function imports are followed too. Everywhere else only module-level
+# autotuner; fused_moe.core holds cutlass_fused_moe, jit.fused_moe its module's
+# generator): their in-function imports are followed too. Everywhere else only module-level
 # imports are (those run at `import flashinfer`); the lazy imports of other features (MoE,
 # CuTe DSL kernels) are not.
 OP_MODULES = tuple("flashinfer." + m for m in (
     "norm", "rope", "decode", "prefill", "activation", "page", "utils", "api_logging",
     "gemm.gemm_base", "autotuner", "jit.core", "jit.cpp_ext", "jit.env", "jit.attention",
-    "jit.norm", "jit.rope", "jit.page", "jit.activation", "jit.gemm", "jit.utils"))
+    "jit.norm", "jit.rope", "jit.page", "jit.activation", "jit.gemm", "jit.utils",
+    "fused_moe.core", "jit.fused_moe"))
 # Headers compiled at run time rather than by the JIT build: fp8_blockscale_gemm_sm90
 # generates its DeepGEMM-style kernels per shape with NVRTC from this folder, so no compile
 # command reaches it.
 RUNTIME_HEADER_DIRS = ("nv_internal/tensorrt_llm/deep_gemm",)
+# The trimmed fused-MoE module (python/fuseinfer/bench/flashinfer_moe_build.py) compiles
+# edited copies of these, which it writes from the originals at run time: no compile
+# command names the originals, so they are kept by name.
+MOE_BUILD = Path(__file__).resolve().parents[1] / "python/fuseinfer/bench/flashinfer_moe_build.py"
+
+
+def moe_build():
+    """bench/flashinfer_moe_build.py, loaded by path (no fuseinfer import: the specs step
+    runs in the isolated site, which has flashinfer but not fuseinfer)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("flashinfer_moe_build", MOE_BUILD)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 INCLUDE = re.compile(r'^\s*#\s*include\s*([<"])([^>"]+)[>"]', re.M)
 # CUTLASS spells some includes through a macro: CUDA_STD_HEADER(x) is <cuda/std/x>
 MACRO_INCLUDE = re.compile(r'^\s*#\s*include\s+CUDA_STD_HEADER\(\s*([\w/.]+)\s*\)', re.M)
@@ -169,6 +186,8 @@ def cmd_specs(out: str) -> None:
         "gemm": gen_gemm_module(),
         # fp8_blockscale_gemm_sm90: the host side; its kernels are NVRTC-compiled per shape
         "fp8_blockscale_gemm_sm90": gen_fp8_blockscale_gemm_sm90_module(),
+        # cutlass_fused_moe on SM90, trimmed to the bf16 and bf16 x fp8-block runners
+        "fused_moe_90_trimmed": moe_build().trimmed_spec(),
     }
     commands = {name: spec.get_compile_commands() for name, spec in specs.items()}
     Path(out).write_text(json.dumps(commands, indent=1))
@@ -187,6 +206,8 @@ def cmd_trim(full: str, dest: str, cmds_json: str) -> None:
     keep |= {p for p in copied if p.is_file()}
     keep |= {p for ext in ("*.h", "*.cuh", "*.jinja") for p in csrc.glob(ext)}
     keep |= {p for d in RUNTIME_HEADER_DIRS for p in (csrc / d).rglob("*") if p.is_file()}
+    build = moe_build()
+    keep |= {csrc / build.INSTANTIATION, csrc / build.BINDING}
     for c in commands:
         files, _ = header_closure([c["file"]], include_dirs(c["command"]))
         keep |= {f for f in files if f.is_relative_to(full_root / "flashinfer")}
@@ -274,7 +295,8 @@ def cmd_manifest(dest: str, out: str, *wheels: str) -> None:
             "apply_rope_with_cos_sin_cache", "apply_rope_pos_ids_cos_sin_cache",
             "BatchDecodeWithPagedKVCacheWrapper", "BatchPrefillWithPagedKVCacheWrapper (fa2)",
             "BatchPrefillWithRaggedKVCacheWrapper (fa2)", "append_paged_kv_cache",
-            "silu_and_mul", "gemm.fp8_blockscale_gemm_sm90", "gemm.bmm_fp8 (cublas)"]},
+            "silu_and_mul", "gemm.fp8_blockscale_gemm_sm90", "gemm.bmm_fp8 (cublas)",
+            "fused_moe.cutlass_fused_moe (sm90: trimmed module, bf16 and fp8 block scale)"]},
         indent=1) + "\n")
 
 

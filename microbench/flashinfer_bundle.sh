@@ -79,8 +79,9 @@ FLASHINFER_WORKSPACE_BASE="$WORK/ws-full" isolated "$WORK/full" "$HELPER" specs 
 
 # 5. checks: the trimmed tree imports, writes its JIT specs, and every source preprocesses
 isolated "$DEST" -c '
-import sys, flashinfer, flashinfer.norm, flashinfer.rope, flashinfer.decode, flashinfer.prefill, flashinfer.activation, flashinfer.page, flashinfer.gemm
+import sys, flashinfer, flashinfer.norm, flashinfer.rope, flashinfer.decode, flashinfer.prefill, flashinfer.activation, flashinfer.page, flashinfer.gemm, flashinfer.fused_moe
 assert callable(flashinfer.gemm.fp8_blockscale_gemm_sm90) and callable(flashinfer.gemm.bmm_fp8)
+assert callable(flashinfer.fused_moe.cutlass_fused_moe) and callable(flashinfer.fused_moe.cutlass_fused_moe_workspace_size)
 bad = [m for m, v in sys.modules.items() if m.startswith("flashinfer") and getattr(v, "__file__", None) and sys.argv[1] not in v.__file__]
 assert not bad, bad
 print("import ok:", flashinfer.__version__, flashinfer.__file__)' "$(cd "$DEST" && pwd)"

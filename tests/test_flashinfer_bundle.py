@@ -66,3 +66,13 @@ def test_python_closure_follows_function_imports_only_in_op_modules(tmp_path):
     names = {p.relative_to(tmp_path).as_posix() for p in files}
     assert names == {"flashinfer/__init__.py", "flashinfer/norm.py", "flashinfer/jit.py",
                      "flashinfer/moe.py"}
+
+
+def test_the_trimmed_moe_module_loads_by_path_without_flashinfer():
+    # the specs step runs in the isolated site (flashinfer, no fuseinfer): only the file
+    build = bundle.moe_build()
+    assert bundle.MOE_BUILD.is_file() and build.MODULE_NAME.startswith("fused_moe_90")
+    assert build.INSTANTIATION.endswith(".cu") and build.BINDING.endswith(".cu")
+    assert "flashinfer" not in {m.split(".")[0] for m in vars(build) if not m.startswith("_")}
+    assert {"fused_moe.core", "jit.fused_moe"} <= {m.removeprefix("flashinfer.")
+                                                   for m in bundle.OP_MODULES}
