@@ -430,8 +430,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--baselines", nargs="*",
                         default=list(mb.BASELINES) + list(moe_grouped.GROUPED_BASELINES),
                         help="baselines timed in the same run (eager, compile: routing; "
-                        "torch: the layer; torch_fp8_row, torch_bf16: grouped; flashinfer: "
-                        "noted as absent)")
+                        "torch, flashinfer: the layer (flashinfer: cutlass_fused_moe, on SM90 "
+                        "a trimmed module built on first use); torch_fp8_row, torch_bf16: "
+                        "grouped)")
     parser.add_argument("--fp8-backend", nargs="+", choices=FP8_BACKENDS, default=["table"],
                         help="the fp8 layer rows' path, once each (table: the entry's)")
     parser.add_argument("--per-expert", nargs="+", type=int,
