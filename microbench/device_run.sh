@@ -229,7 +229,8 @@ for s in "$@"; do
   esac
 done
 
-# Only the newest build of each module travels back: older ones (sources since changed)
+# Only the newest build of each module travels back (a load touches its folder, so that is
+# the one in use); older ones (sources since changed)
 # would push the tarball past the 16 MiB a returned file may have.
 for module in "$FUSEINFER_CACHE_DIR"/jit/*/; do
   ls -1dt "$module"*/ 2>/dev/null | tail -n +2 | xargs -r rm -rf

@@ -4,6 +4,7 @@ else a cached JIT build, else build it now. Loading registers its CUDA kernels w
 from __future__ import annotations
 
 import json
+import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,6 +69,15 @@ def build(spec: ModuleSpec, toolkit: CudaToolkit, archs: tuple[str, ...]) -> tup
     return build_once(build_key(plan), lambda folder, out: run_ninja(plan, folder, out))
 
 
+def _mark_used(folder: Path) -> None:
+    """A cached build's folder gets the time of its last load, so pruning a cache by age
+    (microbench/device_run.sh keeps the newest folder per module) keeps the builds in use."""
+    try:
+        os.utime(folder)
+    except OSError:  # a read-only cache still loads
+        pass
+
+
 def load(name: str) -> LoadedModule:
     """Make module `name` (csrc/<name>) loaded in this process; idempotent and thread-safe."""
     import torch
@@ -83,6 +93,7 @@ def load(name: str) -> LoadedModule:
         if library is None:
             library, built_now = build(spec, find_toolkit(), (arch,))
             origin = "built" if built_now else "cache"
+            _mark_used(library.parent)
         torch.ops.load_library(str(library))
         module = LoadedModule(name, library, origin)
         _LOADED[name] = module
