@@ -21,11 +21,15 @@ import torch
 import torch.distributed as dist
 
 from ..ops.allreduce.allreduce_dispatch import WORLD_SIZES, AllreduceDispatch, effective
-from ..ops.allreduce.custom_allreduce import load_module
+from ..ops.allreduce.custom_allreduce import DTYPES, load_module
 from ..ops.norm.rmsnorm import fused_add_rmsnorm
 from .parallel_state import ParallelState
 
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
+
+
+def _index(device: torch.device) -> int:
+    return device.index if device.index is not None else torch.cuda.current_device()
 
 
 def custom_allreduce_usable(parallel: ParallelState, device: torch.device) -> bool:
@@ -34,7 +38,7 @@ def custom_allreduce_usable(parallel: ParallelState, device: torch.device) -> bo
     every rank's GPU peer-accessible from this one."""
     if parallel.is_single or parallel.world_size not in WORLD_SIZES:
         return False
-    index = device.index if device.index is not None else torch.cuda.current_device()
+    index = _index(device)
     where: list[object] = [None] * parallel.world_size
     dist.all_gather_object(where, (socket.gethostname(), index), group=parallel.group)
     hosts = {host for host, _ in where}  # type: ignore[misc]
@@ -57,8 +61,7 @@ class CustomAllreduce:
                              f"256, got {max_bytes}")
         load_module()
         self.parallel, self.device, self.max_bytes = parallel, device, max_bytes
-        index = device.index if device.index is not None else torch.cuda.current_device()
-        self._index = index
+        self._index = index = _index(device)
         self.entry = entry if entry is not None else effective(index)
         ops = torch.ops.fuseinfer
         self._own = int(ops._allreduce_alloc_workspace(max_bytes, index))
@@ -83,7 +86,7 @@ class CustomAllreduce:
         """The table's algorithm for x, NCCL where the workspace or the kernels do not fit."""
         nbytes = x.numel() * x.element_size()
         if nbytes % 16 or nbytes > self.max_bytes or not x.is_contiguous() \
-                or x.dtype not in (torch.bfloat16, torch.float16, torch.float32):
+                or x.dtype not in DTYPES:
             return "nccl"
         return self.entry.algorithm(self.parallel.world_size, nbytes)
 
