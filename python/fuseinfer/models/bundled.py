@@ -10,7 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
-CONFIG_ONLY = ("qwen3-0.6b", "qwen3-8b", "qwen3-8b-fp8", "qwen3-30b-a3b", "llama-3.1-8b")
+CONFIG_ONLY = ("qwen3-0.6b", "qwen3-8b", "qwen3-8b-fp8", "qwen3-30b-a3b", "llama-3.1-8b",
+               "gpt-oss-20b", "gpt-oss-120b")
 
 
 def resolve_model(model: str | Path | None) -> Path:
