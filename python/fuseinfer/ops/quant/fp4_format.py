@@ -63,6 +63,19 @@ def e8m0_to_float(scales: torch.Tensor) -> torch.Tensor:
     return torch.where(s == 255, torch.full_like(out, float("nan")), out)
 
 
+def e8m0_ceil(s: torch.Tensor) -> torch.Tensor:
+    """The E8M0 byte (uint8) of the smallest power of two >= each float32 s >= 0, read off
+    the float's bits (exact for subnormals too); saturates at 254, inf/NaN give 255. The
+    MX quantizers' scale rule (no element of a block saturates)."""
+    bits = s.float().contiguous().view(torch.int32)
+    exponent = (bits >> 23) & 0xFF
+    mantissa = bits & 0x7FFFFF
+    normal = (exponent + (mantissa != 0).to(torch.int32)).clamp(max=254)
+    subnormal = (mantissa > 0x400000).to(torch.int32)  # 2^-127 or 2^-126
+    byte = torch.where(exponent == 0, subnormal, normal)
+    return torch.where(exponent == 255, torch.full_like(byte, 255), byte).to(torch.uint8)
+
+
 def dequantize_mxfp4(packed: torch.Tensor, scales: torch.Tensor,
                      dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """MXFP4 to floats: packed uint8 [..., K/2] (two E2M1 codes per byte) with one E8M0
