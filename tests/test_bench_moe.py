@@ -22,6 +22,8 @@ from fuseinfer.ops.moe.fused_moe import reference_fused_moe
 TINY = mb.MoeModel("tiny", 16, 4, 256, 128, renormalize=True)
 GROUPED = mb.MoeModel("tiny-grouped", 32, 4, 256, 128, groups=4, topk_group=2, scaling=2.5)
 AFTER = mb.MoeModel("tiny-after", 8, 2, 192, 128, softmax_after_topk=True)
+OSS = mb.MoeModel("tiny-oss", 8, 4, 160, 96, softmax_after_topk=True,
+                  activation="clamped_swiglu", bias=True, mxfp4=True)  # off the 128 grid
 HAS_GROUPED_MM = hasattr(torch, "_grouped_mm")
 
 
@@ -31,6 +33,11 @@ def test_models_are_the_real_configs():
     assert qwen.renormalize and qwen.router == "topk_softmax"
     assert (oss.experts, oss.topk, oss.hidden, oss.inter) == (32, 4, 2880, 2880)
     assert oss.softmax_after_topk and not oss.renormalize
+    assert (oss.activation, oss.bias, oss.mxfp4) == ("clamped_swiglu", True, True)
+    big = mb.MODELS["GPT-OSS-120B"]
+    assert (big.experts, big.topk, big.hidden, big.inter) == (128, 4, 2880, 2880)
+    assert (big.activation, big.bias, big.mxfp4) == ("clamped_swiglu", True, True)
+    assert not (qwen.bias or qwen.mxfp4 or ds.bias) and qwen.activation == "silu"
     assert (ds.experts, ds.topk, ds.hidden, ds.inter) == (256, 8, 7168, 2048)
     assert (ds.groups, ds.topk_group, ds.scaling, ds.router) == (8, 4, 2.5, "moe_fused_gate")
     assert suite.TOKENS == (1, 8, 32, 128, 512, 2048, 8192)
@@ -62,18 +69,42 @@ def test_routing_check_accepts_either_expert_of_a_tie():
     assert mb.routing_rel_err(TINY, logits, bias, (w, tied)) == 0.0
 
 
-@pytest.mark.parametrize("quant", [None, "fp8_block"])
-def test_per_expert_oracle_is_reference_fused_moe(quant):
-    weights = mb.make_weights(TINY, quant, "cpu")
-    hidden = torch.randn(9, TINY.hidden, dtype=torch.bfloat16)
-    logits, bias = mb.make_logits(TINY, 9, "cpu")
-    tw, ids = mb.reference_routing(TINY, logits, bias)
+@pytest.mark.parametrize("model, quant", [(TINY, None), (TINY, "fp8_block"), (OSS, None),
+                                          (OSS, "mxfp4"), (TINY, "mxfp4")],
+                         ids=lambda x: getattr(x, "name", str(x)))
+def test_per_expert_oracle_is_reference_fused_moe(model, quant):
+    weights = mb.make_weights(model, quant, "cpu")
+    hidden = torch.randn(9, model.hidden, dtype=torch.bfloat16)
+    logits, bias = mb.make_logits(model, 9, "cpu")
+    tw, ids = mb.reference_routing(model, logits, bias)
     ids[2, 1] = -1  # a masked slot contributes nothing
-    want = reference_fused_moe(hidden, weights.w13, weights.w2, tw, ids, quant,
-                               weights.w13_scales, weights.w2_scales)
+    kw = weights.op_kwargs()
+    want = reference_fused_moe(hidden, weights.w13, weights.w2, tw, ids, kw.pop("quant"),
+                               kw.pop("w13_scales"), kw.pop("w2_scales"), **kw)
     got = mb.reference_layer(hidden, weights, tw, ids)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     assert want.norm() > 0
+    assert (weights.w13_bias is not None) == model.bias
+
+
+def test_mxfp4_weights_and_their_bf16_copy():
+    weights = mb.make_weights(OSS, "mxfp4", "cpu")
+    assert weights.w13.dtype == weights.w2.dtype == torch.uint8
+    assert weights.w13.shape == (8, 192, 80) and weights.w13_scales.shape == (8, 192, 5)
+    assert weights.w2.shape == (8, 160, 48) and weights.w2_scales.shape == (8, 160, 3)
+    assert weights.w13_bias.shape == (8, 192) and weights.w2_bias.shape == (8, 160)
+    lo, hi = int(weights.w13_scales.min()), int(weights.w13_scales.max())
+    assert mb.MX_SCALES[0] <= lo < hi <= mb.MX_SCALES[1]
+    bf16 = mb.dequantized_bf16(weights)
+    assert bf16.quant is None and bf16.w13.dtype == torch.bfloat16
+    assert bf16.w13_bias is weights.w13_bias and bf16.activation == "clamped_swiglu"
+    from fuseinfer.ops.quant.fp4_format import dequantize_mxfp4
+    assert torch.equal(bf16.w2[3].float(), dequantize_mxfp4(weights.w2[3], weights.w2_scales[3]))
+    hidden = torch.randn(6, OSS.hidden, dtype=torch.bfloat16)
+    routing = mb.reference_routing(OSS, *mb.make_logits(OSS, 6, "cpu"))
+    # the same values: the bf16 layer's oracle is the mxfp4 one
+    torch.testing.assert_close(mb.reference_layer(hidden, bf16, *routing),
+                               mb.reference_layer(hidden, weights, *routing), rtol=0, atol=0)
 
 
 def test_fp8_weights_are_block_quantized_close_to_bf16():
@@ -98,6 +129,26 @@ def test_torch_pipeline_matches_the_oracle(model):
 def test_torch_pipeline_refuses_fp8_weights():
     with pytest.raises(NotImplementedError, match="bf16"):
         mb.torch_layer(mb.make_weights(TINY, "fp8_block", "cpu"))
+    with pytest.raises(NotImplementedError, match="bf16"):
+        mb.torch_layer(mb.make_weights(OSS, "mxfp4", "cpu"))
+
+
+@pytest.mark.skipif(not HAS_GROUPED_MM, reason="this torch has no _grouped_mm")
+def test_torch_pipeline_has_biases_and_the_clamped_swiglu():
+    weights = mb.dequantized_bf16(mb.make_weights(OSS, "mxfp4", "cpu"))
+    hidden = 3 * torch.randn(40, OSS.hidden, dtype=torch.bfloat16)
+    routing = mb.reference_routing(OSS, *mb.make_logits(OSS, 40, "cpu"))
+    out = mb.torch_layer(weights)(hidden, routing)
+    assert mb.layer_rel_err(out, hidden, weights, routing) < 2e-2
+    no_bias = mb.LayerWeights(weights.w13, weights.w2, activation="clamped_swiglu")
+    assert mb.layer_rel_err(out, hidden, no_bias, routing) > 5e-2
+
+
+def test_flashinfer_weights_refuse_what_it_is_not_wired_for():
+    with pytest.raises(NotImplementedError, match="without biases"):
+        mb.flashinfer_weights(mb.make_weights(OSS, None, "cpu"))
+    with pytest.raises(NotImplementedError, match="mxfp4"):
+        mb.flashinfer_weights(mb.make_weights(TINY, "mxfp4", "cpu"))
 
 
 def test_counts_and_check_tokens():
@@ -105,6 +156,9 @@ def test_counts_and_check_tokens():
     assert mb.expert_bytes(qwen, None) == 3 * 2048 * 768 * 2
     assert mb.expert_bytes(ds, "fp8_block") == 3 * 7168 * 2048 + 4 * (32 * 56 + 56 * 16)
     assert mb.layer_flops(qwen, 4) == 2 * 4 * 8 * (2 * 768 * 2048 + 2048 * 768)
+    oss = mb.MODELS["GPT-OSS-120B"]
+    assert mb.expert_bytes(oss, "mxfp4") == 3 * 2880 * 2880 // 2 + 3 * 2880 * 90 + 2 * 3 * 2880
+    assert mb.expert_bytes(oss, None) == 3 * 2880 * 2880 * 2 + 2 * 3 * 2880
     assert mb.check_tokens(5).tolist() == list(range(5))
     picked = mb.check_tokens(8192)
     assert len(picked) == mb.CHECK_TOKENS and picked[0] == 0 and picked[-1] == 8191
@@ -199,6 +253,46 @@ def test_a_disagreeing_or_failing_baseline_is_not_timed(cpu_suite, monkeypatch):
     assert "torch_us" not in row and row["not_timed"] == "torch" and row["us"] > 0
 
 
+def test_mxfp4_rows_time_ours_against_the_bf16_dequant_layer(cpu_suite):
+    baselines = ["torch", "flashinfer", "bf16_dequant", "eager"] if HAS_GROUPED_MM \
+        else ["flashinfer", "bf16_dequant"]
+    rows = _run(["layer"], baselines, quants=(None, "mxfp4"), models=(OSS,), tokens=(3, 70))
+    assert [(r["quant"], r["tokens"]) for r in rows] == [("bf16", 3), ("bf16", 70),
+                                                        ("mxfp4", 3), ("mxfp4", 70)]
+    for row in rows:
+        assert row["us"] > 0 and row["rel_err"] <= 2e-2
+        assert row["activation"] == "clamped_swiglu" and row["bias"] is True
+        assert "flashinfer" in row["note"] and "flashinfer_us" not in row
+        assert row["weight_gbps"] == pytest.approx(
+            row["experts_hit"] * mb.expert_bytes(OSS, None if row["quant"] == "bf16"
+                                                 else "mxfp4") / row["us"] / 1e3)
+        if HAS_GROUPED_MM:
+            assert row["vs_torch"] == pytest.approx(row["torch_us"] / row["us"])
+    for row in rows[2:]:
+        assert row["backend"] == "triton" and row["bf16_dequant_rel_err"] <= 2e-2
+        assert row["vs_bf16_dequant"] == pytest.approx(row["bf16_dequant_us"] / row["us"])
+        assert row.get("not_timed") is None
+        if HAS_GROUPED_MM:
+            assert "dequantized bf16" in row["note"]
+    assert "vs_bf16_dequant" not in rows[0] and "bf16_dequant_error" not in rows[0]
+    table = format_table(rows, suite.COLUMNS)
+    assert "mxfp4" in table and "x bf16 dequant" in table
+
+
+def test_a_wrong_bf16_dequant_twin_is_not_timed(cpu_suite, monkeypatch):
+    real = mb.dequantized_bf16
+
+    def broken(weights):
+        twin = real(weights)
+        twin.w2_bias = None  # a twin that drops a bias disagrees with the mxfp4 oracle
+        return twin
+
+    monkeypatch.setattr(mb, "dequantized_bf16", broken)
+    row = _run(["layer"], ["bf16_dequant"], quants=("mxfp4",), models=(OSS,), tokens=(9,))[0]
+    assert "disagrees" in row["bf16_dequant_error"] and "bf16_dequant_us" not in row
+    assert row["not_timed"] == "bf16_dequant" and row["us"] > 0
+
+
 def test_fp8_rows_of_a_model_off_the_128_grid_are_notes(cpu_suite):
     rows = _run(["layer"], [], quants=("fp8_block",), models=(AFTER,), tokens=(1, 8))
     assert [r["tokens"] for r in rows] == [1, 8]
@@ -231,10 +325,12 @@ def test_options_and_quick_args():
     parser = argparse.ArgumentParser()
     suite.add_arguments(parser)
     args = parser.parse_args(["--models", "DeepSeek-V3", "--ops", "layer", "--quant",
-                              "none", "fp8_block", "--record"])
-    assert args.models == ["DeepSeek-V3"] and args.quant == ["none", "fp8_block"]
+                              "none", "fp8_block", "mxfp4", "--record"])
+    assert args.models == ["DeepSeek-V3"] and args.quant == ["none", "fp8_block", "mxfp4"]
+    assert suite.QUANTS["mxfp4"] == "mxfp4"
     assert args.record and args.baselines == list(mb.BASELINES) + ["torch_fp8_row",
                                                                    "torch_bf16"]
+    assert "bf16_dequant" in args.baselines
     assert args.fp8_backend == ["table"] and args.per_expert is None
     quick = parser.parse_args(list(find_suite("moe").quick_args or ()))
     assert quick.models == ["Qwen3-30B-A3B"] and quick.tokens == [1, 128, 4096]

@@ -103,3 +103,61 @@ def test_every_candidate_is_a_valid_rule(params):
     from fuseinfer.ops.moe.moe_dispatch import MoeLaunchRule
 
     MoeLaunchRule(None, *params).validate("candidate")
+
+
+TINY_OSS = mb.MoeModel("tiny-oss", 8, 4, 160, 96, softmax_after_topk=True,
+                       activation="clamped_swiglu", bias=True, mxfp4=True)
+
+
+def test_tune_mxfp4_only_writes_the_mxfp4_rules(tmp_path, monkeypatch):
+    from fuseinfer.ops.moe.moe_dispatch import MOE_BUILTIN, Mxfp4LaunchRule
+
+    monkeypatch.setattr(tune, "BUCKETS", ((4, (2,)), (None, (9,))))
+    monkeypatch.setattr(tune, "MXFP4_CANDIDATES", ((16, 32, 256, 1, 4, 4),
+                                                   (32, 32, 64, 2, 4, 3)))
+    monkeypatch.setattr(tune, "buffer_sets", lambda *args, **kwargs: 2)
+    timed: list[int] = []
+
+    def host_timed(calls, config):
+        timed.append(len(calls))
+        return time_eager_cpu(lambda: [c() for c in calls], repeats=1)
+
+    monkeypatch.setattr(tune, "time_calls", host_timed)
+    monkeypatch.setattr(mb, "MODELS", {"tiny": TINY, "tiny-oss": TINY_OSS})
+    out = tmp_path / "cpu.json"
+    identity = argparse.Namespace(name="CPU test")
+    monkeypatch.setattr(tune, "tune_target", lambda args: TuneTarget(identity, 0, "cpu", out))
+    real_make = moe_inputs.make_inputs
+    monkeypatch.setattr(moe_inputs, "make_inputs",
+                        lambda model, t, count, hidden, device="cuda":
+                        real_make(model, t, count, hidden, "cpu"))
+    made: list[str | None] = []
+    real_weights = mb.make_weights
+
+    def weights(model, quant, device="cuda"):
+        made.append(quant)
+        return real_weights(model, quant, "cpu")
+
+    monkeypatch.setattr(mb, "make_weights", weights)
+    log = tmp_path / "log.json"
+    args = argparse.Namespace(models=None, output=out, log=log, quant=["mxfp4"])
+    assert tune.tune_command(args) == 0
+    assert made == ["mxfp4"]  # only the mxfp4 model, only mxfp4 weights
+    assert len(timed) == 2 * 2  # two candidates at two token counts, each checked first
+    parsed = parse_dataclass(MoeDispatch, json.loads(out.read_text())["ops"]["moe"], "moe")
+    assert parsed.rules == MOE_BUILTIN.rules and parsed.fp8_rules == MOE_BUILTIN.fp8_rules
+    assert parsed.source == MOE_BUILTIN.source  # the untuned parts keep the present entry
+    assert parsed.mxfp4_source.startswith("tuned on CPU test") and "mxfp4" in \
+        parsed.mxfp4_source and "tiny-oss" in parsed.mxfp4_source
+    assert all(isinstance(r, Mxfp4LaunchRule) for r in parsed.mxfp4_rules)
+    assert {r.block_k for r in parsed.mxfp4_rules} <= {256, 64}
+    assert parsed.mxfp4_rules[-1].max_tokens is None
+    timings = json.loads(log.read_text())["timings"]
+    assert {t["quant"] for t in timings} == {"mxfp4"} and all("us" in t for t in timings)
+
+
+@pytest.mark.parametrize("params", tune.MXFP4_CANDIDATES)
+def test_every_mxfp4_candidate_is_a_valid_rule(params):
+    from fuseinfer.ops.moe.moe_dispatch import Mxfp4LaunchRule
+
+    Mxfp4LaunchRule(None, *params).validate("candidate")

@@ -7,10 +7,15 @@ Baselines:
   compile  the same function under torch.compile (one static-shape graph per shape)
   torch    the layer as a torch pipeline: the routing given, rows sorted by expert
            (argsort, index_select), torch._grouped_mm through w13 and w2 with the experts'
-           end offsets, SiLU * up in torch, the routing weight applied and the rows summed
-           per token with index_add_ (bf16 only: torch has no blockwise-fp8 grouped GEMM)
+           end offsets (+ the experts' biases), the activation in torch, the routing weight
+           applied and the rows summed per token with index_add_ (bf16 weights: torch has
+           no blockwise-fp8 grouped GEMM; mxfp4 rows run it on the dequantized bf16 copy)
   flashinfer     the layer as FlashInfer's cutlass_fused_moe (bf16; fp8_block with its
            DeepSeek block scales, H and I multiples of 128), experts re-laid out once
+           (SiLU experts without biases only)
+  bf16_dequant   mxfp4 rows: the same MXFP4 experts dequantized to bf16 once (outside
+           timing) and run through fused_moe quant=None: what W4A16 saves over
+           dequantize-at-load
 
 Routing is checked by weights and by the ranking score of the chosen experts (not their
 ids: bf16 logits can tie, and then either expert is right).
@@ -20,21 +25,25 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from ..models.fp8_linear import quantize_blockwise
-from ..ops.moe.fused_moe import QUANT_BLOCK, dequantize_block_weights
+from ..ops.moe.fused_moe import QUANT_BLOCK
+from ..ops.moe.fused_moe_reference import activate, expert_weight
 from ..ops.moe.moe_fused_gate import reference_moe_fused_gate
 from ..ops.moe.topk_softmax import reference_topk_softmax
 from ..ops.quant.per_token_group_quant_fp8 import reference_per_token_group_quant_fp8
 
-BASELINES = ("eager", "compile", "torch", "flashinfer")
+BASELINES = ("eager", "compile", "torch", "flashinfer", "bf16_dequant")
 ROUTING_BASELINES = ("eager", "compile")
-LAYER_BASELINES = ("torch", "flashinfer")
+LAYER_BASELINES = ("torch", "flashinfer", "bf16_dequant")
 ROUTING_REL_ERR = 1e-3  # float32 weights of the same math
-LAYER_REL_ERR = {None: 2e-2, "fp8_block": 5e-2}  # bf16 intermediates; fp8 rounding flips
+# bf16 intermediates; fp8 rounding flips; mxfp4 weights are exact in bf16
+LAYER_REL_ERR = {None: 2e-2, "fp8_block": 5e-2, "mxfp4": 2e-2}
+MX_SCALES = (119, 122)  # E8M0 range of the random MXFP4 experts: weights ~ 1/sqrt(2880)
 CHECK_TOKENS = 64  # tokens compared with the float32 oracle (all of them up to this T)
 Routing = tuple[torch.Tensor, torch.Tensor]  # (weights float32 [T, k], ids int32 [T, k])
 
@@ -51,6 +60,9 @@ class MoeModel:
     groups: int = 0  # > 0: moe_fused_gate's grouped routing
     topk_group: int = 0
     scaling: float = 1.0  # routed_scaling_factor, applied to the weights
+    activation: str = "silu"  # "clamped_swiglu": GPT-OSS (alpha 1.702, limit 7)
+    bias: bool = False  # experts with biases (w13_bias [E, 2I], w2_bias [E, H], bf16)
+    mxfp4: bool = False  # the checkpoint ships MXFP4 experts (tune moe's mxfp4 models)
 
     @property
     def router(self) -> str:
@@ -59,7 +71,10 @@ class MoeModel:
 
 MODELS = {m.name: m for m in (
     MoeModel("Qwen3-30B-A3B", 128, 8, 2048, 768, renormalize=True),
-    MoeModel("GPT-OSS-20B", 32, 4, 2880, 2880, softmax_after_topk=True),
+    MoeModel("GPT-OSS-20B", 32, 4, 2880, 2880, softmax_after_topk=True,
+             activation="clamped_swiglu", bias=True, mxfp4=True),
+    MoeModel("GPT-OSS-120B", 128, 4, 2880, 2880, softmax_after_topk=True,
+             activation="clamped_swiglu", bias=True, mxfp4=True),
     MoeModel("DeepSeek-V3", 256, 8, 7168, 2048, groups=8, topk_group=4, scaling=2.5),
 )}
 
@@ -148,13 +163,26 @@ def routing_rel_err(model: MoeModel, logits: torch.Tensor, bias: torch.Tensor,
 # ---- the layer ---------------------------------------------------------------------------
 @dataclass
 class LayerWeights:
-    """One MoE layer's experts in fused_moe's layout (fp8_block: with 128 x 128 scales)."""
+    """One MoE layer's experts in fused_moe's layout (fp8_block: with 128 x 128 scales;
+    mxfp4: packed [E, N, K/2] with E8M0 [E, N, K/32]), their biases and activation."""
 
     w13: torch.Tensor  # [E, 2I, H]
     w2: torch.Tensor  # [E, H, I]
     quant: str | None = None
     w13_scales: torch.Tensor | None = None
     w2_scales: torch.Tensor | None = None
+    w13_bias: torch.Tensor | None = None
+    w2_bias: torch.Tensor | None = None
+    activation: str = "silu"
+
+    @property
+    def inner(self) -> int:
+        return self.w13.shape[1] // 2
+
+    def op_kwargs(self) -> dict[str, Any]:
+        """fused_moe's keyword arguments for these experts."""
+        return dict(quant=self.quant, w13_scales=self.w13_scales, w2_scales=self.w2_scales,
+                    w13_bias=self.w13_bias, w2_bias=self.w2_bias, activation=self.activation)
 
 
 def _quantized(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -163,28 +191,63 @@ def _quantized(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.stack([q for q, _ in pairs]), torch.stack([s for _, s in pairs])
 
 
+def _random_mxfp4(e: int, n: int, k: int, device: torch.device | str
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random MXFP4 experts: every code byte, scales in MX_SCALES."""
+    codes = torch.randint(0, 256, (e, n, k // 2), dtype=torch.uint8, device=device)
+    scales = torch.randint(MX_SCALES[0], MX_SCALES[1] + 1, (e, n, k // 32),
+                           dtype=torch.uint8, device=device)
+    return codes, scales
+
+
 def make_weights(model: MoeModel, quant: str | None, device: torch.device | str = "cuda"
                  ) -> LayerWeights:
-    """Random experts scaled so activations stay O(1) (bf16; fp8_block: quantized once)."""
+    """Random experts scaled so activations stay O(1) (bf16; fp8_block: quantized once;
+    mxfp4: random codes and scales), with the model's biases and activation."""
     e, h, i = model.experts, model.hidden, model.inter
+    extra: dict[str, Any] = {"activation": model.activation}
+    if model.bias:
+        extra["w13_bias"] = torch.randn(e, 2 * i, device=device, dtype=torch.bfloat16)
+        extra["w2_bias"] = torch.randn(e, h, device=device, dtype=torch.bfloat16).mul_(0.1)
+    if quant == "mxfp4":
+        (q13, s13), (q2, s2) = _random_mxfp4(e, 2 * i, h, device), _random_mxfp4(e, h, i, device)
+        return LayerWeights(q13, q2, quant, s13, s2, **extra)
     w13 = torch.randn(e, 2 * i, h, device=device, dtype=torch.bfloat16).mul_(h ** -0.5)
     w2 = torch.randn(e, h, i, device=device, dtype=torch.bfloat16).mul_(i ** -0.5)
     if quant != "fp8_block":
-        return LayerWeights(w13, w2)
+        return LayerWeights(w13, w2, **extra)
     q13, s13 = _quantized(w13)
     del w13
     q2, s2 = _quantized(w2)
-    return LayerWeights(q13, q2, quant, s13, s2)
+    return LayerWeights(q13, q2, quant, s13, s2, **extra)
+
+
+def dequantized_bf16(weights: LayerWeights) -> LayerWeights:
+    """MXFP4 experts dequantized to bf16 once, expert by expert (exact: every MXFP4 value
+    is a bf16), with the same biases and activation: the dequantize-at-load layer."""
+    assert weights.quant == "mxfp4"
+
+    def bf16(w: torch.Tensor, s: torch.Tensor | None) -> torch.Tensor:
+        return torch.stack([expert_weight(w, s, e, "mxfp4").to(torch.bfloat16)
+                            for e in range(w.shape[0])])
+
+    return LayerWeights(bf16(weights.w13, weights.w13_scales),
+                        bf16(weights.w2, weights.w2_scales), None, None, None,
+                        weights.w13_bias, weights.w2_bias, weights.activation)
 
 
 def expert_bytes(model: MoeModel, quant: str | None) -> int:
-    """Bytes of one expert's w13 and w2 (with their scales for fp8_block)."""
+    """Bytes of one expert's w13 and w2 (with their scales for fp8_block and mxfp4, and
+    the bf16 biases of a model that has them)."""
     h, i = model.hidden, model.inter
+    bias = 2 * (2 * i + h) if model.bias else 0
     if quant == "fp8_block":
         scales = 4 * (-(-2 * i // QUANT_BLOCK) * (h // QUANT_BLOCK)
                       + -(-h // QUANT_BLOCK) * (i // QUANT_BLOCK))
-        return 3 * h * i + scales
-    return 3 * h * i * 2
+        return 3 * h * i + scales + bias
+    if quant == "mxfp4":
+        return 3 * h * i // 2 + 3 * h * i // 32 + bias
+    return 3 * h * i * 2 + bias
 
 
 def layer_flops(model: MoeModel, tokens: int) -> int:
@@ -203,22 +266,21 @@ def reference_layer(hidden: torch.Tensor, weights: LayerWeights, topk_weights: t
     experts are ever held in float32), for the tokens given."""
     fp8 = weights.quant == "fp8_block"
     x = _quant_dequant(hidden.float()) if fp8 else hidden.float()
-    inner = weights.w2.shape[2]
     out = torch.zeros(x.shape, dtype=torch.float32, device=hidden.device)
     for e in topk_ids.unique().tolist():
         if not 0 <= e < weights.w13.shape[0]:
             continue
         token, slot = (topk_ids == e).nonzero(as_tuple=True)
-        w13, w2 = weights.w13[e:e + 1], weights.w2[e:e + 1]
-        if fp8:
-            assert weights.w13_scales is not None and weights.w2_scales is not None
-            w13 = dequantize_block_weights(w13, weights.w13_scales[e:e + 1])
-            w2 = dequantize_block_weights(w2, weights.w2_scales[e:e + 1])
-        gate_up = x[token] @ w13[0].float().t()
-        act = F.silu(gate_up[:, :inner]) * gate_up[:, inner:]
+        w13 = expert_weight(weights.w13, weights.w13_scales, e, weights.quant)
+        gate_up = x[token] @ w13.t()
+        if weights.w13_bias is not None:
+            gate_up = gate_up + weights.w13_bias[e].float()
+        act = activate(gate_up, weights.activation)
         if fp8:
             act = _quant_dequant(act)
-        y = act @ w2[0].float().t()
+        y = act @ expert_weight(weights.w2, weights.w2_scales, e, weights.quant).t()
+        if weights.w2_bias is not None:
+            y = y + weights.w2_bias[e].float()
         out.index_add_(0, token, y * topk_weights[token, slot].float()[:, None])
     return out
 
@@ -239,15 +301,26 @@ def layer_rel_err(out: torch.Tensor, hidden: torch.Tensor, weights: LayerWeights
     return rel_err(out[idx], want)
 
 
+def _torch_activation(gate_up: torch.Tensor, activation: str) -> torch.Tensor:
+    """The activation as a model's torch code writes it, in the activations' dtype."""
+    inner = gate_up.shape[-1] // 2
+    gate, up = gate_up[:, :inner], gate_up[:, inner:]
+    if activation == "clamped_swiglu":  # GPT-OSS: alpha 1.702, limit 7
+        g, u = gate.clamp(max=7.0), up.clamp(-7.0, 7.0)
+        return (u + 1) * g * torch.sigmoid(1.702 * g)
+    return F.silu(gate) * up
+
+
 def torch_layer(weights: LayerWeights) -> Callable[[torch.Tensor, Routing], torch.Tensor]:
-    """The torch pipeline for bf16 weights (raises for fp8_block, or where this torch has
-    no _grouped_mm: the row records the text)."""
+    """The torch pipeline for bf16 weights (raises for quantized ones, or where this torch
+    has no _grouped_mm: the row records the text)."""
     if weights.quant is not None:
         raise NotImplementedError("torch pipeline: bf16 weights only")
     grouped_mm = getattr(torch, "_grouped_mm", None)
     if grouped_mm is None:
         raise NotImplementedError(f"torch {torch.__version__} has no torch._grouped_mm")
-    e, inner = weights.w13.shape[0], weights.w2.shape[2]
+    e = weights.w13.shape[0]
+    b13, b2 = weights.w13_bias, weights.w2_bias
     # [E, K, N] views with column-major last two dims, as _grouped_mm wants its mat_b
     w13_t, w2_t = weights.w13.transpose(1, 2), weights.w2.transpose(1, 2)
 
@@ -261,9 +334,14 @@ def torch_layer(weights: LayerWeights) -> Callable[[torch.Tensor, Routing], torc
                                                             dtype=flat.dtype), right=True)
         offs = ends.to(torch.int32)
         token = order // k
+        expert = flat[order].clamp(0, e - 1).long()  # rows past the experts: never summed
         gate_up = grouped_mm(hidden.index_select(0, token), w13_t, offs=offs)
-        act = F.silu(gate_up[:, :inner]) * gate_up[:, inner:]
+        if b13 is not None:
+            gate_up = gate_up + b13.index_select(0, expert)
+        act = _torch_activation(gate_up, weights.activation)
         y = grouped_mm(act, w2_t, offs=offs).float()
+        if b2 is not None:
+            y = y + b2.index_select(0, expert).float()
         y = y * topk_weights.reshape(-1).index_select(0, order)[:, None]
         out = torch.zeros(hidden.shape, dtype=torch.float32, device=hidden.device)
         return out.index_add_(0, token, y).to(hidden.dtype)
@@ -293,8 +371,14 @@ def _up_then_gate(w: torch.Tensor) -> torch.Tensor:
 
 def flashinfer_weights(weights: LayerWeights) -> FlashinferWeights:
     """Our experts re-laid out for cutlass_fused_moe (raises where it has no layout for
-    them: fp8_block needs H and I multiples of 128)."""
+    them: fp8_block needs H and I multiples of 128; SiLU experts without biases only)."""
     inner, hidden = weights.w2.shape[2], weights.w2.shape[1]
+    if weights.activation != "silu" or weights.w13_bias is not None \
+            or weights.w2_bias is not None:
+        raise NotImplementedError("flashinfer baseline: SiLU experts without biases only "
+                                  "(not wired for GPT-OSS's clamped SwiGLU and biases)")
+    if weights.quant not in (None, "fp8_block"):
+        raise NotImplementedError(f"flashinfer baseline: no {weights.quant} layout wired")
     if weights.quant is None:
         return FlashinferWeights(_up_then_gate(weights.w13), weights.w2.contiguous())
     if inner % QUANT_BLOCK or hidden % QUANT_BLOCK:

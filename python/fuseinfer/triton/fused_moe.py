@@ -9,7 +9,12 @@ are masked. Tiles past num_tokens_post_padded exit at once: the grid is sized fr
 shapes, so it is the same in every CUDA-graph replay. With QUANT, A and B are float8_e4m3fn
 with per-row 128-group scales on A and 128 x 128 block scales on B; a k step (BLOCK_K
 divides 128) lies in one scale group, its partial product scaled into the fp32 accumulator.
-With MUL_WEIGHT each row is scaled by its routing weight before the store.
+With QUANT == QUANT_MXFP4 (W4A16), B is uint8 [E, N, K/2] (two E2M1 codes per byte, the
+even element in the low nibble) with E8M0 scales uint8 [E, N, K/32]: each k step loads the
+packed [BLOCK_N, BLOCK_K/2] bytes and their scales, decodes them in registers (mxfp4.py) to
+A's dtype and runs a plain dot (BLOCK_K a multiple of 32; K tails masked to zero).
+With HAS_BIAS the row's expert's bias BIAS[e, n] (fp32 after load) is added to the fp32
+accumulator; with MUL_WEIGHT each row is then scaled by its routing weight before the store.
 
 Combine: out[t] = sum over the slots j of t with an id in [0, E) of Y[t * k + j], in fp32.
 """
@@ -19,21 +24,26 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from .mxfp4 import mxfp4_tile
+
 DOT_NATIVE = 0  # bf16/fp16 tensor cores; fp8 tensor cores (sm_89+)
 DOT_BF16 = 1    # fp8 operands widened to bf16 (exact) for GPUs without fp8 dots
 DOT_FP32 = 2    # fp32 operands, IEEE products: fp32 inputs and the interpreter
+QUANT_NONE = 0
+QUANT_FP8 = 1    # fp8_block: fp8 A and B, 128-group scales
+QUANT_MXFP4 = 2  # mxfp4 weights, bf16/fp16/fp32 A
 
 
 @triton.jit
-def fused_moe_gemm_kernel(A, B, C, AS, BS, W, SORTED, EXPERT_IDS, NUM_POST,
+def fused_moe_gemm_kernel(A, B, C, AS, BS, W, BIAS, SORTED, EXPERT_IDS, NUM_POST,
                           N, K, num_rows, a_div, top_k, num_m_blocks,
                           stride_am, stride_be, stride_bn, stride_cm,
                           stride_as_m, stride_as_k, stride_bs_e, stride_bs_n, stride_bs_k,
-                          stride_w_t, stride_w_j,
+                          stride_w_t, stride_w_j, stride_bias_e,
                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                           BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-                          QUANT: tl.constexpr, MUL_WEIGHT: tl.constexpr, DOT: tl.constexpr,
-                          USE_PDL: tl.constexpr):
+                          QUANT: tl.constexpr, MUL_WEIGHT: tl.constexpr,
+                          HAS_BIAS: tl.constexpr, DOT: tl.constexpr, USE_PDL: tl.constexpr):
     # grouped order: GROUP_M row tiles walk the N tiles together, so weight tiles of one
     # expert are reused from L2
     pid = tl.program_id(0)
@@ -56,22 +66,37 @@ def fused_moe_gemm_kernel(A, B, C, AS, BS, W, SORTED, EXPERT_IDS, NUM_POST,
     n_ok = rn < N
     rk = tl.arange(0, BLOCK_K)
     a_ptrs = A + a_rows[:, None] * stride_am + rk[None, :]
-    b_ptrs = B + expert * stride_be + rn[None, :].to(tl.int64) * stride_bn + rk[:, None]
-    if QUANT:
+    if QUANT == 2:
+        # [BLOCK_N, BLOCK_K/2] packed bytes and [BLOCK_N, BLOCK_K/32] scales, K contiguous
+        rkb = tl.arange(0, BLOCK_K // 2)
+        rks = tl.arange(0, BLOCK_K // 32)
+        b_ptrs = B + expert * stride_be + rn[:, None].to(tl.int64) * stride_bn + rkb[None, :]
+        bs_ptrs = (BS + expert * stride_bs_e + rn[:, None].to(tl.int64) * stride_bs_n
+                   + rks[None, :] * stride_bs_k)
+    else:
+        b_ptrs = B + expert * stride_be + rn[None, :].to(tl.int64) * stride_bn + rk[:, None]
+    if QUANT == 1:
         as_ptrs = AS + a_rows * stride_as_m
         bs_ptrs = BS + expert * stride_bs_e + (rn // 128) * stride_bs_n
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         k_ok = k0 + rk < K
         a = tl.load(a_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-        b = tl.load(b_ptrs, mask=k_ok[:, None] & n_ok[None, :], other=0.0)
+        if QUANT == 2:
+            kb_ok = k0 // 2 + rkb < K // 2
+            packed = tl.load(b_ptrs, mask=n_ok[:, None] & kb_ok[None, :], other=0)
+            ks_ok = k0 // 32 + rks < K // 32
+            sc = tl.load(bs_ptrs, mask=n_ok[:, None] & ks_ok[None, :], other=127)
+            b = tl.trans(mxfp4_tile(packed, sc, BLOCK_N, BLOCK_K, A.dtype.element_ty))
+        else:
+            b = tl.load(b_ptrs, mask=k_ok[:, None] & n_ok[None, :], other=0.0)
         if DOT == 0:
             part = tl.dot(a, b)
         elif DOT == 1:
             part = tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16))
         else:
             part = tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
-        if QUANT:
+        if QUANT == 1:
             group = k0 // 128
             sa = tl.load(as_ptrs + group * stride_as_k, mask=row_ok, other=0.0)
             sb = tl.load(bs_ptrs + group * stride_bs_k, mask=n_ok, other=0.0)
@@ -79,9 +104,16 @@ def fused_moe_gemm_kernel(A, B, C, AS, BS, W, SORTED, EXPERT_IDS, NUM_POST,
         else:
             acc += part
         a_ptrs += BLOCK_K
-        b_ptrs += BLOCK_K
+        if QUANT == 2:
+            b_ptrs += BLOCK_K // 2
+            bs_ptrs += (BLOCK_K // 32) * stride_bs_k
+        else:
+            b_ptrs += BLOCK_K
     if USE_PDL:
         tl.extra.cuda.gdc_launch_dependents()
+    if HAS_BIAS:
+        bias = tl.load(BIAS + expert * stride_bias_e + rn, mask=n_ok, other=0.0)
+        acc += bias.to(tl.float32)[None, :]
     if MUL_WEIGHT:
         w = tl.load(W + (rows // top_k) * stride_w_t + (rows % top_k) * stride_w_j,
                     mask=row_ok, other=0.0)

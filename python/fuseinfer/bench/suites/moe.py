@@ -1,5 +1,6 @@
-"""`fuseinfer bench moe`: the MoE ops on real model shapes (Qwen3-30B-A3B, GPT-OSS-20B,
-DeepSeek-V3) at decode and prefill token counts, one row per (op, model, tokens):
+"""`fuseinfer bench moe`: the MoE ops on real model shapes (Qwen3-30B-A3B, GPT-OSS-20B and
+-120B (clamped SwiGLU experts with biases), DeepSeek-V3) at decode and prefill token counts,
+one row per (op, model, tokens):
 
   routing  topk_softmax (Qwen3: renormalize; GPT-OSS: softmax_after_topk) or moe_fused_gate
            (DeepSeek-V3: 8 groups, 4 kept, routed_scaling_factor 2.5 on the weights)
@@ -8,7 +9,10 @@ DeepSeek-V3) at decode and prefill token counts, one row per (op, model, tokens)
   layer    fused_moe (bf16; fp8_block with --quant: weights quantized per 128 x 128 block
            once, outside timing) against a torch pipeline around torch._grouped_mm; the
            fp8 rows once per --fp8-backend (table: the `moe` entry's choice; triton;
-           cutlass: the grouped GEMM path, sm_90a)
+           cutlass: the grouped GEMM path, sm_90a). --quant mxfp4: random MXFP4 experts
+           through the W4A16 grouped GEMM against the same experts dequantized to bf16
+           once and run through fused_moe quant=None (bf16_dequant: "x bf16 dequant", the
+           W4A16 speedup) and the torch pipeline on that bf16 copy
   grouped  fp8_blockwise_grouped_mm on the w13 shape with --per-expert rows per expert
            against torch._scaled_grouped_mm (rowwise fp8) and torch._grouped_mm (bf16)
            (bench/moe_grouped.py; not in the default ops: DeepSeek-V3's 256 experts take
@@ -52,7 +56,7 @@ TOKENS = (1, 8, 32, 128, 512, 2048, 8192)
 OPS = ("routing", "align", "layer", "grouped")
 DEFAULT_OPS = ("routing", "align", "layer")
 FP8_BACKENDS = ("table", "triton", "cutlass")
-QUANTS: dict[str, str | None] = {"none": None, "fp8_block": "fp8_block"}
+QUANTS: dict[str, str | None] = {"none": None, "fp8_block": "fp8_block", "mxfp4": "mxfp4"}
 FLASHINFER_NOTE = "flashinfer: not importable (docs/moe.md)"
 
 COLUMNS = [
@@ -74,6 +78,7 @@ COLUMNS = [
     Column("vs_torch_fp8_row", "x torch fp8 row", "{:.2f}"),
     Column("vs_torch_bf16", "x torch bf16", "{:.2f}"),
     Column("vs_flashinfer", "x flashinfer", "{:.2f}"),
+    Column("vs_bf16_dequant", "x bf16 dequant", "{:.2f}"),
     Column("rel_err", "rel err", "{:.1e}"),
     Column("timing", "timing", align="<"),
     Column("torch_timing", "torch timing", align="<"),
@@ -214,9 +219,12 @@ def measure_align(model: mb.MoeModel, tokens: int, quant: str | None, config: Ti
 def measure_layer(model: mb.MoeModel, tokens: int, weights: mb.LayerWeights,
                   wanted: Sequence[str], config: TimingConfig, copy_gbps: float | None,
                   pdl: bool | None, device: torch.device | str = "cuda",
-                  flashinfer: FlashinferLayer | None = None) -> dict[str, Any]:
+                  flashinfer: FlashinferLayer | None = None,
+                  dequant: mb.LayerWeights | None = None) -> dict[str, Any]:
     """`flashinfer`: the baseline prepared once for this model and quant (see
-    prepare_flashinfer), or None when it is not wanted."""
+    prepare_flashinfer), or None when it is not wanted. `dequant`: for mxfp4 weights, the
+    same experts dequantized to bf16 (mb.dequantized_bf16; the bf16_dequant and torch
+    baselines run on it), or None."""
     from ...ops.moe.fused_moe import fused_moe
 
     quant = weights.quant
@@ -231,12 +239,12 @@ def measure_layer(model: mb.MoeModel, tokens: int, weights: mb.LayerWeights,
         "quant": quant or "bf16", "shape": quant or "bf16",
         "block_m": dispatched_block_m(tokens, quant), "experts": model.experts,
         "topk": model.topk, "hidden": model.hidden, "inter": model.inter,
+        "activation": weights.activation, "bias": weights.w13_bias is not None,
         "experts_hit": hit, "weight_bytes": hit * per_expert, "rotated_sets": len(sets)}
 
     def ours(s: Inputs) -> None:
-        fused_moe(s.hidden, weights.w13, weights.w2, s.weights, s.ids, quant=quant,
-                  w13_scales=weights.w13_scales, w2_scales=weights.w2_scales,
-                  enable_pdl=pdl, out=s.out)
+        fused_moe(s.hidden, weights.w13, weights.w2, s.weights, s.ids, enable_pdl=pdl,
+                  out=s.out, **weights.op_kwargs())
 
     tol = mb.LAYER_REL_ERR[quant]
     try:
@@ -255,9 +263,14 @@ def measure_layer(model: mb.MoeModel, tokens: int, weights: mb.LayerWeights,
     row["tflops"] = mb.layer_flops(model, tokens) / row["us"] / 1e6
     names = [n for n in wanted if n in mb.LAYER_BASELINES]
     notes = []
-    if "torch" in names and quant is not None:
+    if "bf16_dequant" in names and (quant != "mxfp4" or dequant is None):
+        names.remove("bf16_dequant")  # only mxfp4 rows have a dequantize-at-load twin
+    torch_weights = dequant if quant == "mxfp4" else weights
+    if "torch" in names and (torch_weights is None or torch_weights.quant is not None):
         notes.append("torch pipeline: bf16 rows only")
         names.remove("torch")
+    elif "torch" in names and quant == "mxfp4":
+        notes.append("torch pipeline: on the dequantized bf16 experts")
     if "flashinfer" in names:
         if flashinfer is None or flashinfer.note is not None:
             notes.append(FLASHINFER_NOTE if flashinfer is None else flashinfer.note)
@@ -266,12 +279,16 @@ def measure_layer(model: mb.MoeModel, tokens: int, weights: mb.LayerWeights,
             _time_flashinfer(row, flashinfer, sets, weights, tol, config)
             if "flashinfer_error" in row:
                 notes.append(f"flashinfer: {row['flashinfer_error']}")
+    if "bf16_dequant" in names:
+        assert dequant is not None
+        _time_bf16_dequant(row, dequant, sets, weights, pdl, tol, config)
     if "torch" in names:
+        assert torch_weights is not None
         # built inside the check, so a torch without _grouped_mm lands in torch_error
         pipeline: list[Callable[[torch.Tensor, mb.Routing], torch.Tensor]] = []
 
         def check() -> float:
-            pipeline.append(mb.torch_layer(weights))
+            pipeline.append(mb.torch_layer(torch_weights))
             got = pipeline[0](s0.hidden, (s0.weights, s0.ids))
             return mb.layer_rel_err(got, s0.hidden, weights, (s0.weights, s0.ids))
 
@@ -280,6 +297,30 @@ def measure_layer(model: mb.MoeModel, tokens: int, weights: mb.LayerWeights,
             for s in sets], config, row["us"])
     row["note"] = "; ".join(notes) or None
     return _finish(row, names)
+
+
+def _time_bf16_dequant(row: dict[str, Any], dequant: mb.LayerWeights, sets: list[Inputs],
+                       weights: mb.LayerWeights, pdl: bool | None, tol: float,
+                       config: TimingConfig) -> None:
+    """fused_moe quant=None on the bf16 copy of the MXFP4 experts (dequantize-at-load),
+    checked against the MXFP4 reference (the same values), each set into its own output."""
+    from ...ops.moe.fused_moe import fused_moe
+
+    outs = [torch.empty_like(s.out) for s in sets]
+    s0 = sets[0]
+
+    def call(s: Inputs, out: torch.Tensor) -> torch.Tensor:
+        return fused_moe(s.hidden, dequant.w13, dequant.w2, s.weights, s.ids, enable_pdl=pdl,
+                         out=out, **dequant.op_kwargs())
+
+    def check() -> float:
+        outs[0].fill_(float("nan"))
+        got = call(s0, outs[0])
+        return mb.layer_rel_err(got, s0.hidden, weights, (s0.weights, s0.ids))
+
+    _time_checked(row, "bf16_dequant", check, tol, lambda: [
+        lambda s=s, o=o: call(s, o) for s, o in zip(sets, outs, strict=True)],
+        config, row["us"])
 
 
 class FlashinferLayer:
@@ -335,7 +376,7 @@ def run(models: Sequence[mb.MoeModel], tokens: Sequence[int], ops: Sequence[str]
     built once per model and quant, outside timing; fp8 once per backend), then the
     grouped-GEMM rows per rows-per-expert."""
     config = config or TimingConfig(repeats=15, target_graph_ms=2.0)
-    layer_sets = sum(len(fp8_backends) if q else 1 for q in quants)
+    layer_sets = sum(len(fp8_backends) if q == "fp8_block" else 1 for q in quants)
     steps = len(models) * (len(tokens) * (sum(op in ("routing", "align") for op in ops)
                                           + ("layer" in ops) * layer_sets)
                            + ("grouped" in ops) * len(per_expert))
@@ -348,33 +389,38 @@ def run(models: Sequence[mb.MoeModel], tokens: Sequence[int], ops: Sequence[str]
                                           device, progress)
                     continue
                 for quant in quants if op == "layer" else [None]:
-                    if quant == "fp8_block" and model.hidden % 128 + model.inter % 128:
+                    grid = {"fp8_block": 128, "mxfp4": 32}.get(quant or "", 1)
+                    if (model.hidden % grid or model.inter % grid) and op == "layer":
                         for t in tokens:
-                            progress.step(f"layer {model.name} tokens={t} fp8_block: not run")
+                            progress.step(f"layer {model.name} tokens={t} {quant}: not run")
                             rows.append({"op": "fused_moe", "kind": "layer",
                                          "model": model.name, "tokens": t, "quant": quant,
-                                         "shape": quant, "note": "fp8_block needs H and I "
-                                         f"multiples of 128 (H={model.hidden}, "
+                                         "shape": quant, "note": f"{quant} needs H and I "
+                                         f"multiples of {grid} (H={model.hidden}, "
                                          f"I={model.inter})"})
                         continue
                     weights = mb.make_weights(model, quant, device) if op == "layer" else None
                     fi = (prepare_flashinfer(weights, model.topk, max(tokens))
                           if weights is not None and "flashinfer" in wanted else None)
-                    for backend in fp8_backends if weights is not None and quant else [None]:
+                    dequant = (mb.dequantized_bf16(weights) if quant == "mxfp4"
+                               and weights is not None
+                               and {"bf16_dequant", "torch"} & set(wanted) else None)
+                    fp8 = weights is not None and quant == "fp8_block"
+                    for backend in fp8_backends if fp8 else [None]:
                         for t in tokens:
                             progress.step(f"{op} {model.name} tokens={t} {quant or ''} "
                                           f"{backend or ''}".strip())
                             if weights is not None:
                                 rows.append(_layer_row(model, t, weights, wanted, config,
                                                        copy_gbps, enable_pdl, device, backend,
-                                                       fi))
+                                                       fi, dequant))
                             elif op == "routing":
                                 rows.append(measure_routing(model, t, wanted, config, cold,
                                                             enable_pdl, device))
                             else:
                                 rows.append(measure_align(model, t, None, config, cold,
                                                           enable_pdl, device))
-                    del weights, fi
+                    del weights, fi, dequant
                     if torch.cuda.is_available():
                         torch.cuda.empty_cache()  # the next model's experts may be larger
     return rows
@@ -383,7 +429,8 @@ def run(models: Sequence[mb.MoeModel], tokens: Sequence[int], ops: Sequence[str]
 def _layer_row(model: mb.MoeModel, tokens: int, weights: mb.LayerWeights,
                wanted: Sequence[str], config: TimingConfig, copy_gbps: float | None,
                pdl: bool | None, device: torch.device | str, backend: str | None,
-               flashinfer: FlashinferLayer | None = None) -> dict[str, Any]:
+               flashinfer: FlashinferLayer | None = None,
+               dequant: mb.LayerWeights | None = None) -> dict[str, Any]:
     """A layer row; an fp8 one under `backend` ("table": the entry's own choice)."""
     from ...ops.moe.fp8_blockwise_grouped_mm import cutlass_grouped_runs
     from ...ops.moe.moe_dispatch import effective, forced_fp8_backend
@@ -391,8 +438,10 @@ def _layer_row(model: mb.MoeModel, tokens: int, weights: mb.LayerWeights,
     forced = None if backend in (None, "table") else backend
     with forced_fp8_backend(forced):
         row = measure_layer(model, tokens, weights, wanted, config, copy_gbps, pdl, device,
-                            flashinfer)
-        if weights.quant:
+                            flashinfer, dequant)
+        if weights.quant == "mxfp4":
+            row["backend"] = "triton"
+        elif weights.quant:
             index = torch.device(device).index if torch.device(device).type == "cuda" else None
             config = effective(index).fp8_grouped_config(tokens * model.topk)
             # the layer's hidden states are bf16: the GPU alone decides (as fused_moe does)
@@ -431,15 +480,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         default=list(mb.BASELINES) + list(moe_grouped.GROUPED_BASELINES),
                         help="baselines timed in the same run (eager, compile: routing; "
                         "torch, flashinfer: the layer (flashinfer: cutlass_fused_moe, on SM90 "
-                        "a trimmed module built on first use); torch_fp8_row, torch_bf16: "
-                        "grouped)")
+                        "a trimmed module built on first use); bf16_dequant: mxfp4 layer rows, "
+                        "the experts dequantized to bf16 once through fused_moe; "
+                        "torch_fp8_row, torch_bf16: grouped)")
     parser.add_argument("--fp8-backend", nargs="+", choices=FP8_BACKENDS, default=["table"],
                         help="the fp8 layer rows' path, once each (table: the entry's)")
     parser.add_argument("--per-expert", nargs="+", type=int,
                         help="rows per expert of the grouped rows (default: "
                         f"{' '.join(map(str, moe_grouped.PER_EXPERT))})")
     parser.add_argument("--quant", nargs="+", choices=list(QUANTS), default=["none"],
-                        help="the layer's weights: none (bf16) and/or fp8_block")
+                        help="the layer's weights: none (bf16), fp8_block and/or mxfp4 "
+                        "(W4A16; GPT-OSS: --models GPT-OSS-20B GPT-OSS-120B)")
     add_run_options(parser, "moe")
 
 
@@ -480,10 +531,12 @@ def add_tune_arguments(parser: argparse.ArgumentParser) -> None:
 
 register_suite(Suite(
     name="moe", help="MoE routing (topk_softmax, moe_fused_gate), moe_align_block_size and "
-    "fused_moe (bf16, fp8_block) on Qwen3-30B-A3B, GPT-OSS-20B and DeepSeek-V3 against "
-    "torch (eager, torch.compile, a _grouped_mm pipeline)", run=run_command,
+    "fused_moe (bf16, fp8_block, mxfp4) on Qwen3-30B-A3B, GPT-OSS-20B/120B and DeepSeek-V3 "
+    "against torch (eager, torch.compile, a _grouped_mm pipeline) and, for mxfp4, the "
+    "dequantize-at-load bf16 layer", run=run_command,
     add_arguments=add_arguments, records="moe",
     quick_args=("--models", "Qwen3-30B-A3B", "--tokens", "1", "128", "4096"),
-    tune=Tuner(help="fused_moe's Triton block sizes per token bucket and the fp8 path (Triton "
-               "or a CUTLASS grouped configuration) per routed-rows bucket (the moe entry)",
+    tune=Tuner(help="fused_moe's Triton block sizes per token bucket (bf16, fp8_block, mxfp4) "
+               "and the fp8 path (Triton or a CUTLASS grouped configuration) per routed-rows "
+               "bucket (the moe entry)",
                run=tune_command, add_arguments=add_tune_arguments)))

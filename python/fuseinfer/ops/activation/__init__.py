@@ -1,4 +1,5 @@
-"""Activation family (Triton): silu_and_mul (SwiGLU in one pass)."""
+"""Activation family (Triton): silu_and_mul (SwiGLU in one pass) and clamped_swiglu_and_mul
+(GPT-OSS's clamped SwiGLU)."""
 
 from __future__ import annotations
 

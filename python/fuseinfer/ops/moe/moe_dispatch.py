@@ -8,7 +8,12 @@ M tiles that walk the N tiles together (L2 reuse of weight tiles). Rules are tri
 by the token count T (not T * k: the routing spreads T * k rows over the experts, so T is
 what bounds the rows per expert in decode); the last has max_tokens null. `rules` serve
 the bf16/fp16/fp32 path, `fp8_rules` quant="fp8_block" (block_k divides 128 there, so a
-k step lies in one scale group).
+k step lies in one scale group), `mxfp4_rules` quant="mxfp4" (block_k a power of two in
+[32, 256]: whole 32-element scale blocks per k step; the weight tile is dequantized in the
+kernel, so a larger k step amortizes the decode). `mxfp4_source` says where the mxfp4 rules
+come from: they are tuned separately (`fuseinfer tune moe --quant mxfp4`), and a table
+written before them runs the built-in guesses below. Biases and clamped_swiglu take the
+rules of their quant (the bias is one epilogue add, the activation its own kernel).
 
 `fp8_backend` "cutlass" runs the FP8 experts through fp8_blockwise_grouped_mm (sm_90a; other
 GPUs fall back to Triton) with the configuration of the first `fp8_grouped` rule whose
@@ -60,14 +65,27 @@ class MoeLaunchRule:
 
     def validate(self, where: str) -> None:
         check_bound(self.max_tokens, where)
+        _check_pow2(self.block_k, 16, 128, f"{where}.block_k")
+        self.validate_tiles(where)
+
+    def validate_tiles(self, where: str) -> None:
         _check_pow2(self.block_m, 16, 256, f"{where}.block_m")
         _check_pow2(self.block_n, 16, 256, f"{where}.block_n")
-        _check_pow2(self.block_k, 16, 128, f"{where}.block_k")
         _check_pow2(self.num_warps, 1, 16, f"{where}.num_warps")
         if not 1 <= self.group_m <= 64:
             raise TableError(f"{where}.group_m: must be in [1, 64], got {self.group_m}")
         if not 1 <= self.num_stages <= 6:
             raise TableError(f"{where}.num_stages: must be in [1, 6], got {self.num_stages}")
+
+
+@dataclass(frozen=True)
+class Mxfp4LaunchRule(MoeLaunchRule):
+    """A quant="mxfp4" rule: block_k in [32, 256] (whole E8M0 scale blocks per k step)."""
+
+    def validate(self, where: str) -> None:
+        check_bound(self.max_tokens, where)
+        _check_pow2(self.block_k, 32, 256, f"{where}.block_k")
+        super().validate_tiles(where)
 
 
 @dataclass(frozen=True)
@@ -93,6 +111,19 @@ DEFAULT_GROUPED = (GroupedRule(1024, "sm90_grouped_swap_128x32_c1x1"),
                    GroupedRule(None, "sm90_grouped_coop_128x128_c1x1"))
 
 
+# Built-in guesses for H100/H200, not measured: few rows per expert (decode) want a small M
+# tile, a long k step and a deep pipeline to keep weight loads in flight; many rows
+# (prefill) a tall M tile, since each weight tile is decoded once per M tile and the decode
+# is ALU work the tensor cores wait on.
+MXFP4_BUILTIN_SOURCE = "built-in (H100/H200 guesses, not measured)"
+MXFP4_BUILTIN_RULES = (
+    Mxfp4LaunchRule(32, 16, 64, 128, 1, 4, 4),
+    Mxfp4LaunchRule(256, 16, 128, 128, 1, 4, 3),
+    Mxfp4LaunchRule(1024, 64, 128, 128, 8, 4, 3),
+    Mxfp4LaunchRule(None, 128, 128, 64, 8, 8, 3),
+)
+
+
 def _check_rules(rules: tuple[MoeLaunchRule, ...], where: str) -> None:
     if not rules:
         raise TableError(f"{where}: needs at least one rule")
@@ -108,10 +139,15 @@ class MoeDispatch:
     fp8_rules: tuple[MoeLaunchRule, ...]
     fp8_backend: str = "triton"
     fp8_grouped: tuple[GroupedRule, ...] = DEFAULT_GROUPED
+    mxfp4_rules: tuple[Mxfp4LaunchRule, ...] = MXFP4_BUILTIN_RULES
+    mxfp4_source: str = MXFP4_BUILTIN_SOURCE
 
     def validate(self, where: str) -> None:
         _check_rules(self.rules, f"{where}.rules")
         _check_rules(self.fp8_rules, f"{where}.fp8_rules")
+        _check_rules(self.mxfp4_rules, f"{where}.mxfp4_rules")
+        for i, mx in enumerate(self.mxfp4_rules):  # also for entries built in code
+            Mxfp4LaunchRule.validate(mx, f"{where}.mxfp4_rules[{i}]")
         if self.fp8_backend not in FP8_BACKENDS:
             raise TableError(f"{where}.fp8_backend: must be one of {list(FP8_BACKENDS)}, got "
                              f"{self.fp8_backend!r}")
@@ -121,7 +157,8 @@ class MoeDispatch:
             rule.validate(f"{where}.fp8_grouped[{i}]")
 
     def rule(self, tokens: int, quant: str | None) -> MoeLaunchRule:
-        rules = self.fp8_rules if quant else self.rules
+        rules = {None: self.rules, "fp8_block": self.fp8_rules,
+                 "mxfp4": self.mxfp4_rules}[quant]
         return next(r for r in rules if r.max_tokens is None or tokens <= r.max_tokens)
 
     def grouped_config(self, rows: int) -> str:
