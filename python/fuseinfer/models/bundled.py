@@ -1,7 +1,7 @@
 """Model names that resolve to folders shipped in the package: the tiny model (config,
 tokenizer; weights made on first use) and the configs of Qwen3-0.6B, Qwen3-8B (also its
-FP8 block-quantized variant, qwen3-8b-fp8), Qwen3-30B-A3B (MoE: 128 experts, 8 per token)
-and Llama-3.1-8B (from their published
+FP8 block-quantized variant, qwen3-8b-fp8), Qwen3-30B-A3B (MoE: 128 experts, 8 per token),
+Llama-3.1-8B, GPT-OSS-20B and GPT-OSS-120B (MXFP4 experts) (from their published
 config.json; no weights or tokenizer, so they run with `load_format="dummy"` and token-id
 prompts, for benchmarks)."""
 

@@ -48,6 +48,7 @@ class MoeConfig:
                          norm_topk_prob=True,
                          sparse_layers=frozenset(range(int(cfg["num_hidden_layers"]))),
                          activation="clamped_swiglu",
+                         swiglu_alpha=float(cfg.get("swiglu_alpha", 1.702)),
                          swiglu_limit=float(cfg.get("swiglu_limit", 7.0)), biases=True,
                          expert_format=expert_format)
 

@@ -1,10 +1,14 @@
-"""Llama, Qwen3 and Qwen3-MoE decoders from fuseinfer ops.
+"""Llama, Qwen3, Qwen3-MoE and GPT-OSS decoders from fuseinfer ops.
 
 Per layer: (fused add +) RMSNorm -> one qkv matmul -> (Qwen3: RMSNorm of each q and k head,
 in place, one launch) -> RoPE that also writes the rotated k and the v into the paged KV
 cache -> paged attention -> o_proj -> fused add + RMSNorm -> one gate_up matmul ->
 SiLU(gate) * up in one pass -> down. Qwen3-MoE's sparse layers replace the last three
 with fused add + RMSNorm -> router matmul -> topk_softmax -> fused_moe (moe_block.py).
+GPT-OSS: every layer sparse, biased q/k/v (added after the qkv matmul) and o projections,
+a learned sink logit per head and a sliding window on every other layer (arguments of the
+paged attention kernels, so one plan serves both kinds of layer), a router bias, and the
+experts' biases and clamped SwiGLU inside fused_moe.
 FP8 linear layers (`Fp8Weight`) take FP8 activations with 1 x 128 scales: the quantization
 ends the op before each (the input and post-attention norms, SiLU * up) in the same kernel,
 o_proj's input gets one group-quant kernel, then one fp8_blockwise_mm each.
@@ -92,6 +96,9 @@ class LayerWeights:
     gate_up: Linear | None  # [2 I, hidden]; None on a sparse (MoE) layer
     down: Linear | None
     moe: MoeWeights | None = None  # a sparse layer's router and experts
+    qkv_bias: torch.Tensor | None = None  # [(Hq + 2 Hkv) D] (GPT-OSS)
+    o_bias: torch.Tensor | None = None  # [hidden]
+    sinks: torch.Tensor | None = None  # [Hq]: each head's sink logit (GPT-OSS)
 
 
 @dataclass
@@ -233,8 +240,10 @@ class DecoderModel:
             store_kv_cache(k_cache, v_cache, batch.cache_loc, k, v, k_scale, v_scale,
                                    enable_pdl=pdl)
         out = self.attention.run(batch.plan, q.view(tokens, c.num_heads, d), k_cache, v_cache,
-                                 k_scale=k_scale, v_scale=v_scale)
-        return self._linear(out.view(tokens, -1), w.o)
+                                 k_scale=k_scale, v_scale=v_scale, sinks=w.sinks,
+                                 window_left=c.window_left(layer))
+        o = self._linear(out.view(tokens, -1), w.o)
+        return o if w.o_bias is None else o.add_(w.o_bias)
 
     def _mlp_down(self, w: LayerWeights, gate_up: torch.Tensor) -> torch.Tensor:
         assert w.down is not None
@@ -263,6 +272,8 @@ class DecoderModel:
             normed, residual = self._norm_residual(h, residual, norm_weight)
         assert residual is not None
         logits = self._linear(normed, w.gate)  # [T, E]: 1-token steps take the gemv
+        if w.router_bias is not None:
+            logits.add_(w.router_bias)
         return moe_block(normed, w, logits, self.config.moe, self.fusions.enable_pdl), \
             residual
 
@@ -278,6 +289,8 @@ class DecoderModel:
         for i, layer in enumerate(w.layers):
             qkv, residual = self._norm_linear(h, residual, layer.input_norm, layer.qkv,
                                               reduce=partial)
+            if layer.qkv_bias is not None:
+                qkv.add_(layer.qkv_bias)
             h, partial = self._attention(i, layer, qkv, batch), not tp.is_single
             if layer.moe is not None:
                 h, residual = self._moe(h, residual, layer.post_norm, layer.moe, partial)

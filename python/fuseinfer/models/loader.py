@@ -9,7 +9,9 @@ they load. Embeddings, norms and lm_head stay in the model dtype.
 Qwen3-MoE's sparse layers: the router (`mlp.gate.weight`) and the experts stacked into
 w13 [E, 2I, H] / w2 [E, H, I], from the published per-expert tensors
 (`mlp.experts.{e}.gate_proj.weight`, `up_proj`, `down_proj`, float or FP8) or from
-already stacked ones (moe_loader.py)."""
+already stacked ones (moe_loader.py). GPT-OSS: q/k/v/o biases (q/k/v fused like their
+weights), a sink logit per head, and its router and experts (float or MXFP4, with biases:
+gpt_oss_experts.py)."""
 
 from __future__ import annotations
 
@@ -21,12 +23,25 @@ import torch
 from .config import ModelConfig
 from .decoder import LayerWeights, Linear, ModelWeights
 from .fp8_linear import FP8, concat_fp8, dequantize_blockwise, quantize_weight
+from .gpt_oss_experts import MoeGetter, checkpoint_gpt_oss_moe, dummy_gpt_oss_moe
 from .moe_block import MoeWeights
 from .moe_loader import ExpertsGetter, checkpoint_experts, dummy_experts
 from .quantization import Fp8BlockConfig
 
 Getter = Callable[[str], torch.Tensor]
 LinearGetter = Callable[[list[str]], Linear]
+ATTENTION_BIASES = ("q_bias", "k_bias", "v_bias", "o_bias")
+
+
+def _names(i: int, config: ModelConfig) -> dict[str, str]:
+    """A layer's tensor names: _layer_names plus GPT-OSS's attention biases and sinks."""
+    names = _layer_names(i, config.qk_norm)
+    p = f"model.layers.{i}.self_attn."
+    if config.attention_bias:
+        names |= {b: p + f"{b[0]}_proj.bias" for b in ATTENTION_BIASES}
+    if config.sinks:
+        names["sinks"] = p + "sinks"
+    return names
 
 
 def _layer_names(i: int, qk_norm: bool) -> dict[str, str]:
@@ -69,22 +84,31 @@ def _float_linear(scheme: Fp8BlockConfig | None, names: list[str],
     return _fused([p.to(dtype) for p in parts])
 
 
+def _with_router(get: Getter, experts: ExpertsGetter) -> MoeGetter:
+    """Qwen3-MoE: the router read by name beside the stacked experts."""
+    return lambda i: MoeWeights(get(_router_name(i)), *experts(i))
+
+
 def _assemble(config: ModelConfig, get: Getter, linear: LinearGetter | None = None,
-              experts: ExpertsGetter | None = None) -> ModelWeights:
+              moe: MoeGetter | None = None) -> ModelWeights:
     if linear is None:
         def linear(names: list[str]) -> Linear:
             return _fused([get(n) for n in names])
     layers = []
     for i in range(config.num_layers):
-        n = _layer_names(i, config.qk_norm)
+        n = _names(i, config)
+        biased = config.attention_bias
         attn = dict(input_norm=get(n["input_norm"]), qkv=linear([n["q"], n["k"], n["v"]]),
                     q_norm=get(n["q_norm"]) if config.qk_norm else None,
                     k_norm=get(n["k_norm"]) if config.qk_norm else None,
-                    o=linear([n["o"]]), post_norm=get(n["post_norm"]))
+                    o=linear([n["o"]]), post_norm=get(n["post_norm"]),
+                    qkv_bias=_fused([get(n[b]) for b in ATTENTION_BIASES[:3]]) if biased
+                    else None,
+                    o_bias=get(n["o_bias"]) if biased else None,
+                    sinks=get(n["sinks"]) if config.sinks else None)
         if config.is_sparse(i):  # the router and the stacked experts
-            assert experts is not None
-            layers.append(LayerWeights(**attn, gate_up=None, down=None,
-                                       moe=MoeWeights(get(_router_name(i)), *experts(i))))
+            assert moe is not None
+            layers.append(LayerWeights(**attn, gate_up=None, down=None, moe=moe(i)))
         else:
             layers.append(LayerWeights(**attn, gate_up=linear([n["gate"], n["up"]]),
                                        down=linear([n["down"]])))
@@ -95,10 +119,12 @@ def _assemble(config: ModelConfig, get: Getter, linear: LinearGetter | None = No
 
 
 def load_weights(folder: str | Path, config: ModelConfig, dtype: torch.dtype,
-                 device: torch.device | str, quantize: bool = False) -> ModelWeights:
+                 device: torch.device | str, quantize: bool = False,
+                 dequantize_experts: bool = False) -> ModelWeights:
     """Read every *.safetensors file of `folder`; a missing or unexpected tensor (biases
-    included, which these architectures do not have) is an error. `quantize`: float
-    linear weights become FP8 128 x 128 blocks."""
+    included, where the architecture has none) is an error. `quantize`: float linear
+    weights become FP8 128 x 128 blocks. `dequantize_experts`: MXFP4 experts become the
+    model dtype."""
     from safetensors import safe_open
 
     files = sorted(Path(folder).glob("*.safetensors"))
@@ -126,8 +152,12 @@ def load_weights(folder: str | Path, config: ModelConfig, dtype: torch.dtype,
 
     scheme = _fp8_scheme(config, quantize)
 
-    experts = checkpoint_experts(config, stored, where.__contains__, dtype, device, scheme,
-                                 str(folder))
+    if config.arch == "gpt_oss":
+        moe = checkpoint_gpt_oss_moe(config, stored, where.__contains__, dtype,
+                                     dequantize_experts, str(folder))
+    else:
+        moe = _with_router(get, checkpoint_experts(config, stored, where.__contains__, dtype,
+                                                   device, scheme, str(folder)))
 
     def linear(names: list[str]) -> Linear:
         parts = [stored(n) for n in names]
@@ -143,7 +173,7 @@ def load_weights(folder: str | Path, config: ModelConfig, dtype: torch.dtype,
         return concat_fp8([(n, p, stored(n + "_scale_inv")) for n, p in
                            zip(names, parts, strict=True)])
 
-    weights = _assemble(config, get, linear, experts)
+    weights = _assemble(config, get, linear, moe)
     extra = sorted(n for n in where if n not in used and not n.endswith("rotary_emb.inv_freq")
                    and not (config.tie_word_embeddings and n == "lm_head.weight"))
     if extra:
@@ -162,10 +192,11 @@ def dummy_state_dict(config: ModelConfig, dtype: torch.dtype, device: torch.devi
     if not c.tie_word_embeddings:
         shapes["lm_head.weight"] = (c.vocab_size, c.hidden_size)
     for i in range(c.num_layers):
-        n = _layer_names(i, c.qk_norm)
-        if c.is_sparse(i):  # the router here; the experts from dummy_experts
+        n = _names(i, c)
+        if c.is_sparse(i):  # the router here (GPT-OSS: with its experts); the experts later
             assert c.moe is not None
-            shapes[_router_name(i)] = (c.moe.num_experts, c.hidden_size)
+            if c.arch != "gpt_oss":
+                shapes[_router_name(i)] = (c.moe.num_experts, c.hidden_size)
             for part in ("gate", "up", "down"):
                 del n[part]
         shapes |= {n["input_norm"]: (c.hidden_size,), n["post_norm"]: (c.hidden_size,),
@@ -179,9 +210,17 @@ def dummy_state_dict(config: ModelConfig, dtype: torch.dtype, device: torch.devi
                        n["down"]: (c.hidden_size, c.intermediate_size)}
         if c.qk_norm:
             shapes |= {n["q_norm"]: (d,), n["k_norm"]: (d,)}
+        if c.attention_bias:
+            shapes |= {n["q_bias"]: (c.num_heads * d,), n["k_bias"]: (c.num_kv_heads * d,),
+                       n["v_bias"]: (c.num_kv_heads * d,), n["o_bias"]: (c.hidden_size,)}
+        if c.sinks:
+            shapes[n["sinks"]] = (c.num_heads,)
     out = {}
     for name, shape in shapes.items():
-        if len(shape) == 1:
+        if name.endswith(("bias", "sinks")):  # small random values, like the weights'
+            out[name] = (torch.randn(shape, generator=gen) * 0.02).to(dtype=dtype,
+                                                                      device=device)
+        elif len(shape) == 1:
             out[name] = torch.ones(shape, dtype=dtype, device=device)
         else:
             out[name] = (torch.randn(shape, generator=gen) * 0.02).to(dtype=dtype,
@@ -190,17 +229,27 @@ def dummy_state_dict(config: ModelConfig, dtype: torch.dtype, device: torch.devi
 
 
 def dummy_weights(config: ModelConfig, dtype: torch.dtype, device: torch.device | str,
-                  seed: int = 0, quantize: bool = False) -> ModelWeights:
+                  seed: int = 0, quantize: bool = False,
+                  dequantize_experts: bool = False) -> ModelWeights:
     """Random weights of the model's shapes, for benchmarks (`--load-format dummy`). An
     FP8 config (or `quantize`) gets FP8 linear layers: the same std-0.02 random weights
-    quantized into 128 x 128 blocks, so activations stay as tame as in the float model."""
+    quantized into 128 x 128 blocks, so activations stay as tame as in the float model.
+    GPT-OSS's experts are MXFP4 as its config says (the model dtype with
+    `dequantize_experts`: the same random weights dequantized)."""
     named = dummy_state_dict(config, dtype, device, seed)
     scheme = config.quantization or (Fp8BlockConfig() if quantize else None)
-    experts = dummy_experts(config, dtype, device, seed, scheme)
+    if config.arch == "gpt_oss":
+        if scheme is not None:
+            raise ValueError("GPT-OSS: FP8 linear layers are not supported (its experts are "
+                             "MXFP4; attention stays in the model dtype)")
+        moe = dummy_gpt_oss_moe(config, dtype, device, seed, dequantize_experts)
+    else:
+        moe = _with_router(named.__getitem__, dummy_experts(config, dtype, device, seed,
+                                                            scheme))
     if scheme is None:
-        return _assemble(config, named.__getitem__, experts=experts)
+        return _assemble(config, named.__getitem__, moe=moe)
 
     def linear(names: list[str]) -> Linear:  # pop: each float copy freed once quantized
         return _float_linear(scheme, names, [named.pop(n) for n in names], dtype)
 
-    return _assemble(config, named.__getitem__, linear, experts)
+    return _assemble(config, named.__getitem__, linear, moe)

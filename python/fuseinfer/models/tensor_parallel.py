@@ -54,6 +54,9 @@ def local_config(config: ModelConfig, parallel: ParallelState) -> ModelConfig:
         return config
     if config.quantization is not None:
         raise NotImplementedError("tensor parallelism: FP8 checkpoints are not sharded yet")
+    if config.arch == "gpt_oss":
+        raise NotImplementedError("tensor parallelism: GPT-OSS (biases, sinks, MXFP4 "
+                                  "experts) is not sharded yet; run it with tp 1")
     _, heads = _split(config.num_heads, parallel, "the attention heads")
     _, kv_heads = kv_heads_of(config, parallel)
     _, inter = _split(config.intermediate_size, parallel, "the intermediate size")

@@ -21,6 +21,7 @@ DTYPES = ("auto", "bfloat16", "float16", "float32")
 KV_CACHE_DTYPES = ("auto", "fp8_e4m3")
 LOAD_FORMATS = ("auto", "dummy")
 QUANTIZATIONS = ("auto", "fp8")
+MOE_WEIGHT_DTYPES = ("auto", "bf16")
 SCHEDULE_POLICIES = ("fcfs", "lpm")
 
 
@@ -47,6 +48,10 @@ class EngineArgs:
     quantization: str = _opt("auto", "linear-layer weights; auto: as the checkpoint is "
                              "stored (FP8 if its config.json says so); fp8: quantize float "
                              "weights into 128x128 FP8 blocks at load", QUANTIZATIONS)
+    moe_weight_dtype: str = _opt("auto", "MoE experts; auto: as stored (GPT-OSS's MXFP4 "
+                                 "experts run the W4A16 kernel); bf16: MXFP4 experts "
+                                 "dequantized to the model dtype at load (the baseline)",
+                                 MOE_WEIGHT_DTYPES)
     page_size: int = _opt(64, "tokens per KV page (a 64-key attention block is one page)")
     mem_fraction_static: float = _opt(0.85, "fraction of GPU memory for weights and KV cache")
     max_total_tokens: int | None = _opt(None, "KV capacity in tokens (default: from memory)")

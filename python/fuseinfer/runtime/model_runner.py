@@ -135,9 +135,10 @@ class ModelRunner:
             raise FileNotFoundError(f"{folder}: no *.safetensors weights; use "
                                     "load_format='dummy' (--load-format dummy) for random ones")
         quantize = a.quantization == "fp8"
+        dequantize = a.moe_weight_dtype == "bf16"
         if a.load_format == "dummy":
-            return dummy_weights(self.config, dtype, self.device, a.seed, quantize)
-        return load_weights(folder, self.config, dtype, self.device, quantize)
+            return dummy_weights(self.config, dtype, self.device, a.seed, quantize, dequantize)
+        return load_weights(folder, self.config, dtype, self.device, quantize, dequantize)
 
     def _num_pages(self, kv_cfg: KvCacheConfig) -> int:
         a = self.args
