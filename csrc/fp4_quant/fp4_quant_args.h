@@ -49,9 +49,16 @@ inline DeviceTables<LaunchRule>& tables() {
   return instance;
 }
 
-// The most experts whose offsets each thread keeps in registers (a linear scan); more go
-// to shared memory (a binary search), at most kMaxExperts.
-constexpr int kRegisterExperts = 8;
+// The most experts whose row is found by a linear scan of the offsets (in shared memory);
+// more use a binary search, at most kMaxExperts.
+constexpr int kFewExperts = 8;
+
+// Vectors (8 elements, one 16-byte load) a thread handles per unit of the kernel's loop,
+// all loaded before any is converted; the launcher sizes blocks by it.
+constexpr int kUnroll = 4;
+
+// The most elements a row may have (the kernel does column math in 32 bits).
+constexpr int64_t kMaxCols = int64_t{1} << 28;
 constexpr int kMaxExperts = 4096;
 
 cudaError_t launch_quantize(const QuantArgs& args, Format format, InputType type,

@@ -99,6 +99,8 @@ void run(const Op& op, const at::Tensor& q, const at::Tensor& scales, const at::
     experts = o.size(0) - 1;
     offsets = o.data_ptr<int32_t>();
   }
+  FUSEINFER_CHECK_ARG(out_cols <= kMaxCols, op.name, "input", "its hidden size (", out_cols,
+                      ") must be at most ", kMaxCols);
   check_q(op, q, input, out_cols);
   check_scales(op, scales, input, out_cols, swizzled, experts);
   const c10::cuda::CUDAGuard guard(input.device());
@@ -108,7 +110,7 @@ void run(const Op& op, const at::Tensor& q, const at::Tensor& scales, const at::
                                op.name);
   const LaunchRule* rule = table == nullptr ? nullptr : table->pick(input.size(0));
   const int threads = rule == nullptr ? 512 : rule->threads_per_block;
-  const int per_sm = rule == nullptr ? 4 : rule->blocks_per_sm;
+  const int per_sm = rule == nullptr ? 16 : rule->blocks_per_sm;
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device).stream();
   const int64_t cols = out_cols / op.block;
   QuantArgs args{input.data_ptr(),

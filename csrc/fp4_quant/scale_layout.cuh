@@ -1,5 +1,5 @@
-// Where a scale row comes from and where a scale goes: the expert lookup (offsets in
-// registers for a few experts, in shared memory with a binary search for many) and the
+// Where a scale row comes from and where a scale goes: the expert lookup (offsets in shared
+// memory: a linear scan for a few experts, a binary search for many) and the
 // 128x4 swizzled layout the Blackwell block-scaled GEMMs read.
 #pragma once
 
@@ -9,12 +9,17 @@
 
 namespace fuseinfer::fp4_quant {
 
-enum class ExpertMode : int { kSingle = 0, kRegisters = 1, kShared = 2 };
+enum class ExpertMode : int { kSingle = 0, kFew = 1, kShared = 2 };
 
 // offset = mTile * (kTiles * 512) + kTile * 512 + (m % 32) * 16 + ((m % 128) / 32) * 4 + k % 4
-__device__ __forceinline__ int64_t swizzled_offset(int64_t m, int64_t k, int64_t k_tiles) {
-  return (m >> 7) * (k_tiles * 512) + (k >> 2) * 512 + (m & 31) * 16 + ((m & 127) >> 5) * 4 +
-         (k & 3);
+// Split into its row terms (once per row) and column terms (32-bit: the launcher bounds K).
+__device__ __forceinline__ int64_t swizzled_row_offset(int64_t m, uint32_t k_tiles) {
+  return (m >> 7) * (static_cast<int64_t>(k_tiles) * 512) + (m & 31) * 16 +
+         ((m & 127) >> 5) * 4;
+}
+
+__device__ __forceinline__ uint32_t swizzled_col_offset(uint32_t k) {
+  return (k >> 2) * 512 + (k & 3);
 }
 
 // First scale row of expert e in the swizzled layout: each expert's block starts on a
@@ -41,14 +46,14 @@ __device__ __forceinline__ RowSource source_of(int64_t r, int64_t first, int64_t
   return {local < next - first ? first + local : -1, e};
 }
 
-// Few experts: every thread holds the offsets; the last e with start(e) <= r, found by an
-// unrolled scan (constant indices keep the array in registers).
-__device__ __forceinline__ RowSource row_in_registers(const int32_t (&offsets)[kRegisterExperts + 1],
-                                                      int experts, int64_t r, bool swizzled) {
+// Few experts (the offsets in shared memory, as for many): the last e with start(e) <= r,
+// found by an unrolled scan (offsets past `experts` are never read).
+__device__ __forceinline__ RowSource row_in_few(const int32_t* offsets, int experts, int64_t r,
+                                                bool swizzled) {
   int64_t first = offsets[0], next = offsets[1];
   int found = 0;
 #pragma unroll
-  for (int e = 1; e < kRegisterExperts; ++e) {
+  for (int e = 1; e < kFewExperts; ++e) {
     if (e < experts && group_start(offsets[e], e, swizzled) <= r) {
       found = e;
       first = offsets[e];

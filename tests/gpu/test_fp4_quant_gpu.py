@@ -3,7 +3,7 @@ checked against an independent oracle in tests/test_fp4_quant.py), bit for bit: 
 every byte of the scales, padding included, in both layouts; 1..8192 tokens, hidden 2880 /
 4096 / 7168, bf16 and fp16, strided rows; outputs poisoned first (an unwritten byte
 fails); PDL on and off; replays in a CUDA graph with new data; the expert-grouped nvfp4
-variant with few experts (offsets in registers) and many (shared memory), empty experts
+variant with few experts (a linear scan of the offsets) and many (a binary search), empty experts
 included. On Hopper this is the software E2M1 rounding; the sm_100a hardware path is
 compile-checked only."""
 
@@ -115,7 +115,7 @@ def _offsets(counts: list[int]) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("counts", [
-    [3, 0, 250], [1], [100, 28, 0, 0, 129, 1, 7, 64],  # offsets in registers (<= 8)
+    [3, 0, 250], [1], [100, 28, 0, 0, 129, 1, 7, 64],  # few experts: a linear scan (<= 8)
     [5, 0, 17, 3, 130, 0, 1, 9, 44],  # nine experts: shared memory
 ])
 @pytest.mark.parametrize("swizzled", [False, True])

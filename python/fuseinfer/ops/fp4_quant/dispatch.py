@@ -3,13 +3,15 @@ token count, and PDL on/off.
 
     "fp4_quant": {"source": "...", "enable_pdl": true,
                   "rules": [{"max_tokens": null, "threads_per_block": 512,
-                             "blocks_per_sm": 4}]}
+                             "blocks_per_sm": 16}]}
 
-The first rule whose max_tokens holds (null: no bound) gives threads per block (never more
-than a row's 16-byte vectors, rounded up to a warp) and the grid's cap in blocks per SM;
-the launcher (csrc/fp4_quant/fp4_quant_kernels.cu) then halves the block and doubles the
-grid while the grid is smaller than the SM count, so a few tokens still spread over the
-GPU.
+The first rule whose max_tokens holds (null: no bound) gives the most threads per block
+and the grid's cap in blocks per SM. The launcher (csrc/fp4_quant/fp4_quant_kernels.cu)
+sizes a block to cover a row at 4 16-byte vectors per thread (a multiple of a warp, at most
+threads_per_block), halves it while the real rows' units would leave SMs idle (a few tokens
+still spread over the GPU), and launches one block per unit up to blocks_per_sm * SMs (at
+most 4 per SM with more than 8 experts, whose blocks first copy the offsets); a grid-stride
+loop covers the rest.
 """
 
 from __future__ import annotations
@@ -54,10 +56,11 @@ class Fp4QuantDispatch:
                              "(max_tokens null)")
 
 
-# Not yet measured on a GPU: 2048 threads per SM at 512 per block; the halving rule covers
-# small batches.
+# Not yet measured on a GPU (the reworked kernel): blocks sized by the row (224 threads at
+# hidden 7168) and a grid of up to 16 blocks per SM, i.e. about one block per unit up to
+# ~2k tokens, so the hardware balances the blocks; the halving rule covers small batches.
 BUILTIN = Fp4QuantDispatch(source="built-in default", enable_pdl=True,
-                           rules=(Fp4QuantLaunchRule(None, 512, 4),))
+                           rules=(Fp4QuantLaunchRule(None, 512, 16),))
 register_op(OP_FAMILY, Fp4QuantDispatch, BUILTIN)
 
 
