@@ -14,7 +14,7 @@ from fuseinfer.models.config import ModelConfig
 from fuseinfer.models.decoder import DecoderModel, ForwardBatch, Fusions
 from fuseinfer.models.kv_cache import KvCacheConfig, PagedKvCache
 from fuseinfer.models.loader import dummy_weights, load_weights
-from fuseinfer.models.tensor_parallel import local_config, shard_weights
+from fuseinfer.models.tensor_parallel import local_config
 from fuseinfer.ops import AttentionShape, PagedAttention
 from fuseinfer.runtime.kv_pool import PageAllocator, ReqToTokenPool
 
@@ -26,12 +26,12 @@ class Runner:
 
     def __init__(self, folder, fusions: Fusions | None = None,
                  parallel: ParallelState = SINGLE_RANK):
-        """parallel: run this rank's shard of the model (the whole of it on one rank)."""
+        """parallel: run this rank's shard of the model (the whole of it on one rank),
+        loaded per shard as the model runner does."""
         full = ModelConfig.from_folder(folder)
         self.config = local_config(full, parallel)
         c = self.config
-        weights = shard_weights(load_weights(folder, full, torch.float32, "cpu"), full,
-                                parallel)
+        weights = load_weights(folder, full, torch.float32, "cpu", parallel=parallel)
         kv_cfg = KvCacheConfig(c.num_layers, c.num_kv_heads, c.head_dim, PAGE, torch.float32)
         self.kv = PagedKvCache(kv_cfg, 64, "cpu")
         self.allocator = PageAllocator(64)

@@ -11,7 +11,13 @@ w13 [E, 2I, H] / w2 [E, H, I], from the published per-expert tensors
 (`mlp.experts.{e}.gate_proj.weight`, `up_proj`, `down_proj`, float or FP8) or from
 already stacked ones (moe_loader.py). GPT-OSS: q/k/v/o biases (q/k/v fused like their
 weights), a sink logit per head, and its router and experts (float or MXFP4, with biases:
-gpt_oss_experts.py)."""
+gpt_oss_experts.py).
+
+With a `parallel` state of several ranks both read only this rank's shard (per-shard
+loading, shard_loading.py): each sharded tensor is sliced as it is read, before it goes to
+the device, and the weights come out as tensor_parallel.shard_weights would cut them.
+Float weights quantized at load (`quantize`, dummy FP8) are quantized per shard: the
+rank's float slice, fused, in 128 x 128 blocks of its own."""
 
 from __future__ import annotations
 
@@ -20,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from ..distributed.parallel_state import SINGLE_RANK, ParallelState
 from .config import ModelConfig
 from .decoder import LayerWeights, Linear, ModelWeights
 from .fp8_linear import FP8, concat_fp8, dequantize_blockwise, quantize_weight
@@ -27,6 +34,8 @@ from .gpt_oss_experts import MoeGetter, checkpoint_gpt_oss_moe, dummy_gpt_oss_mo
 from .moe_block import MoeWeights
 from .moe_loader import ExpertsGetter, checkpoint_experts, dummy_experts
 from .quantization import Fp8BlockConfig
+from .shard_loading import TensorSharder
+from .tensor_parallel import local_config
 
 Getter = Callable[[str], torch.Tensor]
 LinearGetter = Callable[[list[str]], Linear]
@@ -120,12 +129,17 @@ def _assemble(config: ModelConfig, get: Getter, linear: LinearGetter | None = No
 
 def load_weights(folder: str | Path, config: ModelConfig, dtype: torch.dtype,
                  device: torch.device | str, quantize: bool = False,
-                 dequantize_experts: bool = False) -> ModelWeights:
+                 dequantize_experts: bool = False,
+                 parallel: ParallelState = SINGLE_RANK) -> ModelWeights:
     """Read every *.safetensors file of `folder`; a missing or unexpected tensor (biases
     included, where the architecture has none) is an error. `quantize`: float linear
     weights become FP8 128 x 128 blocks. `dequantize_experts`: MXFP4 experts become the
-    model dtype."""
+    model dtype. `parallel`: this rank's shard only, each tensor sliced as it is read
+    (`config` is the whole model's)."""
     from safetensors import safe_open
+
+    sharder = None if parallel.is_single else TensorSharder(config, parallel)
+    config = local_config(config, parallel)  # the shapes the shard's tensors have
 
     files = sorted(Path(folder).glob("*.safetensors"))
     if not files:
@@ -142,7 +156,12 @@ def load_weights(folder: str | Path, config: ModelConfig, dtype: torch.dtype,
         if name not in where:
             raise KeyError(f"{folder}: tensor {name} not found in the safetensors files")
         used.add(name)
-        return handles[where[name]].get_tensor(name)
+        handle = handles[where[name]]
+        if sharder is not None:
+            part = sharder.read(name, handle.get_slice(name))
+            if part is not None:
+                return part.to(device)
+        return handle.get_tensor(name)
 
     def get(name: str) -> torch.Tensor:
         t = stored(name)
@@ -183,8 +202,11 @@ def load_weights(folder: str | Path, config: ModelConfig, dtype: torch.dtype,
 
 
 def dummy_state_dict(config: ModelConfig, dtype: torch.dtype, device: torch.device | str,
-                     seed: int = 0) -> dict[str, torch.Tensor]:
-    """Random weights under the checkpoint's tensor names (std 0.02; norms 1)."""
+                     seed: int = 0, sharder: TensorSharder | None = None
+                     ) -> dict[str, torch.Tensor]:
+    """Random weights under the checkpoint's tensor names (std 0.02; norms 1); with a
+    sharder, each drawn whole on the host (the same numbers on every rank count) and
+    only this rank's slice moved to the device."""
     gen = torch.Generator(device="cpu").manual_seed(seed)
     c, d = config, config.head_dim
     shapes = {"model.embed_tokens.weight": (c.vocab_size, c.hidden_size),
@@ -217,26 +239,27 @@ def dummy_state_dict(config: ModelConfig, dtype: torch.dtype, device: torch.devi
             shapes[n["sinks"]] = (c.num_heads,)
     out = {}
     for name, shape in shapes.items():
-        if name.endswith(("bias", "sinks")):  # small random values, like the weights'
-            out[name] = (torch.randn(shape, generator=gen) * 0.02).to(dtype=dtype,
-                                                                      device=device)
-        elif len(shape) == 1:
+        if len(shape) == 1 and not name.endswith(("bias", "sinks")):
             out[name] = torch.ones(shape, dtype=dtype, device=device)
-        else:
-            out[name] = (torch.randn(shape, generator=gen) * 0.02).to(dtype=dtype,
-                                                                      device=device)
+            continue
+        t = torch.randn(shape, generator=gen) * 0.02  # biases and sinks too: small values
+        part = None if sharder is None else sharder.read(name, t)
+        out[name] = (t if part is None else part).to(dtype=dtype, device=device)
     return out
 
 
 def dummy_weights(config: ModelConfig, dtype: torch.dtype, device: torch.device | str,
                   seed: int = 0, quantize: bool = False,
-                  dequantize_experts: bool = False) -> ModelWeights:
+                  dequantize_experts: bool = False,
+                  parallel: ParallelState = SINGLE_RANK) -> ModelWeights:
     """Random weights of the model's shapes, for benchmarks (`--load-format dummy`). An
     FP8 config (or `quantize`) gets FP8 linear layers: the same std-0.02 random weights
     quantized into 128 x 128 blocks, so activations stay as tame as in the float model.
     GPT-OSS's experts are MXFP4 as its config says (the model dtype with
-    `dequantize_experts`: the same random weights dequantized)."""
-    named = dummy_state_dict(config, dtype, device, seed)
+    `dequantize_experts`: the same random weights dequantized). `parallel`: this rank's
+    shard of the same random weights (float; FP8 ones are quantized per shard)."""
+    sharder = None if parallel.is_single else TensorSharder(config, parallel)
+    named = dummy_state_dict(config, dtype, device, seed, sharder)
     scheme = config.quantization or (Fp8BlockConfig() if quantize else None)
     if config.arch == "gpt_oss":
         if scheme is not None:
@@ -244,12 +267,13 @@ def dummy_weights(config: ModelConfig, dtype: torch.dtype, device: torch.device 
                              "MXFP4; attention stays in the model dtype)")
         moe = dummy_gpt_oss_moe(config, dtype, device, seed, dequantize_experts)
     else:
-        moe = _with_router(named.__getitem__, dummy_experts(config, dtype, device, seed,
-                                                            scheme))
+        moe = _with_router(named.__getitem__, dummy_experts(
+            config, dtype, device, seed, scheme, None if sharder is None else sharder.experts))
+    local = local_config(config, parallel)
     if scheme is None:
-        return _assemble(config, named.__getitem__, moe=moe)
+        return _assemble(local, named.__getitem__, moe=moe)
 
     def linear(names: list[str]) -> Linear:  # pop: each float copy freed once quantized
         return _float_linear(scheme, names, [named.pop(n) for n in names], dtype)
 
-    return _assemble(config, named.__getitem__, linear, moe)
+    return _assemble(local, named.__getitem__, linear, moe)

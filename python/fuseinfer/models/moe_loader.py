@@ -102,9 +102,14 @@ def checkpoint_experts(config: ModelConfig, stored: Callable[[str], torch.Tensor
 
 
 def dummy_experts(config: ModelConfig, dtype: torch.dtype, device: torch.device | str,
-                  seed: int = 0, scheme: Fp8BlockConfig | None = None) -> ExpertsGetter:
+                  seed: int = 0, scheme: Fp8BlockConfig | None = None,
+                  shard: Callable[[torch.Tensor, torch.Tensor],
+                                  tuple[torch.Tensor, torch.Tensor]] | None = None
+                  ) -> ExpertsGetter:
     """Random stacked experts (std 0.02) drawn in place on the device, layer by layer
-    (no float32 or host copy); FP8 (quantized from them) when the scheme says so."""
+    (no float32 or host copy); FP8 (quantized from them) when the scheme says so.
+    `shard` (tensor parallelism): each layer is drawn whole (the same numbers as on one
+    rank), cut to this rank's slice, then freed, before it is quantized."""
     gen = torch.Generator(device=torch.device(device)).manual_seed(seed + 1)
 
     def experts(i: int) -> Experts:
@@ -112,6 +117,8 @@ def dummy_experts(config: ModelConfig, dtype: torch.dtype, device: torch.device 
         s13, s2 = _shapes(config.moe, config.hidden_size)
         w13 = torch.empty(s13, dtype=dtype, device=device).normal_(0.0, 0.02, generator=gen)
         w2 = torch.empty(s2, dtype=dtype, device=device).normal_(0.0, 0.02, generator=gen)
+        if shard is not None:
+            w13, w2 = shard(w13, w2)
         return _quantized(scheme, i, w13, w2)
 
     return experts

@@ -14,8 +14,9 @@ device from its future buffer (no host sync; this is what overlap scheduling nee
 
 A runner is built per rank over a `ParallelState`: with several ranks it holds this rank's
 shard (models/tensor_parallel.py: heads, kv heads and intermediate sizes split, the
-vocabulary too) and its KV cache holds only its kv heads; every rank must run the same steps
-(the multi-rank engine that drives them is not built yet).
+vocabulary too), read per shard (each checkpoint tensor sliced as it is read,
+models/shard_loading.py), and its KV cache holds only its kv heads; every rank runs the same
+steps (rank 0's engine broadcasts them, runtime/rank_follower.py).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from ..models.config import ModelConfig
 from ..models.decoder import DecoderModel, ForwardBatch, Fusions, ModelWeights
 from ..models.kv_cache import FP8, KvCacheConfig, PagedKvCache
 from ..models.loader import dummy_weights, load_weights
-from ..models.tensor_parallel import local_config, shard_weights
+from ..models.tensor_parallel import local_config
 from ..ops import AttentionShape, PagedAttention
 from ..ops.host_copy import to_device
 from .cuda_graph_runner import DecodeGraphRunner
@@ -92,7 +93,7 @@ class ModelRunner:
         folder = resolve_model(args.model)
         self.config = ModelConfig.from_folder(folder)  # the whole model's
         c = local_config(self.config, parallel)  # this rank's shard (all of it on one rank)
-        weights = shard_weights(self._weights(folder, dtype), self.config, parallel)
+        weights = self._weights(folder, dtype)  # this rank's shard, read per shard
         kv_dtype = FP8 if args.kv_cache_dtype == "fp8_e4m3" else dtype
         kv_cfg = KvCacheConfig(c.num_layers, c.num_kv_heads, c.head_dim, args.page_size,
                                kv_dtype)
@@ -137,8 +138,10 @@ class ModelRunner:
         quantize = a.quantization == "fp8"
         dequantize = a.moe_weight_dtype == "bf16"
         if a.load_format == "dummy":
-            return dummy_weights(self.config, dtype, self.device, a.seed, quantize, dequantize)
-        return load_weights(folder, self.config, dtype, self.device, quantize, dequantize)
+            return dummy_weights(self.config, dtype, self.device, a.seed, quantize, dequantize,
+                                 self.parallel)
+        return load_weights(folder, self.config, dtype, self.device, quantize, dequantize,
+                            self.parallel)
 
     def _num_pages(self, kv_cfg: KvCacheConfig) -> int:
         a = self.args
