@@ -292,3 +292,20 @@ def test_ceilings_cache_roundtrip(tmp_path, monkeypatch):
     assert ceilings_mod.load_ceilings() is None
     with pytest.raises(ValueError):
         ceilings_mod.measure_ceilings(("int4",))
+
+
+def test_summary_shows_every_run_of_the_latest_day(tmp_path):
+    """A partial re-run does not hide the full run recorded before it that day; runs of
+    earlier days and runs without rows stay out."""
+    path = tmp_path / "results" / "h200" / "moe.json"
+    day = {"gpu": "NVIDIA H200", "driver": "580", "torch": "2.11"}
+    runs = [("2026-11-30T10:00:00+00:00", "old", 3.0), ("2026-12-01T09:00:00+00:00", "full", 4.0),
+            ("2026-12-01T10:00:00+00:00", "empty", None),
+            ("2026-12-01T11:00:00+00:00", "partial", 5.0)]
+    for date, name, us in runs:
+        rows = [] if us is None else [{"case": name, "us": us}]
+        record_run(path, {"suite": "moe", "environment": dict(day, date=date), "rows": rows})
+    text = render_summary(tmp_path / "results")
+    assert "| partial | 5.00 |" in text and "| full | 4.00 |" in text
+    assert text.index("| partial |") < text.index("| full |")  # newest first
+    assert "| old |" not in text and "Run 1 of 2 that day" in text and "Run 2 of 2" in text

@@ -22,7 +22,7 @@ from fuseinfer.bench.plot_panels import (
     Panel,
     suite_panels,
 )
-from fuseinfer.bench.report import load_recorded
+from fuseinfer.bench.report import latest_day_runs, load_recorded
 from fuseinfer.bench.svg_compact import compact_svg
 
 PLOT_INSTALL_HINT = "pip install 'fuseinfer[plot]'"
@@ -203,10 +203,9 @@ def plot_results(results_dir: Path, plots_dir: Path) -> dict[tuple[str, str], Pa
     for gpu_dir in sorted(p for p in Path(results_dir).iterdir() if p.is_dir()):
         for results in sorted(gpu_dir.glob("*.json")):
             recorded = load_recorded(results)
-            if not recorded["runs"]:
-                continue
-            run = recorded["runs"][-1]
-            panels = suite_panels(run)
+            # the newest of the latest day's runs that has something to plot
+            drawable = [(r, suite_panels(r)) for r in latest_day_runs(recorded["runs"])]
+            run, panels = next(((r, p) for r, p in drawable if p), ({}, None))
             if not panels:
                 continue
             env = run.get("environment") or {}

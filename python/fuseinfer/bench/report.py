@@ -121,6 +121,21 @@ def load_recorded(results_path: Path) -> dict[str, Any]:
     return data
 
 
+def _day(run: Mapping[str, Any]) -> str:
+    return str((run.get("environment") or {}).get("date") or "")[:10]
+
+
+def latest_day_runs(runs: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The runs with rows recorded on the latest run's day, newest first: what the summary
+    shows, so a partial re-run (a few shapes after a tuning) does not hide the full run
+    recorded before it that day."""
+    with_rows = [r for r in runs if r.get("rows")]
+    if not with_rows:
+        return []
+    day = _day(with_rows[-1])
+    return [r for r in reversed(with_rows) if _day(r) == day]
+
+
 def _same_setup(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
     ea, eb = a.get("environment") or {}, b.get("environment") or {}
     return all(ea.get(k) == eb.get(k) for k in ("gpu", "driver", "torch")) \

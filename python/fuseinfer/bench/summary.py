@@ -1,6 +1,7 @@
 """Generate the benchmark summary in docs/benchmarks.md from recorded results: per recorded
-(gpu, suite), the provenance of its latest run, its plot (docs/plots/<gpu>_<suite>.svg,
-drawn by bench/plots.py when matplotlib is installed) and its table.
+(gpu, suite), the runs of its latest day (newest first, report.latest_day_runs), each with
+its provenance and table, and the suite's plot (docs/plots/<gpu>_<suite>.svg, drawn by
+bench/plots.py when matplotlib is installed).
 
 Usage: python -m fuseinfer.bench.summary [--results microbench/results] [--doc docs/benchmarks.md]
                                          [--plots docs/plots]
@@ -17,7 +18,7 @@ from typing import Any
 
 from fuseinfer.bench.plots import PLOT_INSTALL_HINT, plot_name, plot_results
 from fuseinfer.bench.registry import Suite, register_suite
-from fuseinfer.bench.report import load_recorded
+from fuseinfer.bench.report import latest_day_runs, load_recorded
 from fuseinfer.paths import repo_dir
 
 BEGIN_MARKER = "<!-- BEGIN GENERATED RESULTS -->"
@@ -107,8 +108,8 @@ def _provenance(run: Mapping[str, Any]) -> str:
 
 def render_summary(results_dir: Path, plots_dir: Path | None = None,
                    doc_dir: Path | None = None) -> str:
-    """Markdown for the latest run of every <results_dir>/<gpu>/<suite>.json; a section
-    whose plot exists in `plots_dir` embeds it, linked relative to `doc_dir`."""
+    """Markdown for the latest day's runs of every <results_dir>/<gpu>/<suite>.json; a
+    section whose plot exists in `plots_dir` embeds it, linked relative to `doc_dir`."""
     results_dir = Path(results_dir)
     if not results_dir.is_dir():
         raise FileNotFoundError(f"results folder {results_dir} does not exist")
@@ -116,17 +117,21 @@ def render_summary(results_dir: Path, plots_dir: Path | None = None,
     for gpu_dir in sorted(p for p in results_dir.iterdir() if p.is_dir()):
         for path in sorted(gpu_dir.glob("*.json")):
             recorded = load_recorded(path)
-            if not recorded["runs"]:
+            runs = latest_day_runs(recorded["runs"])
+            if not runs:
                 continue
-            run = recorded["runs"][-1]  # runs are appended in order: the last is the latest
             title = f"{recorded['suite']} on {gpu_dir.name}"
-            parts = [f"### {title}", _provenance(run)]
+            parts = [f"### {title}"]
             plot = Path(plots_dir) / plot_name(gpu_dir.name, recorded["suite"]) \
                 if plots_dir is not None else None
             if plot is not None and plot.is_file():
                 link = Path(os.path.relpath(plot, doc_dir if doc_dir is not None else "."))
                 parts.append(f"![{title}]({link.as_posix()})")
-            parts.append(markdown_table(run.get("rows") or [], _columns(run)))
+            for i, run in enumerate(runs):
+                if len(runs) > 1:
+                    parts.append(f"Run {i + 1} of {len(runs)} that day (newest first).")
+                parts.append(_provenance(run))
+                parts.append(markdown_table(run.get("rows") or [], _columns(run)))
             sections.append("\n\n".join(parts))
     if not sections:
         return "_No recorded results yet._"

@@ -43,11 +43,14 @@ def is_fp8_engine(base: Any) -> bool:
 
 def weights_label(base: Any) -> str:
     """What the engine's linear weights are, for the recorded rows: "fp8", else the dtype
-    asked for ("checkpoint dtype" for auto)."""
-    if is_fp8_engine(base):
-        return "fp8"
+    asked for ("checkpoint dtype" for auto); "; MoE experts bf16" when MXFP4 experts were
+    dequantized at load (--moe-weight-dtype bf16)."""
     dtype = getattr(base, "dtype", "auto")
-    return "checkpoint dtype" if dtype in (None, "auto") else str(dtype)
+    label = "fp8" if is_fp8_engine(base) else \
+        "checkpoint dtype" if dtype in (None, "auto") else str(dtype)
+    if getattr(base, "moe_weight_dtype", "auto") == "bf16":
+        label += "; MoE experts bf16"
+    return label
 
 
 def add_ablate_argument(parser: argparse.ArgumentParser) -> None:
