@@ -19,6 +19,10 @@ class TextTokenizer:
         self._tok = Tokenizer.from_file(str(path))
         cfg_path = folder / "tokenizer_config.json"
         self.config = json.loads(cfg_path.read_text()) if cfg_path.exists() else {}
+        # newer checkpoints (GPT-OSS among them) ship the template as its own file
+        template = folder / "chat_template.jinja"
+        if not self.config.get("chat_template") and template.exists():
+            self.config["chat_template"] = template.read_text()
 
     @property
     def vocab_size(self) -> int:

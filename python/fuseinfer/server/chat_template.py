@@ -6,6 +6,16 @@ from ..runtime.tokenizer import TextTokenizer
 from .errors import ApiError
 
 
+def _raise(message: str) -> None:
+    raise ValueError(message)
+
+
+def _strftime_now(fmt: str) -> str:
+    from datetime import datetime
+
+    return datetime.now().strftime(fmt)
+
+
 def render_chat(tokenizer: TextTokenizer | None, messages: list[dict]) -> str:
     """The conversation through the tokenizer's chat template (ChatML if it has none).
     Each message is a dict with `role` and a string `content` (text parts already joined),
@@ -19,6 +29,8 @@ def render_chat(tokenizer: TextTokenizer | None, messages: list[dict]) -> str:
     import jinja2
 
     env = jinja2.Environment(autoescape=False, trim_blocks=True, lstrip_blocks=True)
+    # the helpers templates call (GPT-OSS's uses both), as transformers provides them
+    env.globals.update(raise_exception=_raise, strftime_now=_strftime_now)
     try:
         return env.from_string(template).render(messages=messages, add_generation_prompt=True)
     except Exception as err:  # the messages' extra keys reach the template as sent
