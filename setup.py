@@ -60,8 +60,9 @@ setup(
         # interpreter converts 1-element arrays to scalars, which numpy 2.4 refuses.
         # transformers: the models are checked against it on the same checkpoint.
         # openai/httpx: the server is driven by the official client in the CPU suite.
-        "test": ["pytest>=7", "triton>=3.3", "numpy<2.4", "transformers>=4.51", "openai",
-                 "httpx", "fastapi", "uvicorn", "jinja2"],
+        # pytest-benchmark: the host-side benchmarks (tests/host_bench, `fuseinfer bench host`).
+        "test": ["pytest>=7", "pytest-benchmark>=4", "triton>=3.3", "numpy<2.4",
+                 "transformers>=4.51", "openai", "httpx", "fastapi", "uvicorn", "jinja2"],
         # uvicorn[standard]: httptools and uvloop, the faster HTTP parser and event loop.
         "serve": ["fastapi", "uvicorn[standard]", "jinja2"],
         # Headers only; install with --no-deps to skip its Python tooling's dependencies.

@@ -31,8 +31,9 @@ else
   rm -rf "$WHEELS"
 fi
 
-# matplotlib (the plot extra): the CPU suite draws the benchmark plots.
-if ! python -c "import fuseinfer, pytest, triton, transformers, safetensors, tokenizers, fastapi, uvicorn, openai, matplotlib" >/dev/null 2>&1 || [ "${FUSEINFER_REINSTALL:-0}" = 1 ]; then
+# matplotlib (the plot extra): the CPU suite draws the benchmark plots; pytest_benchmark:
+# the host-side benchmarks (tests/host_bench) run in the CPU suite.
+if ! python -c "import fuseinfer, pytest, pytest_benchmark, triton, transformers, safetensors, tokenizers, fastapi, uvicorn, openai, matplotlib" >/dev/null 2>&1 || [ "${FUSEINFER_REINSTALL:-0}" = 1 ]; then
   echo "setup: installing fuseinfer (editable) and test tools"
   pip install -q -e "$ROOT[test,plot]"
 fi

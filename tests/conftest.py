@@ -18,6 +18,20 @@ if str(REPO / "python") not in sys.path:
     sys.path.insert(0, str(REPO / "python"))
 
 
+# Options that ask pytest-benchmark for numbers; without any, the benchmarks (tests/host_bench)
+# run as plain tests: each body once, its asserts checked, nothing timed.
+_BENCHMARK_WANTED = ("benchmark_only", "benchmark_enable", "benchmark_json", "benchmark_save",
+                     "benchmark_autosave", "benchmark_compare", "benchmark_histogram")
+
+
+def pytest_configure(config):
+    # Runs before pytest-benchmark reads its options (its pytest_configure is trylast).
+    option = config.option
+    if hasattr(option, "benchmark_disable") and not any(
+            getattr(option, name, None) for name in _BENCHMARK_WANTED):
+        option.benchmark_disable = True
+
+
 @pytest.fixture(autouse=True)
 def _fresh_seed(request):
     # A different seed per test, so each draws its own data, reproducible by test name.

@@ -4,6 +4,7 @@ files, and incremental detokenization."""
 from __future__ import annotations
 
 import json
+import random
 
 import pytest
 import torch
@@ -77,6 +78,26 @@ def test_incremental_detokenizer_handles_split_characters(isolated_cache):
     detok = IncrementalDetokenizer(tok)
     pieces = [detok.add(i) for i in ids]
     assert "".join(pieces) == text and "\ufffd" not in "".join(pieces)
+
+
+def test_incremental_detokenizer_gives_what_whole_decodes_give(isolated_cache):
+    """It decodes only a window at the end of the stream; token by token, its text is the
+    text of decoding the whole stream each time (holding back a trailing incomplete
+    character), also for random ids, whose bytes are often not valid UTF-8."""
+    tok = TextTokenizer(tiny_model_path())
+    rng = random.Random(5)
+    streams = [tok.encode("naïve 你好 🙂 fox " * 40)]
+    streams += [[rng.randrange(tok.vocab_size) for _ in range(300)] for _ in range(4)]
+    for ids in streams:
+        detok, sent, expected = IncrementalDetokenizer(tok), 0, []
+        for n in range(1, len(ids) + 1):
+            text = tok.decode(ids[:n])
+            if text.endswith("\ufffd"):
+                expected.append("")
+                continue
+            expected.append(text[sent:])
+            sent = len(text)
+        assert [detok.add(t) for t in ids] == expected
 
 
 def test_generate_cli(isolated_cache):

@@ -193,3 +193,93 @@ def test_reset_frees_everything_locked_or_not():
     cache.reset()
     assert sorted(freed.freed) == [3, 4, 6] and cache.cached_pages == 0
     assert cache.locked_pages == 0 and cache.match_prefix([1, 2]).tokens == 0
+
+
+def _lru_order(cache: RadixCache, pages_needed: int) -> list[int]:
+    """The pages `evict(pages_needed)` should free, in order, found the slow way: every
+    unlocked leaf of the tree in a heap by last use, a parent joining once it is a leaf."""
+    import heapq
+
+    leaves, stack = [], [cache.root]
+    while stack:
+        node = stack.pop()
+        stack.extend(node.children.values())
+        if not node.children and node is not cache.root and node.lock_ref == 0:
+            leaves.append((node.last_access, id(node), node))
+    heapq.heapify(leaves)
+    children = {}  # node -> children left
+    out = []
+    while len(out) < pages_needed and leaves:
+        _, _, leaf = heapq.heappop(leaves)
+        out += leaf.pages
+        parent = leaf.parent
+        children[parent] = children.get(parent, len(parent.children)) - 1
+        if parent is not cache.root and not children[parent] and parent.lock_ref == 0:
+            heapq.heappush(leaves, (parent.last_access, id(parent), parent))
+    return out
+
+
+def test_eviction_order_is_lru_over_the_whole_tree():
+    """Eviction keeps its own queue of evictable leaves; under random inserts, matches
+    (which reorder it), splits, locks and unlocks it frees what a scan of the whole tree
+    would, in the same order."""
+    rng = random.Random(3)
+    allocator = PageAllocator(300)
+    freed = []
+
+    def free(pages):
+        freed.extend(pages)
+        allocator.free(pages)
+
+    cache = RadixCache(page_size=2, free_pages=free)
+    held = []
+    for _ in range(2000):
+        seq = [rng.randrange(3) for _ in range(2 * rng.randrange(1, 7))]
+        m = cache.match_prefix(seq)
+        new = allocator.alloc(len(seq) // 2 - len(m.pages))
+        if new is not None:
+            cache.insert(seq, m.pages + new)
+        if rng.random() < 0.3:
+            node = cache.match_prefix(seq).node
+            cache.lock(node)
+            held.append(node)
+        if held and rng.random() < 0.35:
+            cache.unlock(held.pop(rng.randrange(len(held))))
+        if new is None or rng.random() < 0.2:
+            need = rng.randrange(1, 12)
+            expected = _lru_order(cache, need)
+            freed.clear()
+            assert cache.evict(need) == len(expected) and freed == expected
+        assert allocator.available + cache.cached_pages == allocator.capacity
+    assert len(cache._evictable) <= 2 * cache.cached_pages + 1  # no stale entries pile up
+
+
+def test_unlock_after_reset_leaves_the_new_cache_alone():
+    freed = Pages()
+    cache = RadixCache(page_size=1, free_pages=freed)
+    cache.insert([1, 2], [3, 4])
+    node = cache.match_prefix([1, 2]).node
+    cache.lock(node)
+    cache.reset()
+    cache.insert([7], [8])
+    cache.unlock(node)  # a request that held a dropped node finishes
+    assert cache.evict(5) == 1 and freed.freed == [3, 4, 8]
+
+
+def test_host_tensor_is_what_torch_tensor_gives():
+    """to_device's fast packing (a C array viewed as a tensor) gives torch.tensor's values
+    and dtype, and falls back to torch's conversion (and its errors) for anything else."""
+    from fuseinfer.ops.host_copy import host_tensor, to_device
+
+    cases = [([3, -1, 2**40], torch.int64), ([7, 0, -5, 2**31 - 1], torch.int32),
+             ([0.1, 1e-8, -3.5, 1e30], torch.float32), ([0.1, 2.5], torch.float64),
+             ([True, False], torch.int64), ([1, 0], torch.bool), ([1.7, -2.2], torch.int64),
+             ([], torch.int64), ([1, 2], torch.float32)]
+    for values, dtype in cases:
+        got, want = host_tensor(values, dtype), torch.tensor(values, dtype=dtype)
+        assert got.dtype == want.dtype and torch.equal(got, want), (values, dtype)
+    with pytest.raises((RuntimeError, OverflowError)):
+        host_tensor([2**40], torch.int32)
+    out = torch.zeros(4, dtype=torch.int32)
+    assert to_device([1, 2], torch.int32, "cpu", out=out[1:3]).tolist() == [1, 2]
+    assert out.tolist() == [0, 1, 2, 0]

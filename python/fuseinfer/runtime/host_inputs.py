@@ -53,25 +53,32 @@ def step_inputs(batch: ScheduledBatch, req_pool: ReqToTokenPool, page_size: int
     sample_rows, params, rids, steps = [], [], [], []
     masked: list[tuple[int, ...]] = []
     resets: list[HistoryReset] = []
+    pages = req_pool.pages
     for i, w in enumerate(batch.work):
-        r = w.req
+        r, start, p = w.req, w.start, w.req.params
         assert r.slot is not None
-        if r.params.penalized and w.start == r.cached_at_admission:  # its first work
+        if p.penalized and start == r.cached_at_admission:  # its first work
             resets.append(_history_reset(r))
-        end = w.start + w.count
-        ids += r.token_slice(w.start, end)
-        pos += range(w.start, end)
-        loc += req_pool.slots_for(r.slot, w.start, end, page_size)
+        end = start + w.count
+        if w.count == 1:  # a decode row: one token, no list building (a step has 1000s)
+            ids.append(r.token_slice(start, end)[0])
+            pos.append(start)
+            loc.append(pages[r.slot][start // page_size] * page_size + start % page_size)
+        else:
+            ids += r.token_slice(start, end)
+            pos += range(start, end)
+            loc += req_pool.slots_for(r.slot, start, end, page_size)
         rows.append(len(ids) - 1)
         q_lens.append(w.count)
         kv_lens.append(end)
         slots.append(r.slot)
         if w.samples:
+            generated = r.generated
             sample_rows.append(i)
-            params.append(r.params)
+            params.append(p)
             rids.append(r.rid)
-            steps.append(r.generated)
-            masked.append(_masked_stops(r) if r.generated < r.params.min_new_tokens else ())
+            steps.append(generated)
+            masked.append(_masked_stops(r) if generated < p.min_new_tokens else ())
     return StepInputs(batch.mode == "decode", ids, pos, loc, rows, q_lens, kv_lens, slots,
                       sample_rows, params, rids, steps, masked, resets)
 

@@ -183,19 +183,26 @@ class ModelRunner:
     def logits(self, inputs: StepInputs) -> torch.Tensor:
         """Logits of each work item's last token: a graph replay for decode batches that
         fit one, else an eager forward."""
-        slots = self._put(inputs.req_slots)
-        ids = self._token_ids(inputs.input_ids)
-        page_table = self.req_pool.page_table
         if inputs.decode and self.graphs is not None \
                 and self.graphs.padded_size(len(inputs.input_ids)) is not None:
+            slots = self._put(inputs.req_slots)
+            ids = self._token_ids(inputs.input_ids)
             return self.graphs.replay(self.graphs.prepare(
-                ids, inputs.positions, inputs.cache_loc, page_table, slots, inputs.kv_lens))
-        table = page_table[slots]
+                ids, inputs.positions, inputs.cache_loc, self.req_pool.page_table, slots,
+                inputs.kv_lens))
+        return self.model.forward(self.forward_batch(inputs))
+
+    def forward_batch(self, inputs: StepInputs) -> ForwardBatch:
+        """The eager forward's device inputs of a step (the host side of batch building):
+        token ids (placeholders read from the future buffer), positions, KV slots, the
+        requests' page-table rows and the attention plan, the logits rows."""
+        slots = self._put(inputs.req_slots)
+        ids = self._token_ids(inputs.input_ids)
+        table = self.req_pool.page_table[slots]
         plan = self.attention.plan_decode(inputs.kv_lens, table) if inputs.decode \
             else self.attention.plan_prefill(inputs.q_lens, inputs.kv_lens, table)
-        fb = ForwardBatch(ids, self._put(inputs.positions), self._put(inputs.cache_loc), plan,
-                          self._put(inputs.logits_rows))
-        return self.model.forward(fb)
+        return ForwardBatch(ids, self._put(inputs.positions), self._put(inputs.cache_loc),
+                            plan, self._put(inputs.logits_rows))
 
     def forward(self, inputs: StepInputs) -> StepOutput:
         """Run the step and sample (and logprobs where asked), all queued on the device:

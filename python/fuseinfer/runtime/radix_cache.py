@@ -9,6 +9,12 @@ A node is locked (lock_ref > 0) while a running request uses its pages; locking 
 locks its ancestors too. Only unlocked leaves are evicted, least recently used first; an
 evicted leaf's parent may become an evictable leaf in turn. Pages handed to `insert` that
 duplicate cached ones are returned for the caller to free.
+
+Costs do not grow with the number of cached prefixes: a match or insert walks one child
+per node of its own path (comparing a whole node's key at once), and eviction pops a heap
+of the leaves that became evictable (queued once each, when they became unlocked leaves;
+an entry that went stale is dropped or re-queued when it reaches the top), instead of
+collecting every leaf of the tree on each call.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ class RadixNode:
     children: dict[tuple[int, ...], RadixNode] = field(default_factory=dict)
     lock_ref: int = 0
     last_access: int = 0
+    queued: bool = False  # has an entry in the cache's eviction heap
 
     def touch(self) -> None:
         self.last_access = next(_clock)
@@ -53,6 +60,9 @@ class RadixCache:
         self.root.lock_ref = 1  # never evicted
         self.cached_pages = 0
         self.locked_pages = 0
+        # (last_access when queued, id, node) of the nodes that were unlocked leaves when
+        # queued; `evict` skips the ones that no longer are and re-queues the ones used since
+        self._evictable: list[tuple[int, int, RadixNode]] = []
 
     # ---- lookup -------------------------------------------------------------------------
     def _page_key(self, tokens: Sequence[int], at: int) -> tuple[int, ...]:
@@ -69,9 +79,10 @@ class RadixCache:
             child = node.children.get(self._page_key(tokens, at))
             if child is None:
                 break
-            n = self._common_pages(child.key, tokens, at)
-            if n * self.page_size < len(child.key):
-                child = self._split(child, n)
+            end = at + len(child.key)
+            # the common case first: the whole node matches, compared at once
+            if end > usable or tuple(tokens[at:end]) != child.key:
+                child = self._split(child, self._common_pages(child.key, tokens, at))
             pages.extend(child.pages)
             at += len(child.key)
             node = child
@@ -87,7 +98,8 @@ class RadixCache:
         return n
 
     def _split(self, node: RadixNode, pages: int) -> RadixNode:
-        """Cut `node` after `pages` pages; returns the new upper part (node's new parent)."""
+        """Cut `node` after `pages` pages (fewer than it has); returns the new upper part
+        (node's new parent)."""
         cut = pages * self.page_size
         upper = RadixNode(key=node.key[:cut], pages=node.pages[:pages], parent=node.parent,
                           lock_ref=node.lock_ref, last_access=node.last_access)
@@ -122,53 +134,61 @@ class RadixCache:
             node.touch()
             match.node.children[self._page_key(node.key, 0)] = node
             self.cached_pages += len(node.pages)
+            self._queue(node)
         return match.tokens
 
     # ---- locks --------------------------------------------------------------------------
     def lock(self, node: RadixNode) -> None:
-        while node is not self.root:
+        while node is not self.root and node is not None:  # None: dropped by reset()
             if node.lock_ref == 0:
                 self.locked_pages += len(node.pages)
             node.lock_ref += 1
             node = node.parent  # type: ignore[assignment]
 
     def unlock(self, node: RadixNode) -> None:
-        while node is not self.root:
+        while node is not self.root and node is not None:  # None: dropped by reset()
             if node.lock_ref <= 0:
                 raise ValueError("unlock of a node that is not locked")
             node.lock_ref -= 1
             if node.lock_ref == 0:
                 self.locked_pages -= len(node.pages)
+                if not node.children:
+                    self._queue(node)
             node = node.parent  # type: ignore[assignment]
 
     # ---- eviction -----------------------------------------------------------------------
     def evict(self, pages_needed: int) -> int:
         """Free at least `pages_needed` pages from unlocked leaves, least recently used
         first (fewer if not enough are evictable). Returns the pages freed."""
-        leaves = [(n.last_access, id(n), n) for n in self._leaves() if n.lock_ref == 0]
-        heapq.heapify(leaves)
-        freed = 0
-        while freed < pages_needed and leaves:
-            _, _, leaf = heapq.heappop(leaves)
+        heap, freed = self._evictable, 0
+        while freed < pages_needed and heap:
+            queued_at, _, leaf = heap[0]
             parent = leaf.parent
-            assert parent is not None
+            if parent is None or leaf.lock_ref or leaf.children:
+                # evicted, locked or a parent since: queued again when it is a leaf again
+                heapq.heappop(heap)
+                leaf.queued = False
+                continue
+            if queued_at != leaf.last_access:  # used since: its place is its last use
+                heapq.heapreplace(heap, (leaf.last_access, id(leaf), leaf))
+                continue
+            heapq.heappop(heap)
+            leaf.queued = False
             del parent.children[self._page_key(leaf.key, 0)]
+            leaf.parent = None
             self.free_pages(leaf.pages)
             freed += len(leaf.pages)
             self.cached_pages -= len(leaf.pages)
             if parent is not self.root and not parent.children and parent.lock_ref == 0:
-                heapq.heappush(leaves, (parent.last_access, id(parent), parent))
+                self._queue(parent)
         return freed
 
-    def _leaves(self) -> list[RadixNode]:
-        out, stack = [], [self.root]
-        while stack:
-            node = stack.pop()
-            if node.children:
-                stack.extend(node.children.values())
-            elif node is not self.root:
-                out.append(node)
-        return out
+    def _queue(self, node: RadixNode) -> None:
+        """Note that `node` (an unlocked leaf now) may be evicted: an entry at its last use.
+        Its last use only grows, so one entry per node is enough (see `evict`)."""
+        if not node.queued:
+            node.queued = True
+            heapq.heappush(self._evictable, (node.last_access, id(node), node))
 
     def reset(self) -> None:
         """Drop every cached entry (locked ones included) and free their pages."""
@@ -176,6 +196,8 @@ class RadixCache:
         while stack:
             node = stack.pop()
             self.free_pages(node.pages)
+            node.parent = None  # dropped: never evicted, and lock/unlock stop here
             stack.extend(node.children.values())
         self.root.children.clear()
+        self._evictable.clear()
         self.cached_pages = self.locked_pages = 0

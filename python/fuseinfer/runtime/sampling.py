@@ -124,22 +124,26 @@ class SamplingBatch:
     def build(params: Sequence[SamplingParams], vocab_size: int, device: torch.device | str,
               default_seeds: Sequence[int]) -> SamplingBatch:
         """default_seeds: the seed of each unseeded row (e.g. its request id)."""
-        temps = [0.0 if p.greedy else p.temperature for p in params]
-        ks = [vocab_size if p.top_k in (-1, 0) else min(p.top_k, vocab_size) for p in params]
-        seeds = [p.seed if p.seed is not None else s for p, s in
-                 zip(params, default_seeds, strict=True)]
-        filt = any(k < vocab_size for k in ks) or any(p.top_p < 1.0 or p.min_p > 0.0
-                                                      for p in params)
+        # one pass over the rows (a step has up to max_running_requests of them)
+        temps, ks, top_ps, min_ps, seeds = [], [], [], [], []
+        filt = False
+        for p, s in zip(params, default_seeds, strict=True):
+            temps.append(0.0 if p.greedy else p.temperature)
+            k = vocab_size if p.top_k in (-1, 0) else min(p.top_k, vocab_size)
+            ks.append(k)
+            top_ps.append(p.top_p)
+            min_ps.append(p.min_p)
+            seeds.append((p.seed if p.seed is not None else s) & 0x7FFFFFFFFFFFFFFF)
+            filt = filt or k < vocab_size or p.top_p < 1.0 or p.min_p > 0.0
 
         def put(values, dtype):
             return to_device(values, dtype, device)
 
         return SamplingBatch(
             temperature=put(temps, torch.float32), top_k=put(ks, torch.int64),
-            top_p=put([p.top_p for p in params], torch.float32),
-            min_p=put([p.min_p for p in params], torch.float32),
-            seed=put([s & 0x7FFFFFFFFFFFFFFF for s in seeds], torch.int64),
-            needs_filter=filt, all_greedy=all(t == 0.0 for t in temps))
+            top_p=put(top_ps, torch.float32), min_p=put(min_ps, torch.float32),
+            seed=put(seeds, torch.int64), needs_filter=filt,
+            all_greedy=all(t == 0.0 for t in temps))
 
 
 def _mix(x: torch.Tensor) -> torch.Tensor:

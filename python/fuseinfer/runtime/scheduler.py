@@ -52,7 +52,10 @@ class SchedulerConfig:
             raise ValueError("max_running_requests and max_prefill_tokens must be >= 1")
 
 
-@dataclass(frozen=True)
+# Not frozen: one is built per running request per decode step, and a frozen dataclass's
+# __init__ costs three times as much (~0.4 us more each, ~0.1 ms a step at batch 256).
+# Read-only by convention.
+@dataclass(slots=True)
 class Work:
     req: Request
     start: int  # first position computed
@@ -235,10 +238,19 @@ class Scheduler:
         while self.running:
             # A request with all its tokens launched only waits for them (overlap
             # scheduling); `generated` is read once per request per step.
-            active = [r for r in self.running if r.generated < r.params.max_new_tokens]
-            short = [r for r in active if not self._grow(r, r.seq_len)]
+            # one pass: a request whose pages already hold its next token needs no _grow
+            # (every request is grown, as before, even past a short one)
+            ps, table, work, short = self.page_size, self.req_pool.pages, [], False
+            for r in self.running:
+                generated = r.generated
+                if generated >= r.params.max_new_tokens:
+                    continue
+                seq_len = len(r.prompt) + generated
+                if seq_len > len(table[r.slot]) * ps and not self._grow(r, seq_len):
+                    short = True
+                elif not short:
+                    work.append(Work(r, r.cached, 1, True))
             if not short:
-                work = [Work(r, r.cached, 1, True) for r in active]
                 return ScheduledBatch("decode", work) if work else None
             self._retract(self.running[-1])
         return None

@@ -37,18 +37,31 @@ class TextTokenizer:
 
 class IncrementalDetokenizer:
     """Yields the new text of each appended token, holding back bytes that do not yet form
-    a whole character (a multi-byte character split across tokens)."""
+    a whole character (a multi-byte character split across tokens).
+
+    A token costs the same however long the stream is: only a window at the end is decoded,
+    the tokens not shown yet after a few shown ones as context (some tokenizers decode the
+    first token of a text differently, e.g. without its leading space), and the new text is
+    what the window adds to the context's own text. The window starts where a whole
+    character ended, so its text is the whole stream's text from there on."""
+
+    CONTEXT = 3  # the window starts this many shown pieces back
 
     def __init__(self, tokenizer: TextTokenizer) -> None:
         self.tokenizer = tokenizer
         self.ids: list[int] = []
-        self.sent = 0  # characters already returned
+        # token counts at which the text shown so far ended (whole characters), the last
+        # CONTEXT + 1 of them; ids[marks[0]:marks[-1]] is the context, already shown
+        self.marks: list[int] = [0]
 
     def add(self, token: int) -> str:
-        self.ids.append(token)
-        text = self.tokenizer.decode(self.ids)
+        ids, marks = self.ids, self.marks
+        ids.append(token)
+        text = self.tokenizer.decode(ids[marks[0]:])
         if text.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for more bytes
             return ""
-        new = text[self.sent:]
-        self.sent = len(text)
-        return new
+        shown = self.tokenizer.decode(ids[marks[0]:marks[-1]]) if len(marks) > 1 else ""
+        marks.append(len(ids))
+        if len(marks) > self.CONTEXT + 1:
+            del marks[0]
+        return text[len(shown):]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
@@ -40,6 +41,9 @@ async def pieces(client: EngineClient, tokenizer: TextTokenizer | None, gen: Gen
     the text is empty (token-id clients read the tokens)."""
     detok = IncrementalDetokenizer(tokenizer) if tokenizer else None
     hold = max((len(x) for x in stops), default=1) - 1
+    # Per token, only `pending` is scanned: the new text and at most `hold` characters
+    # before it. The earliest match of any stop string: a regex's leftmost match.
+    first_stop = re.compile("|".join(map(re.escape, stops))).search
     pending = ""
     # the first `early` tokens cannot end a choice; `shielded`: how many characters at the
     # start of `pending` are their text (a match must end past them)
@@ -54,14 +58,20 @@ async def pieces(client: EngineClient, tokenizer: TextTokenizer | None, gen: Gen
                 shielded = len(pending)
                 pending += "".join(detok.add(t) for t in tokens[split:])
             elif detok:
-                pending += "".join(detok.add(t) for t in tokens)
+                pending += detok.add(tokens[0]) if len(tokens) == 1 else \
+                    "".join(detok.add(t) for t in tokens)
             produced += len(tokens)
             items = list(zip(tokens, lps, strict=True)) if lps else []
             if stops:
-                hits = [i for i in (pending.find(x, max(shielded - len(x) + 1, 0))
-                                    for x in stops) if i >= 0]
-                if hits:
-                    yield pending[:min(hits)], len(tokens), FinishReason.STOP, items
+                if shielded:  # a match must end past the shielded text
+                    hits = [i for i in (pending.find(x, max(shielded - len(x) + 1, 0))
+                                        for x in stops) if i >= 0]
+                    at = min(hits, default=-1)
+                else:
+                    hit = first_stop(pending)
+                    at = hit.start() if hit else -1
+                if at >= 0:
+                    yield pending[:at], len(tokens), FinishReason.STOP, items
                     return
                 if finish is None and hold:
                     cut = max(len(pending) - hold, 0)
