@@ -115,6 +115,7 @@ def test_tune_mxfp4_only_writes_the_mxfp4_rules(tmp_path, monkeypatch):
     monkeypatch.setattr(tune, "BUCKETS", ((4, (2,)), (None, (9,))))
     monkeypatch.setattr(tune, "MXFP4_CANDIDATES", ((16, 32, 256, 1, 4, 4),
                                                    (32, 32, 64, 2, 4, 3)))
+    monkeypatch.setattr(tune, "MXFP4_SPLIT_CANDIDATES", ((16, 32, 128, 1, 4, 4, True),))
     monkeypatch.setattr(tune, "buffer_sets", lambda *args, **kwargs: 2)
     timed: list[int] = []
 
@@ -143,21 +144,25 @@ def test_tune_mxfp4_only_writes_the_mxfp4_rules(tmp_path, monkeypatch):
     args = argparse.Namespace(models=None, output=out, log=log, quant=["mxfp4"])
     assert tune.tune_command(args) == 0
     assert made == ["mxfp4"]  # only the mxfp4 model, only mxfp4 weights
-    assert len(timed) == 2 * 2  # two candidates at two token counts, each checked first
+    assert len(timed) == 3 * 2  # three candidates at two token counts, each checked first
     parsed = parse_dataclass(MoeDispatch, json.loads(out.read_text())["ops"]["moe"], "moe")
     assert parsed.rules == MOE_BUILTIN.rules and parsed.fp8_rules == MOE_BUILTIN.fp8_rules
     assert parsed.source == MOE_BUILTIN.source  # the untuned parts keep the present entry
     assert parsed.mxfp4_source.startswith("tuned on CPU test") and "mxfp4" in \
         parsed.mxfp4_source and "tiny-oss" in parsed.mxfp4_source
     assert all(isinstance(r, Mxfp4LaunchRule) for r in parsed.mxfp4_rules)
-    assert {r.block_k for r in parsed.mxfp4_rules} <= {256, 64}
+    assert {r.block_k for r in parsed.mxfp4_rules} <= {256, 64, 128}
+    assert all(r.split_dot == (r.block_k == 128) for r in parsed.mxfp4_rules)
     assert parsed.mxfp4_rules[-1].max_tokens is None
     timings = json.loads(log.read_text())["timings"]
     assert {t["quant"] for t in timings} == {"mxfp4"} and all("us" in t for t in timings)
 
 
-@pytest.mark.parametrize("params", tune.MXFP4_CANDIDATES)
+@pytest.mark.parametrize("params", tune.MXFP4_CANDIDATES + tune.MXFP4_SPLIT_CANDIDATES)
 def test_every_mxfp4_candidate_is_a_valid_rule(params):
     from fuseinfer.ops.moe.moe_dispatch import Mxfp4LaunchRule
 
-    Mxfp4LaunchRule(None, *params).validate("candidate")
+    rule = Mxfp4LaunchRule(None, *params)
+    rule.validate("candidate")
+    assert rule.split_dot == (len(params) > 6 and params[6])
+    assert tune._name(params).endswith("_split") == rule.split_dot

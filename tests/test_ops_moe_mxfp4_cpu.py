@@ -247,14 +247,16 @@ def test_in_kernel_decode_is_bit_exact():
     (11, 96, 160, 5, 4, (16, 64, 64)),    # K tails: 96 and 160 are not multiples of 64
     (33, 96, 64, 6, 2, (32, 32, 256)),    # BLOCK_K past K
     (1, 128, 96, 4, 1, (16, 16, 128))])
-def test_mxfp4_kernels_interpreted(t, h, inner, e, k, block, dtype):
+@pytest.mark.parametrize("split_dot", [False, True], ids=["interleaved", "split_dot"])
+def test_mxfp4_kernels_interpreted(t, h, inner, e, k, block, dtype, split_dot):
     from fuseinfer.ops.moe.fused_moe import launch_fused_moe
     from fuseinfer.ops.moe.moe_dispatch import Mxfp4LaunchRule
 
     hidden, w13, s13, w2, s2, b13, b2, weights, ids = mxfp4_moe(t, h, inner, e, k, dtype,
                                                                 dtype)
     out = torch.full((t, h), float("nan"), dtype=dtype)
-    rule = Mxfp4LaunchRule(None, *block, group_m=2, num_warps=4, num_stages=2)
+    rule = Mxfp4LaunchRule(None, *block, group_m=2, num_warps=4, num_stages=2,
+                           split_dot=split_dot)
     rule.validate("test")
     launch_fused_moe(out, hidden, w13, w2, weights, ids, "mxfp4", s13, s2, rule, pdl=False,
                      activation="clamped_swiglu", w13_bias=b13, w2_bias=b2)

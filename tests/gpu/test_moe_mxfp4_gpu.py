@@ -85,12 +85,20 @@ def test_mxfp4_without_biases_and_with_bf16_biases(activation):
         assert _rel_err(out, _ref(hidden, w13, w2, weights, ids, **kw)) < 1e-2
 
 
-def test_every_builtin_mxfp4_rule_runs():
+def test_every_builtin_and_tune_candidate_mxfp4_rule_runs():
+    """The built-in rules and every tune moe candidate, the split_dot ones included."""
+    from dataclasses import replace
+
+    from fuseinfer.bench.suites.moe_tune import MXFP4_CANDIDATES, MXFP4_SPLIT_CANDIDATES
+    from fuseinfer.ops.moe.moe_dispatch import Mxfp4LaunchRule
+
     t, h, inner, e, k = 70, 2880, 2880, 32, 4
     hidden, w13, s13, w2, s2, b13, b2, weights, ids = _mxfp4(t, h, inner, e, k,
                                                              torch.bfloat16)
     want = _ref(hidden, w13, w2, weights, ids, **_kwargs(s13, s2, b13, b2))
-    for rule in MOE_BUILTIN.mxfp4_rules:
+    candidates = [Mxfp4LaunchRule(None, *c) for c in MXFP4_CANDIDATES + MXFP4_SPLIT_CANDIDATES]
+    split_builtins = [replace(r, split_dot=True) for r in MOE_BUILTIN.mxfp4_rules]
+    for rule in (*MOE_BUILTIN.mxfp4_rules, *split_builtins, *candidates):
         out = torch.full((t, h), float("nan"), device="cuda", dtype=torch.bfloat16)
         launch_fused_moe(out, hidden, w13, w2, weights, ids, "mxfp4", s13, s2, rule,
                          pdl=True, activation="clamped_swiglu", w13_bias=b13, w2_bias=b2)

@@ -12,7 +12,10 @@ divides 128) lies in one scale group, its partial product scaled into the fp32 a
 With QUANT == QUANT_MXFP4 (W4A16), B is uint8 [E, N, K/2] (two E2M1 codes per byte, the
 even element in the low nibble) with E8M0 scales uint8 [E, N, K/32]: each k step loads the
 packed [BLOCK_N, BLOCK_K/2] bytes and their scales, decodes them in registers (mxfp4.py) to
-A's dtype and runs a plain dot (BLOCK_K a multiple of 32; K tails masked to zero).
+A's dtype and runs a plain dot (BLOCK_K a multiple of 32; K tails masked to zero). With
+SPLIT_DOT the packed bytes load as [BLOCK_K/2, BLOCK_N] with each byte's scale beside it,
+the low and high nibbles decode into two B halves in that layout, and A's even and odd
+columns (split from the A tile) multiply them in two dots: no interleave of the B tile.
 With HAS_BIAS the row's expert's bias BIAS[e, n] (fp32 after load) is added to the fp32
 accumulator; with MUL_WEIGHT each row is then scaled by its routing weight before the store.
 
@@ -24,7 +27,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .mxfp4 import mxfp4_tile
+from .mxfp4 import e2m1_to_float, e8m0_to_float, mxfp4_tile
 
 DOT_NATIVE = 0  # bf16/fp16 tensor cores; fp8 tensor cores (sm_89+)
 DOT_BF16 = 1    # fp8 operands widened to bf16 (exact) for GPUs without fp8 dots
@@ -43,7 +46,8 @@ def fused_moe_gemm_kernel(A, B, C, AS, BS, W, BIAS, SORTED, EXPERT_IDS, NUM_POST
                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                           BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
                           QUANT: tl.constexpr, MUL_WEIGHT: tl.constexpr,
-                          HAS_BIAS: tl.constexpr, DOT: tl.constexpr, USE_PDL: tl.constexpr):
+                          HAS_BIAS: tl.constexpr, DOT: tl.constexpr, USE_PDL: tl.constexpr,
+                          SPLIT_DOT: tl.constexpr = False):
     # grouped order: GROUP_M row tiles walk the N tiles together, so weight tiles of one
     # expert are reused from L2
     pid = tl.program_id(0)
@@ -66,7 +70,13 @@ def fused_moe_gemm_kernel(A, B, C, AS, BS, W, BIAS, SORTED, EXPERT_IDS, NUM_POST
     n_ok = rn < N
     rk = tl.arange(0, BLOCK_K)
     a_ptrs = A + a_rows[:, None] * stride_am + rk[None, :]
-    if QUANT == 2:
+    if QUANT == 2 and SPLIT_DOT:
+        # [BLOCK_K/2, BLOCK_N] packed bytes and each byte's scale (16 bytes share one)
+        rkb = tl.arange(0, BLOCK_K // 2)
+        b_ptrs = B + expert * stride_be + rn[None, :].to(tl.int64) * stride_bn + rkb[:, None]
+        bs_ptrs = (BS + expert * stride_bs_e + rn[None, :].to(tl.int64) * stride_bs_n
+                   + (rkb // 16)[:, None] * stride_bs_k)
+    elif QUANT == 2:
         # [BLOCK_N, BLOCK_K/2] packed bytes and [BLOCK_N, BLOCK_K/32] scales, K contiguous
         rkb = tl.arange(0, BLOCK_K // 2)
         rks = tl.arange(0, BLOCK_K // 32)
@@ -82,7 +92,25 @@ def fused_moe_gemm_kernel(A, B, C, AS, BS, W, BIAS, SORTED, EXPERT_IDS, NUM_POST
     for k0 in range(0, K, BLOCK_K):
         k_ok = k0 + rk < K
         a = tl.load(a_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-        if QUANT == 2:
+        if QUANT == 2 and SPLIT_DOT:
+            kb_ok = k0 // 2 + rkb < K // 2
+            packed = tl.load(b_ptrs, mask=kb_ok[:, None] & n_ok[None, :], other=0).to(tl.int32)
+            sc = e8m0_to_float(tl.load(bs_ptrs, mask=kb_ok[:, None] & n_ok[None, :],
+                                       other=127).to(tl.int32))
+            b_lo = (e2m1_to_float(packed & 15) * sc).to(A.dtype.element_ty)
+            b_hi = (e2m1_to_float(packed >> 4) * sc).to(A.dtype.element_ty)
+            # A's even columns (the low nibbles' elements) and odd ones
+            a_even, a_odd = tl.split(tl.reshape(a, (BLOCK_M, BLOCK_K // 2, 2)))
+            if DOT == 2:
+                part = tl.dot(a_even.to(tl.float32), b_lo.to(tl.float32),
+                              input_precision="ieee")
+                part += tl.dot(a_odd.to(tl.float32), b_hi.to(tl.float32),
+                               input_precision="ieee")
+            else:
+                part = tl.dot(a_even, b_lo)
+                part += tl.dot(a_odd, b_hi)
+            acc += part
+        elif QUANT == 2:
             kb_ok = k0 // 2 + rkb < K // 2
             packed = tl.load(b_ptrs, mask=n_ok[:, None] & kb_ok[None, :], other=0)
             ks_ok = k0 // 32 + rks < K // 32
@@ -90,19 +118,20 @@ def fused_moe_gemm_kernel(A, B, C, AS, BS, W, BIAS, SORTED, EXPERT_IDS, NUM_POST
             b = tl.trans(mxfp4_tile(packed, sc, BLOCK_N, BLOCK_K, A.dtype.element_ty))
         else:
             b = tl.load(b_ptrs, mask=k_ok[:, None] & n_ok[None, :], other=0.0)
-        if DOT == 0:
-            part = tl.dot(a, b)
-        elif DOT == 1:
-            part = tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16))
-        else:
-            part = tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
-        if QUANT == 1:
-            group = k0 // 128
-            sa = tl.load(as_ptrs + group * stride_as_k, mask=row_ok, other=0.0)
-            sb = tl.load(bs_ptrs + group * stride_bs_k, mask=n_ok, other=0.0)
-            acc += part * (sa[:, None] * sb[None, :])
-        else:
-            acc += part
+        if not (QUANT == 2 and SPLIT_DOT):
+            if DOT == 0:
+                part = tl.dot(a, b)
+            elif DOT == 1:
+                part = tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16))
+            else:
+                part = tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+            if QUANT == 1:
+                group = k0 // 128
+                sa = tl.load(as_ptrs + group * stride_as_k, mask=row_ok, other=0.0)
+                sb = tl.load(bs_ptrs + group * stride_bs_k, mask=n_ok, other=0.0)
+                acc += part * (sa[:, None] * sb[None, :])
+            else:
+                acc += part
         a_ptrs += BLOCK_K
         if QUANT == 2:
             b_ptrs += BLOCK_K // 2

@@ -48,13 +48,19 @@ MXFP4_CANDIDATES = ((16, 32, 256, 1, 4, 4), (16, 64, 128, 1, 4, 4), (16, 64, 256
                     (16, 128, 128, 1, 4, 3), (16, 128, 256, 1, 8, 3), (32, 64, 128, 4, 4, 4),
                     (32, 128, 128, 4, 4, 3), (64, 128, 64, 8, 4, 3), (64, 128, 128, 8, 4, 3),
                     (64, 128, 128, 8, 8, 3), (128, 128, 64, 8, 8, 3), (128, 128, 128, 8, 8, 3))
+# the same tiles with split_dot (two dots over A's even / odd columns, no B interleave):
+# the small-M ones, where the decode's shuffles weigh most, and two prefill ones
+MXFP4_SPLIT_CANDIDATES = ((16, 64, 128, 1, 4, 4, True), (16, 64, 256, 1, 4, 4, True),
+                          (16, 128, 128, 1, 4, 3, True), (32, 128, 128, 4, 4, 3, True),
+                          (64, 128, 64, 8, 4, 3, True), (128, 128, 64, 8, 8, 3, True))
 TUNE_QUANTS = ("bf16", "fp8_block", "mxfp4")
 Key = tuple[str, int]  # (model, tokens)
 Times = dict[str, dict[Key, float]]  # candidate name -> µs per key
 
 
-def _name(c: tuple[int, ...]) -> str:
-    return "triton_{}x{}x{}_g{}_w{}_s{}".format(*c)
+def _name(c: tuple[int | bool, ...]) -> str:
+    split = "_split" if len(c) > 6 and c[6] else ""
+    return "triton_{}x{}x{}_g{}_w{}_s{}".format(*c[:6]) + split
 
 
 def _geomean(values: Sequence[float]) -> float:
@@ -214,7 +220,7 @@ def tune_command(args: argparse.Namespace) -> int:
                                else "fp8_block" if fp8_models else "bf16")
         entry = replace(entry, source=source)
     if mx_models:
-        mx_params = {_name(c): c for c in MXFP4_CANDIDATES}
+        mx_params = {_name(c): c for c in (*MXFP4_CANDIDATES, *MXFP4_SPLIT_CANDIDATES)}
         times = measure(mx_models, "mxfp4",
                         {n: _entry(None, None, None, c) for n, c in mx_params.items()}, timing,
                         log)

@@ -50,7 +50,8 @@ def _grouped_gemm(a: torch.Tensor, a_scales: torch.Tensor | None, b: torch.Tenso
         w.stride(0), w.stride(-1), bi.stride(0), BLOCK_M=rule.block_m,
         BLOCK_N=rule.block_n, BLOCK_K=rule.block_k, GROUP_M=rule.group_m, QUANT=mode,
         MUL_WEIGHT=weights is not None, HAS_BIAS=bias is not None,
-        DOT=_dot_mode(a.device, a.dtype), USE_PDL=pdl, num_warps=rule.num_warps,
+        DOT=_dot_mode(a.device, a.dtype), USE_PDL=pdl,
+        SPLIT_DOT=mxfp4 and getattr(rule, "split_dot", False), num_warps=rule.num_warps,
         num_stages=rule.num_stages, **extra)
 
 

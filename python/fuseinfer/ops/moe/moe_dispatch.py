@@ -80,7 +80,12 @@ class MoeLaunchRule:
 
 @dataclass(frozen=True)
 class Mxfp4LaunchRule(MoeLaunchRule):
-    """A quant="mxfp4" rule: block_k in [32, 256] (whole E8M0 scale blocks per k step)."""
+    """A quant="mxfp4" rule: block_k in [32, 256] (whole E8M0 scale blocks per k step).
+    split_dot: the low and high nibbles' halves multiply the even and odd columns of A in
+    two dots, instead of the decoded halves being interleaved into one B tile (a register
+    shuffle of the B tile per k step; the split shuffles the smaller A tile instead)."""
+
+    split_dot: bool = False
 
     def validate(self, where: str) -> None:
         check_bound(self.max_tokens, where)
