@@ -67,9 +67,9 @@ class DecodeLoop:
         batch = self.sched.schedule()
         if between is not None:
             between(batch)
-        n = len(batch.work)
+        n = len(batch)  # (a decode batch's work items are not built: len counts them)
         self.sched.launched(batch, self.placeholders[:n])
-        deltas = self.sched.resolve(self.in_flight, self.tokens[:len(self.in_flight.work)])
+        deltas = self.sched.resolve(self.in_flight, self.tokens[:len(self.in_flight)])
         self.in_flight = batch
         return batch, deltas
 

@@ -46,12 +46,11 @@ def req_pool(runner):
 
 def build(runner, batch):
     """A step's host inputs and device tensors, as `ModelRunner.forward` builds them
-    before the forward runs."""
+    before the forward runs (the sampling tensors: the runner's `sampling_rows`, which
+    reuses the previous step's while the rows are the same requests)."""
     inputs = step_inputs(batch, runner.req_pool, PAGE)
     fb = runner.forward_batch(inputs)
-    seed = runner.args.seed * 1_000_003
-    sb = SamplingBatch.build(inputs.sampling, runner.config.vocab_size, runner.device,
-                             [seed + rid for rid in inputs.rids])
+    sb = runner.sampling_rows(inputs, runner.config.vocab_size).batch
     return inputs, fb, sb, runner._put(inputs.steps)
 
 

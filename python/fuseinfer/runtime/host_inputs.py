@@ -46,6 +46,9 @@ def step_inputs(batch: ScheduledBatch, req_pool: ReqToTokenPool, page_size: int
                 ) -> StepInputs:
     """The host inputs of `batch`; tokens still in flight stay placeholders (read on the
     device by the model runner)."""
+    if batch.reqs is not None:
+        return _decode_inputs(batch.mode == "decode", batch.reqs, batch.starts, req_pool.pages,
+                              page_size)
     ids: list[int] = []
     pos: list[int] = []
     loc: list[int] = []
@@ -81,6 +84,41 @@ def step_inputs(batch: ScheduledBatch, req_pool: ReqToTokenPool, page_size: int
             masked.append(_masked_stops(r) if generated < p.min_new_tokens else ())
     return StepInputs(batch.mode == "decode", ids, pos, loc, rows, q_lens, kv_lens, slots,
                       sample_rows, params, rids, steps, masked, resets)
+
+
+def _decode_inputs(decode: bool, reqs: list[Request], starts: list[int],
+                   pages: dict[int, list[int]], page_size: int) -> StepInputs:
+    """`step_inputs` of a decode batch kept as parallel lists (every request computes the
+    token at its start position and samples): the same lists, with the per-row calls
+    inlined and the per-row constants built whole."""
+    n = len(reqs)
+    slots = [r.slot for r in reqs]
+    assert None not in slots
+    params = [r.params for r in reqs]
+    ids: list[int] = []
+    loc: list[int] = []
+    steps: list[int] = []
+    masked: list[tuple[int, ...]] = []
+    resets: list[HistoryReset] = []
+    add_id, add_loc, add_step, add_masked = ids.append, loc.append, steps.append, \
+        masked.append
+    for r, start, slot, p in zip(reqs, starts, slots, params, strict=True):
+        if start == r.cached_at_admission and p.penalized:  # its first work
+            resets.append(_history_reset(r))
+        # r.token_slice(start, start + 1)[0] and r.generated, inlined
+        prompt, output, in_flight = r.prompt, r.output, r._in_flight
+        k = start - len(prompt)
+        if k < 0:
+            add_id(prompt[start])
+        else:
+            add_id(output[k] if k < len(output) else in_flight[k - len(output)])
+        add_loc(pages[slot][start // page_size] * page_size + start % page_size)
+        generated = len(output) + len(in_flight)
+        add_step(generated)
+        add_masked(_masked_stops(r) if generated < p.min_new_tokens else ())
+    return StepInputs(decode, ids, list(starts), loc, list(range(n)), [1] * n,
+                      [s + 1 for s in starts], slots, list(range(n)), params,
+                      [r.rid for r in reqs], steps, masked, resets)
 
 
 def _masked_stops(r: Request) -> tuple[int, ...]:

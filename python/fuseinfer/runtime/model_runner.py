@@ -21,6 +21,7 @@ steps (rank 0's engine broadcasts them, runtime/rank_follower.py).
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -41,7 +42,7 @@ from .engine_args import EngineArgs
 from .host_inputs import StepInputs
 from .kv_pool import ReqToTokenPool, pages_for_budget
 from .logit_adjust import HistoryReset, LogitAdjustments, TokenHistory
-from .sampling import SamplingBatch, sample, token_logprobs
+from .sampling import SamplingBatch, SamplingParams, sample, token_logprobs
 from .step_output import TokenLogprob
 
 _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
@@ -66,6 +67,21 @@ class InFlightStep:
     event: torch.cuda.Event | None
     logprobs: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None  # host copies
     wants: tuple[int | None, ...]
+
+
+@dataclass
+class SamplingRows:
+    """What a step's sampling rows need, derived from their params alone; kept by the runner
+    and reused while the rows stay the same requests with the same params objects (a decode
+    step of an unchanged running set: the common case)."""
+
+    vocab_size: int  # the key: the logits' columns, the request ids and their params
+    rids: list[int]
+    params: list[SamplingParams]  # compared by identity
+    adjusts: bool  # any logit adjustment (penalty, bias, min_new_tokens)
+    greedy: bool  # every row greedy: an argmax, no sampling tensors
+    wants: tuple[int | None, ...]  # per row: top-k logprobs asked (None: none)
+    batch: SamplingBatch | None  # the sampling tensors (None when greedy)
 
 
 @dataclass(frozen=True)
@@ -124,6 +140,7 @@ class ModelRunner:
         self._next_future = 0
         # penalized requests' token counts, per page-table row (allocated on first use)
         self.history = TokenHistory(args.max_running_requests + 1, c.vocab_size, self.device)
+        self._sampling_rows: SamplingRows | None = None  # the last step's (sampling_rows)
         self.graphs: DecodeGraphRunner | None = None
         if self.device.type == "cuda" and not args.disable_cuda_graph:
             bs = min(args.cuda_graph_max_bs, args.max_running_requests)
@@ -158,7 +175,7 @@ class ModelRunner:
         caller makes sure no step is in flight."""
         self.model = self.graphs = self.kv_cache = None  # type: ignore[assignment]
         self.attention = self.req_pool = self._future = None  # type: ignore[assignment]
-        self.history = None  # type: ignore[assignment]
+        self.history = self._sampling_rows = None  # type: ignore[assignment]
         if self.parallel.allreduce is not None:
             self.parallel.allreduce.close()
         if self.device.type == "cuda":
@@ -213,27 +230,47 @@ class ModelRunner:
         params = inputs.sampling
         if inputs.history_resets:
             self._reset_history(inputs.history_resets)
+        rows = self.sampling_rows(inputs, logits.size(-1))
         adjust = LogitAdjustments.build(params, [inputs.req_slots[i] for i in
                                                  inputs.sample_rows],
                                         inputs.masked_stops, self.device) \
-            if any(p.adjusts_logits for p in params) else None
+            if rows.adjusts else None
         scores = logits if adjust is None else adjust.apply(logits, self.history)
         if not params:
             tokens = torch.empty(0, dtype=torch.int64, device=self.device)
-        elif all(p.greedy for p in params):  # no sampling tensors to build
+        elif rows.greedy:  # no sampling tensors to build
             tokens = scores.argmax(dim=-1)
         else:
-            seed = self.args.seed * 1_000_003
-            sb = SamplingBatch.build(params, logits.size(-1), self.device,
-                                     [seed + rid for rid in inputs.rids])
-            tokens = sample(scores, sb, self._put(inputs.steps))
+            tokens = sample(scores, rows.batch, self._put(inputs.steps))
         if adjust is not None and adjust.penalty_rows is not None:  # the history grows
             self.history.add(adjust.penalty_slots, tokens[adjust.penalty_rows])
-        wants = tuple(p.logprobs for p in params)
+        wants = rows.wants
         lp = None
         if any(k is not None for k in wants):
             lp = token_logprobs(logits, tokens, max(k or 0 for k in wants))
         return StepOutput(tokens, lp, wants)
+
+    def sampling_rows(self, inputs: StepInputs, vocab_size: int) -> SamplingRows:
+        """The step's `SamplingRows` over logits of `vocab_size` columns: the previous
+        step's when its rows are the same request ids with the very same params objects
+        and the vocabulary is the same (what they hold depends on nothing else), else
+        built (the sampling tensors only when some row is not greedy). The tensors are only
+        read on the device, so a step in flight may share them."""
+        last, rids, params = self._sampling_rows, inputs.rids, inputs.sampling
+        if last is not None and last.vocab_size == vocab_size and last.rids == rids \
+                and len(last.params) == len(params) \
+                and all(map(operator.is_, last.params, params)):
+            return last
+        greedy = all(p.greedy for p in params)
+        batch = None
+        if params and not greedy:
+            seed = self.args.seed * 1_000_003
+            batch = SamplingBatch.build(params, vocab_size, self.device,
+                                        [seed + rid for rid in rids])
+        self._sampling_rows = SamplingRows(
+            vocab_size, list(rids), list(params), any(p.adjusts_logits for p in params),
+            greedy, tuple(p.logprobs for p in params), batch)
+        return self._sampling_rows
 
     def _reset_history(self, resets: list[HistoryReset]) -> None:
         outputs = [t for r in resets for t in r.output]

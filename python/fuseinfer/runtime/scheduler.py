@@ -63,10 +63,40 @@ class Work:
     samples: bool  # the step reaches the end of the sequence: sample the next token
 
 
-@dataclass(frozen=True)
 class ScheduledBatch:
-    mode: str  # "prefill" or "decode"
-    work: list[Work]
+    """A step's work: `mode` "prefill" or "decode", and `work`, its items in order.
+
+    The scheduler's decode batches are kept as two parallel lists instead, `reqs` and
+    `starts` (each request computes one token at its start position and samples): a
+    decode step builds no per-request objects, and `launched`, `resolve` and
+    `step_inputs` read the lists directly. Their `work` is built from them on first
+    access. A batch built from a work list has `reqs` and `starts` None. Read-only by
+    convention."""
+
+    __slots__ = ("mode", "_work", "reqs", "starts")
+
+    def __init__(self, mode: str, work: list[Work] | None = None, *,
+                 reqs: list[Request] | None = None, starts: list[int] | None = None) -> None:
+        if (work is None) == (reqs is None) or (reqs is None) != (starts is None):
+            raise ValueError("a ScheduledBatch takes either work or reqs and starts")
+        self.mode = mode
+        self._work = work
+        self.reqs = reqs
+        self.starts = starts
+
+    @property
+    def work(self) -> list[Work]:
+        if self._work is None:
+            self._work = [Work(r, s, 1, True) for r, s in zip(self.reqs, self.starts,
+                                                               strict=True)]
+        return self._work
+
+    def __len__(self) -> int:
+        """Work items."""
+        return len(self._work) if self._work is not None else len(self.reqs)
+
+    def __repr__(self) -> str:
+        return f"ScheduledBatch({self.mode!r}, {self.work!r})"
 
 
 class Scheduler:
@@ -240,18 +270,22 @@ class Scheduler:
             # scheduling); `generated` is read once per request per step.
             # one pass: a request whose pages already hold its next token needs no _grow
             # (every request is grown, as before, even past a short one)
-            ps, table, work, short = self.page_size, self.req_pool.pages, [], False
+            # (the work is two parallel lists: no object per request)
+            ps, table, short = self.page_size, self.req_pool.pages, False
+            reqs: list[Request] = []
+            starts: list[int] = []
             for r in self.running:
-                generated = r.generated
+                generated = len(r.output) + len(r._in_flight)  # r.generated, inlined
                 if generated >= r.params.max_new_tokens:
                     continue
                 seq_len = len(r.prompt) + generated
                 if seq_len > len(table[r.slot]) * ps and not self._grow(r, seq_len):
                     short = True
                 elif not short:
-                    work.append(Work(r, r.cached, 1, True))
+                    reqs.append(r)
+                    starts.append(r.cached)
             if not short:
-                return ScheduledBatch("decode", work) if work else None
+                return ScheduledBatch("decode", reqs=reqs, starts=starts) if reqs else None
             self._retract(self.running[-1])
         return None
 
@@ -266,6 +300,9 @@ class Scheduler:
         """The step is running: advance each request's KV and note a placeholder (a
         negative id) for each token it will sample, so the next step can be scheduled
         before the tokens are known (overlap scheduling)."""
+        if batch.reqs is not None:
+            self._launched_decode(batch.reqs, batch.starts, placeholders)
+            return
         marks = iter(placeholders)
         for w in batch.work:
             req = w.req
@@ -285,6 +322,8 @@ class Scheduler:
         """Append the step's sampled tokens in place of their placeholders and apply the
         stop rules; returns one delta per request that got a token. A request that
         finished at an earlier step (overlap ran one more step for it) ignores its token."""
+        if batch.reqs is not None:
+            return self._resolve_decode(batch.reqs, next_tokens, logprobs)
         deltas = []
         sampled = iter(next_tokens)
         entries = iter(logprobs) if logprobs is not None else None
@@ -305,6 +344,59 @@ class Scheduler:
                     self.waiting.remove(req)
                 self._release(req, keep_in_cache=True)
             deltas.append(RequestDelta(req.rid, [token], new_lp, req.finish_reason))
+        return deltas
+
+    # ---- decode batches (reqs and starts): what launched and resolve do for their work,
+    # with the per-request calls inlined (a step has up to max_running_requests of them)
+    def _launched_decode(self, reqs: list[Request], starts: list[int],
+                         placeholders: Sequence[int]) -> None:
+        if len(placeholders) < len(reqs):
+            raise ValueError(f"{len(placeholders)} placeholders for {len(reqs)} tokens")
+        for req, start, mark in zip(reqs, starts, placeholders, strict=False):
+            req.cached = start + 1
+            if req is self.prefilling:
+                self.prefilling = None
+            req._in_flight.append(int(mark))  # req.in_flight(mark)
+
+    def _resolve_decode(self, reqs: list[Request], next_tokens: Sequence[int],
+                        logprobs: Sequence[TokenLogprob | None] | None
+                        ) -> list[RequestDelta]:
+        if len(next_tokens) < len(reqs) or (logprobs is not None
+                                            and len(logprobs) < len(reqs)):
+            raise ValueError(f"{len(next_tokens)} tokens for {len(reqs)} requests")
+        deltas = []
+        append = deltas.append
+        entries = logprobs if logprobs is not None else itertools.repeat(None)
+        for req, token, entry in zip(reqs, next_tokens, entries, strict=False):
+            token = int(token)
+            if req.finish_reason is not None:  # finished at an earlier step
+                continue
+            # req.arrived(token, entry), inlined
+            in_flight = req._in_flight
+            assert in_flight, "a resolved step found no placeholder for its token"
+            del in_flight[0]
+            output = req.output
+            output.append(token)
+            if entry is None:
+                new_lp = _NO_LOGPROBS
+            else:
+                req.logprobs.append(entry)
+                new_lp = [entry]
+            # whether _stops would stop it, inlined (most tokens stop nothing); _stops then
+            # sets the reason
+            p = req.params
+            produced = len(output)
+            if (produced > p.min_new_tokens or produced >= p.max_new_tokens) \
+                    and (produced >= p.max_new_tokens or token in p.stop_token_ids
+                         or (not p.ignore_eos and token in req.eos_ids)) \
+                    and self._stops(req, token, produced):
+                req.drop_in_flight()  # placeholders of steps scheduled past the stop
+                if req in self.running:
+                    self.running.remove(req)
+                elif req in self.waiting:  # retracted while its token was in flight
+                    self.waiting.remove(req)
+                self._release(req, keep_in_cache=True)
+            append(RequestDelta(req.rid, [token], new_lp, req.finish_reason))
         return deltas
 
     def _stops(self, req: Request, token: int, produced: int) -> bool:
