@@ -18,12 +18,12 @@ import torch
 
 from ..arg_checks import fail
 from ..library import LIB, define, impl_cpu, impl_fake
-from ..triton_launch import next_pow2, use_pdl
+from ..triton_launch import use_pdl
+from .gate_up import check_gate_up, gate_up_launch, gate_up_out
 
 OP = "clamped_swiglu_and_mul"
 _SCHEMA = (f"{OP}(Tensor(a!) out, Tensor input, float alpha=1.702, float limit=7.0, "
            "bool? enable_pdl=None) -> ()")
-_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 ALPHA = 1.702  # GPT-OSS's defaults
 LIMIT = 7.0
 
@@ -48,20 +48,7 @@ def check_clamped_swiglu_args(op: str, alpha: float, limit: float,
 
 def _check(out: torch.Tensor, input: torch.Tensor, alpha: float = ALPHA,
            limit: float = LIMIT, enable_pdl: bool | None = None) -> None:
-    if input.dim() != 2 or input.size(1) % 2:
-        fail(OP, "input", f"must be [tokens, 2 * inner], got {list(input.shape)}")
-    if input.dtype not in _DTYPES:
-        fail(OP, "input", f"must be bfloat16, float16 or float32, got {input.dtype}")
-    if input.size(1) and input.stride(1) != 1:
-        fail(OP, "input", "must have a contiguous last dim")
-    want = [input.size(0), input.size(1) // 2]
-    if list(out.shape) != want:
-        fail(OP, "out", f"must be {want}, got {list(out.shape)}")
-    if out.dtype != input.dtype or out.device != input.device:
-        fail(OP, "out", f"must be {input.dtype} on {input.device}, got {out.dtype} on "
-             f"{out.device}")
-    if out.size(1) and out.stride(1) != 1:
-        fail(OP, "out", "must have a contiguous last dim")
+    check_gate_up(OP, out, input)
     check_clamped_swiglu_args(OP, alpha, limit)
 
 
@@ -76,13 +63,13 @@ def launch_clamped_swiglu_and_mul(out: torch.Tensor, input: torch.Tensor, alpha:
     """The Triton launch (also used directly by the interpreter tests on the CPU)."""
     from ...triton.clamped_swiglu import clamped_swiglu_kernel
 
-    rows, inner = out.shape
-    if rows == 0 or inner == 0:
+    launch = gate_up_launch(out)
+    if launch is None:
         return
-    block = min(1024, next_pow2(inner))
+    grid, block = launch
     extra = {"launch_pdl": True} if pdl else {}
-    clamped_swiglu_kernel[(rows, -(-inner // block))](
-        input, out, inner, input.stride(0), out.stride(0), float(alpha), float(limit),
+    clamped_swiglu_kernel[grid](
+        input, out, out.size(1), input.stride(0), out.stride(0), float(alpha), float(limit),
         BLOCK=block, USE_PDL=pdl, num_warps=4, **extra)
 
 
@@ -98,8 +85,7 @@ def clamped_swiglu_and_mul(input: torch.Tensor, alpha: float = ALPHA, limit: flo
     """GPT-OSS's clamped SwiGLU of input [tokens, 2 * inner] = [gate | up]; returns out
     [tokens, inner]."""
     if out is None:
-        out = torch.empty(input.size(0), input.size(-1) // 2, dtype=input.dtype,
-                          device=input.device)
+        out = gate_up_out(input)
     torch.ops.fuseinfer.clamped_swiglu_and_mul(out, input, alpha, limit,
                                                enable_pdl=enable_pdl)
     return out

@@ -13,12 +13,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..arg_checks import fail
 from ..library import LIB, define, impl_cpu, impl_fake
-from ..triton_launch import next_pow2, use_pdl
+from ..triton_launch import use_pdl
+from .gate_up import check_gate_up, gate_up_launch, gate_up_out
 
 _SCHEMA = "silu_and_mul(Tensor(a!) out, Tensor input, bool? enable_pdl=None) -> ()"
-_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
 
 def reference_silu_and_mul(x: torch.Tensor) -> torch.Tensor:
@@ -28,21 +27,7 @@ def reference_silu_and_mul(x: torch.Tensor) -> torch.Tensor:
 
 
 def _check(out: torch.Tensor, input: torch.Tensor, enable_pdl: bool | None = None) -> None:
-    op = "silu_and_mul"
-    if input.dim() != 2 or input.size(1) % 2:
-        fail(op, "input", f"must be [tokens, 2 * inner], got {list(input.shape)}")
-    if input.dtype not in _DTYPES:
-        fail(op, "input", f"must be bfloat16, float16 or float32, got {input.dtype}")
-    if input.size(1) and input.stride(1) != 1:
-        fail(op, "input", "must have a contiguous last dim")
-    want = [input.size(0), input.size(1) // 2]
-    if list(out.shape) != want:
-        fail(op, "out", f"must be {want}, got {list(out.shape)}")
-    if out.dtype != input.dtype or out.device != input.device:
-        fail(op, "out", f"must be {input.dtype} on {input.device}, got {out.dtype} on "
-             f"{out.device}")
-    if out.size(1) and out.stride(1) != 1:
-        fail(op, "out", "must have a contiguous last dim")
+    check_gate_up("silu_and_mul", out, input)
 
 
 def _cpu(out: torch.Tensor, input: torch.Tensor, enable_pdl: bool | None = None) -> None:
@@ -54,13 +39,13 @@ def launch_silu_and_mul(out: torch.Tensor, input: torch.Tensor, pdl: bool) -> No
     """The Triton launch (also used directly by the interpreter tests on the CPU)."""
     from ...triton.silu_and_mul import silu_and_mul_kernel
 
-    rows, inner = out.shape
-    if rows == 0 or inner == 0:
+    launch = gate_up_launch(out)
+    if launch is None:
         return
-    block = min(1024, next_pow2(inner))
+    grid, block = launch
     extra = {"launch_pdl": True} if pdl else {}
-    silu_and_mul_kernel[(rows, -(-inner // block))](
-        input, out, inner, input.stride(0), out.stride(0), BLOCK=block, USE_PDL=pdl,
+    silu_and_mul_kernel[grid](
+        input, out, out.size(1), input.stride(0), out.stride(0), BLOCK=block, USE_PDL=pdl,
         num_warps=4, **extra)
 
 
@@ -73,8 +58,7 @@ def silu_and_mul(input: torch.Tensor, out: torch.Tensor | None = None,
                  enable_pdl: bool | None = None) -> torch.Tensor:
     """silu(gate) * up of input [tokens, 2 * inner] = [gate | up]; returns out."""
     if out is None:
-        out = torch.empty(input.size(0), input.size(-1) // 2, dtype=input.dtype,
-                          device=input.device)
+        out = gate_up_out(input)
     torch.ops.fuseinfer.silu_and_mul(out, input, enable_pdl=enable_pdl)
     return out
 
