@@ -266,11 +266,10 @@ class Scheduler:
 
     def _schedule_decode(self) -> ScheduledBatch | None:
         while self.running:
-            # A request with all its tokens launched only waits for them (overlap
-            # scheduling); `generated` is read once per request per step.
-            # one pass: a request whose pages already hold its next token needs no _grow
-            # (every request is grown, as before, even past a short one)
-            # (the work is two parallel lists: no object per request)
+            # One pass, the work as two parallel lists (no object per request). A request
+            # with all its tokens launched only waits for them (overlap scheduling); one
+            # whose pages already hold its next token needs no _grow; every request is
+            # grown, even past one that came up short.
             ps, table, short = self.page_size, self.req_pool.pages, False
             reqs: list[Request] = []
             starts: list[int] = []
@@ -337,12 +336,7 @@ class Scheduler:
             req.arrived(token, entry)
             new_lp = [entry] if entry is not None else _NO_LOGPROBS
             if self._stops(req, token, len(req.output)):
-                req.drop_in_flight()  # placeholders of steps scheduled past the stop
-                if req in self.running:
-                    self.running.remove(req)
-                elif req in self.waiting:  # retracted while its token was in flight
-                    self.waiting.remove(req)
-                self._release(req, keep_in_cache=True)
+                self._finish(req)
             deltas.append(RequestDelta(req.rid, [token], new_lp, req.finish_reason))
         return deltas
 
@@ -390,14 +384,19 @@ class Scheduler:
                     and (produced >= p.max_new_tokens or token in p.stop_token_ids
                          or (not p.ignore_eos and token in req.eos_ids)) \
                     and self._stops(req, token, produced):
-                req.drop_in_flight()  # placeholders of steps scheduled past the stop
-                if req in self.running:
-                    self.running.remove(req)
-                elif req in self.waiting:  # retracted while its token was in flight
-                    self.waiting.remove(req)
-                self._release(req, keep_in_cache=True)
+                self._finish(req)
             append(RequestDelta(req.rid, [token], new_lp, req.finish_reason))
         return deltas
+
+    def _finish(self, req: Request) -> None:
+        """A request that just stopped leaves the queues and frees its slot (its KV stays
+        in the cache)."""
+        req.drop_in_flight()  # placeholders of steps scheduled past the stop
+        if req in self.running:
+            self.running.remove(req)
+        elif req in self.waiting:  # retracted while its token was in flight
+            self.waiting.remove(req)
+        self._release(req, keep_in_cache=True)
 
     def _stops(self, req: Request, token: int, produced: int) -> bool:
         p = req.params
