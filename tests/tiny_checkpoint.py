@@ -54,6 +54,16 @@ def train_copy_task(model, offset, steps=200, device="cpu", seq_len=128):
     return model.cpu().eval(), loss.item()
 
 
+def greedy_with_gap(model, prompt: list[int], new: int) -> tuple[list[int], float]:
+    """transformers' greedy tokens for `prompt` on the GPU and the smallest top-two logit gap
+    over the `new` steps (how far bf16 rounding is from flipping a token)."""
+    ids = torch.tensor([prompt], device="cuda")
+    out = model.generate(ids, max_new_tokens=new, min_new_tokens=new, do_sample=False,
+                         output_logits=True, return_dict_in_generate=True)
+    top = torch.stack(out.logits)[:, 0].float().topk(2, dim=-1).values
+    return out.sequences[0, len(prompt):].tolist(), float((top[:, 0] - top[:, 1]).min())
+
+
 def save_tiny_checkpoint(tmp_path, arch, tie=True, lm_head_scale=1.0, model=None):
     """Save a tiny model (`model`, else a fresh random one) as a Hugging Face folder."""
     model = tiny_model(arch, tie, lm_head_scale) if model is None else model

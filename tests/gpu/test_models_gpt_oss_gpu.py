@@ -15,7 +15,7 @@ import pytest
 import torch
 import transformers
 from test_models_gpt_oss_cpu import save_mxfp4_twin, tiny_gpt_oss  # tests/ is on sys.path
-from tiny_checkpoint import train_copy_task
+from tiny_checkpoint import greedy_with_gap, train_copy_task
 
 from fuseinfer.runtime.engine import Engine, EngineArgs
 from fuseinfer.runtime.sampling import SamplingParams
@@ -25,14 +25,6 @@ KV_TOKENS = 8192
 OFFSET = 24
 MARGIN = 2.0
 PARAMS = SamplingParams(max_new_tokens=NEW, temperature=0.0, ignore_eos=True)
-
-
-def _greedy(model, prompt: list[int]) -> tuple[list[int], float]:
-    ids = torch.tensor([prompt], device="cuda")
-    out = model.generate(ids, max_new_tokens=NEW, min_new_tokens=NEW, do_sample=False,
-                         output_logits=True, return_dict_in_generate=True)
-    top = torch.stack(out.logits)[:, 0].float().topk(2, dim=-1).values
-    return out.sequences[0, len(prompt):].tolist(), float((top[:, 0] - top[:, 1]).min())
 
 
 @pytest.fixture(scope="module")
@@ -55,8 +47,8 @@ def case(tmp_path_factory):
     want = []
     with torch.no_grad():
         for p in prompts:
-            want.append(_greedy(hf, p)[0])
-            exact, gap = _greedy(hf32, p)
+            want.append(greedy_with_gap(hf, p, NEW)[0])
+            exact, gap = greedy_with_gap(hf32, p, NEW)
             assert gap >= MARGIN and exact == want[-1], (gap, exact, want[-1])
     return root / "mx", prompts, want
 

@@ -19,7 +19,7 @@ import pytest
 import torch
 import transformers
 from scheduler_steps import record_step
-from tiny_checkpoint import COMMON, tiny_moe_model, train_copy_task
+from tiny_checkpoint import COMMON, greedy_with_gap, tiny_moe_model, train_copy_task
 
 from fuseinfer.runtime.engine import Engine, EngineArgs
 from fuseinfer.runtime.sampling import SamplingParams
@@ -31,14 +31,6 @@ MARGIN = 2.0
 # bf16 against bf16, as the dense GPU test: 3% of the largest |logit|
 LOGIT_ATOL = 3e-2
 PARAMS = SamplingParams(max_new_tokens=NEW, temperature=0.0, ignore_eos=True)
-
-
-def _greedy(model, prompt: list[int]) -> tuple[list[int], float]:
-    ids = torch.tensor([prompt], device="cuda")
-    out = model.generate(ids, max_new_tokens=NEW, min_new_tokens=NEW, do_sample=False,
-                         output_logits=True, return_dict_in_generate=True)
-    top = torch.stack(out.logits)[:, 0].float().topk(2, dim=-1).values
-    return out.sequences[0, len(prompt):].tolist(), float((top[:, 0] - top[:, 1]).min())
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +52,8 @@ def case(tmp_path_factory):
     with torch.no_grad():
         for p in prompts:
             logits.append(hf(torch.tensor([p], device="cuda")).logits[0, -1].float())
-            want.append(_greedy(hf, p)[0])
-            exact, gap = _greedy(hf32, p)
+            want.append(greedy_with_gap(hf, p, NEW)[0])
+            exact, gap = greedy_with_gap(hf32, p, NEW)
             assert gap >= MARGIN and exact == want[-1], (gap, exact, want[-1])
     return path, prompts, want, logits
 

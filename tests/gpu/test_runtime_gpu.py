@@ -10,7 +10,13 @@ import pytest
 import torch
 import transformers
 from scheduler_steps import record_step, run_launches_without_syncs
-from tiny_checkpoint import COMMON, save_tiny_checkpoint, tiny_model, train_copy_task
+from tiny_checkpoint import (
+    COMMON,
+    greedy_with_gap,
+    save_tiny_checkpoint,
+    tiny_model,
+    train_copy_task,
+)
 
 from fuseinfer.runtime.engine import Engine, EngineArgs
 from fuseinfer.runtime.sampling import SamplingParams
@@ -27,15 +33,6 @@ KV_TOKENS = 8192  # small pools: the engines of a module coexist
 # least MARGIN, far above the ~0.3 by which bf16 logits differ, so the tokens are defined.
 OFFSET = 24
 MARGIN = 2.0
-
-
-def _greedy(model, prompt: list[int]) -> tuple[list[int], float]:
-    """Greedy tokens and the smallest top-two logit gap over the NEW steps."""
-    ids = torch.tensor([prompt], device="cuda")
-    out = model.generate(ids, max_new_tokens=NEW, min_new_tokens=NEW, do_sample=False,
-                         output_logits=True, return_dict_in_generate=True)
-    top = torch.stack(out.logits)[:, 0].float().topk(2, dim=-1).values
-    return out.sequences[0, len(prompt):].tolist(), float((top[:, 0] - top[:, 1]).min())
 
 
 @pytest.fixture(scope="module", params=["qwen3", "llama"])
@@ -58,8 +55,8 @@ def case(request, tmp_path_factory):
         for p in prompts:
             ids = torch.tensor([p], device="cuda")
             logits.append(hf(ids).logits[0, -1].float())
-            want.append(_greedy(hf, p)[0])
-            exact, gap = _greedy(hf32, p)
+            want.append(greedy_with_gap(hf, p, NEW)[0])
+            exact, gap = greedy_with_gap(hf32, p, NEW)
             assert gap >= MARGIN and exact == want[-1], (gap, exact, want[-1])
     return path, prompts, want, logits
 
