@@ -41,12 +41,12 @@ def _prefix(i: int) -> str:
     return f"model.layers.{i}.mlp."
 
 
-def _float_experts(w13: torch.Tensor, w2: torch.Tensor, s13: torch.Tensor | None,
-                   s2: torch.Tensor | None, dtype: torch.dtype, dequantize: bool
+def _mxfp4_experts(w13: torch.Tensor, w2: torch.Tensor, s13: torch.Tensor,
+                   s2: torch.Tensor, dtype: torch.dtype, dequantize: bool
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None,
                               torch.Tensor | None]:
-    """MXFP4 experts as stored, or dequantized to `dtype` when asked (float ones as-is)."""
-    if s13 is None or s2 is None or not dequantize:
+    """MXFP4 experts as stored, or dequantized to `dtype` when asked (no scales then)."""
+    if not dequantize:
         return w13, w2, s13, s2
     return dequantize_mxfp4(w13, s13, dtype), dequantize_mxfp4(w2, s2, dtype), None, None
 
@@ -81,7 +81,7 @@ def checkpoint_gpt_oss_moe(config: ModelConfig, stored: Callable[[str], torch.Te
             s13 = part(x + "gate_up_proj_scales", (e, 2 * inner, hidden // MX_BLOCK), u8)
             w2 = part(x + "down_proj_blocks", (e, hidden, inner // MX_BLOCK, 16), u8)
             s2 = part(x + "down_proj_scales", (e, hidden, inner // MX_BLOCK), u8)
-            experts = _float_experts(deinterleave(w13.reshape(e, 2 * inner, hidden // 2)),
+            experts = _mxfp4_experts(deinterleave(w13.reshape(e, 2 * inner, hidden // 2)),
                                      w2.reshape(e, hidden, inner // 2).contiguous(),
                                      deinterleave(s13), s2.contiguous(), dtype, dequantize)
         else:
@@ -123,7 +123,7 @@ def dummy_gpt_oss_moe(config: ModelConfig, dtype: torch.dtype, device: torch.dev
 
     def layer(i: int) -> MoeWeights:
         if moe.expert_format == "mxfp4":
-            w13, w2, s13, s2 = _float_experts(
+            w13, w2, s13, s2 = _mxfp4_experts(
                 codes(e, 2 * inner, hidden // 2), codes(e, hidden, inner // 2),
                 scales(e, 2 * inner, hidden // MX_BLOCK), scales(e, hidden, inner // MX_BLOCK),
                 dtype, dequantize)
