@@ -13,9 +13,11 @@ With QUANT == QUANT_MXFP4 (W4A16), B is uint8 [E, N, K/2] (two E2M1 codes per by
 even element in the low nibble) with E8M0 scales uint8 [E, N, K/32]: each k step loads the
 packed [BLOCK_N, BLOCK_K/2] bytes and their scales, decodes them in registers (mxfp4.py) to
 A's dtype and runs a plain dot (BLOCK_K a multiple of 32; K tails masked to zero). With
-SPLIT_DOT the packed bytes load as [BLOCK_K/2, BLOCK_N] with each byte's scale beside it,
-the low and high nibbles decode into two B halves in that layout, and A's even and odd
-columns (split from the A tile) multiply them in two dots: no interleave of the B tile.
+SPLIT_DOT the packed bytes load as [BLOCK_K/2, BLOCK_N] with each byte's scale broadcast
+beside it, the low and high nibbles decode into two B halves in that layout, and A's even
+and odd columns (split from the A tile) multiply them in two dots: no interleave of the B
+tile. FAST_DECODE (bf16 A on sm_80+) decodes through mxfp4_pairs_bf16's PTX instead of the
+float32 bit arithmetic, which the interpreter and fp16/fp32 A keep.
 With HAS_BIAS the row's expert's bias BIAS[e, n] (fp32 after load) is added to the fp32
 accumulator; with MUL_WEIGHT each row is then scaled by its routing weight before the store.
 
@@ -27,7 +29,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .mxfp4 import e2m1_to_float, e8m0_to_float, mxfp4_tile
+from .mxfp4 import e2m1_to_float, e8m0_to_float, mxfp4_pairs_bf16, mxfp4_tile
 
 DOT_NATIVE = 0  # bf16/fp16 tensor cores; fp8 tensor cores (sm_89+)
 DOT_BF16 = 1    # fp8 operands widened to bf16 (exact) for GPUs without fp8 dots
@@ -47,7 +49,7 @@ def fused_moe_gemm_kernel(A, B, C, AS, BS, W, BIAS, SORTED, EXPERT_IDS, NUM_POST
                           BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
                           QUANT: tl.constexpr, MUL_WEIGHT: tl.constexpr,
                           HAS_BIAS: tl.constexpr, DOT: tl.constexpr, USE_PDL: tl.constexpr,
-                          SPLIT_DOT: tl.constexpr = False):
+                          SPLIT_DOT: tl.constexpr = False, FAST_DECODE: tl.constexpr = False):
     # grouped order: GROUP_M row tiles walk the N tiles together, so weight tiles of one
     # expert are reused from L2
     pid = tl.program_id(0)
@@ -71,11 +73,12 @@ def fused_moe_gemm_kernel(A, B, C, AS, BS, W, BIAS, SORTED, EXPERT_IDS, NUM_POST
     rk = tl.arange(0, BLOCK_K)
     a_ptrs = A + a_rows[:, None] * stride_am + rk[None, :]
     if QUANT == 2 and SPLIT_DOT:
-        # [BLOCK_K/2, BLOCK_N] packed bytes and each byte's scale (16 bytes share one)
+        # [BLOCK_K/2, BLOCK_N] packed bytes and [BLOCK_K/32, BLOCK_N] scales
         rkb = tl.arange(0, BLOCK_K // 2)
+        rks = tl.arange(0, BLOCK_K // 32)
         b_ptrs = B + expert * stride_be + rn[None, :].to(tl.int64) * stride_bn + rkb[:, None]
         bs_ptrs = (BS + expert * stride_bs_e + rn[None, :].to(tl.int64) * stride_bs_n
-                   + (rkb // 16)[:, None] * stride_bs_k)
+                   + rks[:, None] * stride_bs_k)
     elif QUANT == 2:
         # [BLOCK_N, BLOCK_K/2] packed bytes and [BLOCK_N, BLOCK_K/32] scales, K contiguous
         rkb = tl.arange(0, BLOCK_K // 2)
@@ -94,11 +97,19 @@ def fused_moe_gemm_kernel(A, B, C, AS, BS, W, BIAS, SORTED, EXPERT_IDS, NUM_POST
         a = tl.load(a_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
         if QUANT == 2 and SPLIT_DOT:
             kb_ok = k0 // 2 + rkb < K // 2
-            packed = tl.load(b_ptrs, mask=kb_ok[:, None] & n_ok[None, :], other=0).to(tl.int32)
-            sc = e8m0_to_float(tl.load(bs_ptrs, mask=kb_ok[:, None] & n_ok[None, :],
-                                       other=127).to(tl.int32))
-            b_lo = (e2m1_to_float(packed & 15) * sc).to(A.dtype.element_ty)
-            b_hi = (e2m1_to_float(packed >> 4) * sc).to(A.dtype.element_ty)
+            ks_ok = k0 // 32 + rks < K // 32
+            packed = tl.load(b_ptrs, mask=kb_ok[:, None] & n_ok[None, :], other=0)
+            sc = tl.load(bs_ptrs, mask=ks_ok[:, None] & n_ok[None, :], other=127)
+            # each byte's scale: 16 bytes (32 codes) share one
+            sc = tl.reshape(tl.broadcast_to(sc[:, None, :], (BLOCK_K // 32, 16, BLOCK_N)),
+                            (BLOCK_K // 2, BLOCK_N))
+            if FAST_DECODE:
+                b_lo, b_hi = mxfp4_pairs_bf16(packed, sc)
+            else:
+                packed = packed.to(tl.int32)
+                sc = e8m0_to_float(sc.to(tl.int32))
+                b_lo = (e2m1_to_float(packed & 15) * sc).to(A.dtype.element_ty)
+                b_hi = (e2m1_to_float(packed >> 4) * sc).to(A.dtype.element_ty)
             # A's even columns (the low nibbles' elements) and odd ones
             a_even, a_odd = tl.split(tl.reshape(a, (BLOCK_M, BLOCK_K // 2, 2)))
             if DOT == 2:
@@ -115,7 +126,13 @@ def fused_moe_gemm_kernel(A, B, C, AS, BS, W, BIAS, SORTED, EXPERT_IDS, NUM_POST
             packed = tl.load(b_ptrs, mask=n_ok[:, None] & kb_ok[None, :], other=0)
             ks_ok = k0 // 32 + rks < K // 32
             sc = tl.load(bs_ptrs, mask=n_ok[:, None] & ks_ok[None, :], other=127)
-            b = tl.trans(mxfp4_tile(packed, sc, BLOCK_N, BLOCK_K, A.dtype.element_ty))
+            if FAST_DECODE:
+                sc = tl.reshape(tl.broadcast_to(sc[:, :, None], (BLOCK_N, BLOCK_K // 32, 16)),
+                                (BLOCK_N, BLOCK_K // 2))
+                lo, hi = mxfp4_pairs_bf16(packed, sc)
+                b = tl.trans(tl.reshape(tl.join(lo, hi), (BLOCK_N, BLOCK_K)))
+            else:
+                b = tl.trans(mxfp4_tile(packed, sc, BLOCK_N, BLOCK_K, A.dtype.element_ty))
         else:
             b = tl.load(b_ptrs, mask=k_ok[:, None] & n_ok[None, :], other=0.0)
         if not (QUANT == 2 and SPLIT_DOT):

@@ -51,8 +51,15 @@ def _grouped_gemm(a: torch.Tensor, a_scales: torch.Tensor | None, b: torch.Tenso
         BLOCK_N=rule.block_n, BLOCK_K=rule.block_k, GROUP_M=rule.group_m, QUANT=mode,
         MUL_WEIGHT=weights is not None, HAS_BIAS=bias is not None,
         DOT=_dot_mode(a.device, a.dtype), USE_PDL=pdl,
-        SPLIT_DOT=mxfp4 and getattr(rule, "split_dot", False), num_warps=rule.num_warps,
+        SPLIT_DOT=mxfp4 and getattr(rule, "split_dot", False),
+        FAST_DECODE=mxfp4 and _fast_decode(a), num_warps=rule.num_warps,
         num_stages=rule.num_stages, **extra)
+
+
+def _fast_decode(a: torch.Tensor) -> bool:
+    """mxfp4: the PTX decode (bf16 pairs, bf16x2 fma: sm_80+) for bf16 activations on CUDA."""
+    return (a.device.type == "cuda" and a.dtype == torch.bfloat16
+            and torch.cuda.get_device_capability(a.device) >= (8, 0))
 
 
 def _activate(gate_up: torch.Tensor, activation: str, alpha: float, limit: float,
