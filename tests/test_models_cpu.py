@@ -108,14 +108,14 @@ def test_dummy_weights_have_checkpoint_shapes(tmp_path):
 
 
 def test_gemv_path_needs_a_weight_it_takes():
-    """1-token steps use small_batch_linear only for weights of width <= MAX_K (wider
+    """1-token steps use small_batch_linear only for weights of width <= GEMV_MAX_K (wider
     intermediate sizes, e.g. 28672, stay on torch.matmul)."""
     from fuseinfer.models.decoder import DecoderModel
-    from fuseinfer.ops.linear.small_batch_linear import MAX_K
+    from fuseinfer.ops.linear.small_batch_linear import GEMV_MAX_K
 
     model = DecoderModel.__new__(DecoderModel)
     model.fusions = Fusions()
     h = torch.randn(1, 8)
-    assert model._gemv(h, torch.randn(4, MAX_K))
-    assert not model._gemv(h, torch.randn(4, MAX_K + 1))
+    assert model._gemv(h, torch.randn(4, GEMV_MAX_K))
+    assert not model._gemv(h, torch.randn(4, GEMV_MAX_K + 1))
     assert not model._gemv(torch.randn(2, 8), torch.randn(4, 8))  # 2 tokens: cuBLAS

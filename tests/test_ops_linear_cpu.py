@@ -1,7 +1,8 @@
-"""small_batch_linear on the CPU: the op (plain, with the SiLU-and-mul prologue, with the
-RMSNorm and add + RMSNorm prologues) against float64 math written here, the argument
-errors and meta shapes, and the Triton kernel run by Triton's interpreter against the
-reference (poisoned outputs, strided rows)."""
+"""small_batch_linear on the CPU: the op (plain up to 64 rows, with the SiLU-and-mul
+prologue, with the RMSNorm and add + RMSNorm prologues) against float64 math written here,
+the argument errors and meta shapes, the `linear` table's rules, and both Triton kernels
+(gemv, split_k with its last-arrival reduction) run by Triton's interpreter against the
+reference (poisoned outputs, strided rows, K tails, counters left at zero)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,13 @@ import os
 import pytest
 import torch
 
+from fuseinfer.dispatch import TableError
+from fuseinfer.dispatch.schema import parse_dataclass
 from fuseinfer.ops import small_batch_linear
+from fuseinfer.ops.linear.dispatch import BUILTIN, LinearDispatch, LinearRule
 from fuseinfer.ops.linear.small_batch_linear import (
     launch_small_batch_linear,
+    launch_small_m_matmul,
     reference_small_batch_linear,
 )
 
@@ -34,8 +39,13 @@ def test_small_batch_linear_op_and_errors():
     out = small_batch_linear(xb, wb)
     want = (xb.double() @ wb.double().t()).to(torch.bfloat16)
     torch.testing.assert_close(out, want)
-    with pytest.raises(ValueError, match="M <= 8"):
-        small_batch_linear(torch.randn(9, 40), torch.randn(24, 40))
+    with pytest.raises(ValueError, match="M <= 64"):
+        small_batch_linear(torch.randn(65, 40), torch.randn(24, 40))
+    with pytest.raises(ValueError, match=r"M <= 8 \(with a prologue\)"):
+        small_batch_linear(torch.randn(9, 40), torch.randn(24, 40), norm_weight=torch.ones(40))
+    with pytest.raises(ValueError, match="K must be in"):
+        small_batch_linear(torch.randn(2, 16385), torch.randn(4, 16385),
+                           norm_weight=torch.ones(16385))
     with pytest.raises(ValueError, match=r"weight must be \[N, 40\]"):
         small_batch_linear(torch.randn(2, 40), torch.randn(24, 41))
     with pytest.raises(ValueError, match="share a float dtype"):
@@ -44,6 +54,38 @@ def test_small_batch_linear_op_and_errors():
         small_batch_linear(torch.randn(2, 40), torch.randn(40, 24).t())
     assert small_batch_linear(torch.empty(2, 40, device="meta"),
                               torch.empty(24, 40, device="meta")).shape == (2, 24)
+
+
+@pytest.mark.parametrize("m, k", [(64, 40), (17, 20000), (9, 3)])
+def test_small_batch_linear_plain_up_to_64_rows_any_k(m, k):
+    x, w = torch.randn(m, k), torch.randn(30, k)
+    want = x.double() @ w.double().t()
+    torch.testing.assert_close(small_batch_linear(x, w).double(), want, rtol=1e-4, atol=1e-3)
+
+
+def test_linear_rules_split_k_and_table_checks():
+    rule = LinearRule(None, "split_k", 64, 128, 264, 4, 4, 4)
+    # few tiles: split until ~264 programs, each slice >= 4 k steps of 128
+    assert rule.split_k(1024, 4096) == 8   # 16 tiles -> 17 wanted, 32 steps / 4 = 8 at most
+    assert rule.split_k(4096, 4096) == 5   # 64 tiles -> 5
+    assert rule.split_k(151936, 4096) == 1  # 2374 tiles: no split
+    assert rule.split_k(1024, 100) == 1    # one k step: nothing to split
+    assert BUILTIN.rule(1).kernel == "gemv" and BUILTIN.rule(64).kernel == "split_k"
+    entry = {"source": "t", "enable_pdl": True, "rules": [
+        {"max_m": 8, "kernel": "gemv", "block_n": 64, "block_k": 128, "min_programs": 100,
+         "min_k_steps": 2, "num_warps": 4, "num_stages": 3},
+        {"max_m": None, "kernel": "split_k", "block_n": 128, "block_k": 64,
+         "min_programs": 300, "min_k_steps": 4, "num_warps": 8, "num_stages": 4}]}
+    parsed = parse_dataclass(LinearDispatch, entry, "linear")
+    assert parsed.rule(8).kernel == "gemv" and parsed.rule(9).block_n == 128
+    bad = dict(entry, rules=[dict(entry["rules"][1], kernel="cutlass")])
+    with pytest.raises(TableError, match="kernel: must be one of"):
+        parse_dataclass(LinearDispatch, bad, "linear")
+    with pytest.raises(TableError, match="last with max_m null"):
+        parse_dataclass(LinearDispatch, dict(entry, rules=entry["rules"][:1]), "linear")
+    with pytest.raises(TableError, match="block_n: must be a power of two"):
+        parse_dataclass(LinearDispatch, dict(entry, rules=[dict(entry["rules"][1],
+                                                                 block_n=96)]), "linear")
 
 
 def test_small_batch_linear_with_silu_mul():
@@ -121,3 +163,23 @@ def test_small_batch_linear_norm_kernel_interpreted(with_residual):
     torch.testing.assert_close(out, want, rtol=1e-4, atol=1e-3)
     if with_residual:
         torch.testing.assert_close(res_out, want_res)
+
+
+@needs_interpreter
+@pytest.mark.parametrize("m, n, k, block_n, block_k, min_programs", [
+    (1, 37, 1000, 16, 64, 1),      # no split, K tail
+    (5, 70, 3000, 32, 128, 64),    # split into slices, N and K tails
+    (17, 40, 700, 16, 32, 100),    # block_m 32, a last short slice
+    (64, 24, 256, 16, 32, 1000),   # block_m 64, as many slices as steps allow
+])
+def test_split_k_kernel_interpreted(m, n, k, block_n, block_k, min_programs):
+    rule = LinearRule(None, "split_k", block_n, block_k, min_programs, 1, 4, 2)
+    x = torch.randn(m, k + 8)[:, :k]  # strided rows
+    w = torch.randn(n, k)
+    counters = torch.zeros(64, dtype=torch.int32)
+    want = reference_small_batch_linear(x, w)[0]
+    for _ in range(2):  # the counters must be back at zero for the second call
+        out = torch.full((m, n), float("nan"))
+        launch_small_m_matmul(out, x, w, rule, pdl=False, counters=counters)
+        torch.testing.assert_close(out, want, rtol=1e-4, atol=1e-3)
+        assert not counters.any()

@@ -67,3 +67,52 @@ def test_small_batch_linear_with_norm_prologue(m, with_residual):
         h = rmsnorm(x, nw, 1e-6)
     want = small_batch_linear(h, w)
     torch.testing.assert_close(out.float(), want.float(), rtol=2e-2, atol=2e-2)
+
+
+# --- the split_k kernel (plain calls past one token) --------------------------------
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("m, n, k", [(2, 4096, 4096), (16, 1024, 4096), (64, 12288, 4096),
+                                     (8, 8192, 28672), (33, 151936, 1024), (4, 1000, 2000)])
+def test_split_k_kernel_on_model_shapes(dtype, m, n, k):
+    from fuseinfer.ops.linear.dispatch import LinearRule
+    from fuseinfer.ops.linear.small_batch_linear import launch_small_m_matmul
+
+    x = torch.randn(m, k + 8, device="cuda", dtype=dtype)[:, :k]
+    w = torch.randn(n, k, device="cuda", dtype=dtype) / k ** 0.5
+    want = reference_small_batch_linear(x, w)[0]
+    outs = []
+    for rule, pdl in ((LinearRule(None, "split_k", 64, 128, 264, 4, 4, 4), True),
+                      (LinearRule(None, "split_k", 64, 128, 264, 4, 4, 4), False),
+                      (LinearRule(None, "split_k", 128, 64, 1, 1, 4, 3), True),      # no split
+                      (LinearRule(None, "split_k", 32, 256, 100000, 1, 4, 3), True)):  # most
+        out = torch.full((m, n), float("nan"), device="cuda", dtype=dtype)
+        launch_small_m_matmul(out, x, w, rule, pdl)
+        torch.testing.assert_close(out.float(), want, rtol=2e-2, atol=2e-2)
+        outs.append(out)
+    assert torch.equal(outs[0], outs[1])  # PDL on / off: the same bits (slice order fixed)
+
+
+def test_split_k_in_a_cuda_graph_and_on_two_streams():
+    x = torch.randn(16, 4096, device="cuda", dtype=torch.bfloat16)
+    w = torch.randn(2048, 4096, device="cuda", dtype=torch.bfloat16) / 64
+    small_batch_linear(x, w)  # the table's split_k rule for 16 rows
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = small_batch_linear(x, w)
+    for _ in range(3):  # every replay finds the counters at zero again
+        x.copy_(torch.randn_like(x))
+        out.fill_(float("nan"))
+        graph.replay()
+        torch.testing.assert_close(out.float(), reference_small_batch_linear(x, w)[0],
+                                   rtol=2e-2, atol=2e-2)
+    side = torch.cuda.Stream()
+    x2 = torch.randn_like(x)
+    with torch.cuda.stream(side):
+        outs2 = [small_batch_linear(x2, w) for _ in range(20)]
+    outs1 = [small_batch_linear(x, w) for _ in range(20)]
+    torch.cuda.synchronize()
+    want1, want2 = (reference_small_batch_linear(v, w)[0] for v in (x, x2))
+    for o1, o2 in zip(outs1, outs2, strict=True):
+        torch.testing.assert_close(o1.float(), want1, rtol=2e-2, atol=2e-2)
+        torch.testing.assert_close(o2.float(), want2, rtol=2e-2, atol=2e-2)

@@ -36,7 +36,7 @@ from ..distributed.parallel_state import SINGLE_RANK, ParallelState
 from ..ops.activation.silu_and_mul import silu_and_mul
 from ..ops.attention import DecodePlan, PagedAttention, PrefillPlan
 from ..ops.kvcache.store_kv_cache import store_kv_cache
-from ..ops.linear.small_batch_linear import MAX_K, MAX_M, small_batch_linear
+from ..ops.linear.small_batch_linear import GEMV_MAX_K, PROLOGUE_MAX_M, small_batch_linear
 from ..ops.norm.qk_rmsnorm import qk_rmsnorm
 from ..ops.norm.rmsnorm import fused_add_rmsnorm, rmsnorm
 from ..ops.quant.fused_add_rmsnorm_quant_fp8 import fused_add_rmsnorm_quant_fp8
@@ -145,9 +145,10 @@ class DecoderModel:
         return h @ weight.t()
 
     def _gemv(self, h: torch.Tensor, weight: torch.Tensor) -> bool:
-        """A step small enough for small_batch_linear, on a weight it takes (K <= MAX_K)."""
-        return h.size(0) <= min(self.fusions.gemv_max_tokens, MAX_M) \
-            and weight.size(1) <= MAX_K
+        """A step small enough for small_batch_linear's gemv with its prologues, on a weight
+        it takes (K <= GEMV_MAX_K)."""
+        return h.size(0) <= min(self.fusions.gemv_max_tokens, PROLOGUE_MAX_M) \
+            and weight.size(1) <= GEMV_MAX_K
 
     def _reduce_norm(self, h: torch.Tensor, residual: torch.Tensor | None,
                      norm_weight: torch.Tensor) -> torch.Tensor | None:

@@ -1,17 +1,24 @@
 """small_batch_linear: out = x @ weight.T for decode steps of a few tokens.
 
-    x [M, K] (M <= 8), weight [N, K] (nn.Linear layout), out [M, N]; bf16/fp16/fp32, all
-    the same; last dims contiguous; fp32 accumulation, rounded once.
+    x [M, K], weight [N, K] (nn.Linear layout), out [M, N]; bf16/fp16/fp32, all the same;
+    last dims contiguous; fp32 accumulation, rounded once.
 
+Plain calls take M <= MAX_M (64) and any K. Prologues (M <= PROLOGUE_MAX_M = 8,
+K <= GEMV_MAX_K = 16384):
 silu_mul=True: x is [M, 2K] = [gate | up] and the matmul takes silu(gate) * up (rounded
 to x's dtype), so a decode step's MLP activation needs no kernel of its own.
 norm_weight: the matmul takes rmsnorm(x) * norm_weight (eps). With residual too it takes
 rmsnorm(x + residual) * norm_weight and writes x + residual to residual_out (a tensor
 other than residual): the fused_add_rmsnorm before a projection, folded into it.
 
-At M <= 8 a matmul only streams the weight. The CUDA path (Triton) loads each program's
-weight rows before waiting on the previous kernel, so with PDL the weight read overlaps
-that kernel instead of following it; K is padded to a power of two and must be <= 16384.
+At small M a matmul only streams the weight. Two Triton kernels, picked by the `linear`
+dispatch entry per M (plain calls) and always the first with a prologue:
+- gemv (triton/small_batch_linear.py): each program loads its weight rows whole (K padded
+  to a power of two) before waiting on the previous kernel, so with PDL the weight read
+  overlaps that kernel; M <= 8, K <= 16384.
+- split_k (triton/small_m_matmul.py): weight tiles over the tensor cores, K split across
+  programs and the slices summed in the last program of each N tile (no extra launch); a
+  per-(device, stream) counter buffer, left at zero by every call, counts the arrivals.
 Larger M belongs to cuBLAS (torch.matmul). CPU: the reference below.
 """
 
@@ -26,9 +33,12 @@ from ..triton_launch import next_pow2, use_pdl
 _SCHEMA = ("small_batch_linear(Tensor(a!) out, Tensor x, Tensor weight, bool silu_mul=False, "
            "Tensor? norm_weight=None, Tensor? residual=None, Tensor(b!)? residual_out=None, "
            "float eps=1e-06, bool? enable_pdl=None) -> ()")
-MAX_M = 8
-MAX_K = 16384
-_TILE = 16384  # weight elements per program (K_PAD * BLOCK_N), held in registers
+MAX_M = 64
+PROLOGUE_MAX_M = 8
+GEMV_MAX_K = 16384
+GEMV_MAX_M = 8
+_TILE = 16384  # gemv: weight elements per program (K_PAD * BLOCK_N), held in registers
+_MAX_TILES = 1 << 16  # split_k: arrival counters per (device, stream), so N <= 2^16 tiles
 
 
 def reference_small_batch_linear(x: torch.Tensor, weight: torch.Tensor,
@@ -54,15 +64,19 @@ def reference_small_batch_linear(x: torch.Tensor, weight: torch.Tensor,
 def _check(out, x, weight, silu_mul=False, norm_weight=None, residual=None,
            residual_out=None, eps=1e-6, enable_pdl=None) -> None:
     op = "small_batch_linear"
-    if x.dim() != 2 or not 0 <= x.size(0) <= MAX_M:
-        fail(op, "x", f"must be [M, K] with M <= {MAX_M}, got {list(x.shape)}")
+    prologue = silu_mul or norm_weight is not None
+    max_m = PROLOGUE_MAX_M if prologue else MAX_M
+    if x.dim() != 2 or not 0 <= x.size(0) <= max_m:
+        fail(op, "x", f"must be [M, K] with M <= {max_m}"
+             f"{' (with a prologue)' if prologue else ''}, got {list(x.shape)}")
     k = x.size(1) // 2 if silu_mul else x.size(1)
     if silu_mul and x.size(1) % 2:
         fail(op, "x", f"must be [M, 2K] = [gate | up] with silu_mul, got {list(x.shape)}")
     if weight.dim() != 2 or weight.size(1) != k:
         fail(op, "weight", f"must be [N, {k}], got {list(weight.shape)}")
-    if not 1 <= k <= MAX_K:
-        fail(op, "x", f"K must be in [1, {MAX_K}], got {k}")
+    if k < 1 or (prologue and k > GEMV_MAX_K):
+        fail(op, "x", f"K must be in [1, {GEMV_MAX_K}] with a prologue, at least 1 "
+             f"without, got {k}")
     if x.dtype not in (torch.bfloat16, torch.float16, torch.float32) or \
             weight.dtype != x.dtype or out.dtype != x.dtype:
         fail(op, "weight", f"x, weight and out must share a float dtype, got {x.dtype}, "
@@ -120,15 +134,69 @@ def launch_small_batch_linear(out, x, weight, pdl: bool, silu_mul: bool = False,
         residual_out if residual_out is not None else out, m, n, k, x.stride(0),
         weight.stride(0), out.stride(0), residual.stride(0) if residual is not None else 0,
         residual_out.stride(0) if residual_out is not None else 0, eps,
-        BLOCK_N=block_n, K_PAD=k_pad, M_MAX=MAX_M, SILU_MUL=silu_mul, NORM=norm, USE_PDL=pdl,
+        BLOCK_N=block_n, K_PAD=k_pad, M_MAX=GEMV_MAX_M, SILU_MUL=silu_mul, NORM=norm, USE_PDL=pdl,
         num_warps=8, **extra)
+
+
+_counters: dict[tuple[int, int], torch.Tensor] = {}
+
+
+def _arrival_counters(device: torch.device) -> torch.Tensor:
+    """The split_k arrival counters of the current stream (zero between calls): one buffer
+    per stream, so calls on two streams never share a counter. Allocated once at its full
+    size: a CUDA graph that captured it keeps pointing at it."""
+    key = (device.index if device.index is not None else torch.cuda.current_device(),
+           torch.cuda.current_stream(device).stream_id)
+    buf = _counters.get(key)
+    if buf is None:
+        buf = _counters[key] = torch.zeros(_MAX_TILES, dtype=torch.int32, device=device)
+    return buf
+
+
+def launch_small_m_matmul(out, x, weight, rule, pdl: bool,
+                          counters: torch.Tensor | None = None) -> None:
+    """The split_k kernel with `rule`'s tile (a LinearRule; also run directly by the
+    interpreter tests on CPU tensors and by the bench for either kernel)."""
+    from ...triton.small_m_matmul import small_m_matmul_kernel
+
+    m, n, k = x.size(0), weight.size(0), weight.size(1)
+    if m == 0 or n == 0:
+        return
+    block_m = max(16, next_pow2(m))
+    tiles = -(-n // rule.block_n)
+    split = rule.split_k(n, k)
+    k_per_split = -(-k // (split * rule.block_k)) * rule.block_k
+    split = -(-k // k_per_split)  # no empty slice
+    partial = out
+    if split > 1:
+        if tiles > _MAX_TILES:
+            raise ValueError(f"small_batch_linear: N = {n} is more than {_MAX_TILES} tiles of "
+                             f"{rule.block_n}")
+        partial = torch.empty(split, m, n, dtype=torch.float32, device=x.device)
+        if counters is None:
+            counters = _arrival_counters(x.device)
+    extra = {"launch_pdl": True} if pdl else {}
+    small_m_matmul_kernel[(tiles, split)](
+        x, weight, out, partial, counters if counters is not None else out, m, n, k,
+        k_per_split, x.stride(0), weight.stride(0), out.stride(0), BLOCK_M=block_m,
+        BLOCK_N=rule.block_n, BLOCK_K=rule.block_k, SPLIT_K=split,
+        IEEE=x.device.type != "cuda" or x.dtype == torch.float32, USE_PDL=pdl,
+        num_warps=rule.num_warps, num_stages=rule.num_stages, **extra)
 
 
 def _cuda(out, x, weight, silu_mul=False, norm_weight=None, residual=None, residual_out=None,
           eps=1e-6, enable_pdl=None) -> None:
+    from .dispatch import effective
+
     _check(out, x, weight, silu_mul, norm_weight, residual, residual_out, eps)
-    launch_small_batch_linear(out, x, weight, use_pdl(enable_pdl, x.device), silu_mul,
-                              norm_weight, residual, residual_out, eps)
+    pdl = use_pdl(enable_pdl, x.device)
+    m, k = x.size(0), weight.size(1)
+    rule = None if silu_mul or norm_weight is not None else effective(x.device.index).rule(m)
+    if rule is None or (rule.kernel == "gemv" and m <= GEMV_MAX_M and k <= GEMV_MAX_K):
+        launch_small_batch_linear(out, x, weight, pdl, silu_mul, norm_weight, residual,
+                                  residual_out, eps)
+    else:
+        launch_small_m_matmul(out, x, weight, rule, pdl)
 
 
 def small_batch_linear(x: torch.Tensor, weight: torch.Tensor, silu_mul: bool = False,
@@ -136,7 +204,8 @@ def small_batch_linear(x: torch.Tensor, weight: torch.Tensor, silu_mul: bool = F
                        residual: torch.Tensor | None = None, eps: float = 1e-6,
                        enable_pdl: bool | None = None
                        ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """x @ weight.T for x of at most MAX_M rows, with the optional prologues (module doc).
+    """x @ weight.T for x of at most MAX_M rows (PROLOGUE_MAX_M with a prologue), with the
+    optional prologues (module doc).
     Returns out, or (out, the new residual x + residual) when residual is given."""
     out = torch.empty(x.size(0), weight.size(0), dtype=x.dtype, device=x.device)
     residual_out = torch.empty_like(residual) if residual is not None else None

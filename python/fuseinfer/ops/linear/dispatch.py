@@ -1,0 +1,101 @@
+"""Dispatch-table entry `linear`: which kernel small_batch_linear runs for a plain matmul of
+M rows (no prologue), and its tile.
+
+Rules are tried in order by M; the last has max_m null (any M up to MAX_M). A rule's
+kernel is "gemv" (the whole-K register tile of triton/small_batch_linear.py; K up to
+16384, M up to 8) or "split_k" (triton/small_m_matmul.py: BLOCK_N x BLOCK_K weight tiles
+over the tensor cores, K split until the grid has at least `min_programs` programs, each
+slice at least `min_k_steps` k steps, the slices summed by the last program of each N
+tile). block_m is M rounded up to a power of two (at least 16), not a table field. A rule
+naming gemv that a call cannot take (K > 16384 or M > 8) runs split_k with its tile.
+`fuseinfer bench gemm` times both kernels and cuBLAS per (M, N, K) of the bundled models;
+the entry has no tuned rows yet (the built-in below is a starting point, not measured).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ...dispatch import TableError, current_identity, lookup, register_op
+from ...dispatch.rule_checks import check_bound
+
+OP_FAMILY = "linear"
+KERNELS = ("gemv", "split_k")
+
+
+def _check_pow2(value: int, low: int, high: int, where: str) -> None:
+    if value < low or value > high or value & (value - 1):
+        raise TableError(f"{where}: must be a power of two in [{low}, {high}], got {value}")
+
+
+@dataclass(frozen=True)
+class LinearRule:
+    max_m: int | None  # null: any M
+    kernel: str
+    block_n: int
+    block_k: int
+    min_programs: int
+    min_k_steps: int
+    num_warps: int
+    num_stages: int
+
+    def validate(self, where: str) -> None:
+        check_bound(self.max_m, where)
+        if self.kernel not in KERNELS:
+            raise TableError(f"{where}.kernel: must be one of {list(KERNELS)}, got "
+                             f"{self.kernel!r}")
+        _check_pow2(self.block_n, 16, 256, f"{where}.block_n")
+        _check_pow2(self.block_k, 16, 512, f"{where}.block_k")
+        _check_pow2(self.num_warps, 1, 16, f"{where}.num_warps")
+        if not 1 <= self.num_stages <= 8:
+            raise TableError(f"{where}.num_stages: must be in [1, 8], got {self.num_stages}")
+        if not 1 <= self.min_programs <= 1 << 16:
+            raise TableError(f"{where}.min_programs: must be in [1, 65536], got "
+                             f"{self.min_programs}")
+        if not 1 <= self.min_k_steps <= 1024:
+            raise TableError(f"{where}.min_k_steps: must be in [1, 1024], got "
+                             f"{self.min_k_steps}")
+
+    def split_k(self, n: int, k: int) -> int:
+        """Slices of K: enough for min_programs programs over ceil(N / block_n) tiles, each
+        slice at least min_k_steps k steps (and at least one)."""
+        tiles = -(-n // self.block_n)
+        steps = -(-k // self.block_k)
+        want = -(-self.min_programs // tiles)
+        return max(1, min(want, steps // self.min_k_steps))
+
+
+@dataclass(frozen=True)
+class LinearDispatch:
+    source: str
+    enable_pdl: bool
+    rules: tuple[LinearRule, ...]
+
+    def validate(self, where: str) -> None:
+        if not self.rules or self.rules[-1].max_m is not None:
+            raise TableError(f"{where}.rules: needs rules, the last with max_m null")
+        for i, rule in enumerate(self.rules):
+            rule.validate(f"{where}.rules[{i}]")
+
+    def rule(self, m: int) -> LinearRule:
+        return next(r for r in self.rules if r.max_m is None or m <= r.max_m)
+
+
+# Starting points: one token stays on the gemv measured in the runtime (docs/ops.md); more
+# rows go to 64 x 128 weight tiles, two programs per SM-sized grid slice on a 132-SM part.
+BUILTIN = LinearDispatch(
+    source="built-in default (untuned starting points)",
+    enable_pdl=True,
+    rules=(
+        LinearRule(1, "gemv", 64, 128, 264, 4, 4, 4),
+        LinearRule(None, "split_k", 64, 128, 264, 4, 4, 4),
+    ),
+)
+register_op(OP_FAMILY, LinearDispatch, BUILTIN)
+
+
+def effective(device: int | None = None) -> LinearDispatch:
+    return lookup(OP_FAMILY, current_identity(device)).entry
+
+
+__all__: list[str] = []
