@@ -2,9 +2,9 @@
 a model would run (eager: the ops' float32 references, which are exactly that code; they
 return linear scales, the cheaper layout), the same code under torch.compile, and
 FlashInfer's quantizers (fp4_quantize with 16- or 32-element blocks, mxfp8_quantize) where
-they import and run. The trimmed FlashInfer bundle the GPU machine carries has no fp4
-modules, so that baseline is normally recorded as unavailable (the row's
-`flashinfer_note` says why) rather than timed."""
+they import and run. The trimmed FlashInfer bundle carries fp4_quantize's sm_90a module
+(docs/baselines.md); FlashInfer builds mxfp8_quantize for sm_100 only, so on Hopper that
+row records the failure in its `flashinfer_note` rather than a time."""
 
 from __future__ import annotations
 
