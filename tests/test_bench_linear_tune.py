@@ -1,0 +1,45 @@
+"""`fuseinfer tune gemm` on the CPU: the candidate menu per M bucket, the choice of the
+fastest candidate by geometric mean over the projections (timings faked: the search, not
+the clock, is under test), and the entry it returns parsing back as a valid `linear`
+table entry."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import pytest
+
+from fuseinfer.bench.suites import linear_tune as tune
+from fuseinfer.bench.suites.linear import Shape
+from fuseinfer.dispatch.schema import parse_dataclass
+from fuseinfer.ops.linear.dispatch import LinearDispatch
+
+
+def test_candidates_offer_the_gemv_only_while_it_can_run():
+    assert tune.candidates(8)[0].kernel == "gemv"
+    assert all(r.kernel == "split_k" for r in tune.candidates(16))
+    assert all(r.kernel == "split_k" for r in tune.candidates(None))
+    assert all(r.max_m == 4 for r in tune.candidates(4))
+
+
+@pytest.mark.parametrize("fast_block_n", [32, 128])
+def test_tune_picks_the_fastest_by_geomean_per_bucket(monkeypatch, fast_block_n):
+    shapes = [Shape("m", "o", 48, 64), Shape("m", "down", 32, 96)]
+
+    def fake_timed(sets, config, launch):
+        x, w, _ = sets[0]
+        rule = launch.__defaults__[0] if launch.__defaults__ else None
+        if rule is None:  # the gemv: fast at one row only
+            return 1.0 if x.shape[0] == 1 else 50.0
+        # the wanted split_k tile is fastest; others slower, by shape too
+        return (2.0 if rule.block_n == fast_block_n else 5.0) * (1 + w.shape[1] / 1000)
+
+    monkeypatch.setattr(tune, "_timed", fake_timed)
+    entry, log = tune.tune(shapes, device="cpu")
+    assert [r.max_m for r in entry.rules] == [m for m, _ in tune.BUCKETS]
+    assert entry.rules[0].kernel == "gemv"
+    assert all(r.kernel == "split_k" and r.block_n == fast_block_n for r in entry.rules[1:])
+    assert len(log) == sum(len(tune.candidates(m)) for m, _ in tune.BUCKETS)
+    as_json = {"source": "t", "enable_pdl": True, "rules": [asdict(r) for r in entry.rules]}
+    assert parse_dataclass(LinearDispatch, as_json, "linear") == \
+        LinearDispatch("t", True, entry.rules)
