@@ -66,10 +66,14 @@ def test_small_batch_linear_plain_up_to_64_rows_any_k(m, k):
 def test_linear_rules_split_k_and_table_checks():
     rule = LinearRule(None, "split_k", 64, 128, 264, 4, 4, 4)
     # few tiles: split until ~264 programs, each slice >= 4 k steps of 128
-    assert rule.split_k(1024, 4096) == 8   # 16 tiles -> 17 wanted, 32 steps / 4 = 8 at most
-    assert rule.split_k(4096, 4096) == 5   # 64 tiles -> 5
-    assert rule.split_k(151936, 4096) == 1  # 2374 tiles: no split
-    assert rule.split_k(1024, 100) == 1    # one k step: nothing to split
+    # (slices, K per slice): few tiles split until ~264 programs, each slice >= 4 k steps
+    assert rule.split_k(1024, 4096) == (8, 512)   # 16 tiles -> 17 wanted, 32 steps / 4 = 8
+    assert rule.split_k(4096, 4096) == (5, 896)   # 64 tiles -> 5 slices of 7 steps
+    assert rule.split_k(151936, 4096) == (1, 4096)  # 2374 tiles: no split
+    assert rule.split_k(1024, 100) == (1, 128)    # one k step: nothing to split
+    # 9 steps wanted in 4 slices: slices of 3 steps, so 3 slices run (none empty)
+    assert LinearRule(None, "split_k", 64, 128, 10**4, 2, 4, 4).split_k(64, 9 * 128) == \
+        (3, 384)
     assert BUILTIN.rule(1).kernel == "gemv" and BUILTIN.rule(64).kernel == "split_k"
     entry = {"source": "t", "enable_pdl": True, "rules": [
         {"max_m": 8, "kernel": "gemv", "block_n": 64, "block_k": 128, "min_programs": 100,
@@ -83,6 +87,13 @@ def test_linear_rules_split_k_and_table_checks():
         parse_dataclass(LinearDispatch, bad, "linear")
     with pytest.raises(TableError, match="last with max_m null"):
         parse_dataclass(LinearDispatch, dict(entry, rules=entry["rules"][:1]), "linear")
+    with pytest.raises(TableError, match="max_m must increase"):
+        parse_dataclass(LinearDispatch, dict(entry, rules=[entry["rules"][0],
+                                                           dict(entry["rules"][0], max_m=4),
+                                                           entry["rules"][1]]), "linear")
+    with pytest.raises(TableError, match=r"max_m: must be >= 1"):
+        parse_dataclass(LinearDispatch, dict(entry, rules=[dict(entry["rules"][0], max_m=0),
+                                                           entry["rules"][1]]), "linear")
     with pytest.raises(TableError, match="block_n: must be a power of two"):
         parse_dataclass(LinearDispatch, dict(entry, rules=[dict(entry["rules"][1],
                                                                  block_n=96)]), "linear")

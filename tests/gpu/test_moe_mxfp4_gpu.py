@@ -16,7 +16,6 @@ import triton.language as tl
 from fuseinfer.ops import fused_moe
 from fuseinfer.ops.moe.fused_moe import launch_fused_moe, reference_fused_moe
 from fuseinfer.ops.moe.moe_dispatch import MOE_BUILTIN, forced_fp8_backend
-from fuseinfer.ops.quant.fp4_format import dequantize_mxfp4
 from fuseinfer.triton.mxfp4 import mxfp4_pairs_bf16
 
 GPT_OSS = dict(activation="clamped_swiglu", swiglu_alpha=1.702, swiglu_limit=7.0)
@@ -60,40 +59,39 @@ def _rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
 
 @triton.jit
 def _pairs_decode(P, S, Out, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """A [BLOCK_N, BLOCK_K] tile through the PTX decode, as the GEMM's interleaved form
-    lays it out: each scale broadcast over its 16 bytes, the nibble halves joined."""
+    """[BLOCK_N, BLOCK_K / 2] packed bytes, each with its own scale byte (S, the same
+    shape), through the PTX decode; the nibble halves joined as the GEMM joins them."""
     rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    p = tl.load(P + rn[:, None] * (BLOCK_K // 2) + tl.arange(0, BLOCK_K // 2)[None, :])
-    s = tl.load(S + rn[:, None] * (BLOCK_K // 32) + tl.arange(0, BLOCK_K // 32)[None, :])
-    s = tl.reshape(tl.broadcast_to(s[:, :, None], (BLOCK_N, BLOCK_K // 32, 16)),
-                   (BLOCK_N, BLOCK_K // 2))
-    lo, hi = mxfp4_pairs_bf16(p, s)
+    offs = rn[:, None] * (BLOCK_K // 2) + tl.arange(0, BLOCK_K // 2)[None, :]
+    lo, hi = mxfp4_pairs_bf16(tl.load(P + offs), tl.load(S + offs))
     w = tl.reshape(tl.join(lo, hi), (BLOCK_N, BLOCK_K))
     tl.store(Out + rn[:, None] * BLOCK_K + tl.arange(0, BLOCK_K)[None, :], w)
 
 
 def test_ptx_decode_is_bit_exact_for_scales_1_to_254():
-    # every byte value under every scale byte: 16 rows per scale, each pair of rows a fresh
-    # permutation of the 256 bytes
+    from fuseinfer.ops.quant.fp4_format import e2m1_decode, e8m0_to_float, unpack_nibbles
+
+    # every (byte, scale byte) pair exactly once, each byte with its own scale, shuffled
+    # (so the 4 bytes one asm word decodes carry unrelated scales: a swapped pair shows)
     g = torch.Generator().manual_seed(1)
-    rows = 256 * 16
-    packed = torch.stack([torch.randperm(256, generator=g) for _ in range(rows // 2)])
-    packed = packed.view(rows, 128).to(torch.uint8).cuda()
-    scales = torch.arange(256).repeat_interleave(16).view(rows, 1).repeat(1, 8)
-    scales = scales.to(torch.uint8).cuda()
+    t = torch.arange(256 * 256)
+    order = torch.randperm(t.numel(), generator=g)
+    rows = t.numel() // 128
+    packed = (t % 256)[order].view(rows, 128).to(torch.uint8)
+    scales = ((t // 256 + t) % 256)[order].view(rows, 128).to(torch.uint8)
     out = torch.full((rows, 256), float("nan"), device="cuda", dtype=torch.bfloat16)
-    _pairs_decode[(rows // 64,)](packed, scales, out, BLOCK_N=64, BLOCK_K=256)
-    want = dequantize_mxfp4(packed.cpu(), scales.cpu(), torch.bfloat16)
+    _pairs_decode[(rows // 64,)](packed.cuda(), scales.cuda(), out, BLOCK_N=64, BLOCK_K=256)
+    s = scales.long().repeat_interleave(2, dim=1)  # each element's scale byte
+    want = (e2m1_decode(unpack_nibbles(packed)) * e8m0_to_float(scales).repeat_interleave(
+        2, dim=1)).to(torch.bfloat16)
     got = out.cpu()
-    normal = slice(16, 255 * 16)  # scale bytes 1..254
-    assert torch.equal(got[normal].view(torch.int16), want[normal].view(torch.int16))
+    normal = (s >= 1) & (s <= 254)
+    assert torch.equal(got.view(torch.int16)[normal], want.view(torch.int16)[normal])
     # the documented edges: scale byte 0 decodes to +-0 (not 2^-127 x value), 255 to
     # +-inf for nonzero codes (not NaN)
-    assert (got[:16] == 0).all()
-    top = got[255 * 16:].float()
-    nonzero = (dequantize_mxfp4(packed.cpu()[255 * 16:], torch.full_like(
-        scales.cpu()[255 * 16:], 127)) != 0)
-    assert torch.isinf(top[nonzero]).all()
+    assert (got[s == 0] == 0).all()
+    codes = e2m1_decode(unpack_nibbles(packed))
+    assert torch.isinf(got[(s == 255) & (codes != 0)].float()).all()
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

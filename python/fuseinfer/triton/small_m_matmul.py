@@ -64,6 +64,8 @@ def small_m_matmul_kernel(X, W, Out, Partial, Counters, M, N, K, k_per_split,
         arrived = tl.atomic_add(Counters + pid_n, 1, sem="acq_rel", scope="gpu")
         if arrived == SPLIT_K - 1:
             acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+            # 32-bit offsets here: split x M x N < 2^31, since a split only grows while
+            # tiles are few (split x N <= 2 x min_programs x block_n <= 2^23) and M <= 64
             for s in range(0, SPLIT_K):
                 acc += tl.load(Partial + s * M * N + tile, mask=out_mask, other=0.0,
                                cache_modifier=".cg")

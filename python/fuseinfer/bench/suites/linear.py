@@ -121,17 +121,18 @@ def run(shapes_: Sequence[Shape], tokens: Sequence[int], copy_gbps: float | None
                     "model": shape.model, "proj": shape.proj, "m": m, "n": shape.n,
                     "k": shape.k, "dtype": str(dtype).removeprefix("torch."),
                     "weight_bytes": nbytes, "rotated_sets": count,
-                    "rule": f"{rule.kernel} {rule.block_n}x{rule.block_k} "
-                            f"p{rule.min_programs} s{rule.min_k_steps} "
-                            f"w{rule.num_warps} st{rule.num_stages}",
                 }
+                if m <= MAX_M:  # past it only cuBLAS runs
+                    row["rule"] = (f"{rule.kernel} {rule.block_n}x{rule.block_k} "
+                                   f"p{rule.min_programs} s{rule.min_k_steps} "
+                                   f"w{rule.num_warps} st{rule.num_stages}")
                 row["cublas_us"] = _timed(sets, config, lambda x, w, o: torch.mm(x, w.t(), out=o))
                 row["cublas_pct_copy"] = _pct(nbytes, row["cublas_us"], copy_gbps)
                 if m <= MAX_M:
                     row["split_k_us"] = _timed(
                         sets, config, lambda x, w, o, r=rule: launch_small_m_matmul(o, x, w, r,
                                                                                     pdl))
-                    row["splits"] = rule.split_k(shape.n, shape.k)
+                    row["splits"] = rule.split_k(shape.n, shape.k)[0]  # what the launch runs
                 gemv = m <= GEMV_MAX_M and shape.k <= GEMV_MAX_K
                 if gemv:
                     row["gemv_us"] = _timed(

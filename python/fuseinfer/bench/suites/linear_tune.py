@@ -62,8 +62,10 @@ def tune(shapes_: Sequence[Shape], config: TimingConfig | None = None,
         launch_small_batch_linear,
         launch_small_m_matmul,
     )
+    from ...ops.triton_launch import use_pdl
 
     config = config or TimingConfig(repeats=7, target_graph_ms=1.0, warmup_calls=2)
+    pdl = use_pdl(None, torch.device(device))
     l2 = l2_cache_bytes() if device == "cuda" else 1 << 20
     log: list[dict[str, Any]] = []
     best: dict[int | None, tuple[float, Any]] = {}
@@ -85,9 +87,9 @@ def tune(shapes_: Sequence[Shape], config: TimingConfig | None = None,
                             for w in ws]
                     times.append(_timed(
                         sets, config,
-                        (lambda x, w, o: launch_small_batch_linear(o, x, w, True))
+                        (lambda x, w, o: launch_small_batch_linear(o, x, w, pdl))
                         if rule.kernel == GEMV else
-                        (lambda x, w, o, r=rule: launch_small_m_matmul(o, x, w, r, True))))
+                        (lambda x, w, o, r=rule: launch_small_m_matmul(o, x, w, r, pdl))))
                 log.append({"max_m": max_m, "m": m, "rule": asdict(rule),
                             "shapes": [f"{s.model} {s.proj}" for s in weights], "us": times})
                 score = _geomean(times)

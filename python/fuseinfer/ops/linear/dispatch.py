@@ -17,7 +17,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ...dispatch import TableError, current_identity, lookup, register_op
-from ...dispatch.rule_checks import check_bound
 
 OP_FAMILY = "linear"
 KERNELS = ("gemv", "split_k")
@@ -40,7 +39,8 @@ class LinearRule:
     num_stages: int
 
     def validate(self, where: str) -> None:
-        check_bound(self.max_m, where)
+        if self.max_m is not None and self.max_m < 1:
+            raise TableError(f"{where}.max_m: must be >= 1 or null, got {self.max_m}")
         if self.kernel not in KERNELS:
             raise TableError(f"{where}.kernel: must be one of {list(KERNELS)}, got "
                              f"{self.kernel!r}")
@@ -49,20 +49,23 @@ class LinearRule:
         _check_pow2(self.num_warps, 1, 16, f"{where}.num_warps")
         if not 1 <= self.num_stages <= 8:
             raise TableError(f"{where}.num_stages: must be in [1, 8], got {self.num_stages}")
-        if not 1 <= self.min_programs <= 1 << 16:
-            raise TableError(f"{where}.min_programs: must be in [1, 65536], got "
+        if not 1 <= self.min_programs <= 1 << 14:  # keeps split_k's offsets in 32 bits
+            raise TableError(f"{where}.min_programs: must be in [1, 16384], got "
                              f"{self.min_programs}")
         if not 1 <= self.min_k_steps <= 1024:
             raise TableError(f"{where}.min_k_steps: must be in [1, 1024], got "
                              f"{self.min_k_steps}")
 
-    def split_k(self, n: int, k: int) -> int:
-        """Slices of K: enough for min_programs programs over ceil(N / block_n) tiles, each
-        slice at least min_k_steps k steps (and at least one)."""
+    def split_k(self, n: int, k: int) -> tuple[int, int]:
+        """(slices of K, K per slice, a multiple of block_k): enough slices for min_programs
+        programs over ceil(N / block_n) tiles, each at least min_k_steps k steps, and no
+        empty slice (the count is what the launch runs)."""
         tiles = -(-n // self.block_n)
         steps = -(-k // self.block_k)
         want = -(-self.min_programs // tiles)
-        return max(1, min(want, steps // self.min_k_steps))
+        split = max(1, min(want, steps // self.min_k_steps))
+        k_per_split = -(-steps // split) * self.block_k
+        return -(-k // k_per_split), k_per_split
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,10 @@ class LinearDispatch:
             raise TableError(f"{where}.rules: needs rules, the last with max_m null")
         for i, rule in enumerate(self.rules):
             rule.validate(f"{where}.rules[{i}]")
+        bounds = [r.max_m for r in self.rules[:-1]]
+        if any(b is None for b in bounds) or bounds != sorted(set(bounds)):  # type: ignore
+            raise TableError(f"{where}.rules: max_m must increase (a rule after a wider "
+                             "one would never be reached)")
 
     def rule(self, m: int) -> LinearRule:
         return next(r for r in self.rules if r.max_m is None or m <= r.max_m)

@@ -138,19 +138,42 @@ def launch_small_batch_linear(out, x, weight, pdl: bool, silu_mul: bool = False,
         num_warps=8, **extra)
 
 
-_counters: dict[tuple[int, int], torch.Tensor] = {}
+_STREAM_SLOTS = 8  # streams per device with their own split_k counters
+_counters: dict[int, torch.Tensor] = {}  # device index -> [_STREAM_SLOTS, _MAX_TILES] int32
+_slots: dict[tuple[int, int], int] = {}  # (device index, stream id) -> its row
 
 
 def _arrival_counters(device: torch.device) -> torch.Tensor:
-    """The split_k arrival counters of the current stream (zero between calls): one buffer
-    per stream, so calls on two streams never share a counter. Allocated once at its full
-    size: a CUDA graph that captured it keeps pointing at it."""
-    key = (device.index if device.index is not None else torch.cuda.current_device(),
-           torch.cuda.current_stream(device).stream_id)
-    buf = _counters.get(key)
+    """The split_k arrival counters of the current stream (zero between calls): one row of
+    a per-device buffer per stream, so calls on two streams never share a counter. The
+    buffer is allocated once, outside any CUDA-graph capture (a buffer first made inside
+    one would be zeroed only by that graph's replays); a stream first seen while capturing
+    takes a free row of it."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    buf = _counters.get(index)
     if buf is None:
-        buf = _counters[key] = torch.zeros(_MAX_TILES, dtype=torch.int32, device=device)
-    return buf
+        if torch.cuda.is_current_stream_capturing():
+            raise RuntimeError(
+                "small_batch_linear: the split_k counters of this GPU are allocated at the "
+                "first call outside CUDA-graph capture; call it once before capturing")
+        buf = _counters[index] = torch.zeros(_STREAM_SLOTS, _MAX_TILES, dtype=torch.int32,
+                                             device=device)
+    key = (index, torch.cuda.current_stream(device).stream_id)
+    slot = _slots.get(key)
+    if slot is None:
+        used = sum(1 for (d, _) in _slots if d == index)
+        if used == _STREAM_SLOTS:
+            raise RuntimeError(f"small_batch_linear: split_k calls on more than "
+                               f"{_STREAM_SLOTS} streams of one GPU")
+        slot = _slots[key] = used
+    return buf[slot]
+
+
+def reserve_counters(device: torch.device) -> None:
+    """Allocate this GPU's split_k counters now (outside capture): for a caller whose first
+    split_k call would be inside a CUDA-graph capture (the op raises there otherwise)."""
+    if device.type == "cuda" and not torch.cuda.is_current_stream_capturing():
+        _arrival_counters(device)
 
 
 def launch_small_m_matmul(out, x, weight, rule, pdl: bool,
@@ -164,9 +187,7 @@ def launch_small_m_matmul(out, x, weight, rule, pdl: bool,
         return
     block_m = max(16, next_pow2(m))
     tiles = -(-n // rule.block_n)
-    split = rule.split_k(n, k)
-    k_per_split = -(-k // (split * rule.block_k)) * rule.block_k
-    split = -(-k // k_per_split)  # no empty slice
+    split, k_per_split = rule.split_k(n, k)
     partial = out
     if split > 1:
         if tiles > _MAX_TILES:
@@ -189,9 +210,10 @@ def _cuda(out, x, weight, silu_mul=False, norm_weight=None, residual=None, resid
     from .dispatch import effective
 
     _check(out, x, weight, silu_mul, norm_weight, residual, residual_out, eps)
-    pdl = use_pdl(enable_pdl, x.device)
     m, k = x.size(0), weight.size(1)
-    rule = None if silu_mul or norm_weight is not None else effective(x.device.index).rule(m)
+    entry = effective(x.device.index)
+    pdl = use_pdl(entry.enable_pdl if enable_pdl is None else enable_pdl, x.device)
+    rule = None if silu_mul or norm_weight is not None else entry.rule(m)
     if rule is None or (rule.kernel == "gemv" and m <= GEMV_MAX_M and k <= GEMV_MAX_K):
         launch_small_batch_linear(out, x, weight, pdl, silu_mul, norm_weight, residual,
                                   residual_out, eps)
