@@ -15,10 +15,12 @@ from fuseinfer.dispatch.schema import parse_dataclass
 from fuseinfer.ops.linear.dispatch import LinearDispatch
 
 
-def test_candidates_offer_the_gemv_only_while_it_can_run():
-    assert tune.candidates(8)[0].kernel == "gemv"
-    assert all(r.kernel == "split_k" for r in tune.candidates(16))
-    assert all(r.kernel == "split_k" for r in tune.candidates(None))
+def test_candidates_offer_cublas_always_and_the_gemv_only_while_it_can_run():
+    kinds = [r.kernel for r in tune.candidates(8)]
+    assert kinds[:2] == ["cublas", "gemv"] and set(kinds[2:]) == {"split_k"}
+    for max_m in (16, None):
+        kinds = [r.kernel for r in tune.candidates(max_m)]
+        assert kinds[0] == "cublas" and set(kinds[1:]) == {"split_k"}
     assert all(r.max_m == 4 for r in tune.candidates(4))
 
 
@@ -28,17 +30,21 @@ def test_tune_picks_the_fastest_by_geomean_per_bucket(monkeypatch, fast_block_n)
 
     def fake_timed(sets, config, launch):
         x, w, _ = sets[0]
-        rule = launch.__defaults__[0] if launch.__defaults__ else None
-        if rule is None:  # the gemv: fast at one row only
+        rule = launch.__defaults__[0]
+        if rule.kernel == "gemv":  # fast at one row only
             return 1.0 if x.shape[0] == 1 else 50.0
+        if rule.kernel == "cublas":  # wins from 32 rows on
+            return 1.5 if x.shape[0] >= 32 else 40.0
         # the wanted split_k tile is fastest; others slower, by shape too
         return (2.0 if rule.block_n == fast_block_n else 5.0) * (1 + w.shape[1] / 1000)
 
     monkeypatch.setattr(tune, "_timed", fake_timed)
     entry, log = tune.tune(shapes, device="cpu")
     assert [r.max_m for r in entry.rules] == [m for m, _ in tune.BUCKETS]
-    assert entry.rules[0].kernel == "gemv"
-    assert all(r.kernel == "split_k" and r.block_n == fast_block_n for r in entry.rules[1:])
+    kinds = {r.max_m: r.kernel for r in entry.rules}
+    assert kinds[1] == "gemv" and kinds[32] == "cublas" and kinds[None] == "cublas"
+    assert all(r.kernel == "split_k" and r.block_n == fast_block_n
+               for r in entry.rules if r.max_m in (2, 4, 8, 16))
     assert len(log) == sum(len(tune.candidates(m)) for m, _ in tune.BUCKETS)
     as_json = {"source": "t", "enable_pdl": True, "rules": [asdict(r) for r in entry.rules]}
     assert parse_dataclass(LinearDispatch, as_json, "linear") == \

@@ -85,6 +85,9 @@ def test_matches_transformers(tmp_path, arch):
                                      fused_qk_norm=False, fused_silu_mul=False,
                                      gemv_max_tokens=0))
     assert plain.greedy(prompt, 12)[1] == want
+    # Every plain matmul of up to 64 tokens through small_batch_linear: the same tokens.
+    small_m = Runner(tmp_path, Fusions(small_m_max_tokens=64))
+    assert small_m.greedy(prompt, 12)[1] == want
 
 
 def test_config_reads_eos_ids_and_rejects_unknown_architectures(tmp_path):
@@ -119,3 +122,6 @@ def test_gemv_path_needs_a_weight_it_takes():
     assert model._gemv(h, torch.randn(4, GEMV_MAX_K))
     assert not model._gemv(h, torch.randn(4, GEMV_MAX_K + 1))
     assert not model._gemv(torch.randn(2, 8), torch.randn(4, 8))  # 2 tokens: cuBLAS
+    assert not model._small_m(torch.randn(2, 8))  # the small-M routing is off by default
+    model.fusions = Fusions(small_m_max_tokens=16)
+    assert model._small_m(torch.randn(16, 8)) and not model._small_m(torch.randn(17, 8))

@@ -78,24 +78,27 @@ def test_linear_rules_split_k_and_table_checks():
     entry = {"source": "t", "enable_pdl": True, "rules": [
         {"max_m": 8, "kernel": "gemv", "block_n": 64, "block_k": 128, "min_programs": 100,
          "min_k_steps": 2, "num_warps": 4, "num_stages": 3},
-        {"max_m": None, "kernel": "split_k", "block_n": 128, "block_k": 64,
-         "min_programs": 300, "min_k_steps": 4, "num_warps": 8, "num_stages": 4}]}
+        {"max_m": 32, "kernel": "split_k", "block_n": 128, "block_k": 64,
+         "min_programs": 300, "min_k_steps": 4, "num_warps": 8, "num_stages": 4},
+        {"max_m": None, "kernel": "cublas", "block_n": 64, "block_k": 128,
+         "min_programs": 1, "min_k_steps": 1, "num_warps": 4, "num_stages": 3}]}
     parsed = parse_dataclass(LinearDispatch, entry, "linear")
     assert parsed.rule(8).kernel == "gemv" and parsed.rule(9).block_n == 128
-    bad = dict(entry, rules=[dict(entry["rules"][1], kernel="cutlass")])
+    assert parsed.rule(33).kernel == "cublas"
+    bad = dict(entry, rules=[dict(entry["rules"][2], kernel="cutlass")])
     with pytest.raises(TableError, match="kernel: must be one of"):
         parse_dataclass(LinearDispatch, bad, "linear")
     with pytest.raises(TableError, match="last with max_m null"):
-        parse_dataclass(LinearDispatch, dict(entry, rules=entry["rules"][:1]), "linear")
+        parse_dataclass(LinearDispatch, dict(entry, rules=entry["rules"][:2]), "linear")
     with pytest.raises(TableError, match="max_m must increase"):
         parse_dataclass(LinearDispatch, dict(entry, rules=[entry["rules"][0],
                                                            dict(entry["rules"][0], max_m=4),
-                                                           entry["rules"][1]]), "linear")
+                                                           entry["rules"][2]]), "linear")
     with pytest.raises(TableError, match=r"max_m: must be >= 1"):
         parse_dataclass(LinearDispatch, dict(entry, rules=[dict(entry["rules"][0], max_m=0),
-                                                           entry["rules"][1]]), "linear")
+                                                           entry["rules"][2]]), "linear")
     with pytest.raises(TableError, match="block_n: must be a power of two"):
-        parse_dataclass(LinearDispatch, dict(entry, rules=[dict(entry["rules"][1],
+        parse_dataclass(LinearDispatch, dict(entry, rules=[dict(entry["rules"][2],
                                                                  block_n=96)]), "linear")
 
 

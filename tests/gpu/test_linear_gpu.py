@@ -94,6 +94,22 @@ def test_split_k_kernel_on_model_shapes(dtype, m, n, k):
     assert torch.equal(outs[0], outs[1])  # PDL on / off: the same bits (slice order fixed)
 
 
+@pytest.mark.parametrize("kernel", ["cublas", "gemv", "split_k"])
+@pytest.mark.parametrize("m, k", [(1, 4096), (8, 4096), (33, 4096), (2, 28672)])
+def test_each_rule_kernel_runs_what_it_names(kernel, m, k):
+    from fuseinfer.ops.linear.dispatch import LinearRule
+    from fuseinfer.ops.linear.small_batch_linear import launch_rule
+
+    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+    w = torch.randn(3000, k, device="cuda", dtype=torch.bfloat16) / k ** 0.5
+    out = torch.full((m, 3000), float("nan"), device="cuda", dtype=torch.bfloat16)
+    launch_rule(out, x, w, LinearRule(None, kernel, 64, 128, 264, 4, 4, 4), True)
+    torch.testing.assert_close(out.float(), reference_small_batch_linear(x, w)[0],
+                               rtol=2e-2, atol=2e-2)
+    if kernel == "cublas":
+        assert torch.equal(out, torch.mm(x, w.t()))
+
+
 def test_split_k_in_cuda_graphs_and_on_two_streams():
     from fuseinfer.ops.linear.dispatch import effective
 

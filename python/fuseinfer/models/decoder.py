@@ -36,7 +36,12 @@ from ..distributed.parallel_state import SINGLE_RANK, ParallelState
 from ..ops.activation.silu_and_mul import silu_and_mul
 from ..ops.attention import DecodePlan, PagedAttention, PrefillPlan
 from ..ops.kvcache.store_kv_cache import store_kv_cache
-from ..ops.linear.small_batch_linear import GEMV_MAX_K, PROLOGUE_MAX_M, small_batch_linear
+from ..ops.linear.small_batch_linear import (
+    GEMV_MAX_K,
+    MAX_M,
+    PROLOGUE_MAX_M,
+    small_batch_linear,
+)
 from ..ops.norm.qk_rmsnorm import qk_rmsnorm
 from ..ops.norm.rmsnorm import fused_add_rmsnorm, rmsnorm
 from ..ops.quant.fused_add_rmsnorm_quant_fp8 import fused_add_rmsnorm_quant_fp8
@@ -67,6 +72,10 @@ class Fusions:
     # On H100 it beat cuBLAS on every Qwen3-0.6B weight at 1 token, lost on the larger
     # ones at 4 (microbench/profile_runtime.py --only gemv).
     gemv_max_tokens: int = 1
+    # Plain matmuls of 1..this many tokens (at most 64) not taken by the gemv go through
+    # small_batch_linear, whose `linear` table picks split_k, the gemv or cuBLAS per M
+    # (0: off, the default until the table is tuned and the runtime measured with it).
+    small_m_max_tokens: int = 0
     # Tensor parallel: the allreduce of a layer's output, the residual add and the next
     # RMSNorm in one call (one kernel where the allreduce table says it wins)
     fused_allreduce_rmsnorm: bool = True
@@ -140,7 +149,7 @@ class DecoderModel:
             q, scales = per_token_group_quant_fp8(h, BLOCK, column_major_scales=True,
                                                   enable_pdl=pdl)
             return fp8_matmul(q, scales, weight, h.dtype, pdl)
-        if self._gemv(h, weight):
+        if self._gemv(h, weight) or self._small_m(h):
             return small_batch_linear(h, weight, enable_pdl=self.fusions.enable_pdl)
         return h @ weight.t()
 
@@ -149,6 +158,10 @@ class DecoderModel:
         it takes (K <= GEMV_MAX_K)."""
         return h.size(0) <= min(self.fusions.gemv_max_tokens, PROLOGUE_MAX_M) \
             and weight.size(1) <= GEMV_MAX_K
+
+    def _small_m(self, h: torch.Tensor) -> bool:
+        """A plain matmul small_batch_linear takes for its `linear` table (switch on)."""
+        return 1 <= h.size(0) <= min(self.fusions.small_m_max_tokens, MAX_M)
 
     def _reduce_norm(self, h: torch.Tensor, residual: torch.Tensor | None,
                      norm_weight: torch.Tensor) -> torch.Tensor | None:

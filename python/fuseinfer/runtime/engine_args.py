@@ -74,6 +74,9 @@ class EngineArgs:
                                               "the activation quantization as a second "
                                               "kernel")
     disable_small_batch_gemv: bool = _opt(False, "1-token matmuls on cuBLAS")
+    small_m_matmul_tokens: int = _opt(0, "plain matmuls of 1..N tokens (N <= 64) through "
+                                      "small_batch_linear, its `linear` table picking "
+                                      "split_k, the gemv or cuBLAS per M; 0: off")
     disable_pdl: bool = _opt(False, "no programmatic dependent launch")
     disable_overlap_schedule: bool = _opt(False, "no overlap: schedule step N+1 only after "
                                           "step N's tokens are back")
@@ -116,6 +119,9 @@ class EngineArgs:
         _at_least(self, "max_total_tokens", 1)
         _at_least(self, "max_context_len", 1)
         _at_least(self, "gc_warning_threshold_secs", 0)
+        if not 0 <= self.small_m_matmul_tokens <= 64:
+            raise ValueError("EngineArgs.small_m_matmul_tokens: must be in [0, 64], got "
+                             f"{self.small_m_matmul_tokens}")
         if not 0.0 < self.mem_fraction_static < 1.0:
             raise ValueError("EngineArgs.mem_fraction_static: must be in (0, 1), got "
                              f"{self.mem_fraction_static}")

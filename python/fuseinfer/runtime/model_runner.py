@@ -131,6 +131,7 @@ class ModelRunner:
                           fused_norm_quant=not args.disable_fused_norm_quant,
                           fused_silu_mul_quant=not args.disable_fused_silu_mul_quant,
                           gemv_max_tokens=0 if args.disable_small_batch_gemv else 1,
+                          small_m_max_tokens=args.small_m_matmul_tokens,
                           fused_allreduce_rmsnorm=not args.disable_fused_allreduce_rmsnorm,
                           enable_pdl=False if args.disable_pdl else None)
         self.model = DecoderModel(c, weights, self.attention, self.kv_cache, fusions, parallel)
@@ -141,6 +142,10 @@ class ModelRunner:
         # penalized requests' token counts, per page-table row (allocated on first use)
         self.history = TokenHistory(args.max_running_requests + 1, c.vocab_size, self.device)
         self._sampling_rows: SamplingRows | None = None  # the last step's (sampling_rows)
+        if fusions.small_m_max_tokens and self.device.type == "cuda":
+            from ..ops.linear.small_batch_linear import reserve_counters
+
+            reserve_counters(self.device)  # split_k's counters exist before any capture
         self.graphs: DecodeGraphRunner | None = None
         if self.device.type == "cuda" and not args.disable_cuda_graph:
             bs = min(args.cuda_graph_max_bs, args.max_running_requests)

@@ -3,8 +3,9 @@ split_k kernels) on the bundled models' projection shapes at M = 1 .. 128, again
 (torch.mm) in the same run.
 
 Every row times, on the same rotated buffers: split_k with the `linear` table's rule for M
-(M <= 64), the gemv (M <= 8, K <= 16384) and cuBLAS; `us` is the kernel the table picks for
-M (what small_batch_linear runs), `x cublas` cuBLAS's time over it. Bytes per call: the
+(M <= 64; its tile), the gemv (M <= 8, K <= 16384) and cuBLAS; `us` is the kernel the table
+picks for M (what small_batch_linear runs: gemv, split_k or cublas), `x cublas` cuBLAS's
+time over it. Bytes per call: the
 weight N*K*itemsize (x and out are read/written once too but are small at these M); GB/s
 and % copy are the weight bytes over each time. METHOD as the other kernel suites:
 CUDA-graph replay of many calls, median of repeats, buffers rotated past L2 where the
@@ -93,6 +94,7 @@ def run(shapes_: Sequence[Shape], tokens: Sequence[int], copy_gbps: float | None
         GEMV_MAX_K,
         GEMV_MAX_M,
         MAX_M,
+        launch_rule,
         launch_small_batch_linear,
         launch_small_m_matmul,
         reference_small_batch_linear,
@@ -137,8 +139,8 @@ def run(shapes_: Sequence[Shape], tokens: Sequence[int], copy_gbps: float | None
                 if gemv:
                     row["gemv_us"] = _timed(
                         sets, config, lambda x, w, o: launch_small_batch_linear(o, x, w, pdl))
-                kernel = ("gemv" if rule.kernel == "gemv" and gemv else "split_k") \
-                    if m <= MAX_M else None
+                kernel = None if m > MAX_M else rule.kernel if rule.kernel != "gemv" \
+                    else "gemv" if gemv else "split_k"
                 if kernel is not None:
                     row["kernel"] = kernel
                     row["us"] = row[f"{kernel}_us"]
@@ -147,8 +149,7 @@ def run(shapes_: Sequence[Shape], tokens: Sequence[int], copy_gbps: float | None
                     row["vs_cublas"] = row["cublas_us"] / row["us"]
                     x, w, o = sets[0]
                     o.fill_(float("nan"))
-                    (launch_small_batch_linear(o, x, w, pdl) if kernel == "gemv"
-                     else launch_small_m_matmul(o, x, w, rule, pdl))
+                    launch_rule(o, x, w, rule, pdl)
                     want = reference_small_batch_linear(x, w)[0]
                     row["rel_err"] = ((o.float() - want).norm() / want.norm()).item()
                 rows.append(row)

@@ -4,9 +4,9 @@ on the present GPU and write them into its dispatch table.
 Timed the way `fuseinfer bench gemm` times (CUDA-graph replay, weights rotated past L2
 where they fit in it), on the dense projections of qwen3-8b and llama-3.1-8b (qkv, o,
 gate_up, down; --models for others): for each M bucket the candidate with the lowest
-geometric-mean time over those projections wins. Candidates: the gemv (M <= 8 buckets)
-and a menu of split_k tiles (block_n x block_k, programs wanted, k steps per slice, warps,
-stages).
+geometric-mean time over those projections wins. Candidates: cuBLAS (torch.mm), the gemv
+(M <= 8 buckets) and a menu of split_k tiles (block_n x block_k, programs wanted, k steps
+per slice, warps, stages).
 """
 
 from __future__ import annotations
@@ -39,14 +39,15 @@ GEMV = "gemv"
 
 
 def candidates(max_m: int | None) -> list[Any]:
-    """The LinearRules tried for one bucket: split_k's menu, and the gemv while M <= 8."""
+    """The LinearRules tried for one bucket: cuBLAS, the gemv while M <= 8, and split_k's
+    menu."""
     from ...ops.linear.dispatch import LinearRule
     from ...ops.linear.small_batch_linear import GEMV_MAX_M
 
-    rules = [LinearRule(max_m, "split_k", *c) for c in SPLIT_K_CANDIDATES]
+    rules = [LinearRule(max_m, "cublas", 64, 128, 264, 4, 4, 4)]
     if max_m is not None and max_m <= GEMV_MAX_M:
-        rules.insert(0, LinearRule(max_m, GEMV, 64, 128, 264, 4, 4, 4))
-    return rules
+        rules.append(LinearRule(max_m, GEMV, 64, 128, 264, 4, 4, 4))
+    return rules + [LinearRule(max_m, "split_k", *c) for c in SPLIT_K_CANDIDATES]
 
 
 def _geomean(values: Sequence[float]) -> float:
@@ -57,11 +58,7 @@ def tune(shapes_: Sequence[Shape], config: TimingConfig | None = None,
          device: str = "cuda") -> tuple[Any, list[dict[str, Any]]]:
     """The tuned entry (source filled in by the caller) and every timing taken."""
     from ...ops.linear.dispatch import LinearDispatch
-    from ...ops.linear.small_batch_linear import (
-        GEMV_MAX_K,
-        launch_small_batch_linear,
-        launch_small_m_matmul,
-    )
+    from ...ops.linear.small_batch_linear import GEMV_MAX_K, launch_rule
     from ...ops.triton_launch import use_pdl
 
     config = config or TimingConfig(repeats=7, target_graph_ms=1.0, warmup_calls=2)
@@ -85,11 +82,8 @@ def tune(shapes_: Sequence[Shape], config: TimingConfig | None = None,
                     sets = [(torch.randn(m, shape.k, device=device, dtype=torch.bfloat16), w,
                              torch.empty(m, shape.n, device=device, dtype=torch.bfloat16))
                             for w in ws]
-                    times.append(_timed(
-                        sets, config,
-                        (lambda x, w, o: launch_small_batch_linear(o, x, w, pdl))
-                        if rule.kernel == GEMV else
-                        (lambda x, w, o, r=rule: launch_small_m_matmul(o, x, w, r, pdl))))
+                    times.append(_timed(sets, config,
+                                        lambda x, w, o, r=rule: launch_rule(o, x, w, r, pdl)))
                 log.append({"max_m": max_m, "m": m, "rule": asdict(rule),
                             "shapes": [f"{s.model} {s.proj}" for s in weights], "us": times})
                 score = _geomean(times)

@@ -3,13 +3,15 @@ M rows (no prologue), and its tile.
 
 Rules are tried in order by M; the last has max_m null (any M up to MAX_M). A rule's
 kernel is "gemv" (the whole-K register tile of triton/small_batch_linear.py; K up to
-16384, M up to 8) or "split_k" (triton/small_m_matmul.py: BLOCK_N x BLOCK_K weight tiles
+16384, M up to 8), "split_k" (triton/small_m_matmul.py: BLOCK_N x BLOCK_K weight tiles
 over the tensor cores, K split until the grid has at least `min_programs` programs, each
 slice at least `min_k_steps` k steps, the slices summed by the last program of each N
-tile). block_m is M rounded up to a power of two (at least 16), not a table field. A rule
-naming gemv that a call cannot take (K > 16384 or M > 8) runs split_k with its tile.
-`fuseinfer bench gemm` times both kernels and cuBLAS per (M, N, K) of the bundled models;
-the entry has no tuned rows yet (the built-in below is a starting point, not measured).
+tile) or "cublas" (torch.mm; the tile fields are then unused), so a runtime that routes
+small steps through small_batch_linear gets cuBLAS where it wins. block_m is M rounded up
+to a power of two (at least 16), not a table field. A rule naming gemv that a call cannot
+take (K > 16384 or M > 8) runs split_k with its tile. `fuseinfer bench gemm` times both
+kernels and cuBLAS per (M, N, K) of the bundled models; `fuseinfer tune gemm` writes the
+rules (the built-in below is a starting point, not measured).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from dataclasses import dataclass
 from ...dispatch import TableError, current_identity, lookup, register_op
 
 OP_FAMILY = "linear"
-KERNELS = ("gemv", "split_k")
+KERNELS = ("gemv", "split_k", "cublas")
 
 
 def _check_pow2(value: int, low: int, high: int, where: str) -> None:

@@ -12,7 +12,8 @@ rmsnorm(x + residual) * norm_weight and writes x + residual to residual_out (a t
 other than residual): the fused_add_rmsnorm before a projection, folded into it.
 
 At small M a matmul only streams the weight. Two Triton kernels, picked by the `linear`
-dispatch entry per M (plain calls) and always the first with a prologue:
+dispatch entry per M for plain calls (which may also name cuBLAS, torch.mm, for an M
+where neither wins), and always the first with a prologue:
 - gemv (triton/small_batch_linear.py): each program loads its weight rows whole (K padded
   to a power of two) before waiting on the previous kernel, so with PDL the weight read
   overlaps that kernel; M <= 8, K <= 16384.
@@ -210,13 +211,23 @@ def _cuda(out, x, weight, silu_mul=False, norm_weight=None, residual=None, resid
     from .dispatch import effective
 
     _check(out, x, weight, silu_mul, norm_weight, residual, residual_out, eps)
-    m, k = x.size(0), weight.size(1)
     entry = effective(x.device.index)
     pdl = use_pdl(entry.enable_pdl if enable_pdl is None else enable_pdl, x.device)
-    rule = None if silu_mul or norm_weight is not None else entry.rule(m)
-    if rule is None or (rule.kernel == "gemv" and m <= GEMV_MAX_M and k <= GEMV_MAX_K):
+    if silu_mul or norm_weight is not None:
         launch_small_batch_linear(out, x, weight, pdl, silu_mul, norm_weight, residual,
                                   residual_out, eps)
+    else:
+        launch_rule(out, x, weight, entry.rule(x.size(0)), pdl)
+
+
+def launch_rule(out, x, weight, rule, pdl: bool) -> None:
+    """A plain call as `rule` (a LinearRule) says: cuBLAS, the gemv where it can take the
+    call, else split_k with the rule's tile."""
+    m, k = x.size(0), weight.size(1)
+    if rule.kernel == "cublas":
+        torch.mm(x, weight.t(), out=out)
+    elif rule.kernel == "gemv" and m <= GEMV_MAX_M and k <= GEMV_MAX_K:
+        launch_small_batch_linear(out, x, weight, pdl)
     else:
         launch_small_m_matmul(out, x, weight, rule, pdl)
 
