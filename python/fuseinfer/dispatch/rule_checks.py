@@ -1,5 +1,5 @@
-"""Checks shared by dispatch-table rules: thread counts and token bounds of a rule list
-tried in order (the last rule matches everything)."""
+"""Checks shared by dispatch-table rules: thread counts, power-of-two tile sizes and token
+bounds of a rule list tried in order (the last rule matches everything)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,11 @@ def check_threads(threads: int, where: str) -> None:
     if not (32 <= threads <= 1024 and threads % 32 == 0):
         raise TableError(f"{where}.threads_per_block: must be a multiple of 32 in [32, 1024], "
                          f"got {threads}")
+
+
+def check_pow2(value: int, low: int, high: int, where: str) -> None:
+    if value < low or value > high or value & (value - 1):
+        raise TableError(f"{where}: must be a power of two in [{low}, {high}], got {value}")
 
 
 def check_bound(max_tokens: int | None, where: str) -> None:

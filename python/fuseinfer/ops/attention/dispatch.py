@@ -16,19 +16,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ...dispatch import TableError, register_op
+from ...dispatch.rule_checks import check_pow2
 
 HEAD_DIMS = (64, 128, 256)
 
 
-def _check_pow2(value: int, low: int, high: int, where: str) -> None:
-    if value < low or value > high or value & (value - 1):
-        raise TableError(f"{where}: must be a power of two in [{low}, {high}], got {value}")
-
-
 def _check_loop(block_n: int, num_warps: int, num_stages: int, where: str) -> None:
     """The fields every rule has: key block, warps, pipeline stages."""
-    _check_pow2(block_n, 16, 256, f"{where}.block_n")
-    _check_pow2(num_warps, 1, 16, f"{where}.num_warps")
+    check_pow2(block_n, 16, 256, f"{where}.block_n")
+    check_pow2(num_warps, 1, 16, f"{where}.num_warps")
     if not 1 <= num_stages <= 6:
         raise TableError(f"{where}.num_stages: must be in [1, 6], got {num_stages}")
 
@@ -54,7 +50,7 @@ class PrefillLaunchRule:
     tma: bool  # bulk-copy key/value tiles when a tile lies in one page (sm_90+)
 
     def validate(self, where: str) -> None:
-        _check_pow2(self.block_m, 16, 256, f"{where}.block_m")
+        check_pow2(self.block_m, 16, 256, f"{where}.block_m")
         _check_loop(self.block_n, self.num_warps, self.num_stages, where)
 
 

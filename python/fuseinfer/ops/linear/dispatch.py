@@ -19,14 +19,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ...dispatch import TableError, current_identity, lookup, register_op
+from ...dispatch.rule_checks import check_pow2
 
 OP_FAMILY = "linear"
 KERNELS = ("gemv", "split_k", "cublas")
-
-
-def _check_pow2(value: int, low: int, high: int, where: str) -> None:
-    if value < low or value > high or value & (value - 1):
-        raise TableError(f"{where}: must be a power of two in [{low}, {high}], got {value}")
 
 
 @dataclass(frozen=True)
@@ -46,9 +42,9 @@ class LinearRule:
         if self.kernel not in KERNELS:
             raise TableError(f"{where}.kernel: must be one of {list(KERNELS)}, got "
                              f"{self.kernel!r}")
-        _check_pow2(self.block_n, 16, 256, f"{where}.block_n")
-        _check_pow2(self.block_k, 16, 512, f"{where}.block_k")
-        _check_pow2(self.num_warps, 1, 16, f"{where}.num_warps")
+        check_pow2(self.block_n, 16, 256, f"{where}.block_n")
+        check_pow2(self.block_k, 16, 512, f"{where}.block_k")
+        check_pow2(self.num_warps, 1, 16, f"{where}.num_warps")
         if not 1 <= self.num_stages <= 8:
             raise TableError(f"{where}.num_stages: must be in [1, 8], got {self.num_stages}")
         if not 1 <= self.min_programs <= 1 << 14:  # keeps split_k's offsets in 32 bits

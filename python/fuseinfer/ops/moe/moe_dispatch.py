@@ -36,7 +36,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from ...dispatch import TableError, register_op
-from ...dispatch.rule_checks import check_bound
+from ...dispatch.rule_checks import check_bound, check_pow2
 
 OP_FAMILY = "moe"
 # The CUTLASS grouped configurations csrc/moe builds, each for its arch only (sm90_: sm_90a,
@@ -46,11 +46,6 @@ GROUPED_CONFIGS = ("sm90_grouped_coop_128x128_c1x1", "sm90_grouped_ping_64x128_c
                    "sm90_grouped_swap_128x32_c1x1", "sm100_grouped_1sm_128x128_c1x1")
 FP8_BACKENDS = ("triton", "cutlass")
 TRITON = "triton"  # an fp8_grouped rule's config: this bucket stays on the Triton kernels
-
-
-def _check_pow2(value: int, low: int, high: int, where: str) -> None:
-    if value < low or value > high or value & (value - 1):
-        raise TableError(f"{where}: must be a power of two in [{low}, {high}], got {value}")
 
 
 @dataclass(frozen=True)
@@ -65,13 +60,13 @@ class MoeLaunchRule:
 
     def validate(self, where: str) -> None:
         check_bound(self.max_tokens, where)
-        _check_pow2(self.block_k, 16, 128, f"{where}.block_k")
+        check_pow2(self.block_k, 16, 128, f"{where}.block_k")
         self.validate_tiles(where)
 
     def validate_tiles(self, where: str) -> None:
-        _check_pow2(self.block_m, 16, 256, f"{where}.block_m")
-        _check_pow2(self.block_n, 16, 256, f"{where}.block_n")
-        _check_pow2(self.num_warps, 1, 16, f"{where}.num_warps")
+        check_pow2(self.block_m, 16, 256, f"{where}.block_m")
+        check_pow2(self.block_n, 16, 256, f"{where}.block_n")
+        check_pow2(self.num_warps, 1, 16, f"{where}.num_warps")
         if not 1 <= self.group_m <= 64:
             raise TableError(f"{where}.group_m: must be in [1, 64], got {self.group_m}")
         if not 1 <= self.num_stages <= 6:
@@ -89,7 +84,7 @@ class Mxfp4LaunchRule(MoeLaunchRule):
 
     def validate(self, where: str) -> None:
         check_bound(self.max_tokens, where)
-        _check_pow2(self.block_k, 32, 256, f"{where}.block_k")
+        check_pow2(self.block_k, 32, 256, f"{where}.block_k")
         super().validate_tiles(where)
 
 
