@@ -21,6 +21,21 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+
+def _pair_asm(shift: int, out: str, scale: str) -> str:
+    """One output bf16 pair: the nibbles at bits `12 - shift` of each half of q, sign to
+    bit 15 and magnitude to bits 6..8, then x 2^126 and x the scale pair."""
+    src = "q"
+    lines = []
+    if shift:
+        lines.append(f"shl.b32 u, q, {shift};")
+        src = "u"
+    lines += [f"and.b32 v, {src}, 0x70007000;", "shr.b32 v, v, 6;",
+              f"and.b32 u, {src}, 0x80008000;", "or.b32 u, u, v;",
+              "fma.rn.bf16x2 u, u, bias, nz;", f"fma.rn.bf16x2 {out}, u, {scale}, nz;"]
+    return "\n".join(lines)
+
+
 # $4: 4 packed bytes b0..b3, $5: their 4 E8M0 scale bytes. Out: $0 = (b0.lo, b1.lo),
 # $1 = (b2.lo, b3.lo), $2 = (b0.hi, b1.hi), $3 = (b2.hi, b3.hi) as bf16 pairs. Bytes are
 # reordered b0 b2 b1 b3 so each 16-bit half holds one element's byte; a code's magnitude
@@ -28,46 +43,22 @@ import triton.language as tl
 # for exponent 0), x 2^126 (0x7E80) is exact, then x the scale 2^(s - 127) built as the
 # bf16 bits s << 7 (exact for s in 1..254; s = 0 gives 0 rather than 2^-127, and s = 255
 # infinity rather than NaN).
-_PAIRS_ASM = tl.constexpr("""
-{
-.reg .b32 q, u, v, z, nz, s01, s23, bias;
-mov.b32 z, 0;
-mov.b32 nz, 0x80008000;
-mov.b32 bias, 0x7E807E80;
-prmt.b32 q, $4, z, 0x3120;
-prmt.b32 s01, $5, z, 0x4140;
-shl.b32 s01, s01, 7;
-prmt.b32 s23, $5, z, 0x4342;
-shl.b32 s23, s23, 7;
-shl.b32 u, q, 12;
-and.b32 v, u, 0x70007000;
-shr.b32 v, v, 6;
-and.b32 u, u, 0x80008000;
-or.b32 u, u, v;
-fma.rn.bf16x2 u, u, bias, nz;
-fma.rn.bf16x2 $0, u, s01, nz;
-shl.b32 u, q, 8;
-and.b32 v, u, 0x70007000;
-shr.b32 v, v, 6;
-and.b32 u, u, 0x80008000;
-or.b32 u, u, v;
-fma.rn.bf16x2 u, u, bias, nz;
-fma.rn.bf16x2 $2, u, s01, nz;
-shl.b32 u, q, 4;
-and.b32 v, u, 0x70007000;
-shr.b32 v, v, 6;
-and.b32 u, u, 0x80008000;
-or.b32 u, u, v;
-fma.rn.bf16x2 u, u, bias, nz;
-fma.rn.bf16x2 $1, u, s23, nz;
-and.b32 v, q, 0x70007000;
-shr.b32 v, v, 6;
-and.b32 u, q, 0x80008000;
-or.b32 u, u, v;
-fma.rn.bf16x2 u, u, bias, nz;
-fma.rn.bf16x2 $3, u, s23, nz;
-}
-""")
+_PAIRS_ASM = tl.constexpr("\n".join([
+    "", "{",
+    ".reg .b32 q, u, v, z, nz, s01, s23, bias;",
+    "mov.b32 z, 0;",
+    "mov.b32 nz, 0x80008000;",
+    "mov.b32 bias, 0x7E807E80;",
+    "prmt.b32 q, $4, z, 0x3120;",
+    "prmt.b32 s01, $5, z, 0x4140;",
+    "shl.b32 s01, s01, 7;",
+    "prmt.b32 s23, $5, z, 0x4342;",
+    "shl.b32 s23, s23, 7;",
+    _pair_asm(12, "$0", "s01"),  # (b0.lo, b1.lo)
+    _pair_asm(8, "$2", "s01"),   # (b0.hi, b1.hi)
+    _pair_asm(4, "$1", "s23"),   # (b2.lo, b3.lo)
+    _pair_asm(0, "$3", "s23"),   # (b2.hi, b3.hi)
+    "}", ""]))
 
 
 @triton.jit
