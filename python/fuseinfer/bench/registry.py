@@ -3,7 +3,7 @@
 A suite module registers itself when imported:
 
     register_suite(Suite(name="norm", help="...", add_arguments=add_arguments, run=run,
-                         tune=Tuner(help="...", add_arguments=..., run=...),
+                         tune=tuner_in("norm_tune", help="...", add_arguments=...),
                          quick_args=("--hidden", "4096", "--tokens", "1", "128", "8192")))
 
 and a family suite file in `bench/suites/` is found by name (SUITE_MODULES). The command
@@ -34,6 +34,24 @@ class Tuner:
     help: str
     run: Command
     add_arguments: AddArguments = no_arguments
+
+
+def tuner_in(module: str, help: str, add_arguments: AddArguments | None = None) -> Tuner:
+    """A Tuner whose search lives in bench/suites/<module>.py: its `tune_command`, and its
+    `add_tune_arguments` unless `add_arguments` is given. The module is imported when the
+    command runs (or its options are built): a tune module imports its suite's module, so
+    the suite cannot import it at load."""
+
+    def tuning() -> object:
+        return importlib.import_module(f"{__package__}.suites.{module}")
+
+    def run(args: argparse.Namespace) -> int:
+        return tuning().tune_command(args)  # type: ignore[attr-defined]
+
+    def add(parser: argparse.ArgumentParser) -> None:
+        tuning().add_tune_arguments(parser)  # type: ignore[attr-defined]
+
+    return Tuner(help=help, run=run, add_arguments=add_arguments or add)
 
 
 @dataclass(frozen=True)

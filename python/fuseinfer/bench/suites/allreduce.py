@@ -30,7 +30,7 @@ from ..allreduce_ranks import (
     world_size,
 )
 from ..kernel_suite import add_output_options, check_known
-from ..registry import Suite, Tuner, register_suite
+from ..registry import Suite, register_suite, tuner_in
 from ..report import Column
 
 TOKENS = (1, 16, 128, 512, 2048, 8192)
@@ -75,18 +75,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_output_options(parser, "allreduce")
 
 
-def _tune(args: argparse.Namespace) -> int:
-    from .allreduce_tune import tune_command
-
-    return tune_command(args)
-
-
-def _tune_arguments(parser: argparse.ArgumentParser) -> None:
-    from .allreduce_tune import add_tune_arguments
-
-    add_tune_arguments(parser)
-
-
 def run_command(args: argparse.Namespace) -> int:
     from .. import report
 
@@ -124,5 +112,5 @@ register_suite(Suite(
     "NCCL and torch symmetric memory, several GPUs of this machine",
     run=run_command, add_arguments=add_arguments, records="allreduce",
     quick_args=("--hidden", "4096", "--tokens", "1", "128", "2048"),
-    tune=Tuner(help="the allreduce algorithm and fusion per message size for one world "
-               "size (needs one GPU per rank)", run=_tune, add_arguments=_tune_arguments)))
+    tune=tuner_in("allreduce_tune", help="the allreduce algorithm and fusion per message size "
+                  "for one world size (needs one GPU per rank)")))

@@ -26,7 +26,7 @@ from .. import attention_baselines as base
 from ..attention_inputs import make_paged_kv
 from ..kernel_suite import add_output_options, check_known, report_run
 from ..progress import Progress
-from ..registry import Suite, Tuner, register_suite
+from ..registry import Suite, register_suite, tuner_in
 from ..report import Column
 from ..timing import TimingConfig, l2_cache_bytes, time_calls
 
@@ -291,12 +291,6 @@ def add_tune_arguments(parser: argparse.ArgumentParser) -> None:
                         "others (default: both)")
 
 
-def tune_command(args: argparse.Namespace) -> int:
-    from .attention_tune import tune_command
-
-    return tune_command(args)
-
-
 register_suite(Suite(
     name="attention", help="paged decode and prefill/extend attention on model shapes "
     "against SDPA and flex_attention (bf16)", run=run_command, add_arguments=add_arguments,
@@ -304,5 +298,5 @@ register_suite(Suite(
     # decode 64x4096 and the always-added 1x8192 (split-KV), prefill 1x4k
     quick_args=("--models", "Llama-3-8B", "--batches", "64", "--lengths", "4096",
                 "--prefill", "1x4k"),
-    tune=Tuner(help="paged prefill and decode block sizes", run=tune_command,
-               add_arguments=add_tune_arguments)))
+    tune=tuner_in("attention_tune", help="paged prefill and decode block sizes",
+                  add_arguments=add_tune_arguments)))

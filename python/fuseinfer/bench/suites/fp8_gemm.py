@@ -28,7 +28,7 @@ from .. import fp8_gemm_baselines as baselines
 from ..flashinfer_baselines import describe
 from ..kernel_suite import PDL, add_output_options, check_known, report_run
 from ..progress import Progress
-from ..registry import Suite, Tuner, register_suite
+from ..registry import Suite, register_suite, tuner_in
 from ..report import Column
 from ..timing import TimingConfig, buffer_sets, l2_cache_bytes, time_calls
 
@@ -278,23 +278,11 @@ def run_command(args: argparse.Namespace) -> int:
     return report_run("fp8_gemm", COLUMNS, rows, limits.copy_gbps, args)
 
 
-def tune_command(args: argparse.Namespace) -> int:
-    from .fp8_gemm_tune import tune_command
-
-    return tune_command(args)
-
-
-def add_tune_arguments(parser: argparse.ArgumentParser) -> None:
-    from .fp8_gemm_tune import add_tune_arguments
-
-    add_tune_arguments(parser)
-
-
 register_suite(Suite(
     name="fp8-gemm", help="FP8 blockwise GEMM on model linear layers against cuBLAS "
     "(per-tensor, rowwise, blockwise), bf16 cuBLAS and FlashInfer", run=run_command,
     add_arguments=add_arguments, records="fp8_gemm",
     quick_args=("--models", "DeepSeek-V3", "square", "--nk", "7168x7168", "2112x7168",
                 "7168x16384", "--m", "1", "16", "128", "4096"),
-    tune=Tuner(help="the FP8 GEMM configuration per M bucket (the fp8_gemm entry)",
-               run=tune_command, add_arguments=add_tune_arguments)))
+    tune=tuner_in("fp8_gemm_tune",
+                  help="the FP8 GEMM configuration per M bucket (the fp8_gemm entry)")))

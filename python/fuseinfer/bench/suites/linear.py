@@ -25,7 +25,7 @@ import torch
 
 from ..kernel_suite import PDL, add_run_options, check_known, report_run
 from ..progress import Progress
-from ..registry import Suite, Tuner, register_suite
+from ..registry import Suite, register_suite, tuner_in
 from ..report import Column
 from ..timing import TimingConfig, buffer_sets, l2_cache_bytes, time_calls
 
@@ -201,22 +201,10 @@ def run_command(args: argparse.Namespace) -> int:
     return report_run("gemm", COLUMNS, rows, copy_gbps, args)
 
 
-def tune_command(args: argparse.Namespace) -> int:
-    from .linear_tune import tune_command
-
-    return tune_command(args)
-
-
-def add_tune_arguments(parser: argparse.ArgumentParser) -> None:
-    from .linear_tune import add_tune_arguments
-
-    add_tune_arguments(parser)
-
-
 register_suite(Suite(
     name="gemm", help="small-M bf16 matmuls (small_batch_linear: gemv and split_k) on the "
     "bundled models' projections at M = 1..128 against cuBLAS",
     run=run_command, add_arguments=add_arguments, records="gemm",
     quick_args=("--models", "qwen3-8b", "--tokens", "1", "16", "64"),
-    tune=Tuner(help="small_batch_linear's kernel and split_k tile per M (the linear table "
-               "entry)", run=tune_command, add_arguments=add_tune_arguments)))
+    tune=tuner_in("linear_tune", help="small_batch_linear's kernel and split_k tile per M "
+                  "(the linear table entry)")))

@@ -47,7 +47,7 @@ from ..flashinfer_baselines import describe
 from ..kernel_suite import PDL, add_run_options, check_known, report_run
 from ..moe_inputs import Inputs, make_inputs
 from ..progress import Progress
-from ..registry import Suite, Tuner, register_suite
+from ..registry import Suite, register_suite, tuner_in
 from ..report import Column
 from ..static_compile import compile_static
 from ..timing import TimingConfig, buffer_sets, l2_cache_bytes, time_calls
@@ -517,18 +517,6 @@ def run_command(args: argparse.Namespace) -> int:
     return report_run("moe", COLUMNS, rows, copy_gbps, args)
 
 
-def tune_command(args: argparse.Namespace) -> int:
-    from .moe_tune import tune_command
-
-    return tune_command(args)
-
-
-def add_tune_arguments(parser: argparse.ArgumentParser) -> None:
-    from .moe_tune import add_tune_arguments
-
-    add_tune_arguments(parser)
-
-
 register_suite(Suite(
     name="moe", help="MoE routing (topk_softmax, moe_fused_gate), moe_align_block_size and "
     "fused_moe (bf16, fp8_block, mxfp4) on Qwen3-30B-A3B, GPT-OSS-20B/120B and DeepSeek-V3 "
@@ -536,7 +524,6 @@ register_suite(Suite(
     "dequantize-at-load bf16 layer", run=run_command,
     add_arguments=add_arguments, records="moe",
     quick_args=("--models", "Qwen3-30B-A3B", "--tokens", "1", "128", "4096"),
-    tune=Tuner(help="fused_moe's Triton block sizes per token bucket (bf16, fp8_block, mxfp4) "
-               "and the fp8 path (Triton or a CUTLASS grouped configuration) per routed-rows "
-               "bucket (the moe entry)",
-               run=tune_command, add_arguments=add_tune_arguments)))
+    tune=tuner_in("moe_tune", help="fused_moe's Triton block sizes per token bucket (bf16, "
+                  "fp8_block, mxfp4) and the fp8 path (Triton or a CUTLASS grouped "
+                  "configuration) per routed-rows bucket (the moe entry)")))

@@ -21,7 +21,7 @@ import torch
 from .. import flashinfer_baselines, norm_baselines  # noqa: I001
 from ..kernel_suite import PDL, add_run_options, check_known, report_run
 from ..progress import Progress
-from ..registry import Suite, Tuner, register_suite
+from ..registry import Suite, register_suite, tuner_in
 from ..report import Column
 from ..timing import TimingConfig, buffer_sets, l2_cache_bytes, time_calls
 
@@ -253,15 +253,9 @@ def add_tune_arguments(parser: argparse.ArgumentParser) -> None:
                         "written covers only these, each rule serving sizes up to its own")
 
 
-def tune_command(args: argparse.Namespace) -> int:
-    from .norm_tune import tune_command
-
-    return tune_command(args)
-
-
 register_suite(Suite(
     name="norm", help="RMSNorm kernels on real model shapes", run=run_command,
     add_arguments=add_arguments, records="norm",
     quick_args=("--hidden", "4096", "--tokens", "1", "128", "8192"),
-    tune=Tuner(help="the RMSNorm family's launch shapes (rmsnorm, fused_add_rmsnorm)",
-               run=tune_command, add_arguments=add_tune_arguments)))
+    tune=tuner_in("norm_tune", help="the RMSNorm family's launch shapes (rmsnorm, "
+                  "fused_add_rmsnorm)", add_arguments=add_tune_arguments)))

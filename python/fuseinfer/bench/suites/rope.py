@@ -32,7 +32,7 @@ import torch
 from .. import flashinfer_baselines, rope_baselines  # noqa: I001
 from ..kernel_suite import PDL, add_run_options, check_known, report_run
 from ..progress import Progress
-from ..registry import Suite, Tuner, register_suite
+from ..registry import Suite, no_arguments, register_suite, tuner_in
 from ..report import Column
 from ..timing import TimingConfig, buffer_sets, l2_cache_bytes, time_calls
 from . import kvcache
@@ -327,16 +327,10 @@ def run_command(args: argparse.Namespace) -> int:
     return report_run("rope", COLUMNS, rows, copy_gbps, args)
 
 
-def tune_command(args: argparse.Namespace) -> int:
-    from .rope_tune import tune_command
-
-    return tune_command(args)
-
-
 register_suite(Suite(
     name="rope", help="RoPE fused with the KV-cache write, and the cache write alone "
     "(store_kv_cache), on real model shapes (bf16)", run=run_command,
     add_arguments=add_arguments, records="rope",
     quick_args=("--models", "Llama-3-8B", "--tokens", "1", "128", "4096"),
-    tune=Tuner(help="RoPE (+ KV write) and store_kv_cache launch shapes (the rope and "
-               "kvcache table entries)", run=tune_command)))
+    tune=tuner_in("rope_tune", help="RoPE (+ KV write) and store_kv_cache launch shapes "
+                  "(the rope and kvcache table entries)", add_arguments=no_arguments)))
