@@ -211,13 +211,13 @@ def _cuda(out, x, weight, silu_mul=False, norm_weight=None, residual=None, resid
     from .dispatch import effective
 
     _check(out, x, weight, silu_mul, norm_weight, residual, residual_out, eps)
+    if silu_mul or norm_weight is not None:  # the gemv, chosen without a table lookup
+        launch_small_batch_linear(out, x, weight, use_pdl(enable_pdl, x.device), silu_mul,
+                                  norm_weight, residual, residual_out, eps)
+        return
     entry = effective(x.device.index)
-    pdl = use_pdl(entry.enable_pdl if enable_pdl is None else enable_pdl, x.device)
-    if silu_mul or norm_weight is not None:
-        launch_small_batch_linear(out, x, weight, pdl, silu_mul, norm_weight, residual,
-                                  residual_out, eps)
-    else:
-        launch_rule(out, x, weight, entry.rule(x.size(0)), pdl)
+    launch_rule(out, x, weight, entry.rule(x.size(0)),
+                use_pdl(entry.enable_pdl if enable_pdl is None else enable_pdl, x.device))
 
 
 def launch_rule(out, x, weight, rule, pdl: bool) -> None:
