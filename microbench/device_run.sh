@@ -58,11 +58,17 @@ export PYTHONPATH=$REPO/python:/tmp/site:${PYTHONPATH:-}
 export FLASHINFER_WORKSPACE_BASE=${FLASHINFER_WORKSPACE_BASE:-/tmp/flashinfer-ws}
 export TRTLLM_DG_CACHE_DIR=${TRTLLM_DG_CACHE_DIR:-$FLASHINFER_WORKSPACE_BASE/.cache/deep_gemm}
 FI_BUNDLE=/tmp/flashinfer-bundle-device
-if [ -f .whl/flashinfer.tar.xz ]; then
+# A bundle already unpacked from this very tarball (its checksum in .unpacked_from) is kept,
+# so a caller can unpack it first and start FlashInfer JIT builds while the steps run.
+FI_STAMP=$( [ -f .whl/flashinfer.tar.xz ] && cksum < .whl/flashinfer.tar.xz)
+if [ -f .whl/flashinfer.tar.xz ] && [ "$(cat "$FI_BUNDLE/.unpacked_from" 2>/dev/null)" = "$FI_STAMP" ]; then
+  echo "FlashInfer bundle already unpacked in $FI_BUNDLE: kept"
+elif [ -f .whl/flashinfer.tar.xz ]; then
   rm -rf "$FI_BUNDLE" && mkdir -p "$FI_BUNDLE"
   tar -xJf .whl/flashinfer.tar.xz -C "$FI_BUNDLE" 2>/dev/null ||
     python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])' \
       .whl/flashinfer.tar.xz "$FI_BUNDLE" || exit 1
+  echo "$FI_STAMP" > "$FI_BUNDLE/.unpacked_from"
 elif [ -d .whl/flashinfer ]; then  # the unpacked layout of earlier bundles
   FI_BUNDLE=$REPO/.whl/flashinfer
 fi
