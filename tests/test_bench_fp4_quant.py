@@ -91,6 +91,37 @@ def test_run_builds_rows_with_host_timing(monkeypatch):
     assert "x flashinfer" in format_table(rows, suite.COLUMNS)
 
 
+def test_a_baseline_that_writes_nothing_is_not_timed(monkeypatch):
+    """A baseline whose packed output disagrees with ours (as FlashInfer's fp4_quantize on
+    Hopper, whose kernel body is compiled for sm_100+ only) keeps a note, not a time; one
+    that agrees keeps its time."""
+    from fuseinfer.bench.timing import time_eager_cpu
+
+    def host_timed(calls, config):
+        return time_eager_cpu(lambda: [call() for call in calls], repeats=1)
+
+    def empty_kernel(s):  # what an empty kernel leaves: untouched fresh buffers
+        return torch.full_like(s["q"].view(torch.uint8), 0x5A), s["s"].clone()
+
+    def same_as_ours(s):
+        q, sc = torch.empty_like(s["q"]), torch.empty_like(s["s"])
+        torch.ops.fuseinfer.nvfp4_quantize(q, sc, s["x"], s["gs"], True)
+        return q, sc
+
+    monkeypatch.setattr(suite, "time_calls", host_timed)
+    case = suite.cases(["nvfp4"], [256], [5])[0]
+    assert suite.agreement(case, torch.bfloat16, empty_kernel, None, "cpu") < 0.2
+    assert suite.agreement(case, torch.bfloat16, same_as_ours, None, "cpu") == 1.0
+    for call, timed in ((empty_kernel, False), (same_as_ours, True)):
+        monkeypatch.setattr(fp4_quant_baselines, "flashinfer_call",
+                            lambda op, c=call: (c, "ok"))
+        row = suite.run([case], ["flashinfer"], copy_gbps=1000.0, device="cpu")[0]
+        assert ("flashinfer_us" in row) is timed and ("vs_flashinfer" in row) is timed
+        assert ("flashinfer_note" in row) is not timed
+        if not timed:
+            assert row["flashinfer_note"].startswith("output disagrees")
+
+
 def test_report_records_a_run(tmp_path, monkeypatch, capsys):
     from fuseinfer.bench import report
     from fuseinfer.bench.kernel_suite import report_run

@@ -141,3 +141,34 @@ def test_split_k_in_cuda_graphs_and_on_two_streams():
     for o1, o2 in zip(outs1, outs2, strict=True):
         torch.testing.assert_close(o1.float(), want1, rtol=2e-2, atol=2e-2)
         torch.testing.assert_close(o2.float(), want2, rtol=2e-2, atol=2e-2)
+
+
+def test_split_k_on_more_streams_than_before_and_fresh_capture_streams():
+    """As the bench's timing loop does it: each round warms up on a new pool stream, then
+    captures (torch.cuda.graph on a stream of its own); more rounds than torch's stream
+    pools hold, so streams recur and new ones appear inside capture."""
+    from fuseinfer.ops.linear.dispatch import LinearRule
+    from fuseinfer.ops.linear.small_batch_linear import launch_small_m_matmul
+
+    rule = LinearRule(None, "split_k", 64, 128, 264, 4, 4, 4)
+    w = torch.randn(2048, 4096, device="cuda", dtype=torch.bfloat16) / 64
+    assert rule.split_k(2048, 4096)[0] > 1
+    main = torch.cuda.current_stream()
+    for _ in range(40):
+        x = torch.randn(8, 4096, device="cuda", dtype=torch.bfloat16)
+        want = reference_small_batch_linear(x, w)[0]
+        side = torch.cuda.Stream()
+        side.wait_stream(main)
+        with torch.cuda.stream(side):
+            out = torch.full((8, 2048), float("nan"), device="cuda", dtype=torch.bfloat16)
+            launch_small_m_matmul(out, x, w, rule, True)
+        main.wait_stream(side)
+        torch.testing.assert_close(out.float(), want, rtol=2e-2, atol=2e-2)
+        captured = torch.full((8, 2048), float("nan"), device="cuda", dtype=torch.bfloat16)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            launch_small_m_matmul(captured, x, w, rule, True)
+        graph.replay()
+        graph.replay()
+        torch.cuda.synchronize()
+        torch.testing.assert_close(captured.float(), want, rtol=2e-2, atol=2e-2)

@@ -129,6 +129,29 @@ def check(case: Case, dtype: torch.dtype, run: Callable[[Sets], None],
     return ((got - want).norm() / want.norm()).item()
 
 
+# A baseline's packed values must equal ours this often (rounding ties may differ) for its
+# time to count: a kernel that writes nothing (FlashInfer's fp4_quantize body is compiled
+# for sm_100+ only, empty on Hopper) otherwise looks fast.
+MIN_AGREEMENT = 0.99
+
+
+def agreement(case: Case, dtype: torch.dtype, call: Callable[[Sets], Any],
+              enable_pdl: bool | None, device: torch.device | str = "cuda") -> float | None:
+    """Fraction of a baseline's packed output bytes equal to ours on fresh data (None: its
+    output is not a packed tensor of our size, e.g. the torch math's float values)."""
+    s = make_sets(case, dtype, 1, device)[0]
+    ours(case.op, s, enable_pdl)
+    got = call(s)
+    q = got[0] if isinstance(got, (tuple, list)) else got
+    if not isinstance(q, torch.Tensor) or q.dtype.is_floating_point and q.element_size() > 1:
+        return None
+    mine = s["q"].contiguous().view(torch.uint8).flatten()
+    theirs = q.contiguous().view(torch.uint8).flatten()
+    if theirs.numel() != mine.numel():
+        return None
+    return (theirs == mine).float().mean().item()
+
+
 def run(cases_: Sequence[Case], baselines: Sequence[str], copy_gbps: float | None,
         dtype: torch.dtype = torch.bfloat16, enable_pdl: bool | None = None,
         config: TimingConfig | None = None, cold: bool = False,
@@ -166,6 +189,14 @@ def run(cases_: Sequence[Case], baselines: Sequence[str], copy_gbps: float | Non
                 except Exception as error:  # a baseline that imports but cannot run here
                     row[f"{name}_note"] = f"failed: {type(error).__name__}: {error}"[:200]
                     continue
+                agree = agreement(case, dtype, call, enable_pdl, device)
+                if agree is not None:
+                    row[f"{name}_agree"] = agree
+                    if agree < MIN_AGREEMENT:  # a time of wrong output is no baseline
+                        row[f"{name}_note"] = (f"output disagrees: {100 * agree:.1f}% of its "
+                                               f"packed bytes equal ours; time "
+                                               f"{us:.2f} us not used")
+                        continue
                 row[f"{name}_us"] = us
                 row[f"vs_{name}"] = us / row["us"]
             row["rel_err"] = check(case, dtype,

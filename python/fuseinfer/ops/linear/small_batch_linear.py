@@ -39,7 +39,9 @@ PROLOGUE_MAX_M = 8
 GEMV_MAX_K = 16384
 GEMV_MAX_M = 8
 _TILE = 16384  # gemv: weight elements per program (K_PAD * BLOCK_N), held in registers
-_MAX_TILES = 1 << 16  # split_k: arrival counters per (device, stream), so N <= 2^16 tiles
+# split_k's arrival counters per (device, stream): split > 1 only while the N tiles are
+# fewer than min_programs (at most 2^14), so this many always suffice
+_MAX_TILES = 1 << 14
 
 
 def reference_small_batch_linear(x: torch.Tensor, weight: torch.Tensor,
@@ -139,35 +141,41 @@ def launch_small_batch_linear(out, x, weight, pdl: bool, silu_mul: bool = False,
         num_warps=8, **extra)
 
 
-_STREAM_SLOTS = 8  # streams per device with their own split_k counters
-_counters: dict[int, torch.Tensor] = {}  # device index -> [_STREAM_SLOTS, _MAX_TILES] int32
-_slots: dict[tuple[int, int], int] = {}  # (device index, stream id) -> its row
+_SPARE_ROWS = 2  # counter rows kept ready for streams first seen while capturing
+_rows: dict[tuple[int, int], torch.Tensor] = {}  # (device index, stream id) -> its counters
+_spares: dict[int, list[torch.Tensor]] = {}  # device index -> unassigned zeroed rows
+
+
+def _zeroed_row(device: torch.device) -> torch.Tensor:
+    return torch.zeros(_MAX_TILES, dtype=torch.int32, device=device)
 
 
 def _arrival_counters(device: torch.device) -> torch.Tensor:
-    """The split_k arrival counters of the current stream (zero between calls): one row of
-    a per-device buffer per stream, so calls on two streams never share a counter. The
-    buffer is allocated once, outside any CUDA-graph capture (a buffer first made inside
-    one would be zeroed only by that graph's replays); a stream first seen while capturing
-    takes a free row of it."""
+    """The split_k arrival counters of the current stream (zero between calls), one row per
+    stream so calls on two streams never share a counter. Rows are allocated outside any
+    CUDA-graph capture (a buffer first made inside one would be zeroed only by that graph's
+    replays); a stream first seen while capturing takes one of the spare rows kept ready,
+    which the next call outside capture replenishes. Streams come from torch's fixed pools,
+    so the rows stay few."""
     index = device.index if device.index is not None else torch.cuda.current_device()
-    buf = _counters.get(index)
-    if buf is None:
-        if torch.cuda.is_current_stream_capturing():
-            raise RuntimeError(
-                "small_batch_linear: the split_k counters of this GPU are allocated at the "
-                "first call outside CUDA-graph capture; call it once before capturing")
-        buf = _counters[index] = torch.zeros(_STREAM_SLOTS, _MAX_TILES, dtype=torch.int32,
-                                             device=device)
     key = (index, torch.cuda.current_stream(device).stream_id)
-    slot = _slots.get(key)
-    if slot is None:
-        used = sum(1 for (d, _) in _slots if d == index)
-        if used == _STREAM_SLOTS:
-            raise RuntimeError(f"small_batch_linear: split_k calls on more than "
-                               f"{_STREAM_SLOTS} streams of one GPU")
-        slot = _slots[key] = used
-    return buf[slot]
+    row = _rows.get(key)
+    if row is not None:
+        return row
+    spares = _spares.setdefault(index, [])
+    if not torch.cuda.is_current_stream_capturing():
+        row = _zeroed_row(device)
+        while len(spares) < _SPARE_ROWS:
+            spares.append(_zeroed_row(device))
+    elif spares:
+        row = spares.pop()
+    else:
+        raise RuntimeError(
+            "small_batch_linear: a split_k call on a new stream inside CUDA-graph capture "
+            "and no spare counters left; call reserve_counters(device) (or the op once) "
+            "outside capture first")
+    _rows[key] = row
+    return row
 
 
 def reserve_counters(device: torch.device) -> None:
