@@ -9,6 +9,7 @@ from dataclasses import replace
 from types import SimpleNamespace
 
 import pytest
+import torch
 from test_cli import run_cli  # tests/ is on sys.path
 
 from fuseinfer.bench.e2e import latency, offline
@@ -143,25 +144,65 @@ def test_latency_sizes_the_engine_from_its_own_options():
     assert variants[2][1].disable_cuda_graph and variants[2][1].max_running_requests == 12
     # `all` on a bf16 model leaves out the switches that only change an FP8 model
     names = [n for n, _ in ablation_variants(variants[0][1], ["all"])[1]]
-    assert len(names) == 1 + len(ABLATIONS) - len(FP8_ABLATIONS) - len(TP_ABLATIONS)
+    # (and small-m-matmul, off by default: its ablation would change nothing)
+    assert len(names) == len(ABLATIONS) - len(FP8_ABLATIONS) - len(TP_ABLATIONS)
     assert not any(a in n for n in names for a in FP8_ABLATIONS)
+    assert "without small-m-matmul" not in names
+    small_m = replace(variants[0][1], small_m_matmul_tokens=64)
+    small_m_variants = dict(ablation_variants(small_m, ["all"])[1])
+    assert small_m_variants["without small-m-matmul"].small_m_matmul_tokens == 0
+    assert small_m_variants["without pdl"].small_m_matmul_tokens == 64
     fp8 = replace(variants[0][1], quantization="fp8")
     fp8_variants = ablation_variants(fp8, ["all"])[1]
-    assert len(fp8_variants) == 1 + len(ABLATIONS) - len(TP_ABLATIONS)  # one rank
+    assert len(fp8_variants) == len(ABLATIONS) - len(TP_ABLATIONS)  # one rank
     quant_off = dict(fp8_variants)["without fused-norm-quant"]
     assert quant_off.disable_fused_norm_quant and not quant_off.disable_fused_silu_mul_quant
     bundled = replace(variants[0][1], model="qwen3-8b-fp8")  # FP8 by its checkpoint config
-    assert len(ablation_variants(bundled, ["all"])[1]) == 1 + len(ABLATIONS) - len(TP_ABLATIONS)
+    assert len(ablation_variants(bundled, ["all"])[1]) == len(ABLATIONS) - len(TP_ABLATIONS)
     # ... and the tensor-parallel switches only for an engine of several ranks
     tp_names = [n for n, _ in ablation_variants(replace(fp8, tp=2), ["all"])[1]]
-    assert len(tp_names) == 1 + len(ABLATIONS)
+    assert len(tp_names) == len(ABLATIONS)
 
 
 def test_bench_latency_on_the_tiny_model(isolated_cache):
     proc = run_cli("bench", "latency", "--device", "cpu", "--page-size", "4", "--context",
-                   "8", "--new-tokens", "4", "--repeats", "1", "--ablate", "overlap-schedule")
+                   "8", "--new-tokens", "4", "--repeats", "1", "--ablate", "overlap-schedule",
+                   "--batch", "1", "3")
     assert proc.returncode == 0, proc.stderr
     lines = [line for line in proc.stdout.splitlines() if "ms/token" in line]
-    assert len(lines) == 2 and "as configured" in lines[0]
-    assert "without overlap-schedule" in lines[1]
-    assert "overlap-schedule: " in proc.stdout and "(with / without)" in proc.stdout
+    assert len(lines) == 4 and all("as configured" in line for line in lines[:2])
+    assert "decode batch 1," in lines[0] and "decode batch 3," in lines[1]
+    assert all("without overlap-schedule" in line for line in lines[2:])
+    assert "floor" not in proc.stdout  # no copy bandwidth off the GPU
+    for batch in (1, 3):
+        assert f"batch {batch}, overlap-schedule: " in proc.stdout
+    assert "(with / without)" in proc.stdout
+
+
+def test_decode_floor_counts_each_weight_once_and_the_kv_read():
+    from types import SimpleNamespace
+
+    from fuseinfer.bench.e2e.decode_floor import floor_ms, kv_bytes, weight_bytes
+    from fuseinfer.models.decoder import LayerWeights, ModelWeights
+    from fuseinfer.models.fp8_linear import Fp8Weight
+
+    def t(*shape, dtype=torch.bfloat16):
+        return torch.randn(*shape).to(dtype)
+
+    embed = t(100, 8)
+    layer = LayerWeights(input_norm=t(8), qkv=t(24, 8), q_norm=None, k_norm=None, o=t(8, 8),
+                         post_norm=t(8), gate_up=Fp8Weight(t(32, 8, dtype=torch.float8_e4m3fn),
+                                                           t(1, 1, dtype=torch.float32)),
+                         down=t(8, 16))
+    tied = ModelWeights(embed=embed, layers=[layer, layer], norm=t(8), lm_head=embed)
+    per_layer = 2 * (8 + 24 * 8 + 64 + 8 + 8 * 16) + 32 * 8 + 4
+    # the shared layer counted once, the tied lm_head (the embedding) once, embed lookups not
+    assert weight_bytes(tied) == per_layer + 2 * 8 + 2 * 800
+    untied = ModelWeights(embed=embed, layers=[layer], norm=t(8), lm_head=t(100, 8))
+    assert weight_bytes(untied) == per_layer + 2 * 8 + 2 * 800
+    config = SimpleNamespace(num_kv_heads=2, head_dim=4, num_layers=3,
+                             window_left=lambda i: 9 if i == 1 else None)
+    # layers 0 and 2 read the whole 100-token context, layer 1 its 10-token window
+    assert kv_bytes(config, 2, batch=3, context=100) == 3 * (100 + 10 + 100) * 2 * 2 * 4 * 2
+    assert floor_ms(4_000_000, 4000.0) == pytest.approx(0.001)
+    assert floor_ms(None, 4000.0) is None and floor_ms(10, None) is None

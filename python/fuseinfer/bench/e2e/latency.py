@@ -4,7 +4,13 @@ Each request gets a random prompt of --context tokens and decodes --new-tokens m
 (greedy, ignore_eos). The clock starts when every request has its first token (prefill
 done) and stops when the last finishes, so the figure is the decode step period the
 caller sees: scheduling, sampling and the host round trip included. The median of
---repeats runs is reported, after one unmeasured warm-up run.
+--repeats runs is reported, after one unmeasured warm-up run. Several --batch sizes run on
+one engine per variant (sized for the largest).
+
+Beside each time, its floor (bench/e2e/decode_floor.py): the weight bytes a step reads
+over the measured copy bandwidth (`floor ms`, `x floor` = time / floor), and the same
+with every request's KV cache at the context added (`floor+KV ms`). On the CPU, or for a
+model with routed experts, the floors are left empty.
 """
 
 from __future__ import annotations
@@ -55,7 +61,8 @@ def decode_ms_per_token(engine: Any, context: int, new_tokens: int, batch: int,
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="model folder or bundled name (see bench offline)")
-    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--batch", type=int, nargs="+", default=[1],
+                        help="requests decoding together; several: one row each (default: 1)")
     parser.add_argument("--context", type=int, default=1024, help="prompt tokens per request")
     parser.add_argument("--new-tokens", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=3)
@@ -68,34 +75,71 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "GPU, driver, torch) instead of starting a new one")
 
 
+def _copy_gbps(device: str) -> float | None:
+    """The GPU's copy bandwidth (cached ceiling, else measured); None off the GPU."""
+    import torch
+
+    if not (device.startswith("cuda") and torch.cuda.is_available()):
+        return None
+    from ..ceilings import copy_bandwidth_gbps
+
+    return copy_bandwidth_gbps()
+
+
+def floors(engine: Any, batch: int, context: int, copy_gbps: float | None
+           ) -> dict[str, float | None]:
+    """The step's floors in ms: weights only, and weights plus the KV cache read."""
+    from .decode_floor import floor_ms, kv_bytes, weight_bytes
+
+    runner = engine.runner
+    weights = weight_bytes(runner.model.weights)
+    kv_item = runner.kv_cache.k[0].element_size()
+    with_kv = None if weights is None else \
+        weights + kv_bytes(engine.config, kv_item, batch, context)
+    return {"floor_ms": floor_ms(weights, copy_gbps),
+            "floor_kv_ms": floor_ms(with_kv, copy_gbps)}
+
+
 def run_command(args: argparse.Namespace) -> int:
     from ...runtime.engine import Engine
 
-    if min(args.batch, args.context, args.new_tokens, args.repeats) < 1:
+    top = max(args.batch)
+    if min(min(args.batch), args.context, args.new_tokens, args.repeats) < 1:
         raise SystemExit("--batch, --context, --new-tokens and --repeats must be >= 1")
-    base = engine_args(args, max_running_requests=max(args.batch, 8),
+    base = engine_args(args, max_running_requests=max(top, 8),
                        max_context_len=args.context + args.new_tokens + 16,
-                       cuda_graph_max_bs=max(args.batch, 8))
+                       cuda_graph_max_bs=max(top, 8))
     _, variants = ablation_variants(base, args.ablate)
-    label = f"decode batch {args.batch}, {args.context}-token context"
+    copy_gbps = _copy_gbps(str(base.device))
     rows = []
     for name, variant in variants:
         engine = Engine(variant)
-        decode_ms_per_token(engine, args.context, min(args.new_tokens, 32), args.batch, 99)
-        runs = [decode_ms_per_token(engine, args.context, args.new_tokens, args.batch, i)
-                for i in range(args.repeats)]
-        ms = statistics.median(runs)
-        print(f"{label}, {name}: {ms:.3f} ms/token (runs: "
-              f"{', '.join(f'{r:.3f}' for r in runs)})", flush=True)
-        rows.append({"workload": label, "model": Path(base.model).name,
-                     "weights": weights_label(base), "variant": name,
-                     "ms_per_token": ms, "output_tok_per_s": 1e3 * args.batch / ms,
-                     "steps": args.new_tokens})
+        for batch in args.batch:
+            label = f"decode batch {batch}, {args.context}-token context"
+            decode_ms_per_token(engine, args.context, min(args.new_tokens, 32), batch, 99)
+            runs = [decode_ms_per_token(engine, args.context, args.new_tokens, batch, i)
+                    for i in range(args.repeats)]
+            ms = statistics.median(runs)
+            row = {"workload": label, "model": Path(base.model).name,
+                   "weights": weights_label(base), "variant": name, "batch": batch,
+                   "ms_per_token": ms, "output_tok_per_s": 1e3 * batch / ms,
+                   "steps": args.new_tokens, **floors(engine, batch, args.context, copy_gbps)}
+            if row["floor_ms"]:
+                row["vs_floor"] = ms / row["floor_ms"]
+            floor_text = "" if not row["floor_ms"] else \
+                f"; floor {row['floor_ms']:.3f} ms ({row['vs_floor']:.2f}x), with KV " \
+                f"{row['floor_kv_ms']:.3f} ms"
+            print(f"{label}, {name}: {ms:.3f} ms/token (runs: "
+                  f"{', '.join(f'{r:.3f}' for r in runs)}){floor_text}", flush=True)
+            rows.append(row)
         release_engine(engine)
         del engine
-    for row in rows[1:]:
-        row["speedup"] = row["ms_per_token"] / rows[0]["ms_per_token"]
-        print(f"{row['variant'][len('without '):]}: {row['speedup']:.3f}x (with / without)")
+    first = {r["batch"]: r for r in rows if r["variant"] == variants[0][0]}
+    for row in rows:
+        if row["variant"] != variants[0][0]:
+            row["speedup"] = row["ms_per_token"] / first[row["batch"]]["ms_per_token"]
+            print(f"batch {row['batch']}, {row['variant'][len('without '):]}: "
+                  f"{row['speedup']:.3f}x (with / without)")
     if args.record:
         from ..report import record_results
         from .columns import RUNTIME_COLUMNS

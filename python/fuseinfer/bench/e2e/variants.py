@@ -7,7 +7,7 @@ import argparse
 from dataclasses import replace
 from typing import Any
 
-# switch name -> the EngineArgs field that turns it off
+# switch name -> the EngineArgs field that turns it off (set True), or (field, value)
 ABLATIONS = {"fused-rope-kv": "disable_fused_rope_kv",
              "fused-add-rmsnorm": "disable_fused_add_rmsnorm",
              "fused-qk-norm": "disable_fused_qk_norm", "fused-silu-mul": "disable_fused_silu_mul",
@@ -17,7 +17,10 @@ ABLATIONS = {"fused-rope-kv": "disable_fused_rope_kv",
              "fused-norm-quant": "disable_fused_norm_quant",
              "fused-silu-mul-quant": "disable_fused_silu_mul_quant",
              "custom-allreduce": "disable_custom_allreduce",
-             "fused-allreduce-rmsnorm": "disable_fused_allreduce_rmsnorm"}
+             "fused-allreduce-rmsnorm": "disable_fused_allreduce_rmsnorm",
+             "small-m-matmul": ("small_m_matmul_tokens", 0)}
+# a switch given as (field, value) is turned off by setting that value; such a switch that
+# is already off in the configured engine is left out of `all`
 # switches that only change an FP8 model: `all` includes them only for one
 FP8_ABLATIONS = ("fused-norm-quant", "fused-silu-mul-quant")
 # switches that only change a tensor-parallel engine: `all` includes them only for one
@@ -65,11 +68,23 @@ def ablation_variants(base: Any, requested: list[str]) -> tuple[list[str], list[
         fp8 = is_fp8_engine(base)
         tp = getattr(base, "tp", 1) > 1
         ablate = [a for a in ABLATIONS if (fp8 or a not in FP8_ABLATIONS)
-                  and (tp or a not in TP_ABLATIONS)]
+                  and (tp or a not in TP_ABLATIONS) and _changes(base, a)]
     else:
         ablate = list(dict.fromkeys(requested))
     return ablate, [("as configured", base)] + [
-        (f"without {name}", replace(base, **{ABLATIONS[name]: True})) for name in ablate]
+        (f"without {name}", replace(base, **_off(name))) for name in ablate]
+
+
+def _off(name: str) -> dict[str, Any]:
+    """The EngineArgs change that turns switch `name` off."""
+    field = ABLATIONS[name]
+    return {field: True} if isinstance(field, str) else {field[0]: field[1]}
+
+
+def _changes(base: Any, name: str) -> bool:
+    """Whether turning `name` off changes the engine (a valued switch may be off already)."""
+    field = ABLATIONS[name]
+    return isinstance(field, str) or getattr(base, field[0], field[1]) != field[1]
 
 
 def release_engine(engine: Any) -> None:
