@@ -7,15 +7,20 @@
 2. The kernels of one batch-1 decode step (torch.profiler, eager forward), by GPU time.
 3. The engine loop at batch 1: host time of each part of a step.
 4. The offline workload with every step timed, split by prefill/decode and batch size.
+5. (--only count) The kernels one decode step launches, per variant (the engine as
+   configured and without each --ablate switch): launches per step, GPU µs per step by
+   kernel, and both per layer; --json writes them.
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import json
 import random
 import time
 from functools import partial
+from typing import Any
 
 import torch
 
@@ -86,6 +91,72 @@ def kernel_profile(engine: Engine, context: int, batch: int = 1) -> None:
         engine.step()
     print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=30))
     assert all(r.finished for r in reqs)
+
+
+def step_kernels(engine: Engine, context: int, batch: int, steps: int = 5) -> dict[str, Any]:
+    """The kernels of `steps` eager decode steps at `batch` requests (the profiler sees each
+    launch; the decode graph replays the same ones): per kernel name, launches and GPU µs
+    per step."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    from fuseinfer.runtime.sampling import SamplingParams
+
+    for i in range(batch):
+        engine.add_request([10 + (i * 7 + j) % 1000 for j in range(context)],
+                           SamplingParams(max_new_tokens=steps + 12, temperature=0.0,
+                                          ignore_eos=True))
+    runner = engine.runner
+    graphs, runner.graphs = runner.graphs, None
+    for _ in range(6):  # prefill and a few decode steps first
+        engine.step()
+    on_gpu = torch.cuda.is_available()  # off it (a smoke run): the CPU ops instead
+    with profile(activities=[ProfilerActivity.CUDA if on_gpu else ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            engine.step()
+        if on_gpu:
+            torch.cuda.synchronize()
+    runner.graphs = graphs
+    while engine.busy:
+        engine.step()
+    kernels: dict[str, list[float]] = collections.defaultdict(lambda: [0, 0.0])
+    for event in prof.events():
+        if event.device_type == (DeviceType.CUDA if on_gpu else DeviceType.CPU):
+            entry = kernels[event.name[:120]]
+            entry[0] += 1 / steps
+            entry[1] += (event.device_time if on_gpu else event.cpu_time) / steps
+    layers = engine.config.num_layers
+    by_name = sorted(kernels.items(), key=lambda kv: -kv[1][1])
+    return {"batch": batch, "context": context, "layers": layers,
+            "launches_per_step": round(sum(v[0] for v in kernels.values()), 2),
+            "gpu_us_per_step": sum(v[1] for v in kernels.values()),
+            "kernels": [{"name": n, "per_step": round(c, 2), "per_layer": round(c / layers, 2),
+                         "us_per_step": us, "us_per_layer": us / layers}
+                        for n, (c, us) in by_name]}
+
+
+def kernel_counts(model: str, context: int, batches: list[int], ablate: list[str],
+                  extra: dict[str, Any]) -> list[dict[str, Any]]:
+    """step_kernels for the engine as configured and without each ablated switch."""
+    from fuseinfer.bench.e2e.variants import ablation_variants, release_engine
+
+    base = EngineArgs(model=model, load_format="dummy", max_context_len=context + 64,
+                      cuda_graph_max_bs=max(batches + [8]),
+                      max_running_requests=max(batches + [8]), **extra)
+    out = []
+    for name, variant in ablation_variants(base, ablate)[1]:
+        engine = Engine(variant)
+        for batch in batches:
+            result = {"model": model, "variant": name, **step_kernels(engine, context, batch)}
+            print(f"{model} {name}, batch {batch}: {result['launches_per_step']:.0f} launches "
+                  f"per step ({result['launches_per_step'] / result['layers']:.2f} per layer), "
+                  f"{result['gpu_us_per_step']:.1f} us GPU per step")
+            for k in result["kernels"][:25]:
+                print(f"    {k['per_step']:7.2f}/step {k['per_layer']:5.2f}/layer "
+                      f"{k['us_per_step']:9.1f} us/step  {k['name'][:90]}")
+            out.append(result)
+        release_engine(engine)
+    return out
 
 
 def host_breakdown(engine: Engine, context: int) -> None:
@@ -222,7 +293,23 @@ def main() -> None:
     ap.add_argument("--offline-prompts", type=int, default=256)
     ap.add_argument("--only", nargs="+", default=["attention", "replay", "host", "kernels",
                                                   "offline"])
+    ap.add_argument("--batches", type=int, nargs="+", default=[1],
+                    help="count: decode batch sizes")
+    ap.add_argument("--ablate", nargs="+", default=[], help="count: switches to ablate")
+    ap.add_argument("--small-m-matmul-tokens", type=int, default=0)
+    ap.add_argument("--json", help="count: write the results here")
     args = ap.parse_args()
+    if "count" in args.only:
+        results = kernel_counts(args.model, args.context, args.batches, args.ablate,
+                                {"small_m_matmul_tokens": args.small_m_matmul_tokens})
+        if args.json:
+            from fuseinfer.bench.report import bench_environment
+
+            with open(args.json, "w") as f:
+                json.dump({"environment": bench_environment(), "results": results}, f,
+                          indent=1)
+        if args.only == ["count"]:
+            return
     if "attention" in args.only:
         attention_group_paths(args.context)
     if "gemv" in args.only:
