@@ -41,11 +41,18 @@ def test_small_batch_linear_op_and_errors():
     torch.testing.assert_close(out, want)
     with pytest.raises(ValueError, match="M <= 64"):
         small_batch_linear(torch.randn(65, 40), torch.randn(24, 40))
-    with pytest.raises(ValueError, match=r"M <= 8 \(with a prologue\)"):
-        small_batch_linear(torch.randn(9, 40), torch.randn(24, 40), norm_weight=torch.ones(40))
-    with pytest.raises(ValueError, match="K must be in"):
-        small_batch_linear(torch.randn(2, 16385), torch.randn(4, 16385),
-                           norm_weight=torch.ones(16385))
+    with pytest.raises(ValueError, match=r"M <= 64"):
+        small_batch_linear(torch.randn(65, 40), torch.randn(24, 40), norm_weight=torch.ones(40))
+    with pytest.raises(ValueError, match=r"add must be \[2, 24\] or \[24\]"):
+        small_batch_linear(torch.randn(2, 40), torch.randn(24, 40), add=torch.randn(3, 24))
+    # prologues and the epilogue now take any M <= 64 and any K (split_k past the gemv)
+    x, w, nw = torch.randn(20, 300), torch.randn(24, 300), torch.rand(300) + 0.5
+    res, bias = torch.randn(20, 300), torch.randn(24)
+    out, new_res = small_batch_linear(x, w, norm_weight=nw, residual=res, add=bias)
+    xd = x.double() + res.double()
+    torch.testing.assert_close(new_res, xd.float())
+    want = float64_rmsnorm(xd, nw) @ w.double().t() + bias.double()
+    torch.testing.assert_close(out.double(), want, rtol=1e-4, atol=1e-3)
     with pytest.raises(ValueError, match=r"weight must be \[N, 40\]"):
         small_batch_linear(torch.randn(2, 40), torch.randn(24, 41))
     with pytest.raises(ValueError, match="share a float dtype"):
@@ -197,3 +204,35 @@ def test_split_k_kernel_interpreted(m, n, k, block_n, block_k, min_programs):
         launch_small_m_matmul(out, x, w, rule, pdl=False, counters=counters)
         torch.testing.assert_close(out, want, rtol=1e-4, atol=1e-3)
         assert not counters.any()
+
+
+@needs_interpreter
+@pytest.mark.parametrize("prologue", ["silu_mul", "norm", "add_norm"])
+@pytest.mark.parametrize("add", [None, "bias", "full"])
+@pytest.mark.parametrize("m, n, k, min_programs", [(5, 70, 3000, 64), (17, 40, 700, 1)])
+def test_split_k_prologues_and_epilogue_interpreted(prologue, add, m, n, k, min_programs):
+    """split_k with the decoder's prologues (sliced K: the per-slice sums of squares meet
+    in the last program) and the epilogue add, against a float64 composition."""
+    rule = LinearRule(None, "split_k", 16, 64, min_programs, 1, 4, 2)
+    split = rule.split_k(n, k)[0]
+    assert (split > 1) == (min_programs > 1)
+    x = torch.randn(m, 2 * k if prologue == "silu_mul" else k)
+    w, nw = torch.randn(n, k) / k ** 0.5, torch.rand(k) + 0.5
+    res = torch.randn(m, k) if prologue == "add_norm" else None
+    extra = {"bias": torch.randn(n), "full": torch.randn(m, n), None: None}[add]
+    xd = x.double()
+    if prologue == "silu_mul":
+        gate, up = xd[:, :k], xd[:, k:]
+        a = gate * torch.sigmoid(gate) * up
+    else:
+        a = float64_rmsnorm(xd + (res.double() if res is not None else 0), nw)
+    want = a @ w.double().t() + (extra.double() if extra is not None else 0)
+    counters = torch.zeros(64, dtype=torch.int32)
+    out = torch.full((m, n), float("nan"))
+    res_out = torch.full((m, k), float("nan")) if res is not None else None
+    launch_small_m_matmul(out, x, w, rule, False, counters, prologue == "silu_mul",
+                          nw if prologue != "silu_mul" else None, res, res_out, EPS, extra)
+    torch.testing.assert_close(out.double(), want, rtol=1e-4, atol=1e-4)
+    if res is not None:
+        torch.testing.assert_close(res_out, x + res)
+    assert not counters.any()

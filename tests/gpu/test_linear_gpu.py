@@ -38,23 +38,31 @@ def test_small_batch_linear_in_a_cuda_graph():
                                atol=2e-2)
 
 
-@pytest.mark.parametrize("m", [1, 5])
-def test_small_batch_linear_with_silu_mul(m):
-    x = torch.randn(m, 2 * 3072, device="cuda", dtype=torch.bfloat16)
-    w = torch.randn(1024, 3072, device="cuda", dtype=torch.bfloat16) / 55
+@pytest.mark.parametrize("m, k", [(1, 3072), (5, 3072), (16, 3072), (64, 3072), (3, 28672)])
+def test_small_batch_linear_with_silu_mul(m, k):
+    """SiLU * up in the matmul's prologue (the gemv at one token, split_k past it or past
+    the gemv's K) against silu_and_mul, then the plain matmul."""
+    from fuseinfer.ops import silu_and_mul
+
+    x = torch.randn(m, 2 * k, device="cuda", dtype=torch.bfloat16)
+    w = torch.randn(1024, k, device="cuda", dtype=torch.bfloat16) / k ** 0.5
     got = small_batch_linear(x, w, silu_mul=True)
     want = reference_small_batch_linear(x, w, silu_mul=True)[0]
     torch.testing.assert_close(got.float(), want, rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(got.float(), small_batch_linear(silu_and_mul(x), w).float(),
+                               rtol=2e-2, atol=2e-2)
 
 
-@pytest.mark.parametrize("m, with_residual", [(1, False), (1, True), (6, True)])
-def test_small_batch_linear_with_norm_prologue(m, with_residual):
+@pytest.mark.parametrize("m, with_residual", [(1, False), (1, True), (6, True), (16, False),
+                                              (16, True), (33, True), (64, True)])
+@pytest.mark.parametrize("k", [1024, 4096])
+def test_small_batch_linear_with_norm_prologue(m, with_residual, k):
     """rmsnorm(x (+ residual)) @ W.T in one kernel matches the two-kernel path it replaces:
     fuseinfer's fused_add_rmsnorm (or rmsnorm), then the matmul."""
-    x = torch.randn(m, 1024, device="cuda", dtype=torch.bfloat16)
+    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
     res = torch.randn_like(x)
-    nw = torch.rand(1024, device="cuda", dtype=torch.bfloat16) + 0.5
-    w = torch.randn(4096, 1024, device="cuda", dtype=torch.bfloat16) / 32
+    nw = torch.rand(k, device="cuda", dtype=torch.bfloat16) + 0.5
+    w = torch.randn(4096, k, device="cuda", dtype=torch.bfloat16) / k ** 0.5
     if with_residual:
         before = res.clone()
         out, new_res = small_batch_linear(x, w, norm_weight=nw, residual=res)
@@ -67,6 +75,54 @@ def test_small_batch_linear_with_norm_prologue(m, with_residual):
         h = rmsnorm(x, nw, 1e-6)
     want = small_batch_linear(h, w)
     torch.testing.assert_close(out.float(), want.float(), rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.parametrize("m", [1, 8, 40])
+@pytest.mark.parametrize("bias", [True, False])
+def test_small_batch_linear_epilogue_add(m, bias):
+    """out = x @ W.T + add (a bias row or a residual [M, N]) in one rounding."""
+    x = torch.randn(m, 4096, device="cuda", dtype=torch.bfloat16)
+    w = torch.randn(6144, 4096, device="cuda", dtype=torch.bfloat16) / 64
+    add = torch.randn(6144 if bias else (m, 6144), device="cuda", dtype=torch.bfloat16)
+    got = small_batch_linear(x, w, add=add)
+    want = reference_small_batch_linear(x, w, add=add)[0]
+    torch.testing.assert_close(got.float(), want, rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.parametrize("min_programs", [1, 528])
+def test_split_k_norm_prologue_in_a_graph_with_pdl(min_programs):
+    """The add+norm prologue with K sliced (the slices' sums of squares meet in the last
+    program) or whole, captured and replayed, PDL on and off giving the same bits."""
+    from fuseinfer.ops.linear.dispatch import LinearRule
+    from fuseinfer.ops.linear.small_batch_linear import launch_small_m_matmul
+
+    rule = LinearRule(None, "split_k", 32, 128, min_programs, 2, 4, 4)
+    m, n, k = 12, 4096, 4096
+    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+    res = torch.randn_like(x)
+    nw = torch.rand(k, device="cuda", dtype=torch.bfloat16) + 0.5
+    w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) / 64
+    want, want_res = reference_small_batch_linear(x, w, norm_weight=nw, residual=res)
+    outs = []
+    for pdl in (True, False):
+        out = torch.full((m, n), float("nan"), device="cuda", dtype=torch.bfloat16)
+        res_out = torch.full_like(res, float("nan"))
+        launch_small_m_matmul(out, x, w, rule, pdl, None, False, nw, res, res_out, 1e-6)
+        torch.testing.assert_close(out.float(), want, rtol=2e-2, atol=2e-2)
+        assert torch.equal(res_out, want_res)
+        outs.append(out)
+    assert torch.equal(outs[0], outs[1])
+    captured = torch.full((m, n), float("nan"), device="cuda", dtype=torch.bfloat16)
+    res_out = torch.full_like(res, float("nan"))
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        launch_small_m_matmul(captured, x, w, rule, True, None, False, nw, res, res_out, 1e-6)
+    for _ in range(3):
+        x.copy_(torch.randn_like(x))
+        graph.replay()
+        want, want_res = reference_small_batch_linear(x, w, norm_weight=nw, residual=res)
+        torch.testing.assert_close(captured.float(), want, rtol=2e-2, atol=2e-2)
+        assert torch.equal(res_out, want_res)
 
 
 # --- the split_k kernel (plain calls past one token) --------------------------------

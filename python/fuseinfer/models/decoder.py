@@ -39,8 +39,8 @@ from ..ops.kvcache.store_kv_cache import store_kv_cache
 from ..ops.linear.small_batch_linear import (
     GEMV_MAX_K,
     MAX_M,
-    PROLOGUE_MAX_M,
     small_batch_linear,
+    takes_fused,
 )
 from ..ops.norm.qk_rmsnorm import qk_rmsnorm
 from ..ops.norm.rmsnorm import fused_add_rmsnorm, rmsnorm
@@ -72,9 +72,10 @@ class Fusions:
     # On H100 it beat cuBLAS on every Qwen3-0.6B weight at 1 token, lost on the larger
     # ones at 4 (microbench/profile_runtime.py --only gemv).
     gemv_max_tokens: int = 1
-    # Plain matmuls of 1..this many tokens (at most 64) not taken by the gemv go through
-    # small_batch_linear, whose `linear` table picks split_k, the gemv or cuBLAS per M
-    # (0: off, the default until the table is tuned and the runtime measured with it).
+    # Matmuls of 1..this many tokens (at most 64) not taken by the gemv go through
+    # small_batch_linear, whose `linear` table picks split_k, the gemv or cuBLAS per M;
+    # where it picks split_k, the RMSNorm before a projection and SiLU * up before the down
+    # projection ride in its prologue (0: off, the default until the runtime is measured).
     small_m_max_tokens: int = 0
     # Tensor parallel: the allreduce of a layer's output, the residual add and the next
     # RMSNorm in one call (one kernel where the allreduce table says it wins)
@@ -156,12 +157,16 @@ class DecoderModel:
     def _gemv(self, h: torch.Tensor, weight: torch.Tensor) -> bool:
         """A step small enough for small_batch_linear's gemv with its prologues, on a weight
         it takes (K <= GEMV_MAX_K)."""
-        return h.size(0) <= min(self.fusions.gemv_max_tokens, PROLOGUE_MAX_M) \
-            and weight.size(1) <= GEMV_MAX_K
+        return h.size(0) <= self.fusions.gemv_max_tokens and weight.size(1) <= GEMV_MAX_K
 
     def _small_m(self, h: torch.Tensor) -> bool:
         """A plain matmul small_batch_linear takes for its `linear` table (switch on)."""
         return 1 <= h.size(0) <= min(self.fusions.small_m_max_tokens, MAX_M)
+
+    def _small_m_fused(self, h: torch.Tensor) -> bool:
+        """A matmul small_batch_linear takes with its prologue: switch on and its table
+        picks split_k for this M (not cuBLAS, which has none)."""
+        return self._small_m(h) and takes_fused(h.size(0), h.device)
 
     def _reduce_norm(self, h: torch.Tensor, residual: torch.Tensor | None,
                      norm_weight: torch.Tensor) -> torch.Tensor | None:
@@ -189,7 +194,8 @@ class DecoderModel:
             h = all_reduce_(h, self.parallel)
         if isinstance(weight, Fp8Weight):
             return self._norm_fp8_linear(h, residual, norm_weight, weight)
-        if self._gemv(h, weight) and self.fusions.fused_add_rmsnorm:
+        if (self._gemv(h, weight) or self._small_m_fused(h)) and \
+                self.fusions.fused_add_rmsnorm:
             eps, pdl = self.config.rms_norm_eps, self.fusions.enable_pdl
             if residual is None:
                 return small_batch_linear(h, weight, norm_weight=norm_weight, eps=eps,
@@ -270,7 +276,8 @@ class DecoderModel:
             gate, up = gate_up.chunk(2, dim=1)
             return self._linear(F.silu(gate) * up, w.down)
         # SiLU inside the down projection's matmul (a float weight only)
-        if not isinstance(w.down, Fp8Weight) and self._gemv(gate_up, w.down):
+        if not isinstance(w.down, Fp8Weight) and \
+                (self._gemv(gate_up, w.down) or self._small_m_fused(gate_up)):
             return small_batch_linear(gate_up, w.down, silu_mul=True, enable_pdl=pdl)
         return self._linear(silu_and_mul(gate_up, enable_pdl=pdl), w.down)
 

@@ -3,23 +3,28 @@
     x [M, K], weight [N, K] (nn.Linear layout), out [M, N]; bf16/fp16/fp32, all the same;
     last dims contiguous; fp32 accumulation, rounded once.
 
-Plain calls take M <= MAX_M (64) and any K. Prologues (M <= PROLOGUE_MAX_M = 8,
-K <= GEMV_MAX_K = 16384):
+Every call takes M <= MAX_M (64) and any K. Prologues:
 silu_mul=True: x is [M, 2K] = [gate | up] and the matmul takes silu(gate) * up (rounded
 to x's dtype), so a decode step's MLP activation needs no kernel of its own.
 norm_weight: the matmul takes rmsnorm(x) * norm_weight (eps). With residual too it takes
 rmsnorm(x + residual) * norm_weight and writes x + residual to residual_out (a tensor
 other than residual): the fused_add_rmsnorm before a projection, folded into it.
+Epilogue: add ([M, N], or [N] for a bias) is added to the result before its rounding (a
+residual add or a bias folded into the matmul).
 
 At small M a matmul only streams the weight. Two Triton kernels, picked by the `linear`
 dispatch entry per M for plain calls (which may also name cuBLAS, torch.mm, for an M
-where neither wins), and always the first with a prologue:
+where neither wins). A call with a prologue or the epilogue takes the gemv at one token
+(K <= 16384, no epilogue), else split_k with the tile the table names for its M (cuBLAS
+has no prologues):
 - gemv (triton/small_batch_linear.py): each program loads its weight rows whole (K padded
   to a power of two) before waiting on the previous kernel, so with PDL the weight read
   overlaps that kernel; M <= 8, K <= 16384.
 - split_k (triton/small_m_matmul.py): weight tiles over the tensor cores, K split across
   programs and the slices summed in the last program of each N tile (no extra launch); a
   per-(device, stream) counter buffer, left at zero by every call, counts the arrivals.
+  Its RMSNorm prologue scales the summed result by each row's 1/rms, which the slices'
+  sums of squares give, so no slice needs the whole row first.
 Larger M belongs to cuBLAS (torch.matmul). CPU: the reference below.
 """
 
@@ -33,9 +38,8 @@ from ..triton_launch import next_pow2, use_pdl
 
 _SCHEMA = ("small_batch_linear(Tensor(a!) out, Tensor x, Tensor weight, bool silu_mul=False, "
            "Tensor? norm_weight=None, Tensor? residual=None, Tensor(b!)? residual_out=None, "
-           "float eps=1e-06, bool? enable_pdl=None) -> ()")
+           "float eps=1e-06, bool? enable_pdl=None, Tensor? add=None) -> ()")
 MAX_M = 64
-PROLOGUE_MAX_M = 8
 GEMV_MAX_K = 16384
 GEMV_MAX_M = 8
 _TILE = 16384  # gemv: weight elements per program (K_PAD * BLOCK_N), held in registers
@@ -46,7 +50,8 @@ _MAX_TILES = 1 << 14
 
 def reference_small_batch_linear(x: torch.Tensor, weight: torch.Tensor,
                                  silu_mul: bool = False, norm_weight: torch.Tensor | None = None,
-                                 residual: torch.Tensor | None = None, eps: float = 1e-6
+                                 residual: torch.Tensor | None = None, eps: float = 1e-6,
+                                 add: torch.Tensor | None = None
                                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(float32 out, the new residual or None), each prologue rounded to x's dtype as its
     own kernel would store it: the CPU kernel and the test oracle."""
@@ -61,25 +66,22 @@ def reference_small_batch_linear(x: torch.Tensor, weight: torch.Tensor,
         from ..norm.rmsnorm import reference_rmsnorm
 
         x = reference_rmsnorm(x, norm_weight, eps).to(x.dtype)
-    return x.float() @ weight.float().t(), new_residual
+    y = x.float() @ weight.float().t()
+    return (y if add is None else y + add.float()), new_residual
 
 
 def _check(out, x, weight, silu_mul=False, norm_weight=None, residual=None,
-           residual_out=None, eps=1e-6, enable_pdl=None) -> None:
+           residual_out=None, eps=1e-6, enable_pdl=None, add=None) -> None:
     op = "small_batch_linear"
-    prologue = silu_mul or norm_weight is not None
-    max_m = PROLOGUE_MAX_M if prologue else MAX_M
-    if x.dim() != 2 or not 0 <= x.size(0) <= max_m:
-        fail(op, "x", f"must be [M, K] with M <= {max_m}"
-             f"{' (with a prologue)' if prologue else ''}, got {list(x.shape)}")
+    if x.dim() != 2 or not 0 <= x.size(0) <= MAX_M:
+        fail(op, "x", f"must be [M, K] with M <= {MAX_M}, got {list(x.shape)}")
     k = x.size(1) // 2 if silu_mul else x.size(1)
     if silu_mul and x.size(1) % 2:
         fail(op, "x", f"must be [M, 2K] = [gate | up] with silu_mul, got {list(x.shape)}")
     if weight.dim() != 2 or weight.size(1) != k:
         fail(op, "weight", f"must be [N, {k}], got {list(weight.shape)}")
-    if k < 1 or (prologue and k > GEMV_MAX_K):
-        fail(op, "x", f"K must be in [1, {GEMV_MAX_K}] with a prologue, at least 1 "
-             f"without, got {k}")
+    if k < 1:
+        fail(op, "x", f"K must be at least 1, got {k}")
     if x.dtype not in (torch.bfloat16, torch.float16, torch.float32) or \
             weight.dtype != x.dtype or out.dtype != x.dtype:
         fail(op, "weight", f"x, weight and out must share a float dtype, got {x.dtype}, "
@@ -106,13 +108,17 @@ def _check(out, x, weight, silu_mul=False, norm_weight=None, residual=None,
         fail(op, "residual_out", "must not be residual: other programs still read it")
     if norm_weight is not None and not eps > 0:
         fail(op, "eps", f"must be > 0, got {eps}")
+    if add is not None and (add.dtype != x.dtype or add.shape not in (
+            (weight.size(0),), (x.size(0), weight.size(0))) or add.stride(-1) != 1):
+        fail(op, "add", f"must be [{x.size(0)}, {weight.size(0)}] or [{weight.size(0)}] "
+             f"{x.dtype} with a contiguous last dim, got {list(add.shape)} {add.dtype}")
 
 
 def _cpu(out, x, weight, silu_mul=False, norm_weight=None, residual=None, residual_out=None,
-         eps=1e-6, enable_pdl=None) -> None:
-    _check(out, x, weight, silu_mul, norm_weight, residual, residual_out, eps)
+         eps=1e-6, enable_pdl=None, add=None) -> None:
+    _check(out, x, weight, silu_mul, norm_weight, residual, residual_out, eps, add=add)
     y, new_residual = reference_small_batch_linear(x, weight, silu_mul, norm_weight, residual,
-                                                   eps)
+                                                   eps, add)
     out.copy_(y.to(out.dtype))
     if residual_out is not None:
         residual_out.copy_(new_residual)
@@ -186,9 +192,11 @@ def reserve_counters(device: torch.device) -> None:
 
 
 def launch_small_m_matmul(out, x, weight, rule, pdl: bool,
-                          counters: torch.Tensor | None = None) -> None:
-    """The split_k kernel with `rule`'s tile (a LinearRule; also run directly by the
-    interpreter tests on CPU tensors and by the bench for either kernel)."""
+                          counters: torch.Tensor | None = None, silu_mul: bool = False,
+                          norm_weight=None, residual=None, residual_out=None,
+                          eps: float = 1e-6, add=None) -> None:
+    """The split_k kernel with `rule`'s tile (a LinearRule), prologues and epilogue as the
+    op's (also run directly by the interpreter tests on CPU tensors and by the bench)."""
     from ...triton.small_m_matmul import small_m_matmul_kernel
 
     m, n, k = x.size(0), weight.size(0), weight.size(1)
@@ -202,30 +210,58 @@ def launch_small_m_matmul(out, x, weight, rule, pdl: bool,
         if tiles > _MAX_TILES:
             raise ValueError(f"small_batch_linear: N = {n} is more than {_MAX_TILES} tiles of "
                              f"{rule.block_n}")
-        partial = torch.empty(split, m, n, dtype=torch.float32, device=x.device)
+        # the slices' fp32 partials [split, M, N], then their sums of squares [split, M]
+        partial = torch.empty(split * m * (n + 1), dtype=torch.float32, device=x.device)
         if counters is None:
             counters = _arrival_counters(x.device)
+    norm = 0 if norm_weight is None else (1 if residual is None else 2)
     extra = {"launch_pdl": True} if pdl else {}
     small_m_matmul_kernel[(tiles, split)](
-        x, weight, out, partial, counters if counters is not None else out, m, n, k,
-        k_per_split, x.stride(0), weight.stride(0), out.stride(0), BLOCK_M=block_m,
-        BLOCK_N=rule.block_n, BLOCK_K=rule.block_k, SPLIT_K=split,
+        x, weight, out, partial, counters if counters is not None else out,
+        norm_weight if norm_weight is not None else x,
+        residual if residual is not None else x,
+        residual_out if residual_out is not None else out,
+        add if add is not None else out, m, n, k, k_per_split, x.stride(0),
+        weight.stride(0), out.stride(0), residual.stride(0) if residual is not None else 0,
+        residual_out.stride(0) if residual_out is not None else 0,
+        add.stride(0) if add is not None and add.dim() == 2 else 0, eps,
+        BLOCK_M=block_m, BLOCK_N=rule.block_n, BLOCK_K=rule.block_k, SPLIT_K=split,
+        SILU_MUL=silu_mul, NORM=norm, HAS_ADD=add is not None,
         IEEE=x.device.type != "cuda" or x.dtype == torch.float32, USE_PDL=pdl,
         num_warps=rule.num_warps, num_stages=rule.num_stages, **extra)
 
 
 def _cuda(out, x, weight, silu_mul=False, norm_weight=None, residual=None, residual_out=None,
-          eps=1e-6, enable_pdl=None) -> None:
+          eps=1e-6, enable_pdl=None, add=None) -> None:
     from .dispatch import effective
 
-    _check(out, x, weight, silu_mul, norm_weight, residual, residual_out, eps)
-    if silu_mul or norm_weight is not None:  # the gemv, chosen without a table lookup
+    _check(out, x, weight, silu_mul, norm_weight, residual, residual_out, eps, add=add)
+    m, k = x.size(0), weight.size(1)
+    fused = silu_mul or norm_weight is not None or add is not None
+    if fused and m == 1 and k <= GEMV_MAX_K and add is None:
+        # one token: the gemv, chosen without a table lookup (the decoder's hot path)
         launch_small_batch_linear(out, x, weight, use_pdl(enable_pdl, x.device), silu_mul,
                                   norm_weight, residual, residual_out, eps)
         return
     entry = effective(x.device.index)
-    launch_rule(out, x, weight, entry.rule(x.size(0)),
-                use_pdl(entry.enable_pdl if enable_pdl is None else enable_pdl, x.device))
+    rule = entry.rule(m)
+    pdl = use_pdl(entry.enable_pdl if enable_pdl is None else enable_pdl, x.device)
+    if fused:  # cuBLAS has no prologue: split_k, with the rule's tile
+        launch_small_m_matmul(out, x, weight, rule, pdl, None, silu_mul, norm_weight,
+                              residual, residual_out, eps, add)
+        return
+    launch_rule(out, x, weight, rule, pdl)
+
+
+def takes_fused(m: int, device: torch.device) -> bool:
+    """Whether a call of m rows with a prologue runs as fast as the plain one the table
+    picks (its rule is not cuBLAS, which has no prologue): where it is cuBLAS, a caller
+    does better with the separate norm / activation kernel and then the plain call."""
+    from .dispatch import effective
+
+    if device.type != "cuda":  # the reference: any call the same
+        return True
+    return m == 1 or effective(device.index).rule(m).kernel != "cublas"
 
 
 def launch_rule(out, x, weight, rule, pdl: bool) -> None:
@@ -243,17 +279,17 @@ def launch_rule(out, x, weight, rule, pdl: bool) -> None:
 def small_batch_linear(x: torch.Tensor, weight: torch.Tensor, silu_mul: bool = False,
                        norm_weight: torch.Tensor | None = None,
                        residual: torch.Tensor | None = None, eps: float = 1e-6,
-                       enable_pdl: bool | None = None
+                       enable_pdl: bool | None = None, add: torch.Tensor | None = None
                        ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """x @ weight.T for x of at most MAX_M rows (PROLOGUE_MAX_M with a prologue), with the
-    optional prologues (module doc).
+    """x @ weight.T (+ add) for x of at most MAX_M rows, with the optional prologues
+    (module doc).
     Returns out, or (out, the new residual x + residual) when residual is given."""
     out = torch.empty(x.size(0), weight.size(0), dtype=x.dtype, device=x.device)
     residual_out = torch.empty_like(residual) if residual is not None else None
     torch.ops.fuseinfer.small_batch_linear(out, x, weight, silu_mul=silu_mul,
                                            norm_weight=norm_weight, residual=residual,
                                            residual_out=residual_out, eps=eps,
-                                           enable_pdl=enable_pdl)
+                                           enable_pdl=enable_pdl, add=add)
     return out if residual_out is None else (out, residual_out)
 
 
