@@ -206,3 +206,17 @@ def test_decode_floor_counts_each_weight_once_and_the_kv_read():
     assert kv_bytes(config, 2, batch=3, context=100) == 3 * (100 + 10 + 100) * 2 * 2 * 4 * 2
     assert floor_ms(4_000_000, 4000.0) == pytest.approx(0.001)
     assert floor_ms(None, 4000.0) is None and floor_ms(10, None) is None
+
+
+def test_latency_floor_reads_copy_bandwidth_for_auto_and_cuda_devices(monkeypatch):
+    """--device auto (the default) on a GPU machine gets its floors, cpu does not."""
+    import torch as torch_module
+
+    from fuseinfer.bench import ceilings
+
+    monkeypatch.setattr(torch_module.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(ceilings, "copy_bandwidth_gbps", lambda: 4321.0)
+    assert latency._copy_gbps("auto") == 4321.0 and latency._copy_gbps("cuda:1") == 4321.0
+    assert latency._copy_gbps("cpu") is None
+    monkeypatch.setattr(torch_module.cuda, "is_available", lambda: False)
+    assert latency._copy_gbps("auto") is None

@@ -79,7 +79,8 @@ def _copy_gbps(device: str) -> float | None:
     """The GPU's copy bandwidth (cached ceiling, else measured); None off the GPU."""
     import torch
 
-    if not (device.startswith("cuda") and torch.cuda.is_available()):
+    on_gpu = device.startswith("cuda") or device == "auto"  # auto: cuda where there is one
+    if not (on_gpu and torch.cuda.is_available()):
         return None
     from ..ceilings import copy_bandwidth_gbps
 
