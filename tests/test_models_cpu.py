@@ -88,6 +88,9 @@ def test_matches_transformers(tmp_path, arch):
     # Every plain matmul of up to 64 tokens through small_batch_linear: the same tokens.
     small_m = Runner(tmp_path, Fusions(small_m_max_tokens=64))
     assert small_m.greedy(prompt, 12)[1] == want
+    # ... with the norm and SiLU * up in their prologues: the same tokens.
+    prologue = Runner(tmp_path, Fusions(small_m_max_tokens=64, small_m_prologue=True))
+    assert prologue.greedy(prompt, 12)[1] == want
 
 
 def test_config_reads_eos_ids_and_rejects_unknown_architectures(tmp_path):

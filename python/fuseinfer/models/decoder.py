@@ -73,10 +73,13 @@ class Fusions:
     # ones at 4 (microbench/profile_runtime.py --only gemv).
     gemv_max_tokens: int = 1
     # Matmuls of 1..this many tokens (at most 64) not taken by the gemv go through
-    # small_batch_linear, whose `linear` table picks split_k, the gemv or cuBLAS per M;
-    # where it picks split_k, the RMSNorm before a projection and SiLU * up before the down
-    # projection ride in its prologue (0: off, the default until the runtime is measured).
+    # small_batch_linear, whose `linear` table picks split_k, the gemv or cuBLAS per M
+    # (0: off, the default until the runtime is measured with it).
     small_m_max_tokens: int = 0
+    # ... and where it picks split_k, the RMSNorm before a projection and SiLU * up before
+    # the down projection ride in its prologue. Off: on the H200 (2026-12-01) the prologue
+    # kernel ran 2-2.5x slower than the norm kernel plus the plain matmul at 8 tokens.
+    small_m_prologue: bool = False
     # Tensor parallel: the allreduce of a layer's output, the residual add and the next
     # RMSNorm in one call (one kernel where the allreduce table says it wins)
     fused_allreduce_rmsnorm: bool = True
@@ -166,7 +169,8 @@ class DecoderModel:
     def _small_m_fused(self, h: torch.Tensor) -> bool:
         """A matmul small_batch_linear takes with its prologue: switch on and its table
         picks split_k for this M (not cuBLAS, which has none)."""
-        return self._small_m(h) and takes_fused(h.size(0), h.device)
+        return self.fusions.small_m_prologue and self._small_m(h) and \
+            takes_fused(h.size(0), h.device)
 
     def _reduce_norm(self, h: torch.Tensor, residual: torch.Tensor | None,
                      norm_weight: torch.Tensor) -> torch.Tensor | None:

@@ -77,6 +77,10 @@ class EngineArgs:
     small_m_matmul_tokens: int = _opt(0, "plain matmuls of 1..N tokens (N <= 64) through "
                                       "small_batch_linear, its `linear` table picking "
                                       "split_k, the gemv or cuBLAS per M; 0: off")
+    small_m_prologue: bool = _opt(False, "with --small-m-matmul-tokens: the RMSNorm before "
+                                  "a projection and SiLU * up before the down projection "
+                                  "in split_k's prologue (off: their own kernels; the "
+                                  "prologue kernel measured slower on the H200)")
     disable_pdl: bool = _opt(False, "no programmatic dependent launch")
     disable_overlap_schedule: bool = _opt(False, "no overlap: schedule step N+1 only after "
                                           "step N's tokens are back")

@@ -132,6 +132,7 @@ class ModelRunner:
                           fused_silu_mul_quant=not args.disable_fused_silu_mul_quant,
                           gemv_max_tokens=0 if args.disable_small_batch_gemv else 1,
                           small_m_max_tokens=args.small_m_matmul_tokens,
+                          small_m_prologue=args.small_m_prologue,
                           fused_allreduce_rmsnorm=not args.disable_fused_allreduce_rmsnorm,
                           enable_pdl=False if args.disable_pdl else None)
         self.model = DecoderModel(c, weights, self.attention, self.kv_cache, fusions, parallel)
