@@ -85,6 +85,9 @@ def test_matches_transformers(tmp_path, arch):
                                      fused_qk_norm=False, fused_silu_mul=False,
                                      gemv_max_tokens=0))
     assert plain.greedy(prompt, 12)[1] == want
+    # q/k norms and RoPE + KV write as two kernels (not the one fused op): the same tokens.
+    two = Runner(tmp_path, Fusions(fused_qk_norm_rope=False))
+    assert two.greedy(prompt, 12)[1] == want
     # Every plain matmul of up to 64 tokens through small_batch_linear: the same tokens.
     small_m = Runner(tmp_path, Fusions(small_m_max_tokens=64))
     assert small_m.greedy(prompt, 12)[1] == want

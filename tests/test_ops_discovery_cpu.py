@@ -32,6 +32,8 @@ def test_op_modules_stay_modules_in_their_family():
     assert isinstance(ops.rope.rope_with_cos_sin_cache, types.ModuleType)
     assert ops.rmsnorm is ops.norm.rmsnorm.rmsnorm  # the op's function, one level up
     assert ops.silu_and_mul is ops.activation.silu_and_mul.silu_and_mul
+    # an op added as one more file of its family is exported with no list edited
+    assert ops.qk_rmsnorm_rope is ops.rope.qk_rmsnorm_rope.qk_rmsnorm_rope
 
 
 def _write_package(root, name: str, files: dict[str, str]) -> None:

@@ -48,6 +48,7 @@ from ..ops.quant.fused_add_rmsnorm_quant_fp8 import fused_add_rmsnorm_quant_fp8
 from ..ops.quant.per_token_group_quant_fp8 import per_token_group_quant_fp8
 from ..ops.quant.silu_and_mul_quant_fp8 import silu_and_mul_quant_fp8
 from ..ops.rope.cos_sin_cache import build_cos_sin_cache
+from ..ops.rope.qk_rmsnorm_rope import qk_rmsnorm_rope
 from ..ops.rope.rope_with_cos_sin_cache import rope_with_cos_sin_cache
 from .config import ModelConfig
 from .fp8_linear import Fp8Weight, fp8_matmul
@@ -63,6 +64,8 @@ class Fusions:
     fused_rope_kv: bool = True  # RoPE and the KV-cache write in one kernel
     fused_add_rmsnorm: bool = True  # residual add and RMSNorm in one kernel
     fused_qk_norm: bool = True  # Qwen3's q and k head norms in one in-place kernel
+    # ... and, with fused_rope_kv, the norms, RoPE and the KV write in one kernel
+    fused_qk_norm_rope: bool = True
     fused_silu_mul: bool = True  # SiLU(gate) * up in one kernel
     # FP8 models: the RMSNorm before qkv / gate_up ends in the activation quantization
     fused_norm_quant: bool = True
@@ -243,6 +246,16 @@ class DecoderModel:
         c = self.config
         tokens, d = qkv.size(0), c.head_dim
         q, k, v = qkv.split([c.num_heads * d, c.num_kv_heads * d, c.num_kv_heads * d], dim=1)
+        k_cache, v_cache = self.kv.k[layer], self.kv.v[layer]
+        k_scale, v_scale = self.kv.k_scale[layer], self.kv.v_scale[layer]
+        f = self.fusions
+        if w.q_norm is not None and w.k_norm is not None and f.fused_qk_norm and \
+                f.fused_qk_norm_rope and f.fused_rope_kv and self.cos_sin.size(1) == d \
+                and d <= 512 and d & (d - 1) == 0:  # full rotary; the kernel's head sizes
+            qk_rmsnorm_rope(batch.positions, qkv, c.num_heads, c.num_kv_heads, d, w.q_norm,
+                            w.k_norm, c.rms_norm_eps, self.cos_sin, k_cache, v_cache,
+                            batch.cache_loc, k_scale, v_scale, enable_pdl=f.enable_pdl)
+            return self._attend(layer, w, q, k_cache, v_cache, batch)
         if w.q_norm is not None and w.k_norm is not None and self.fusions.fused_qk_norm:
             qk_rmsnorm(qkv[:, :(c.num_heads + c.num_kv_heads) * d], w.q_norm,
                                w.k_norm, c.num_heads, c.rms_norm_eps,
@@ -251,8 +264,6 @@ class DecoderModel:
             eps, pdl = c.rms_norm_eps, self.fusions.enable_pdl
             q = rmsnorm(q.reshape(-1, d), w.q_norm, eps, enable_pdl=pdl).view(tokens, -1)
             k = rmsnorm(k.reshape(-1, d), w.k_norm, eps, enable_pdl=pdl).view(tokens, -1)
-        k_cache, v_cache = self.kv.k[layer], self.kv.v[layer]
-        k_scale, v_scale = self.kv.k_scale[layer], self.kv.v_scale[layer]
         pdl = self.fusions.enable_pdl
         if self.fusions.fused_rope_kv:
             rope_with_cos_sin_cache(batch.positions, q, k, d, self.cos_sin, True, v,
@@ -263,9 +274,17 @@ class DecoderModel:
                                          enable_pdl=pdl)
             store_kv_cache(k_cache, v_cache, batch.cache_loc, k, v, k_scale, v_scale,
                                    enable_pdl=pdl)
+        return self._attend(layer, w, q, k_cache, v_cache, batch)
+
+    def _attend(self, layer: int, w: LayerWeights, q: torch.Tensor, k_cache: torch.Tensor,
+                v_cache: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
+        """o_proj(attention) of the normed, rotated q over the caches (this step's k and v
+        written)."""
+        c = self.config
+        tokens, d = q.size(0), c.head_dim
         out = self.attention.run(batch.plan, q.view(tokens, c.num_heads, d), k_cache, v_cache,
-                                 k_scale=k_scale, v_scale=v_scale, sinks=w.sinks,
-                                 window_left=c.window_left(layer))
+                                 k_scale=self.kv.k_scale[layer], v_scale=self.kv.v_scale[layer],
+                                 sinks=w.sinks, window_left=c.window_left(layer))
         o = self._linear(out.view(tokens, -1), w.o)
         return o if w.o_bias is None else o.add_(w.o_bias)
 

@@ -67,6 +67,8 @@ class EngineArgs:
     disable_fused_rope_kv: bool = _opt(False, "RoPE and the KV-cache write as two kernels")
     disable_fused_add_rmsnorm: bool = _opt(False, "residual add and RMSNorm as two kernels")
     disable_fused_qk_norm: bool = _opt(False, "Qwen3's q and k norms as two launches")
+    disable_fused_qk_norm_rope: bool = _opt(False, "Qwen3's q/k norms, then RoPE + the KV "
+                                            "write, as two kernels (not one)")
     disable_fused_silu_mul: bool = _opt(False, "SiLU(gate) * up in eager torch")
     disable_fused_norm_quant: bool = _opt(False, "FP8 models: RMSNorm, then the activation "
                                           "quantization as a second kernel")

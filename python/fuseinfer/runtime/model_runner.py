@@ -127,6 +127,7 @@ class ModelRunner:
         fusions = Fusions(fused_rope_kv=not args.disable_fused_rope_kv,
                           fused_add_rmsnorm=not args.disable_fused_add_rmsnorm,
                           fused_qk_norm=not args.disable_fused_qk_norm,
+                          fused_qk_norm_rope=not args.disable_fused_qk_norm_rope,
                           fused_silu_mul=not args.disable_fused_silu_mul,
                           fused_norm_quant=not args.disable_fused_norm_quant,
                           fused_silu_mul_quant=not args.disable_fused_silu_mul_quant,

@@ -10,7 +10,9 @@ from typing import Any
 # switch name -> the EngineArgs field that turns it off (set True), or (field, value)
 ABLATIONS = {"fused-rope-kv": "disable_fused_rope_kv",
              "fused-add-rmsnorm": "disable_fused_add_rmsnorm",
-             "fused-qk-norm": "disable_fused_qk_norm", "fused-silu-mul": "disable_fused_silu_mul",
+             "fused-qk-norm": "disable_fused_qk_norm",
+             "fused-qk-norm-rope": "disable_fused_qk_norm_rope",
+             "fused-silu-mul": "disable_fused_silu_mul",
              "small-batch-gemv": "disable_small_batch_gemv", "pdl": "disable_pdl",
              "cuda-graph": "disable_cuda_graph", "overlap-schedule": "disable_overlap_schedule",
              "radix-cache": "disable_radix_cache",

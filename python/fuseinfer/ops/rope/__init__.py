@@ -1,5 +1,6 @@
 """RoPE family: rope_with_cos_sin_cache (CUDA, csrc/rope; optionally fused with the KV-cache
-write) and the cos/sin cache builder (plain, Llama-3, YaRN)."""
+write), qk_rmsnorm_rope (Triton: Qwen3's q/k norm, RoPE and the KV-cache write in one
+launch) and the cos/sin cache builder (plain, Llama-3, YaRN)."""
 
 from __future__ import annotations
 
