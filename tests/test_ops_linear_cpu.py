@@ -133,7 +133,7 @@ def test_small_batch_linear_norm_prologues():
     with pytest.raises(ValueError, match="needs norm_weight"):
         torch.ops.fuseinfer.small_batch_linear(torch.empty(2, 12), x, w, residual=res,
                                                residual_out=torch.empty(2, 32))
-    with pytest.raises(ValueError, match="must not be residual"):
+    with pytest.raises(ValueError, match="residual_out must not overlap"):
         torch.ops.fuseinfer.small_batch_linear(torch.empty(2, 12), x, w, norm_weight=nw,
                                                residual=res, residual_out=res)
     with pytest.raises(ValueError, match="norm_weight must be"):
@@ -236,3 +236,57 @@ def test_split_k_prologues_and_epilogue_interpreted(prologue, add, m, n, k, min_
     if res is not None:
         torch.testing.assert_close(res_out, x + res)
     assert not counters.any()
+
+
+def test_split_k_counter_rows_refill_their_spares(monkeypatch):
+    """Streams first seen inside a capture take spare rows; any later call outside capture
+    (reserve_counters, as the error advises) refills them, so captures on new streams keep
+    working; with none left inside a capture, a clear error."""
+    import types
+
+    import fuseinfer.ops.linear.small_batch_linear as sbl
+
+    state = {"stream": 0, "capturing": False}
+    monkeypatch.setattr(torch.cuda, "current_stream",
+                        lambda device=None: types.SimpleNamespace(stream_id=state["stream"]))
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: state["capturing"])
+    monkeypatch.setattr(sbl, "_zeroed_row", lambda device: torch.zeros(4, dtype=torch.int32))
+    monkeypatch.setattr(sbl, "_rows", {})
+    monkeypatch.setattr(sbl, "_spares", {})
+    dev = torch.device("cuda", 0)
+    sbl.reserve_counters(dev)
+    rows = {sbl._arrival_counters(dev).data_ptr()}
+    for round_ in range(3):  # two new capture streams per round, then a refill outside
+        for stream in (100 + 2 * round_, 101 + 2 * round_):
+            state.update(stream=stream, capturing=True)
+            rows.add(sbl._arrival_counters(dev).data_ptr())
+        state.update(stream=0, capturing=False)
+        sbl.reserve_counters(dev)
+        assert len(sbl._spares[0]) == sbl._SPARE_ROWS
+    assert len(rows) == 7  # every stream its own row
+    state.update(stream=100, capturing=True)  # a known stream inside capture: its row
+    assert sbl._arrival_counters(dev).data_ptr() in rows
+    for stream in (200, 201):
+        state.update(stream=stream)
+        sbl._arrival_counters(dev)
+    state.update(stream=202)
+    with pytest.raises(RuntimeError, match="no spare counters left"):
+        sbl._arrival_counters(dev)
+
+
+def test_outputs_may_not_overlap_inputs_and_norm_weight_is_contiguous():
+    x, w = torch.randn(4, 64), torch.randn(8, 64)
+    nw, res = torch.rand(64) + 0.5, torch.randn(4, 64)
+    op = torch.ops.fuseinfer.small_batch_linear
+    with pytest.raises(ValueError, match="residual_out must not overlap"):
+        op(torch.empty(4, 8), x, w, norm_weight=nw, residual=res, residual_out=x)
+    with pytest.raises(ValueError, match="residual_out must not overlap"):
+        op(torch.empty(4, 8), x, w, norm_weight=nw, residual=res, residual_out=res)
+    wide = torch.randn(4, 72)
+    with pytest.raises(ValueError, match="out must not overlap"):
+        op(wide[:, 64:], wide[:, :64], w)  # out shares x's rows
+    with pytest.raises(ValueError, match="contiguous \\[64\\]"):
+        op(torch.empty(4, 8), x, w, norm_weight=torch.rand(128)[::2])
+    # disjoint views of one buffer are fine
+    buf = torch.randn(4, 72)
+    op(buf[:, 64:], buf[:, :64].contiguous(), w)

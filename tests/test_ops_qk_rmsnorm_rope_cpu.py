@@ -206,7 +206,8 @@ def _bad(case: str):
         "num_q_heads": ({2: 0}, "num_q_heads must be >= 1"),
         "num_kv_heads": ({3: 0}, "num_kv_heads must be >= 1"),
         "head_size": ({4: 0}, "head_size must be positive"),
-        "q_weight shape": ({5: torch.ones(8)}, r"q_weight must be 1-D \[head_size\]"),
+        "q_weight shape": ({5: torch.ones(8)}, r"q_weight must be a contiguous 1-D \[head_size\]"),
+        "q_weight strided": ({5: torch.ones(2 * d)[::2]}, r"q_weight must be a contiguous 1-D"),
         "k_weight dtype": ({6: torch.ones(d, dtype=torch.float16)}, "k_weight must have qkv's"),
         "eps": ({7: 0.0}, "eps must be > 0"),
         "positions dtype": ({0: args[0].float()}, "positions must be a contiguous int32"),
@@ -234,7 +235,7 @@ def _bad(case: str):
 
 @pytest.mark.parametrize("case", [
     "qkv dtype", "qkv width", "qkv 3-d", "qkv columns strided", "num_q_heads", "num_kv_heads",
-    "head_size", "q_weight shape", "k_weight dtype", "eps", "positions dtype",
+    "head_size", "q_weight shape", "q_weight strided", "k_weight dtype", "eps", "positions dtype",
     "positions count", "positions range", "cos_sin dtype", "partial rotary", "cache width",
     "cache dtype", "v_cache dtype", "same cache", "loc dtype", "loc range",
     "scale on bf16 cache", "scale shape"])

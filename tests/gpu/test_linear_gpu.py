@@ -228,3 +228,20 @@ def test_split_k_on_more_streams_than_before_and_fresh_capture_streams():
         graph.replay()
         torch.cuda.synchronize()
         torch.testing.assert_close(captured.float(), want, rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.parametrize("m", [4, 24])
+def test_fp16_norm_prologue_past_the_gemv_stays_finite(m):
+    """fp16 with the (add +) RMSNorm prologue past one token takes the prologue as its own
+    kernels (split_k would round x * norm_weight before the 1/rms, past fp16's range on
+    large activations): finite and equal to the two-kernel path."""
+    x = torch.randn(m, 4096, device="cuda", dtype=torch.float16) * 3000
+    res = torch.randn_like(x) * 3000
+    nw = torch.rand(4096, device="cuda", dtype=torch.float16) * 20 + 10
+    w = torch.randn(2048, 4096, device="cuda", dtype=torch.float16) / 64
+    out, new_res = small_batch_linear(x, w, norm_weight=nw, residual=res)
+    h, r = x.clone(), res.clone()
+    fused_add_rmsnorm(h, r, nw, 1e-6)
+    assert torch.isfinite(out).all() and torch.equal(new_res, r)
+    torch.testing.assert_close(out.float(), small_batch_linear(h, w).float(), rtol=2e-2,
+                               atol=2e-2)

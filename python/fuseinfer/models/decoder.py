@@ -170,10 +170,10 @@ class DecoderModel:
         return 1 <= h.size(0) <= min(self.fusions.small_m_max_tokens, MAX_M)
 
     def _small_m_fused(self, h: torch.Tensor) -> bool:
-        """A matmul small_batch_linear takes with its prologue: switch on and its table
-        picks split_k for this M (not cuBLAS, which has none)."""
-        return self.fusions.small_m_prologue and self._small_m(h) and \
-            takes_fused(h.size(0), h.device)
+        """A matmul of 2+ tokens small_batch_linear takes with its prologue: switch on and
+        its table picks split_k for this M (one token belongs to the gemv switch)."""
+        return self.fusions.small_m_prologue and h.size(0) > 1 and self._small_m(h) and \
+            takes_fused(h.size(0), h.device, h.dtype)
 
     def _reduce_norm(self, h: torch.Tensor, residual: torch.Tensor | None,
                      norm_weight: torch.Tensor) -> torch.Tensor | None:

@@ -93,9 +93,10 @@ def _check(out, x, weight, silu_mul=False, norm_weight=None, residual=None,
             fail(op, name, "must have a contiguous last dim")
     if norm_weight is None and (residual is not None or residual_out is not None):
         fail(op, "residual", "needs norm_weight (the add feeds an RMSNorm)")
-    if norm_weight is not None and (norm_weight.shape != (k,) or norm_weight.dtype != x.dtype):
-        fail(op, "norm_weight", f"must be [{k}] {x.dtype}, got {list(norm_weight.shape)} "
-             f"{norm_weight.dtype}")
+    if norm_weight is not None and (norm_weight.shape != (k,) or norm_weight.dtype != x.dtype
+                                    or (k > 1 and norm_weight.stride(0) != 1)):
+        fail(op, "norm_weight", f"must be a contiguous [{k}] {x.dtype}, got "
+             f"{list(norm_weight.shape)} {norm_weight.dtype}")
     if (residual is None) != (residual_out is None):
         fail(op, "residual_out", "and residual go together")
     for name, t in (("residual", residual), ("residual_out", residual_out)):
@@ -103,15 +104,34 @@ def _check(out, x, weight, silu_mul=False, norm_weight=None, residual=None,
                               or (k > 1 and t.stride(1) != 1)):
             fail(op, name, f"must be [{x.size(0)}, {k}] {x.dtype} with a contiguous last "
                  f"dim, got {list(t.shape)} {t.dtype}")
-    if residual is not None and residual_out is not None and has_storage(residual) and \
-            residual.numel() and residual.data_ptr() == residual_out.data_ptr():
-        fail(op, "residual_out", "must not be residual: other programs still read it")
+    # outputs written while other programs still read the inputs must not overlap them
+    for out_name, written, read in (("residual_out", residual_out, (residual, x)),
+                                    ("out", out, (x, residual))):
+        for source in read:
+            if written is not None and source is not None and _overlaps(written, source):
+                fail(op, out_name, "must not overlap the inputs (other programs still read "
+                     "them)")
     if norm_weight is not None and not eps > 0:
         fail(op, "eps", f"must be > 0, got {eps}")
     if add is not None and (add.dtype != x.dtype or add.shape not in (
             (weight.size(0),), (x.size(0), weight.size(0))) or add.stride(-1) != 1):
         fail(op, "add", f"must be [{x.size(0)}, {weight.size(0)}] or [{weight.size(0)}] "
              f"{x.dtype} with a contiguous last dim, got {list(add.shape)} {add.dtype}")
+
+
+def _overlaps(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether two tensors with storage share any byte (fake tensors: never)."""
+    if not (has_storage(a) and has_storage(b)) or not a.numel() or not b.numel() \
+            or a.device != b.device:
+        return False
+
+    def span(t: torch.Tensor) -> tuple[int, int]:
+        last = sum((size - 1) * stride for size, stride in zip(t.shape, t.stride(),
+                                                                strict=True))
+        return t.data_ptr(), t.data_ptr() + (last + 1) * t.element_size()
+
+    (a0, a1), (b0, b1) = span(a), span(b)
+    return a0 < b1 and b0 < a1
 
 
 def _cpu(out, x, weight, silu_mul=False, norm_weight=None, residual=None, residual_out=None,
@@ -165,14 +185,15 @@ def _arrival_counters(device: torch.device) -> torch.Tensor:
     so the rows stay few."""
     index = device.index if device.index is not None else torch.cuda.current_device()
     key = (index, torch.cuda.current_stream(device).stream_id)
+    capturing = torch.cuda.is_current_stream_capturing()
+    spares = _spares.setdefault(index, [])
+    while not capturing and len(spares) < _SPARE_ROWS:  # any call outside capture refills
+        spares.append(_zeroed_row(device))
     row = _rows.get(key)
     if row is not None:
         return row
-    spares = _spares.setdefault(index, [])
-    if not torch.cuda.is_current_stream_capturing():
+    if not capturing:
         row = _zeroed_row(device)
-        while len(spares) < _SPARE_ROWS:
-            spares.append(_zeroed_row(device))
     elif spares:
         row = spares.pop()
     else:
@@ -246,6 +267,13 @@ def _cuda(out, x, weight, silu_mul=False, norm_weight=None, residual=None, resid
     entry = effective(x.device.index)
     rule = entry.rule(m)
     pdl = use_pdl(entry.enable_pdl if enable_pdl is None else enable_pdl, x.device)
+    if fused and norm_weight is not None and x.dtype == torch.float16:
+        # split_k rounds x * norm_weight before the 1/rms (applied to the sum), which can
+        # pass fp16's range: the prologue as its own kernels, then the matmul
+        launch_small_m_matmul(out, _prologue(x, silu_mul, norm_weight, residual,
+                                             residual_out, eps, enable_pdl),
+                              weight, rule, pdl, add=add)
+        return
     if fused:  # cuBLAS has no prologue: split_k, with the rule's tile
         launch_small_m_matmul(out, x, weight, rule, pdl, None, silu_mul, norm_weight,
                               residual, residual_out, eps, add)
@@ -253,15 +281,31 @@ def _cuda(out, x, weight, silu_mul=False, norm_weight=None, residual=None, resid
     launch_rule(out, x, weight, rule, pdl)
 
 
-def takes_fused(m: int, device: torch.device) -> bool:
-    """Whether a call of m rows with a prologue runs as fast as the plain one the table
-    picks (its rule is not cuBLAS, which has no prologue): where it is cuBLAS, a caller
-    does better with the separate norm / activation kernel and then the plain call."""
+def _prologue(x, silu_mul, norm_weight, residual, residual_out, eps, enable_pdl):
+    """The prologue by its own kernels (silu_and_mul, the rounded add into residual_out,
+    rmsnorm): the matmul's input."""
+    from ..activation.silu_and_mul import silu_and_mul
+    from ..norm.rmsnorm import rmsnorm
+
+    h = silu_and_mul(x, enable_pdl=enable_pdl) if silu_mul else x
+    if residual is not None:
+        torch.add(h, residual, out=residual_out)
+        h = residual_out
+    return rmsnorm(h, norm_weight, eps, enable_pdl=enable_pdl)
+
+
+def takes_fused(m: int, device: torch.device, dtype: torch.dtype = torch.bfloat16) -> bool:
+    """Whether a call of m rows with a prologue runs as one kernel at the speed of the plain
+    one the table picks: its rule is not cuBLAS (no prologue there) and, past the gemv, x
+    is not fp16 (which takes the prologue as separate kernels). Otherwise a caller does
+    better with the separate norm / activation kernel and then the plain call."""
     from .dispatch import effective
 
     if device.type != "cuda":  # the reference: any call the same
         return True
-    return m == 1 or effective(device.index).rule(m).kernel != "cublas"
+    if m == 1:
+        return True
+    return dtype != torch.float16 and effective(device.index).rule(m).kernel != "cublas"
 
 
 def launch_rule(out, x, weight, rule, pdl: bool) -> None:

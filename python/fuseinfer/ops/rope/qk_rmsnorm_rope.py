@@ -87,8 +87,9 @@ def check_qk_rmsnorm_rope_args(positions, qkv, num_q_heads, num_kv_heads, head_s
     _check_qkv(qkv, num_q_heads, num_kv_heads, head_size)
     tokens = qkv.size(0)
     for name, w in (("q_weight", q_weight), ("k_weight", k_weight)):
-        if w.dim() != 1 or w.numel() != head_size:
-            _fail(name, f"must be 1-D [head_size] = [{head_size}], got {list(w.shape)}")
+        if w.dim() != 1 or w.numel() != head_size or (head_size > 1 and w.stride(0) != 1):
+            _fail(name, f"must be a contiguous 1-D [head_size] = [{head_size}], got "
+                  f"{list(w.shape)} with stride {list(w.stride())}")
         if w.dtype != qkv.dtype:
             _fail(name, f"must have qkv's dtype {qkv.dtype}, got {w.dtype}")
     if not eps > 0:
