@@ -102,13 +102,15 @@ def step_kernels(engine: Engine, context: int, batch: int, steps: int = 5) -> di
 
     from fuseinfer.runtime.sampling import SamplingParams
 
-    for i in range(batch):
-        engine.add_request([10 + (i * 7 + j) % 1000 for j in range(context)],
-                           SamplingParams(max_new_tokens=steps + 12, temperature=0.0,
-                                          ignore_eos=True))
+    reqs = [engine.add_request([10 + (i * 7 + j) % 1000 for j in range(context)],
+                               SamplingParams(max_new_tokens=steps + 12, temperature=0.0,
+                                              ignore_eos=True))
+            for i in range(batch)]
     runner = engine.runner
     graphs, runner.graphs = runner.graphs, None
-    for _ in range(6):  # prefill and a few decode steps first
+    while any(r.generated == 0 for r in reqs):  # every prefill done (chunks included)
+        engine.step()
+    for _ in range(2):  # and a couple of decode steps
         engine.step()
     on_gpu = torch.cuda.is_available()  # off it (a smoke run): the CPU ops instead
     with profile(activities=[ProfilerActivity.CUDA if on_gpu else ProfilerActivity.CPU]) as prof:
@@ -121,6 +123,8 @@ def step_kernels(engine: Engine, context: int, batch: int, steps: int = 5) -> di
         engine.step()
     kernels: dict[str, list[float]] = collections.defaultdict(lambda: [0, 0.0])
     for event in prof.events():
+        if event.name.startswith(("Memcpy", "Memset")):
+            continue  # copies and fills: not kernel launches
         if event.device_type == (DeviceType.CUDA if on_gpu else DeviceType.CPU):
             entry = kernels[event.name[:120]]
             entry[0] += 1 / steps
