@@ -144,24 +144,24 @@ def test_latency_sizes_the_engine_from_its_own_options():
     assert variants[2][1].disable_cuda_graph and variants[2][1].max_running_requests == 12
     # `all` on a bf16 model leaves out the switches that only change an FP8 model
     names = [n for n, _ in ablation_variants(variants[0][1], ["all"])[1]]
-    # (and small-m-matmul, off by default: its ablation would change nothing)
-    assert len(names) == len(ABLATIONS) - len(FP8_ABLATIONS) - len(TP_ABLATIONS)
+    assert len(names) == 1 + len(ABLATIONS) - len(FP8_ABLATIONS) - len(TP_ABLATIONS)
     assert not any(a in n for n in names for a in FP8_ABLATIONS)
-    assert "without small-m-matmul" not in names
-    small_m = replace(variants[0][1], small_m_matmul_tokens=64)
-    small_m_variants = dict(ablation_variants(small_m, ["all"])[1])
+    small_m_variants = dict(ablation_variants(variants[0][1], ["all"])[1])
     assert small_m_variants["without small-m-matmul"].small_m_matmul_tokens == 0
-    assert small_m_variants["without pdl"].small_m_matmul_tokens == 64
+    assert small_m_variants["without pdl"].small_m_matmul_tokens == 64  # the default
+    # a valued switch already off is left out of `all` (its ablation would change nothing)
+    small_m_off = replace(variants[0][1], small_m_matmul_tokens=0)
+    assert "without small-m-matmul" not in dict(ablation_variants(small_m_off, ["all"])[1])
     fp8 = replace(variants[0][1], quantization="fp8")
     fp8_variants = ablation_variants(fp8, ["all"])[1]
-    assert len(fp8_variants) == len(ABLATIONS) - len(TP_ABLATIONS)  # one rank
+    assert len(fp8_variants) == 1 + len(ABLATIONS) - len(TP_ABLATIONS)  # one rank
     quant_off = dict(fp8_variants)["without fused-norm-quant"]
     assert quant_off.disable_fused_norm_quant and not quant_off.disable_fused_silu_mul_quant
     bundled = replace(variants[0][1], model="qwen3-8b-fp8")  # FP8 by its checkpoint config
-    assert len(ablation_variants(bundled, ["all"])[1]) == len(ABLATIONS) - len(TP_ABLATIONS)
+    assert len(ablation_variants(bundled, ["all"])[1]) == 1 + len(ABLATIONS) - len(TP_ABLATIONS)
     # ... and the tensor-parallel switches only for an engine of several ranks
     tp_names = [n for n, _ in ablation_variants(replace(fp8, tp=2), ["all"])[1]]
-    assert len(tp_names) == len(ABLATIONS)
+    assert len(tp_names) == 1 + len(ABLATIONS)
 
 
 def test_bench_latency_on_the_tiny_model(isolated_cache):

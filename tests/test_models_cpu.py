@@ -83,13 +83,14 @@ def test_matches_transformers(tmp_path, arch):
     # Every fusion switched off gives the same tokens.
     plain = Runner(tmp_path, Fusions(fused_rope_kv=False, fused_add_rmsnorm=False,
                                      fused_qk_norm=False, fused_silu_mul=False,
-                                     gemv_max_tokens=0))
+                                     gemv_max_tokens=0, small_m_max_tokens=0))
     assert plain.greedy(prompt, 12)[1] == want
     # q/k norms and RoPE + KV write as two kernels (not the one fused op): the same tokens.
     two = Runner(tmp_path, Fusions(fused_qk_norm_rope=False))
     assert two.greedy(prompt, 12)[1] == want
-    # Every plain matmul of up to 64 tokens through small_batch_linear: the same tokens.
-    small_m = Runner(tmp_path, Fusions(small_m_max_tokens=64))
+    # Every plain matmul of up to 64 tokens through small_batch_linear (the default), or
+    # only up to 8: the same tokens.
+    small_m = Runner(tmp_path, Fusions(small_m_max_tokens=8))
     assert small_m.greedy(prompt, 12)[1] == want
     # ... with the norm and SiLU * up in their prologues: the same tokens.
     prologue = Runner(tmp_path, Fusions(small_m_max_tokens=64, small_m_prologue=True))
@@ -128,6 +129,9 @@ def test_gemv_path_needs_a_weight_it_takes():
     assert model._gemv(h, torch.randn(4, GEMV_MAX_K))
     assert not model._gemv(h, torch.randn(4, GEMV_MAX_K + 1))
     assert not model._gemv(torch.randn(2, 8), torch.randn(4, 8))  # 2 tokens: cuBLAS
-    assert not model._small_m(torch.randn(2, 8))  # the small-M routing is off by default
+    assert model._small_m(torch.randn(64, 8))  # the small-M routing is on by default
+    assert not model._small_m(torch.randn(65, 8))
+    model.fusions = Fusions(small_m_max_tokens=0)
+    assert not model._small_m(torch.randn(2, 8))
     model.fusions = Fusions(small_m_max_tokens=16)
     assert model._small_m(torch.randn(16, 8)) and not model._small_m(torch.randn(17, 8))

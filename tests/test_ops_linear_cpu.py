@@ -81,7 +81,8 @@ def test_linear_rules_split_k_and_table_checks():
     # 9 steps wanted in 4 slices: slices of 3 steps, so 3 slices run (none empty)
     assert LinearRule(None, "split_k", 64, 128, 10**4, 2, 4, 4).split_k(64, 9 * 128) == \
         (3, 384)
-    assert BUILTIN.rule(1).kernel == "gemv" and BUILTIN.rule(64).kernel == "split_k"
+    assert BUILTIN.rule(1).kernel == "gemv" and BUILTIN.rule(2).kernel == "cublas"
+    assert BUILTIN.rule(64).kernel == "cublas"  # untuned: no untimed split_k tile
     entry = {"source": "t", "enable_pdl": True, "rules": [
         {"max_m": 8, "kernel": "gemv", "block_n": 64, "block_k": 128, "min_programs": 100,
          "min_k_steps": 2, "num_warps": 4, "num_stages": 3},

@@ -76,9 +76,11 @@ class EngineArgs:
                                               "the activation quantization as a second "
                                               "kernel")
     disable_small_batch_gemv: bool = _opt(False, "1-token matmuls on cuBLAS")
-    small_m_matmul_tokens: int = _opt(0, "plain matmuls of 1..N tokens (N <= 64) through "
+    small_m_matmul_tokens: int = _opt(64, "plain matmuls of 1..N tokens (N <= 64) through "
                                       "small_batch_linear, its `linear` table picking "
-                                      "split_k, the gemv or cuBLAS per M; 0: off")
+                                      "split_k, the gemv or cuBLAS per M (a GPU without a "
+                                      "tuned entry: cuBLAS past one token); 0: off; CUDA "
+                                      "only")
     small_m_prologue: bool = _opt(False, "with --small-m-matmul-tokens: the RMSNorm before "
                                   "a projection and SiLU * up before the down projection "
                                   "in split_k's prologue (off: their own kernels; the "

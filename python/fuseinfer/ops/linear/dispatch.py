@@ -86,14 +86,15 @@ class LinearDispatch:
         return next(r for r in self.rules if r.max_m is None or m <= r.max_m)
 
 
-# Starting points: one token stays on the gemv measured in the runtime (docs/ops.md); more
-# rows go to 64 x 128 weight tiles, two programs per SM-sized grid slice on a 132-SM part.
+# Without a tuned entry: the gemv at one row (measured in the runtime, docs/ops.md) and
+# cuBLAS past it, so an untuned GPU never runs an untimed split_k tile; `fuseinfer tune
+# gemm` adds split_k where it wins (the H200: 2..16 rows).
 BUILTIN = LinearDispatch(
-    source="built-in default (untuned starting points)",
+    source="built-in default: the gemv at one row, cuBLAS past it (untuned)",
     enable_pdl=True,
     rules=(
         LinearRule(1, "gemv", 64, 128, 264, 4, 4, 4),
-        LinearRule(None, "split_k", 64, 128, 264, 4, 4, 4),
+        LinearRule(None, "cublas", 64, 128, 264, 4, 4, 4),
     ),
 )
 register_op(OP_FAMILY, LinearDispatch, BUILTIN)
