@@ -11,6 +11,7 @@ import os
 
 import pytest
 import torch
+from qk_rope_case_tools import clone_args, same_bits, ulp_distance
 
 import fuseinfer
 from fuseinfer.ops import qk_rmsnorm, qk_rmsnorm_rope, rope_with_cos_sin_cache
@@ -54,14 +55,6 @@ def make_case(tokens=5, hq=4, hkv=2, d=32, dtype=torch.bfloat16, cache="flat",
     return buffer, args
 
 
-def clone_args(buffer, args):
-    """A copy of the case: a new buffer with qkv as the same view of it, new caches."""
-    copy = buffer.clone()
-    new = list(args)
-    new[1] = copy.as_strided(args[1].shape, args[1].stride(), args[1].storage_offset())
-    new[9], new[10] = args[9].clone(), args[10].clone()
-    return copy, new
-
 
 def two_op_sequence(args) -> None:
     """What the op replaces: qk_rmsnorm, then RoPE with the fused KV write (in place)."""
@@ -95,22 +88,6 @@ def slot_rows(cache: torch.Tensor) -> torch.Tensor:
     return (cache.flatten(0, 1) if cache.dim() == 4 else cache).flatten(1)
 
 
-def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Bit-equal, NaN included (torch.equal says NaN != NaN)."""
-    int_type = {1: torch.uint8, 2: torch.int16, 4: torch.int32}[a.element_size()]
-    return a.dtype == b.dtype and torch.equal(a.view(int_type), b.view(int_type))
-
-
-def ulp_distance(got: torch.Tensor, want: torch.Tensor) -> torch.Tensor:
-    """Steps between two same-dtype float tensors on the representable number line."""
-    int_type = {1: torch.int8, 2: torch.int16, 4: torch.int32}[got.element_size()]
-    magnitude = (1 << (8 * got.element_size() - 1)) - 1
-
-    def line(t):
-        bits = t.view(int_type).long()
-        return torch.where(bits < 0, -(bits & magnitude), bits)
-
-    return (line(got) - line(want)).abs()
 
 
 def assert_nearly_equal(got: torch.Tensor, want: torch.Tensor, max_fraction=0.01) -> None:
@@ -296,6 +273,17 @@ def test_zero_tokens_is_a_no_op_that_still_checks():
 
 # ---- the Triton kernel in the interpreter ---------------------------------------------------
 
+def interpreted_matches_two_ops(buffer: torch.Tensor, args: list) -> None:
+    """The interpreted kernel on the case against the two-op sequence on a copy: qkv and
+    both caches."""
+    want_buffer, want_args = clone_args(buffer, args)
+    two_op_sequence(want_args)
+    launch_qk_rmsnorm_rope(*args, pdl=False)
+    assert_nearly_equal(buffer, want_buffer)
+    assert_nearly_equal(args[9], want_args[9])
+    assert_nearly_equal(args[10], want_args[10])
+
+
 @needs_interpreter
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 @pytest.mark.parametrize("hq, hkv, d", [(4, 2, 16), (3, 1, 32), (6, 2, 8), (1, 1, 2),
@@ -314,12 +302,7 @@ def test_kernel_interpreted_matches_the_two_op_sequence(dtype, hq, hkv, d, cache
             buffer.copy_(torch.randn(buffer.shape).to(dtype))
             args[11] = torch.randperm(16)[:4]
             args[0] = torch.randint(0, MAX_POS, (4,))
-        want_buffer, want_args = clone_args(buffer, args)
-        two_op_sequence(want_args)
-        launch_qk_rmsnorm_rope(*args, pdl=False)
-        assert_nearly_equal(buffer, want_buffer)
-        assert_nearly_equal(args[9], want_args[9])
-        assert_nearly_equal(args[10], want_args[10])
+        interpreted_matches_two_ops(buffer, args)
 
 
 @needs_interpreter
@@ -328,12 +311,7 @@ def test_kernel_interpreted_on_int32_indices_and_one_slot_per_page():
                              index_dtype=torch.int32)
     args[9] = torch.full((16, 1, 2, 16), float("nan"), dtype=torch.float16)
     args[10] = torch.full((16, 1, 2, 16), float("nan"), dtype=torch.float16)
-    want_buffer, want_args = clone_args(buffer, args)
-    two_op_sequence(want_args)
-    launch_qk_rmsnorm_rope(*args, pdl=False)
-    assert_nearly_equal(buffer, want_buffer)
-    assert_nearly_equal(args[9], want_args[9])
-    assert_nearly_equal(args[10], want_args[10])
+    interpreted_matches_two_ops(buffer, args)
 
 
 @needs_interpreter

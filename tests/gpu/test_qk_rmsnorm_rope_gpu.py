@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from qk_rope_case_tools import clone_args, ulp_distance
 from qkv_cases import cos_sin
 
 from fuseinfer.ops import qk_rmsnorm, qk_rmsnorm_rope, rope_with_cos_sin_cache
@@ -44,13 +45,6 @@ def make_case(tokens, hq, hkv, d, dtype, cache_dtype=None, paged=False,
     return buffer, args
 
 
-def clone_args(buffer, args):
-    copy = buffer.clone()
-    new = list(args)
-    new[1] = copy.as_strided(args[1].shape, args[1].stride(), args[1].storage_offset())
-    new[9], new[10] = args[9].clone(), args[10].clone()
-    return copy, new
-
 
 def two_kernels(args, pdl) -> None:
     positions, qkv, hq, hkv, d, wq, wk, eps, cs, k_cache, v_cache, loc, k_scale, v_scale = args
@@ -59,17 +53,6 @@ def two_kernels(args, pdl) -> None:
     rope_with_cos_sin_cache(positions, q, k, d, cs, True, v, k_cache, v_cache, loc, k_scale,
                             v_scale, enable_pdl=pdl)
 
-
-def ulp_distance(got: torch.Tensor, want: torch.Tensor) -> torch.Tensor:
-    """Steps between two same-dtype float tensors on the representable number line."""
-    int_type = {1: torch.int8, 2: torch.int16, 4: torch.int32}[got.element_size()]
-    magnitude = (1 << (8 * got.element_size() - 1)) - 1
-
-    def line(t):
-        bits = t.view(int_type).long()
-        return torch.where(bits < 0, -(bits & magnitude), bits)
-
-    return (line(got) - line(want)).abs()
 
 
 def assert_nearly_equal(got: torch.Tensor, want: torch.Tensor, what: str,

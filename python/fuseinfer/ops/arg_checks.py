@@ -25,3 +25,18 @@ def contiguous_tail(t: torch.Tensor, first: int) -> bool:
             return False
         expected *= t.size(d)
     return True
+
+
+def overlaps(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether two tensors with storage share any byte (fake tensors: never)."""
+    if not (has_storage(a) and has_storage(b)) or not a.numel() or not b.numel() \
+            or a.device != b.device:
+        return False
+
+    def span(t: torch.Tensor) -> tuple[int, int]:
+        last = sum((size - 1) * stride for size, stride in zip(t.shape, t.stride(),
+                                                                strict=True))
+        return t.data_ptr(), t.data_ptr() + (last + 1) * t.element_size()
+
+    (a0, a1), (b0, b1) = span(a), span(b)
+    return a0 < b1 and b0 < a1

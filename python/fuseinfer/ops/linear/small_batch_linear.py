@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import torch
 
-from ..arg_checks import fail, has_storage
+from ..arg_checks import fail, overlaps
 from ..library import LIB, define, impl_cpu, impl_fake
 from ..triton_launch import next_pow2, use_pdl
 
@@ -108,7 +108,7 @@ def _check(out, x, weight, silu_mul=False, norm_weight=None, residual=None,
     for out_name, written, read in (("residual_out", residual_out, (residual, x)),
                                     ("out", out, (x, residual))):
         for source in read:
-            if written is not None and source is not None and _overlaps(written, source):
+            if written is not None and source is not None and overlaps(written, source):
                 fail(op, out_name, "must not overlap the inputs (other programs still read "
                      "them)")
     if norm_weight is not None and not eps > 0:
@@ -117,21 +117,6 @@ def _check(out, x, weight, silu_mul=False, norm_weight=None, residual=None,
             (weight.size(0),), (x.size(0), weight.size(0))) or add.stride(-1) != 1):
         fail(op, "add", f"must be [{x.size(0)}, {weight.size(0)}] or [{weight.size(0)}] "
              f"{x.dtype} with a contiguous last dim, got {list(add.shape)} {add.dtype}")
-
-
-def _overlaps(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Whether two tensors with storage share any byte (fake tensors: never)."""
-    if not (has_storage(a) and has_storage(b)) or not a.numel() or not b.numel() \
-            or a.device != b.device:
-        return False
-
-    def span(t: torch.Tensor) -> tuple[int, int]:
-        last = sum((size - 1) * stride for size, stride in zip(t.shape, t.stride(),
-                                                                strict=True))
-        return t.data_ptr(), t.data_ptr() + (last + 1) * t.element_size()
-
-    (a0, a1), (b0, b1) = span(a), span(b)
-    return a0 < b1 and b0 < a1
 
 
 def _cpu(out, x, weight, silu_mul=False, norm_weight=None, residual=None, residual_out=None,

@@ -48,7 +48,11 @@ from ..kvcache.store_kv_cache import (
 from ..library import LIB, define, impl_cpu, impl_fake
 from ..norm.qk_rmsnorm import reference_qk_rmsnorm
 from ..triton_launch import next_pow2, use_pdl
-from .rope_with_cos_sin_cache import reference_rope
+from .rope_with_cos_sin_cache import (
+    check_position_range,
+    check_positions_and_cos_sin,
+    reference_rope,
+)
 
 OP = "qk_rmsnorm_rope"
 _SCHEMA = (
@@ -98,14 +102,7 @@ def check_qk_rmsnorm_rope_args(positions, qkv, num_q_heads, num_kv_heads, head_s
                     ("positions", positions), ("cos_sin_cache", cos_sin_cache)):
         if t.device != qkv.device:
             _fail(name, f"must be on {qkv.device} like qkv, got {t.device}")
-    if positions.dtype not in (torch.int32, torch.int64) or positions.dim() != 1 \
-            or positions.numel() != tokens or not positions.is_contiguous():
-        _fail("positions", f"must be a contiguous int32 or int64 tensor of shape [{tokens}], "
-              f"got {positions.dtype} {list(positions.shape)}")
-    if cos_sin_cache.dtype != torch.float32 or cos_sin_cache.dim() != 2 \
-            or not cos_sin_cache.is_contiguous():
-        _fail("cos_sin_cache", f"must be a contiguous float32 [max_position, rotary_dim] "
-              f"tensor, got {cos_sin_cache.dtype} {list(cos_sin_cache.shape)}")
+    check_positions_and_cos_sin(OP, positions, tokens, cos_sin_cache)
     if cos_sin_cache.size(1) != head_size or head_size % 2:
         _fail("cos_sin_cache", f"rotary_dim {cos_sin_cache.size(1)} must equal head_size "
               f"{head_size} (an even number): this op rotates whole heads; for partial "
@@ -134,10 +131,7 @@ def _cpu(positions, qkv, num_q_heads, num_kv_heads, head_size, q_weight, k_weigh
     check_qk_rmsnorm_rope_args(positions, qkv, num_q_heads, num_kv_heads, head_size,
                                q_weight, k_weight, eps, cos_sin_cache, k_cache, v_cache,
                                cache_loc, k_scale, v_scale)
-    if positions.numel() and (int(positions.min()) < 0
-                              or int(positions.max()) >= cos_sin_cache.size(0)):
-        _fail("positions", f"hold values outside [0, {cos_sin_cache.size(0)}) (the cos/sin "
-              f"cache length): min {int(positions.min())}, max {int(positions.max())}")
+    check_position_range(OP, positions, cos_sin_cache)
     check_loc_range(cache_loc, k_cache, OP, "cache_loc")
     check_loc_range(cache_loc, v_cache, OP, "cache_loc")
     k_start, v_start = num_q_heads * head_size, (num_q_heads + num_kv_heads) * head_size

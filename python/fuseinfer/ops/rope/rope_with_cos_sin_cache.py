@@ -49,6 +49,29 @@ def _fail(arg: str, message: str) -> None:
     fail(OP, arg, message)
 
 
+def check_positions_and_cos_sin(op: str, positions: torch.Tensor, tokens: int,
+                                cos_sin_cache: torch.Tensor) -> None:
+    """positions: contiguous int32/int64 [tokens]; cos_sin_cache: contiguous float32 2-D
+    (the rope ops' shared layout checks)."""
+    if positions.dtype not in (torch.int32, torch.int64) or positions.dim() != 1 \
+            or positions.numel() != tokens or not positions.is_contiguous():
+        fail(op, "positions", f"must be a contiguous int32 or int64 tensor of shape [{tokens}], "
+             f"got {positions.dtype} {list(positions.shape)}")
+    if cos_sin_cache.dtype != torch.float32 or cos_sin_cache.dim() != 2 \
+            or not cos_sin_cache.is_contiguous():
+        fail(op, "cos_sin_cache", f"must be a contiguous float32 [max_position, rotary_dim] "
+             f"tensor, got {cos_sin_cache.dtype} {list(cos_sin_cache.shape)}")
+
+
+def check_position_range(op: str, positions: torch.Tensor,
+                         cos_sin_cache: torch.Tensor) -> None:
+    """The CPU paths' value check (a device-to-host sync on the GPU, so not there)."""
+    if positions.numel() and (int(positions.min()) < 0
+                              or int(positions.max()) >= cos_sin_cache.size(0)):
+        fail(op, "positions", f"hold values outside [0, {cos_sin_cache.size(0)}) (the cos/sin "
+             f"cache length): min {int(positions.min())}, max {int(positions.max())}")
+
+
 def check_rope_args(positions, query, key, head_size, cos_sin_cache, is_neox=True,
                     value=None, k_cache=None, v_cache=None, cache_loc=None, k_scale=None,
                     v_scale=None, enable_pdl=None) -> None:
@@ -69,14 +92,7 @@ def check_rope_args(positions, query, key, head_size, cos_sin_cache, is_neox=Tru
         if width % head_size or (t.dim() == 3 and t.size(2) != head_size):
             _fail(name, f"rows of {width} elements are not whole heads of head_size "
                   f"{head_size}")
-    if positions.dtype not in (torch.int32, torch.int64) or positions.dim() != 1 \
-            or positions.numel() != tokens or not positions.is_contiguous():
-        _fail("positions", f"must be a contiguous int32 or int64 tensor of shape [{tokens}], got "
-              f"{positions.dtype} {list(positions.shape)}")
-    if cos_sin_cache.dtype != torch.float32 or cos_sin_cache.dim() != 2 \
-            or not cos_sin_cache.is_contiguous():
-        _fail("cos_sin_cache", f"must be a contiguous float32 [max_position, rotary_dim] "
-              f"tensor, got {cos_sin_cache.dtype} {list(cos_sin_cache.shape)}")
+    check_positions_and_cos_sin(OP, positions, tokens, cos_sin_cache)
     rotary_dim = cos_sin_cache.size(1)
     if rotary_dim % 2 or rotary_dim == 0 or rotary_dim > head_size:
         _fail("cos_sin_cache", f"rotary_dim {rotary_dim} must be even, positive and at most "
@@ -123,10 +139,7 @@ def _cpu(positions, query, key, head_size, cos_sin_cache, is_neox=True, value=No
          enable_pdl=None):
     check_rope_args(positions, query, key, head_size, cos_sin_cache, is_neox, value,
                     k_cache, v_cache, cache_loc, k_scale, v_scale)
-    if positions.numel() and (int(positions.min()) < 0
-                              or int(positions.max()) >= cos_sin_cache.size(0)):
-        _fail("positions", f"hold values outside [0, {cos_sin_cache.size(0)}) (the cos/sin "
-              f"cache length): min {int(positions.min())}, max {int(positions.max())}")
+    check_position_range(OP, positions, cos_sin_cache)
     if k_cache is not None:
         check_loc_range(cache_loc, k_cache, OP, "cache_loc")
         check_loc_range(cache_loc, v_cache, OP, "cache_loc")
