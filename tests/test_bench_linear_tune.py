@@ -16,8 +16,13 @@ from fuseinfer.ops.linear.dispatch import LinearDispatch
 
 
 def test_candidates_offer_cublas_always_and_the_gemv_only_while_it_can_run():
-    kinds = [r.kernel for r in tune.candidates(8)]
-    assert kinds[:2] == ["cublas", "gemv"] and set(kinds[2:]) == {"split_k"}
+    rules = tune.candidates(8)
+    gemvs = len(tune.GEMV_CANDIDATES)
+    kinds = [r.kernel for r in rules]
+    assert kinds[:1 + gemvs] == ["cublas"] + ["gemv"] * gemvs
+    assert set(kinds[1 + gemvs:]) == {"split_k"}
+    # the gemv's candidates differ in grid and stages, its only fields
+    assert len({(r.min_programs, r.num_stages) for r in rules[1:1 + gemvs]}) == gemvs
     for max_m in (16, None):
         kinds = [r.kernel for r in tune.candidates(max_m)]
         assert kinds[0] == "cublas" and set(kinds[1:]) == {"split_k"}

@@ -153,31 +153,36 @@ def test_small_batch_linear_bf16_prologues_round_like_their_own_kernels():
 
 
 @needs_interpreter
-@pytest.mark.parametrize("m, n, k", [(1, 37, 1000), (8, 70, 64), (5, 16, 3000)])
-def test_small_batch_linear_kernel_interpreted(m, n, k):
+@pytest.mark.parametrize("m, n, k, programs", [(1, 70, 1000, 2), (1, 37, 1000, 64),
+                                               (8, 70, 64, 1), (5, 16, 3000, 2)])
+def test_small_batch_linear_kernel_interpreted(m, n, k, programs):
+    # programs: a grid smaller than the tiles (each program walks several, unevenly) or
+    # larger (a tile per program)
     x = torch.randn(m, k + 8)[:, :k]  # strided rows
     w = torch.randn(n, k)
     out = torch.full((m, n), float("nan"))
-    launch_small_batch_linear(out, x, w, pdl=False)
+    launch_small_batch_linear(out, x, w, pdl=False, programs=programs)
     torch.testing.assert_close(out, reference_small_batch_linear(x, w)[0], rtol=1e-4, atol=1e-3)
 
 
 @needs_interpreter
-def test_small_batch_linear_silu_mul_kernel_interpreted():
-    x, w = torch.randn(3, 2 * 300), torch.randn(20, 300)
-    out = torch.full((3, 20), float("nan"))
+@pytest.mark.parametrize("m", [1, 3])  # one row: the prologue once per program
+def test_small_batch_linear_silu_mul_kernel_interpreted(m):
+    x, w = torch.randn(m, 2 * 300), torch.randn(100, 300)  # 4 tiles over 2 programs
+    out = torch.full((m, 100), float("nan"))
     launch_small_batch_linear(out, x, w, pdl=False, silu_mul=True)
     torch.testing.assert_close(out, reference_small_batch_linear(x, w, silu_mul=True)[0],
                                rtol=1e-4, atol=1e-3)
 
 
 @needs_interpreter
+@pytest.mark.parametrize("m", [1, 3])
 @pytest.mark.parametrize("with_residual", [False, True])
-def test_small_batch_linear_norm_kernel_interpreted(with_residual):
-    x, w = torch.randn(3, 300), torch.randn(40, 300)
-    nw, res = torch.rand(300) + 0.5, torch.randn(3, 300)
-    out = torch.full((3, 40), float("nan"))
-    res_out = torch.full((3, 300), float("nan")) if with_residual else None
+def test_small_batch_linear_norm_kernel_interpreted(m, with_residual):
+    x, w = torch.randn(m, 300), torch.randn(100, 300)  # 4 tiles over 2 programs
+    nw, res = torch.rand(300) + 0.5, torch.randn(m, 300)
+    out = torch.full((m, 100), float("nan"))
+    res_out = torch.full((m, 300), float("nan")) if with_residual else None
     launch_small_batch_linear(out, x, w, pdl=False, norm_weight=nw,
                               residual=res if with_residual else None, residual_out=res_out)
     want, want_res = reference_small_batch_linear(x, w, norm_weight=nw,

@@ -38,6 +38,43 @@ def test_small_batch_linear_in_a_cuda_graph():
                                atol=2e-2)
 
 
+@pytest.mark.parametrize("programs", [1, 7, 264, 100000])
+@pytest.mark.parametrize("m, prologue", [(1, None), (1, "silu"), (1, "add_norm"),
+                                         (4, None), (3, "add_norm")])
+def test_gemv_grid_walk_in_a_graph_with_pdl(programs, m, prologue):
+    """The gemv's programs walking every programs-th tile (one program for all of them,
+    a grid that does not divide the tiles, more programs than tiles), its prologue once per
+    program at one token: the same result as the reference, replayed in a graph with PDL,
+    the residual sum written once."""
+    from fuseinfer.ops.linear.small_batch_linear import launch_small_batch_linear
+
+    k, n = 4096, 6144 + 4  # a last, partial tile
+    x = torch.randn(m, 2 * k if prologue == "silu" else k, device="cuda",
+                    dtype=torch.bfloat16)
+    w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) / k ** 0.5
+    nw = torch.rand(k, device="cuda", dtype=torch.bfloat16) + 0.5
+    res = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+    res_out = torch.full_like(res, float("nan"))
+    out = torch.full((m, n), float("nan"), device="cuda", dtype=torch.bfloat16)
+    kw = {"silu": {"silu_mul": True},
+          "add_norm": {"norm_weight": nw, "residual": res, "residual_out": res_out},
+          None: {}}[prologue]
+    launch_small_batch_linear(out, x, w, True, programs=programs, **kw)  # warm (compile)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        launch_small_batch_linear(out, x, w, True, programs=programs, **kw)
+    x.copy_(torch.randn_like(x))
+    out.fill_(float("nan"))
+    res_out.fill_(float("nan"))
+    graph.replay()
+    want, want_res = reference_small_batch_linear(
+        x, w, silu_mul=prologue == "silu", norm_weight=nw if prologue == "add_norm" else None,
+        residual=res if prologue == "add_norm" else None)
+    torch.testing.assert_close(out.float(), want, rtol=2e-2, atol=2e-2)
+    if prologue == "add_norm":
+        assert torch.equal(res_out, want_res)
+
+
 @pytest.mark.parametrize("m, k", [(1, 3072), (5, 3072), (16, 3072), (64, 3072), (3, 28672)])
 def test_small_batch_linear_with_silu_mul(m, k):
     """SiLU * up in the matmul's prologue (the gemv at one token, split_k past it or past

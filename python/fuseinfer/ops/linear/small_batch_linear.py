@@ -17,9 +17,11 @@ dispatch entry per M for plain calls (which may also name cuBLAS, torch.mm, for 
 where neither wins). A call with a prologue or the epilogue takes the gemv at one token
 (K <= 16384, no epilogue), else split_k with the tile the table names for its M (cuBLAS
 has no prologues):
-- gemv (triton/small_batch_linear.py): each program loads its weight rows whole (K padded
-  to a power of two) before waiting on the previous kernel, so with PDL the weight read
-  overlaps that kernel; M <= 8, K <= 16384.
+- gemv (triton/small_batch_linear.py): a fixed grid (the rule's min_programs) walks the
+  weight in tiles of whole rows (K padded to a power of two) through shared memory,
+  num_stages deep; each program's first tile is loaded before the wait on the previous
+  kernel, so with PDL the weight read overlaps that kernel. At one token a prologue runs
+  once per program, not once per tile; M <= 8, K <= 16384.
 - split_k (triton/small_m_matmul.py): weight tiles over the tensor cores, K split across
   programs and the slices summed in the last program of each N tile (no extra launch); a
   per-(device, stream) counter buffer, left at zero by every call, counts the arrivals.
@@ -42,7 +44,14 @@ _SCHEMA = ("small_batch_linear(Tensor(a!) out, Tensor x, Tensor weight, bool sil
 MAX_M = 64
 GEMV_MAX_K = 16384
 GEMV_MAX_M = 8
-_TILE = 16384  # gemv: weight elements per program (K_PAD * BLOCK_N), held in registers
+_TILE = 16384  # gemv: weight elements per tile (K_PAD * BLOCK_N), per stage
+# gemv: up to this padded K the first tile is held in registers through the walk; past it
+# that would leave room for one program per SM (local sm_90a build: 133 registers at 16384)
+_FIRST_LAST_MAX_K = 8192
+# gemv: with fewer tiles than this per program the walk's pipeline only adds its fill (on
+# the H200 Qwen3-0.6B's projections ran faster with a tile per program), so each program
+# takes one tile
+_MIN_TILES_PER_PROGRAM = 2
 # split_k's arrival counters per (device, stream): split > 1 only while the N tiles are
 # fewer than min_programs (at most 2^14), so this many always suffice
 _MAX_TILES = 1 << 14
@@ -131,25 +140,45 @@ def _cpu(out, x, weight, silu_mul=False, norm_weight=None, residual=None, residu
 
 def launch_small_batch_linear(out, x, weight, pdl: bool, silu_mul: bool = False,
                               norm_weight=None, residual=None, residual_out=None,
-                              eps: float = 1e-6) -> None:
-    """The Triton launch (also used directly by the interpreter tests on the CPU)."""
+                              eps: float = 1e-6, programs: int | None = None,
+                              stages: int | None = None, first_last: bool | None = None
+                              ) -> None:
+    """The gemv's Triton launch (also used directly by the interpreter tests on the CPU and
+    by the bench): a grid of `programs`, each walking every programs-th weight tile through
+    `stages`-deep shared memory (a program per tile where they are fewer than
+    _MIN_TILES_PER_PROGRAM per program); both default to the `linear` table's rule for M
+    (min_programs, num_stages). first_last: the first tile reduced after the others
+    (default: where K fits _FIRST_LAST_MAX_K)."""
     from ...triton.small_batch_linear import gemv_kernel
 
     m, n, k = x.size(0), weight.size(0), weight.size(1)
     if m == 0 or n == 0:
         return
+    if x.is_cuda and (programs is None or stages is None):
+        from .dispatch import effective
+
+        rule = effective(x.device.index).rule(m)
+        programs = rule.min_programs if programs is None else programs
+        stages = rule.num_stages if stages is None else stages
+    # the interpreter: two programs, each walking several tiles where there are four or more
+    programs, stages = programs or 2, stages or 2
     k_pad = next_pow2(k)
-    block_n = max(1, min(64, _TILE // k_pad))
+    # one row: a tile per stage; more rows: half of that (their inputs are held too)
+    block_n = max(1, min(64, (_TILE if m == 1 else _TILE // 2) // k_pad))
+    tiles = -(-n // block_n)
+    if tiles < _MIN_TILES_PER_PROGRAM * programs:  # a tile per program, nothing to pipeline
+        programs, stages = tiles, 1
     extra = {"launch_pdl": True} if pdl else {}
     norm = 0 if norm_weight is None else (1 if residual is None else 2)
-    gemv_kernel[(-(-n // block_n),)](
+    gemv_kernel[(programs,)](
         x, weight, out, residual if residual is not None else x,
         norm_weight if norm_weight is not None else x,
         residual_out if residual_out is not None else out, m, n, k, x.stride(0),
         weight.stride(0), out.stride(0), residual.stride(0) if residual is not None else 0,
         residual_out.stride(0) if residual_out is not None else 0, eps,
-        BLOCK_N=block_n, K_PAD=k_pad, M_MAX=GEMV_MAX_M, SILU_MUL=silu_mul, NORM=norm, USE_PDL=pdl,
-        num_warps=8, **extra)
+        BLOCK_N=block_n, K_PAD=k_pad, M_MAX=1 if m == 1 else GEMV_MAX_M, SILU_MUL=silu_mul,
+        NORM=norm, STAGES=stages, FIRST_LAST=k_pad <= _FIRST_LAST_MAX_K if first_last is None
+        else first_last, USE_PDL=pdl, num_warps=8, **extra)
 
 
 _SPARE_ROWS = 2  # counter rows kept ready for streams first seen while capturing
@@ -245,7 +274,7 @@ def _cuda(out, x, weight, silu_mul=False, norm_weight=None, residual=None, resid
     m, k = x.size(0), weight.size(1)
     fused = silu_mul or norm_weight is not None or add is not None
     if fused and m == 1 and k <= GEMV_MAX_K and add is None:
-        # one token: the gemv, chosen without a table lookup (the decoder's hot path)
+        # one token: the gemv (the decoder's hot path), its grid from the rule for 1
         launch_small_batch_linear(out, x, weight, use_pdl(enable_pdl, x.device), silu_mul,
                                   norm_weight, residual, residual_out, eps)
         return
