@@ -27,7 +27,7 @@ from fuseinfer.bench.suites.linear import shapes
 from fuseinfer.bench.timing import TimingConfig, buffer_sets, l2_cache_bytes, time_calls
 from fuseinfer.ops.activation.silu_and_mul import silu_and_mul
 from fuseinfer.ops.linear.small_batch_linear import (
-    _TILE,
+    _TILE_BYTES,
     launch_small_batch_linear,
     reference_small_batch_linear,
 )
@@ -47,7 +47,7 @@ def old_launcher(path: str):
                eps=1e-6):  # the launch of the one-tile-per-program gemv
         m, n, k = x.size(0), w.size(0), w.size(1)
         k_pad = next_pow2(k)
-        block_n = max(1, min(64, _TILE // k_pad))
+        block_n = max(1, min(64, _TILE_BYTES // (k_pad * w.element_size())))
         norm = 0 if norm_weight is None else (1 if residual is None else 2)
         module.gemv_kernel[(-(-n // block_n),)](
             x, w, out, residual if residual is not None else x,

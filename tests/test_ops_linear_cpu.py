@@ -166,9 +166,44 @@ def test_small_batch_linear_kernel_interpreted(m, n, k, programs):
 
 
 @needs_interpreter
+@pytest.mark.parametrize("prologue", ["silu", "add_norm"])
+def test_gemv_past_8192_padded_k_interpreted(prologue):
+    """K padded past _FIRST_LAST_MAX_K: the first tile reduced before the walk (the other
+    order), one row per tile, five tiles over two programs."""
+    k, n = 9000, 5
+    x = torch.randn(1, 2 * k if prologue == "silu" else k)
+    w, nw, res = torch.randn(n, k), torch.rand(k) + 0.5, torch.randn(1, k)
+    out, res_out = torch.full((1, n), float("nan")), torch.full((1, k), float("nan"))
+    kw = {"silu_mul": True} if prologue == "silu" else \
+        {"norm_weight": nw, "residual": res, "residual_out": res_out}
+    launch_small_batch_linear(out, x, w, pdl=False, **kw)
+    want, want_res = reference_small_batch_linear(
+        x, w, silu_mul=prologue == "silu", norm_weight=kw.get("norm_weight"),
+        residual=kw.get("residual"))
+    torch.testing.assert_close(out, want, rtol=1e-4, atol=1e-3)
+    if prologue == "add_norm":
+        torch.testing.assert_close(res_out, want_res)
+
+
+def test_a_gemv_rule_launches_with_its_grid_and_stages(monkeypatch):
+    """launch_rule (the op's plain calls, tune gemm's candidates) hands the gemv the rule's
+    min_programs and num_stages, not another rule's."""
+    import fuseinfer.ops.linear.small_batch_linear as sbl
+    from fuseinfer.ops.linear.dispatch import LinearRule
+
+    seen = []
+    monkeypatch.setattr(sbl, "launch_small_batch_linear",
+                        lambda *a, **kw: seen.append((kw["programs"], kw["stages"])))
+    x, w = torch.randn(2, 64), torch.randn(32, 64)
+    sbl.launch_rule(torch.empty(2, 32), x, w, LinearRule(8, "gemv", 64, 128, 7, 4, 4, 3),
+                    pdl=False)
+    assert seen == [(7, 3)]
+
+
+@needs_interpreter
 @pytest.mark.parametrize("m", [1, 3])  # one row: the prologue once per program
 def test_small_batch_linear_silu_mul_kernel_interpreted(m):
-    x, w = torch.randn(m, 2 * 300), torch.randn(100, 300)  # 4 tiles over 2 programs
+    x, w = torch.randn(m, 2 * 300), torch.randn(100, 300)  # several tiles per program (2)
     out = torch.full((m, 100), float("nan"))
     launch_small_batch_linear(out, x, w, pdl=False, silu_mul=True)
     torch.testing.assert_close(out, reference_small_batch_linear(x, w, silu_mul=True)[0],
@@ -179,7 +214,7 @@ def test_small_batch_linear_silu_mul_kernel_interpreted(m):
 @pytest.mark.parametrize("m", [1, 3])
 @pytest.mark.parametrize("with_residual", [False, True])
 def test_small_batch_linear_norm_kernel_interpreted(m, with_residual):
-    x, w = torch.randn(m, 300), torch.randn(100, 300)  # 4 tiles over 2 programs
+    x, w = torch.randn(m, 300), torch.randn(100, 300)  # several tiles per program (2)
     nw, res = torch.rand(300) + 0.5, torch.randn(m, 300)
     out = torch.full((m, 100), float("nan"))
     res_out = torch.full((m, 300), float("nan")) if with_residual else None

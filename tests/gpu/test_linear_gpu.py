@@ -39,23 +39,27 @@ def test_small_batch_linear_in_a_cuda_graph():
 
 
 @pytest.mark.parametrize("programs", [1, 7, 264, 100000])
-@pytest.mark.parametrize("m, prologue", [(1, None), (1, "silu"), (1, "add_norm"),
-                                         (4, None), (3, "add_norm")])
-def test_gemv_grid_walk_in_a_graph_with_pdl(programs, m, prologue):
+@pytest.mark.parametrize("m, prologue, k, dtype", [
+    (1, None, 4096, torch.bfloat16), (1, "silu", 4096, torch.bfloat16),
+    (1, "add_norm", 4096, torch.bfloat16), (4, None, 4096, torch.bfloat16),
+    (3, "add_norm", 4096, torch.bfloat16),
+    # K padded past 8192 (the first tile before the walk), fp32 (fewer stages fit)
+    (1, "silu", 12288, torch.bfloat16), (1, "add_norm", 12288, torch.bfloat16),
+    (1, "add_norm", 4096, torch.float32), (1, None, 16384, torch.float32)])
+def test_gemv_grid_walk_in_a_graph_with_pdl(programs, m, prologue, k, dtype):
     """The gemv's programs walking every programs-th tile (one program for all of them,
     a grid that does not divide the tiles, more programs than tiles), its prologue once per
     program at one token: the same result as the reference, replayed in a graph with PDL,
     the residual sum written once."""
     from fuseinfer.ops.linear.small_batch_linear import launch_small_batch_linear
 
-    k, n = 4096, 6144 + 4  # a last, partial tile
-    x = torch.randn(m, 2 * k if prologue == "silu" else k, device="cuda",
-                    dtype=torch.bfloat16)
-    w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) / k ** 0.5
-    nw = torch.rand(k, device="cuda", dtype=torch.bfloat16) + 0.5
-    res = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+    n = 6144 + 4  # a last, partial tile
+    x = torch.randn(m, 2 * k if prologue == "silu" else k, device="cuda", dtype=dtype)
+    w = torch.randn(n, k, device="cuda", dtype=dtype) / k ** 0.5
+    nw = torch.rand(k, device="cuda", dtype=dtype) + 0.5
+    res = torch.randn(m, k, device="cuda", dtype=dtype)
     res_out = torch.full_like(res, float("nan"))
-    out = torch.full((m, n), float("nan"), device="cuda", dtype=torch.bfloat16)
+    out = torch.full((m, n), float("nan"), device="cuda", dtype=dtype)
     kw = {"silu": {"silu_mul": True},
           "add_norm": {"norm_weight": nw, "residual": res, "residual_out": res_out},
           None: {}}[prologue]
@@ -70,7 +74,8 @@ def test_gemv_grid_walk_in_a_graph_with_pdl(programs, m, prologue):
     want, want_res = reference_small_batch_linear(
         x, w, silu_mul=prologue == "silu", norm_weight=nw if prologue == "add_norm" else None,
         residual=res if prologue == "add_norm" else None)
-    torch.testing.assert_close(out.float(), want, rtol=2e-2, atol=2e-2)
+    tol = 1e-4 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(out.float(), want, rtol=tol, atol=tol)
     if prologue == "add_norm":
         assert torch.equal(res_out, want_res)
 

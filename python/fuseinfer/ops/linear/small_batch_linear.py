@@ -44,7 +44,10 @@ _SCHEMA = ("small_batch_linear(Tensor(a!) out, Tensor x, Tensor weight, bool sil
 MAX_M = 64
 GEMV_MAX_K = 16384
 GEMV_MAX_M = 8
-_TILE = 16384  # gemv: weight elements per tile (K_PAD * BLOCK_N), per stage
+_TILE_BYTES = 32768  # gemv: weight bytes per tile (K_PAD * BLOCK_N * itemsize), per stage
+# gemv: shared memory its walk may take (stages - 1 tiles in flight there): what every
+# sm_80+ GPU gives one block, so a deeper rule or an fp32 weight takes fewer stages
+_WALK_SMEM_BYTES = 96 * 1024
 # gemv: up to this padded K the first tile is held in registers through the walk; past it
 # that would leave room for one program per SM (local sm_90a build: 133 registers at 16384)
 _FIRST_LAST_MAX_K = 8192
@@ -164,10 +167,13 @@ def launch_small_batch_linear(out, x, weight, pdl: bool, silu_mul: bool = False,
     programs, stages = programs or 2, stages or 2
     k_pad = next_pow2(k)
     # one row: a tile per stage; more rows: half of that (their inputs are held too)
-    block_n = max(1, min(64, (_TILE if m == 1 else _TILE // 2) // k_pad))
+    tile_bytes = _TILE_BYTES if m == 1 else _TILE_BYTES // 2
+    block_n = max(1, min(64, tile_bytes // (k_pad * weight.element_size())))
     tiles = -(-n // block_n)
     if tiles < _MIN_TILES_PER_PROGRAM * programs:  # a tile per program, nothing to pipeline
         programs, stages = tiles, 1
+    stage_bytes = block_n * k_pad * weight.element_size()
+    stages = max(1, min(stages, 1 + _WALK_SMEM_BYTES // stage_bytes))
     extra = {"launch_pdl": True} if pdl else {}
     norm = 0 if norm_weight is None else (1 if residual is None else 2)
     gemv_kernel[(programs,)](
@@ -329,7 +335,8 @@ def launch_rule(out, x, weight, rule, pdl: bool) -> None:
     if rule.kernel == "cublas":
         torch.mm(x, weight.t(), out=out)
     elif rule.kernel == "gemv" and m <= GEMV_MAX_M and k <= GEMV_MAX_K:
-        launch_small_batch_linear(out, x, weight, pdl)
+        launch_small_batch_linear(out, x, weight, pdl, programs=rule.min_programs,
+                                  stages=rule.num_stages)
     else:
         launch_small_m_matmul(out, x, weight, rule, pdl)
 
