@@ -17,6 +17,20 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO / "python") not in sys.path:
     sys.path.insert(0, str(REPO / "python"))
 
+# FUSEINFER_TRITON_LAUNCH_LOG=PATH: keep every distinct interpreted Triton launch and write
+# them to PATH at the end, for fuseinfer.jit.triton_compile_check to compile for a GPU
+_write_launches = None
+if os.environ.get("FUSEINFER_TRITON_LAUNCH_LOG") and \
+        os.environ.get("TRITON_INTERPRET") == "1":
+    from fuseinfer.jit.triton_compile_check import record_interpreted_launches
+
+    _write_launches = record_interpreted_launches(os.environ["FUSEINFER_TRITON_LAUNCH_LOG"])
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _write_launches is not None:
+        _write_launches()
+
 
 # Options that ask pytest-benchmark for numbers; without any, the benchmarks (tests/host_bench)
 # run as plain tests: each body once, its asserts checked, nothing timed.
