@@ -22,10 +22,10 @@ from ..triton_launch import next_pow2, use_pdl
 from .per_token_group_quant_fp8 import (
     EPS,
     FP8_MAX,
-    check_group_quant,
     empty_group_quant,
     reference_per_token_group_quant_fp8,
 )
+from .quant_checks import check_group_quant
 
 _SCHEMA = ("fused_add_rmsnorm_quant_fp8(Tensor(a!) q, Tensor(b!) scales, Tensor input, "
            "Tensor(c!) residual, Tensor weight, int group_size, float eps=1e-06, "

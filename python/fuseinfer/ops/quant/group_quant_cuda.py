@@ -21,7 +21,7 @@ import torch
 from ..arg_checks import has_storage
 from ..library import define, impl_cuda_on_first_use, impl_fake, module_loader
 from .dispatch import OP_FAMILY, effective
-from .per_token_group_quant_fp8 import check_group_quant
+from .quant_checks import check_group_quant
 
 NAME = "_per_token_group_quant_fp8_cuda"
 _SCHEMA = (f"{NAME}(Tensor(a!) q, Tensor(b!) scales, Tensor input, int group_size, "

@@ -22,14 +22,12 @@ from __future__ import annotations
 
 import torch
 
-from ..arg_checks import fail
 from ..library import LIB, define, impl_cpu, impl_fake
 from ..triton_launch import next_pow2, use_pdl
+from .quant_checks import FP8, check_group_quant
 
 _SCHEMA = ("per_token_group_quant_fp8(Tensor(a!) q, Tensor(b!) scales, Tensor input, "
            "int group_size, bool scale_ue8m0=False, bool? enable_pdl=None) -> ()")
-_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
-FP8 = torch.float8_e4m3fn
 FP8_MAX = 448.0
 EPS = 1e-10  # an all-zero group still gets a finite, non-zero scale
 
@@ -57,42 +55,6 @@ def reference_per_token_group_quant_fp8(x: torch.Tensor, group_size: int,
 def _check(q: torch.Tensor, scales: torch.Tensor, input: torch.Tensor, group_size: int,
            scale_ue8m0: bool = False, enable_pdl: bool | None = None) -> None:
     check_group_quant("per_token_group_quant_fp8", q, scales, input, group_size)
-
-
-def check_group_quant(op: str, q: torch.Tensor, scales: torch.Tensor, input: torch.Tensor,
-                      group_size: int, q_dtype: torch.dtype = FP8) -> None:
-    """The arguments of a group quantization of `input` [M, K] (for a fused op: the
-    values it quantizes), errors in `op`'s name."""
-    check_rows_quant(op, q, input, q_dtype)
-    if group_size < 16 or group_size > 1024 or group_size & (group_size - 1):
-        fail(op, "group_size", f"must be a power of two in [16, 1024], got {group_size}")
-    m, k = input.shape
-    if k % group_size:
-        fail(op, "input", f"its quantized channels ({k}) must be a multiple of group_size "
-             f"({group_size})")
-    want = [m, k // group_size]
-    if list(scales.shape) != want or scales.dtype != torch.float32 \
-            or scales.device != input.device:
-        fail(op, "scales", f"must be float32 {want} on {input.device}, got {scales.dtype} "
-             f"{list(scales.shape)} on {scales.device}")
-
-
-def check_rows_quant(op: str, q: torch.Tensor, input: torch.Tensor,
-                     q_dtype: torch.dtype = FP8) -> None:
-    """input [M, K] (bf16, fp16 or fp32, contiguous last dim) and q like it in q_dtype:
-    what every quantization of rows checks, errors in `op`'s name."""
-    if input.dim() != 2:
-        fail(op, "input", f"must be [tokens, channels], got {list(input.shape)}")
-    if input.dtype not in _DTYPES:
-        fail(op, "input", f"must be bfloat16, float16 or float32, got {input.dtype}")
-    m, k = input.shape
-    if k and input.stride(1) != 1:
-        fail(op, "input", "must have a contiguous last dim")
-    if list(q.shape) != [m, k] or q.dtype != q_dtype or q.device != input.device:
-        fail(op, "q", f"must be {q_dtype} {[m, k]} on {input.device}, got {q.dtype} "
-             f"{list(q.shape)} on {q.device}")
-    if k and q.stride(1) != 1:
-        fail(op, "q", "must have a contiguous last dim")
 
 
 def padded_rows(m: int) -> int:

@@ -16,11 +16,11 @@ from ..library import LIB, define, impl_cpu, impl_fake
 from ..triton_launch import use_pdl
 from .per_token_group_quant_fp8 import (
     EPS,
-    check_group_quant,
     divided,
     empty_group_quant,
     launch_groups,
 )
+from .quant_checks import check_group_quant
 
 _SCHEMA = ("per_token_group_quant_int8(Tensor(a!) q, Tensor(b!) scales, Tensor input, "
            "int group_size, bool? enable_pdl=None) -> ()")

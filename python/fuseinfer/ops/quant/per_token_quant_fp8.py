@@ -17,7 +17,8 @@ import torch
 from ..arg_checks import fail
 from ..library import LIB, define, impl_cpu, impl_fake
 from ..triton_launch import next_pow2, use_pdl
-from .per_token_group_quant_fp8 import EPS, FP8, FP8_MAX, check_rows_quant, divided
+from .per_token_group_quant_fp8 import EPS, FP8_MAX, divided
+from .quant_checks import FP8, check_rows_quant
 
 _SCHEMA = ("per_token_quant_fp8(Tensor(a!) q, Tensor(b!) scales, Tensor input, "
            "bool? enable_pdl=None) -> ()")

@@ -19,11 +19,11 @@ from ..arg_checks import fail
 from ..library import LIB, define, impl_cpu, impl_fake
 from ..triton_launch import use_pdl
 from .per_token_group_quant_fp8 import (
-    check_group_quant,
     empty_group_quant,
     launch_groups,
     reference_per_token_group_quant_fp8,
 )
+from .quant_checks import check_group_quant
 
 _SCHEMA = ("silu_and_mul_quant_fp8(Tensor(a!) q, Tensor(b!) scales, Tensor input, "
            "int group_size, bool scale_ue8m0=False, bool? enable_pdl=None) -> ()")
