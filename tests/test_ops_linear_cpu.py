@@ -187,17 +187,18 @@ def test_gemv_past_8192_padded_k_interpreted(prologue):
 
 def test_a_gemv_rule_launches_with_its_grid_and_stages(monkeypatch):
     """launch_rule (the op's plain calls, tune gemm's candidates) hands the gemv the rule's
-    min_programs and num_stages, not another rule's."""
+    min_programs, num_stages and num_warps, not another rule's."""
     import fuseinfer.ops.linear.small_batch_linear as sbl
     from fuseinfer.ops.linear.dispatch import LinearRule
 
     seen = []
     monkeypatch.setattr(sbl, "launch_small_batch_linear",
-                        lambda *a, **kw: seen.append((kw["programs"], kw["stages"])))
+                        lambda *a, **kw: seen.append((kw["programs"], kw["stages"],
+                                                      kw["warps"])))
     x, w = torch.randn(2, 64), torch.randn(32, 64)
-    sbl.launch_rule(torch.empty(2, 32), x, w, LinearRule(8, "gemv", 64, 128, 7, 4, 4, 3),
+    sbl.launch_rule(torch.empty(2, 32), x, w, LinearRule(8, "gemv", 64, 128, 7, 4, 2, 3),
                     pdl=False)
-    assert seen == [(7, 3)]
+    assert seen == [(7, 3, 2)]
 
 
 @needs_interpreter

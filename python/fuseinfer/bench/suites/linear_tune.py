@@ -5,7 +5,7 @@ Timed the way `fuseinfer bench gemm` times (CUDA-graph replay, weights rotated p
 where they fit in it), on the dense projections of qwen3-8b and llama-3.1-8b (qkv, o,
 gate_up, down; --models for others): for each M bucket the candidate with the lowest
 geometric-mean time over those projections wins. Candidates: cuBLAS (torch.mm), the gemv
-(M <= 8 buckets; grid sizes and stage counts) and a menu of split_k tiles (block_n x
+(M <= 8 buckets; grid sizes, stage counts, warps) and a menu of split_k tiles (block_n x
 block_k, programs wanted, k steps per slice, warps, stages).
 """
 
@@ -36,8 +36,8 @@ SPLIT_K_CANDIDATES = (
     (128, 64, 264, 4, 4, 4), (64, 256, 264, 2, 8, 3), (32, 64, 528, 4, 4, 6),
     (16, 256, 528, 2, 4, 3), (64, 128, 132, 4, 4, 4), (128, 128, 264, 2, 8, 3))
 GEMV = "gemv"
-# the gemv: (min_programs, num_stages): its grid and the depth of its walk
-GEMV_CANDIDATES = ((264, 4), (264, 3), (132, 4), (396, 2))
+# the gemv: (min_programs, num_stages, num_warps): its grid, the depth of its walk, warps
+GEMV_CANDIDATES = ((264, 4, 8), (264, 3, 8), (132, 4, 8), (396, 2, 8), (264, 4, 4))
 
 
 def candidates(max_m: int | None) -> list[Any]:
@@ -48,7 +48,8 @@ def candidates(max_m: int | None) -> list[Any]:
 
     rules = [LinearRule(max_m, "cublas", 64, 128, 264, 4, 4, 4)]
     if max_m is not None and max_m <= GEMV_MAX_M:
-        rules += [LinearRule(max_m, GEMV, 64, 128, p, 4, 4, st) for p, st in GEMV_CANDIDATES]
+        rules += [LinearRule(max_m, GEMV, 64, 128, p, 4, w, st)
+                  for p, st, w in GEMV_CANDIDATES]
     return rules + [LinearRule(max_m, "split_k", *c) for c in SPLIT_K_CANDIDATES]
 
 

@@ -3,8 +3,8 @@ M rows (no prologue), and its tile.
 
 Rules are tried in order by M; the last has max_m null (any M up to MAX_M). A rule's
 kernel is "gemv" (triton/small_batch_linear.py: whole-K tiles of rows walked by a grid of
-min_programs programs, num_stages deep; K up to 16384, M up to 8; its block and warp
-fields are unused), "split_k" (triton/small_m_matmul.py: BLOCK_N x BLOCK_K weight tiles
+min_programs programs of num_warps warps, num_stages deep; K up to 16384, M up to 8;
+its block fields are unused), "split_k" (triton/small_m_matmul.py: BLOCK_N x BLOCK_K weight tiles
 over the tensor cores, K split until the grid has at least `min_programs` programs, each
 slice at least `min_k_steps` k steps, the slices summed by the last program of each N
 tile) or "cublas" (torch.mm; the tile fields are then unused), so a runtime that routes
@@ -94,7 +94,7 @@ BUILTIN = LinearDispatch(
     source="built-in default: the gemv at one row, cuBLAS past it (untuned)",
     enable_pdl=True,
     rules=(
-        LinearRule(1, "gemv", 64, 128, 264, 4, 4, 4),
+        LinearRule(1, "gemv", 64, 128, 264, 4, 8, 4),
         LinearRule(None, "cublas", 64, 128, 264, 4, 4, 4),
     ),
 )

@@ -144,27 +144,28 @@ def _cpu(out, x, weight, silu_mul=False, norm_weight=None, residual=None, residu
 def launch_small_batch_linear(out, x, weight, pdl: bool, silu_mul: bool = False,
                               norm_weight=None, residual=None, residual_out=None,
                               eps: float = 1e-6, programs: int | None = None,
-                              stages: int | None = None, first_last: bool | None = None
-                              ) -> None:
+                              stages: int | None = None, first_last: bool | None = None,
+                              warps: int | None = None) -> None:
     """The gemv's Triton launch (also used directly by the interpreter tests on the CPU and
     by the bench): a grid of `programs`, each walking every programs-th weight tile through
     `stages`-deep shared memory (a program per tile where they are fewer than
-    _MIN_TILES_PER_PROGRAM per program); both default to the `linear` table's rule for M
-    (min_programs, num_stages). first_last: the first tile reduced after the others
-    (default: where K fits _FIRST_LAST_MAX_K)."""
+    _MIN_TILES_PER_PROGRAM per program), `warps` warps each; all three default to the
+    `linear` table's rule for M (min_programs, num_stages, num_warps). first_last: the
+    first tile reduced after the others (default: where K fits _FIRST_LAST_MAX_K)."""
     from ...triton.small_batch_linear import gemv_kernel
 
     m, n, k = x.size(0), weight.size(0), weight.size(1)
     if m == 0 or n == 0:
         return
-    if x.is_cuda and (programs is None or stages is None):
+    if x.is_cuda and (programs is None or stages is None or warps is None):
         from .dispatch import effective
 
         rule = effective(x.device.index).rule(m)
         programs = rule.min_programs if programs is None else programs
         stages = rule.num_stages if stages is None else stages
+        warps = rule.num_warps if warps is None else warps
     # the interpreter: two programs, each walking several tiles where there are four or more
-    programs, stages = programs or 2, stages or 2
+    programs, stages, warps = programs or 2, stages or 2, warps or 8
     k_pad = next_pow2(k)
     # one row: a tile per stage; more rows: half of that (their inputs are held too)
     tile_bytes = _TILE_BYTES if m == 1 else _TILE_BYTES // 2
@@ -184,7 +185,7 @@ def launch_small_batch_linear(out, x, weight, pdl: bool, silu_mul: bool = False,
         residual_out.stride(0) if residual_out is not None else 0, eps,
         BLOCK_N=block_n, K_PAD=k_pad, M_MAX=1 if m == 1 else GEMV_MAX_M, SILU_MUL=silu_mul,
         NORM=norm, STAGES=stages, FIRST_LAST=k_pad <= _FIRST_LAST_MAX_K if first_last is None
-        else first_last, USE_PDL=pdl, num_warps=8, **extra)
+        else first_last, USE_PDL=pdl, num_warps=warps, **extra)
 
 
 _SPARE_ROWS = 2  # counter rows kept ready for streams first seen while capturing
@@ -336,7 +337,7 @@ def launch_rule(out, x, weight, rule, pdl: bool) -> None:
         torch.mm(x, weight.t(), out=out)
     elif rule.kernel == "gemv" and m <= GEMV_MAX_M and k <= GEMV_MAX_K:
         launch_small_batch_linear(out, x, weight, pdl, programs=rule.min_programs,
-                                  stages=rule.num_stages)
+                                  stages=rule.num_stages, warps=rule.num_warps)
     else:
         launch_small_m_matmul(out, x, weight, rule, pdl)
 
