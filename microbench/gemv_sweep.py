@@ -8,7 +8,8 @@ Per projection at M = 1 (µs, % of copy bandwidth on the weight bytes; CUDA-grap
 weights rotated past L2): cuBLAS; the gemv at each grid size, stage count and first-tile
 order; with its best tile, the projection with the prologue the decoder gives it (qkv and
 gate_up: add + RMSNorm, down: SiLU * up) fused into the gemv and as its own kernel before
-the plain gemv. Then one decoder layer's four matmuls back to back, each way. --old: the
+the plain gemv. Then one decoder layer's four matmuls back to back, each way, at each
+projection's best tile and at the table's (`@table`, what the runtime runs). --old: the
 same through an older gemv kernel file (one tile per program), for a same-run
 before/after.
 """
@@ -154,8 +155,10 @@ def main() -> None:
             layer[shape.proj] = entry
     # one layer's four matmuls, back to back (the first set of each)
     def run_layer(mode: str, i: int) -> None:
+        mode, _, grid = mode.partition("@")  # "@table": the table's tile, not the best
         for proj in ("qkv", "o", "gate_up", "down"):
             ws, xs, outs, res, res_out, nw, kw, pro, tile = layer[proj]
+            tile = {} if grid == "table" else tile
             j = i % len(ws)
             x = xs[j] if mode != "plain" else (xs[j][:, :ws[j].size(1)])
             if mode == "fused" or pro is None:
@@ -174,7 +177,8 @@ def main() -> None:
                 launch_small_batch_linear(outs[j], x, ws[j], True, **tile)
     count = max(len(v[0]) for v in layer.values())
     summary = {}
-    for mode in ["plain", "fused", "unfused"] + (["old_fused"] if old else []):
+    modes = ["plain", "fused", "unfused", "plain@table", "fused@table", "unfused@table"]
+    for mode in modes + (["old_fused"] if old else []):
         summary[mode] = time_calls([lambda i=i, mode=mode: run_layer(mode, i)
                                     for i in range(count)], config).median_us
     lbytes = sum(v[0][0].numel() * 2 for v in layer.values())
