@@ -150,6 +150,10 @@ def _decode_args(batch=2, hq=4, hkv=2, d=64, splits=2):
     (dict(page_table=torch.zeros(1, 5, dtype=torch.int32)), "page_table must be int32"),
     (dict(partial_lse=torch.empty(2, 4, 3)), "partial_out must be contiguous float32"),
     (dict(logit_cap=-1.0), "logit_cap must be >= 0"),
+    (dict(merge_counters=torch.zeros(2, 4, dtype=torch.int64)),
+     "merge_counters must be contiguous int32"),
+    (dict(merge_counters=torch.zeros(1, 4, dtype=torch.int32)),
+     r"merge_counters must be contiguous int32 \[>= 2, 4\]"),
 ])
 def test_decode_op_rejects_bad_arguments(change, message):
     args = {**_decode_args(), **change}
@@ -173,7 +177,8 @@ def test_prefill_op_checks_q_indptr_and_runs_on_meta():
 
 @pytest.mark.parametrize("op, args, written", [
     ("paged_prefill_attention", PrefillArgs, ("out", "lse")),
-    ("paged_decode_attention", DecodeArgs, ("partial_out", "partial_lse", "out", "lse")),
+    ("paged_decode_attention", DecodeArgs, ("partial_out", "partial_lse", "out", "lse",
+                                            "merge_counters")),
 ])
 def test_schema_is_the_argument_tuple(op, args, written):
     """The registered schema lists the tuple's fields in order, with its defaults, and marks
@@ -185,7 +190,8 @@ def test_schema_is_the_argument_tuple(op, args, written):
     launch = next(a for a in schema.arguments if a.name == "launch")
     assert list(launch.default_value) == list(args._field_defaults["launch"])
     optional = {a.name for a in schema.arguments if a.type.kind() == "OptionalType"}
-    assert optional == {"lse", "sinks", "k_scale", "v_scale", "window_left", "enable_pdl"}
+    assert optional == {"lse", "sinks", "k_scale", "v_scale", "window_left", "enable_pdl"} \
+        | ({"merge_counters"} if op == "paged_decode_attention" else set())
     assert len(schema.returns) == 0
 
 
@@ -270,6 +276,7 @@ def test_prefill_kernel_interpreted(case):
 
 
 @needs_interpreter
+@pytest.mark.parametrize("fused_merge", [True, False])
 @pytest.mark.parametrize("tensor_cores", [True, False])
 @pytest.mark.parametrize("case", [
     dict(page_size=1, splits=1),
@@ -277,7 +284,9 @@ def test_prefill_kernel_interpreted(case):
     dict(page_size=2, splits=4, fp8=True, logit_cap=3.0),
     dict(page_size=32, splits=2, sinks=True, window_left=20),  # a key block in one page
 ])
-def test_decode_kernel_interpreted(case, tensor_cores):
+def test_decode_kernel_interpreted(case, tensor_cores, fused_merge):
+    """Split-KV decode against the reference, its pieces merged by the last piece to finish
+    (fused_merge: the counters are left at zero) or by the merge kernel."""
     from fuseinfer.ops.attention.launch import launch_decode
 
     kv_lens = [40, 0, 7, 25]  # row 1 is a padded batch row
@@ -288,15 +297,22 @@ def test_decode_kernel_interpreted(case, tensor_cores):
     sinks = torch.randn(hq) if case.get("sinks") else None
     kw = dict(sinks=sinks, window_left=case.get("window_left"),
               logit_cap=case.get("logit_cap", 0.0))
-    attn = PagedAttention(AttentionShape(hq, hkv, d, case["page_size"]), "cpu")
+    attn = PagedAttention(AttentionShape(hq, hkv, d, case["page_size"]), "cpu",
+                          fused_merge=fused_merge)
     plan = attn.plan_decode(kv_lens, kv.page_table, splits=case["splits"])
+    assert (plan.merge_counters is not None) == fused_merge
     out = torch.full_like(q, float("nan"))
     lse = torch.full((q.size(0), hq), float("nan"))
-    launch_decode(DecodeArgs(
-        q, kv.k_cache, kv.v_cache, plan.page_table, plan.kv_lens, plan.partial_out,
-        plan.partial_lse, out, lse, k_scale=kv.k_scale, v_scale=kv.v_scale, sm_scale=0.125,
-        launch=DecodeLaunch(16, 4, 1, 16, 4 if tensor_cores else 100), enable_pdl=False,
-        **kw))
+    for _ in range(2):  # twice: the counters are back at zero for the next call
+        out.fill_(float("nan"))
+        lse.fill_(float("nan"))
+        launch_decode(DecodeArgs(
+            q, kv.k_cache, kv.v_cache, plan.page_table, plan.kv_lens, plan.partial_out,
+            plan.partial_lse, out, lse, k_scale=kv.k_scale, v_scale=kv.v_scale,
+            sm_scale=0.125, launch=DecodeLaunch(16, 4, 1, 16, 4 if tensor_cores else 100),
+            enable_pdl=False, merge_counters=plan.merge_counters, **kw))
+        if fused_merge:
+            assert (plan.merge_counters == 0).all()
     want, want_lse = reference_paged_attention(
         q, kv.k_cache, kv.v_cache, kv.page_table, torch.arange(5, dtype=torch.int32),
         plan.kv_lens, sm_scale=0.125, k_scale=kv.k_scale, v_scale=kv.v_scale, **kw)

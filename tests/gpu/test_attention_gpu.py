@@ -1,7 +1,8 @@
 """Paged attention (Triton kernels) on the GPU against the float32 reference (itself checked
 against SDPA and the sink identity in the CPU suite): head dims, page sizes, GQA groups,
 ragged extend batches, windows, sinks, soft-cap, FP8 KV, lse, split-KV, both decode
-paths, padded rows, PDL on/off, CUDA-graph replay with changing lengths, torch.compile."""
+paths, padded rows, the split pieces merged by the last to finish or by a second kernel,
+PDL on/off, CUDA-graph replay with changing lengths, torch.compile."""
 
 from __future__ import annotations
 
@@ -116,6 +117,36 @@ def test_decode_both_paths_and_fp8(tensor_core_min_group):
         plan, out, lse = _decode(attn, kv, kv_lens, q, **kw)
         indptr = torch.arange(4, dtype=torch.int32, device="cuda")
         _check(out, lse, q, kv, kv.page_table, indptr, plan.kv_lens, torch.float16,
+               128 ** -0.5, **kw)
+
+
+@pytest.mark.parametrize("tensor_core_min_group", [1, 64])
+@pytest.mark.parametrize("features", ["plain", "window-sinks-cap"])
+def test_fused_merge_matches_the_merge_kernel(tensor_core_min_group, features):
+    """Pieces merged by the last one to finish (the default) against the merge kernel and
+    the reference, three calls in a row (the counters return to zero), FP8 scales too."""
+    table = ATTENTION_BUILTIN.__class__(**{**ATTENTION_BUILTIN.__dict__,
+                                           "tensor_core_min_group": tensor_core_min_group})
+    kv_lens = [1, 4100, 0, 333, 64, 2048, 9000]
+    for fp8 in (False, True):
+        kv = make_paged_kv(kv_lens, 8, 128, 16, torch.bfloat16, "cuda", fp8=fp8, poison=True)
+        q = torch.randn(len(kv_lens), 32, 128, device="cuda", dtype=torch.bfloat16)
+        kw = _features(features, 32)
+        got = []
+        for fused in (True, False):
+            attn = PagedAttention(AttentionShape(32, 8, 128, 16), "cuda", table=table,
+                                  fused_merge=fused)
+            for _ in range(3):
+                plan, out, lse = _decode(attn, kv, kv_lens, q, **kw)
+            assert plan.splits > 1
+            if fused:
+                assert (plan.merge_counters == 0).all()
+            got.append((out, lse))
+        (out, lse), (out_ref, lse_ref) = got
+        torch.testing.assert_close(out.float(), out_ref.float(), rtol=1e-2, atol=1e-2)
+        torch.testing.assert_close(lse, lse_ref, rtol=1e-5, atol=1e-5)
+        indptr = torch.arange(len(kv_lens) + 1, dtype=torch.int32, device="cuda")
+        _check(out, lse, q, kv, kv.page_table, indptr, plan.kv_lens, torch.bfloat16,
                128 ** -0.5, **kw)
 
 

@@ -6,7 +6,11 @@ the weights' sum l and acc = sum exp2(s - m) v, as out = acc / l and lse = m + l
 How many pieces a request gets is decided here from its length (at most the grid's
 split count, each at least MIN_CHUNK tokens), so one launch shape serves every length.
 Stage 2 merges a request's pieces, adds the sink to the denominator and scales by
-v_scale. A request that fits one piece is finished by stage 1 directly.
+v_scale. A request that fits one piece is finished by stage 1 directly. With FUSED_MERGE
+there is no stage 2 launch: each piece counts itself in a per-(request, head group)
+counter after storing its partial, and the last to arrive merges the pieces, in piece
+order (so the result does not depend on which finishes last), and sets the counter back
+to zero.
 """
 
 from __future__ import annotations
@@ -54,8 +58,52 @@ def _finish(acc, m_i, l_i, Sinks, heads, head_ok, VScale, HAS_SINKS: tl.constexp
 
 
 @triton.jit
+def _merge_pieces(PartO, PartLse, part, pieces, stride_part_split, head_ok, offs_d,
+                  HEAD_DIM: tl.constexpr):
+    """(acc, l, m) of a request's pieces for the heads at `part` (their offsets at piece
+    0): m the largest piece lse (base 2), acc and l their outputs and weights scaled by
+    2^(lse - m), as merge_kernel sums them."""
+    m = tl.where(head_ok, float("-inf"), 0.0)
+    for s in range(0, pieces):
+        m = tl.maximum(m, tl.load(PartLse + part + s * stride_part_split, mask=head_ok,
+                                  other=0.0, cache_modifier=".cg"))
+    acc = tl.zeros([part.shape[0], HEAD_DIM], tl.float32)
+    l_sum = tl.zeros([part.shape[0]], tl.float32)
+    for s in range(0, pieces):
+        at = part + s * stride_part_split
+        w = tl.math.exp2(tl.load(PartLse + at, mask=head_ok, other=0.0,
+                                 cache_modifier=".cg") - m)
+        acc += tl.load(PartO + at[:, None] * HEAD_DIM + offs_d[None, :],
+                       mask=head_ok[:, None], other=0.0, cache_modifier=".cg") * w[:, None]
+        l_sum += w
+    return acc, l_sum, m
+
+
+@triton.jit
+def _finish_merged(acc, l_sum, m, Out, Lse, Sinks, VScale, out_at, lse_at, heads, head_ok,
+                   offs_d, HAS_SINKS: tl.constexpr, HAS_LSE: tl.constexpr,
+                   KV_SCALED: tl.constexpr):
+    """Store merged pieces: the sink joins the denominator, v_scale scales the output."""
+    if HAS_SINKS:
+        sink = tl.load(Sinks + heads, mask=head_ok, other=0.0).to(tl.float32) \
+            * 1.4426950408889634
+        m_fin = tl.maximum(m, sink)
+        scale = tl.math.exp2(m - m_fin)
+        acc = acc * scale[:, None]
+        l_sum = l_sum * scale + tl.math.exp2(sink - m_fin)
+        m = m_fin
+    out = acc / l_sum[:, None]
+    if KV_SCALED:
+        out = out * tl.load(VScale)
+    tl.store(Out + out_at[:, None] + offs_d[None, :], out.to(Out.dtype.element_ty),
+             mask=head_ok[:, None])
+    if HAS_LSE:
+        tl.store(Lse + lse_at, (m + tl.math.log2(l_sum)) * 0.6931471805599453, mask=head_ok)
+
+
+@triton.jit
 def decode_kernel(
-    Q, K, V, Out, Lse, PartO, PartLse, Sinks, PageTable, KvLens, KScale, VScale,
+    Q, K, V, Out, Lse, PartO, PartLse, Sinks, PageTable, KvLens, KScale, VScale, Counters,
     sm_scale, logit_cap, window_left, num_q_heads, num_splits_max,
     stride_q_req, stride_q_head, stride_k_slot, stride_k_head, stride_v_slot, stride_v_head,
     stride_o_req, stride_o_head, stride_lse_req, stride_page_row,
@@ -64,7 +112,7 @@ def decode_kernel(
     PAGE_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr,
     MIN_CHUNK: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_SINKS: tl.constexpr,
     HAS_CAP: tl.constexpr, HAS_LSE: tl.constexpr, KV_SCALED: tl.constexpr,
-    USE_PDL: tl.constexpr, DOT_F32: tl.constexpr,
+    FUSED_MERGE: tl.constexpr, USE_PDL: tl.constexpr, DOT_F32: tl.constexpr,
 ):
     req = tl.program_id(0)
     unit = tl.program_id(1)  # a KV group (USE_DOT) or a single q head
@@ -153,6 +201,19 @@ def decode_kernel(
                  mask=head_ok[:, None])
         part_lse = tl.where(l_i > 0, m_i + tl.math.log2(l_i), float("-inf"))
         tl.store(PartLse + part, part_lse, mask=head_ok)
+        if FUSED_MERGE:
+            tl.debug_barrier()  # every thread's partial is stored before the count releases it
+            counter = Counters + req.to(tl.int64) * num_q_heads + unit
+            arrived = tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu")
+            if arrived == pieces - 1:  # the last piece: the others' partials are visible
+                tl.atomic_xchg(counter, 0, sem="relaxed", scope="gpu")
+                first = part - split * stride_part_split
+                acc, l_sum, m = _merge_pieces(PartO, PartLse, first, pieces,
+                                              stride_part_split, head_ok, offs_d, HEAD_DIM)
+                _finish_merged(acc, l_sum, m, Out, Lse, Sinks, VScale,
+                               req.to(tl.int64) * stride_o_req + heads * stride_o_head,
+                               req.to(tl.int64) * stride_lse_req + heads, heads, head_ok,
+                               offs_d, HAS_SINKS, HAS_LSE, KV_SCALED)
 
 
 @triton.jit

@@ -57,8 +57,10 @@ class PrefillArgs(NamedTuple):
 
 
 class DecodeArgs(NamedTuple):
-    """paged_decode_attention's arguments, in schema order (partial_out, partial_lse, out
-    and lse are written)."""
+    """paged_decode_attention's arguments, in schema order (partial_out, partial_lse, out,
+    lse and merge_counters are written). merge_counters: int32 [>= batch, q_heads], zero,
+    left at zero: given, the last split of each request and head group to finish merges the
+    pieces (no second launch); None, a merge kernel follows."""
 
     q: torch.Tensor
     k_cache: torch.Tensor
@@ -77,10 +79,11 @@ class DecodeArgs(NamedTuple):
     logit_cap: float = 0.0
     launch: Sequence[int] = DecodeLaunch(64, 4, 2, 256, 4)
     enable_pdl: bool | None = None
+    merge_counters: torch.Tensor | None = None
 
 
 PREFILL_WRITES = ("out", "lse")
-DECODE_WRITES = ("partial_out", "partial_lse", "out", "lse")
+DECODE_WRITES = ("partial_out", "partial_lse", "out", "lse", "merge_counters")
 
 
 def default_scale(head_dim: int) -> float:

@@ -118,19 +118,21 @@ def launch_decode(a: DecodeArgs) -> None:
     v_scale_arg = a.v_scale if a.v_scale is not None else dummy
     part_strides = (partial_lse.stride(0), partial_lse.stride(1), partial_lse.stride(2))
     window = a.window_left if a.window_left is not None else 0
+    fused_merge = a.merge_counters is not None and max_splits > 1
     decode_kernel[(batch, kv_heads if use_dot else q_heads, max_splits)](
         q, k_cache, v_cache, out, lse_arg, partial_out, partial_lse, sinks_arg, a.page_table,
         kv_lens, a.k_scale if a.k_scale is not None else dummy, v_scale_arg,
+        a.merge_counters if fused_merge else dummy,
         softmax_scale(a), a.logit_cap, window, q_heads, max_splits,
         q.stride(0), q.stride(1), k_slot, k_head, v_slot, v_head, out.stride(0),
         out.stride(1), lse.stride(0) if lse is not None else 0, a.page_table.stride(0),
         *part_strides,
         GROUP=group, HEADS_PER_PROGRAM=heads_per_program, USE_DOT=use_dot,
         PAGE_SIZE=page_size_of(k_cache), HEAD_DIM=head_dim, BLOCK_N=launch.block_n,
-        MIN_CHUNK=launch.min_chunk, USE_PDL=pdl, DOT_F32=q.device.type == "cpu",
-        num_warps=launch.num_warps, num_stages=launch.num_stages,
-        **flags, **extra)
-    if max_splits > 1:
+        MIN_CHUNK=launch.min_chunk, FUSED_MERGE=fused_merge, USE_PDL=pdl,
+        DOT_F32=q.device.type == "cpu", num_warps=launch.num_warps,
+        num_stages=launch.num_stages, **flags, **extra)
+    if max_splits > 1 and not fused_merge:
         merge_kernel[(batch, q_heads)](
             out, lse_arg, partial_out, partial_lse, sinks_arg, kv_lens, v_scale_arg, window,
             max_splits, out.stride(0), out.stride(1),

@@ -3,6 +3,7 @@
     paged_prefill_attention  queries of each request attend causally to the request's
                              cached tokens (prefix + themselves, already in the cache)
     paged_decode_attention   one query per request, KV split across programs, then merged
+                             (by the last split to finish, given merge_counters)
 
 Semantics (causal mask, sliding window, sinks, soft-cap, FP8 scales, lse) are defined by
 fuseinfer.ops.attention.reference, which is also the CPU path. Layouts:
@@ -90,8 +91,15 @@ def check_decode(a: DecodeArgs) -> None:
         want = [*partial_lse.shape, head_dim]
         fail(op, "partial_out", f"must be contiguous float32 {want}, got {partial_out.dtype} "
              f"{list(partial_out.shape)}")
-    for name, t in (("partial_out", partial_out), ("partial_lse", partial_lse)):
-        if t.device != a.q.device:
+    counters = a.merge_counters
+    if counters is not None and (counters.dtype != torch.int32 or counters.dim() != 2
+                                 or counters.size(0) < batch or counters.size(1) != q_heads
+                                 or not counters.is_contiguous()):
+        fail(op, "merge_counters", f"must be contiguous int32 [>= {batch}, {q_heads}], got "
+             f"{counters.dtype} {list(counters.shape)}")
+    for name, t in (("partial_out", partial_out), ("partial_lse", partial_lse),
+                    ("merge_counters", counters)):
+        if t is not None and t.device != a.q.device:
             fail(op, name, f"must be on {a.q.device} like q, got {t.device}")
     _check_launch(op, a.launch, DecodeLaunch._fields)
 

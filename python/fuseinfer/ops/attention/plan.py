@@ -77,6 +77,7 @@ class DecodePlan:
     partial_lse: torch.Tensor
     launch: DecodeLaunch
     kv_lens_host: tuple[int, ...]
+    merge_counters: torch.Tensor | None = None  # None: a merge kernel after the splits
 
 
 def _host_lengths(values: Lengths, name: str) -> list[int]:
@@ -99,7 +100,7 @@ class PagedAttention:
 
     def __init__(self, shape: AttentionShape, device: torch.device | str, *,
                  max_batch: int = 256, table: AttentionDispatch | None = None,
-                 enable_pdl: bool | None = None) -> None:
+                 enable_pdl: bool | None = None, fused_merge: bool = True) -> None:
         shape.validate()
         self.shape = shape
         self.device = torch.device(device)
@@ -117,6 +118,10 @@ class PagedAttention:
             if self.device.type == "cuda" else 1
         self._decode_kv_lens = torch.zeros(max_batch, dtype=torch.int32, device=self.device)
         self._partials: tuple[torch.Tensor, torch.Tensor] | None = None
+        # decode's pieces merged by the last to finish (zero between calls), per request
+        # row and head group; None: the separate merge kernel
+        self._merge_counters = torch.zeros(max_batch, shape.num_q_heads, dtype=torch.int32,
+                                           device=self.device) if fused_merge else None
 
     # ---- decode -------------------------------------------------------------------------
     def decode_units(self) -> int:
@@ -170,7 +175,7 @@ class PagedAttention:
             partial_out=partial_out, partial_lse=partial_lse,
             launch=DecodeLaunch(rule.block_n, rule.num_warps, rule.num_stages,
                                 self.table.min_chunk, self.table.tensor_core_min_group),
-            kv_lens_host=tuple(lens))
+            kv_lens_host=tuple(lens), merge_counters=self._merge_counters)
 
     # ---- prefill ------------------------------------------------------------------------
     def plan_prefill(self, q_lens: Lengths, kv_lens: Lengths, page_table: torch.Tensor,
@@ -255,7 +260,7 @@ class PagedAttention:
         else:
             torch.ops.fuseinfer.paged_decode_attention(
                 q, k_cache, v_cache, plan.page_table, plan.kv_lens, plan.partial_out,
-                plan.partial_lse, out, **common)
+                plan.partial_lse, out, merge_counters=plan.merge_counters, **common)
         return (out, lse) if return_lse else out
 
 
