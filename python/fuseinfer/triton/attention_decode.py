@@ -207,8 +207,8 @@ def decode_kernel(
             arrived = tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu")
             if arrived == pieces - 1:  # the last piece: the others' partials are visible
                 tl.atomic_xchg(counter, 0, sem="relaxed", scope="gpu")
-                first = part - split * stride_part_split
-                acc, l_sum, m = _merge_pieces(PartO, PartLse, first, pieces,
+                piece0 = part - split * stride_part_split
+                acc, l_sum, m = _merge_pieces(PartO, PartLse, piece0, pieces,
                                               stride_part_split, head_ok, offs_d, HEAD_DIM)
                 _finish_merged(acc, l_sum, m, Out, Lse, Sinks, VScale,
                                req.to(tl.int64) * stride_o_req + heads * stride_o_head,
