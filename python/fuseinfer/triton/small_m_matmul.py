@@ -21,9 +21,10 @@ intermediate rounded to x's dtype where its own kernel would have stored it:
   the slices' sums of squares as it adds their partials).
 Epilogue: HAS_ADD adds Add[m, n] (row stride 0: a bias) in fp32 before the one rounding.
 
-PDL: the programs start while the previous kernel finishes; each issues its first weight
-tile's load before waiting for that kernel (the weights do not depend on it), the rest of
-the k loop after; the dependents launch once the k loop is done.
+PDL: the programs start while the previous kernel finishes and wait for it before their
+first load (the software pipeline issues the first stages' X and weight loads together,
+so the weight stream does not start before the wait yet); the dependents launch once the
+k loop is done.
 """
 
 from __future__ import annotations
@@ -52,21 +53,38 @@ def small_m_matmul_kernel(X, W, Out, Partial, Counters, NormW, Res, ResOut, Add,
     k_end = tl.minimum(K, k_begin + k_per_split)
     w_ptrs = W + rn[:, None].to(tl.int64) * stride_wn + (k_begin + rk)[None, :]
     x_ptrs = X + rm[:, None].to(tl.int64) * stride_xm + (k_begin + rk)[None, :]
-    # the first weight tile does not depend on the previous kernel: its load is issued
-    # before the wait, so with PDL it overlaps that kernel's tail
-    w = tl.load(w_ptrs, mask=n_ok[:, None] & (k_begin + rk < k_end)[None, :], other=0.0)
     if USE_PDL:
         tl.extra.cuda.gdc_wait()
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     sumsq = tl.zeros((BLOCK_M,), dtype=tl.float32)
-    acc, sumsq = _k_step(acc, sumsq, w, x_ptrs, X, K, Res, ResOut, NormW, k_begin, k_end, rm,
-                         rk, m_ok, pid_n, stride_rm, stride_rom, SILU_MUL, NORM, IEEE)
-    for k0 in range(k_begin + BLOCK_K, k_end, BLOCK_K):
+    for k0 in range(k_begin, k_end, BLOCK_K):
+        k_ok = k0 + rk < k_end
+        xk_mask = m_ok[:, None] & k_ok[None, :]
+        x = tl.load(x_ptrs, mask=xk_mask, other=0.0)
+        w = tl.load(w_ptrs, mask=n_ok[:, None] & k_ok[None, :], other=0.0)
+        if SILU_MUL:
+            gate = x.to(tl.float32)
+            up = tl.load(x_ptrs + K, mask=xk_mask, other=0.0).to(tl.float32)
+            x = (gate / (1.0 + tl.exp(-gate)) * up).to(X.dtype.element_ty)
+        if NORM == 2:
+            res = tl.load(Res + rm[:, None] * stride_rm + (k0 + rk)[None, :], mask=xk_mask,
+                          other=0.0)
+            x = (x.to(tl.float32) + res.to(tl.float32)).to(X.dtype.element_ty)
+            if pid_n == 0:
+                tl.store(ResOut + rm[:, None] * stride_rom + (k0 + rk)[None, :], x,
+                         mask=xk_mask)
+        if NORM > 0:
+            xf = x.to(tl.float32)
+            sumsq += tl.sum(xf * xf, axis=1)
+            norm_w = tl.load(NormW + k0 + rk, mask=k_ok, other=0.0).to(tl.float32)
+            x = (xf * norm_w[None, :]).to(X.dtype.element_ty)
+        if IEEE:
+            acc += tl.dot(x.to(tl.float32), tl.trans(w.to(tl.float32)),
+                          input_precision="ieee")
+        else:
+            acc += tl.dot(x, tl.trans(w))
         w_ptrs += BLOCK_K
         x_ptrs += BLOCK_K
-        w = tl.load(w_ptrs, mask=n_ok[:, None] & (k0 + rk < k_end)[None, :], other=0.0)
-        acc, sumsq = _k_step(acc, sumsq, w, x_ptrs, X, K, Res, ResOut, NormW, k0, k_end, rm,
-                             rk, m_ok, pid_n, stride_rm, stride_rom, SILU_MUL, NORM, IEEE)
     if USE_PDL:
         tl.extra.cuda.gdc_launch_dependents()
     out_mask = m_ok[:, None] & n_ok[None, :]
@@ -97,37 +115,6 @@ def small_m_matmul_kernel(X, W, Out, Partial, Counters, NormW, Res, ResOut, Add,
     else:
         _finish(acc, sumsq, Out, Add, rm, rn, out_mask, K, stride_om, stride_am, eps, NORM,
                 HAS_ADD)
-
-
-@triton.jit
-def _k_step(acc, sumsq, w, x_ptrs, X, K, Res, ResOut, NormW, k0, k_end, rm, rk, m_ok, pid_n,
-            stride_rm, stride_rom, SILU_MUL: tl.constexpr, NORM: tl.constexpr,
-            IEEE: tl.constexpr):
-    """One BLOCK_K step: the X tile at k0 through the prologue, times the weight tile w;
-    (acc, the rows' sums of squares so far)."""
-    k_ok = k0 + rk < k_end
-    xk_mask = m_ok[:, None] & k_ok[None, :]
-    x = tl.load(x_ptrs, mask=xk_mask, other=0.0)
-    if SILU_MUL:
-        gate = x.to(tl.float32)
-        up = tl.load(x_ptrs + K, mask=xk_mask, other=0.0).to(tl.float32)
-        x = (gate / (1.0 + tl.exp(-gate)) * up).to(X.dtype.element_ty)
-    if NORM == 2:
-        res = tl.load(Res + rm[:, None] * stride_rm + (k0 + rk)[None, :], mask=xk_mask,
-                      other=0.0)
-        x = (x.to(tl.float32) + res.to(tl.float32)).to(X.dtype.element_ty)
-        if pid_n == 0:
-            tl.store(ResOut + rm[:, None] * stride_rom + (k0 + rk)[None, :], x, mask=xk_mask)
-    if NORM > 0:
-        xf = x.to(tl.float32)
-        sumsq += tl.sum(xf * xf, axis=1)
-        norm_w = tl.load(NormW + k0 + rk, mask=k_ok, other=0.0).to(tl.float32)
-        x = (xf * norm_w[None, :]).to(X.dtype.element_ty)
-    if IEEE:
-        acc += tl.dot(x.to(tl.float32), tl.trans(w.to(tl.float32)), input_precision="ieee")
-    else:
-        acc += tl.dot(x, tl.trans(w))
-    return acc, sumsq
 
 
 @triton.jit
