@@ -100,7 +100,7 @@ class PagedAttention:
 
     def __init__(self, shape: AttentionShape, device: torch.device | str, *,
                  max_batch: int = 256, table: AttentionDispatch | None = None,
-                 enable_pdl: bool | None = None, fused_merge: bool = True) -> None:
+                 enable_pdl: bool | None = None, fused_merge: bool = False) -> None:
         shape.validate()
         self.shape = shape
         self.device = torch.device(device)
