@@ -75,6 +75,9 @@ def test_launch_resolve_reads_tokens_in_flight_from_the_future_buffer(engine):
     sched.launched(second, step2.placeholders)
     results = [runner.resolve(step1), runner.resolve(step2)]
     assert [r.tokens[0] for r in results] == want.output[:2]
+    # the greedy steps stored their tokens in the future buffer themselves (greedy_sample)
+    slots = [-1 - s.placeholders[0] for s in (step1, step2)]
+    assert runner._future[slots].tolist() == want.output[:2]
     for batch, res in zip((first, second), results, strict=True):
         (chosen, top), = res.logprobs
         assert top[0][0] == res.tokens[0] and len(top) == 2 and chosen == top[0][1]

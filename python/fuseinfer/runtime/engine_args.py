@@ -79,6 +79,9 @@ class EngineArgs:
                                               "the activation quantization as a second "
                                               "kernel")
     disable_small_batch_gemv: bool = _opt(False, "1-token matmuls on cuBLAS")
+    disable_fused_greedy_sample: bool = _opt(False, "greedy steps: torch's argmax, then a "
+                                             "copy into the buffer of tokens in flight "
+                                             "(not one greedy_sample kernel)")
     small_m_matmul_tokens: int = _opt(64, "plain matmuls of 1..N tokens (N <= 64) through "
                                       "small_batch_linear, its `linear` table picking "
                                       "split_k, the gemv or cuBLAS per M (a GPU without a "

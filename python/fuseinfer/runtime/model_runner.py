@@ -37,6 +37,7 @@ from ..models.loader import dummy_weights, load_weights
 from ..models.tensor_parallel import local_config
 from ..ops import AttentionShape, PagedAttention
 from ..ops.host_copy import to_device
+from ..ops.sampling.greedy_sample import greedy_sample
 from .cuda_graph_runner import DecodeGraphRunner
 from .engine_args import EngineArgs
 from .host_inputs import StepInputs
@@ -56,6 +57,7 @@ class StepOutput:
     # (the sampled token's [n], the top values [n, k], the top ids [n, k]) when a row asked
     logprobs: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None
     wants: tuple[int | None, ...]  # per row: top-k logprobs asked (None: none)
+    in_future: bool = False  # the tokens are already in the future buffer (greedy_sample)
 
 
 @dataclass(frozen=True)
@@ -231,9 +233,10 @@ class ModelRunner:
         return ForwardBatch(ids, self._put(inputs.positions), self._put(inputs.cache_loc),
                             plan, self._put(inputs.logits_rows))
 
-    def forward(self, inputs: StepInputs) -> StepOutput:
+    def forward(self, inputs: StepInputs, future_offset: int | None = None) -> StepOutput:
         """Run the step and sample (and logprobs where asked), all queued on the device:
-        nothing waits for it."""
+        nothing waits for it. future_offset: where the step's tokens go in the future
+        buffer; a greedy step then writes them there itself (one kernel with the argmax)."""
         logits = self.logits(inputs)
         if not inputs.samples_all:  # a python-list index would copy and sync
             logits = logits[self._put(inputs.sample_rows)]
@@ -246,8 +249,12 @@ class ModelRunner:
                                         inputs.masked_stops, self.device) \
             if rows.adjusts else None
         scores = logits if adjust is None else adjust.apply(logits, self.history)
+        in_future = bool(params) and rows.greedy and future_offset is not None and \
+            not self.args.disable_fused_greedy_sample
         if not params:
             tokens = torch.empty(0, dtype=torch.int64, device=self.device)
+        elif in_future:  # the argmax and the future-buffer write in one kernel
+            tokens = greedy_sample(scores, self._future, future_offset)
         elif rows.greedy:  # no sampling tensors to build
             tokens = scores.argmax(dim=-1)
         else:
@@ -258,7 +265,7 @@ class ModelRunner:
         lp = None
         if any(k is not None for k in wants):
             lp = token_logprobs(logits, tokens, max(k or 0 for k in wants))
-        return StepOutput(tokens, lp, wants)
+        return StepOutput(tokens, lp, wants, in_future)
 
     def sampling_rows(self, inputs: StepInputs, vocab_size: int) -> SamplingRows:
         """The step's `SamplingRows` over logits of `vocab_size` columns: the previous
@@ -290,15 +297,16 @@ class ModelRunner:
     def launch(self, inputs: StepInputs) -> InFlightStep:
         """Queue the step: forward, tokens into the future buffer and non-blocking copies
         to the host. Returns the placeholders that stand for its tokens until `resolve`."""
-        out = self.forward(inputs)
         n = len(inputs.sampling)
         if self._next_future + n > self._future.numel():  # keep each step's run contiguous
             self._next_future = 0
         first = self._next_future
         self._next_future += n
+        out = self.forward(inputs, future_offset=first)
         host = torch.empty(n, dtype=torch.int64, pin_memory=self.device.type == "cuda")
         if n:
-            self._future[first:first + n].copy_(out.tokens)
+            if not out.in_future:
+                self._future[first:first + n].copy_(out.tokens)
             host.copy_(out.tokens, non_blocking=True)
         lp_host = None if out.logprobs is None else tuple(
             t.to("cpu", non_blocking=True) for t in out.logprobs)
