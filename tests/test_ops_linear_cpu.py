@@ -288,42 +288,6 @@ def test_split_k_prologues_and_epilogue_interpreted(prologue, add, m, n, k, min_
     assert not counters.any()
 
 
-def test_split_k_counter_rows_refill_their_spares(monkeypatch):
-    """Streams first seen inside a capture take spare rows; any later call outside capture
-    (reserve_counters, as the error advises) refills them, so captures on new streams keep
-    working; with none left inside a capture, a clear error."""
-    import types
-
-    import fuseinfer.ops.linear.small_batch_linear as sbl
-
-    state = {"stream": 0, "capturing": False}
-    monkeypatch.setattr(torch.cuda, "current_stream",
-                        lambda device=None: types.SimpleNamespace(stream_id=state["stream"]))
-    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: state["capturing"])
-    monkeypatch.setattr(sbl, "_zeroed_row", lambda device: torch.zeros(4, dtype=torch.int32))
-    monkeypatch.setattr(sbl, "_rows", {})
-    monkeypatch.setattr(sbl, "_spares", {})
-    dev = torch.device("cuda", 0)
-    sbl.reserve_counters(dev)
-    rows = {sbl._arrival_counters(dev).data_ptr()}
-    for round_ in range(3):  # two new capture streams per round, then a refill outside
-        for stream in (100 + 2 * round_, 101 + 2 * round_):
-            state.update(stream=stream, capturing=True)
-            rows.add(sbl._arrival_counters(dev).data_ptr())
-        state.update(stream=0, capturing=False)
-        sbl.reserve_counters(dev)
-        assert len(sbl._spares[0]) == sbl._SPARE_ROWS
-    assert len(rows) == 7  # every stream its own row
-    state.update(stream=100, capturing=True)  # a known stream inside capture: its row
-    assert sbl._arrival_counters(dev).data_ptr() in rows
-    for stream in (200, 201):
-        state.update(stream=stream)
-        sbl._arrival_counters(dev)
-    state.update(stream=202)
-    with pytest.raises(RuntimeError, match="no spare counters left"):
-        sbl._arrival_counters(dev)
-
-
 def test_outputs_may_not_overlap_inputs_and_norm_weight_is_contiguous():
     x, w = torch.randn(4, 64), torch.randn(8, 64)
     nw, res = torch.rand(64) + 0.5, torch.randn(4, 64)

@@ -35,6 +35,7 @@ from __future__ import annotations
 import torch
 
 from ..arg_checks import fail, overlaps
+from ..arrival_counters import ArrivalCounters
 from ..library import LIB, define, impl_cpu, impl_fake
 from ..triton_launch import next_pow2, use_pdl
 
@@ -205,49 +206,13 @@ def _l2_prefetch(depth: int, x, weight, programs: int, tiles: int) -> int:
     return depth
 
 
-_SPARE_ROWS = 2  # counter rows kept ready for streams first seen while capturing
-_rows: dict[tuple[int, int], torch.Tensor] = {}  # (device index, stream id) -> its counters
-_spares: dict[int, list[torch.Tensor]] = {}  # device index -> unassigned zeroed rows
-
-
-def _zeroed_row(device: torch.device) -> torch.Tensor:
-    return torch.zeros(_MAX_TILES, dtype=torch.int32, device=device)
-
-
-def _arrival_counters(device: torch.device) -> torch.Tensor:
-    """The split_k arrival counters of the current stream (zero between calls), one row per
-    stream so calls on two streams never share a counter. Rows are allocated outside any
-    CUDA-graph capture (a buffer first made inside one would be zeroed only by that graph's
-    replays); a stream first seen while capturing takes one of the spare rows kept ready,
-    which the next call outside capture replenishes. Streams come from torch's fixed pools,
-    so the rows stay few."""
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    key = (index, torch.cuda.current_stream(device).stream_id)
-    capturing = torch.cuda.is_current_stream_capturing()
-    spares = _spares.setdefault(index, [])
-    while not capturing and len(spares) < _SPARE_ROWS:  # any call outside capture refills
-        spares.append(_zeroed_row(device))
-    row = _rows.get(key)
-    if row is not None:
-        return row
-    if not capturing:
-        row = _zeroed_row(device)
-    elif spares:
-        row = spares.pop()
-    else:
-        raise RuntimeError(
-            "small_batch_linear: a split_k call on a new stream inside CUDA-graph capture "
-            "and no spare counters left; call reserve_counters(device) (or the op once) "
-            "outside capture first")
-    _rows[key] = row
-    return row
+_COUNTERS = ArrivalCounters("small_batch_linear (split_k)", _MAX_TILES)
 
 
 def reserve_counters(device: torch.device) -> None:
     """Allocate this GPU's split_k counters now (outside capture): for a caller whose first
     split_k call would be inside a CUDA-graph capture (the op raises there otherwise)."""
-    if device.type == "cuda" and not torch.cuda.is_current_stream_capturing():
-        _arrival_counters(device)
+    _COUNTERS.reserve(device)
 
 
 def launch_small_m_matmul(out, x, weight, rule, pdl: bool,
@@ -272,7 +237,7 @@ def launch_small_m_matmul(out, x, weight, rule, pdl: bool,
         # the slices' fp32 partials [split, M, N], then their sums of squares [split, M]
         partial = torch.empty(split * m * (n + 1), dtype=torch.float32, device=x.device)
         if counters is None:
-            counters = _arrival_counters(x.device)
+            counters = _COUNTERS.row(x.device)
     norm = 0 if norm_weight is None else (1 if residual is None else 2)
     extra = {"launch_pdl": True} if pdl else {}
     small_m_matmul_kernel[(tiles, split)](
