@@ -1,7 +1,8 @@
 """greedy_sample on the CPU: the op's tokens and future-buffer writes, its argument errors,
 and the Triton kernel run by Triton's interpreter against a first-maximum oracle written
 here in plain Python (ties, NaN, -inf rows, signed zeros, strided rows, vocabularies that
-are not a multiple of the tile)."""
+are not a multiple of the tile, rows split into chunks that meet in a counter, which is
+left at zero)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pytest
 import torch
 
 from fuseinfer.ops import greedy_sample
-from fuseinfer.ops.sampling.greedy_sample import launch_greedy_sample
+from fuseinfer.ops.sampling.greedy_sample import chunking, launch_greedy_sample
 
 needs_interpreter = pytest.mark.skipif(
     os.environ.get("TRITON_INTERPRET") != "1",
@@ -80,20 +81,37 @@ def test_greedy_sample_errors():
     assert meta is None
 
 
+def test_chunking_covers_the_vocabulary_with_nonempty_chunks():
+    for rows in (1, 3, 8, 64, 255, 256, 5000, 20000):
+        for vocab in (1, 2047, 2048, 2049, 151936, 201088):
+            chunks, length = chunking(rows, vocab)
+            assert length % 2048 == 0 and chunks >= 1
+            assert (chunks - 1) * length < vocab <= chunks * length  # none empty
+            assert rows * chunks <= max(rows, 256 + rows)  # about 256 programs at most
+    assert chunking(1, 151936) == (75, 2048)  # one token: a tile per program
+    assert chunking(20000, 151936)[0] == 1  # past the counted rows: a program per row
+
+
 @needs_interpreter
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("v, block", [(301, 64), (64, 64), (20, 32)])
+@pytest.mark.parametrize("v, block", [(301, 64), (64, 64), (20, 32), (1000, 32)])
 def test_greedy_sample_kernel_interpreted(dtype, v, block):
     logits = hostile_rows(v, dtype)
     strided = torch.randn(logits.size(0), v + 5).to(dtype)[:, :v]
     strided.copy_(logits)
     tokens = torch.full((logits.size(0),), -1, dtype=torch.int64)
     future = torch.full((logits.size(0) + 6,), -7, dtype=torch.int64)
-    launch_greedy_sample(tokens, strided, future, 3, pdl=False, block=block)
+    counters = torch.zeros(16, dtype=torch.int32)
+    launch_greedy_sample(tokens, strided, future, 3, pdl=False, block=block,
+                         counters=counters)
     want = first_maximum(logits)
     assert tokens.tolist() == want
     assert future[3:3 + len(want)].tolist() == want
     assert (future[:3] == -7).all() and (future[3 + len(want):] == -7).all()
-    alone = torch.full_like(tokens, -1)
-    launch_greedy_sample(alone, strided, None, 0, pdl=False, block=block)
-    assert alone.tolist() == want
+    assert not counters.any()  # every row's last chunk set its counter back
+    for rows in (1, 2, 9):  # fewer rows: more chunks per row
+        alone = torch.full((rows,), -1, dtype=torch.int64)
+        launch_greedy_sample(alone, strided[:rows], None, 0, pdl=False, block=block,
+                             counters=counters)
+        assert alone.tolist() == want[:rows]
+        assert not counters.any()

@@ -75,6 +75,9 @@ class Fusions:
     # On H100 it beat cuBLAS on every Qwen3-0.6B weight at 1 token, lost on the larger
     # ones at 4 (microbench/profile_runtime.py --only gemv).
     gemv_max_tokens: int = 1
+    # ... and the 1-token down projection takes SiLU(gate) * up in the gemv's prologue
+    # (off: silu_and_mul's kernel, then the plain gemv)
+    gemv_silu_mul: bool = True
     # Matmuls of 1..this many tokens (at most 64) not taken by the gemv go through
     # small_batch_linear, whose `linear` table picks split_k, the gemv or cuBLAS per M
     # (0: off). On the H200 it made 8-token decode 1.094x faster (Qwen3-0.6B, same run)
@@ -300,8 +303,8 @@ class DecoderModel:
             gate, up = gate_up.chunk(2, dim=1)
             return self._linear(F.silu(gate) * up, w.down)
         # SiLU inside the down projection's matmul (a float weight only)
-        if not isinstance(w.down, Fp8Weight) and \
-                (self._gemv(gate_up, w.down) or self._small_m_fused(gate_up)):
+        if not isinstance(w.down, Fp8Weight) and (self._small_m_fused(gate_up) or (
+                self._gemv(gate_up, w.down) and self.fusions.gemv_silu_mul)):
             return small_batch_linear(gate_up, w.down, silu_mul=True, enable_pdl=pdl)
         return self._linear(silu_and_mul(gate_up, enable_pdl=pdl), w.down)
 

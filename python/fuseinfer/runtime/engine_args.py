@@ -79,6 +79,9 @@ class EngineArgs:
                                               "the activation quantization as a second "
                                               "kernel")
     disable_small_batch_gemv: bool = _opt(False, "1-token matmuls on cuBLAS")
+    disable_gemv_silu_mul: bool = _opt(False, "1-token steps: SiLU(gate) * up as its own "
+                                       "kernel before the down projection's gemv (not in "
+                                       "the gemv's prologue)")
     disable_fused_greedy_sample: bool = _opt(False, "greedy steps: torch's argmax, then a "
                                              "copy into the buffer of tokens in flight "
                                              "(not one greedy_sample kernel)")

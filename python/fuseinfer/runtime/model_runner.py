@@ -135,6 +135,7 @@ class ModelRunner:
                           fused_norm_quant=not args.disable_fused_norm_quant,
                           fused_silu_mul_quant=not args.disable_fused_silu_mul_quant,
                           gemv_max_tokens=0 if args.disable_small_batch_gemv else 1,
+                          gemv_silu_mul=not args.disable_gemv_silu_mul,
                           # the CPU gains nothing from it (its path is the reference)
                           small_m_max_tokens=args.small_m_matmul_tokens
                           if self.device.type == "cuda" else 0,

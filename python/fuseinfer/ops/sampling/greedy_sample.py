@@ -8,8 +8,9 @@ logits [B, V] bf16, fp16 or fp32 with a contiguous last dim (any row stride); to
 future_offset (mutated). NaN ranks above every number and -0 equals +0, as in
 torch.argmax. The runner's greedy step writes the tokens straight into its buffer of
 tokens in flight (overlap scheduling), so the step's argmax and the copy after it are one
-kernel. CUDA: one Triton program per row (programmatic dependent launch on sm_90+ unless
-enable_pdl=False); CPU: the reference below.
+kernel. CUDA: one Triton kernel, each row's vocabulary split over several programs at
+small batch, the last to finish picking the row's token (programmatic dependent launch on
+sm_90+ unless enable_pdl=False); CPU: the reference below.
 """
 
 from __future__ import annotations
@@ -17,16 +18,31 @@ from __future__ import annotations
 import torch
 
 from ..arg_checks import fail
+from ..arrival_counters import ArrivalCounters
 from ..library import LIB, define, impl_cpu, impl_fake
-from ..triton_launch import use_pdl
+from ..triton_launch import next_pow2, use_pdl
 
 _SCHEMA = ("greedy_sample(Tensor(a!) tokens, Tensor logits, Tensor(b!)? future=None, "
            "int future_offset=0, bool? enable_pdl=None) -> ()")
-# vocabulary elements per tile and tiles in flight per row (16 warps: 16 elements, two
-# 16-byte bf16 loads, per thread and tile)
-_BLOCK = 8192
+# vocabulary elements per tile (4 warps: 16 per thread, two 16-byte bf16 loads) and tiles
+# in flight per program
+_BLOCK = 2048
 _STAGES = 3
-_WARPS = 16
+_WARPS = 4
+# programs per batch the vocabulary chunks aim at (a small batch splits each row more)
+_TARGET_PROGRAMS = 256
+# rows whose chunks meet in a counter (more rows: one program per row, no counter)
+_MAX_COUNTED_ROWS = 1 << 14
+_COUNTERS = ArrivalCounters("greedy_sample", _MAX_COUNTED_ROWS)
+
+
+def chunking(rows: int, vocab: int, block: int = _BLOCK) -> tuple[int, int]:
+    """(chunks per row, chunk length, a multiple of block): about _TARGET_PROGRAMS
+    programs in all, each at least one tile; one chunk per row past _MAX_COUNTED_ROWS."""
+    tiles = -(-vocab // block)
+    want = max(1, _TARGET_PROGRAMS // max(rows, 1)) if rows <= _MAX_COUNTED_ROWS else 1
+    per_chunk = -(-tiles // min(want, tiles))
+    return -(-tiles // per_chunk), per_chunk * block
 
 
 def reference_greedy_sample(logits: torch.Tensor) -> torch.Tensor:
@@ -71,18 +87,33 @@ def _cpu(tokens: torch.Tensor, logits: torch.Tensor, future: torch.Tensor | None
 
 def launch_greedy_sample(tokens: torch.Tensor, logits: torch.Tensor,
                          future: torch.Tensor | None, future_offset: int, pdl: bool,
-                         block: int = _BLOCK) -> None:
+                         block: int = _BLOCK, counters: torch.Tensor | None = None) -> None:
     """The Triton launch (also used directly by the interpreter tests on the CPU, with a
-    smaller block)."""
+    smaller block and their own zeroed counters)."""
     from ...triton.greedy_sample import greedy_sample_kernel
 
-    if logits.size(0) == 0:
+    rows, vocab = logits.shape
+    if rows == 0:
         return
+    chunks, chunk_len = chunking(rows, vocab, block)
+    partial = tokens
+    if chunks > 1:
+        partial = torch.empty(rows * chunks, dtype=torch.int64, device=logits.device)
+        if counters is None:
+            counters = _COUNTERS.row(logits.device)
     extra = {"launch_pdl": True} if pdl else {}
-    greedy_sample_kernel[(logits.size(0),)](
-        logits, tokens, future if future is not None else tokens, logits.size(1),
-        logits.stride(0), future_offset, BLOCK=block, STAGES=_STAGES,
-        HAS_FUTURE=future is not None, USE_PDL=pdl, num_warps=_WARPS, **extra)
+    greedy_sample_kernel[(rows, chunks)](
+        logits, tokens, future if future is not None else tokens, partial,
+        counters if counters is not None else tokens, vocab, logits.stride(0),
+        future_offset, chunks, chunk_len, BLOCK=block, CHUNKS_PAD=next_pow2(chunks),
+        STAGES=_STAGES, HAS_FUTURE=future is not None, USE_PDL=pdl, num_warps=_WARPS,
+        **extra)
+
+
+def reserve_counters(device: torch.device) -> None:
+    """Allocate this GPU's counters now (outside capture): for a caller whose first call
+    would be inside a CUDA-graph capture (the op raises there otherwise)."""
+    _COUNTERS.reserve(device)
 
 
 def _cuda(tokens: torch.Tensor, logits: torch.Tensor, future: torch.Tensor | None = None,
