@@ -21,8 +21,8 @@ def test_candidates_offer_cublas_always_and_the_gemv_only_while_it_can_run():
     kinds = [r.kernel for r in rules]
     assert kinds[:1 + gemvs] == ["cublas"] + ["gemv"] * gemvs
     assert set(kinds[1 + gemvs:]) == {"split_k"}
-    # the gemv's candidates differ in grid, stages, warps or L2 prefetch, the fields it uses
-    assert len({(r.min_programs, r.num_stages, r.num_warps, r.l2_prefetch)
+    # the gemv's candidates differ in grid, stages or warps, the fields it uses
+    assert len({(r.min_programs, r.num_stages, r.num_warps)
                 for r in rules[1:1 + gemvs]}) == gemvs
     for max_m in (16, None):
         kinds = [r.kernel for r in tune.candidates(max_m)]

@@ -108,14 +108,6 @@ def test_linear_rules_split_k_and_table_checks():
     with pytest.raises(TableError, match="block_n: must be a power of two"):
         parse_dataclass(LinearDispatch, dict(entry, rules=[dict(entry["rules"][2],
                                                                  block_n=96)]), "linear")
-    # l2_prefetch is optional (0 when absent) and bounded
-    assert parsed.rule(8).l2_prefetch == 0
-    deep = dict(entry, rules=[dict(entry["rules"][0], l2_prefetch=3), entry["rules"][2]])
-    assert parse_dataclass(LinearDispatch, deep, "linear").rule(1).l2_prefetch == 3
-    with pytest.raises(TableError, match="l2_prefetch: must be in"):
-        parse_dataclass(LinearDispatch, dict(deep, rules=[dict(deep["rules"][0],
-                                                               l2_prefetch=9),
-                                                          entry["rules"][2]]), "linear")
 
 
 def test_small_batch_linear_with_silu_mul():
@@ -195,18 +187,18 @@ def test_gemv_past_8192_padded_k_interpreted(prologue):
 
 def test_a_gemv_rule_launches_with_its_grid_and_stages(monkeypatch):
     """launch_rule (the op's plain calls, tune gemm's candidates) hands the gemv the rule's
-    min_programs, num_stages, num_warps and l2_prefetch, not another rule's."""
+    min_programs, num_stages and num_warps, not another rule's."""
     import fuseinfer.ops.linear.small_batch_linear as sbl
     from fuseinfer.ops.linear.dispatch import LinearRule
 
     seen = []
     monkeypatch.setattr(sbl, "launch_small_batch_linear",
                         lambda *a, **kw: seen.append((kw["programs"], kw["stages"],
-                                                      kw["warps"], kw["l2_prefetch"])))
+                                                      kw["warps"])))
     x, w = torch.randn(2, 64), torch.randn(32, 64)
-    sbl.launch_rule(torch.empty(2, 32), x, w, LinearRule(8, "gemv", 64, 128, 7, 4, 2, 3, 2),
+    sbl.launch_rule(torch.empty(2, 32), x, w, LinearRule(8, "gemv", 64, 128, 7, 4, 2, 3),
                     pdl=False)
-    assert seen == [(7, 3, 2, 2)]
+    assert seen == [(7, 3, 2)]
 
 
 @needs_interpreter

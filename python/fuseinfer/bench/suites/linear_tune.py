@@ -36,10 +36,8 @@ SPLIT_K_CANDIDATES = (
     (128, 64, 264, 4, 4, 4), (64, 256, 264, 2, 8, 3), (32, 64, 528, 4, 4, 6),
     (16, 256, 528, 2, 4, 3), (64, 128, 132, 4, 4, 4), (128, 128, 264, 2, 8, 3))
 GEMV = "gemv"
-# the gemv: (min_programs, num_stages, num_warps, l2_prefetch): its grid, the depth of its
-# walk, warps, and the tiles each program asks of L2 before the wait
-GEMV_CANDIDATES = ((264, 4, 8, 0), (264, 3, 8, 0), (132, 4, 8, 0), (396, 2, 8, 0),
-                   (264, 4, 4, 0), (264, 4, 8, 2))
+# the gemv: (min_programs, num_stages, num_warps): its grid, the depth of its walk, warps
+GEMV_CANDIDATES = ((264, 4, 8), (264, 3, 8), (132, 4, 8), (396, 2, 8), (264, 4, 4))
 
 
 def candidates(max_m: int | None) -> list[Any]:
@@ -50,8 +48,8 @@ def candidates(max_m: int | None) -> list[Any]:
 
     rules = [LinearRule(max_m, "cublas", 64, 128, 264, 4, 4, 4)]
     if max_m is not None and max_m <= GEMV_MAX_M:
-        rules += [LinearRule(max_m, GEMV, 64, 128, p, 4, w, st, pf)
-                  for p, st, w, pf in GEMV_CANDIDATES]
+        rules += [LinearRule(max_m, GEMV, 64, 128, p, 4, w, st)
+                  for p, st, w in GEMV_CANDIDATES]
     return rules + [LinearRule(max_m, "split_k", *c) for c in SPLIT_K_CANDIDATES]
 
 

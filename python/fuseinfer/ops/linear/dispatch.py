@@ -4,16 +4,14 @@ M rows (no prologue), and its tile.
 Rules are tried in order by M; the last has max_m null (any M up to MAX_M). A rule's
 kernel is "gemv" (triton/small_batch_linear.py: whole-K tiles of rows walked by a grid of
 min_programs programs of num_warps warps, num_stages deep; K up to 16384, M up to 8;
-its block fields are unused; l2_prefetch: how many of each program's next tiles it asks
-of L2 before the wait on the previous kernel, optional, 0 by default), "split_k"
-(triton/small_m_matmul.py: BLOCK_N x BLOCK_K weight tiles over the tensor cores, K split
-until the grid has at least `min_programs` programs, each slice at least `min_k_steps` k
-steps, the slices summed by the last program of each N tile) or "cublas" (torch.mm; the
-tile fields are then unused), so a runtime that routes small steps through
-small_batch_linear gets cuBLAS where it wins. block_m is M rounded up to a power of two
-(at least 16), not a table field. A rule naming gemv that a call cannot take (K > 16384
-or M > 8) runs split_k with its tile. `fuseinfer bench gemm` times both kernels and
-cuBLAS per (M, N, K) of the bundled models; `fuseinfer tune gemm` writes the
+its block fields are unused), "split_k" (triton/small_m_matmul.py: BLOCK_N x BLOCK_K weight tiles
+over the tensor cores, K split until the grid has at least `min_programs` programs, each
+slice at least `min_k_steps` k steps, the slices summed by the last program of each N
+tile) or "cublas" (torch.mm; the tile fields are then unused), so a runtime that routes
+small steps through small_batch_linear gets cuBLAS where it wins. block_m is M rounded up
+to a power of two (at least 16), not a table field. A rule naming gemv that a call cannot
+take (K > 16384 or M > 8) runs split_k with its tile. `fuseinfer bench gemm` times both
+kernels and cuBLAS per (M, N, K) of the bundled models; `fuseinfer tune gemm` writes the
 rules (the built-in below is a starting point, not measured).
 """
 
@@ -38,8 +36,6 @@ class LinearRule:
     min_k_steps: int
     num_warps: int
     num_stages: int
-    # gemv: each program's next tiles (up to this many) asked of L2 before the PDL wait
-    l2_prefetch: int = 0
 
     def validate(self, where: str) -> None:
         if self.max_m is not None and self.max_m < 1:
@@ -55,8 +51,6 @@ class LinearRule:
         if not 1 <= self.min_programs <= 1 << 14:  # keeps split_k's offsets in 32 bits
             raise TableError(f"{where}.min_programs: must be in [1, 16384], got "
                              f"{self.min_programs}")
-        if not 0 <= self.l2_prefetch <= 8:
-            raise TableError(f"{where}.l2_prefetch: must be in [0, 8], got {self.l2_prefetch}")
         if not 1 <= self.min_k_steps <= 1024:
             raise TableError(f"{where}.min_k_steps: must be in [1, 1024], got "
                              f"{self.min_k_steps}")

@@ -146,29 +146,25 @@ def launch_small_batch_linear(out, x, weight, pdl: bool, silu_mul: bool = False,
                               norm_weight=None, residual=None, residual_out=None,
                               eps: float = 1e-6, programs: int | None = None,
                               stages: int | None = None, first_last: bool | None = None,
-                              warps: int | None = None, l2_prefetch: int | None = None
-                              ) -> None:
+                              warps: int | None = None, l2_prefetch: int = 0) -> None:
     """The gemv's Triton launch (also used directly by the interpreter tests on the CPU and
     by the bench): a grid of `programs`, each walking every programs-th weight tile through
     `stages`-deep shared memory (a program per tile where they are fewer than
     _MIN_TILES_PER_PROGRAM per program), `warps` warps each; all three default to the
     `linear` table's rule for M (min_programs, num_stages, num_warps). first_last: the
-    first tile reduced after the others (default: where K fits _FIRST_LAST_MAX_K).
-    l2_prefetch: each program's next tiles asked of L2 before the wait (default: the
-    rule's)."""
+    first tile reduced after the others (default: where K fits _FIRST_LAST_MAX_K)."""
     from ...triton.small_batch_linear import gemv_kernel
 
     m, n, k = x.size(0), weight.size(0), weight.size(1)
     if m == 0 or n == 0:
         return
-    if x.is_cuda and None in (programs, stages, warps, l2_prefetch):
+    if x.is_cuda and (programs is None or stages is None or warps is None):
         from .dispatch import effective
 
         rule = effective(x.device.index).rule(m)
         programs = rule.min_programs if programs is None else programs
         stages = rule.num_stages if stages is None else stages
         warps = rule.num_warps if warps is None else warps
-        l2_prefetch = rule.l2_prefetch if l2_prefetch is None else l2_prefetch
     # the interpreter: two programs, each walking several tiles where there are four or more
     programs, stages, warps = programs or 2, stages or 2, warps or 8
     k_pad = next_pow2(k)
@@ -190,8 +186,7 @@ def launch_small_batch_linear(out, x, weight, pdl: bool, silu_mul: bool = False,
         residual_out.stride(0) if residual_out is not None else 0, eps,
         BLOCK_N=block_n, K_PAD=k_pad, M_MAX=1 if m == 1 else GEMV_MAX_M, SILU_MUL=silu_mul,
         NORM=norm, STAGES=stages, FIRST_LAST=k_pad <= _FIRST_LAST_MAX_K if first_last is None
-        else first_last,
-        L2_PREFETCH=_l2_prefetch(l2_prefetch or 0, x, weight, programs, tiles),
+        else first_last, L2_PREFETCH=_l2_prefetch(l2_prefetch, x, weight, programs, tiles),
         LANES=32 * warps, USE_PDL=pdl, num_warps=warps, **extra)
 
 
@@ -319,8 +314,7 @@ def launch_rule(out, x, weight, rule, pdl: bool) -> None:
         torch.mm(x, weight.t(), out=out)
     elif rule.kernel == "gemv" and m <= GEMV_MAX_M and k <= GEMV_MAX_K:
         launch_small_batch_linear(out, x, weight, pdl, programs=rule.min_programs,
-                                  stages=rule.num_stages, warps=rule.num_warps,
-                                  l2_prefetch=rule.l2_prefetch)
+                                  stages=rule.num_stages, warps=rule.num_warps)
     else:
         launch_small_m_matmul(out, x, weight, rule, pdl)
 
