@@ -2,8 +2,7 @@
 the gemv's grid size and stages, its prologues fused or as their own kernels, cuBLAS.
 
     python microbench/gemv_sweep.py [--model qwen3-8b] [--programs 132 264 396 528]
-        [--stages 2 3 4] [--old path/to/an/older/triton/small_batch_linear.py]
-        [--l2-prefetch 1 2 3] [--json F]
+        [--stages 2 3 4] [--old path/to/an/older/triton/small_batch_linear.py] [--json F]
 
 Per projection at M = 1 (µs, % of copy bandwidth on the weight bytes; CUDA-graph replay,
 weights rotated past L2): cuBLAS; the gemv at each grid size, stage count and first-tile
@@ -134,8 +133,6 @@ def main() -> None:
     ap.add_argument("--programs", type=int, nargs="+", default=[132, 264, 396, 528])
     ap.add_argument("--stages", type=int, nargs="+", default=[2, 3, 4])
     ap.add_argument("--old")
-    ap.add_argument("--l2-prefetch", type=int, nargs="*", default=[],
-                    help="also the layer at the table's tile with these L2 prefetch depths")
     ap.add_argument("--json")
     args = ap.parse_args()
     copy = copy_bandwidth_gbps()
@@ -158,13 +155,10 @@ def main() -> None:
             layer[shape.proj] = entry
     # one layer's four matmuls, back to back (the first set of each)
     def run_layer(mode: str, i: int) -> None:
-        # "@table": the table's tile, not the best; "@table+pfD": and D tiles L2-prefetched
-        mode, _, grid = mode.partition("@")
+        mode, _, grid = mode.partition("@")  # "@table": the table's tile, not the best
         for proj in ("qkv", "o", "gate_up", "down"):
             ws, xs, outs, res, res_out, nw, kw, pro, tile = layer[proj]
-            if grid.startswith("table"):
-                depth = grid.partition("+pf")[2]
-                tile = {"l2_prefetch": int(depth)} if depth else {}
+            tile = {} if grid == "table" else tile
             j = i % len(ws)
             x = xs[j] if mode != "plain" else (xs[j][:, :ws[j].size(1)])
             if mode == "fused" or pro is None:
@@ -184,7 +178,6 @@ def main() -> None:
     count = max(len(v[0]) for v in layer.values())
     summary = {}
     modes = ["plain", "fused", "unfused", "plain@table", "fused@table", "unfused@table"]
-    modes += [f"{m}@table+pf{d}" for d in args.l2_prefetch for m in ("plain", "fused")]
     for mode in modes + (["old_fused"] if old else []):
         summary[mode] = time_calls([lambda i=i, mode=mode: run_layer(mode, i)
                                     for i in range(count)], config).median_us

@@ -65,32 +65,11 @@ def _tile(X, Out, Res, NormW, ResOut, w, x0, rows, M, N, K, stride_xm, stride_om
 
 
 @triton.jit
-def _prefetch_tile_l2(W, tile, N, K, stride_wn, BLOCK_N: tl.constexpr, LANES: tl.constexpr):
-    """Ask L2 for weight tile `tile` (rows tile * BLOCK_N ..., contiguous in memory from its
-    first row's start to its last row's K-th element): each of LANES lanes issues one bulk
-    prefetch of its share (a multiple of 16 bytes; the rows' stride in bytes is too, which
-    the launch checks). Nothing waits for it: the data is only warm when the walk loads it."""
-    first = tile * BLOCK_N
-    rows = tl.minimum(N - first, BLOCK_N)
-    nbytes = tl.maximum(rows - 1, 0) * stride_wn * 2 + K * 2  # bf16 / fp16 (the launch says)
-    nbytes = tl.where(rows > 0, nbytes, 0)
-    chunk = (nbytes + 16 * LANES - 1) // (16 * LANES) * 16
-    lane = tl.arange(0, LANES)
-    size = tl.minimum(tl.maximum(nbytes - lane * chunk, 0), chunk) // 16 * 16
-    start = (W + first.to(tl.int64) * stride_wn).to(tl.pointer_type(tl.int8)) + lane * chunk
-    tl.inline_asm_elementwise(
-        "{ .reg .pred p; setp.ne.u32 p, $2, 0; @p cp.async.bulk.prefetch.L2.global [$1], $2; "
-        "mov.u32 $0, 0; }", "=r,l,r", [start, size.to(tl.int32)], dtype=tl.int32,
-        is_pure=False, pack=1)
-
-
-@triton.jit
 def gemv_kernel(X, W, Out, Res, NormW, ResOut, M, N, K, stride_xm, stride_wn, stride_om,
                 stride_rm, stride_rom, eps,
                 BLOCK_N: tl.constexpr, K_PAD: tl.constexpr, M_MAX: tl.constexpr,
                 SILU_MUL: tl.constexpr, NORM: tl.constexpr, STAGES: tl.constexpr,
-                FIRST_LAST: tl.constexpr, L2_PREFETCH: tl.constexpr, LANES: tl.constexpr,
-                USE_PDL: tl.constexpr):
+                FIRST_LAST: tl.constexpr, USE_PDL: tl.constexpr):
     pid = tl.program_id(0)
     programs = tl.num_programs(0)
     tiles = tl.cdiv(N, BLOCK_N)
@@ -100,11 +79,6 @@ def gemv_kernel(X, W, Out, Res, NormW, ResOut, M, N, K, stride_xm, stride_wn, st
     first = pid * BLOCK_N + lanes
     w_first = tl.load(W + first[:, None].to(tl.int64) * stride_wn + ks[None, :],
                       mask=(first < N)[:, None] & kmask[None, :], other=0.0)
-    # the next L2_PREFETCH tiles this program walks, asked of L2 before the wait too: with
-    # them the weight stream keeps DRAM busy through the previous kernel's tail and this
-    # one's prologue, when only the first tile would otherwise be in flight
-    for ahead in tl.static_range(1, L2_PREFETCH + 1):
-        _prefetch_tile_l2(W, pid + ahead * programs, N, K, stride_wn, BLOCK_N, LANES)
     if USE_PDL:
         tl.extra.cuda.gdc_wait()
         tl.extra.cuda.gdc_launch_dependents()

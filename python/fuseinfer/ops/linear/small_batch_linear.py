@@ -146,7 +146,7 @@ def launch_small_batch_linear(out, x, weight, pdl: bool, silu_mul: bool = False,
                               norm_weight=None, residual=None, residual_out=None,
                               eps: float = 1e-6, programs: int | None = None,
                               stages: int | None = None, first_last: bool | None = None,
-                              warps: int | None = None, l2_prefetch: int = 0) -> None:
+                              warps: int | None = None) -> None:
     """The gemv's Triton launch (also used directly by the interpreter tests on the CPU and
     by the bench): a grid of `programs`, each walking every programs-th weight tile through
     `stages`-deep shared memory (a program per tile where they are fewer than
@@ -186,19 +186,7 @@ def launch_small_batch_linear(out, x, weight, pdl: bool, silu_mul: bool = False,
         residual_out.stride(0) if residual_out is not None else 0, eps,
         BLOCK_N=block_n, K_PAD=k_pad, M_MAX=1 if m == 1 else GEMV_MAX_M, SILU_MUL=silu_mul,
         NORM=norm, STAGES=stages, FIRST_LAST=k_pad <= _FIRST_LAST_MAX_K if first_last is None
-        else first_last, L2_PREFETCH=_l2_prefetch(l2_prefetch, x, weight, programs, tiles),
-        LANES=32 * warps, USE_PDL=pdl, num_warps=warps, **extra)
-
-
-def _l2_prefetch(depth: int, x, weight, programs: int, tiles: int) -> int:
-    """The gemv's L2 prefetch depth as launched: 0 off the GPU (the interpreter has no PTX),
-    for fp32 weights, rows whose stride is not a multiple of 16 bytes, or when no program
-    walks a second tile."""
-    if not x.is_cuda or weight.element_size() != 2 or (weight.stride(0) * 2) % 16 \
-            or weight.data_ptr() % 16 \
-            or tiles <= programs:
-        return 0
-    return depth
+        else first_last, USE_PDL=pdl, num_warps=warps, **extra)
 
 
 _COUNTERS = ArrivalCounters("small_batch_linear (split_k)", _MAX_TILES)
