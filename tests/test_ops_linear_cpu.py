@@ -108,6 +108,23 @@ def test_linear_rules_split_k_and_table_checks():
     with pytest.raises(TableError, match="block_n: must be a power of two"):
         parse_dataclass(LinearDispatch, dict(entry, rules=[dict(entry["rules"][2],
                                                                  block_n=96)]), "linear")
+    # the SiLU-prologue limit: optional (8192), never negative
+    assert parsed.gemv_silu_max_k == 8192
+    assert parse_dataclass(LinearDispatch, dict(entry, gemv_silu_max_k=0),
+                           "linear").gemv_silu_max_k == 0
+    with pytest.raises(TableError, match="gemv_silu_max_k: must be >= 0"):
+        parse_dataclass(LinearDispatch, dict(entry, gemv_silu_max_k=-1), "linear")
+
+
+def test_gemv_takes_silu_up_to_the_tables_k(monkeypatch):
+    import fuseinfer.ops.linear.dispatch as dispatch
+    from fuseinfer.ops.linear.small_batch_linear import gemv_takes_silu
+
+    table = LinearDispatch("t", True, BUILTIN.rules, gemv_silu_max_k=4096)
+    monkeypatch.setattr(dispatch, "effective", lambda device=None: table)
+    gpu = torch.device("cuda", 0)
+    assert gemv_takes_silu(4096, gpu) and not gemv_takes_silu(4097, gpu)
+    assert gemv_takes_silu(1 << 20, torch.device("cpu"))  # the reference takes any
 
 
 def test_small_batch_linear_with_silu_mul():

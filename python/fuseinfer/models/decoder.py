@@ -39,6 +39,7 @@ from ..ops.kvcache.store_kv_cache import store_kv_cache
 from ..ops.linear.small_batch_linear import (
     GEMV_MAX_K,
     MAX_M,
+    gemv_takes_silu,
     small_batch_linear,
     takes_fused,
 )
@@ -76,7 +77,8 @@ class Fusions:
     # ones at 4 (microbench/profile_runtime.py --only gemv).
     gemv_max_tokens: int = 1
     # ... and the 1-token down projection takes SiLU(gate) * up in the gemv's prologue
-    # (off: silu_and_mul's kernel, then the plain gemv)
+    # where the `linear` table's gemv_silu_max_k allows (off: silu_and_mul's kernel, then
+    # the plain gemv)
     gemv_silu_mul: bool = True
     # Matmuls of 1..this many tokens (at most 64) not taken by the gemv go through
     # small_batch_linear, whose `linear` table picks split_k, the gemv or cuBLAS per M
@@ -304,7 +306,8 @@ class DecoderModel:
             return self._linear(F.silu(gate) * up, w.down)
         # SiLU inside the down projection's matmul (a float weight only)
         if not isinstance(w.down, Fp8Weight) and (self._small_m_fused(gate_up) or (
-                self._gemv(gate_up, w.down) and self.fusions.gemv_silu_mul)):
+                self._gemv(gate_up, w.down) and self.fusions.gemv_silu_mul
+                and gemv_takes_silu(w.down.size(1), gate_up.device))):
             return small_batch_linear(gate_up, w.down, silu_mul=True, enable_pdl=pdl)
         return self._linear(silu_and_mul(gate_up, enable_pdl=pdl), w.down)
 

@@ -72,8 +72,15 @@ class LinearDispatch:
     source: str
     enable_pdl: bool
     rules: tuple[LinearRule, ...]
+    # a 1-token down projection takes SiLU * up in the gemv's prologue up to this K (past
+    # it, silu_and_mul's kernel first): every program makes the whole activation row, so
+    # the prologue's cost grows with K (H200: it won at K 3072, lost at 12288 and 14336)
+    gemv_silu_max_k: int = 8192
 
     def validate(self, where: str) -> None:
+        if self.gemv_silu_max_k < 0:
+            raise TableError(f"{where}.gemv_silu_max_k: must be >= 0, got "
+                             f"{self.gemv_silu_max_k}")
         if not self.rules or self.rules[-1].max_m is not None:
             raise TableError(f"{where}.rules: needs rules, the last with max_m null")
         for i, rule in enumerate(self.rules):

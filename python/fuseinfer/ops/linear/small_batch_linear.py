@@ -294,6 +294,15 @@ def takes_fused(m: int, device: torch.device, dtype: torch.dtype = torch.bfloat1
     return dtype != torch.float16 and effective(device.index).rule(m).kernel != "cublas"
 
 
+def gemv_takes_silu(k: int, device: torch.device) -> bool:
+    """Whether a 1-token matmul of K = k (the activation's width) does better with SiLU * up
+    in the gemv's prologue than after silu_and_mul's kernel: the `linear` entry's
+    gemv_silu_max_k (the CPU reference: always)."""
+    from .dispatch import effective
+
+    return device.type != "cuda" or k <= effective(device.index).gemv_silu_max_k
+
+
 def launch_rule(out, x, weight, rule, pdl: bool) -> None:
     """A plain call as `rule` (a LinearRule) says: cuBLAS, the gemv where it can take the
     call, else split_k with the rule's tile."""
