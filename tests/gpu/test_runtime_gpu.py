@@ -85,7 +85,8 @@ def test_prefill_logits_within_bf16_tolerance(case):
     dict(page_size=1, schedule_policy="lpm"),
     dict(disable_fused_rope_kv=True, disable_fused_add_rmsnorm=True, disable_pdl=True,
          disable_fused_qk_norm=True, disable_fused_silu_mul=True,
-         disable_small_batch_gemv=True),
+         disable_small_batch_gemv=True, disable_fused_greedy_sample=True),
+    dict(disable_gemv_silu_mul=True, fused_decode_merge=True),
 ])
 def test_greedy_tokens_match_transformers(case, args):
     path, prompts, want, _ = case
