@@ -73,7 +73,7 @@ class Projection:
         self.res_out = [torch.empty(m, k, **bf) for _ in self.ws]
         self.nw = torch.rand(k, **bf) + 0.5
         self.outs = [torch.empty(m, n, **bf) for _ in self.ws]
-        self.rule = effective().rule(m)
+        self.rule = effective().rule(m, n, k)
 
     def kw(self, i: int) -> dict[str, Any]:
         if self.pro == "silu":

@@ -55,3 +55,30 @@ def test_tune_picks_the_fastest_by_geomean_per_bucket(monkeypatch, fast_block_n)
     as_json = {"source": "t", "enable_pdl": True, "rules": [asdict(r) for r in entry.rules]}
     assert parse_dataclass(LinearDispatch, as_json, "linear") == \
         LinearDispatch("t", True, entry.rules)
+
+
+def test_tune_gives_a_shape_its_own_rules_where_another_candidate_wins_on_it(monkeypatch):
+    """The o-like shape runs cuBLAS fastest at 2..4 rows while split_k wins the geomean:
+    it gets a ladder of its own up to bucket 4 (the general gemv at 1, cuBLAS at 2 and 4),
+    the other shape none; lookups by shape then follow it."""
+    o_like, down_like = Shape("m", "o", 48, 64), Shape("m", "down", 32, 96)
+
+    def fake_timed(sets, config, launch):
+        x, w, _ = sets[0]
+        rule, m = launch.__defaults__[0], x.shape[0]
+        if rule.kernel == "gemv":
+            return 1.0 if m == 1 else 50.0
+        if rule.kernel == "cublas":
+            return 1.0 if (w.shape[0] == 48 and m <= 4) else 40.0
+        return 2.0 if rule.block_n == 64 and rule.block_k == 128 else 5.0
+
+    monkeypatch.setattr(tune, "_timed", fake_timed)
+    entry, _ = tune.tune([o_like, down_like], device="cpu")
+    shaped = [r for r in entry.rules if r.n is not None]
+    assert [(r.max_m, r.kernel, r.n, r.k) for r in shaped] == [
+        (1, "gemv", 48, 64), (2, "cublas", 48, 64), (4, "cublas", 48, 64)]
+    assert entry.rule(2, 48, 64).kernel == "cublas" and entry.rule(8, 48, 64).kernel == "split_k"
+    assert entry.rule(2, 32, 96).kernel == "split_k" and entry.rule(2).kernel == "split_k"
+    as_json = {"source": "t", "enable_pdl": True, "rules": [asdict(r) for r in entry.rules]}
+    assert parse_dataclass(LinearDispatch, as_json, "linear").rule(4, 48, 64).kernel == \
+        "cublas"

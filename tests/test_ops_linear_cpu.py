@@ -116,6 +116,28 @@ def test_linear_rules_split_k_and_table_checks():
         parse_dataclass(LinearDispatch, dict(entry, gemv_silu_max_k=-1), "linear")
 
 
+def test_shape_rules_come_first_and_hold_for_their_shape_only():
+    general = [dict(max_m=8, kernel="split_k", block_n=64, block_k=64, min_programs=264,
+                    min_k_steps=4, num_warps=4, num_stages=5),
+               dict(max_m=None, kernel="cublas", block_n=64, block_k=128, min_programs=264,
+                    min_k_steps=4, num_warps=4, num_stages=4)]
+    shaped = [dict(general[1], max_m=2, n=4096, k=4096),
+              dict(general[0], max_m=8, n=4096, k=4096)]
+    entry = {"source": "t", "enable_pdl": True, "rules": shaped + general}
+    parsed = parse_dataclass(LinearDispatch, entry, "linear")
+    assert parsed.rule(2, 4096, 4096).kernel == "cublas"  # its own rule
+    assert parsed.rule(2, 6144, 4096).kernel == "split_k"  # another shape: the general
+    assert parsed.rule(2).kernel == "split_k"  # shape unknown: the general rules only
+    assert parsed.rule(16, 4096, 4096).kernel == "cublas"  # past its ladder: the general
+    bad = [({"rules": general[:1] + shaped + general[1:]}, "shape rules come before"),
+           ({"rules": [shaped[1], shaped[0]] + general}, "max_m must increase"),
+           ({"rules": [dict(shaped[0], k=None)] + general}, "n and k name a shape"),
+           ({"rules": shaped[:1] + [dict(general[1], n=1, k=1)]}, "the last with max_m null")]
+    for change, message in bad:
+        with pytest.raises(TableError, match=message):
+            parse_dataclass(LinearDispatch, dict(entry, **change), "linear")
+
+
 def test_gemv_takes_silu_up_to_the_tables_k(monkeypatch):
     import fuseinfer.ops.linear.dispatch as dispatch
     from fuseinfer.ops.linear.small_batch_linear import gemv_takes_silu

@@ -118,7 +118,7 @@ def run(shapes_: Sequence[Shape], tokens: Sequence[int], copy_gbps: float | None
                 xs = [torch.randn(m, shape.k, device="cuda", dtype=dtype) for _ in weights]
                 outs = [torch.empty(m, shape.n, device="cuda", dtype=dtype) for _ in weights]
                 sets = list(zip(xs, weights, outs, strict=True))
-                rule = table.rule(min(m, MAX_M))
+                rule = table.rule(min(m, MAX_M), shape.n, shape.k)
                 row: dict[str, Any] = {
                     "model": shape.model, "proj": shape.proj, "m": m, "n": shape.n,
                     "k": shape.k, "dtype": str(dtype).removeprefix("torch."),

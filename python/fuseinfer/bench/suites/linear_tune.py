@@ -36,6 +36,8 @@ SPLIT_K_CANDIDATES = (
     (128, 64, 264, 4, 4, 4), (64, 256, 264, 2, 8, 3), (32, 64, 528, 4, 4, 6),
     (16, 256, 528, 2, 4, 3), (64, 128, 132, 4, 4, 4), (128, 128, 264, 2, 8, 3))
 GEMV = "gemv"
+# a shape gets its own rules where a candidate beats the bucket's pick on it by this much
+SHAPE_MARGIN = 0.03
 # the gemv: (min_programs, num_stages, num_warps): its grid, the depth of its walk, warps
 GEMV_CANDIDATES = ((264, 4, 8), (264, 3, 8), (132, 4, 8), (396, 2, 8), (264, 4, 4))
 
@@ -69,6 +71,7 @@ def tune(shapes_: Sequence[Shape], config: TimingConfig | None = None,
     l2 = l2_cache_bytes() if device == "cuda" else 1 << 20
     log: list[dict[str, Any]] = []
     best: dict[int | None, tuple[float, Any]] = {}
+    timed: dict[int | None, dict[Any, list[float]]] = {}  # bucket -> rule -> us per shape
     weights = {s: [torch.randn(s.n, s.k, device=device, dtype=torch.bfloat16) / s.k ** 0.5
                    for _ in range(buffer_sets(s.n * s.k * 2, l2))] for s in shapes_}
     total = sum(len(candidates(max_m)) for max_m, _ in BUCKETS)
@@ -89,10 +92,33 @@ def tune(shapes_: Sequence[Shape], config: TimingConfig | None = None,
                                         lambda x, w, o, r=rule: launch_rule(o, x, w, r, pdl)))
                 log.append({"max_m": max_m, "m": m, "rule": asdict(rule),
                             "shapes": [f"{s.model} {s.proj}" for s in weights], "us": times})
+                timed.setdefault(max_m, {})[rule] = times
                 score = _geomean(times)
                 if max_m not in best or score < best[max_m][0]:
                     best[max_m] = (score, rule)
-    return LinearDispatch("", True, tuple(best[max_m][1] for max_m, _ in BUCKETS)), log
+    general = {max_m: best[max_m][1] for max_m, _ in BUCKETS}
+    rules = shape_rules(list(weights), general, timed) + list(general.values())
+    return LinearDispatch("", True, tuple(rules)), log
+
+
+def shape_rules(shapes_: Sequence[Shape], general: dict[int | None, Any],
+                timed: dict[int | None, dict[Any, list[float]]]) -> list[Any]:
+    """Per shape, the buckets where another candidate beat the bucket's general pick on
+    that shape by more than SHAPE_MARGIN: that shape's ladder of rules (its own pick, or
+    the general one, at every bucket up to the last such), the shape named in each."""
+    out = []
+    for j, shape in enumerate(shapes_):
+        ladder = []
+        for max_m, _ in BUCKETS:
+            pick = general[max_m]
+            ours = timed[max_m][pick][j]
+            rule, us = min(((r, t[j]) for r, t in timed[max_m].items()), key=lambda p: p[1])
+            ladder.append((max_m, rule if us < ours * (1 - SHAPE_MARGIN) else pick,
+                           us < ours * (1 - SHAPE_MARGIN)))
+        last = max((i for i, (_, _, own) in enumerate(ladder) if own), default=-1)
+        out += [replace(rule, max_m=max_m, n=shape.n, k=shape.k)
+                for max_m, rule, _ in ladder[:last + 1]]
+    return out
 
 
 def add_tune_arguments(parser: argparse.ArgumentParser) -> None:
@@ -104,7 +130,8 @@ def tune_command(args: argparse.Namespace) -> int:
     """`fuseinfer tune gemm`: tune, write the `linear` entry, report."""
     target = tune_target(args)
     models = args.models or list(TUNE_MODELS)
-    chosen = [s for s in shapes(models) if s.proj in TUNE_PROJ]
+    # one of each weight shape (the 8B models share their qkv and o shapes)
+    chosen = list({(s.n, s.k): s for s in shapes(models) if s.proj in TUNE_PROJ}.values())
     entry, log = tune(chosen)
     source = target.source(f"; small_batch_linear on the {', '.join(TUNE_PROJ)} "
                            f"projections of {', '.join(models)} at M "

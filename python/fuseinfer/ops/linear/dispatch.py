@@ -12,7 +12,10 @@ small steps through small_batch_linear gets cuBLAS where it wins. block_m is M r
 to a power of two (at least 16), not a table field. A rule naming gemv that a call cannot
 take (K > 16384 or M > 8) runs split_k with its tile. `fuseinfer bench gemm` times both
 kernels and cuBLAS per (M, N, K) of the bundled models; `fuseinfer tune gemm` writes the
-rules (the built-in below is a starting point, not measured).
+rules (the built-in below is a starting point, not measured). Shape rules (n and k set)
+hold for a weight of that shape only, come first, and each shape's max_m bounds increase
+from the first bucket, so a shape tuned to another kernel at some M keeps its own ladder
+up to there and the general rules past it.
 """
 
 from __future__ import annotations
@@ -36,8 +39,23 @@ class LinearRule:
     min_k_steps: int
     num_warps: int
     num_stages: int
+    # a shape rule: only calls whose weight is [n, k] (both given); None: any shape
+    n: int | None = None
+    k: int | None = None
+
+    @property
+    def shaped(self) -> bool:
+        return self.n is not None
+
+    def matches(self, m: int, n: int | None, k: int | None) -> bool:
+        return (self.max_m is None or m <= self.max_m) and \
+            (self.n is None or (self.n == n and self.k == k))
 
     def validate(self, where: str) -> None:
+        if (self.n is None) != (self.k is None) or \
+                (self.n is not None and (self.n < 1 or self.k < 1)):  # type: ignore[operator]
+            raise TableError(f"{where}: n and k name a shape together (both >= 1) or are "
+                             f"both null, got n={self.n}, k={self.k}")
         if self.max_m is not None and self.max_m < 1:
             raise TableError(f"{where}.max_m: must be >= 1 or null, got {self.max_m}")
         if self.kernel not in KERNELS:
@@ -81,17 +99,29 @@ class LinearDispatch:
         if self.gemv_silu_max_k < 0:
             raise TableError(f"{where}.gemv_silu_max_k: must be >= 0, got "
                              f"{self.gemv_silu_max_k}")
-        if not self.rules or self.rules[-1].max_m is not None:
-            raise TableError(f"{where}.rules: needs rules, the last with max_m null")
+        if not self.rules or self.rules[-1].max_m is not None or self.rules[-1].shaped:
+            raise TableError(f"{where}.rules: needs rules, the last with max_m null and "
+                             "no shape")
         for i, rule in enumerate(self.rules):
             rule.validate(f"{where}.rules[{i}]")
-        bounds = [r.max_m for r in self.rules[:-1]]
-        if any(b is None for b in bounds) or bounds != sorted(set(bounds)):  # type: ignore
-            raise TableError(f"{where}.rules: max_m must increase (a rule after a wider "
-                             "one would never be reached)")
+        first_general = next(i for i, r in enumerate(self.rules) if not r.shaped)
+        if any(r.shaped for r in self.rules[first_general:]):
+            raise TableError(f"{where}.rules: shape rules come before the general ones")
+        groups: dict[tuple[int | None, int | None], list[int | None]] = {}
+        for r in self.rules:
+            groups.setdefault((r.n, r.k), []).append(r.max_m)
+        for (n, _), bounds in groups.items():
+            if None in bounds[:-1] or (n is None and bounds[-1] is not None) or \
+                    [b for b in bounds if b is not None] != sorted(
+                        {b for b in bounds if b is not None}):
+                raise TableError(f"{where}.rules: max_m must increase within each shape "
+                                 "and the general rules (a rule after a wider one would "
+                                 "never be reached)")
 
-    def rule(self, m: int) -> LinearRule:
-        return next(r for r in self.rules if r.max_m is None or m <= r.max_m)
+    def rule(self, m: int, n: int | None = None, k: int | None = None) -> LinearRule:
+        """The rule for M = m rows: a shape rule of the weight [n, k] first, then the
+        general rules (n, k unknown: the general rules only)."""
+        return next(r for r in self.rules if r.matches(m, n, k))
 
 
 # Without a tuned entry: the gemv at one row (measured in the runtime, docs/ops.md) and

@@ -161,7 +161,7 @@ def launch_small_batch_linear(out, x, weight, pdl: bool, silu_mul: bool = False,
     if x.is_cuda and (programs is None or stages is None or warps is None):
         from .dispatch import effective
 
-        rule = effective(x.device.index).rule(m)
+        rule = effective(x.device.index).rule(m, n, k)
         programs = rule.min_programs if programs is None else programs
         stages = rule.num_stages if stages is None else stages
         warps = rule.num_warps if warps is None else warps
@@ -251,7 +251,7 @@ def _cuda(out, x, weight, silu_mul=False, norm_weight=None, residual=None, resid
                                   norm_weight, residual, residual_out, eps)
         return
     entry = effective(x.device.index)
-    rule = entry.rule(m)
+    rule = entry.rule(m, weight.size(0), k)
     pdl = use_pdl(entry.enable_pdl if enable_pdl is None else enable_pdl, x.device)
     if fused and norm_weight is not None and x.dtype == torch.float16:
         # split_k rounds x * norm_weight before the 1/rms (applied to the sum), which can
