@@ -136,7 +136,12 @@ def tune_command(args: argparse.Namespace) -> int:
     source = target.source(f"; small_batch_linear on the {', '.join(TUNE_PROJ)} "
                            f"projections of {', '.join(models)} at M "
                            f"{','.join(str(m) for _, m in BUCKETS)}")
-    entry = replace(entry, source=source)
+    # the rules are tuned here; the SiLU-prologue bound (measured end to end) is kept
+    from ...ops.linear.dispatch import effective
+
+    kept = effective().gemv_silu_max_k if torch.cuda.is_available() else None
+    entry = replace(entry, source=source, **({} if kept is None else
+                                             {"gemv_silu_max_k": kept}))
     target.write("linear", entry)
     for rule in entry.rules:
         print(f"  linear: M <= {rule.max_m}: {rule}")
