@@ -73,7 +73,8 @@ def test_tune_gives_a_shape_its_own_rules_where_another_candidate_wins_on_it(mon
         return 2.0 if rule.block_n == 64 and rule.block_k == 128 else 5.0
 
     monkeypatch.setattr(tune, "_timed", fake_timed)
-    entry, _ = tune.tune([o_like, down_like], device="cpu")
+    # the o-like shape twice (two models share it): timed once, one ladder
+    entry, _ = tune.tune([o_like, down_like, Shape("n", "o", 48, 64)], device="cpu")
     shaped = [r for r in entry.rules if r.n is not None]
     assert [(r.max_m, r.kernel, r.n, r.k) for r in shaped] == [
         (1, "gemv", 48, 64), (2, "cublas", 48, 64), (4, "cublas", 48, 64)]

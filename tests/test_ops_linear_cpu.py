@@ -138,6 +138,22 @@ def test_shape_rules_come_first_and_hold_for_their_shape_only():
             parse_dataclass(LinearDispatch, dict(entry, **change), "linear")
 
 
+def test_takes_fused_follows_the_weights_shape_rule(monkeypatch):
+    import fuseinfer.ops.linear.dispatch as dispatch
+    from fuseinfer.ops.linear.small_batch_linear import takes_fused
+
+    split = LinearRule(8, "split_k", 64, 64, 264, 4, 4, 5)
+    cublas = LinearRule(None, "cublas", 64, 128, 264, 4, 4, 4)
+    table = LinearDispatch("t", True, (LinearRule(8, "cublas", 64, 128, 264, 4, 4, 4,
+                                                   n=48, k=64), split, cublas))
+    monkeypatch.setattr(dispatch, "effective", lambda device=None: table)
+    gpu = torch.device("cuda", 0)
+    assert takes_fused(4, gpu, torch.bfloat16)  # no weight: the general split_k rule
+    assert not takes_fused(4, gpu, torch.bfloat16, torch.empty(48, 64))  # its cuBLAS rule
+    assert takes_fused(4, gpu, torch.bfloat16, torch.empty(32, 64))
+    assert not takes_fused(16, gpu, torch.bfloat16, torch.empty(32, 64))
+
+
 def test_gemv_takes_silu_up_to_the_tables_k(monkeypatch):
     import fuseinfer.ops.linear.dispatch as dispatch
     from fuseinfer.ops.linear.small_batch_linear import gemv_takes_silu

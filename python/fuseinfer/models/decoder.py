@@ -175,11 +175,12 @@ class DecoderModel:
         """A plain matmul small_batch_linear takes for its `linear` table (switch on)."""
         return 1 <= h.size(0) <= min(self.fusions.small_m_max_tokens, MAX_M)
 
-    def _small_m_fused(self, h: torch.Tensor) -> bool:
+    def _small_m_fused(self, h: torch.Tensor, weight: torch.Tensor) -> bool:
         """A matmul of 2+ tokens small_batch_linear takes with its prologue: switch on and
-        its table picks split_k for this M (one token belongs to the gemv switch)."""
+        its table picks split_k for this M and weight shape (one token belongs to the gemv
+        switch)."""
         return self.fusions.small_m_prologue and h.size(0) > 1 and self._small_m(h) and \
-            takes_fused(h.size(0), h.device, h.dtype)
+            takes_fused(h.size(0), h.device, h.dtype, weight)
 
     def _reduce_norm(self, h: torch.Tensor, residual: torch.Tensor | None,
                      norm_weight: torch.Tensor) -> torch.Tensor | None:
@@ -207,7 +208,7 @@ class DecoderModel:
             h = all_reduce_(h, self.parallel)
         if isinstance(weight, Fp8Weight):
             return self._norm_fp8_linear(h, residual, norm_weight, weight)
-        if (self._gemv(h, weight) or self._small_m_fused(h)) and \
+        if (self._gemv(h, weight) or self._small_m_fused(h, weight)) and \
                 self.fusions.fused_add_rmsnorm:
             eps, pdl = self.config.rms_norm_eps, self.fusions.enable_pdl
             if residual is None:
@@ -305,7 +306,7 @@ class DecoderModel:
             gate, up = gate_up.chunk(2, dim=1)
             return self._linear(F.silu(gate) * up, w.down)
         # SiLU inside the down projection's matmul (a float weight only)
-        if not isinstance(w.down, Fp8Weight) and (self._small_m_fused(gate_up) or (
+        if not isinstance(w.down, Fp8Weight) and (self._small_m_fused(gate_up, w.down) or (
                 self._gemv(gate_up, w.down) and self.fusions.gemv_silu_mul
                 and gemv_takes_silu(w.down.size(1), gate_up.device))):
             return small_batch_linear(gate_up, w.down, silu_mul=True, enable_pdl=pdl)

@@ -70,6 +70,7 @@ def tune(shapes_: Sequence[Shape], config: TimingConfig | None = None,
     from ...ops.triton_launch import use_pdl
 
     config = config or TimingConfig(repeats=7, target_graph_ms=1.0, warmup_calls=2)
+    shapes_ = list({(s.n, s.k): s for s in shapes_}.values())  # one ladder per weight shape
     pdl = use_pdl(None, torch.device(device))
     l2 = l2_cache_bytes() if device == "cuda" else 1 << 20
     log: list[dict[str, Any]] = []
@@ -133,8 +134,7 @@ def tune_command(args: argparse.Namespace) -> int:
     """`fuseinfer tune gemm`: tune, write the `linear` entry, report."""
     target = tune_target(args)
     models = args.models or list(TUNE_MODELS)
-    # one of each weight shape (the 8B models share their qkv and o shapes)
-    chosen = list({(s.n, s.k): s for s in shapes(models) if s.proj in TUNE_PROJ}.values())
+    chosen = [s for s in shapes(models) if s.proj in TUNE_PROJ]  # tune() times each shape once
     entry, log = tune(chosen)
     source = target.source(f"; small_batch_linear on the {', '.join(TUNE_PROJ)} "
                            f"projections of {', '.join(models)} at M "

@@ -280,18 +280,21 @@ def _prologue(x, silu_mul, norm_weight, residual, residual_out, eps, enable_pdl)
     return rmsnorm(h, norm_weight, eps, enable_pdl=enable_pdl)
 
 
-def takes_fused(m: int, device: torch.device, dtype: torch.dtype = torch.bfloat16) -> bool:
+def takes_fused(m: int, device: torch.device, dtype: torch.dtype = torch.bfloat16,
+                weight: torch.Tensor | None = None) -> bool:
     """Whether a call of m rows with a prologue runs as one kernel at the speed of the plain
-    one the table picks: its rule is not cuBLAS (no prologue there) and, past the gemv, x
-    is not fp16 (which takes the prologue as separate kernels). Otherwise a caller does
-    better with the separate norm / activation kernel and then the plain call."""
+    one the table picks: its rule (the weight's shape rule, when given) is not cuBLAS (no
+    prologue there) and, past the gemv, x is not fp16 (which takes the prologue as separate
+    kernels). Otherwise a caller does better with the separate norm / activation kernel and
+    then the plain call."""
     from .dispatch import effective
 
     if device.type != "cuda":  # the reference: any call the same
         return True
     if m == 1:
         return True
-    return dtype != torch.float16 and effective(device.index).rule(m).kernel != "cublas"
+    n, k = (None, None) if weight is None else weight.shape
+    return dtype != torch.float16 and effective(device.index).rule(m, n, k).kernel != "cublas"
 
 
 def gemv_takes_silu(k: int, device: torch.device) -> bool:
