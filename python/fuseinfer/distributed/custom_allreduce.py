@@ -21,7 +21,8 @@ import torch
 import torch.distributed as dist
 
 from ..ops.allreduce.allreduce_dispatch import WORLD_SIZES, AllreduceDispatch, effective
-from ..ops.allreduce.custom_allreduce import DTYPES, load_module
+from ..ops.allreduce.custom_allreduce import load_module
+from ..ops.arg_checks import FLOAT_DTYPES
 from ..ops.norm.rmsnorm import fused_add_rmsnorm
 from .parallel_state import ParallelState
 
@@ -86,7 +87,7 @@ class CustomAllreduce:
         """The table's algorithm for x, NCCL where the workspace or the kernels do not fit."""
         nbytes = x.numel() * x.element_size()
         if nbytes % 16 or nbytes > self.max_bytes or not x.is_contiguous() \
-                or x.dtype not in DTYPES:
+                or x.dtype not in FLOAT_DTYPES:
             return "nccl"
         return self.entry.algorithm(self.parallel.world_size, nbytes)
 

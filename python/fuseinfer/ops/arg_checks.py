@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import torch
 
+# the float dtypes the activation-side ops read and write
+FLOAT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+
 
 def fail(op: str, arg: str, message: str) -> None:
     raise ValueError(f"fuseinfer.{op}: {arg} {message}")

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import torch
 
-from ..arg_checks import fail
+from ..arg_checks import FLOAT_DTYPES, fail
 from ..triton_launch import next_pow2
 
-DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 MAX_BLOCK = 1024
 
 
@@ -17,7 +16,7 @@ def check_gate_up(op: str, out: torch.Tensor, input: torch.Tensor) -> None:
     device, contiguous last dims (any row stride); a ValueError naming the bad one."""
     if input.dim() != 2 or input.size(1) % 2:
         fail(op, "input", f"must be [tokens, 2 * inner], got {list(input.shape)}")
-    if input.dtype not in DTYPES:
+    if input.dtype not in FLOAT_DTYPES:
         fail(op, "input", f"must be bfloat16, float16 or float32, got {input.dtype}")
     if input.size(1) and input.stride(1) != 1:
         fail(op, "input", "must have a contiguous last dim")

@@ -30,6 +30,7 @@ from collections.abc import Sequence
 
 import torch
 
+from ..arg_checks import FLOAT_DTYPES
 from ..library import define, impl_cpu, impl_cuda_on_first_use, impl_fake, module_loader
 from ..norm.rmsnorm import reference_rmsnorm
 from .allreduce_dispatch import WORLD_SIZES
@@ -39,14 +40,13 @@ _ALLREDUCE = ("custom_all_reduce(Tensor input, Tensor(a!) out, int[] peer_bases,
 _FUSED = ("custom_fused_allreduce_add_rmsnorm(Tensor input, Tensor(a!) residual, "
           "Tensor weight, Tensor(b!) out, int[] peer_bases, int max_bytes, int rank, "
           "bool two_shot=False, float eps=1e-06, bool? enable_pdl=None) -> ()")
-DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
 load_module = module_loader("allreduce", "allreduce")
 
 
 def _check_common(op: str, input: torch.Tensor, tensors: dict[str, torch.Tensor],
                   peer_bases: Sequence[int], max_bytes: int, rank: int) -> None:
-    if input.dtype not in DTYPES:
+    if input.dtype not in FLOAT_DTYPES:
         raise ValueError(f"fuseinfer.{op}: input must be bfloat16, float16 or float32, got "
                          f"{input.dtype}")
     for name, t in tensors.items():

@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import torch
 
-from ..arg_checks import contiguous_tail, has_storage
+from ..arg_checks import FLOAT_DTYPES, contiguous_tail, has_storage
 from ..arg_checks import fail as _fail
 from ..library import define, impl_cpu, impl_cuda_on_first_use, impl_fake, module_loader
 from .dispatch import push_kvcache
 
 FP8 = torch.float8_e4m3fn
 FP8_MAX = 448.0
-ACTIVATION_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
 
 def token_rows(t: torch.Tensor, op: str, arg: str) -> tuple[int, int]:
@@ -89,7 +88,7 @@ def check_scale(scale: torch.Tensor | None, cache: torch.Tensor, op: str, arg: s
 def check_cache_pair(op: str, k_cache, v_cache, loc, k, v, k_scale, v_scale,
                      k_name: str = "k", v_name: str = "v") -> None:
     tokens = k.size(0)
-    if k.dtype not in ACTIVATION_DTYPES:
+    if k.dtype not in FLOAT_DTYPES:
         _fail(op, k_name, f"must be bfloat16, float16 or float32, got {k.dtype}")
     loc_name = "loc" if k_name == "k" else "cache_loc"
     for name, t in ((v_name, v), ("k_cache", k_cache), ("v_cache", v_cache), (loc_name, loc)):

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import torch
 
-from ..arg_checks import fail, overlaps
+from ..arg_checks import FLOAT_DTYPES, fail, overlaps
 from ..arrival_counters import ArrivalCounters
 from ..library import LIB, define, impl_cpu, impl_fake
 from ..triton_launch import next_pow2, use_pdl
@@ -95,7 +95,7 @@ def _check(out, x, weight, silu_mul=False, norm_weight=None, residual=None,
         fail(op, "weight", f"must be [N, {k}], got {list(weight.shape)}")
     if k < 1:
         fail(op, "x", f"K must be at least 1, got {k}")
-    if x.dtype not in (torch.bfloat16, torch.float16, torch.float32) or \
+    if x.dtype not in FLOAT_DTYPES or \
             weight.dtype != x.dtype or out.dtype != x.dtype:
         fail(op, "weight", f"x, weight and out must share a float dtype, got {x.dtype}, "
              f"{weight.dtype}, {out.dtype}")

@@ -46,8 +46,7 @@ from ..activation.clamped_swiglu_and_mul import ALPHA, LIMIT
 from ..library import LIB, define, impl_cpu, impl_fake
 from ..triton_launch import use_pdl
 
-# DTYPES, FP8, QUANTS, ... stay importable from here (models and bench name them so).
-from .fused_moe_checks import DTYPES as DTYPES
+# FP8, QUANTS, ... stay importable from here (models and bench name them so).
 from .fused_moe_checks import FP8 as FP8
 from .fused_moe_checks import MX_BLOCK as MX_BLOCK
 from .fused_moe_checks import OP, QUANT_BLOCK, check_fused_moe

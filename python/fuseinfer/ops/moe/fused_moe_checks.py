@@ -6,10 +6,9 @@ from __future__ import annotations
 import torch
 
 from ..activation.clamped_swiglu_and_mul import ALPHA, LIMIT, check_clamped_swiglu_args
-from ..arg_checks import fail
+from ..arg_checks import FLOAT_DTYPES, fail
 
 OP = "fused_moe"
-DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 FP8 = torch.float8_e4m3fn
 QUANT_BLOCK = 128  # fp8_block: weight scale blocks and activation groups
 MX_BLOCK = 32      # mxfp4: elements per E8M0 scale
@@ -103,7 +102,7 @@ def check_fused_moe(out: torch.Tensor, hidden: torch.Tensor, w13: torch.Tensor,
                                   ("swiglu_alpha", "swiglu_limit"))
     if quant not in QUANTS:
         fail(OP, "quant", f"must be None, 'fp8_block' or 'mxfp4', got {quant!r}")
-    if hidden.dim() != 2 or hidden.dtype not in DTYPES:
+    if hidden.dim() != 2 or hidden.dtype not in FLOAT_DTYPES:
         fail(OP, "hidden", f"must be bfloat16, float16 or float32 [T, H], got {hidden.dtype} "
              f"{list(hidden.shape)}")
     t, h = hidden.shape

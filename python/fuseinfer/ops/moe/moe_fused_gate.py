@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import torch
 
-from ..arg_checks import fail
+from ..arg_checks import FLOAT_DTYPES, fail
 from ..library import LIB, define, impl_cpu, impl_fake
 from ..triton_launch import next_pow2, use_pdl
 from .topk_softmax import MAX_EXPERTS, topk_lowest_index
@@ -37,7 +37,6 @@ _SCHEMA = ("moe_fused_gate(Tensor(a!) topk_weights, Tensor(b!) topk_ids, Tensor 
            "Tensor bias, int num_expert_group, int topk_group, "
            "float routed_scaling_factor=1.0, bool apply_routed_scaling_factor_on_output=False, "
            "int num_fused_shared_experts=0, bool? enable_pdl=None) -> ()")
-_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
 
 def reference_moe_fused_gate(scores: torch.Tensor, bias: torch.Tensor, num_expert_group: int,
@@ -80,7 +79,7 @@ def _check(topk_weights: torch.Tensor, topk_ids: torch.Tensor, scores: torch.Ten
     if scores.dim() != 2:
         fail(op, "scores", f"must be [tokens, experts], got {list(scores.shape)}")
     tokens, experts = scores.shape
-    if scores.dtype not in _DTYPES:
+    if scores.dtype not in FLOAT_DTYPES:
         fail(op, "scores", f"must be bfloat16, float16 or float32, got {scores.dtype}")
     if not 1 <= experts <= MAX_EXPERTS:
         fail(op, "scores", f"must have 1..{MAX_EXPERTS} experts, got {experts}")

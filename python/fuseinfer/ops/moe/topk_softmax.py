@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import torch
 
-from ..arg_checks import fail
+from ..arg_checks import FLOAT_DTYPES, fail
 from ..library import LIB, define, impl_cpu, impl_fake
 from ..triton_launch import next_pow2, use_pdl
 
 _SCHEMA = ("topk_softmax(Tensor(a!) topk_weights, Tensor(b!) topk_ids, Tensor gating_logits, "
            "bool renormalize=False, bool softmax_after_topk=False, bool? enable_pdl=None) -> ()")
-_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 MAX_EXPERTS = 512
 
 
@@ -55,7 +54,7 @@ def _check(topk_weights: torch.Tensor, topk_ids: torch.Tensor, gating_logits: to
     x = gating_logits
     if x.dim() != 2:
         fail(op, "gating_logits", f"must be [tokens, experts], got {list(x.shape)}")
-    if x.dtype not in _DTYPES:
+    if x.dtype not in FLOAT_DTYPES:
         fail(op, "gating_logits", f"must be bfloat16, float16 or float32, got {x.dtype}")
     if not 1 <= x.size(1) <= MAX_EXPERTS:
         fail(op, "gating_logits", f"must have 1..{MAX_EXPERTS} experts, got {x.size(1)}")

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import torch
 
+from ..arg_checks import FLOAT_DTYPES, has_storage
 from ..arg_checks import fail as _fail
-from ..arg_checks import has_storage
-
-SUPPORTED_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
 
 def check_rows(t: torch.Tensor, op: str, arg: str) -> None:
@@ -76,7 +74,7 @@ def check_norm_args(
     out: torch.Tensor | None = None,
     residual: torch.Tensor | None = None,
 ) -> None:
-    if input.dtype not in SUPPORTED_DTYPES:
+    if input.dtype not in FLOAT_DTYPES:
         _fail(op, "input", f"must be bfloat16, float16 or float32, got {input.dtype}")
     check_rows(input, op, "input")
     check_like_input(weight, input, op, "weight")

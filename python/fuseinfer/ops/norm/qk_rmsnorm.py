@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from ..arg_checks import fail
+from ..arg_checks import FLOAT_DTYPES, fail
 from ..library import LIB, define, impl_cpu, impl_fake
 from ..triton_launch import next_pow2, use_pdl
 
@@ -44,7 +44,7 @@ def _check(qk: torch.Tensor, q_weight: torch.Tensor, k_weight: torch.Tensor,
     heads = qk.size(1) // d
     if not 1 <= num_q_heads < heads:
         fail(op, "num_q_heads", f"must be in [1, {heads}) (qk holds {heads} heads)")
-    if qk.dtype not in (torch.bfloat16, torch.float16, torch.float32):
+    if qk.dtype not in FLOAT_DTYPES:
         fail(op, "qk", f"must be bfloat16, float16 or float32, got {qk.dtype}")
     if q_weight.dtype != qk.dtype or k_weight.dtype != qk.dtype:
         fail(op, "q_weight", f"and k_weight must have qk's dtype {qk.dtype}")

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from ..arg_checks import fail
+from ..arg_checks import FLOAT_DTYPES, fail
 
-DTYPES = (torch.bfloat16, torch.float16, torch.float32)  # what a quantizer reads
 FP8 = torch.float8_e4m3fn
 
 
@@ -35,7 +34,7 @@ def check_rows_quant(op: str, q: torch.Tensor, input: torch.Tensor,
     what every quantization of rows checks, errors in `op`'s name."""
     if input.dim() != 2:
         fail(op, "input", f"must be [tokens, channels], got {list(input.shape)}")
-    if input.dtype not in DTYPES:
+    if input.dtype not in FLOAT_DTYPES:
         fail(op, "input", f"must be bfloat16, float16 or float32, got {input.dtype}")
     m, k = input.shape
     if k and input.stride(1) != 1:

@@ -35,9 +35,8 @@ from __future__ import annotations
 
 import torch
 
-from ..arg_checks import fail
+from ..arg_checks import FLOAT_DTYPES, fail
 from ..kvcache.store_kv_cache import (
-    ACTIVATION_DTYPES,
     FP8,
     check_cache_pair,
     check_loc_range,
@@ -69,7 +68,7 @@ def _fail(arg: str, message: str) -> None:
 
 def _check_qkv(qkv: torch.Tensor, num_q_heads: int, num_kv_heads: int,
                head_size: int) -> None:
-    if qkv.dtype not in ACTIVATION_DTYPES:
+    if qkv.dtype not in FLOAT_DTYPES:
         _fail("qkv", f"must be bfloat16, float16 or float32, got {qkv.dtype}")
     if head_size <= 0:
         _fail("head_size", f"must be positive, got {head_size}")

@@ -25,9 +25,8 @@ from __future__ import annotations
 
 import torch
 
-from ..arg_checks import fail
+from ..arg_checks import FLOAT_DTYPES, fail
 from ..kvcache.store_kv_cache import (
-    ACTIVATION_DTYPES,
     check_cache_pair,
     check_loc_range,
     token_rows,
@@ -75,7 +74,7 @@ def check_position_range(op: str, positions: torch.Tensor,
 def check_rope_args(positions, query, key, head_size, cos_sin_cache, is_neox=True,
                     value=None, k_cache=None, v_cache=None, cache_loc=None, k_scale=None,
                     v_scale=None, enable_pdl=None) -> None:
-    if query.dtype not in ACTIVATION_DTYPES:
+    if query.dtype not in FLOAT_DTYPES:
         _fail("query", f"must be bfloat16, float16 or float32, got {query.dtype}")
     if key.dtype != query.dtype:
         _fail("key", f"must have dtype {query.dtype} like query, got {key.dtype}")

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from ..arg_checks import fail
+from ..arg_checks import FLOAT_DTYPES, fail
 from ..arrival_counters import ArrivalCounters
 from ..library import LIB, define, impl_cpu, impl_fake
 from ..triton_launch import next_pow2, use_pdl
@@ -55,7 +55,7 @@ def _check(tokens: torch.Tensor, logits: torch.Tensor, future: torch.Tensor | No
     op = "greedy_sample"
     if logits.dim() != 2 or logits.size(1) < 1:
         fail(op, "logits", f"must be [B, V] with V >= 1, got {list(logits.shape)}")
-    if logits.dtype not in (torch.bfloat16, torch.float16, torch.float32):
+    if logits.dtype not in FLOAT_DTYPES:
         fail(op, "logits", f"must be bf16, fp16 or fp32, got {logits.dtype}")
     if logits.size(1) > 1 and logits.stride(1) != 1:
         fail(op, "logits", "must have a contiguous last dim")
