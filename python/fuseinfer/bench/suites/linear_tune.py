@@ -117,8 +117,8 @@ def shape_rules(shapes_: Sequence[Shape], general: dict[int | None, Any],
             pick = general[max_m]
             ours = timed[max_m][pick][j]
             rule, us = min(((r, t[j]) for r, t in timed[max_m].items()), key=lambda p: p[1])
-            ladder.append((max_m, rule if us < ours * (1 - SHAPE_MARGIN) else pick,
-                           us < ours * (1 - SHAPE_MARGIN)))
+            own = us < ours * (1 - SHAPE_MARGIN)
+            ladder.append((max_m, rule if own else pick, own))
         last = max((i for i, (_, _, own) in enumerate(ladder) if own), default=-1)
         out += [replace(rule, max_m=max_m, n=shape.n, k=shape.k)
                 for max_m, rule, _ in ladder[:last + 1]]
@@ -142,9 +142,7 @@ def tune_command(args: argparse.Namespace) -> int:
     # the rules are tuned here; the SiLU-prologue bound (measured end to end) is kept
     from ...ops.linear.dispatch import effective
 
-    kept = effective().gemv_silu_max_k if torch.cuda.is_available() else None
-    entry = replace(entry, source=source, **({} if kept is None else
-                                             {"gemv_silu_max_k": kept}))
+    entry = replace(entry, source=source, gemv_silu_max_k=effective().gemv_silu_max_k)
     target.write("linear", entry)
     for rule in entry.rules:
         print(f"  linear: M <= {rule.max_m}: {rule}")
