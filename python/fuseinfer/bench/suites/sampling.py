@@ -63,8 +63,9 @@ def _case(vocab: int, rows: int, dtype: torch.dtype, copy_gbps: float | None,
 
     row: dict[str, Any] = {
         "model": VOCABS.get(vocab, ""), "vocab": vocab, "rows": rows,
-        "chunks": chunking(rows, vocab)[0], "dtype": str(dtype)[6:], "bytes": nbytes,
-        "rotated_sets": len(sets), "l2": "cold" if cold or 4 * nbytes > l2 else "warm"}
+        "chunks": chunking(rows, vocab)[0], "dtype": str(dtype).removeprefix("torch."),
+        "bytes": nbytes, "rotated_sets": len(sets),
+        "l2": "cold" if cold or 4 * nbytes > l2 else "warm"}
     row["us"] = time_calls([lambda x=x: ours(x) for x in sets], config).median_us
     row["torch_us"] = time_calls([lambda x=x: replaced(x) for x in sets], config).median_us
     row["vs_torch"] = row["torch_us"] / row["us"]
