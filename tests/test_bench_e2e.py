@@ -142,11 +142,13 @@ def test_latency_sizes_the_engine_from_its_own_options():
     assert [n for n, _ in variants] == ["as configured", "without pdl", "without cuda-graph"]
     assert variants[1][1].disable_pdl and not variants[0][1].disable_pdl
     assert variants[2][1].disable_cuda_graph and variants[2][1].max_running_requests == 12
-    # `all` on a bf16 model leaves out the switches that only change an FP8 model, and an
-    # opt-in switch that is off (fused-decode-merge) until it is turned on
+    # `all` on a bf16 model leaves out the switches that only change an FP8 model, and the
+    # opt-in switches, off until turned on
+    opt_in = ("fused-decode-merge", "residual-epilogue")
     names = [n for n, _ in ablation_variants(variants[0][1], ["all"])[1]]
-    assert len(names) == 1 + len(ABLATIONS) - len(FP8_ABLATIONS) - len(TP_ABLATIONS) - 1
-    assert "without fused-decode-merge" not in names
+    assert len(names) == 1 + len(ABLATIONS) - len(FP8_ABLATIONS) - len(TP_ABLATIONS) - \
+        len(opt_in)
+    assert not any(f"without {name}" in names for name in opt_in)
     merged = replace(variants[0][1], fused_decode_merge=True)
     opted = dict(ablation_variants(merged, ["all"])[1])
     assert not opted["without fused-decode-merge"].fused_decode_merge
@@ -159,14 +161,15 @@ def test_latency_sizes_the_engine_from_its_own_options():
     assert "without small-m-matmul" not in dict(ablation_variants(small_m_off, ["all"])[1])
     fp8 = replace(variants[0][1], quantization="fp8")
     fp8_variants = ablation_variants(fp8, ["all"])[1]
-    assert len(fp8_variants) == len(ABLATIONS) - len(TP_ABLATIONS)  # one rank, merge off
+    assert len(fp8_variants) == 1 + len(ABLATIONS) - len(TP_ABLATIONS) - len(opt_in)
     quant_off = dict(fp8_variants)["without fused-norm-quant"]
     assert quant_off.disable_fused_norm_quant and not quant_off.disable_fused_silu_mul_quant
     bundled = replace(variants[0][1], model="qwen3-8b-fp8")  # FP8 by its checkpoint config
-    assert len(ablation_variants(bundled, ["all"])[1]) == len(ABLATIONS) - len(TP_ABLATIONS)
+    assert len(ablation_variants(bundled, ["all"])[1]) == \
+        1 + len(ABLATIONS) - len(TP_ABLATIONS) - len(opt_in)
     # ... and the tensor-parallel switches only for an engine of several ranks
     tp_names = [n for n, _ in ablation_variants(replace(fp8, tp=2), ["all"])[1]]
-    assert len(tp_names) == len(ABLATIONS)  # all but the merge, which is off
+    assert len(tp_names) == 1 + len(ABLATIONS) - len(opt_in)
 
 
 def test_bench_latency_on_the_tiny_model(isolated_cache):

@@ -335,6 +335,36 @@ def test_split_k_prologues_and_epilogue_interpreted(prologue, add, m, n, k, min_
     assert not counters.any()
 
 
+@needs_interpreter
+@pytest.mark.parametrize("prologue", [None, "silu_mul", "add_norm"])
+@pytest.mark.parametrize("add", ["bias", "full"])
+@pytest.mark.parametrize("m, programs", [(1, 2), (1, 64), (3, 2)])
+def test_gemv_epilogue_add_interpreted(prologue, add, m, programs):
+    """The gemv's epilogue add (a bias, or a residual [M, N]) after its prologue, a grid
+    walking several tiles or one per program, against a float64 composition."""
+    n, k = 70, 300
+    x = torch.randn(m, 2 * k if prologue == "silu_mul" else k)
+    w, nw = torch.randn(n, k) / k ** 0.5, torch.rand(k) + 0.5
+    res = torch.randn(m, k) if prologue == "add_norm" else None
+    extra = torch.randn(n) if add == "bias" else torch.randn(m, n + 3)[:, :n]  # strided
+    xd = x.double()
+    if prologue == "silu_mul":
+        a = xd[:, :k] * torch.sigmoid(xd[:, :k]) * xd[:, k:]
+    elif prologue == "add_norm":
+        a = float64_rmsnorm(xd + res.double(), nw)
+    else:
+        a = xd
+    want = a @ w.double().t() + extra.double()
+    out = torch.full((m, n), float("nan"))
+    res_out = torch.full((m, k), float("nan")) if res is not None else None
+    kw = dict(silu_mul=prologue == "silu_mul", residual=res, residual_out=res_out,
+              norm_weight=nw if prologue == "add_norm" else None)
+    launch_small_batch_linear(out, x, w, pdl=False, programs=programs, add=extra, **kw)
+    torch.testing.assert_close(out.double(), want, rtol=1e-4, atol=1e-4)
+    if res is not None:
+        torch.testing.assert_close(res_out, x + res)
+
+
 def test_outputs_may_not_overlap_inputs_and_norm_weight_is_contiguous():
     x, w = torch.randn(4, 64), torch.randn(8, 64)
     nw, res = torch.rand(64) + 0.5, torch.randn(4, 64)

@@ -37,6 +37,9 @@ def checkpoint(tmp_path_factory):
     dict(page_size=1, schedule_policy="lpm"),
     dict(page_size=4, max_total_tokens=36),  # 9 pages for 5 requests of up to 31 tokens
     dict(page_size=4, disable_gemv_silu_mul=True),
+    dict(page_size=4, residual_epilogue=True),
+    dict(page_size=4, residual_epilogue=True, disable_small_batch_gemv=True,
+         disable_fused_silu_mul=True, chunked_prefill_size=5, max_prefill_tokens=8),
     dict(page_size=4, disable_fused_rope_kv=True, disable_fused_add_rmsnorm=True,
          disable_fused_qk_norm=True, disable_fused_silu_mul=True,
          disable_small_batch_gemv=True, disable_fused_greedy_sample=True),

@@ -121,13 +121,22 @@ def test_small_batch_linear_with_norm_prologue(m, with_residual, k):
 
 @pytest.mark.parametrize("m", [1, 8, 40])
 @pytest.mark.parametrize("bias", [True, False])
-def test_small_batch_linear_epilogue_add(m, bias):
-    """out = x @ W.T + add (a bias row or a residual [M, N]) in one rounding."""
-    x = torch.randn(m, 4096, device="cuda", dtype=torch.bfloat16)
-    w = torch.randn(6144, 4096, device="cuda", dtype=torch.bfloat16) / 64
+@pytest.mark.parametrize("prologue", [None, "silu", "add_norm"])
+def test_small_batch_linear_epilogue_add(m, bias, prologue):
+    """out = prologue(x) @ W.T + add (a bias row or a residual [M, N]) in one rounding; at
+    one token the gemv runs it (its epilogue after its prologue), else split_k."""
+    k = 4096
+    x = torch.randn(m, 2 * k if prologue == "silu" else k, device="cuda",
+                    dtype=torch.bfloat16)
+    w = torch.randn(6144, k, device="cuda", dtype=torch.bfloat16) / 64
     add = torch.randn(6144 if bias else (m, 6144), device="cuda", dtype=torch.bfloat16)
-    got = small_batch_linear(x, w, add=add)
-    want = reference_small_batch_linear(x, w, add=add)[0]
+    nw = torch.rand(k, device="cuda", dtype=torch.bfloat16) + 0.5
+    res = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+    kw = {"silu": {"silu_mul": True}, "add_norm": {"norm_weight": nw, "residual": res},
+          None: {}}[prologue]
+    got = small_batch_linear(x, w, add=add, **kw)
+    got = got[0] if prologue == "add_norm" else got
+    want = reference_small_batch_linear(x, w, add=add, **kw)[0]
     torch.testing.assert_close(got.float(), want, rtol=2e-2, atol=2e-2)
 
 

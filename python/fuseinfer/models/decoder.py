@@ -89,6 +89,10 @@ class Fusions:
     # the down projection ride in its prologue. Off: on the H200 (2026-12-01) the prologue
     # kernel ran 2-2.5x slower than the norm kernel plus the plain matmul at 8 tokens.
     small_m_prologue: bool = False
+    # A single rank's o and down projections (float weights) add the residual in their
+    # matmul's epilogue (small_batch_linear's add, cuBLAS's addmm), so the norm after
+    # each reads one tensor (at one token: the next gemv's prologue norms without an add)
+    residual_epilogue: bool = False
     # Tensor parallel: the allreduce of a layer's output, the residual add and the next
     # RMSNorm in one call (one kernel where the allreduce table says it wins)
     fused_allreduce_rmsnorm: bool = True
@@ -154,17 +158,29 @@ class DecoderModel:
         h = self.weights.embed[local.clamp(0, rows - 1)] * mine[:, None]
         return all_reduce_(h, self.parallel)
 
-    def _linear(self, h: torch.Tensor, weight: Linear) -> torch.Tensor:
-        """h @ weight.T; decode steps of a few tokens take the weight-streaming kernel; an
-        FP8 weight: h quantized per 1 x 128 group, then the FP8 GEMM."""
+    def _linear(self, h: torch.Tensor, weight: Linear, add: torch.Tensor | None = None
+                ) -> torch.Tensor:
+        """h @ weight.T (+ add, in the matmul's epilogue: a float weight only); decode
+        steps of a few tokens take the weight-streaming kernel; an FP8 weight: h quantized
+        per 1 x 128 group, then the FP8 GEMM."""
         if isinstance(weight, Fp8Weight):
+            assert add is None
             pdl = self.fusions.enable_pdl
             q, scales = per_token_group_quant_fp8(h, BLOCK, column_major_scales=True,
                                                   enable_pdl=pdl)
             return fp8_matmul(q, scales, weight, h.dtype, pdl)
         if self._gemv(h, weight) or self._small_m(h):
-            return small_batch_linear(h, weight, enable_pdl=self.fusions.enable_pdl)
-        return h @ weight.t()
+            return small_batch_linear(h, weight, enable_pdl=self.fusions.enable_pdl, add=add)
+        return h @ weight.t() if add is None else torch.addmm(add, h, weight.t())
+
+    def _folds_residual(self, weight: Linear | None, residual: torch.Tensor | None
+                        ) -> torch.Tensor | None:
+        """The residual to add in this projection's epilogue, or None: the switch is on,
+        one rank (a partial sum is reduced before the add) and a float weight."""
+        if not self.fusions.residual_epilogue or not self.parallel.is_single or \
+                weight is None or isinstance(weight, Fp8Weight):
+            return None
+        return residual
 
     def _gemv(self, h: torch.Tensor, weight: torch.Tensor) -> bool:
         """A step small enough for small_batch_linear's gemv with its prologues, on a weight
@@ -248,8 +264,9 @@ class DecoderModel:
         return rmsnorm(residual, weight, eps, enable_pdl=pdl), residual
 
     def _attention(self, layer: int, w: LayerWeights, qkv: torch.Tensor,
-                   batch: ForwardBatch) -> torch.Tensor:
-        """o_proj(attention) of the qkv projection's output."""
+                   batch: ForwardBatch, add: torch.Tensor | None = None) -> torch.Tensor:
+        """o_proj(attention) (+ add, in o_proj's epilogue) of the qkv projection's
+        output."""
         c = self.config
         tokens, d = qkv.size(0), c.head_dim
         q, k, v = qkv.split([c.num_heads * d, c.num_kv_heads * d, c.num_kv_heads * d], dim=1)
@@ -262,7 +279,7 @@ class DecoderModel:
             qk_rmsnorm_rope(batch.positions, qkv, c.num_heads, c.num_kv_heads, d, w.q_norm,
                             w.k_norm, c.rms_norm_eps, self.cos_sin, k_cache, v_cache,
                             batch.cache_loc, k_scale, v_scale, enable_pdl=f.enable_pdl)
-            return self._attend(layer, w, q, k_cache, v_cache, batch)
+            return self._attend(layer, w, q, k_cache, v_cache, batch, add)
         if w.q_norm is not None and w.k_norm is not None and self.fusions.fused_qk_norm:
             qk_rmsnorm(qkv[:, :(c.num_heads + c.num_kv_heads) * d], w.q_norm,
                                w.k_norm, c.num_heads, c.rms_norm_eps,
@@ -281,10 +298,11 @@ class DecoderModel:
                                          enable_pdl=pdl)
             store_kv_cache(k_cache, v_cache, batch.cache_loc, k, v, k_scale, v_scale,
                                    enable_pdl=pdl)
-        return self._attend(layer, w, q, k_cache, v_cache, batch)
+        return self._attend(layer, w, q, k_cache, v_cache, batch, add)
 
     def _attend(self, layer: int, w: LayerWeights, q: torch.Tensor, k_cache: torch.Tensor,
-                v_cache: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
+                v_cache: torch.Tensor, batch: ForwardBatch, add: torch.Tensor | None = None
+                ) -> torch.Tensor:
         """o_proj(attention) of the normed, rotated q over the caches (this step's k and v
         written)."""
         c = self.config
@@ -292,10 +310,12 @@ class DecoderModel:
         out = self.attention.run(batch.plan, q.view(tokens, c.num_heads, d), k_cache, v_cache,
                                  k_scale=self.kv.k_scale[layer], v_scale=self.kv.v_scale[layer],
                                  sinks=w.sinks, window_left=c.window_left(layer))
-        o = self._linear(out.view(tokens, -1), w.o)
+        o = self._linear(out.view(tokens, -1), w.o, add)
         return o if w.o_bias is None else o.add_(w.o_bias)
 
-    def _mlp_down(self, w: LayerWeights, gate_up: torch.Tensor) -> torch.Tensor:
+    def _mlp_down(self, w: LayerWeights, gate_up: torch.Tensor,
+                  add: torch.Tensor | None = None) -> torch.Tensor:
+        """down(SiLU(gate) * up) (+ add, in the down projection's epilogue)."""
         assert w.down is not None
         pdl = self.fusions.enable_pdl
         if isinstance(w.down, Fp8Weight) and self.fusions.fused_silu_mul_quant:
@@ -304,13 +324,13 @@ class DecoderModel:
             return fp8_matmul(q, scales, w.down, gate_up.dtype, pdl)
         if not self.fusions.fused_silu_mul:
             gate, up = gate_up.chunk(2, dim=1)
-            return self._linear(F.silu(gate) * up, w.down)
+            return self._linear(F.silu(gate) * up, w.down, add)
         # SiLU inside the down projection's matmul (a float weight only)
         if not isinstance(w.down, Fp8Weight) and (self._small_m_fused(gate_up, w.down) or (
                 self._gemv(gate_up, w.down) and self.fusions.gemv_silu_mul
                 and gemv_takes_silu(w.down.size(1), gate_up.device))):
-            return small_batch_linear(gate_up, w.down, silu_mul=True, enable_pdl=pdl)
-        return self._linear(silu_and_mul(gate_up, enable_pdl=pdl), w.down)
+            return small_batch_linear(gate_up, w.down, silu_mul=True, enable_pdl=pdl, add=add)
+        return self._linear(silu_and_mul(gate_up, enable_pdl=pdl), w.down, add)
 
     def _moe(self, h: torch.Tensor, residual: torch.Tensor | None, norm_weight: torch.Tensor,
              w: MoeWeights, reduce: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -343,18 +363,25 @@ class DecoderModel:
                                               reduce=partial)
             if layer.qkv_bias is not None:
                 qkv.add_(layer.qkv_bias)
-            h, partial = self._attention(i, layer, qkv, batch), not tp.is_single
+            # with the residual added in o_proj's (and down's) epilogue, h is the new
+            # residual and the norm after it adds nothing
+            fold = self._folds_residual(layer.o, residual) if layer.moe is None else None
+            h, partial = self._attention(i, layer, qkv, batch, fold), not tp.is_single
+            residual = None if fold is not None else residual
             if layer.moe is not None:
                 h, residual = self._moe(h, residual, layer.post_norm, layer.moe, partial)
                 continue
             assert layer.gate_up is not None
             gate_up, residual = self._norm_linear(h, residual, layer.post_norm, layer.gate_up,
                                                   reduce=partial)
-            h = self._mlp_down(layer, gate_up)
+            fold = self._folds_residual(layer.down, residual)
+            h = self._mlp_down(layer, gate_up, fold)
+            residual = None if fold is not None else residual
         if partial:
             h = all_reduce_(h, tp)
         rows = batch.logits_rows
-        logits, _ = self._norm_linear(h[rows], residual[rows], w.norm, w.lm_head)
+        logits, _ = self._norm_linear(h[rows], None if residual is None else residual[rows],
+                                      w.norm, w.lm_head)
         if not tp.is_single:  # each rank's vocabulary slice, the padding cut off
             logits = all_gather_last(logits, tp)[:, :self.config.vocab_size]
         return logits  # model dtype: greedy argmax needs no float copy of [B, vocab]

@@ -140,6 +140,7 @@ class ModelRunner:
                           small_m_max_tokens=args.small_m_matmul_tokens
                           if self.device.type == "cuda" else 0,
                           small_m_prologue=args.small_m_prologue,
+                          residual_epilogue=args.residual_epilogue,
                           fused_allreduce_rmsnorm=not args.disable_fused_allreduce_rmsnorm,
                           enable_pdl=False if args.disable_pdl else None)
         self.model = DecoderModel(c, weights, self.attention, self.kv_cache, fusions, parallel)

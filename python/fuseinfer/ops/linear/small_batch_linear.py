@@ -15,7 +15,7 @@ residual add or a bias folded into the matmul).
 At small M a matmul only streams the weight. Two Triton kernels, picked by the `linear`
 dispatch entry per M for plain calls (which may also name cuBLAS, torch.mm, for an M
 where neither wins). A call with a prologue or the epilogue takes the gemv at one token
-(K <= 16384, no epilogue), else split_k with the tile the table names for its M (cuBLAS
+(K <= 16384), else split_k with the tile the table names for its M (cuBLAS
 has no prologues):
 - gemv (triton/small_batch_linear.py): a fixed grid (the rule's min_programs) walks the
   weight in tiles of whole rows (K padded to a power of two) through shared memory,
@@ -146,7 +146,7 @@ def launch_small_batch_linear(out, x, weight, pdl: bool, silu_mul: bool = False,
                               norm_weight=None, residual=None, residual_out=None,
                               eps: float = 1e-6, programs: int | None = None,
                               stages: int | None = None, first_last: bool | None = None,
-                              warps: int | None = None) -> None:
+                              warps: int | None = None, add=None) -> None:
     """The gemv's Triton launch (also used directly by the interpreter tests on the CPU and
     by the bench): a grid of `programs`, each walking every programs-th weight tile through
     `stages`-deep shared memory (a program per tile where they are fewer than
@@ -181,12 +181,15 @@ def launch_small_batch_linear(out, x, weight, pdl: bool, silu_mul: bool = False,
     gemv_kernel[(programs,)](
         x, weight, out, residual if residual is not None else x,
         norm_weight if norm_weight is not None else x,
-        residual_out if residual_out is not None else out, m, n, k, x.stride(0),
+        residual_out if residual_out is not None else out,
+        add if add is not None else out, m, n, k, x.stride(0),
         weight.stride(0), out.stride(0), residual.stride(0) if residual is not None else 0,
-        residual_out.stride(0) if residual_out is not None else 0, eps,
+        residual_out.stride(0) if residual_out is not None else 0,
+        add.stride(0) if add is not None and add.dim() == 2 else 0, eps,
         BLOCK_N=block_n, K_PAD=k_pad, M_MAX=1 if m == 1 else GEMV_MAX_M, SILU_MUL=silu_mul,
-        NORM=norm, STAGES=stages, FIRST_LAST=k_pad <= _FIRST_LAST_MAX_K if first_last is None
-        else first_last, USE_PDL=pdl, num_warps=warps, **extra)
+        NORM=norm, HAS_ADD=add is not None, STAGES=stages,
+        FIRST_LAST=k_pad <= _FIRST_LAST_MAX_K if first_last is None else first_last,
+        USE_PDL=pdl, num_warps=warps, **extra)
 
 
 _COUNTERS = ArrivalCounters("small_batch_linear (split_k)", _MAX_TILES)
@@ -245,10 +248,10 @@ def _cuda(out, x, weight, silu_mul=False, norm_weight=None, residual=None, resid
     _check(out, x, weight, silu_mul, norm_weight, residual, residual_out, eps, add=add)
     m, k = x.size(0), weight.size(1)
     fused = silu_mul or norm_weight is not None or add is not None
-    if fused and m == 1 and k <= GEMV_MAX_K and add is None:
+    if fused and m == 1 and k <= GEMV_MAX_K:
         # one token: the gemv (the decoder's hot path), its grid from the rule for 1
         launch_small_batch_linear(out, x, weight, use_pdl(enable_pdl, x.device), silu_mul,
-                                  norm_weight, residual, residual_out, eps)
+                                  norm_weight, residual, residual_out, eps, add=add)
         return
     entry = effective(x.device.index)
     rule = entry.rule(m, weight.size(0), k)
