@@ -96,7 +96,7 @@ class EngineArgs:
                                   "prologue kernel measured slower on the H200)")
     residual_epilogue: bool = _opt(False, "one rank, float weights: the residual added in "
                                    "the o and down projections' matmul epilogue (the norm "
-                                   "after each then adds nothing); off until measured")
+                                   "after each then adds nothing); off: measured at 0.994-1.014x")
     disable_pdl: bool = _opt(False, "no programmatic dependent launch")
     disable_overlap_schedule: bool = _opt(False, "no overlap: schedule step N+1 only after "
                                           "step N's tokens are back")
