@@ -24,17 +24,18 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 # The modules whose function bodies run on the compared ops' path (utils and api_logging
-# wrap every op call; gemm.gemm_base holds the FP8 GEMMs, bmm_fp8 runs through the
-# autotuner; fused_moe.core holds cutlass_fused_moe, jit.fused_moe its module's generator;
-# quantization.fp4_quantization holds fp4_quantize and its module's generator, and
-# fp4_quantization is the import path the fp4-quant baseline uses): their in-function
-# imports are followed too. Everywhere else only module-level imports are (those run at
-# `import flashinfer`); the lazy imports of other features (MoE, CuTe DSL kernels) are not.
+# wrap every op call; gemm.gemm_base holds the FP8 GEMMs, gemm.routergemm tinygemm_bf16,
+# bmm_fp8 runs through the autotuner; fused_moe.core holds cutlass_fused_moe, jit.fused_moe
+# its module's generator; quantization.fp4_quantization holds fp4_quantize and its module's
+# generator, and fp4_quantization is the import path the fp4-quant baseline uses): their
+# in-function imports are followed too. Everywhere else only module-level imports are
+# (those run at `import flashinfer`); the lazy imports of other features (MoE, CuTe DSL
+# kernels) are not.
 OP_MODULES = tuple("flashinfer." + m for m in (
     "norm", "rope", "decode", "prefill", "activation", "page", "utils", "api_logging",
-    "gemm.gemm_base", "autotuner", "jit.core", "jit.cpp_ext", "jit.env", "jit.attention",
-    "jit.norm", "jit.rope", "jit.page", "jit.activation", "jit.gemm", "jit.utils",
-    "fused_moe.core", "jit.fused_moe", "fp4_quantization", "quantization",
+    "gemm.gemm_base", "gemm.routergemm", "autotuner", "jit.core", "jit.cpp_ext", "jit.env",
+    "jit.attention", "jit.norm", "jit.rope", "jit.page", "jit.activation", "jit.gemm",
+    "jit.utils", "fused_moe.core", "jit.fused_moe", "fp4_quantization", "quantization",
     "quantization.fp4_quantization"))
 # Headers compiled at run time rather than by the JIT build: fp8_blockscale_gemm_sm90
 # generates its DeepGEMM-style kernels per shape with NVRTC from this folder, so no compile
@@ -168,6 +169,7 @@ def cmd_specs(out: str) -> None:
     from flashinfer.jit.norm import gen_norm_module
     from flashinfer.jit.page import gen_page_module
     from flashinfer.jit.rope import gen_rope_module
+    from flashinfer.jit.tinygemm2 import gen_tinygemm2_module
     from flashinfer.quantization.fp4_quantization import gen_fp4_quantization_sm90_module
 
     bf16, i32 = torch.bfloat16, torch.int32
@@ -193,6 +195,8 @@ def cmd_specs(out: str) -> None:
         "fused_moe_90_trimmed": moe_build().trimmed_spec(),
         # fp4_quantize (NVFP4 16-element and MXFP4 32-element blocks) built for SM90
         "fp4_quantization_90": gen_fp4_quantization_sm90_module(),
+        # tinygemm_bf16 (the small-M bf16 GEMM, SM90+): the gemm suite's baseline
+        "tinygemm2": gen_tinygemm2_module(),
     }
     commands = {name: spec.get_compile_commands() for name, spec in specs.items()}
     Path(out).write_text(json.dumps(commands, indent=1))
@@ -301,6 +305,7 @@ def cmd_manifest(dest: str, out: str, *wheels: str) -> None:
             "BatchDecodeWithPagedKVCacheWrapper", "BatchPrefillWithPagedKVCacheWrapper (fa2)",
             "BatchPrefillWithRaggedKVCacheWrapper (fa2)", "append_paged_kv_cache",
             "silu_and_mul", "gemm.fp8_blockscale_gemm_sm90", "gemm.bmm_fp8 (cublas)",
+            "gemm.tinygemm_bf16",
             "fused_moe.cutlass_fused_moe (sm90: trimmed module, bf16 and fp8 block scale)"]},
         indent=1) + "\n")
 

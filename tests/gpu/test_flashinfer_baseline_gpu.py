@@ -1,9 +1,9 @@
 """FlashInfer's calls as the bench suites make them (bench/flashinfer_baselines.py) against our
 ops on small random shapes: argument order, the cos/sin cache layout, the strided qkv rows,
 the page-table mapping (page sizes 1, 16 and 64, ragged lengths, GQA groups with and without
-its decode tensor cores, a sliding window), the FP8 GEMMs' scale layouts, and the suites'
-check-then-time path, CUDA-graph capture included. Skipped where FlashInfer (an optional
-baseline) is not installed."""
+its decode tensor cores, a sliding window), the FP8 GEMMs' scale layouts, the small-M bf16
+GEMM, and the suites' check-then-time path, CUDA-graph capture included. Skipped where
+FlashInfer (an optional baseline) is not installed."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from fuseinfer.bench import (
     fp8_gemm_baselines,
     rope_baselines,
 )
-from fuseinfer.bench.suites import attention, fp8_gemm, norm, rope
+from fuseinfer.bench.suites import attention, fp8_gemm, linear, norm, rope
 from fuseinfer.bench.timing import TimingConfig
 
 
@@ -99,6 +99,28 @@ def test_silu_and_mul_wrapper_matches_ours(rows, inner):
     torch.ops.fuseinfer.silu_and_mul(ours, x)
     flashinfer_baselines.silu_and_mul(theirs, x)
     assert _rel(theirs, ours) < REL
+
+
+# ---- small-M matmul -----------------------------------------------------------------------
+@pytest.mark.parametrize("m, n, k", [(1, 4096, 1024), (5, 1024, 3072), (16, 6144, 4096),
+                                     (64, 2048, 1024)])
+@pytest.mark.parametrize("pdl", [True, False])
+def test_small_m_matmul_wrapper_matches_the_float_product(m, n, k, pdl):
+    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+    w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) / k ** 0.5
+    theirs = torch.full((m, n), float("nan"), device="cuda", dtype=torch.bfloat16)
+    flashinfer_baselines.small_m_matmul(theirs, x, w, pdl)
+    assert _rel(theirs, x.double() @ w.double().t()) < REL
+
+
+def test_gemm_suite_times_flashinfer():
+    shape = linear.Shape("test", "o", 1024, 2048)
+    rows = linear.run([shape], [1, 8, 128], None, config=QUICK)
+    for row in rows[:2]:  # M <= 64: ours and FlashInfer, checked then timed
+        assert "flashinfer_error" not in row, row
+        assert row["vs_flashinfer"] > 0 and row["flashinfer_rel_err"] < REL
+        assert row["flashinfer_timing"] == "cuda_graph"
+    assert "flashinfer_us" not in rows[2]  # past 64 rows only cuBLAS runs
 
 
 # ---- paged attention ----------------------------------------------------------------------

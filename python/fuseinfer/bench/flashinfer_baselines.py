@@ -2,10 +2,10 @@
 
 The suites call FlashInfer through the wrappers here, each taking what our op takes:
 rmsnorm, fused_add_rmsnorm and their Gemma variants (norm suite), RoPE with a cos/sin
-cache (rope suite), paged decode and causal prefill/extend over our paged KV (attention
-suite), and silu_and_mul (no suite times our silu_and_mul yet; the wrapper is checked by
-the GPU tests). The version the project pins is PINNED_VERSION; the one a run imported is
-recorded with it (environment "flashinfer").
+cache (rope suite), the small-batch bf16 GEMM (gemm suite), paged decode and causal
+prefill/extend over our paged KV (attention suite), and silu_and_mul (no suite times our
+silu_and_mul yet; the wrapper is checked by the GPU tests). The version the project pins
+is PINNED_VERSION; the one a run imported is recorded with it (environment "flashinfer").
 
 FlashInfer is optional: nothing here imports it until a wrapper is called, and without it
 (CPU machines, CI) `available()` is False and the suites leave its column '-'. Its kernels
@@ -125,6 +125,17 @@ def silu_and_mul(out: torch.Tensor, input: torch.Tensor, enable_pdl: bool | None
     from flashinfer.activation import silu_and_mul as flashinfer_silu_and_mul
 
     flashinfer_silu_and_mul(input, out=out, enable_pdl=enable_pdl)
+
+
+# ---- small-M matmul -----------------------------------------------------------------------
+def small_m_matmul(out: torch.Tensor, x: torch.Tensor, w: torch.Tensor,
+                   enable_pdl: bool | None = None) -> None:
+    """out = x @ w.T, small_batch_linear's argument order, with FlashInfer's small-batch
+    bf16 GEMM (`tinygemm_bf16`: SM90+, bf16 only, K a multiple of 64 and N of 16; it
+    raises ValueError on anything else)."""
+    from flashinfer.gemm import tinygemm_bf16
+
+    tinygemm_bf16(x, w, out, None, bool(enable_pdl))
 
 
 # ---- paged attention ----------------------------------------------------------------------

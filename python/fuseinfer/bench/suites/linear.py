@@ -1,11 +1,13 @@
 """`fuseinfer bench gemm`: the linear family's small-M matmuls (small_batch_linear's gemv and
 split_k kernels) on the bundled models' projection shapes at M = 1 .. 128, against cuBLAS
-(torch.mm) in the same run.
+(torch.mm) and FlashInfer's small-batch bf16 GEMM (tinygemm_bf16) in the same run.
 
 Every row times, on the same rotated buffers: split_k with the `linear` table's rule for M
 (M <= 64; its tile), the gemv (M <= 8, K <= 16384) and cuBLAS; `us` is the kernel the table
 picks for M (what small_batch_linear runs: gemv, split_k or cublas), `x cublas` cuBLAS's
-time over it. Bytes per call: the
+time over it. Where FlashInfer imports (bf16, M <= 64) its tinygemm_bf16 runs on the same
+sets once its output agrees with ours (`x flashinfer`: its time over ours;
+flashinfer_baselines). Bytes per call: the
 weight N*K*itemsize (x and out are read/written once too but are small at these M); GB/s
 and % copy are the weight bytes over each time. METHOD as the other kernel suites:
 CUDA-graph replay of many calls, median of repeats, buffers rotated past L2 where the
@@ -23,6 +25,7 @@ from typing import Any
 
 import torch
 
+from .. import flashinfer_baselines
 from ..kernel_suite import PDL, add_run_options, check_known, report_run
 from ..progress import Progress
 from ..registry import Suite, register_suite, tuner_in
@@ -48,6 +51,8 @@ COLUMNS = [
     Column("split_k_us", "split_k us", "{:.2f}"),
     Column("splits", "splits"),
     Column("gemv_us", "gemv us", "{:.2f}"),
+    Column("flashinfer_us", "flashinfer us", "{:.2f}"),
+    Column("vs_flashinfer", "x flashinfer", "{:.2f}"),
     Column("rel_err", "rel err", "{:.1e}"),
 ]
 
@@ -103,6 +108,7 @@ def run(shapes_: Sequence[Shape], tokens: Sequence[int], copy_gbps: float | None
 
     config = config or TimingConfig(repeats=15, target_graph_ms=2.0)
     pdl = use_pdl(enable_pdl, torch.device("cuda"))
+    flashinfer = dtype == torch.bfloat16 and flashinfer_baselines.available("gemm")
     table = effective()
     l2 = l2_cache_bytes()
     itemsize = torch.empty((), dtype=dtype).element_size()
@@ -152,6 +158,8 @@ def run(shapes_: Sequence[Shape], tokens: Sequence[int], copy_gbps: float | None
                     launch_rule(o, x, w, rule, pdl)
                     want = reference_small_batch_linear(x, w)[0]
                     row["rel_err"] = ((o.float() - want).norm() / want.norm()).item()
+                    if flashinfer:
+                        _time_flashinfer(row, sets, o, config, pdl)
                 rows.append(row)
             del weights
     return rows
@@ -162,6 +170,25 @@ def _timed(sets: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
            launch: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], Any]) -> float:
     """Median µs of one call of `launch(x, w, out)`, the sets rotated."""
     return time_calls([lambda s=s: launch(*s) for s in sets], config).median_us
+
+
+def _time_flashinfer(row: dict[str, Any],
+                     sets: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+                     ours: torch.Tensor, config: TimingConfig, pdl: bool) -> None:
+    """FlashInfer's small-M GEMM on the timed sets, once its output on the first set
+    agrees with ours (`ours`, that set's result; flashinfer_* keys of row)."""
+    def agreement() -> float:
+        x, w, _ = sets[0]
+        theirs = torch.full_like(ours, float("nan"))
+        flashinfer_baselines.small_m_matmul(theirs, x, w, pdl)
+        return flashinfer_baselines.rel_err(theirs, ours)
+
+    flashinfer_baselines.check_then_time(
+        row, agreement,
+        lambda: time_calls([lambda s=s: flashinfer_baselines.small_m_matmul(s[2], s[0], s[1],
+                                                                            pdl)
+                            for s in sets], config),
+        row["us"])
 
 
 def _pct(nbytes: int, us: float, copy_gbps: float | None) -> float | None:
