@@ -286,9 +286,13 @@ def run_command(args: argparse.Namespace) -> int:
 
 
 def add_tune_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--kinds", nargs="+", choices=["prefill", "decode"],
-                        help="tune these kernels, keeping the table's current rules for the "
-                        "others (default: both)")
+    parser.add_argument("--kinds", nargs="+", choices=["prefill", "decode", "splits"],
+                        help="tune these parts (the prefill blocks, the decode blocks, the "
+                        "decode split policy), keeping the table's current rules for the "
+                        "others (default: all three)")
+    parser.add_argument("--head-dims", nargs="+", type=int, choices=[64, 128],
+                        help="tune the prefill / decode blocks of these head dims only "
+                        "(default: 64 and 128)")
 
 
 register_suite(Suite(

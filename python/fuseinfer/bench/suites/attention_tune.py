@@ -4,10 +4,12 @@ write them into its dispatch table.
 Prefill: per head dim, every (block_m, block_n, warps, stages, tma) candidate on a causal 4k
 prefill of a model with that head dim; the fastest wins. Decode: per head dim, the
 (block_n, warps, stages) with the lowest geometric-mean time over a small-batch long-KV
-shape and a large-batch shape; then (min_chunk, target_ctas_per_sm), shared by every head
-dim, over small-batch shapes (where splitting matters). Head dim 256 keeps the built-in
-rules (no model of ours uses it). Candidates that fail to compile (shared memory) are
-skipped. Timed like `fuseinfer bench attention`.
+shape and a large-batch shape. Splits: (min_chunk, target_ctas_per_sm), shared by every
+head dim, over small-batch shapes (where splitting matters). `--kinds` and `--head-dims`
+pick parts, the rest of the entry kept (each candidate compiles: about 4 s apiece on an
+H200, so the decode blocks of one head dim take about 2 minutes). Head dim 256 keeps the
+built-in rules (no model of ours uses it). Candidates that fail to compile (shared memory)
+are skipped. Timed like `fuseinfer bench attention`.
 """
 
 from __future__ import annotations
@@ -77,23 +79,30 @@ def _geomean(values: list[float]) -> float:
     return math.exp(sum(math.log(v) for v in values) / len(values))
 
 
-def tune(device: int, kinds: tuple[str, ...] = ("prefill", "decode"),
-         start: AttentionDispatch = ATTENTION_BUILTIN
+KINDS = ("prefill", "decode", "splits")
+
+
+def tune(device: int, kinds: tuple[str, ...] = KINDS,
+         start: AttentionDispatch = ATTENTION_BUILTIN,
+         head_dims: tuple[int, ...] = tuple(TUNE_MODELS)
          ) -> tuple[AttentionDispatch, list[dict[str, Any]]]:
-    """Tune the given kinds, starting from (and keeping the rest of) `start`."""
+    """Tune the given kinds (the prefill and decode blocks for `head_dims`; the decode
+    split policy over every tuned model), starting from (and keeping the rest of)
+    `start`. Each kind and head dim alone fits one device call of a few minutes."""
     torch.cuda.set_device(device)
     table = start
     log: list[dict[str, Any]] = []
-    steps = len(TUNE_MODELS) * (len(PREFILL_CANDIDATES) * ("prefill" in kinds)
-                                + len(DECODE_CANDIDATES) * ("decode" in kinds)) \
-        + len(SPLIT_CANDIDATES) * ("decode" in kinds)
+    steps = len(head_dims) * (len(PREFILL_CANDIDATES) * ("prefill" in kinds)
+                              + len(DECODE_CANDIDATES) * ("decode" in kinds)) \
+        + len(SPLIT_CANDIDATES) * ("splits" in kinds)
     with Progress(steps, "tune attention") as progress:
-        for head_dim, name in TUNE_MODELS.items():
+        for head_dim in head_dims:
+            model = MODELS[TUNE_MODELS[head_dim]]
             if "prefill" in kinds:
-                table = _tune_prefill(table, head_dim, MODELS[name], log, progress)
+                table = _tune_prefill(table, head_dim, model, log, progress)
             if "decode" in kinds:
-                table = _tune_decode(table, head_dim, MODELS[name], log, progress)
-        if "decode" in kinds:
+                table = _tune_decode(table, head_dim, model, log, progress)
+        if "splits" in kinds:
             table = _tune_splits(table, log, progress)
     return table, log
 
@@ -149,13 +158,16 @@ def tune_command(args: argparse.Namespace) -> int:
     from ...dispatch import lookup
 
     target = tune_target(args)
-    kinds = tuple(args.kinds or ("prefill", "decode"))
+    kinds = tuple(k for k in KINDS if k in (args.kinds or KINDS))
+    head_dims = tuple(sorted(set(args.head_dims or TUNE_MODELS)))
     start = lookup("attention", target.identity).entry
-    table, log = tune(target.device, kinds, start)
-    done = {"prefill": "prefill 1x4k causal",
-            "decode": f"decode {DECODE_SHAPES}, splits over {SPLIT_SHAPES}"}
+    table, log = tune(target.device, kinds, start, head_dims)
+    dims = "" if head_dims == tuple(TUNE_MODELS) else \
+        f" (head dim {'/'.join(map(str, head_dims))})"
+    done = {"prefill": f"prefill 1x4k causal{dims}", "decode": f"decode {DECODE_SHAPES}{dims}",
+            "splits": f"splits over {SPLIT_SHAPES}"}
     source = target.source(f", page size {PAGE_SIZE}; " + "; ".join(done[k] for k in kinds))
-    if len(kinds) == 1 and start.source.startswith("tuned"):
+    if (kinds != KINDS or dims) and start.source.startswith("tuned"):
         source += f"; kept from before: {start.source.split('; kept from before: ')[-1]}"
     table = replace(table, source=source)
     target.write("attention", table)

@@ -1,0 +1,65 @@
+"""`fuseinfer tune attention`'s part selection (--kinds, --head-dims) on the CPU: the timings
+are a made-up cost per candidate, so the test checks which rules change and which stay."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from fuseinfer.bench.suites import attention_tune as tune
+from fuseinfer.ops.attention.dispatch import ATTENTION_BUILTIN
+
+
+def _fake_cost(case, table, block_m=None):
+    """A cost with one best candidate per part that no built-in rule already holds."""
+    d = case.model.head_dim
+    if case.kind == "prefill":
+        r = table.prefill_rule(d)
+        return 1.0 + (r.block_m != 64) + (r.block_n != 128) + (r.num_warps != 8) \
+            + (r.num_stages != 3) + r.tma
+    if (table.min_chunk, table.target_ctas_per_sm) != (ATTENTION_BUILTIN.min_chunk,
+                                                        ATTENTION_BUILTIN.target_ctas_per_sm):
+        return 1.0 + (table.min_chunk != 512) + (table.target_ctas_per_sm != 1)
+    r = table.decode_rule(d)
+    return 3.0 + (r.block_n != 32) + (r.num_warps != 8) + (r.num_stages != 4)
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    monkeypatch.setattr(tune, "_time", _fake_cost)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)
+
+
+def test_decode_of_one_head_dim_leaves_the_rest(fake):
+    start = ATTENTION_BUILTIN
+    table, log = tune.tune(0, ("decode",), start, (64,))
+    assert table.decode_rule(64) == replace(start.decode_rule(64), max_head_dim=64,
+                                            block_n=32, num_warps=8, num_stages=4)
+    assert table.decode_rule(128) == start.decode_rule(128)
+    assert table.prefill_rules == start.prefill_rules
+    assert (table.min_chunk, table.target_ctas_per_sm) == (start.min_chunk,
+                                                          start.target_ctas_per_sm)
+    assert len(log) == len(tune.DECODE_CANDIDATES)
+    assert {e["head_dim"] for e in log} == {64}
+
+
+def test_splits_alone_change_only_the_split_policy(fake):
+    start = ATTENTION_BUILTIN
+    table, log = tune.tune(0, ("splits",), start)
+    assert (table.min_chunk, table.target_ctas_per_sm) == (512, 1)
+    assert table.decode_rules == start.decode_rules
+    assert table.prefill_rules == start.prefill_rules
+    assert [e["kind"] for e in log] == ["splits"] * len(tune.SPLIT_CANDIDATES)
+
+
+def test_prefill_of_both_head_dims(fake):
+    start = ATTENTION_BUILTIN
+    table, _ = tune.tune(0, ("prefill",), start)
+    for d in (64, 128):
+        r = table.prefill_rule(d)
+        assert (r.block_m, r.block_n, r.num_warps, r.num_stages, r.tma) == (64, 128, 8, 3,
+                                                                             False)
+    assert table.decode_rules == start.decode_rules
+    assert table.prefill_rule(256) == start.prefill_rule(256)
