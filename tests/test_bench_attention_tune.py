@@ -63,3 +63,10 @@ def test_prefill_of_both_head_dims(fake):
                                                                              False)
     assert table.decode_rules == start.decode_rules
     assert table.prefill_rule(256) == start.prefill_rule(256)
+
+
+def test_every_timing_is_saved_as_it_is_taken(fake):
+    saved = []
+    _, log = tune.tune(0, ("splits",), ATTENTION_BUILTIN, saved=saved.append)
+    assert [len(s) for s in saved] == list(range(1, len(tune.SPLIT_CANDIDATES) + 1))
+    assert saved[-1] == list(log)

@@ -7,9 +7,10 @@ prefill of a model with that head dim; the fastest wins. Decode: per head dim, t
 shape and a large-batch shape. Splits: (min_chunk, target_ctas_per_sm), shared by every
 head dim, over small-batch shapes (where splitting matters). `--kinds` and `--head-dims`
 pick parts, the rest of the entry kept (each candidate compiles: about 4 s apiece on an
-H200, so the decode blocks of one head dim take about 2 minutes). Head dim 256 keeps the
-built-in rules (no model of ours uses it). Candidates that fail to compile (shared memory)
-are skipped. Timed like `fuseinfer bench attention`.
+H200, so the decode blocks of one head dim take about 2 minutes; --log is rewritten after
+every candidate, so a cut run keeps its timings). Head dim 256 keeps the built-in rules
+(no model of ours uses it). Candidates that fail to compile (shared memory) are skipped.
+Timed like `fuseinfer bench attention`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import math
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -82,16 +84,32 @@ def _geomean(values: list[float]) -> float:
 KINDS = ("prefill", "decode", "splits")
 
 
+class _Log(list):
+    """The timings taken so far; `saved` (if given) is called with them after each one,
+    so a run cut short keeps what it measured."""
+
+    def __init__(self, saved: Callable[[list[dict[str, Any]]], None] | None) -> None:
+        super().__init__()
+        self.saved = saved
+
+    def append(self, entry: dict[str, Any]) -> None:
+        super().append(entry)
+        if self.saved is not None:
+            self.saved(list(self))
+
+
 def tune(device: int, kinds: tuple[str, ...] = KINDS,
          start: AttentionDispatch = ATTENTION_BUILTIN,
-         head_dims: tuple[int, ...] = tuple(TUNE_MODELS)
+         head_dims: tuple[int, ...] = tuple(TUNE_MODELS),
+         saved: Callable[[list[dict[str, Any]]], None] | None = None
          ) -> tuple[AttentionDispatch, list[dict[str, Any]]]:
     """Tune the given kinds (the prefill and decode blocks for `head_dims`; the decode
     split policy over every tuned model), starting from (and keeping the rest of)
-    `start`. Each kind and head dim alone fits one device call of a few minutes."""
+    `start`. Each kind and head dim alone fits one device call of a few minutes. `saved`
+    gets the timings so far after each candidate."""
     torch.cuda.set_device(device)
     table = start
-    log: list[dict[str, Any]] = []
+    log: list[dict[str, Any]] = _Log(saved)
     steps = len(head_dims) * (len(PREFILL_CANDIDATES) * ("prefill" in kinds)
                               + len(DECODE_CANDIDATES) * ("decode" in kinds)) \
         + len(SPLIT_CANDIDATES) * ("splits" in kinds)
@@ -161,9 +179,13 @@ def tune_command(args: argparse.Namespace) -> int:
     kinds = tuple(k for k in KINDS if k in (args.kinds or KINDS))
     head_dims = tuple(sorted(set(args.head_dims or TUNE_MODELS)))
     start = lookup("attention", target.identity).entry
-    table, log = tune(target.device, kinds, start, head_dims)
     dims = "" if head_dims == tuple(TUNE_MODELS) else \
         f" (head dim {'/'.join(map(str, head_dims))})"
+
+    def partial(log: list[dict[str, Any]]) -> None:  # the log so far, rewritten per timing
+        write_tune_log(args.log, f"unfinished: tune attention {' '.join(kinds)}{dims}", log)
+
+    table, log = tune(target.device, kinds, start, head_dims, partial)
     done = {"prefill": f"prefill 1x4k causal{dims}", "decode": f"decode {DECODE_SHAPES}{dims}",
             "splits": f"splits over {SPLIT_SHAPES}"}
     source = target.source(f", page size {PAGE_SIZE}; " + "; ".join(done[k] for k in kinds))
