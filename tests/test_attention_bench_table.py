@@ -55,7 +55,7 @@ def test_visible_pairs_and_bytes():
     # 128 visible tokens of the first request, 50 of the second; K and V, 8 heads x 64 dims
     assert suite.kv_bytes(case, 2) == 2 * (128 + 50) * 8 * 64 * 2 + 2 * 2 * 64 * 64 * 2
     cases = suite.decode_cases([suite.MODELS["Llama-3-8B"]], (1, 8), (1024,))
-    assert [c.shape for c in cases] == ["1x1024", "8x1024", "1x8192"]
+    assert [c.shape for c in cases] == ["1x1024", "8x1024", "1x8192", "50x300"]
 
 
 def test_tune_attention_options():

@@ -42,14 +42,16 @@ class Model:
 
 
 MODELS = {m.name: m for m in (
-    Model("Llama-3-8B", 32, 8, 128),
+    Model("Llama-3-8B", 32, 8, 128),  # Qwen3-8B's attention has the same shape
+    Model("Qwen3-0.6B", 16, 8, 128),  # GQA group 2
     Model("GPT-OSS", 64, 8, 64, sinks=True),
     # GPT-OSS's sliding layers: 128 tokens, the query's own included.
     Model("GPT-OSS-win128", 64, 8, 64, sinks=True, window_left=127),
 )}
 DECODE_BATCHES = (1, 8, 64, 256)
 DECODE_LENGTHS = (1024, 4096, 16384, 65536)
-EXTRA_DECODE = ((1, 8192),)  # the split-KV target shape
+# the split-KV target shape, and many short requests (a batch whose programs finish fast)
+EXTRA_DECODE = ((1, 8192), (50, 300))
 PREFILL = {  # name: (q_lens, kv_lens)
     "1x4k": ([4096], [4096]),
     "4x2k": ([2048] * 4, [2048] * 4),
@@ -243,12 +245,13 @@ KINDS = ("decode", "prefill")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kinds", nargs="+", choices=list(KINDS), default=list(KINDS))
     parser.add_argument("--models", nargs="+", metavar="MODEL",
-                        help="keep only these models (default: Llama-3-8B GPT-OSS "
-                        "GPT-OSS-win128)")
+                        help="keep only these models (default: Llama-3-8B Qwen3-0.6B "
+                        "GPT-OSS GPT-OSS-win128)")
     parser.add_argument("--batches", nargs="+", type=int, help="decode batch sizes "
                         "(default: 1 8 64 256)")
     parser.add_argument("--lengths", nargs="+", type=int, help="decode KV lengths "
-                        "(default: 1024 4096 16384 65536; batch 1 x 8192 is always added)")
+                        "(default: 1024 4096 16384 65536; batch 1 x 8192 and 50 x 300 are "
+                        "always added)")
     parser.add_argument("--prefill", nargs="+", metavar="NAME",
                         help="prefill shapes (default: 1x4k 4x2k 1x16k 'extend 2k on 4k')")
     parser.add_argument("--page-size", type=int, default=64,
