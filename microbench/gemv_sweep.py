@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 from typing import Any
 
 import torch
 
 from fuseinfer.bench.ceilings import copy_bandwidth_gbps
+from fuseinfer.bench.report import bench_environment, write_run_json
 from fuseinfer.bench.suites.linear import shapes
 from fuseinfer.bench.timing import TimingConfig, buffer_sets, l2_cache_bytes, time_calls
 from fuseinfer.ops.activation.silu_and_mul import silu_and_mul
@@ -186,11 +186,8 @@ def main() -> None:
         f"{m}={us:.1f} us ({100 * lbytes / us / 1e3 / copy:.1f}% copy)"
         for m, us in summary.items()), flush=True)
     if args.json:
-        from fuseinfer.bench.report import bench_environment
-
-        with open(args.json, "w") as f:
-            json.dump({"environment": bench_environment(), "copy_gbps": copy,
-                       "model": args.model, "rows": rows, "layer_us": summary}, f, indent=1)
+        write_run_json(args.json, "gemv_sweep", bench_environment(), None, rows,
+                       {"copy_gbps": copy, "model": args.model, "layer_us": summary})
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 from collections.abc import Callable
 from typing import Any
 
@@ -26,6 +25,7 @@ import torch
 
 import fuseinfer.triton.small_m_matmul as kernel_module
 from fuseinfer.bench.ceilings import copy_bandwidth_gbps
+from fuseinfer.bench.report import bench_environment, write_run_json
 from fuseinfer.bench.suites.linear import shapes
 from fuseinfer.bench.timing import TimingConfig, buffer_sets, l2_cache_bytes, time_calls
 from fuseinfer.ops.activation.silu_and_mul import silu_and_mul
@@ -175,11 +175,8 @@ def main() -> None:
         layers.update(lay)
         torch.cuda.empty_cache()
     if args.json:
-        from fuseinfer.bench.report import bench_environment
-
-        with open(args.json, "w") as f:
-            json.dump({"environment": bench_environment(), "copy_gbps": copy,
-                       "model": args.model, "rows": rows, "layer_us": layers}, f, indent=1)
+        write_run_json(args.json, "split_k_sweep", bench_environment(), None, rows,
+                       {"copy_gbps": copy, "model": args.model, "layer_us": layers})
 
 
 if __name__ == "__main__":
