@@ -37,7 +37,9 @@ def _sdpa_request(q, k, v, prefix, window_left=None, scale=None):
 
 def _prefill_case(q_lens, kv_lens, hq, hkv, d, page_size, dtype=BF16, fp8=False,
                   poison=False):
-    kv = make_paged_kv(kv_lens, hkv, d, page_size, dtype, "cpu", fp8=fp8, poison=poison)
+    """fp8: True (one scale per cache) or "head" (one per KV head)."""
+    kv = make_paged_kv(kv_lens, hkv, d, page_size, dtype, "cpu", fp8=bool(fp8), poison=poison,
+                       per_head_scales=fp8 == "head")
     q = torch.randn(sum(q_lens), hq, d).to(dtype)
     indptr = torch.tensor([0, *torch.tensor(q_lens).cumsum(0).tolist()], dtype=torch.int32)
     return kv, q, indptr, torch.tensor(kv_lens, dtype=torch.int32)
@@ -84,6 +86,33 @@ def test_reference_soft_cap_and_fp8_scale():
     s = s.masked_fill(torch.arange(5)[None, :] > torch.arange(2, 5)[:, None], -math.inf)
     want = torch.einsum("hnl,lhd->nhd", s.softmax(-1), v.expand(5, 2, 64))
     torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5)
+
+
+def test_reference_reads_each_kv_head_with_its_own_scale():
+    kv, q, indptr, lens = _prefill_case([4], [6], 4, 2, 64, 2, fp8="head")
+    assert kv.k_scale.numel() == 2 and kv.k_scale[0] != kv.k_scale[1]
+    out, _ = reference_paged_attention(q, kv.k_cache, kv.v_cache, kv.page_table, indptr, lens,
+                                       sm_scale=0.125, k_scale=kv.k_scale,
+                                       v_scale=kv.v_scale)
+    pos = torch.arange(6)
+    slots = kv.page_table[0].long()[pos // 2] * 2 + pos % 2
+    for h in range(4):  # q head h reads KV head h // 2, dequantized by that head's scales
+        kh = h // 2
+        k = kv.k_cache.flatten(0, 1)[slots, kh].double() * float(kv.k_scale[kh])
+        v = kv.v_cache.flatten(0, 1)[slots, kh].double() * float(kv.v_scale[kh])
+        s = (q[:, h].double() @ k.T) * 0.125
+        s = s.masked_fill(pos[None, :] > torch.arange(2, 6)[:, None], -math.inf)
+        torch.testing.assert_close(out[:, h].double(), s.softmax(-1) @ v, rtol=1e-5,
+                                   atol=1e-6)
+
+
+def test_a_scale_per_kv_head_is_checked_against_the_head_count():
+    kv, q, _, _ = _prefill_case([1], [3], 4, 2, 64, 2, fp8="head")
+    attn = PagedAttention(AttentionShape(4, 2, 64, 2), "cpu")
+    plan = attn.plan_decode([3], kv.page_table)
+    with pytest.raises(ValueError, match="k_scale must have one element or one per KV head"):
+        attn.run(plan, q, kv.k_cache, kv.v_cache, k_scale=torch.ones(4),
+                 v_scale=kv.v_scale)
 
 
 def _run_plan(attn, plan, q, kv, **kw):
@@ -247,6 +276,7 @@ def _close(out, lse, want, want_lse, rows=None):
     dict(page_size=4, hq=8, hkv=2, window_left=6),
     dict(page_size=2, hq=4, hkv=1, sinks=True, logit_cap=4.0),
     dict(page_size=4, hq=4, hkv=2, sinks=True, window_left=2, fp8=True),
+    dict(page_size=4, hq=8, hkv=4, fp8="head"),  # a scale per KV head
     dict(page_size=16, hq=4, hkv=2, window_left=9),  # a key block lies in one page: TMA
     dict(page_size=16, hq=4, hkv=2, window_left=9, tma=False),  # ... or a scalar base
 ])
@@ -282,6 +312,7 @@ def test_prefill_kernel_interpreted(case):
     dict(page_size=1, splits=1),
     dict(page_size=4, splits=3, sinks=True, window_left=9),
     dict(page_size=2, splits=4, fp8=True, logit_cap=3.0),
+    dict(page_size=2, splits=4, fp8="head"),  # a scale per KV head, merged pieces too
     dict(page_size=32, splits=2, sinks=True, window_left=20),  # a key block in one page
 ])
 def test_decode_kernel_interpreted(case, tensor_cores, fused_merge):
@@ -292,7 +323,8 @@ def test_decode_kernel_interpreted(case, tensor_cores, fused_merge):
     kv_lens = [40, 0, 7, 25]  # row 1 is a padded batch row
     hq, hkv, d = 8, 2, 64
     kv = make_paged_kv(kv_lens, hkv, d, case["page_size"], BF16, "cpu",
-                       fp8=case.get("fp8", False), poison=True)
+                       fp8=bool(case.get("fp8", False)), poison=True,
+                       per_head_scales=case.get("fp8") == "head")
     q = torch.randn(len(kv_lens), hq, d).to(BF16)
     sinks = torch.randn(hq) if case.get("sinks") else None
     kw = dict(sinks=sinks, window_left=case.get("window_left"),

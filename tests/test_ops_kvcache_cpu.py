@@ -29,6 +29,39 @@ def test_store_kv_cache_fp8_scaled_and_saturated():
 
 
 @pytest.mark.parametrize("cache_shape", ["flat", "paged", "flat2d"])
+def test_store_kv_cache_fp8_scale_per_kv_head(cache_shape):
+    """Head h of a row is stored divided by scale[h]: heads 16x apart in magnitude each
+    keep e4m3's relative precision (one shared scale would push the small head into
+    subnormals); a 2-D cache groups its row by the scale's length."""
+    heads, d = 3, 16
+    magnitude = torch.tensor([4.0, 0.25, 1 / 64])
+    k = torch.randn(5, heads, d) * magnitude[:, None]
+    v = torch.randn(5, heads, d) * magnitude.flip(0)[:, None]
+    shape = {"flat": (10, heads, d), "paged": (5, 2, heads, d), "flat2d": (10, heads * d)}
+    kc = torch.full(shape[cache_shape], float("nan")).to(FP8)
+    vc = torch.full_like(kc, float("nan"))
+    loc = torch.randperm(10)[:5]
+    ks, vs = magnitude / 2, magnitude.flip(0) / 2
+    fuseinfer.ops.store_kv_cache(kc, vc, loc, k, v, ks, vs)
+    for cache, src, scale in ((kc, k, ks), (vc, v, vs)):
+        rows = cache.reshape(10, heads, d)[loc]
+        for h in range(heads):
+            want = (src[:, h].double() / float(scale[h])).clamp(-448, 448).to(FP8)
+            assert torch.equal(rows[:, h].view(torch.uint8), want.view(torch.uint8))
+            rel = (rows[:, h].float() * scale[h] - src[:, h]).abs() / src[:, h].abs()
+            assert rel[src[:, h].abs() > magnitude.min()].max() < 0.07
+
+
+def test_a_scale_must_split_the_row_evenly():
+    kc = torch.zeros(8, 3, 16, dtype=FP8)
+    k = torch.randn(2, 3, 16)
+    with pytest.raises(ValueError, match="k_scale must be a contiguous float32 tensor of one "
+                       "element or one per KV head"):
+        fuseinfer.ops.store_kv_cache(kc, kc.clone(), torch.tensor([0, 1]), k, k,
+                                     torch.ones(5), None)
+
+
+@pytest.mark.parametrize("cache_shape", ["flat", "paged", "flat2d"])
 def test_store_writes_only_the_named_slots(cache_shape):
     qkv = torch.randn(6, 3 * 64 + 5, dtype=torch.bfloat16)  # k and v: strided column views
     k, v = qkv[:, 64:128], qkv[:, 128:192]

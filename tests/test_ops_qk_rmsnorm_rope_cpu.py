@@ -143,17 +143,22 @@ def test_matches_float64_math(dtype, cache):
     assert torch.isnan(k_rows[untouched]).all() and torch.isnan(v_rows[untouched]).all()
 
 
-@pytest.mark.parametrize("scales", ["both", "none"])
+@pytest.mark.parametrize("scales", ["both", "none", "per head"])
 def test_fp8_caches_hold_saturated_scaled_values(scales):
-    """An FP8 cache holds fp8(clamp(x / scale, -448, 448)): the rotated k, the raw v."""
-    pair = (torch.tensor([0.004]), torch.tensor([0.02])) if scales == "both" else (None, None)
+    """An FP8 cache holds fp8(clamp(x / scale, -448, 448)): the rotated k, the raw v; with
+    a scale per KV head (2 here, 32 wide), each head's columns by its own."""
+    pair = {"both": (torch.tensor([0.004]), torch.tensor([0.02])),
+            "none": (None, None),
+            "per head": (torch.tensor([0.004, 0.5]), torch.tensor([0.02, 3.0]))}[scales]
     buffer, args = make_case(cache="paged", cache_dtype=FP8, scales=pair, pad=0)
     qkv, loc = args[1], args[11].long()
     qk_rmsnorm_rope(*args)
-    k_scale, v_scale = (1.0 if s is None else s.item() for s in pair)
-    for cache, rows, scale in ((args[9], qkv[:, 128:192], k_scale),
-                               (args[10], qkv[:, 192:], v_scale)):
-        want = (rows.double() / scale).clamp(-448, 448).to(FP8)
+    for cache, rows, scale in ((args[9], qkv[:, 128:192], pair[0]),
+                               (args[10], qkv[:, 192:], pair[1])):
+        per_column = torch.ones(64, dtype=torch.float64) if scale is None else \
+            torch.cat([torch.full((32,), float(x), dtype=torch.float64) for x in scale]) \
+            if scale.numel() == 2 else torch.full((64,), float(scale), dtype=torch.float64)
+        want = (rows.double() / per_column).clamp(-448, 448).to(FP8)
         assert same_bits(slot_rows(cache)[loc], want)
     if scales == "both":  # 1/0.004 saturates the largest rotated k values
         assert (slot_rows(args[9])[loc].float().abs() == 448).any()
@@ -201,8 +206,12 @@ def _bad(case: str):
         "loc range": ({11: args[11] + 16}, r"cache_loc holds slots outside \[0, 16\)"),
         "scale on bf16 cache": ({12: torch.ones(1)}, "k_scale is only used with a float8"),
         "scale shape": ({9: torch.zeros(16, 1, 16, dtype=FP8),
-                         10: torch.zeros(16, 1, 16, dtype=FP8), 13: torch.ones(2)},
-                        "v_scale must be a float32 tensor of one element"),
+                         10: torch.zeros(16, 1, 16, dtype=FP8), 13: torch.ones(3)},
+                        "v_scale must be a contiguous float32 tensor of one element or one "
+                        "per KV head"),
+        "scale per head count": ({9: torch.zeros(16, 1, 16, dtype=FP8),
+                                  10: torch.zeros(16, 1, 16, dtype=FP8), 13: torch.ones(2)},
+                                 r"v_scale must have one element or one per KV head \(1\)"),
     }
     change, pattern = changes[case]
     for index, value in change.items():
@@ -215,7 +224,7 @@ def _bad(case: str):
     "head_size", "q_weight shape", "q_weight strided", "k_weight dtype", "eps", "positions dtype",
     "positions count", "positions range", "cos_sin dtype", "partial rotary", "cache width",
     "cache dtype", "v_cache dtype", "same cache", "loc dtype", "loc range",
-    "scale on bf16 cache", "scale shape"])
+    "scale on bf16 cache", "scale shape", "scale per head count"])
 def test_bad_arguments_name_the_argument(case):
     args, pattern = _bad(case)
     with pytest.raises(ValueError, match=f"fuseinfer.qk_rmsnorm_rope: .*{pattern}"):
@@ -288,12 +297,14 @@ def interpreted_matches_two_ops(buffer: torch.Tensor, args: list) -> None:
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 @pytest.mark.parametrize("hq, hkv, d", [(4, 2, 16), (3, 1, 32), (6, 2, 8), (1, 1, 2),
                                         (2, 1, 64)])
-@pytest.mark.parametrize("cache", ["flat", "paged", "fp8"])
+@pytest.mark.parametrize("cache", ["flat", "paged", "fp8", "fp8 per head"])
 def test_kernel_interpreted_matches_the_two_op_sequence(dtype, hq, hkv, d, cache):
     """Some of these shapes put q, k and v heads in one program's block of heads (4+2+2
     and 2+1+1 heads); two rounds of fresh data into the same poisoned caches."""
-    fp8 = cache == "fp8"
+    fp8 = cache.startswith("fp8")
     scales = (torch.tensor([0.011]), torch.tensor([0.3])) if fp8 else (None, None)
+    if cache == "fp8 per head":  # each KV head its own scale
+        scales = (0.011 * 3.0 ** torch.arange(hkv), 0.3 * 0.5 ** torch.arange(hkv))
     buffer, args = make_case(tokens=4, hq=hq, hkv=hkv, d=d, dtype=dtype,
                              cache="flat" if fp8 else cache,
                              cache_dtype=FP8 if fp8 else None, scales=scales)

@@ -143,13 +143,15 @@ def test_schema():
     assert "bool? enable_pdl=None" in schema
 
 
-def test_fused_fp8_write_matches_store_kv_cache():
+@pytest.mark.parametrize("per_head", [False, True])
+def test_fused_fp8_write_matches_store_kv_cache(per_head):
     """The fused write into FP8 caches stores what store_kv_cache stores for the rotated key
-    and the raw value, at the same scales."""
+    and the raw value, at the same scales (one, or one per KV head)."""
     qkv, q, k, v = qkv_views(6, 4, 2, 32, dtype=torch.bfloat16)
     kc, vc = torch.zeros(16, 2, 32, dtype=FP8), torch.zeros(16, 2, 32, dtype=FP8)
     loc = torch.randperm(16)[:6]
-    scales = torch.tensor([0.05]), torch.tensor([0.02])
+    scales = (torch.tensor([0.05, 0.004]), torch.tensor([0.02, 0.5])) if per_head else \
+        (torch.tensor([0.05]), torch.tensor([0.02]))
     fuseinfer.ops.rope_with_cos_sin_cache(torch.randint(0, 100, (6,)), q, k, 32,
                                           cos_sin(100, 32), True, v, kc, vc, loc, *scales)
     want_k, want_v = torch.zeros_like(kc), torch.zeros_like(vc)
@@ -157,6 +159,15 @@ def test_fused_fp8_write_matches_store_kv_cache():
     assert torch.equal(kc.view(torch.uint8), want_k.view(torch.uint8))
     assert torch.equal(vc.view(torch.uint8), want_v.view(torch.uint8))
     assert kc.float().abs().sum() > 0
+
+
+def test_a_fused_write_scale_covers_whole_heads():
+    qkv, q, k, v = qkv_views(2, 4, 2, 32, dtype=torch.bfloat16)
+    kc, vc = torch.zeros(16, 2, 32, dtype=FP8), torch.zeros(16, 2, 32, dtype=FP8)
+    with pytest.raises(ValueError, match="k_scale must have one element or one per key head"):
+        fuseinfer.ops.rope_with_cos_sin_cache(torch.zeros(2, dtype=torch.long), q, k, 32,
+                                              cos_sin(100, 32), True, v, kc, vc,
+                                              torch.tensor([0, 1]), torch.ones(4), None)
 
 
 @pytest.mark.parametrize("fused", [False, True])

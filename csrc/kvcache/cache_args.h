@@ -59,13 +59,19 @@ inline Rows slot_rows(const at::Tensor& c, const char* op, const char* name) {
   return {slots, width, stride};
 }
 
+// An FP8 cache's scale: float32, one element or one per equal group of a row's `width`
+// elements (one per KV head): element j of a row is scaled by scale[j / (width / numel)].
 inline void check_scale(const std::optional<at::Tensor>& scale, const at::Tensor& cache,
-                        const char* op, const char* name) {
+                        int64_t width, const char* op, const char* name) {
   if (!scale.has_value()) return;
   FUSEINFER_CHECK_ARG(cache.scalar_type() == at::kFloat8_e4m3fn, op, name,
                       "is only used with a float8_e4m3fn cache");
-  FUSEINFER_CHECK_ARG(scale->numel() == 1 && scale->scalar_type() == at::kFloat, op, name,
-                      "must be a float32 tensor of one element");
+  FUSEINFER_CHECK_ARG(scale->scalar_type() == at::kFloat && scale->dim() <= 1 &&
+                          scale->numel() >= 1 && width % scale->numel() == 0 &&
+                          scale->is_contiguous(),
+                      op, name, "must be a contiguous float32 tensor of one element or one "
+                      "per KV head (a divisor of the row's ", width, " elements), got ",
+                      scale->sizes());
   FUSEINFER_CHECK_ARG(scale->device() == cache.device(), op, name, "must be on ",
                       cache.device(), " like the cache");
 }
@@ -83,8 +89,13 @@ inline Rows check_cache(const at::Tensor& cache, const Rows& src, const at::Tens
   const Rows slots = slot_rows(cache, op, name);
   FUSEINFER_CHECK_ARG(slots.width == src.width, op, name, "rows hold ", slots.width,
                       " elements but ", src_name, " has ", src.width, " per token");
-  check_scale(scale, cache, op, scale_name);
+  check_scale(scale, cache, slots.width, op, scale_name);
   return slots;
+}
+
+// Row elements per scale element (the whole row for one element or none).
+inline int scale_group(const std::optional<at::Tensor>& scale, int64_t width) {
+  return static_cast<int>(scale ? width / scale->numel() : width);
 }
 
 inline void check_loc(const at::Tensor& loc, int64_t tokens, const at::Tensor& like,

@@ -24,8 +24,9 @@ __device__ __forceinline__ void store_cache(CacheT* dst, const Vec<T, N>& values
   }
 }
 
-__device__ __forceinline__ float inverse_scale(const float* scale) {
-  return scale == nullptr ? 1.f : 1.f / *scale;
+// 1 / the scale of row element `elem` (scales of one element or one per `group` elements).
+__device__ __forceinline__ float inverse_scale(const float* scale, int64_t elem, int group) {
+  return scale == nullptr ? 1.f : 1.f / scale[elem / group];
 }
 
 __device__ __forceinline__ int64_t load_index(const void* ptr, bool is_int64, int64_t i) {

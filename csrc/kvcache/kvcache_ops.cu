@@ -36,6 +36,7 @@ struct StoreArgs {
   bool loc64;
   const float* k_scale;
   const float* v_scale;
+  int k_group, v_group;          // row elements per scale element
   int64_t tokens;
   int k_units, v_units;          // N-element units per token row
 };
@@ -57,7 +58,9 @@ __global__ void store_kv_kernel(StoreArgs a) {
   const T* src = static_cast<const T*>(is_k ? a.k : a.v) +
                  token * (is_k ? a.k_stride : a.v_stride) + static_cast<int64_t>(unit) * N;
   const Vec<T, N> values = load_vec<T, N>(src);
-  const float inv_scale = inverse_scale(is_k ? a.k_scale : a.v_scale);
+  const float inv_scale = inverse_scale(is_k ? a.k_scale : a.v_scale,
+                                        static_cast<int64_t>(unit) * N,
+                                        is_k ? a.k_group : a.v_group);
   pdl_launch_dependents();
   CacheT* dst = static_cast<CacheT*>(is_k ? a.k_cache : a.v_cache) +
                 slot * (is_k ? a.kc_stride : a.vc_stride) + static_cast<int64_t>(unit) * N;
@@ -125,10 +128,14 @@ void store_kv_cache(const at::Tensor& k_cache, const at::Tensor& v_cache, const 
   a.loc64 = loc.scalar_type() == at::kLong;
   a.k_scale = k_scale ? k_scale->data_ptr<float>() : nullptr;
   a.v_scale = v_scale ? v_scale->data_ptr<float>() : nullptr;
+  a.k_group = scale_group(k_scale, k_rows.width);
+  a.v_group = scale_group(v_scale, v_rows.width);
   a.tokens = k_rows.count;
 
   const int vec = 16 / static_cast<int>(k.element_size());
+  // a vector never straddles two scale groups
   const bool vector = k_rows.width % vec == 0 && v_rows.width % vec == 0 &&
+                      a.k_group % vec == 0 && a.v_group % vec == 0 &&
                       k_rows.stride % vec == 0 && v_rows.stride % vec == 0 &&
                       kc.stride % vec == 0 && vc.stride % vec == 0 && aligned16(a.k) &&
                       aligned16(a.v) && aligned16(a.k_cache) && aligned16(a.v_cache);

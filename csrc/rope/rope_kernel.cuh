@@ -43,6 +43,7 @@ struct RopeArgs {
   bool loc64;
   const float* k_scale;
   const float* v_scale;
+  int k_group, v_group;  // row elements per scale element (whole heads)
 };
 
 template <typename T, int N>
@@ -127,8 +128,6 @@ __global__ void rope_kernel(RopeArgs a) {
 
   pdl_wait();
   pdl_launch_dependents();  // dependents still wait for this grid to finish before reading
-  const float k_inv = fused ? inverse_scale(a.k_scale) : 1.f;
-  const float v_inv = fused ? inverse_scale(a.v_scale) : 1.f;
 
   for (int64_t it = threadIdx.x; it < items; it += blockDim.x) {
     const int64_t token = t0 + it / per_token;
@@ -148,6 +147,7 @@ __global__ void rope_kernel(RopeArgs a) {
       T* row = static_cast<T*>(a.key) + token * a.k_stride + offset;
       CacheT* cache_row =
           fused ? static_cast<CacheT*>(a.k_cache) + slot * a.kc_stride + offset : nullptr;
+      const float k_inv = fused ? inverse_scale(a.k_scale, offset, a.k_group) : 1.f;
       if (unit < rotary_units) {
         const float* cs = a.cos_sin + load_index(a.positions, a.pos64, token) * a.rotary_dim;
         rotate_unit<T, CacheT, NEOX, VECTOR, P>(row, unit, cs, half, cache_row, k_inv);
@@ -161,7 +161,8 @@ __global__ void rope_kernel(RopeArgs a) {
       const int64_t e = static_cast<int64_t>(head) * a.v_head_size + (i % v_units) * VEC;
       const T* src = static_cast<const T*>(a.value) + token * a.v_stride + e;
       CacheT* dst = static_cast<CacheT*>(a.v_cache) + slot * a.vc_stride + e;
-      store_cache<T, CacheT, VEC>(dst, load_vec<T, VEC>(src), v_inv);
+      store_cache<T, CacheT, VEC>(dst, load_vec<T, VEC>(src),
+                                  inverse_scale(a.v_scale, e, a.v_group));
     }
   }
 }

@@ -61,10 +61,12 @@ def test_prefill_matches_reference(features, head_dim, hq, hkv, page_size, dtype
                head_dim ** -0.5, **kw)
 
 
+@pytest.mark.parametrize("per_head", [False, True])
 @pytest.mark.parametrize("page_size", [1, 16])
-def test_prefill_fp8_cache(page_size):
+def test_prefill_fp8_cache(page_size, per_head):
     q_lens, kv_lens = [200, 3], [260, 3]
-    kv = make_paged_kv(kv_lens, 2, 128, page_size, torch.bfloat16, "cuda", fp8=True)
+    kv = make_paged_kv(kv_lens, 2, 128, page_size, torch.bfloat16, "cuda", fp8=True,
+                       per_head_scales=per_head)
     q = torch.randn(sum(q_lens), 8, 128, device="cuda", dtype=torch.bfloat16)
     attn = PagedAttention(AttentionShape(8, 2, 128, page_size), "cuda")
     plan = attn.plan_prefill(q_lens, kv_lens, kv.page_table)
@@ -109,8 +111,9 @@ def test_decode_both_paths_and_fp8(tensor_core_min_group):
     table = ATTENTION_BUILTIN.__class__(**{**ATTENTION_BUILTIN.__dict__,
                                            "tensor_core_min_group": tensor_core_min_group})
     kv_lens = [3000, 17, 900]
-    for fp8 in (False, True):
-        kv = make_paged_kv(kv_lens, 4, 128, 16, torch.float16, "cuda", fp8=fp8)
+    for fp8 in (False, True, "head"):
+        kv = make_paged_kv(kv_lens, 4, 128, 16, torch.float16, "cuda", fp8=bool(fp8),
+                           per_head_scales=fp8 == "head")
         q = torch.randn(3, 16, 128, device="cuda", dtype=torch.float16)
         attn = PagedAttention(AttentionShape(16, 4, 128, 16), "cuda", table=table)
         kw = _features("sinks", 16)
@@ -128,8 +131,9 @@ def test_fused_merge_matches_the_merge_kernel(tensor_core_min_group, features):
     table = ATTENTION_BUILTIN.__class__(**{**ATTENTION_BUILTIN.__dict__,
                                            "tensor_core_min_group": tensor_core_min_group})
     kv_lens = [1, 4100, 0, 333, 64, 2048, 9000]
-    for fp8 in (False, True):
-        kv = make_paged_kv(kv_lens, 8, 128, 16, torch.bfloat16, "cuda", fp8=fp8, poison=True)
+    for fp8 in (False, True, "head"):
+        kv = make_paged_kv(kv_lens, 8, 128, 16, torch.bfloat16, "cuda", fp8=bool(fp8),
+                           poison=True, per_head_scales=fp8 == "head")
         q = torch.randn(len(kv_lens), 32, 128, device="cuda", dtype=torch.bfloat16)
         kw = _features(features, 32)
         got = []

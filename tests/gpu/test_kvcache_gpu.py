@@ -11,14 +11,19 @@ from qkv_cases import make_case
 import fuseinfer
 
 
-@pytest.mark.parametrize("cache_dtype", [torch.bfloat16, torch.float8_e4m3fn])
+@pytest.mark.parametrize("cache_dtype", [torch.bfloat16, torch.float8_e4m3fn, "fp8 per head"])
 @pytest.mark.parametrize("cache", ["flat", "paged"])
 @pytest.mark.parametrize("tokens", [1, 5, 1000])
 def test_store_kv_cache(tokens, cache, cache_dtype):
+    per_head = cache_dtype == "fp8 per head"
+    if per_head:
+        cache_dtype = torch.float8_e4m3fn
     case = make_case(tokens, 4, 8, 128, 128, torch.bfloat16, cache=cache,
                      cache_dtype=cache_dtype, pad=8)
     _, _, k, v, kc, vc, loc, _, _ = case
     scale = torch.tensor([0.1], device="cuda") if cache_dtype != torch.bfloat16 else None
+    if per_head:  # 8 KV heads of 128, each its own scale
+        scale = 0.1 * 2.0 ** -torch.arange(8, device="cuda", dtype=torch.float32)
     want_kc, want_vc = kc.cpu().clone(), vc.cpu().clone()
     fuseinfer.ops.store_kv_cache(want_kc, want_vc, loc.cpu(), k.cpu(), v.cpu(), scale and
                                  scale.cpu(), scale and scale.cpu())

@@ -98,6 +98,18 @@ def test_matches_the_two_kernel_sequence(model, dtype, tokens, paged, cache, pdl
         assert (written.float().abs() == 448).any()  # saturation was exercised
 
 
+@pytest.mark.parametrize("pdl", [True, False])
+@pytest.mark.parametrize("model", list(QWEN3))
+def test_fp8_scale_per_kv_head_matches_the_two_kernel_sequence(model, pdl):
+    """One scale per KV head (16x apart from head to head): the Triton kernel and the CUDA
+    RoPE kernel's fused write index them the same way."""
+    hq, hkv, d = QWEN3[model]
+    buffer, args = make_case(33, hq, hkv, d, torch.bfloat16, FP8, True)
+    spread = 16.0 ** -torch.arange(hkv, device="cuda", dtype=torch.float32)
+    args[12], args[13] = 0.05 * spread, 0.5 * spread
+    run_both(buffer, args, pdl)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 @pytest.mark.parametrize("hq, hkv, d", [(8, 1, 256), (4, 2, 64), (2, 1, 512), (3, 1, 128),
                                         (14, 2, 128)])

@@ -55,9 +55,12 @@ def test_rope_only_and_layouts(cache, index_dtype):
     assert torch.equal(vc.view(-1, 256)[loc.long()], v)
 
 
-def test_fp8_cache_with_scales():
+@pytest.mark.parametrize("per_head", [False, True])
+def test_fp8_cache_with_scales(per_head):
     case = make_case(40, 8, 2, 128, 128, torch.bfloat16, cache_dtype=torch.float8_e4m3fn)
-    scales = (torch.tensor([0.05], device="cuda"), torch.tensor([0.02], device="cuda"))
+    scales = (torch.tensor([0.05, 0.003], device="cuda"),
+              torch.tensor([0.02, 0.4], device="cuda")) if per_head else \
+        (torch.tensor([0.05], device="cuda"), torch.tensor([0.02], device="cuda"))
     want_qkv, want_kc, want_vc = cpu_run(case, 128, True, scales)
     qkv, q, k, v, kc, vc, loc, pos, cs = case
     fuseinfer.ops.rope_with_cos_sin_cache(pos, q, k, 128, cs, True, v, kc, vc, loc, *scales)

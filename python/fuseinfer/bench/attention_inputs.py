@@ -32,11 +32,12 @@ class PagedKv:
 def make_paged_kv(kv_lens: list[int], kv_heads: int, head_dim: int, page_size: int,
                   dtype: torch.dtype, device: torch.device | str, *, fp8: bool = False,
                   spare_pages: int = 3, generator: torch.Generator | None = None,
-                  poison: bool = False) -> PagedKv:
+                  poison: bool = False, per_head_scales: bool = False) -> PagedKv:
     """Caches holding random keys/values for requests of the given lengths (plus a few
     unused pages), and a page table whose rows are padded with pages of other requests.
     poison: every slot that holds no request's token is NaN (a kernel that lets one into
-    its sums returns NaN)."""
+    its sums returns NaN). per_head_scales (fp8): each KV head's keys and values have their
+    own magnitude (4x apart from one head to the next) and their own scale."""
     pages_per_req = [max(1, -(-n // page_size)) for n in kv_lens]
     total = sum(pages_per_req) + spare_pages
     width = max(pages_per_req)
@@ -60,6 +61,11 @@ def make_paged_kv(kv_lens: list[int], kv_heads: int, head_dim: int, page_size: i
         for t in (k, v):
             t.view(total * page_size, -1)[~used] = float("nan")
     k, v = k.to(device=device), v.to(device=device)
+    if fp8 and per_head_scales:
+        spread = 4.0 ** -torch.arange(kv_heads, dtype=torch.float32, device=device)
+        k_scale, v_scale = 0.5 * spread, 0.25 * spread
+        # head h holds values of magnitude ~ its scale: stored as randn in the fp8 cache
+        return PagedKv(k.to(FP8), v.to(FP8), table.to(device), k_scale, v_scale)
     if fp8:
         k_scale = torch.tensor([0.5], device=device)
         v_scale = torch.tensor([0.25], device=device)

@@ -104,9 +104,9 @@ def _finish_merged(acc, l_sum, m, Out, Lse, Sinks, VScale, out_at, lse_at, heads
 @triton.jit
 def decode_kernel(
     Q, K, V, Out, Lse, PartO, PartLse, Sinks, PageTable, KvLens, KScale, VScale, Counters,
-    sm_scale, logit_cap, window_left, num_q_heads, num_splits_max,
-    stride_q_req, stride_q_head, stride_k_slot, stride_k_head, stride_v_slot, stride_v_head,
-    stride_o_req, stride_o_head, stride_lse_req, stride_page_row,
+    sm_scale, logit_cap, window_left, num_q_heads, num_splits_max, k_scale_stride,
+    v_scale_stride, stride_q_req, stride_q_head, stride_k_slot, stride_k_head, stride_v_slot,
+    stride_v_head, stride_o_req, stride_o_head, stride_lse_req, stride_page_row,
     stride_part_req, stride_part_head, stride_part_split,
     GROUP: tl.constexpr, HEADS_PER_PROGRAM: tl.constexpr, USE_DOT: tl.constexpr,
     PAGE_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -141,8 +141,8 @@ def decode_kernel(
         if DOT_F32:  # the interpreter's dot mishandles bfloat16
             q = q.to(tl.float32)
         qk_scale = sm_scale
-        if KV_SCALED:
-            qk_scale = qk_scale * tl.load(KScale)
+        if KV_SCALED:  # the KV head's scale (stride 0: one for all)
+            qk_scale = qk_scale * tl.load(KScale + kv_head * k_scale_stride)
         page_row = PageTable + req.to(tl.int64) * stride_page_row
         k_offs = offs_n[:, None] * stride_k_slot + kv_head * stride_k_head + offs_d[None, :]
         v_offs = offs_n[:, None] * stride_v_slot + kv_head * stride_v_head + offs_d[None, :]
@@ -185,9 +185,10 @@ def decode_kernel(
             m_i = m_new
     if USE_PDL:
         tl.extra.cuda.gdc_launch_dependents()
+    v_scale_at = VScale + kv_head * v_scale_stride
     if pieces == 1:
         if split == 0:
-            out, lse = _finish(acc, m_i, l_i, Sinks, heads, head_ok, VScale, HAS_SINKS,
+            out, lse = _finish(acc, m_i, l_i, Sinks, heads, head_ok, v_scale_at, HAS_SINKS,
                                KV_SCALED)
             tl.store(Out + req.to(tl.int64) * stride_o_req + heads[:, None] * stride_o_head
                      + offs_d[None, :], out.to(Out.dtype.element_ty), mask=head_ok[:, None])
@@ -210,7 +211,7 @@ def decode_kernel(
                 piece0 = part - split * stride_part_split
                 acc, l_sum, m = _merge_pieces(PartO, PartLse, piece0, pieces,
                                               stride_part_split, head_ok, offs_d, HEAD_DIM)
-                _finish_merged(acc, l_sum, m, Out, Lse, Sinks, VScale,
+                _finish_merged(acc, l_sum, m, Out, Lse, Sinks, v_scale_at,
                                req.to(tl.int64) * stride_o_req + heads * stride_o_head,
                                req.to(tl.int64) * stride_lse_req + heads, heads, head_ok,
                                offs_d, HAS_SINKS, HAS_LSE, KV_SCALED)
@@ -219,7 +220,7 @@ def decode_kernel(
 @triton.jit
 def merge_kernel(
     Out, Lse, PartO, PartLse, Sinks, KvLens, VScale, window_left, num_splits_max,
-    stride_o_req, stride_o_head, stride_lse_req,
+    v_scale_stride, kv_group, stride_o_req, stride_o_head, stride_lse_req,
     stride_part_req, stride_part_head, stride_part_split,
     HEAD_DIM: tl.constexpr, SPLITS_POW2: tl.constexpr, MIN_CHUNK: tl.constexpr,
     BLOCK_N: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_SINKS: tl.constexpr,
@@ -253,8 +254,8 @@ def merge_kernel(
             l_sum = l_sum * scale + tl.math.exp2(sink - m_fin)
             m = m_fin
         out = acc / l_sum
-        if KV_SCALED:
-            out = out * tl.load(VScale)
+        if KV_SCALED:  # the head's KV head's scale (stride 0: one for all)
+            out = out * tl.load(VScale + (head // kv_group) * v_scale_stride)
         tl.store(Out + req.to(tl.int64) * stride_o_req + head * stride_o_head + offs_d,
                  out.to(Out.dtype.element_ty))
         if HAS_LSE:

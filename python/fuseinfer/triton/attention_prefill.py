@@ -102,7 +102,7 @@ def _attend_range(acc, m_i, l_i, q, K, V, PageRow, lo, hi, offs_m_pos, offs_n, k
 @triton.jit
 def prefill_kernel(
     Q, K, V, Out, Lse, Sinks, PageTable, QIndptr, KvLens, Work, KScale, VScale,
-    sm_scale, logit_cap, window_left,
+    sm_scale, logit_cap, window_left, k_scale_stride, v_scale_stride,
     stride_q_tok, stride_q_head, stride_k_slot, stride_k_head, stride_v_slot, stride_v_head,
     stride_o_tok, stride_o_head, stride_lse_tok, stride_page_row,
     GROUP: tl.constexpr, PAGE_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr,
@@ -135,8 +135,8 @@ def prefill_kernel(
     if DOT_F32:  # the interpreter's dot mishandles bfloat16
         q = q.to(tl.float32)
     qk_scale = sm_scale
-    if KV_SCALED:
-        qk_scale = qk_scale * tl.load(KScale)
+    if KV_SCALED:  # the KV head's scale (stride 0: one for all)
+        qk_scale = qk_scale * tl.load(KScale + kv_head * k_scale_stride)
     q_pos = prefix + offs_m
 
     first_pos = prefix + q_block * BLOCK_M
@@ -182,7 +182,7 @@ def prefill_kernel(
         m_i = m_fin
     inv_l = 1.0 / l_i
     if KV_SCALED:
-        inv_l = inv_l * tl.load(VScale)
+        inv_l = inv_l * tl.load(VScale + kv_head * v_scale_stride)
     out = acc * inv_l[:, None]
     o_ptrs = Out + (q_start + offs_m).to(tl.int64)[:, None] * stride_o_tok \
         + head * stride_o_head + offs_d[None, :]

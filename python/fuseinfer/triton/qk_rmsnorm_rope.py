@@ -50,7 +50,8 @@ def _cache_values(x, inv_scale, CACHE_TY: tl.constexpr, FP8_CACHE: tl.constexpr,
 @triton.jit
 def qk_rmsnorm_rope_kernel(QKV, Wq, Wk, Positions, CosSin, KCache, VCache, Loc, KScale,
                            VScale, stride_row, kc_stride, vc_stride, num_q_heads,
-                           num_kv_heads, eps, HEAD_DIM: tl.constexpr, HEADS: tl.constexpr,
+                           num_kv_heads, k_scale_stride, v_scale_stride, eps,
+                           HEAD_DIM: tl.constexpr, HEADS: tl.constexpr,
                            FP8_CACHE: tl.constexpr, HAS_K_SCALE: tl.constexpr,
                            HAS_V_SCALE: tl.constexpr, USE_PDL: tl.constexpr,
                            EXACT_ROUNDING: tl.constexpr):
@@ -71,12 +72,17 @@ def qk_rmsnorm_rope_kernel(QKV, Wq, Wk, Positions, CosSin, KCache, VCache, Loc, 
     x = tl.load(qkv_tile, mask=(is_q | is_k | is_v)[:, None], other=0.0).to(tl.float32)
     position = tl.load(Positions + token).to(tl.int64)
     slot = tl.load(Loc + token).to(tl.int64)
-    k_inv = 1.0
-    v_inv = 1.0
+    # per row of the tile, its KV head's scale (stride 0: one scale for all heads)
+    k_inv = tl.full([HEADS], 1.0, tl.float32)
+    v_inv = tl.full([HEADS], 1.0, tl.float32)
     if HAS_K_SCALE:  # IEEE reciprocal, as the CUDA cache writers compute it
-        k_inv = tl.div_rn(1.0, tl.load(KScale))
+        kv_head = tl.maximum(heads - num_q_heads, 0)
+        k_inv = tl.div_rn(1.0, tl.load(KScale + kv_head * k_scale_stride, mask=is_k,
+                                       other=1.0))
     if HAS_V_SCALE:
-        v_inv = tl.div_rn(1.0, tl.load(VScale))
+        kv_head = tl.maximum(heads - qk_heads, 0)
+        v_inv = tl.div_rn(1.0, tl.load(VScale + kv_head * v_scale_stride, mask=is_v,
+                                       other=1.0))
     if USE_PDL:
         tl.extra.cuda.gdc_launch_dependents()
 
@@ -107,9 +113,9 @@ def qk_rmsnorm_rope_kernel(QKV, Wq, Wk, Positions, CosSin, KCache, VCache, Loc, 
     k_row = KCache + slot * kc_stride + (heads - num_q_heads)[:, None] * HEAD_DIM \
         + half_dims[None, :]
     k_ty = KCache.dtype.element_ty
-    tl.store(k_row, _cache_values(r1.to(tl.float32), k_inv, k_ty, FP8_CACHE, EXACT_ROUNDING),
-             mask=is_k[:, None])
-    tl.store(k_row + HALF, _cache_values(r2.to(tl.float32), k_inv, k_ty, FP8_CACHE,
+    tl.store(k_row, _cache_values(r1.to(tl.float32), k_inv[:, None], k_ty, FP8_CACHE,
+                                  EXACT_ROUNDING), mask=is_k[:, None])
+    tl.store(k_row + HALF, _cache_values(r2.to(tl.float32), k_inv[:, None], k_ty, FP8_CACHE,
                                          EXACT_ROUNDING), mask=is_k[:, None])
     # v goes out as [HEADS, 2, HALF], not in the tile's shape: Triton sizes a load's
     # per-thread vector by the other memory ops of its shape that touch its value, and an
@@ -117,6 +123,6 @@ def qk_rmsnorm_rope_kernel(QKV, Wq, Wk, Positions, CosSin, KCache, VCache, Loc, 
     # wherever qkv's rows are not 16-element aligned.
     v_row = VCache + slot * vc_stride + (heads - qk_heads)[:, None, None] * HEAD_DIM \
         + (tl.arange(0, 2) * HALF)[None, :, None] + half_dims[None, None, :]
-    tl.store(v_row, _cache_values(tl.reshape(x, (HEADS, 2, HALF)), v_inv,
+    tl.store(v_row, _cache_values(tl.reshape(x, (HEADS, 2, HALF)), v_inv[:, None, None],
                                   VCache.dtype.element_ty, FP8_CACHE, EXACT_ROUNDING),
              mask=is_v[:, None, None])

@@ -10,7 +10,7 @@ fuseinfer.ops.attention.reference, which is also the CPU path. Layouts:
   q, out        [tokens, q_heads, head_dim] (decode: tokens = batch), last dim contiguous
   k/v cache     [slots, kv_heads, head_dim] (page size 1) or
                 [pages, page_size, kv_heads, head_dim]; bf16/fp16 like q, or float8_e4m3fn
-                with optional float32 one-element k_scale / v_scale
+                with optional float32 k_scale / v_scale (one element, or one per KV head)
   page_table    int32 [batch, max_pages]: request b's token t lives in slot
                 page_table[b, t // page_size] * page_size + t % page_size
   q_indptr      int32 [batch + 1], cumulative query counts; kv_lens int32 [batch]

@@ -12,7 +12,8 @@ A sink (one learned logit per q head) joins the softmax denominator and carries 
 
     out = sum_j exp(s_j) v_j / (sum_j exp(s_j) + exp(sink)),   lse = log(the denominator)
 
-FP8 caches hold k / k_scale and v / v_scale: keys and values are read back times the scale.
+FP8 caches hold k / k_scale and v / v_scale (a scale: one element, or one per KV head): keys
+and values are read back times the scale.
 A request with kv_len = 0 (a padded batch row) gives zeros and lse = -inf.
 """
 
@@ -40,8 +41,10 @@ def gather_tokens(cache: torch.Tensor, page_table_row: torch.Tensor, length: int
     pos = torch.arange(length, device=cache.device)
     slots = page_table_row.long()[pos // page_size] * page_size + pos % page_size
     rows = cache_rows(cache)[slots].float()
-    if scale is not None:
-        rows = rows * (scale.float() if isinstance(scale, torch.Tensor) else scale)
+    if isinstance(scale, torch.Tensor):  # one element, or one per KV head
+        rows = rows * scale.float().reshape(-1, 1)
+    elif scale is not None:
+        rows = rows * scale
     return rows
 
 

@@ -1,7 +1,8 @@
 """KV-cache writes: store_kv_cache.
 
     k_cache[loc[i]] = k[i];  v_cache[loc[i]] = v[i]         (one kernel for both)
-    FP8 (e4m3) cache: k_cache[loc[i]] = fp8(clamp(k[i] / k_scale, -448, 448)), likewise v.
+    FP8 (e4m3) cache: k_cache[loc[i]] = fp8(clamp(k[i] / k_scale, -448, 448)), likewise v;
+    a scale is one float32 element or one per KV head (check_scale).
 
 Layouts: k, v are [tokens, kv_heads, head_dim] or [tokens, kv_heads * head_dim], each token's
 row contiguous (a strided view of a fused qkv buffer is fine). Caches are
@@ -73,16 +74,27 @@ def slot_rows(cache: torch.Tensor, op: str, arg: str) -> tuple[int, int, int]:
     return slots, width, stride
 
 
-def check_scale(scale: torch.Tensor | None, cache: torch.Tensor, op: str, arg: str) -> None:
+def check_scale(scale: torch.Tensor | None, cache: torch.Tensor, op: str, arg: str,
+                width: int) -> None:
+    """An FP8 cache's scale: float32, one element (the whole row) or one per equal group of
+    a row's `width` elements (one per KV head: element j of a row is scaled by
+    scale[j // (width // numel)]), contiguous, on the cache's device."""
     if scale is None:
         return
     if cache.dtype != FP8:
         _fail(op, arg, "is only used with a float8_e4m3fn cache")
-    if scale.numel() != 1 or scale.dtype != torch.float32:
-        _fail(op, arg, f"must be a float32 tensor of one element, got {scale.dtype} "
+    if scale.dtype != torch.float32 or scale.dim() > 1 or scale.numel() < 1 \
+            or width % scale.numel() or not scale.is_contiguous():
+        _fail(op, arg, f"must be a contiguous float32 tensor of one element or one per KV "
+              f"head (a divisor of the row's {width} elements), got {scale.dtype} "
               f"{list(scale.shape)}")
     if scale.device != cache.device:
         _fail(op, arg, f"must be on {cache.device} like the cache, got {scale.device}")
+
+
+def scale_group(scale: torch.Tensor | None, width: int) -> int:
+    """Row elements per scale element (the whole row for one element or none)."""
+    return width if scale is None else width // scale.numel()
 
 
 def check_cache_pair(op: str, k_cache, v_cache, loc, k, v, k_scale, v_scale,
@@ -114,7 +126,7 @@ def check_cache_pair(op: str, k_cache, v_cache, loc, k, v, k_scale, v_scale,
         if width != src_width:
             _fail(op, name, f"rows hold {width} elements but {src_name} has {src_width} per "
                   "token")
-        check_scale(scale, cache, op, scale_name)
+        check_scale(scale, cache, op, scale_name, width)
     if v_cache.dtype != k_cache.dtype:
         _fail(op, "v_cache", f"must have the dtype of k_cache ({k_cache.dtype}), got "
               f"{v_cache.dtype}")
@@ -135,10 +147,13 @@ def check_loc_range(loc: torch.Tensor, cache: torch.Tensor, op: str, arg: str) -
 
 def to_cache(x: torch.Tensor, cache_dtype: torch.dtype, scale: torch.Tensor | None
              ) -> torch.Tensor:
-    """The value a cache slot holds for x: a plain cast, or scaled, saturated fp8."""
+    """The value a cache slot holds for x [rows, width]: a plain cast, or scaled (per row
+    element group, see check_scale), saturated fp8."""
     if cache_dtype != FP8:
         return x.to(cache_dtype)
-    s = 1.0 if scale is None else scale.float().item()
+    if scale is None:
+        return x.float().clamp(-FP8_MAX, FP8_MAX).to(FP8)
+    s = scale.float().reshape(-1).repeat_interleave(x.size(-1) // scale.numel())
     return (x.float() / s).clamp(-FP8_MAX, FP8_MAX).to(FP8)
 
 

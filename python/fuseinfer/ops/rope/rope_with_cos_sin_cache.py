@@ -105,6 +105,12 @@ def check_rope_args(positions, query, key, head_size, cos_sin_cache, is_neox=Tru
             _fail("value", f"must have {tokens} tokens and one row per key head")
         check_cache_pair(OP, k_cache, v_cache, cache_loc, key, value, k_scale, v_scale,
                          k_name="key", v_name="value")
+        # the kernel takes one scale per head row: a scale group is whole heads
+        v_head = token_rows(value, OP, "value")[0] // max(k_heads, 1)
+        for name, scale, width, head in (("k_scale", k_scale, k_heads * head_size, head_size),
+                                         ("v_scale", v_scale, k_heads * v_head, v_head)):
+            if scale is not None and head and (width // scale.numel()) % head:
+                _fail(name, "must have one element or one per key head")
     elif k_scale is not None or v_scale is not None:
         _fail("k_scale" if k_scale is not None else "v_scale",
               "is only used with k_cache and v_cache")
