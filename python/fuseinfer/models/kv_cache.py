@@ -30,8 +30,8 @@ class KvCacheConfig:
 
 
 class PagedKvCache:
-    """Per-layer K and V caches of `num_pages` pages. FP8 caches carry per-layer float32
-    scales (1.0 until calibrated)."""
+    """Per-layer K and V caches of `num_pages` pages. FP8 caches carry float32 scales per
+    layer and KV head (1.0 until calibrated)."""
 
     def __init__(self, config: KvCacheConfig, num_pages: int, device: torch.device | str
                  ) -> None:
@@ -49,9 +49,10 @@ class PagedKvCache:
         self.v = [torch.zeros(shape, dtype=config.dtype, device=device)
                   for _ in range(config.num_layers)]
         fp8 = config.dtype == FP8
-        self.k_scale = [torch.ones(1, device=device) if fp8 else None
+        # one scale per KV head (runtime/kv_scale_calibration sets them in place)
+        self.k_scale = [torch.ones(config.num_kv_heads, device=device) if fp8 else None
                         for _ in range(config.num_layers)]
-        self.v_scale = [torch.ones(1, device=device) if fp8 else None
+        self.v_scale = [torch.ones(config.num_kv_heads, device=device) if fp8 else None
                         for _ in range(config.num_layers)]
 
     @property

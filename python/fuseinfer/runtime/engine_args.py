@@ -19,6 +19,7 @@ from typing import Any
 
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 KV_CACHE_DTYPES = ("auto", "fp8_e4m3")
+KV_CACHE_SCALES = ("calibrate", "one")
 LOAD_FORMATS = ("auto", "dummy")
 QUANTIZATIONS = ("auto", "fp8")
 MOE_WEIGHT_DTYPES = ("auto", "bf16")
@@ -43,6 +44,9 @@ class EngineArgs:
                       DTYPES)
     kv_cache_dtype: str = _opt("auto", "KV-cache dtype; auto: the model dtype",
                                KV_CACHE_DTYPES)
+    kv_cache_scales: str = _opt("calibrate", "FP8 KV cache: calibrate (a scale per layer and "
+                                "KV head for K and V, from one prefill of a fixed prompt at "
+                                "load) or one (every scale 1.0)", KV_CACHE_SCALES)
     load_format: str = _opt("auto", "auto: safetensors from the folder; dummy: random "
                             "weights from its config", LOAD_FORMATS)
     quantization: str = _opt("auto", "linear-layer weights; auto: as the checkpoint is "

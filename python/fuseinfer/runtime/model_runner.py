@@ -42,6 +42,7 @@ from .cuda_graph_runner import DecodeGraphRunner
 from .engine_args import EngineArgs
 from .host_inputs import StepInputs
 from .kv_pool import ReqToTokenPool, pages_for_budget
+from .kv_scale_calibration import KvScaleReport, calibrate_kv_scales
 from .logit_adjust import HistoryReset, LogitAdjustments, TokenHistory
 from .sampling import SamplingBatch, SamplingParams, sample, token_logprobs
 from .step_output import TokenLogprob
@@ -144,6 +145,10 @@ class ModelRunner:
                           fused_allreduce_rmsnorm=not args.disable_fused_allreduce_rmsnorm,
                           enable_pdl=False if args.disable_pdl else None)
         self.model = DecoderModel(c, weights, self.attention, self.kv_cache, fusions, parallel)
+        # FP8 KV: per-head scales from one prefill, before any graph captures the cache
+        self.kv_scales: KvScaleReport | None = None
+        if kv_dtype == FP8 and args.kv_cache_scales == "calibrate":
+            self.kv_scales = calibrate_kv_scales(self.model, context, args.seed)
         # Tokens of steps in flight, read by the next step's inputs (overlap scheduling).
         self._future = torch.zeros(4 * (args.max_running_requests + 1), dtype=torch.int64,
                                    device=self.device)
