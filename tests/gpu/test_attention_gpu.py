@@ -209,3 +209,18 @@ def test_decode_under_torch_compile():
 
     got = torch.compile(step, fullgraph=True)(q)
     torch.testing.assert_close(got, step(q), rtol=0, atol=0)
+
+
+def test_attention_suite_times_an_fp8_cache_beside_bf16():
+    """`bench attention --fp8-kv`: decode rows carry the FP8 cache's time, its speedup and
+    its error against the reference (per-head scales)."""
+    from fuseinfer.bench.suites import attention as suite
+    from fuseinfer.bench.timing import TimingConfig
+
+    cases = suite.decode_cases([suite.MODELS["GPT-OSS"]], (4,), (2048,), extra=())
+    rows = suite.run(cases, [], None, None, config=TimingConfig(repeats=2,
+                                                                  target_graph_ms=0.2),
+                     fp8_kv=True)
+    row = rows[0]
+    assert row["fp8_rel_err"] < 0.05 and row["rel_err"] < 0.01
+    assert row["fp8_us"] > 0 and row["fp8_speedup"] == row["us"] / row["fp8_us"]

@@ -8,7 +8,9 @@ unless --page-size), pages scattered at random. Bytes counted: the KV each reque
 new tokens already in the cache; FLOPs counted: 4 * head_dim * q_heads per visible
 (query, key) pair. Extra timings of our own kernel give what a feature costs: `sink cost`
 is with sinks vs the same call without; `window cost` is window W over a long KV vs full
-attention over a KV of W + 1 tokens (the same keys read).
+attention over a KV of W + 1 tokens (the same keys read). `--fp8-kv` adds, per decode
+row, our kernel on an FP8 cache of the same shape with a scale per KV head (its time and
+the bf16 time over it: the bytes halve, so a bandwidth-bound decode approaches 2x).
 """
 
 from __future__ import annotations
@@ -76,6 +78,8 @@ COLUMNS = [
     Column("feature_cost_pct", "sink cost %", "{:+.1f}"),
     Column("window_cost_pct", "window cost %", "{:+.1f}"),
     Column("splits", "splits"),
+    Column("fp8_us", "fp8 us", "{:.1f}"),
+    Column("fp8_speedup", "x fp8", "{:.2f}"),
     Column("rel_err", "rel err", "{:.1e}"),
 ]
 
@@ -136,11 +140,13 @@ class Inputs:
 
 
 def make_inputs(case: Case, page_size: int, dtype: torch.dtype, kv_lens=None, q_lens=None,
-                device: str = "cuda") -> Inputs:
+                device: str = "cuda", fp8: bool = False) -> Inputs:
+    """fp8: an FP8 (e4m3) cache with a scale per KV head instead of one of `dtype`."""
     m = case.model
     kv_lens = list(kv_lens or case.kv_lens)
     q_lens = list(q_lens or case.q_lens)
-    kv = make_paged_kv(kv_lens, m.kv_heads, m.head_dim, page_size, dtype, device)
+    kv = make_paged_kv(kv_lens, m.kv_heads, m.head_dim, page_size, dtype, device, fp8=fp8,
+                       per_head_scales=fp8)
     attn = PagedAttention(AttentionShape(m.q_heads, m.kv_heads, m.head_dim, page_size),
                           device, max_batch=max(len(kv_lens), 1))
     if case.kind == "decode":
@@ -156,24 +162,26 @@ def ours(x: Inputs, sinks: bool = True, window_left: int | None = None
          ) -> Callable[[], Any]:
     s = x.sinks if sinks else None
     return lambda: x.attn.run(x.plan, x.q, x.kv.k_cache, x.kv.v_cache, out=x.out, sinks=s,
-                              window_left=window_left)
+                              window_left=window_left, k_scale=x.kv.k_scale,
+                              v_scale=x.kv.v_scale)
 
 
-def check(case: Case, page_size: int, dtype: torch.dtype) -> float:
+def check(case: Case, page_size: int, dtype: torch.dtype, fp8: bool = False) -> float:
     """Relative error against the reference on a cut-down copy of the case (at most two
     requests of at most 2048 cached tokens), fresh data."""
     m = case.model
     kv_lens = [min(n, 2048) for n in case.kv_lens[:2]]
     q_lens = [min(q, n) for q, n in zip(case.q_lens[:2], kv_lens, strict=True)]
-    x = make_inputs(case, page_size, dtype, kv_lens, q_lens)
+    x = make_inputs(case, page_size, dtype, kv_lens, q_lens, fp8=fp8)
     got = x.attn.run(x.plan, x.q, x.kv.k_cache, x.kv.v_cache, sinks=x.sinks,
-                     window_left=m.window_left)
+                     window_left=m.window_left, k_scale=x.kv.k_scale, v_scale=x.kv.v_scale)
     indptr = torch.tensor([0, *torch.tensor(q_lens).cumsum(0).tolist()], dtype=torch.int32,
                           device=x.q.device)
     want, _ = reference_paged_attention(
         x.q, x.kv.k_cache, x.kv.v_cache, x.kv.page_table, indptr,
         torch.tensor(kv_lens, dtype=torch.int32, device=x.q.device),
-        sm_scale=m.head_dim ** -0.5, window_left=m.window_left, sinks=x.sinks)
+        sm_scale=m.head_dim ** -0.5, window_left=m.window_left, sinks=x.sinks,
+        k_scale=x.kv.k_scale, v_scale=x.kv.v_scale)
     return ((got.float() - want).norm() / want.norm()).item()
 
 
@@ -183,7 +191,9 @@ def _time(fn: Callable[[], Any], config: TimingConfig) -> float:
 
 def run(cases: Sequence[Case], baselines: Sequence[str], copy_gbps: float | None,
         bf16_tflops: float | None, page_size: int = 64, dtype: torch.dtype = torch.bfloat16,
-        config: TimingConfig | None = None) -> list[dict[str, Any]]:
+        config: TimingConfig | None = None, fp8_kv: bool = False) -> list[dict[str, Any]]:
+    """fp8_kv: decode rows also time our kernel on an FP8 cache (a scale per KV head) of
+    the same shape: `fp8_us`, `fp8_speedup` (the bf16 time over it), `fp8_rel_err`."""
     config = config or TimingConfig(repeats=15, target_graph_ms=2.0)
     baselines = base.installed(baselines)
     itemsize = torch.empty((), dtype=dtype).element_size()
@@ -232,6 +242,12 @@ def run(cases: Sequence[Case], baselines: Sequence[str], copy_gbps: float | None
             if "flashinfer" in baselines:
                 base.time_flashinfer(row, case, x, config)
             del x
+            if fp8_kv and case.kind == "decode":
+                row["fp8_rel_err"] = check(case, page_size, dtype, fp8=True)
+                x8 = make_inputs(case, page_size, dtype, fp8=True)
+                row["fp8_us"] = _time(ours(x8, window_left=m.window_left), config)
+                row["fp8_speedup"] = us / row["fp8_us"]
+                del x8
             base.time_baselines(row, case, baselines, dtype, config)
             rows.append(row)
             torch.cuda.empty_cache()
@@ -257,6 +273,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--page-size", type=int, default=64,
                         help="tokens per KV page (default 64; 1 and 16 exercise the per-row "
                         "gather path)")
+    parser.add_argument("--fp8-kv", action="store_true",
+                        help="decode rows also time an FP8 (e4m3) cache of the same shape, "
+                        "a scale per KV head: 'fp8 us' and 'x fp8' (the bf16 time over it)")
     parser.add_argument("--baselines", nargs="*", default=list(BASELINES),
                         help="baselines timed in the same run: sdpa and flex on contiguous "
                         "KV, flashinfer (skipped if absent) on the same paged KV")
@@ -284,7 +303,8 @@ def run_command(args: argparse.Namespace) -> int:
     copy_gbps = copy_bandwidth_gbps()
     ceilings = load_ceilings()
     bf16 = ceilings.bf16_tflops if ceilings else None
-    rows = run(cases, args.baselines, copy_gbps, bf16, page_size=args.page_size)
+    rows = run(cases, args.baselines, copy_gbps, bf16, page_size=args.page_size,
+               fp8_kv=args.fp8_kv)
     return report_run("attention", COLUMNS, rows, copy_gbps, args)
 
 
