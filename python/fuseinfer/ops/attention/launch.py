@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from ..kvcache.store_kv_cache import FP8, slot_rows, slot_stride
+from ..kvcache.store_kv_cache import FP8, scale_stride, slot_rows, slot_stride
 from ..triton_launch import next_pow2, use_pdl
 from .arguments import DecodeArgs, DecodeLaunch, PrefillArgs, PrefillLaunch, softmax_scale
 from .reference import page_size_of
@@ -21,13 +21,6 @@ def _flags(sinks, lse, k_cache, k_scale, window_left, logit_cap) -> dict:
     return dict(HAS_WINDOW=window_left is not None, HAS_SINKS=sinks is not None,
                 HAS_CAP=logit_cap > 0, HAS_LSE=lse is not None,
                 KV_SCALED=k_cache.dtype == FP8 and k_scale is not None)
-
-
-def _scale_strides(k_scale: torch.Tensor | None, v_scale: torch.Tensor | None
-                   ) -> tuple[int, int]:
-    """Per KV head, the step through each scale: 0 for one scale (or none), 1 for one per
-    KV head."""
-    return tuple(int(s is not None and s.numel() > 1) for s in (k_scale, v_scale))
 
 
 def _tma_ok(cache: torch.Tensor) -> bool:
@@ -90,7 +83,7 @@ def launch_prefill(a: PrefillArgs) -> None:
         a.k_scale if a.k_scale is not None else dummy,
         a.v_scale if a.v_scale is not None else dummy,
         softmax_scale(a), a.logit_cap, a.window_left if a.window_left is not None else 0,
-        *_scale_strides(a.k_scale, a.v_scale),
+        scale_stride(a.k_scale), scale_stride(a.v_scale),
         q.stride(0), q.stride(1), k_slot, k_head, v_slot, v_head, out.stride(0),
         out.stride(1), lse.stride(0) if lse is not None else 0, a.page_table.stride(0),
         GROUP=q_heads // k_cache.size(-2), PAGE_SIZE=page_size, USE_TMA=use_tma,
@@ -132,7 +125,7 @@ def launch_decode(a: DecodeArgs) -> None:
         kv_lens, a.k_scale if a.k_scale is not None else dummy, v_scale_arg,
         a.merge_counters if fused_merge else dummy,
         softmax_scale(a), a.logit_cap, window, q_heads, max_splits,
-        *_scale_strides(a.k_scale, a.v_scale), q.stride(0), q.stride(1), k_slot, k_head,
+        scale_stride(a.k_scale), scale_stride(a.v_scale), q.stride(0), q.stride(1), k_slot, k_head,
         v_slot, v_head, out.stride(0), out.stride(1), lse.stride(0) if lse is not None else 0,
         a.page_table.stride(0), *part_strides,
         GROUP=group, HEADS_PER_PROGRAM=heads_per_program, USE_DOT=use_dot,
@@ -143,7 +136,7 @@ def launch_decode(a: DecodeArgs) -> None:
     if max_splits > 1 and not fused_merge:
         merge_kernel[(batch, q_heads)](
             out, lse_arg, partial_out, partial_lse, sinks_arg, kv_lens, v_scale_arg, window,
-            max_splits, _scale_strides(a.k_scale, a.v_scale)[1], group, out.stride(0),
+            max_splits, scale_stride(a.v_scale), group, out.stride(0),
             out.stride(1),
             lse.stride(0) if lse is not None else 0, *part_strides,
             HEAD_DIM=head_dim, SPLITS_POW2=next_pow2(max_splits), MIN_CHUNK=launch.min_chunk,

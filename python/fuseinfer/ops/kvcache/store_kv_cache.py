@@ -97,6 +97,11 @@ def scale_group(scale: torch.Tensor | None, width: int) -> int:
     return width if scale is None else width // scale.numel()
 
 
+def scale_stride(scale: torch.Tensor | None) -> int:
+    """A kernel's step through a scale per KV head: 0 for one scale (or none), else 1."""
+    return int(scale is not None and scale.numel() > 1)
+
+
 def check_cache_pair(op: str, k_cache, v_cache, loc, k, v, k_scale, v_scale,
                      k_name: str = "k", v_name: str = "v") -> None:
     tokens = k.size(0)

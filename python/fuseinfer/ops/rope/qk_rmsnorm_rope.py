@@ -40,6 +40,7 @@ from ..kvcache.store_kv_cache import (
     FP8,
     check_cache_pair,
     check_loc_range,
+    scale_stride,
     slot_stride,
     token_rows,
     write_cache_rows,
@@ -165,15 +166,10 @@ def launch_qk_rmsnorm_rope(positions, qkv, num_q_heads: int, num_kv_heads: int,
         cos_sin_cache if k_scale is None else k_scale,
         cos_sin_cache if v_scale is None else v_scale, qkv.stride(0),
         slot_stride(k_cache, kv_width), slot_stride(v_cache, kv_width), num_q_heads,
-        num_kv_heads, _scale_stride(k_scale), _scale_stride(v_scale), eps,
+        num_kv_heads, scale_stride(k_scale), scale_stride(v_scale), eps,
         HEAD_DIM=head_size, HEADS=per_program, FP8_CACHE=k_cache.dtype == FP8,
         HAS_K_SCALE=k_scale is not None, HAS_V_SCALE=v_scale is not None, USE_PDL=pdl,
         EXACT_ROUNDING=qkv.device.type == "cpu", num_warps=4, **extra)
-
-
-def _scale_stride(scale: torch.Tensor | None) -> int:
-    """0 for one scale (or none), 1 for one per KV head."""
-    return int(scale is not None and scale.numel() > 1)
 
 
 def _cuda(positions, qkv, num_q_heads, num_kv_heads, head_size, q_weight, k_weight, eps,
