@@ -106,6 +106,16 @@ def test_reference_reads_each_kv_head_with_its_own_scale():
                                    atol=1e-6)
 
 
+def test_scales_come_in_pairs():
+    kv, q, _, _ = _prefill_case([1], [3], 4, 2, 64, 2, fp8=True)
+    attn = PagedAttention(AttentionShape(4, 2, 64, 2), "cpu")
+    plan = attn.plan_decode([3], kv.page_table)
+    with pytest.raises(ValueError, match="k_scale needs its partner"):
+        attn.run(plan, q, kv.k_cache, kv.v_cache, k_scale=kv.k_scale)
+    with pytest.raises(ValueError, match="v_scale needs its partner"):
+        attn.run(plan, q, kv.k_cache, kv.v_cache, v_scale=kv.v_scale)
+
+
 def test_a_scale_per_kv_head_is_checked_against_the_head_count():
     kv, q, _, _ = _prefill_case([1], [3], 4, 2, 64, 2, fp8="head")
     attn = PagedAttention(AttentionShape(4, 2, 64, 2), "cpu")

@@ -13,7 +13,12 @@ import torch
 from tiny_checkpoint import save_tiny_checkpoint, tiny_model
 
 from fuseinfer.runtime.engine import Engine, EngineArgs
-from fuseinfer.runtime.kv_scale_calibration import HEADROOM, calibration_prompt, scales_from_amax
+from fuseinfer.runtime.kv_scale_calibration import (
+    CALIBRATION_SEED,
+    HEADROOM,
+    calibration_prompt,
+    scales_from_amax,
+)
 from fuseinfer.runtime.sampling import SamplingParams
 
 V_SHRINK = 256.0
@@ -37,8 +42,8 @@ def _engine(path, scales):
 
 
 def test_scales_from_amax_keeps_one_where_nothing_was_seen():
-    got = scales_from_amax(torch.tensor([0.0, 2.24, math.nan, math.inf]))
-    assert got.tolist() == pytest.approx([1.0, 2.24 * HEADROOM / 448, 1.0, 1.0])
+    got = scales_from_amax(torch.tensor([0.0, 2.24, math.nan, math.inf, 1e-38]))
+    assert got.tolist() == pytest.approx([1.0, 2.24 * HEADROOM / 448, 1.0, 1.0, 1.0])
 
 
 def test_calibration_sees_what_transformers_computes(checkpoint):
@@ -48,7 +53,7 @@ def test_calibration_sees_what_transformers_computes(checkpoint):
     report = runner.kv_scales
     n = report.tokens
     assert n == 256  # the calibration prompt fills the tiny model's whole context
-    prompt = calibration_prompt(model.config.vocab_size, n, 0)
+    prompt = calibration_prompt(model.config.vocab_size, n, CALIBRATION_SEED)
     with torch.no_grad():
         cache = model(prompt[None, :], use_cache=True).past_key_values
     for layer in range(model.config.num_hidden_layers):

@@ -66,7 +66,8 @@ inline void check_scale(const std::optional<at::Tensor>& scale, const at::Tensor
   if (!scale.has_value()) return;
   FUSEINFER_CHECK_ARG(cache.scalar_type() == at::kFloat8_e4m3fn, op, name,
                       "is only used with a float8_e4m3fn cache");
-  FUSEINFER_CHECK_ARG(scale->scalar_type() == at::kFloat && scale->dim() <= 1 &&
+  FUSEINFER_CHECK_ARG(scale->scalar_type() == at::kFloat &&
+                          (scale->dim() <= 1 || scale->numel() == 1) &&
                           scale->numel() >= 1 && width % scale->numel() == 0 &&
                           scale->is_contiguous(),
                       op, name, "must be a contiguous float32 tensor of one element or one "

@@ -132,10 +132,10 @@ void rope_with_cos_sin_cache(const at::Tensor& positions, const at::Tensor& quer
     a.k_group = kvcache::scale_group(k_scale, k.width);
     a.v_group = kvcache::scale_group(v_scale, v.width);
     // the kernel takes one scale per head row: a scale group is whole heads
-    FUSEINFER_CHECK_ARG(a.k_group % head_size == 0, kOp, "k_scale",
+    FUSEINFER_CHECK_ARG(!k_scale || a.k_group % head_size == 0, kOp, "k_scale",
                         "must have one element or one per key head");
-    FUSEINFER_CHECK_ARG(a.v_group % a.v_head_size == 0, kOp, "v_scale",
-                        "must have one element or one per key head");
+    FUSEINFER_CHECK_ARG(!v_scale || a.v_head_size == 0 || a.v_group % a.v_head_size == 0,
+                        kOp, "v_scale", "must have one element or one per key head");
   }
   if (tokens == 0 || q.width + k.width == 0) return;
 

@@ -22,11 +22,12 @@ def test_store_kv_cache(tokens, cache, cache_dtype):
                      cache_dtype=cache_dtype, pad=8)
     _, _, k, v, kc, vc, loc, _, _ = case
     scale = torch.tensor([0.1], device="cuda") if cache_dtype != torch.bfloat16 else None
-    if per_head:  # 8 KV heads of 128, each its own scale
-        scale = 0.1 * 2.0 ** -torch.arange(8, device="cuda", dtype=torch.float32)
+    if per_head:  # 8 KV heads of 128, each its own scale (out of order, none saturating)
+        scale = torch.tensor([0.1, 0.03, 0.4, 0.05, 0.2, 0.02, 0.3, 0.07], device="cuda")
     want_kc, want_vc = kc.cpu().clone(), vc.cpu().clone()
-    fuseinfer.ops.store_kv_cache(want_kc, want_vc, loc.cpu(), k.cpu(), v.cpu(), scale and
-                                 scale.cpu(), scale and scale.cpu())
+    cpu_scale = scale.cpu() if scale is not None else None
+    fuseinfer.ops.store_kv_cache(want_kc, want_vc, loc.cpu(), k.cpu(), v.cpu(), cpu_scale,
+                                 cpu_scale)
     fuseinfer.ops.store_kv_cache(kc, vc, loc, k, v, scale, scale)
     rows = loc.long()
     for got, want in ((kc, want_kc), (vc, want_vc)):

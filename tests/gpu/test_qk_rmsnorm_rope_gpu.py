@@ -101,13 +101,24 @@ def test_matches_the_two_kernel_sequence(model, dtype, tokens, paged, cache, pdl
 @pytest.mark.parametrize("pdl", [True, False])
 @pytest.mark.parametrize("model", list(QWEN3))
 def test_fp8_scale_per_kv_head_matches_the_two_kernel_sequence(model, pdl):
-    """One scale per KV head (16x apart from head to head): the Triton kernel and the CUDA
-    RoPE kernel's fused write index them the same way."""
+    """One scale per KV head (out of order, 8x apart at most, none saturating): the Triton
+    kernel and the CUDA RoPE kernel's fused write index them the same way, and both match
+    the CPU op."""
     hq, hkv, d = QWEN3[model]
     buffer, args = make_case(33, hq, hkv, d, torch.bfloat16, FP8, True)
-    spread = 16.0 ** -torch.arange(hkv, device="cuda", dtype=torch.float32)
-    args[12], args[13] = 0.05 * spread, 0.5 * spread
+    spread = torch.tensor([1.0, 0.25, 2.0, 0.5, 1.5, 0.3, 0.8, 0.6],
+                          device="cuda")[:hkv]
+    args[12], args[13] = 0.05 * spread, 0.02 * spread.flip(0)
+    cpu_buffer = buffer.cpu()
+    cpu_args = [a.cpu() if isinstance(a, torch.Tensor) else a for a in args]
+    cpu_args[1] = cpu_buffer[:, :args[1].size(1)]
+    qk_rmsnorm_rope(*cpu_args)
     run_both(buffer, args, pdl)
+    for cache in (9, 10):
+        got, want = args[cache].cpu().float(), cpu_args[cache].float()
+        written = ~torch.isnan(want)
+        assert torch.equal(torch.isnan(got), ~written)
+        assert (got[written] != want[written]).float().mean() < 0.01  # rounding ties
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])

@@ -88,9 +88,9 @@ def test_prefill_logits_within_bf16_tolerance(case):
          disable_small_batch_gemv=True, disable_fused_greedy_sample=True),
     dict(disable_gemv_silu_mul=True, fused_decode_merge=True),
     # FP8 KV with calibrated per-head scales: written by qk_rmsnorm_rope (Qwen3) or the
-    # CUDA RoPE kernel's fused write
+    # CUDA RoPE kernel's fused write (Llama), then by store_kv_cache after RoPE alone
     dict(kv_cache_dtype="fp8_e4m3"),
-    dict(kv_cache_dtype="fp8_e4m3", disable_fused_qk_norm_rope=True, fused_decode_merge=True),
+    dict(kv_cache_dtype="fp8_e4m3", disable_fused_rope_kv=True, fused_decode_merge=True),
 ])
 def test_greedy_tokens_match_transformers(case, args):
     path, prompts, want, _ = case

@@ -29,6 +29,9 @@ class PagedKv:
                 gather_tokens(self.v_cache, self.page_table[b], length, self.v_scale))
 
 
+PER_HEAD_SPREAD = (1.0, 0.1, 2.0, 0.25, 4.0, 0.5, 0.15, 1.5)  # per-head scale factors
+
+
 def make_paged_kv(kv_lens: list[int], kv_heads: int, head_dim: int, page_size: int,
                   dtype: torch.dtype, device: torch.device | str, *, fp8: bool = False,
                   spare_pages: int = 3, generator: torch.Generator | None = None,
@@ -36,8 +39,9 @@ def make_paged_kv(kv_lens: list[int], kv_heads: int, head_dim: int, page_size: i
     """Caches holding random keys/values for requests of the given lengths (plus a few
     unused pages), and a page table whose rows are padded with pages of other requests.
     poison: every slot that holds no request's token is NaN (a kernel that lets one into
-    its sums returns NaN). per_head_scales (fp8): each KV head's keys and values have their
-    own magnitude (4x apart from one head to the next) and their own scale."""
+    its sums returns NaN). per_head_scales (fp8): each KV head its own scales (out of order,
+    40x apart at most), the cache holding values / scale, so a head read back with another
+    head's scale is off by up to 40x."""
     pages_per_req = [max(1, -(-n // page_size)) for n in kv_lens]
     total = sum(pages_per_req) + spare_pages
     width = max(pages_per_req)
@@ -62,10 +66,12 @@ def make_paged_kv(kv_lens: list[int], kv_heads: int, head_dim: int, page_size: i
             t.view(total * page_size, -1)[~used] = float("nan")
     k, v = k.to(device=device), v.to(device=device)
     if fp8 and per_head_scales:
-        spread = 4.0 ** -torch.arange(kv_heads, dtype=torch.float32, device=device)
-        k_scale, v_scale = 0.5 * spread, 0.25 * spread
-        # head h holds values of magnitude ~ its scale: stored as randn in the fp8 cache
-        return PagedKv(k.to(FP8), v.to(FP8), table.to(device), k_scale, v_scale)
+        spread = torch.tensor(PER_HEAD_SPREAD, device=device)[
+            torch.arange(kv_heads, device=device) % len(PER_HEAD_SPREAD)]
+        k_scale, v_scale = 0.5 * spread, 0.25 * spread.flip(0)
+        # a scale per KV head broadcasts over [..., kv_heads, head_dim]
+        return PagedKv((k / k_scale.view(-1, 1)).to(FP8), (v / v_scale.view(-1, 1)).to(FP8),
+                       table.to(device), k_scale, v_scale)
     if fp8:
         k_scale = torch.tensor([0.5], device=device)
         v_scale = torch.tensor([0.25], device=device)

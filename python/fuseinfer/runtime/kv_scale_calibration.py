@@ -24,7 +24,9 @@ from ..models.decoder import DecoderModel, ForwardBatch
 from ..ops.kvcache.store_kv_cache import FP8_MAX
 
 CALIBRATION_TOKENS = 512
+CALIBRATION_SEED = 0  # fixed: the scales do not follow the sampling seed
 HEADROOM = 2.0  # calibrated maxima land at 448 / HEADROOM
+MIN_AMAX = 1e-30  # below it a head counts as unseen (its 1 / scale would overflow)
 
 
 @dataclass(frozen=True)
@@ -38,9 +40,9 @@ class KvScaleReport:
 
 def scales_from_amax(amax: torch.Tensor) -> torch.Tensor:
     """float32 scales for observed per-head maxima: HEADROOM * amax / 448; a head that saw
-    only zeros (or NaN / inf) keeps 1.0."""
+    only zeros (or values below MIN_AMAX, NaN, inf) keeps 1.0."""
     amax = amax.float()
-    ok = torch.isfinite(amax) & (amax > 0)
+    ok = torch.isfinite(amax) & (amax > MIN_AMAX)
     return torch.where(ok, amax * (HEADROOM / FP8_MAX), torch.ones_like(amax))
 
 
@@ -64,7 +66,8 @@ def calibration_prompt(vocab_size: int, tokens: int, seed: int) -> torch.Tensor:
     return torch.randint(0, vocab_size, (tokens,), generator=gen)
 
 
-def calibrate_kv_scales(model: DecoderModel, context: int, seed: int) -> KvScaleReport:
+def calibrate_kv_scales(model: DecoderModel, context: int,
+                        seed: int = CALIBRATION_SEED) -> KvScaleReport:
     """Run the calibration prefill through `model` (its FP8 cache's per-head scale tensors
     are set in place) and return what it saw. The prompt is CALIBRATION_TOKENS long, or
     less where the context or the cache is smaller; its slots are pages 1.. (page 0 is the

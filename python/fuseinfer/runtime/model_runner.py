@@ -148,7 +148,7 @@ class ModelRunner:
         # FP8 KV: per-head scales from one prefill, before any graph captures the cache
         self.kv_scales: KvScaleReport | None = None
         if kv_dtype == FP8 and args.kv_cache_scales == "calibrate":
-            self.kv_scales = calibrate_kv_scales(self.model, context, args.seed)
+            self.kv_scales = calibrate_kv_scales(self.model, context)
         # Tokens of steps in flight, read by the next step's inputs (overlap scheduling).
         self._future = torch.zeros(4 * (args.max_running_requests + 1), dtype=torch.int64,
                                    device=self.device)

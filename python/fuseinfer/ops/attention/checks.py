@@ -64,6 +64,9 @@ def check_caches(op: str, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch
     if v_cache.dtype != k_cache.dtype:
         fail(op, "v_cache", f"must have the dtype of k_cache ({k_cache.dtype}), got "
              f"{v_cache.dtype}")
+    if (k_scale is None) != (v_scale is None):  # the kernels scale K and V together
+        fail(op, "k_scale" if v_scale is None else "v_scale",
+             "needs its partner: pass k_scale and v_scale, or neither")
     return kv_heads
 
 

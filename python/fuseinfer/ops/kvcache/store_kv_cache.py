@@ -83,18 +83,13 @@ def check_scale(scale: torch.Tensor | None, cache: torch.Tensor, op: str, arg: s
         return
     if cache.dtype != FP8:
         _fail(op, arg, "is only used with a float8_e4m3fn cache")
-    if scale.dtype != torch.float32 or scale.dim() > 1 or scale.numel() < 1 \
-            or width % scale.numel() or not scale.is_contiguous():
+    if scale.dtype != torch.float32 or (scale.dim() > 1 and scale.numel() != 1) \
+            or scale.numel() < 1 or width % scale.numel() or not scale.is_contiguous():
         _fail(op, arg, f"must be a contiguous float32 tensor of one element or one per KV "
               f"head (a divisor of the row's {width} elements), got {scale.dtype} "
               f"{list(scale.shape)}")
     if scale.device != cache.device:
         _fail(op, arg, f"must be on {cache.device} like the cache, got {scale.device}")
-
-
-def scale_group(scale: torch.Tensor | None, width: int) -> int:
-    """Row elements per scale element (the whole row for one element or none)."""
-    return width if scale is None else width // scale.numel()
 
 
 def scale_stride(scale: torch.Tensor | None) -> int:
