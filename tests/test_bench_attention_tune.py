@@ -23,7 +23,8 @@ def _fake_cost(case, table, block_m=None):
                                                         ATTENTION_BUILTIN.target_ctas_per_sm):
         return 1.0 + (table.min_chunk != 512) + (table.target_ctas_per_sm != 1)
     r = table.decode_rule(d)
-    return 3.0 + (r.block_n != 32) + (r.num_warps != 8) + (r.num_stages != 4)
+    return 3.0 + (r.block_n != 32) + (r.num_warps != 8) + (r.num_stages != 4) \
+        - 0.5 * (r.kv_heads_per_program == 2)
 
 
 @pytest.fixture
@@ -36,12 +37,15 @@ def test_decode_of_one_head_dim_leaves_the_rest(fake):
     start = ATTENTION_BUILTIN
     table, log = tune.tune(0, ("decode",), start, (64,))
     assert table.decode_rule(64) == replace(start.decode_rule(64), max_head_dim=64,
-                                            block_n=32, num_warps=8, num_stages=4)
+                                            block_n=32, num_warps=8, num_stages=4,
+                                            kv_heads_per_program=2)
     assert table.decode_rule(128) == start.decode_rule(128)
     assert table.prefill_rules == start.prefill_rules
     assert (table.min_chunk, table.target_ctas_per_sm) == (start.min_chunk,
                                                           start.target_ctas_per_sm)
-    assert len(log) == len(tune.DECODE_CANDIDATES)
+    # the loop search, then 2 and 4 KV heads per program with its winner
+    assert len(log) == len(tune.DECODE_CANDIDATES) + len(tune.KV_HEADS_PER_PROGRAM)
+    assert [e["candidate"] for e in log[-2:]] == [(32, 8, 4, 2), (32, 8, 4, 4)]
     assert {e["head_dim"] for e in log} == {64}
 
 

@@ -106,6 +106,27 @@ def test_reference_reads_each_kv_head_with_its_own_scale():
                                    atol=1e-6)
 
 
+@pytest.mark.parametrize("hq, hkv, per_rule, want", [
+    (8, 4, 2, 2),    # group 2 on tensor cores, 4 KV heads: 2 per program, 2 programs
+    (12, 3, 2, 1),   # 3 KV heads: 2 does not divide them
+    (4, 4, 2, 1),    # group 1 stays off the tensor cores (min group 2)
+    (16, 8, 4, 4),
+])
+def test_kv_heads_per_program_follows_the_rule_where_it_fits(hq, hkv, per_rule, want):
+    from dataclasses import replace
+
+    from fuseinfer.ops.attention.dispatch import ATTENTION_BUILTIN, DecodeLaunchRule
+
+    table = replace(ATTENTION_BUILTIN, tensor_core_min_group=2,
+                    decode_rules=(DecodeLaunchRule(None, 64, 4, 2, per_rule),))
+    attn = PagedAttention(AttentionShape(hq, hkv, 64, 4), "cpu", table=table)
+    kv = make_paged_kv([9], hkv, 64, 4, BF16, "cpu")
+    plan = attn.plan_decode([9], kv.page_table)
+    assert plan.launch.kv_heads_per_program == want
+    units = hkv // want if hq // hkv >= 2 else hq
+    assert attn.decode_units() == units
+
+
 def test_scales_come_in_pairs():
     kv, q, _, _ = _prefill_case([1], [3], 4, 2, 64, 2, fp8=True)
     attn = PagedAttention(AttentionShape(4, 2, 64, 2), "cpu")
@@ -317,7 +338,8 @@ def test_prefill_kernel_interpreted(case):
 
 @needs_interpreter
 @pytest.mark.parametrize("fused_merge", [True, False])
-@pytest.mark.parametrize("tensor_cores", [True, False])
+@pytest.mark.parametrize("tensor_cores", [True, False, "2 kv heads per program",
+                                          "4 kv heads per program"])
 @pytest.mark.parametrize("case", [
     dict(page_size=1, splits=1),
     dict(page_size=4, splits=3, sinks=True, window_left=9),
@@ -332,6 +354,10 @@ def test_decode_kernel_interpreted(case, tensor_cores, fused_merge):
 
     kv_lens = [40, 0, 7, 25]  # row 1 is a padded batch row
     hq, hkv, d = 8, 2, 64
+    kv_per_program = 1
+    if isinstance(tensor_cores, str):  # KV heads side by side in one program (group 2)
+        kv_per_program = int(tensor_cores[0])
+        hq, hkv = 2 * kv_per_program, kv_per_program
     kv = make_paged_kv(kv_lens, hkv, d, case["page_size"], BF16, "cpu",
                        fp8=bool(case.get("fp8", False)), poison=True,
                        per_head_scales=case.get("fp8") == "head")
@@ -351,7 +377,8 @@ def test_decode_kernel_interpreted(case, tensor_cores, fused_merge):
         launch_decode(DecodeArgs(
             q, kv.k_cache, kv.v_cache, plan.page_table, plan.kv_lens, plan.partial_out,
             plan.partial_lse, out, lse, k_scale=kv.k_scale, v_scale=kv.v_scale,
-            sm_scale=0.125, launch=DecodeLaunch(16, 4, 1, 16, 4 if tensor_cores else 100),
+            sm_scale=0.125, launch=DecodeLaunch(16, 4, 1, 16, 2 if tensor_cores else 100,
+                                                kv_per_program),
             enable_pdl=False, merge_counters=plan.merge_counters, **kw))
         if fused_merge:
             assert (plan.merge_counters == 0).all()

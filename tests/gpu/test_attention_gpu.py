@@ -224,3 +224,33 @@ def test_attention_suite_times_an_fp8_cache_beside_bf16():
     row = rows[0]
     assert row["fp8_rel_err"] < 0.05 and row["rel_err"] < 0.01
     assert row["fp8_us"] > 0 and "fp8_speedup" in row
+
+
+@pytest.mark.parametrize("per_program", [2, 4])
+@pytest.mark.parametrize("fp8", [False, True])
+@pytest.mark.parametrize("features", ["plain", "window-sinks-cap"])
+@pytest.mark.parametrize("head_dim, hq, hkv, page_size", [(64, 64, 8, 16), (128, 32, 8, 64),
+                                                          (128, 16, 8, 1)])
+def test_decode_with_several_kv_heads_per_program(per_program, fp8, features, head_dim, hq,
+                                                  hkv, page_size):
+    """KV heads read side by side by one program (a table choice) against the reference,
+    split pieces merged both ways, FP8 caches with a scale per KV head."""
+    table = ATTENTION_BUILTIN.__class__(**{
+        **ATTENTION_BUILTIN.__dict__, "tensor_core_min_group": 2,
+        "decode_rules": tuple(r.__class__(**{**r.__dict__, "kv_heads_per_program":
+                                             per_program})
+                              for r in ATTENTION_BUILTIN.decode_rules)})
+    kv_lens = [1, 4100, 0, 333, 64, 2048]  # row 2 is a padded batch row
+    kv = make_paged_kv(kv_lens, hkv, head_dim, page_size, torch.bfloat16, "cuda", fp8=fp8,
+                       per_head_scales=fp8, poison=True)
+    q = torch.randn(len(kv_lens), hq, head_dim, device="cuda", dtype=torch.bfloat16)
+    kw = _features(features, hq)
+    indptr = torch.arange(len(kv_lens) + 1, dtype=torch.int32, device="cuda")
+    for fused in (True, False):
+        attn = PagedAttention(AttentionShape(hq, hkv, head_dim, page_size), "cuda",
+                              table=table, fused_merge=fused)
+        plan, out, lse = _decode(attn, kv, kv_lens, q, **kw)
+        assert plan.launch.kv_heads_per_program == per_program
+        assert (out[2] == 0).all() and (lse[2] == -math.inf).all()
+        _check(out, lse, q, kv, kv.page_table, indptr, plan.kv_lens, torch.bfloat16,
+               head_dim ** -0.5, **kw)

@@ -40,7 +40,8 @@ def _split_range(kv_len, window_left, split, num_splits_max, MIN_CHUNK: tl.const
 @triton.jit
 def _finish(acc, m_i, l_i, Sinks, heads, head_ok, VScale, HAS_SINKS: tl.constexpr,
             KV_SCALED: tl.constexpr):
-    """Normalize a complete softmax: the sink joins the denominator; returns (out, lse)."""
+    """Normalize a complete softmax: the sink joins the denominator, v_scale (VScale: a
+    pointer per row) scales the output; returns (out, lse)."""
     if HAS_SINKS:  # a request with no keys (a padded row) keeps zeros and lse -inf
         seen = l_i > 0
         sink = tl.load(Sinks + heads, mask=head_ok, other=0.0).to(tl.float32) \
@@ -93,8 +94,8 @@ def _finish_merged(acc, l_sum, m, Out, Lse, Sinks, VScale, out_at, lse_at, heads
         l_sum = l_sum * scale + tl.math.exp2(sink - m_fin)
         m = m_fin
     out = acc / l_sum[:, None]
-    if KV_SCALED:
-        out = out * tl.load(VScale)
+    if KV_SCALED:  # VScale: each row's scale
+        out = out * tl.load(VScale)[:, None]
     tl.store(Out + out_at[:, None] + offs_d[None, :], out.to(Out.dtype.element_ty),
              mask=head_ok[:, None])
     if HAS_LSE:
@@ -109,6 +110,7 @@ def decode_kernel(
     stride_v_head, stride_o_req, stride_o_head, stride_lse_req, stride_page_row,
     stride_part_req, stride_part_head, stride_part_split,
     GROUP: tl.constexpr, HEADS_PER_PROGRAM: tl.constexpr, USE_DOT: tl.constexpr,
+    KV_PER_PROGRAM: tl.constexpr,
     PAGE_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr,
     MIN_CHUNK: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_SINKS: tl.constexpr,
     HAS_CAP: tl.constexpr, HAS_LSE: tl.constexpr, KV_SCALED: tl.constexpr,
@@ -122,30 +124,44 @@ def decode_kernel(
     kv_len = tl.load(KvLens + req)
     start, end, first, pieces = _split_range(kv_len, window_left, split, num_splits_max,
                                              MIN_CHUNK, BLOCK_N, HAS_WINDOW)
-    if USE_DOT:
-        kv_head = unit
-        heads = unit * GROUP + tl.arange(0, HEADS_PER_PROGRAM)
-        head_ok = tl.arange(0, HEADS_PER_PROGRAM) < GROUP
+    rows = tl.arange(0, HEADS_PER_PROGRAM)
+    if USE_DOT:  # KV_PER_PROGRAM KV heads, GROUP q rows each
+        kv_head = unit * KV_PER_PROGRAM  # the program's first
+        heads = unit * (GROUP * KV_PER_PROGRAM) + rows
+        head_ok = rows < GROUP * KV_PER_PROGRAM
+        row_kv = rows // GROUP  # each row's KV head, from the first
     else:
         kv_head = unit // GROUP
-        heads = unit + tl.arange(0, HEADS_PER_PROGRAM)
-        head_ok = tl.arange(0, HEADS_PER_PROGRAM) < 1
+        heads = unit + rows
+        head_ok = rows < 1
+        row_kv = rows * 0
+    # The program's KV heads side by side, WIDTH wide: each key row read is one contiguous
+    # run of KV_PER_PROGRAM heads. Row r's q sits in its own head's columns (zeros
+    # elsewhere), so q . k gives each row its own head's logits in one dot; p @ v gives
+    # every head's columns, of which each row keeps its own.
+    WIDTH: tl.constexpr = KV_PER_PROGRAM * HEAD_DIM
+    offs_w = tl.arange(0, WIDTH)
+    w_head = offs_w // HEAD_DIM
+    w_dim = offs_w % HEAD_DIM
     offs_d = tl.arange(0, HEAD_DIM)
     offs_n = tl.arange(0, BLOCK_N)
     m_i = tl.full([HEADS_PER_PROGRAM], float("-inf"), tl.float32)
     l_i = tl.zeros([HEADS_PER_PROGRAM], tl.float32)
-    acc = tl.zeros([HEADS_PER_PROGRAM, HEAD_DIM], tl.float32)
+    acc = tl.zeros([HEADS_PER_PROGRAM, WIDTH], tl.float32)
     if start < end:
+        own = head_ok[:, None] & (w_head[None, :] == row_kv[:, None])
         q = tl.load(Q + req.to(tl.int64) * stride_q_req + heads[:, None] * stride_q_head
-                    + offs_d[None, :], mask=head_ok[:, None], other=0.0)
+                    + w_dim[None, :], mask=own, other=0.0)
         if DOT_F32:  # the interpreter's dot mishandles bfloat16
             q = q.to(tl.float32)
-        qk_scale = sm_scale
-        if KV_SCALED:  # the KV head's scale (stride 0: one for all)
-            qk_scale = qk_scale * tl.load(KScale + kv_head * k_scale_stride)
+        qk_scale = tl.full([HEADS_PER_PROGRAM], sm_scale, tl.float32)
+        if KV_SCALED:  # each row's KV head's scale (stride 0: one for all)
+            qk_scale = qk_scale * tl.load(KScale + (kv_head + row_kv) * k_scale_stride)
         page_row = PageTable + req.to(tl.int64) * stride_page_row
-        k_offs = offs_n[:, None] * stride_k_slot + kv_head * stride_k_head + offs_d[None, :]
-        v_offs = offs_n[:, None] * stride_v_slot + kv_head * stride_v_head + offs_d[None, :]
+        k_offs = offs_n[:, None] * stride_k_slot + (kv_head + w_head)[None, :] * stride_k_head \
+            + w_dim[None, :]
+        v_offs = offs_n[:, None] * stride_v_slot + (kv_head + w_head)[None, :] * stride_v_head \
+            + w_dim[None, :]
         for block in range(start, end, BLOCK_N):
             pos = block + offs_n
             valid = pos < end
@@ -168,7 +184,7 @@ def decode_kernel(
                 s = tl.dot(q, tl.trans(k.to(q.dtype)))
             else:
                 s = tl.sum(q.to(tl.float32) * k.to(tl.float32), 1)[None, :]
-            s = s * qk_scale
+            s = s * qk_scale[:, None]
             if HAS_CAP:
                 s = logit_cap * (2.0 * tl.sigmoid(2.0 * s / logit_cap) - 1.0)
             s = tl.where(valid[None, :], s * 1.4426950408889634, float("-inf"))
@@ -183,9 +199,12 @@ def decode_kernel(
                 acc = acc * alpha[:, None] + tl.sum(tl.sum(p, 0)[:, None] * v.to(tl.float32),
                                                     0)[None, :]
             m_i = m_new
+    if KV_PER_PROGRAM > 1:  # each row keeps its own head's columns
+        acc = tl.where((w_head[None, :] == row_kv[:, None]), acc, 0.0)
+        acc = tl.sum(tl.reshape(acc, (HEADS_PER_PROGRAM, KV_PER_PROGRAM, HEAD_DIM)), 1)
     if USE_PDL:
         tl.extra.cuda.gdc_launch_dependents()
-    v_scale_at = VScale + kv_head * v_scale_stride
+    v_scale_at = VScale + (kv_head + row_kv) * v_scale_stride  # each row's KV head's
     if pieces == 1:
         if split == 0:
             out, lse = _finish(acc, m_i, l_i, Sinks, heads, head_ok, v_scale_at, HAS_SINKS,

@@ -4,8 +4,9 @@ write them into its dispatch table.
 Prefill: per head dim, every (block_m, block_n, warps, stages, tma) candidate on a causal 4k
 prefill of a model with that head dim; the fastest wins. Decode: per head dim, the
 (block_n, warps, stages) with the lowest geometric-mean time over a small-batch long-KV
-shape and a large-batch shape. Splits: (min_chunk, target_ctas_per_sm), shared by every
-head dim, over small-batch shapes (where splitting matters). `--kinds` and `--head-dims`
+shape and a large-batch shape, then 2 or 4 KV heads per program with it. Splits:
+(min_chunk, target_ctas_per_sm), shared by every head dim, over small-batch shapes (where
+splitting matters). `--kinds` and `--head-dims`
 pick parts, the rest of the entry kept (each candidate compiles: about 4 s apiece on an
 H200, so the decode blocks of one head dim take about 2 minutes; --log is rewritten after
 every candidate, so a cut run keeps its timings). Head dim 256 keeps the built-in rules
@@ -40,6 +41,7 @@ PREFILL_CANDIDATES = list(itertools.product((64, 128), (64, 128), (4, 8), (2, 3)
                                             (True, False)))
 DECODE_CANDIDATES = list(itertools.product((32, 64, 128), (2, 4, 8), (2, 3, 4)))
 DECODE_SHAPES = ((1, 8192), (64, 4096))
+KV_HEADS_PER_PROGRAM = (2, 4)  # tried with the best loop (1 is the loop search's)
 SPLIT_CANDIDATES = list(itertools.product((64, 128, 256, 512), (1, 2, 4)))
 SPLIT_SHAPES = ((1, 4096), (1, 16384), (8, 4096))
 PAGE_SIZE = 64
@@ -111,7 +113,8 @@ def tune(device: int, kinds: tuple[str, ...] = KINDS,
     table = start
     log: list[dict[str, Any]] = _Log(saved)
     steps = len(head_dims) * (len(PREFILL_CANDIDATES) * ("prefill" in kinds)
-                              + len(DECODE_CANDIDATES) * ("decode" in kinds)) \
+                              + (len(DECODE_CANDIDATES) + len(KV_HEADS_PER_PROGRAM))
+                              * ("decode" in kinds)) \
         + len(SPLIT_CANDIDATES) * ("splits" in kinds)
     with Progress(steps, "tune attention") as progress:
         for head_dim in head_dims:
@@ -142,17 +145,21 @@ def _tune_prefill(table: AttentionDispatch, head_dim: int, m: Any, log: list, pr
 
 def _tune_decode(table: AttentionDispatch, head_dim: int, m: Any, log: list, progress: Any
                  ) -> AttentionDispatch:
-    best = None
-    for cand in DECODE_CANDIDATES:
+    """The loop's (block_n, warps, stages) first, then KV heads per program with the
+    winning loop (where the model's KV heads divide)."""
+    def score(cand: tuple[int, ...]) -> float:
         progress.step(f"decode d={head_dim} {cand}")
         trial = _with_rule(table, head_dim, decode_rules=cand)
         times = [_time(Case("decode", m, f"{b}x{n}", (1,) * b, (n,) * b), trial)
                  for b, n in DECODE_SHAPES]
-        log.append({"kind": "decode", "head_dim": head_dim, "candidate": cand,
-                    "us": times})
-        score = _geomean(times)
-        if best is None or score < best[0]:
-            best = (score, cand)
+        log.append({"kind": "decode", "head_dim": head_dim, "candidate": cand, "us": times})
+        return _geomean(times)
+
+    best = min((score(c), c) for c in DECODE_CANDIDATES)
+    for per_program in KV_HEADS_PER_PROGRAM:
+        cand = (*best[1][:3], per_program)
+        if m.kv_heads % per_program == 0:
+            best = min(best, (score(cand), cand))
     return _with_rule(table, head_dim, decode_rules=best[1])
 
 
@@ -198,7 +205,8 @@ def tune_command(args: argparse.Namespace) -> int:
               f"{r.num_warps} warps, {r.num_stages} stages")
     for r in table.decode_rules:
         print(f"  decode head_dim <= {r.max_head_dim}: block_n {r.block_n}, {r.num_warps} "
-              f"warps, {r.num_stages} stages")
+              f"warps, {r.num_stages} stages, {r.kv_heads_per_program} KV head(s) per "
+              "program")
     print(f"  decode splits: min_chunk {table.min_chunk}, {table.target_ctas_per_sm} "
           "programs per SM")
     print(f"wrote {target.output}")

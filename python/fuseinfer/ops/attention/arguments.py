@@ -32,6 +32,7 @@ class DecodeLaunch(NamedTuple):
     num_stages: int
     min_chunk: int  # fewest keys a split covers
     tensor_core_min_group: int  # KV groups of at least this many q heads use tensor cores
+    kv_heads_per_program: int = 1  # tensor cores: KV heads a program reads side by side
 
 
 class PrefillArgs(NamedTuple):

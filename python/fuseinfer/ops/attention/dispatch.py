@@ -35,9 +35,13 @@ class DecodeLaunchRule:
     block_n: int
     num_warps: int
     num_stages: int
+    # tensor-core path: KV heads one program reads side by side (a token's rows of
+    # neighbouring heads are contiguous in the cache, so each read is that much longer)
+    kv_heads_per_program: int = 1
 
     def validate(self, where: str) -> None:
         _check_loop(self.block_n, self.num_warps, self.num_stages, where)
+        check_pow2(self.kv_heads_per_program, 1, 8, f"{where}.kv_heads_per_program")
 
 
 @dataclass(frozen=True)

@@ -107,7 +107,10 @@ def launch_decode(a: DecodeArgs) -> None:
     group = q_heads // kv_heads
     max_splits = partial_lse.size(2)
     use_dot = group >= launch.tensor_core_min_group
-    heads_per_program = max(16, next_pow2(group)) if use_dot else 1
+    # KV heads a program reads side by side: tensor cores only, a divisor of the KV heads
+    kv_per_program = launch.kv_heads_per_program \
+        if use_dot and kv_heads % launch.kv_heads_per_program == 0 else 1
+    heads_per_program = max(16, next_pow2(group * kv_per_program)) if use_dot else 1
     k_slot, k_head = _cache_strides(k_cache)
     v_slot, v_head = _cache_strides(v_cache)
     pdl = _pdl(a.enable_pdl, q.device)
@@ -120,7 +123,7 @@ def launch_decode(a: DecodeArgs) -> None:
     part_strides = (partial_lse.stride(0), partial_lse.stride(1), partial_lse.stride(2))
     window = a.window_left if a.window_left is not None else 0
     fused_merge = a.merge_counters is not None and max_splits > 1
-    decode_kernel[(batch, kv_heads if use_dot else q_heads, max_splits)](
+    decode_kernel[(batch, kv_heads // kv_per_program if use_dot else q_heads, max_splits)](
         q, k_cache, v_cache, out, lse_arg, partial_out, partial_lse, sinks_arg, a.page_table,
         kv_lens, a.k_scale if a.k_scale is not None else dummy, v_scale_arg,
         a.merge_counters if fused_merge else dummy,
@@ -129,6 +132,7 @@ def launch_decode(a: DecodeArgs) -> None:
         v_slot, v_head, out.stride(0), out.stride(1), lse.stride(0) if lse is not None else 0,
         a.page_table.stride(0), *part_strides,
         GROUP=group, HEADS_PER_PROGRAM=heads_per_program, USE_DOT=use_dot,
+        KV_PER_PROGRAM=kv_per_program,
         PAGE_SIZE=page_size_of(k_cache), HEAD_DIM=head_dim, BLOCK_N=launch.block_n,
         MIN_CHUNK=launch.min_chunk, FUSED_MERGE=fused_merge, USE_PDL=pdl,
         DOT_F32=q.device.type == "cpu", num_warps=launch.num_warps,

@@ -124,11 +124,20 @@ class PagedAttention:
                                            device=self.device) if fused_merge else None
 
     # ---- decode -------------------------------------------------------------------------
-    def decode_units(self) -> int:
-        """Programs per request and split: KV groups on tensor cores, else q heads."""
+    def kv_heads_per_program(self) -> int:
+        """KV heads one decode program reads: the rule's count on tensor cores where it
+        divides the KV heads, else 1."""
         s = self.shape
-        return s.num_kv_heads if s.group >= self.table.tensor_core_min_group \
-            else s.num_q_heads
+        n = self.table.decode_rule(s.head_dim).kv_heads_per_program
+        use_dot = s.group >= self.table.tensor_core_min_group
+        return n if use_dot and s.num_kv_heads % n == 0 else 1
+
+    def decode_units(self) -> int:
+        """Programs per request and split: KV groups on tensor cores (several per program
+        where the rule says so), else q heads."""
+        s = self.shape
+        return s.num_kv_heads // self.kv_heads_per_program() \
+            if s.group >= self.table.tensor_core_min_group else s.num_q_heads
 
     def splits_for(self, batch: int) -> int:
         """Split count for a batch size: enough programs for every SM (lengths not used)."""
@@ -174,7 +183,8 @@ class PagedAttention:
             kv_lens=_to_device(lens, self.device, self._decode_kv_lens[:batch]),
             partial_out=partial_out, partial_lse=partial_lse,
             launch=DecodeLaunch(rule.block_n, rule.num_warps, rule.num_stages,
-                                self.table.min_chunk, self.table.tensor_core_min_group),
+                                self.table.min_chunk, self.table.tensor_core_min_group,
+                                self.kv_heads_per_program()),
             kv_lens_host=tuple(lens), merge_counters=self._merge_counters)
 
     # ---- prefill ------------------------------------------------------------------------
