@@ -43,7 +43,7 @@ def test_decode_of_one_head_dim_leaves_the_rest(fake):
     assert table.prefill_rules == start.prefill_rules
     assert (table.min_chunk, table.target_ctas_per_sm) == (start.min_chunk,
                                                           start.target_ctas_per_sm)
-    # the loop search, then 2 and 4 KV heads per program with its winner
+    # the loop search, then 2 and 4 KV heads per program with its winner (already 8 warps)
     assert len(log) == len(tune.DECODE_CANDIDATES) + len(tune.KV_HEADS_PER_PROGRAM)
     assert [e["candidate"] for e in log[-2:]] == [(32, 8, 4, 2), (32, 8, 4, 4)]
     assert {e["head_dim"] for e in log} == {64}

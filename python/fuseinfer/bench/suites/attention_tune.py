@@ -4,13 +4,13 @@ write them into its dispatch table.
 Prefill: per head dim, every (block_m, block_n, warps, stages, tma) candidate on a causal 4k
 prefill of a model with that head dim; the fastest wins. Decode: per head dim, the
 (block_n, warps, stages) with the lowest geometric-mean time over a small-batch long-KV
-shape and a large-batch shape, then 2 or 4 KV heads per program with it. Splits:
-(min_chunk, target_ctas_per_sm), shared by every head dim, over small-batch shapes (where
-splitting matters). `--kinds` and `--head-dims`
-pick parts, the rest of the entry kept (each candidate compiles: about 4 s apiece on an
-H200, so the decode blocks of one head dim take about 2 minutes; --log is rewritten after
-every candidate, so a cut run keeps its timings). Head dim 256 keeps the built-in rules
-(no model of ours uses it). Candidates that fail to compile (shared memory) are skipped.
+shape and a large-batch shape, then 2 or 4 KV heads per program with its loop (its warps
+and 8). Splits: (min_chunk, target_ctas_per_sm), shared by every head dim, over
+small-batch shapes (where splitting matters). `--kinds` and `--head-dims` pick parts, the
+rest of the entry kept (each candidate compiles: about 4 s apiece on an H200, so the
+decode blocks of one head dim take about 2 minutes; --log is rewritten after every
+candidate, so a cut run keeps its timings). Head dim 256 keeps the built-in rules (no
+model of ours uses it). Candidates that fail to compile (shared memory) are skipped.
 Timed like `fuseinfer bench attention`.
 """
 
@@ -113,7 +113,7 @@ def tune(device: int, kinds: tuple[str, ...] = KINDS,
     table = start
     log: list[dict[str, Any]] = _Log(saved)
     steps = len(head_dims) * (len(PREFILL_CANDIDATES) * ("prefill" in kinds)
-                              + (len(DECODE_CANDIDATES) + len(KV_HEADS_PER_PROGRAM))
+                              + (len(DECODE_CANDIDATES) + 2 * len(KV_HEADS_PER_PROGRAM))
                               * ("decode" in kinds)) \
         + len(SPLIT_CANDIDATES) * ("splits" in kinds)
     with Progress(steps, "tune attention") as progress:
@@ -156,10 +156,14 @@ def _tune_decode(table: AttentionDispatch, head_dim: int, m: Any, log: list, pro
         return _geomean(times)
 
     best = min((score(c), c) for c in DECODE_CANDIDATES)
+    block_n, warps, stages = best[1][:3]
+    # a program reading more heads holds more: with the winner's warps and with 8 (ptxas
+    # for sm_90a: 2 heads of 64 at 4 warps spill, at 8 they do not)
     for per_program in KV_HEADS_PER_PROGRAM:
-        cand = (*best[1][:3], per_program)
-        if m.kv_heads % per_program == 0:
-            best = min(best, (score(cand), cand))
+        for w in dict.fromkeys((warps, max(warps, 8))):
+            cand = (block_n, w, stages, per_program)
+            if m.kv_heads % per_program == 0:
+                best = min(best, (score(cand), cand))
     return _with_rule(table, head_dim, decode_rules=best[1])
 
 
