@@ -15,7 +15,7 @@ from qk_rope_case_tools import clone_args, same_bits, ulp_distance
 
 import fuseinfer
 from fuseinfer.ops import qk_rmsnorm, qk_rmsnorm_rope, rope_with_cos_sin_cache
-from fuseinfer.ops.rope.qk_rmsnorm_rope import launch_qk_rmsnorm_rope
+from fuseinfer.ops.rope.qk_rmsnorm_rope import QkRmsnormRopeArgs, launch_qk_rmsnorm_rope
 
 needs_interpreter = pytest.mark.skipif(
     os.environ.get("TRITON_INTERPRET") != "1",
@@ -287,7 +287,7 @@ def interpreted_matches_two_ops(buffer: torch.Tensor, args: list) -> None:
     both caches."""
     want_buffer, want_args = clone_args(buffer, args)
     two_op_sequence(want_args)
-    launch_qk_rmsnorm_rope(*args, pdl=False)
+    launch_qk_rmsnorm_rope(QkRmsnormRopeArgs(*args), pdl=False)
     assert_nearly_equal(buffer, want_buffer)
     assert_nearly_equal(args[9], want_args[9])
     assert_nearly_equal(args[10], want_args[10])
@@ -328,5 +328,5 @@ def test_kernel_interpreted_on_int32_indices_and_one_slot_per_page():
 @needs_interpreter
 def test_kernel_interpreted_zero_tokens_launches_nothing():
     buffer, args = make_case(tokens=0)
-    launch_qk_rmsnorm_rope(*args, pdl=False)
+    launch_qk_rmsnorm_rope(QkRmsnormRopeArgs(*args), pdl=False)
     assert torch.isnan(args[9].float()).all()

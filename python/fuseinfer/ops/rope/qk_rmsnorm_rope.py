@@ -33,6 +33,8 @@ would need a device-to-host sync).
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 from ..arg_checks import FLOAT_DTYPES, fail
@@ -47,6 +49,7 @@ from ..kvcache.store_kv_cache import (
 )
 from ..library import LIB, define, impl_cpu, impl_fake
 from ..norm.qk_rmsnorm import reference_qk_rmsnorm
+from ..signature import call_args, op_schema
 from ..triton_launch import next_pow2, use_pdl
 from .rope_with_cos_sin_cache import (
     check_position_range,
@@ -55,12 +58,29 @@ from .rope_with_cos_sin_cache import (
 )
 
 OP = "qk_rmsnorm_rope"
-_SCHEMA = (
-    f"{OP}(Tensor positions, Tensor(a!) qkv, int num_q_heads, int num_kv_heads, "
-    "int head_size, Tensor q_weight, Tensor k_weight, float eps, Tensor cos_sin_cache, "
-    "Tensor(b!) k_cache, Tensor(c!) v_cache, Tensor cache_loc, Tensor? k_scale=None, "
-    "Tensor? v_scale=None, bool? enable_pdl=None) -> ()"
-)
+
+
+class QkRmsnormRopeArgs(NamedTuple):
+    """The op's arguments, in schema order (qkv, k_cache and v_cache are written)."""
+
+    positions: torch.Tensor
+    qkv: torch.Tensor
+    num_q_heads: int
+    num_kv_heads: int
+    head_size: int
+    q_weight: torch.Tensor
+    k_weight: torch.Tensor
+    eps: float
+    cos_sin_cache: torch.Tensor
+    k_cache: torch.Tensor
+    v_cache: torch.Tensor
+    cache_loc: torch.Tensor
+    k_scale: torch.Tensor | None = None
+    v_scale: torch.Tensor | None = None
+    enable_pdl: bool | None = None
+
+
+_SCHEMA = op_schema(OP, QkRmsnormRopeArgs, mutated=("qkv", "k_cache", "v_cache"))
 
 
 def _fail(arg: str, message: str) -> None:
@@ -84,10 +104,9 @@ def _check_qkv(qkv: torch.Tensor, num_q_heads: int, num_kv_heads: int,
     token_rows(qkv, OP, "qkv")  # each row contiguous, rows not overlapping
 
 
-def check_qk_rmsnorm_rope_args(positions, qkv, num_q_heads, num_kv_heads, head_size,
-                               q_weight, k_weight, eps, cos_sin_cache, k_cache, v_cache,
-                               cache_loc, k_scale=None, v_scale=None,
-                               enable_pdl=None) -> None:
+def check_qk_rmsnorm_rope_args(a: QkRmsnormRopeArgs) -> None:
+    (positions, qkv, num_q_heads, num_kv_heads, head_size, q_weight, k_weight, eps,
+     cos_sin_cache, k_cache, v_cache, cache_loc, k_scale, v_scale, _) = a
     _check_qkv(qkv, num_q_heads, num_kv_heads, head_size)
     tokens = qkv.size(0)
     for name, w in (("q_weight", q_weight), ("k_weight", k_weight)):
@@ -129,29 +148,27 @@ def reference_qk_rmsnorm_rope(positions: torch.Tensor, qkv: torch.Tensor, num_q_
     return reference_rope(positions, normed.to(qkv.dtype), head_size, cos_sin_cache, True)
 
 
-def _cpu(positions, qkv, num_q_heads, num_kv_heads, head_size, q_weight, k_weight, eps,
-         cos_sin_cache, k_cache, v_cache, cache_loc, k_scale=None, v_scale=None,
-         enable_pdl=None):
-    check_qk_rmsnorm_rope_args(positions, qkv, num_q_heads, num_kv_heads, head_size,
-                               q_weight, k_weight, eps, cos_sin_cache, k_cache, v_cache,
-                               cache_loc, k_scale, v_scale)
-    check_position_range(OP, positions, cos_sin_cache)
-    check_loc_range(cache_loc, k_cache, OP, "cache_loc")
-    check_loc_range(cache_loc, v_cache, OP, "cache_loc")
-    k_start, v_start = num_q_heads * head_size, (num_q_heads + num_kv_heads) * head_size
+def _cpu(*args, **kwargs) -> None:
+    a = call_args(QkRmsnormRopeArgs, args, kwargs)
+    check_qk_rmsnorm_rope_args(a)
+    check_position_range(OP, a.positions, a.cos_sin_cache)
+    check_loc_range(a.cache_loc, a.k_cache, OP, "cache_loc")
+    check_loc_range(a.cache_loc, a.v_cache, OP, "cache_loc")
+    d, qkv = a.head_size, a.qkv
+    k_start, v_start = a.num_q_heads * d, (a.num_q_heads + a.num_kv_heads) * d
     qkv[:, :v_start].copy_(reference_qk_rmsnorm_rope(
-        positions, qkv, num_q_heads, num_kv_heads, head_size, q_weight, k_weight, eps,
-        cos_sin_cache))
-    write_cache_rows(k_cache, cache_loc, qkv[:, k_start:v_start], k_scale)
-    write_cache_rows(v_cache, cache_loc, qkv[:, v_start:], v_scale)
+        a.positions, qkv, a.num_q_heads, a.num_kv_heads, d, a.q_weight, a.k_weight, a.eps,
+        a.cos_sin_cache))
+    write_cache_rows(a.k_cache, a.cache_loc, qkv[:, k_start:v_start], a.k_scale)
+    write_cache_rows(a.v_cache, a.cache_loc, qkv[:, v_start:], a.v_scale)
 
 
-def launch_qk_rmsnorm_rope(positions, qkv, num_q_heads: int, num_kv_heads: int,
-                           head_size: int, q_weight, k_weight, eps: float, cos_sin_cache,
-                           k_cache, v_cache, cache_loc, k_scale, v_scale, pdl: bool) -> None:
+def launch_qk_rmsnorm_rope(a: QkRmsnormRopeArgs, pdl: bool) -> None:
     """The Triton launch (also used directly by the interpreter tests on the CPU)."""
     from ...triton.qk_rmsnorm_rope import qk_rmsnorm_rope_kernel
 
+    (positions, qkv, num_q_heads, num_kv_heads, head_size, q_weight, k_weight, eps,
+     cos_sin_cache, k_cache, v_cache, cache_loc, k_scale, v_scale, _) = a
     tokens = qkv.size(0)
     if tokens == 0:
         return
@@ -172,22 +189,21 @@ def launch_qk_rmsnorm_rope(positions, qkv, num_q_heads: int, num_kv_heads: int,
         EXACT_ROUNDING=qkv.device.type == "cpu", num_warps=4, **extra)
 
 
-def _cuda(positions, qkv, num_q_heads, num_kv_heads, head_size, q_weight, k_weight, eps,
-          cos_sin_cache, k_cache, v_cache, cache_loc, k_scale=None, v_scale=None,
-          enable_pdl=None):
-    check_qk_rmsnorm_rope_args(positions, qkv, num_q_heads, num_kv_heads, head_size,
-                               q_weight, k_weight, eps, cos_sin_cache, k_cache, v_cache,
-                               cache_loc, k_scale, v_scale)
-    if head_size & (head_size - 1) or head_size > 512:
-        _fail("head_size", f"{head_size}: the CUDA path needs a power of two <= 512")
-    launch_qk_rmsnorm_rope(positions, qkv, num_q_heads, num_kv_heads, head_size, q_weight,
-                           k_weight, eps, cos_sin_cache, k_cache, v_cache, cache_loc,
-                           k_scale, v_scale, use_pdl(enable_pdl, qkv.device))
+def _cuda(*args, **kwargs) -> None:
+    a = call_args(QkRmsnormRopeArgs, args, kwargs)
+    check_qk_rmsnorm_rope_args(a)
+    if a.head_size & (a.head_size - 1) or a.head_size > 512:
+        _fail("head_size", f"{a.head_size}: the CUDA path needs a power of two <= 512")
+    launch_qk_rmsnorm_rope(a, use_pdl(a.enable_pdl, a.qkv.device))
+
+
+def _fake(*args, **kwargs) -> None:
+    check_qk_rmsnorm_rope_args(call_args(QkRmsnormRopeArgs, args, kwargs))
 
 
 define(_SCHEMA)
 impl_cpu(OP, _cpu)
-impl_fake(OP, check_qk_rmsnorm_rope_args)
+impl_fake(OP, _fake)
 LIB.impl(OP, _cuda, "CUDA")
 
 
