@@ -10,7 +10,7 @@ sit at 448 / HEADROOM: later tokens may be HEADROOM times larger than the calibr
 before they saturate, and values down to amax / (HEADROOM * 448 * 64) keep their
 precision. A layer's scales are set before its own K and V are written, so every later
 layer sees the calibrated cache. The prompt's cache slots are ordinary pages that later
-requests overwrite.
+requests overwrite (runtime/direct_prefill.py).
 """
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ..models.decoder import DecoderModel, ForwardBatch
+from ..models.decoder import DecoderModel
 from ..ops.kvcache.store_kv_cache import FP8_MAX
+from .direct_prefill import direct_prefill, max_direct_tokens
 
 CALIBRATION_TOKENS = 512
 CALIBRATION_SEED = 0  # fixed: the scales do not follow the sampling seed
@@ -70,24 +71,14 @@ def calibrate_kv_scales(model: DecoderModel, context: int,
                         seed: int = CALIBRATION_SEED) -> KvScaleReport:
     """Run the calibration prefill through `model` (its FP8 cache's per-head scale tensors
     are set in place) and return what it saw. The prompt is CALIBRATION_TOKENS long, or
-    less where the context or the cache is smaller; its slots are pages 1.. (page 0 is the
-    reserved pad page)."""
+    less where the context or the cache is smaller (runtime/direct_prefill.py)."""
     kv = model.kv
-    page_size = kv.page_size
-    n = max(1, min(CALIBRATION_TOKENS, context, (kv.num_pages - 1) * page_size))
-    device = kv.k[0].device
-    pages = -(-n // page_size)
-    table = torch.arange(1, pages + 1, dtype=torch.int32, device=device)[None, :]
-    positions = torch.arange(n, device=device)
-    cache_loc = table[0].long()[positions // page_size] * page_size + positions % page_size
-    batch = ForwardBatch(calibration_prompt(model.config.vocab_size, n, seed).to(device),
-                         positions, cache_loc, model.attention.plan_prefill([n], [n], table),
-                         torch.tensor([n - 1], device=device))
+    n = max(1, min(CALIBRATION_TOKENS, context, max_direct_tokens(model)))
     k_amax: list[torch.Tensor] = []
     v_amax: list[torch.Tensor] = []
     model.kv_observer = layer_observer(kv.k_scale, kv.v_scale, k_amax, v_amax)
     try:
-        model.forward(batch)
+        direct_prefill(model, calibration_prompt(model.config.vocab_size, n, seed))
     finally:
         model.kv_observer = None
     return KvScaleReport([a.tolist() for a in k_amax], [a.tolist() for a in v_amax], n)

@@ -21,5 +21,6 @@ SUITE_MODULES = (
     "fuseinfer.bench.e2e.offline",
     "fuseinfer.bench.e2e.latency",
     "fuseinfer.bench.e2e.serving",
+    "fuseinfer.bench.e2e.kv_accuracy",
     "fuseinfer.bench.summary",
 )
