@@ -295,17 +295,26 @@ def test_ceilings_cache_roundtrip(tmp_path, monkeypatch):
 
 
 def test_summary_shows_every_run_of_the_latest_day(tmp_path):
-    """A partial re-run does not hide the full run recorded before it that day; runs of
-    earlier days and runs without rows stay out."""
+    """A partial re-run does not hide the full run recorded before it that day; of earlier
+    days only the rows not measured again since show, the newest of each, after the latest
+    day's runs; runs without rows stay out."""
     path = tmp_path / "results" / "h200" / "moe.json"
     day = {"gpu": "NVIDIA H200", "driver": "580", "torch": "2.11"}
-    runs = [("2026-11-30T10:00:00+00:00", "old", 3.0), ("2026-12-01T09:00:00+00:00", "full", 4.0),
-            ("2026-12-01T10:00:00+00:00", "empty", None),
-            ("2026-12-01T11:00:00+00:00", "partial", 5.0)]
-    for date, name, us in runs:
-        rows = [] if us is None else [{"case": name, "us": us}]
+    runs = [("2026-11-29T10:00:00+00:00", ("oldest", "old", "full"), 2.0),
+            ("2026-11-30T10:00:00+00:00", ("old", "full"), 3.0),
+            ("2026-12-01T09:00:00+00:00", ("full",), 4.0),
+            ("2026-12-01T10:00:00+00:00", (), None),
+            ("2026-12-01T11:00:00+00:00", ("partial",), 5.0)]
+    for date, names, us in runs:
+        rows = [{"case": name, "us": us} for name in names]
         record_run(path, {"suite": "moe", "environment": dict(day, date=date), "rows": rows})
     text = render_summary(tmp_path / "results")
     assert "| partial | 5.00 |" in text and "| full | 4.00 |" in text
     assert text.index("| partial |") < text.index("| full |")  # newest first
-    assert "| old |" not in text and "Run 1 of 2 that day" in text and "Run 2 of 2" in text
+    assert "Run 1 of 2 that day" in text and "Run 2 of 2" in text
+    assert "| old | 3.00 |" in text and "| oldest | 2.00 |" in text
+    assert "| full | 3.00 |" not in text and "| old | 2.00 |" not in text
+    assert text.index("| full | 4.00 |") < text.index("| old | 3.00 |") \
+        < text.index("| oldest | 2.00 |")
+    assert text.count("Not measured again since") == 2
+    assert "Recorded 2026-11-30T10:00:00+00:00" in text

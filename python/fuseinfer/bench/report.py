@@ -136,6 +136,28 @@ def latest_day_runs(runs: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]
     return [r for r in reversed(with_rows) if _day(r) == day]
 
 
+def _row_identity(row: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+    """What a row measured: its text fields (kind, model, shape, ...), not its numbers."""
+    return tuple(sorted((k, v) for k, v in row.items() if isinstance(v, str)))
+
+
+def earlier_rows(runs: Sequence[Mapping[str, Any]]
+                 ) -> list[tuple[Mapping[str, Any], list[Mapping[str, Any]]]]:
+    """(run, rows) of runs before the latest day, newest first, keeping only rows that no
+    newer run measured again: a partial re-run (decode only, say) leaves the newest
+    prefill numbers visible beside it, each under its own run's provenance."""
+    shown = latest_day_runs(runs)
+    seen = {_row_identity(row) for run in shown for row in run.get("rows") or []}
+    out = []
+    older = [r for r in runs if r.get("rows") and not any(r is s for s in shown)]
+    for run in reversed(older):
+        rows = [row for row in run["rows"] if _row_identity(row) not in seen]
+        seen.update(_row_identity(row) for row in rows)
+        if rows:
+            out.append((run, rows))
+    return out
+
+
 def _same_setup(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
     ea, eb = a.get("environment") or {}, b.get("environment") or {}
     return all(ea.get(k) == eb.get(k) for k in ("gpu", "driver", "torch")) \

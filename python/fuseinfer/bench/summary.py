@@ -1,6 +1,7 @@
 """Generate the benchmark summary in docs/benchmarks.md from recorded results: per recorded
 (gpu, suite), the runs of its latest day (newest first, report.latest_day_runs), each with
-its provenance and table, and the suite's plot (docs/plots/<gpu>_<suite>.svg, drawn by
+its provenance and table, the earlier rows not measured again since (report.earlier_rows),
+and the suite's plot (docs/plots/<gpu>_<suite>.svg, drawn by
 bench/plots.py when matplotlib is installed).
 
 Usage: python -m fuseinfer.bench.summary [--results microbench/results] [--doc docs/benchmarks.md]
@@ -18,7 +19,7 @@ from typing import Any
 
 from fuseinfer.bench.plots import PLOT_INSTALL_HINT, plot_name, plot_results
 from fuseinfer.bench.registry import Suite, register_suite
-from fuseinfer.bench.report import latest_day_runs, load_recorded
+from fuseinfer.bench.report import earlier_rows, latest_day_runs, load_recorded
 from fuseinfer.paths import repo_dir
 
 BEGIN_MARKER = "<!-- BEGIN GENERATED RESULTS -->"
@@ -108,8 +109,9 @@ def _provenance(run: Mapping[str, Any]) -> str:
 
 def render_summary(results_dir: Path, plots_dir: Path | None = None,
                    doc_dir: Path | None = None) -> str:
-    """Markdown for the latest day's runs of every <results_dir>/<gpu>/<suite>.json; a
-    section whose plot exists in `plots_dir` embeds it, linked relative to `doc_dir`."""
+    """Markdown for the latest day's runs of every <results_dir>/<gpu>/<suite>.json, then
+    the rows of earlier runs not measured again since (report.earlier_rows); a section
+    whose plot exists in `plots_dir` embeds it, linked relative to `doc_dir`."""
     results_dir = Path(results_dir)
     if not results_dir.is_dir():
         raise FileNotFoundError(f"results folder {results_dir} does not exist")
@@ -132,6 +134,10 @@ def render_summary(results_dir: Path, plots_dir: Path | None = None,
                     parts.append(f"Run {i + 1} of {len(runs)} that day (newest first).")
                 parts.append(_provenance(run))
                 parts.append(markdown_table(run.get("rows") or [], _columns(run)))
+            for run, rows in earlier_rows(recorded["runs"]):
+                parts.append("Not measured again since: the newest earlier rows.")
+                parts.append(_provenance(run))
+                parts.append(markdown_table(rows, _columns(run)))
             sections.append("\n\n".join(parts))
     if not sections:
         return "_No recorded results yet._"
