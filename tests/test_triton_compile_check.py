@@ -35,6 +35,9 @@ def test_describe_maps_arguments_to_triton_types():
                                       "BLOCK": "constexpr", "MODE": "constexpr"}
     assert dict(launch.constexprs) == {"flag": None, "BLOCK": 64, "MODE": 2}
     assert dict(launch.options) == {"num_warps": 8}
+    assert launch.divisible == ("X", "Out")  # fresh tensors are aligned; n = 3 is not
+    offset = describe(_toy, (x[1:], out, 32, 0.5, None), {"BLOCK": 16})
+    assert offset.divisible == ("Out", "n")  # x[1:] starts 2 bytes in
     big = describe(_toy, (x, out, 1 << 40, 1.0, True), {"BLOCK": 16})
     assert dict(big.signature)["n"] == "i64" and dict(big.signature)["flag"] == "i1"
     assert describe(_toy, (x, out, object(), 1.0, None), {"BLOCK": 16}) is None
@@ -58,6 +61,14 @@ def retyped(X, N, BLOCK: tl.constexpr):
     if N > 4:
         first = offs.to(tl.int64)  # a scalar rebound to a tensor: the interpreter runs it
     tl.store(X + offs, tl.load(X + offs) + first, mask=offs < N)
+
+
+@triton.jit
+def interpreter_only_branch(X, N, BLOCK: tl.constexpr, DOT_F32: tl.constexpr):
+    offs = tl.arange(0, BLOCK)
+    if DOT_F32:  # recorded True by the interpreter, compiled as a GPU launch sets it
+        tl.static_assert(BLOCK < 0, "the check compiled the interpreter's branch")
+    tl.store(X + offs, tl.load(X + offs, mask=offs < N) * 2, mask=offs < N)
 '''
 
 
@@ -66,8 +77,11 @@ def test_the_check_compiles_good_kernels_and_reports_bad_ones(tmp_path):
     pytest.importorskip("triton.backends.nvidia")
     (tmp_path / "toy_kernels.py").write_text(textwrap.dedent(KERNELS))
     sig = (("X", "*fp32"), ("N", "i32"), ("BLOCK", "constexpr"))
-    launches = [Launch("toy_kernels", name, sig, (("BLOCK", 16),), (("num_warps", 4),))
-                for name in ("good", "retyped")]
+    launches = [Launch("toy_kernels", name, sig, (("BLOCK", 16),), (("num_warps", 4),),
+                       ("X", "N")) for name in ("good", "retyped")]
+    launches.append(Launch("toy_kernels", "interpreter_only_branch",
+                           sig + (("DOT_F32", "constexpr"),),
+                           (("BLOCK", 16), ("DOT_F32", True)), (("num_warps", 4),)))
     log = tmp_path / "launches.pkl"
     log.write_bytes(pickle.dumps(launches))
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
@@ -78,4 +92,5 @@ def test_the_check_compiles_good_kernels_and_reports_bad_ones(tmp_path):
     assert done.returncode == 1, done.stdout + done.stderr
     assert "FAILED toy_kernels.retyped" in done.stderr
     assert "toy_kernels.good" not in done.stderr
-    assert "1 of 2 launches of 2 kernels compiled" in done.stdout
+    assert "interpreter_only_branch" not in done.stderr
+    assert "2 of 3 launches of 3 kernels compiled" in done.stdout

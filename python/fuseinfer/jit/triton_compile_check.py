@@ -45,6 +45,13 @@ class Launch:
     signature: tuple[tuple[str, str], ...]  # (param, Triton type or "constexpr")
     constexprs: tuple[tuple[str, Any], ...]
     options: tuple[tuple[str, int], ...]
+    # pointers 16-byte aligned and integers divisible by 16, which a GPU launch
+    # specializes on (wider loads): compiled with the same hints
+    divisible: tuple[str, ...] = ()
+
+
+# Constexprs the launcher sets for the interpreter: compiled with the value a GPU gets.
+GPU_CONSTEXPRS = {"DOT_F32": False}
 
 
 def _is_constexpr(parameter: inspect.Parameter) -> bool:
@@ -71,13 +78,21 @@ def _arg_type(value: Any) -> str | None:
     raise TypeError(f"no Triton type for {type(value).__name__}")
 
 
+def _divisible_by_16(value: Any) -> bool:
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return value.data_ptr() % 16 == 0
+    return isinstance(value, int) and not isinstance(value, bool) and value % 16 == 0
+
+
 def describe(fn: Any, args: tuple, kwargs: dict[str, Any]) -> Launch | None:
     """The Launch of an interpreted call fn[grid](*args, **kwargs); None when an argument
     has no Triton type the check knows (that launch is not checked)."""
     params = inspect.signature(fn).parameters
     bound = dict(zip(params, args, strict=False))
     bound.update({k: v for k, v in kwargs.items() if k in params})
-    signature, constexprs = [], []
+    signature, constexprs, divisible = [], [], []
     try:
         for name, parameter in params.items():
             value = bound.get(name, parameter.default)
@@ -90,10 +105,13 @@ def describe(fn: Any, args: tuple, kwargs: dict[str, Any]) -> Launch | None:
                 constexprs.append((name, value))
             else:
                 signature.append((name, kind))
+                if _divisible_by_16(value):
+                    divisible.append(name)
     except (TypeError, pickle.PicklingError, AttributeError):
         return None
     options = tuple((k, int(kwargs[k])) for k in _OPTIONS if k in kwargs)
-    return Launch(fn.__module__, fn.__qualname__, tuple(signature), tuple(constexprs), options)
+    return Launch(fn.__module__, fn.__qualname__, tuple(signature), tuple(constexprs), options,
+                  tuple(divisible))
 
 
 def record_interpreted_launches(path: str) -> Any:
@@ -128,8 +146,11 @@ def compile_launch(launch: Launch, arch: str) -> None:
 
     kernel = getattr(importlib.import_module(launch.module), launch.name)
     capability = int(arch.rstrip("a").replace(".", ""))
-    source = ASTSource(fn=kernel, signature=dict(launch.signature),
-                       constexprs=dict(launch.constexprs))
+    names = list(kernel.arg_names)
+    constexprs = {k: GPU_CONSTEXPRS.get(k, v) for k, v in launch.constexprs}
+    attrs = {(names.index(k),): [["tt.divisibility", 16]] for k in launch.divisible}
+    source = ASTSource(fn=kernel, signature=dict(launch.signature), constexprs=constexprs,
+                       attrs=attrs)
     triton.compile(source, target=GPUTarget("cuda", capability, 32),
                    options=dict(launch.options))
 
