@@ -62,6 +62,38 @@ def _fuseinfer_version() -> str | None:
     return getattr(module, "__version__", None)
 
 
+def source_commit() -> str | None:
+    """The commit of the code being measured: $FUSEINFER_COMMIT, else the COMMIT file at
+    the checkout's root (a `git archive` snapshot fills it in: export-subst), else
+    `git rev-parse HEAD` with "-dirty" when the tree has changes; None outside a checkout."""
+    import os
+    import subprocess
+
+    from ..paths import repo_dir
+
+    if os.environ.get("FUSEINFER_COMMIT"):
+        return os.environ["FUSEINFER_COMMIT"]
+    root = repo_dir()
+    if root is None:
+        return None
+    stamped = root / "COMMIT"
+    if stamped.is_file():
+        text = stamped.read_text().strip()
+        if text and not text.startswith("$Format"):  # substituted by git archive
+            return text
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"],
+                              capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain",
+                                "--untracked-files=no"], capture_output=True, text=True,
+                               timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if head.returncode != 0:
+        return None
+    return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
 def utc_now() -> str:
     """UTC date-time in ISO form, to the second."""
     return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
@@ -85,6 +117,7 @@ def collect_environment(device: int | None = None) -> dict[str, object]:
         "triton": _triton_version(),
         "python": platform.python_version(),
         "fuseinfer": _fuseinfer_version(),
+        "commit": source_commit(),
         "flashinfer": _flashinfer_version(),
     }
     try:
