@@ -317,4 +317,8 @@ def test_summary_shows_every_run_of_the_latest_day(tmp_path):
     assert text.index("| full | 4.00 |") < text.index("| old | 3.00 |") \
         < text.index("| oldest | 2.00 |")
     assert text.count("Not measured again since") == 2
-    assert "Recorded 2026-11-30T10:00:00+00:00" in text
+    assert "Recorded 2026-11-30T10:00:00+00:00" in text and "commit" not in text
+    record_run(path, {"suite": "moe", "rows": [{"case": "x", "us": 1.0}],
+                      "environment": dict(day, date="2026-12-02T00:00:00+00:00",
+                                          commit="0123456789abcdef-dirty")})
+    assert "commit 0123456789ab;" in render_summary(tmp_path / "results")

@@ -97,6 +97,8 @@ def _provenance(run: Mapping[str, Any]) -> str:
     ]
     if env.get("cuda"):
         parts.append(f"CUDA {env['cuda']}")
+    if env.get("commit"):  # runs recorded since 2026-12-01 name the code they measured
+        parts.append(f"commit {str(env['commit'])[:12]}")
     ceilings = run.get("ceilings") or {}
     used = [
         label.format(format_number(float(ceilings[key])))
