@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 from test_cli import run_cli  # tests/ is on sys.path
-from tiny_checkpoint import save_tiny_checkpoint, tiny_model
+from tiny_checkpoint import save_small_v_checkpoint
 
 from fuseinfer.bench.e2e import kv_accuracy
 
@@ -17,12 +17,7 @@ from fuseinfer.bench.e2e import kv_accuracy
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     path = tmp_path_factory.mktemp("qwen3-small-v")
-    model = tiny_model("qwen3", tie=False, lm_head_scale=4.0)
-    with torch.no_grad():
-        for layer in model.model.layers:
-            layer.self_attn.v_proj.weight.div_(256.0)
-            layer.self_attn.o_proj.weight.mul_(256.0)
-    save_tiny_checkpoint(path, "qwen3", model=model)
+    save_small_v_checkpoint(path)
     return path
 
 

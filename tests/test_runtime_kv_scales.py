@@ -10,7 +10,7 @@ import math
 
 import pytest
 import torch
-from tiny_checkpoint import save_tiny_checkpoint, tiny_model
+from tiny_checkpoint import save_small_v_checkpoint
 
 from fuseinfer.runtime.engine import Engine, EngineArgs
 from fuseinfer.runtime.kv_scale_calibration import (
@@ -27,13 +27,7 @@ V_SHRINK = 256.0
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     path = tmp_path_factory.mktemp("qwen3-small-v")
-    model = tiny_model("qwen3", tie=False, lm_head_scale=4.0)
-    with torch.no_grad():
-        for layer in model.model.layers:
-            layer.self_attn.v_proj.weight.div_(V_SHRINK)
-            layer.self_attn.o_proj.weight.mul_(V_SHRINK)
-    save_tiny_checkpoint(path, "qwen3", model=model)
-    return path, model
+    return path, save_small_v_checkpoint(path, V_SHRINK)
 
 
 def _engine(path, scales):

@@ -71,6 +71,18 @@ def save_tiny_checkpoint(tmp_path, arch, tie=True, lm_head_scale=1.0, model=None
     return model
 
 
+def save_small_v_checkpoint(tmp_path, shrink=256.0):
+    """A tiny Qwen3 whose V rows are `shrink` times smaller (o_proj as much larger, so the
+    model computes the same): an FP8 cache with unit scales rounds such V far off, one with
+    calibrated scales does not. Returns the saved model."""
+    model = tiny_model("qwen3", tie=False, lm_head_scale=4.0)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.v_proj.weight.div_(shrink)
+            layer.self_attn.o_proj.weight.mul_(shrink)
+    return save_tiny_checkpoint(tmp_path, "qwen3", model=model)
+
+
 # FP8 linear layers need every K (hidden, heads * head_dim, intermediate) a multiple of 128
 # and, for a stored checkpoint, the fused parts' row offsets too.
 FP8_SHAPE = dict(COMMON, hidden_size=256, intermediate_size=384)
