@@ -277,16 +277,12 @@ class DecoderModel:
         k_cache, v_cache = self.kv.k[layer], self.kv.v[layer]
         k_scale, v_scale = self.kv.k_scale[layer], self.kv.v_scale[layer]
         f = self.fusions
-        if self.kv_observer is not None:  # calibration: the unfused path, k and v observed
-            q, k = self._qk_norm_rope(w, q, k, batch, tokens)
-            self.kv_observer(layer, k.reshape(tokens, c.num_kv_heads, d),
-                             v.reshape(tokens, c.num_kv_heads, d))
-            store_kv_cache(k_cache, v_cache, batch.cache_loc, k, v, k_scale, v_scale,
-                           enable_pdl=f.enable_pdl)
-            return self._attend(layer, w, q, k_cache, v_cache, batch, add)
-        if w.q_norm is not None and w.k_norm is not None and f.fused_qk_norm and \
-                f.fused_qk_norm_rope and f.fused_rope_kv and self.cos_sin.size(1) == d \
-                and d <= 512 and d & (d - 1) == 0:  # full rotary; the kernel's head sizes
+        # calibration observes k and v between RoPE and the cache write: no fused write
+        observe = self.kv_observer
+        if observe is None and w.q_norm is not None and w.k_norm is not None and \
+                f.fused_qk_norm and f.fused_qk_norm_rope and f.fused_rope_kv and \
+                self.cos_sin.size(1) == d and d <= 512 and d & (d - 1) == 0:
+            # full rotary; the kernel's head sizes
             qk_rmsnorm_rope(batch.positions, qkv, c.num_heads, c.num_kv_heads, d, w.q_norm,
                             w.k_norm, c.rms_norm_eps, self.cos_sin, k_cache, v_cache,
                             batch.cache_loc, k_scale, v_scale, enable_pdl=f.enable_pdl)
@@ -300,30 +296,19 @@ class DecoderModel:
             q = rmsnorm(q.reshape(-1, d), w.q_norm, eps, enable_pdl=pdl).view(tokens, -1)
             k = rmsnorm(k.reshape(-1, d), w.k_norm, eps, enable_pdl=pdl).view(tokens, -1)
         pdl = self.fusions.enable_pdl
-        if self.fusions.fused_rope_kv:
+        if self.fusions.fused_rope_kv and observe is None:
             rope_with_cos_sin_cache(batch.positions, q, k, d, self.cos_sin, True, v,
                                          k_cache, v_cache, batch.cache_loc, k_scale, v_scale,
                                          enable_pdl=pdl)
         else:
             rope_with_cos_sin_cache(batch.positions, q, k, d, self.cos_sin, True,
                                          enable_pdl=pdl)
+            if observe is not None:
+                observe(layer, k.reshape(tokens, c.num_kv_heads, d),
+                        v.reshape(tokens, c.num_kv_heads, d))
             store_kv_cache(k_cache, v_cache, batch.cache_loc, k, v, k_scale, v_scale,
                                    enable_pdl=pdl)
         return self._attend(layer, w, q, k_cache, v_cache, batch, add)
-
-    def _qk_norm_rope(self, w: LayerWeights, q: torch.Tensor, k: torch.Tensor,
-                      batch: ForwardBatch, tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """q and k after their head norms (where the model has them) and RoPE, as new
-        tensors (the qkv buffer is left as it was)."""
-        c, pdl = self.config, self.fusions.enable_pdl
-        d = c.head_dim
-        q, k = q.reshape(-1, d), k.reshape(-1, d)
-        if w.q_norm is not None and w.k_norm is not None:
-            q = rmsnorm(q, w.q_norm, c.rms_norm_eps, enable_pdl=pdl)
-            k = rmsnorm(k, w.k_norm, c.rms_norm_eps, enable_pdl=pdl)
-        q, k = q.reshape(tokens, -1).clone(), k.reshape(tokens, -1).clone()
-        rope_with_cos_sin_cache(batch.positions, q, k, d, self.cos_sin, True, enable_pdl=pdl)
-        return q, k
 
     def _attend(self, layer: int, w: LayerWeights, q: torch.Tensor, k_cache: torch.Tensor,
                 v_cache: torch.Tensor, batch: ForwardBatch, add: torch.Tensor | None = None
