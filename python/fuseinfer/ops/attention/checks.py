@@ -57,10 +57,7 @@ def check_caches(op: str, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch
         if cache.size(-1) != head_dim:
             fail(op, name, f"must have head_dim {head_dim} like q, got {cache.size(-1)}")
         slot_rows(cache, op, name)
-        check_scale(scale, cache, op, scale_name, kv_heads * head_dim)
-        if scale is not None and scale.numel() not in (1, kv_heads):
-            fail(op, scale_name, f"must have one element or one per KV head ({kv_heads}), "
-                 f"got {scale.numel()}")
+        check_scale(scale, cache, op, scale_name, kv_heads * head_dim, kv_heads)
     if v_cache.dtype != k_cache.dtype:
         fail(op, "v_cache", f"must have the dtype of k_cache ({k_cache.dtype}), got "
              f"{v_cache.dtype}")

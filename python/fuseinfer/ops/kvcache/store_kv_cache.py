@@ -75,10 +75,11 @@ def slot_rows(cache: torch.Tensor, op: str, arg: str) -> tuple[int, int, int]:
 
 
 def check_scale(scale: torch.Tensor | None, cache: torch.Tensor, op: str, arg: str,
-                width: int) -> None:
+                width: int, kv_heads: int | None = None) -> None:
     """An FP8 cache's scale: float32, one element (the whole row) or one per equal group of
     a row's `width` elements (one per KV head: element j of a row is scaled by
-    scale[j // (width // numel)]), contiguous, on the cache's device."""
+    scale[j // (width // numel)]), contiguous, on the cache's device. With `kv_heads` (an
+    op that knows them): one element or exactly one per KV head."""
     if scale is None:
         return
     if cache.dtype != FP8:
@@ -88,6 +89,9 @@ def check_scale(scale: torch.Tensor | None, cache: torch.Tensor, op: str, arg: s
         _fail(op, arg, f"must be a contiguous float32 tensor of one element or one per KV "
               f"head (a divisor of the row's {width} elements), got {scale.dtype} "
               f"{list(scale.shape)}")
+    if kv_heads is not None and scale.numel() not in (1, kv_heads):
+        _fail(op, arg, f"must have one element or one per KV head ({kv_heads}), got "
+              f"{scale.numel()}")
     if scale.device != cache.device:
         _fail(op, arg, f"must be on {cache.device} like the cache, got {scale.device}")
 
@@ -98,7 +102,8 @@ def scale_stride(scale: torch.Tensor | None) -> int:
 
 
 def check_cache_pair(op: str, k_cache, v_cache, loc, k, v, k_scale, v_scale,
-                     k_name: str = "k", v_name: str = "v") -> None:
+                     k_name: str = "k", v_name: str = "v", kv_heads: int | None = None
+                     ) -> None:
     tokens = k.size(0)
     if k.dtype not in FLOAT_DTYPES:
         _fail(op, k_name, f"must be bfloat16, float16 or float32, got {k.dtype}")
@@ -126,7 +131,7 @@ def check_cache_pair(op: str, k_cache, v_cache, loc, k, v, k_scale, v_scale,
         if width != src_width:
             _fail(op, name, f"rows hold {width} elements but {src_name} has {src_width} per "
                   "token")
-        check_scale(scale, cache, op, scale_name, width)
+        check_scale(scale, cache, op, scale_name, width, kv_heads)
     if v_cache.dtype != k_cache.dtype:
         _fail(op, "v_cache", f"must have the dtype of k_cache ({k_cache.dtype}), got "
               f"{v_cache.dtype}")
