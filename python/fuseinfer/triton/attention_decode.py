@@ -21,10 +21,13 @@ import triton.language as tl
 
 @triton.jit
 def _e4m3_to_f16(x):
-    """float8 e4m3 -> float16, two at a time with Hopper's paired convert. Written as
-    inline assembly so the compiler keeps the conversion where it is: a plain cast lets it
-    move the 8-bit tile through shared memory into the MMA layout first, one byte per
-    load, which made an FP8 cache slower to read than a bf16 one."""
+    """float8 e4m3 -> float16, two at a time with Hopper's paired convert, for the V tile.
+    Written as inline assembly (not pure, so it stays where it is): with a plain cast the
+    compiler moves the 8-bit tile into p @ v's transposed operand layout first, through
+    shared memory one byte per load (64 byte loads per thread per block for head_dim 128),
+    which made an FP8 cache slower to read than a bf16 one. K needs no such care: its
+    operand layout keeps each thread's bytes contiguous, so the plain cast converts after
+    a wide shared-memory load."""
     return tl.inline_asm_elementwise("cvt.rn.f16x2.e4m3x2 $0, $1;", "=r,h", [x],
                                      dtype=tl.float16, is_pure=False, pack=2)
 
@@ -150,8 +153,8 @@ def decode_kernel(
     # elsewhere), so q . k gives each row its own head's logits in one dot; p @ v gives
     # every head's columns, of which each row keeps its own.
     WIDTH: tl.constexpr = KV_PER_PROGRAM * HEAD_DIM
-    # An FP8 cache on tensor cores: K and V convert to float16 in registers (one
-    # instruction per pair) and the dots run in float16; the interpreter casts instead.
+    # An FP8 cache on tensor cores: the dots run in float16 (one convert instruction per
+    # pair of FP8 values; p is in [0, 1]); the interpreter casts instead.
     F16_FROM_FP8: tl.constexpr = KV_SCALED and USE_DOT and not DOT_F32
     offs_w = tl.arange(0, WIDTH)
     w_head = offs_w // HEAD_DIM
@@ -195,9 +198,7 @@ def decode_kernel(
                 v_ptrs = V + slot[:, None] * stride_v_slot + (v_offs - offs_n[:, None]
                                                               * stride_v_slot)
             k = tl.load(k_ptrs, mask=valid[:, None], other=0.0)
-            if F16_FROM_FP8:
-                s = tl.dot(q, tl.trans(_e4m3_to_f16(k)))
-            elif USE_DOT:
+            if USE_DOT:
                 s = tl.dot(q, tl.trans(k.to(q.dtype)))
             else:
                 s = tl.sum(q.to(tl.float32) * k.to(tl.float32), 1)[None, :]
