@@ -12,9 +12,12 @@ from fuseinfer.bench.suites import attention_tune as tune
 from fuseinfer.ops.attention.dispatch import ATTENTION_BUILTIN
 
 
-def _fake_cost(case, table, block_m=None):
+def _fake_cost(case, table, block_m=None, fp8=False):
     """A cost with one best candidate per part that no built-in rule already holds."""
     d = case.model.head_dim
+    if fp8:  # timed on an FP8 cache: its own rule decides, a long block wins
+        r = table.decode_rule(d, fp8=True)
+        return 2.0 + (r.block_n != 256) + (r.num_warps != 2) + (r.num_stages != 3)
     if case.kind == "prefill":
         r = table.prefill_rule(d)
         return 1.0 + (r.block_m != 64) + (r.block_n != 128) + (r.num_warps != 8) \
@@ -74,3 +77,19 @@ def test_every_timing_is_saved_as_it_is_taken(fake):
     _, log = tune.tune(0, ("splits",), ATTENTION_BUILTIN, saved=saved.append)
     assert [len(s) for s in saved] == list(range(1, len(tune.SPLIT_CANDIDATES) + 1))
     assert saved[-1] == list(log)
+
+
+def test_fp8_decode_tunes_its_own_rules(fake):
+    start = ATTENTION_BUILTIN
+    table, log = tune.tune(0, ("decode-fp8",), start, (128,))
+    fp8 = table.decode_rule(128, fp8=True)
+    assert (fp8.block_n, fp8.num_warps, fp8.num_stages, fp8.max_head_dim) == (256, 2, 3, 128)
+    assert table.decode_rules == start.decode_rules  # bf16 caches keep theirs
+    assert table.decode_rule(256, fp8=True) == start.decode_rule(256)  # copied from decode
+    assert table.prefill_rules == start.prefill_rules
+    assert {e["kind"] for e in log} == {"decode-fp8"}
+    assert len(log) == len(tune.FP8_DECODE_CANDIDATES) + len(tune.KV_HEADS_PER_PROGRAM) * 2
+    # the default parts leave the FP8 rules alone
+    again, log = tune.tune(0, tune.DEFAULT_KINDS, table, (64,))
+    assert again.fp8_decode_rules == table.fp8_decode_rules
+    assert "decode-fp8" not in {e["kind"] for e in log}

@@ -127,6 +127,43 @@ def test_kv_heads_per_program_follows_the_rule_where_it_fits(hq, hkv, per_rule, 
     assert attn.decode_units() == units
 
 
+def test_an_fp8_cache_plans_with_the_fp8_decode_rules():
+    """A shape whose cache is FP8 launches with the entry's FP8 rules (per head dim), a
+    bf16 one with the decode rules; an entry without FP8 rules serves both from the
+    decode rules. The rules travel through the table's JSON and are validated there."""
+    from dataclasses import replace
+
+    from fuseinfer.dispatch import TableError
+    from fuseinfer.dispatch.schema import parse_dataclass, to_json
+    from fuseinfer.ops.attention.dispatch import (
+        ATTENTION_BUILTIN,
+        AttentionDispatch,
+        DecodeLaunchRule,
+    )
+
+    table = replace(ATTENTION_BUILTIN, tensor_core_min_group=2,
+                    decode_rules=(DecodeLaunchRule(None, 32, 2, 3),),
+                    fp8_decode_rules=(DecodeLaunchRule(64, 256, 8, 4, 2),
+                                      DecodeLaunchRule(None, 128, 4, 2)))
+    kv = make_paged_kv([9, 70], 4, 64, 4, BF16, "cpu")
+    plans = {}
+    for fp8 in (False, True):
+        for d in (64, 128):
+            attn = PagedAttention(AttentionShape(8, 4, d, 4, kv_fp8=fp8), "cpu", table=table)
+            launch = attn.plan_decode([9, 70], kv.page_table).launch
+            plans[fp8, d] = (launch.block_n, launch.num_warps, launch.num_stages,
+                             launch.kv_heads_per_program)
+    assert plans == {(False, 64): (32, 2, 3, 1), (False, 128): (32, 2, 3, 1),
+                     (True, 64): (256, 8, 4, 2), (True, 128): (128, 4, 2, 1)}
+    assert replace(table, fp8_decode_rules=()).decode_rule(64, fp8=True) \
+        == table.decode_rule(64)
+    assert parse_dataclass(AttentionDispatch, to_json(table), "t") == table
+    bad = to_json(table)
+    bad["fp8_decode_rules"] = bad["fp8_decode_rules"][:1]  # no catch-all rule
+    with pytest.raises(TableError, match="fp8_decode_rules: the last rule"):
+        parse_dataclass(AttentionDispatch, bad, "t")
+
+
 def test_scales_come_in_pairs():
     kv, q, _, _ = _prefill_case([1], [3], 4, 2, 64, 2, fp8=True)
     attn = PagedAttention(AttentionShape(4, 2, 64, 2), "cpu")

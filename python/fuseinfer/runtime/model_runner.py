@@ -124,7 +124,8 @@ class ModelRunner:
         self.req_pool = ReqToTokenPool(args.max_running_requests + 1, self.max_pages,
                                        self.device)
         self.attention = PagedAttention(
-            AttentionShape(c.num_heads, c.num_kv_heads, c.head_dim, args.page_size),
+            AttentionShape(c.num_heads, c.num_kv_heads, c.head_dim, args.page_size,
+                           kv_fp8=kv_dtype == FP8),
             self.device, max_batch=args.max_running_requests,
             enable_pdl=False if args.disable_pdl else None,
             fused_merge=args.fused_decode_merge)

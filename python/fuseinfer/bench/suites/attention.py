@@ -147,8 +147,8 @@ def make_inputs(case: Case, page_size: int, dtype: torch.dtype, kv_lens=None, q_
     q_lens = list(q_lens or case.q_lens)
     kv = make_paged_kv(kv_lens, m.kv_heads, m.head_dim, page_size, dtype, device, fp8=fp8,
                        per_head_scales=fp8)
-    attn = PagedAttention(AttentionShape(m.q_heads, m.kv_heads, m.head_dim, page_size),
-                          device, max_batch=max(len(kv_lens), 1))
+    attn = PagedAttention(AttentionShape(m.q_heads, m.kv_heads, m.head_dim, page_size,
+                                         kv_fp8=fp8), device, max_batch=max(len(kv_lens), 1))
     if case.kind == "decode":
         plan = attn.plan_decode(kv_lens, kv.page_table)
     else:
@@ -309,10 +309,12 @@ def run_command(args: argparse.Namespace) -> int:
 
 
 def add_tune_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--kinds", nargs="+", choices=["prefill", "decode", "splits"],
+    parser.add_argument("--kinds", nargs="+",
+                        choices=["prefill", "decode", "decode-fp8", "splits"],
                         help="tune these parts (the prefill blocks, the decode blocks, the "
-                        "decode split policy), keeping the table's current rules for the "
-                        "others (default: all three)")
+                        "decode blocks for FP8 caches, the decode split policy), keeping "
+                        "the table's current rules for the others (default: prefill, "
+                        "decode and splits)")
     parser.add_argument("--head-dims", nargs="+", type=int, choices=[64, 128],
                         help="tune the prefill / decode blocks of these head dims only "
                         "(default: 64 and 128)")

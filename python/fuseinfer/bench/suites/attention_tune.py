@@ -40,6 +40,8 @@ TUNE_MODELS = {64: "GPT-OSS", 128: "Llama-3-8B"}
 PREFILL_CANDIDATES = list(itertools.product((64, 128), (64, 128), (4, 8), (2, 3),
                                             (True, False)))
 DECODE_CANDIDATES = list(itertools.product((32, 64, 128), (2, 4, 8), (2, 3, 4)))
+# an FP8 key row is half the bytes: longer blocks keep as many in flight
+FP8_DECODE_CANDIDATES = list(itertools.product((64, 128, 256), (2, 4, 8), (2, 3, 4)))
 DECODE_SHAPES = ((1, 8192), (64, 4096))
 KV_HEADS_PER_PROGRAM = (2, 4)  # tried with the best loop (1 is the loop search's)
 SPLIT_CANDIDATES = list(itertools.product((64, 128, 256, 512), (1, 2, 4)))
@@ -48,9 +50,11 @@ PAGE_SIZE = 64
 CONFIG = TimingConfig(repeats=7, target_graph_ms=1.0)
 
 
-def _time(case: Case, table: AttentionDispatch, block_m: int | None = None) -> float:
-    """Median us of our kernel for `case` under `table`; inf if it fails to build."""
-    x = make_inputs(case, PAGE_SIZE, torch.bfloat16)
+def _time(case: Case, table: AttentionDispatch, block_m: int | None = None,
+          fp8: bool = False) -> float:
+    """Median us of our kernel for `case` under `table` (fp8: on an FP8 cache with a scale
+    per KV head); inf if it fails to build."""
+    x = make_inputs(case, PAGE_SIZE, torch.bfloat16, fp8=fp8)
     x.attn.table = table
     m = case.model
     if case.kind == "decode":
@@ -70,8 +74,9 @@ def _with_rule(table: AttentionDispatch, head_dim: int, **rules: Any) -> Attenti
     """The table with one head dim's rule replaced (rules ordered by max_head_dim)."""
     out = {}
     for kind, rule in rules.items():
-        cls = DecodeLaunchRule if kind == "decode_rules" else PrefillLaunchRule
-        old = getattr(table, kind)
+        cls = PrefillLaunchRule if kind == "prefill_rules" else DecodeLaunchRule
+        # FP8 rules start as a copy of the decode rules (the other head dims keep theirs)
+        old = getattr(table, kind) or table.decode_rules
         kept = [r for r in old if r.max_head_dim is not None and r.max_head_dim != head_dim]
         new = cls(head_dim, *rule)
         last = [r for r in old if r.max_head_dim is None]
@@ -83,7 +88,8 @@ def _geomean(values: list[float]) -> float:
     return math.exp(sum(math.log(v) for v in values) / len(values))
 
 
-KINDS = ("prefill", "decode", "splits")
+KINDS = ("prefill", "decode", "decode-fp8", "splits")
+DEFAULT_KINDS = ("prefill", "decode", "splits")  # decode-fp8 only when asked
 
 
 class _Log(list):
@@ -100,7 +106,7 @@ class _Log(list):
             self.saved(list(self))
 
 
-def tune(device: int, kinds: tuple[str, ...] = KINDS,
+def tune(device: int, kinds: tuple[str, ...] = DEFAULT_KINDS,
          start: AttentionDispatch = ATTENTION_BUILTIN,
          head_dims: tuple[int, ...] = tuple(TUNE_MODELS),
          saved: Callable[[list[dict[str, Any]]], None] | None = None
@@ -114,7 +120,9 @@ def tune(device: int, kinds: tuple[str, ...] = KINDS,
     log: list[dict[str, Any]] = _Log(saved)
     steps = len(head_dims) * (len(PREFILL_CANDIDATES) * ("prefill" in kinds)
                               + (len(DECODE_CANDIDATES) + 2 * len(KV_HEADS_PER_PROGRAM))
-                              * ("decode" in kinds)) \
+                              * ("decode" in kinds)
+                              + (len(FP8_DECODE_CANDIDATES) + 2 * len(KV_HEADS_PER_PROGRAM))
+                              * ("decode-fp8" in kinds)) \
         + len(SPLIT_CANDIDATES) * ("splits" in kinds)
     with Progress(steps, "tune attention") as progress:
         for head_dim in head_dims:
@@ -123,6 +131,8 @@ def tune(device: int, kinds: tuple[str, ...] = KINDS,
                 table = _tune_prefill(table, head_dim, model, log, progress)
             if "decode" in kinds:
                 table = _tune_decode(table, head_dim, model, log, progress)
+            if "decode-fp8" in kinds:
+                table = _tune_decode(table, head_dim, model, log, progress, fp8=True)
         if "splits" in kinds:
             table = _tune_splits(table, log, progress)
     return table, log
@@ -143,19 +153,22 @@ def _tune_prefill(table: AttentionDispatch, head_dim: int, m: Any, log: list, pr
     return _with_rule(table, head_dim, prefill_rules=best[1])
 
 
-def _tune_decode(table: AttentionDispatch, head_dim: int, m: Any, log: list, progress: Any
-                 ) -> AttentionDispatch:
+def _tune_decode(table: AttentionDispatch, head_dim: int, m: Any, log: list, progress: Any,
+                 fp8: bool = False) -> AttentionDispatch:
     """The loop's (block_n, warps, stages) first, then KV heads per program with the
-    winning loop (where the model's KV heads divide)."""
+    winning loop (where the model's KV heads divide). fp8: the FP8 cache's rules, timed on
+    FP8 caches."""
+    kind, rules = ("decode-fp8", "fp8_decode_rules") if fp8 else ("decode", "decode_rules")
+
     def score(cand: tuple[int, ...]) -> float:
-        progress.step(f"decode d={head_dim} {cand}")
-        trial = _with_rule(table, head_dim, decode_rules=cand)
-        times = [_time(Case("decode", m, f"{b}x{n}", (1,) * b, (n,) * b), trial)
+        progress.step(f"{kind} d={head_dim} {cand}")
+        trial = _with_rule(table, head_dim, **{rules: cand})
+        times = [_time(Case("decode", m, f"{b}x{n}", (1,) * b, (n,) * b), trial, fp8=fp8)
                  for b, n in DECODE_SHAPES]
-        log.append({"kind": "decode", "head_dim": head_dim, "candidate": cand, "us": times})
+        log.append({"kind": kind, "head_dim": head_dim, "candidate": cand, "us": times})
         return _geomean(times)
 
-    best = min((score(c), c) for c in DECODE_CANDIDATES)
+    best = min((score(c), c) for c in (FP8_DECODE_CANDIDATES if fp8 else DECODE_CANDIDATES))
     block_n, warps, stages = best[1][:3]
     # a program reading more heads holds more: with the winner's warps and with 8 (ptxas
     # for sm_90a: 2 heads of 64 at 4 warps spill, at 8 they do not)
@@ -164,7 +177,7 @@ def _tune_decode(table: AttentionDispatch, head_dim: int, m: Any, log: list, pro
             cand = (block_n, w, stages, per_program)
             if m.kv_heads % per_program == 0:
                 best = min(best, (score(cand), cand))
-    return _with_rule(table, head_dim, decode_rules=best[1])
+    return _with_rule(table, head_dim, **{rules: best[1]})
 
 
 def _tune_splits(table: AttentionDispatch, log: list, progress: Any) -> AttentionDispatch:
@@ -187,7 +200,7 @@ def tune_command(args: argparse.Namespace) -> int:
     from ...dispatch import lookup
 
     target = tune_target(args)
-    kinds = tuple(k for k in KINDS if k in (args.kinds or KINDS))
+    kinds = tuple(k for k in KINDS if k in (args.kinds or DEFAULT_KINDS))
     head_dims = tuple(sorted(set(args.head_dims or TUNE_MODELS)))
     start = lookup("attention", target.identity).entry
     dims = "" if head_dims == tuple(TUNE_MODELS) else \
@@ -198,19 +211,22 @@ def tune_command(args: argparse.Namespace) -> int:
 
     table, log = tune(target.device, kinds, start, head_dims, partial)
     done = {"prefill": f"prefill 1x4k causal{dims}", "decode": f"decode {DECODE_SHAPES}{dims}",
+            "decode-fp8": f"FP8-cache decode {DECODE_SHAPES}{dims}",
             "splits": f"splits over {SPLIT_SHAPES}"}
     source = target.source(f", page size {PAGE_SIZE}; " + "; ".join(done[k] for k in kinds))
-    if (kinds != KINDS or dims) and start.source.startswith("tuned"):
+    if (kinds != DEFAULT_KINDS or dims) and start.source.startswith("tuned"):
         source += f"; kept from before: {start.source.split('; kept from before: ')[-1]}"
     table = replace(table, source=source)
     target.write("attention", table)
     for r in table.prefill_rules:
         print(f"  prefill head_dim <= {r.max_head_dim}: block {r.block_m}x{r.block_n}, "
               f"{r.num_warps} warps, {r.num_stages} stages")
-    for r in table.decode_rules:
-        print(f"  decode head_dim <= {r.max_head_dim}: block_n {r.block_n}, {r.num_warps} "
-              f"warps, {r.num_stages} stages, {r.kv_heads_per_program} KV head(s) per "
-              "program")
+    for name, rules in (("decode", table.decode_rules),
+                        ("FP8-cache decode", table.fp8_decode_rules)):
+        for r in rules:
+            print(f"  {name} head_dim <= {r.max_head_dim}: block_n {r.block_n}, "
+                  f"{r.num_warps} warps, {r.num_stages} stages, {r.kv_heads_per_program} "
+                  "KV head(s) per program")
     print(f"  decode splits: min_chunk {table.min_chunk}, {table.target_ctas_per_sm} "
           "programs per SM")
     print(f"wrote {target.output}")

@@ -6,6 +6,7 @@ the request's length, so one plan (and one CUDA graph) serves any lengths. The p
 max_splits from the batch: enough (batch x kv_heads x splits) programs to give every SM
 `target_ctas_per_sm`. KV groups of at least `tensor_core_min_group` q heads run together
 through tensor-core dots; smaller groups run one q head per program on the FMA units.
+Decode from an FP8 cache takes `fp8_decode_rules` where the entry has them.
 Prefill: blocks of block_m queries x block_n keys; with `tma`, a key/value tile that lies
 inside one page (page_size a multiple of block_n) comes in one bulk tensor copy. Rules
 are picked by head_dim.
@@ -75,6 +76,9 @@ class AttentionDispatch:
     max_splits: int
     decode_rules: tuple[DecodeLaunchRule, ...]
     prefill_rules: tuple[PrefillLaunchRule, ...]
+    # decode from an FP8 cache (half the bytes per key: other blocks can win); empty:
+    # decode_rules
+    fp8_decode_rules: tuple[DecodeLaunchRule, ...] = ()
 
     def validate(self, where: str) -> None:
         if self.tensor_core_min_group < 1:
@@ -86,10 +90,14 @@ class AttentionDispatch:
             raise TableError(f"{where}.min_chunk: must be >= 16, got {self.min_chunk}")
         _check_rules(self.decode_rules, f"{where}.decode_rules")
         _check_rules(self.prefill_rules, f"{where}.prefill_rules")
+        if self.fp8_decode_rules:
+            _check_rules(self.fp8_decode_rules, f"{where}.fp8_decode_rules")
 
-    def decode_rule(self, head_dim: int) -> DecodeLaunchRule:
-        return next(r for r in self.decode_rules
-                    if r.max_head_dim is None or head_dim <= r.max_head_dim)
+    def decode_rule(self, head_dim: int, fp8: bool = False) -> DecodeLaunchRule:
+        """The decode rule for a head dim; fp8: for an FP8 cache (its own rules if the
+        entry has them)."""
+        rules = self.fp8_decode_rules if fp8 and self.fp8_decode_rules else self.decode_rules
+        return next(r for r in rules if r.max_head_dim is None or head_dim <= r.max_head_dim)
 
     def prefill_rule(self, head_dim: int) -> PrefillLaunchRule:
         return next(r for r in self.prefill_rules

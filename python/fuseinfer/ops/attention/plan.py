@@ -38,6 +38,8 @@ class AttentionShape:
     num_kv_heads: int
     head_dim: int
     page_size: int = 1
+    # the cache holds float8 e4m3: decode launches with the table's FP8 rules
+    kv_fp8: bool = False
 
     def validate(self) -> None:
         if self.head_dim not in HEAD_DIMS:
@@ -128,7 +130,7 @@ class PagedAttention:
         """KV heads one decode program reads: the rule's count on tensor cores where it
         divides the KV heads, else 1."""
         s = self.shape
-        n = self.table.decode_rule(s.head_dim).kv_heads_per_program
+        n = self.table.decode_rule(s.head_dim, s.kv_fp8).kv_heads_per_program
         use_dot = s.group >= self.table.tensor_core_min_group
         return n if use_dot and s.num_kv_heads % n == 0 else 1
 
@@ -177,7 +179,7 @@ class PagedAttention:
         if splits < 1:
             fail(op, "splits", f"must be >= 1, got {splits}")
         partial_out, partial_lse = self._partial_buffers(batch, splits)
-        rule = self.table.decode_rule(self.shape.head_dim)
+        rule = self.table.decode_rule(self.shape.head_dim, self.shape.kv_fp8)
         return DecodePlan(
             batch=batch, splits=splits, page_table=page_table,
             kv_lens=_to_device(lens, self.device, self._decode_kv_lens[:batch]),
