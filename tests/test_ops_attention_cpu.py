@@ -164,6 +164,57 @@ def test_an_fp8_cache_plans_with_the_fp8_decode_rules():
         parse_dataclass(AttentionDispatch, bad, "t")
 
 
+def test_decode_rules_pick_a_kernel():
+    """A decode rule's kernel: "triton" (default) or "cuda" (4 or 8 warps, one KV head per
+    program), validated on load; the plan hands it to the launch, and off a CUDA GPU the
+    Triton kernel runs the call (here interpreted) with the same results."""
+    from dataclasses import replace
+
+    from fuseinfer.dispatch import TableError
+    from fuseinfer.dispatch.schema import parse_dataclass, to_json
+    from fuseinfer.ops.attention.arguments import DecodeArgs
+    from fuseinfer.ops.attention.decode_cuda import cuda_decode_fits
+    from fuseinfer.ops.attention.dispatch import (
+        ATTENTION_BUILTIN,
+        AttentionDispatch,
+        DecodeLaunchRule,
+    )
+
+    table = replace(ATTENTION_BUILTIN,
+                    decode_rules=(DecodeLaunchRule(None, 16, 4, 1, 1, "cuda"),))
+    assert parse_dataclass(AttentionDispatch, to_json(table), "t") == table
+    assert parse_dataclass(AttentionDispatch, to_json(ATTENTION_BUILTIN), "t") \
+        .decode_rule(64).kernel == "triton"
+    for bad, message in (({"kernel": "cutlass"}, "kernel: must be one of"),
+                         ({"num_warps": 2}, "4 or 8 warps"),
+                         ({"kv_heads_per_program": 2}, "one KV head per program")):
+        data = to_json(table)
+        data["decode_rules"][0].update(bad)
+        with pytest.raises(TableError, match=message):
+            parse_dataclass(AttentionDispatch, data, "t")
+
+    kv_lens = [40, 0, 7, 25]
+    kv = make_paged_kv(kv_lens, 2, 64, 4, BF16, "cpu", poison=True)
+    q = torch.randn(len(kv_lens), 8, 64).to(BF16)
+    attn = PagedAttention(AttentionShape(8, 2, 64, 4), "cpu", table=table)
+    plan = attn.plan_decode(kv_lens, kv.page_table, splits=3)
+    assert plan.launch.cuda_kernel == 1
+    args = DecodeArgs(q, kv.k_cache, kv.v_cache, plan.page_table, plan.kv_lens,
+                      plan.partial_out, plan.partial_lse, q, launch=plan.launch)
+    assert not cuda_decode_fits(args)  # a CPU tensor
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        from fuseinfer.ops.attention.launch import launch_decode
+
+        out = torch.full_like(q, float("nan"))
+        lse = torch.full((len(kv_lens), 8), float("nan"))
+        launch_decode(args._replace(out=out, lse=lse, sm_scale=0.125, enable_pdl=False))
+        want, want_lse = reference_paged_attention(
+            q, kv.k_cache, kv.v_cache, kv.page_table, torch.arange(5, dtype=torch.int32),
+            plan.kv_lens, sm_scale=0.125)
+        live = [0, 2, 3]
+        _close(out[live], lse[live], want[live], want_lse[live])
+
+
 def test_scales_come_in_pairs():
     kv, q, _, _ = _prefill_case([1], [3], 4, 2, 64, 2, fp8=True)
     attn = PagedAttention(AttentionShape(4, 2, 64, 2), "cpu")

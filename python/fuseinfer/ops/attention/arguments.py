@@ -33,6 +33,7 @@ class DecodeLaunch(NamedTuple):
     min_chunk: int  # fewest keys a split covers
     tensor_core_min_group: int  # KV groups of at least this many q heads use tensor cores
     kv_heads_per_program: int = 1  # tensor cores: KV heads a program reads side by side
+    cuda_kernel: int = 0  # 1: csrc/attention's decode where it applies (the rule's "cuda")
 
 
 class PrefillArgs(NamedTuple):

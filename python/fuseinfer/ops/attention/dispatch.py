@@ -20,6 +20,7 @@ from ...dispatch import TableError, register_op
 from ...dispatch.rule_checks import check_pow2
 
 HEAD_DIMS = (64, 128, 256)
+DECODE_KERNELS = ("triton", "cuda")
 
 
 def _check_loop(block_n: int, num_warps: int, num_stages: int, where: str) -> None:
@@ -39,10 +40,21 @@ class DecodeLaunchRule:
     # tensor-core path: KV heads one program reads side by side (a token's rows of
     # neighbouring heads are contiguous in the cache, so each read is that much longer)
     kv_heads_per_program: int = 1
+    # "triton", or "cuda": csrc/attention's kernel (K, V and P in registers, no staging in
+    # shared memory; KV groups of at most 16, head_dim 64 or 128, 4 or 8 warps, one KV head
+    # per program; block_n then only aligns the split ranges). Elsewhere Triton runs.
+    kernel: str = "triton"
 
     def validate(self, where: str) -> None:
         _check_loop(self.block_n, self.num_warps, self.num_stages, where)
         check_pow2(self.kv_heads_per_program, 1, 8, f"{where}.kv_heads_per_program")
+        if self.kernel not in DECODE_KERNELS:
+            raise TableError(f"{where}.kernel: must be one of {list(DECODE_KERNELS)}, got "
+                             f"{self.kernel!r}")
+        if self.kernel == "cuda" and (self.num_warps not in (4, 8)
+                                      or self.kv_heads_per_program != 1):
+            raise TableError(f"{where}: the cuda kernel runs 4 or 8 warps and one KV head per "
+                             f"program, got {self.num_warps} and {self.kv_heads_per_program}")
 
 
 @dataclass(frozen=True)

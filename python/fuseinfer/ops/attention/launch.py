@@ -1,20 +1,16 @@
-"""Launchers of the Triton attention kernels (the CUDA path; under TRITON_INTERPRET=1 they
-also run on CPU tensors). Arguments are checked by the op before they get here."""
+"""Launchers of the attention kernels: Triton (under TRITON_INTERPRET=1 also on CPU
+tensors), and for decode the CUDA kernel where the table picks it (decode_cuda.py).
+Arguments are checked by the op before they get here."""
 
 from __future__ import annotations
 
 import torch
 
-from ..kvcache.store_kv_cache import FP8, scale_stride, slot_rows, slot_stride
+from ..kvcache.store_kv_cache import FP8, scale_stride, slot_rows
 from ..triton_launch import next_pow2, use_pdl
 from .arguments import DecodeArgs, DecodeLaunch, PrefillArgs, PrefillLaunch, softmax_scale
+from .decode_cuda import cache_strides, cuda_decode_fits, launch_cuda_decode
 from .reference import page_size_of
-
-
-def _cache_strides(cache: torch.Tensor) -> tuple[int, int]:
-    """(slot stride, head stride) of a [slots, h, d] or [pages, page_size, h, d] cache;
-    the slot geometry is the KV-cache family's (already checked by the op)."""
-    return slot_stride(cache, cache.size(-2) * cache.size(-1)), cache.stride(-2)
 
 
 def _flags(sinks, lse, k_cache, k_scale, window_left, logit_cap) -> dict:
@@ -28,7 +24,7 @@ def _tma_ok(cache: torch.Tensor) -> bool:
     strides, and slots evenly spaced."""
     if cache.device.type == "cuda" and torch.cuda.get_device_capability(cache.device)[0] < 9:
         return False
-    slot, head = _cache_strides(cache)
+    slot, head = cache_strides(cache)
     item = cache.element_size()
     return cache.stride(-1) == 1 and cache.data_ptr() % 16 == 0 \
         and (slot * item) % 16 == 0 and (head * item) % 16 == 0
@@ -65,8 +61,8 @@ def launch_prefill(a: PrefillArgs) -> None:
     q_heads = q.size(1)
     if num_items == 0 or q.size(0) == 0:
         return
-    k_slot, k_head = _cache_strides(k_cache)
-    v_slot, v_head = _cache_strides(v_cache)
+    k_slot, k_head = cache_strides(k_cache)
+    v_slot, v_head = cache_strides(v_cache)
     pdl = _pdl(a.enable_pdl, q.device)
     extra = {"launch_pdl": True} if pdl else {}
     dummy = kv_lens  # stands in for absent optional tensors; never read
@@ -94,15 +90,47 @@ def launch_prefill(a: PrefillArgs) -> None:
 
 
 def launch_decode(a: DecodeArgs) -> None:
-    from ...triton.attention_decode import decode_kernel, merge_kernel
+    from ...triton.attention_decode import merge_kernel
 
-    q, k_cache, v_cache, kv_lens, out, lse, sinks = (
-        a.q, a.k_cache, a.v_cache, a.kv_lens, a.out, a.lse, a.sinks)
-    partial_out, partial_lse = a.partial_out, a.partial_lse
     launch = DecodeLaunch._make(a.launch)
+    a = a._replace(launch=launch)
+    q, kv_lens, out, lse, sinks = a.q, a.kv_lens, a.out, a.lse, a.sinks
     batch, q_heads, head_dim = q.shape
     if batch == 0:
         return
+    max_splits = a.partial_lse.size(2)
+    pdl = _pdl(a.enable_pdl, q.device)
+    fused_merge = a.merge_counters is not None and max_splits > 1
+    if cuda_decode_fits(a):
+        launch_cuda_decode(a, pdl)
+        fused_merge = False  # the merge kernel finishes split requests
+    else:
+        _launch_triton_decode(a, launch, pdl, fused_merge)
+    if max_splits > 1 and not fused_merge:
+        flags = _flags(sinks, lse, a.k_cache, a.k_scale, a.window_left, a.logit_cap)
+        dummy = kv_lens  # stands in for absent optional tensors; never read
+        p = a.partial_lse
+        merge_kernel[(batch, q_heads)](
+            out, lse if lse is not None else dummy, a.partial_out, p,
+            sinks if sinks is not None else dummy, kv_lens,
+            a.v_scale if a.v_scale is not None else dummy,
+            a.window_left if a.window_left is not None else 0, max_splits,
+            scale_stride(a.v_scale), q_heads // a.k_cache.size(-2), out.stride(0),
+            out.stride(1), lse.stride(0) if lse is not None else 0, p.stride(0), p.stride(1),
+            p.stride(2), HEAD_DIM=head_dim, SPLITS_POW2=next_pow2(max_splits),
+            MIN_CHUNK=launch.min_chunk, BLOCK_N=launch.block_n, USE_PDL=pdl,
+            num_warps=4 if head_dim >= 128 else 2,
+            **{k: flags[k] for k in ("HAS_WINDOW", "HAS_SINKS", "HAS_LSE", "KV_SCALED")},
+            **({"launch_pdl": True} if pdl else {}))
+
+
+def _launch_triton_decode(a: DecodeArgs, launch: DecodeLaunch, pdl: bool,
+                          fused_merge: bool) -> None:
+    from ...triton.attention_decode import decode_kernel
+
+    q, k_cache, kv_lens, out, lse, sinks = a.q, a.k_cache, a.kv_lens, a.out, a.lse, a.sinks
+    partial_out, partial_lse = a.partial_out, a.partial_lse
+    batch, q_heads, head_dim = q.shape
     kv_heads = k_cache.size(-2)
     group = q_heads // kv_heads
     max_splits = partial_lse.size(2)
@@ -111,23 +139,20 @@ def launch_decode(a: DecodeArgs) -> None:
     kv_per_program = launch.kv_heads_per_program \
         if use_dot and kv_heads % launch.kv_heads_per_program == 0 else 1
     heads_per_program = max(16, next_pow2(group * kv_per_program)) if use_dot else 1
-    k_slot, k_head = _cache_strides(k_cache)
-    v_slot, v_head = _cache_strides(v_cache)
-    pdl = _pdl(a.enable_pdl, q.device)
+    k_slot, k_head = cache_strides(k_cache)
+    v_slot, v_head = cache_strides(a.v_cache)
     extra = {"launch_pdl": True} if pdl else {}
     flags = _flags(sinks, lse, k_cache, a.k_scale, a.window_left, a.logit_cap)
     dummy = kv_lens
-    lse_arg = lse if lse is not None else dummy
-    sinks_arg = sinks if sinks is not None else dummy
-    v_scale_arg = a.v_scale if a.v_scale is not None else dummy
     part_strides = (partial_lse.stride(0), partial_lse.stride(1), partial_lse.stride(2))
-    window = a.window_left if a.window_left is not None else 0
-    fused_merge = a.merge_counters is not None and max_splits > 1
     decode_kernel[(batch, kv_heads // kv_per_program if use_dot else q_heads, max_splits)](
-        q, k_cache, v_cache, out, lse_arg, partial_out, partial_lse, sinks_arg, a.page_table,
-        kv_lens, a.k_scale if a.k_scale is not None else dummy, v_scale_arg,
+        q, k_cache, a.v_cache, out, lse if lse is not None else dummy, partial_out, partial_lse,
+        sinks if sinks is not None else dummy, a.page_table, kv_lens,
+        a.k_scale if a.k_scale is not None else dummy,
+        a.v_scale if a.v_scale is not None else dummy,
         a.merge_counters if fused_merge else dummy,
-        softmax_scale(a), a.logit_cap, window, q_heads, max_splits,
+        softmax_scale(a), a.logit_cap, a.window_left if a.window_left is not None else 0,
+        q_heads, max_splits,
         scale_stride(a.k_scale), scale_stride(a.v_scale), q.stride(0), q.stride(1), k_slot, k_head,
         v_slot, v_head, out.stride(0), out.stride(1), lse.stride(0) if lse is not None else 0,
         a.page_table.stride(0), *part_strides,
@@ -137,14 +162,3 @@ def launch_decode(a: DecodeArgs) -> None:
         MIN_CHUNK=launch.min_chunk, FUSED_MERGE=fused_merge, USE_PDL=pdl,
         DOT_F32=q.device.type == "cpu", num_warps=launch.num_warps,
         num_stages=launch.num_stages, **flags, **extra)
-    if max_splits > 1 and not fused_merge:
-        merge_kernel[(batch, q_heads)](
-            out, lse_arg, partial_out, partial_lse, sinks_arg, kv_lens, v_scale_arg, window,
-            max_splits, scale_stride(a.v_scale), group, out.stride(0),
-            out.stride(1),
-            lse.stride(0) if lse is not None else 0, *part_strides,
-            HEAD_DIM=head_dim, SPLITS_POW2=next_pow2(max_splits), MIN_CHUNK=launch.min_chunk,
-            BLOCK_N=launch.block_n, HAS_WINDOW=flags["HAS_WINDOW"],
-            HAS_SINKS=flags["HAS_SINKS"], HAS_LSE=flags["HAS_LSE"],
-            KV_SCALED=flags["KV_SCALED"], USE_PDL=pdl,
-            num_warps=4 if head_dim >= 128 else 2, **extra)

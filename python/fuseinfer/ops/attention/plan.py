@@ -186,7 +186,8 @@ class PagedAttention:
             partial_out=partial_out, partial_lse=partial_lse,
             launch=DecodeLaunch(rule.block_n, rule.num_warps, rule.num_stages,
                                 self.table.min_chunk, self.table.tensor_core_min_group,
-                                self.kv_heads_per_program()),
+                                self.kv_heads_per_program(),
+                                int(rule.kernel == "cuda")),
             kv_lens_host=tuple(lens), merge_counters=self._merge_counters)
 
     # ---- prefill ------------------------------------------------------------------------

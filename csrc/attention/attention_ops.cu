@@ -1,0 +1,166 @@
+// _attention_decode_mma: the CUDA decode kernel (decode_mma.cuh) behind
+// paged_decode_attention when the dispatch table picks it. The public op has checked its
+// arguments (ops/attention/checks.py); this checks what the kernel itself assumes.
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <vector>
+
+#include "decode_mma.cuh"
+#include "launch_policy.h"
+#include "pdl.cuh"
+#include "torch_checks.h"
+
+namespace fuseinfer::attention {
+namespace {
+
+constexpr const char* kOp = "_attention_decode_mma";
+
+template <typename QT, typename KvT, int HEAD_DIM, int WARPS>
+void launch(const DecodeMmaArgs& a, dim3 grid, bool pdl, cudaStream_t stream) {
+  auto* kernel = decode_mma_kernel<QT, KvT, HEAD_DIM, WARPS>;
+  constexpr size_t smem = decode_mma_smem_bytes<HEAD_DIM, WARPS>();
+  if constexpr (smem > 48 * 1024) {
+    FUSEINFER_CUDA_CHECK(cudaFuncSetAttribute(
+        kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+  }
+  FUSEINFER_CUDA_CHECK(launch_kernel(kernel, grid, dim3(WARPS * 32), smem, stream, pdl, a));
+}
+
+template <typename QT, typename KvT, int HEAD_DIM>
+void launch_warps(const DecodeMmaArgs& a, dim3 grid, int warps, bool pdl, cudaStream_t stream) {
+  if (warps == 8) {
+    launch<QT, KvT, HEAD_DIM, 8>(a, grid, pdl, stream);
+  } else {
+    launch<QT, KvT, HEAD_DIM, 4>(a, grid, pdl, stream);
+  }
+}
+
+template <typename QT, typename KvT>
+void launch_dims(const DecodeMmaArgs& a, dim3 grid, int head_dim, int warps, bool pdl,
+                 cudaStream_t stream) {
+  if (head_dim == 64) {
+    launch_warps<QT, KvT, 64>(a, grid, warps, pdl, stream);
+  } else {
+    launch_warps<QT, KvT, 128>(a, grid, warps, pdl, stream);
+  }
+}
+
+const void* optional_ptr(const std::optional<at::Tensor>& t) {
+  return t ? t->data_ptr() : nullptr;
+}
+
+bool aligned16(int64_t elements, int64_t item) { return (elements * item) % 16 == 0; }
+
+void decode_mma(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
+                const at::Tensor& page_table, const at::Tensor& kv_lens, const at::Tensor& out,
+                const std::optional<at::Tensor>& lse, const at::Tensor& partial_out,
+                const at::Tensor& partial_lse, const std::optional<at::Tensor>& sinks,
+                const std::optional<at::Tensor>& k_scale,
+                const std::optional<at::Tensor>& v_scale, double sm_scale, double logit_cap,
+                int64_t window_left, int64_t page_size, std::vector<int64_t> cache_strides,
+                int64_t block_n, int64_t min_chunk, int64_t num_warps, bool enable_pdl) {
+  FUSEINFER_CHECK_ARG(q.is_cuda() && q.dim() == 3 && q.stride(2) == 1, kOp, "q",
+                      "must be a CUDA [batch, q_heads, head_dim] tensor with unit last stride");
+  const auto qtype = q.scalar_type();
+  FUSEINFER_CHECK_ARG(qtype == at::kBFloat16 || qtype == at::kHalf, kOp, "q",
+                      "must be bfloat16 or float16, got ", qtype);
+  const auto ctype = k_cache.scalar_type();
+  const bool fp8 = ctype == at::kFloat8_e4m3fn;
+  FUSEINFER_CHECK_ARG(fp8 || ctype == qtype, kOp, "k_cache",
+                      "must be float8_e4m3fn or q's dtype, got ", ctype);
+  FUSEINFER_CHECK_ARG(v_cache.scalar_type() == ctype, kOp, "v_cache",
+                      "must have k_cache's dtype");
+  const int64_t batch = q.size(0), q_heads = q.size(1), head_dim = q.size(2);
+  FUSEINFER_CHECK_ARG(head_dim == 64 || head_dim == 128, kOp, "q",
+                      "head_dim must be 64 or 128, got ", head_dim);
+  FUSEINFER_CHECK_ARG(cache_strides.size() == 4, kOp, "cache_strides",
+                      "must be [k_slot, k_head, v_slot, v_head]");
+  const int64_t kv_heads = k_cache.size(-2);
+  FUSEINFER_CHECK_ARG(kv_heads > 0 && q_heads % kv_heads == 0 && q_heads / kv_heads <= 16,
+                      kOp, "q", "needs a KV group of at most 16 q heads, got ", q_heads,
+                      " q heads over ", kv_heads, " KV heads");
+  FUSEINFER_CHECK_ARG(num_warps == 4 || num_warps == 8, kOp, "num_warps",
+                      "must be 4 or 8, got ", num_warps);
+  FUSEINFER_CHECK_ARG(block_n >= 16 && block_n % 16 == 0, kOp, "block_n",
+                      "must be a multiple of 16, got ", block_n);
+  // 16-byte vector reads of q rows and key rows (8 bytes for an FP8 value run of 8)
+  const int64_t citem = k_cache.element_size();
+  bool ok = aligned16(q.stride(0), 2) && aligned16(q.stride(1), 2);
+  for (const int64_t s : cache_strides) ok = ok && aligned16(s, citem);
+  ok = ok && reinterpret_cast<uintptr_t>(q.data_ptr()) % 16 == 0 &&
+       reinterpret_cast<uintptr_t>(k_cache.data_ptr()) % 16 == 0 &&
+       reinterpret_cast<uintptr_t>(v_cache.data_ptr()) % 16 == 0;
+  FUSEINFER_CHECK_ARG(ok, kOp, "q", "and the caches need 16-byte aligned rows");
+  if (batch == 0) return;
+
+  DecodeMmaArgs a{};
+  a.q = q.data_ptr();
+  a.k_cache = k_cache.data_ptr();
+  a.v_cache = v_cache.data_ptr();
+  a.out = out.data_ptr();
+  a.lse = lse ? lse->data_ptr<float>() : nullptr;
+  a.part_out = partial_out.data_ptr<float>();
+  a.part_lse = partial_lse.data_ptr<float>();
+  a.sinks = optional_ptr(sinks);
+  a.sinks_bf16 = sinks && sinks->scalar_type() == at::kBFloat16;
+  a.page_table = page_table.data_ptr<int32_t>();
+  a.kv_lens = kv_lens.data_ptr<int32_t>();
+  a.k_scale = k_scale ? k_scale->data_ptr<float>() : nullptr;
+  a.v_scale = v_scale ? v_scale->data_ptr<float>() : nullptr;
+  a.k_scale_stride = k_scale && k_scale->numel() > 1 ? 1 : 0;
+  a.v_scale_stride = v_scale && v_scale->numel() > 1 ? 1 : 0;
+  a.sm_scale = static_cast<float>(sm_scale);
+  a.logit_cap = static_cast<float>(logit_cap);
+  a.window_left = static_cast<int>(window_left);
+  a.q_stride_req = q.stride(0);
+  a.q_stride_head = q.stride(1);
+  a.k_stride_slot = cache_strides[0];
+  a.k_stride_head = cache_strides[1];
+  a.v_stride_slot = cache_strides[2];
+  a.v_stride_head = cache_strides[3];
+  a.o_stride_req = out.stride(0);
+  a.o_stride_head = out.stride(1);
+  a.lse_stride_req = lse ? lse->stride(0) : 0;
+  a.page_stride_row = page_table.stride(0);
+  a.part_stride_req = partial_lse.stride(0);
+  a.part_stride_head = partial_lse.stride(1);
+  a.part_stride_split = partial_lse.stride(2);
+  a.group = static_cast<int>(q_heads / kv_heads);
+  a.page_size = static_cast<int>(page_size);
+  a.page_shift = (page_size & (page_size - 1)) == 0 ? __builtin_ctzll(page_size) : -1;
+  a.max_splits = static_cast<int>(partial_lse.size(2));
+  a.block_n = static_cast<int>(block_n);
+  a.min_chunk = static_cast<int>(min_chunk);
+
+  const c10::cuda::CUDAGuard guard(q.device());
+  const int device = q.get_device();
+  const bool pdl = resolve_pdl(enable_pdl, true, device, kOp);
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device).stream();
+  const dim3 grid(static_cast<unsigned>(batch), static_cast<unsigned>(kv_heads),
+                  static_cast<unsigned>(a.max_splits));
+  const int warps = static_cast<int>(num_warps);
+  if (qtype == at::kBFloat16) {
+    fp8 ? launch_dims<__nv_bfloat16, uint8_t>(a, grid, head_dim, warps, pdl, stream)
+        : launch_dims<__nv_bfloat16, __nv_bfloat16>(a, grid, head_dim, warps, pdl, stream);
+  } else {
+    fp8 ? launch_dims<__half, uint8_t>(a, grid, head_dim, warps, pdl, stream)
+        : launch_dims<__half, __half>(a, grid, head_dim, warps, pdl, stream);
+  }
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(fuseinfer, m) {
+  m.def("_attention_decode_mma(Tensor q, Tensor k_cache, Tensor v_cache, Tensor page_table, "
+        "Tensor kv_lens, Tensor(a!) out, Tensor(b!)? lse, Tensor(c!) partial_out, "
+        "Tensor(d!) partial_lse, Tensor? sinks, Tensor? k_scale, Tensor? v_scale, "
+        "float sm_scale, float logit_cap, int window_left, int page_size, int[] cache_strides, "
+        "int block_n, int min_chunk, int num_warps, bool enable_pdl) -> ()");
+}
+
+TORCH_LIBRARY_IMPL(fuseinfer, CUDA, m) { m.impl("_attention_decode_mma", &decode_mma); }
+
+}  // namespace fuseinfer::attention

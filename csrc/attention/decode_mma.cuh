@@ -1,0 +1,446 @@
+// Paged split-KV decode on tensor cores with K, V and P held in registers.
+//
+// One CTA takes one (request, KV head, split); its warps take turns over 16-key chunks of
+// the split's range and merge their softmax states through shared memory at the end. Per
+// chunk a warp computes S = Q K^T and O += P V with mma.m16n8k16 (the q heads of the KV
+// group are the 16 rows, padded with zeros), without staging K or V in shared memory:
+//  - S: K is the B operand (head_dim x keys). The dot sums over head_dim, so head_dim is
+//    permuted (Q the same way) so that each thread's B elements of every k-tile are one
+//    contiguous run of the key's row: lane (g, q) reads head_dim/4 values of key g.
+//  - O: V is the B operand (keys x head_dim). head_dim is the output's dimension, so its
+//    permutation is undone at the store: lane (g, q) reads head_dim/8 contiguous values of
+//    the keys 2q, 2q+1, 2q+8, 2q+9 and pairs them by key with byte permutes.
+//  - P: S's accumulator layout is the A operand layout of P V (the usual register reuse).
+// FP8 (e4m3) caches convert in registers with Hopper's paired convert and multiply in
+// float16; bf16/fp16 caches multiply in their own type. Scales stay out of the loop
+// (k_scale joins the softmax scale, v_scale multiplies the finished output).
+// Outputs match the Triton decode kernel: a request that fits one piece is finished here
+// (sink, v_scale, out and lse); otherwise each piece writes its normalized partial and
+// base-2 lse for the merge kernel.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cmath>
+#include <cstdint>
+#include <type_traits>
+
+#include "pdl.cuh"
+
+namespace fuseinfer::attention {
+
+struct DecodeMmaArgs {
+  const void* q;
+  const void* k_cache;
+  const void* v_cache;
+  void* out;
+  float* lse;        // nullptr: not written
+  float* part_out;   // [batch, q_heads, max_splits, head_dim]
+  float* part_lse;   // [batch, q_heads, max_splits], base 2
+  const void* sinks; // nullptr: none; float32 or bfloat16 per q head
+  bool sinks_bf16;
+  const int32_t* page_table;
+  const int32_t* kv_lens;
+  const float* k_scale;  // nullptr: unscaled cache
+  const float* v_scale;
+  int64_t k_scale_stride, v_scale_stride;  // 0: one scale for every KV head
+  float sm_scale, logit_cap;  // logit_cap 0: none
+  int window_left;            // < 0: no window
+  int64_t q_stride_req, q_stride_head;
+  int64_t k_stride_slot, k_stride_head, v_stride_slot, v_stride_head;
+  int64_t o_stride_req, o_stride_head, lse_stride_req;
+  int64_t page_stride_row;
+  int64_t part_stride_req, part_stride_head, part_stride_split;
+  int group, page_size, max_splits, block_n, min_chunk;
+  int page_shift;  // log2(page_size) when a power of two, else -1
+};
+
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+
+template <int WORDS>
+struct Words {
+  uint32_t w[WORDS];
+};
+
+// A key row's run of BYTES bytes (16-byte aligned when BYTES >= 16, 8 otherwise): read
+// once, so it bypasses L1.
+template <int BYTES>
+__device__ __forceinline__ Words<BYTES / 4> load_run(const void* p) {
+  Words<BYTES / 4> r;
+  if constexpr (BYTES % 16 == 0) {
+#pragma unroll
+    for (int i = 0; i < BYTES / 16; ++i) {
+      asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+                   : "=r"(r.w[4 * i]), "=r"(r.w[4 * i + 1]), "=r"(r.w[4 * i + 2]),
+                     "=r"(r.w[4 * i + 3])
+                   : "l"(static_cast<const char*>(p) + 16 * i));
+    }
+  } else {
+    static_assert(BYTES == 8, "runs are 8 bytes or a multiple of 16");
+    asm volatile("ld.global.nc.L1::no_allocate.v2.u32 {%0, %1}, [%2];"
+                 : "=r"(r.w[0]), "=r"(r.w[1])
+                 : "l"(p));
+  }
+  return r;
+}
+
+template <int WORDS>
+__device__ __forceinline__ void zero(Words<WORDS>& r) {
+#pragma unroll
+  for (int i = 0; i < WORDS; ++i) r.w[i] = 0u;
+}
+
+// Two e4m3 values (low byte first) -> float16x2.
+__device__ __forceinline__ uint32_t e4m3x2_to_f16x2(uint32_t pair16) {
+  uint32_t out;
+  const uint16_t in = static_cast<uint16_t>(pair16 & 0xffffu);
+  asm("cvt.rn.f16x2.e4m3x2 %0, %1;" : "=r"(out) : "h"(in));
+  return out;
+}
+
+template <typename MmaT>
+__device__ __forceinline__ void mma16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
+                                         uint32_t b1) {
+  if constexpr (std::is_same_v<MmaT, __half>) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, "
+        "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  } else {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, "
+        "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+}
+
+template <typename MmaT>
+__device__ __forceinline__ uint32_t pack2(float lo, float hi) {
+  uint32_t r;
+  if constexpr (std::is_same_v<MmaT, __half>) {
+    const __half2 h = __floats2half2_rn(lo, hi);
+    r = *reinterpret_cast<const uint32_t*>(&h);
+  } else {
+    const __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
+    r = *reinterpret_cast<const uint32_t*>(&h);
+  }
+  return r;
+}
+
+template <typename T>
+__device__ __forceinline__ float2 unpack2(uint32_t w) {
+  if constexpr (std::is_same_v<T, __half>) {
+    return __half22float2(*reinterpret_cast<const __half2*>(&w));
+  } else {
+    return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&w));
+  }
+}
+
+template <typename T>
+__device__ __forceinline__ void store_float(T* dst, float v) {
+  if constexpr (std::is_same_v<T, __half>) {
+    *dst = __float2half_rn(v);
+  } else {
+    *dst = __float2bfloat16_rn(v);
+  }
+}
+
+// The cache slot of a request's key (its page from the page table).
+__device__ __forceinline__ int64_t slot_of(const DecodeMmaArgs& a, const int32_t* page_row,
+                                           int key) {
+  if (a.page_shift >= 0) {
+    const int64_t page = page_row[key >> a.page_shift];
+    return (page << a.page_shift) + (key & (a.page_size - 1));
+  }
+  const int64_t page = page_row[key / a.page_size];
+  return page * a.page_size + key % a.page_size;
+}
+
+// QT: the query (and output) type; KvT: the cache's (QT, or uint8_t for e4m3);
+// HEAD_DIM 64 or 128; WARPS per CTA.
+template <typename QT, typename KvT, int HEAD_DIM, int WARPS>
+__global__ void __launch_bounds__(WARPS * 32)
+    decode_mma_kernel(const DecodeMmaArgs a) {
+  constexpr bool kFp8 = sizeof(KvT) == 1;
+  using MmaT = std::conditional_t<kFp8, __half, QT>;
+  constexpr int kKTiles = HEAD_DIM / 16;  // k-tiles of S = Q K^T
+  constexpr int kNTiles = HEAD_DIM / 8;   // n-tiles of O = P V
+  constexpr int kKRun = HEAD_DIM / 4;     // K values a lane reads per key
+  constexpr int kVRun = HEAD_DIM / 8;     // V values a lane reads per key
+  using KRun = Words<kKRun * sizeof(KvT) / 4>;
+  using VRun = Words<kVRun * sizeof(KvT) / 4>;
+
+  const int req = blockIdx.x;
+  const int kv_head = blockIdx.y;
+  const int split = blockIdx.z;
+  const int warp = threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  const int g = lane / 4;  // mma group: A/C rows g and g + 8, B column g
+  const int qd = lane % 4;
+
+  pdl_wait();
+  const int kv_len = a.kv_lens[req];
+  // this split's range, as the Triton kernel and the merge kernel cut it
+  int first = 0;
+  if (a.window_left >= 0) first = max(kv_len - 1 - a.window_left, 0);
+  const int aligned = (first / a.block_n) * a.block_n;
+  const int visible = kv_len - aligned;
+  int pieces = min((visible + a.min_chunk - 1) / a.min_chunk, a.max_splits);
+  pieces = max(pieces, 1);
+  const int per_piece = (visible + pieces - 1) / pieces;
+  const int chunk = (per_piece + a.block_n - 1) / a.block_n * a.block_n;
+  const int start = aligned + split * chunk;
+  const int end = min(start + chunk, kv_len);
+  if (split >= pieces || start >= end) {
+    // a request with no keys (a padded row) gets zeros and lse -inf, as from the Triton path
+    if (split == 0 && pieces == 1) {
+      for (int i = threadIdx.x; i < a.group * HEAD_DIM; i += WARPS * 32) {
+        const int head = kv_head * a.group + i / HEAD_DIM;
+        store_float(static_cast<QT*>(a.out) + req * a.o_stride_req + head * a.o_stride_head +
+                        i % HEAD_DIM, 0.f);
+        if (a.lse != nullptr && i % HEAD_DIM == 0) {
+          a.lse[req * a.lse_stride_req + head] = -INFINITY;
+        }
+      }
+    }
+    pdl_launch_dependents();
+    return;
+  }
+
+  // Q rows g and g + 8 (the group's heads; zeros past it), head_dim permuted like K
+  uint32_t qa[kKTiles][4];
+  {
+    const QT* qbase = static_cast<const QT*>(a.q) + req * a.q_stride_req;
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int row = g + 8 * half;
+      Words<kKRun / 2> run;  // kKRun values of QT, two per word
+      if (row < a.group) {
+        const QT* src = qbase + (static_cast<int64_t>(kv_head) * a.group + row) * a.q_stride_head +
+                        qd * kKRun;
+        run = load_run<kKRun * 2>(src);
+      } else {
+        zero(run);
+      }
+#pragma unroll
+      for (int kt = 0; kt < kKTiles; ++kt) {
+        uint32_t lo = run.w[2 * kt], hi = run.w[2 * kt + 1];
+        if constexpr (!std::is_same_v<MmaT, QT>) {  // bf16 q against an FP8 cache
+          const float2 l = unpack2<QT>(lo), h = unpack2<QT>(hi);
+          lo = pack2<MmaT>(l.x, l.y);
+          hi = pack2<MmaT>(h.x, h.y);
+        }
+        qa[kt][half] = lo;       // columns 2q, 2q + 1
+        qa[kt][2 + half] = hi;   // columns 2q + 8, 2q + 9
+      }
+    }
+  }
+
+  float qk_scale = a.sm_scale;
+  if (a.k_scale != nullptr) qk_scale *= a.k_scale[kv_head * a.k_scale_stride];
+  const int32_t* page_row = a.page_table + req * a.page_stride_row;
+  const KvT* kc = static_cast<const KvT*>(a.k_cache) + kv_head * a.k_stride_head;
+  const KvT* vc = static_cast<const KvT*>(a.v_cache) + kv_head * a.v_stride_head;
+
+  float acc[kNTiles][4];
+#pragma unroll
+  for (int t = 0; t < kNTiles; ++t) acc[t][0] = acc[t][1] = acc[t][2] = acc[t][3] = 0.f;
+  float m_run[2] = {-INFINITY, -INFINITY};  // rows g, g + 8 (base 2, shared by the row's lanes)
+  float l_run[2] = {0.f, 0.f};              // this lane's part of the row's sum
+
+  for (int base = start + warp * 16; base < end; base += WARPS * 16) {
+    // K: keys base + g and base + 8 + g; V: keys base + 2q, 2q + 1, 2q + 8, 2q + 9
+    KRun kr[2];
+    VRun vr[4];
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      const int key = base + 8 * j + g;
+      if (key < end) {
+        kr[j] = load_run<sizeof(KRun)>(kc + slot_of(a, page_row, key) * a.k_stride_slot +
+                                       qd * kKRun);
+      } else {
+        zero(kr[j]);
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int key = base + 2 * qd + (j & 1) + 8 * (j >> 1);
+      if (key < end) {  // slots past the length may hold anything, NaN included
+        vr[j] = load_run<sizeof(VRun)>(vc + slot_of(a, page_row, key) * a.v_stride_slot +
+                                       g * kVRun);
+      } else {
+        zero(vr[j]);
+      }
+    }
+
+    float s[2][4];
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.f;
+#pragma unroll
+      for (int kt = 0; kt < kKTiles; ++kt) {
+        uint32_t b0, b1;
+        if constexpr (kFp8) {
+          const uint32_t w = kr[j].w[kt];
+          b0 = e4m3x2_to_f16x2(w);
+          b1 = e4m3x2_to_f16x2(w >> 16);
+        } else {
+          b0 = kr[j].w[2 * kt];
+          b1 = kr[j].w[2 * kt + 1];
+        }
+        mma16816<MmaT>(s[j], qa[kt], b0, b1);
+      }
+    }
+
+    // softmax over the chunk: s[j][e] is row g (e < 2) or g + 8, key base + 8j + 2q + e % 2
+    float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int key = base + 8 * j + 2 * qd + (e & 1);
+        float x = s[j][e] * qk_scale;
+        if (a.logit_cap > 0.f) x = a.logit_cap * tanhf(x / a.logit_cap);
+        x *= kLog2e;
+        const bool ok = key < end && key >= first;
+        s[j][e] = ok ? x : -INFINITY;
+        mx[e >> 1] = fmaxf(mx[e >> 1], s[j][e]);
+      }
+    }
+    float alpha[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+      const float m_new = fmaxf(m_run[r], mx[r]);
+      const float m_use = m_new == -INFINITY ? 0.f : m_new;  // no key seen yet
+      alpha[r] = exp2f(m_run[r] - m_use);
+      m_run[r] = m_new;
+      mx[r] = m_use;
+    }
+    uint32_t pa[4];
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      float p[4];
+#pragma unroll
+      for (int e = 0; e < 4; ++e) p[e] = exp2f(s[j][e] - mx[e >> 1]);
+      l_run[0] = (j == 0 ? l_run[0] * alpha[0] : l_run[0]) + p[0] + p[1];
+      l_run[1] = (j == 0 ? l_run[1] * alpha[1] : l_run[1]) + p[2] + p[3];
+      pa[2 * j] = pack2<MmaT>(p[0], p[1]);      // row g, keys 8j + 2q, + 1
+      pa[2 * j + 1] = pack2<MmaT>(p[2], p[3]);  // row g + 8
+    }
+#pragma unroll
+    for (int t = 0; t < kNTiles; ++t) {
+      acc[t][0] *= alpha[0];
+      acc[t][1] *= alpha[0];
+      acc[t][2] *= alpha[1];
+      acc[t][3] *= alpha[1];
+    }
+    // O += P V over the n-tiles t: B rows 2q, 2q + 1 (keys vr[0], vr[1]) and 2q + 8, 2q + 9
+    // (vr[2], vr[3]), column g: value t of each lane's run
+#pragma unroll
+    for (int t = 0; t < kNTiles; t += 2) {
+      uint32_t b[2][2];  // [t, t + 1][key pair]
+#pragma unroll
+      for (int pr = 0; pr < 2; ++pr) {
+        const Words<sizeof(VRun) / 4>& v0 = vr[2 * pr];
+        const Words<sizeof(VRun) / 4>& v1 = vr[2 * pr + 1];
+        if constexpr (kFp8) {
+          // bytes t, t + 1 of both keys -> (k0[t], k1[t], k0[t + 1], k1[t + 1])
+          const uint32_t sel = (t % 4 == 0) ? 0x5140u : 0x7362u;
+          const uint32_t mixed = __byte_perm(v0.w[t / 4], v1.w[t / 4], sel);
+          b[0][pr] = e4m3x2_to_f16x2(mixed);
+          b[1][pr] = e4m3x2_to_f16x2(mixed >> 16);
+        } else {
+          b[0][pr] = __byte_perm(v0.w[t / 2], v1.w[t / 2], 0x5410u);
+          b[1][pr] = __byte_perm(v0.w[t / 2], v1.w[t / 2], 0x7632u);
+        }
+      }
+      mma16816<MmaT>(acc[t], pa, b[0][0], b[0][1]);
+      mma16816<MmaT>(acc[t + 1], pa, b[1][0], b[1][1]);
+    }
+  }
+  pdl_launch_dependents();
+
+  // the row sums of the lanes of a row
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    l_run[r] += __shfl_xor_sync(0xffffffffu, l_run[r], 1);
+    l_run[r] += __shfl_xor_sync(0xffffffffu, l_run[r], 2);
+  }
+  // warps -> shared memory: m, l per row and acc per (row, head_dim), head_dim unpermuted
+  extern __shared__ float smem[];
+  float* sm_m = smem;                     // [WARPS][16]
+  float* sm_l = sm_m + WARPS * 16;        // [WARPS][16]
+  float* sm_acc = sm_l + WARPS * 16;      // [WARPS][16][HEAD_DIM]
+  if (qd == 0) {
+    sm_m[warp * 16 + g] = m_run[0];
+    sm_m[warp * 16 + g + 8] = m_run[1];
+    sm_l[warp * 16 + g] = l_run[0];
+    sm_l[warp * 16 + g + 8] = l_run[1];
+  }
+  float* wacc = sm_acc + warp * 16 * HEAD_DIM;
+#pragma unroll
+  for (int t = 0; t < kNTiles; ++t) {
+    const int d0 = (2 * qd) * kVRun + t;  // column 2q of n-tile t
+    const int d1 = d0 + kVRun;            // column 2q + 1
+    wacc[g * HEAD_DIM + d0] = acc[t][0];
+    wacc[g * HEAD_DIM + d1] = acc[t][1];
+    wacc[(g + 8) * HEAD_DIM + d0] = acc[t][2];
+    wacc[(g + 8) * HEAD_DIM + d1] = acc[t][3];
+  }
+  __syncthreads();
+
+  const bool finish = pieces == 1;
+  for (int i = threadIdx.x; i < a.group * HEAD_DIM; i += WARPS * 32) {
+    const int row = i / HEAD_DIM;
+    const int d = i % HEAD_DIM;
+    float m = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < WARPS; ++w) m = fmaxf(m, sm_m[w * 16 + row]);
+    float l = 0.f, o = 0.f;
+#pragma unroll
+    for (int w = 0; w < WARPS; ++w) {
+      const float wt = sm_m[w * 16 + row] == -INFINITY ? 0.f : exp2f(sm_m[w * 16 + row] - m);
+      l += sm_l[w * 16 + row] * wt;
+      o += sm_acc[(w * 16 + row) * HEAD_DIM + d] * wt;
+    }
+    const int head = kv_head * a.group + row;
+    if (finish) {
+      if (a.sinks != nullptr && l > 0.f) {  // a row with no keys stays at zeros
+        const float sink =
+            (a.sinks_bf16 ? __bfloat162float(static_cast<const __nv_bfloat16*>(a.sinks)[head])
+                          : static_cast<const float*>(a.sinks)[head]) *
+            kLog2e;
+        const float m_fin = fmaxf(m, sink);
+        const float scale = exp2f(m - m_fin);
+        o *= scale;
+        l = l * scale + exp2f(sink - m_fin);
+        m = m_fin;
+      }
+      float inv_l = l > 0.f ? 1.f / l : 0.f;
+      if (a.v_scale != nullptr) inv_l *= a.v_scale[kv_head * a.v_scale_stride];
+      store_float(static_cast<QT*>(a.out) + req * a.o_stride_req + head * a.o_stride_head + d,
+                  o * inv_l);
+      if (a.lse != nullptr && d == 0) {
+        a.lse[req * a.lse_stride_req + head] = l > 0.f ? (m + log2f(l)) * kLn2 : -INFINITY;
+      }
+    } else {
+      const int64_t part = req * a.part_stride_req + head * a.part_stride_head +
+                           split * a.part_stride_split;
+      a.part_out[part * HEAD_DIM + d] = l > 0.f ? o / l : 0.f;
+      if (d == 0) a.part_lse[part] = l > 0.f ? m + log2f(l) : -INFINITY;
+    }
+  }
+}
+
+template <int HEAD_DIM, int WARPS>
+constexpr size_t decode_mma_smem_bytes() {
+  return sizeof(float) * WARPS * 16 * (2 + HEAD_DIM);
+}
+
+}  // namespace fuseinfer::attention

@@ -1,0 +1,56 @@
+"""The CUDA decode kernel (csrc/attention): K, V and P stay in registers, FP8 caches
+convert there; chosen by a decode rule's `kernel: "cuda"` where it applies, with the Triton
+kernel everywhere else. It writes what the Triton kernel writes (a one-piece request
+finished, otherwise normalized partials and base-2 lse), so the merge kernel is shared."""
+
+from __future__ import annotations
+
+import torch
+
+from ..kvcache.store_kv_cache import FP8, slot_stride
+from ..library import module_loader
+from .arguments import DecodeArgs, DecodeLaunch, softmax_scale
+from .reference import page_size_of
+
+load_attention_module = module_loader("attention", "attention")
+MAX_GROUP = 16  # q heads of a KV group: the MMA's 16 rows
+
+
+def cache_strides(cache: torch.Tensor) -> tuple[int, int]:
+    """(slot stride, head stride) of a [slots, h, d] or [pages, page_size, h, d] cache;
+    the slot geometry is the KV-cache family's (already checked by the op)."""
+    return slot_stride(cache, cache.size(-2) * cache.size(-1)), cache.stride(-2)
+
+
+def cuda_decode_fits(a: DecodeArgs) -> bool:
+    """Whether the CUDA kernel takes this call: the launch asks for it, a CUDA GPU,
+    tensor-core groups of at most 16 q heads, head_dim 64 or 128, 4 or 8 warps, bf16/fp16 q
+    with its own dtype or FP8 in the cache, 16-byte aligned rows."""
+    q, k_cache, v_cache = a.q, a.k_cache, a.v_cache
+    launch = DecodeLaunch._make(a.launch)
+    group = q.size(1) // k_cache.size(-2)
+    if not launch.cuda_kernel or q.device.type != "cuda" \
+            or group < launch.tensor_core_min_group:
+        return False
+    if group > MAX_GROUP or q.size(2) not in (64, 128) or launch.num_warps not in (4, 8):
+        return False
+    if q.dtype not in (torch.bfloat16, torch.float16) or k_cache.dtype not in (q.dtype, FP8):
+        return False
+    tensors = (q, k_cache, v_cache)
+    item = k_cache.element_size()
+    strides = (*cache_strides(k_cache), *cache_strides(v_cache))
+    return all(t.data_ptr() % 16 == 0 and t.stride(-1) == 1 for t in tensors) \
+        and (q.stride(0) * 2) % 16 == 0 and (q.stride(1) * 2) % 16 == 0 \
+        and all(s * item % 16 == 0 for s in strides)
+
+
+def launch_cuda_decode(a: DecodeArgs, pdl: bool) -> None:
+    """One launch of the CUDA kernel over (request, KV head, split)."""
+    launch = DecodeLaunch._make(a.launch)
+    strides = [*cache_strides(a.k_cache), *cache_strides(a.v_cache)]
+    load_attention_module()
+    torch.ops.fuseinfer._attention_decode_mma(
+        a.q, a.k_cache, a.v_cache, a.page_table, a.kv_lens, a.out, a.lse, a.partial_out,
+        a.partial_lse, a.sinks, a.k_scale, a.v_scale, softmax_scale(a), a.logit_cap,
+        a.window_left if a.window_left is not None else -1, page_size_of(a.k_cache),
+        strides, launch.block_n, launch.min_chunk, launch.num_warps, pdl)
