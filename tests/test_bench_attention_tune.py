@@ -17,7 +17,8 @@ def _fake_cost(case, table, block_m=None, fp8=False):
     d = case.model.head_dim
     if fp8:  # timed on an FP8 cache: its own rule decides, a long block wins
         r = table.decode_rule(d, fp8=True)
-        return 2.0 + (r.block_n != 256) + (r.num_warps != 2) + (r.num_stages != 3)
+        return 2.0 + (r.block_n != 256) + (r.num_warps != 2) + (r.num_stages != 3) \
+            + 0.25 * (r.kernel == "cuda")
     if case.kind == "prefill":
         r = table.prefill_rule(d)
         return 1.0 + (r.block_m != 64) + (r.block_n != 128) + (r.num_warps != 8) \
@@ -27,7 +28,7 @@ def _fake_cost(case, table, block_m=None, fp8=False):
         return 1.0 + (table.min_chunk != 512) + (table.target_ctas_per_sm != 1)
     r = table.decode_rule(d)
     return 3.0 + (r.block_n != 32) + (r.num_warps != 8) + (r.num_stages != 4) \
-        - 0.5 * (r.kv_heads_per_program == 2)
+        - 0.5 * (r.kv_heads_per_program == 2) + 0.25 * (r.kernel == "cuda")
 
 
 @pytest.fixture
@@ -46,9 +47,12 @@ def test_decode_of_one_head_dim_leaves_the_rest(fake):
     assert table.prefill_rules == start.prefill_rules
     assert (table.min_chunk, table.target_ctas_per_sm) == (start.min_chunk,
                                                           start.target_ctas_per_sm)
-    # the loop search, then 2 and 4 KV heads per program with its winner (already 8 warps)
-    assert len(log) == len(tune.DECODE_CANDIDATES) + len(tune.KV_HEADS_PER_PROGRAM)
-    assert [e["candidate"] for e in log[-2:]] == [(32, 8, 4, 2), (32, 8, 4, 4)]
+    # the loop search, then 2 and 4 KV heads per program with its winner (already 8 warps),
+    # then the CUDA kernel at 4 and 8 warps
+    assert len(log) == len(tune.DECODE_CANDIDATES) + len(tune.KV_HEADS_PER_PROGRAM) \
+        + len(tune.CUDA_DECODE_WARPS)
+    assert [e["candidate"] for e in log[-4:]] == [(32, 8, 4, 2), (32, 8, 4, 4),
+                                                 (32, 4, 4, 1, "cuda"), (32, 8, 4, 1, "cuda")]
     assert {e["head_dim"] for e in log} == {64}
 
 
@@ -88,8 +92,24 @@ def test_fp8_decode_tunes_its_own_rules(fake):
     assert table.decode_rule(256, fp8=True) == start.decode_rule(256)  # copied from decode
     assert table.prefill_rules == start.prefill_rules
     assert {e["kind"] for e in log} == {"decode-fp8"}
-    assert len(log) == len(tune.FP8_DECODE_CANDIDATES) + len(tune.KV_HEADS_PER_PROGRAM) * 2
+    assert len(log) == len(tune.FP8_DECODE_CANDIDATES) + len(tune.KV_HEADS_PER_PROGRAM) * 2 \
+        + len(tune.CUDA_DECODE_WARPS)
     # the default parts leave the FP8 rules alone
     again, log = tune.tune(0, tune.DEFAULT_KINDS, table, (64,))
     assert again.fp8_decode_rules == table.fp8_decode_rules
     assert "decode-fp8" not in {e["kind"] for e in log}
+
+
+def test_the_cuda_kernel_wins_where_it_is_faster(monkeypatch):
+    """A CUDA-kernel candidate faster than every Triton one becomes the rule (its warps,
+    the winning loop's block_n as the split alignment)."""
+    def cost(case, table, block_m=None, fp8=False):
+        r = table.decode_rule(case.model.head_dim, fp8)
+        return 1.0 if (r.kernel, r.num_warps) == ("cuda", 8) else 2.0 + (r.block_n != 64)
+
+    monkeypatch.setattr(tune, "_time", cost)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)
+    table, _ = tune.tune(0, ("decode",), ATTENTION_BUILTIN, (128,))
+    r = table.decode_rule(128)
+    assert (r.kernel, r.num_warps, r.block_n, r.kv_heads_per_program) == ("cuda", 8, 64, 1)
+    table.validate("t")

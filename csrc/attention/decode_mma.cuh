@@ -64,24 +64,26 @@ struct Words {
   uint32_t w[WORDS];
 };
 
-// A key row's run of BYTES bytes (16-byte aligned when BYTES >= 16, 8 otherwise): read
-// once, so it bypasses L1.
+// A run of BYTES bytes of a q or key row (16-byte aligned when BYTES >= 16, 8 otherwise),
+// through the read-only path. Plain loads, not asm: the compiler schedules them freely but
+// never above pdl_wait's memory clobber.
 template <int BYTES>
 __device__ __forceinline__ Words<BYTES / 4> load_run(const void* p) {
   Words<BYTES / 4> r;
   if constexpr (BYTES % 16 == 0) {
 #pragma unroll
     for (int i = 0; i < BYTES / 16; ++i) {
-      asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
-                   : "=r"(r.w[4 * i]), "=r"(r.w[4 * i + 1]), "=r"(r.w[4 * i + 2]),
-                     "=r"(r.w[4 * i + 3])
-                   : "l"(static_cast<const char*>(p) + 16 * i));
+      const uint4 v = __ldg(static_cast<const uint4*>(p) + i);
+      r.w[4 * i] = v.x;
+      r.w[4 * i + 1] = v.y;
+      r.w[4 * i + 2] = v.z;
+      r.w[4 * i + 3] = v.w;
     }
   } else {
     static_assert(BYTES == 8, "runs are 8 bytes or a multiple of 16");
-    asm volatile("ld.global.nc.L1::no_allocate.v2.u32 {%0, %1}, [%2];"
-                 : "=r"(r.w[0]), "=r"(r.w[1])
-                 : "l"(p));
+    const uint2 v = __ldg(static_cast<const uint2*>(p));
+    r.w[0] = v.x;
+    r.w[1] = v.y;
   }
   return r;
 }
@@ -196,7 +198,18 @@ __global__ void __launch_bounds__(WARPS * 32)
   const int start = aligned + split * chunk;
   const int end = min(start + chunk, kv_len);
   if (split >= pieces || start >= end) {
-    // a request with no keys (a padded row) gets zeros and lse -inf, as from the Triton path
+    // An empty piece the merge still reads (rounding the pieces up to block_n can leave the
+    // last ones empty): weight zero. A request with no keys (a padded row): zeros and lse
+    // -inf. Both as the Triton kernel writes them.
+    if (split < pieces && pieces > 1) {
+      for (int i = threadIdx.x; i < a.group * HEAD_DIM; i += WARPS * 32) {
+        const int head = kv_head * a.group + i / HEAD_DIM;
+        const int64_t part = req * a.part_stride_req + head * a.part_stride_head +
+                             split * a.part_stride_split;
+        a.part_out[part * HEAD_DIM + i % HEAD_DIM] = 0.f;
+        if (i % HEAD_DIM == 0) a.part_lse[part] = -INFINITY;
+      }
+    }
     if (split == 0 && pieces == 1) {
       for (int i = threadIdx.x; i < a.group * HEAD_DIM; i += WARPS * 32) {
         const int head = kv_head * a.group + i / HEAD_DIM;
@@ -252,10 +265,8 @@ __global__ void __launch_bounds__(WARPS * 32)
   float m_run[2] = {-INFINITY, -INFINITY};  // rows g, g + 8 (base 2, shared by the row's lanes)
   float l_run[2] = {0.f, 0.f};              // this lane's part of the row's sum
 
-  for (int base = start + warp * 16; base < end; base += WARPS * 16) {
-    // K: keys base + g and base + 8 + g; V: keys base + 2q, 2q + 1, 2q + 8, 2q + 9
-    KRun kr[2];
-    VRun vr[4];
+  // K: keys base + g and base + 8 + g; V: keys base + 2q, 2q + 1, 2q + 8, 2q + 9
+  auto load_chunk = [&](int base, KRun (&kr)[2], VRun (&vr)[4]) {
 #pragma unroll
     for (int j = 0; j < 2; ++j) {
       const int key = base + 8 * j + g;
@@ -276,7 +287,15 @@ __global__ void __launch_bounds__(WARPS * 32)
         zero(vr[j]);
       }
     }
-
+  };
+  // With registers to spare (a chunk's runs in at most 32 per lane), the next chunk's
+  // loads go out before this chunk's math, so each warp keeps a chunk in flight.
+  constexpr bool kPrefetch = sizeof(KRun) * 2 + sizeof(VRun) * 4 <= 128;
+  KRun kr[2];
+  VRun vr[4];
+  if (kPrefetch && start + warp * 16 < end) load_chunk(start + warp * 16, kr, vr);
+  // one chunk: S = Q K^T, the online softmax, O += P V
+  auto chunk_math = [&](const KRun (&kr)[2], const VRun (&vr)[4], int base) {
     float s[2][4];
 #pragma unroll
     for (int j = 0; j < 2; ++j) {
@@ -362,6 +381,22 @@ __global__ void __launch_bounds__(WARPS * 32)
       }
       mma16816<MmaT>(acc[t], pa, b[0][0], b[0][1]);
       mma16816<MmaT>(acc[t + 1], pa, b[1][0], b[1][1]);
+    }
+  };
+#pragma unroll 1
+  for (int base = start + warp * 16; base < end; base += WARPS * 16) {
+    if constexpr (kPrefetch) {
+      KRun kn[2];
+      VRun vn[4];
+      if (base + WARPS * 16 < end) load_chunk(base + WARPS * 16, kn, vn);
+      chunk_math(kr, vr, base);
+      kr[0] = kn[0];
+      kr[1] = kn[1];
+#pragma unroll
+      for (int j = 0; j < 4; ++j) vr[j] = vn[j];
+    } else {
+      load_chunk(base, kr, vr);
+      chunk_math(kr, vr, base);
     }
   }
   pdl_launch_dependents();

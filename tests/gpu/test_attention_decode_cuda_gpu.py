@@ -146,3 +146,20 @@ def test_cuda_decode_pdl_on_and_off_identical():
         plan = attn.plan_decode(kv_lens, kv.page_table)
         outs.append(attn.run(plan, q, kv.k_cache, kv.v_cache))
     assert torch.equal(outs[0], outs[1])
+
+
+def test_attention_suite_times_the_cuda_kernel_beside_the_table():
+    """`bench attention --cuda-decode --fp8-kv`: decode rows carry the CUDA kernel's time on
+    the bf16 and the FP8 cache, each checked against the reference first."""
+    from fuseinfer.bench.suites import attention as suite
+    from fuseinfer.bench.timing import TimingConfig
+
+    cases = suite.decode_cases([suite.MODELS["Llama-3-8B"]], (4,), (2048,), extra=())
+    rows = suite.run(cases, [], None, None, config=TimingConfig(repeats=2,
+                                                                  target_graph_ms=0.2),
+                     fp8_kv=True, cuda_decode=True)
+    row = rows[0]
+    assert row["cuda_rel_err"] < 0.05
+    for key in ("cuda", "fp8_cuda"):
+        assert row[f"{key}_us"] > 0
+        assert row[f"{key}_speedup"] == pytest.approx(row["us"] / row[f"{key}_us"])

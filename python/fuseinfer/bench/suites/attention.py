@@ -80,6 +80,10 @@ COLUMNS = [
     Column("splits", "splits"),
     Column("fp8_us", "fp8 us", "{:.1f}"),
     Column("fp8_speedup", "x fp8", "{:.2f}"),
+    Column("cuda_us", "cuda us", "{:.1f}"),
+    Column("cuda_speedup", "x cuda", "{:.2f}"),
+    Column("fp8_cuda_us", "fp8 cuda us", "{:.1f}"),
+    Column("fp8_cuda_speedup", "x fp8 cuda", "{:.2f}"),
     Column("rel_err", "rel err", "{:.1e}"),
 ]
 
@@ -140,15 +144,17 @@ class Inputs:
 
 
 def make_inputs(case: Case, page_size: int, dtype: torch.dtype, kv_lens=None, q_lens=None,
-                device: str = "cuda", fp8: bool = False) -> Inputs:
-    """fp8: an FP8 (e4m3) cache with a scale per KV head instead of one of `dtype`."""
+                device: str = "cuda", fp8: bool = False, table: Any = None) -> Inputs:
+    """fp8: an FP8 (e4m3) cache with a scale per KV head instead of one of `dtype`; table:
+    an attention entry instead of the GPU's."""
     m = case.model
     kv_lens = list(kv_lens or case.kv_lens)
     q_lens = list(q_lens or case.q_lens)
     kv = make_paged_kv(kv_lens, m.kv_heads, m.head_dim, page_size, dtype, device, fp8=fp8,
                        per_head_scales=fp8)
     attn = PagedAttention(AttentionShape(m.q_heads, m.kv_heads, m.head_dim, page_size,
-                                         kv_fp8=fp8), device, max_batch=max(len(kv_lens), 1))
+                                         kv_fp8=fp8), device, max_batch=max(len(kv_lens), 1),
+                          table=table)
     if case.kind == "decode":
         plan = attn.plan_decode(kv_lens, kv.page_table)
     else:
@@ -166,13 +172,14 @@ def ours(x: Inputs, sinks: bool = True, window_left: int | None = None
                               v_scale=x.kv.v_scale)
 
 
-def check(case: Case, page_size: int, dtype: torch.dtype, fp8: bool = False) -> float:
+def check(case: Case, page_size: int, dtype: torch.dtype, fp8: bool = False,
+          table: Any = None) -> float:
     """Relative error against the reference on a cut-down copy of the case (at most two
     requests of at most 2048 cached tokens), fresh data."""
     m = case.model
     kv_lens = [min(n, 2048) for n in case.kv_lens[:2]]
     q_lens = [min(q, n) for q, n in zip(case.q_lens[:2], kv_lens, strict=True)]
-    x = make_inputs(case, page_size, dtype, kv_lens, q_lens, fp8=fp8)
+    x = make_inputs(case, page_size, dtype, kv_lens, q_lens, fp8=fp8, table=table)
     got = x.attn.run(x.plan, x.q, x.kv.k_cache, x.kv.v_cache, sinks=x.sinks,
                      window_left=m.window_left, k_scale=x.kv.k_scale, v_scale=x.kv.v_scale)
     indptr = torch.tensor([0, *torch.tensor(q_lens).cumsum(0).tolist()], dtype=torch.int32,
@@ -191,9 +198,13 @@ def _time(fn: Callable[[], Any], config: TimingConfig) -> float:
 
 def run(cases: Sequence[Case], baselines: Sequence[str], copy_gbps: float | None,
         bf16_tflops: float | None, page_size: int = 64, dtype: torch.dtype = torch.bfloat16,
-        config: TimingConfig | None = None, fp8_kv: bool = False) -> list[dict[str, Any]]:
+        config: TimingConfig | None = None, fp8_kv: bool = False,
+        cuda_decode: bool = False) -> list[dict[str, Any]]:
     """fp8_kv: decode rows also time our kernel on an FP8 cache (a scale per KV head) of
-    the same shape: `fp8_us`, `fp8_speedup` (the bf16 time over it), `fp8_rel_err`."""
+    the same shape: `fp8_us`, `fp8_speedup` (the bf16 time over it), `fp8_rel_err`.
+    cuda_decode: decode rows also time the CUDA decode kernel (the table's rule with
+    kernel "cuda"): `cuda_us`, `cuda_speedup` (the table's time over it), and with fp8_kv
+    `fp8_cuda_us`, `fp8_cuda_speedup` (the bf16 table time over it); `cuda_rel_err`."""
     config = config or TimingConfig(repeats=15, target_graph_ms=2.0)
     baselines = base.installed(baselines)
     itemsize = torch.empty((), dtype=dtype).element_size()
@@ -248,10 +259,36 @@ def run(cases: Sequence[Case], baselines: Sequence[str], copy_gbps: float | None
                 row["fp8_us"] = _time(ours(x8, window_left=m.window_left), config)
                 row["fp8_speedup"] = us / row["fp8_us"]
                 del x8
+            if cuda_decode and case.kind == "decode":
+                _time_cuda_decode(row, case, page_size, dtype, us, fp8_kv, config)
             base.time_baselines(row, case, baselines, dtype, config)
             rows.append(row)
             torch.cuda.empty_cache()
     return rows
+
+
+def _time_cuda_decode(row: dict[str, Any], case: Case, page_size: int, dtype: torch.dtype,
+                      us: float, fp8_kv: bool, config: TimingConfig) -> None:
+    """The CUDA decode kernel on this decode case (and its FP8 cache), checked first."""
+    from dataclasses import replace
+
+    from ...ops.attention.dispatch import attention_table
+
+    table = attention_table()
+    m = case.model
+    errors = []
+    for fp8, key in ((False, "cuda"), (True, "fp8_cuda")) if fp8_kv else ((False, "cuda"),):
+        rule = table.decode_rule(m.head_dim, fp8)
+        cuda = replace(rule, kernel="cuda", kv_heads_per_program=1,
+                       num_warps=rule.num_warps if rule.num_warps in (4, 8) else 4)
+        trial = replace(table, decode_rules=(replace(cuda, max_head_dim=None),),
+                        fp8_decode_rules=())
+        errors.append(check(case, page_size, dtype, fp8=fp8, table=trial))
+        x = make_inputs(case, page_size, dtype, fp8=fp8, table=trial)
+        row[f"{key}_us"] = _time(ours(x, window_left=m.window_left), config)
+        row[f"{key}_speedup"] = us / row[f"{key}_us"]
+        del x
+    row["cuda_rel_err"] = max(errors)
 
 
 # ---- the command: `fuseinfer bench attention` and `fuseinfer tune attention` ------------
@@ -276,6 +313,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fp8-kv", action="store_true",
                         help="decode rows also time an FP8 (e4m3) cache of the same shape, "
                         "a scale per KV head: 'fp8 us' and 'x fp8' (the bf16 time over it)")
+    parser.add_argument("--cuda-decode", action="store_true",
+                        help="decode rows also time the CUDA decode kernel: 'cuda us', "
+                        "'x cuda' (the table's time over it) and, with --fp8-kv, 'fp8 cuda "
+                        "us', 'x fp8 cuda' (the bf16 time over it)")
     parser.add_argument("--baselines", nargs="*", default=list(BASELINES),
                         help="baselines timed in the same run: sdpa and flex on contiguous "
                         "KV, flashinfer (skipped if absent) on the same paged KV")
@@ -304,7 +345,7 @@ def run_command(args: argparse.Namespace) -> int:
     ceilings = load_ceilings()
     bf16 = ceilings.bf16_tflops if ceilings else None
     rows = run(cases, args.baselines, copy_gbps, bf16, page_size=args.page_size,
-               fp8_kv=args.fp8_kv)
+               fp8_kv=args.fp8_kv, cuda_decode=args.cuda_decode)
     return report_run("attention", COLUMNS, rows, copy_gbps, args)
 
 

@@ -5,7 +5,8 @@ Prefill: per head dim, every (block_m, block_n, warps, stages, tma) candidate on
 prefill of a model with that head dim; the fastest wins. Decode: per head dim, the
 (block_n, warps, stages) with the lowest geometric-mean time over a small-batch long-KV
 shape and a large-batch shape, then 2 or 4 KV heads per program with its loop (its warps
-and 8). Splits: (min_chunk, target_ctas_per_sm), shared by every head dim, over
+and 8), then the CUDA kernel at 4 and 8 warps; `decode-fp8` does the same on FP8 caches
+for the FP8 rules. Splits: (min_chunk, target_ctas_per_sm), shared by every head dim, over
 small-batch shapes (where splitting matters). `--kinds` and `--head-dims` pick parts, the
 rest of the entry kept (each candidate compiles: about 4 s apiece on an H200, so the
 decode blocks of one head dim take about 2 minutes; --log is rewritten after every
@@ -44,6 +45,7 @@ DECODE_CANDIDATES = list(itertools.product((32, 64, 128), (2, 4, 8), (2, 3, 4)))
 FP8_DECODE_CANDIDATES = list(itertools.product((64, 128, 256), (2, 4, 8), (2, 3, 4)))
 DECODE_SHAPES = ((1, 8192), (64, 4096))
 KV_HEADS_PER_PROGRAM = (2, 4)  # tried with the best loop (1 is the loop search's)
+CUDA_DECODE_WARPS = (4, 8)  # the CUDA decode kernel, tried after the Triton search
 SPLIT_CANDIDATES = list(itertools.product((64, 128, 256, 512), (1, 2, 4)))
 SPLIT_SHAPES = ((1, 4096), (1, 16384), (8, 4096))
 PAGE_SIZE = 64
@@ -119,10 +121,10 @@ def tune(device: int, kinds: tuple[str, ...] = DEFAULT_KINDS,
     table = start
     log: list[dict[str, Any]] = _Log(saved)
     steps = len(head_dims) * (len(PREFILL_CANDIDATES) * ("prefill" in kinds)
-                              + (len(DECODE_CANDIDATES) + 2 * len(KV_HEADS_PER_PROGRAM))
-                              * ("decode" in kinds)
-                              + (len(FP8_DECODE_CANDIDATES) + 2 * len(KV_HEADS_PER_PROGRAM))
-                              * ("decode-fp8" in kinds)) \
+                              + (len(DECODE_CANDIDATES) + 2 * len(KV_HEADS_PER_PROGRAM)
+                                 + len(CUDA_DECODE_WARPS)) * ("decode" in kinds)
+                              + (len(FP8_DECODE_CANDIDATES) + 2 * len(KV_HEADS_PER_PROGRAM)
+                                 + len(CUDA_DECODE_WARPS)) * ("decode-fp8" in kinds)) \
         + len(SPLIT_CANDIDATES) * ("splits" in kinds)
     with Progress(steps, "tune attention") as progress:
         for head_dim in head_dims:
@@ -156,8 +158,8 @@ def _tune_prefill(table: AttentionDispatch, head_dim: int, m: Any, log: list, pr
 def _tune_decode(table: AttentionDispatch, head_dim: int, m: Any, log: list, progress: Any,
                  fp8: bool = False) -> AttentionDispatch:
     """The loop's (block_n, warps, stages) first, then KV heads per program with the
-    winning loop (where the model's KV heads divide). fp8: the FP8 cache's rules, timed on
-    FP8 caches."""
+    winning loop (where the model's KV heads divide), then the CUDA kernel. fp8: the FP8
+    cache's rules, timed on FP8 caches."""
     kind, rules = ("decode-fp8", "fp8_decode_rules") if fp8 else ("decode", "decode_rules")
 
     def score(cand: tuple[int, ...]) -> float:
@@ -168,7 +170,9 @@ def _tune_decode(table: AttentionDispatch, head_dim: int, m: Any, log: list, pro
         log.append({"kind": kind, "head_dim": head_dim, "candidate": cand, "us": times})
         return _geomean(times)
 
-    best = min((score(c), c) for c in (FP8_DECODE_CANDIDATES if fp8 else DECODE_CANDIDATES))
+    first = lambda pair: pair[0]  # noqa: E731 (candidates mix ints and a kernel name)
+    best = min(((score(c), c) for c in (FP8_DECODE_CANDIDATES if fp8 else DECODE_CANDIDATES)),
+               key=first)
     block_n, warps, stages = best[1][:3]
     # a program reading more heads holds more: with the winner's warps and with 8 (ptxas
     # for sm_90a: 2 heads of 64 at 4 warps spill, at 8 they do not)
@@ -176,7 +180,11 @@ def _tune_decode(table: AttentionDispatch, head_dim: int, m: Any, log: list, pro
         for w in dict.fromkeys((warps, max(warps, 8))):
             cand = (block_n, w, stages, per_program)
             if m.kv_heads % per_program == 0:
-                best = min(best, (score(cand), cand))
+                best = min(best, (score(cand), cand), key=first)
+    # the CUDA kernel (csrc/attention): its warps, the winner's split alignment
+    for w in CUDA_DECODE_WARPS:
+        cand = (block_n, w, stages, 1, "cuda")
+        best = min(best, (score(cand), cand), key=first)
     return _with_rule(table, head_dim, **{rules: best[1]})
 
 
@@ -224,9 +232,9 @@ def tune_command(args: argparse.Namespace) -> int:
     for name, rules in (("decode", table.decode_rules),
                         ("FP8-cache decode", table.fp8_decode_rules)):
         for r in rules:
-            print(f"  {name} head_dim <= {r.max_head_dim}: block_n {r.block_n}, "
-                  f"{r.num_warps} warps, {r.num_stages} stages, {r.kv_heads_per_program} "
-                  "KV head(s) per program")
+            print(f"  {name} head_dim <= {r.max_head_dim}: {r.kernel} kernel, block_n "
+                  f"{r.block_n}, {r.num_warps} warps, {r.num_stages} stages, "
+                  f"{r.kv_heads_per_program} KV head(s) per program")
     print(f"  decode splits: min_chunk {table.min_chunk}, {table.target_ctas_per_sm} "
           "programs per SM")
     print(f"wrote {target.output}")
