@@ -19,8 +19,6 @@ from fuseinfer.ops.attention.decode_cuda import cuda_decode_fits
 from fuseinfer.ops.attention.dispatch import ATTENTION_BUILTIN, DecodeLaunchRule
 from fuseinfer.ops.attention.reference import reference_paged_attention
 
-pytestmark = pytest.mark.gpu
-
 TOL = {torch.bfloat16: 2e-2, torch.float16: 4e-3}
 
 
