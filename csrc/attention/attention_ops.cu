@@ -6,6 +6,8 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <climits>
 #include <vector>
 
 #include "decode_mma.cuh"
@@ -22,9 +24,15 @@ template <typename QT, typename KvT, int HEAD_DIM, int WARPS>
 void launch(const DecodeMmaArgs& a, dim3 grid, bool pdl, cudaStream_t stream) {
   auto* kernel = decode_mma_kernel<QT, KvT, HEAD_DIM, WARPS>;
   constexpr size_t smem = decode_mma_smem_bytes<HEAD_DIM, WARPS>();
-  if constexpr (smem > 48 * 1024) {
-    FUSEINFER_CUDA_CHECK(cudaFuncSetAttribute(
-        kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+  if constexpr (smem > 48 * 1024) {  // once per device (a benign race: the same value)
+    static bool raised[64] = {};
+    int device = 0;
+    FUSEINFER_CUDA_CHECK(cudaGetDevice(&device));
+    if (device >= 64 || !raised[device]) {
+      FUSEINFER_CUDA_CHECK(cudaFuncSetAttribute(
+          kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+      if (device < 64) raised[device] = true;
+    }
   }
   FUSEINFER_CUDA_CHECK(launch_kernel(kernel, grid, dim3(WARPS * 32), smem, stream, pdl, a));
 }
@@ -114,7 +122,7 @@ void decode_mma(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor
   a.v_scale_stride = v_scale && v_scale->numel() > 1 ? 1 : 0;
   a.sm_scale = static_cast<float>(sm_scale);
   a.logit_cap = static_cast<float>(logit_cap);
-  a.window_left = static_cast<int>(window_left);
+  a.window_left = static_cast<int>(std::min<int64_t>(window_left, INT_MAX));
   a.q_stride_req = q.stride(0);
   a.q_stride_head = q.stride(1);
   a.k_stride_slot = cache_strides[0];

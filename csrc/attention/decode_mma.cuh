@@ -19,137 +19,14 @@
 // base-2 lse for the merge kernel.
 #pragma once
 
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-
 #include <cmath>
-#include <cstdint>
-#include <type_traits>
 
+#include "decode_mma_args.h"
+#include "decode_mma_epilogue.cuh"
+#include "mma_fragments.cuh"
 #include "pdl.cuh"
 
 namespace fuseinfer::attention {
-
-struct DecodeMmaArgs {
-  const void* q;
-  const void* k_cache;
-  const void* v_cache;
-  void* out;
-  float* lse;        // nullptr: not written
-  float* part_out;   // [batch, q_heads, max_splits, head_dim]
-  float* part_lse;   // [batch, q_heads, max_splits], base 2
-  const void* sinks; // nullptr: none; float32 or bfloat16 per q head
-  bool sinks_bf16;
-  const int32_t* page_table;
-  const int32_t* kv_lens;
-  const float* k_scale;  // nullptr: unscaled cache
-  const float* v_scale;
-  int64_t k_scale_stride, v_scale_stride;  // 0: one scale for every KV head
-  float sm_scale, logit_cap;  // logit_cap 0: none
-  int window_left;            // < 0: no window
-  int64_t q_stride_req, q_stride_head;
-  int64_t k_stride_slot, k_stride_head, v_stride_slot, v_stride_head;
-  int64_t o_stride_req, o_stride_head, lse_stride_req;
-  int64_t page_stride_row;
-  int64_t part_stride_req, part_stride_head, part_stride_split;
-  int group, page_size, max_splits, block_n, min_chunk;
-  int page_shift;  // log2(page_size) when a power of two, else -1
-};
-
-constexpr float kLog2e = 1.4426950408889634f;
-constexpr float kLn2 = 0.6931471805599453f;
-
-template <int WORDS>
-struct Words {
-  uint32_t w[WORDS];
-};
-
-// A run of BYTES bytes of a q or key row (16-byte aligned when BYTES >= 16, 8 otherwise),
-// through the read-only path. Plain loads, not asm: the compiler schedules them freely but
-// never above pdl_wait's memory clobber.
-template <int BYTES>
-__device__ __forceinline__ Words<BYTES / 4> load_run(const void* p) {
-  Words<BYTES / 4> r;
-  if constexpr (BYTES % 16 == 0) {
-#pragma unroll
-    for (int i = 0; i < BYTES / 16; ++i) {
-      const uint4 v = __ldg(static_cast<const uint4*>(p) + i);
-      r.w[4 * i] = v.x;
-      r.w[4 * i + 1] = v.y;
-      r.w[4 * i + 2] = v.z;
-      r.w[4 * i + 3] = v.w;
-    }
-  } else {
-    static_assert(BYTES == 8, "runs are 8 bytes or a multiple of 16");
-    const uint2 v = __ldg(static_cast<const uint2*>(p));
-    r.w[0] = v.x;
-    r.w[1] = v.y;
-  }
-  return r;
-}
-
-template <int WORDS>
-__device__ __forceinline__ void zero(Words<WORDS>& r) {
-#pragma unroll
-  for (int i = 0; i < WORDS; ++i) r.w[i] = 0u;
-}
-
-// Two e4m3 values (low byte first) -> float16x2.
-__device__ __forceinline__ uint32_t e4m3x2_to_f16x2(uint32_t pair16) {
-  uint32_t out;
-  const uint16_t in = static_cast<uint16_t>(pair16 & 0xffffu);
-  asm("cvt.rn.f16x2.e4m3x2 %0, %1;" : "=r"(out) : "h"(in));
-  return out;
-}
-
-template <typename MmaT>
-__device__ __forceinline__ void mma16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
-                                         uint32_t b1) {
-  if constexpr (std::is_same_v<MmaT, __half>) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, "
-        "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  } else {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, "
-        "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  }
-}
-
-template <typename MmaT>
-__device__ __forceinline__ uint32_t pack2(float lo, float hi) {
-  uint32_t r;
-  if constexpr (std::is_same_v<MmaT, __half>) {
-    const __half2 h = __floats2half2_rn(lo, hi);
-    r = *reinterpret_cast<const uint32_t*>(&h);
-  } else {
-    const __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
-    r = *reinterpret_cast<const uint32_t*>(&h);
-  }
-  return r;
-}
-
-template <typename T>
-__device__ __forceinline__ float2 unpack2(uint32_t w) {
-  if constexpr (std::is_same_v<T, __half>) {
-    return __half22float2(*reinterpret_cast<const __half2*>(&w));
-  } else {
-    return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&w));
-  }
-}
-
-template <typename T>
-__device__ __forceinline__ void store_float(T* dst, float v) {
-  if constexpr (std::is_same_v<T, __half>) {
-    *dst = __float2half_rn(v);
-  } else {
-    *dst = __float2bfloat16_rn(v);
-  }
-}
 
 // The cache slot of a request's key (its page from the page table).
 __device__ __forceinline__ int64_t slot_of(const DecodeMmaArgs& a, const int32_t* page_row,
@@ -173,6 +50,7 @@ __global__ void __launch_bounds__(WARPS * 32)
   constexpr int kNTiles = HEAD_DIM / 8;   // n-tiles of O = P V
   constexpr int kKRun = HEAD_DIM / 4;     // K values a lane reads per key
   constexpr int kVRun = HEAD_DIM / 8;     // V values a lane reads per key
+  constexpr int kAccRow = acc_row<HEAD_DIM>();
   using KRun = Words<kKRun * sizeof(KvT) / 4>;
   using VRun = Words<kVRun * sizeof(KvT) / 4>;
 
@@ -270,7 +148,7 @@ __global__ void __launch_bounds__(WARPS * 32)
 #pragma unroll
     for (int j = 0; j < 2; ++j) {
       const int key = base + 8 * j + g;
-      if (key < end) {
+      if (key < end && key >= first) {  // below a window's first key: never read
         kr[j] = load_run<sizeof(KRun)>(kc + slot_of(a, page_row, key) * a.k_stride_slot +
                                        qd * kKRun);
       } else {
@@ -280,7 +158,7 @@ __global__ void __launch_bounds__(WARPS * 32)
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
       const int key = base + 2 * qd + (j & 1) + 8 * (j >> 1);
-      if (key < end) {  // slots past the length may hold anything, NaN included
+      if (key < end && key >= first) {  // slots past the length may hold anything, NaN too
         vr[j] = load_run<sizeof(VRun)>(vc + slot_of(a, page_row, key) * a.v_stride_slot +
                                        g * kVRun);
       } else {
@@ -411,71 +289,31 @@ __global__ void __launch_bounds__(WARPS * 32)
   extern __shared__ float smem[];
   float* sm_m = smem;                     // [WARPS][16]
   float* sm_l = sm_m + WARPS * 16;        // [WARPS][16]
-  float* sm_acc = sm_l + WARPS * 16;      // [WARPS][16][HEAD_DIM]
+  float* sm_acc = sm_l + WARPS * 16;      // [WARPS][16][kAccRow]
   if (qd == 0) {
     sm_m[warp * 16 + g] = m_run[0];
     sm_m[warp * 16 + g + 8] = m_run[1];
     sm_l[warp * 16 + g] = l_run[0];
     sm_l[warp * 16 + g + 8] = l_run[1];
   }
-  float* wacc = sm_acc + warp * 16 * HEAD_DIM;
+  float* wacc = sm_acc + warp * 16 * kAccRow;
 #pragma unroll
   for (int t = 0; t < kNTiles; ++t) {
     const int d0 = (2 * qd) * kVRun + t;  // column 2q of n-tile t
     const int d1 = d0 + kVRun;            // column 2q + 1
-    wacc[g * HEAD_DIM + d0] = acc[t][0];
-    wacc[g * HEAD_DIM + d1] = acc[t][1];
-    wacc[(g + 8) * HEAD_DIM + d0] = acc[t][2];
-    wacc[(g + 8) * HEAD_DIM + d1] = acc[t][3];
+    wacc[g * kAccRow + acc_col<HEAD_DIM>(d0)] = acc[t][0];
+    wacc[g * kAccRow + acc_col<HEAD_DIM>(d1)] = acc[t][1];
+    wacc[(g + 8) * kAccRow + acc_col<HEAD_DIM>(d0)] = acc[t][2];
+    wacc[(g + 8) * kAccRow + acc_col<HEAD_DIM>(d1)] = acc[t][3];
   }
   __syncthreads();
 
-  const bool finish = pieces == 1;
-  for (int i = threadIdx.x; i < a.group * HEAD_DIM; i += WARPS * 32) {
-    const int row = i / HEAD_DIM;
-    const int d = i % HEAD_DIM;
-    float m = -INFINITY;
-#pragma unroll
-    for (int w = 0; w < WARPS; ++w) m = fmaxf(m, sm_m[w * 16 + row]);
-    float l = 0.f, o = 0.f;
-#pragma unroll
-    for (int w = 0; w < WARPS; ++w) {
-      const float wt = sm_m[w * 16 + row] == -INFINITY ? 0.f : exp2f(sm_m[w * 16 + row] - m);
-      l += sm_l[w * 16 + row] * wt;
-      o += sm_acc[(w * 16 + row) * HEAD_DIM + d] * wt;
-    }
-    const int head = kv_head * a.group + row;
-    if (finish) {
-      if (a.sinks != nullptr && l > 0.f) {  // a row with no keys stays at zeros
-        const float sink =
-            (a.sinks_bf16 ? __bfloat162float(static_cast<const __nv_bfloat16*>(a.sinks)[head])
-                          : static_cast<const float*>(a.sinks)[head]) *
-            kLog2e;
-        const float m_fin = fmaxf(m, sink);
-        const float scale = exp2f(m - m_fin);
-        o *= scale;
-        l = l * scale + exp2f(sink - m_fin);
-        m = m_fin;
-      }
-      float inv_l = l > 0.f ? 1.f / l : 0.f;
-      if (a.v_scale != nullptr) inv_l *= a.v_scale[kv_head * a.v_scale_stride];
-      store_float(static_cast<QT*>(a.out) + req * a.o_stride_req + head * a.o_stride_head + d,
-                  o * inv_l);
-      if (a.lse != nullptr && d == 0) {
-        a.lse[req * a.lse_stride_req + head] = l > 0.f ? (m + log2f(l)) * kLn2 : -INFINITY;
-      }
-    } else {
-      const int64_t part = req * a.part_stride_req + head * a.part_stride_head +
-                           split * a.part_stride_split;
-      a.part_out[part * HEAD_DIM + d] = l > 0.f ? o / l : 0.f;
-      if (d == 0) a.part_lse[part] = l > 0.f ? m + log2f(l) : -INFINITY;
-    }
-  }
+  store_merged<QT, HEAD_DIM, WARPS>(a, sm_m, sm_l, sm_acc, req, kv_head, split, pieces == 1);
 }
 
 template <int HEAD_DIM, int WARPS>
 constexpr size_t decode_mma_smem_bytes() {
-  return sizeof(float) * WARPS * 16 * (2 + HEAD_DIM);
+  return sizeof(float) * WARPS * 16 * (2 + acc_row<HEAD_DIM>());
 }
 
 }  // namespace fuseinfer::attention

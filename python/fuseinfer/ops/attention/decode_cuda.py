@@ -23,9 +23,10 @@ def cache_strides(cache: torch.Tensor) -> tuple[int, int]:
 
 
 def cuda_decode_fits(a: DecodeArgs) -> bool:
-    """Whether the CUDA kernel takes this call: the launch asks for it, a CUDA GPU,
-    tensor-core groups of at most 16 q heads, head_dim 64 or 128, 4 or 8 warps, bf16/fp16 q
-    with its own dtype or FP8 in the cache, 16-byte aligned rows."""
+    """Whether the CUDA kernel takes this call: the launch asks for it, a CUDA GPU (sm_80+;
+    sm_89+ for an FP8 cache), tensor-core groups of at most 16 q heads, head_dim 64 or
+    128, 4 or 8 warps, bf16/fp16 q with its own dtype or FP8 in the cache, 16-byte aligned
+    rows."""
     q, k_cache, v_cache = a.q, a.k_cache, a.v_cache
     launch = DecodeLaunch._make(a.launch)
     group = q.size(1) // k_cache.size(-2)
@@ -35,6 +36,9 @@ def cuda_decode_fits(a: DecodeArgs) -> bool:
     if group > MAX_GROUP or q.size(2) not in (64, 128) or launch.num_warps not in (4, 8):
         return False
     if q.dtype not in (torch.bfloat16, torch.float16) or k_cache.dtype not in (q.dtype, FP8):
+        return False
+    # mma.sync for bf16 needs sm_80; the paired e4m3 convert sm_89
+    if torch.cuda.get_device_capability(q.device) < ((8, 9) if k_cache.dtype == FP8 else (8, 0)):
         return False
     tensors = (q, k_cache, v_cache)
     item = k_cache.element_size()

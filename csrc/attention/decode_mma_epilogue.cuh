@@ -1,0 +1,78 @@
+// The CUDA decode kernel's epilogue: the warps' softmax states, left in shared memory,
+// merged per (q head, dimension) and stored: a one-piece request finished (sink, v_scale,
+// out, lse in natural log), otherwise the piece's normalized partial and base-2 lse.
+#pragma once
+
+#include <cuda_bf16.h>
+
+#include <cmath>
+#include <cstdint>
+
+#include "decode_mma_args.h"
+#include "mma_fragments.cuh"
+
+namespace fuseinfer::attention {
+
+// A warp's accumulator rows in shared memory are HEAD_DIM + 4 floats, and dimension d sits
+// at d + (the q of the lane that holds it): the 32 lanes of one store then hit 32
+// different banks (unpadded, at head_dim 128 all 32 hit the same one).
+template <int HEAD_DIM>
+constexpr int acc_row() {
+  return HEAD_DIM + 4;
+}
+
+template <int HEAD_DIM>
+__device__ __forceinline__ int acc_col(int d) {
+  return d + d / (2 * (HEAD_DIM / 8));
+}
+
+// sm_m, sm_l: [WARPS][16] row maxima (base 2) and sums; sm_acc: [WARPS][16][acc_row] the
+// unnormalized outputs. After a barrier; every thread takes (row, d) items in turn.
+template <typename QT, int HEAD_DIM, int WARPS>
+__device__ __forceinline__ void store_merged(const DecodeMmaArgs& a, const float* sm_m,
+                                             const float* sm_l, const float* sm_acc, int req,
+                                             int kv_head, int split, bool finish) {
+  constexpr int kAccRow = acc_row<HEAD_DIM>();
+  for (int i = threadIdx.x; i < a.group * HEAD_DIM; i += WARPS * 32) {
+    const int row = i / HEAD_DIM;
+    const int d = i % HEAD_DIM;
+    float m = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < WARPS; ++w) m = fmaxf(m, sm_m[w * 16 + row]);
+    float l = 0.f, o = 0.f;
+#pragma unroll
+    for (int w = 0; w < WARPS; ++w) {
+      const float wt = sm_m[w * 16 + row] == -INFINITY ? 0.f : exp2f(sm_m[w * 16 + row] - m);
+      l += sm_l[w * 16 + row] * wt;
+      o += sm_acc[(w * 16 + row) * kAccRow + acc_col<HEAD_DIM>(d)] * wt;
+    }
+    const int head = kv_head * a.group + row;
+    if (finish) {
+      if (a.sinks != nullptr && l > 0.f) {  // a row with no keys stays at zeros
+        const float sink =
+            (a.sinks_bf16 ? __bfloat162float(static_cast<const __nv_bfloat16*>(a.sinks)[head])
+                          : static_cast<const float*>(a.sinks)[head]) *
+            kLog2e;
+        const float m_fin = fmaxf(m, sink);
+        const float scale = exp2f(m - m_fin);
+        o *= scale;
+        l = l * scale + exp2f(sink - m_fin);
+        m = m_fin;
+      }
+      float inv_l = l > 0.f ? 1.f / l : 0.f;
+      if (a.v_scale != nullptr) inv_l *= a.v_scale[kv_head * a.v_scale_stride];
+      store_float(static_cast<QT*>(a.out) + req * a.o_stride_req + head * a.o_stride_head + d,
+                  o * inv_l);
+      if (a.lse != nullptr && d == 0) {
+        a.lse[req * a.lse_stride_req + head] = l > 0.f ? (m + log2f(l)) * kLn2 : -INFINITY;
+      }
+    } else {
+      const int64_t part = req * a.part_stride_req + head * a.part_stride_head +
+                           split * a.part_stride_split;
+      a.part_out[part * HEAD_DIM + d] = l > 0.f ? o / l : 0.f;
+      if (d == 0) a.part_lse[part] = l > 0.f ? m + log2f(l) : -INFINITY;
+    }
+  }
+}
+
+}  // namespace fuseinfer::attention
