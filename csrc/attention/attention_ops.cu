@@ -69,7 +69,8 @@ void decode_mma(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor
                 const std::optional<at::Tensor>& k_scale,
                 const std::optional<at::Tensor>& v_scale, double sm_scale, double logit_cap,
                 int64_t window_left, int64_t page_size, std::vector<int64_t> cache_strides,
-                int64_t block_n, int64_t min_chunk, int64_t num_warps, bool enable_pdl) {
+                int64_t block_n, int64_t min_chunk, int64_t num_warps, bool enable_pdl,
+                const std::optional<at::Tensor>& merge_counters) {
   FUSEINFER_CHECK_ARG(q.is_cuda() && q.dim() == 3 && q.stride(2) == 1, kOp, "q",
                       "must be a CUDA [batch, q_heads, head_dim] tensor with unit last stride");
   const auto qtype = q.scalar_type();
@@ -142,6 +143,15 @@ void decode_mma(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor
   a.max_splits = static_cast<int>(partial_lse.size(2));
   a.block_n = static_cast<int>(block_n);
   a.min_chunk = static_cast<int>(min_chunk);
+  if (merge_counters) {
+    FUSEINFER_CHECK_ARG(merge_counters->scalar_type() == at::kInt && merge_counters->dim() == 2 &&
+                            merge_counters->size(0) >= batch &&
+                            merge_counters->size(1) >= kv_heads &&
+                            merge_counters->stride(1) == 1,
+                        kOp, "merge_counters", "must be int32 [>= batch, >= kv_heads] rows");
+    a.merge_counters = merge_counters->data_ptr<int32_t>();
+    a.counter_stride_req = merge_counters->stride(0);
+  }
 
   const c10::cuda::CUDAGuard guard(q.device());
   const int device = q.get_device();
@@ -166,7 +176,8 @@ TORCH_LIBRARY_FRAGMENT(fuseinfer, m) {
         "Tensor kv_lens, Tensor(a!) out, Tensor(b!)? lse, Tensor(c!) partial_out, "
         "Tensor(d!) partial_lse, Tensor? sinks, Tensor? k_scale, Tensor? v_scale, "
         "float sm_scale, float logit_cap, int window_left, int page_size, int[] cache_strides, "
-        "int block_n, int min_chunk, int num_warps, bool enable_pdl) -> ()");
+        "int block_n, int min_chunk, int num_warps, bool enable_pdl, "
+        "Tensor(e!)? merge_counters=None) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(fuseinfer, CUDA, m) { m.impl("_attention_decode_mma", &decode_mma); }

@@ -87,6 +87,7 @@ __global__ void __launch_bounds__(WARPS * 32)
         a.part_out[part * HEAD_DIM + i % HEAD_DIM] = 0.f;
         if (i % HEAD_DIM == 0) a.part_lse[part] = -INFINITY;
       }
+      if (a.merge_counters != nullptr) merge_if_last<QT, HEAD_DIM, WARPS>(a, req, kv_head, pieces);
     }
     if (split == 0 && pieces == 1) {
       for (int i = threadIdx.x; i < a.group * HEAD_DIM; i += WARPS * 32) {
@@ -309,6 +310,9 @@ __global__ void __launch_bounds__(WARPS * 32)
   __syncthreads();
 
   store_merged<QT, HEAD_DIM, WARPS>(a, sm_m, sm_l, sm_acc, req, kv_head, split, pieces == 1);
+  if (pieces > 1 && a.merge_counters != nullptr) {
+    merge_if_last<QT, HEAD_DIM, WARPS>(a, req, kv_head, pieces);
+  }
 }
 
 template <int HEAD_DIM, int WARPS>

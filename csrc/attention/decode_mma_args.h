@@ -29,6 +29,10 @@ struct DecodeMmaArgs {
   int64_t part_stride_req, part_stride_head, part_stride_split;
   int group, page_size, max_splits, block_n, min_chunk;
   int page_shift;  // log2(page_size) when a power of two, else -1
+  // [>= batch, q_heads] int32, zero, left at zero: given, the last piece of a (request, KV
+  // head) to finish merges the pieces (no merge kernel); nullptr: the merge kernel follows
+  int32_t* merge_counters;
+  int64_t counter_stride_req;
 };
 
 constexpr float kLog2e = 1.4426950408889634f;

@@ -26,6 +26,31 @@ __device__ __forceinline__ int acc_col(int d) {
   return d + d / (2 * (HEAD_DIM / 8));
 }
 
+// A finished row's output: the sink joins the denominator (rows with keys only), v_scale
+// scales the output; lse in natural log.
+template <typename QT>
+__device__ __forceinline__ void store_finished(const DecodeMmaArgs& a, int req, int kv_head,
+                                               int head, int d, float m, float l, float o) {
+  if (a.sinks != nullptr && l > 0.f) {  // a row with no keys stays at zeros
+    const float sink =
+        (a.sinks_bf16 ? __bfloat162float(static_cast<const __nv_bfloat16*>(a.sinks)[head])
+                      : static_cast<const float*>(a.sinks)[head]) *
+        kLog2e;
+    const float m_fin = fmaxf(m, sink);
+    const float scale = exp2f(m - m_fin);
+    o *= scale;
+    l = l * scale + exp2f(sink - m_fin);
+    m = m_fin;
+  }
+  float inv_l = l > 0.f ? 1.f / l : 0.f;
+  if (a.v_scale != nullptr) inv_l *= a.v_scale[kv_head * a.v_scale_stride];
+  store_float(static_cast<QT*>(a.out) + req * a.o_stride_req + head * a.o_stride_head + d,
+              o * inv_l);
+  if (a.lse != nullptr && d == 0) {
+    a.lse[req * a.lse_stride_req + head] = l > 0.f ? (m + log2f(l)) * kLn2 : -INFINITY;
+  }
+}
+
 // sm_m, sm_l: [WARPS][16] row maxima (base 2) and sums; sm_acc: [WARPS][16][acc_row] the
 // unnormalized outputs. After a barrier; every thread takes (row, d) items in turn.
 template <typename QT, int HEAD_DIM, int WARPS>
@@ -48,30 +73,50 @@ __device__ __forceinline__ void store_merged(const DecodeMmaArgs& a, const float
     }
     const int head = kv_head * a.group + row;
     if (finish) {
-      if (a.sinks != nullptr && l > 0.f) {  // a row with no keys stays at zeros
-        const float sink =
-            (a.sinks_bf16 ? __bfloat162float(static_cast<const __nv_bfloat16*>(a.sinks)[head])
-                          : static_cast<const float*>(a.sinks)[head]) *
-            kLog2e;
-        const float m_fin = fmaxf(m, sink);
-        const float scale = exp2f(m - m_fin);
-        o *= scale;
-        l = l * scale + exp2f(sink - m_fin);
-        m = m_fin;
-      }
-      float inv_l = l > 0.f ? 1.f / l : 0.f;
-      if (a.v_scale != nullptr) inv_l *= a.v_scale[kv_head * a.v_scale_stride];
-      store_float(static_cast<QT*>(a.out) + req * a.o_stride_req + head * a.o_stride_head + d,
-                  o * inv_l);
-      if (a.lse != nullptr && d == 0) {
-        a.lse[req * a.lse_stride_req + head] = l > 0.f ? (m + log2f(l)) * kLn2 : -INFINITY;
-      }
+      store_finished<QT>(a, req, kv_head, head, d, m, l, o);
     } else {
       const int64_t part = req * a.part_stride_req + head * a.part_stride_head +
                            split * a.part_stride_split;
       a.part_out[part * HEAD_DIM + d] = l > 0.f ? o / l : 0.f;
       if (d == 0) a.part_lse[part] = l > 0.f ? m + log2f(l) : -INFINITY;
     }
+  }
+}
+
+// With merge counters: each piece counts itself once its partials are stored, and the last
+// of a (request, KV head) to arrive merges every piece, in piece order (so the result does
+// not depend on which finishes last), and sets the counter back to zero.
+template <typename QT, int HEAD_DIM, int WARPS>
+__device__ __forceinline__ void merge_if_last(const DecodeMmaArgs& a, int req, int kv_head,
+                                              int pieces) {
+  __shared__ int last;
+  __threadfence();  // this piece's partials are visible before it counts itself
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    int32_t* counter = a.merge_counters + req * a.counter_stride_req + kv_head;
+    last = atomicAdd(counter, 1) == pieces - 1;
+    if (last) atomicExch(counter, 0);
+  }
+  __syncthreads();
+  if (!last) return;
+  __threadfence();  // the other pieces counted after their stores: read them from L2
+  for (int i = threadIdx.x; i < a.group * HEAD_DIM; i += WARPS * 32) {
+    const int head = kv_head * a.group + i / HEAD_DIM;
+    const int d = i % HEAD_DIM;
+    const int64_t part0 = req * a.part_stride_req + head * a.part_stride_head;
+    float m = -INFINITY;
+    for (int p = 0; p < pieces; ++p) {
+      m = fmaxf(m, __ldcg(a.part_lse + part0 + p * a.part_stride_split));
+    }
+    float l = 0.f, o = 0.f;
+    for (int p = 0; p < pieces; ++p) {
+      const int64_t part = part0 + p * a.part_stride_split;
+      const float lse = __ldcg(a.part_lse + part);
+      const float w = lse == -INFINITY ? 0.f : exp2f(lse - m);
+      l += w;
+      o += __ldcg(a.part_out + part * HEAD_DIM + d) * w;
+    }
+    store_finished<QT>(a, req, kv_head, head, d, m, l, o);
   }
 }
 

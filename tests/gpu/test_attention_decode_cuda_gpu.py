@@ -1,7 +1,8 @@
 """The CUDA decode kernel (csrc/attention, a decode rule's kernel "cuda") on the GPU against
 the float32 reference: GQA groups 1-16, head dims 64 and 128, bf16/fp16 and FP8 caches
 (a scale per KV head), page sizes 1/16/64, windows, sinks, soft-cap, one piece and split
-pieces, 4 and 8 warps, padded rows, NaN-poisoned cache slots, CUDA-graph replay; and the
+pieces merged by the last piece or by the merge kernel, 4 and 8 warps, padded rows,
+NaN-poisoned cache slots, CUDA-graph replay; and the
 calls it does not take (head_dim 256, groups past 16) falling back to Triton."""
 
 from __future__ import annotations
@@ -79,18 +80,25 @@ def test_cuda_decode_matches_reference(cache, head_dim, hq, hkv, page_size, feat
     assert (out[2] == 0).all() and (lse[2] == -math.inf).all()
 
 
+@pytest.mark.parametrize("fused_merge", [True, False])
 @pytest.mark.parametrize("warps, block_n", [(8, 64), (4, 16), (8, 128)])
-def test_cuda_decode_warps_and_split_alignment(warps, block_n):
+def test_cuda_decode_warps_split_alignment_and_merges(warps, block_n, fused_merge):
     """8 warps merge more per-warp states; block_n only aligns the split ranges (the merge
-    kernel cuts them the same way)."""
+    cuts them the same way; 129 keys at block_n 128 leave an empty third piece); the pieces
+    merged by the last to finish (counters back at zero) or by the merge kernel."""
     kv_lens = [5000, 129, 16, 4096]
     kv = make_paged_kv(kv_lens, 8, 128, 64, torch.bfloat16, "cuda", fp8=True,
                        per_head_scales=True, poison=True)
     q = torch.randn(len(kv_lens), 32, 128, device="cuda", dtype=torch.bfloat16)
-    attn = PagedAttention(AttentionShape(32, 8, 128, 64), "cuda", table=_table(warps, block_n))
+    attn = PagedAttention(AttentionShape(32, 8, 128, 64), "cuda", table=_table(warps, block_n),
+                          fused_merge=fused_merge)
     for splits in (None, 3):
-        _run_and_check(attn, kv, kv_lens, q, torch.bfloat16, splits,
-                       **_features("window-sinks", 32))
+        for _ in range(2):  # twice: the counters are back at zero for the next call
+            plan, _, _ = _run_and_check(attn, kv, kv_lens, q, torch.bfloat16, splits,
+                                        **_features("window-sinks", 32))
+            assert (plan.merge_counters is not None) == fused_merge
+            if fused_merge:
+                assert (plan.merge_counters == 0).all()
 
 
 def test_cuda_decode_falls_back_where_it_does_not_apply():
@@ -109,7 +117,7 @@ def test_cuda_decode_cuda_graph_replay_with_new_lengths():
                        per_head_scales=True)
     table = kv.page_table.clone()
     attn = PagedAttention(AttentionShape(hq, hkv, d, page), "cuda", max_batch=batch,
-                          table=_table())
+                          table=_table(), fused_merge=True)
     q = torch.randn(batch, hq, d, device="cuda", dtype=torch.bfloat16)
     sinks = torch.randn(hq, device="cuda")
     plan = attn.plan_decode([1] * batch, table)

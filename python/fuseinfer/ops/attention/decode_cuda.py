@@ -1,7 +1,9 @@
 """The CUDA decode kernel (csrc/attention): K, V and P stay in registers, FP8 caches
 convert there; chosen by a decode rule's `kernel: "cuda"` where it applies, with the Triton
 kernel everywhere else. It writes what the Triton kernel writes (a one-piece request
-finished, otherwise normalized partials and base-2 lse), so the merge kernel is shared."""
+finished, otherwise normalized partials and base-2 lse), so the merge kernel is shared, or,
+given the plan's merge counters, its last piece to finish merges them as the Triton
+kernel's does."""
 
 from __future__ import annotations
 
@@ -49,7 +51,8 @@ def cuda_decode_fits(a: DecodeArgs) -> bool:
 
 
 def launch_cuda_decode(a: DecodeArgs, pdl: bool) -> None:
-    """One launch of the CUDA kernel over (request, KV head, split)."""
+    """One launch of the CUDA kernel over (request, KV head, split); with the plan's merge
+    counters the last piece of each request merges the pieces (no merge kernel)."""
     launch = DecodeLaunch._make(a.launch)
     strides = [*cache_strides(a.k_cache), *cache_strides(a.v_cache)]
     load_attention_module()
@@ -57,4 +60,5 @@ def launch_cuda_decode(a: DecodeArgs, pdl: bool) -> None:
         a.q, a.k_cache, a.v_cache, a.page_table, a.kv_lens, a.out, a.lse, a.partial_out,
         a.partial_lse, a.sinks, a.k_scale, a.v_scale, softmax_scale(a), a.logit_cap,
         a.window_left if a.window_left is not None else -1, page_size_of(a.k_cache),
-        strides, launch.block_n, launch.min_chunk, launch.num_warps, pdl)
+        strides, launch.block_n, launch.min_chunk, launch.num_warps, pdl,
+        a.merge_counters if a.partial_lse.size(2) > 1 else None)

@@ -103,7 +103,6 @@ def launch_decode(a: DecodeArgs) -> None:
     fused_merge = a.merge_counters is not None and max_splits > 1
     if cuda_decode_fits(a):
         launch_cuda_decode(a, pdl)
-        fused_merge = False  # the merge kernel finishes split requests
     else:
         _launch_triton_decode(a, launch, pdl, fused_merge)
     if max_splits > 1 and not fused_merge:
