@@ -145,13 +145,20 @@ __global__ void __launch_bounds__(WARPS * 32)
   float l_run[2] = {0.f, 0.f};              // this lane's part of the row's sum
 
   // K: keys base + g and base + 8 + g; V: keys base + 2q, 2q + 1, 2q + 8, 2q + 9
+  // A chunk starts at a multiple of 16, so with pages of a multiple of 16 slots its keys
+  // share a page: one page-table read per chunk instead of one per key.
+  const bool page_per_chunk = a.page_size % 16 == 0;
   auto load_chunk = [&](int base, KRun (&kr)[2], VRun (&vr)[4]) {
+    const int key0 = max(base, first);  // a key the page table maps
+    const int64_t chunk_slot = page_per_chunk ? slot_of(a, page_row, key0) - key0 : 0;
+    auto slot = [&](int key) {
+      return page_per_chunk ? chunk_slot + key : slot_of(a, page_row, key);
+    };
 #pragma unroll
     for (int j = 0; j < 2; ++j) {
       const int key = base + 8 * j + g;
       if (key < end && key >= first) {  // below a window's first key: never read
-        kr[j] = load_run<sizeof(KRun)>(kc + slot_of(a, page_row, key) * a.k_stride_slot +
-                                       qd * kKRun);
+        kr[j] = load_run<sizeof(KRun)>(kc + slot(key) * a.k_stride_slot + qd * kKRun);
       } else {
         zero(kr[j]);
       }
@@ -160,8 +167,7 @@ __global__ void __launch_bounds__(WARPS * 32)
     for (int j = 0; j < 4; ++j) {
       const int key = base + 2 * qd + (j & 1) + 8 * (j >> 1);
       if (key < end && key >= first) {  // slots past the length may hold anything, NaN too
-        vr[j] = load_run<sizeof(VRun)>(vc + slot_of(a, page_row, key) * a.v_stride_slot +
-                                       g * kVRun);
+        vr[j] = load_run<sizeof(VRun)>(vc + slot(key) * a.v_stride_slot + g * kVRun);
       } else {
         zero(vr[j]);
       }
