@@ -149,6 +149,9 @@ void decode_mma(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor
                             merge_counters->size(1) >= kv_heads &&
                             merge_counters->stride(1) == 1,
                         kOp, "merge_counters", "must be int32 [>= batch, >= kv_heads] rows");
+    FUSEINFER_CHECK_ARG(partial_lse.size(2) <= kMaxMergedPieces, kOp, "partial_lse",
+                        "allows at most ", kMaxMergedPieces, " splits with merge_counters, got ",
+                        partial_lse.size(2));
     a.merge_counters = merge_counters->data_ptr<int32_t>();
     a.counter_stride_req = merge_counters->stride(0);
   }

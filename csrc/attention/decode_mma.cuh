@@ -62,6 +62,7 @@ __global__ void __launch_bounds__(WARPS * 32)
   const int g = lane / 4;  // mma group: A/C rows g and g + 8, B column g
   const int qd = lane % 4;
 
+  extern __shared__ float smem[];  // the warps' states, then the merge's weights
   pdl_wait();
   const int kv_len = a.kv_lens[req];
   // this split's range, as the Triton kernel and the merge kernel cut it
@@ -87,7 +88,9 @@ __global__ void __launch_bounds__(WARPS * 32)
         a.part_out[part * HEAD_DIM + i % HEAD_DIM] = 0.f;
         if (i % HEAD_DIM == 0) a.part_lse[part] = -INFINITY;
       }
-      if (a.merge_counters != nullptr) merge_if_last<QT, HEAD_DIM, WARPS>(a, req, kv_head, pieces);
+      if (a.merge_counters != nullptr) {
+        merge_if_last<QT, HEAD_DIM, WARPS>(a, req, kv_head, pieces, smem);
+      }
     }
     if (split == 0 && pieces == 1) {
       for (int i = threadIdx.x; i < a.group * HEAD_DIM; i += WARPS * 32) {
@@ -273,12 +276,15 @@ __global__ void __launch_bounds__(WARPS * 32)
     if constexpr (kPrefetch) {
       KRun kn[2];
       VRun vn[4];
-      if (base + WARPS * 16 < end) load_chunk(base + WARPS * 16, kn, vn);
+      const bool more = base + WARPS * 16 < end;
+      if (more) load_chunk(base + WARPS * 16, kn, vn);
       chunk_math(kr, vr, base);
-      kr[0] = kn[0];
-      kr[1] = kn[1];
+      if (more) {
+        kr[0] = kn[0];
+        kr[1] = kn[1];
 #pragma unroll
-      for (int j = 0; j < 4; ++j) vr[j] = vn[j];
+        for (int j = 0; j < 4; ++j) vr[j] = vn[j];
+      }
     } else {
       load_chunk(base, kr, vr);
       chunk_math(kr, vr, base);
@@ -293,7 +299,6 @@ __global__ void __launch_bounds__(WARPS * 32)
     l_run[r] += __shfl_xor_sync(0xffffffffu, l_run[r], 2);
   }
   // warps -> shared memory: m, l per row and acc per (row, head_dim), head_dim unpermuted
-  extern __shared__ float smem[];
   float* sm_m = smem;                     // [WARPS][16]
   float* sm_l = sm_m + WARPS * 16;        // [WARPS][16]
   float* sm_acc = sm_l + WARPS * 16;      // [WARPS][16][kAccRow]
@@ -317,7 +322,7 @@ __global__ void __launch_bounds__(WARPS * 32)
 
   store_merged<QT, HEAD_DIM, WARPS>(a, sm_m, sm_l, sm_acc, req, kv_head, split, pieces == 1);
   if (pieces > 1 && a.merge_counters != nullptr) {
-    merge_if_last<QT, HEAD_DIM, WARPS>(a, req, kv_head, pieces);
+    merge_if_last<QT, HEAD_DIM, WARPS>(a, req, kv_head, pieces, smem);
   }
 }
 
@@ -325,5 +330,11 @@ template <int HEAD_DIM, int WARPS>
 constexpr size_t decode_mma_smem_bytes() {
   return sizeof(float) * WARPS * 16 * (2 + acc_row<HEAD_DIM>());
 }
+
+// The most pieces the merge in the last piece holds weights for (16 rows x 256 pieces and
+// 32 row values fit the smallest configuration's shared memory: 4 warps at head_dim 64).
+constexpr int kMaxMergedPieces = 256;
+static_assert(16 * kMaxMergedPieces + 32 <= 4 * 16 * (2 + 64 + 4),
+              "the merge's weights must fit the kernel's shared memory");
 
 }  // namespace fuseinfer::attention

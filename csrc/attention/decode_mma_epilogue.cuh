@@ -85,38 +85,61 @@ __device__ __forceinline__ void store_merged(const DecodeMmaArgs& a, const float
 
 // With merge counters: each piece counts itself once its partials are stored, and the last
 // of a (request, KV head) to arrive merges every piece, in piece order (so the result does
-// not depend on which finishes last), and sets the counter back to zero.
+// not depend on which finishes last), and sets the counter back to zero. `scratch`: the
+// kernel's shared memory, free again (it holds group x pieces weights and 2 x group row
+// values; the launcher keeps pieces within it).
 template <typename QT, int HEAD_DIM, int WARPS>
 __device__ __forceinline__ void merge_if_last(const DecodeMmaArgs& a, int req, int kv_head,
-                                              int pieces) {
+                                              int pieces, float* scratch) {
   __shared__ int last;
-  __threadfence();  // this piece's partials are visible before it counts itself
-  __syncthreads();
+  __syncthreads();  // every thread of this piece has stored its partials
   if (threadIdx.x == 0) {
+    // one fence for the CTA's stores, then the count (the grid.sync pattern); the last
+    // piece fences again before its threads read the others' partials from L2
+    __threadfence();
     int32_t* counter = a.merge_counters + req * a.counter_stride_req + kv_head;
     last = atomicAdd(counter, 1) == pieces - 1;
-    if (last) atomicExch(counter, 0);
+    if (last) {
+      atomicExch(counter, 0);
+      __threadfence();
+    }
   }
   __syncthreads();
   if (!last) return;
-  __threadfence();  // the other pieces counted after their stores: read them from L2
+  // the pieces' weights per row, once: w[row][p] = 2^(lse_p - m_row), then m and l per row
+  float* w = scratch;
+  float* row_m = w + a.group * pieces;
+  float* row_l = row_m + a.group;
+  const int64_t req_part = req * a.part_stride_req;
+  for (int i = threadIdx.x; i < a.group * pieces; i += WARPS * 32) {
+    const int head = kv_head * a.group + i / pieces;
+    w[i] = __ldcg(a.part_lse + req_part + head * a.part_stride_head +
+                  (i % pieces) * a.part_stride_split);
+  }
+  __syncthreads();
+  if (threadIdx.x < a.group) {
+    float* wr = w + threadIdx.x * pieces;
+    float m = -INFINITY, l = 0.f;
+    for (int p = 0; p < pieces; ++p) m = fmaxf(m, wr[p]);
+    for (int p = 0; p < pieces; ++p) {
+      wr[p] = wr[p] == -INFINITY ? 0.f : exp2f(wr[p] - m);
+      l += wr[p];
+    }
+    row_m[threadIdx.x] = m;
+    row_l[threadIdx.x] = l;
+  }
+  __syncthreads();
   for (int i = threadIdx.x; i < a.group * HEAD_DIM; i += WARPS * 32) {
-    const int head = kv_head * a.group + i / HEAD_DIM;
+    const int row = i / HEAD_DIM;
     const int d = i % HEAD_DIM;
-    const int64_t part0 = req * a.part_stride_req + head * a.part_stride_head;
-    float m = -INFINITY;
+    const int head = kv_head * a.group + row;
+    const int64_t part0 = req_part + head * a.part_stride_head;
+    float o = 0.f;
     for (int p = 0; p < pieces; ++p) {
-      m = fmaxf(m, __ldcg(a.part_lse + part0 + p * a.part_stride_split));
+      o += __ldcg(a.part_out + (part0 + p * a.part_stride_split) * HEAD_DIM + d) *
+           w[row * pieces + p];
     }
-    float l = 0.f, o = 0.f;
-    for (int p = 0; p < pieces; ++p) {
-      const int64_t part = part0 + p * a.part_stride_split;
-      const float lse = __ldcg(a.part_lse + part);
-      const float w = lse == -INFINITY ? 0.f : exp2f(lse - m);
-      l += w;
-      o += __ldcg(a.part_out + part * HEAD_DIM + d) * w;
-    }
-    store_finished<QT>(a, req, kv_head, head, d, m, l, o);
+    store_finished<QT>(a, req, kv_head, head, d, row_m[row], row_l[row], o);
   }
 }
 
