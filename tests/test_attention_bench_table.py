@@ -39,6 +39,9 @@ def test_h100_entry_is_tuned_and_picks_rules_by_head_dim():
     (dict(prefill_rules=(PrefillLaunchRule(128, 64, 64, 4, 2, True),)),
      "last rule must have max_head_dim null"),
     (dict(min_chunk=8), "min_chunk: must be >= 16"),
+    (dict(decode_rules=(DecodeLaunchRule(None, 64, 4, 2, max_batch=8),)), "no max_batch"),
+    (dict(decode_rules=(DecodeLaunchRule(64, 64, 4, 2, max_batch=0),
+                        DecodeLaunchRule(None, 64, 4, 2))), "max_batch: must be >= 1"),
     (dict(prefill_rules=(PrefillLaunchRule(None, 64, 64, 4, 9, True),)), "num_stages"),
 ])
 def test_entry_validation(change, message):

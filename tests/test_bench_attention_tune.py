@@ -113,3 +113,29 @@ def test_the_cuda_kernel_wins_where_it_is_faster(monkeypatch):
     r = table.decode_rule(128)
     assert (r.kernel, r.num_warps, r.block_n, r.kv_heads_per_program) == ("cuda", 8, 64, 1)
     table.validate("t")
+
+
+def test_small_and_large_batches_get_their_own_rule(monkeypatch):
+    """Each candidate is timed at a small and a large batch; where their fastest differ,
+    the small batch's becomes a rule for batches up to SMALL_BATCH ahead of the large
+    batch's, and a plan picks by its batch."""
+    from fuseinfer.ops import AttentionShape, PagedAttention
+
+    def cost(case, table, block_m=None, fp8=False):
+        r = table.decode_rule(case.model.head_dim, fp8)
+        small = len(case.kv_lens) <= tune.SMALL_BATCH
+        want = (32, 2, 3) if small else (64, 8, 3)
+        return 1.0 + ((r.block_n, r.num_warps, r.num_stages) != want) + (r.kernel == "cuda")
+
+    monkeypatch.setattr(tune, "_time", cost)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)
+    table, _ = tune.tune(0, ("decode",), ATTENTION_BUILTIN, (128,))
+    table.validate("t")
+    rules = [r for r in table.decode_rules if r.max_head_dim == 128]
+    assert [(r.block_n, r.num_warps, r.max_batch) for r in rules] == [(32, 2, tune.SMALL_BATCH),
+                                                                      (64, 8, None)]
+    attn = PagedAttention(AttentionShape(32, 8, 128, 16), "cpu", table=table, max_batch=64)
+    pages = torch.zeros(64, 4, dtype=torch.int32)
+    for batch, want in ((1, 32), (tune.SMALL_BATCH, 32), (tune.SMALL_BATCH + 1, 64), (64, 64)):
+        assert attn.plan_decode([5] * batch, pages[:batch]).launch.block_n == want
+    assert table.decode_rule(128).block_n == 64  # no batch given: the catch-all

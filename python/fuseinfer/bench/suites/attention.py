@@ -278,8 +278,8 @@ def _time_cuda_decode(row: dict[str, Any], case: Case, page_size: int, dtype: to
     m = case.model
     errors = []
     for fp8, key in ((False, "cuda"), (True, "fp8_cuda")) if fp8_kv else ((False, "cuda"),):
-        rule = table.decode_rule(m.head_dim, fp8)
-        cuda = replace(rule, kernel="cuda", kv_heads_per_program=1,
+        rule = table.decode_rule(m.head_dim, fp8, len(case.kv_lens))
+        cuda = replace(rule, kernel="cuda", kv_heads_per_program=1, max_batch=None,
                        num_warps=rule.num_warps if rule.num_warps in (4, 8) else 4)
         trial = replace(table, decode_rules=(replace(cuda, max_head_dim=None),),
                         fp8_decode_rules=())

@@ -1,17 +1,19 @@
 """`fuseinfer tune attention`: pick the attention kernels' block sizes on the present GPU and
 write them into its dispatch table.
 
-Prefill: per head dim, every (block_m, block_n, warps, stages, tma) candidate on a causal 4k
-prefill of a model with that head dim; the fastest wins. Decode: per head dim, the
+Prefill: per head dim, every (block_m, block_n, warps, stages, tma) candidate on a causal
+4k prefill of a model with that head dim; the fastest wins. Decode: per head dim, the
 (block_n, warps, stages) with the lowest geometric-mean time over a small-batch long-KV
 shape and a large-batch shape, then 2 or 4 KV heads per program with its loop (its warps
-and 8), then the CUDA kernel at 4 and 8 warps; `decode-fp8` does the same on FP8 caches
-for the FP8 rules. Splits: (min_chunk, target_ctas_per_sm), shared by every head dim, over
-small-batch shapes (where splitting matters). `--kinds` and `--head-dims` pick parts, the
-rest of the entry kept (each candidate compiles: about 4 s apiece on an H200, so the
-decode blocks of one head dim take about 2 minutes; --log is rewritten after every
-candidate, so a cut run keeps its timings). Head dim 256 keeps the built-in rules (no
-model of ours uses it). Candidates that fail to compile (shared memory) are skipped.
+and 8), then the CUDA kernel at 4 and 8 warps; where the small and the large batch's
+fastest differ, the small one's becomes a rule for batches up to SMALL_BATCH. `decode-fp8`
+does the same on FP8 caches for the FP8 rules. Splits: (min_chunk, target_ctas_per_sm),
+shared by every head dim, over small-batch shapes (where splitting matters). `--kinds` and
+`--head-dims` pick parts, the rest of the entry kept (each candidate compiles: about 4 s
+apiece on an H200, so the decode blocks of one head dim take about 2 minutes; --log is
+rewritten after every candidate, so a cut run keeps its timings). Head dim 256 keeps the
+built-in rules (no model of ours uses it). Candidates that fail to compile (shared memory)
+are skipped.
 Timed like `fuseinfer bench attention`.
 """
 
@@ -43,7 +45,8 @@ PREFILL_CANDIDATES = list(itertools.product((64, 128), (64, 128), (4, 8), (2, 3)
 DECODE_CANDIDATES = list(itertools.product((32, 64, 128), (2, 4, 8), (2, 3, 4)))
 # an FP8 key row is half the bytes: longer blocks keep as many in flight
 FP8_DECODE_CANDIDATES = list(itertools.product((64, 128, 256), (2, 4, 8), (2, 3, 4)))
-DECODE_SHAPES = ((1, 8192), (64, 4096))
+DECODE_SHAPES = ((1, 8192), (64, 4096))  # (batch, KV length): a small and a large batch
+SMALL_BATCH = 16  # batches up to this take the small shape's winner
 KV_HEADS_PER_PROGRAM = (2, 4)  # tried with the best loop (1 is the loop search's)
 CUDA_DECODE_WARPS = (4, 8)  # the CUDA decode kernel, tried after the Triton search
 SPLIT_CANDIDATES = list(itertools.product((64, 128, 256, 512), (1, 2, 4)))
@@ -73,16 +76,19 @@ def _time(case: Case, table: AttentionDispatch, block_m: int | None = None,
 
 
 def _with_rule(table: AttentionDispatch, head_dim: int, **rules: Any) -> AttentionDispatch:
-    """The table with one head dim's rule replaced (rules ordered by max_head_dim)."""
+    """The table with one head dim's rules replaced (rules ordered by max_head_dim): a
+    tuple of fields after max_head_dim gives one rule, a list of rules gives them in order
+    (a small-batch rule before its catch-all)."""
     out = {}
     for kind, rule in rules.items():
         cls = PrefillLaunchRule if kind == "prefill_rules" else DecodeLaunchRule
         # FP8 rules start as a copy of the decode rules (the other head dims keep theirs)
         old = getattr(table, kind) or table.decode_rules
         kept = [r for r in old if r.max_head_dim is not None and r.max_head_dim != head_dim]
-        new = cls(head_dim, *rule)
+        new = list(rule) if isinstance(rule, list) else [cls(head_dim, *rule)]
         last = [r for r in old if r.max_head_dim is None]
-        out[kind] = tuple(sorted(kept + [new], key=lambda r: r.max_head_dim)) + tuple(last)
+        # a stable sort: each head dim's rules keep their order
+        out[kind] = tuple(sorted(kept + new, key=lambda r: r.max_head_dim)) + tuple(last)
     return replace(table, **out)
 
 
@@ -162,12 +168,15 @@ def _tune_decode(table: AttentionDispatch, head_dim: int, m: Any, log: list, pro
     cache's rules, timed on FP8 caches."""
     kind, rules = ("decode-fp8", "fp8_decode_rules") if fp8 else ("decode", "decode_rules")
 
-    def score(cand: tuple[int, ...]) -> float:
+    timed: list[tuple[list[float], tuple]] = []  # (us per DECODE_SHAPES, candidate)
+
+    def score(cand: tuple) -> float:
         progress.step(f"{kind} d={head_dim} {cand}")
         trial = _with_rule(table, head_dim, **{rules: cand})
         times = [_time(Case("decode", m, f"{b}x{n}", (1,) * b, (n,) * b), trial, fp8=fp8)
                  for b, n in DECODE_SHAPES]
         log.append({"kind": kind, "head_dim": head_dim, "candidate": cand, "us": times})
+        timed.append((times, cand))
         return _geomean(times)
 
     first = lambda pair: pair[0]  # noqa: E731 (candidates mix ints and a kernel name)
@@ -180,12 +189,19 @@ def _tune_decode(table: AttentionDispatch, head_dim: int, m: Any, log: list, pro
         for w in dict.fromkeys((warps, max(warps, 8))):
             cand = (block_n, w, stages, per_program)
             if m.kv_heads % per_program == 0:
-                best = min(best, (score(cand), cand), key=first)
+                score(cand)
     # the CUDA kernel (csrc/attention): its warps, the winner's split alignment
     for w in CUDA_DECODE_WARPS:
-        cand = (block_n, w, stages, 1, "cuda")
-        best = min(best, (score(cand), cand), key=first)
-    return _with_rule(table, head_dim, **{rules: best[1]})
+        score((block_n, w, stages, 1, "cuda"))
+    # every candidate was timed at both shapes: the small batch's fastest serves batches up
+    # to SMALL_BATCH, the large batch's every other batch (one rule when they agree)
+    small = min(timed, key=lambda t: t[0][0])[1]
+    large = min(timed, key=lambda t: t[0][1])[1]
+    if small == large:
+        return _with_rule(table, head_dim, **{rules: large})
+    return _with_rule(table, head_dim, **{rules: [
+        replace(DecodeLaunchRule(head_dim, *small), max_batch=SMALL_BATCH),
+        DecodeLaunchRule(head_dim, *large)]})
 
 
 def _tune_splits(table: AttentionDispatch, log: list, progress: Any) -> AttentionDispatch:
@@ -232,7 +248,8 @@ def tune_command(args: argparse.Namespace) -> int:
     for name, rules in (("decode", table.decode_rules),
                         ("FP8-cache decode", table.fp8_decode_rules)):
         for r in rules:
-            print(f"  {name} head_dim <= {r.max_head_dim}: {r.kernel} kernel, block_n "
+            batches = "" if r.max_batch is None else f", batch <= {r.max_batch}"
+            print(f"  {name} head_dim <= {r.max_head_dim}{batches}: {r.kernel} kernel, block_n "
                   f"{r.block_n}, {r.num_warps} warps, {r.num_stages} stages, "
                   f"{r.kv_heads_per_program} KV head(s) per program")
     print(f"  decode splits: min_chunk {table.min_chunk}, {table.target_ctas_per_sm} "

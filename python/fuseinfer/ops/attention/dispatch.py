@@ -44,9 +44,14 @@ class DecodeLaunchRule:
     # shared memory; KV groups of at most 16, head_dim 64 or 128, 4 or 8 warps, one KV head
     # per program; block_n then only aligns the split ranges). Elsewhere Triton runs.
     kernel: str = "triton"
+    # the rule serves batches up to this many requests (None: any); rules are read in
+    # order, so a small-batch rule goes before its head dim's catch-all
+    max_batch: int | None = None
 
     def validate(self, where: str) -> None:
         _check_loop(self.block_n, self.num_warps, self.num_stages, where)
+        if self.max_batch is not None and self.max_batch < 1:
+            raise TableError(f"{where}.max_batch: must be >= 1 or null, got {self.max_batch}")
         check_pow2(self.kv_heads_per_program, 1, 8, f"{where}.kv_heads_per_program")
         if self.kernel not in DECODE_KERNELS:
             raise TableError(f"{where}.kernel: must be one of {list(DECODE_KERNELS)}, got "
@@ -74,8 +79,8 @@ class PrefillLaunchRule:
 def _check_rules(rules: tuple, where: str) -> None:
     if not rules:
         raise TableError(f"{where}: needs at least one rule")
-    if rules[-1].max_head_dim is not None:
-        raise TableError(f"{where}: the last rule must have max_head_dim null")
+    if rules[-1].max_head_dim is not None or getattr(rules[-1], "max_batch", None) is not None:
+        raise TableError(f"{where}: the last rule must have max_head_dim null and no max_batch")
 
 
 @dataclass(frozen=True)
@@ -105,11 +110,15 @@ class AttentionDispatch:
         if self.fp8_decode_rules:
             _check_rules(self.fp8_decode_rules, f"{where}.fp8_decode_rules")
 
-    def decode_rule(self, head_dim: int, fp8: bool = False) -> DecodeLaunchRule:
-        """The decode rule for a head dim; fp8: for an FP8 cache (its own rules if the
-        entry has them)."""
+    def decode_rule(self, head_dim: int, fp8: bool = False, batch: int | None = None
+                    ) -> DecodeLaunchRule:
+        """The first decode rule that holds the head dim and the batch (None: a batch of any
+        size, so only rules without max_batch); fp8: for an FP8 cache (its own rules if
+        the entry has them)."""
         rules = self.fp8_decode_rules if fp8 and self.fp8_decode_rules else self.decode_rules
-        return next(r for r in rules if r.max_head_dim is None or head_dim <= r.max_head_dim)
+        return next(r for r in rules
+                    if (r.max_head_dim is None or head_dim <= r.max_head_dim)
+                    and (r.max_batch is None or (batch is not None and batch <= r.max_batch)))
 
     def prefill_rule(self, head_dim: int) -> PrefillLaunchRule:
         return next(r for r in self.prefill_rules

@@ -126,25 +126,25 @@ class PagedAttention:
                                            device=self.device) if fused_merge else None
 
     # ---- decode -------------------------------------------------------------------------
-    def kv_heads_per_program(self) -> int:
-        """KV heads one decode program reads: the rule's count on tensor cores where it
-        divides the KV heads, else 1."""
+    def kv_heads_per_program(self, batch: int | None = None) -> int:
+        """KV heads one decode program reads at this batch size: the rule's count on
+        tensor cores where it divides the KV heads, else 1."""
         s = self.shape
-        n = self.table.decode_rule(s.head_dim, s.kv_fp8).kv_heads_per_program
+        n = self.table.decode_rule(s.head_dim, s.kv_fp8, batch).kv_heads_per_program
         use_dot = s.group >= self.table.tensor_core_min_group
         return n if use_dot and s.num_kv_heads % n == 0 else 1
 
-    def decode_units(self) -> int:
+    def decode_units(self, batch: int | None = None) -> int:
         """Programs per request and split: KV groups on tensor cores (several per program
         where the rule says so), else q heads."""
         s = self.shape
-        return s.num_kv_heads // self.kv_heads_per_program() \
+        return s.num_kv_heads // self.kv_heads_per_program(batch) \
             if s.group >= self.table.tensor_core_min_group else s.num_q_heads
 
     def splits_for(self, batch: int) -> int:
         """Split count for a batch size: enough programs for every SM (lengths not used)."""
         target = self.sm_count * self.table.target_ctas_per_sm
-        splits = -(-target // max(batch * self.decode_units(), 1))
+        splits = -(-target // max(batch * self.decode_units(batch), 1))
         return max(1, min(self.table.max_splits, splits))
 
     def _partial_buffers(self, batch: int, splits: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -179,14 +179,14 @@ class PagedAttention:
         if splits < 1:
             fail(op, "splits", f"must be >= 1, got {splits}")
         partial_out, partial_lse = self._partial_buffers(batch, splits)
-        rule = self.table.decode_rule(self.shape.head_dim, self.shape.kv_fp8)
+        rule = self.table.decode_rule(self.shape.head_dim, self.shape.kv_fp8, batch)
         return DecodePlan(
             batch=batch, splits=splits, page_table=page_table,
             kv_lens=_to_device(lens, self.device, self._decode_kv_lens[:batch]),
             partial_out=partial_out, partial_lse=partial_lse,
             launch=DecodeLaunch(rule.block_n, rule.num_warps, rule.num_stages,
                                 self.table.min_chunk, self.table.tensor_core_min_group,
-                                self.kv_heads_per_program(),
+                                self.kv_heads_per_program(batch),
                                 int(rule.kernel == "cuda")),
             kv_lens_host=tuple(lens), merge_counters=self._merge_counters)
 
