@@ -14,7 +14,9 @@
 #                    every GPU kernel suite at its quick shape set, one summary table (the
 #                    ceilings measured first where missing); records nothing
 #   tune:SUITE       `fuseinfer tune SUITE --log $OUT/tune_SUITE_log.json` plus TUNE_ARGS_SUITE;
-#                    the updated table comes back as $OUT/table_<gpu>.json
+#                    the updated table comes back as $OUT/table_<gpu>.json. tune:SUITE@TAG
+#                    takes TUNE_ARGS_SUITE_TAG instead (one tuning split over steps, so a
+#                    step cut by the deadline loses only its own part)
 #   tests            the GPU test suite; tests:NAME only tests/gpu/test_NAME*.py (PYTEST_ARGS)
 #   runtime          the recorded runtime set: bench:offline (ARGS_offline, default --ablate all)
 #                    then bench:latency (ARGS_latency, default four ablations), one recorded run
@@ -148,10 +150,12 @@ all_step() {  # every GPU kernel suite at its quick shape set, the summary table
   return $rc
 }
 
-tune_step() {  # tune_step SUITE
-  local suite=$1 extra_var="TUNE_ARGS_${1//-/_}"
-  TAIL=30 step "tune_$suite" timeout "$STEP_TIMEOUT" "${FI[@]}" tune "$suite" \
-    --log "$OUT/tune_${suite}_log.json" ${!extra_var:-}
+tune_step() {  # tune_step SUITE[@TAG]: with TAG, the options in TUNE_ARGS_SUITE_TAG instead
+  local suite=${1%%@*} tag="" extra_var
+  [[ "$1" == *@* ]] && tag=_${1#*@}
+  extra_var="TUNE_ARGS_${suite//-/_}$tag"
+  TAIL=30 step "tune_$suite$tag" timeout "$STEP_TIMEOUT" "${FI[@]}" tune "$suite" \
+    --log "$OUT/tune_${suite}${tag}_log.json" ${!extra_var:-}
   cp "autotune_configs/$KEY.json" "$OUT/table_$KEY.json" 2>/dev/null
 }
 
