@@ -139,3 +139,25 @@ def test_small_and_large_batches_get_their_own_rule(monkeypatch):
     for batch, want in ((1, 32), (tune.SMALL_BATCH, 32), (tune.SMALL_BATCH + 1, 64), (64, 64)):
         assert attn.plan_decode([5] * batch, pages[:batch]).launch.block_n == want
     assert table.decode_rule(128).block_n == 64  # no batch given: the catch-all
+
+
+def test_resume_takes_back_a_cut_runs_timings(fake, monkeypatch):
+    """A run cut after some candidates (its log through JSON, as --log writes it): the
+    resumed run times only the rest and ends on the table a whole run gives."""
+    import json
+
+    whole, whole_log = tune.tune(0, ("decode", "splits"), ATTENTION_BUILTIN, (64,))
+    cut = json.loads(json.dumps(list(whole_log)[:20]))
+    timed = []
+    monkeypatch.setattr(tune, "_time", lambda *a, **k: timed.append(a) or _fake_cost(*a, **k))
+    resumed, log = tune.tune(0, ("decode", "splits"), ATTENTION_BUILTIN, (64,), resumed=cut)
+    assert resumed == whole
+    assert len(log) == len(whole_log)
+    # the 20 logged candidates were not timed again; every other one was (decode: one
+    # timing per shape, splits: one per model and shape)
+    per_split = len(tune.TUNE_MODELS) * len(tune.SPLIT_SHAPES)
+    decode_left = len(tune.DECODE_CANDIDATES) + len(tune.KV_HEADS_PER_PROGRAM) \
+        + len(tune.CUDA_DECODE_WARPS) - 20
+    assert len(timed) == decode_left * len(tune.DECODE_SHAPES) \
+        + len(tune.SPLIT_CANDIDATES) * per_split
+    assert [e["us"] for e in log[:20]] == [e["us"] for e in cut]

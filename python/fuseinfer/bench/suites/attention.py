@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -359,6 +360,9 @@ def add_tune_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--head-dims", nargs="+", type=int, choices=[64, 128],
                         help="tune the prefill / decode blocks of these head dims only "
                         "(default: 64 and 128)")
+    parser.add_argument("--resume", type=Path, metavar="LOG",
+                        help="an earlier run's --log (one cut short, say): its timings are "
+                        "taken back instead of timing those candidates again")
 
 
 register_suite(Suite(

@@ -11,7 +11,8 @@ does the same on FP8 caches for the FP8 rules. Splits: (min_chunk, target_ctas_p
 shared by every head dim, over small-batch shapes (where splitting matters). `--kinds` and
 `--head-dims` pick parts, the rest of the entry kept (each candidate compiles: about 4 s
 apiece on an H200, so the decode blocks of one head dim take about 2 minutes; --log is
-rewritten after every candidate, so a cut run keeps its timings). Head dim 256 keeps the
+rewritten after every candidate, so a cut run keeps its timings, and `--resume LOG` takes
+them back instead of timing those candidates again). Head dim 256 keeps the
 built-in rules (no model of ours uses it). Candidates that fail to compile (shared memory)
 are skipped.
 Timed like `fuseinfer bench attention`.
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import math
 from collections.abc import Callable
 from dataclasses import replace
@@ -100,13 +102,33 @@ KINDS = ("prefill", "decode", "decode-fp8", "splits")
 DEFAULT_KINDS = ("prefill", "decode", "splits")  # decode-fp8 only when asked
 
 
+def _timing_key(kind: str, head_dim: int | None, candidate: Any) -> tuple:
+    return kind, head_dim, json.dumps(list(candidate))
+
+
 class _Log(list):
     """The timings taken so far; `saved` (if given) is called with them after each one,
-    so a run cut short keeps what it measured."""
+    so a run cut short keeps what it measured. `resumed`: an earlier run's timings, taken
+    back (and logged again) instead of timing those candidates."""
 
-    def __init__(self, saved: Callable[[list[dict[str, Any]]], None] | None) -> None:
+    def __init__(self, saved: Callable[[list[dict[str, Any]]], None] | None,
+                 resumed: list[dict[str, Any]] = ()) -> None:
         super().__init__()
         self.saved = saved
+        self.resumed = {_timing_key(e["kind"], e.get("head_dim"), e["candidate"]): e["us"]
+                        for e in resumed}
+
+    def timed(self, kind: str, head_dim: int | None, candidate: Any,
+              measure: Callable[[], Any]) -> Any:
+        """The candidate's time(s): the resumed run's if it has them, else measured."""
+        us = self.resumed.get(_timing_key(kind, head_dim, candidate))
+        if us is None:
+            us = measure()
+        entry = {"kind": kind, "candidate": candidate, "us": us}
+        if head_dim is not None:
+            entry = {"kind": kind, "head_dim": head_dim, "candidate": candidate, "us": us}
+        self.append(entry)
+        return us
 
     def append(self, entry: dict[str, Any]) -> None:
         super().append(entry)
@@ -117,15 +139,17 @@ class _Log(list):
 def tune(device: int, kinds: tuple[str, ...] = DEFAULT_KINDS,
          start: AttentionDispatch = ATTENTION_BUILTIN,
          head_dims: tuple[int, ...] = tuple(TUNE_MODELS),
-         saved: Callable[[list[dict[str, Any]]], None] | None = None
+         saved: Callable[[list[dict[str, Any]]], None] | None = None,
+         resumed: list[dict[str, Any]] = ()
          ) -> tuple[AttentionDispatch, list[dict[str, Any]]]:
     """Tune the given kinds (the prefill and decode blocks for `head_dims`; the decode
     split policy over every tuned model), starting from (and keeping the rest of)
     `start`. Each kind and head dim alone fits one device call of a few minutes. `saved`
-    gets the timings so far after each candidate."""
+    gets the timings so far after each candidate; `resumed` (an earlier run's log) gives
+    timings not taken again."""
     torch.cuda.set_device(device)
     table = start
-    log: list[dict[str, Any]] = _Log(saved)
+    log = _Log(saved, resumed)
     steps = len(head_dims) * (len(PREFILL_CANDIDATES) * ("prefill" in kinds)
                               + (len(DECODE_CANDIDATES) + 2 * len(KV_HEADS_PER_PROGRAM)
                                  + len(CUDA_DECODE_WARPS)) * ("decode" in kinds)
@@ -146,22 +170,21 @@ def tune(device: int, kinds: tuple[str, ...] = DEFAULT_KINDS,
     return table, log
 
 
-def _tune_prefill(table: AttentionDispatch, head_dim: int, m: Any, log: list, progress: Any
+def _tune_prefill(table: AttentionDispatch, head_dim: int, m: Any, log: _Log, progress: Any
                   ) -> AttentionDispatch:
     case = Case("prefill", m, "1x4k", (4096,), (4096,))
     best = None
     for cand in PREFILL_CANDIDATES:
         progress.step(f"prefill d={head_dim} {cand}")
         trial = _with_rule(table, head_dim, prefill_rules=cand)
-        us = _time(case, trial, block_m=cand[0])
-        log.append({"kind": "prefill", "head_dim": head_dim, "candidate": cand,
-                    "us": us})
+        us = log.timed("prefill", head_dim, cand,
+                       lambda t=trial, m=cand[0]: _time(case, t, block_m=m))
         if best is None or us < best[0]:
             best = (us, cand)
     return _with_rule(table, head_dim, prefill_rules=best[1])
 
 
-def _tune_decode(table: AttentionDispatch, head_dim: int, m: Any, log: list, progress: Any,
+def _tune_decode(table: AttentionDispatch, head_dim: int, m: Any, log: _Log, progress: Any,
                  fp8: bool = False) -> AttentionDispatch:
     """The loop's (block_n, warps, stages) first, then KV heads per program with the
     winning loop (where the model's KV heads divide), then the CUDA kernel. fp8: the FP8
@@ -173,9 +196,9 @@ def _tune_decode(table: AttentionDispatch, head_dim: int, m: Any, log: list, pro
     def score(cand: tuple) -> float:
         progress.step(f"{kind} d={head_dim} {cand}")
         trial = _with_rule(table, head_dim, **{rules: cand})
-        times = [_time(Case("decode", m, f"{b}x{n}", (1,) * b, (n,) * b), trial, fp8=fp8)
-                 for b, n in DECODE_SHAPES]
-        log.append({"kind": kind, "head_dim": head_dim, "candidate": cand, "us": times})
+        times = log.timed(kind, head_dim, cand, lambda: [
+            _time(Case("decode", m, f"{b}x{n}", (1,) * b, (n,) * b), trial, fp8=fp8)
+            for b, n in DECODE_SHAPES])
         timed.append((times, cand))
         return _geomean(times)
 
@@ -204,14 +227,14 @@ def _tune_decode(table: AttentionDispatch, head_dim: int, m: Any, log: list, pro
         DecodeLaunchRule(head_dim, *large)]})
 
 
-def _tune_splits(table: AttentionDispatch, log: list, progress: Any) -> AttentionDispatch:
+def _tune_splits(table: AttentionDispatch, log: _Log, progress: Any) -> AttentionDispatch:
     best = None
     for chunk, ctas in SPLIT_CANDIDATES:
         progress.step(f"decode splits min_chunk={chunk} ctas/sm={ctas}")
         trial = replace(table, min_chunk=chunk, target_ctas_per_sm=ctas)
-        times = [_time(Case("decode", MODELS[name], f"{b}x{n}", (1,) * b, (n,) * b), trial)
-                 for name in TUNE_MODELS.values() for b, n in SPLIT_SHAPES]
-        log.append({"kind": "splits", "candidate": [chunk, ctas], "us": times})
+        times = log.timed("splits", None, [chunk, ctas], lambda t=trial: [
+            _time(Case("decode", MODELS[name], f"{b}x{n}", (1,) * b, (n,) * b), t)
+            for name in TUNE_MODELS.values() for b, n in SPLIT_SHAPES])
         score = _geomean(times)
         if best is None or score < best[0]:
             best = (score, (chunk, ctas))
@@ -233,7 +256,8 @@ def tune_command(args: argparse.Namespace) -> int:
     def partial(log: list[dict[str, Any]]) -> None:  # the log so far, rewritten per timing
         write_tune_log(args.log, f"unfinished: tune attention {' '.join(kinds)}{dims}", log)
 
-    table, log = tune(target.device, kinds, start, head_dims, partial)
+    resumed = json.loads(args.resume.read_text())["timings"] if args.resume else []
+    table, log = tune(target.device, kinds, start, head_dims, partial, resumed)
     done = {"prefill": f"prefill 1x4k causal{dims}", "decode": f"decode {DECODE_SHAPES}{dims}",
             "decode-fp8": f"FP8-cache decode {DECODE_SHAPES}{dims}",
             "splits": f"splits over {SPLIT_SHAPES}"}
