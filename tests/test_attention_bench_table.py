@@ -84,3 +84,44 @@ def test_record_run_in_parts(tmp_path):
     assert data["runs"][0]["environment"]["continued"] == ["d2"]
     with pytest.raises(ValueError, match="no latest run with the same GPU"):
         record_run(path, dict(first, environment=dict(env, gpu="H200")), continue_last=True)
+
+
+def test_a_run_cut_by_sigterm_keeps_its_finished_rows(tmp_path, monkeypatch):
+    """SIGTERM mid-run (a device step's timeout): the rows finished before it are printed,
+    written and recorded as a run cut short, nothing after it runs, exit code 3, and the
+    SIGTERM handler is put back."""
+    import os
+    import signal
+
+    from fuseinfer.bench import ceilings, report
+
+    def fake_run(cases, *a, rows, **kw):
+        for i, case in enumerate(cases):
+            if i == 2:
+                os.kill(os.getpid(), signal.SIGTERM)
+            rows.append({"kind": case.kind, "model": case.model.name, "shape": case.shape,
+                         "us": float(i + 1)})
+        return rows
+
+    recorded = []
+    monkeypatch.setattr(suite, "run", fake_run)
+    monkeypatch.setattr(ceilings, "copy_bandwidth_gbps", lambda: 4000.0)
+    monkeypatch.setattr(ceilings, "load_ceilings", lambda: None)
+    monkeypatch.setattr(report, "record", lambda run, continue_last=False: recorded.append(run))
+    handler = signal.getsignal(signal.SIGTERM)
+    args = suite_args(["--kinds", "decode", "--models", "Llama-3-8B", "--batches", "1",
+                       "--lengths", "1024", "--json", str(tmp_path / "run.json"), "--record"])
+    assert suite.run_command(args) == 3
+    written = json.loads((tmp_path / "run.json").read_text())
+    assert [r["shape"] for r in written["rows"]] == ["1x1024", "1x8192"]
+    assert written["cut_short"] == "after 2 of 3 cases (signal SIGTERM)"
+    assert len(recorded) == 1 and recorded[0]["rows"] == written["rows"]
+    assert signal.getsignal(signal.SIGTERM) is handler
+
+
+def suite_args(argv):
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    suite.add_arguments(parser)
+    return parser.parse_args(argv)

@@ -322,3 +322,9 @@ def test_summary_shows_every_run_of_the_latest_day(tmp_path):
                       "environment": dict(day, date="2026-12-02T00:00:00+00:00",
                                           commit="0123456789abcdef-dirty")})
     assert "commit 0123456789ab;" in render_summary(tmp_path / "results")
+    assert "cut short" not in render_summary(tmp_path / "results")
+    record_run(path, {"suite": "moe", "rows": [{"case": "y", "us": 1.5}],
+                      "cut_short": "after 1 of 3 cases (signal SIGTERM)",
+                      "environment": dict(day, date="2026-12-02T01:00:00+00:00")})
+    assert "cut short after 1 of 3 cases (signal SIGTERM);" in \
+        render_summary(tmp_path / "results")

@@ -5,7 +5,7 @@ JSON file, recorded results)."""
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,19 +43,24 @@ def check_known(kind: str, asked: Iterable[str], known: Iterable[str]) -> None:
 
 
 def report_run(name: str, columns: Sequence[Column], rows: list[dict[str, Any]],
-               copy_gbps: float | None, args: argparse.Namespace) -> int:
-    """Print the table; write --json and append --record as the suite `name`."""
+               copy_gbps: float | None, args: argparse.Namespace,
+               cut_short: str | None = None) -> int:
+    """Print the table; write --json and append --record as the suite `name`. cut_short:
+    the run was stopped (bench.cut) after the given rows; said in the run, exit code 3."""
     from .ceilings import load_ceilings
 
     print(report.format_table(rows, columns))
     ceilings = load_ceilings()
     env = report.bench_environment()
-    extra: Mapping[str, Any] = {"columns": report.column_specs(columns), "pdl": args.pdl,
-                                "cold": args.cold}
+    extra: dict[str, Any] = {"columns": report.column_specs(columns), "pdl": args.pdl,
+                             "cold": args.cold}
+    if cut_short is not None:
+        extra["cut_short"] = cut_short
+        print(f"run cut short {cut_short}: the rows above are kept")
     run = report.make_run(name, env, ceilings.__dict__ if ceilings else
                           {"copy_gbps": copy_gbps}, rows, extra)
     if args.json:
         report.write_run_json(args.json, name, env, run["ceilings"], rows, extra)
-    if args.record:
+    if args.record and rows:
         report.record(run, continue_last=getattr(args, "continue_run", False))
-    return 0
+    return 0 if cut_short is None else 3

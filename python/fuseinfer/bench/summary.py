@@ -99,6 +99,8 @@ def _provenance(run: Mapping[str, Any]) -> str:
         parts.append(f"CUDA {env['cuda']}")
     if env.get("commit"):  # runs recorded since 2026-12-01 name the code they measured
         parts.append(f"commit {str(env['commit'])[:12]}")
+    if run.get("cut_short"):  # stopped by a deadline: the rows it finished
+        parts.append(f"cut short {run['cut_short']}")
     ceilings = run.get("ceilings") or {}
     used = [
         label.format(format_number(float(ceilings[key])))

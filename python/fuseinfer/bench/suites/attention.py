@@ -27,6 +27,7 @@ from ...ops import AttentionShape, PagedAttention
 from ...ops.attention.reference import reference_paged_attention
 from .. import attention_baselines as base
 from ..attention_inputs import make_paged_kv
+from ..cut import RunCut, cut_by_sigterm, cut_note
 from ..kernel_suite import add_output_options, check_known, report_run
 from ..progress import Progress
 from ..registry import Suite, register_suite, tuner_in
@@ -200,17 +201,20 @@ def _time(fn: Callable[[], Any], config: TimingConfig) -> float:
 def run(cases: Sequence[Case], baselines: Sequence[str], copy_gbps: float | None,
         bf16_tflops: float | None, page_size: int = 64, dtype: torch.dtype = torch.bfloat16,
         config: TimingConfig | None = None, fp8_kv: bool = False,
-        cuda_decode: bool = False) -> list[dict[str, Any]]:
+        cuda_decode: bool = False, rows: list[dict[str, Any]] | None = None
+        ) -> list[dict[str, Any]]:
     """fp8_kv: decode rows also time our kernel on an FP8 cache (a scale per KV head) of
     the same shape: `fp8_us`, `fp8_speedup` (the bf16 time over it), `fp8_rel_err`.
     cuda_decode: decode rows also time the CUDA decode kernel (the table's rule with
     kernel "cuda"): `cuda_us`, `cuda_speedup` (the table's time over it), and with fp8_kv
-    `fp8_cuda_us`, `fp8_cuda_speedup` (the bf16 table time over it); `cuda_rel_err`."""
+    `fp8_cuda_us`, `fp8_cuda_speedup` (the bf16 table time over it); `cuda_rel_err`.
+    rows: the list each finished case's row is appended to (returned), so a caller that
+    stops the run midway (bench.cut) still holds the finished ones."""
     config = config or TimingConfig(repeats=15, target_graph_ms=2.0)
     baselines = base.installed(baselines)
     itemsize = torch.empty((), dtype=dtype).element_size()
     l2 = l2_cache_bytes()
-    rows: list[dict[str, Any]] = []
+    rows = [] if rows is None else rows
     with Progress(len(cases), "bench attention") as progress:
         for case in cases:
             m = case.model
@@ -345,9 +349,15 @@ def run_command(args: argparse.Namespace) -> int:
     copy_gbps = copy_bandwidth_gbps()
     ceilings = load_ceilings()
     bf16 = ceilings.bf16_tflops if ceilings else None
-    rows = run(cases, args.baselines, copy_gbps, bf16, page_size=args.page_size,
-               fp8_kv=args.fp8_kv, cuda_decode=args.cuda_decode)
-    return report_run("attention", COLUMNS, rows, copy_gbps, args)
+    rows: list[dict[str, Any]] = []
+    cut = None
+    try:
+        with cut_by_sigterm():
+            run(cases, args.baselines, copy_gbps, bf16, page_size=args.page_size,
+                fp8_kv=args.fp8_kv, cuda_decode=args.cuda_decode, rows=rows)
+    except RunCut as err:
+        cut = cut_note(len(rows), len(cases), err)
+    return report_run("attention", COLUMNS, rows, copy_gbps, args, cut_short=cut)
 
 
 def add_tune_arguments(parser: argparse.ArgumentParser) -> None:
