@@ -10,6 +10,11 @@
 #                    that run (--continue-run, where it has it). GPU kernel suites measure the
 #                    device ceilings first if this call has not. bench:SUITE@TAG runs it with
 #                    ARGS_SUITE_TAG instead (e.g. one suite twice, on two models, one run).
+#   prebuild:SUITE   `fuseinfer bench SUITE --build-only` plus ARGS_SUITE, in the background
+#                    (suites that have it: attention): the JIT modules that suite's run will
+#                    use (FlashInfer's take minutes) build while the next steps run; its
+#                    bench:SUITE waits for them first. e.g. prebuild:attention tests:attention
+#                    tune:attention bench:attention
 #   all              `fuseinfer bench all --quick --json $OUT/bench_all.json` plus ARGS_all:
 #                    every GPU kernel suite at its quick shape set, one summary table (the
 #                    ceilings measured first where missing); records nothing
@@ -116,9 +121,33 @@ copy_results() {  # copy_results STEM: the recorded results file, as $OUT/result
 
 copy_ceilings() { cp "$FUSEINFER_CACHE_DIR"/ceilings/*.json "$OUT/ceilings.json" 2>/dev/null; }
 
+declare -A PREBUILD=()
+prebuild_step() {  # prebuild_step SUITE[@TAG]: its builds in the background, bounded by the deadline
+  local suite=${1%%@*} tag="" extra_var
+  [[ "$1" == *@* ]] && tag=_${1#*@}
+  extra_var="ARGS_${suite//-/_}$tag"
+  has_option "$suite" --build-only || { echo "=== prebuild: suite $suite has no --build-only"; return 1; }
+  echo "=== prebuild_$suite$tag: fuseinfer bench $suite --build-only ${!extra_var:-} (background)"
+  timeout "$STEP_TIMEOUT" "${FI[@]}" bench "$suite" --build-only ${!extra_var:-} \
+    >"$LOGS/prebuild_$suite$tag.log" 2>&1 &
+  PREBUILD[$suite]="${PREBUILD[$suite]:-} $!"
+}
+
+wait_prebuild() {  # wait_prebuild SUITE: its background builds finished before it is timed
+  local pids=${PREBUILD[$1]:-} start=$SECONDS pid
+  [ -n "$pids" ] || return 0
+  for pid in $pids; do wait "$pid"; echo "=== prebuild of $1 rc=$? (waited $((SECONDS - start)) s)"; done
+  tail -n 20 "$LOGS"/prebuild_"$1"*.log
+  unset "PREBUILD[$1]"
+  local left=$((DEADLINE - SECONDS))  # the wait came out of this step's time
+  STEP_TIMEOUT=$((left < STEP_TIMEOUT ? left : STEP_TIMEOUT))
+}
+
 bench_step() {  # bench_step SUITE[@TAG]: with TAG, the options in ARGS_SUITE_TAG instead
   local suite=${1%%@*} tag="" args=() extra_var stem
   [[ "$1" == *@* ]] && tag=_${1#*@}
+  wait_prebuild "$suite"
+  [ "$STEP_TIMEOUT" -ge 30 ] || { echo "=== bench:$1 skipped: DEADLINE ($DEADLINE s) reached"; return 1; }
   extra_var="ARGS_${suite//-/_}$tag"
   [ -n "$(suite_field "$suite" 1)" ] || { echo "unknown suite $suite: $(cut -d' ' -f1 <<<"$SUITES" | tr '\n' ' ')"; return 1; }
   stem=$(suite_field "$suite" 3)
@@ -229,6 +258,7 @@ for s in "$@"; do
   STEP_TIMEOUT=$((left < STEP_TIMEOUT_MAX ? left : STEP_TIMEOUT_MAX))
   case $s in
     bench:*) bench_step "${s#bench:}" ;;
+    prebuild:*) prebuild_step "${s#prebuild:}" ;;
     all) all_step ;;
     tune:*) tune_step "${s#tune:}" ;;
     tests) tests_step ;;
@@ -239,9 +269,10 @@ for s in "$@"; do
     aot) check_aot ;;
     serve) serve_bench ;;
     profile-runtime) TAIL=120 step profile_runtime timeout 300 python3 microbench/profile_runtime.py ${PROFILE_ARGS:-} ;;
-    *) echo "unknown step $s (all bench:SUITE tune:SUITE tests tests:NAME runtime aot serve profile-runtime)" ;;
+    *) echo "unknown step $s (all bench:SUITE prebuild:SUITE tune:SUITE tests tests:NAME runtime aot serve profile-runtime)" ;;
   esac
 done
+for suite in "${!PREBUILD[@]}"; do wait_prebuild "$suite"; done  # their builds travel back too
 
 # Only the newest build of each module travels back (a load touches its folder, so that is
 # the one in use); older ones (sources since changed)

@@ -125,3 +125,38 @@ def suite_args(argv):
     parser = argparse.ArgumentParser()
     suite.add_arguments(parser)
     return parser.parse_args(argv)
+
+
+def test_build_only_builds_each_kind_and_model_once_and_times_nothing(monkeypatch, capsys):
+    from fuseinfer.bench import ceilings
+    from fuseinfer.bench.suites import attention_prebuild as pre
+
+    built = []
+
+    def fake_check(case, page_size, dtype, fp8=False, table=None):
+        built.append(("ours fp8" if fp8 else "ours", case.kind, case.model.name))
+        return 0.0
+
+    def fake_plan(case, page_size, dtype):
+        built.append(("flashinfer", case.kind, case.model.name))
+        if case.model.sinks:
+            raise RuntimeError("no sink variant here")
+
+    monkeypatch.setattr(pre, "check", fake_check)
+    monkeypatch.setattr(pre, "_plan_flashinfer", fake_plan)
+    monkeypatch.setattr(pre.base, "installed", lambda names: list(names))
+    monkeypatch.setattr(pre.torch.cuda, "empty_cache", lambda: None)
+    monkeypatch.setattr(ceilings, "copy_bandwidth_gbps",
+                        lambda: pytest.fail("--build-only must time nothing"))
+    args = suite_args(["--models", "Llama-3-8B", "GPT-OSS", "--batches", "1", "8",
+                       "--lengths", "1024", "--prefill", "1x4k", "--fp8-kv",
+                       "--baselines", "sdpa", "flashinfer", "--build-only"])
+    assert suite.run_command(args) == 1  # the GPT-OSS FlashInfer builds failed
+    assert built == [(what, kind, model)
+                     for kind, model in (("decode", "Llama-3-8B"), ("decode", "GPT-OSS"),
+                                         ("prefill", "Llama-3-8B"), ("prefill", "GPT-OSS"))
+                     for what in ("ours", "ours fp8", "flashinfer")
+                     if not (what == "ours fp8" and kind == "prefill")]
+    out = capsys.readouterr().out
+    assert "[2/4] built decode GPT-OSS: ours, ours fp8, flashinfer FAILED (RuntimeError: " \
+        "no sink variant here)" in out

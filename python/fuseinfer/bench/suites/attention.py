@@ -325,6 +325,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--baselines", nargs="*", default=list(BASELINES),
                         help="baselines timed in the same run: sdpa and flex on contiguous "
                         "KV, flashinfer (skipped if absent) on the same paged KV")
+    parser.add_argument("--build-only", action="store_true",
+                        help="build every JIT module the run would use (our kernels, the "
+                        "FlashInfer baseline's) and time nothing: run it beside another "
+                        "step so the builds are off the bench's clock")
     add_output_options(parser, "attention", continue_run=True)
     parser.set_defaults(pdl="auto", cold=False)  # recorded with the run, as the others'
 
@@ -346,6 +350,10 @@ def run_command(args: argparse.Namespace) -> int:
                               args.lengths or DECODE_LENGTHS)
     if "prefill" in args.kinds:
         cases += prefill_cases([m for m in models if m.name in PREFILL_MODELS], prefill)
+    if args.build_only:
+        from .attention_prebuild import prebuild
+
+        return 1 if prebuild(cases, args.baselines, args.page_size, fp8_kv=args.fp8_kv) else 0
     copy_gbps = copy_bandwidth_gbps()
     ceilings = load_ceilings()
     bf16 = ceilings.bf16_tflops if ceilings else None
