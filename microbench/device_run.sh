@@ -34,7 +34,10 @@
 # Installs the wheels carried in .whl/, restores a carried JIT cache (.devcache/), runs the
 # steps and leaves in $OUT: logs.tgz, results.tgz (each run's JSON, the recorded results
 # files touched, the tuned table and tuning logs, the ceilings) and the JIT caches for the
-# next call (ours as jit-cache.tgz, FlashInfer's as flashinfer-jit.tgz: put both in .devcache/).
+# next call (ours as jit-cache.tgz, FlashInfer's as flashinfer-jit.tgz, Triton's compiled
+# kernels as triton-cache.tgz, TRITON_CARRY_MB of them, default 24, newest first: put all
+# three in .devcache/). Tuning steps build into a Triton cache of their own that stays
+# behind (their hundreds of candidates would crowd out the kernels the tests and benches use).
 # STEP_TIMEOUT (default 560 s) bounds each command; DEADLINE (default 540 s after the start)
 # bounds them all: a step gets at most the time left, steps past it are skipped, so the
 # caches and logs are always packed before the call's limit.
@@ -87,6 +90,10 @@ fi
 if [ -f .devcache/jit-cache.tgz ]; then
   mkdir -p "$FUSEINFER_CACHE_DIR" && tar -xzf .devcache/jit-cache.tgz -C "$FUSEINFER_CACHE_DIR"
 fi
+# a fixed path: Triton's group files name their members by absolute path
+export TRITON_CACHE_DIR=/tmp/triton-cache
+[ -f .devcache/triton-cache.tgz ] &&
+  python3 microbench/triton_cache_carry.py restore .devcache/triton-cache.tgz "$TRITON_CACHE_DIR"
 FI=(python3 -m fuseinfer.cli)
 
 step() {  # step NAME CMD...: run, log to $LOGS/NAME.log, print the tail
@@ -187,7 +194,8 @@ tune_step() {  # tune_step SUITE[@TAG]: with TAG, the options in TUNE_ARGS_SUITE
   local suite=${1%%@*} tag="" extra_var
   [[ "$1" == *@* ]] && tag=_${1#*@}
   extra_var="TUNE_ARGS_${suite//-/_}$tag"
-  TAIL=30 step "tune_$suite$tag" timeout "$STEP_TIMEOUT" "${FI[@]}" tune "$suite" \
+  TRITON_CACHE_DIR=/tmp/triton-cache-tune TAIL=30 step "tune_$suite$tag" \
+    timeout "$STEP_TIMEOUT" "${FI[@]}" tune "$suite" \
     --log "$OUT/tune_${suite}${tag}_log.json" ${!extra_var:-}
   cp "autotune_configs/$KEY.json" "$OUT/table_$KEY.json" 2>/dev/null
 }
@@ -281,6 +289,8 @@ for module in "$FUSEINFER_CACHE_DIR"/jit/*/; do
   ls -1dt "$module"*/ 2>/dev/null | tail -n +2 | xargs -r rm -rf
 done
 tar -czf "$OUT/jit-cache.tgz" -C "$FUSEINFER_CACHE_DIR" jit 2>/dev/null
+python3 microbench/triton_cache_carry.py pack "$TRITON_CACHE_DIR" "$OUT/triton-cache.tgz" \
+  --cap-mb "${TRITON_CARRY_MB:-24}"
 if [ -d "$FLASHINFER_WORKSPACE_BASE/.cache" ]; then  # whole build dirs: ninja rebuilds without its objects
   tar -czf "$OUT/flashinfer-jit.tgz" -C "$FLASHINFER_WORKSPACE_BASE" .cache
   du -h "$OUT/flashinfer-jit.tgz"  # it travels back in the 64 MiB carry: prune if it grows near that
