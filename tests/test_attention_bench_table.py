@@ -43,6 +43,8 @@ def test_h100_entry_is_tuned_and_picks_rules_by_head_dim():
     (dict(decode_rules=(DecodeLaunchRule(64, 64, 4, 2, max_batch=0),
                         DecodeLaunchRule(None, 64, 4, 2))), "max_batch: must be >= 1"),
     (dict(prefill_rules=(PrefillLaunchRule(None, 64, 64, 4, 9, True),)), "num_stages"),
+    (dict(decode_rules=(DecodeLaunchRule(None, 64, 4, 2, ctas_per_sm=0),)),
+     "ctas_per_sm: must be in"),
 ])
 def test_entry_validation(change, message):
     data = to_json(replace(ATTENTION_BUILTIN, **change))

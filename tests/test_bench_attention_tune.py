@@ -48,11 +48,12 @@ def test_decode_of_one_head_dim_leaves_the_rest(fake):
     assert (table.min_chunk, table.target_ctas_per_sm) == (start.min_chunk,
                                                           start.target_ctas_per_sm)
     # the loop search, then 2 and 4 KV heads per program with its winner (already 8 warps),
-    # then the CUDA kernel at 4 and 8 warps
+    # then the CUDA kernel at 4 and 8 warps, on the entry's split target and on its own
     assert len(log) == len(tune.DECODE_CANDIDATES) + len(tune.KV_HEADS_PER_PROGRAM) \
-        + len(tune.CUDA_DECODE_WARPS)
-    assert [e["candidate"] for e in log[-4:]] == [(32, 8, 4, 2), (32, 8, 4, 4),
-                                                 (32, 4, 4, 1, "cuda"), (32, 8, 4, 1, "cuda")]
+        + len(tune.CUDA_DECODE_CANDIDATES)
+    assert [e["candidate"] for e in log[-6:]] == [
+        (32, 8, 4, 2), (32, 8, 4, 4), (32, 4, 4, 1, "cuda"), (32, 8, 4, 1, "cuda"),
+        (32, 4, 4, 1, "cuda", None, 2), (32, 8, 4, 1, "cuda", None, 1)]
     assert {e["head_dim"] for e in log} == {64}
 
 
@@ -93,7 +94,7 @@ def test_fp8_decode_tunes_its_own_rules(fake):
     assert table.prefill_rules == start.prefill_rules
     assert {e["kind"] for e in log} == {"decode-fp8"}
     assert len(log) == len(tune.FP8_DECODE_CANDIDATES) + len(tune.KV_HEADS_PER_PROGRAM) * 2 \
-        + len(tune.CUDA_DECODE_WARPS)
+        + len(tune.CUDA_DECODE_CANDIDATES)
     # the default parts leave the FP8 rules alone
     again, log = tune.tune(0, tune.DEFAULT_KINDS, table, (64,))
     assert again.fp8_decode_rules == table.fp8_decode_rules
@@ -157,7 +158,28 @@ def test_resume_takes_back_a_cut_runs_timings(fake, monkeypatch):
     # timing per shape, splits: one per model and shape)
     per_split = len(tune.TUNE_MODELS) * len(tune.SPLIT_SHAPES)
     decode_left = len(tune.DECODE_CANDIDATES) + len(tune.KV_HEADS_PER_PROGRAM) \
-        + len(tune.CUDA_DECODE_WARPS) - 20
+        + len(tune.CUDA_DECODE_CANDIDATES) - 20
     assert len(timed) == decode_left * len(tune.DECODE_SHAPES) \
         + len(tune.SPLIT_CANDIDATES) * per_split
     assert [e["us"] for e in log[:20]] == [e["us"] for e in cut]
+
+
+def test_a_cuda_candidate_with_its_own_split_target_can_win_the_small_batches(monkeypatch):
+    """The CUDA kernel aimed at two programs per SM wins batch 1 x 8k only: it becomes the
+    small-batch rule with ctas_per_sm 2, and large batches keep the loop search's winner."""
+    def cost(case, table, block_m=None, fp8=False):
+        batch = len(case.kv_lens)
+        r = table.decode_rule(case.model.head_dim, fp8, batch)
+        if r.kernel == "cuda":
+            return 1.0 if (batch == 1 and r.ctas_per_sm == 2 and r.num_warps == 4) else 9.0
+        return 2.0 + (r.block_n != 64) + (r.num_warps != 4) + (r.num_stages != 2) \
+            + (r.kv_heads_per_program != 1)
+
+    monkeypatch.setattr(tune, "_time", cost)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)
+    table, _ = tune.tune(0, ("decode",), ATTENTION_BUILTIN, (128,))
+    small, large = table.decode_rule(128, batch=1), table.decode_rule(128, batch=64)
+    assert (small.kernel, small.num_warps, small.ctas_per_sm, small.max_batch) == \
+        ("cuda", 4, 2, tune.SMALL_BATCH)
+    assert (large.kernel, large.block_n, large.num_warps, large.num_stages,
+            large.ctas_per_sm) == ("triton", 64, 4, 2, None)

@@ -164,6 +164,35 @@ def test_an_fp8_cache_plans_with_the_fp8_decode_rules():
         parse_dataclass(AttentionDispatch, bad, "t")
 
 
+def test_split_count_aims_at_the_rules_programs_per_sm():
+    """A decode rule's ctas_per_sm sets the split count's target for the batches it serves
+    (the entry's target_ctas_per_sm elsewhere), sizes the split buffers for every batch,
+    and travels through the table's JSON."""
+    from dataclasses import replace
+
+    from fuseinfer.dispatch.schema import parse_dataclass, to_json
+    from fuseinfer.ops.attention.dispatch import (
+        ATTENTION_BUILTIN,
+        AttentionDispatch,
+        DecodeLaunchRule,
+    )
+
+    table = replace(ATTENTION_BUILTIN, target_ctas_per_sm=4, max_splits=64,
+                    tensor_core_min_group=2,
+                    decode_rules=(DecodeLaunchRule(None, 64, 4, 2, max_batch=2, ctas_per_sm=24),
+                                  DecodeLaunchRule(None, 64, 4, 2)))
+    assert parse_dataclass(AttentionDispatch, to_json(table), "t") == table
+    attn = PagedAttention(AttentionShape(8, 2, 64, 4), "cpu", table=table, max_batch=4)
+    # sm_count is 1 off a GPU; 2 KV groups per request on tensor cores
+    assert [attn.splits_for(b) for b in (1, 2, 3, 4)] == [12, 6, 1, 1]
+    kv = make_paged_kv([40, 9], 2, 64, 4, BF16, "cpu")
+    plan = attn.plan_decode([40, 9], kv.page_table)
+    assert plan.splits == 6 and plan.partial_lse.shape == (2, 8, 6)
+    plain = PagedAttention(AttentionShape(8, 2, 64, 4), "cpu", max_batch=4,
+                           table=replace(table, decode_rules=table.decode_rules[1:]))
+    assert [plain.splits_for(b) for b in (1, 2)] == [2, 1]
+
+
 def test_decode_rules_pick_a_kernel():
     """A decode rule's kernel: "triton" (default) or "cuda" (4 or 8 warps, one KV head per
     program), validated on load; the plan hands it to the launch, and off a CUDA GPU the

@@ -5,7 +5,8 @@ Prefill: per head dim, every (block_m, block_n, warps, stages, tma) candidate on
 4k prefill of a model with that head dim; the fastest wins. Decode: per head dim, the
 (block_n, warps, stages) with the lowest geometric-mean time over a small-batch long-KV
 shape and a large-batch shape, then 2 or 4 KV heads per program with its loop (its warps
-and 8), then the CUDA kernel at 4 and 8 warps; where the small and the large batch's
+and 8), then the CUDA kernel at 4 and 8 warps (each also with the split count aimed at
+the programs an SM holds of it: rule field ctas_per_sm); where the small and the large batch's
 fastest differ, the small one's becomes a rule for batches up to SMALL_BATCH. `decode-fp8`
 does the same on FP8 caches for the FP8 rules. Splits: (min_chunk, target_ctas_per_sm),
 shared by every head dim, over small-batch shapes (where splitting matters). `--kinds` and
@@ -50,7 +51,10 @@ FP8_DECODE_CANDIDATES = list(itertools.product((64, 128, 256), (2, 4, 8), (2, 3,
 DECODE_SHAPES = ((1, 8192), (64, 4096))  # (batch, KV length): a small and a large batch
 SMALL_BATCH = 16  # batches up to this take the small shape's winner
 KV_HEADS_PER_PROGRAM = (2, 4)  # tried with the best loop (1 is the loop search's)
-CUDA_DECODE_WARPS = (4, 8)  # the CUDA decode kernel, tried after the Triton search
+# the CUDA decode kernel, tried after the Triton search: (warps, ctas_per_sm), None the
+# entry's split target; an SM holds two of its 4-warp programs at head_dim 128 (about 200
+# registers), one of 8 warps, so the split count can aim at that instead of Triton's
+CUDA_DECODE_CANDIDATES = ((4, None), (8, None), (4, 2), (8, 1))
 SPLIT_CANDIDATES = list(itertools.product((64, 128, 256, 512), (1, 2, 4)))
 SPLIT_SHAPES = ((1, 4096), (1, 16384), (8, 4096))
 PAGE_SIZE = 64
@@ -152,9 +156,9 @@ def tune(device: int, kinds: tuple[str, ...] = DEFAULT_KINDS,
     log = _Log(saved, resumed)
     steps = len(head_dims) * (len(PREFILL_CANDIDATES) * ("prefill" in kinds)
                               + (len(DECODE_CANDIDATES) + 2 * len(KV_HEADS_PER_PROGRAM)
-                                 + len(CUDA_DECODE_WARPS)) * ("decode" in kinds)
+                                 + len(CUDA_DECODE_CANDIDATES)) * ("decode" in kinds)
                               + (len(FP8_DECODE_CANDIDATES) + 2 * len(KV_HEADS_PER_PROGRAM)
-                                 + len(CUDA_DECODE_WARPS)) * ("decode-fp8" in kinds)) \
+                                 + len(CUDA_DECODE_CANDIDATES)) * ("decode-fp8" in kinds)) \
         + len(SPLIT_CANDIDATES) * ("splits" in kinds)
     with Progress(steps, "tune attention") as progress:
         for head_dim in head_dims:
@@ -213,9 +217,10 @@ def _tune_decode(table: AttentionDispatch, head_dim: int, m: Any, log: _Log, pro
             cand = (block_n, w, stages, per_program)
             if m.kv_heads % per_program == 0:
                 score(cand)
-    # the CUDA kernel (csrc/attention): its warps, the winner's split alignment
-    for w in CUDA_DECODE_WARPS:
-        score((block_n, w, stages, 1, "cuda"))
+    # the CUDA kernel (csrc/attention): its warps and split target, the winner's split
+    # alignment (fields after the kernel: max_batch, ctas_per_sm)
+    for w, ctas in CUDA_DECODE_CANDIDATES:
+        score((block_n, w, stages, 1, "cuda") + (() if ctas is None else (None, ctas)))
     # every candidate was timed at both shapes: the small batch's fastest serves batches up
     # to SMALL_BATCH, the large batch's every other batch (one rule when they agree)
     small = min(timed, key=lambda t: t[0][0])[1]
@@ -273,6 +278,8 @@ def tune_command(args: argparse.Namespace) -> int:
                         ("FP8-cache decode", table.fp8_decode_rules)):
         for r in rules:
             batches = "" if r.max_batch is None else f", batch <= {r.max_batch}"
+            if r.ctas_per_sm is not None:
+                batches += f", splits for {r.ctas_per_sm} programs per SM"
             print(f"  {name} head_dim <= {r.max_head_dim}{batches}: {r.kernel} kernel, block_n "
                   f"{r.block_n}, {r.num_warps} warps, {r.num_stages} stages, "
                   f"{r.kv_heads_per_program} KV head(s) per program")

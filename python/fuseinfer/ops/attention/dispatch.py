@@ -4,7 +4,8 @@ Decode (split-KV): each request's visible KV range is cut into at most `max_spli
 pieces of at least `min_chunk` tokens; the number of pieces is decided on the device from
 the request's length, so one plan (and one CUDA graph) serves any lengths. The plan sets
 max_splits from the batch: enough (batch x kv_heads x splits) programs to give every SM
-`target_ctas_per_sm`. KV groups of at least `tensor_core_min_group` q heads run together
+`target_ctas_per_sm` (or the decode rule's own `ctas_per_sm`: kernels differ in how many
+programs an SM holds at once). KV groups of at least `tensor_core_min_group` q heads run together
 through tensor-core dots; smaller groups run one q head per program on the FMA units.
 Decode from an FP8 cache takes `fp8_decode_rules` where the entry has them.
 Prefill: blocks of block_m queries x block_n keys; with `tma`, a key/value tile that lies
@@ -47,11 +48,17 @@ class DecodeLaunchRule:
     # the rule serves batches up to this many requests (None: any); rules are read in
     # order, so a small-batch rule goes before its head dim's catch-all
     max_batch: int | None = None
+    # programs per SM the split count aims at for the batches this rule serves (None: the
+    # entry's target_ctas_per_sm); e.g. a kernel of which an SM holds two at once
+    ctas_per_sm: int | None = None
 
     def validate(self, where: str) -> None:
         _check_loop(self.block_n, self.num_warps, self.num_stages, where)
         if self.max_batch is not None and self.max_batch < 1:
             raise TableError(f"{where}.max_batch: must be >= 1 or null, got {self.max_batch}")
+        if self.ctas_per_sm is not None and not 1 <= self.ctas_per_sm <= 32:
+            raise TableError(f"{where}.ctas_per_sm: must be in [1, 32] or null, got "
+                             f"{self.ctas_per_sm}")
         check_pow2(self.kv_heads_per_program, 1, 8, f"{where}.kv_heads_per_program")
         if self.kernel not in DECODE_KERNELS:
             raise TableError(f"{where}.kernel: must be one of {list(DECODE_KERNELS)}, got "

@@ -142,8 +142,12 @@ class PagedAttention:
             if s.group >= self.table.tensor_core_min_group else s.num_q_heads
 
     def splits_for(self, batch: int) -> int:
-        """Split count for a batch size: enough programs for every SM (lengths not used)."""
-        target = self.sm_count * self.table.target_ctas_per_sm
+        """Split count for a batch size: enough programs for every SM (the batch's rule's
+        ctas_per_sm, else the entry's target_ctas_per_sm; lengths not used)."""
+        s = self.shape
+        per_sm = self.table.decode_rule(s.head_dim, s.kv_fp8, batch).ctas_per_sm \
+            or self.table.target_ctas_per_sm
+        target = self.sm_count * per_sm
         splits = -(-target // max(batch * self.decode_units(batch), 1))
         return max(1, min(self.table.max_splits, splits))
 
