@@ -131,7 +131,6 @@ def suite_args(argv):
 
 def test_build_only_builds_each_kind_and_model_once_and_times_nothing(monkeypatch, capsys):
     from fuseinfer.bench import ceilings
-    from fuseinfer.bench.suites import attention_prebuild as pre
 
     built = []
 
@@ -144,10 +143,9 @@ def test_build_only_builds_each_kind_and_model_once_and_times_nothing(monkeypatc
         if case.model.sinks:
             raise RuntimeError("no sink variant here")
 
-    monkeypatch.setattr(pre, "check", fake_check)
-    monkeypatch.setattr(pre, "_plan_flashinfer", fake_plan)
-    monkeypatch.setattr(pre.base, "installed", lambda names: list(names))
-    monkeypatch.setattr(pre.torch.cuda, "empty_cache", lambda: None)
+    monkeypatch.setattr(suite, "check", fake_check)
+    monkeypatch.setattr(suite, "_plan_flashinfer", fake_plan)
+    monkeypatch.setattr(suite.base, "installed", lambda names: list(names))
     monkeypatch.setattr(ceilings, "copy_bandwidth_gbps",
                         lambda: pytest.fail("--build-only must time nothing"))
     args = suite_args(["--models", "Llama-3-8B", "GPT-OSS", "--batches", "1", "8",
@@ -162,3 +160,5 @@ def test_build_only_builds_each_kind_and_model_once_and_times_nothing(monkeypatc
     out = capsys.readouterr().out
     assert "[2/4] built decode GPT-OSS: ours, ours fp8, flashinfer FAILED (RuntimeError: " \
         "no sink variant here)" in out
+
+

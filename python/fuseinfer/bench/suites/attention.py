@@ -26,9 +26,11 @@ import torch
 from ...ops import AttentionShape, PagedAttention
 from ...ops.attention.reference import reference_paged_attention
 from .. import attention_baselines as base
+from .. import flashinfer_baselines
 from ..attention_inputs import make_paged_kv
 from ..cut import RunCut, cut_by_sigterm, cut_note
 from ..kernel_suite import add_output_options, check_known, report_run
+from ..prebuild import Build, run_builds
 from ..progress import Progress
 from ..registry import Suite, register_suite, tuner_in
 from ..report import Column
@@ -272,6 +274,36 @@ def run(cases: Sequence[Case], baselines: Sequence[str], copy_gbps: float | None
     return rows
 
 
+def prebuilds(cases: Sequence[Case], baselines: Sequence[str], page_size: int,
+              dtype: torch.dtype = torch.bfloat16, fp8_kv: bool = False
+              ) -> list[tuple[str, list[Build]]]:
+    """What `--build-only` builds, per (kind, model) of the run: our kernel on the cut-down
+    inputs `check` uses (and the FP8 cache with fp8_kv), and FlashInfer's plan for the same
+    case (its module depends on kind, head_dim, dtype, sinks, window and the GQA group, not
+    on lengths)."""
+    groups = []
+    for case in {(c.kind, c.model.name): c for c in cases}.values():
+        builds: list[Build] = [("ours", lambda c=case: check(c, page_size, dtype))]
+        if fp8_kv and case.kind == "decode":
+            builds.append(("ours fp8", lambda c=case: check(c, page_size, dtype, fp8=True)))
+        if "flashinfer" in baselines:
+            builds.append(("flashinfer",
+                           lambda c=case: _plan_flashinfer(c, page_size, dtype)))
+        groups.append((f"{case.kind} {case.model.name}", builds))
+    return groups
+
+
+def _plan_flashinfer(case: Case, page_size: int, dtype: torch.dtype) -> None:
+    m = case.model
+    kv_lens = [min(n, 256) for n in case.kv_lens[:2]]
+    q_lens = [min(q, n) for q, n in zip(case.q_lens[:2], kv_lens, strict=True)]
+    x = make_inputs(case, page_size, dtype, kv_lens, q_lens)
+    flashinfer_baselines.plan_paged_attention(
+        case.kind, q_lens, kv_lens, x.kv.page_table, m.q_heads, m.kv_heads, m.head_dim,
+        page_size, dtype, sm_scale=m.head_dim ** -0.5, window_left=m.window_left,
+        sinks=x.sinks)
+
+
 def _time_cuda_decode(row: dict[str, Any], case: Case, page_size: int, dtype: torch.dtype,
                       us: float, fp8_kv: bool, config: TimingConfig) -> None:
     """The CUDA decode kernel on this decode case (and its FP8 cache), checked first."""
@@ -351,9 +383,8 @@ def run_command(args: argparse.Namespace) -> int:
     if "prefill" in args.kinds:
         cases += prefill_cases([m for m in models if m.name in PREFILL_MODELS], prefill)
     if args.build_only:
-        from .attention_prebuild import prebuild
-
-        return 1 if prebuild(cases, args.baselines, args.page_size, fp8_kv=args.fp8_kv) else 0
+        return 1 if run_builds(prebuilds(cases, base.installed(args.baselines),
+                                         args.page_size, fp8_kv=args.fp8_kv)) else 0
     copy_gbps = copy_bandwidth_gbps()
     ceilings = load_ceilings()
     bf16 = ceilings.bf16_tflops if ceilings else None
