@@ -142,7 +142,9 @@ def decode_kernel(
         kv_head = unit * KV_PER_PROGRAM  # the program's first
         heads = unit * (GROUP * KV_PER_PROGRAM) + rows
         head_ok = rows < GROUP * KV_PER_PROGRAM
-        row_kv = rows // GROUP  # each row's KV head, from the first
+        # each row's KV head, from the first; padding rows past the group take the last
+        # (their results are never stored, but their scale loads must stay in bounds)
+        row_kv = tl.minimum(rows // GROUP, KV_PER_PROGRAM - 1)
     else:
         kv_head = unit // GROUP
         heads = unit + rows
