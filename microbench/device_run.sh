@@ -22,7 +22,9 @@
 #                    the updated table comes back as $OUT/table_<gpu>.json. tune:SUITE@TAG
 #                    takes TUNE_ARGS_SUITE_TAG instead (one tuning split over steps, so a
 #                    step cut by the deadline loses only its own part)
-#   tests            the GPU test suite; tests:NAME only tests/gpu/test_NAME*.py (PYTEST_ARGS)
+#   tests            the GPU test suite; tests:NAME only tests/gpu/test_NAME*.py (PYTEST_ARGS);
+#                    tests:A,B,C runs those files as parallel pytest processes (mostly Triton
+#                    compiling on the CPU; never beside a timing step) and waits for all
 #   runtime          the recorded runtime set: bench:offline (ARGS_offline, default --ablate all)
 #                    then bench:latency (ARGS_latency, default four ablations), one recorded run
 #   serve            `fuseinfer serve` (SERVE_ARGS) on MODEL_ARGS, the two recorded serving
@@ -200,8 +202,15 @@ tune_step() {  # tune_step SUITE[@TAG]: with TAG, the options in TUNE_ARGS_SUITE
   cp "autotune_configs/$KEY.json" "$OUT/table_$KEY.json" 2>/dev/null
 }
 
-tests_step() {  # tests_step [NAME]
+tests_step() {  # tests_step [NAME | A,B,...]
   local files=(tests/gpu) name=gpu_tests
+  if [[ "${1:-}" == *,* ]]; then  # one pytest per name, side by side
+    local pids=() names=() n rc=0
+    IFS=, read -ra names <<<"$1"
+    for n in "${names[@]}"; do tests_step "$n" & pids+=($!); done
+    for n in "${!pids[@]}"; do wait "${pids[$n]}" || rc=1; done
+    return $rc
+  fi
   if [ -n "${1:-}" ]; then
     files=(tests/gpu/test_"$1"*.py); name=gpu_tests_$1
     [ -f "${files[0]}" ] || { echo "no tests/gpu/test_$1*.py"; return 1; }
