@@ -144,7 +144,7 @@ def test_latency_sizes_the_engine_from_its_own_options():
     assert variants[2][1].disable_cuda_graph and variants[2][1].max_running_requests == 12
     # `all` on a bf16 model leaves out the switches that only change an FP8 model, and the
     # opt-in switches, off until turned on
-    opt_in = ("fused-decode-merge", "residual-epilogue")
+    opt_in = ("fused-decode-merge", "residual-epilogue", "fp8-kv-cache")
     names = [n for n, _ in ablation_variants(variants[0][1], ["all"])[1]]
     assert len(names) == 1 + len(ABLATIONS) - len(FP8_ABLATIONS) - len(TP_ABLATIONS) - \
         len(opt_in)
@@ -152,6 +152,10 @@ def test_latency_sizes_the_engine_from_its_own_options():
     merged = replace(variants[0][1], fused_decode_merge=True)
     opted = dict(ablation_variants(merged, ["all"])[1])
     assert not opted["without fused-decode-merge"].fused_decode_merge
+    fp8_kv = dict(ablation_variants(replace(variants[0][1], kv_cache_dtype="fp8_e4m3"),
+                                    ["all"])[1])
+    assert fp8_kv["as configured"].kv_cache_dtype == "fp8_e4m3"
+    assert fp8_kv["without fp8-kv-cache"].kv_cache_dtype == "auto"
     assert not any(a in n for n in names for a in FP8_ABLATIONS)
     small_m_variants = dict(ablation_variants(variants[0][1], ["all"])[1])
     assert small_m_variants["without small-m-matmul"].small_m_matmul_tokens == 0
