@@ -205,10 +205,10 @@ tune_step() {  # tune_step SUITE[@TAG]: with TAG, the options in TUNE_ARGS_SUITE
 tests_step() {  # tests_step [NAME | A,B,...]
   local files=(tests/gpu) name=gpu_tests
   if [[ "${1:-}" == *,* ]]; then  # one pytest per name, side by side
-    local pids=() names=() n rc=0
+    local pids=() names=() n pid rc=0
     IFS=, read -ra names <<<"$1"
     for n in "${names[@]}"; do tests_step "$n" & pids+=($!); done
-    for n in "${!pids[@]}"; do wait "${pids[$n]}" || rc=1; done
+    for pid in "${pids[@]}"; do wait "$pid" || rc=1; done
     return $rc
   fi
   if [ -n "${1:-}" ]; then

@@ -114,6 +114,20 @@ def installed(baselines: Sequence[str]) -> list[str]:
     return list(baselines)
 
 
+def plan_flashinfer(case: Any, inputs: Any, q_lens: Sequence[int] | None = None,
+                    kv_lens: Sequence[int] | None = None
+                    ) -> flashinfer_baselines.PlannedAttention:
+    """FlashInfer's paged attention planned for the suite case `case` over the suite's own
+    inputs (`inputs` as the suite's make_inputs returns them; q_lens / kv_lens: theirs when
+    cut down from the case's)."""
+    m = case.model
+    return flashinfer_baselines.plan_paged_attention(
+        case.kind, case.q_lens if q_lens is None else q_lens,
+        case.kv_lens if kv_lens is None else kv_lens, inputs.kv.page_table,
+        m.q_heads, m.kv_heads, m.head_dim, inputs.attn.shape.page_size, inputs.q.dtype,
+        sm_scale=m.head_dim ** -0.5, window_left=m.window_left, sinks=inputs.sinks)
+
+
 def time_flashinfer(row: dict[str, Any], case: Any, inputs: Any, config: TimingConfig
                     ) -> None:
     """Time FlashInfer's paged attention on the suite case `case` over the suite's own
@@ -126,10 +140,7 @@ def time_flashinfer(row: dict[str, Any], case: Any, inputs: Any, config: TimingC
     kv, q = inputs.kv, inputs.q
     out = torch.empty_like(q)
     try:
-        run = flashinfer_baselines.plan_paged_attention(
-            case.kind, case.q_lens, case.kv_lens, kv.page_table, m.q_heads, m.kv_heads,
-            m.head_dim, inputs.attn.shape.page_size, q.dtype, sm_scale=m.head_dim ** -0.5,
-            window_left=m.window_left, sinks=inputs.sinks)
+        run = plan_flashinfer(case, inputs)
     except Exception as error:  # a baseline that cannot run a shape is reported, not fatal
         row["flashinfer_error"] = flashinfer_baselines.describe(error)
         return

@@ -26,7 +26,6 @@ import torch
 from ...ops import AttentionShape, PagedAttention
 from ...ops.attention.reference import reference_paged_attention
 from .. import attention_baselines as base
-from .. import flashinfer_baselines
 from ..attention_inputs import make_paged_kv
 from ..cut import RunCut, cut_by_sigterm, cut_note
 from ..kernel_suite import add_output_options, check_known, report_run
@@ -294,14 +293,10 @@ def prebuilds(cases: Sequence[Case], baselines: Sequence[str], page_size: int,
 
 
 def _plan_flashinfer(case: Case, page_size: int, dtype: torch.dtype) -> None:
-    m = case.model
     kv_lens = [min(n, 256) for n in case.kv_lens[:2]]
     q_lens = [min(q, n) for q, n in zip(case.q_lens[:2], kv_lens, strict=True)]
-    x = make_inputs(case, page_size, dtype, kv_lens, q_lens)
-    flashinfer_baselines.plan_paged_attention(
-        case.kind, q_lens, kv_lens, x.kv.page_table, m.q_heads, m.kv_heads, m.head_dim,
-        page_size, dtype, sm_scale=m.head_dim ** -0.5, window_left=m.window_left,
-        sinks=x.sinks)
+    base.plan_flashinfer(case, make_inputs(case, page_size, dtype, kv_lens, q_lens),
+                         q_lens, kv_lens)
 
 
 def _time_cuda_decode(row: dict[str, Any], case: Case, page_size: int, dtype: torch.dtype,

@@ -128,10 +128,8 @@ class _Log(list):
         us = self.resumed.get(_timing_key(kind, head_dim, candidate))
         if us is None:
             us = measure()
-        entry = {"kind": kind, "candidate": candidate, "us": us}
-        if head_dim is not None:
-            entry = {"kind": kind, "head_dim": head_dim, "candidate": candidate, "us": us}
-        self.append(entry)
+        where = {} if head_dim is None else {"head_dim": head_dim}  # splits have none
+        self.append({"kind": kind, **where, "candidate": candidate, "us": us})
         return us
 
     def append(self, entry: dict[str, Any]) -> None:
@@ -154,11 +152,11 @@ def tune(device: int, kinds: tuple[str, ...] = DEFAULT_KINDS,
     torch.cuda.set_device(device)
     table = start
     log = _Log(saved, resumed)
+    after_loop = 2 * len(KV_HEADS_PER_PROGRAM) + len(CUDA_DECODE_CANDIDATES)  # per decode part
     steps = len(head_dims) * (len(PREFILL_CANDIDATES) * ("prefill" in kinds)
-                              + (len(DECODE_CANDIDATES) + 2 * len(KV_HEADS_PER_PROGRAM)
-                                 + len(CUDA_DECODE_CANDIDATES)) * ("decode" in kinds)
-                              + (len(FP8_DECODE_CANDIDATES) + 2 * len(KV_HEADS_PER_PROGRAM)
-                                 + len(CUDA_DECODE_CANDIDATES)) * ("decode-fp8" in kinds)) \
+                              + (len(DECODE_CANDIDATES) + after_loop) * ("decode" in kinds)
+                              + (len(FP8_DECODE_CANDIDATES) + after_loop)
+                              * ("decode-fp8" in kinds)) \
         + len(SPLIT_CANDIDATES) * ("splits" in kinds)
     with Progress(steps, "tune attention") as progress:
         for head_dim in head_dims:
