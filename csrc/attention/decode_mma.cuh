@@ -106,54 +106,53 @@ __global__ void __launch_bounds__(WARPS * 32)
     return;
   }
 
-  // Q rows g and g + 8 (the group's heads; zeros past it), head_dim permuted like K
-  uint32_t qa[kKTiles][4];
+  const int32_t* page_row = a.page_table + req * a.page_stride_row;
+  const KvT* kc = static_cast<const KvT*>(a.k_cache) + kv_head * a.k_stride_head;
+  const KvT* vc = static_cast<const KvT*>(a.v_cache) + kv_head * a.v_stride_head;
+
+  // K: keys base + g and base + 8 + g; V: keys base + 2q, 2q + 1, 2q + 8, 2q + 9
+  // A chunk starts at a multiple of 16, so with pages of a multiple of 16 slots its keys
+  // share a page. Those pages are read from the page table 32 at a time, one per lane (the
+  // first 32 before the first chunk), and a chunk takes its page with a shuffle: no
+  // page-table read waits between a chunk and its K/V loads but one per 32 pages.
+  const bool page_per_chunk = a.page_size % 16 == 0;
+  auto page_of = [&](int key) { return a.page_shift >= 0 ? key >> a.page_shift : key / a.page_size; };
+  auto read_window = [&](int p0) {  // pages past the range's last are not read
+    const int p = p0 + lane;
+    return p <= page_of(end - 1) ? page_row[p] : 0;
+  };
+  int win_base = page_of(max(start, first));  // the page of the first key read
+  int32_t win_cur = page_per_chunk ? read_window(win_base) : 0;
+  // Q rows g and g + 8 (the group's heads; zeros past it): read here, unpacked below
+  // once the first chunk's loads are out (the page-table read above and these overlap)
+  Words<kKRun / 2> q_run[2];  // kKRun values of QT, two per word
   {
     const QT* qbase = static_cast<const QT*>(a.q) + req * a.q_stride_req;
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
       const int row = g + 8 * half;
-      Words<kKRun / 2> run;  // kKRun values of QT, two per word
       if (row < a.group) {
         const QT* src = qbase + (static_cast<int64_t>(kv_head) * a.group + row) * a.q_stride_head +
                         qd * kKRun;
-        run = load_run<kKRun * 2>(src);
+        q_run[half] = load_run<kKRun * 2>(src);
       } else {
-        zero(run);
-      }
-#pragma unroll
-      for (int kt = 0; kt < kKTiles; ++kt) {
-        uint32_t lo = run.w[2 * kt], hi = run.w[2 * kt + 1];
-        if constexpr (!std::is_same_v<MmaT, QT>) {  // bf16 q against an FP8 cache
-          const float2 l = unpack2<QT>(lo), h = unpack2<QT>(hi);
-          lo = pack2<MmaT>(l.x, l.y);
-          hi = pack2<MmaT>(h.x, h.y);
-        }
-        qa[kt][half] = lo;       // columns 2q, 2q + 1
-        qa[kt][2 + half] = hi;   // columns 2q + 8, 2q + 9
+        zero(q_run[half]);
       }
     }
   }
 
-  float qk_scale = a.sm_scale;
-  if (a.k_scale != nullptr) qk_scale *= a.k_scale[kv_head * a.k_scale_stride];
-  const int32_t* page_row = a.page_table + req * a.page_stride_row;
-  const KvT* kc = static_cast<const KvT*>(a.k_cache) + kv_head * a.k_stride_head;
-  const KvT* vc = static_cast<const KvT*>(a.v_cache) + kv_head * a.v_stride_head;
-
-  float acc[kNTiles][4];
-#pragma unroll
-  for (int t = 0; t < kNTiles; ++t) acc[t][0] = acc[t][1] = acc[t][2] = acc[t][3] = 0.f;
-  float m_run[2] = {-INFINITY, -INFINITY};  // rows g, g + 8 (base 2, shared by the row's lanes)
-  float l_run[2] = {0.f, 0.f};              // this lane's part of the row's sum
-
-  // K: keys base + g and base + 8 + g; V: keys base + 2q, 2q + 1, 2q + 8, 2q + 9
-  // A chunk starts at a multiple of 16, so with pages of a multiple of 16 slots its keys
-  // share a page: one page-table read per chunk instead of one per key.
-  const bool page_per_chunk = a.page_size % 16 == 0;
   auto load_chunk = [&](int base, KRun (&kr)[2], VRun (&vr)[4]) {
     const int key0 = max(base, first);  // a key the page table maps
-    const int64_t chunk_slot = page_per_chunk ? slot_of(a, page_row, key0) - key0 : 0;
+    int64_t chunk_slot = 0;
+    if (page_per_chunk) {  // warp-uniform: every lane takes the same chunk
+      const int page = page_of(key0);
+      if (page - win_base >= 32) {  // pages only grow along a warp's chunks
+        win_base = page;
+        win_cur = read_window(win_base);
+      }
+      const int32_t slot_page = __shfl_sync(0xffffffffu, win_cur, page - win_base);
+      chunk_slot = (static_cast<int64_t>(slot_page) - page) * a.page_size;
+    }
     auto slot = [&](int key) {
       return page_per_chunk ? chunk_slot + key : slot_of(a, page_row, key);
     };
@@ -176,12 +175,43 @@ __global__ void __launch_bounds__(WARPS * 32)
       }
     }
   };
-  // With registers to spare (a chunk's runs in at most 32 per lane), the next chunk's
-  // loads go out before this chunk's math, so each warp keeps a chunk in flight.
-  constexpr bool kPrefetch = sizeof(KRun) * 2 + sizeof(VRun) * 4 <= 128;
-  KRun kr[2];
-  VRun vr[4];
-  if (kPrefetch && start + warp * 16 < end) load_chunk(start + warp * 16, kr, vr);
+  // Two chunks' runs per lane (ping-pong, no copies): the next chunk's loads go out before
+  // this chunk's math, so each warp keeps a chunk in flight while it computes. The first
+  // chunk's loads go out before Q is unpacked.
+  KRun ka[2], kb[2];
+  VRun va[4], vb[4];
+  if (start + warp * 16 < end) load_chunk(start + warp * 16, ka, va);
+
+  // Q rows g and g + 8 (the group's heads; zeros past it), head_dim permuted like K: read
+  // above, unpacked here, once the first chunk's loads are out
+  uint32_t qa[kKTiles][4];
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+#pragma unroll
+    for (int kt = 0; kt < kKTiles; ++kt) {
+      uint32_t lo = q_run[half].w[2 * kt], hi = q_run[half].w[2 * kt + 1];
+      if constexpr (!std::is_same_v<MmaT, QT>) {  // bf16 q against an FP8 cache
+        const float2 l = unpack2<QT>(lo), h = unpack2<QT>(hi);
+        lo = pack2<MmaT>(l.x, l.y);
+        hi = pack2<MmaT>(h.x, h.y);
+      }
+      qa[kt][half] = lo;       // columns 2q, 2q + 1
+      qa[kt][2 + half] = hi;   // columns 2q + 8, 2q + 9
+    }
+  }
+
+  float qk_scale = a.sm_scale;
+  if (a.k_scale != nullptr) qk_scale *= a.k_scale[kv_head * a.k_scale_stride];
+  const float qk_scale_log2 = qk_scale * kLog2e;
+  const bool capped = a.logit_cap > 0.f;
+  const float inv_cap = capped ? 1.f / a.logit_cap : 0.f;
+
+  float acc[kNTiles][4];
+#pragma unroll
+  for (int t = 0; t < kNTiles; ++t) acc[t][0] = acc[t][1] = acc[t][2] = acc[t][3] = 0.f;
+  float m_run[2] = {-INFINITY, -INFINITY};  // rows g, g + 8 (base 2, shared by the row's lanes)
+  float l_run[2] = {0.f, 0.f};              // this lane's part of the row's sum
+
   // one chunk: S = Q K^T, the online softmax, O += P V
   auto chunk_math = [&](const KRun (&kr)[2], const VRun (&vr)[4], int base) {
     float s[2][4];
@@ -210,9 +240,13 @@ __global__ void __launch_bounds__(WARPS * 32)
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int key = base + 8 * j + 2 * qd + (e & 1);
-        float x = s[j][e] * qk_scale;
-        if (a.logit_cap > 0.f) x = a.logit_cap * tanhf(x / a.logit_cap);
-        x *= kLog2e;
+        float x;
+        if (capped) {
+          x = s[j][e] * qk_scale;
+          x = a.logit_cap * tanhf(x * inv_cap) * kLog2e;
+        } else {
+          x = s[j][e] * qk_scale_log2;
+        }
         const bool ok = key < end && key >= first;
         s[j][e] = ok ? x : -INFINITY;
         mx[e >> 1] = fmaxf(mx[e >> 1], s[j][e]);
@@ -225,7 +259,7 @@ __global__ void __launch_bounds__(WARPS * 32)
       mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
       const float m_new = fmaxf(m_run[r], mx[r]);
       const float m_use = m_new == -INFINITY ? 0.f : m_new;  // no key seen yet
-      alpha[r] = exp2f(m_run[r] - m_use);
+      alpha[r] = fast_exp2(m_run[r] - m_use);
       m_run[r] = m_new;
       mx[r] = m_use;
     }
@@ -234,7 +268,7 @@ __global__ void __launch_bounds__(WARPS * 32)
     for (int j = 0; j < 2; ++j) {
       float p[4];
 #pragma unroll
-      for (int e = 0; e < 4; ++e) p[e] = exp2f(s[j][e] - mx[e >> 1]);
+      for (int e = 0; e < 4; ++e) p[e] = fast_exp2(s[j][e] - mx[e >> 1]);
       l_run[0] = (j == 0 ? l_run[0] * alpha[0] : l_run[0]) + p[0] + p[1];
       l_run[1] = (j == 0 ? l_run[1] * alpha[1] : l_run[1]) + p[2] + p[3];
       pa[2 * j] = pack2<MmaT>(p[0], p[1]);      // row g, keys 8j + 2q, + 1
@@ -271,24 +305,19 @@ __global__ void __launch_bounds__(WARPS * 32)
       mma16816<MmaT>(acc[t + 1], pa, b[1][0], b[1][1]);
     }
   };
+  // unrolled twice so the two buffers swap roles without register copies
+  int base = start + warp * 16;
 #pragma unroll 1
-  for (int base = start + warp * 16; base < end; base += WARPS * 16) {
-    if constexpr (kPrefetch) {
-      KRun kn[2];
-      VRun vn[4];
-      const bool more = base + WARPS * 16 < end;
-      if (more) load_chunk(base + WARPS * 16, kn, vn);
-      chunk_math(kr, vr, base);
-      if (more) {
-        kr[0] = kn[0];
-        kr[1] = kn[1];
-#pragma unroll
-        for (int j = 0; j < 4; ++j) vr[j] = vn[j];
-      }
-    } else {
-      load_chunk(base, kr, vr);
-      chunk_math(kr, vr, base);
-    }
+  while (base < end) {
+    int next = base + WARPS * 16;
+    if (next < end) load_chunk(next, kb, vb);
+    chunk_math(ka, va, base);
+    base = next;
+    if (base >= end) break;
+    next = base + WARPS * 16;
+    if (next < end) load_chunk(next, ka, va);
+    chunk_math(kb, vb, base);
+    base = next;
   }
   pdl_launch_dependents();
 

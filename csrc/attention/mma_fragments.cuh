@@ -58,6 +58,14 @@ __device__ __forceinline__ uint32_t e4m3x2_to_f16x2(uint32_t pair16) {
   return out;
 }
 
+// 2^x on the MUFU unit (what the Triton kernel's exp2 compiles to): exp2f without fast
+// math adds a range fix-up around it; denormal results flush to zero (softmax weights).
+__device__ __forceinline__ float fast_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+
 template <typename MmaT>
 __device__ __forceinline__ void mma16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
                                          uint32_t b1) {
