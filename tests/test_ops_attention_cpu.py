@@ -456,7 +456,7 @@ def test_prefill_kernel_interpreted(case):
 @needs_interpreter
 @pytest.mark.parametrize("fused_merge", [True, False])
 @pytest.mark.parametrize("tensor_cores", [True, False, "2 kv heads per program",
-                                          "4 kv heads per program"])
+                                          "4 kv heads per program", "group 16"])
 @pytest.mark.parametrize("case", [
     dict(page_size=1, splits=1),
     dict(page_size=4, splits=3, sinks=True, window_left=9),
@@ -472,7 +472,9 @@ def test_decode_kernel_interpreted(case, tensor_cores, fused_merge):
     kv_lens = [40, 0, 7, 25]  # row 1 is a padded batch row
     hq, hkv, d = 8, 2, 64
     kv_per_program = 1
-    if isinstance(tensor_cores, str):  # KV heads side by side in one program (group 2)
+    if tensor_cores == "group 16":  # 16 rows: the fused merge takes 2 pieces per round
+        hq = 32
+    elif isinstance(tensor_cores, str):  # KV heads side by side in one program (group 2)
         kv_per_program = int(tensor_cores[0])
         hq, hkv = 2 * kv_per_program, kv_per_program
     kv = make_paged_kv(kv_lens, hkv, d, case["page_size"], BF16, "cpu",

@@ -72,24 +72,34 @@ def _finish(acc, m_i, l_i, Sinks, heads, head_ok, VScale, HAS_SINKS: tl.constexp
 
 
 @triton.jit
-def _merge_pieces(PartO, PartLse, part, pieces, stride_part_split, head_ok, offs_d,
-                  HEAD_DIM: tl.constexpr):
-    """(acc, l, m) of a request's pieces for the heads at `part` (their offsets at piece
-    0): m the largest piece lse (base 2), acc and l their outputs and weights scaled by
-    2^(lse - m), as merge_kernel sums them."""
-    m = tl.where(head_ok, float("-inf"), 0.0)
-    for s in range(0, pieces):
-        m = tl.maximum(m, tl.load(PartLse + part + s * stride_part_split, mask=head_ok,
-                                  other=0.0, cache_modifier=".cg"))
-    acc = tl.zeros([part.shape[0], HEAD_DIM], tl.float32)
-    l_sum = tl.zeros([part.shape[0]], tl.float32)
-    for s in range(0, pieces):
-        at = part + s * stride_part_split
-        w = tl.math.exp2(tl.load(PartLse + at, mask=head_ok, other=0.0,
-                                 cache_modifier=".cg") - m)
-        acc += tl.load(PartO + at[:, None] * HEAD_DIM + offs_d[None, :],
-                       mask=head_ok[:, None], other=0.0, cache_modifier=".cg") * w[:, None]
-        l_sum += w
+def _merge_pieces(PartO, PartLse, piece0, pieces, stride_part_split, rows_ok,
+                  HEAD_DIM: tl.constexpr, SPLITS: tl.constexpr, CHUNK: tl.constexpr):
+    """(acc, l, m) of a request's pieces for the rows at `piece0` (their partials' offsets
+    at piece 0 from PartLse / PartO, the request's: 32-bit, which keeps the tiles'
+    addresses in half the registers; rows_ok: the real rows): m the largest piece lse
+    (base 2), acc and l their outputs and weights scaled by 2^(lse - m), as merge_kernel
+    sums them. Every piece's lse comes in one load and the outputs CHUNK pieces at a time,
+    so the last piece's merge waits on a few rounds of loads, not two per piece (one piece
+    at a time, it made decode slower than a second kernel)."""
+    offs_s = tl.arange(0, SPLITS)
+    every = (offs_s[:, None] < pieces) & rows_ok[None, :]
+    lse = tl.load(PartLse + piece0[None, :] + offs_s[:, None] * stride_part_split, mask=every,
+                  other=float("-inf"), cache_modifier=".cg")
+    m = tl.where(rows_ok, tl.max(lse, 0), 0.0)
+    offs_c = tl.arange(0, CHUNK)
+    offs_d = tl.arange(0, HEAD_DIM)
+    acc = tl.zeros([piece0.shape[0], HEAD_DIM], tl.float32)
+    l_sum = tl.zeros([piece0.shape[0]], tl.float32)
+    for s0 in range(0, pieces, CHUNK):
+        s = s0 + offs_c
+        ok = (s[:, None] < pieces) & rows_ok[None, :]
+        at = piece0[None, :] + s[:, None] * stride_part_split
+        w = tl.where(ok, tl.math.exp2(tl.load(PartLse + at, mask=ok, other=0.0,
+                                              cache_modifier=".cg") - m[None, :]), 0.0)
+        o = tl.load(PartO + at[:, :, None] * HEAD_DIM + offs_d[None, None, :],
+                    mask=ok[:, :, None], other=0.0, cache_modifier=".cg")
+        acc += tl.sum(o * w[:, :, None], 0)
+        l_sum += tl.sum(w, 0)
     return acc, l_sum, m
 
 
@@ -128,6 +138,8 @@ def decode_kernel(
     MIN_CHUNK: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_SINKS: tl.constexpr,
     HAS_CAP: tl.constexpr, HAS_LSE: tl.constexpr, KV_SCALED: tl.constexpr,
     FUSED_MERGE: tl.constexpr, USE_PDL: tl.constexpr, DOT_F32: tl.constexpr,
+    MERGE_ROWS: tl.constexpr = 1, MERGE_SPLITS: tl.constexpr = 1,
+    MERGE_CHUNK: tl.constexpr = 1,
 ):
     req = tl.program_id(0)
     unit = tl.program_id(1)  # a KV group (USE_DOT) or a single q head
@@ -249,12 +261,28 @@ def decode_kernel(
             arrived = tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu")
             if arrived == pieces - 1:  # the last piece: the others' partials are visible
                 tl.atomic_xchg(counter, 0, sem="relaxed", scope="gpu")
-                piece0 = part - split * stride_part_split
-                acc, l_sum, m = _merge_pieces(PartO, PartLse, piece0, pieces,
-                                              stride_part_split, head_ok, offs_d, HEAD_DIM)
-                _finish_merged(acc, l_sum, m, Out, Lse, Sinks, v_scale_at,
-                               req.to(tl.int64) * stride_o_req + heads * stride_o_head,
-                               req.to(tl.int64) * stride_lse_req + heads, heads, head_ok,
+                # the program's real rows only (MERGE_ROWS: their count to a power of two,
+                # not the 16 the dots pad to)
+                mrows = tl.arange(0, MERGE_ROWS)
+                if USE_DOT:
+                    m_heads = unit * (GROUP * KV_PER_PROGRAM) + mrows
+                    m_ok = mrows < GROUP * KV_PER_PROGRAM
+                    m_kv = mrows // GROUP
+                else:
+                    m_heads = unit + mrows
+                    m_ok = mrows < 1
+                    m_kv = mrows * 0
+                req_part = req.to(tl.int64) * stride_part_req
+                # new names: the merge's tiles are MERGE_ROWS tall, acc HEADS_PER_PROGRAM
+                m_acc, m_l, m_max = _merge_pieces(PartO + req_part * HEAD_DIM,
+                                                  PartLse + req_part,
+                                                  m_heads * stride_part_head, pieces,
+                                                  stride_part_split, m_ok, HEAD_DIM,
+                                                  MERGE_SPLITS, MERGE_CHUNK)
+                _finish_merged(m_acc, m_l, m_max, Out, Lse, Sinks,
+                               VScale + (kv_head + m_kv) * v_scale_stride,
+                               req.to(tl.int64) * stride_o_req + m_heads * stride_o_head,
+                               req.to(tl.int64) * stride_lse_req + m_heads, m_heads, m_ok,
                                offs_d, HAS_SINKS, HAS_LSE, KV_SCALED)
 
 

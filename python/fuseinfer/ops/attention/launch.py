@@ -138,6 +138,14 @@ def _launch_triton_decode(a: DecodeArgs, launch: DecodeLaunch, pdl: bool,
     kv_per_program = launch.kv_heads_per_program \
         if use_dot and kv_heads % launch.kv_heads_per_program == 0 else 1
     heads_per_program = max(16, next_pow2(group * kv_per_program)) if use_dot else 1
+    merge = {}
+    if fused_merge:  # the last piece merges its real rows, pieces in tiles of <= 1024 values
+        # (sm_90a ptxas: registers as without the merge at the H200 rules; 2048 took 104 ->
+        # 138 at group 4, head_dim 128)
+        rows = next_pow2(group * kv_per_program) if use_dot else 1
+        splits = next_pow2(max_splits)
+        merge = dict(MERGE_ROWS=rows, MERGE_SPLITS=splits,
+                     MERGE_CHUNK=max(1, min(splits, 1024 // (rows * head_dim))))
     k_slot, k_head = cache_strides(k_cache)
     v_slot, v_head = cache_strides(a.v_cache)
     extra = {"launch_pdl": True} if pdl else {}
@@ -160,4 +168,4 @@ def _launch_triton_decode(a: DecodeArgs, launch: DecodeLaunch, pdl: bool,
         PAGE_SIZE=page_size_of(k_cache), HEAD_DIM=head_dim, BLOCK_N=launch.block_n,
         MIN_CHUNK=launch.min_chunk, FUSED_MERGE=fused_merge, USE_PDL=pdl,
         DOT_F32=q.device.type == "cpu", num_warps=launch.num_warps,
-        num_stages=launch.num_stages, **flags, **extra)
+        num_stages=launch.num_stages, **merge, **flags, **extra)
