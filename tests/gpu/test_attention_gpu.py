@@ -226,6 +226,20 @@ def test_attention_suite_times_an_fp8_cache_beside_bf16():
     assert row["fp8_us"] > 0 and "fp8_speedup" in row
 
 
+def test_attention_suite_times_the_fused_merge():
+    """`bench attention --fused-merge`: decode rows carry the time with the pieces merged
+    by the last one, its speedup and its error against the reference."""
+    from fuseinfer.bench.suites import attention as suite
+    from fuseinfer.bench.timing import TimingConfig
+
+    cases = suite.decode_cases([suite.MODELS["Llama-3-8B"]], (1,), (8192,), extra=())
+    row = suite.run(cases, [], None, None, config=TimingConfig(repeats=2, target_graph_ms=0.2),
+                    fused_merge=True)[0]
+    assert row["splits"] > 1  # pieces to merge
+    assert row["fused_rel_err"] < 0.01 and row["fused_us"] > 0
+    assert row["fused_speedup"] == pytest.approx(row["us"] / row["fused_us"])
+
+
 @pytest.mark.parametrize("per_program", [1, 2, 4])
 @pytest.mark.parametrize("fp8", [False, True])
 @pytest.mark.parametrize("features", ["plain", "window-sinks-cap"])

@@ -83,6 +83,8 @@ COLUMNS = [
     Column("splits", "splits"),
     Column("fp8_us", "fp8 us", "{:.1f}"),
     Column("fp8_speedup", "x fp8", "{:.2f}"),
+    Column("fused_us", "fused us", "{:.1f}"),
+    Column("fused_speedup", "x fused", "{:.2f}"),
     Column("cuda_us", "cuda us", "{:.1f}"),
     Column("cuda_speedup", "x cuda", "{:.2f}"),
     Column("fp8_cuda_us", "fp8 cuda us", "{:.1f}"),
@@ -147,9 +149,11 @@ class Inputs:
 
 
 def make_inputs(case: Case, page_size: int, dtype: torch.dtype, kv_lens=None, q_lens=None,
-                device: str = "cuda", fp8: bool = False, table: Any = None) -> Inputs:
+                device: str = "cuda", fp8: bool = False, table: Any = None,
+                fused_merge: bool = False) -> Inputs:
     """fp8: an FP8 (e4m3) cache with a scale per KV head instead of one of `dtype`; table:
-    an attention entry instead of the GPU's."""
+    an attention entry instead of the GPU's; fused_merge: decode pieces merged by the last
+    one (no merge kernel)."""
     m = case.model
     kv_lens = list(kv_lens or case.kv_lens)
     q_lens = list(q_lens or case.q_lens)
@@ -157,7 +161,7 @@ def make_inputs(case: Case, page_size: int, dtype: torch.dtype, kv_lens=None, q_
                        per_head_scales=fp8)
     attn = PagedAttention(AttentionShape(m.q_heads, m.kv_heads, m.head_dim, page_size,
                                          kv_fp8=fp8), device, max_batch=max(len(kv_lens), 1),
-                          table=table)
+                          table=table, fused_merge=fused_merge)
     if case.kind == "decode":
         plan = attn.plan_decode(kv_lens, kv.page_table)
     else:
@@ -176,13 +180,14 @@ def ours(x: Inputs, sinks: bool = True, window_left: int | None = None
 
 
 def check(case: Case, page_size: int, dtype: torch.dtype, fp8: bool = False,
-          table: Any = None) -> float:
+          table: Any = None, fused_merge: bool = False) -> float:
     """Relative error against the reference on a cut-down copy of the case (at most two
     requests of at most 2048 cached tokens), fresh data."""
     m = case.model
     kv_lens = [min(n, 2048) for n in case.kv_lens[:2]]
     q_lens = [min(q, n) for q, n in zip(case.q_lens[:2], kv_lens, strict=True)]
-    x = make_inputs(case, page_size, dtype, kv_lens, q_lens, fp8=fp8, table=table)
+    x = make_inputs(case, page_size, dtype, kv_lens, q_lens, fp8=fp8, table=table,
+                    fused_merge=fused_merge)
     got = x.attn.run(x.plan, x.q, x.kv.k_cache, x.kv.v_cache, sinks=x.sinks,
                      window_left=m.window_left, k_scale=x.kv.k_scale, v_scale=x.kv.v_scale)
     indptr = torch.tensor([0, *torch.tensor(q_lens).cumsum(0).tolist()], dtype=torch.int32,
@@ -202,13 +207,16 @@ def _time(fn: Callable[[], Any], config: TimingConfig) -> float:
 def run(cases: Sequence[Case], baselines: Sequence[str], copy_gbps: float | None,
         bf16_tflops: float | None, page_size: int = 64, dtype: torch.dtype = torch.bfloat16,
         config: TimingConfig | None = None, fp8_kv: bool = False,
-        cuda_decode: bool = False, rows: list[dict[str, Any]] | None = None
-        ) -> list[dict[str, Any]]:
+        cuda_decode: bool = False, rows: list[dict[str, Any]] | None = None,
+        fused_merge: bool = False) -> list[dict[str, Any]]:
     """fp8_kv: decode rows also time our kernel on an FP8 cache (a scale per KV head) of
     the same shape: `fp8_us`, `fp8_speedup` (the bf16 time over it), `fp8_rel_err`.
     cuda_decode: decode rows also time the CUDA decode kernel (the table's rule with
     kernel "cuda"): `cuda_us`, `cuda_speedup` (the table's time over it), and with fp8_kv
     `fp8_cuda_us`, `fp8_cuda_speedup` (the bf16 table time over it); `cuda_rel_err`.
+    fused_merge: decode rows also time the table's kernel with its pieces merged by the
+    last one (no merge kernel): `fused_us`, `fused_speedup` (the time with the merge
+    kernel over it), `fused_rel_err`.
     rows: the list each finished case's row is appended to (returned), so a caller that
     stops the run midway (bench.cut) still holds the finished ones."""
     config = config or TimingConfig(repeats=15, target_graph_ms=2.0)
@@ -265,6 +273,12 @@ def run(cases: Sequence[Case], baselines: Sequence[str], copy_gbps: float | None
                 row["fp8_us"] = _time(ours(x8, window_left=m.window_left), config)
                 row["fp8_speedup"] = us / row["fp8_us"]
                 del x8
+            if fused_merge and case.kind == "decode":
+                row["fused_rel_err"] = check(case, page_size, dtype, fused_merge=True)
+                xf = make_inputs(case, page_size, dtype, fused_merge=True)
+                row["fused_us"] = _time(ours(xf, window_left=m.window_left), config)
+                row["fused_speedup"] = us / row["fused_us"]
+                del xf
             if cuda_decode and case.kind == "decode":
                 _time_cuda_decode(row, case, page_size, dtype, us, fp8_kv, config)
             base.time_baselines(row, case, baselines, dtype, config)
@@ -274,10 +288,11 @@ def run(cases: Sequence[Case], baselines: Sequence[str], copy_gbps: float | None
 
 
 def prebuilds(cases: Sequence[Case], baselines: Sequence[str], page_size: int,
-              dtype: torch.dtype = torch.bfloat16, fp8_kv: bool = False
-              ) -> list[tuple[str, list[Build]]]:
+              dtype: torch.dtype = torch.bfloat16, fp8_kv: bool = False,
+              fused_merge: bool = False) -> list[tuple[str, list[Build]]]:
     """What `--build-only` builds, per (kind, model) of the run: our kernel on the cut-down
-    inputs `check` uses (and the FP8 cache with fp8_kv), and FlashInfer's plan for the same
+    inputs `check` uses (and the FP8 cache with fp8_kv, the merge in the last piece with
+    fused_merge), and FlashInfer's plan for the same
     case (its module depends on kind, head_dim, dtype, sinks, window and the GQA group, not
     on lengths)."""
     groups = []
@@ -285,6 +300,9 @@ def prebuilds(cases: Sequence[Case], baselines: Sequence[str], page_size: int,
         builds: list[Build] = [("ours", lambda c=case: check(c, page_size, dtype))]
         if fp8_kv and case.kind == "decode":
             builds.append(("ours fp8", lambda c=case: check(c, page_size, dtype, fp8=True)))
+        if fused_merge and case.kind == "decode":
+            builds.append(("ours fused", lambda c=case: check(c, page_size, dtype,
+                                                               fused_merge=True)))
         if "flashinfer" in baselines:
             builds.append(("flashinfer",
                            lambda c=case: _plan_flashinfer(c, page_size, dtype)))
@@ -349,6 +367,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="decode rows also time the CUDA decode kernel: 'cuda us', "
                         "'x cuda' (the table's time over it) and, with --fp8-kv, 'fp8 cuda "
                         "us', 'x fp8 cuda' (the bf16 time over it)")
+    parser.add_argument("--fused-merge", action="store_true",
+                        help="decode rows also time the table's kernel with the split "
+                        "pieces merged by the last one, no merge kernel: 'fused us', 'x "
+                        "fused' (the time with the merge kernel over it)")
     parser.add_argument("--baselines", nargs="*", default=list(BASELINES),
                         help="baselines timed in the same run: sdpa and flex on contiguous "
                         "KV, flashinfer (skipped if absent) on the same paged KV")
@@ -379,7 +401,8 @@ def run_command(args: argparse.Namespace) -> int:
         cases += prefill_cases([m for m in models if m.name in PREFILL_MODELS], prefill)
     if args.build_only:
         return 1 if run_builds(prebuilds(cases, base.installed(args.baselines),
-                                         args.page_size, fp8_kv=args.fp8_kv)) else 0
+                                         args.page_size, fp8_kv=args.fp8_kv,
+                                         fused_merge=args.fused_merge)) else 0
     copy_gbps = copy_bandwidth_gbps()
     ceilings = load_ceilings()
     bf16 = ceilings.bf16_tflops if ceilings else None
@@ -388,7 +411,8 @@ def run_command(args: argparse.Namespace) -> int:
     try:
         with cut_by_sigterm():
             run(cases, args.baselines, copy_gbps, bf16, page_size=args.page_size,
-                fp8_kv=args.fp8_kv, cuda_decode=args.cuda_decode, rows=rows)
+                fp8_kv=args.fp8_kv, cuda_decode=args.cuda_decode, rows=rows,
+                fused_merge=args.fused_merge)
     except RunCut as err:
         cut = cut_note(len(rows), len(cases), err)
     return report_run("attention", COLUMNS, rows, copy_gbps, args, cut_short=cut)
