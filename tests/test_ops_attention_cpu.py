@@ -507,3 +507,48 @@ def test_decode_kernel_interpreted(case, tensor_cores, fused_merge):
     assert (out[1] == 0).all() and (lse[1] == -math.inf).all()
     live = [0, 2, 3]
     _close(out[live], lse[live], want[live], want_lse[live])
+
+
+@needs_interpreter
+@pytest.mark.parametrize("layout", [
+    dict(hq=12, hkv=4, d=64, per_program=2, min_group=2),   # group 3: rows past the group
+    dict(hq=16, hkv=2, d=64, per_program=2, min_group=2),   # 2 KV heads, 8 rows per KV head
+    dict(hq=4, hkv=2, d=256, per_program=1, min_group=100),  # one q head per program
+    dict(hq=32, hkv=2, d=64, per_program=1, min_group=2),   # group 16: one piece per round
+])
+def test_fused_merge_of_many_pieces(layout):
+    """The merge in the last piece over many pieces (more than a round of MERGE_CHUNK),
+    against the reference and bit-for-bit stable across calls; per-KV-head FP8 scales and
+    sinks; unused split slots poisoned."""
+    from fuseinfer.ops.attention.launch import launch_decode
+
+    hq, hkv, d = layout["hq"], layout["hkv"], layout["d"]
+    kv_lens = [300, 0, 130]
+    kv = make_paged_kv(kv_lens, hkv, d, 4, BF16, "cpu", fp8=True, per_head_scales=True,
+                       poison=True)
+    q = torch.randn(len(kv_lens), hq, d).to(BF16)
+    sinks = torch.randn(hq)
+    attn = PagedAttention(AttentionShape(hq, hkv, d, 4), "cpu", fused_merge=True)
+    plan = attn.plan_decode(kv_lens, kv.page_table, splits=24)  # 300 keys: 19 pieces of 16
+    results = []
+    for _ in range(2):
+        plan.partial_out.fill_(float("nan"))
+        plan.partial_lse.fill_(float("nan"))
+        out = torch.full_like(q, float("nan"))
+        lse = torch.full((q.size(0), hq), float("nan"))
+        launch_decode(DecodeArgs(
+            q, kv.k_cache, kv.v_cache, plan.page_table, plan.kv_lens, plan.partial_out,
+            plan.partial_lse, out, lse, k_scale=kv.k_scale, v_scale=kv.v_scale, sinks=sinks,
+            sm_scale=d ** -0.5, launch=DecodeLaunch(16, 4, 1, 16, layout["min_group"],
+                                                    layout["per_program"]),
+            enable_pdl=False, merge_counters=plan.merge_counters))
+        assert (plan.merge_counters == 0).all()
+        results.append((out.clone(), lse.clone()))
+    want, want_lse = reference_paged_attention(
+        q, kv.k_cache, kv.v_cache, kv.page_table, torch.arange(4, dtype=torch.int32),
+        plan.kv_lens, sm_scale=d ** -0.5, k_scale=kv.k_scale, v_scale=kv.v_scale,
+        sinks=sinks)
+    out, lse = results[0]
+    assert torch.equal(out, results[1][0]) and torch.equal(lse, results[1][1])
+    assert (out[1] == 0).all() and (lse[1] == -math.inf).all()
+    _close(out[[0, 2]], lse[[0, 2]], want[[0, 2]], want_lse[[0, 2]])

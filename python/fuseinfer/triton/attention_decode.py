@@ -267,7 +267,7 @@ def decode_kernel(
                 if USE_DOT:
                     m_heads = unit * (GROUP * KV_PER_PROGRAM) + mrows
                     m_ok = mrows < GROUP * KV_PER_PROGRAM
-                    m_kv = mrows // GROUP
+                    m_kv = tl.minimum(mrows // GROUP, KV_PER_PROGRAM - 1)  # in bounds
                 else:
                     m_heads = unit + mrows
                     m_ok = mrows < 1
