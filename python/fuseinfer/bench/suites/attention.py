@@ -268,23 +268,28 @@ def run(cases: Sequence[Case], baselines: Sequence[str], copy_gbps: float | None
                 base.time_flashinfer(row, case, x, config)
             del x
             if fp8_kv and case.kind == "decode":
-                row["fp8_rel_err"] = check(case, page_size, dtype, fp8=True)
-                x8 = make_inputs(case, page_size, dtype, fp8=True)
-                row["fp8_us"] = _time(ours(x8, window_left=m.window_left), config)
-                row["fp8_speedup"] = us / row["fp8_us"]
-                del x8
+                _time_variant(row, "fp8", case, page_size, dtype, us, config, fp8=True)
             if fused_merge and case.kind == "decode":
-                row["fused_rel_err"] = check(case, page_size, dtype, fused_merge=True)
-                xf = make_inputs(case, page_size, dtype, fused_merge=True)
-                row["fused_us"] = _time(ours(xf, window_left=m.window_left), config)
-                row["fused_speedup"] = us / row["fused_us"]
-                del xf
+                _time_variant(row, "fused", case, page_size, dtype, us, config,
+                              fused_merge=True)
             if cuda_decode and case.kind == "decode":
                 _time_cuda_decode(row, case, page_size, dtype, us, fp8_kv, config)
             base.time_baselines(row, case, baselines, dtype, config)
             rows.append(row)
             torch.cuda.empty_cache()
     return rows
+
+
+def _time_variant(row: dict[str, Any], key: str, case: Case, page_size: int,
+                  dtype: torch.dtype, us: float, config: TimingConfig, **variant: Any
+                  ) -> None:
+    """Our kernel on the case with make_inputs' `variant` options, checked first: the
+    row's `<key>_rel_err`, `<key>_us` and `<key>_speedup` (`us`, the plain call's time,
+    over it)."""
+    row[f"{key}_rel_err"] = check(case, page_size, dtype, **variant)
+    x = make_inputs(case, page_size, dtype, **variant)
+    row[f"{key}_us"] = _time(ours(x, window_left=case.model.window_left), config)
+    row[f"{key}_speedup"] = us / row[f"{key}_us"]
 
 
 def prebuilds(cases: Sequence[Case], baselines: Sequence[str], page_size: int,
