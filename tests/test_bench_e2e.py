@@ -163,6 +163,9 @@ def test_latency_sizes_the_engine_from_its_own_options():
     # a valued switch already off is left out of `all` (its ablation would change nothing)
     small_m_off = replace(variants[0][1], small_m_matmul_tokens=0)
     assert "without small-m-matmul" not in dict(ablation_variants(small_m_off, ["all"])[1])
+    # ... and asked for by name, it is refused rather than timed against itself
+    with pytest.raises(SystemExit, match="fused-decode-merge small-m-matmul: already off"):
+        ablation_variants(small_m_off, ["pdl", "fused-decode-merge", "small-m-matmul"])
     fp8 = replace(variants[0][1], quantization="fp8")
     fp8_variants = ablation_variants(fp8, ["all"])[1]
     assert len(fp8_variants) == 1 + len(ABLATIONS) - len(TP_ABLATIONS) - len(opt_in)

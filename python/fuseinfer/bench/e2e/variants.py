@@ -78,6 +78,11 @@ def ablation_variants(base: Any, requested: list[str]) -> tuple[list[str], list[
                   and (tp or a not in TP_ABLATIONS) and _changes(base, a)]
     else:
         ablate = list(dict.fromkeys(requested))
+        already_off = [a for a in ablate if not _changes(base, a)]
+        if already_off:  # the variant would be the configured engine again, timed twice
+            raise SystemExit(f"--ablate {' '.join(already_off)}: already off in the "
+                             "configured engine, so the run would compare it with itself; "
+                             "turn it on in the engine's options first")
     return ablate, [("as configured", base)] + [
         (f"without {name}", replace(base, **_off(name))) for name in ablate]
 
