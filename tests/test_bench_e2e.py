@@ -143,15 +143,19 @@ def test_latency_sizes_the_engine_from_its_own_options():
     assert variants[1][1].disable_pdl and not variants[0][1].disable_pdl
     assert variants[2][1].disable_cuda_graph and variants[2][1].max_running_requests == 12
     # `all` on a bf16 model leaves out the switches that only change an FP8 model, and the
-    # opt-in switches, off until turned on
-    opt_in = ("fused-decode-merge", "residual-epilogue", "fp8-kv-cache")
+    # opt-in switches, off until turned on (the fused decode merge is on where the table
+    # says, so `all` turns it off everywhere)
+    opt_in = ("residual-epilogue", "fp8-kv-cache")
     names = [n for n, _ in ablation_variants(variants[0][1], ["all"])[1]]
     assert len(names) == 1 + len(ABLATIONS) - len(FP8_ABLATIONS) - len(TP_ABLATIONS) - \
         len(opt_in)
     assert not any(f"without {name}" in names for name in opt_in)
-    merged = replace(variants[0][1], fused_decode_merge=True)
+    assert dict(ablation_variants(variants[0][1], ["all"])[1])[
+        "without fused-decode-merge"].fused_decode_merge == "off"
+    merged = replace(variants[0][1], fused_decode_merge="on")
     opted = dict(ablation_variants(merged, ["all"])[1])
-    assert not opted["without fused-decode-merge"].fused_decode_merge
+    assert opted["without fused-decode-merge"].fused_decode_merge == "off"
+    assert opted["as configured"].fused_decode_merge == "on"
     fp8_kv = dict(ablation_variants(replace(variants[0][1], kv_cache_dtype="fp8_e4m3"),
                                     ["all"])[1])
     assert fp8_kv["as configured"].kv_cache_dtype == "fp8_e4m3"
@@ -165,7 +169,8 @@ def test_latency_sizes_the_engine_from_its_own_options():
     assert "without small-m-matmul" not in dict(ablation_variants(small_m_off, ["all"])[1])
     # ... and asked for by name, it is refused rather than timed against itself
     with pytest.raises(SystemExit, match="fused-decode-merge small-m-matmul: already off"):
-        ablation_variants(small_m_off, ["pdl", "fused-decode-merge", "small-m-matmul"])
+        ablation_variants(replace(small_m_off, fused_decode_merge="off"),
+                          ["pdl", "fused-decode-merge", "small-m-matmul"])
     fp8 = replace(variants[0][1], quantization="fp8")
     fp8_variants = ablation_variants(fp8, ["all"])[1]
     assert len(fp8_variants) == 1 + len(ABLATIONS) - len(TP_ABLATIONS) - len(opt_in)

@@ -453,6 +453,57 @@ def test_prefill_kernel_interpreted(case):
     _close(out, lse, want, want_lse)
 
 
+def test_fused_merge_follows_the_table_on_windowed_layers(monkeypatch):
+    """fused_merge=None: the merge is fused only on layers whose window bounds every request
+    to at most the table's fused_merge_window_pieces; True / False override the table; run()
+    hands the op the counters only where it fuses."""
+    from dataclasses import replace
+
+    from fuseinfer.dispatch import TableError
+    from fuseinfer.dispatch.schema import parse_dataclass, to_json
+    from fuseinfer.ops.attention.dispatch import ATTENTION_BUILTIN, AttentionDispatch
+
+    table = replace(ATTENTION_BUILTIN, min_chunk=64, fused_merge_window_pieces=4)
+    # the bound against the kernel's own split arithmetic (_split_range): a request sees
+    # the keys from its window's first key's block on, cut into pieces of >= min_chunk
+    for window, block_n in ((127, 32), (127, 64), (191, 64), (193, 64), (500, 16)):
+        bound = -(-(window + block_n) // 64)
+        seen = 0
+        for kv_len in range(1, 3000, 3):
+            first = max(kv_len - 1 - window, 0)
+            seen = max(seen, -(-(kv_len - first // block_n * block_n) // 64))
+        assert seen == bound
+        assert table.fuses_merge(window, block_n) == (bound <= 4)
+    assert table.fuses_merge(191, 64) and not table.fuses_merge(193, 64)
+    assert not table.fuses_merge(None, 16)  # a full-length layer: pieces grow with length
+    assert not replace(table, fused_merge_window_pieces=0).fuses_merge(127, 32)
+    data = to_json(table)
+    assert parse_dataclass(AttentionDispatch, data, "t") == table
+    data["fused_merge_window_pieces"] = -1
+    with pytest.raises(TableError, match="fused_merge_window_pieces"):
+        parse_dataclass(AttentionDispatch, data, "t")
+
+    shape = AttentionShape(8, 2, 64, 4)
+    never = PagedAttention(shape, "cpu", table=replace(table, fused_merge_window_pieces=0))
+    assert never.plan_decode([9], torch.zeros(1, 4, dtype=torch.int32)).merge_counters is None
+    assert not never.fuses_merge(127, 32)
+    assert not PagedAttention(shape, "cpu", table=table, fused_merge=False).fuses_merge(127, 32)
+    assert PagedAttention(shape, "cpu", table=table, fused_merge=True).fuses_merge(None, 32)
+
+    seen_counters = []
+    monkeypatch.setattr(torch.ops.fuseinfer, "paged_decode_attention",
+                        lambda *a, merge_counters=None, **kw: seen_counters.append(
+                            merge_counters))
+    attn = PagedAttention(shape, "cpu", table=table)
+    kv = make_paged_kv([300, 40], 2, 64, 4, BF16, "cpu")
+    plan = attn.plan_decode([300, 40], kv.page_table, splits=8)
+    q = torch.randn(2, 8, 64).to(BF16)
+    block_n = plan.launch.block_n
+    for window in (127, 64 * 4 - block_n + 1, None):
+        attn.run(plan, q, kv.k_cache, kv.v_cache, window_left=window)
+    assert [c is plan.merge_counters for c in seen_counters] == [True, False, False]
+
+
 @needs_interpreter
 @pytest.mark.parametrize("fused_merge", [True, False])
 @pytest.mark.parametrize("tensor_cores", [True, False, "2 kv heads per program",

@@ -86,11 +86,11 @@ def test_prefill_logits_within_bf16_tolerance(case):
     dict(disable_fused_rope_kv=True, disable_fused_add_rmsnorm=True, disable_pdl=True,
          disable_fused_qk_norm=True, disable_fused_silu_mul=True,
          disable_small_batch_gemv=True, disable_fused_greedy_sample=True),
-    dict(disable_gemv_silu_mul=True, fused_decode_merge=True),
+    dict(disable_gemv_silu_mul=True, fused_decode_merge="on"),
     # FP8 KV with calibrated per-head scales: written by qk_rmsnorm_rope (Qwen3) or the
     # CUDA RoPE kernel's fused write (Llama), then by store_kv_cache after RoPE alone
     dict(kv_cache_dtype="fp8_e4m3"),
-    dict(kv_cache_dtype="fp8_e4m3", disable_fused_rope_kv=True, fused_decode_merge=True),
+    dict(kv_cache_dtype="fp8_e4m3", disable_fused_rope_kv=True, fused_decode_merge="on"),
 ])
 def test_greedy_tokens_match_transformers(case, args):
     path, prompts, want, _ = case

@@ -74,9 +74,11 @@ class EngineArgs:
     disable_fused_qk_norm_rope: bool = _opt(False, "Qwen3's q/k norms, then RoPE + the KV "
                                             "write, as two kernels (not one)")
     disable_fused_silu_mul: bool = _opt(False, "SiLU(gate) * up in eager torch")
-    fused_decode_merge: bool = _opt(False, "decode attention's split-KV pieces merged by "
-                                    "the last piece to finish, not by a second kernel "
-                                    "(off: measured slower on the H200)")
+    fused_decode_merge: str = _opt("auto", "decode attention's split-KV pieces merged by "
+                                   "the last piece to finish instead of a second kernel: "
+                                   "on, off, or auto (where the GPU's dispatch table says: "
+                                   "windowed layers of few pieces, measured faster there "
+                                   "and slower elsewhere on the H200)", ("auto", "on", "off"))
     disable_fused_norm_quant: bool = _opt(False, "FP8 models: RMSNorm, then the activation "
                                           "quantization as a second kernel")
     disable_fused_silu_mul_quant: bool = _opt(False, "FP8 models: SiLU(gate) * up, then "

@@ -13,7 +13,7 @@ ABLATIONS = {"fused-rope-kv": "disable_fused_rope_kv",
              "fused-qk-norm": "disable_fused_qk_norm",
              "fused-qk-norm-rope": "disable_fused_qk_norm_rope",
              "fused-silu-mul": "disable_fused_silu_mul",
-             "fused-decode-merge": ("fused_decode_merge", False),
+             "fused-decode-merge": ("fused_decode_merge", "off"),
              "fp8-kv-cache": ("kv_cache_dtype", "auto"),  # with --kv-cache-dtype fp8_e4m3
              "residual-epilogue": ("residual_epilogue", False),
              "small-batch-gemv": "disable_small_batch_gemv",

@@ -81,6 +81,7 @@ COLUMNS = [
     Column("feature_cost_pct", "sink cost %", "{:+.1f}"),
     Column("window_cost_pct", "window cost %", "{:+.1f}"),
     Column("splits", "splits"),
+    Column("merge", "merge", align="<"),
     Column("fp8_us", "fp8 us", "{:.1f}"),
     Column("fp8_speedup", "x fp8", "{:.2f}"),
     Column("fused_us", "fused us", "{:.1f}"),
@@ -150,10 +151,10 @@ class Inputs:
 
 def make_inputs(case: Case, page_size: int, dtype: torch.dtype, kv_lens=None, q_lens=None,
                 device: str = "cuda", fp8: bool = False, table: Any = None,
-                fused_merge: bool = False) -> Inputs:
+                fused_merge: bool | None = None) -> Inputs:
     """fp8: an FP8 (e4m3) cache with a scale per KV head instead of one of `dtype`; table:
     an attention entry instead of the GPU's; fused_merge: decode pieces merged by the last
-    one (no merge kernel)."""
+    one (no merge kernel) on every layer (True), never (False) or where the table says."""
     m = case.model
     kv_lens = list(kv_lens or case.kv_lens)
     q_lens = list(q_lens or case.q_lens)
@@ -180,7 +181,7 @@ def ours(x: Inputs, sinks: bool = True, window_left: int | None = None
 
 
 def check(case: Case, page_size: int, dtype: torch.dtype, fp8: bool = False,
-          table: Any = None, fused_merge: bool = False) -> float:
+          table: Any = None, fused_merge: bool | None = None) -> float:
     """Relative error against the reference on a cut-down copy of the case (at most two
     requests of at most 2048 cached tokens), fresh data."""
     m = case.model
@@ -215,8 +216,8 @@ def run(cases: Sequence[Case], baselines: Sequence[str], copy_gbps: float | None
     kernel "cuda"): `cuda_us`, `cuda_speedup` (the table's time over it), and with fp8_kv
     `fp8_cuda_us`, `fp8_cuda_speedup` (the bf16 table time over it); `cuda_rel_err`.
     fused_merge: decode rows also time the table's kernel with its pieces merged by the
-    last one (no merge kernel): `fused_us`, `fused_speedup` (the time with the merge
-    kernel over it), `fused_rel_err`.
+    last one on every layer (no merge kernel): `fused_us`, `fused_speedup` (the table's
+    time over it: about 1 where the row's `merge` already says fused), `fused_rel_err`.
     rows: the list each finished case's row is appended to (returned), so a caller that
     stops the run midway (bench.cut) still holds the finished ones."""
     config = config or TimingConfig(repeats=15, target_graph_ms=2.0)
@@ -248,6 +249,9 @@ def run(cases: Sequence[Case], baselines: Sequence[str], copy_gbps: float | None
                 row["tbps"] = nbytes / us / 1e6
                 row["pct_ceiling"] = 100 * row["tbps"] * 1e3 / copy_gbps if copy_gbps else None
                 row["splits"] = x.plan.splits
+                if x.plan.splits > 1:  # how the table's choice merges the pieces
+                    fused = x.attn.fuses_merge(m.window_left, x.plan.launch.block_n)
+                    row["merge"] = "fused" if fused else "kernel"
                 row["l2"] = "warm" if 4 * nbytes <= l2 else "cold"
             else:
                 row["flops"] = flops(case)
@@ -375,7 +379,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fused-merge", action="store_true",
                         help="decode rows also time the table's kernel with the split "
                         "pieces merged by the last one, no merge kernel: 'fused us', 'x "
-                        "fused' (the time with the merge kernel over it)")
+                        "fused' (the table's time over it; the 'merge' column says how the "
+                        "table merges)")
     parser.add_argument("--baselines", nargs="*", default=list(BASELINES),
                         help="baselines timed in the same run: sdpa and flex on contiguous "
                         "KV, flashinfer (skipped if absent) on the same paged KV")

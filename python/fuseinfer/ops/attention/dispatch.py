@@ -7,7 +7,9 @@ max_splits from the batch: enough (batch x kv_heads x splits) programs to give e
 `target_ctas_per_sm` (or the decode rule's own `ctas_per_sm`: kernels differ in how many
 programs an SM holds at once). KV groups of at least `tensor_core_min_group` q heads run together
 through tensor-core dots; smaller groups run one q head per program on the FMA units.
-Decode from an FP8 cache takes `fp8_decode_rules` where the entry has them.
+Decode from an FP8 cache takes `fp8_decode_rules` where the entry has them. The last
+piece to finish merges the pieces (no merge kernel) on layers whose window bounds every
+request to at most `fused_merge_window_pieces` pieces.
 Prefill: blocks of block_m queries x block_n keys; with `tma`, a key/value tile that lies
 inside one page (page_size a multiple of block_n) comes in one bulk tensor copy. Rules
 are picked by head_dim.
@@ -103,8 +105,18 @@ class AttentionDispatch:
     # decode from an FP8 cache (half the bytes per key: other blocks can win); empty:
     # decode_rules
     fp8_decode_rules: tuple[DecodeLaunchRule, ...] = ()
+    # decode's pieces merged by the last piece to finish (no merge kernel) on layers whose
+    # window bounds every request to at most this many pieces; 0: never. It pays where the
+    # launch it saves is a large share of a short kernel: on the H200 (2026-12-02) 1.09-1.23x
+    # on GPT-OSS's 128-token window, but 0.28-0.54x at 64 pieces (one program per KV group
+    # merges what the merge kernel spreads over every q head) and 0.88-1.00x on full-length
+    # layers even at 2-3 pieces
+    fused_merge_window_pieces: int = 0
 
     def validate(self, where: str) -> None:
+        if not 0 <= self.fused_merge_window_pieces <= 256:
+            raise TableError(f"{where}.fused_merge_window_pieces: must be in [0, 256], got "
+                             f"{self.fused_merge_window_pieces}")
         if self.tensor_core_min_group < 1:
             raise TableError(f"{where}.tensor_core_min_group: must be >= 1")
         if self.target_ctas_per_sm < 1 or not 1 <= self.max_splits <= 256:
@@ -126,6 +138,15 @@ class AttentionDispatch:
         return next(r for r in rules
                     if (r.max_head_dim is None or head_dim <= r.max_head_dim)
                     and (r.max_batch is None or (batch is not None and batch <= r.max_batch)))
+
+    def fuses_merge(self, window_left: int | None, block_n: int) -> bool:
+        """Whether decode on a layer with this window (None: full length) merges its pieces
+        in the last one: a request sees at most window_left + block_n keys (its range
+        starts at a block), so at most that over min_chunk pieces."""
+        if window_left is None or self.fused_merge_window_pieces < 1:
+            return False
+        pieces = -(-(window_left + block_n) // self.min_chunk)
+        return pieces <= self.fused_merge_window_pieces
 
     def prefill_rule(self, head_dim: int) -> PrefillLaunchRule:
         return next(r for r in self.prefill_rules

@@ -102,7 +102,7 @@ class PagedAttention:
 
     def __init__(self, shape: AttentionShape, device: torch.device | str, *,
                  max_batch: int = 256, table: AttentionDispatch | None = None,
-                 enable_pdl: bool | None = None, fused_merge: bool = False) -> None:
+                 enable_pdl: bool | None = None, fused_merge: bool | None = None) -> None:
         shape.validate()
         self.shape = shape
         self.device = torch.device(device)
@@ -120,12 +120,22 @@ class PagedAttention:
             if self.device.type == "cuda" else 1
         self._decode_kv_lens = torch.zeros(max_batch, dtype=torch.int32, device=self.device)
         self._partials: tuple[torch.Tensor, torch.Tensor] | None = None
-        # decode's pieces merged by the last to finish (zero between calls), per request
-        # row and head group; None: the separate merge kernel
+        # decode's pieces merged by the last to finish: True on every layer, False never,
+        # None where the table says (windowed layers of few pieces); else the merge kernel
+        self.fused_merge = fused_merge
+        # counters per request row and head group (zero between calls); None: never fused
+        may_fuse = fused_merge or (fused_merge is None and table.fused_merge_window_pieces > 0)
         self._merge_counters = torch.zeros(max_batch, shape.num_q_heads, dtype=torch.int32,
-                                           device=self.device) if fused_merge else None
+                                           device=self.device) if may_fuse else None
 
     # ---- decode -------------------------------------------------------------------------
+    def fuses_merge(self, window_left: int | None, block_n: int) -> bool:
+        """Whether a decode call with this window merges its pieces in the last one."""
+        if self._merge_counters is None:
+            return False
+        return self.fused_merge if self.fused_merge is not None \
+            else self.table.fuses_merge(window_left, block_n)
+
     def kv_heads_per_program(self, batch: int | None = None) -> int:
         """KV heads one decode program reads at this batch size: the rule's count on
         tensor cores where it divides the KV heads, else 1."""
@@ -277,7 +287,8 @@ class PagedAttention:
         else:
             torch.ops.fuseinfer.paged_decode_attention(
                 q, k_cache, v_cache, plan.page_table, plan.kv_lens, plan.partial_out,
-                plan.partial_lse, out, merge_counters=plan.merge_counters, **common)
+                plan.partial_lse, out, merge_counters=plan.merge_counters
+                if self.fuses_merge(window_left, plan.launch.block_n) else None, **common)
         return (out, lse) if return_lse else out
 
 
