@@ -169,7 +169,7 @@ bench_step() {  # bench_step SUITE[@TAG]: with TAG, the options in ARGS_SUITE_TA
     [ -n "${RECORDED[$stem]:-}" ] && has_option "$suite" --continue-run && args+=(--continue-run)
   fi
   has_option "$suite" --json && args+=(--json "$OUT/${suite}${tag}_run.json")
-  local before; before=$(cksum < "microbench/results/$KEY/$stem.json" 2>/dev/null)
+  local before; before=$({ cksum < "microbench/results/$KEY/$stem.json"; } 2>/dev/null)
   TAIL=${TAIL:-40} step "bench_$suite$tag" timeout "$STEP_TIMEOUT" "${FI[@]}" bench "$suite" \
     "${args[@]}" ${!extra_var:-}
   local rc=$?
@@ -177,7 +177,7 @@ bench_step() {  # bench_step SUITE[@TAG]: with TAG, the options in ARGS_SUITE_TA
   # recorded: a whole run, or one cut by the step's timeout (suites that keep a cut run's
   # rows record them, marked cut_short)
   if [[ " ${args[*]} " == *" --record "* ]] &&
-     [ "$(cksum < "microbench/results/$KEY/$stem.json" 2>/dev/null)" != "$before" ]; then
+     [ "$({ cksum < "microbench/results/$KEY/$stem.json"; } 2>/dev/null)" != "$before" ]; then
     RECORDED[$stem]=1
     copy_results "$stem"
   fi
