@@ -183,3 +183,32 @@ def test_a_cuda_candidate_with_its_own_split_target_can_win_the_small_batches(mo
         ("cuda", 4, 2, tune.SMALL_BATCH)
     assert (large.kernel, large.block_n, large.num_warps, large.num_stages,
             large.ctas_per_sm) == ("triton", 64, 4, 2, None)
+
+
+@pytest.mark.parametrize("wins_up_to", [0, 4, 16])
+def test_merge_fuses_up_to_the_last_piece_count_where_it_wins(monkeypatch, wins_up_to):
+    """The merge part times the fused merge and the merge kernel on windows of 2, 4, 8, 16
+    pieces (both tuned models, both decode shapes) and keeps the counts, in order, where
+    the fused merge wins; only fused_merge_window_pieces changes."""
+    seen = set()
+
+    def cost(case, table, block_m=None, fp8=False):
+        m = case.model
+        block_n = table.decode_rule(m.head_dim, batch=len(case.kv_lens)).block_n
+        pieces = -(-(m.window_left + block_n) // table.min_chunk)  # the window's bound
+        seen.add((m.name, case.shape, pieces))
+        fused = table.fuses_merge(m.window_left, block_n)
+        return 1.0 if fused == (pieces <= wins_up_to) else 2.0
+
+    monkeypatch.setattr(tune, "_time", cost)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)
+    start = ATTENTION_BUILTIN
+    table, log = tune.tune(0, ("merge",), start)
+    assert table.fused_merge_window_pieces == wins_up_to
+    assert replace(table, fused_merge_window_pieces=0) == start
+    tried = [p for p in tune.MERGE_PIECES if p <= wins_up_to]
+    tried += [p for p in tune.MERGE_PIECES if p > wins_up_to][:1]
+    assert [e["candidate"] for e in log] == [[p, f] for p in tried for f in (0, 1)]
+    assert {e["kind"] for e in log} == {"merge"}
+    assert seen == {(name, f"{b}x{n}", p) for name in tune.TUNE_MODELS.values()
+                    for b, n in tune.DECODE_SHAPES for p in tried}

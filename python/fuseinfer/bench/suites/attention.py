@@ -430,11 +430,12 @@ def run_command(args: argparse.Namespace) -> int:
 
 def add_tune_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kinds", nargs="+",
-                        choices=["prefill", "decode", "decode-fp8", "splits"],
+                        choices=["prefill", "decode", "decode-fp8", "splits", "merge"],
                         help="tune these parts (the prefill blocks, the decode blocks, the "
-                        "decode blocks for FP8 caches, the decode split policy), keeping "
-                        "the table's current rules for the others (default: prefill, "
-                        "decode and splits)")
+                        "decode blocks for FP8 caches, the decode split policy, where "
+                        "decode's last piece merges the pieces), keeping the table's "
+                        "current rules for the others (default: prefill, decode, splits "
+                        "and merge)")
     parser.add_argument("--head-dims", nargs="+", type=int, choices=[64, 128],
                         help="tune the prefill / decode blocks of these head dims only "
                         "(default: 64 and 128)")

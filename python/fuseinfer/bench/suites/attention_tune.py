@@ -9,7 +9,11 @@ and 8), then the CUDA kernel at 4 and 8 warps (each also with the split count ai
 the programs an SM holds of it: rule field ctas_per_sm); where the small and the large batch's
 fastest differ, the small one's becomes a rule for batches up to SMALL_BATCH. `decode-fp8`
 does the same on FP8 caches for the FP8 rules. Splits: (min_chunk, target_ctas_per_sm),
-shared by every head dim, over small-batch shapes (where splitting matters). `--kinds` and
+shared by every head dim, over small-batch shapes (where splitting matters). Merge: decode
+with the pieces merged by the last one (no merge kernel) against the merge kernel, on
+windows that bound a request to 2, 4, 8, 16 pieces, for both tuned models at both decode
+shapes; fused_merge_window_pieces becomes the largest count up to which the fused merge
+wins (geometric mean) at every count tried, 0 where it never does. `--kinds` and
 `--head-dims` pick parts, the rest of the entry kept (each candidate compiles: about 4 s
 apiece on an H200, so the decode blocks of one head dim take about 2 minutes; --log is
 rewritten after every candidate, so a cut run keeps its timings, and `--resume LOG` takes
@@ -57,6 +61,7 @@ KV_HEADS_PER_PROGRAM = (2, 4)  # tried with the best loop (1 is the loop search'
 CUDA_DECODE_CANDIDATES = ((4, None), (8, None), (4, 2), (8, 1))
 SPLIT_CANDIDATES = list(itertools.product((64, 128, 256, 512), (1, 2, 4)))
 SPLIT_SHAPES = ((1, 4096), (1, 16384), (8, 4096))
+MERGE_PIECES = (2, 4, 8, 16)  # windows of (pieces - 1) x min_chunk keys: at most that many
 PAGE_SIZE = 64
 CONFIG = TimingConfig(repeats=7, target_graph_ms=1.0)
 
@@ -65,8 +70,7 @@ def _time(case: Case, table: AttentionDispatch, block_m: int | None = None,
           fp8: bool = False) -> float:
     """Median us of our kernel for `case` under `table` (fp8: on an FP8 cache with a scale
     per KV head); inf if it fails to build."""
-    x = make_inputs(case, PAGE_SIZE, torch.bfloat16, fp8=fp8)
-    x.attn.table = table
+    x = make_inputs(case, PAGE_SIZE, torch.bfloat16, fp8=fp8, table=table)
     m = case.model
     if case.kind == "decode":
         x.plan = x.attn.plan_decode(list(case.kv_lens), x.kv.page_table)
@@ -102,8 +106,8 @@ def _geomean(values: list[float]) -> float:
     return math.exp(sum(math.log(v) for v in values) / len(values))
 
 
-KINDS = ("prefill", "decode", "decode-fp8", "splits")
-DEFAULT_KINDS = ("prefill", "decode", "splits")  # decode-fp8 only when asked
+KINDS = ("prefill", "decode", "decode-fp8", "splits", "merge")
+DEFAULT_KINDS = ("prefill", "decode", "splits", "merge")  # decode-fp8 only when asked
 
 
 def _timing_key(kind: str, head_dim: int | None, candidate: Any) -> tuple:
@@ -157,7 +161,8 @@ def tune(device: int, kinds: tuple[str, ...] = DEFAULT_KINDS,
                               + (len(DECODE_CANDIDATES) + after_loop) * ("decode" in kinds)
                               + (len(FP8_DECODE_CANDIDATES) + after_loop)
                               * ("decode-fp8" in kinds)) \
-        + len(SPLIT_CANDIDATES) * ("splits" in kinds)
+        + len(SPLIT_CANDIDATES) * ("splits" in kinds) \
+        + 2 * len(MERGE_PIECES) * ("merge" in kinds)
     with Progress(steps, "tune attention") as progress:
         for head_dim in head_dims:
             model = MODELS[TUNE_MODELS[head_dim]]
@@ -169,6 +174,8 @@ def tune(device: int, kinds: tuple[str, ...] = DEFAULT_KINDS,
                 table = _tune_decode(table, head_dim, model, log, progress, fp8=True)
         if "splits" in kinds:
             table = _tune_splits(table, log, progress)
+        if "merge" in kinds:
+            table = _tune_merge(table, log, progress)
     return table, log
 
 
@@ -244,6 +251,31 @@ def _tune_splits(table: AttentionDispatch, log: _Log, progress: Any) -> Attentio
     return replace(table, min_chunk=best[1][0], target_ctas_per_sm=best[1][1])
 
 
+def _tune_merge(table: AttentionDispatch, log: _Log, progress: Any) -> AttentionDispatch:
+    """fused_merge_window_pieces: for each piece count, both tuned models at both decode
+    shapes on a window that bounds a request to that many pieces (window_left (pieces - 1)
+    x min_chunk, so ceil((window_left + block_n) / min_chunk) = pieces while block_n <=
+    min_chunk), merged by the last piece (the table fusing every window) and by the merge
+    kernel; counts are taken in order while the fused merge wins (the Progress total
+    counts every count, so a run that stops early ends below it)."""
+    kept = 0
+    for pieces in MERGE_PIECES:
+        window = (pieces - 1) * table.min_chunk
+        cases = [Case("decode", replace(MODELS[name], window_left=window), f"{b}x{n}",
+                      (1,) * b, (n,) * b)
+                 for name in TUNE_MODELS.values() for b, n in DECODE_SHAPES]
+        times = {}
+        for fused in (0, 1):
+            progress.step(f"merge pieces={pieces} {'fused' if fused else 'merge kernel'}")
+            trial = replace(table, fused_merge_window_pieces=256 if fused else 0)
+            times[fused] = log.timed("merge", None, [pieces, fused], lambda t=trial, c=cases: [
+                _time(case, t) for case in c])
+        if _geomean(times[1]) >= _geomean(times[0]):
+            break  # larger counts are not tried once one loses
+        kept = pieces
+    return replace(table, fused_merge_window_pieces=kept)
+
+
 def tune_command(args: argparse.Namespace) -> int:
     """`fuseinfer tune attention`: tune the asked kernels from the table's current entry,
     write it, report."""
@@ -263,7 +295,8 @@ def tune_command(args: argparse.Namespace) -> int:
     table, log = tune(target.device, kinds, start, head_dims, partial, resumed)
     done = {"prefill": f"prefill 1x4k causal{dims}", "decode": f"decode {DECODE_SHAPES}{dims}",
             "decode-fp8": f"FP8-cache decode {DECODE_SHAPES}{dims}",
-            "splits": f"splits over {SPLIT_SHAPES}"}
+            "splits": f"splits over {SPLIT_SHAPES}",
+            "merge": f"fused merge on windows of {MERGE_PIECES} pieces"}
     source = target.source(f", page size {PAGE_SIZE}; " + "; ".join(done[k] for k in kinds))
     if (kinds != DEFAULT_KINDS or dims) and start.source.startswith("tuned"):
         source += f"; kept from before: {start.source.split('; kept from before: ')[-1]}"
@@ -283,6 +316,8 @@ def tune_command(args: argparse.Namespace) -> int:
                   f"{r.kv_heads_per_program} KV head(s) per program")
     print(f"  decode splits: min_chunk {table.min_chunk}, {table.target_ctas_per_sm} "
           "programs per SM")
+    print(f"  fused merge on windows of at most {table.fused_merge_window_pieces} pieces"
+          if table.fused_merge_window_pieces else "  fused merge: never (the merge kernel)")
     print(f"wrote {target.output}")
     write_tune_log(args.log, source, log)
     return 0
