@@ -208,7 +208,9 @@ def test_merge_fuses_up_to_the_last_piece_count_where_it_wins(monkeypatch, wins_
     assert replace(table, fused_merge_window_pieces=0) == start
     tried = [p for p in tune.MERGE_PIECES if p <= wins_up_to]
     tried += [p for p in tune.MERGE_PIECES if p > wins_up_to][:1]
-    assert [e["candidate"] for e in log] == [[p, f] for p in tried for f in (0, 1)]
+    chunk = start.min_chunk
+    assert [e["candidate"] for e in log] == [[p, (p - 1) * chunk, f] for p in tried
+                                             for f in (0, 1)]
     assert {e["kind"] for e in log} == {"merge"}
     assert seen == {(name, f"{b}x{n}", p) for name in tune.TUNE_MODELS.values()
                     for b, n in tune.DECODE_SHAPES for p in tried}

@@ -143,15 +143,13 @@ def test_latency_sizes_the_engine_from_its_own_options():
     assert variants[1][1].disable_pdl and not variants[0][1].disable_pdl
     assert variants[2][1].disable_cuda_graph and variants[2][1].max_running_requests == 12
     # `all` on a bf16 model leaves out the switches that only change an FP8 model, and the
-    # opt-in switches, off until turned on (the fused decode merge is on where the table
-    # says, so `all` turns it off everywhere)
-    opt_in = ("residual-epilogue", "fp8-kv-cache")
+    # opt-in switches, off until turned on (the fused decode merge's `auto` fuses nothing
+    # without sliding layers, nor on the CPU)
+    opt_in = ("fused-decode-merge", "residual-epilogue", "fp8-kv-cache")
     names = [n for n, _ in ablation_variants(variants[0][1], ["all"])[1]]
     assert len(names) == 1 + len(ABLATIONS) - len(FP8_ABLATIONS) - len(TP_ABLATIONS) - \
         len(opt_in)
     assert not any(f"without {name}" in names for name in opt_in)
-    assert dict(ablation_variants(variants[0][1], ["all"])[1])[
-        "without fused-decode-merge"].fused_decode_merge == "off"
     merged = replace(variants[0][1], fused_decode_merge="on")
     opted = dict(ablation_variants(merged, ["all"])[1])
     assert opted["without fused-decode-merge"].fused_decode_merge == "off"
@@ -169,8 +167,7 @@ def test_latency_sizes_the_engine_from_its_own_options():
     assert "without small-m-matmul" not in dict(ablation_variants(small_m_off, ["all"])[1])
     # ... and asked for by name, it is refused rather than timed against itself
     with pytest.raises(SystemExit, match="fused-decode-merge small-m-matmul: already off"):
-        ablation_variants(replace(small_m_off, fused_decode_merge="off"),
-                          ["pdl", "fused-decode-merge", "small-m-matmul"])
+        ablation_variants(small_m_off, ["pdl", "fused-decode-merge", "small-m-matmul"])
     fp8 = replace(variants[0][1], quantization="fp8")
     fp8_variants = ablation_variants(fp8, ["all"])[1]
     assert len(fp8_variants) == 1 + len(ABLATIONS) - len(TP_ABLATIONS) - len(opt_in)
@@ -240,3 +237,39 @@ def test_latency_floor_reads_copy_bandwidth_for_auto_and_cuda_devices(monkeypatc
     assert latency._copy_gbps("cpu") is None
     monkeypatch.setattr(torch_module.cuda, "is_available", lambda: False)
     assert latency._copy_gbps("auto") is None
+
+
+def test_fused_merge_ablation_only_where_auto_fuses(monkeypatch):
+    """`auto` fuses the decode merge on sliding layers where the GPU's table fuses at their
+    window: only then does `--ablate fused-decode-merge` change the engine."""
+    from fuseinfer.bench.e2e import variants
+    from fuseinfer.ops.attention import dispatch
+    from fuseinfer.ops.attention.dispatch import ATTENTION_BUILTIN
+
+    gpt_oss = {"architectures": ["GptOssForCausalLM"], "num_attention_heads": 8,
+               "num_key_value_heads": 2, "head_dim": 64, "hidden_size": 256,
+               "intermediate_size": 128, "num_hidden_layers": 2, "vocab_size": 100,
+               "max_position_embeddings": 512, "num_local_experts": 4,
+               "num_experts_per_tok": 2, "sliding_window": 128,
+               "layer_types": ["sliding_attention", "full_attention"]}
+    monkeypatch.setattr(variants, "_checkpoint_config", lambda base: dict(gpt_oss))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    fused_at = replace(ATTENTION_BUILTIN, fused_merge_window_pieces=4)
+    monkeypatch.setattr(dispatch, "attention_table", lambda device=None: fused_at)
+    base = offline.engine_args(_parse(offline), max_context_len=100)
+    assert base.fused_decode_merge == "auto"
+    names = [n for n, _ in ablation_variants(base, ["all"])[1]]
+    assert "without fused-decode-merge" in names
+    # a table that never fuses, or one whose bound the 128-token window exceeds
+    for table in (ATTENTION_BUILTIN, replace(fused_at, fused_merge_window_pieces=2)):
+        monkeypatch.setattr(dispatch, "attention_table", lambda device=None, t=table: t)
+        with pytest.raises(SystemExit, match="auto fuses nothing"):
+            ablation_variants(base, ["fused-decode-merge"])
+    # the CPU (the reference runs) and a model without sliding layers fuse nothing;
+    # `on` always fuses
+    monkeypatch.setattr(dispatch, "attention_table", lambda device=None: fused_at)
+    assert variants.fused_merge_runs(base)
+    assert not variants.fused_merge_runs(replace(base, device="cpu"))
+    gpt_oss["layer_types"] = ["full_attention"] * 2
+    assert not variants.fused_merge_runs(base)
+    assert variants.fused_merge_runs(replace(base, fused_decode_merge="on"))

@@ -239,3 +239,21 @@ def test_closing_an_engine_releases_its_memory(checkpoint):
         engine.add_request(prompts[0], SamplingParams(max_new_tokens=3))
     with pytest.raises(RuntimeError, match="closed"):
         engine.stats()
+
+
+def test_flush_prefix_cache_frees_the_cached_pages(checkpoint):
+    """Finished requests leave their prefixes in the radix cache (KV usage counts them);
+    flushing gives every page back, and is refused while a request runs."""
+    path, prompts, _ = checkpoint
+    with Engine(EngineArgs(model=str(path), device="cpu", page_size=4)) as engine:
+        engine.generate(prompts[:2], SamplingParams(max_new_tokens=3))
+        assert not engine.busy and engine.stats().kv_usage > 0
+        engine.flush_prefix_cache()
+        assert engine.stats().kv_usage == 0.0
+        engine.add_request(prompts[2], SamplingParams(max_new_tokens=5))
+        engine.step()
+        with pytest.raises(RuntimeError, match="requests are running"):
+            engine.flush_prefix_cache()
+        while engine.busy:
+            engine.step()
+        assert engine.stats().kv_usage > 0  # the new prefix is cached again

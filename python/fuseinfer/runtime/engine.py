@@ -163,6 +163,15 @@ class Engine:
             return False
         return self.scheduler.has_work or self._in_flight is not None
 
+    def flush_prefix_cache(self) -> None:
+        """Drop every cached prefix and free its pages, e.g. between a warm-up and a
+        measured workload (whose KV usage would otherwise include the warm-up's pages).
+        Only while idle: a running request may hold cached pages."""
+        self._check_open()
+        if self.busy:
+            raise RuntimeError("flush_prefix_cache: requests are running; flush when idle")
+        self.cache.reset()
+
     def step(self) -> list[RequestDelta]:
         """Run one step; returns a delta for each request that got a token or finished.
         With overlap, the step scheduled now runs on the device while the previous step's

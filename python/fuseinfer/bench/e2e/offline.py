@@ -5,7 +5,8 @@ N requests (default 256) with input and output lengths drawn uniformly from [100
 second, total time and peak KV-cache usage. `--ablate <switch>...` (or `all`) runs the
 same workload with and without each switch and prints both. Each engine first runs the
 workload once unmeasured, with other random prompts (so the prefix cache cannot help the
-timed run): Triton compiles a kernel per specialization of its integer arguments, and a
+timed run; its cached prefixes are dropped before the timed run, so the peak KV usage is
+the workload's own): Triton compiles a kernel per specialization of its integer arguments, and a
 shorter warm-up left some of those compiles inside the timed run (the first engine of a
 2026-12-02 H200 run measured 0.75x an identical second one). `--record` appends the rows to
 microbench/results/<gpu>/runtime.json.
@@ -124,6 +125,7 @@ def run_command(args: argparse.Namespace) -> int:
         engine = Engine(variant)
         if not args.no_warmup:  # every kernel specialization the timed run meets, unmeasured
             run_workload(engine, replace(workload, seed=workload.seed + 1), progress=False)
+            engine.flush_prefix_cache()  # the timed run starts on an empty pool
         res = run_workload(engine, workload)
         results[name] = res
         print(f"{name}: {res['output_tok_per_s']:.1f} output tok/s, "

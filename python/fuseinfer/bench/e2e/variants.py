@@ -27,11 +27,24 @@ ABLATIONS = {"fused-rope-kv": "disable_fused_rope_kv",
              "fused-allreduce-rmsnorm": "disable_fused_allreduce_rmsnorm",
              "small-m-matmul": ("small_m_matmul_tokens", 0)}
 # a switch given as (field, value) is turned off by setting that value; such a switch that
-# is already off in the configured engine is left out of `all`
+# is already off in the configured engine is left out of `all` (and refused by name), as
+# is the fused decode merge where `auto` fuses nothing (fused_merge_runs)
 # switches that only change an FP8 model: `all` includes them only for one
 FP8_ABLATIONS = ("fused-norm-quant", "fused-silu-mul-quant")
 # switches that only change a tensor-parallel engine: `all` includes them only for one
 TP_ABLATIONS = ("custom-allreduce", "fused-allreduce-rmsnorm")
+
+
+def _checkpoint_config(base: Any) -> dict[str, Any] | None:
+    """The model's config.json (a local folder or a bundled config), None if unreadable."""
+    import json
+
+    from ...models.bundled import resolve_model
+
+    try:
+        return json.loads((resolve_model(base.model) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def is_fp8_engine(base: Any) -> bool:
@@ -39,16 +52,37 @@ def is_fp8_engine(base: Any) -> bool:
     folder or bundled config) whose quantization_config says fp8."""
     if getattr(base, "quantization", "auto") == "fp8":
         return True
-    import json
-
-    from ...models.bundled import resolve_model
     from ...models.quantization import quantization_from_dict
 
+    config = _checkpoint_config(base)
+    return config is not None and quantization_from_dict(config) is not None
+
+
+def fused_merge_runs(base: Any) -> bool:
+    """Whether the engine fuses any decode merge: `on`, or `auto` on a model with sliding
+    layers where the GPU's attention table fuses at their window (the CPU runs the
+    reference); otherwise turning the switch off changes nothing."""
+    mode = getattr(base, "fused_decode_merge", "off")
+    if mode != "auto":
+        return mode == "on"
+    import torch
+
+    from ...models.config import ModelConfig
+
+    raw = _checkpoint_config(base)
     try:
-        config = json.loads((resolve_model(base.model) / "config.json").read_text())
-        return quantization_from_dict(config) is not None
-    except (OSError, ValueError):
+        config = ModelConfig.from_dict(raw) if raw is not None else None
+    except (KeyError, ValueError):
+        config = None
+    device = str(getattr(base, "device", "auto"))
+    if config is None or config.sliding_window is None or not config.sliding_layers \
+            or device == "cpu" or not torch.cuda.is_available():
         return False
+    from ...ops.attention.dispatch import attention_table
+
+    table = attention_table(int(device.split(":")[1]) if ":" in device else None)
+    rules = table.decode_rules + table.fp8_decode_rules
+    return any(table.fuses_merge(config.sliding_window - 1, r.block_n) for r in rules)
 
 
 def weights_label(base: Any) -> str:
@@ -81,8 +115,9 @@ def ablation_variants(base: Any, requested: list[str]) -> tuple[list[str], list[
         already_off = [a for a in ablate if not _changes(base, a)]
         if already_off:  # the variant would be the configured engine again, timed twice
             raise SystemExit(f"--ablate {' '.join(already_off)}: already off in the "
-                             "configured engine, so the run would compare it with itself; "
-                             "turn it on in the engine's options first")
+                             "configured engine (or, for fused-decode-merge, auto fuses "
+                             "nothing on this model and GPU), so the run would compare it "
+                             "with itself; turn it on in the engine's options first")
     return ablate, [("as configured", base)] + [
         (f"without {name}", replace(base, **_off(name))) for name in ablate]
 
@@ -94,7 +129,10 @@ def _off(name: str) -> dict[str, Any]:
 
 
 def _changes(base: Any, name: str) -> bool:
-    """Whether turning `name` off changes the engine (a valued switch may be off already)."""
+    """Whether turning `name` off changes the engine (a valued switch may be off already;
+    the fused decode merge's `auto` may fuse nothing on this model and GPU)."""
+    if name == "fused-decode-merge":
+        return fused_merge_runs(base)
     field = ABLATIONS[name]
     return isinstance(field, str) or getattr(base, field[0], field[1]) != field[1]
 

@@ -268,7 +268,9 @@ def _tune_merge(table: AttentionDispatch, log: _Log, progress: Any) -> Attention
         for fused in (0, 1):
             progress.step(f"merge pieces={pieces} {'fused' if fused else 'merge kernel'}")
             trial = replace(table, fused_merge_window_pieces=256 if fused else 0)
-            times[fused] = log.timed("merge", None, [pieces, fused], lambda t=trial, c=cases: [
+            # keyed by the window too: a resumed log from another min_chunk is not reused
+            times[fused] = log.timed("merge", None, [pieces, window, fused],
+                                     lambda t=trial, c=cases: [
                 _time(case, t) for case in c])
         if _geomean(times[1]) >= _geomean(times[0]):
             break  # larger counts are not tried once one loses
