@@ -72,6 +72,25 @@ def _finish(acc, m_i, l_i, Sinks, heads, head_ok, VScale, HAS_SINKS: tl.constexp
 
 
 @triton.jit
+def _program_rows(unit, ROWS: tl.constexpr, GROUP: tl.constexpr,
+                  KV_PER_PROGRAM: tl.constexpr, USE_DOT: tl.constexpr):
+    """(q heads, real rows, each row's KV head from the program's first) of ROWS rows of
+    program `unit`: KV_PER_PROGRAM KV groups of GROUP rows (USE_DOT), else one q head.
+    Padding rows past the group take the last KV head: their results are never stored,
+    but their scale loads must stay in bounds."""
+    rows = tl.arange(0, ROWS)
+    if USE_DOT:
+        heads = unit * (GROUP * KV_PER_PROGRAM) + rows
+        ok = rows < GROUP * KV_PER_PROGRAM
+        row_kv = tl.minimum(rows // GROUP, KV_PER_PROGRAM - 1)
+    else:
+        heads = unit + rows
+        ok = rows < 1
+        row_kv = rows * 0
+    return heads, ok, row_kv
+
+
+@triton.jit
 def _merge_pieces(PartO, PartLse, piece0, pieces, stride_part_split, rows_ok,
                   HEAD_DIM: tl.constexpr, SPLITS: tl.constexpr, CHUNK: tl.constexpr):
     """(acc, l, m) of a request's pieces for the rows at `piece0` (their partials' offsets
@@ -149,19 +168,10 @@ def decode_kernel(
     kv_len = tl.load(KvLens + req)
     start, end, first, pieces = _split_range(kv_len, window_left, split, num_splits_max,
                                              MIN_CHUNK, BLOCK_N, HAS_WINDOW)
-    rows = tl.arange(0, HEADS_PER_PROGRAM)
-    if USE_DOT:  # KV_PER_PROGRAM KV heads, GROUP q rows each
-        kv_head = unit * KV_PER_PROGRAM  # the program's first
-        heads = unit * (GROUP * KV_PER_PROGRAM) + rows
-        head_ok = rows < GROUP * KV_PER_PROGRAM
-        # each row's KV head, from the first; padding rows past the group take the last
-        # (their results are never stored, but their scale loads must stay in bounds)
-        row_kv = tl.minimum(rows // GROUP, KV_PER_PROGRAM - 1)
-    else:
-        kv_head = unit // GROUP
-        heads = unit + rows
-        head_ok = rows < 1
-        row_kv = rows * 0
+    # KV_PER_PROGRAM KV heads, GROUP q rows each (USE_DOT), else one q head; the first
+    kv_head = unit * KV_PER_PROGRAM if USE_DOT else unit // GROUP
+    heads, head_ok, row_kv = _program_rows(unit, HEADS_PER_PROGRAM, GROUP, KV_PER_PROGRAM,
+                                           USE_DOT)
     # The program's KV heads side by side, WIDTH wide: each key row read is one contiguous
     # run of KV_PER_PROGRAM heads. Row r's q sits in its own head's columns (zeros
     # elsewhere), so q . k gives each row its own head's logits in one dot; p @ v gives
@@ -263,15 +273,8 @@ def decode_kernel(
                 tl.atomic_xchg(counter, 0, sem="relaxed", scope="gpu")
                 # the program's real rows only (MERGE_ROWS: their count to a power of two,
                 # not the 16 the dots pad to)
-                mrows = tl.arange(0, MERGE_ROWS)
-                if USE_DOT:
-                    m_heads = unit * (GROUP * KV_PER_PROGRAM) + mrows
-                    m_ok = mrows < GROUP * KV_PER_PROGRAM
-                    m_kv = tl.minimum(mrows // GROUP, KV_PER_PROGRAM - 1)  # in bounds
-                else:
-                    m_heads = unit + mrows
-                    m_ok = mrows < 1
-                    m_kv = mrows * 0
+                m_heads, m_ok, m_kv = _program_rows(unit, MERGE_ROWS, GROUP, KV_PER_PROGRAM,
+                                                    USE_DOT)
                 req_part = req.to(tl.int64) * stride_part_req
                 # new names: the merge's tiles are MERGE_ROWS tall, acc HEADS_PER_PROGRAM
                 m_acc, m_l, m_max = _merge_pieces(PartO + req_part * HEAD_DIM,
