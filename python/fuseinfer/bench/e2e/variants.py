@@ -75,14 +75,15 @@ def fused_merge_runs(base: Any) -> bool:
     except (KeyError, ValueError):
         config = None
     device = str(getattr(base, "device", "auto"))
-    if config is None or config.sliding_window is None or not config.sliding_layers \
-            or device == "cpu" or not torch.cuda.is_available():
+    windows = {config.window_left(layer) for layer in config.sliding_layers} - {None} \
+        if config is not None else set()
+    if not windows or device == "cpu" or not torch.cuda.is_available():
         return False
     from ...ops.attention.dispatch import attention_table
 
-    table = attention_table(int(device.split(":")[1]) if ":" in device else None)
+    table = attention_table(None if device == "auto" else torch.device(device).index)
     rules = table.decode_rules + table.fp8_decode_rules
-    return any(table.fuses_merge(config.sliding_window - 1, r.block_n) for r in rules)
+    return any(table.fuses_merge(w, r.block_n) for w in windows for r in rules)
 
 
 def weights_label(base: Any) -> str:

@@ -70,11 +70,9 @@ def _time(case: Case, table: AttentionDispatch, block_m: int | None = None,
           fp8: bool = False) -> float:
     """Median us of our kernel for `case` under `table` (fp8: on an FP8 cache with a scale
     per KV head); inf if it fails to build."""
-    x = make_inputs(case, PAGE_SIZE, torch.bfloat16, fp8=fp8, table=table)
+    x = make_inputs(case, PAGE_SIZE, torch.bfloat16, fp8=fp8, table=table)  # planned on it
     m = case.model
-    if case.kind == "decode":
-        x.plan = x.attn.plan_decode(list(case.kv_lens), x.kv.page_table)
-    else:
+    if case.kind == "prefill":  # again with the candidate's block_m
         x.plan = x.attn.plan_prefill(list(case.q_lens), list(case.kv_lens), x.kv.page_table,
                                      block_m=block_m)
     try:
