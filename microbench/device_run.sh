@@ -131,10 +131,18 @@ copy_results() {  # copy_results STEM: the recorded results file, as $OUT/result
 copy_ceilings() { cp "$FUSEINFER_CACHE_DIR"/ceilings/*.json "$OUT/ceilings.json" 2>/dev/null; }
 
 declare -A PREBUILD=()
+step_arg() {  # step_arg PREFIX SUITE[@TAG]: sets the caller's suite, tag and extra_var (the
+  # name of PREFIX_SUITE, or PREFIX_SUITE_TAG with a tag, that holds the step's options)
+  suite=${2%%@*} tag=""
+  [[ "$2" == *@* ]] && tag=_${2#*@}
+  extra_var="${1}_${suite//-/_}$tag"
+}
+
+results_sum() { { cksum < "microbench/results/$KEY/$1.json"; } 2>/dev/null; }  # STEM
+
 prebuild_step() {  # prebuild_step SUITE[@TAG]: its builds in the background, bounded by the deadline
-  local suite=${1%%@*} tag="" extra_var
-  [[ "$1" == *@* ]] && tag=_${1#*@}
-  extra_var="ARGS_${suite//-/_}$tag"
+  local suite tag extra_var
+  step_arg ARGS "$1"
   has_option "$suite" --build-only || { echo "=== prebuild: suite $suite has no --build-only"; return 1; }
   echo "=== prebuild_$suite$tag: fuseinfer bench $suite --build-only ${!extra_var:-} (background)"
   timeout "$STEP_TIMEOUT" "${FI[@]}" bench "$suite" --build-only ${!extra_var:-} \
@@ -153,11 +161,10 @@ wait_prebuild() {  # wait_prebuild SUITE: its background builds finished before 
 }
 
 bench_step() {  # bench_step SUITE[@TAG]: with TAG, the options in ARGS_SUITE_TAG instead
-  local suite=${1%%@*} tag="" args=() extra_var stem
-  [[ "$1" == *@* ]] && tag=_${1#*@}
+  local suite tag args=() extra_var stem
+  step_arg ARGS "$1"
   wait_prebuild "$suite"
   [ "$STEP_TIMEOUT" -ge 30 ] || { echo "=== bench:$1 skipped: DEADLINE ($DEADLINE s) reached"; return 1; }
-  extra_var="ARGS_${suite//-/_}$tag"
   [ -n "$(suite_field "$suite" 1)" ] || { echo "unknown suite $suite: $(cut -d' ' -f1 <<<"$SUITES" | tr '\n' ' ')"; return 1; }
   stem=$(suite_field "$suite" 3)
   if [ "$(suite_field "$suite" 2)" = gpu ] && [ "$suite" != ceilings ] && [ ! -f "$OUT/ceilings.json" ]; then
@@ -169,7 +176,7 @@ bench_step() {  # bench_step SUITE[@TAG]: with TAG, the options in ARGS_SUITE_TA
     [ -n "${RECORDED[$stem]:-}" ] && has_option "$suite" --continue-run && args+=(--continue-run)
   fi
   has_option "$suite" --json && args+=(--json "$OUT/${suite}${tag}_run.json")
-  local before; before=$({ cksum < "microbench/results/$KEY/$stem.json"; } 2>/dev/null)
+  local before; before=$(results_sum "$stem")
   TAIL=${TAIL:-40} step "bench_$suite$tag" timeout "$STEP_TIMEOUT" "${FI[@]}" bench "$suite" \
     "${args[@]}" ${!extra_var:-}
   local rc=$?
@@ -177,7 +184,7 @@ bench_step() {  # bench_step SUITE[@TAG]: with TAG, the options in ARGS_SUITE_TA
   # recorded: a whole run, or one cut by the step's timeout (suites that keep a cut run's
   # rows record them, marked cut_short)
   if [[ " ${args[*]} " == *" --record "* ]] &&
-     [ "$({ cksum < "microbench/results/$KEY/$stem.json"; } 2>/dev/null)" != "$before" ]; then
+     [ "$(results_sum "$stem")" != "$before" ]; then
     RECORDED[$stem]=1
     copy_results "$stem"
   fi
@@ -193,9 +200,8 @@ all_step() {  # every GPU kernel suite at its quick shape set, the summary table
 }
 
 tune_step() {  # tune_step SUITE[@TAG]: with TAG, the options in TUNE_ARGS_SUITE_TAG instead
-  local suite=${1%%@*} tag="" extra_var
-  [[ "$1" == *@* ]] && tag=_${1#*@}
-  extra_var="TUNE_ARGS_${suite//-/_}$tag"
+  local suite tag extra_var
+  step_arg TUNE_ARGS "$1"
   TRITON_CACHE_DIR=/tmp/triton-cache-tune TAIL=30 step "tune_$suite$tag" \
     timeout "$STEP_TIMEOUT" "${FI[@]}" tune "$suite" \
     --log "$OUT/tune_${suite}${tag}_log.json" ${!extra_var:-}
