@@ -214,3 +214,31 @@ def test_merge_fuses_up_to_the_last_piece_count_where_it_wins(monkeypatch, wins_
     assert {e["kind"] for e in log} == {"merge"}
     assert seen == {(name, f"{b}x{n}", p) for name in tune.TUNE_MODELS.values()
                     for b, n in tune.DECODE_SHAPES for p in tried}
+
+
+def test_the_sm90_prefill_kernel_is_tried_on_sm90_and_wins_where_faster(monkeypatch):
+    """On an sm_90 GPU the prefill search also times the warp-specialized kernel at the
+    (block_n, stages) that fit its shared memory at that head dim (3 stages of 128-key
+    tiles do not at head_dim 128); a faster one becomes the rule. Elsewhere it is not
+    tried."""
+    def cost(case, table, block_m=None, fp8=False):
+        r = table.prefill_rule(case.model.head_dim)
+        return 1.0 + (r.block_n != 128) if r.kernel == "hopper" else 5.0 + r.tma
+
+    monkeypatch.setattr(tune, "_time", cost)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (9, 0))
+    table, log = tune.tune(0, ("prefill",), ATTENTION_BUILTIN, (64, 128))
+    table.validate("t")
+    for d in (64, 128):
+        r = table.prefill_rule(d)
+        assert (r.kernel, r.block_m, r.block_n, r.num_warps) == ("hopper", 128, 128, 8)
+        tried = {e["candidate"][1:4:2] for e in log
+                 if e["head_dim"] == d and e["candidate"][-1] == "hopper"}
+        assert tried == ({(64, 2), (64, 3), (64, 4), (128, 2)} if d == 128 else
+                         {(64, 2), (64, 3), (64, 4), (128, 2), (128, 3), (128, 4)})
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (8, 0))
+    table, log = tune.tune(0, ("prefill",), ATTENTION_BUILTIN, (128,))
+    assert table.prefill_rule(128).kernel == "triton"
+    assert len(log) == len(tune.PREFILL_CANDIDATES)

@@ -90,6 +90,9 @@ COLUMNS = [
     Column("cuda_speedup", "x cuda", "{:.2f}"),
     Column("fp8_cuda_us", "fp8 cuda us", "{:.1f}"),
     Column("fp8_cuda_speedup", "x fp8 cuda", "{:.2f}"),
+    Column("hopper_us", "hopper us", "{:.1f}"),
+    Column("hopper_tflops", "hopper TFLOP/s", "{:.0f}"),
+    Column("hopper_speedup", "x hopper", "{:.2f}"),
     Column("rel_err", "rel err", "{:.1e}"),
 ]
 
@@ -209,7 +212,7 @@ def run(cases: Sequence[Case], baselines: Sequence[str], copy_gbps: float | None
         bf16_tflops: float | None, page_size: int = 64, dtype: torch.dtype = torch.bfloat16,
         config: TimingConfig | None = None, fp8_kv: bool = False,
         cuda_decode: bool = False, rows: list[dict[str, Any]] | None = None,
-        fused_merge: bool = False) -> list[dict[str, Any]]:
+        fused_merge: bool = False, hopper_prefill: bool = False) -> list[dict[str, Any]]:
     """fp8_kv: decode rows also time our kernel on an FP8 cache (a scale per KV head) of
     the same shape: `fp8_us`, `fp8_speedup` (the bf16 time over it), `fp8_rel_err`.
     cuda_decode: decode rows also time the CUDA decode kernel (the table's rule with
@@ -218,6 +221,9 @@ def run(cases: Sequence[Case], baselines: Sequence[str], copy_gbps: float | None
     fused_merge: decode rows also time the table's kernel with its pieces merged by the
     last one on every layer (no merge kernel): `fused_us`, `fused_speedup` (the table's
     time over it: about 1 where the row's `merge` already says fused), `fused_rel_err`.
+    hopper_prefill: prefill rows also time the warp-specialized sm_90a kernel (the table's
+    rule if it picks that kernel, else hopper_rule_for's): `hopper_us`, `hopper_tflops`,
+    `hopper_speedup` (the table's time over it), `hopper_rel_err`, `hopper_rule`.
     rows: the list each finished case's row is appended to (returned), so a caller that
     stops the run midway (bench.cut) still holds the finished ones."""
     config = config or TimingConfig(repeats=15, target_graph_ms=2.0)
@@ -278,6 +284,8 @@ def run(cases: Sequence[Case], baselines: Sequence[str], copy_gbps: float | None
                               fused_merge=True)
             if cuda_decode and case.kind == "decode":
                 _time_cuda_decode(row, case, page_size, dtype, us, fp8_kv, config)
+            if hopper_prefill and case.kind == "prefill":
+                _time_hopper_prefill(row, case, page_size, dtype, us, config)
             base.time_baselines(row, case, baselines, dtype, config)
             rows.append(row)
             torch.cuda.empty_cache()
@@ -345,6 +353,24 @@ def _time_cuda_decode(row: dict[str, Any], case: Case, page_size: int, dtype: to
     row["cuda_rel_err"] = max(row["cuda_rel_err"], row.pop("fp8_cuda_rel_err", 0.0))
 
 
+def _time_hopper_prefill(row: dict[str, Any], case: Case, page_size: int,
+                         dtype: torch.dtype, us: float, config: TimingConfig) -> None:
+    """The sm_90a prefill kernel on this prefill case, checked first."""
+    from dataclasses import replace
+
+    from ...ops.attention.dispatch import attention_table
+    from ...ops.attention.prefill_hopper import hopper_rule_for
+
+    table = attention_table()
+    rule = table.prefill_rule(case.model.head_dim)
+    if rule.kernel != "hopper":
+        rule = hopper_rule_for(case.model.head_dim)
+    trial = replace(table, prefill_rules=(replace(rule, max_head_dim=None),))
+    _time_variant(row, "hopper", case, page_size, dtype, us, config, table=trial)
+    row["hopper_tflops"] = row["flops"] / row["hopper_us"] / 1e6
+    row["hopper_rule"] = [rule.block_n, rule.num_stages]
+
+
 # ---- the command: `fuseinfer bench attention` and `fuseinfer tune attention` ------------
 KINDS = ("decode", "prefill")
 
@@ -376,6 +402,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "pieces merged by the last one, no merge kernel: 'fused us', 'x "
                         "fused' (the table's time over it; the 'merge' column says how the "
                         "table merges)")
+    parser.add_argument("--hopper-prefill", action="store_true",
+                        help="prefill rows also time the warp-specialized sm_90a kernel "
+                        "(the table's rule if it picks it, else block_n 128 with the most "
+                        "tiles in flight that fit): 'hopper us', 'hopper TFLOP/s', 'x "
+                        "hopper' (the table's time over it)")
     parser.add_argument("--baselines", nargs="*", default=list(BASELINES),
                         help="baselines timed in the same run: sdpa and flex on contiguous "
                         "KV, flashinfer (skipped if absent) on the same paged KV")
@@ -417,7 +448,7 @@ def run_command(args: argparse.Namespace) -> int:
         with cut_by_sigterm():
             run(cases, args.baselines, copy_gbps, bf16, page_size=args.page_size,
                 fp8_kv=args.fp8_kv, cuda_decode=args.cuda_decode, rows=rows,
-                fused_merge=args.fused_merge)
+                fused_merge=args.fused_merge, hopper_prefill=args.hopper_prefill)
     except RunCut as err:
         cut = cut_note(len(rows), len(cases), err)
     return report_run("attention", COLUMNS, rows, copy_gbps, args, cut_short=cut)

@@ -2,24 +2,25 @@
 write them into its dispatch table.
 
 Prefill: per head dim, every (block_m, block_n, warps, stages, tma) candidate on a causal
-4k prefill of a model with that head dim; the fastest wins. Decode: per head dim, the
-(block_n, warps, stages) with the lowest geometric-mean time over a small-batch long-KV
-shape and a large-batch shape, then 2 or 4 KV heads per program with its loop (its warps
-and 8), then the CUDA kernel at 4 and 8 warps (each also with the split count aimed at
-the programs an SM holds of it: rule field ctas_per_sm); where the small and the large batch's
-fastest differ, the small one's becomes a rule for batches up to SMALL_BATCH. `decode-fp8`
-does the same on FP8 caches for the FP8 rules. Splits: (min_chunk, target_ctas_per_sm),
-shared by every head dim, over small-batch shapes (where splitting matters). Merge: decode
-with the pieces merged by the last one (no merge kernel) against the merge kernel, on
-windows that bound a request to 2, 4, 8, 16 pieces, for both tuned models at both decode
-shapes; fused_merge_window_pieces becomes the largest count up to which the fused merge
-wins (geometric mean) at every count tried, 0 where it never does. `--kinds` and
-`--head-dims` pick parts, the rest of the entry kept (each candidate compiles: about 4 s
-apiece on an H200, so the decode blocks of one head dim take about 2 minutes; --log is
-rewritten after every candidate, so a cut run keeps its timings, and `--resume LOG` takes
-them back instead of timing those candidates again). Head dim 256 keeps the
-built-in rules (no model of ours uses it). Candidates that fail to compile (shared memory)
-are skipped.
+4k prefill of a model with that head dim, and on sm_90 the warp-specialized kernel at
+block_n 64 and 128 with 2-4 tiles in flight (those that fit); the fastest wins. Decode: per
+head dim, the (block_n, warps, stages) with the lowest geometric-mean time over a small-
+batch long-KV shape and a large-batch shape, then 2 or 4 KV heads per program with its loop
+(its warps and 8), then the CUDA kernel at 4 and 8 warps (each also with the split count
+aimed at the programs an SM holds of it: rule field ctas_per_sm); where the small and the
+large batch's fastest differ, the small one's becomes a rule for batches up to SMALL_BATCH.
+`decode-fp8` does the same on FP8 caches for the FP8 rules. Splits: (min_chunk,
+target_ctas_per_sm), shared by every head dim, over small-batch shapes (where splitting
+matters). Merge: decode with the pieces merged by the last one (no merge kernel) against
+the merge kernel, on windows that bound a request to 2, 4, 8, 16 pieces, for both tuned
+models at both decode shapes; fused_merge_window_pieces becomes the largest count up to
+which the fused merge wins (geometric mean) at every count tried, 0 where it never does.
+`--kinds` and `--head-dims` pick parts, the rest of the entry kept (each candidate
+compiles: about 4 s apiece on an H200, so the decode blocks of one head dim take about 2
+minutes; --log is rewritten after every candidate, so a cut run keeps its timings, and
+`--resume LOG` takes them back instead of timing those candidates again). Head dim 256
+keeps the built-in rules (no model of ours uses it). Candidates that fail to compile
+(shared memory) are skipped.
 Timed like `fuseinfer bench attention`.
 """
 
@@ -49,6 +50,10 @@ from .attention import MODELS, Case, make_inputs, ours
 TUNE_MODELS = {64: "GPT-OSS", 128: "Llama-3-8B"}
 PREFILL_CANDIDATES = list(itertools.product((64, 128), (64, 128), (4, 8), (2, 3),
                                             (True, False)))
+# the sm_90a kernel (block_m 128 over 8 warps): key block x K/V tiles in flight, those that
+# fit its shared memory at the head dim; tried on sm_90 GPUs only
+HOPPER_PREFILL_CANDIDATES = [(128, block_n, 8, stages, True, "hopper")
+                             for block_n in (64, 128) for stages in (2, 3, 4)]
 DECODE_CANDIDATES = list(itertools.product((32, 64, 128), (2, 4, 8), (2, 3, 4)))
 # an FP8 key row is half the bytes: longer blocks keep as many in flight
 FP8_DECODE_CANDIDATES = list(itertools.product((64, 128, 256), (2, 4, 8), (2, 3, 4)))
@@ -155,10 +160,11 @@ def tune(device: int, kinds: tuple[str, ...] = DEFAULT_KINDS,
     table = start
     log = _Log(saved, resumed)
     after_loop = 2 * len(KV_HEADS_PER_PROGRAM) + len(CUDA_DECODE_CANDIDATES)  # per decode part
-    steps = len(head_dims) * (len(PREFILL_CANDIDATES) * ("prefill" in kinds)
-                              + (len(DECODE_CANDIDATES) + after_loop) * ("decode" in kinds)
-                              + (len(FP8_DECODE_CANDIDATES) + after_loop)
-                              * ("decode-fp8" in kinds)) \
+    prefill = {d: len(PREFILL_CANDIDATES) + len(_hopper_candidates(d)) for d in head_dims}
+    steps = sum(prefill.values()) * ("prefill" in kinds) \
+        + len(head_dims) * ((len(DECODE_CANDIDATES) + after_loop) * ("decode" in kinds)
+                            + (len(FP8_DECODE_CANDIDATES) + after_loop)
+                            * ("decode-fp8" in kinds)) \
         + len(SPLIT_CANDIDATES) * ("splits" in kinds) \
         + 2 * len(MERGE_PIECES) * ("merge" in kinds)
     with Progress(steps, "tune attention") as progress:
@@ -181,7 +187,7 @@ def _tune_prefill(table: AttentionDispatch, head_dim: int, m: Any, log: _Log, pr
                   ) -> AttentionDispatch:
     case = Case("prefill", m, "1x4k", (4096,), (4096,))
     best = None
-    for cand in PREFILL_CANDIDATES:
+    for cand in PREFILL_CANDIDATES + _hopper_candidates(head_dim):
         progress.step(f"prefill d={head_dim} {cand}")
         trial = _with_rule(table, head_dim, prefill_rules=cand)
         us = log.timed("prefill", head_dim, cand,
@@ -189,6 +195,17 @@ def _tune_prefill(table: AttentionDispatch, head_dim: int, m: Any, log: _Log, pr
         if best is None or us < best[0]:
             best = (us, cand)
     return _with_rule(table, head_dim, prefill_rules=best[1])
+
+
+def _hopper_candidates(head_dim: int) -> list[tuple]:
+    """The sm_90a kernel's candidates that fit at this head dim; none off sm_90."""
+    from ...ops.attention.prefill_hopper import HEAD_DIMS, hopper_rule_problem
+
+    if head_dim not in HEAD_DIMS or not torch.cuda.is_available() \
+            or torch.cuda.get_device_capability() != (9, 0):
+        return []
+    return [c for c in HOPPER_PREFILL_CANDIDATES
+            if hopper_rule_problem(PrefillLaunchRule(head_dim, *c)) is None]
 
 
 def _tune_decode(table: AttentionDispatch, head_dim: int, m: Any, log: _Log, progress: Any,
@@ -304,7 +321,8 @@ def tune_command(args: argparse.Namespace) -> int:
     target.write("attention", table)
     for r in table.prefill_rules:
         print(f"  prefill head_dim <= {r.max_head_dim}: block {r.block_m}x{r.block_n}, "
-              f"{r.num_warps} warps, {r.num_stages} stages")
+              f"{r.num_warps} warps, {r.num_stages} stages"
+              + (", the sm_90a kernel" if r.kernel == "hopper" else ""))
     for name, rules in (("decode", table.decode_rules),
                         ("FP8-cache decode", table.fp8_decode_rules)):
         for r in rules:

@@ -22,6 +22,7 @@ class PrefillLaunch(NamedTuple):
     num_warps: int
     num_stages: int
     tma: int  # 1: bulk-copy key/value tiles that lie in one page (sm_90+), 0: plain loads
+    hopper_kernel: int = 0  # 1: the warp-specialized sm_90a kernel where it applies
 
 
 class DecodeLaunch(NamedTuple):

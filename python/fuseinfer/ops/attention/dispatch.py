@@ -12,7 +12,7 @@ piece to finish merges the pieces (no merge kernel) on layers whose window bound
 request to at most `fused_merge_window_pieces` pieces.
 Prefill: blocks of block_m queries x block_n keys; with `tma`, a key/value tile that lies
 inside one page (page_size a multiple of block_n) comes in one bulk tensor copy. Rules
-are picked by head_dim.
+are picked by head_dim; a rule's `kernel` picks the portable kernel or the sm_90a one.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from ...dispatch.rule_checks import check_pow2
 
 HEAD_DIMS = (64, 128, 256)
 DECODE_KERNELS = ("triton", "cuda")
+PREFILL_KERNELS = ("triton", "hopper")
 
 
 def _check_loop(block_n: int, num_warps: int, num_stages: int, where: str) -> None:
@@ -79,10 +80,24 @@ class PrefillLaunchRule:
     num_warps: int
     num_stages: int
     tma: bool  # bulk-copy key/value tiles when a tile lies in one page (sm_90+)
+    # "triton" (the portable kernel) or "hopper": triton/attention_prefill_hopper.py, the
+    # warp-specialized sm_90a kernel (block_m 128 over 8 warps, num_stages K/V tiles in
+    # flight). It runs where its conditions hold (ops/attention/prefill_hopper.py: sm_90,
+    # a 16-bit cache, head_dim 64 or 128); elsewhere the portable kernel runs this rule.
+    kernel: str = "triton"
 
     def validate(self, where: str) -> None:
         check_pow2(self.block_m, 16, 256, f"{where}.block_m")
         _check_loop(self.block_n, self.num_warps, self.num_stages, where)
+        if self.kernel not in PREFILL_KERNELS:
+            raise TableError(f"{where}.kernel: must be one of {list(PREFILL_KERNELS)}, got "
+                             f"{self.kernel!r}")
+        if self.kernel == "hopper":
+            from .prefill_hopper import hopper_rule_problem
+
+            problem = hopper_rule_problem(self)
+            if problem:
+                raise TableError(f"{where}: {problem}")
 
 
 def _check_rules(rules: tuple, where: str) -> None:

@@ -1,5 +1,6 @@
 """Launchers of the attention kernels: Triton (under TRITON_INTERPRET=1 also on CPU
-tensors), and for decode the CUDA kernel where the table picks it (decode_cuda.py).
+tensors), for decode the CUDA kernel where the table picks it (decode_cuda.py), for prefill
+the sm_90a kernel where the table picks it (prefill_hopper.py).
 Arguments are checked by the op before they get here."""
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from ..kvcache.store_kv_cache import FP8, scale_stride, slot_rows
 from ..triton_launch import next_pow2, use_pdl
 from .arguments import DecodeArgs, DecodeLaunch, PrefillArgs, PrefillLaunch, softmax_scale
 from .decode_cuda import cache_strides, cuda_decode_fits, launch_cuda_decode
+from .prefill_hopper import hopper_prefill_fits, launch_prefill_hopper
 from .reference import page_size_of
 
 
@@ -53,6 +55,9 @@ def _pdl(enable_pdl: bool | None, device: torch.device) -> bool:
 def launch_prefill(a: PrefillArgs) -> None:
     from ...triton.attention_prefill import prefill_kernel
 
+    if hopper_prefill_fits(a):
+        launch_prefill_hopper(a)
+        return
     q, k_cache, v_cache, kv_lens, work, out, lse, sinks = (
         a.q, a.k_cache, a.v_cache, a.kv_lens, a.work, a.out, a.lse, a.sinks)
     launch = PrefillLaunch._make(a.launch)

@@ -237,7 +237,8 @@ class PagedAttention:
             batch=len(ql), total_q=indptr[-1], page_table=page_table,
             q_indptr=_to_device(indptr, self.device), kv_lens=_to_device(kl, self.device),
             work=work, launch=PrefillLaunch(bm, rule.block_n, rule.num_warps,
-                                            rule.num_stages, int(rule.tma)),
+                                            rule.num_stages, int(rule.tma),
+                                            int(rule.kernel == "hopper")),
             q_lens_host=tuple(ql), kv_lens_host=tuple(kl))
 
     def _check_table(self, page_table: torch.Tensor, kv_lens: list[int], where: str) -> None:

@@ -1,0 +1,122 @@
+"""The warp-specialized sm_90a prefill kernel (triton/attention_prefill_hopper.py): chosen
+by a prefill rule's `kernel: "hopper"` where it applies, with the portable kernel
+everywhere else (other GPUs, FP8 caches, head dims other than 64 and 128, rows the bulk
+copy cannot address). It reads the plan's work items and writes what the portable kernel
+writes, so the two are interchangeable call by call."""
+
+from __future__ import annotations
+
+import torch
+
+from ..kvcache.store_kv_cache import slot_rows
+from .arguments import PrefillArgs, PrefillLaunch, softmax_scale
+from .reference import page_size_of
+
+BLOCK_M = 128  # two consumer warpgroups of 64 query rows
+NUM_WARPS = 8
+HEAD_DIMS = (64, 128)
+# shared memory an sm_90 block may hold (227 KiB), less a margin for the barriers and the
+# compiler's scratch (4.2 KB more than the tiles at head_dim 128, 3 stages, Triton 3.6)
+SMEM_BYTES = 227 * 1024 - 8 * 1024
+
+
+def smem_bytes(head_dim: int, block_n: int, stages: int) -> int:
+    """Q tile plus `stages` K and V tiles, 16-bit."""
+    return 2 * head_dim * (BLOCK_M + 2 * stages * block_n)
+
+
+def hopper_rule_problem(rule) -> str | None:
+    """Why a prefill rule cannot ask for this kernel (None: it can)."""
+    if rule.block_m != BLOCK_M or rule.num_warps != NUM_WARPS:
+        return f"the hopper kernel runs block_m {BLOCK_M} over {NUM_WARPS} warps, got " \
+               f"block_m {rule.block_m} and {rule.num_warps} warps"
+    if rule.block_n not in (64, 128):
+        return f"the hopper kernel's block_n is 64 or 128, got {rule.block_n}"
+    widest = max(d for d in HEAD_DIMS if rule.max_head_dim is None or d <= rule.max_head_dim)
+    if smem_bytes(widest, rule.block_n, rule.num_stages) > SMEM_BYTES:
+        return f"{rule.num_stages} stages of {rule.block_n}-key tiles at head_dim {widest} " \
+               f"need {smem_bytes(widest, rule.block_n, rule.num_stages)} bytes of shared " \
+               f"memory, more than {SMEM_BYTES}"
+    return None
+
+
+def hopper_rule_for(head_dim: int):
+    """A rule picking this kernel at the head dim: 128-key tiles, as many in flight (up to
+    4) as its shared memory holds. What `bench attention --hopper-prefill` times where the
+    table does not pick the kernel."""
+    from .dispatch import PrefillLaunchRule
+
+    stages = max(s for s in (2, 3, 4) if smem_bytes(head_dim, 128, s) <= SMEM_BYTES)
+    return PrefillLaunchRule(head_dim, BLOCK_M, 128, NUM_WARPS, stages, True, "hopper")
+
+
+def _aligned(t: torch.Tensor, *strides: int) -> bool:
+    item = t.element_size()
+    return t.data_ptr() % 16 == 0 and all((s * item) % 16 == 0 for s in strides)
+
+
+def hopper_prefill_fits(a: PrefillArgs) -> bool:
+    """Whether this kernel takes the call: the launch asks for it, an sm_90 GPU, a 16-bit q
+    and cache of one dtype, head_dim 64 or 128, each q head's row and each slot's heads
+    contiguous and 16-byte aligned, pages a multiple of 8 slots (or of the key block)."""
+    q, k_cache, v_cache = a.q, a.k_cache, a.v_cache
+    launch = PrefillLaunch._make(a.launch)
+    if not launch.hopper_kernel or q.device.type != "cuda" \
+            or torch.cuda.get_device_capability(q.device) != (9, 0):
+        return False
+    head_dim = q.size(2)
+    if head_dim not in HEAD_DIMS or q.dtype not in (torch.bfloat16, torch.float16) \
+            or k_cache.dtype != q.dtype or v_cache.dtype != q.dtype:
+        return False
+    if launch.block_m != BLOCK_M or launch.num_warps != NUM_WARPS \
+            or smem_bytes(head_dim, launch.block_n, launch.num_stages) > SMEM_BYTES:
+        return False
+    if q.stride(2) != 1 or q.stride(1) != head_dim or not _aligned(q, q.stride(0)):
+        return False
+    page_size = page_size_of(k_cache)
+    tile = min(launch.block_n, page_size)
+    if tile % 8 or (launch.block_n % page_size and page_size % launch.block_n):
+        return False
+    for cache in (k_cache, v_cache):
+        _, _, stride = slot_rows(cache, "paged_attention", "cache")
+        if cache.stride(-1) != 1 or cache.stride(-2) != head_dim or not _aligned(cache, stride):
+            return False
+    return True
+
+
+def _descriptor(t: torch.Tensor, rows: int, row_stride: int, width: int, block: list[int]):
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+    dtype = gl.bfloat16 if t.dtype == torch.bfloat16 else gl.float16
+    layout = gl.NVMMASharedLayout.get_default_for(block, dtype)
+    return TensorDescriptor(t, [rows, width], [row_stride, 1], block, layout)
+
+
+def launch_prefill_hopper(a: PrefillArgs) -> None:
+    """Launch on a call hopper_prefill_fits accepted (the op has checked the arguments)."""
+    from ...triton.attention_prefill_hopper import prefill_hopper_kernel
+
+    q, k_cache, v_cache, out, lse, sinks = a.q, a.k_cache, a.v_cache, a.out, a.lse, a.sinks
+    launch = PrefillLaunch._make(a.launch)
+    num_items, (tokens, q_heads, head_dim) = a.work.size(0), q.shape
+    if num_items == 0 or tokens == 0:
+        return
+    page_size = page_size_of(k_cache)
+    tile = min(launch.block_n, page_size)
+    slots, width, k_stride = slot_rows(k_cache, "paged_attention", "k_cache")
+    _, _, v_stride = slot_rows(v_cache, "paged_attention", "v_cache")
+    q_desc = _descriptor(q, tokens, q.stride(0), q_heads * head_dim, [BLOCK_M, head_dim])
+    k_desc = _descriptor(k_cache, slots, k_stride, width, [tile, head_dim])
+    v_desc = _descriptor(v_cache, slots, v_stride, width, [tile, head_dim])
+    dummy = a.kv_lens  # stands in for absent optional tensors; never read
+    prefill_hopper_kernel[(q_heads, num_items)](
+        q_desc, k_desc, v_desc, out, lse if lse is not None else dummy,
+        sinks if sinks is not None else dummy, a.page_table, a.q_indptr, a.kv_lens, a.work,
+        softmax_scale(a), a.logit_cap, a.window_left if a.window_left is not None else 0,
+        slots, out.stride(0), out.stride(1), lse.stride(0) if lse is not None else 0,
+        a.page_table.stride(0),
+        GROUP=q_heads // k_cache.size(-2), PAGE_SIZE=page_size, HEAD_DIM=head_dim,
+        BLOCK_M=BLOCK_M, BLOCK_N=launch.block_n, STAGES=launch.num_stages,
+        HAS_WINDOW=a.window_left is not None, HAS_SINKS=sinks is not None,
+        HAS_CAP=a.logit_cap > 0, HAS_LSE=lse is not None, num_warps=NUM_WARPS)

@@ -1,0 +1,125 @@
+"""The warp-specialized sm_90a prefill kernel on the GPU against the float32 reference:
+head dims 64 and 128, page sizes smaller than, equal to and larger than the key block, both
+key blocks and every stage count that fits, ragged extend batches, windows, sinks,
+soft-cap, lse, fp16, a strided q (a view of a fused qkv), caches poisoned with NaN past
+every request's end; a launch counter proves the kernel ran, and where it does not apply
+(an FP8 cache) the portable kernel answers instead."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from fuseinfer.bench.attention_inputs import make_paged_kv
+from fuseinfer.ops import AttentionShape, PagedAttention
+from fuseinfer.ops.attention import launch as attention_launch
+from fuseinfer.ops.attention.dispatch import ATTENTION_BUILTIN, PrefillLaunchRule
+from fuseinfer.ops.attention.prefill_hopper import SMEM_BYTES, smem_bytes
+from fuseinfer.ops.attention.reference import reference_paged_attention
+
+pytestmark = pytest.mark.skipif(
+    not torch.cuda.is_available() or torch.cuda.get_device_capability() != (9, 0),
+    reason="the sm_90a kernel needs an sm_90 GPU")
+
+TOL = {torch.bfloat16: 2e-2, torch.float16: 4e-3}
+CASES = [  # (q_lens, kv_lens): prefill, extend on a cached prefix, tiny requests, a long one
+    ([300, 1, 77], [300, 450, 77]),
+    ([128, 1000], [640, 1000]),
+    ([2100], [2100]),
+]
+
+
+@pytest.fixture
+def launches(monkeypatch):
+    """Counts the sm_90a kernel's launches."""
+    count = []
+    real = attention_launch.launch_prefill_hopper
+
+    def counted(a):
+        count.append(1)
+        return real(a)
+
+    monkeypatch.setattr(attention_launch, "launch_prefill_hopper", counted)
+    return count
+
+
+def _table(block_n: int, stages: int):
+    rule = PrefillLaunchRule(None, 128, block_n, 8, stages, True, "hopper")
+    return replace(ATTENTION_BUILTIN, prefill_rules=(rule,))
+
+
+def _features(name, hq):
+    sinks = (torch.randn(hq, device="cuda") * 2) if "sinks" in name else None
+    return dict(sinks=sinks, window_left=37 if "window" in name else None,
+                logit_cap=20.0 if "cap" in name else 0.0)
+
+
+def _run_and_check(hq, hkv, head_dim, page_size, dtype, block_n, stages, features,
+                   cases=CASES, fused_qkv=False, fp8=False):
+    attn = PagedAttention(AttentionShape(hq, hkv, head_dim, page_size), "cuda",
+                          table=_table(block_n, stages))
+    for q_lens, kv_lens in cases:
+        kv = make_paged_kv(kv_lens, hkv, head_dim, page_size, dtype, "cuda", poison=not fp8,
+                           fp8=fp8)
+        tokens = sum(q_lens)
+        if fused_qkv:  # q a view of the projection's output: rows (hq + 2 hkv) heads apart
+            qkv = torch.randn(tokens, (hq + 2 * hkv) * head_dim, device="cuda", dtype=dtype)
+            q = qkv[:, :hq * head_dim].view(tokens, hq, head_dim)
+        else:
+            q = torch.randn(tokens, hq, head_dim, device="cuda", dtype=dtype)
+        plan = attn.plan_prefill(q_lens, kv_lens, kv.page_table)
+        kw = _features(features, hq)
+        out = torch.full((tokens, hq, head_dim), float("nan"), device="cuda", dtype=dtype)
+        out, lse = attn.run(plan, q, kv.k_cache, kv.v_cache, out=out, return_lse=True,
+                            k_scale=kv.k_scale, v_scale=kv.v_scale, **kw)
+        want, want_lse = reference_paged_attention(
+            q, kv.k_cache, kv.v_cache, kv.page_table, plan.q_indptr, plan.kv_lens,
+            sm_scale=head_dim ** -0.5, k_scale=kv.k_scale, v_scale=kv.v_scale, **kw)
+        tol = TOL[dtype] * (2 if fp8 else 1)
+        torch.testing.assert_close(out.float(), want, rtol=tol, atol=tol)
+        live = torch.isfinite(want_lse)
+        torch.testing.assert_close(lse[live], want_lse[live], rtol=1e-3, atol=1e-3)
+        assert torch.equal(torch.isfinite(lse), live)
+
+
+@pytest.mark.parametrize("features", ["plain", "window", "sinks", "cap", "window-sinks-cap"])
+@pytest.mark.parametrize("head_dim, hq, hkv, page_size", [
+    (64, 16, 2, 16), (64, 8, 1, 64), (128, 8, 2, 64), (128, 4, 4, 128), (128, 8, 1, 256),
+])
+def test_matches_reference(launches, features, head_dim, hq, hkv, page_size):
+    _run_and_check(hq, hkv, head_dim, page_size, torch.bfloat16, 128,
+                   2 if head_dim == 128 else 4, features)
+    assert len(launches) == len(CASES)
+
+
+# the (block_n, stages) that fit shared memory (the table refuses the others)
+FITTING = [(d, n, s) for d in (64, 128) for n in (64, 128) for s in (2, 3, 4)
+           if smem_bytes(d, n, s) <= SMEM_BYTES]
+
+
+@pytest.mark.parametrize("head_dim, block_n, stages", FITTING)
+def test_every_block_and_stage_count_that_fits(launches, head_dim, block_n, stages):
+    _run_and_check(8, 2, head_dim, 64, torch.bfloat16, block_n, stages, "window-sinks-cap")
+    assert len(launches) == len(CASES)
+
+
+def test_fp16_and_a_strided_q(launches):
+    _run_and_check(8, 2, 128, 64, torch.float16, 128, 2, "sinks", fused_qkv=True)
+    assert len(launches) == len(CASES)
+
+
+def test_fp8_cache_falls_back_to_the_portable_kernel(launches):
+    _run_and_check(8, 2, 128, 64, torch.bfloat16, 128, 2, "plain", fp8=True)
+    assert not launches
+
+
+def test_many_requests_in_one_launch(launches):
+    """A batch of 24 ragged requests (work items longest first) in one launch."""
+    gen = torch.Generator().manual_seed(7)
+    kv_lens = torch.randint(1, 900, (24,), generator=gen).tolist()
+    q_lens = [max(1, n - int(torch.randint(0, n, (1,), generator=gen))) for n in kv_lens]
+    _run_and_check(16, 2, 64, 64, torch.bfloat16, 128, 4, "window-sinks",
+                   cases=[(q_lens, kv_lens)])
+    assert len(launches) == 1
