@@ -83,15 +83,13 @@ def _masked_scores(s, start, q_pos, kv_len, window_left, s_layout: gl.constexpr,
 def _scores(s, start, q_pos, kv_len, window_left, diag, win_end, qk_scale, logit_cap,
             s_layout: gl.constexpr, BLOCK_N: gl.constexpr, HAS_WINDOW: gl.constexpr,
             HAS_CAP: gl.constexpr):
-    """S of one key block in log2 units: scaled (capped), masked where the block needs it."""
+    """S of one key block, capped, masked where the block needs it; softmax scales it by c
+    (log2(e) and, without a cap, the softmax scale: folded into exp2's FMA)."""
     if HAS_CAP:
         s = s * qk_scale
         # cap * tanh(s / cap), tanh(x) = 2 / (1 + exp(-2x)) - 1
         s = logit_cap * (2.0 / (1.0 + gl.exp2(s * (-2.0 * 1.4426950408889634 / logit_cap)))
                          - 1.0)
-        s = s * 1.4426950408889634
-    else:
-        s = s * (qk_scale * 1.4426950408889634)
     if (start >= diag) | (start < win_end):
         s = _masked_scores(s, start, q_pos, kv_len, window_left, s_layout, BLOCK_N,
                            HAS_WINDOW)
@@ -99,67 +97,78 @@ def _scores(s, start, q_pos, kv_len, window_left, diag, win_end, qk_scale, logit
 
 
 @gluon.jit
-def _softmax_step(s, m_i, l_i):
-    """Online softmax over one block of log2-scaled scores: new max, P, rescale, sum."""
-    m_new = gl.maximum(m_i, gl.max(s, 1))
+def _softmax_step(s, m_i, l_i, c):
+    """Online softmax over one block of scores (log2 units after scaling by c): new max, P,
+    the old sums' rescale, new sum."""
+    m_new = gl.maximum(m_i, gl.max(s, 1) * c)
     # a row may have seen no key yet: keep exp2 away from (-inf) - (-inf)
     m_new = gl.where(m_new == float("-inf"), 0.0, m_new)
-    p = gl.exp2(s - m_new[:, None])
+    p = gl.exp2(s * c - m_new[:, None])
     alpha = gl.exp2(m_i - m_new)
     l_i = l_i * alpha + gl.sum(p, 1)
     return p, m_new, alpha, l_i
 
 
 @gluon.jit
-def _zero_tail_rows(v_tile, start, kv_len, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
-                    num_warps: gl.constexpr):
-    """Rows of a V tile at or past kv_len to zero (P is 0 there, but 0 * NaN is NaN)."""
+def _zero_tail_rows(v_tile, start, kv_len, clean_bar, wg, BLOCK_N: gl.constexpr,
+                    HEAD_DIM: gl.constexpr):
+    """Rows of the last V tile at or past kv_len to zero (P is 0 there, but 0 * NaN is
+    NaN): each consumer clears half the rows, then both wait for both halves."""
+    HALF: gl.constexpr = BLOCK_N // 2
     layout: gl.constexpr = gl.BlockedLayout([1, 8], [HEAD_DIM // 8, 256 // HEAD_DIM],
-                                            [num_warps, 1], [1, 0])
-    v = v_tile.load(layout)
-    rows = start + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, layout))
-    v = gl.where((rows < kv_len)[:, None], v, gl.zeros_like(v))
-    gl.thread_barrier()  # every warp has read before any writes
-    v_tile.store(v)
+                                            [4, 1], [1, 0])
+    half = v_tile.slice(wg * HALF, HALF)
+    v = half.load(layout)
+    rows = start + wg * HALF + gl.arange(0, HALF, layout=gl.SliceLayout(1, layout))
+    half.store(gl.where((rows < kv_len)[:, None], v, gl.zeros_like(v)))
     fence_async_shared()  # the stores before the tensor cores' reads (async proxy)
-    gl.thread_barrier()
+    mbarrier.arrive(clean_bar)
+    mbarrier.wait(clean_bar, 0)
 
 
 @gluon.jit
-def _consumer(q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, k_empty, v_empty,
-              Out, Lse, Sinks, q_start, q_len, q_block, prefix, head, kv_len,
+def _consumer(wg, q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, k_empty, v_empty,
+              clean_bar, Out, Lse, Sinks, q_start, q_len, q_block, prefix, head, kv_len,
               lo, hi, diag, win_end, qk_scale, logit_cap, window_left, stride_o_tok,
               stride_o_head, stride_lse_tok,
               BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
               STAGES: gl.constexpr, HAS_WINDOW: gl.constexpr, HAS_SINKS: gl.constexpr,
-              HAS_CAP: gl.constexpr, HAS_LSE: gl.constexpr, num_warps: gl.constexpr):
-    """Two warpgroups: the dots, the online softmax and the epilogue."""
+              HAS_CAP: gl.constexpr, HAS_LSE: gl.constexpr):
+    """One warpgroup, query rows wg * 64 ... of the block: the dots, the online softmax and
+    the epilogue. The two consumers share each K/V tile and release it independently."""
+    ROWS: gl.constexpr = BLOCK_M // 2
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(
-        version=[3, 0], warps_per_cta=[num_warps, 1], instr_shape=[16, BLOCK_N, 16])
+        version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BLOCK_N, 16])
     o_layout: gl.constexpr = gl.NVMMADistributedLayout(
-        version=[3, 0], warps_per_cta=[num_warps, 1], instr_shape=[16, HEAD_DIM, 16])
+        version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, HEAD_DIM, 16])
     p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
     row_s: gl.constexpr = gl.SliceLayout(1, s_layout)
     row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
     dtype: gl.constexpr = q_smem.dtype
 
-    q_pos = prefix + q_block * BLOCK_M + gl.arange(0, BLOCK_M, layout=row_s)
-    m_i = gl.full([BLOCK_M], float("-inf"), gl.float32, row_s)
-    l_i = gl.zeros([BLOCK_M], gl.float32, row_s)
-    acc = gl.zeros([BLOCK_M, HEAD_DIM], gl.float32, o_layout)
-    s_zero = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, s_layout)
+    first_row = q_block * BLOCK_M + wg * ROWS
+    q_pos = prefix + first_row + gl.arange(0, ROWS, layout=row_s)
+    if HAS_CAP:
+        c = 1.4426950408889634
+    else:
+        c = qk_scale * 1.4426950408889634
+    m_i = gl.full([ROWS], float("-inf"), gl.float32, row_s)
+    l_i = gl.zeros([ROWS], gl.float32, row_s)
+    acc = gl.zeros([ROWS, HEAD_DIM], gl.float32, o_layout)
+    s_zero = gl.zeros([ROWS, BLOCK_N], gl.float32, s_layout)
     n_blocks = gl.cdiv(hi - lo, BLOCK_N)
+    q_rows = q_smem.slice(wg * ROWS, ROWS)
     mbarrier.wait(q_bar, 0)
 
     # block 0: S and its softmax (no P·V yet)
     mbarrier.wait(k_ready.index(0), 0)
-    s = warpgroup_mma(q_smem, k_smem.index(0).permute((1, 0)), s_zero, use_acc=False,
+    s = warpgroup_mma(q_rows, k_smem.index(0).permute((1, 0)), s_zero, use_acc=False,
                       is_async=True)
     s = warpgroup_mma_wait(0, deps=(s,))
     mbarrier.arrive(k_empty.index(0))
     s = _scores(s, lo, q_pos, kv_len, window_left, diag, win_end, qk_scale, logit_cap,
                 s_layout, BLOCK_N, HAS_WINDOW, HAS_CAP)
-    p, m_i, alpha, l_i = _softmax_step(s, m_i, l_i)
+    p, m_i, alpha, l_i = _softmax_step(s, m_i, l_i, c)
     p_op = gl.convert_layout(p.to(dtype), p_layout)
 
     for i in range(1, n_blocks):
@@ -167,7 +176,7 @@ def _consumer(q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, k_empty, v_empty,
         stage = i % STAGES
         prev = (i - 1) % STAGES
         mbarrier.wait(k_ready.index(stage), (i // STAGES) & 1)
-        s_tok = warpgroup_mma(q_smem, k_smem.index(stage).permute((1, 0)), s_zero,
+        s_tok = warpgroup_mma(q_rows, k_smem.index(stage).permute((1, 0)), s_zero,
                               use_acc=False, is_async=True)
         mbarrier.wait(v_ready.index(prev), ((i - 1) // STAGES) & 1)
         o_tok = warpgroup_mma(p_op, v_smem.index(prev), acc, is_async=True)
@@ -175,7 +184,7 @@ def _consumer(q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, k_empty, v_empty,
         mbarrier.arrive(k_empty.index(stage))
         s = _scores(s, start, q_pos, kv_len, window_left, diag, win_end, qk_scale,
                     logit_cap, s_layout, BLOCK_N, HAS_WINDOW, HAS_CAP)
-        p, m_i, alpha, l_i = _softmax_step(s, m_i, l_i)
+        p, m_i, alpha, l_i = _softmax_step(s, m_i, l_i, c)
         acc, p_op = warpgroup_mma_wait(0, deps=(o_tok, p_op))
         mbarrier.arrive(v_empty.index(prev))
         acc = acc * gl.convert_layout(alpha, row_o)[:, None]
@@ -186,7 +195,8 @@ def _consumer(q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, k_empty, v_empty,
     mbarrier.wait(v_ready.index(stage), (last // STAGES) & 1)
     last_start = lo + last * BLOCK_N
     if last_start + BLOCK_N > kv_len:
-        _zero_tail_rows(v_smem.index(stage), last_start, kv_len, BLOCK_N, HEAD_DIM, num_warps)
+        _zero_tail_rows(v_smem.index(stage), last_start, kv_len, clean_bar, wg, BLOCK_N,
+                        HEAD_DIM)
     acc = warpgroup_mma(p_op, v_smem.index(stage), acc, is_async=True)
     acc, p_op = warpgroup_mma_wait(0, deps=(acc, p_op))
     mbarrier.arrive(v_empty.index(stage))
@@ -202,16 +212,16 @@ def _consumer(q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, k_empty, v_empty,
         m_o = m_fin
     out = (acc * (1.0 / l_o)[:, None]).to(Out.dtype.element_ty)
     store_layout: gl.constexpr = gl.BlockedLayout([1, 8], [HEAD_DIM // 8, 256 // HEAD_DIM],
-                                                  [num_warps, 1], [1, 0])
+                                                  [4, 1], [1, 0])
     out = gl.convert_layout(out, store_layout)
-    rows = q_block * BLOCK_M + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, store_layout))
+    rows = first_row + gl.arange(0, ROWS, layout=gl.SliceLayout(1, store_layout))
     dims = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, store_layout))
     ptrs = Out + (q_start + rows).to(gl.int64)[:, None] * stride_o_tok \
         + head * stride_o_head + dims[None, :]
     gl.store(ptrs, out, mask=(rows < q_len)[:, None])
     if HAS_LSE:
         lse = (m_o + gl.log2(l_o)) * 0.6931471805599453
-        lrows = q_block * BLOCK_M + gl.arange(0, BLOCK_M, layout=row_o)
+        lrows = first_row + gl.arange(0, ROWS, layout=row_o)
         gl.store(Lse + (q_start + lrows).to(gl.int64) * stride_lse_tok + head, lse,
                  mask=lrows < q_len)
 
@@ -224,7 +234,7 @@ def prefill_hopper_kernel(
     GROUP: gl.constexpr, PAGE_SIZE: gl.constexpr, HEAD_DIM: gl.constexpr,
     BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
     HAS_WINDOW: gl.constexpr, HAS_SINKS: gl.constexpr, HAS_CAP: gl.constexpr,
-    HAS_LSE: gl.constexpr, num_warps: gl.constexpr,
+    HAS_LSE: gl.constexpr,
 ):
     head = gl.program_id(0)  # heads fastest: one query block's heads share K/V in L2
     item = gl.program_id(1)
@@ -260,23 +270,28 @@ def prefill_hopper_kernel(
     v_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     k_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     v_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    clean_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
     mbarrier.init(q_bar, count=1)
+    mbarrier.init(clean_bar, count=2)
     for s in gl.static_range(STAGES):
         mbarrier.init(k_ready.index(s), count=1)
         mbarrier.init(v_ready.index(s), count=1)
-        mbarrier.init(k_empty.index(s), count=1)
-        mbarrier.init(v_empty.index(s), count=1)
+        mbarrier.init(k_empty.index(s), count=2)  # both consumers release a tile
+        mbarrier.init(v_empty.index(s), count=2)
 
-    qk_scale = sm_scale
     gl.warp_specialize([
-        (_consumer, (q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, k_empty, v_empty,
-                     Out, Lse, Sinks, q_start, q_len, q_block, prefix, head, kv_len,
-                     lo, hi, diag, win_end, qk_scale, logit_cap, window_left,
-                     stride_o_tok, stride_o_head, stride_lse_tok, BLOCK_M, BLOCK_N,
-                     HEAD_DIM, STAGES, HAS_WINDOW, HAS_SINKS, HAS_CAP, HAS_LSE,
-                     num_warps)),
+        (_consumer, (0, q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, k_empty,
+                     v_empty, clean_bar, Out, Lse, Sinks, q_start, q_len, q_block, prefix, head,
+                     kv_len, lo, hi, diag, win_end, sm_scale, logit_cap, window_left,
+                     stride_o_tok, stride_o_head, stride_lse_tok, BLOCK_M, BLOCK_N, HEAD_DIM,
+                     STAGES, HAS_WINDOW, HAS_SINKS, HAS_CAP, HAS_LSE)),  # the kernel's own 4 warps
+        (_consumer, (1, q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, k_empty,
+                     v_empty, clean_bar, Out, Lse, Sinks, q_start, q_len, q_block, prefix, head,
+                     kv_len, lo, hi, diag, win_end, sm_scale, logit_cap, window_left,
+                     stride_o_tok, stride_o_head, stride_lse_tok, BLOCK_M, BLOCK_N, HEAD_DIM,
+                     STAGES, HAS_WINDOW, HAS_SINKS, HAS_CAP, HAS_LSE)),
         (_producer, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, k_ready,
                      v_ready, k_empty, v_empty, page_row, q_start + q_block * BLOCK_M,
                      head * HEAD_DIM, kv_head * HEAD_DIM, lo, hi, kv_len, oob_slot,
                      PAGE_SIZE, BLOCK_N, PAGE_TILE, STAGES)),
-    ], [1], [24])
+    ], [4, 1], [240, 24])

@@ -13,7 +13,7 @@ from .arguments import PrefillArgs, PrefillLaunch, softmax_scale
 from .reference import page_size_of
 
 BLOCK_M = 128  # two consumer warpgroups of 64 query rows
-NUM_WARPS = 8
+NUM_WARPS = 8  # the consumers' (the rule's num_warps); a producer warp comes on top
 HEAD_DIMS = (64, 128)
 # shared memory an sm_90 block may hold (227 KiB), less a margin for the barriers and the
 # compiler's scratch (4.2 KB more than the tiles at head_dim 128, 3 stages, Triton 3.6)
@@ -119,4 +119,5 @@ def launch_prefill_hopper(a: PrefillArgs) -> None:
         GROUP=q_heads // k_cache.size(-2), PAGE_SIZE=page_size, HEAD_DIM=head_dim,
         BLOCK_M=BLOCK_M, BLOCK_N=launch.block_n, STAGES=launch.num_stages,
         HAS_WINDOW=a.window_left is not None, HAS_SINKS=sinks is not None,
-        HAS_CAP=a.logit_cap > 0, HAS_LSE=lse is not None, num_warps=NUM_WARPS)
+        HAS_CAP=a.logit_cap > 0, HAS_LSE=lse is not None,
+        num_warps=NUM_WARPS // 2)  # one consumer warpgroup; the kernel adds the rest
