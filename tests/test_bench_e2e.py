@@ -144,8 +144,9 @@ def test_latency_sizes_the_engine_from_its_own_options():
     assert variants[2][1].disable_cuda_graph and variants[2][1].max_running_requests == 12
     # `all` on a bf16 model leaves out the switches that only change an FP8 model, and the
     # opt-in switches, off until turned on (the fused decode merge's `auto` fuses nothing
-    # without sliding layers, nor on the CPU)
-    opt_in = ("fused-decode-merge", "residual-epilogue", "fp8-kv-cache")
+    # without sliding layers, nor on the CPU; the sm_90a prefill runs only on an sm_90 GPU
+    # whose table picks it)
+    opt_in = ("fused-decode-merge", "residual-epilogue", "fp8-kv-cache", "hopper-prefill")
     names = [n for n, _ in ablation_variants(variants[0][1], ["all"])[1]]
     assert len(names) == 1 + len(ABLATIONS) - len(FP8_ABLATIONS) - len(TP_ABLATIONS) - \
         len(opt_in)
@@ -273,3 +274,28 @@ def test_fused_merge_ablation_only_where_auto_fuses(monkeypatch):
     gpt_oss["layer_types"] = ["full_attention"] * 2
     assert not variants.fused_merge_runs(base)
     assert variants.fused_merge_runs(replace(base, fused_decode_merge="on"))
+
+
+def test_hopper_prefill_ablation_only_where_the_table_picks_that_kernel(monkeypatch):
+    """`all` ablates the sm_90a prefill only on an sm_90 GPU whose attention table picks
+    it at the model's head dim with a 16-bit cache; by name elsewhere it is refused."""
+    from fuseinfer.ops.attention import dispatch
+    from fuseinfer.ops.attention.dispatch import ATTENTION_BUILTIN, PrefillLaunchRule
+
+    base = replace(offline.engine_args(_parse(offline)), device="auto")
+    hopper = replace(ATTENTION_BUILTIN, prefill_rules=(
+        PrefillLaunchRule(None, 128, 128, 8, 2, True, "hopper"),))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (9, 0))
+    monkeypatch.setattr(dispatch, "attention_table", lambda *a: hopper)
+    variants = dict(ablation_variants(base, ["all"])[1])
+    assert variants["without hopper-prefill"].disable_hopper_prefill
+    assert not variants["as configured"].disable_hopper_prefill
+    fp8_kv = replace(base, kv_cache_dtype="fp8_e4m3")
+    assert "without hopper-prefill" not in dict(ablation_variants(fp8_kv, ["all"])[1])
+    monkeypatch.setattr(dispatch, "attention_table", lambda *a: ATTENTION_BUILTIN)
+    with pytest.raises(SystemExit, match="hopper-prefill: already off"):
+        ablation_variants(base, ["hopper-prefill"])
+    monkeypatch.setattr(dispatch, "attention_table", lambda *a: hopper)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (8, 0))
+    assert "without hopper-prefill" not in dict(ablation_variants(base, ["all"])[1])

@@ -79,6 +79,9 @@ class EngineArgs:
                                    "on, off, or auto (where the GPU's dispatch table says: "
                                    "windowed layers of few pieces, measured faster there "
                                    "and slower elsewhere on the H200)", ("auto", "on", "off"))
+    disable_hopper_prefill: bool = _opt(False, "prefill attention on the portable Triton "
+                                        "kernel even where the GPU's dispatch table picks "
+                                        "the warp-specialized sm_90a one")
     disable_fused_norm_quant: bool = _opt(False, "FP8 models: RMSNorm, then the activation "
                                           "quantization as a second kernel")
     disable_fused_silu_mul_quant: bool = _opt(False, "FP8 models: SiLU(gate) * up, then "

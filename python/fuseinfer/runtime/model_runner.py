@@ -128,7 +128,8 @@ class ModelRunner:
                            kv_fp8=kv_dtype == FP8),
             self.device, max_batch=args.max_running_requests,
             enable_pdl=False if args.disable_pdl else None,
-            fused_merge={"auto": None, "on": True, "off": False}[args.fused_decode_merge])
+            fused_merge={"auto": None, "on": True, "off": False}[args.fused_decode_merge],
+            hopper_prefill=not args.disable_hopper_prefill)
         fusions = Fusions(fused_rope_kv=not args.disable_fused_rope_kv,
                           fused_add_rmsnorm=not args.disable_fused_add_rmsnorm,
                           fused_qk_norm=not args.disable_fused_qk_norm,

@@ -14,6 +14,7 @@ ABLATIONS = {"fused-rope-kv": "disable_fused_rope_kv",
              "fused-qk-norm-rope": "disable_fused_qk_norm_rope",
              "fused-silu-mul": "disable_fused_silu_mul",
              "fused-decode-merge": ("fused_decode_merge", "off"),
+             "hopper-prefill": "disable_hopper_prefill",
              "fp8-kv-cache": ("kv_cache_dtype", "auto"),  # with --kv-cache-dtype fp8_e4m3
              "residual-epilogue": ("residual_epilogue", False),
              "small-batch-gemv": "disable_small_batch_gemv",
@@ -28,7 +29,8 @@ ABLATIONS = {"fused-rope-kv": "disable_fused_rope_kv",
              "small-m-matmul": ("small_m_matmul_tokens", 0)}
 # a switch given as (field, value) is turned off by setting that value; such a switch that
 # is already off in the configured engine is left out of `all` (and refused by name), as
-# is the fused decode merge where `auto` fuses nothing (fused_merge_runs)
+# is the fused decode merge where `auto` fuses nothing (fused_merge_runs) and the sm_90a
+# prefill where the table does not pick it (hopper_prefill_runs)
 # switches that only change an FP8 model: `all` includes them only for one
 FP8_ABLATIONS = ("fused-norm-quant", "fused-silu-mul-quant")
 # switches that only change a tensor-parallel engine: `all` includes them only for one
@@ -86,6 +88,36 @@ def fused_merge_runs(base: Any) -> bool:
     return any(table.fuses_merge(w, r.block_n) for w in windows for r in rules)
 
 
+def hopper_prefill_runs(base: Any) -> bool:
+    """Whether the engine's prefill runs the sm_90a kernel: an sm_90 GPU whose attention
+    table picks it at the model's head dim, a 16-bit KV cache; otherwise turning the switch
+    off changes nothing."""
+    import torch
+
+    from ...models.config import ModelConfig
+
+    raw = _checkpoint_config(base)
+    device = str(getattr(base, "device", "auto"))
+    if raw is None or device == "cpu" or not torch.cuda.is_available() \
+            or getattr(base, "kv_cache_dtype", "auto") == "fp8_e4m3":
+        return False
+    try:
+        head_dim = ModelConfig.from_dict(raw).head_dim
+    except (KeyError, ValueError):
+        return False
+    from ...ops.attention.dispatch import attention_table
+    from ...ops.attention.prefill_hopper import HEAD_DIMS
+
+    index = None if device == "auto" else torch.device(device).index
+    try:
+        capability = torch.cuda.get_device_capability(index)
+    except (AssertionError, RuntimeError):  # no usable CUDA after all
+        return False
+    if capability != (9, 0) or head_dim not in HEAD_DIMS:
+        return False
+    return attention_table(index).prefill_rule(head_dim).kernel == "hopper"
+
+
 def weights_label(base: Any) -> str:
     """What the engine's linear weights are, for the recorded rows: "fp8", else the dtype
     asked for ("checkpoint dtype" for auto); "; MoE experts bf16" when MXFP4 experts were
@@ -117,7 +149,8 @@ def ablation_variants(base: Any, requested: list[str]) -> tuple[list[str], list[
         if already_off:  # the variant would be the configured engine again, timed twice
             raise SystemExit(f"--ablate {' '.join(already_off)}: already off in the "
                              "configured engine (or, for fused-decode-merge, auto fuses "
-                             "nothing on this model and GPU), so the run would compare it "
+                             "nothing on this model and GPU; for hopper-prefill, the GPU's "
+                             "table does not pick that kernel), so the run would compare it "
                              "with itself; turn it on in the engine's options first")
     return ablate, [("as configured", base)] + [
         (f"without {name}", replace(base, **_off(name))) for name in ablate]
@@ -134,6 +167,8 @@ def _changes(base: Any, name: str) -> bool:
     the fused decode merge's `auto` may fuse nothing on this model and GPU)."""
     if name == "fused-decode-merge":
         return fused_merge_runs(base)
+    if name == "hopper-prefill":
+        return hopper_prefill_runs(base) and not base.disable_hopper_prefill
     field = ABLATIONS[name]
     return isinstance(field, str) or getattr(base, field[0], field[1]) != field[1]
 

@@ -102,7 +102,8 @@ class PagedAttention:
 
     def __init__(self, shape: AttentionShape, device: torch.device | str, *,
                  max_batch: int = 256, table: AttentionDispatch | None = None,
-                 enable_pdl: bool | None = None, fused_merge: bool | None = None) -> None:
+                 enable_pdl: bool | None = None, fused_merge: bool | None = None,
+                 hopper_prefill: bool = True) -> None:
         shape.validate()
         self.shape = shape
         self.device = torch.device(device)
@@ -123,6 +124,8 @@ class PagedAttention:
         # decode's pieces merged by the last to finish: True on every layer, False never,
         # None where the table says (windowed layers of few pieces); else the merge kernel
         self.fused_merge = fused_merge
+        # False: prefill on the portable kernel even where the table picks the sm_90a one
+        self.hopper_prefill = hopper_prefill
         # counters per request row and head group (zero between calls); None: never fused
         may_fuse = fused_merge or (fused_merge is None and table.fused_merge_window_pieces > 0)
         self._merge_counters = torch.zeros(max_batch, shape.num_q_heads, dtype=torch.int32,
@@ -238,8 +241,18 @@ class PagedAttention:
             q_indptr=_to_device(indptr, self.device), kv_lens=_to_device(kl, self.device),
             work=work, launch=PrefillLaunch(bm, rule.block_n, rule.num_warps,
                                             rule.num_stages, int(rule.tma),
-                                            int(rule.kernel == "hopper")),
+                                            int(rule.kernel == "hopper"
+                                                and self.hopper_prefill),
+                                            rule.exp2_on_fma),
             q_lens_host=tuple(ql), kv_lens_host=tuple(kl))
+
+    def prefill_launch(self, plan: PrefillPlan, window_left: int | None) -> PrefillLaunch:
+        """The plan's launch for a layer with this window: layers narrower than the table's
+        hopper_prefill_min_window leave the sm_90a kernel to the portable one."""
+        if plan.launch.hopper_kernel and window_left is not None \
+                and window_left < self.table.hopper_prefill_min_window:
+            return plan.launch._replace(hopper_kernel=0)
+        return plan.launch
 
     def _check_table(self, page_table: torch.Tensor, kv_lens: list[int], where: str) -> None:
         op = f"PagedAttention.{where}"
@@ -282,6 +295,7 @@ class PagedAttention:
                       window_left=window_left, logit_cap=logit_cap,
                       launch=list(plan.launch), enable_pdl=self.enable_pdl)
         if isinstance(plan, PrefillPlan):
+            common["launch"] = list(self.prefill_launch(plan, window_left))
             torch.ops.fuseinfer.paged_prefill_attention(
                 q, k_cache, v_cache, plan.page_table, plan.q_indptr, plan.kv_lens, plan.work,
                 out, **common)

@@ -1,0 +1,122 @@
+"""The sm_90a prefill kernel's place in the dispatch table, on the CPU: which rules may ask
+for it, how a plan carries the choice (and PagedAttention(hopper_prefill=False) drops it),
+and that a call it cannot take (here: CPU tensors) runs the portable kernel, still correct.
+The kernel itself runs in tests/gpu/test_attention_prefill_hopper_gpu.py."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+
+import pytest
+import torch
+
+from fuseinfer.bench.attention_inputs import make_paged_kv
+from fuseinfer.dispatch import TableError
+from fuseinfer.dispatch.schema import parse_dataclass, to_json
+from fuseinfer.ops import AttentionShape, PagedAttention
+from fuseinfer.ops.attention import launch as attention_launch
+from fuseinfer.ops.attention.arguments import PrefillArgs
+from fuseinfer.ops.attention.dispatch import (
+    ATTENTION_BUILTIN,
+    AttentionDispatch,
+    PrefillLaunchRule,
+)
+from fuseinfer.ops.attention.prefill_hopper import (
+    SMEM_BYTES,
+    hopper_prefill_fits,
+    hopper_rule_for,
+    smem_bytes,
+)
+from fuseinfer.ops.attention.reference import reference_paged_attention
+
+
+def _hopper_table(block_n=128, stages=2):
+    rule = PrefillLaunchRule(None, 128, block_n, 8, stages, True, "hopper")
+    return replace(ATTENTION_BUILTIN, prefill_rules=(rule,))
+
+
+@pytest.mark.parametrize("fields, problem", [
+    (dict(block_m=64), "block_m 128 over 8 warps"),
+    (dict(num_warps=4), "block_m 128 over 8 warps"),
+    (dict(block_n=32), "block_n is 64 or 128"),
+    (dict(num_stages=3), "shared memory"),  # 3 stages of 128 keys at head_dim 128
+    (dict(kernel="cuda"), "must be one of"),
+])
+def test_rules_the_kernel_cannot_run_are_refused(fields, problem):
+    rule = replace(PrefillLaunchRule(None, 128, 128, 8, 2, True, "hopper"), **fields)
+    with pytest.raises(TableError, match=problem):
+        rule.validate("t")
+
+
+def test_stage_bound_follows_the_rules_head_dim():
+    """A rule for head dims up to 64 may keep more tiles in flight than one for 128."""
+    PrefillLaunchRule(64, 128, 128, 8, 4, True, "hopper").validate("t")
+    with pytest.raises(TableError):
+        PrefillLaunchRule(128, 128, 128, 8, 4, True, "hopper").validate("t")
+    for d in (64, 128):
+        r = hopper_rule_for(d)
+        r.validate("t")
+        assert smem_bytes(d, r.block_n, r.num_stages) <= SMEM_BYTES
+        assert smem_bytes(d, r.block_n, r.num_stages + 1) > SMEM_BYTES or r.num_stages == 4
+
+
+def test_the_kernel_field_survives_the_table_file():
+    table = _hopper_table()
+    again = parse_dataclass(AttentionDispatch, to_json(table), "t")
+    assert again == table and again.prefill_rule(128).kernel == "hopper"
+    old = to_json(ATTENTION_BUILTIN)  # a table written before the field: the portable one
+    for r in old["prefill_rules"]:
+        r.pop("kernel")
+    assert all(r.kernel == "triton"
+               for r in parse_dataclass(AttentionDispatch, old, "t").prefill_rules)
+
+
+def test_plan_carries_the_choice_and_the_switch_drops_it():
+    kv = make_paged_kv([100], 2, 64, 16, torch.float32, "cpu")
+    shape = AttentionShape(8, 2, 64, 16)
+    on = PagedAttention(shape, "cpu", table=_hopper_table()).plan_prefill([100], [100],
+                                                                         kv.page_table)
+    off = PagedAttention(shape, "cpu", table=_hopper_table(), hopper_prefill=False) \
+        .plan_prefill([100], [100], kv.page_table)
+    plain = PagedAttention(shape, "cpu", table=ATTENTION_BUILTIN).plan_prefill(
+        [100], [100], kv.page_table)
+    assert (on.launch.hopper_kernel, off.launch.hopper_kernel,
+            plain.launch.hopper_kernel) == (1, 0, 0)
+    assert on.launch.block_m == 128
+
+
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
+                    reason="a GPU is present: the GPU suite runs these kernels natively")
+def test_a_call_the_kernel_cannot_take_runs_the_portable_one(monkeypatch):
+    """CPU tensors with a launch that asks for the sm_90a kernel: fits says no, and the
+    launcher runs the portable kernel (interpreted), which matches the reference."""
+    monkeypatch.setattr(attention_launch, "launch_prefill_hopper",
+                        lambda a: pytest.fail("the sm_90a kernel ran on CPU tensors"))
+    gen = torch.Generator().manual_seed(3)
+    q_lens, kv_lens = [40, 7], [90, 7]
+    kv = make_paged_kv(kv_lens, 2, 64, 16, torch.float32, "cpu", poison=True, generator=gen)
+    q = torch.randn(sum(q_lens), 8, 64, generator=gen)
+    attn = PagedAttention(AttentionShape(8, 2, 64, 16), "cpu", table=_hopper_table(64, 2))
+    plan = attn.plan_prefill(q_lens, kv_lens, kv.page_table)
+    assert plan.launch.hopper_kernel == 1
+    out = torch.full_like(q, float("nan"))
+    args = PrefillArgs(q, kv.k_cache, kv.v_cache, kv.page_table, plan.q_indptr, plan.kv_lens,
+                       plan.work, out, sm_scale=0.125, enable_pdl=False, launch=plan.launch)
+    assert not hopper_prefill_fits(args)
+    attention_launch.launch_prefill(args)
+    want, _ = reference_paged_attention(q, kv.k_cache, kv.v_cache, kv.page_table,
+                                        plan.q_indptr, plan.kv_lens, sm_scale=0.125)
+    torch.testing.assert_close(out, want, rtol=2e-3, atol=2e-3)
+
+
+def test_narrow_windows_leave_the_kernel_to_the_portable_one():
+    """Layers whose window is below the table's hopper_prefill_min_window launch with the
+    sm_90a kernel off; wider windows and full layers keep it."""
+    kv = make_paged_kv([100], 2, 64, 16, torch.float32, "cpu")
+    table = replace(_hopper_table(), hopper_prefill_min_window=1024)
+    attn = PagedAttention(AttentionShape(8, 2, 64, 16), "cpu", table=table)
+    plan = attn.plan_prefill([100], [100], kv.page_table)
+    assert [attn.prefill_launch(plan, w).hopper_kernel for w in (128, 1023, 1024, None)] \
+        == [0, 0, 1, 1]
+    assert attn.prefill_launch(plan, 128)._replace(hopper_kernel=1) == plan.launch
