@@ -45,8 +45,8 @@ def launches(monkeypatch):
     return count
 
 
-def _table(block_n: int, stages: int, exp2_on_fma: int = 0):
-    rule = PrefillLaunchRule(None, 128, block_n, 8, stages, True, "hopper", exp2_on_fma)
+def _table(block_n: int, stages: int):
+    rule = PrefillLaunchRule(None, 128, block_n, 8, stages, True, "hopper")
     return replace(ATTENTION_BUILTIN, prefill_rules=(rule,))
 
 
@@ -57,9 +57,9 @@ def _features(name, hq):
 
 
 def _run_and_check(hq, hkv, head_dim, page_size, dtype, block_n, stages, features,
-                   cases=CASES, fused_qkv=False, fp8=False, exp2_on_fma=0):
+                   cases=CASES, fused_qkv=False, fp8=False):
     attn = PagedAttention(AttentionShape(hq, hkv, head_dim, page_size), "cuda",
-                          table=_table(block_n, stages, exp2_on_fma))
+                          table=_table(block_n, stages))
     for q_lens, kv_lens in cases:
         kv = make_paged_kv(kv_lens, hkv, head_dim, page_size, dtype, "cuda", poison=not fp8,
                            fp8=fp8)
@@ -103,17 +103,6 @@ FITTING = [(d, n, s) for d in (64, 128) for n in (64, 128) for s in (2, 3, 4)
 def test_every_block_and_stage_count_that_fits(launches, head_dim, block_n, stages):
     _run_and_check(8, 2, head_dim, 64, torch.bfloat16, block_n, stages, "window-sinks-cap")
     assert len(launches) == len(CASES)
-
-
-@pytest.mark.parametrize("exp2_on_fma", [1, 2])
-@pytest.mark.parametrize("head_dim", [64, 128])
-def test_exp2s_on_the_fma_units(launches, head_dim, exp2_on_fma):
-    """Some of the softmax's exp2s from a cubic on the FMA units: the same tolerance."""
-    _run_and_check(8, 2, head_dim, 64, torch.bfloat16, 128, 2, "window-sinks-cap",
-                   exp2_on_fma=exp2_on_fma)
-    _run_and_check(8, 2, head_dim, 64, torch.bfloat16, 128, 2, "plain",
-                   exp2_on_fma=exp2_on_fma)
-    assert len(launches) == 2 * len(CASES)
 
 
 def test_fp16_and_a_strided_q(launches):

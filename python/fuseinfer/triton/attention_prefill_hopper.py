@@ -29,30 +29,6 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 LOG2E = 1.4426950408889634
 
 
-def _poly_exp2_ptx(out: str, x: str) -> str:
-    """2^x on the FMA and integer units (x <= 0, clamped at -125): 2^floor(x) from the
-    exponent bits times a cubic for 2^frac (relative error 8.6e-5, below bf16's 3.9e-3)."""
-    return ("{ .reg .f32 x, xi, f, p; .reg .s32 e, b; "
-            f"max.f32 x, {x}, 0fC2FA0000; cvt.rmi.f32.f32 xi, x; sub.f32 f, x, xi; "
-            "fma.rn.f32 p, f, 0f3D9DD051, 0f3E691E81; fma.rn.f32 p, p, f, 0f3F31F306; "
-            "fma.rn.f32 p, p, f, 0f3F800000; cvt.rzi.s32.f32 e, xi; shl.b32 e, e, 23; "
-            f"mov.b32 b, p; add.s32 b, b, e; mov.b32 {out}, b; }}")
-
-
-def _mixed_exp2_ptx(pack: int, emulated: int) -> str:
-    """`pack` exp2s per asm block, the first `emulated` of them on the FMA units, the rest
-    on the special-function unit."""
-    lines = [_poly_exp2_ptx(f"${i}", f"${pack + i}") if i < emulated
-             else f"ex2.approx.ftz.f32 ${i}, ${pack + i};" for i in range(pack)]
-    return " ".join(lines)
-
-
-# 1 of 4 and 2 of 4 (1 of 2) exp2s emulated: the special-function unit does 16 exp2 per
-# clock per SM, as many as the tensor cores need at head_dim 64, so taking some of them to
-# the FMA units (128 lanes, partly idle during the softmax) shortens the softmax there
-_EXP2_ONE_OF_FOUR = gl.constexpr(_mixed_exp2_ptx(4, 1))
-_EXP2_ONE_OF_TWO = gl.constexpr(_mixed_exp2_ptx(2, 1))
-
 
 @gluon.jit
 def _slot(page_row, pos, kv_len, oob_slot, PAGE_SIZE: gl.constexpr):
@@ -122,27 +98,13 @@ def _scores(s, start, q_pos, kv_len, window_left, diag, win_end, qk_scale, logit
 
 
 @gluon.jit
-def _exp2(x, EXP2_ON_FMA: gl.constexpr):
-    """exp2 with EXP2_ON_FMA of every 4 on the FMA units (0, 1 or 2)."""
-    if EXP2_ON_FMA == 1:
-        y = gl.inline_asm_elementwise(_EXP2_ONE_OF_FOUR, "=r,=r,=r,=r,r,r,r,r", [x],
-                                      dtype=gl.float32, is_pure=True, pack=4)
-    elif EXP2_ON_FMA == 2:
-        y = gl.inline_asm_elementwise(_EXP2_ONE_OF_TWO, "=r,=r,r,r", [x], dtype=gl.float32,
-                                      is_pure=True, pack=2)
-    else:
-        y = gl.exp2(x)
-    return y
-
-
-@gluon.jit
-def _softmax_step(s, m_i, l_i, c, EXP2_ON_FMA: gl.constexpr):
+def _softmax_step(s, m_i, l_i, c):
     """Online softmax over one block of scores (log2 units after scaling by c): new max, P,
     the old sums' rescale, new sum."""
     m_new = gl.maximum(m_i, gl.max(s, 1) * c)
     # a row may have seen no key yet: keep exp2 away from (-inf) - (-inf)
     m_new = gl.where(m_new == float("-inf"), 0.0, m_new)
-    p = _exp2(s * c - m_new[:, None], EXP2_ON_FMA)
+    p = gl.exp2(s * c - m_new[:, None])
     alpha = gl.exp2(m_i - m_new)
     l_i = l_i * alpha + gl.sum(p, 1)
     return p, m_new, alpha, l_i
@@ -172,7 +134,7 @@ def _consumer(wg, q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, k_empty, v_em
               stride_o_head, stride_lse_tok,
               BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
               STAGES: gl.constexpr, HAS_WINDOW: gl.constexpr, HAS_SINKS: gl.constexpr,
-              HAS_CAP: gl.constexpr, HAS_LSE: gl.constexpr, EXP2_ON_FMA: gl.constexpr):
+              HAS_CAP: gl.constexpr, HAS_LSE: gl.constexpr):
     """One warpgroup, query rows wg * 64 ... of the block: the dots, the online softmax and
     the epilogue. The two consumers share each K/V tile and release it independently."""
     ROWS: gl.constexpr = BLOCK_M // 2
@@ -207,7 +169,7 @@ def _consumer(wg, q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, k_empty, v_em
     mbarrier.arrive(k_empty.index(0))
     s = _scores(s, lo, q_pos, kv_len, window_left, diag, win_end, qk_scale, logit_cap,
                 s_layout, BLOCK_N, HAS_WINDOW, HAS_CAP)
-    p, m_i, alpha, l_i = _softmax_step(s, m_i, l_i, c, EXP2_ON_FMA)
+    p, m_i, alpha, l_i = _softmax_step(s, m_i, l_i, c)
     p_op = gl.convert_layout(p.to(dtype), p_layout)
 
     for i in range(1, n_blocks):
@@ -223,7 +185,7 @@ def _consumer(wg, q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, k_empty, v_em
         mbarrier.arrive(k_empty.index(stage))
         s = _scores(s, start, q_pos, kv_len, window_left, diag, win_end, qk_scale,
                     logit_cap, s_layout, BLOCK_N, HAS_WINDOW, HAS_CAP)
-        p, m_i, alpha, l_i = _softmax_step(s, m_i, l_i, c, EXP2_ON_FMA)
+        p, m_i, alpha, l_i = _softmax_step(s, m_i, l_i, c)
         acc, p_op = warpgroup_mma_wait(0, deps=(o_tok, p_op))
         mbarrier.arrive(v_empty.index(prev))
         acc = acc * gl.convert_layout(alpha, row_o)[:, None]
@@ -273,7 +235,7 @@ def prefill_hopper_kernel(
     GROUP: gl.constexpr, PAGE_SIZE: gl.constexpr, HEAD_DIM: gl.constexpr,
     BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
     HAS_WINDOW: gl.constexpr, HAS_SINKS: gl.constexpr, HAS_CAP: gl.constexpr,
-    HAS_LSE: gl.constexpr, EXP2_ON_FMA: gl.constexpr,
+    HAS_LSE: gl.constexpr,
 ):
     head = gl.program_id(0)  # heads fastest: one query block's heads share K/V in L2
     item = gl.program_id(1)
@@ -323,12 +285,12 @@ def prefill_hopper_kernel(
                      v_empty, clean_bar, Out, Lse, Sinks, q_start, q_len, q_block, prefix, head,
                      kv_len, lo, hi, diag, win_end, sm_scale, logit_cap, window_left,
                      stride_o_tok, stride_o_head, stride_lse_tok, BLOCK_M, BLOCK_N, HEAD_DIM,
-                     STAGES, HAS_WINDOW, HAS_SINKS, HAS_CAP, HAS_LSE, EXP2_ON_FMA)),
+                     STAGES, HAS_WINDOW, HAS_SINKS, HAS_CAP, HAS_LSE)),
         (_consumer, (1, q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, k_empty,
                      v_empty, clean_bar, Out, Lse, Sinks, q_start, q_len, q_block, prefix, head,
                      kv_len, lo, hi, diag, win_end, sm_scale, logit_cap, window_left,
                      stride_o_tok, stride_o_head, stride_lse_tok, BLOCK_M, BLOCK_N, HEAD_DIM,
-                     STAGES, HAS_WINDOW, HAS_SINKS, HAS_CAP, HAS_LSE, EXP2_ON_FMA)),
+                     STAGES, HAS_WINDOW, HAS_SINKS, HAS_CAP, HAS_LSE)),
         (_producer, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, k_ready,
                      v_ready, k_empty, v_empty, page_row, q_start + q_block * BLOCK_M,
                      head * HEAD_DIM, kv_head * HEAD_DIM, lo, hi, kv_len, oob_slot,

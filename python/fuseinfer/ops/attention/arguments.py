@@ -23,7 +23,6 @@ class PrefillLaunch(NamedTuple):
     num_stages: int
     tma: int  # 1: bulk-copy key/value tiles that lie in one page (sm_90+), 0: plain loads
     hopper_kernel: int = 0  # 1: the warp-specialized sm_90a kernel where it applies
-    exp2_on_fma: int = 0  # that kernel: of every 4 softmax exp2s, this many on FMA units
 
 
 class DecodeLaunch(NamedTuple):

@@ -85,16 +85,8 @@ class PrefillLaunchRule:
     # flight). It runs where its conditions hold (ops/attention/prefill_hopper.py: sm_90,
     # a 16-bit cache, head_dim 64 or 128); elsewhere the portable kernel runs this rule.
     kernel: str = "triton"
-    # the hopper kernel: of every 4 softmax exp2s, this many on the FMA units (a cubic)
-    # instead of the special-function unit, which at head_dim 64 is as busy as the
-    # tensor cores; 0, 1 or 2
-    exp2_on_fma: int = 0
-
     def validate(self, where: str) -> None:
         check_pow2(self.block_m, 16, 256, f"{where}.block_m")
-        if self.exp2_on_fma not in (0, 1, 2) or (self.exp2_on_fma and self.kernel != "hopper"):
-            raise TableError(f"{where}.exp2_on_fma: 0, 1 or 2, and nonzero only with kernel "
-                             f"'hopper', got {self.exp2_on_fma} with {self.kernel!r}")
         _check_loop(self.block_n, self.num_warps, self.num_stages, where)
         if self.kernel not in PREFILL_KERNELS:
             raise TableError(f"{where}.kernel: must be one of {list(PREFILL_KERNELS)}, got "

@@ -242,8 +242,7 @@ class PagedAttention:
             work=work, launch=PrefillLaunch(bm, rule.block_n, rule.num_warps,
                                             rule.num_stages, int(rule.tma),
                                             int(rule.kernel == "hopper"
-                                                and self.hopper_prefill),
-                                            rule.exp2_on_fma),
+                                                and self.hopper_prefill)),
             q_lens_host=tuple(ql), kv_lens_host=tuple(kl))
 
     def prefill_launch(self, plan: PrefillPlan, window_left: int | None) -> PrefillLaunch:
