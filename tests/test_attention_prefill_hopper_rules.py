@@ -21,13 +21,9 @@ from fuseinfer.ops.attention.dispatch import (
     ATTENTION_BUILTIN,
     AttentionDispatch,
     PrefillLaunchRule,
-)
-from fuseinfer.ops.attention.prefill_hopper import (
-    SMEM_BYTES,
-    hopper_prefill_fits,
     hopper_rule_for,
-    smem_bytes,
 )
+from fuseinfer.ops.attention.prefill_hopper import SMEM_BYTES, hopper_prefill_fits, smem_bytes
 from fuseinfer.ops.attention.reference import reference_paged_attention
 
 

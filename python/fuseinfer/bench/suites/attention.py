@@ -358,8 +358,7 @@ def _time_hopper_prefill(row: dict[str, Any], case: Case, page_size: int,
     """The sm_90a prefill kernel on this prefill case, checked first."""
     from dataclasses import replace
 
-    from ...ops.attention.dispatch import attention_table
-    from ...ops.attention.prefill_hopper import hopper_rule_for
+    from ...ops.attention.dispatch import attention_table, hopper_rule_for
 
     table = attention_table()
     rule = table.prefill_rule(case.model.head_dim)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from ...dispatch import TableError, register_op
 from ...dispatch.rule_checks import check_pow2
+from .prefill_hopper import BLOCK_M, NUM_WARPS, SMEM_BYTES, hopper_rule_problem, smem_bytes
 
 HEAD_DIMS = (64, 128, 256)
 DECODE_KERNELS = ("triton", "cuda")
@@ -92,11 +93,17 @@ class PrefillLaunchRule:
             raise TableError(f"{where}.kernel: must be one of {list(PREFILL_KERNELS)}, got "
                              f"{self.kernel!r}")
         if self.kernel == "hopper":
-            from .prefill_hopper import hopper_rule_problem
-
             problem = hopper_rule_problem(self)
             if problem:
                 raise TableError(f"{where}: {problem}")
+
+
+def hopper_rule_for(head_dim: int) -> PrefillLaunchRule:
+    """A rule picking the sm_90a prefill kernel at the head dim: 128-key tiles, as many in
+    flight (up to 4) as its shared memory holds. What `bench attention --hopper-prefill`
+    times where the table does not pick the kernel."""
+    stages = max(s for s in (2, 3, 4) if smem_bytes(head_dim, 128, s) <= SMEM_BYTES)
+    return PrefillLaunchRule(head_dim, BLOCK_M, 128, NUM_WARPS, stages, True, "hopper")
 
 
 def _check_rules(rules: tuple, where: str) -> None:

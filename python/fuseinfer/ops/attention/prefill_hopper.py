@@ -6,6 +6,8 @@ writes, so the two are interchangeable call by call."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from ..kvcache.store_kv_cache import slot_rows
@@ -25,8 +27,9 @@ def smem_bytes(head_dim: int, block_n: int, stages: int) -> int:
     return 2 * head_dim * (BLOCK_M + 2 * stages * block_n)
 
 
-def hopper_rule_problem(rule) -> str | None:
-    """Why a prefill rule cannot ask for this kernel (None: it can)."""
+def hopper_rule_problem(rule: Any) -> str | None:
+    """Why a prefill rule (dispatch.PrefillLaunchRule) cannot ask for this kernel (None: it
+    can)."""
     if rule.block_m != BLOCK_M or rule.num_warps != NUM_WARPS:
         return f"the hopper kernel runs block_m {BLOCK_M} over {NUM_WARPS} warps, got " \
                f"block_m {rule.block_m} and {rule.num_warps} warps"
@@ -38,16 +41,6 @@ def hopper_rule_problem(rule) -> str | None:
                f"need {smem_bytes(widest, rule.block_n, rule.num_stages)} bytes of shared " \
                f"memory, more than {SMEM_BYTES}"
     return None
-
-
-def hopper_rule_for(head_dim: int):
-    """A rule picking this kernel at the head dim: 128-key tiles, as many in flight (up to
-    4) as its shared memory holds. What `bench attention --hopper-prefill` times where the
-    table does not pick the kernel."""
-    from .dispatch import PrefillLaunchRule
-
-    stages = max(s for s in (2, 3, 4) if smem_bytes(head_dim, 128, s) <= SMEM_BYTES)
-    return PrefillLaunchRule(head_dim, BLOCK_M, 128, NUM_WARPS, stages, True, "hopper")
 
 
 def _aligned(t: torch.Tensor, *strides: int) -> bool:
