@@ -26,6 +26,8 @@ from fuseinfer.ops.attention.dispatch import (
 from fuseinfer.ops.attention.prefill_hopper import SMEM_BYTES, hopper_prefill_fits, smem_bytes
 from fuseinfer.ops.attention.reference import reference_paged_attention
 
+BF16 = torch.bfloat16
+
 
 def _hopper_table(block_n=128, stages=2):
     rule = PrefillLaunchRule(None, 128, block_n, 8, stages, True, "hopper")
@@ -116,3 +118,52 @@ def test_narrow_windows_leave_the_kernel_to_the_portable_one():
     assert [attn.prefill_launch(plan, w).hopper_kernel for w in (128, 1023, 1024, None)] \
         == [0, 0, 1, 1]
     assert attn.prefill_launch(plan, 128)._replace(hopper_kernel=1) == plan.launch
+
+
+def _compile_error(message: str):
+    import ast
+
+    from triton.compiler.errors import CompilationError
+
+    return CompilationError("def kernel(): pass", ast.parse("x").body[0], message)
+
+
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
+                    reason="a GPU is present: the GPU suite runs these kernels natively")
+def test_a_triton_that_cannot_compile_the_kernel_falls_back_once(monkeypatch):
+    """The sm_90a kernel is written in Triton's low-level dialect, which changes between
+    releases: where it fails to compile, the call runs the portable kernel (still right),
+    one warning says why, and later calls skip the attempt."""
+    from fuseinfer.ops.attention import prefill_hopper
+
+    monkeypatch.setattr(prefill_hopper, "unavailable", None)
+    tried = []
+
+    def broken(a):
+        tried.append(1)
+        raise _compile_error("async_copy_global_to_shared has been removed")
+
+    monkeypatch.setattr(prefill_hopper, "_launch", broken)
+    # a call the kernel takes on an sm_90 GPU: only the device check is pretended
+    monkeypatch.setattr(prefill_hopper, "_on_sm90", lambda t: True)
+    gen = torch.Generator().manual_seed(5)
+    q_lens, kv_lens = [30], [70]
+    kv = make_paged_kv(kv_lens, 2, 64, 16, BF16, "cpu", poison=True, generator=gen)
+    q = torch.randn(30, 8, 64, generator=gen).to(BF16)
+    attn = PagedAttention(AttentionShape(8, 2, 64, 16), "cpu", table=_hopper_table(64, 2))
+    plan = attn.plan_prefill(q_lens, kv_lens, kv.page_table)
+    want, _ = reference_paged_attention(q, kv.k_cache, kv.v_cache, kv.page_table,
+                                        plan.q_indptr, plan.kv_lens, sm_scale=0.125)
+    for call in range(2):
+        out = torch.full_like(q, float("nan"))
+        args = PrefillArgs(q, kv.k_cache, kv.v_cache, kv.page_table, plan.q_indptr,
+                           plan.kv_lens, plan.work, out, sm_scale=0.125, enable_pdl=False,
+                           launch=plan.launch)
+        assert hopper_prefill_fits(args) == (call == 0)  # after the failure: never again
+        if call == 0:
+            with pytest.warns(RuntimeWarning, match="does not compile with Triton"):
+                attention_launch.launch_prefill(args)
+        else:
+            attention_launch.launch_prefill(args)
+        torch.testing.assert_close(out.float(), want, rtol=2e-2, atol=2e-2)
+    assert len(tried) == 1 and "has been removed" in prefill_hopper.unavailable

@@ -27,6 +27,9 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 )
 
 LOG2E = 1.4426950408889634
+# the bulk tensor load is async_copy_global_to_shared in Triton 3.6 and async_load later
+# (same arguments; the old name then raises)
+_tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
 
 
 
@@ -46,7 +49,7 @@ def _producer(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, k_ready, v_
               STAGES: gl.constexpr):
     """One warp: the Q tile once, then K_j and V_j for every key block, STAGES ahead."""
     mbarrier.expect(q_bar, q_desc.block_type.nbytes)
-    tma.async_copy_global_to_shared(q_desc, [q_row, q_col], q_bar, q_smem)
+    _tma_load(q_desc, [q_row, q_col], q_bar, q_smem)
     tile_bytes: gl.constexpr = BLOCK_N * k_desc.block_type.nbytes // PAGE_TILE
     i = 0
     for start in range(lo, hi, BLOCK_N):
@@ -58,14 +61,14 @@ def _producer(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, k_ready, v_
         for p in gl.static_range(BLOCK_N // PAGE_TILE):
             pos = start + p * PAGE_TILE
             slot = _slot(page_row, pos, kv_len, oob_slot, PAGE_SIZE)
-            tma.async_copy_global_to_shared(k_desc, [slot, kv_col], k_ready.index(stage),
+            _tma_load(k_desc, [slot, kv_col], k_ready.index(stage),
                                             k_smem.index(stage).slice(p * PAGE_TILE, PAGE_TILE))
         mbarrier.wait(v_empty.index(stage), phase ^ 1)
         mbarrier.expect(v_ready.index(stage), tile_bytes)
         for p in gl.static_range(BLOCK_N // PAGE_TILE):
             pos = start + p * PAGE_TILE
             slot = _slot(page_row, pos, kv_len, oob_slot, PAGE_SIZE)
-            tma.async_copy_global_to_shared(v_desc, [slot, kv_col], v_ready.index(stage),
+            _tma_load(v_desc, [slot, kv_col], v_ready.index(stage),
                                             v_smem.index(stage).slice(p * PAGE_TILE, PAGE_TILE))
         i += 1
 

@@ -55,8 +55,7 @@ def _pdl(enable_pdl: bool | None, device: torch.device) -> bool:
 def launch_prefill(a: PrefillArgs) -> None:
     from ...triton.attention_prefill import prefill_kernel
 
-    if hopper_prefill_fits(a):
-        launch_prefill_hopper(a)
+    if hopper_prefill_fits(a) and launch_prefill_hopper(a):
         return
     q, k_cache, v_cache, kv_lens, work, out, lse, sinks = (
         a.q, a.k_cache, a.v_cache, a.kv_lens, a.work, a.out, a.lse, a.sinks)

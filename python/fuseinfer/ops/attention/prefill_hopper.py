@@ -6,6 +6,7 @@ writes, so the two are interchangeable call by call."""
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -48,14 +49,22 @@ def _aligned(t: torch.Tensor, *strides: int) -> bool:
     return t.data_ptr() % 16 == 0 and all((s * item) % 16 == 0 for s in strides)
 
 
+# why this process stopped using the kernel (None: it has not): the Triton it runs on could
+# not compile it (the low-level dialect it is written in changes between releases)
+unavailable: str | None = None
+
+
+def _on_sm90(t: torch.Tensor) -> bool:
+    return t.device.type == "cuda" and torch.cuda.get_device_capability(t.device) == (9, 0)
+
+
 def hopper_prefill_fits(a: PrefillArgs) -> bool:
     """Whether this kernel takes the call: the launch asks for it, an sm_90 GPU, a 16-bit q
     and cache of one dtype, head_dim 64 or 128, each q head's row and each slot's heads
     contiguous and 16-byte aligned, pages a multiple of 8 slots (or of the key block)."""
     q, k_cache, v_cache = a.q, a.k_cache, a.v_cache
     launch = PrefillLaunch._make(a.launch)
-    if not launch.hopper_kernel or q.device.type != "cuda" \
-            or torch.cuda.get_device_capability(q.device) != (9, 0):
+    if not launch.hopper_kernel or unavailable is not None or not _on_sm90(q):
         return False
     head_dim = q.size(2)
     if head_dim not in HEAD_DIMS or q.dtype not in (torch.bfloat16, torch.float16) \
@@ -86,8 +95,27 @@ def _descriptor(t: torch.Tensor, rows: int, row_stride: int, width: int, block: 
     return TensorDescriptor(t, [rows, width], [row_stride, 1], block, layout)
 
 
-def launch_prefill_hopper(a: PrefillArgs) -> None:
-    """Launch on a call hopper_prefill_fits accepted (the op has checked the arguments)."""
+def launch_prefill_hopper(a: PrefillArgs) -> bool:
+    """Launch on a call hopper_prefill_fits accepted (the op has checked the arguments);
+    False, with one warning per process, where this Triton cannot compile the kernel: the
+    caller then runs the portable kernel, and every later call goes there directly."""
+    global unavailable
+    from triton.compiler.errors import CompilationError
+
+    try:
+        _launch(a)
+    except CompilationError as err:
+        unavailable = f"{type(err).__name__}: {str(err).strip().splitlines()[-1]}"
+        import triton
+
+        warnings.warn(f"paged prefill: the sm_90a kernel does not compile with Triton "
+                      f"{triton.__version__} ({unavailable}); the portable kernel runs "
+                      "instead", RuntimeWarning, stacklevel=2)
+        return False
+    return True
+
+
+def _launch(a: PrefillArgs) -> None:
     from ...triton.attention_prefill_hopper import prefill_hopper_kernel
 
     q, k_cache, v_cache, out, lse, sinks = a.q, a.k_cache, a.v_cache, a.out, a.lse, a.sinks
