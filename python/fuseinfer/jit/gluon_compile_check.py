@@ -1,0 +1,116 @@
+"""Compile the Gluon kernels (the sm_90a prefill attention) for sm_90a with the installed
+Triton, no GPU needed:
+
+    python -m fuseinfer.jit.gluon_compile_check [--jobs N] [-v]
+
+The CPU suite cannot run these kernels (the interpreter does not take Gluon), and Gluon's
+API moves between Triton releases, so this is where a release that no longer compiles
+them shows up before a GPU does. Each configuration the dispatch table can pick is
+compiled once: both head dims, both key blocks, every stage count that fits, page-piece
+sizes below and at the key block, and the feature flags (window, sinks, lse, soft-cap).
+Exit status 1 when one fails, with its constexprs and Triton's message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import os
+import sys
+import time
+from typing import Any
+
+from ..ops.attention.prefill_hopper import BLOCK_M, HEAD_DIMS, SMEM_BYTES, smem_bytes
+
+# (HAS_WINDOW, HAS_SINKS, HAS_CAP, HAS_LSE)
+FEATURES = ((False, False, False, False), (True, True, False, True), (False, False, True, True))
+
+
+def configurations() -> list[dict[str, Any]]:
+    """The prefill kernel's constexprs for each configuration checked."""
+    out = []
+    for head_dim in HEAD_DIMS:
+        for block_n in (64, 128):
+            for stages in (2, 3, 4):
+                if smem_bytes(head_dim, block_n, stages) > SMEM_BYTES:
+                    continue
+                for page_tile in sorted({16, block_n}):
+                    window, sinks, cap, lse = FEATURES[(stages + page_tile) % len(FEATURES)]
+                    # pages of 16 (a tile of several pieces) or of 128 (one piece)
+                    page_size = page_tile if page_tile < block_n else 128
+                    out.append(dict(GROUP=4, PAGE_SIZE=page_size, HEAD_DIM=head_dim,
+                                    BLOCK_M=BLOCK_M, BLOCK_N=block_n, STAGES=stages,
+                                    HAS_WINDOW=window, HAS_SINKS=sinks, HAS_CAP=cap,
+                                    HAS_LSE=lse, PAGE_TILE=page_tile))
+    return out
+
+
+def _signature(kernel: Any, constexprs: dict[str, Any], tile: int) -> dict[str, str]:
+    """Argument types: K and V descriptors over `tile` rows (a page piece), bf16."""
+    from triton.experimental.gluon import language as gl
+
+    d = constexprs["HEAD_DIM"]
+
+    def desc(rows: int) -> str:
+        layout = gl.NVMMASharedLayout.get_default_for([rows, d], gl.bfloat16)
+        return f"tensordesc<bf16[{rows}, {d}],{layout!r}>"
+
+    types = {"q_desc": desc(BLOCK_M), "k_desc": desc(tile), "v_desc": desc(tile),
+             "Out": "*bf16", "Lse": "*fp32", "Sinks": "*fp32", "PageTable": "*i32",
+             "QIndptr": "*i32", "KvLens": "*i32", "Work": "*i32", "sm_scale": "fp32",
+             "logit_cap": "fp32"}
+    return {name: "constexpr" if name in constexprs else types.get(name, "i32")
+            for name in kernel.arg_names}
+
+
+def compile_configuration(constexprs: dict[str, Any]) -> None:
+    """Compile one configuration for sm_90a; raises what Triton raises."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.experimental.gluon._runtime import GluonASTSource
+
+    from ..triton.attention_prefill_hopper import prefill_hopper_kernel as kernel
+
+    values = {k: v for k, v in constexprs.items() if k != "PAGE_TILE"}
+    source = GluonASTSource(fn=kernel, constexprs=values,
+                            signature=_signature(kernel, values, constexprs["PAGE_TILE"]))
+    triton.compile(source, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=4))
+
+
+def _compile_one(constexprs: dict[str, Any]) -> str | None:
+    try:
+        compile_configuration(constexprs)
+    except Exception as e:  # every failure is reported, not only the first
+        lines = str(e).strip().splitlines()
+        return f"{type(e).__name__}: {lines[-1] if lines else ''}"
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
+                    help="compiling processes (default: one per core)")
+    ap.add_argument("-v", "--verbose", action="store_true", help="one line per configuration")
+    args = ap.parse_args(argv)
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        raise SystemExit("gluon_compile_check: unset TRITON_INTERPRET (it compiles)")
+    import triton
+
+    configs = configurations()
+    start, failed = time.perf_counter(), []
+    with concurrent.futures.ProcessPoolExecutor(max(1, args.jobs)) as pool:
+        for config, error in zip(configs, pool.map(_compile_one, configs), strict=True):
+            if error is not None:
+                failed.append((config, error))
+            if args.verbose:
+                print(f"  {config}{' FAILED' if error else ''}", flush=True)
+    for config, error in failed:
+        print(f"FAILED prefill_hopper_kernel {config}:\n  {error}", file=sys.stderr)
+    print(f"gluon compile check (9.0a, Triton {triton.__version__}): "
+          f"{len(configs) - len(failed)} of {len(configs)} configurations of the sm_90a "
+          f"prefill kernel compiled in {time.perf_counter() - start:.0f} s")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
