@@ -86,6 +86,7 @@ class PrefillLaunchRule:
     # flight). It runs where its conditions hold (ops/attention/prefill_hopper.py: sm_90,
     # a 16-bit cache, head_dim 64 or 128); elsewhere the portable kernel runs this rule.
     kernel: str = "triton"
+
     def validate(self, where: str) -> None:
         check_pow2(self.block_m, 16, 256, f"{where}.block_m")
         _check_loop(self.block_n, self.num_warps, self.num_stages, where)
