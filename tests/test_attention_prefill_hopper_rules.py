@@ -40,6 +40,9 @@ def _hopper_table(block_n=128, stages=2):
     (dict(block_n=32), "block_n is 64 or 128"),
     (dict(num_stages=3), "shared memory"),  # 3 stages of 128 keys at head_dim 128
     (dict(kernel="cuda"), "must be one of"),
+    (dict(num_stages=1), "2-4 tiles in flight"),
+    (dict(num_stages=5, max_head_dim=64, block_n=64), "2-4 tiles in flight"),
+    (dict(max_head_dim=32), "max_head_dim is 32"),
 ])
 def test_rules_the_kernel_cannot_run_are_refused(fields, problem):
     rule = replace(PrefillLaunchRule(None, 128, 128, 8, 2, True, "hopper"), **fields)
@@ -130,18 +133,25 @@ def _compile_error(message: str):
 
 @pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
                     reason="a GPU is present: the GPU suite runs these kernels natively")
-def test_a_triton_that_cannot_compile_the_kernel_falls_back_once(monkeypatch):
+@pytest.mark.parametrize("failure", [
+    lambda: _compile_error("async_copy_global_to_shared has been removed"),
+    lambda: ImportError("cannot import name 'warpgroup_mma' (has been removed)"),
+    lambda: RuntimeError("PassManager::run failed: has been removed"),
+])
+def test_a_triton_that_cannot_compile_the_kernel_falls_back_once(monkeypatch, failure):
     """The sm_90a kernel is written in Triton's low-level dialect, which changes between
-    releases: where it fails to compile, the call runs the portable kernel (still right),
-    one warning says why, and later calls skip the attempt."""
+    releases: where its first launch fails (import, compile or backend), the call runs the
+    portable kernel (still right), one warning says why, and later calls skip the
+    attempt."""
     from fuseinfer.ops.attention import prefill_hopper
 
     monkeypatch.setattr(prefill_hopper, "unavailable", None)
+    monkeypatch.setattr(prefill_hopper, "_launched", set())
     tried = []
 
     def broken(a):
         tried.append(1)
-        raise _compile_error("async_copy_global_to_shared has been removed")
+        raise failure()
 
     monkeypatch.setattr(prefill_hopper, "_launch", broken)
     # a call the kernel takes on an sm_90 GPU: only the device check is pretended
@@ -161,9 +171,36 @@ def test_a_triton_that_cannot_compile_the_kernel_falls_back_once(monkeypatch):
                            launch=plan.launch)
         assert hopper_prefill_fits(args) == (call == 0)  # after the failure: never again
         if call == 0:
-            with pytest.warns(RuntimeWarning, match="does not compile with Triton"):
+            with pytest.warns(RuntimeWarning, match="does not build with Triton"):
                 attention_launch.launch_prefill(args)
         else:
             attention_launch.launch_prefill(args)
         torch.testing.assert_close(out.float(), want, rtol=2e-2, atol=2e-2)
     assert len(tried) == 1 and "has been removed" in prefill_hopper.unavailable
+
+
+def test_only_a_configurations_first_launch_is_guarded(monkeypatch):
+    """Once a configuration has launched, a later failure is the caller's to see (a CUDA
+    error must not turn into a silent switch of kernels)."""
+    from fuseinfer.ops.attention import prefill_hopper
+
+    monkeypatch.setattr(prefill_hopper, "unavailable", None)
+    monkeypatch.setattr(prefill_hopper, "_launched", set())
+    outcomes = iter([None, RuntimeError("an illegal memory access was encountered")])
+
+    def launch(a):
+        err = next(outcomes)
+        if err is not None:
+            raise err
+
+    monkeypatch.setattr(prefill_hopper, "_launch", launch)
+    kv = make_paged_kv([70], 2, 64, 16, BF16, "cpu")
+    q = torch.randn(30, 8, 64).to(BF16)
+    attn = PagedAttention(AttentionShape(8, 2, 64, 16), "cpu", table=_hopper_table(64, 2))
+    plan = attn.plan_prefill([30], [70], kv.page_table)
+    args = PrefillArgs(q, kv.k_cache, kv.v_cache, kv.page_table, plan.q_indptr, plan.kv_lens,
+                       plan.work, torch.empty_like(q), launch=plan.launch)
+    assert prefill_hopper.launch_prefill_hopper(args)
+    with pytest.raises(RuntimeError, match="illegal memory access"):
+        prefill_hopper.launch_prefill_hopper(args)
+    assert prefill_hopper.unavailable is None

@@ -36,7 +36,14 @@ def hopper_rule_problem(rule: Any) -> str | None:
                f"block_m {rule.block_m} and {rule.num_warps} warps"
     if rule.block_n not in (64, 128):
         return f"the hopper kernel's block_n is 64 or 128, got {rule.block_n}"
-    widest = max(d for d in HEAD_DIMS if rule.max_head_dim is None or d <= rule.max_head_dim)
+    if not 2 <= rule.num_stages <= 4:
+        return f"the hopper kernel keeps 2-4 tiles in flight, got num_stages " \
+               f"{rule.num_stages}"
+    dims = [d for d in HEAD_DIMS if rule.max_head_dim is None or d <= rule.max_head_dim]
+    if not dims:
+        return f"the hopper kernel runs head_dim {HEAD_DIMS}, the rule's max_head_dim is " \
+               f"{rule.max_head_dim}"
+    widest = max(dims)
     if smem_bytes(widest, rule.block_n, rule.num_stages) > SMEM_BYTES:
         return f"{rule.num_stages} stages of {rule.block_n}-key tiles at head_dim {widest} " \
                f"need {smem_bytes(widest, rule.block_n, rule.num_stages)} bytes of shared " \
@@ -95,23 +102,43 @@ def _descriptor(t: torch.Tensor, rows: int, row_stride: int, width: int, block: 
     return TensorDescriptor(t, [rows, width], [row_stride, 1], block, layout)
 
 
+# configurations launched once already (compiled): their later launches are not guarded
+_launched: set[tuple] = set()
+
+
+def _configuration(a: PrefillArgs) -> tuple:
+    """What a compiled variant of the kernel depends on."""
+    launch = PrefillLaunch._make(a.launch)
+    return (a.q.dtype, a.q.size(1) // a.k_cache.size(-2), a.q.size(2),
+            page_size_of(a.k_cache), launch.block_n, launch.num_stages,
+            a.window_left is not None, None if a.sinks is None else a.sinks.dtype,
+            a.logit_cap > 0, a.lse is not None)
+
+
 def launch_prefill_hopper(a: PrefillArgs) -> bool:
     """Launch on a call hopper_prefill_fits accepted (the op has checked the arguments);
-    False, with one warning per process, where this Triton cannot compile the kernel: the
-    caller then runs the portable kernel, and every later call goes there directly."""
+    False, with one warning per process, where this Triton cannot build the kernel: the
+    caller then runs the portable kernel, and every later call goes there directly. Only a
+    configuration's first launch (its import, compile and load) is guarded: Gluon's API
+    changes between Triton releases, so that may fail as an import, attribute, compile or
+    backend error; later launches raise what they raise."""
     global unavailable
-    from triton.compiler.errors import CompilationError
-
+    key = _configuration(a)
+    if key in _launched:
+        _launch(a)
+        return True
     try:
         _launch(a)
-    except CompilationError as err:
-        unavailable = f"{type(err).__name__}: {str(err).strip().splitlines()[-1]}"
+    except Exception as err:  # any failure to build it: the portable kernel runs the call
+        lines = str(err).strip().splitlines()
+        unavailable = f"{type(err).__name__}: {lines[-1] if lines else ''}"
         import triton
 
-        warnings.warn(f"paged prefill: the sm_90a kernel does not compile with Triton "
+        warnings.warn(f"paged prefill: the sm_90a kernel does not build with Triton "
                       f"{triton.__version__} ({unavailable}); the portable kernel runs "
                       "instead", RuntimeWarning, stacklevel=2)
         return False
+    _launched.add(key)
     return True
 
 
