@@ -3,7 +3,7 @@
 # every CUDA module compiles (no GPU needed); after the suite, compile every Triton kernel
 # launch it ran in the interpreter for sm_90a (fuseinfer.jit.triton_compile_check: the
 # interpreter does not type-check), then the Gluon kernels, which it cannot run
-# (fuseinfer.jit.gluon_compile_check). Extra arguments go to pytest.
+# (fuseinfer.ops.attention.prefill_hopper_compile_check). Extra arguments go to pytest.
 #
 # The compile check remembers each module that passed (a stamp under the fuseinfer cache
 # dir, keyed by its sources, flags, nvcc, torch and CUTLASS), so with nothing changed it
@@ -34,7 +34,7 @@ fi
 rm -f "$launches"
 # the Gluon kernels (the interpreter cannot run them) compiled for sm_90a with this Triton
 if [ "$status" = 0 ] && [ "${FUSEINFER_SKIP_COMPILE_CHECK:-0}" != 1 ]; then
-  env -u TRITON_INTERPRET python -m fuseinfer.jit.gluon_compile_check || status=$?
+  env -u TRITON_INTERPRET python -m fuseinfer.ops.attention.prefill_hopper_compile_check || status=$?
 fi
 echo "test: the deselected tests are the GPU suite (tests/gpu/, marker 'gpu'): run them" \
   "on a machine with a CUDA GPU with 'python -m pytest -m gpu'"

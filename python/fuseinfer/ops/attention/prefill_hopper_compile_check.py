@@ -1,11 +1,11 @@
-"""Compile the Gluon kernels (the sm_90a prefill attention) for sm_90a with the installed
-Triton, no GPU needed:
+"""Compile the sm_90a prefill kernel (Gluon) for sm_90a with the installed Triton, no GPU
+needed:
 
-    python -m fuseinfer.jit.gluon_compile_check [--jobs N] [-v]
+    python -m fuseinfer.ops.attention.prefill_hopper_compile_check [--jobs N] [-v]
 
-The CPU suite cannot run these kernels (the interpreter does not take Gluon), and Gluon's
+The CPU suite cannot run this kernel (the interpreter does not take Gluon), and Gluon's
 API moves between Triton releases, so this is where a release that no longer compiles
-them shows up before a GPU does. Each configuration the dispatch table can pick is
+it shows up before a GPU does. Each configuration the dispatch table can pick is
 compiled once: both head dims, both key blocks, every stage count that fits, page-piece
 sizes below and at the key block, and the feature flags (window, sinks, lse, soft-cap).
 Exit status 1 when one fails, with its constexprs and Triton's message.
@@ -20,7 +20,7 @@ import sys
 import time
 from typing import Any
 
-from ..ops.attention.prefill_hopper import BLOCK_M, HEAD_DIMS, SMEM_BYTES, smem_bytes
+from .prefill_hopper import BLOCK_M, HEAD_DIMS, SMEM_BYTES, smem_bytes
 
 # (HAS_WINDOW, HAS_SINKS, HAS_CAP, HAS_LSE)
 FEATURES = ((False, False, False, False), (True, True, False, True), (False, False, True, True))
@@ -69,7 +69,7 @@ def compile_configuration(constexprs: dict[str, Any]) -> None:
     from triton.backends.compiler import GPUTarget
     from triton.experimental.gluon._runtime import GluonASTSource
 
-    from ..triton.attention_prefill_hopper import prefill_hopper_kernel as kernel
+    from ...triton.attention_prefill_hopper import prefill_hopper_kernel as kernel
 
     values = {k: v for k, v in constexprs.items() if k != "PAGE_TILE"}
     source = GluonASTSource(fn=kernel, constexprs=values,
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-v", "--verbose", action="store_true", help="one line per configuration")
     args = ap.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET") == "1":
-        raise SystemExit("gluon_compile_check: unset TRITON_INTERPRET (it compiles)")
+        raise SystemExit("prefill_hopper_compile_check: unset TRITON_INTERPRET (it compiles)")
     import triton
 
     configs = configurations()
