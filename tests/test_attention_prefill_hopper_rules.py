@@ -43,6 +43,7 @@ def _hopper_table(block_n=128, stages=2):
     (dict(num_stages=1), "2-4 tiles in flight"),
     (dict(num_stages=5, max_head_dim=64, block_n=64), "2-4 tiles in flight"),
     (dict(max_head_dim=32), "max_head_dim is 32"),
+    (dict(kernel="triton", block_m=64, num_warps=4, pingpong=True), "pingpong: only with"),
 ])
 def test_rules_the_kernel_cannot_run_are_refused(fields, problem):
     rule = replace(PrefillLaunchRule(None, 128, 128, 8, 2, True, "hopper"), **fields)
@@ -84,7 +85,12 @@ def test_plan_carries_the_choice_and_the_switch_drops_it():
         [100], [100], kv.page_table)
     assert (on.launch.hopper_kernel, off.launch.hopper_kernel,
             plain.launch.hopper_kernel) == (1, 0, 0)
-    assert on.launch.block_m == 128
+    assert on.launch.block_m == 128 and on.launch.pingpong == 0
+    table = replace(_hopper_table(), prefill_rules=(
+        replace(_hopper_table().prefill_rules[0], pingpong=True),))
+    turns = PagedAttention(shape, "cpu", table=table).plan_prefill([100], [100],
+                                                                   kv.page_table)
+    assert (turns.launch.hopper_kernel, turns.launch.pingpong) == (1, 1)
 
 
 @pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",

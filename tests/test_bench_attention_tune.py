@@ -223,7 +223,8 @@ def test_the_sm90_prefill_kernel_is_tried_on_sm90_and_wins_where_faster(monkeypa
     tried."""
     def cost(case, table, block_m=None, fp8=False):
         r = table.prefill_rule(case.model.head_dim)
-        return 1.0 + (r.block_n != 128) if r.kernel == "hopper" else 5.0 + r.tma
+        return 1.0 + (r.block_n != 128) + 0.5 * (not r.pingpong) if r.kernel == "hopper" \
+            else 5.0 + r.tma
 
     monkeypatch.setattr(tune, "_time", cost)
     monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)
@@ -233,9 +234,12 @@ def test_the_sm90_prefill_kernel_is_tried_on_sm90_and_wins_where_faster(monkeypa
     table.validate("t")
     for d in (64, 128):
         r = table.prefill_rule(d)
-        assert (r.kernel, r.block_m, r.block_n, r.num_warps) == ("hopper", 128, 128, 8)
+        assert (r.kernel, r.block_m, r.block_n, r.num_warps, r.pingpong) == \
+            ("hopper", 128, 128, 8, True)
         tried = {e["candidate"][1:4:2] for e in log
-                 if e["head_dim"] == d and e["candidate"][-1] == "hopper"}
+                 if e["head_dim"] == d and e["candidate"][5:6] == ("hopper",)}
+        assert {e["candidate"][6] for e in log if e["candidate"][5:6] == ("hopper",)} \
+            == {False, True}
         assert tried == ({(64, 2), (64, 3), (64, 4), (128, 2)} if d == 128 else
                          {(64, 2), (64, 3), (64, 4), (128, 2), (128, 3), (128, 4)})
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (8, 0))

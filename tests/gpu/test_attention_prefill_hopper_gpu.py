@@ -47,8 +47,8 @@ def launches(monkeypatch):
     return count
 
 
-def _table(block_n: int, stages: int):
-    rule = PrefillLaunchRule(None, 128, block_n, 8, stages, True, "hopper")
+def _table(block_n: int, stages: int, pingpong: bool = False):
+    rule = PrefillLaunchRule(None, 128, block_n, 8, stages, True, "hopper", pingpong)
     return replace(ATTENTION_BUILTIN, prefill_rules=(rule,))
 
 
@@ -60,9 +60,9 @@ def _features(name, hq, window=37):
 
 def _run_and_check(hq, hkv, head_dim, page_size, dtype, block_n, stages, features,
                    cases=CASES, fused_qkv=False, fp8=False, window=37, return_lse=True,
-                   table=None):
+                   table=None, pingpong=False):
     attn = PagedAttention(AttentionShape(hq, hkv, head_dim, page_size), "cuda",
-                          table=table or _table(block_n, stages))
+                          table=table or _table(block_n, stages, pingpong))
     for q_lens, kv_lens in cases:
         kv = make_paged_kv(kv_lens, hkv, head_dim, page_size, dtype, "cuda", poison=not fp8,
                            fp8=fp8)
@@ -111,6 +111,17 @@ def test_every_block_and_stage_count_that_fits(launches, head_dim, block_n, stag
     assert len(launches) == len(CASES)
 
 
+@pytest.mark.parametrize("features", ["plain", "window-sinks-cap"])
+@pytest.mark.parametrize("head_dim, block_n, stages", [(64, 128, 4), (128, 128, 2),
+                                                       (128, 64, 3)])
+def test_pingpong(launches, head_dim, block_n, stages, features):
+    """The consumers taking turns issuing their MMAs: the same results, no deadlock on
+    the last round (the tail clearing both wait for sits outside the turns)."""
+    _run_and_check(8, 2, head_dim, 64, torch.bfloat16, block_n, stages, features,
+                   pingpong=True)
+    assert len(launches) == len(CASES)
+
+
 def test_fp16_and_a_strided_q(launches):
     _run_and_check(8, 2, 128, 64, torch.float16, 128, 2, "sinks", fused_qkv=True)
     assert len(launches) == len(CASES)
@@ -126,9 +137,10 @@ def test_many_requests_in_one_launch(launches):
     gen = torch.Generator().manual_seed(7)
     kv_lens = torch.randint(1, 900, (24,), generator=gen).tolist()
     q_lens = [max(1, n - int(torch.randint(0, n, (1,), generator=gen))) for n in kv_lens]
-    _run_and_check(16, 2, 64, 64, torch.bfloat16, 128, 4, "window-sinks",
-                   cases=[(q_lens, kv_lens)])
-    assert len(launches) == 1
+    for pingpong in (False, True):
+        _run_and_check(16, 2, 64, 64, torch.bfloat16, 128, 4, "window-sinks",
+                       cases=[(q_lens, kv_lens)], pingpong=pingpong)
+    assert len(launches) == 2
 
 
 def test_no_lse_small_calls_and_odd_page_sizes(launches):

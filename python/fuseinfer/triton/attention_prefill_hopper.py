@@ -131,15 +131,32 @@ def _zero_tail_rows(v_tile, start, kv_len, clean_bar, wg, BLOCK_N: gl.constexpr,
 
 
 @gluon.jit
+def _take_turn(turn, wg, r, PINGPONG: gl.constexpr):
+    """Pingpong: wait until the other consumer has issued its MMAs of round r - 1 (consumer
+    0's first round passes: its barrier was arrived on at the start)."""
+    if PINGPONG:
+        mbarrier.wait(turn.index(wg), r & 1)
+
+
+@gluon.jit
+def _pass_turn(turn, wg, PINGPONG: gl.constexpr):
+    """Pingpong: this consumer's MMAs of the round are issued; the other may issue its."""
+    if PINGPONG:
+        mbarrier.arrive(turn.index(1 - wg))
+
+
+@gluon.jit
 def _consumer(wg, q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, k_empty, v_empty,
-              clean_bar, Out, Lse, Sinks, q_start, q_len, q_block, prefix, head, kv_len,
-              lo, hi, diag, win_end, qk_scale, logit_cap, window_left, stride_o_tok,
+              clean_bar, turn, Out, Lse, Sinks, q_start, q_len, q_block, prefix, head,
+              kv_len, lo, hi, diag, win_end, qk_scale, logit_cap, window_left, stride_o_tok,
               stride_o_head, stride_lse_tok,
               BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
               STAGES: gl.constexpr, HAS_WINDOW: gl.constexpr, HAS_SINKS: gl.constexpr,
-              HAS_CAP: gl.constexpr, HAS_LSE: gl.constexpr):
+              HAS_CAP: gl.constexpr, HAS_LSE: gl.constexpr, PINGPONG: gl.constexpr):
     """One warpgroup, query rows wg * 64 ... of the block: the dots, the online softmax and
-    the epilogue. The two consumers share each K/V tile and release it independently."""
+    the epilogue. The two consumers share each K/V tile and release it independently. With
+    PINGPONG they take turns issuing their MMAs, round by round, so one's softmax runs
+    while the tensor cores work through the other's MMAs."""
     ROWS: gl.constexpr = BLOCK_M // 2
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(
         version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BLOCK_N, 16])
@@ -166,8 +183,10 @@ def _consumer(wg, q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, k_empty, v_em
 
     # block 0: S and its softmax (no P·V yet)
     mbarrier.wait(k_ready.index(0), 0)
+    _take_turn(turn, wg, 0, PINGPONG)
     s = warpgroup_mma(q_rows, k_smem.index(0).permute((1, 0)), s_zero, use_acc=False,
                       is_async=True)
+    _pass_turn(turn, wg, PINGPONG)
     s = warpgroup_mma_wait(0, deps=(s,))
     mbarrier.arrive(k_empty.index(0))
     s = _scores(s, lo, q_pos, kv_len, window_left, diag, win_end, qk_scale, logit_cap,
@@ -180,10 +199,12 @@ def _consumer(wg, q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, k_empty, v_em
         stage = i % STAGES
         prev = (i - 1) % STAGES
         mbarrier.wait(k_ready.index(stage), (i // STAGES) & 1)
+        mbarrier.wait(v_ready.index(prev), ((i - 1) // STAGES) & 1)
+        _take_turn(turn, wg, i, PINGPONG)
         s_tok = warpgroup_mma(q_rows, k_smem.index(stage).permute((1, 0)), s_zero,
                               use_acc=False, is_async=True)
-        mbarrier.wait(v_ready.index(prev), ((i - 1) // STAGES) & 1)
         o_tok = warpgroup_mma(p_op, v_smem.index(prev), acc, is_async=True)
+        _pass_turn(turn, wg, PINGPONG)
         s = warpgroup_mma_wait(1, deps=(s_tok,))  # groups retire in order: S is done
         mbarrier.arrive(k_empty.index(stage))
         s = _scores(s, start, q_pos, kv_len, window_left, diag, win_end, qk_scale,
@@ -201,7 +222,9 @@ def _consumer(wg, q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, k_empty, v_em
     if last_start + BLOCK_N > kv_len:
         _zero_tail_rows(v_smem.index(stage), last_start, kv_len, clean_bar, wg, BLOCK_N,
                         HEAD_DIM)
+    _take_turn(turn, wg, n_blocks, PINGPONG)
     acc = warpgroup_mma(p_op, v_smem.index(stage), acc, is_async=True)
+    _pass_turn(turn, wg, PINGPONG)
     acc, p_op = warpgroup_mma_wait(0, deps=(acc, p_op))
     mbarrier.arrive(v_empty.index(stage))
 
@@ -238,7 +261,7 @@ def prefill_hopper_kernel(
     GROUP: gl.constexpr, PAGE_SIZE: gl.constexpr, HEAD_DIM: gl.constexpr,
     BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
     HAS_WINDOW: gl.constexpr, HAS_SINKS: gl.constexpr, HAS_CAP: gl.constexpr,
-    HAS_LSE: gl.constexpr,
+    HAS_LSE: gl.constexpr, PINGPONG: gl.constexpr,
 ):
     head = gl.program_id(0)  # heads fastest: one query block's heads share K/V in L2
     item = gl.program_id(1)
@@ -275,8 +298,13 @@ def prefill_hopper_kernel(
     k_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     v_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     clean_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    turn = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
     mbarrier.init(q_bar, count=1)
     mbarrier.init(clean_bar, count=2)
+    mbarrier.init(turn.index(0), count=1)
+    mbarrier.init(turn.index(1), count=1)
+    if PINGPONG:
+        mbarrier.arrive(turn.index(0))  # consumer 0 issues first
     for s in gl.static_range(STAGES):
         mbarrier.init(k_ready.index(s), count=1)
         mbarrier.init(v_ready.index(s), count=1)
@@ -285,15 +313,17 @@ def prefill_hopper_kernel(
 
     gl.warp_specialize([  # the first consumer runs in the kernel's own 4 warps
         (_consumer, (0, q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, k_empty,
-                     v_empty, clean_bar, Out, Lse, Sinks, q_start, q_len, q_block, prefix, head,
-                     kv_len, lo, hi, diag, win_end, sm_scale, logit_cap, window_left,
-                     stride_o_tok, stride_o_head, stride_lse_tok, BLOCK_M, BLOCK_N, HEAD_DIM,
-                     STAGES, HAS_WINDOW, HAS_SINKS, HAS_CAP, HAS_LSE)),
+                     v_empty, clean_bar, turn, Out, Lse, Sinks, q_start, q_len, q_block,
+                     prefix, head, kv_len, lo, hi, diag, win_end, sm_scale, logit_cap,
+                     window_left, stride_o_tok, stride_o_head, stride_lse_tok, BLOCK_M,
+                     BLOCK_N, HEAD_DIM, STAGES, HAS_WINDOW, HAS_SINKS, HAS_CAP, HAS_LSE,
+                     PINGPONG)),
         (_consumer, (1, q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, k_empty,
-                     v_empty, clean_bar, Out, Lse, Sinks, q_start, q_len, q_block, prefix, head,
-                     kv_len, lo, hi, diag, win_end, sm_scale, logit_cap, window_left,
-                     stride_o_tok, stride_o_head, stride_lse_tok, BLOCK_M, BLOCK_N, HEAD_DIM,
-                     STAGES, HAS_WINDOW, HAS_SINKS, HAS_CAP, HAS_LSE)),
+                     v_empty, clean_bar, turn, Out, Lse, Sinks, q_start, q_len, q_block,
+                     prefix, head, kv_len, lo, hi, diag, win_end, sm_scale, logit_cap,
+                     window_left, stride_o_tok, stride_o_head, stride_lse_tok, BLOCK_M,
+                     BLOCK_N, HEAD_DIM, STAGES, HAS_WINDOW, HAS_SINKS, HAS_CAP, HAS_LSE,
+                     PINGPONG)),
         (_producer, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, k_ready,
                      v_ready, k_empty, v_empty, page_row, q_start + q_block * BLOCK_M,
                      head * HEAD_DIM, kv_head * HEAD_DIM, lo, hi, kv_len, oob_slot,

@@ -86,9 +86,15 @@ class PrefillLaunchRule:
     # flight). It runs where its conditions hold (ops/attention/prefill_hopper.py: sm_90,
     # a 16-bit cache, head_dim 64 or 128); elsewhere the portable kernel runs this rule.
     kernel: str = "triton"
+    # the hopper kernel: its two consumer warpgroups take turns issuing their MMAs, so one's
+    # softmax runs while the tensor cores work through the other's
+    pingpong: bool = False
 
     def validate(self, where: str) -> None:
         check_pow2(self.block_m, 16, 256, f"{where}.block_m")
+        if self.pingpong and self.kernel != "hopper":
+            raise TableError(f"{where}.pingpong: only with kernel 'hopper', got "
+                             f"{self.kernel!r}")
         _check_loop(self.block_n, self.num_warps, self.num_stages, where)
         if self.kernel not in PREFILL_KERNELS:
             raise TableError(f"{where}.kernel: must be one of {list(PREFILL_KERNELS)}, got "

@@ -242,7 +242,8 @@ class PagedAttention:
             work=work, launch=PrefillLaunch(bm, rule.block_n, rule.num_warps,
                                             rule.num_stages, int(rule.tma),
                                             int(rule.kernel == "hopper"
-                                                and self.hopper_prefill)),
+                                                and self.hopper_prefill),
+                                            int(rule.pingpong)),
             q_lens_host=tuple(ql), kv_lens_host=tuple(kl))
 
     def prefill_launch(self, plan: PrefillPlan, window_left: int | None) -> PrefillLaunch:

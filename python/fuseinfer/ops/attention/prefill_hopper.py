@@ -167,5 +167,5 @@ def _launch(a: PrefillArgs) -> None:
         GROUP=q_heads // k_cache.size(-2), PAGE_SIZE=page_size, HEAD_DIM=head_dim,
         BLOCK_M=BLOCK_M, BLOCK_N=launch.block_n, STAGES=launch.num_stages,
         HAS_WINDOW=a.window_left is not None, HAS_SINKS=sinks is not None,
-        HAS_CAP=a.logit_cap > 0, HAS_LSE=lse is not None,
+        HAS_CAP=a.logit_cap > 0, HAS_LSE=lse is not None, PINGPONG=bool(launch.pingpong),
         num_warps=NUM_WARPS // 2)  # one consumer warpgroup; the kernel adds the rest

@@ -7,7 +7,8 @@ The CPU suite cannot run this kernel (the interpreter does not take Gluon), and 
 API moves between Triton releases, so this is where a release that no longer compiles
 it shows up before a GPU does. Each configuration the dispatch table can pick is
 compiled once: both head dims, both key blocks, every stage count that fits, page-piece
-sizes below and at the key block, and the feature flags (window, sinks, lse, soft-cap).
+sizes below and at the key block, pingpong off and on, and the feature flags (window,
+sinks, lse, soft-cap).
 Exit status 1 when one fails, with its constexprs and Triton's message.
 """
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import itertools
 import os
 import sys
 import time
@@ -34,14 +36,15 @@ def configurations() -> list[dict[str, Any]]:
             for stages in (2, 3, 4):
                 if smem_bytes(head_dim, block_n, stages) > SMEM_BYTES:
                     continue
-                for page_tile in sorted({16, block_n}):
-                    window, sinks, cap, lse = FEATURES[(stages + page_tile) % len(FEATURES)]
+                for page_tile, pingpong in itertools.product(sorted({16, block_n}),
+                                                             (False, True)):
+                    window, sinks, cap, lse = FEATURES[len(out) % len(FEATURES)]
                     # pages of 16 (a tile of several pieces) or of 128 (one piece)
                     page_size = page_tile if page_tile < block_n else 128
                     out.append(dict(GROUP=4, PAGE_SIZE=page_size, HEAD_DIM=head_dim,
                                     BLOCK_M=BLOCK_M, BLOCK_N=block_n, STAGES=stages,
                                     HAS_WINDOW=window, HAS_SINKS=sinks, HAS_CAP=cap,
-                                    HAS_LSE=lse, PAGE_TILE=page_tile))
+                                    HAS_LSE=lse, PINGPONG=pingpong, PAGE_TILE=page_tile))
     return out
 
 
