@@ -113,14 +113,21 @@ def _softmax_step(s, m_i, l_i, c):
     return p, m_new, alpha, l_i
 
 
+@gluon.constexpr_function
+def _row_layout(head_dim):
+    """Rows over a warpgroup, 16 bytes per thread, a row's threads side by side (a warp
+    covers whole rows: 256-byte stores at head_dim 128)."""
+    per_row = head_dim // 8
+    return gl.BlockedLayout([1, 8], [32 // per_row, per_row], [4, 1], [1, 0])
+
+
 @gluon.jit
 def _zero_tail_rows(v_tile, start, kv_len, clean_bar, wg, BLOCK_N: gl.constexpr,
                     HEAD_DIM: gl.constexpr):
     """Rows of the last V tile at or past kv_len to zero (P is 0 there, but 0 * NaN is
     NaN): each consumer clears half the rows, then both wait for both halves."""
     HALF: gl.constexpr = BLOCK_N // 2
-    layout: gl.constexpr = gl.BlockedLayout([1, 8], [HEAD_DIM // 8, 256 // HEAD_DIM],
-                                            [4, 1], [1, 0])
+    layout: gl.constexpr = _row_layout(HEAD_DIM)
     half = v_tile.slice(wg * HALF, HALF)
     v = half.load(layout)
     rows = start + wg * HALF + gl.arange(0, HALF, layout=gl.SliceLayout(1, layout))
@@ -238,8 +245,7 @@ def _consumer(wg, q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, k_empty, v_em
         l_o = l_o * scale + gl.exp2(sink - m_fin)
         m_o = m_fin
     out = (acc * (1.0 / l_o)[:, None]).to(Out.dtype.element_ty)
-    store_layout: gl.constexpr = gl.BlockedLayout([1, 8], [HEAD_DIM // 8, 256 // HEAD_DIM],
-                                                  [4, 1], [1, 0])
+    store_layout: gl.constexpr = _row_layout(HEAD_DIM)
     out = gl.convert_layout(out, store_layout)
     rows = first_row + gl.arange(0, ROWS, layout=gl.SliceLayout(1, store_layout))
     dims = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, store_layout))
