@@ -1,7 +1,8 @@
 """The sm_90a prefill kernel's variants beside the portable kernel (developer tool, not a
 benchmark of record): per model and prefill shape, the portable kernel (the table's rule
 with its kernel set to "triton"), then the sm_90a kernel at each (block_n, stages) that
-fits and pingpong off and on; every variant is checked against the reference first.
+fits, pingpong and persistent off and on; every variant is checked against the reference
+first.
 
     python microbench/prefill_hopper_sweep.py [--models Llama-3-8B GPT-OSS]
         [--shapes 1x4k 4x2k 1x16k] [--windows 512 2048] [--json F]
@@ -51,13 +52,16 @@ def variants(table: AttentionDispatch, head_dim: int) -> list[tuple[str, Attenti
     out = [("portable", replace(table, prefill_rules=(replace(portable, max_head_dim=None),)))]
     if head_dim not in HEAD_DIMS:
         return out
-    for block_n, stages, pingpong in itertools.product((64, 128), (2, 3, 4), (False, True)):
+    for block_n, stages, pingpong, persistent in itertools.product(
+            (64, 128), (2, 3, 4), (False, True), (False, True)):
         if smem_bytes(head_dim, block_n, stages) > SMEM_BYTES:
             continue
         hopper = replace(rule, max_head_dim=None, block_m=128, block_n=block_n, num_warps=8,
-                         num_stages=stages, tma=True, kernel="hopper", pingpong=pingpong)
-        out.append((f"sm90a n{block_n} s{stages}{' pingpong' if pingpong else ''}",
-                    replace(table, prefill_rules=(hopper,))))
+                         num_stages=stages, tma=True, kernel="hopper", pingpong=pingpong,
+                         persistent=persistent)
+        name = f"sm90a n{block_n} s{stages}{' pingpong' if pingpong else ''}" \
+            f"{' persistent' if persistent else ''}"
+        out.append((name, replace(table, prefill_rules=(hopper,))))
     return out
 
 

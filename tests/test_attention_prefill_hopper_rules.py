@@ -44,6 +44,8 @@ def _hopper_table(block_n=128, stages=2):
     (dict(num_stages=5, max_head_dim=64, block_n=64), "2-4 tiles in flight"),
     (dict(max_head_dim=32), "max_head_dim is 32"),
     (dict(kernel="triton", block_m=64, num_warps=4, pingpong=True), "pingpong: only with"),
+    (dict(kernel="triton", block_m=64, num_warps=4, persistent=True),
+     "persistent: only with"),
 ])
 def test_rules_the_kernel_cannot_run_are_refused(fields, problem):
     rule = replace(PrefillLaunchRule(None, 128, 128, 8, 2, True, "hopper"), **fields)
@@ -90,7 +92,12 @@ def test_plan_carries_the_choice_and_the_switch_drops_it():
         replace(_hopper_table().prefill_rules[0], pingpong=True),))
     turns = PagedAttention(shape, "cpu", table=table).plan_prefill([100], [100],
                                                                    kv.page_table)
-    assert (turns.launch.hopper_kernel, turns.launch.pingpong) == (1, 1)
+    assert (turns.launch.hopper_kernel, turns.launch.pingpong, turns.launch.persistent) \
+        == (1, 1, 0)
+    table = replace(_hopper_table(), prefill_rules=(
+        replace(_hopper_table().prefill_rules[0], persistent=True),))
+    loop = PagedAttention(shape, "cpu", table=table).plan_prefill([100], [100], kv.page_table)
+    assert (loop.launch.pingpong, loop.launch.persistent) == (0, 1)
 
 
 @pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",

@@ -7,6 +7,7 @@ every request's end; a launch counter proves the kernel ran, and where it does n
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import replace
 
 import pytest
@@ -47,8 +48,9 @@ def launches(monkeypatch):
     return count
 
 
-def _table(block_n: int, stages: int, pingpong: bool = False):
-    rule = PrefillLaunchRule(None, 128, block_n, 8, stages, True, "hopper", pingpong)
+def _table(block_n: int, stages: int, pingpong: bool = False, persistent: bool = False):
+    rule = PrefillLaunchRule(None, 128, block_n, 8, stages, True, "hopper", pingpong,
+                             persistent)
     return replace(ATTENTION_BUILTIN, prefill_rules=(rule,))
 
 
@@ -60,9 +62,9 @@ def _features(name, hq, window=37):
 
 def _run_and_check(hq, hkv, head_dim, page_size, dtype, block_n, stages, features,
                    cases=CASES, fused_qkv=False, fp8=False, window=37, return_lse=True,
-                   table=None, pingpong=False):
+                   table=None, pingpong=False, persistent=False):
     attn = PagedAttention(AttentionShape(hq, hkv, head_dim, page_size), "cuda",
-                          table=table or _table(block_n, stages, pingpong))
+                          table=table or _table(block_n, stages, pingpong, persistent))
     for q_lens, kv_lens in cases:
         kv = make_paged_kv(kv_lens, hkv, head_dim, page_size, dtype, "cuda", poison=not fp8,
                            fp8=fp8)
@@ -111,15 +113,19 @@ def test_every_block_and_stage_count_that_fits(launches, head_dim, block_n, stag
     assert len(launches) == len(CASES)
 
 
+@pytest.mark.parametrize("persistent", [False, True])
 @pytest.mark.parametrize("features", ["plain", "window-sinks-cap"])
 @pytest.mark.parametrize("head_dim, block_n, stages", [(64, 128, 4), (128, 128, 2),
                                                        (128, 64, 3)])
-def test_pingpong(launches, head_dim, block_n, stages, features):
-    """The consumers taking turns issuing their MMAs: the same results, no deadlock on
-    the last round (the tail clearing both wait for sits outside the turns)."""
+def test_pingpong_and_persistent(launches, head_dim, block_n, stages, features, persistent):
+    """The consumers taking turns issuing their MMAs, and one program per SM running tile
+    after tile (the stage ring, the Q buffer, the turns and the tail clearing's barrier
+    all carry on across tiles): the same results, no deadlock."""
     _run_and_check(8, 2, head_dim, 64, torch.bfloat16, block_n, stages, features,
-                   pingpong=True)
-    assert len(launches) == len(CASES)
+                   pingpong=True, persistent=persistent)
+    _run_and_check(8, 2, head_dim, 64, torch.bfloat16, block_n, stages, features,
+                   persistent=persistent)
+    assert len(launches) == 2 * len(CASES)
 
 
 def test_fp16_and_a_strided_q(launches):
@@ -137,10 +143,10 @@ def test_many_requests_in_one_launch(launches):
     gen = torch.Generator().manual_seed(7)
     kv_lens = torch.randint(1, 900, (24,), generator=gen).tolist()
     q_lens = [max(1, n - int(torch.randint(0, n, (1,), generator=gen))) for n in kv_lens]
-    for pingpong in (False, True):
+    for pingpong, persistent in itertools.product((False, True), (False, True)):
         _run_and_check(16, 2, 64, 64, torch.bfloat16, 128, 4, "window-sinks",
-                       cases=[(q_lens, kv_lens)], pingpong=pingpong)
-    assert len(launches) == 2
+                       cases=[(q_lens, kv_lens)], pingpong=pingpong, persistent=persistent)
+    assert len(launches) == 4
 
 
 def test_no_lse_small_calls_and_odd_page_sizes(launches):

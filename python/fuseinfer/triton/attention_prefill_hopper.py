@@ -1,7 +1,10 @@
 """Gluon kernel (sm_90a): ragged paged prefill/extend attention, warp-specialized.
 
-One program computes BLOCK_M queries of one request for one q head, like the portable
-kernel (attention_prefill.py), and reads the same work items. What differs is how:
+A tile is BLOCK_M queries of one request for one q head, like a program of the portable
+kernel (attention_prefill.py), from the same work items; a program runs tiles
+pid, pid + programs, ... (one each when the grid has one program per tile; persistent
+when it has one per SM: a tile's epilogue then overlaps the next tile's loads). What
+differs from the portable kernel is how:
 - a producer warp brings the Q tile and each K and V tile into shared memory with bulk
   tensor copies (one per page the tile covers), STAGES tiles ahead, on mbarriers;
 - two consumer warpgroups (64 query rows each) run the dots as asynchronous warpgroup
@@ -34,6 +37,39 @@ _tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
 
 
 @gluon.jit
+def _tile(t, num_q_heads, Work, QIndptr, KvLens, PageTable, stride_page_row, window_left,
+          GROUP: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
+          HAS_WINDOW: gl.constexpr):
+    """Tile t's request and key range (every partition computes the same): heads fastest,
+    so tiles running side by side share K/V in L2. lo..hi is cut at diag (keys below are
+    visible to every row) and win_end (keys from there on are inside every row's window)."""
+    head = t % num_q_heads
+    item = t // num_q_heads
+    req = gl.load(Work + 2 * item)
+    valid = req >= 0  # padded work items are -1
+    req = gl.maximum(req, 0)
+    q_block = gl.load(Work + 2 * item + 1)
+    q_start = gl.load(QIndptr + req)
+    q_len = gl.load(QIndptr + req + 1) - q_start
+    kv_len = gl.load(KvLens + req)
+    prefix = kv_len - q_len
+    first_pos = prefix + q_block * BLOCK_M
+    last_pos = gl.minimum(first_pos + BLOCK_M, kv_len) - 1
+    hi = last_pos + 1
+    diag = ((first_pos + 1) // BLOCK_N) * BLOCK_N
+    lo = hi * 0
+    win_end = hi * 0
+    if HAS_WINDOW:
+        lo = (gl.maximum(first_pos - window_left, 0) // BLOCK_N) * BLOCK_N
+        win_end = gl.cdiv(gl.maximum(last_pos - window_left, 0), BLOCK_N) * BLOCK_N
+        win_end = gl.maximum(gl.minimum(win_end, diag), lo)
+        diag = gl.maximum(diag, win_end)
+    page_row = PageTable + req.to(gl.int64) * stride_page_row
+    return (valid, head, head // GROUP, q_block, q_start, q_len, kv_len, prefix, lo, hi,
+            diag, win_end, page_row)
+
+
+@gluon.jit
 def _slot(page_row, pos, kv_len, oob_slot, PAGE_SIZE: gl.constexpr):
     """The cache row of key `pos`; a page-piece wholly past the request's end reads a row
     past the cache instead (the copy fills it with zeros). The page-table read stays inside
@@ -43,34 +79,51 @@ def _slot(page_row, pos, kv_len, oob_slot, PAGE_SIZE: gl.constexpr):
 
 
 @gluon.jit
-def _producer(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, k_ready, v_ready,
-              k_empty, v_empty, page_row, q_row, q_col, kv_col, lo, hi, kv_len, oob_slot,
-              PAGE_SIZE: gl.constexpr, BLOCK_N: gl.constexpr, PAGE_TILE: gl.constexpr,
-              STAGES: gl.constexpr):
-    """One warp: the Q tile once, then K_j and V_j for every key block, STAGES ahead."""
-    mbarrier.expect(q_bar, q_desc.block_type.nbytes)
-    _tma_load(q_desc, [q_row, q_col], q_bar, q_smem)
+def _load_kv(desc, bar, tile, page_row, start, kv_len, oob_slot, kv_col,
+             PAGE_SIZE: gl.constexpr, BLOCK_N: gl.constexpr, PAGE_TILE: gl.constexpr):
+    """One key block of K or V into a stage: a bulk copy per page piece."""
+    for p in gl.static_range(BLOCK_N // PAGE_TILE):
+        pos = start + p * PAGE_TILE
+        slot = _slot(page_row, pos, kv_len, oob_slot, PAGE_SIZE)
+        _tma_load(desc, [slot, kv_col], bar, tile.slice(p * PAGE_TILE, PAGE_TILE))
+
+
+@gluon.jit
+def _producer(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, q_empty, k_ready,
+              v_ready, k_empty, v_empty, num_tiles, num_q_heads, Work, QIndptr, KvLens,
+              PageTable, stride_page_row, window_left, oob_slot,
+              GROUP: gl.constexpr, PAGE_SIZE: gl.constexpr, HEAD_DIM: gl.constexpr,
+              BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, PAGE_TILE: gl.constexpr,
+              STAGES: gl.constexpr, HAS_WINDOW: gl.constexpr):
+    """One warp: per tile the Q tile (once both consumers are done with the last one),
+    then K_j and V_j for every key block, STAGES ahead; the stage ring runs on across
+    tiles."""
     tile_bytes: gl.constexpr = BLOCK_N * k_desc.block_type.nbytes // PAGE_TILE
-    i = 0
-    for start in range(lo, hi, BLOCK_N):
-        stage = i % STAGES
-        phase = (i // STAGES) & 1
-        # a fresh barrier passes a wait on parity 1: the first STAGES tiles do not wait
-        mbarrier.wait(k_empty.index(stage), phase ^ 1)
-        mbarrier.expect(k_ready.index(stage), tile_bytes)
-        for p in gl.static_range(BLOCK_N // PAGE_TILE):
-            pos = start + p * PAGE_TILE
-            slot = _slot(page_row, pos, kv_len, oob_slot, PAGE_SIZE)
-            _tma_load(k_desc, [slot, kv_col], k_ready.index(stage),
-                                            k_smem.index(stage).slice(p * PAGE_TILE, PAGE_TILE))
-        mbarrier.wait(v_empty.index(stage), phase ^ 1)
-        mbarrier.expect(v_ready.index(stage), tile_bytes)
-        for p in gl.static_range(BLOCK_N // PAGE_TILE):
-            pos = start + p * PAGE_TILE
-            slot = _slot(page_row, pos, kv_len, oob_slot, PAGE_SIZE)
-            _tma_load(v_desc, [slot, kv_col], v_ready.index(stage),
-                                            v_smem.index(stage).slice(p * PAGE_TILE, PAGE_TILE))
-        i += 1
+    it = 0  # key blocks loaded so far, all tiles
+    done = 0  # tiles loaded so far
+    for t in range(gl.program_id(0), num_tiles, gl.num_programs(0)):
+        (valid, head, kv_head, q_block, q_start, q_len, kv_len, prefix, lo, hi, diag,
+         win_end, page_row) = _tile(t, num_q_heads, Work, QIndptr, KvLens, PageTable,
+                                    stride_page_row, window_left, GROUP, BLOCK_M, BLOCK_N,
+                                    HAS_WINDOW)
+        if valid:
+            # a fresh barrier passes a wait on parity 1: the first tile does not wait
+            mbarrier.wait(q_empty, (done & 1) ^ 1)
+            mbarrier.expect(q_bar, q_desc.block_type.nbytes)
+            _tma_load(q_desc, [q_start + q_block * BLOCK_M, head * HEAD_DIM], q_bar, q_smem)
+            for start in range(lo, hi, BLOCK_N):
+                stage = it % STAGES
+                phase = (it // STAGES) & 1
+                mbarrier.wait(k_empty.index(stage), phase ^ 1)
+                mbarrier.expect(k_ready.index(stage), tile_bytes)
+                _load_kv(k_desc, k_ready.index(stage), k_smem.index(stage), page_row, start,
+                         kv_len, oob_slot, kv_head * HEAD_DIM, PAGE_SIZE, BLOCK_N, PAGE_TILE)
+                mbarrier.wait(v_empty.index(stage), phase ^ 1)
+                mbarrier.expect(v_ready.index(stage), tile_bytes)
+                _load_kv(v_desc, v_ready.index(stage), v_smem.index(stage), page_row, start,
+                         kv_len, oob_slot, kv_head * HEAD_DIM, PAGE_SIZE, BLOCK_N, PAGE_TILE)
+                it += 1
+            done += 1
 
 
 @gluon.jit
@@ -122,8 +175,8 @@ def _row_layout(head_dim):
 
 
 @gluon.jit
-def _zero_tail_rows(v_tile, start, kv_len, clean_bar, wg, BLOCK_N: gl.constexpr,
-                    HEAD_DIM: gl.constexpr):
+def _zero_tail_rows(v_tile, start, kv_len, clean_bar, clean_phase, wg,
+                    BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr):
     """Rows of the last V tile at or past kv_len to zero (P is 0 there, but 0 * NaN is
     NaN): each consumer clears half the rows, then both wait for both halves."""
     HALF: gl.constexpr = BLOCK_N // 2
@@ -134,7 +187,7 @@ def _zero_tail_rows(v_tile, start, kv_len, clean_bar, wg, BLOCK_N: gl.constexpr,
     half.store(gl.where((rows < kv_len)[:, None], v, gl.zeros_like(v)))
     fence_async_shared()  # the stores before the tensor cores' reads (async proxy)
     mbarrier.arrive(clean_bar)
-    mbarrier.wait(clean_bar, 0)
+    mbarrier.wait(clean_bar, clean_phase)
 
 
 @gluon.jit
@@ -153,17 +206,20 @@ def _pass_turn(turn, wg, PINGPONG: gl.constexpr):
 
 
 @gluon.jit
-def _consumer(wg, q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, k_empty, v_empty,
-              clean_bar, turn, Out, Lse, Sinks, q_start, q_len, q_block, prefix, head,
-              kv_len, lo, hi, diag, win_end, qk_scale, logit_cap, window_left, stride_o_tok,
-              stride_o_head, stride_lse_tok,
-              BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
-              STAGES: gl.constexpr, HAS_WINDOW: gl.constexpr, HAS_SINKS: gl.constexpr,
-              HAS_CAP: gl.constexpr, HAS_LSE: gl.constexpr, PINGPONG: gl.constexpr):
-    """One warpgroup, query rows wg * 64 ... of the block: the dots, the online softmax and
-    the epilogue. The two consumers share each K/V tile and release it independently. With
-    PINGPONG they take turns issuing their MMAs, round by round, so one's softmax runs
-    while the tensor cores work through the other's MMAs."""
+def _consume_tile(wg, it, rnd, cleans, done, q_smem, k_smem, v_smem, q_bar, q_empty,
+                  k_ready, v_ready, k_empty, v_empty, clean_bar, turn, Out, Lse, Sinks,
+                  head, q_block, q_start, q_len, kv_len, prefix, lo, hi, diag, win_end,
+                  qk_scale, logit_cap, window_left, stride_o_tok, stride_o_head,
+                  stride_lse_tok, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
+                  HEAD_DIM: gl.constexpr, STAGES: gl.constexpr, HAS_WINDOW: gl.constexpr,
+                  HAS_SINKS: gl.constexpr, HAS_CAP: gl.constexpr, HAS_LSE: gl.constexpr,
+                  PINGPONG: gl.constexpr):
+    """One warpgroup's part of one tile (query rows wg * 64 ...): the dots, the online
+    softmax and the epilogue. `it` counts the key blocks consumed before (the stage ring),
+    `rnd` the MMA rounds (pingpong's turns), `cleans` the tail clearings, `done` the tiles;
+    returns them advanced. With PINGPONG the two consumers take turns issuing their MMAs,
+    round by round, so one's softmax runs while the tensor cores work through the other's
+    MMAs."""
     ROWS: gl.constexpr = BLOCK_M // 2
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(
         version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BLOCK_N, 16])
@@ -186,32 +242,36 @@ def _consumer(wg, q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, k_empty, v_em
     s_zero = gl.zeros([ROWS, BLOCK_N], gl.float32, s_layout)
     n_blocks = gl.cdiv(hi - lo, BLOCK_N)
     q_rows = q_smem.slice(wg * ROWS, ROWS)
-    mbarrier.wait(q_bar, 0)
+    mbarrier.wait(q_bar, done & 1)
 
     # block 0: S and its softmax (no P·V yet)
-    mbarrier.wait(k_ready.index(0), 0)
-    _take_turn(turn, wg, 0, PINGPONG)
-    s = warpgroup_mma(q_rows, k_smem.index(0).permute((1, 0)), s_zero, use_acc=False,
+    stage = it % STAGES
+    mbarrier.wait(k_ready.index(stage), (it // STAGES) & 1)
+    _take_turn(turn, wg, rnd, PINGPONG)
+    s = warpgroup_mma(q_rows, k_smem.index(stage).permute((1, 0)), s_zero, use_acc=False,
                       is_async=True)
     _pass_turn(turn, wg, PINGPONG)
+    rnd += 1
     s = warpgroup_mma_wait(0, deps=(s,))
-    mbarrier.arrive(k_empty.index(0))
+    mbarrier.arrive(k_empty.index(stage))
     s = _scores(s, lo, q_pos, kv_len, window_left, diag, win_end, qk_scale, logit_cap,
                 s_layout, BLOCK_N, HAS_WINDOW, HAS_CAP)
     p, m_i, alpha, l_i = _softmax_step(s, m_i, l_i, c)
     p_op = gl.convert_layout(p.to(dtype), p_layout)
 
     for i in range(1, n_blocks):
+        g = it + i
         start = lo + i * BLOCK_N
-        stage = i % STAGES
-        prev = (i - 1) % STAGES
-        mbarrier.wait(k_ready.index(stage), (i // STAGES) & 1)
-        mbarrier.wait(v_ready.index(prev), ((i - 1) // STAGES) & 1)
-        _take_turn(turn, wg, i, PINGPONG)
+        stage = g % STAGES
+        prev = (g - 1) % STAGES
+        mbarrier.wait(k_ready.index(stage), (g // STAGES) & 1)
+        mbarrier.wait(v_ready.index(prev), ((g - 1) // STAGES) & 1)
+        _take_turn(turn, wg, rnd, PINGPONG)
         s_tok = warpgroup_mma(q_rows, k_smem.index(stage).permute((1, 0)), s_zero,
                               use_acc=False, is_async=True)
         o_tok = warpgroup_mma(p_op, v_smem.index(prev), acc, is_async=True)
         _pass_turn(turn, wg, PINGPONG)
+        rnd += 1
         s = warpgroup_mma_wait(1, deps=(s_tok,))  # groups retire in order: S is done
         mbarrier.arrive(k_empty.index(stage))
         s = _scores(s, start, q_pos, kv_len, window_left, diag, win_end, qk_scale,
@@ -221,17 +281,20 @@ def _consumer(wg, q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, k_empty, v_em
         mbarrier.arrive(v_empty.index(prev))
         acc = acc * gl.convert_layout(alpha, row_o)[:, None]
         p_op = gl.convert_layout(p.to(dtype), p_layout)
+    mbarrier.arrive(q_empty)  # every S of the tile is done: the next Q may come in
 
-    last = n_blocks - 1
-    stage = last % STAGES
-    mbarrier.wait(v_ready.index(stage), (last // STAGES) & 1)
-    last_start = lo + last * BLOCK_N
+    g = it + n_blocks - 1
+    stage = g % STAGES
+    mbarrier.wait(v_ready.index(stage), (g // STAGES) & 1)
+    last_start = lo + (n_blocks - 1) * BLOCK_N
     if last_start + BLOCK_N > kv_len:
-        _zero_tail_rows(v_smem.index(stage), last_start, kv_len, clean_bar, wg, BLOCK_N,
-                        HEAD_DIM)
-    _take_turn(turn, wg, n_blocks, PINGPONG)
+        _zero_tail_rows(v_smem.index(stage), last_start, kv_len, clean_bar, cleans & 1, wg,
+                        BLOCK_N, HEAD_DIM)
+        cleans += 1
+    _take_turn(turn, wg, rnd, PINGPONG)
     acc = warpgroup_mma(p_op, v_smem.index(stage), acc, is_async=True)
     _pass_turn(turn, wg, PINGPONG)
+    rnd += 1
     acc, p_op = warpgroup_mma_wait(0, deps=(acc, p_op))
     mbarrier.arrive(v_empty.index(stage))
 
@@ -257,48 +320,53 @@ def _consumer(wg, q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, k_empty, v_em
         lrows = first_row + gl.arange(0, ROWS, layout=row_o)
         gl.store(Lse + (q_start + lrows).to(gl.int64) * stride_lse_tok + head, lse,
                  mask=lrows < q_len)
+    return it + n_blocks, rnd, cleans, done + 1
+
+
+@gluon.jit
+def _consumer(wg, q_smem, k_smem, v_smem, q_bar, q_empty, k_ready, v_ready, k_empty,
+              v_empty, clean_bar, turn, Out, Lse, Sinks, num_tiles, num_q_heads, Work,
+              QIndptr, KvLens, PageTable, stride_page_row, qk_scale, logit_cap, window_left,
+              stride_o_tok, stride_o_head, stride_lse_tok, GROUP: gl.constexpr,
+              BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
+              STAGES: gl.constexpr, HAS_WINDOW: gl.constexpr, HAS_SINKS: gl.constexpr,
+              HAS_CAP: gl.constexpr, HAS_LSE: gl.constexpr, PINGPONG: gl.constexpr):
+    """One consumer warpgroup over the program's tiles (the producer's sequence)."""
+    it = 0
+    rnd = 0
+    cleans = 0
+    done = 0
+    for t in range(gl.program_id(0), num_tiles, gl.num_programs(0)):
+        (valid, head, kv_head, q_block, q_start, q_len, kv_len, prefix, lo, hi, diag,
+         win_end, page_row) = _tile(t, num_q_heads, Work, QIndptr, KvLens, PageTable,
+                                    stride_page_row, window_left, GROUP, BLOCK_M, BLOCK_N,
+                                    HAS_WINDOW)
+        if valid:
+            it, rnd, cleans, done = _consume_tile(
+                wg, it, rnd, cleans, done, q_smem, k_smem, v_smem, q_bar, q_empty, k_ready,
+                v_ready, k_empty, v_empty, clean_bar, turn, Out, Lse, Sinks, head, q_block,
+                q_start, q_len, kv_len, prefix, lo, hi, diag, win_end, qk_scale, logit_cap,
+                window_left, stride_o_tok, stride_o_head, stride_lse_tok, BLOCK_M, BLOCK_N,
+                HEAD_DIM, STAGES, HAS_WINDOW, HAS_SINKS, HAS_CAP, HAS_LSE, PINGPONG)
 
 
 @gluon.jit
 def prefill_hopper_kernel(
     q_desc, k_desc, v_desc, Out, Lse, Sinks, PageTable, QIndptr, KvLens, Work,
-    sm_scale, logit_cap, window_left, oob_slot,
+    sm_scale, logit_cap, window_left, oob_slot, num_tiles, num_q_heads,
     stride_o_tok, stride_o_head, stride_lse_tok, stride_page_row,
     GROUP: gl.constexpr, PAGE_SIZE: gl.constexpr, HEAD_DIM: gl.constexpr,
     BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
     HAS_WINDOW: gl.constexpr, HAS_SINKS: gl.constexpr, HAS_CAP: gl.constexpr,
     HAS_LSE: gl.constexpr, PINGPONG: gl.constexpr,
 ):
-    head = gl.program_id(0)  # heads fastest: one query block's heads share K/V in L2
-    item = gl.program_id(1)
-    req = gl.load(Work + 2 * item)
-    if req < 0:
-        return
-    q_block = gl.load(Work + 2 * item + 1)
-    q_start = gl.load(QIndptr + req)
-    q_len = gl.load(QIndptr + req + 1) - q_start
-    kv_len = gl.load(KvLens + req)
-    prefix = kv_len - q_len
-    kv_head = head // GROUP
-    first_pos = prefix + q_block * BLOCK_M
-    last_pos = gl.minimum(first_pos + BLOCK_M, kv_len) - 1
-    hi = last_pos + 1
-    diag = ((first_pos + 1) // BLOCK_N) * BLOCK_N  # keys below: visible to every row
-    lo = 0
-    win_end = 0
-    if HAS_WINDOW:
-        lo = (gl.maximum(first_pos - window_left, 0) // BLOCK_N) * BLOCK_N
-        win_end = gl.cdiv(gl.maximum(last_pos - window_left, 0), BLOCK_N) * BLOCK_N
-        win_end = gl.maximum(gl.minimum(win_end, diag), lo)
-        diag = gl.maximum(diag, win_end)
-    page_row = PageTable + req.to(gl.int64) * stride_page_row
-
     PAGE_TILE: gl.constexpr = k_desc.block_type.shape[0]
     dtype: gl.constexpr = q_desc.dtype
     q_smem = gl.allocate_shared_memory(dtype, [BLOCK_M, HEAD_DIM], q_desc.layout)
     k_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, HEAD_DIM], k_desc.layout)
     v_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, HEAD_DIM], v_desc.layout)
     q_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    q_empty = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
     k_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     v_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     k_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
@@ -306,6 +374,7 @@ def prefill_hopper_kernel(
     clean_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
     turn = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
     mbarrier.init(q_bar, count=1)
+    mbarrier.init(q_empty, count=2)  # both consumers are done with a Q tile
     mbarrier.init(clean_bar, count=2)
     mbarrier.init(turn.index(0), count=1)
     mbarrier.init(turn.index(1), count=1)
@@ -318,20 +387,21 @@ def prefill_hopper_kernel(
         mbarrier.init(v_empty.index(s), count=2)
 
     gl.warp_specialize([  # the first consumer runs in the kernel's own 4 warps
-        (_consumer, (0, q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, k_empty,
-                     v_empty, clean_bar, turn, Out, Lse, Sinks, q_start, q_len, q_block,
-                     prefix, head, kv_len, lo, hi, diag, win_end, sm_scale, logit_cap,
-                     window_left, stride_o_tok, stride_o_head, stride_lse_tok, BLOCK_M,
-                     BLOCK_N, HEAD_DIM, STAGES, HAS_WINDOW, HAS_SINKS, HAS_CAP, HAS_LSE,
-                     PINGPONG)),
-        (_consumer, (1, q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, k_empty,
-                     v_empty, clean_bar, turn, Out, Lse, Sinks, q_start, q_len, q_block,
-                     prefix, head, kv_len, lo, hi, diag, win_end, sm_scale, logit_cap,
-                     window_left, stride_o_tok, stride_o_head, stride_lse_tok, BLOCK_M,
-                     BLOCK_N, HEAD_DIM, STAGES, HAS_WINDOW, HAS_SINKS, HAS_CAP, HAS_LSE,
-                     PINGPONG)),
-        (_producer, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, k_ready,
-                     v_ready, k_empty, v_empty, page_row, q_start + q_block * BLOCK_M,
-                     head * HEAD_DIM, kv_head * HEAD_DIM, lo, hi, kv_len, oob_slot,
-                     PAGE_SIZE, BLOCK_N, PAGE_TILE, STAGES)),
+        (_consumer, (0, q_smem, k_smem, v_smem, q_bar, q_empty, k_ready, v_ready, k_empty,
+                     v_empty, clean_bar, turn, Out, Lse, Sinks, num_tiles, num_q_heads,
+                     Work, QIndptr, KvLens, PageTable, stride_page_row, sm_scale,
+                     logit_cap, window_left, stride_o_tok, stride_o_head, stride_lse_tok,
+                     GROUP, BLOCK_M, BLOCK_N, HEAD_DIM, STAGES, HAS_WINDOW, HAS_SINKS,
+                     HAS_CAP, HAS_LSE, PINGPONG)),
+        (_consumer, (1, q_smem, k_smem, v_smem, q_bar, q_empty, k_ready, v_ready, k_empty,
+                     v_empty, clean_bar, turn, Out, Lse, Sinks, num_tiles, num_q_heads,
+                     Work, QIndptr, KvLens, PageTable, stride_page_row, sm_scale,
+                     logit_cap, window_left, stride_o_tok, stride_o_head, stride_lse_tok,
+                     GROUP, BLOCK_M, BLOCK_N, HEAD_DIM, STAGES, HAS_WINDOW, HAS_SINKS,
+                     HAS_CAP, HAS_LSE, PINGPONG)),
+        (_producer, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, q_empty,
+                     k_ready, v_ready, k_empty, v_empty, num_tiles, num_q_heads, Work,
+                     QIndptr, KvLens, PageTable, stride_page_row, window_left, oob_slot,
+                     GROUP, PAGE_SIZE, HEAD_DIM, BLOCK_M, BLOCK_N, PAGE_TILE, STAGES,
+                     HAS_WINDOW)),
     ], [4, 1], [240, 24])

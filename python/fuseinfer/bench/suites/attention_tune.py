@@ -3,11 +3,11 @@ write them into its dispatch table.
 
 Prefill: per head dim, every (block_m, block_n, warps, stages, tma) candidate on a causal
 4k prefill of a model with that head dim, and on sm_90 the warp-specialized kernel at
-block_n 64 and 128 with 2-4 tiles in flight (those that fit), pingpong off and on; the
-fastest wins. Decode: per head dim, the (block_n, warps, stages) with the lowest
-geometric-mean time over a small-batch long-KV shape and a large-batch shape, then 2 or 4
-KV heads per program with its loop (its warps and 8), then the CUDA kernel at 4 and 8 warps
-(each also with the split count aimed at the programs an SM holds of it: rule field
+block_n 64 and 128 with 2-4 tiles in flight (those that fit), pingpong and persistent off
+and on; the fastest wins. Decode: per head dim, the (block_n, warps, stages) with the
+lowest geometric-mean time over a small-batch long-KV shape and a large-batch shape, then 2
+or 4 KV heads per program with its loop (its warps and 8), then the CUDA kernel at 4 and 8
+warps (each also with the split count aimed at the programs an SM holds of it: rule field
 ctas_per_sm); where the small and the large batch's fastest differ, the small one's becomes
 a rule for batches up to SMALL_BATCH. `decode-fp8` does the same on FP8 caches for the FP8
 rules. Splits: (min_chunk, target_ctas_per_sm), shared by every head dim, over small-batch
@@ -51,10 +51,11 @@ TUNE_MODELS = {64: "GPT-OSS", 128: "Llama-3-8B"}
 PREFILL_CANDIDATES = list(itertools.product((64, 128), (64, 128), (4, 8), (2, 3),
                                             (True, False)))
 # the sm_90a kernel (block_m 128 over 8 warps): key block x K/V tiles in flight (those that
-# fit its shared memory at the head dim) x pingpong off/on; tried on sm_90 GPUs only
-HOPPER_PREFILL_CANDIDATES = [(128, block_n, 8, stages, True, "hopper", pingpong)
+# fit its shared memory at the head dim) x pingpong off/on x persistent off/on; tried on
+# sm_90 GPUs only
+HOPPER_PREFILL_CANDIDATES = [(128, block_n, 8, stages, True, "hopper", pingpong, persistent)
                              for block_n in (64, 128) for stages in (2, 3, 4)
-                             for pingpong in (False, True)]
+                             for pingpong in (False, True) for persistent in (False, True)]
 DECODE_CANDIDATES = list(itertools.product((32, 64, 128), (2, 4, 8), (2, 3, 4)))
 # an FP8 key row is half the bytes: longer blocks keep as many in flight
 FP8_DECODE_CANDIDATES = list(itertools.product((64, 128, 256), (2, 4, 8), (2, 3, 4)))

@@ -24,6 +24,7 @@ class PrefillLaunch(NamedTuple):
     tma: int  # 1: bulk-copy key/value tiles that lie in one page (sm_90+), 0: plain loads
     hopper_kernel: int = 0  # 1: the warp-specialized sm_90a kernel where it applies
     pingpong: int = 0  # that kernel: 1: its consumers take turns issuing their MMAs
+    persistent: int = 0  # that kernel: 1: one program per SM, tile after tile
 
 
 class DecodeLaunch(NamedTuple):

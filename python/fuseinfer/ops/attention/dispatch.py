@@ -89,12 +89,16 @@ class PrefillLaunchRule:
     # the hopper kernel: its two consumer warpgroups take turns issuing their MMAs, so one's
     # softmax runs while the tensor cores work through the other's
     pingpong: bool = False
+    # the hopper kernel: one program per SM running tile after tile (a tile's epilogue
+    # overlaps the next tile's loads) instead of one program per tile
+    persistent: bool = False
 
     def validate(self, where: str) -> None:
         check_pow2(self.block_m, 16, 256, f"{where}.block_m")
-        if self.pingpong and self.kernel != "hopper":
-            raise TableError(f"{where}.pingpong: only with kernel 'hopper', got "
-                             f"{self.kernel!r}")
+        for name in ("pingpong", "persistent"):
+            if getattr(self, name) and self.kernel != "hopper":
+                raise TableError(f"{where}.{name}: only with kernel 'hopper', got "
+                                 f"{self.kernel!r}")
         _check_loop(self.block_n, self.num_warps, self.num_stages, where)
         if self.kernel not in PREFILL_KERNELS:
             raise TableError(f"{where}.kernel: must be one of {list(PREFILL_KERNELS)}, got "

@@ -243,7 +243,7 @@ class PagedAttention:
                                             rule.num_stages, int(rule.tma),
                                             int(rule.kernel == "hopper"
                                                 and self.hopper_prefill),
-                                            int(rule.pingpong)),
+                                            int(rule.pingpong), int(rule.persistent)),
             q_lens_host=tuple(ql), kv_lens_host=tuple(kl))
 
     def prefill_launch(self, plan: PrefillPlan, window_left: int | None) -> PrefillLaunch:

@@ -6,6 +6,7 @@ writes, so the two are interchangeable call by call."""
 
 from __future__ import annotations
 
+import functools
 import warnings
 from typing import Any
 
@@ -93,6 +94,11 @@ def hopper_prefill_fits(a: PrefillArgs) -> bool:
     return True
 
 
+@functools.cache
+def _sm_count(device_index: int | None) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
 def _descriptor(t: torch.Tensor, rows: int, row_stride: int, width: int, block: list[int]):
     from triton.experimental.gluon import language as gl
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
@@ -158,12 +164,14 @@ def _launch(a: PrefillArgs) -> None:
     k_desc = _descriptor(k_cache, slots, k_stride, width, [tile, head_dim])
     v_desc = _descriptor(v_cache, slots, v_stride, width, [tile, head_dim])
     dummy = a.kv_lens  # stands in for absent optional tensors; never read
-    prefill_hopper_kernel[(q_heads, num_items)](
+    num_tiles = q_heads * num_items
+    programs = min(num_tiles, _sm_count(q.device.index)) if launch.persistent else num_tiles
+    prefill_hopper_kernel[(programs,)](
         q_desc, k_desc, v_desc, out, lse if lse is not None else dummy,
         sinks if sinks is not None else dummy, a.page_table, a.q_indptr, a.kv_lens, a.work,
         softmax_scale(a), a.logit_cap, a.window_left if a.window_left is not None else 0,
-        slots, out.stride(0), out.stride(1), lse.stride(0) if lse is not None else 0,
-        a.page_table.stride(0),
+        slots, num_tiles, q_heads, out.stride(0), out.stride(1),
+        lse.stride(0) if lse is not None else 0, a.page_table.stride(0),
         GROUP=q_heads // k_cache.size(-2), PAGE_SIZE=page_size, HEAD_DIM=head_dim,
         BLOCK_M=BLOCK_M, BLOCK_N=launch.block_n, STAGES=launch.num_stages,
         HAS_WINDOW=a.window_left is not None, HAS_SINKS=sinks is not None,
