@@ -49,6 +49,8 @@ def variants(table: AttentionDispatch, head_dim: int) -> list[tuple[str, Attenti
     rule = table.prefill_rule(head_dim)
     # the table's rule if it is the portable kernel's, else the built-in one's
     portable = rule if rule.kernel == "triton" else ATTENTION_BUILTIN.prefill_rule(head_dim)
+    # no window bound: the sweep is what measures where the sm_90a kernel starts to win
+    table = replace(table, hopper_prefill_min_window=0)
     out = [("portable", replace(table, prefill_rules=(replace(portable, max_head_dim=None),)))]
     if head_dim not in HEAD_DIMS:
         return out

@@ -175,3 +175,43 @@ def test_narrow_windows_run_the_portable_kernel(launches):
     assert not launches
     _run_and_check(8, 2, 128, 64, torch.bfloat16, 128, 2, "window", window=300, table=table)
     assert len(launches) == len(CASES)
+
+
+@pytest.mark.parametrize("programs", [1, 3, 7])
+@pytest.mark.parametrize("stages, pingpong", [(2, False), (3, True), (4, True)])
+def test_persistent_long_tile_chains(launches, monkeypatch, programs, stages, pingpong):
+    """Few programs for many tiles: each program runs long chains of tiles, tail tiles back
+    to back, every barrier's parity wrapping many times."""
+    from fuseinfer.ops.attention import prefill_hopper
+
+    monkeypatch.setattr(prefill_hopper, "_sm_count", lambda index: programs)
+    gen = torch.Generator().manual_seed(11)
+    kv_lens = torch.randint(1, 700, (9,), generator=gen).tolist()
+    q_lens = [max(1, n - int(torch.randint(0, n, (1,), generator=gen))) for n in kv_lens]
+    _run_and_check(8, 2, 64, 64, torch.bfloat16, 64, stages, "window-sinks",
+                   cases=[(q_lens, kv_lens)], pingpong=pingpong, persistent=True)
+    assert len(launches) == 1
+
+
+def test_padded_work_items_are_skipped(launches):
+    """Work items of request -1 (padding) in the middle of the list: every partition skips
+    them alike, and the real tiles around them come out right."""
+    from fuseinfer.ops.attention.arguments import PrefillArgs
+    from fuseinfer.ops.attention.launch import launch_prefill
+
+    q_lens, kv_lens = [300, 77], [450, 77]
+    kv = make_paged_kv(kv_lens, 2, 128, 64, torch.bfloat16, "cuda", poison=True)
+    q = torch.randn(sum(q_lens), 8, 128, device="cuda", dtype=torch.bfloat16)
+    attn = PagedAttention(AttentionShape(8, 2, 128, 64), "cuda",
+                          table=_table(128, 2, pingpong=True, persistent=True))
+    plan = attn.plan_prefill(q_lens, kv_lens, kv.page_table)
+    pad = torch.full((1, 2), -1, dtype=torch.int32, device="cuda")
+    work = torch.cat([plan.work[:1], pad, plan.work[1:], pad])
+    out = torch.full_like(q, float("nan"))
+    launch_prefill(PrefillArgs(q, kv.k_cache, kv.v_cache, kv.page_table, plan.q_indptr,
+                               plan.kv_lens, work, out, sm_scale=128 ** -0.5,
+                               launch=plan.launch))
+    want, _ = reference_paged_attention(q, kv.k_cache, kv.v_cache, kv.page_table,
+                                        plan.q_indptr, plan.kv_lens, sm_scale=128 ** -0.5)
+    torch.testing.assert_close(out.float(), want, rtol=2e-2, atol=2e-2)
+    assert len(launches) == 1

@@ -107,10 +107,6 @@ def _producer(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, q_empty, k_
                                     stride_page_row, window_left, GROUP, BLOCK_M, BLOCK_N,
                                     HAS_WINDOW)
         if valid:
-            # a fresh barrier passes a wait on parity 1: the first tile does not wait
-            mbarrier.wait(q_empty, (done & 1) ^ 1)
-            mbarrier.expect(q_bar, q_desc.block_type.nbytes)
-            _tma_load(q_desc, [q_start + q_block * BLOCK_M, head * HEAD_DIM], q_bar, q_smem)
             for start in range(lo, hi, BLOCK_N):
                 stage = it % STAGES
                 phase = (it // STAGES) & 1
@@ -122,6 +118,14 @@ def _producer(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, q_empty, k_
                 mbarrier.expect(v_ready.index(stage), tile_bytes)
                 _load_kv(v_desc, v_ready.index(stage), v_smem.index(stage), page_row, start,
                          kv_len, oob_slot, kv_head * HEAD_DIM, PAGE_SIZE, BLOCK_N, PAGE_TILE)
+                if start == lo:
+                    # the tile's Q once both consumers are done with the last one: its first
+                    # K/V block is already on the way, overlapping their epilogue (a fresh
+                    # barrier passes a wait on parity 1: the first tile does not wait)
+                    mbarrier.wait(q_empty, (done & 1) ^ 1)
+                    mbarrier.expect(q_bar, q_desc.block_type.nbytes)
+                    _tma_load(q_desc, [q_start + q_block * BLOCK_M, head * HEAD_DIM], q_bar,
+                              q_smem)
                 it += 1
             done += 1
 
@@ -265,10 +269,10 @@ def _consume_tile(wg, it, rnd, cleans, done, q_smem, k_smem, v_smem, q_bar, q_em
         stage = g % STAGES
         prev = (g - 1) % STAGES
         mbarrier.wait(k_ready.index(stage), (g // STAGES) & 1)
-        mbarrier.wait(v_ready.index(prev), ((g - 1) // STAGES) & 1)
         _take_turn(turn, wg, rnd, PINGPONG)
         s_tok = warpgroup_mma(q_rows, k_smem.index(stage).permute((1, 0)), s_zero,
                               use_acc=False, is_async=True)
+        mbarrier.wait(v_ready.index(prev), ((g - 1) // STAGES) & 1)
         o_tok = warpgroup_mma(p_op, v_smem.index(prev), acc, is_async=True)
         _pass_turn(turn, wg, PINGPONG)
         rnd += 1

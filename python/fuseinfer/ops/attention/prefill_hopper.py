@@ -116,7 +116,7 @@ def _configuration(a: PrefillArgs) -> tuple:
     """What a compiled variant of the kernel depends on."""
     launch = PrefillLaunch._make(a.launch)
     return (a.q.dtype, a.q.size(1) // a.k_cache.size(-2), a.q.size(2),
-            page_size_of(a.k_cache), launch.block_n, launch.num_stages,
+            page_size_of(a.k_cache), launch.block_n, launch.num_stages, launch.pingpong,
             a.window_left is not None, None if a.sinks is None else a.sinks.dtype,
             a.logit_cap > 0, a.lse is not None)
 
