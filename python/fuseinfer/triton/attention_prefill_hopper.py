@@ -43,6 +43,16 @@ def _slot(page_row, pos, kv_len, oob_slot, PAGE_SIZE: gl.constexpr):
 
 
 @gluon.jit
+def _load_kv(desc, bar, tile, page_row, start, kv_len, oob_slot, kv_col,
+             PAGE_SIZE: gl.constexpr, BLOCK_N: gl.constexpr, PAGE_TILE: gl.constexpr):
+    """One key block of K or V into a stage: a bulk copy per page piece."""
+    for p in gl.static_range(BLOCK_N // PAGE_TILE):
+        pos = start + p * PAGE_TILE
+        slot = _slot(page_row, pos, kv_len, oob_slot, PAGE_SIZE)
+        _tma_load(desc, [slot, kv_col], bar, tile.slice(p * PAGE_TILE, PAGE_TILE))
+
+
+@gluon.jit
 def _producer(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, k_ready, v_ready,
               k_empty, v_empty, page_row, q_row, q_col, kv_col, lo, hi, kv_len, oob_slot,
               PAGE_SIZE: gl.constexpr, BLOCK_N: gl.constexpr, PAGE_TILE: gl.constexpr,
@@ -58,18 +68,12 @@ def _producer(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, k_ready, v_
         # a fresh barrier passes a wait on parity 1: the first STAGES tiles do not wait
         mbarrier.wait(k_empty.index(stage), phase ^ 1)
         mbarrier.expect(k_ready.index(stage), tile_bytes)
-        for p in gl.static_range(BLOCK_N // PAGE_TILE):
-            pos = start + p * PAGE_TILE
-            slot = _slot(page_row, pos, kv_len, oob_slot, PAGE_SIZE)
-            _tma_load(k_desc, [slot, kv_col], k_ready.index(stage),
-                                            k_smem.index(stage).slice(p * PAGE_TILE, PAGE_TILE))
+        _load_kv(k_desc, k_ready.index(stage), k_smem.index(stage), page_row, start, kv_len,
+                 oob_slot, kv_col, PAGE_SIZE, BLOCK_N, PAGE_TILE)
         mbarrier.wait(v_empty.index(stage), phase ^ 1)
         mbarrier.expect(v_ready.index(stage), tile_bytes)
-        for p in gl.static_range(BLOCK_N // PAGE_TILE):
-            pos = start + p * PAGE_TILE
-            slot = _slot(page_row, pos, kv_len, oob_slot, PAGE_SIZE)
-            _tma_load(v_desc, [slot, kv_col], v_ready.index(stage),
-                                            v_smem.index(stage).slice(p * PAGE_TILE, PAGE_TILE))
+        _load_kv(v_desc, v_ready.index(stage), v_smem.index(stage), page_row, start, kv_len,
+                 oob_slot, kv_col, PAGE_SIZE, BLOCK_N, PAGE_TILE)
         i += 1
 
 
