@@ -25,6 +25,7 @@ import os
 import pickle
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -155,14 +156,36 @@ def compile_launch(launch: Launch, arch: str) -> None:
                    options=dict(launch.options))
 
 
+def error_line(err: BaseException) -> str:
+    """An error's type and last line: how a failed compile is reported."""
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[-1] if lines else ''}"
+
+
+def compile_all(compile_one: Callable[[Any], str | None], jobs: list[Any], workers: int,
+                label: Callable[[Any], str], verbose: bool, every: int = 0
+                ) -> list[tuple[Any, str]]:
+    """compile_one (module-level: it runs in worker processes; None or an error_line) over
+    jobs, `workers` processes; a progress line per job when verbose, else every `every`
+    jobs (0: never). Returns the (job, error) pairs that failed."""
+    failed = []
+    with concurrent.futures.ProcessPoolExecutor(max(1, workers)) as pool:
+        for i, (job, error) in enumerate(zip(jobs, pool.map(compile_one, jobs), strict=True)):
+            if error is not None:
+                failed.append((job, error))
+            if verbose or (every and (i + 1) % every == 0):
+                print(f"  [{i + 1}/{len(jobs)}] {label(job)}{' FAILED' if error else ''}",
+                      flush=True)
+    return failed
+
+
 def _compile_one(job: tuple[Launch, str]) -> str | None:
-    """None when the launch compiled, else the error's type and last line."""
+    """None when the launch compiled, else its error_line."""
     launch, arch = job
     try:
         compile_launch(launch, arch)
     except Exception as e:  # every failure is reported, not only the first
-        lines = str(e).strip().splitlines()
-        return f"{type(e).__name__}: {lines[-1] if lines else ''}"
+        return error_line(e)
     return None
 
 
@@ -178,17 +201,11 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("triton_compile_check: unset TRITON_INTERPRET (it compiles)")
     with open(args.log, "rb") as f:
         launches: list[Launch] = pickle.load(f)
-    start, failed = time.perf_counter(), []
+    start = time.perf_counter()
     jobs = [(launch, args.arch) for launch in launches]
-    with concurrent.futures.ProcessPoolExecutor(max(1, args.jobs)) as pool:
-        for i, (launch, error) in enumerate(zip(launches, pool.map(_compile_one, jobs),
-                                                strict=True)):
-            if error is not None:
-                failed.append((launch, error))
-            if args.verbose or (i + 1) % 50 == 0:
-                print(f"  [{i + 1}/{len(launches)}] {launch.module}.{launch.name}"
-                      f"{' FAILED' if error else ''}", flush=True)
-    for launch, error in failed:
+    failed = compile_all(_compile_one, jobs, args.jobs,
+                         lambda job: f"{job[0].module}.{job[0].name}", args.verbose, every=50)
+    for (launch, _), error in failed:
         print(f"FAILED {launch.module}.{launch.name} constexprs={dict(launch.constexprs)} "
               f"options={dict(launch.options)}:\n  {error}", file=sys.stderr)
     kernels = len({(la.module, la.name) for la in launches})

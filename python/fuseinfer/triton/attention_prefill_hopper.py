@@ -35,7 +35,6 @@ LOG2E = 1.4426950408889634
 _tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
 
 
-
 @gluon.jit
 def _tile(t, num_q_heads, Work, QIndptr, KvLens, PageTable, stride_page_row, window_left,
           GROUP: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,

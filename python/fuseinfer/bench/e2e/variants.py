@@ -60,6 +60,27 @@ def is_fp8_engine(base: Any) -> bool:
     return config is not None and quantization_from_dict(config) is not None
 
 
+def _model_config(base: Any) -> Any:
+    """The model's ModelConfig, None if its config.json is unreadable or incomplete."""
+    from ...models.config import ModelConfig
+
+    raw = _checkpoint_config(base)
+    try:
+        return ModelConfig.from_dict(raw) if raw is not None else None
+    except (KeyError, ValueError):
+        return None
+
+
+def _gpu(base: Any) -> tuple[bool, int | None]:
+    """(whether the engine runs on a CUDA GPU, its index; None: the current one)."""
+    import torch
+
+    device = str(getattr(base, "device", "auto"))
+    if device == "cpu" or not torch.cuda.is_available():
+        return False, None
+    return True, None if device == "auto" else torch.device(device).index
+
+
 def fused_merge_runs(base: Any) -> bool:
     """Whether the engine fuses any decode merge: `on`, or `auto` on a model with sliding
     layers where the GPU's attention table fuses at their window (the CPU runs the
@@ -67,23 +88,15 @@ def fused_merge_runs(base: Any) -> bool:
     mode = getattr(base, "fused_decode_merge", "off")
     if mode != "auto":
         return mode == "on"
-    import torch
-
-    from ...models.config import ModelConfig
-
-    raw = _checkpoint_config(base)
-    try:
-        config = ModelConfig.from_dict(raw) if raw is not None else None
-    except (KeyError, ValueError):
-        config = None
-    device = str(getattr(base, "device", "auto"))
+    config = _model_config(base)
     windows = {config.window_left(layer) for layer in config.sliding_layers} - {None} \
         if config is not None else set()
-    if not windows or device == "cpu" or not torch.cuda.is_available():
+    on_gpu, index = _gpu(base)
+    if not windows or not on_gpu:
         return False
     from ...ops.attention.dispatch import attention_table
 
-    table = attention_table(None if device == "auto" else torch.device(device).index)
+    table = attention_table(index)
     rules = table.decode_rules + table.fp8_decode_rules
     return any(table.fuses_merge(w, r.block_n) for w in windows for r in rules)
 
@@ -94,28 +107,20 @@ def hopper_prefill_runs(base: Any) -> bool:
     off changes nothing."""
     import torch
 
-    from ...models.config import ModelConfig
-
-    raw = _checkpoint_config(base)
-    device = str(getattr(base, "device", "auto"))
-    if raw is None or device == "cpu" or not torch.cuda.is_available() \
-            or getattr(base, "kv_cache_dtype", "auto") == "fp8_e4m3":
-        return False
-    try:
-        head_dim = ModelConfig.from_dict(raw).head_dim
-    except (KeyError, ValueError):
+    config = _model_config(base)
+    on_gpu, index = _gpu(base)
+    if config is None or not on_gpu or getattr(base, "kv_cache_dtype", "auto") == "fp8_e4m3":
         return False
     from ...ops.attention.dispatch import attention_table
     from ...ops.attention.prefill_hopper import HEAD_DIMS
 
-    index = None if device == "auto" else torch.device(device).index
     try:
         capability = torch.cuda.get_device_capability(index)
     except (AssertionError, RuntimeError):  # no usable CUDA after all
         return False
-    if capability != (9, 0) or head_dim not in HEAD_DIMS:
+    if capability != (9, 0) or config.head_dim not in HEAD_DIMS:
         return False
-    return attention_table(index).prefill_rule(head_dim).kernel == "hopper"
+    return attention_table(index).prefill_rule(config.head_dim).kernel == "hopper"
 
 
 def weights_label(base: Any) -> str:

@@ -293,17 +293,17 @@ class PagedAttention:
         scale = default_scale(q.size(-1)) if sm_scale is None else sm_scale
         common = dict(lse=lse, sinks=sinks, k_scale=k_scale, v_scale=v_scale, sm_scale=scale,
                       window_left=window_left, logit_cap=logit_cap,
-                      launch=list(plan.launch), enable_pdl=self.enable_pdl)
+                      enable_pdl=self.enable_pdl)
         if isinstance(plan, PrefillPlan):
-            common["launch"] = list(self.prefill_launch(plan, window_left))
             torch.ops.fuseinfer.paged_prefill_attention(
                 q, k_cache, v_cache, plan.page_table, plan.q_indptr, plan.kv_lens, plan.work,
-                out, **common)
+                out, launch=list(self.prefill_launch(plan, window_left)), **common)
         else:
             torch.ops.fuseinfer.paged_decode_attention(
                 q, k_cache, v_cache, plan.page_table, plan.kv_lens, plan.partial_out,
                 plan.partial_lse, out, merge_counters=plan.merge_counters
-                if self.fuses_merge(window_left, plan.launch.block_n) else None, **common)
+                if self.fuses_merge(window_left, plan.launch.block_n) else None,
+                launch=list(plan.launch), **common)
         return (out, lse) if return_lse else out
 
 

@@ -136,8 +136,9 @@ def launch_prefill_hopper(a: PrefillArgs) -> bool:
     try:
         _launch(a)
     except Exception as err:  # any failure to build it: the portable kernel runs the call
-        lines = str(err).strip().splitlines()
-        unavailable = f"{type(err).__name__}: {lines[-1] if lines else ''}"
+        from ...jit.triton_compile_check import error_line
+
+        unavailable = error_line(err)
         import triton
 
         warnings.warn(f"paged prefill: the sm_90a kernel does not build with Triton "

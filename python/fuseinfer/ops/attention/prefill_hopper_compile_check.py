@@ -15,13 +15,13 @@ Exit status 1 when one fails, with its constexprs and Triton's message.
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import itertools
 import os
 import sys
 import time
 from typing import Any
 
+from ...jit.triton_compile_check import compile_all, error_line
 from .prefill_hopper import BLOCK_M, HEAD_DIMS, SMEM_BYTES, smem_bytes
 
 # (HAS_WINDOW, HAS_SINKS, HAS_CAP, HAS_LSE)
@@ -81,11 +81,11 @@ def compile_configuration(constexprs: dict[str, Any]) -> None:
 
 
 def _compile_one(constexprs: dict[str, Any]) -> str | None:
+    """None when the configuration compiled, else its error_line."""
     try:
         compile_configuration(constexprs)
     except Exception as e:  # every failure is reported, not only the first
-        lines = str(e).strip().splitlines()
-        return f"{type(e).__name__}: {lines[-1] if lines else ''}"
+        return error_line(e)
     return None
 
 
@@ -100,13 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     import triton
 
     configs = configurations()
-    start, failed = time.perf_counter(), []
-    with concurrent.futures.ProcessPoolExecutor(max(1, args.jobs)) as pool:
-        for config, error in zip(configs, pool.map(_compile_one, configs), strict=True):
-            if error is not None:
-                failed.append((config, error))
-            if args.verbose:
-                print(f"  {config}{' FAILED' if error else ''}", flush=True)
+    start = time.perf_counter()
+    failed = compile_all(_compile_one, configs, args.jobs, str, args.verbose)
     for config, error in failed:
         print(f"FAILED prefill_hopper_kernel {config}:\n  {error}", file=sys.stderr)
     print(f"gluon compile check (9.0a, Triton {triton.__version__}): "
