@@ -67,7 +67,10 @@ def variants(table: AttentionDispatch, head_dim: int) -> list[tuple[str, Attenti
     return out
 
 
-def run(models: list[str], shapes: list[str], windows: list[int]) -> list[dict[str, Any]]:
+def run(models: list[str], shapes: list[str], windows: list[int],
+        json_path: Path | None = None) -> list[dict[str, Any]]:
+    """Every case's variants; with json_path the rows so far are rewritten there after each
+    case, so a sweep cut short keeps what it measured."""
     table = attention_table()
     cases = [Case("prefill", MODELS[m], s, tuple(PREFILL[s][0]), tuple(PREFILL[s][1]))
              for m in models for s in shapes]
@@ -87,6 +90,8 @@ def run(models: list[str], shapes: list[str], windows: list[int]) -> list[dict[s
             print(f"{m.name:16s} {case.shape:16s} {name:24s} {us:9.1f} us "
                   f"{row['tflops']:5.0f} TFLOP/s  err {err:.1e}", flush=True)
             del x
+        if json_path:
+            write_run_json(json_path, "prefill_hopper_sweep", bench_environment(), None, rows)
     return rows
 
 
@@ -98,9 +103,7 @@ def main() -> None:
     ap.add_argument("--windows", nargs="*", type=int, default=[])
     ap.add_argument("--json", type=Path, help="write the rows (and the environment) here")
     args = ap.parse_args()
-    rows = run(args.models, args.shapes, args.windows)
-    if args.json:
-        write_run_json(args.json, "prefill_hopper_sweep", bench_environment(), None, rows)
+    run(args.models, args.shapes, args.windows, args.json)
 
 
 if __name__ == "__main__":
