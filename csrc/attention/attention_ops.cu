@@ -31,15 +31,15 @@ void launch(const DecodeMmaArgs& a, dim3 grid, bool pdl, cudaStream_t stream) {
     return;
   } else {
     auto* kernel = decode_mma_kernel<QT, KvT, HEAD_DIM, WARPS, STAGES>;
-    if constexpr (smem > 48 * 1024) {  // once per device (a benign race: the same value)
-      static bool raised[64] = {};
-      int device = 0;
-      FUSEINFER_CUDA_CHECK(cudaGetDevice(&device));
-      if (device >= 64 || !raised[device]) {
-        FUSEINFER_CUDA_CHECK(cudaFuncSetAttribute(
-            kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
-        if (device < 64) raised[device] = true;
-      }
+    // once per device (a benign race: the same value); for every size, since the kernel's
+    // few static bytes count against the 48 KB a launch gets without it
+    static bool raised[64] = {};
+    int device = 0;
+    FUSEINFER_CUDA_CHECK(cudaGetDevice(&device));
+    if (device >= 64 || !raised[device]) {
+      FUSEINFER_CUDA_CHECK(cudaFuncSetAttribute(
+          kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+      if (device < 64) raised[device] = true;
     }
     FUSEINFER_CUDA_CHECK(launch_kernel(kernel, grid, dim3(WARPS * 32), smem, stream, pdl, a));
   }

@@ -10,21 +10,17 @@
 namespace fuseinfer {
 
 // BYTES (8 or 16) from src to dst_smem; with !valid nothing is read and dst is zero-filled
-// (src must still be a mapped address). 16-byte copies bypass L1 (.cg), as an
-// L2-coherent read; 8-byte ones cannot and cache in L1 like a plain load.
+// (src must still be a mapped address). Cached in L1 (.ca) like a plain load: a thread's
+// run of 32 bytes or more takes several copies of one sector, and through L1 the later
+// ones hit instead of reading the sector from L2 again.
 template <int BYTES>
 __device__ __forceinline__ void cp_async(void* dst_smem, const void* src, bool valid) {
   static_assert(BYTES == 8 || BYTES == 16, "cp.async copies 8 or 16 bytes here");
   const uint32_t dst = static_cast<uint32_t>(__cvta_generic_to_shared(dst_smem));
   const int n = valid ? BYTES : 0;
-  if constexpr (BYTES == 16) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src),
-                 "r"(n)
-                 : "memory");
-  } else {
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 8, %2;\n" ::"r"(dst), "l"(src), "r"(n)
-                 : "memory");
-  }
+  asm volatile("cp.async.ca.shared.global [%0], [%1], %2, %3;\n" ::"r"(dst), "l"(src),
+               "n"(BYTES), "r"(n)
+               : "memory");
 }
 
 // Closes the thread's copies issued since the last commit into one group.

@@ -83,7 +83,8 @@ def test_cuda_decode_matches_reference(cache, head_dim, hq, hkv, page_size, feat
 
 
 @pytest.mark.parametrize("fused_merge", [True, False])
-@pytest.mark.parametrize("warps, block_n, stages", [(8, 64, 3), (4, 16, 4), (8, 128, 2)])
+# 4 warps x 3 FP8 stages: 48 KB of rings, plus the kernel's static bytes past the default
+@pytest.mark.parametrize("warps, block_n, stages", [(8, 64, 3), (4, 16, 3), (8, 128, 2)])
 def test_cuda_decode_warps_split_alignment_and_merges(warps, block_n, stages, fused_merge):
     """8 warps merge more per-warp states; block_n only aligns the split ranges (the merge
     cuts them the same way; 129 keys at block_n 128 leave an empty third piece); the pieces
