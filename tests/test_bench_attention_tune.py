@@ -48,12 +48,14 @@ def test_decode_of_one_head_dim_leaves_the_rest(fake):
     assert (table.min_chunk, table.target_ctas_per_sm) == (start.min_chunk,
                                                           start.target_ctas_per_sm)
     # the loop search, then 2 and 4 KV heads per program with its winner (already 8 warps),
-    # then the CUDA kernel at 4 and 8 warps, on the entry's split target and on its own
+    # then the CUDA kernel at 4 and 8 warps and 2-4 ring stages, on the entry's split
+    # target and on its own
     assert len(log) == len(tune.DECODE_CANDIDATES) + len(tune.KV_HEADS_PER_PROGRAM) \
         + len(tune.CUDA_DECODE_CANDIDATES)
-    assert [e["candidate"] for e in log[-6:]] == [
-        (32, 8, 4, 2), (32, 8, 4, 4), (32, 4, 4, 1, "cuda"), (32, 8, 4, 1, "cuda"),
-        (32, 4, 4, 1, "cuda", None, 2), (32, 8, 4, 1, "cuda", None, 1)]
+    assert [e["candidate"] for e in log[-8:]] == [
+        (32, 8, 4, 2), (32, 8, 4, 4), (32, 4, 2, 1, "cuda"), (32, 4, 4, 1, "cuda"),
+        (32, 4, 3, 1, "cuda", None, 2), (32, 4, 4, 1, "cuda", None, 2), (32, 8, 3, 1, "cuda"),
+        (32, 8, 3, 1, "cuda", None, 1)]
     assert {e["head_dim"] for e in log} == {64}
 
 

@@ -194,8 +194,8 @@ def test_split_count_aims_at_the_rules_programs_per_sm():
 
 
 def test_decode_rules_pick_a_kernel():
-    """A decode rule's kernel: "triton" (default) or "cuda" (4 or 8 warps, one KV head per
-    program), validated on load; the plan hands it to the launch, and off a CUDA GPU the
+    """A decode rule's kernel: "triton" (default) or "cuda" (4 or 8 warps, 2-4 stages, one
+    KV head per program), validated on load; the plan hands it to the launch, and off a CUDA GPU the
     Triton kernel runs the call (here interpreted) with the same results."""
     from dataclasses import replace
 
@@ -210,12 +210,13 @@ def test_decode_rules_pick_a_kernel():
     )
 
     table = replace(ATTENTION_BUILTIN,
-                    decode_rules=(DecodeLaunchRule(None, 16, 4, 1, 1, "cuda"),))
+                    decode_rules=(DecodeLaunchRule(None, 16, 4, 2, 1, "cuda"),))
     assert parse_dataclass(AttentionDispatch, to_json(table), "t") == table
     assert parse_dataclass(AttentionDispatch, to_json(ATTENTION_BUILTIN), "t") \
         .decode_rule(64).kernel == "triton"
     for bad, message in (({"kernel": "cutlass"}, "kernel: must be one of"),
                          ({"num_warps": 2}, "4 or 8 warps"),
+                         ({"num_stages": 1}, "2-4 stages"),
                          ({"kv_heads_per_program": 2}, "one KV head per program")):
         data = to_json(table)
         data["decode_rules"][0].update(bad)

@@ -20,11 +20,19 @@ namespace {
 
 constexpr const char* kOp = "_attention_decode_mma";
 
-template <typename QT, typename KvT, int HEAD_DIM, int WARPS>
+constexpr size_t kMaxSmem = 227 * 1024;  // sm_90's opt-in limit per block
+
+template <typename QT, typename KvT, int HEAD_DIM, int WARPS, int STAGES>
 void launch(const DecodeMmaArgs& a, dim3 grid, bool pdl, cudaStream_t stream) {
-  auto* kernel = decode_mma_kernel<QT, KvT, HEAD_DIM, WARPS>;
-  constexpr size_t smem = decode_mma_smem_bytes<HEAD_DIM, WARPS>();
-  if constexpr (smem > 48 * 1024) {  // once per device (a benign race: the same value)
+  constexpr size_t smem = decode_mma_smem_bytes<KvT, HEAD_DIM, WARPS, STAGES>();
+  if constexpr (smem > kMaxSmem) {  // not built; cuda_decode_fits sends these to Triton
+    TORCH_CHECK(false, kOp, ": ", WARPS, " warps x ", STAGES, " stages at head_dim ",
+                HEAD_DIM, " need ", smem, " bytes of shared memory, more than ", kMaxSmem);
+    return;
+  } else {
+    auto* kernel = decode_mma_kernel<QT, KvT, HEAD_DIM, WARPS, STAGES>;
+    // once per device (a benign race: the same value); for every size, since the kernel's
+    // few static bytes count against the 48 KB a launch gets without it
     static bool raised[64] = {};
     int device = 0;
     FUSEINFER_CUDA_CHECK(cudaGetDevice(&device));
@@ -33,26 +41,39 @@ void launch(const DecodeMmaArgs& a, dim3 grid, bool pdl, cudaStream_t stream) {
           kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
       if (device < 64) raised[device] = true;
     }
+    FUSEINFER_CUDA_CHECK(launch_kernel(kernel, grid, dim3(WARPS * 32), smem, stream, pdl, a));
   }
-  FUSEINFER_CUDA_CHECK(launch_kernel(kernel, grid, dim3(WARPS * 32), smem, stream, pdl, a));
+}
+
+template <typename QT, typename KvT, int HEAD_DIM, int WARPS>
+void launch_stages(const DecodeMmaArgs& a, dim3 grid, int stages, bool pdl,
+                   cudaStream_t stream) {
+  if (stages == 2) {
+    launch<QT, KvT, HEAD_DIM, WARPS, 2>(a, grid, pdl, stream);
+  } else if (stages == 3) {
+    launch<QT, KvT, HEAD_DIM, WARPS, 3>(a, grid, pdl, stream);
+  } else {
+    launch<QT, KvT, HEAD_DIM, WARPS, 4>(a, grid, pdl, stream);
+  }
 }
 
 template <typename QT, typename KvT, int HEAD_DIM>
-void launch_warps(const DecodeMmaArgs& a, dim3 grid, int warps, bool pdl, cudaStream_t stream) {
+void launch_warps(const DecodeMmaArgs& a, dim3 grid, int warps, int stages, bool pdl,
+                  cudaStream_t stream) {
   if (warps == 8) {
-    launch<QT, KvT, HEAD_DIM, 8>(a, grid, pdl, stream);
+    launch_stages<QT, KvT, HEAD_DIM, 8>(a, grid, stages, pdl, stream);
   } else {
-    launch<QT, KvT, HEAD_DIM, 4>(a, grid, pdl, stream);
+    launch_stages<QT, KvT, HEAD_DIM, 4>(a, grid, stages, pdl, stream);
   }
 }
 
 template <typename QT, typename KvT>
-void launch_dims(const DecodeMmaArgs& a, dim3 grid, int head_dim, int warps, bool pdl,
-                 cudaStream_t stream) {
+void launch_dims(const DecodeMmaArgs& a, dim3 grid, int head_dim, int warps, int stages,
+                 bool pdl, cudaStream_t stream) {
   if (head_dim == 64) {
-    launch_warps<QT, KvT, 64>(a, grid, warps, pdl, stream);
+    launch_warps<QT, KvT, 64>(a, grid, warps, stages, pdl, stream);
   } else {
-    launch_warps<QT, KvT, 128>(a, grid, warps, pdl, stream);
+    launch_warps<QT, KvT, 128>(a, grid, warps, stages, pdl, stream);
   }
 }
 
@@ -69,7 +90,8 @@ void decode_mma(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor
                 const std::optional<at::Tensor>& k_scale,
                 const std::optional<at::Tensor>& v_scale, double sm_scale, double logit_cap,
                 int64_t window_left, int64_t page_size, std::vector<int64_t> cache_strides,
-                int64_t block_n, int64_t min_chunk, int64_t num_warps, bool enable_pdl,
+                int64_t block_n, int64_t min_chunk, int64_t num_warps, int64_t num_stages,
+                bool enable_pdl,
                 const std::optional<at::Tensor>& merge_counters) {
   FUSEINFER_CHECK_ARG(q.is_cuda() && q.dim() == 3 && q.stride(2) == 1, kOp, "q",
                       "must be a CUDA [batch, q_heads, head_dim] tensor with unit last stride");
@@ -93,6 +115,8 @@ void decode_mma(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor
                       " q heads over ", kv_heads, " KV heads");
   FUSEINFER_CHECK_ARG(num_warps == 4 || num_warps == 8, kOp, "num_warps",
                       "must be 4 or 8, got ", num_warps);
+  FUSEINFER_CHECK_ARG(num_stages >= 2 && num_stages <= 4, kOp, "num_stages",
+                      "must be 2, 3 or 4, got ", num_stages);
   FUSEINFER_CHECK_ARG(block_n >= 16 && block_n % 16 == 0, kOp, "block_n",
                       "must be a multiple of 16, got ", block_n);
   // 16-byte vector reads of q rows and key rows (8 bytes for an FP8 value run of 8)
@@ -163,12 +187,14 @@ void decode_mma(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor
   const dim3 grid(static_cast<unsigned>(batch), static_cast<unsigned>(kv_heads),
                   static_cast<unsigned>(a.max_splits));
   const int warps = static_cast<int>(num_warps);
+  const int stages = static_cast<int>(num_stages);
   if (qtype == at::kBFloat16) {
-    fp8 ? launch_dims<__nv_bfloat16, uint8_t>(a, grid, head_dim, warps, pdl, stream)
-        : launch_dims<__nv_bfloat16, __nv_bfloat16>(a, grid, head_dim, warps, pdl, stream);
+    fp8 ? launch_dims<__nv_bfloat16, uint8_t>(a, grid, head_dim, warps, stages, pdl, stream)
+        : launch_dims<__nv_bfloat16, __nv_bfloat16>(a, grid, head_dim, warps, stages, pdl,
+                                                     stream);
   } else {
-    fp8 ? launch_dims<__half, uint8_t>(a, grid, head_dim, warps, pdl, stream)
-        : launch_dims<__half, __half>(a, grid, head_dim, warps, pdl, stream);
+    fp8 ? launch_dims<__half, uint8_t>(a, grid, head_dim, warps, stages, pdl, stream)
+        : launch_dims<__half, __half>(a, grid, head_dim, warps, stages, pdl, stream);
   }
 }
 
@@ -179,7 +205,7 @@ TORCH_LIBRARY_FRAGMENT(fuseinfer, m) {
         "Tensor kv_lens, Tensor(a!) out, Tensor(b!)? lse, Tensor(c!) partial_out, "
         "Tensor(d!) partial_lse, Tensor? sinks, Tensor? k_scale, Tensor? v_scale, "
         "float sm_scale, float logit_cap, int window_left, int page_size, int[] cache_strides, "
-        "int block_n, int min_chunk, int num_warps, bool enable_pdl, "
+        "int block_n, int min_chunk, int num_warps, int num_stages, bool enable_pdl, "
         "Tensor(e!)? merge_counters=None) -> ()");
 }
 

@@ -1,9 +1,12 @@
 // Paged split-KV decode on tensor cores with K, V and P held in registers.
 //
 // One CTA takes one (request, KV head, split); its warps take turns over 16-key chunks of
-// the split's range and merge their softmax states through shared memory at the end. Per
-// chunk a warp computes S = Q K^T and O += P V with mma.m16n8k16 (the q heads of the KV
-// group are the 16 rows, padded with zeros), without staging K or V in shared memory:
+// the split's range and merge their softmax states through shared memory at the end.
+// Each warp keeps STAGES - 1 chunks in flight: cp.async copies each lane's K and V runs
+// into a ring of its own in shared memory (no register cost, no barrier: a lane reads
+// back only what it copied), the decode being bound by how many bytes are in flight per
+// SM. Per chunk a warp computes S = Q K^T and O += P V with mma.m16n8k16 (the q heads of
+// the KV group are the 16 rows, padded with zeros), with K, V and P in registers:
 //  - S: K is the B operand (head_dim x keys). The dot sums over head_dim, so head_dim is
 //    permuted (Q the same way) so that each thread's B elements of every k-tile are one
 //    contiguous run of the key's row: lane (g, q) reads head_dim/4 values of key g.
@@ -21,6 +24,7 @@
 
 #include <cmath>
 
+#include "async_copy.cuh"
 #include "decode_mma_args.h"
 #include "decode_mma_epilogue.cuh"
 #include "mma_fragments.cuh"
@@ -39,9 +43,30 @@ __device__ __forceinline__ int64_t slot_of(const DecodeMmaArgs& a, const int32_t
   return page * a.page_size + key % a.page_size;
 }
 
+// One warp's chunk in its ring stage: per lane its two K runs (keys g, g + 8) and four V
+// runs (keys 2q, 2q + 1, 2q + 8, 2q + 9), cut into copies of at most 16 bytes; copy i of
+// every lane side by side (lane-consecutive 16-byte slots: conflict-free reads).
+template <typename KvT, int HEAD_DIM>
+struct ChunkLayout {
+  static constexpr int kKBytes = HEAD_DIM / 4 * sizeof(KvT);  // a lane's run of one key
+  static constexpr int kVBytes = HEAD_DIM / 8 * sizeof(KvT);
+  static constexpr int kKCopy = kKBytes < 16 ? kKBytes : 16;
+  static constexpr int kVCopy = kVBytes < 16 ? kVBytes : 16;
+  static constexpr int kKCopies = kKBytes / kKCopy;  // per run
+  static constexpr int kVCopies = kVBytes / kVCopy;
+  static constexpr int kVOffset = 32 * 2 * kKBytes;
+  static constexpr int kBytes = kVOffset + 32 * 4 * kVBytes;  // one warp's chunk
+  __device__ static int k_at(int run, int i, int lane) {
+    return ((run * kKCopies + i) * 32 + lane) * kKCopy;
+  }
+  __device__ static int v_at(int run, int i, int lane) {
+    return kVOffset + ((run * kVCopies + i) * 32 + lane) * kVCopy;
+  }
+};
+
 // QT: the query (and output) type; KvT: the cache's (QT, or uint8_t for e4m3);
-// HEAD_DIM 64 or 128; WARPS per CTA.
-template <typename QT, typename KvT, int HEAD_DIM, int WARPS>
+// HEAD_DIM 64 or 128; WARPS per CTA; STAGES chunks in each warp's ring.
+template <typename QT, typename KvT, int HEAD_DIM, int WARPS, int STAGES>
 __global__ void __launch_bounds__(WARPS * 32)
     decode_mma_kernel(const DecodeMmaArgs a) {
   constexpr bool kFp8 = sizeof(KvT) == 1;
@@ -53,6 +78,8 @@ __global__ void __launch_bounds__(WARPS * 32)
   constexpr int kAccRow = acc_row<HEAD_DIM>();
   using KRun = Words<kKRun * sizeof(KvT) / 4>;
   using VRun = Words<kVRun * sizeof(KvT) / 4>;
+  using Layout = ChunkLayout<KvT, HEAD_DIM>;
+  static_assert(STAGES >= 2 && STAGES <= 4, "2 to 4 ring stages");
 
   const int req = blockIdx.x;
   const int kv_head = blockIdx.y;
@@ -62,7 +89,8 @@ __global__ void __launch_bounds__(WARPS * 32)
   const int g = lane / 4;  // mma group: A/C rows g and g + 8, B column g
   const int qd = lane % 4;
 
-  extern __shared__ float smem[];  // the warps' states, then the merge's weights
+  // the warps' rings, then (reused) the warps' states and the merge's weights
+  extern __shared__ __align__(16) float smem[];
   pdl_wait();
   const int kv_len = a.kv_lens[req];
   // this split's range, as the Triton kernel and the merge kernel cut it
@@ -141,7 +169,8 @@ __global__ void __launch_bounds__(WARPS * 32)
     }
   }
 
-  auto load_chunk = [&](int base, KRun (&kr)[2], VRun (&vr)[4]) {
+  // cp.async of a chunk's runs into a ring stage (zeros for keys outside the range)
+  auto issue_chunk = [&](int base, char* stage) {
     const int key0 = max(base, first);  // a key the page table maps
     int64_t chunk_slot = 0;
     if (page_per_chunk) {  // warp-uniform: every lane takes the same chunk
@@ -159,28 +188,57 @@ __global__ void __launch_bounds__(WARPS * 32)
 #pragma unroll
     for (int j = 0; j < 2; ++j) {
       const int key = base + 8 * j + g;
-      if (key < end && key >= first) {  // below a window's first key: never read
-        kr[j] = load_run<sizeof(KRun)>(kc + slot(key) * a.k_stride_slot + qd * kKRun);
-      } else {
-        zero(kr[j]);
+      // below a window's first key: never read
+      const bool ok = key < end && key >= first;
+      const char* src = reinterpret_cast<const char*>(
+          ok ? kc + slot(key) * a.k_stride_slot + qd * kKRun : kc);
+#pragma unroll
+      for (int i = 0; i < Layout::kKCopies; ++i) {
+        cp_async<Layout::kKCopy>(stage + Layout::k_at(j, i, lane), src + i * Layout::kKCopy, ok);
       }
     }
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
       const int key = base + 2 * qd + (j & 1) + 8 * (j >> 1);
-      if (key < end && key >= first) {  // slots past the length may hold anything, NaN too
-        vr[j] = load_run<sizeof(VRun)>(vc + slot(key) * a.v_stride_slot + g * kVRun);
-      } else {
-        zero(vr[j]);
+      // slots past the length may hold anything, NaN too: zeros instead
+      const bool ok = key < end && key >= first;
+      const char* src = reinterpret_cast<const char*>(
+          ok ? vc + slot(key) * a.v_stride_slot + g * kVRun : vc);
+#pragma unroll
+      for (int i = 0; i < Layout::kVCopies; ++i) {
+        cp_async<Layout::kVCopy>(stage + Layout::v_at(j, i, lane), src + i * Layout::kVCopy, ok);
       }
     }
   };
-  // Two chunks' runs per lane (ping-pong, no copies): the next chunk's loads go out before
-  // this chunk's math, so each warp keeps a chunk in flight while it computes. The first
-  // chunk's loads go out before Q is unpacked.
-  KRun ka[2], kb[2];
-  VRun va[4], vb[4];
-  if (start + warp * 16 < end) load_chunk(start + warp * 16, ka, va);
+  // a chunk's runs back from the ring into registers (the lane's own copies)
+  auto read_chunk = [&](const char* stage, KRun (&kr)[2], VRun (&vr)[4]) {
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+#pragma unroll
+      for (int i = 0; i < Layout::kKCopies; ++i) {
+        copy_words<Layout::kKCopy>(kr[j].w + i * Layout::kKCopy / 4,
+                                   stage + Layout::k_at(j, i, lane));
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+#pragma unroll
+      for (int i = 0; i < Layout::kVCopies; ++i) {
+        copy_words<Layout::kVCopy>(vr[j].w + i * Layout::kVCopy / 4,
+                                   stage + Layout::v_at(j, i, lane));
+      }
+    }
+  };
+  // The first STAGES - 1 chunks go out before Q is unpacked (one group each, empty past
+  // the range, so the waits below count the same for every warp).
+  char* ring = reinterpret_cast<char*>(smem) + warp * STAGES * Layout::kBytes;
+  const int step = WARPS * 16;
+  const int first_base = start + warp * 16;
+#pragma unroll
+  for (int st = 0; st < STAGES - 1; ++st) {
+    if (first_base + st * step < end) issue_chunk(first_base + st * step, ring + st * Layout::kBytes);
+    cp_async_commit();
+  }
 
   // Q rows g and g + 8 (the group's heads; zeros past it), head_dim permuted like K: read
   // above, unpacked here, once the first chunk's loads are out
@@ -305,21 +363,25 @@ __global__ void __launch_bounds__(WARPS * 32)
       mma16816<MmaT>(acc[t + 1], pa, b[1][0], b[1][1]);
     }
   };
-  // unrolled twice so the two buffers swap roles without register copies
-  int base = start + warp * 16;
+  // Chunk i sits in stage i % STAGES. Before its math, chunk i + STAGES - 1 goes into the
+  // stage chunk i - 1 left (read into registers and used by the last math: no hazard).
+  int stage = 0;
 #pragma unroll 1
-  while (base < end) {
-    int next = base + WARPS * 16;
-    if (next < end) load_chunk(next, kb, vb);
-    chunk_math(ka, va, base);
-    base = next;
-    if (base >= end) break;
-    next = base + WARPS * 16;
-    if (next < end) load_chunk(next, ka, va);
-    chunk_math(kb, vb, base);
-    base = next;
+  for (int base = first_base; base < end; base += step) {
+    const int ahead = base + (STAGES - 1) * step;
+    const int ahead_stage = stage == 0 ? STAGES - 1 : stage - 1;
+    if (ahead < end) issue_chunk(ahead, ring + ahead_stage * Layout::kBytes);
+    cp_async_commit();
+    cp_async_wait<STAGES - 1>();  // chunk i has landed
+    KRun kr[2];
+    VRun vr[4];
+    read_chunk(ring + stage * Layout::kBytes, kr, vr);
+    chunk_math(kr, vr, base);
+    stage = stage + 1 == STAGES ? 0 : stage + 1;
   }
   pdl_launch_dependents();
+  cp_async_wait<0>();  // only empty groups remain; the rings become the warps' states
+  __syncthreads();
 
   // the row sums of the lanes of a row
 #pragma unroll
@@ -355,9 +417,13 @@ __global__ void __launch_bounds__(WARPS * 32)
   }
 }
 
-template <int HEAD_DIM, int WARPS>
+// The warps' rings, and after the loop in the same bytes the warps' states (then the
+// merge's weights).
+template <typename KvT, int HEAD_DIM, int WARPS, int STAGES>
 constexpr size_t decode_mma_smem_bytes() {
-  return sizeof(float) * WARPS * 16 * (2 + acc_row<HEAD_DIM>());
+  const size_t rings = size_t{WARPS} * STAGES * ChunkLayout<KvT, HEAD_DIM>::kBytes;
+  const size_t states = sizeof(float) * WARPS * 16 * (2 + acc_row<HEAD_DIM>());
+  return rings > states ? rings : states;
 }
 
 // The most pieces the merge in the last piece holds weights for (16 rows x 256 pieces and

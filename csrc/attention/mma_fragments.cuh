@@ -39,6 +39,23 @@ __device__ __forceinline__ Words<BYTES / 4> load_run(const void* p) {
   return r;
 }
 
+// BYTES (8 or 16) of shared memory at src into dst's words, one vector load.
+template <int BYTES>
+__device__ __forceinline__ void copy_words(uint32_t* dst, const void* src) {
+  if constexpr (BYTES == 16) {
+    const uint4 v = *static_cast<const uint4*>(src);
+    dst[0] = v.x;
+    dst[1] = v.y;
+    dst[2] = v.z;
+    dst[3] = v.w;
+  } else {
+    static_assert(BYTES == 8, "copies are 8 or 16 bytes");
+    const uint2 v = *static_cast<const uint2*>(src);
+    dst[0] = v.x;
+    dst[1] = v.y;
+  }
+}
+
 template <int WORDS>
 __device__ __forceinline__ void zero(Words<WORDS>& r) {
 #pragma unroll

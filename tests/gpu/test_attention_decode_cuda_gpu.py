@@ -1,9 +1,9 @@
 """The CUDA decode kernel (csrc/attention, a decode rule's kernel "cuda") on the GPU against
 the float32 reference: GQA groups 1-16, head dims 64 and 128, bf16/fp16 and FP8 caches
 (a scale per KV head), page sizes 1/16/64, windows, sinks, soft-cap, one piece and split
-pieces merged by the last piece or by the merge kernel, 4 and 8 warps, padded rows,
-NaN-poisoned cache slots, CUDA-graph replay; and the
-calls it does not take (head_dim 256, groups past 16) falling back to Triton."""
+pieces merged by the last piece or by the merge kernel, 4 and 8 warps, 2-4 ring stages,
+padded rows, NaN-poisoned cache slots, CUDA-graph replay; and the calls it does not take
+(head_dim 256, groups past 16, rings past shared memory) falling back to Triton."""
 
 from __future__ import annotations
 
@@ -23,9 +23,9 @@ from fuseinfer.ops.attention.reference import reference_paged_attention
 TOL = {torch.bfloat16: 2e-2, torch.float16: 4e-3}
 
 
-def _table(warps: int = 4, block_n: int = 64):
+def _table(warps: int = 4, block_n: int = 64, stages: int = 2):
     return replace(ATTENTION_BUILTIN, tensor_core_min_group=1,
-                   decode_rules=(DecodeLaunchRule(None, block_n, warps, 2, 1, "cuda"),))
+                   decode_rules=(DecodeLaunchRule(None, block_n, warps, stages, 1, "cuda"),))
 
 
 def _features(name, hq):
@@ -66,14 +66,16 @@ def _takes_cuda(kv, q, plan) -> bool:
     (64, 8, 8, 64),     # group 1
 ])
 @pytest.mark.parametrize("features", ["plain", "window-sinks-cap"])
-@pytest.mark.parametrize("splits", [None, 1])
-def test_cuda_decode_matches_reference(cache, head_dim, hq, hkv, page_size, features, splits):
+@pytest.mark.parametrize("splits, stages", [(None, 4), (1, 2)])
+def test_cuda_decode_matches_reference(cache, head_dim, hq, hkv, page_size, features, splits,
+                                       stages):
     dtype = torch.float16 if cache == "fp16" else torch.bfloat16
     kv_lens = [1, 4100, 0, 333, 64, 2048, 17]  # row 2 is a padded batch row
     kv = make_paged_kv(kv_lens, hkv, head_dim, page_size, dtype, "cuda", fp8=cache == "fp8",
                        per_head_scales=cache == "fp8", poison=True)
     q = torch.randn(len(kv_lens), hq, head_dim, device="cuda", dtype=dtype)
-    attn = PagedAttention(AttentionShape(hq, hkv, head_dim, page_size), "cuda", table=_table())
+    attn = PagedAttention(AttentionShape(hq, hkv, head_dim, page_size), "cuda",
+                          table=_table(stages=stages))
     plan, out, lse = _run_and_check(attn, kv, kv_lens, q, dtype, splits,
                                     **_features(features, hq))
     assert plan.launch.cuda_kernel == 1 and _takes_cuda(kv, q, plan)
@@ -81,17 +83,20 @@ def test_cuda_decode_matches_reference(cache, head_dim, hq, hkv, page_size, feat
 
 
 @pytest.mark.parametrize("fused_merge", [True, False])
-@pytest.mark.parametrize("warps, block_n", [(8, 64), (4, 16), (8, 128)])
-def test_cuda_decode_warps_split_alignment_and_merges(warps, block_n, fused_merge):
+# 4 warps x 3 FP8 stages: 48 KB of rings, plus the kernel's static bytes past the default
+@pytest.mark.parametrize("warps, block_n, stages", [(8, 64, 3), (4, 16, 3), (8, 128, 2)])
+def test_cuda_decode_warps_split_alignment_and_merges(warps, block_n, stages, fused_merge):
     """8 warps merge more per-warp states; block_n only aligns the split ranges (the merge
     cuts them the same way; 129 keys at block_n 128 leave an empty third piece); the pieces
-    merged by the last to finish (counters back at zero) or by the merge kernel."""
+    merged by the last to finish (counters back at zero) or by the merge kernel; rings of
+    2-4 chunks per warp (a warp with fewer chunks than stages, 16 keys, issues empty
+    groups)."""
     kv_lens = [5000, 129, 16, 4096]
     kv = make_paged_kv(kv_lens, 8, 128, 64, torch.bfloat16, "cuda", fp8=True,
                        per_head_scales=True, poison=True)
     q = torch.randn(len(kv_lens), 32, 128, device="cuda", dtype=torch.bfloat16)
-    attn = PagedAttention(AttentionShape(32, 8, 128, 64), "cuda", table=_table(warps, block_n),
-                          fused_merge=fused_merge)
+    attn = PagedAttention(AttentionShape(32, 8, 128, 64), "cuda",
+                          table=_table(warps, block_n, stages), fused_merge=fused_merge)
     for splits in (None, 3):
         for _ in range(2):  # twice: the counters are back at zero for the next call
             plan, _, _ = _run_and_check(attn, kv, kv_lens, q, torch.bfloat16, splits,
@@ -102,11 +107,14 @@ def test_cuda_decode_warps_split_alignment_and_merges(warps, block_n, fused_merg
 
 
 def test_cuda_decode_falls_back_where_it_does_not_apply():
-    """head_dim 256 and a group of 32 are not the CUDA kernel's: Triton runs them."""
-    for hq, hkv, d in ((8, 1, 256), (32, 1, 128)):
+    """head_dim 256, a group of 32 and 8 warps of 4 bf16 head_dim-128 chunks (256 KB of
+    rings) are not the CUDA kernel's: Triton runs them."""
+    for hq, hkv, d, warps, stages in ((8, 1, 256, 4, 2), (32, 1, 128, 4, 2),
+                                      (32, 8, 128, 8, 4)):
         kv = make_paged_kv([300, 70], hkv, d, 16, torch.bfloat16, "cuda", poison=True)
         q = torch.randn(2, hq, d, device="cuda", dtype=torch.bfloat16)
-        attn = PagedAttention(AttentionShape(hq, hkv, d, 16), "cuda", table=_table())
+        attn = PagedAttention(AttentionShape(hq, hkv, d, 16), "cuda",
+                              table=_table(warps, stages=stages))
         plan, _, _ = _run_and_check(attn, kv, [300, 70], q, torch.bfloat16)
         assert not _takes_cuda(kv, q, plan)
 

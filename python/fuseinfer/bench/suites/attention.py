@@ -345,7 +345,8 @@ def _time_cuda_decode(row: dict[str, Any], case: Case, page_size: int, dtype: to
     for fp8, key in ((False, "cuda"), (True, "fp8_cuda")) if fp8_kv else ((False, "cuda"),):
         rule = table.decode_rule(case.model.head_dim, fp8, len(case.kv_lens))
         cuda = replace(rule, kernel="cuda", kv_heads_per_program=1, max_batch=None,
-                       num_warps=rule.num_warps if rule.num_warps in (4, 8) else 4)
+                       num_warps=rule.num_warps if rule.num_warps in (4, 8) else 4,
+                       num_stages=min(max(rule.num_stages, 2), 4))
         trial = replace(table, decode_rules=(replace(cuda, max_head_dim=None),),
                         fp8_decode_rules=())
         _time_variant(row, key, case, page_size, dtype, us, config, fp8=fp8, table=trial)

@@ -65,7 +65,9 @@ KV_HEADS_PER_PROGRAM = (2, 4)  # tried with the best loop (1 is the loop search'
 # the CUDA decode kernel, tried after the Triton search: (warps, ctas_per_sm), None the
 # entry's split target; an SM holds two of its 4-warp programs at head_dim 128 (about 200
 # registers), one of 8 warps, so the split count can aim at that instead of Triton's
-CUDA_DECODE_CANDIDATES = ((4, None), (8, None), (4, 2), (8, 1))
+# the CUDA kernel: (warps, ring stages, programs per SM for the split count or None)
+CUDA_DECODE_CANDIDATES = ((4, 2, None), (4, 4, None), (4, 3, 2), (4, 4, 2), (8, 3, None),
+                          (8, 3, 1))
 SPLIT_CANDIDATES = list(itertools.product((64, 128, 256, 512), (1, 2, 4)))
 SPLIT_SHAPES = ((1, 4096), (1, 16384), (8, 4096))
 MERGE_PIECES = (2, 4, 8, 16)  # windows of (pieces - 1) x min_chunk keys: at most that many
@@ -239,10 +241,10 @@ def _tune_decode(table: AttentionDispatch, head_dim: int, m: Any, log: _Log, pro
             cand = (block_n, w, stages, per_program)
             if m.kv_heads % per_program == 0:
                 score(cand)
-    # the CUDA kernel (csrc/attention): its warps and split target, the winner's split
-    # alignment (fields after the kernel: max_batch, ctas_per_sm)
-    for w, ctas in CUDA_DECODE_CANDIDATES:
-        score((block_n, w, stages, 1, "cuda") + (() if ctas is None else (None, ctas)))
+    # the CUDA kernel (csrc/attention): its warps, ring stages and split target, the
+    # winner's split alignment (fields after the kernel: max_batch, ctas_per_sm)
+    for w, ring, ctas in CUDA_DECODE_CANDIDATES:
+        score((block_n, w, ring, 1, "cuda") + (() if ctas is None else (None, ctas)))
     # every candidate was timed at both shapes: the small batch's fastest serves batches up
     # to SMALL_BATCH, the large batch's every other batch (one rule when they agree)
     small = min(timed, key=lambda t: t[0][0])[1]

@@ -45,9 +45,10 @@ class DecodeLaunchRule:
     # tensor-core path: KV heads one program reads side by side (a token's rows of
     # neighbouring heads are contiguous in the cache, so each read is that much longer)
     kv_heads_per_program: int = 1
-    # "triton", or "cuda": csrc/attention's kernel (K, V and P in registers, no staging in
-    # shared memory; KV groups of at most 16, head_dim 64 or 128, 4 or 8 warps, one KV head
-    # per program; block_n then only aligns the split ranges). Elsewhere Triton runs.
+    # "triton", or "cuda": csrc/attention's kernel (each warp's num_stages - 1 chunks of 16
+    # keys in flight through a cp.async ring, K, V and P in registers; KV groups of at most
+    # 16, head_dim 64 or 128, 4 or 8 warps, 2-4 stages, one KV head per program; block_n
+    # then only aligns the split ranges). Elsewhere Triton runs.
     kernel: str = "triton"
     # the rule serves batches up to this many requests (None: any); rules are read in
     # order, so a small-batch rule goes before its head dim's catch-all
@@ -68,9 +69,11 @@ class DecodeLaunchRule:
             raise TableError(f"{where}.kernel: must be one of {list(DECODE_KERNELS)}, got "
                              f"{self.kernel!r}")
         if self.kernel == "cuda" and (self.num_warps not in (4, 8)
+                                      or self.num_stages not in (2, 3, 4)
                                       or self.kv_heads_per_program != 1):
-            raise TableError(f"{where}: the cuda kernel runs 4 or 8 warps and one KV head per "
-                             f"program, got {self.num_warps} and {self.kv_heads_per_program}")
+            raise TableError(f"{where}: the cuda kernel runs 4 or 8 warps, 2-4 stages and one "
+                             f"KV head per program, got {self.num_warps}, {self.num_stages} "
+                             f"and {self.kv_heads_per_program}")
 
 
 @dataclass(frozen=True)

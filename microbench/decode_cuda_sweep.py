@@ -1,0 +1,100 @@
+"""The CUDA decode kernel's variants beside the table's rule (developer tool, not a benchmark
+of record): per model, decode shape and cache (bf16, FP8 with a scale per KV head), the
+table's rule as it stands, then the CUDA kernel at each (warps, ring stages) that fits and
+with two programs per SM as the split target; every variant is checked against the
+reference first.
+
+    python microbench/decode_cuda_sweep.py [--models Llama-3-8B GPT-OSS]
+        [--shapes 64x4096 64x16384 1x8192 50x300] [--caches bf16 fp8] [--json F]
+
+Timing as `bench attention` (CUDA-graph replay, medians); TB/s count the KV bytes read
+(the FP8 cache's half-size ones for FP8), `x bf16` is the table's bf16 time over the row's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fuseinfer.bench.report import bench_environment, write_run_json
+from fuseinfer.bench.suites.attention import MODELS, Case, check, kv_bytes, make_inputs, ours
+from fuseinfer.bench.timing import TimingConfig, time_calls
+from fuseinfer.ops.attention.decode_cuda import MAX_SMEM, cuda_decode_smem_bytes
+from fuseinfer.ops.attention.dispatch import AttentionDispatch, attention_table
+
+CONFIG = TimingConfig(repeats=9, target_graph_ms=2.0)
+PAGE_SIZE = 64
+# (warps, stages, programs per SM for the split count or None: the entry's)
+CUDA_VARIANTS = [(w, s, None) for w, s in itertools.product((4, 8), (2, 3, 4))] \
+    + [(4, 4, 2), (4, 3, 2)]
+
+
+def variants(table: AttentionDispatch, head_dim: int, batch: int, fp8: bool
+             ) -> list[tuple[str, AttentionDispatch]]:
+    """(name, table) per variant: the table's rule, then the CUDA kernel's that fit."""
+    rule = table.decode_rule(head_dim, fp8, batch)
+    only = dict(decode_rules=(replace(rule, max_head_dim=None, max_batch=None),),
+                fp8_decode_rules=())
+    out = [(f"table {rule.kernel} n{rule.block_n} w{rule.num_warps} s{rule.num_stages}",
+            replace(table, **only))]
+    for warps, stages, ctas in CUDA_VARIANTS:
+        if cuda_decode_smem_bytes(head_dim, 1 if fp8 else 2, warps, stages) > MAX_SMEM:
+            continue
+        cuda = replace(rule, max_head_dim=None, max_batch=None, kernel="cuda",
+                       kv_heads_per_program=1, num_warps=warps, num_stages=stages,
+                       ctas_per_sm=ctas)
+        name = f"cuda w{warps} s{stages}" + (f" ctas{ctas}" if ctas else "")
+        out.append((name, replace(table, decode_rules=(cuda,), fp8_decode_rules=())))
+    return out
+
+
+def run(models: list[str], shapes: list[str], caches: list[str],
+        json_path: Path | None = None) -> list[dict[str, Any]]:
+    """Every case's variants; with json_path the rows so far are rewritten there after each
+    case, so a sweep cut short keeps what it measured."""
+    table = attention_table()
+    rows: list[dict[str, Any]] = []
+    for name, shape in itertools.product(models, shapes):
+        m = MODELS[name]
+        batch, length = (int(x) for x in shape.split("x"))
+        case = Case("decode", m, shape, (1,) * batch, (length,) * batch)
+        bf16_us = None
+        for cache in caches:
+            fp8 = cache == "fp8"
+            for variant, trial in variants(table, m.head_dim, batch, fp8):
+                err = check(case, PAGE_SIZE, torch.bfloat16, fp8=fp8, table=trial)
+                x = make_inputs(case, PAGE_SIZE, torch.bfloat16, fp8=fp8, table=trial)
+                us = time_calls([ours(x, window_left=m.window_left)], CONFIG).median_us
+                if bf16_us is None and not fp8:
+                    bf16_us = us  # the table's bf16 time: the first bf16 row
+                row = dict(model=m.name, shape=shape, cache=cache, variant=variant, us=us,
+                           tbps=kv_bytes(case, 1 if fp8 else 2) / us / 1e6, rel_err=err,
+                           x_bf16=bf16_us / us if bf16_us else None)
+                rows.append(row)
+                x_bf16 = f"{row['x_bf16']:5.2f}x" if row["x_bf16"] else "      "
+                print(f"{m.name:12s} {shape:9s} {cache:4s} {variant:26s} {us:9.1f} us "
+                      f"{row['tbps']:5.2f} TB/s {x_bf16}  err {err:.1e}", flush=True)
+                del x
+        if json_path:
+            write_run_json(json_path, "decode_cuda_sweep", bench_environment(), None, rows)
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--models", nargs="+", default=["Llama-3-8B", "GPT-OSS"],
+                    choices=list(MODELS))
+    ap.add_argument("--shapes", nargs="+", default=["64x4096", "64x16384", "1x8192", "50x300"])
+    ap.add_argument("--caches", nargs="+", default=["bf16", "fp8"], choices=["bf16", "fp8"])
+    ap.add_argument("--json", type=Path, help="write the rows (and the environment) here")
+    args = ap.parse_args()
+    run(args.models, args.shapes, args.caches, args.json)
+
+
+if __name__ == "__main__":
+    main()
