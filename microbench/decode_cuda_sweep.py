@@ -22,8 +22,8 @@ from typing import Any
 import torch
 
 from fuseinfer.bench.report import bench_environment, write_run_json
-from fuseinfer.bench.suites.attention import MODELS, Case, check, kv_bytes, make_inputs, ours
-from fuseinfer.bench.timing import TimingConfig, time_calls
+from fuseinfer.bench.suites.attention import MODELS, Case, checked_time, kv_bytes
+from fuseinfer.bench.timing import TimingConfig
 from fuseinfer.ops.attention.decode_cuda import MAX_SMEM, cuda_decode_smem_bytes
 from fuseinfer.ops.attention.dispatch import AttentionDispatch, attention_table
 
@@ -67,9 +67,8 @@ def run(models: list[str], shapes: list[str], caches: list[str],
         for cache in caches:
             fp8 = cache == "fp8"
             for variant, trial in variants(table, m.head_dim, batch, fp8):
-                err = check(case, PAGE_SIZE, torch.bfloat16, fp8=fp8, table=trial)
-                x = make_inputs(case, PAGE_SIZE, torch.bfloat16, fp8=fp8, table=trial)
-                us = time_calls([ours(x, window_left=m.window_left)], CONFIG).median_us
+                err, us = checked_time(case, PAGE_SIZE, torch.bfloat16, CONFIG, fp8=fp8,
+                                       table=trial)
                 if bf16_us is None and not fp8:
                     bf16_us = us  # the table's bf16 time: the first bf16 row
                 row = dict(model=m.name, shape=shape, cache=cache, variant=variant, us=us,
@@ -79,7 +78,6 @@ def run(models: list[str], shapes: list[str], caches: list[str],
                 x_bf16 = f"{row['x_bf16']:5.2f}x" if row["x_bf16"] else "      "
                 print(f"{m.name:12s} {shape:9s} {cache:4s} {variant:26s} {us:9.1f} us "
                       f"{row['tbps']:5.2f} TB/s {x_bf16}  err {err:.1e}", flush=True)
-                del x
         if json_path:
             write_run_json(json_path, "decode_cuda_sweep", bench_environment(), None, rows)
     return rows

@@ -23,16 +23,8 @@ from typing import Any
 import torch
 
 from fuseinfer.bench.report import bench_environment, write_run_json
-from fuseinfer.bench.suites.attention import (
-    MODELS,
-    PREFILL,
-    Case,
-    check,
-    flops,
-    make_inputs,
-    ours,
-)
-from fuseinfer.bench.timing import TimingConfig, time_calls
+from fuseinfer.bench.suites.attention import MODELS, PREFILL, Case, checked_time, flops
+from fuseinfer.bench.timing import TimingConfig
 from fuseinfer.ops.attention.dispatch import (
     ATTENTION_BUILTIN,
     AttentionDispatch,
@@ -81,15 +73,12 @@ def run(models: list[str], shapes: list[str], windows: list[int],
     for case in cases:
         m = case.model
         for name, trial in variants(table, m.head_dim):
-            err = check(case, PAGE_SIZE, torch.bfloat16, table=trial)
-            x = make_inputs(case, PAGE_SIZE, torch.bfloat16, table=trial)
-            us = time_calls([ours(x, window_left=m.window_left)], CONFIG).median_us
+            err, us = checked_time(case, PAGE_SIZE, torch.bfloat16, CONFIG, table=trial)
             row = dict(model=m.name, window_left=m.window_left, shape=case.shape,
                        variant=name, us=us, tflops=flops(case) / us / 1e6, rel_err=err)
             rows.append(row)
             print(f"{m.name:16s} {case.shape:16s} {name:24s} {us:9.1f} us "
                   f"{row['tflops']:5.0f} TFLOP/s  err {err:.1e}", flush=True)
-            del x
         if json_path:
             write_run_json(json_path, "prefill_hopper_sweep", bench_environment(), None, rows)
     return rows

@@ -292,15 +292,23 @@ def run(cases: Sequence[Case], baselines: Sequence[str], copy_gbps: float | None
     return rows
 
 
+def checked_time(case: Case, page_size: int, dtype: torch.dtype, config: TimingConfig,
+                 **variant: Any) -> tuple[float, float]:
+    """(relative error, median us) of our kernel on the case with make_inputs' `variant`
+    options (table=, fp8=, ...), checked against the reference before it is timed."""
+    err = check(case, page_size, dtype, **variant)
+    x = make_inputs(case, page_size, dtype, **variant)
+    return err, _time(ours(x, window_left=case.model.window_left), config)
+
+
 def _time_variant(row: dict[str, Any], key: str, case: Case, page_size: int,
                   dtype: torch.dtype, us: float, config: TimingConfig, **variant: Any
                   ) -> None:
     """Our kernel on the case with make_inputs' `variant` options, checked first: the
     row's `<key>_rel_err`, `<key>_us` and `<key>_speedup` (`us`, the plain call's time,
     over it)."""
-    row[f"{key}_rel_err"] = check(case, page_size, dtype, **variant)
-    x = make_inputs(case, page_size, dtype, **variant)
-    row[f"{key}_us"] = _time(ours(x, window_left=case.model.window_left), config)
+    row[f"{key}_rel_err"], row[f"{key}_us"] = checked_time(case, page_size, dtype, config,
+                                                           **variant)
     row[f"{key}_speedup"] = us / row[f"{key}_us"]
 
 
