@@ -35,8 +35,12 @@ def _hopper_table(block_n=128, stages=2):
 
 
 @pytest.mark.parametrize("fields, problem", [
-    (dict(block_m=64), "block_m 128 over 8 warps"),
-    (dict(num_warps=4), "block_m 128 over 8 warps"),
+    (dict(block_m=64), "over block_m / 16 warps"),
+    (dict(num_warps=4), "over block_m / 16 warps"),
+    (dict(block_m=192), "over block_m / 16 warps"),  # 12 warps
+    (dict(block_m=192, num_warps=12), "head_dim 64 only"),  # max_head_dim null: 128 too
+    (dict(block_m=192, num_warps=12, max_head_dim=64, num_stages=5, block_n=64),
+     "2-4 tiles in flight"),
     (dict(block_n=32), "block_n is 64 or 128"),
     (dict(num_stages=3), "shared memory"),  # 3 stages of 128 keys at head_dim 128
     (dict(kernel="cuda"), "must be one of"),
@@ -122,6 +126,78 @@ def test_a_call_the_kernel_cannot_take_runs_the_portable_one(monkeypatch):
     want, _ = reference_paged_attention(q, kv.k_cache, kv.v_cache, kv.page_table,
                                         plan.q_indptr, plan.kv_lens, sm_scale=0.125)
     torch.testing.assert_close(out, want, rtol=2e-3, atol=2e-3)
+
+
+def _three_consumer_table(min_window: int = 0) -> AttentionDispatch:
+    """head_dim 64 on 192-row sm_90a tiles, falling back to a 64-row portable rule."""
+    return replace(ATTENTION_BUILTIN, hopper_prefill_min_window=min_window, prefill_rules=(
+        PrefillLaunchRule(64, 192, 128, 12, 2, True, "hopper", persistent=True),
+        PrefillLaunchRule(64, 64, 32, 4, 2, True),
+        PrefillLaunchRule(None, 128, 64, 4, 2, True)))
+
+
+def _covered(work: torch.Tensor, block_m: int, q_lens: list[int]) -> list[list[int]]:
+    """Per request, the query blocks its work items cover (sorted)."""
+    blocks: list[list[int]] = [[] for _ in q_lens]
+    for req, blk in work.tolist():
+        if req >= 0:
+            blocks[req].append(blk)
+    return [sorted(b) for b in blocks]
+
+
+def test_a_192_row_rule_plans_its_own_items_and_the_portable_rules():
+    """A 192-row sm_90a rule validates at head_dim 64; its plan holds 192-row items for the
+    kernel and the next portable rule's 64-row items for narrow windows, each covering
+    every query once; an FP8 cache plans the portable rule alone."""
+    table = _three_consumer_table(min_window=1024)
+    table.validate("t")
+    assert table.portable_prefill_rule(64) is table.prefill_rules[1]
+    assert table.portable_prefill_rule(128) is table.prefill_rules[2]
+    q_lens = [500, 7, 192]
+    kv_lens = [700, 7, 192]
+    kv = make_paged_kv(kv_lens, 2, 64, 16, torch.float32, "cpu")
+    attn = PagedAttention(AttentionShape(8, 2, 64, 16), "cpu", table=table)
+    plan = attn.plan_prefill(q_lens, kv_lens, kv.page_table)
+    assert (plan.launch.block_m, plan.launch.hopper_kernel, plan.launch.persistent) \
+        == (192, 1, 1)
+    assert (plan.portable_launch.block_m, plan.portable_launch.block_n,
+            plan.portable_launch.hopper_kernel) == (64, 32, 0)
+    for launch, bm in ((plan.launch, 192), (plan.portable_launch, 64)):
+        assert _covered(plan.work_for(launch), bm, q_lens) \
+            == [list(range(-(-q // bm))) for q in q_lens]
+    assert attn.prefill_launch(plan, 128) == plan.portable_launch
+    assert attn.prefill_launch(plan, None) == plan.launch
+    fp8 = PagedAttention(AttentionShape(8, 2, 64, 16, kv_fp8=True), "cpu", table=table)
+    plan8 = fp8.plan_prefill(q_lens, kv_lens, kv.page_table)
+    assert (plan8.launch.block_m, plan8.launch.hopper_kernel) == (64, 0)
+
+
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
+                    reason="a GPU is present: the GPU suite runs these kernels natively")
+def test_a_192_row_call_the_kernel_declines_runs_in_64_row_pieces(monkeypatch):
+    """A launch of 192-row items that the sm_90a kernel does not take (CPU tensors) runs
+    the portable kernel over 64-row pieces of them, matching the reference; rows are
+    poisoned first, so a piece left out shows."""
+    monkeypatch.setattr(attention_launch, "launch_prefill_hopper",
+                        lambda a: pytest.fail("the sm_90a kernel ran on CPU tensors"))
+    gen = torch.Generator().manual_seed(5)
+    q_lens, kv_lens = [200, 70, 1], [260, 70, 9]
+    kv = make_paged_kv(kv_lens, 2, 64, 16, torch.float32, "cpu", poison=True, generator=gen)
+    q = torch.randn(sum(q_lens), 8, 64, generator=gen)
+    attn = PagedAttention(AttentionShape(8, 2, 64, 16), "cpu", table=_three_consumer_table())
+    plan = attn.plan_prefill(q_lens, kv_lens, kv.page_table)
+    assert plan.launch.block_m == 192 and plan.launch.hopper_kernel == 1
+    out = torch.full_like(q, float("nan"))
+    lse = torch.full(q.shape[:2], float("nan"))
+    args = PrefillArgs(q, kv.k_cache, kv.v_cache, kv.page_table, plan.q_indptr, plan.kv_lens,
+                       plan.work, out, lse=lse, sm_scale=0.125, window_left=50,
+                       enable_pdl=False, launch=plan.launch)
+    attention_launch.launch_prefill(args)
+    want, want_lse = reference_paged_attention(q, kv.k_cache, kv.v_cache, kv.page_table,
+                                               plan.q_indptr, plan.kv_lens, sm_scale=0.125,
+                                               window_left=50)
+    torch.testing.assert_close(out, want, rtol=2e-3, atol=2e-3)
+    torch.testing.assert_close(lse, want_lse, rtol=2e-3, atol=2e-3)
 
 
 def test_narrow_windows_leave_the_kernel_to_the_portable_one():

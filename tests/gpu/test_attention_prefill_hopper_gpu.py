@@ -48,10 +48,14 @@ def launches(monkeypatch):
     return count
 
 
-def _table(block_n: int, stages: int, pingpong: bool = False, persistent: bool = False):
-    rule = PrefillLaunchRule(None, 128, block_n, 8, stages, True, "hopper", pingpong,
-                             persistent)
-    return replace(ATTENTION_BUILTIN, prefill_rules=(rule,))
+def _table(block_n: int, stages: int, pingpong: bool = False, persistent: bool = False,
+           block_m: int = 128):
+    """One sm_90a rule; 192-row tiles (head_dim 64 only) with the built-in catch-all for
+    the portable kernel after them."""
+    rule = PrefillLaunchRule(None if block_m == 128 else 64, block_m, block_n, block_m // 16,
+                             stages, True, "hopper", pingpong, persistent)
+    rules = (rule,) if block_m == 128 else (rule, ATTENTION_BUILTIN.prefill_rules[-1])
+    return replace(ATTENTION_BUILTIN, prefill_rules=rules)
 
 
 def _features(name, hq, window=37):
@@ -62,9 +66,10 @@ def _features(name, hq, window=37):
 
 def _run_and_check(hq, hkv, head_dim, page_size, dtype, block_n, stages, features,
                    cases=CASES, fused_qkv=False, fp8=False, window=37, return_lse=True,
-                   table=None, pingpong=False, persistent=False):
+                   table=None, pingpong=False, persistent=False, block_m=128):
     attn = PagedAttention(AttentionShape(hq, hkv, head_dim, page_size), "cuda",
-                          table=table or _table(block_n, stages, pingpong, persistent))
+                          table=table or _table(block_n, stages, pingpong, persistent,
+                                                block_m))
     for q_lens, kv_lens in cases:
         kv = make_paged_kv(kv_lens, hkv, head_dim, page_size, dtype, "cuda", poison=not fp8,
                            fp8=fp8)
@@ -215,3 +220,51 @@ def test_padded_work_items_are_skipped(launches):
                                         plan.q_indptr, plan.kv_lens, sm_scale=128 ** -0.5)
     torch.testing.assert_close(out.float(), want, rtol=2e-2, atol=2e-2)
     assert len(launches) == 1
+
+
+# three consumer warpgroups (192-row tiles) at head_dim 64: every block and stage count
+# that fits, with pingpong (a ring of three turns) and persistent
+THREE = [(n, st) for n in (64, 128) for st in (2, 3, 4) if smem_bytes(64, n, st, 192) <= SMEM_BYTES]
+
+
+@pytest.mark.parametrize("features", ["plain", "window-sinks-cap"])
+@pytest.mark.parametrize("block_n, stages", THREE)
+def test_three_consumers(launches, block_n, stages, features):
+    for pingpong, persistent in itertools.product((False, True), (False, True)):
+        _run_and_check(16, 2, 64, 64, torch.bfloat16, block_n, stages, features,
+                       pingpong=pingpong, persistent=persistent, block_m=192)
+    assert len(launches) == 4 * len(CASES)
+
+
+@pytest.mark.parametrize("programs", [1, 3, 7])
+def test_three_consumers_long_tile_chains(launches, monkeypatch, programs):
+    """A few persistent programs over many 192-row tiles of ragged requests, waves running
+    both ways, the last V tile's clearing (two of three consumers) many times over."""
+    from fuseinfer.ops.attention import prefill_hopper
+
+    monkeypatch.setattr(prefill_hopper, "_sm_count", lambda index: programs)
+    gen = torch.Generator().manual_seed(13)
+    kv_lens = torch.randint(1, 900, (11,), generator=gen).tolist()
+    q_lens = [max(1, n - int(torch.randint(0, n, (1,), generator=gen))) for n in kv_lens]
+    _run_and_check(8, 1, 64, 16, torch.float16, 64, 3, "window-sinks",
+                   cases=[(q_lens, kv_lens)], pingpong=True, persistent=True, block_m=192)
+    assert len(launches) == 1
+
+
+def test_three_consumer_tables_fall_back_with_their_own_items(launches, monkeypatch):
+    """A 192-row rule: narrow windows run the next portable rule over its own work items,
+    and a call the kernel declines (here: as if this Triton could not build it) runs the
+    portable kernel over 64-row pieces of the 192-row items; both right, no sm_90a launch."""
+    from fuseinfer.ops.attention import prefill_hopper
+
+    table = replace(_table(128, 2, persistent=True, block_m=192),
+                    hopper_prefill_min_window=256)
+    _run_and_check(8, 2, 64, 64, torch.bfloat16, 128, 2, "window-sinks", window=100,
+                   table=table)
+    assert not launches
+    _run_and_check(8, 2, 64, 64, torch.bfloat16, 128, 2, "window-sinks", window=300,
+                   table=table)
+    assert len(launches) == len(CASES)
+    monkeypatch.setattr(prefill_hopper, "unavailable", "declined by the test")
+    _run_and_check(8, 2, 64, 64, torch.bfloat16, 128, 2, "sinks-cap", table=table)
+    assert len(launches) == len(CASES)

@@ -13,6 +13,10 @@ request to at most `fused_merge_window_pieces` pieces.
 Prefill: blocks of block_m queries x block_n keys; with `tma`, a key/value tile that lies
 inside one page (page_size a multiple of block_n) comes in one bulk tensor copy. Rules
 are picked by head_dim; a rule's `kernel` picks the portable kernel or the sm_90a one.
+Where the sm_90a kernel does not run a call of its rule (a window narrower than
+hopper_prefill_min_window, an FP8 cache), the head dim's next rule of the portable kernel
+runs it (the hopper rule itself when there is none and its tiles are the portable
+kernel's too: block_m 128, not 192).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from dataclasses import dataclass
 
 from ...dispatch import TableError, register_op
 from ...dispatch.rule_checks import check_pow2
-from .prefill_hopper import BLOCK_M, NUM_WARPS, SMEM_BYTES, hopper_rule_problem, smem_bytes
+from .prefill_hopper import SMEM_BYTES, consumer_warps, hopper_rule_problem, smem_bytes
 
 HEAD_DIMS = (64, 128, 256)
 DECODE_KERNELS = ("triton", "cuda")
@@ -85,9 +89,11 @@ class PrefillLaunchRule:
     num_stages: int
     tma: bool  # bulk-copy key/value tiles when a tile lies in one page (sm_90+)
     # "triton" (the portable kernel) or "hopper": triton/attention_prefill_hopper.py, the
-    # warp-specialized sm_90a kernel (block_m 128 over 8 warps, num_stages K/V tiles in
-    # flight). It runs where its conditions hold (ops/attention/prefill_hopper.py: sm_90,
-    # a 16-bit cache, head_dim 64 or 128); elsewhere the portable kernel runs this rule.
+    # warp-specialized sm_90a kernel (block_m 128 over 8 warps, or at head_dim 64 192 over
+    # 12: a consumer warpgroup per 64 rows; num_stages K/V tiles in flight). It runs where
+    # its conditions hold (ops/attention/prefill_hopper.py: sm_90, a 16-bit cache, head_dim
+    # 64 or 128); elsewhere the head dim's next portable rule runs
+    # (AttentionDispatch.portable_prefill_rule).
     kernel: str = "triton"
     # the hopper kernel: its two consumer warpgroups take turns issuing their MMAs, so one's
     # softmax runs while the tensor cores work through the other's
@@ -97,27 +103,33 @@ class PrefillLaunchRule:
     persistent: bool = False
 
     def validate(self, where: str) -> None:
-        check_pow2(self.block_m, 16, 256, f"{where}.block_m")
+        if self.kernel not in PREFILL_KERNELS:
+            raise TableError(f"{where}.kernel: must be one of {list(PREFILL_KERNELS)}, got "
+                             f"{self.kernel!r}")
         for name in ("pingpong", "persistent"):
             if getattr(self, name) and self.kernel != "hopper":
                 raise TableError(f"{where}.{name}: only with kernel 'hopper', got "
                                  f"{self.kernel!r}")
-        _check_loop(self.block_n, self.num_warps, self.num_stages, where)
-        if self.kernel not in PREFILL_KERNELS:
-            raise TableError(f"{where}.kernel: must be one of {list(PREFILL_KERNELS)}, got "
-                             f"{self.kernel!r}")
-        if self.kernel == "hopper":
+        if self.kernel == "hopper":  # its own tiles, warps and stages
             problem = hopper_rule_problem(self)
             if problem:
                 raise TableError(f"{where}: {problem}")
+            return
+        check_pow2(self.block_m, 16, 256, f"{where}.block_m")
+        _check_loop(self.block_n, self.num_warps, self.num_stages, where)
+
+    @property
+    def portable(self) -> bool:
+        """Whether the portable kernel can run this rule (its block_m a power of two)."""
+        return self.block_m & (self.block_m - 1) == 0
 
 
 def hopper_rule_for(head_dim: int) -> PrefillLaunchRule:
-    """A rule picking the sm_90a prefill kernel at the head dim: 128-key tiles, as many in
-    flight (up to 4) as its shared memory holds. What `bench attention --hopper-prefill`
-    times where the table does not pick the kernel."""
+    """A rule picking the sm_90a prefill kernel at the head dim: 128-query, 128-key tiles,
+    as many in flight (up to 4) as its shared memory holds. What `bench attention
+    --hopper-prefill` times where the table does not pick the kernel."""
     stages = max(s for s in (2, 3, 4) if smem_bytes(head_dim, 128, s) <= SMEM_BYTES)
-    return PrefillLaunchRule(head_dim, BLOCK_M, 128, NUM_WARPS, stages, True, "hopper")
+    return PrefillLaunchRule(head_dim, 128, 128, consumer_warps(128), stages, True, "hopper")
 
 
 def _check_rules(rules: tuple, where: str) -> None:
@@ -190,6 +202,16 @@ class AttentionDispatch:
     def prefill_rule(self, head_dim: int) -> PrefillLaunchRule:
         return next(r for r in self.prefill_rules
                     if r.max_head_dim is None or head_dim <= r.max_head_dim)
+
+    def portable_prefill_rule(self, head_dim: int) -> PrefillLaunchRule:
+        """The rule the portable kernel runs at the head dim where prefill_rule's sm_90a
+        kernel does not: the first of the portable kernel that holds the head dim, else the
+        first whose tiles it can run (block_m a power of two: the last rule holds every
+        head dim, and a 192-row rule, head_dim 64 only, cannot be last)."""
+        held = [r for r in self.prefill_rules
+                if r.max_head_dim is None or head_dim <= r.max_head_dim]
+        return next((r for r in held if r.kernel == "triton"), None) \
+            or next(r for r in held if r.portable)
 
 
 # Defaults for GPUs without a tuned entry: the H100's tuned choices (2026-11-22), which

@@ -52,6 +52,22 @@ def _pdl(enable_pdl: bool | None, device: torch.device) -> bool:
     return use_pdl(enable_pdl, device)
 
 
+def _pieces_of_64(a: PrefillArgs, launch: PrefillLaunch
+                  ) -> tuple[torch.Tensor, PrefillLaunch]:
+    """Work items of a tile only the sm_90a kernel runs (block_m 192, where that kernel
+    declined the call: a Triton that cannot build it, an unaligned q) as 64-query items the
+    portable kernel runs, those past their request's queries dropped (-1)."""
+    pieces = launch.block_m // 64
+    work = a.work.repeat_interleave(pieces, dim=0)
+    sub = torch.arange(pieces, dtype=work.dtype, device=work.device).repeat(a.work.size(0))
+    block = work[:, 1] * pieces + sub
+    req = work[:, 0]
+    q_lens = (a.q_indptr[1:] - a.q_indptr[:-1])[req.clamp(min=0).long()]
+    req = torch.where((req < 0) | (block * 64 >= q_lens), -1, req)
+    return torch.stack([req, block], 1).contiguous(), \
+        launch._replace(block_m=64, num_warps=4)
+
+
 def launch_prefill(a: PrefillArgs) -> None:
     from ...triton.attention_prefill import prefill_kernel
 
@@ -60,6 +76,8 @@ def launch_prefill(a: PrefillArgs) -> None:
     q, k_cache, v_cache, kv_lens, work, out, lse, sinks = (
         a.q, a.k_cache, a.v_cache, a.kv_lens, a.work, a.out, a.lse, a.sinks)
     launch = PrefillLaunch._make(a.launch)
+    if launch.block_m & (launch.block_m - 1):
+        work, launch = _pieces_of_64(a, launch)
     block_n = launch.block_n
     num_items = work.size(0)
     q_heads = q.size(1)

@@ -27,7 +27,7 @@ import torch
 from ..arg_checks import fail
 from ..host_copy import to_device
 from .arguments import DecodeLaunch, PrefillLaunch, default_scale
-from .dispatch import HEAD_DIMS, AttentionDispatch
+from .dispatch import HEAD_DIMS, AttentionDispatch, PrefillLaunchRule
 
 Lengths = Sequence[int] | torch.Tensor
 
@@ -63,10 +63,19 @@ class PrefillPlan:
     page_table: torch.Tensor
     q_indptr: torch.Tensor
     kv_lens: torch.Tensor
-    work: torch.Tensor
+    work: torch.Tensor  # (request, query block) per block_m queries of launch
     launch: PrefillLaunch
     q_lens_host: tuple[int, ...]
     kv_lens_host: tuple[int, ...]
+    # where launch's sm_90a kernel does not run (narrow windows): the portable kernel's
+    # launch and work items (launch and work themselves when no sm_90a kernel is planned;
+    # work when the block_m is the same)
+    portable_launch: PrefillLaunch
+    portable_work: torch.Tensor
+
+    def work_for(self, launch: PrefillLaunch) -> torch.Tensor:
+        """The work items of one of the plan's launches (they depend on its block_m)."""
+        return self.work if launch.block_m == self.launch.block_m else self.portable_work
 
 
 @dataclass(frozen=True)
@@ -95,6 +104,11 @@ def _to_device(values: list[int], device: torch.device, out: torch.Tensor | None
                ) -> torch.Tensor:
     """Host ints to an int32 device tensor (into `out` when given), without a sync."""
     return to_device(values, torch.int32, device, out)
+
+
+def _prefill_launch(rule: PrefillLaunchRule, block_m: int, hopper: bool) -> PrefillLaunch:
+    return PrefillLaunch(block_m, rule.block_n, rule.num_warps, rule.num_stages,
+                         int(rule.tma), int(hopper), int(rule.pingpong), int(rule.persistent))
 
 
 class PagedAttention:
@@ -223,35 +237,47 @@ class PagedAttention:
                      ">= 0 (the new tokens are in the cache)")
         self._check_table(page_table, kl, "plan_prefill")
         rule = self.table.prefill_rule(self.shape.head_dim)
+        # the sm_90a kernel takes 16-bit caches only
+        hopper = rule.kernel == "hopper" and self.hopper_prefill and not self.shape.kv_fp8
+        portable = self.table.portable_prefill_rule(self.shape.head_dim)
+        if not hopper:
+            rule = portable
         bm = rule.block_m if block_m is None else block_m
+        launch = _prefill_launch(rule, bm, hopper)
+        work = self._prefill_work(ql, kl, bm)
+        portable_launch = _prefill_launch(portable, portable.block_m, False) if hopper \
+            else launch
+        portable_work = work if portable_launch.block_m == bm \
+            else self._prefill_work(ql, kl, portable_launch.block_m)
+        indptr = [0]
+        for q_len in ql:
+            indptr.append(indptr[-1] + q_len)
+        return PrefillPlan(
+            batch=len(ql), total_q=indptr[-1], page_table=page_table,
+            q_indptr=_to_device(indptr, self.device), kv_lens=_to_device(kl, self.device),
+            work=work, launch=launch, q_lens_host=tuple(ql), kv_lens_host=tuple(kl),
+            portable_launch=portable_launch, portable_work=portable_work)
+
+    def _prefill_work(self, ql: list[int], kl: list[int], bm: int) -> torch.Tensor:
+        """(request, query block) per bm queries, longest rows first (the tail of the grid,
+        or each persistent program's last tiles, is short)."""
         items: list[tuple[int, int, int]] = []  # (work, request, block)
         for b, (q_len, kv_len) in enumerate(zip(ql, kl, strict=True)):
             prefix = kv_len - q_len
             for blk in range(-(-q_len // bm)):
                 items.append((prefix + min((blk + 1) * bm, q_len), b, blk))
-        items.sort(key=lambda t: -t[0])  # longest rows first: the tail of the grid is short
+        items.sort(key=lambda t: -t[0])
         flat = [v for _, b, blk in items for v in (b, blk)]
-        indptr = [0]
-        for q_len in ql:
-            indptr.append(indptr[-1] + q_len)
-        work = _to_device(flat, self.device).view(-1, 2) if flat else \
+        return _to_device(flat, self.device).view(-1, 2) if flat else \
             torch.zeros(0, 2, dtype=torch.int32, device=self.device)
-        return PrefillPlan(
-            batch=len(ql), total_q=indptr[-1], page_table=page_table,
-            q_indptr=_to_device(indptr, self.device), kv_lens=_to_device(kl, self.device),
-            work=work, launch=PrefillLaunch(bm, rule.block_n, rule.num_warps,
-                                            rule.num_stages, int(rule.tma),
-                                            int(rule.kernel == "hopper"
-                                                and self.hopper_prefill),
-                                            int(rule.pingpong), int(rule.persistent)),
-            q_lens_host=tuple(ql), kv_lens_host=tuple(kl))
 
     def prefill_launch(self, plan: PrefillPlan, window_left: int | None) -> PrefillLaunch:
         """The plan's launch for a layer with this window: layers narrower than the table's
-        hopper_prefill_min_window leave the sm_90a kernel to the portable one."""
+        hopper_prefill_min_window leave the sm_90a kernel to the portable one (its work
+        items: plan.work_for)."""
         if plan.launch.hopper_kernel and window_left is not None \
                 and window_left < self.table.hopper_prefill_min_window:
-            return plan.launch._replace(hopper_kernel=0)
+            return plan.portable_launch
         return plan.launch
 
     def _check_table(self, page_table: torch.Tensor, kv_lens: list[int], where: str) -> None:
@@ -295,9 +321,10 @@ class PagedAttention:
                       window_left=window_left, logit_cap=logit_cap,
                       enable_pdl=self.enable_pdl)
         if isinstance(plan, PrefillPlan):
+            launch = self.prefill_launch(plan, window_left)
             torch.ops.fuseinfer.paged_prefill_attention(
-                q, k_cache, v_cache, plan.page_table, plan.q_indptr, plan.kv_lens, plan.work,
-                out, launch=list(self.prefill_launch(plan, window_left)), **common)
+                q, k_cache, v_cache, plan.page_table, plan.q_indptr, plan.kv_lens,
+                plan.work_for(launch), out, launch=list(launch), **common)
         else:
             torch.ops.fuseinfer.paged_decode_attention(
                 q, k_cache, v_cache, plan.page_table, plan.kv_lens, plan.partial_out,

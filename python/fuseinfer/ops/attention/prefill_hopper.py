@@ -16,25 +16,42 @@ from ..kvcache.store_kv_cache import slot_rows
 from .arguments import PrefillArgs, PrefillLaunch, softmax_scale
 from .reference import page_size_of
 
-BLOCK_M = 128  # two consumer warpgroups of 64 query rows
-NUM_WARPS = 8  # the consumers' (the rule's num_warps); a producer warp comes on top
+# query rows of a tile: a consumer warpgroup per 64 (two, or three at head_dim 64 only: three
+# consumers get 160 registers a thread, too few for head_dim 128's S and O); a rule's
+# num_warps is its consumers' (block_m // 16), a producer warp comes on top
+BLOCK_MS = (128, 192)
 HEAD_DIMS = (64, 128)
 # shared memory an sm_90 block may hold (227 KiB), less a margin for the barriers and the
 # compiler's scratch (4.2 KB more than the tiles at head_dim 128, 3 stages, Triton 3.6)
 SMEM_BYTES = 227 * 1024 - 8 * 1024
 
 
-def smem_bytes(head_dim: int, block_n: int, stages: int) -> int:
+def smem_bytes(head_dim: int, block_n: int, stages: int, block_m: int = 128) -> int:
     """Q tile plus `stages` K and V tiles, 16-bit."""
-    return 2 * head_dim * (BLOCK_M + 2 * stages * block_n)
+    return 2 * head_dim * (block_m + 2 * stages * block_n)
+
+
+def consumer_warps(block_m: int) -> int:
+    """The rule's num_warps at this tile: four per 64 query rows."""
+    return block_m // 16
+
+
+def block_m_problem(block_m: int, head_dim: int) -> str | None:
+    """Why the kernel cannot run tiles of block_m rows at this head dim (None: it can)."""
+    if block_m not in BLOCK_MS:
+        return f"the hopper kernel's block_m is one of {list(BLOCK_MS)}, got {block_m}"
+    if block_m > 128 and head_dim > 64:
+        return f"the hopper kernel runs block_m {block_m} at head_dim 64 only (three " \
+               f"consumers' registers), not {head_dim}"
+    return None
 
 
 def hopper_rule_problem(rule: Any) -> str | None:
     """Why a prefill rule (dispatch.PrefillLaunchRule) cannot ask for this kernel (None: it
     can)."""
-    if rule.block_m != BLOCK_M or rule.num_warps != NUM_WARPS:
-        return f"the hopper kernel runs block_m {BLOCK_M} over {NUM_WARPS} warps, got " \
-               f"block_m {rule.block_m} and {rule.num_warps} warps"
+    if rule.block_m not in BLOCK_MS or rule.num_warps != consumer_warps(rule.block_m):
+        return f"the hopper kernel runs block_m {' or '.join(map(str, BLOCK_MS))} over " \
+               f"block_m / 16 warps, got block_m {rule.block_m} and {rule.num_warps} warps"
     if rule.block_n not in (64, 128):
         return f"the hopper kernel's block_n is 64 or 128, got {rule.block_n}"
     if not 2 <= rule.num_stages <= 4:
@@ -45,10 +62,13 @@ def hopper_rule_problem(rule: Any) -> str | None:
         return f"the hopper kernel runs head_dim {HEAD_DIMS}, the rule's max_head_dim is " \
                f"{rule.max_head_dim}"
     widest = max(dims)
-    if smem_bytes(widest, rule.block_n, rule.num_stages) > SMEM_BYTES:
+    problem = block_m_problem(rule.block_m, widest)
+    if problem:
+        return f"{problem} (set max_head_dim)"
+    need = smem_bytes(widest, rule.block_n, rule.num_stages, rule.block_m)
+    if need > SMEM_BYTES:
         return f"{rule.num_stages} stages of {rule.block_n}-key tiles at head_dim {widest} " \
-               f"need {smem_bytes(widest, rule.block_n, rule.num_stages)} bytes of shared " \
-               f"memory, more than {SMEM_BYTES}"
+               f"need {need} bytes of shared memory, more than {SMEM_BYTES}"
     return None
 
 
@@ -78,8 +98,9 @@ def hopper_prefill_fits(a: PrefillArgs) -> bool:
     if head_dim not in HEAD_DIMS or q.dtype not in (torch.bfloat16, torch.float16) \
             or k_cache.dtype != q.dtype or v_cache.dtype != q.dtype:
         return False
-    if launch.block_m != BLOCK_M or launch.num_warps != NUM_WARPS \
-            or smem_bytes(head_dim, launch.block_n, launch.num_stages) > SMEM_BYTES:
+    if block_m_problem(launch.block_m, head_dim) is not None \
+            or smem_bytes(head_dim, launch.block_n, launch.num_stages,
+                          launch.block_m) > SMEM_BYTES:
         return False
     if q.stride(2) != 1 or q.stride(1) != head_dim or not _aligned(q, q.stride(0)):
         return False
@@ -116,7 +137,8 @@ def _configuration(a: PrefillArgs) -> tuple:
     """What a compiled variant of the kernel depends on."""
     launch = PrefillLaunch._make(a.launch)
     return (a.q.dtype, a.q.size(1) // a.k_cache.size(-2), a.q.size(2),
-            page_size_of(a.k_cache), launch.block_n, launch.num_stages, launch.pingpong,
+            page_size_of(a.k_cache), launch.block_m, launch.block_n, launch.num_stages,
+            launch.pingpong,
             a.window_left is not None, None if a.sinks is None else a.sinks.dtype,
             a.logit_cap > 0, a.lse is not None)
 
@@ -161,7 +183,7 @@ def _launch(a: PrefillArgs) -> None:
     tile = min(launch.block_n, page_size)
     slots, width, k_stride = slot_rows(k_cache, "paged_attention", "k_cache")
     _, _, v_stride = slot_rows(v_cache, "paged_attention", "v_cache")
-    q_desc = _descriptor(q, tokens, q.stride(0), q_heads * head_dim, [BLOCK_M, head_dim])
+    q_desc = _descriptor(q, tokens, q.stride(0), q_heads * head_dim, [64, head_dim])
     k_desc = _descriptor(k_cache, slots, k_stride, width, [tile, head_dim])
     v_desc = _descriptor(v_cache, slots, v_stride, width, [tile, head_dim])
     dummy = a.kv_lens  # stands in for absent optional tensors; never read
@@ -174,7 +196,7 @@ def _launch(a: PrefillArgs) -> None:
         slots, num_tiles, q_heads, out.stride(0), out.stride(1),
         lse.stride(0) if lse is not None else 0, a.page_table.stride(0),
         GROUP=q_heads // k_cache.size(-2), PAGE_SIZE=page_size, HEAD_DIM=head_dim,
-        BLOCK_M=BLOCK_M, BLOCK_N=launch.block_n, STAGES=launch.num_stages,
+        BLOCK_M=launch.block_m, BLOCK_N=launch.block_n, STAGES=launch.num_stages,
         HAS_WINDOW=a.window_left is not None, HAS_SINKS=sinks is not None,
         HAS_CAP=a.logit_cap > 0, HAS_LSE=lse is not None, PINGPONG=bool(launch.pingpong),
-        num_warps=NUM_WARPS // 2)  # one consumer warpgroup; the kernel adds the rest
+        num_warps=4)  # one consumer warpgroup; the kernel adds the rest

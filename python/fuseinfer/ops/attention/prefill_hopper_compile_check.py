@@ -6,9 +6,9 @@ needed:
 The CPU suite cannot run this kernel (the interpreter does not take Gluon), and Gluon's
 API moves between Triton releases, so this is where a release that no longer compiles
 it shows up before a GPU does. Each configuration the dispatch table can pick is
-compiled once: both head dims, both key blocks, every stage count that fits, page-piece
-sizes below and at the key block, pingpong off and on, and the feature flags (window,
-sinks, lse, soft-cap).
+compiled once: both head dims, both query tiles each runs (128 rows; 192 at head_dim
+64), both key blocks, every stage count that fits, page-piece sizes below and at the key
+block, pingpong off and on, and the feature flags (window, sinks, lse, soft-cap).
 Exit status 1 when one fails, with its constexprs and Triton's message.
 """
 
@@ -22,7 +22,7 @@ import time
 from typing import Any
 
 from ...jit.triton_compile_check import compile_all, error_line
-from .prefill_hopper import BLOCK_M, HEAD_DIMS, SMEM_BYTES, smem_bytes
+from .prefill_hopper import BLOCK_MS, HEAD_DIMS, SMEM_BYTES, block_m_problem, smem_bytes
 
 # (HAS_WINDOW, HAS_SINKS, HAS_CAP, HAS_LSE)
 FEATURES = ((False, False, False, False), (True, True, False, True), (False, False, True, True))
@@ -31,20 +31,19 @@ FEATURES = ((False, False, False, False), (True, True, False, True), (False, Fal
 def configurations() -> list[dict[str, Any]]:
     """The prefill kernel's constexprs for each configuration checked."""
     out = []
-    for head_dim in HEAD_DIMS:
-        for block_n in (64, 128):
-            for stages in (2, 3, 4):
-                if smem_bytes(head_dim, block_n, stages) > SMEM_BYTES:
-                    continue
-                for page_tile, pingpong in itertools.product(sorted({16, block_n}),
-                                                             (False, True)):
-                    window, sinks, cap, lse = FEATURES[len(out) % len(FEATURES)]
-                    # pages of 16 (a tile of several pieces) or of 128 (one piece)
-                    page_size = page_tile if page_tile < block_n else 128
-                    out.append(dict(GROUP=4, PAGE_SIZE=page_size, HEAD_DIM=head_dim,
-                                    BLOCK_M=BLOCK_M, BLOCK_N=block_n, STAGES=stages,
-                                    HAS_WINDOW=window, HAS_SINKS=sinks, HAS_CAP=cap,
-                                    HAS_LSE=lse, PINGPONG=pingpong, PAGE_TILE=page_tile))
+    for head_dim, block_m, block_n, stages in itertools.product(HEAD_DIMS, BLOCK_MS, (64, 128),
+                                                                (2, 3, 4)):
+        if block_m_problem(block_m, head_dim) is not None \
+                or smem_bytes(head_dim, block_n, stages, block_m) > SMEM_BYTES:
+            continue
+        for page_tile, pingpong in itertools.product(sorted({16, block_n}), (False, True)):
+            window, sinks, cap, lse = FEATURES[len(out) % len(FEATURES)]
+            # pages of 16 (a tile of several pieces) or of 128 (one piece)
+            page_size = page_tile if page_tile < block_n else 128
+            out.append(dict(GROUP=4, PAGE_SIZE=page_size, HEAD_DIM=head_dim,
+                            BLOCK_M=block_m, BLOCK_N=block_n, STAGES=stages,
+                            HAS_WINDOW=window, HAS_SINKS=sinks, HAS_CAP=cap, HAS_LSE=lse,
+                            PINGPONG=pingpong, PAGE_TILE=page_tile))
     return out
 
 
@@ -58,7 +57,7 @@ def _signature(kernel: Any, constexprs: dict[str, Any], tile: int) -> dict[str, 
         layout = gl.NVMMASharedLayout.get_default_for([rows, d], gl.bfloat16)
         return f"tensordesc<bf16[{rows}, {d}],{layout!r}>"
 
-    types = {"q_desc": desc(BLOCK_M), "k_desc": desc(tile), "v_desc": desc(tile),
+    types = {"q_desc": desc(64), "k_desc": desc(tile), "v_desc": desc(tile),
              "Out": "*bf16", "Lse": "*fp32", "Sinks": "*fp32", "PageTable": "*i32",
              "QIndptr": "*i32", "KvLens": "*i32", "Work": "*i32", "sm_scale": "fp32",
              "logit_cap": "fp32"}
