@@ -63,12 +63,13 @@ def variants(table: AttentionDispatch, head_dim: int) -> list[tuple[str, Attenti
         if block_m_problem(block_m, head_dim) is not None \
                 or smem_bytes(head_dim, block_n, stages, block_m) > SMEM_BYTES:
             continue
-        hopper = replace(rule, max_head_dim=None, block_m=block_m, block_n=block_n,
+        hopper = replace(rule, max_head_dim=head_dim, block_m=block_m, block_n=block_n,
                          num_warps=consumer_warps(block_m), num_stages=stages, tma=True,
                          kernel="hopper", pingpong=pingpong, persistent=persistent)
         name = f"sm90a m{block_m} n{block_n} s{stages}{' pingpong' if pingpong else ''}" \
             f"{' persistent' if persistent else ''}"
-        out.append((name, replace(table, prefill_rules=(hopper,))))
+        # the portable rule after it: a 192-row rule falls back to a rule of its own
+        out.append((name, replace(table, prefill_rules=(hopper, out[0][1].prefill_rules[0]))))
     return out
 
 

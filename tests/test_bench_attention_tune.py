@@ -221,7 +221,8 @@ def test_merge_fuses_up_to_the_last_piece_count_where_it_wins(monkeypatch, wins_
 def test_the_sm90_prefill_kernel_is_tried_on_sm90_and_wins_where_faster(monkeypatch):
     """On an sm_90 GPU the prefill search also times the warp-specialized kernel at the
     (block_n, stages) that fit its shared memory at that head dim (3 stages of 128-key
-    tiles do not at head_dim 128); a faster one becomes the rule. Elsewhere it is not
+    tiles do not at head_dim 128), 192-row tiles at head_dim 64 only; a faster one becomes
+    the rule, the fastest portable candidate the rule after it. Elsewhere it is not
     tried."""
     def cost(case, table, block_m=None, fp8=False):
         r = table.prefill_rule(case.model.head_dim)
@@ -244,6 +245,11 @@ def test_the_sm90_prefill_kernel_is_tried_on_sm90_and_wins_where_faster(monkeypa
             == {False, True}
         assert tried == ({(64, 2), (64, 3), (64, 4), (128, 2)} if d == 128 else
                          {(64, 2), (64, 3), (64, 4), (128, 2), (128, 3), (128, 4)})
+        assert {e["candidate"][0] for e in log
+                if e["head_dim"] == d and e["candidate"][5:6] == ("hopper",)} \
+            == ({128} if d == 128 else {128, 192})
+        fallback = table.portable_prefill_rule(d)  # the cheapest portable: no tma
+        assert (fallback.kernel, fallback.max_head_dim, fallback.tma) == ("triton", d, False)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (8, 0))
     table, log = tune.tune(0, ("prefill",), ATTENTION_BUILTIN, (128,))
     assert table.prefill_rule(128).kernel == "triton"

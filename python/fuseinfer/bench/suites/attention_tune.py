@@ -50,12 +50,14 @@ from .attention import MODELS, Case, make_inputs, ours
 TUNE_MODELS = {64: "GPT-OSS", 128: "Llama-3-8B"}
 PREFILL_CANDIDATES = list(itertools.product((64, 128), (64, 128), (4, 8), (2, 3),
                                             (True, False)))
-# the sm_90a kernel (block_m 128 over 8 warps): key block x K/V tiles in flight (those that
-# fit its shared memory at the head dim) x pingpong off/on x persistent off/on; tried on
-# sm_90 GPUs only
-HOPPER_PREFILL_CANDIDATES = [(128, block_n, 8, stages, True, "hopper", pingpong, persistent)
-                             for block_n in (64, 128) for stages in (2, 3, 4)
-                             for pingpong in (False, True) for persistent in (False, True)]
+# the sm_90a kernel: query tile (128 rows over 8 warps; 192 over 12 at head_dim 64) x key
+# block x K/V tiles in flight (those that fit its shared memory at the head dim) x pingpong
+# off/on x persistent off/on; tried on sm_90 GPUs only
+HOPPER_PREFILL_CANDIDATES = [(block_m, block_n, block_m // 16, stages, True, "hopper",
+                              pingpong, persistent)
+                             for block_m in (128, 192) for block_n in (64, 128)
+                             for stages in (2, 3, 4) for pingpong in (False, True)
+                             for persistent in (False, True)]
 DECODE_CANDIDATES = list(itertools.product((32, 64, 128), (2, 4, 8), (2, 3, 4)))
 # an FP8 key row is half the bytes: longer blocks keep as many in flight
 FP8_DECODE_CANDIDATES = list(itertools.product((64, 128, 256), (2, 4, 8), (2, 3, 4)))
@@ -189,16 +191,28 @@ def tune(device: int, kinds: tuple[str, ...] = DEFAULT_KINDS,
 
 def _tune_prefill(table: AttentionDispatch, head_dim: int, m: Any, log: _Log, progress: Any
                   ) -> AttentionDispatch:
+    """The fastest portable candidate, then the sm_90a kernel's; where one of those wins,
+    the head dim's rules are it and the portable winner after it (its fallback: narrow
+    windows, FP8 caches)."""
     case = Case("prefill", m, "1x4k", (4096,), (4096,))
-    best = None
-    for cand in PREFILL_CANDIDATES + _hopper_candidates(head_dim):
-        progress.step(f"prefill d={head_dim} {cand}")
-        trial = _with_rule(table, head_dim, prefill_rules=cand)
-        us = log.timed("prefill", head_dim, cand,
-                       lambda t=trial, m=cand[0]: _time(case, t, block_m=m))
-        if best is None or us < best[0]:
-            best = (us, cand)
-    return _with_rule(table, head_dim, prefill_rules=best[1])
+
+    def fastest(candidates: list[tuple]) -> tuple[float, tuple] | None:
+        best = None
+        for cand in candidates:
+            progress.step(f"prefill d={head_dim} {cand}")
+            trial = _with_rule(table, head_dim, prefill_rules=cand)
+            us = log.timed("prefill", head_dim, cand,
+                           lambda t=trial, m=cand[0]: _time(case, t, block_m=m))
+            if best is None or us < best[0]:
+                best = (us, cand)
+        return best
+
+    portable = fastest(PREFILL_CANDIDATES)
+    hopper = fastest(_hopper_candidates(head_dim))
+    if hopper is None or hopper[0] >= portable[0]:
+        return _with_rule(table, head_dim, prefill_rules=portable[1])
+    return _with_rule(table, head_dim, prefill_rules=[
+        PrefillLaunchRule(head_dim, *c) for c in (hopper[1], portable[1])])
 
 
 def _hopper_candidates(head_dim: int) -> list[tuple]:
