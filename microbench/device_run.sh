@@ -22,7 +22,8 @@
 #                    the updated table comes back as $OUT/table_<gpu>.json. tune:SUITE@TAG
 #                    takes TUNE_ARGS_SUITE_TAG instead (one tuning split over steps, so a
 #                    step cut by the deadline loses only its own part)
-#   tests            the GPU test suite; tests:NAME only tests/gpu/test_NAME*.py (PYTEST_ARGS);
+#   tests            the GPU test suite; tests:NAME only tests/gpu/test_NAME*.py (PYTEST_ARGS,
+#                    split on spaces; PYTEST_K: a -k expression, kept whole);
 #                    tests:A,B,C runs those files as parallel pytest processes (mostly Triton
 #                    compiling on the CPU; never beside a timing step) and waits for all
 #   runtime          the recorded runtime set: bench:offline (ARGS_offline, default --ablate all)
@@ -222,7 +223,7 @@ tests_step() {  # tests_step [NAME | A,B,...]
     [ -f "${files[0]}" ] || { echo "no tests/gpu/test_$1*.py"; return 1; }
   fi
   TAIL=40 step "$name" timeout "$STEP_TIMEOUT" python3 -m pytest -m gpu "${files[@]}" -q -rf \
-    -p no:cacheprovider ${PYTEST_ARGS:-}
+    -p no:cacheprovider ${PYTEST_K:+-k "$PYTEST_K"} ${PYTEST_ARGS:-}
 }
 
 PROBE='import torch, fuseinfer
