@@ -132,6 +132,14 @@ def profile(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def _number(value: str) -> float:
+    """An ncu value as a number (thousands separators dropped; n/a and blanks are 0)."""
+    try:
+        return float(value.replace(",", ""))
+    except ValueError:
+        return 0.0
+
+
 def summary(result: dict[str, Any]) -> str:
     lines = [f"{result['kind']} {result['model']} {result['shape']} {result['cache']} "
              f"{result['variant']}"]
@@ -142,7 +150,7 @@ def summary(result: dict[str, Any]) -> str:
         for key, value in k["details"].items():
             if any(key.split(" / ")[-1].startswith(w) for w in wanted):
                 lines.append(f"    {key}: {value}")
-        top = sorted(((float(v or 0), s) for s, v in k["stalls"].items()), reverse=True)[:5]
+        top = sorted(((_number(v), s) for s, v in k["stalls"].items()), reverse=True)[:5]
         lines.append("    stalls per issue: " + ", ".join(f"{s} {v:.2f}" for v, s in top))
     if "error" in result:
         lines.append(f"  ncu found no kernel: {result['error']}")
@@ -156,7 +164,8 @@ def main() -> None:
     ap.add_argument("shape", help="decode: BATCHxLENGTH; prefill: a bench prefill name")
     ap.add_argument("--cache", choices=["bf16", "fp8"], default="bf16")
     ap.add_argument("--variant", help="a sweep variant name (--list shows them)")
-    ap.add_argument("--kernel", default=".", help="regex for the kernel name ncu profiles")
+    ap.add_argument("--kernel", help="regex for the kernel name ncu profiles (default: the "
+                    "kind, which the attention kernels' names hold and setup kernels' do not)")
     ap.add_argument("--list", action="store_true", help="print the case's variant names")
     ap.add_argument("--json", type=Path, help="append the result here (a JSON list)")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -170,6 +179,7 @@ def main() -> None:
     if args.child:
         run_case(args)
         return
+    args.kernel = args.kernel or args.kind
     result = profile(args)
     print(summary(result), flush=True)
     if args.json:

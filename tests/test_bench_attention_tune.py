@@ -254,3 +254,26 @@ def test_the_sm90_prefill_kernel_is_tried_on_sm90_and_wins_where_faster(monkeypa
     table, log = tune.tune(0, ("prefill",), ATTENTION_BUILTIN, (128,))
     assert table.prefill_rule(128).kernel == "triton"
     assert len(log) == len(tune.PREFILL_CANDIDATES)
+
+
+def test_a_winning_192_row_rule_is_written_with_its_portable_rule(monkeypatch):
+    """Where a 192-row sm_90a candidate is fastest (head_dim 64), the head dim's rules are
+    it and the fastest portable candidate after it; the table validates and plans."""
+    def cost(case, table, block_m=None, fp8=False):
+        r = table.prefill_rule(case.model.head_dim)
+        if r.kernel == "hopper":
+            return 1.0 + (r.block_m != 192) + (r.num_stages != 3)
+        return 5.0 + (r.block_n != 64) + r.num_warps / 8
+
+    monkeypatch.setattr(tune, "_time", cost)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (9, 0))
+    table, _ = tune.tune(0, ("prefill",), ATTENTION_BUILTIN, (64,))
+    table.validate("t")
+    hopper, fallback = table.prefill_rule(64), table.portable_prefill_rule(64)
+    assert (hopper.kernel, hopper.block_m, hopper.num_warps, hopper.num_stages) == \
+        ("hopper", 192, 12, 3)
+    assert (fallback.kernel, fallback.max_head_dim, fallback.block_n, fallback.num_warps) \
+        == ("triton", 64, 64, 4)
+    assert table.prefill_rules.index(fallback) == table.prefill_rules.index(hopper) + 1

@@ -373,10 +373,13 @@ def _time_hopper_prefill(row: dict[str, Any], case: Case, page_size: int,
     rule = table.prefill_rule(case.model.head_dim)
     if rule.kernel != "hopper":
         rule = hopper_rule_for(case.model.head_dim)
-    trial = replace(table, prefill_rules=(replace(rule, max_head_dim=None),))
+    # the table's portable rule after it: a 192-row rule's fallback must be a rule of its own
+    trial = replace(table, prefill_rules=(
+        replace(rule, max_head_dim=case.model.head_dim),
+        replace(table.portable_prefill_rule(case.model.head_dim), max_head_dim=None)))
     _time_variant(row, "hopper", case, page_size, dtype, us, config, table=trial)
     row["hopper_tflops"] = row["flops"] / row["hopper_us"] / 1e6
-    row["hopper_rule"] = [rule.block_n, rule.num_stages]
+    row["hopper_rule"] = [rule.block_m, rule.block_n, rule.num_stages]
 
 
 # ---- the command: `fuseinfer bench attention` and `fuseinfer tune attention` ------------

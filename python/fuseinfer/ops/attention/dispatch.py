@@ -13,10 +13,12 @@ request to at most `fused_merge_window_pieces` pieces.
 Prefill: blocks of block_m queries x block_n keys; with `tma`, a key/value tile that lies
 inside one page (page_size a multiple of block_n) comes in one bulk tensor copy. Rules
 are picked by head_dim; a rule's `kernel` picks the portable kernel or the sm_90a one.
-Where the sm_90a kernel does not run a call of its rule (a window narrower than
-hopper_prefill_min_window, an FP8 cache), the head dim's next rule of the portable kernel
-runs it (the hopper rule itself when there is none and its tiles are the portable
-kernel's too: block_m 128, not 192).
+Where the plan leaves a hopper rule's kernel out (a window narrower than
+hopper_prefill_min_window, an FP8 cache, PagedAttention(hopper_prefill=False)), the head
+dim's next rule of the portable kernel runs the call (the hopper rule itself when there is
+none and its tiles are the portable kernel's too: block_m 128, not 192). A call the kernel
+declines when it runs (another GPU, an unaligned q, a Triton that cannot build it) runs
+the portable kernel over the hopper rule's own tiles (64-row pieces of 192-row ones).
 """
 
 from __future__ import annotations
@@ -92,11 +94,10 @@ class PrefillLaunchRule:
     # warp-specialized sm_90a kernel (block_m 128 over 8 warps, or at head_dim 64 192 over
     # 12: a consumer warpgroup per 64 rows; num_stages K/V tiles in flight). It runs where
     # its conditions hold (ops/attention/prefill_hopper.py: sm_90, a 16-bit cache, head_dim
-    # 64 or 128); elsewhere the head dim's next portable rule runs
-    # (AttentionDispatch.portable_prefill_rule).
+    # 64 or 128); elsewhere the portable kernel runs (the module docstring: which rule).
     kernel: str = "triton"
-    # the hopper kernel: its two consumer warpgroups take turns issuing their MMAs, so one's
-    # softmax runs while the tensor cores work through the other's
+    # the hopper kernel: its consumer warpgroups (two or three) take turns issuing their
+    # MMAs, in a ring, so one's softmax runs while the tensor cores work through the others'
     pingpong: bool = False
     # the hopper kernel: one program per SM running tile after tile (a tile's epilogue
     # overlaps the next tile's loads) instead of one program per tile
@@ -119,8 +120,9 @@ class PrefillLaunchRule:
         _check_loop(self.block_n, self.num_warps, self.num_stages, where)
 
     @property
-    def portable(self) -> bool:
-        """Whether the portable kernel can run this rule (its block_m a power of two)."""
+    def portable_tiles(self) -> bool:
+        """Whether the portable kernel can run this rule's tiles (block_m a power of two:
+        a 128-row hopper rule's are, a 192-row one's are not)."""
         return self.block_m & (self.block_m - 1) == 0
 
 
@@ -210,8 +212,13 @@ class AttentionDispatch:
         head dim, and a 192-row rule, head_dim 64 only, cannot be last)."""
         held = [r for r in self.prefill_rules
                 if r.max_head_dim is None or head_dim <= r.max_head_dim]
-        return next((r for r in held if r.kernel == "triton"), None) \
-            or next(r for r in held if r.portable)
+        rule = next((r for r in held if r.kernel == "triton"), None) \
+            or next((r for r in held if r.portable_tiles), None)
+        if rule is None:  # only an unvalidated table (built in code) gets here
+            raise TableError(f"attention.prefill_rules: no rule the portable kernel can run "
+                             f"holds head_dim {head_dim} (a 192-row sm_90a rule needs a "
+                             f"portable rule after it)")
+        return rule
 
 
 # Defaults for GPUs without a tuned entry: the H100's tuned choices (2026-11-22), which

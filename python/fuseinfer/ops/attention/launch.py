@@ -54,8 +54,8 @@ def _pdl(enable_pdl: bool | None, device: torch.device) -> bool:
 
 def _pieces_of_64(a: PrefillArgs, launch: PrefillLaunch
                   ) -> tuple[torch.Tensor, PrefillLaunch]:
-    """Work items of a tile only the sm_90a kernel runs (block_m 192, where that kernel
-    declined the call: a Triton that cannot build it, an unaligned q) as 64-query items the
+    """Work items of a tile only the sm_90a kernel runs (block_m 192, on a call
+    hopper_prefill_fits or the kernel's first build turned down) as 64-query items the
     portable kernel runs, those past their request's queries dropped (-1)."""
     pieces = launch.block_m // 64
     work = a.work.repeat_interleave(pieces, dim=0)

@@ -67,8 +67,9 @@ class PrefillPlan:
     launch: PrefillLaunch
     q_lens_host: tuple[int, ...]
     kv_lens_host: tuple[int, ...]
-    # where launch's sm_90a kernel does not run (narrow windows): the portable kernel's
-    # launch and work items (launch and work themselves when no sm_90a kernel is planned;
+    # where launch's sm_90a kernel does not run (layers narrower than the table's
+    # hopper_prefill_min_window): the portable kernel's launch and work items (launch and
+    # work themselves when no sm_90a kernel is planned or the table has no such bound;
     # work when the block_m is the same)
     portable_launch: PrefillLaunch
     portable_work: torch.Tensor
@@ -245,8 +246,10 @@ class PagedAttention:
         bm = rule.block_m if block_m is None else block_m
         launch = _prefill_launch(rule, bm, hopper)
         work = self._prefill_work(ql, kl, bm)
-        portable_launch = _prefill_launch(portable, portable.block_m, False) if hopper \
-            else launch
+        # the portable kernel's launch, for layers narrower than hopper_prefill_min_window
+        # (none when it is 0: no second list)
+        portable_launch = _prefill_launch(portable, portable.block_m, False) \
+            if hopper and self.table.hopper_prefill_min_window > 0 else launch
         portable_work = work if portable_launch.block_m == bm \
             else self._prefill_work(ql, kl, portable_launch.block_m)
         indptr = [0]
