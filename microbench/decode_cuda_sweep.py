@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from fuseinfer.bench.gpu_clocks import clock_state
 from fuseinfer.bench.report import bench_environment, write_run_json
 from fuseinfer.bench.suites.attention import MODELS, Case, checked_time, kv_bytes
 from fuseinfer.bench.timing import TimingConfig
@@ -73,7 +74,7 @@ def run(models: list[str], shapes: list[str], caches: list[str],
                     bf16_us = us  # the table's bf16 time: the first bf16 row
                 row = dict(model=m.name, shape=shape, cache=cache, variant=variant, us=us,
                            tbps=kv_bytes(case, 1 if fp8 else 2) / us / 1e6, rel_err=err,
-                           x_bf16=bf16_us / us if bf16_us else None)
+                           x_bf16=bf16_us / us if bf16_us else None, **clock_state())
                 rows.append(row)
                 x_bf16 = f"{row['x_bf16']:5.2f}x" if row["x_bf16"] else "      "
                 print(f"{m.name:12s} {shape:9s} {cache:4s} {variant:26s} {us:9.1f} us "

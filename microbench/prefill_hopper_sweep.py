@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from fuseinfer.bench.gpu_clocks import clock_state
 from fuseinfer.bench.report import bench_environment, write_run_json
 from fuseinfer.bench.suites.attention import MODELS, PREFILL, Case, checked_time, flops
 from fuseinfer.bench.timing import TimingConfig
@@ -92,7 +93,8 @@ def run(models: list[str], shapes: list[str], windows: list[int],
                 continue
             err, us = checked_time(case, PAGE_SIZE, torch.bfloat16, CONFIG, table=trial)
             row = dict(model=m.name, window_left=m.window_left, shape=case.shape,
-                       variant=name, us=us, tflops=flops(case) / us / 1e6, rel_err=err)
+                       variant=name, us=us, tflops=flops(case) / us / 1e6, rel_err=err,
+                       **clock_state())
             rows.append(row)
             print(f"{m.name:16s} {case.shape:16s} {name:24s} {us:9.1f} us "
                   f"{row['tflops']:5.0f} TFLOP/s  err {err:.1e}", flush=True)

@@ -28,6 +28,7 @@ from ...ops.attention.reference import reference_paged_attention
 from .. import attention_baselines as base
 from ..attention_inputs import make_paged_kv
 from ..cut import RunCut, cut_by_sigterm, cut_note
+from ..gpu_clocks import clock_state
 from ..kernel_suite import add_output_options, check_known, report_run
 from ..prebuild import Build, run_builds
 from ..progress import Progress
@@ -249,6 +250,7 @@ def run(cases: Sequence[Case], baselines: Sequence[str], copy_gbps: float | None
             x = make_inputs(case, page_size, dtype)
             us = _time(ours(x, window_left=m.window_left), config)
             row["us"] = us
+            row.update(clock_state())  # the clock it ran at (runs differ; was it the GPU?)
             if case.kind == "decode":
                 nbytes = kv_bytes(case, itemsize)
                 row["bytes"] = nbytes
