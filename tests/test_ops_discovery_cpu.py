@@ -64,6 +64,7 @@ def test_a_new_op_file_is_found(tmp_path, monkeypatch):
         "fam/scale.py": "__all__ = ['scale']\ndef scale(x):\n    return 2 * x\n",
         "fam/helpers.py": "def helper():\n    return 1\n",  # no __all__: nothing exported
         "fam/_private.py": "raise AssertionError('private modules are not imported')\n",
+        "fam/scale_compile_check.py": "raise AssertionError('commands are not imported')\n",
         "other/__init__.py": FAMILY_INIT,
         "other/shift.py": "__all__ = ['shift', 'SHIFT']\nSHIFT = 3\n"
                           "def shift(x):\n    return x + SHIFT\n",
