@@ -47,18 +47,16 @@ def _case_and_tables(kind: str, model: str, shape: str, fp8: bool) -> tuple[Any,
     from decode_cuda_sweep import variants as decode_variants
     from prefill_hopper_sweep import variants as prefill_variants
 
-    from fuseinfer.bench.suites.attention import MODELS, PREFILL, Case
+    from fuseinfer.bench.suites.attention import MODELS, decode_cases, prefill_cases
     from fuseinfer.ops.attention.dispatch import attention_table
 
     m = MODELS[model]
     table = attention_table()
     if kind == "decode":
         batch, length = (int(x) for x in shape.split("x"))
-        case = Case("decode", m, shape, (1,) * batch, (length,) * batch)
+        case = decode_cases([m], [batch], [length], extra=())[0]
         return case, decode_variants(table, m.head_dim, batch, fp8)
-    q_lens, kv_lens = PREFILL[shape]
-    return Case("prefill", m, shape, tuple(q_lens), tuple(kv_lens)), \
-        prefill_variants(table, m.head_dim)
+    return prefill_cases([m], [shape])[0], prefill_variants(table, m.head_dim)
 
 
 def run_case(args: argparse.Namespace) -> None:

@@ -23,7 +23,7 @@ import torch
 
 from fuseinfer.bench.gpu_clocks import clock_state
 from fuseinfer.bench.report import bench_environment, write_run_json
-from fuseinfer.bench.suites.attention import MODELS, Case, checked_time, kv_bytes
+from fuseinfer.bench.suites.attention import MODELS, checked_time, decode_cases, kv_bytes
 from fuseinfer.bench.timing import TimingConfig
 from fuseinfer.ops.attention.decode_cuda import MAX_SMEM, cuda_decode_smem_bytes
 from fuseinfer.ops.attention.dispatch import AttentionDispatch, attention_table
@@ -63,7 +63,7 @@ def run(models: list[str], shapes: list[str], caches: list[str],
     for name, shape in itertools.product(models, shapes):
         m = MODELS[name]
         batch, length = (int(x) for x in shape.split("x"))
-        case = Case("decode", m, shape, (1,) * batch, (length,) * batch)
+        case = decode_cases([m], [batch], [length], extra=())[0]
         bf16_us = None
         for cache in caches:
             fp8 = cache == "fp8"

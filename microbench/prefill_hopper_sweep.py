@@ -27,7 +27,7 @@ import torch
 
 from fuseinfer.bench.gpu_clocks import clock_state
 from fuseinfer.bench.report import bench_environment, write_run_json
-from fuseinfer.bench.suites.attention import MODELS, PREFILL, Case, checked_time, flops
+from fuseinfer.bench.suites.attention import MODELS, PREFILL, checked_time, flops, prefill_cases
 from fuseinfer.bench.timing import TimingConfig
 from fuseinfer.ops.attention.dispatch import (
     ATTENTION_BUILTIN,
@@ -80,11 +80,9 @@ def run(models: list[str], shapes: list[str], windows: list[int],
     """Every case's variants; with json_path the rows so far are rewritten there after each
     case, so a sweep cut short keeps what it measured."""
     table = attention_table()
-    cases = [Case("prefill", MODELS[m], s, tuple(PREFILL[s][0]), tuple(PREFILL[s][1]))
-             for m in models for s in shapes]
     gpt_oss = MODELS["GPT-OSS"]
-    cases += [Case("prefill", replace(gpt_oss, name=f"GPT-OSS-win{w}", window_left=w),
-                   "1x16k", (16384,), (16384,)) for w in windows]
+    cases = prefill_cases([MODELS[m] for m in models], shapes) + prefill_cases(
+        [replace(gpt_oss, name=f"GPT-OSS-win{w}", window_left=w) for w in windows], ["1x16k"])
     rows = []
     for case in cases:
         m = case.model

@@ -2,7 +2,8 @@
 by a prefill rule's `kernel: "hopper"` where it applies, with the portable kernel
 everywhere else (other GPUs, FP8 caches, head dims other than 64 and 128, rows the bulk
 copy cannot address). It reads the plan's work items and writes what the portable kernel
-writes, so the two are interchangeable call by call."""
+writes, so the two are interchangeable call by call (the portable kernel takes 192-row
+items in 64-row pieces: launch.py)."""
 
 from __future__ import annotations
 
