@@ -42,18 +42,22 @@ _tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
 
 
 @gluon.jit
-def _tile(w, num_tiles, num_q_heads, Work, QIndptr, KvLens, PageTable, stride_page_row,
-          window_left, GROUP: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
-          HAS_WINDOW: gl.constexpr):
+def _tile(w, num_tiles, num_q_heads, Work, Schedule, scheduled, QIndptr, KvLens, PageTable,
+          stride_page_row, window_left, GROUP: gl.constexpr, BLOCK_M: gl.constexpr,
+          BLOCK_N: gl.constexpr, HAS_WINDOW: gl.constexpr):
     """The program's tile of wave w, its request and key range (every partition computes
-    the same): heads fastest, so tiles running side by side share K/V in L2. lo..hi is cut
-    at diag (keys below are visible to every row) and win_end (keys from there on are
-    inside every row's window). Not valid past the last tile or on a padded work item."""
+    the same): heads fastest, so tiles running side by side share K/V in L2. The plan's
+    schedule names it (scheduled != 0: [waves, programs], -1 for none); else waves run in
+    alternating directions. lo..hi is cut at diag (keys below are visible to every row)
+    and win_end (keys from there on are inside every row's window). Not valid past the last
+    tile or on a padded work item."""
     programs = gl.num_programs(0)
     pid = gl.program_id(0)
     t = w * programs + gl.where(w % 2 == 0, pid, programs - 1 - pid)
-    in_range = t < num_tiles
-    t = gl.minimum(t, num_tiles - 1)
+    if scheduled != 0:
+        t = gl.load(Schedule + w * programs + pid)
+    in_range = (t >= 0) & (t < num_tiles)
+    t = gl.minimum(gl.maximum(t, 0), num_tiles - 1)
     head = t % num_q_heads
     item = t // num_q_heads
     req = gl.load(Work + 2 * item)
@@ -107,16 +111,16 @@ def _producer(args, GROUP: gl.constexpr, PAGE_SIZE: gl.constexpr, HEAD_DIM: gl.c
     then K_j and V_j for every key block, STAGES ahead; the stage ring runs on across
     tiles."""
     (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, q_empty, k_ready, v_ready, k_empty,
-     v_empty, num_tiles, num_q_heads, Work, QIndptr, KvLens, PageTable, stride_page_row,
-     window_left, oob_slot) = args
+     v_empty, num_tiles, num_q_heads, Work, Schedule, scheduled, QIndptr, KvLens, PageTable,
+     stride_page_row, window_left, oob_slot) = args
     tile_bytes: gl.constexpr = BLOCK_N * k_desc.block_type.nbytes // PAGE_TILE
     it = 0  # key blocks loaded so far, all tiles
     done = 0  # tiles loaded so far
     for w in range(0, gl.cdiv(num_tiles, gl.num_programs(0))):
         (valid, head, kv_head, q_block, q_start, q_len, kv_len, prefix, lo, hi, diag,
-         win_end, page_row) = _tile(w, num_tiles, num_q_heads, Work, QIndptr, KvLens,
-                                    PageTable, stride_page_row, window_left, GROUP, BLOCK_M,
-                                    BLOCK_N, HAS_WINDOW)
+         win_end, page_row) = _tile(w, num_tiles, num_q_heads, Work, Schedule, scheduled,
+                                    QIndptr, KvLens, PageTable, stride_page_row, window_left,
+                                    GROUP, BLOCK_M, BLOCK_N, HAS_WINDOW)
         if valid:
             for start in range(lo, hi, BLOCK_N):
                 stage = it % STAGES
@@ -352,8 +356,8 @@ def _consumer(wg: gl.constexpr, shared, GROUP: gl.constexpr, BLOCK_M: gl.constex
     holds the arguments every consumer takes (one tuple: the kernel writes it once for two
     or three consumers; a tuple in a variable holds no constexprs, so those come apart)."""
     (q_smem, k_smem, v_smem, q_bar, q_empty, k_ready, v_ready, k_empty, v_empty, clean_bar,
-     turn, Out, Lse, Sinks, num_tiles, num_q_heads, Work, QIndptr, KvLens, PageTable,
-     stride_page_row, qk_scale, logit_cap, window_left, stride_o_tok, stride_o_head,
+     turn, Out, Lse, Sinks, num_tiles, num_q_heads, Work, Schedule, scheduled, QIndptr, KvLens,
+     PageTable, stride_page_row, qk_scale, logit_cap, window_left, stride_o_tok, stride_o_head,
      stride_lse_tok) = shared
     it = 0
     rnd = 0
@@ -361,9 +365,9 @@ def _consumer(wg: gl.constexpr, shared, GROUP: gl.constexpr, BLOCK_M: gl.constex
     done = 0
     for w in range(0, gl.cdiv(num_tiles, gl.num_programs(0))):
         (valid, head, kv_head, q_block, q_start, q_len, kv_len, prefix, lo, hi, diag,
-         win_end, page_row) = _tile(w, num_tiles, num_q_heads, Work, QIndptr, KvLens,
-                                    PageTable, stride_page_row, window_left, GROUP, BLOCK_M,
-                                    BLOCK_N, HAS_WINDOW)
+         win_end, page_row) = _tile(w, num_tiles, num_q_heads, Work, Schedule, scheduled,
+                                    QIndptr, KvLens, PageTable, stride_page_row, window_left,
+                                    GROUP, BLOCK_M, BLOCK_N, HAS_WINDOW)
         if valid:
             it, rnd, cleans, done = _consume_tile(
                 wg, it, rnd, cleans, done, q_smem, k_smem, v_smem, q_bar, q_empty, k_ready,
@@ -375,8 +379,8 @@ def _consumer(wg: gl.constexpr, shared, GROUP: gl.constexpr, BLOCK_M: gl.constex
 
 @gluon.jit
 def prefill_hopper_kernel(
-    q_desc, k_desc, v_desc, Out, Lse, Sinks, PageTable, QIndptr, KvLens, Work,
-    sm_scale, logit_cap, window_left, oob_slot, num_tiles, num_q_heads,
+    q_desc, k_desc, v_desc, Out, Lse, Sinks, PageTable, QIndptr, KvLens, Work, Schedule,
+    scheduled, sm_scale, logit_cap, window_left, oob_slot, num_tiles, num_q_heads,
     stride_o_tok, stride_o_head, stride_lse_tok, stride_page_row,
     GROUP: gl.constexpr, PAGE_SIZE: gl.constexpr, HEAD_DIM: gl.constexpr,
     BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
@@ -412,12 +416,12 @@ def prefill_hopper_kernel(
         mbarrier.init(v_empty.index(s), count=CONSUMERS)
 
     shared = (q_smem, k_smem, v_smem, q_bar, q_empty, k_ready, v_ready, k_empty, v_empty,
-              clean_bar, turn, Out, Lse, Sinks, num_tiles, num_q_heads, Work, QIndptr,
-              KvLens, PageTable, stride_page_row, sm_scale, logit_cap, window_left,
+              clean_bar, turn, Out, Lse, Sinks, num_tiles, num_q_heads, Work, Schedule,
+              scheduled, QIndptr, KvLens, PageTable, stride_page_row, sm_scale, logit_cap, window_left,
               stride_o_tok, stride_o_head, stride_lse_tok)
     producer = (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, q_empty, k_ready,
-                v_ready, k_empty, v_empty, num_tiles, num_q_heads, Work, QIndptr, KvLens,
-                PageTable, stride_page_row, window_left, oob_slot)
+                v_ready, k_empty, v_empty, num_tiles, num_q_heads, Work, Schedule, scheduled,
+                QIndptr, KvLens, PageTable, stride_page_row, window_left, oob_slot)
     # the first consumer runs in the kernel's own 4 warps; registers: the consumers hold
     # S, O and P (the producer only addresses)
     if CONSUMERS == 2:

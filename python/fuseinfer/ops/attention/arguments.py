@@ -59,6 +59,9 @@ class PrefillArgs(NamedTuple):
     logit_cap: float = 0.0
     launch: Sequence[int] = PrefillLaunch(128, 64, 8, 3, 1)
     enable_pdl: bool | None = None
+    # the sm_90a kernel's persistent launch: int32 [waves, programs] tile numbers (-1: none)
+    # from the plan (tile_schedule.py); None, or any other launch: the kernel deals tiles
+    schedule: torch.Tensor | None = None
 
 
 class DecodeArgs(NamedTuple):

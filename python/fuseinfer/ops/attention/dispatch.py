@@ -102,15 +102,20 @@ class PrefillLaunchRule:
     # the hopper kernel: one program per SM running tile after tile (a tile's epilogue
     # overlaps the next tile's loads) instead of one program per tile
     persistent: bool = False
+    # persistent: the plan deals the tiles to the programs longest-first (tile_schedule.py)
+    # where its cost model says that beats the kernel's own alternating waves
+    longest_first: bool = False
 
     def validate(self, where: str) -> None:
         if self.kernel not in PREFILL_KERNELS:
             raise TableError(f"{where}.kernel: must be one of {list(PREFILL_KERNELS)}, got "
                              f"{self.kernel!r}")
-        for name in ("pingpong", "persistent"):
+        for name in ("pingpong", "persistent", "longest_first"):
             if getattr(self, name) and self.kernel != "hopper":
                 raise TableError(f"{where}.{name}: only with kernel 'hopper', got "
                                  f"{self.kernel!r}")
+        if self.longest_first and not self.persistent:
+            raise TableError(f"{where}.longest_first: only with persistent programs")
         if self.kernel == "hopper":  # its own tiles, warps and stages
             problem = hopper_rule_problem(self)
             if problem:

@@ -16,6 +16,8 @@ fuseinfer.ops.attention.reference, which is also the CPU path. Layouts:
   q_indptr      int32 [batch + 1], cumulative query counts; kv_lens int32 [batch]
   lse           optional float32 [tokens, q_heads], natural log of the softmax denominator
                 (the sink included)
+  schedule      optional int32 [waves, programs]: the sm_90a kernel's persistent programs'
+                tiles, from the plan (other launches ignore it)
   sinks         optional float32/bfloat16 [q_heads]; window_left W: keys p - W .. p
 head_dim is 64, 128 or 256; q_heads must be a multiple of kv_heads (GQA/MQA).
 The arguments, in order, are PrefillArgs / DecodeArgs (fuseinfer.ops.attention.arguments),
@@ -72,6 +74,17 @@ def check_prefill(a: PrefillArgs) -> None:
             or not work.is_contiguous():
         fail(op, "work", f"must be contiguous int32 [items, 2] (request, query block) from "
              f"the plan, got {work.dtype} {list(work.shape)}")
+    schedule = a.schedule
+    if schedule is not None:
+        tiles = work.size(0) * a.q.size(1)
+        if schedule.dtype != torch.int32 or schedule.dim() != 2 or schedule.size(1) < 1 \
+                or not schedule.is_contiguous() \
+                or schedule.size(0) != -(-tiles // schedule.size(1)):
+            fail(op, "schedule", f"must be contiguous int32 [waves, programs] with waves * "
+                 f"programs just covering the {tiles} tiles (work items x q heads), got "
+                 f"{schedule.dtype} {list(schedule.shape)}")
+        if schedule.device != a.q.device:
+            fail(op, "schedule", f"must be on {a.q.device} like q, got {schedule.device}")
     _check_launch(op, a.launch, PrefillLaunch._fields)
 
 

@@ -28,6 +28,7 @@ from ..arg_checks import fail
 from ..host_copy import to_device
 from .arguments import DecodeLaunch, PrefillLaunch, default_scale
 from .dispatch import HEAD_DIMS, AttentionDispatch, PrefillLaunchRule
+from .tile_schedule import longest_first, tile_costs, worth_it
 
 Lengths = Sequence[int] | torch.Tensor
 
@@ -73,10 +74,17 @@ class PrefillPlan:
     # work when the block_m is the same)
     portable_launch: PrefillLaunch
     portable_work: torch.Tensor
+    # launch's persistent programs' tiles dealt on the host (tile_schedule.py): int32
+    # [waves, programs], -1 where a program has none; None: the kernel's alternating waves
+    schedule: torch.Tensor | None = None
 
     def work_for(self, launch: PrefillLaunch) -> torch.Tensor:
         """The work items of one of the plan's launches (they depend on its block_m)."""
         return self.work if launch.block_m == self.launch.block_m else self.portable_work
+
+    def schedule_for(self, launch: PrefillLaunch) -> torch.Tensor | None:
+        """The tile schedule of one of the plan's launches (only the sm_90a one has one)."""
+        return self.schedule if launch == self.launch else None
 
 
 @dataclass(frozen=True)
@@ -245,13 +253,15 @@ class PagedAttention:
             rule = portable
         bm = rule.block_m if block_m is None else block_m
         launch = _prefill_launch(rule, bm, hopper)
-        work = self._prefill_work(ql, kl, bm)
+        work, key_ends = self._prefill_work(ql, kl, bm)
+        schedule = self._tile_schedule(key_ends, launch) \
+            if hopper and rule.persistent and rule.longest_first else None
         # the portable kernel's launch, for layers narrower than hopper_prefill_min_window
         # (none when it is 0: no second list)
         portable_launch = _prefill_launch(portable, portable.block_m, False) \
             if hopper and self.table.hopper_prefill_min_window > 0 else launch
         portable_work = work if portable_launch.block_m == bm \
-            else self._prefill_work(ql, kl, portable_launch.block_m)
+            else self._prefill_work(ql, kl, portable_launch.block_m)[0]
         indptr = [0]
         for q_len in ql:
             indptr.append(indptr[-1] + q_len)
@@ -259,20 +269,35 @@ class PagedAttention:
             batch=len(ql), total_q=indptr[-1], page_table=page_table,
             q_indptr=_to_device(indptr, self.device), kv_lens=_to_device(kl, self.device),
             work=work, launch=launch, q_lens_host=tuple(ql), kv_lens_host=tuple(kl),
-            portable_launch=portable_launch, portable_work=portable_work)
+            portable_launch=portable_launch, portable_work=portable_work, schedule=schedule)
 
-    def _prefill_work(self, ql: list[int], kl: list[int], bm: int) -> torch.Tensor:
+    def _prefill_work(self, ql: list[int], kl: list[int], bm: int
+                      ) -> tuple[torch.Tensor, list[int]]:
         """(request, query block) per bm queries, longest rows first (the tail of the grid,
-        or each persistent program's last tiles, is short)."""
-        items: list[tuple[int, int, int]] = []  # (work, request, block)
+        or each persistent program's last tiles, is short), and each item's key end (its
+        last visible key + 1)."""
+        items: list[tuple[int, int, int]] = []  # (key end, request, block)
         for b, (q_len, kv_len) in enumerate(zip(ql, kl, strict=True)):
             prefix = kv_len - q_len
             for blk in range(-(-q_len // bm)):
                 items.append((prefix + min((blk + 1) * bm, q_len), b, blk))
         items.sort(key=lambda t: -t[0])
         flat = [v for _, b, blk in items for v in (b, blk)]
-        return _to_device(flat, self.device).view(-1, 2) if flat else \
+        work = _to_device(flat, self.device).view(-1, 2) if flat else \
             torch.zeros(0, 2, dtype=torch.int32, device=self.device)
+        return work, [end for end, _, _ in items]
+
+    def _tile_schedule(self, key_ends: list[int], launch: PrefillLaunch
+                       ) -> torch.Tensor | None:
+        """The persistent launch's tiles dealt longest-first, where the cost model says
+        that beats the kernel's alternating waves (tile_schedule.py)."""
+        if not key_ends:
+            return None
+        dealt = longest_first(tile_costs(key_ends, launch.block_n), self.shape.num_q_heads,
+                              self.sm_count)
+        if not worth_it(dealt):
+            return None
+        return _to_device(dealt.slots, self.device).view(dealt.waves, dealt.programs)
 
     def prefill_launch(self, plan: PrefillPlan, window_left: int | None) -> PrefillLaunch:
         """The plan's launch for a layer with this window: layers narrower than the table's
@@ -327,7 +352,8 @@ class PagedAttention:
             launch = self.prefill_launch(plan, window_left)
             torch.ops.fuseinfer.paged_prefill_attention(
                 q, k_cache, v_cache, plan.page_table, plan.q_indptr, plan.kv_lens,
-                plan.work_for(launch), out, launch=list(launch), **common)
+                plan.work_for(launch), out, launch=list(launch),
+                schedule=plan.schedule_for(launch), **common)
         else:
             torch.ops.fuseinfer.paged_decode_attention(
                 q, k_cache, v_cache, plan.page_table, plan.kv_lens, plan.partial_out,

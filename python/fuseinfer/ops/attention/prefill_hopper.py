@@ -189,10 +189,14 @@ def _launch(a: PrefillArgs) -> None:
     v_desc = _descriptor(v_cache, slots, v_stride, width, [tile, head_dim])
     dummy = a.kv_lens  # stands in for absent optional tensors; never read
     num_tiles = q_heads * num_items
-    programs = min(num_tiles, _sm_count(q.device.index)) if launch.persistent else num_tiles
+    # persistent: the plan's schedule, else the kernel's alternating waves over an SM each
+    schedule = a.schedule if launch.persistent else None
+    programs = num_tiles if not launch.persistent else schedule.size(1) \
+        if schedule is not None else min(num_tiles, _sm_count(q.device.index))
     prefill_hopper_kernel[(programs,)](
         q_desc, k_desc, v_desc, out, lse if lse is not None else dummy,
         sinks if sinks is not None else dummy, a.page_table, a.q_indptr, a.kv_lens, a.work,
+        schedule if schedule is not None else dummy, int(schedule is not None),
         softmax_scale(a), a.logit_cap, a.window_left if a.window_left is not None else 0,
         slots, num_tiles, q_heads, out.stride(0), out.stride(1),
         lse.stride(0) if lse is not None else 0, a.page_table.stride(0),

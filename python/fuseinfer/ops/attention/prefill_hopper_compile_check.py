@@ -59,8 +59,8 @@ def _signature(kernel: Any, constexprs: dict[str, Any], tile: int) -> dict[str, 
 
     types = {"q_desc": desc(64), "k_desc": desc(tile), "v_desc": desc(tile),
              "Out": "*bf16", "Lse": "*fp32", "Sinks": "*fp32", "PageTable": "*i32",
-             "QIndptr": "*i32", "KvLens": "*i32", "Work": "*i32", "sm_scale": "fp32",
-             "logit_cap": "fp32"}
+             "QIndptr": "*i32", "KvLens": "*i32", "Work": "*i32", "Schedule": "*i32",
+             "sm_scale": "fp32", "logit_cap": "fp32"}
     return {name: "constexpr" if name in constexprs else types.get(name, "i32")
             for name in kernel.arg_names}
 
