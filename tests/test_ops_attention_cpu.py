@@ -369,7 +369,7 @@ def test_schema_is_the_argument_tuple(op, args, written):
     assert list(launch.default_value) == list(args._field_defaults["launch"])
     optional = {a.name for a in schema.arguments if a.type.kind() == "OptionalType"}
     assert optional == {"lse", "sinks", "k_scale", "v_scale", "window_left", "enable_pdl"} \
-        | ({"merge_counters"} if op == "paged_decode_attention" else set())
+        | ({"merge_counters"} if op == "paged_decode_attention" else {"schedule"})
     assert len(schema.returns) == 0
 
 

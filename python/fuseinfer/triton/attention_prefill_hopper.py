@@ -417,8 +417,8 @@ def prefill_hopper_kernel(
 
     shared = (q_smem, k_smem, v_smem, q_bar, q_empty, k_ready, v_ready, k_empty, v_empty,
               clean_bar, turn, Out, Lse, Sinks, num_tiles, num_q_heads, Work, Schedule,
-              scheduled, QIndptr, KvLens, PageTable, stride_page_row, sm_scale, logit_cap, window_left,
-              stride_o_tok, stride_o_head, stride_lse_tok)
+              scheduled, QIndptr, KvLens, PageTable, stride_page_row, sm_scale, logit_cap,
+              window_left, stride_o_tok, stride_o_head, stride_lse_tok)
     producer = (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, q_empty, k_ready,
                 v_ready, k_empty, v_empty, num_tiles, num_q_heads, Work, Schedule, scheduled,
                 QIndptr, KvLens, PageTable, stride_page_row, window_left, oob_slot)
