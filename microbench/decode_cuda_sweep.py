@@ -5,7 +5,12 @@ with two programs per SM as the split target; every variant is checked against t
 reference first.
 
     python microbench/decode_cuda_sweep.py [--models Llama-3-8B GPT-OSS]
-        [--shapes 64x4096 64x16384 1x8192 50x300] [--caches bf16 fp8] [--json F]
+        [--shapes 64x4096 64x16384 1x8192 50x300] [--caches bf16 fp8] [--ctas 8 12]
+        [--match REGEX ...] [--json F]
+
+--ctas adds each variant with its split count aimed at that many programs per SM (a
+rule's ctas_per_sm); --match keeps the variants whose name a regular expression finds
+(the bf16 table row, which `x bf16` divides, always runs).
 
 Timing as `bench attention` (CUDA-graph replay, medians); TB/s count the KV bytes read
 (the FP8 cache's half-size ones for FP8), `x bf16` is the table's bf16 time over the row's.
@@ -15,6 +20,8 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import re
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -35,27 +42,31 @@ CUDA_VARIANTS = [(w, s, None) for w, s in itertools.product((4, 8), (2, 3, 4))] 
     + [(4, 4, 2), (4, 3, 2)]
 
 
-def variants(table: AttentionDispatch, head_dim: int, batch: int, fp8: bool
-             ) -> list[tuple[str, AttentionDispatch]]:
-    """(name, table) per variant: the table's rule, then the CUDA kernel's that fit."""
+def variants(table: AttentionDispatch, head_dim: int, batch: int, fp8: bool,
+             ctas: Sequence[int] = ()) -> list[tuple[str, AttentionDispatch]]:
+    """(name, table) per variant: the table's rule, then the CUDA kernel's that fit; each
+    also with the split count aimed at each of `ctas` programs per SM."""
     rule = table.decode_rule(head_dim, fp8, batch)
-    only = dict(decode_rules=(replace(rule, max_head_dim=None, max_batch=None),),
-                fp8_decode_rules=())
-    out = [(f"table {rule.kernel} n{rule.block_n} w{rule.num_warps} s{rule.num_stages}",
-            replace(table, **only))]
-    for warps, stages, ctas in CUDA_VARIANTS:
+    base = replace(rule, max_head_dim=None, max_batch=None)
+    label = f"table {rule.kernel} n{rule.block_n} w{rule.num_warps} s{rule.num_stages}"
+    trials = [(label, base)] + [(f"{label} ctas{c}", replace(base, ctas_per_sm=c))
+                                for c in ctas]
+    cuda_variants = CUDA_VARIANTS + [(w, s, c) for w, s, _ in CUDA_VARIANTS if _ is None
+                                     for c in ctas]
+    for warps, stages, per_sm in cuda_variants:
         if cuda_decode_smem_bytes(head_dim, 1 if fp8 else 2, warps, stages) > MAX_SMEM:
             continue
-        cuda = replace(rule, max_head_dim=None, max_batch=None, kernel="cuda",
-                       kv_heads_per_program=1, num_warps=warps, num_stages=stages,
-                       ctas_per_sm=ctas)
-        name = f"cuda w{warps} s{stages}" + (f" ctas{ctas}" if ctas else "")
-        out.append((name, replace(table, decode_rules=(cuda,), fp8_decode_rules=())))
-    return out
+        cuda = replace(base, kernel="cuda", kv_heads_per_program=1, num_warps=warps,
+                       num_stages=stages, ctas_per_sm=per_sm)
+        trials.append((f"cuda w{warps} s{stages}" + (f" ctas{per_sm}" if per_sm else ""),
+                       cuda))
+    return [(name, replace(table, decode_rules=(r,), fp8_decode_rules=()))
+            for name, r in trials]
 
 
 def run(models: list[str], shapes: list[str], caches: list[str],
-        json_path: Path | None = None) -> list[dict[str, Any]]:
+        json_path: Path | None = None, ctas: Sequence[int] = (),
+        match: Sequence[str] = ()) -> list[dict[str, Any]]:
     """Every case's variants; with json_path the rows so far are rewritten there after each
     case, so a sweep cut short keeps what it measured."""
     table = attention_table()
@@ -67,7 +78,11 @@ def run(models: list[str], shapes: list[str], caches: list[str],
         bf16_us = None
         for cache in caches:
             fp8 = cache == "fp8"
-            for variant, trial in variants(table, m.head_dim, batch, fp8):
+            for variant, trial in variants(table, m.head_dim, batch, fp8, ctas):
+                # the bf16 table row always runs: the x bf16 column is over it
+                if match and not any(re.search(p, variant) for p in match) \
+                        and (fp8 or bf16_us is not None):
+                    continue
                 err, us = checked_time(case, PAGE_SIZE, torch.bfloat16, CONFIG, fp8=fp8,
                                        table=trial)
                 if bf16_us is None and not fp8:
@@ -90,9 +105,13 @@ def main() -> None:
                     choices=list(MODELS))
     ap.add_argument("--shapes", nargs="+", default=["64x4096", "64x16384", "1x8192", "50x300"])
     ap.add_argument("--caches", nargs="+", default=["bf16", "fp8"], choices=["bf16", "fp8"])
+    ap.add_argument("--ctas", nargs="+", type=int, default=[],
+                    help="also aim the split count at these many programs per SM")
+    ap.add_argument("--match", nargs="+", default=[],
+                    help="only variants whose name one of these regular expressions finds")
     ap.add_argument("--json", type=Path, help="write the rows (and the environment) here")
     args = ap.parse_args()
-    run(args.models, args.shapes, args.caches, args.json)
+    run(args.models, args.shapes, args.caches, args.json, args.ctas, args.match)
 
 
 if __name__ == "__main__":

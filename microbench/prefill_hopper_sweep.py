@@ -2,7 +2,9 @@
 benchmark of record): per model and prefill shape, the portable kernel (the table's portable
 rule at the head dim), then the sm_90a kernel at each (block_m, block_n,
 stages) that fits (block_m 192, three consumers, at head_dim 64 only), pingpong and
-persistent off and on; every variant is checked against the reference first.
+persistent off and on (persistent: the kernel's alternating waves, and "longest-first", the
+plan's dealt schedule where its cost model says it pays); every variant is checked against
+the reference first.
 
     python microbench/prefill_hopper_sweep.py [--models Llama-3-8B GPT-OSS]
         [--shapes 1x4k 4x2k 1x16k] [--windows 512 2048] [--match REGEX ...] [--json F]
@@ -64,13 +66,16 @@ def variants(table: AttentionDispatch, head_dim: int) -> list[tuple[str, Attenti
         if block_m_problem(block_m, head_dim) is not None \
                 or smem_bytes(head_dim, block_n, stages, block_m) > SMEM_BYTES:
             continue
-        hopper = replace(rule, max_head_dim=head_dim, block_m=block_m, block_n=block_n,
-                         num_warps=consumer_warps(block_m), num_stages=stages, tma=True,
-                         kernel="hopper", pingpong=pingpong, persistent=persistent)
-        name = f"sm90a m{block_m} n{block_n} s{stages}{' pingpong' if pingpong else ''}" \
-            f"{' persistent' if persistent else ''}"
-        # the portable rule after it: a 192-row rule falls back to a rule of its own
-        out.append((name, replace(table, prefill_rules=(hopper, out[0][1].prefill_rules[0]))))
+        for dealt in (False, True) if persistent else (False,):
+            hopper = replace(rule, max_head_dim=head_dim, block_m=block_m, block_n=block_n,
+                             num_warps=consumer_warps(block_m), num_stages=stages, tma=True,
+                             kernel="hopper", pingpong=pingpong, persistent=persistent,
+                             longest_first=dealt)
+            name = f"sm90a m{block_m} n{block_n} s{stages}{' pingpong' if pingpong else ''}" \
+                f"{' persistent' if persistent else ''}{' longest-first' if dealt else ''}"
+            # the portable rule after it: a 192-row rule falls back to a rule of its own
+            out.append((name, replace(table, prefill_rules=(hopper,
+                                                            out[0][1].prefill_rules[0]))))
     return out
 
 

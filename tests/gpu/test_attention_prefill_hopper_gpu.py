@@ -269,3 +269,91 @@ def test_three_consumer_tables_fall_back_with_their_own_items(launches, monkeypa
     monkeypatch.setattr(prefill_hopper, "unavailable", "declined by the test")
     _run_and_check(8, 2, 64, 64, torch.bfloat16, 128, 2, "sinks-cap", table=table)
     assert len(launches) == len(CASES)
+
+
+# tiles dealt by the plan (a rule's longest_first): the kernel reads its [waves, programs]
+# schedule instead of dealing alternating waves itself
+def _dealt_table(block_m: int = 128, pingpong: bool = True):
+    table = _table(128, 2, pingpong=pingpong, persistent=True, block_m=block_m)
+    rules = (replace(table.prefill_rules[0], longest_first=True), *table.prefill_rules[1:])
+    return replace(table, prefill_rules=rules)
+
+
+@pytest.mark.parametrize("programs", [3, 17, 132])
+@pytest.mark.parametrize("head_dim, block_m", [(128, 128), (64, 128), (64, 192)])
+def test_dealt_schedules(launches, monkeypatch, programs, head_dim, block_m):
+    """Ragged batches over a few to every SM's worth of programs, the plan's dealt schedule
+    always taken: the kernel runs every tile it names, once (outputs poisoned with NaN)."""
+    from fuseinfer.ops.attention import plan as plan_module
+
+    monkeypatch.setattr(plan_module, "worth_it", lambda schedule: True)
+    real_init = PagedAttention.__init__
+    planned = []
+
+    def with_programs(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        self.sm_count = programs
+        real_plan = self.plan_prefill
+
+        def plan_prefill(*a, **k):
+            plan = real_plan(*a, **k)
+            planned.append(plan.schedule)
+            return plan
+
+        self.plan_prefill = plan_prefill
+
+    monkeypatch.setattr(PagedAttention, "__init__", with_programs)
+    gen = torch.Generator().manual_seed(programs + head_dim + block_m)
+    kv_lens = torch.randint(200, 2200, (5,), generator=gen).tolist()
+    q_lens = [max(1, n - int(torch.randint(0, n // 2, (1,), generator=gen)))
+              for n in kv_lens]
+    _run_and_check(16, 4, head_dim, 64, torch.bfloat16, 128, 2, "window-sinks-cap",
+                   window=1500, cases=[(q_lens, kv_lens)], table=_dealt_table(block_m))
+    assert len(launches) == 1
+    (schedule,) = planned
+    assert schedule is not None and schedule.size(1) == programs
+
+
+def test_any_valid_schedule_gives_the_same_answer(launches):
+    """A shuffled schedule (every tile once, some programs idle in several waves) through
+    the op: the kernel follows it and the result still matches the reference."""
+    from fuseinfer.ops.attention.arguments import PrefillArgs
+    from fuseinfer.ops.attention.launch import launch_prefill
+
+    q_lens, kv_lens = [700, 33, 1200], [900, 33, 1200]
+    hq, hkv, d = 8, 2, 128
+    kv = make_paged_kv(kv_lens, hkv, d, 64, torch.bfloat16, "cuda", poison=True)
+    q = torch.randn(sum(q_lens), hq, d, device="cuda", dtype=torch.bfloat16)
+    attn = PagedAttention(AttentionShape(hq, hkv, d, 64), "cuda", table=_dealt_table())
+    plan = attn.plan_prefill(q_lens, kv_lens, kv.page_table)
+    tiles, programs = plan.work.size(0) * hq, 11
+    waves = -(-tiles // programs)
+    slots = torch.full((waves * programs,), -1, dtype=torch.int32)
+    gen = torch.Generator().manual_seed(5)
+    slots[torch.randperm(waves * programs, generator=gen)[:tiles]] = \
+        torch.randperm(tiles, generator=gen).to(torch.int32)
+    out = torch.full_like(q, float("nan"))
+    launch_prefill(PrefillArgs(q, kv.k_cache, kv.v_cache, kv.page_table, plan.q_indptr,
+                               plan.kv_lens, plan.work, out, sm_scale=d ** -0.5,
+                               launch=plan.launch,
+                               schedule=slots.view(waves, programs).cuda()))
+    want, _ = reference_paged_attention(q, kv.k_cache, kv.v_cache, kv.page_table,
+                                        plan.q_indptr, plan.kv_lens, sm_scale=d ** -0.5)
+    torch.testing.assert_close(out.float(), want, rtol=2e-2, atol=2e-2)
+    assert len(launches) == 1
+
+
+def test_a_4x2k_batch_on_every_sm_is_dealt(launches):
+    """The shape the dealt schedule is for (4 x 2k, Llama-3-8B heads) at the GPU's own SM
+    count: a schedule is planned and the answer is right."""
+    q_lens = kv_lens = [2048] * 4
+    attn = PagedAttention(AttentionShape(32, 8, 128, 64), "cuda", table=_dealt_table())
+    kv = make_paged_kv(kv_lens, 8, 128, 64, torch.bfloat16, "cuda", poison=True)
+    plan = attn.plan_prefill(q_lens, kv_lens, kv.page_table)
+    assert plan.schedule is not None
+    q = torch.randn(sum(q_lens), 32, 128, device="cuda", dtype=torch.bfloat16)
+    out = attn.run(plan, q, kv.k_cache, kv.v_cache)
+    want, _ = reference_paged_attention(q, kv.k_cache, kv.v_cache, kv.page_table,
+                                        plan.q_indptr, plan.kv_lens, sm_scale=128 ** -0.5)
+    torch.testing.assert_close(out.float(), want, rtol=2e-2, atol=2e-2)
+    assert len(launches) == 1
