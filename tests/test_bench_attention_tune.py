@@ -277,3 +277,51 @@ def test_a_winning_192_row_rule_is_written_with_its_portable_rule(monkeypatch):
     assert (fallback.kernel, fallback.max_head_dim, fallback.block_n, fallback.num_warps) \
         == ("triton", 64, 64, 4)
     assert table.prefill_rules.index(fallback) == table.prefill_rules.index(hopper) + 1
+
+
+@pytest.mark.parametrize("dealt_faster", [False, True])
+def test_a_persistent_winner_is_timed_on_a_ragged_batch_with_and_without_dealing(
+        monkeypatch, dealt_faster):
+    """A persistent sm_90a winner is timed again on four 2k requests with the plan's dealt
+    schedule off and on (it changes nothing on the one long request the search uses), and
+    longest_first is whichever was faster there; the search itself never deals."""
+    ragged = []
+
+    def cost(case, table, block_m=None, fp8=False):
+        r = table.prefill_rule(case.model.head_dim)
+        if case.shape == tune.RAGGED_PREFILL:
+            ragged.append((r.persistent, r.longest_first))
+            return 2.0 - 0.5 * (r.longest_first == dealt_faster)
+        assert not r.longest_first
+        if r.kernel == "hopper":
+            return 1.0 + (r.block_n != 128) + (not r.persistent) + (r.num_stages != 2)
+        return 5.0 + r.tma
+
+    monkeypatch.setattr(tune, "_time", cost)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (9, 0))
+    table, log = tune.tune(0, ("prefill",), ATTENTION_BUILTIN, (128,))
+    table.validate("t")
+    rule = table.prefill_rule(128)
+    assert (rule.kernel, rule.persistent, rule.block_n, rule.num_stages) == \
+        ("hopper", True, 128, 2)
+    assert rule.longest_first == dealt_faster
+    assert sorted(ragged) == [(True, False), (True, True)]
+    assert [e["kind"] for e in log].count("prefill-ragged") == 2
+    assert table.portable_prefill_rule(128).kernel == "triton"
+
+
+def test_a_one_program_per_tile_winner_is_not_timed_ragged(monkeypatch):
+    def cost(case, table, block_m=None, fp8=False):
+        assert case.shape != tune.RAGGED_PREFILL
+        r = table.prefill_rule(case.model.head_dim)
+        return 1.0 + r.persistent + (r.block_n != 128) if r.kernel == "hopper" else 5.0
+
+    monkeypatch.setattr(tune, "_time", cost)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (9, 0))
+    table, _ = tune.tune(0, ("prefill",), ATTENTION_BUILTIN, (128,))
+    rule = table.prefill_rule(128)
+    assert (rule.kernel, rule.persistent, rule.longest_first) == ("hopper", False, False)

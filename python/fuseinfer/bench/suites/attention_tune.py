@@ -4,25 +4,25 @@ write them into its dispatch table.
 Prefill: per head dim, every (block_m, block_n, warps, stages, tma) candidate on a causal
 4k prefill of a model with that head dim, and on sm_90 the warp-specialized kernel at
 block_n 64 and 128 with 2-4 tiles in flight (those that fit), pingpong and persistent off
-and on; the fastest wins. Decode: per head dim, the (block_n, warps, stages) with the
-lowest geometric-mean time over a small-batch long-KV shape and a large-batch shape, then 2
-or 4 KV heads per program with its loop (its warps and 8), then the CUDA kernel at 4 and 8
-warps (each also with the split count aimed at the programs an SM holds of it: rule field
-ctas_per_sm); where the small and the large batch's fastest differ, the small one's becomes
-a rule for batches up to SMALL_BATCH. `decode-fp8` does the same on FP8 caches for the FP8
-rules. Splits: (min_chunk, target_ctas_per_sm), shared by every head dim, over small-batch
-shapes (where splitting matters). Merge: decode with the pieces merged by the last one (no
-merge kernel) against the merge kernel, on windows that bound a request to 2, 4, 8, 16
-pieces, for both tuned models at both decode shapes; fused_merge_window_pieces becomes the
-largest count up to which the fused merge wins (geometric mean) at every count tried, 0
-where it never does. `--kinds` and `--head-dims` pick parts, the rest of the entry kept
-(each candidate compiles: about 4 s apiece on an H200, so the decode blocks of one head dim
-take about 2 minutes; --log is rewritten after every candidate, so a cut run keeps its
-timings, and `--resume LOG` takes them back instead of timing those candidates again). Head
-dim 256 keeps the built-in rules (no model of ours uses it). Candidates that fail to
-compile (shared memory) are skipped.
-Timed like `fuseinfer bench attention`.
-"""
+and on; the fastest wins, and a persistent winner is timed on four 2k requests with and
+without the plan's dealt schedule (longest_first), keeping the faster. Decode: per head
+dim, the (block_n, warps, stages) with the lowest geometric-mean time over a small-batch
+long-KV shape and a large-batch shape, then 2 or 4 KV heads per program with its loop (its
+warps and 8), then the CUDA kernel at 4 and 8 warps (each also with the split count aimed
+at the programs an SM holds of it: rule field ctas_per_sm); where the small and the large
+batch's fastest differ, the small one's becomes a rule for batches up to SMALL_BATCH.
+`decode-fp8` does the same on FP8 caches for the FP8 rules. Splits: (min_chunk,
+target_ctas_per_sm), shared by every head dim, over small-batch shapes (where splitting
+matters). Merge: decode with the pieces merged by the last one (no merge kernel) against
+the merge kernel, on windows that bound a request to 2, 4, 8, 16 pieces, for both tuned
+models at both decode shapes; fused_merge_window_pieces becomes the largest count up to
+which the fused merge wins (geometric mean) at every count tried, 0 where it never does.
+`--kinds` and `--head-dims` pick parts, the rest of the entry kept (each candidate
+compiles: about 4 s apiece on an H200, so the decode blocks of one head dim take about 2
+minutes; --log is rewritten after every candidate, so a cut run keeps its timings, and
+`--resume LOG` takes them back instead of timing those candidates again). Head dim 256
+keeps the built-in rules (no model of ours uses it). Candidates that fail to compile
+(shared memory) are skipped. Timed like `fuseinfer bench attention`."""
 
 from __future__ import annotations
 
@@ -58,6 +58,9 @@ HOPPER_PREFILL_CANDIDATES = [(block_m, block_n, block_m // 16, stages, True, "ho
                              for block_m in (128, 192) for block_n in (64, 128)
                              for stages in (2, 3, 4) for pingpong in (False, True)
                              for persistent in (False, True)]
+# a persistent winner is timed again here with the plan's dealt schedule (longest_first)
+# off and on: it changes nothing on one long request, which the candidates are timed on
+RAGGED_PREFILL = "4x2k"
 DECODE_CANDIDATES = list(itertools.product((32, 64, 128), (2, 4, 8), (2, 3, 4)))
 # an FP8 key row is half the bytes: longer blocks keep as many in flight
 FP8_DECODE_CANDIDATES = list(itertools.product((64, 128, 256), (2, 4, 8), (2, 3, 4)))
@@ -211,8 +214,20 @@ def _tune_prefill(table: AttentionDispatch, head_dim: int, m: Any, log: _Log, pr
     hopper = fastest(_hopper_candidates(head_dim))
     if hopper is None or hopper[0] >= portable[0]:
         return _with_rule(table, head_dim, prefill_rules=portable[1])
+    winner = PrefillLaunchRule(head_dim, *hopper[1])
+    if winner.persistent:  # the dealt schedule only changes ragged batches: timed on one
+        ragged = Case("prefill", m, RAGGED_PREFILL, (2048,) * 4, (2048,) * 4)
+        times = {}
+        for dealt in (False, True):
+            cand = (*hopper[1], dealt)
+            progress.step(f"prefill d={head_dim} {RAGGED_PREFILL} {cand}")
+            trial = _with_rule(table, head_dim, prefill_rules=[
+                PrefillLaunchRule(head_dim, *cand), PrefillLaunchRule(head_dim, *portable[1])])
+            times[dealt] = log.timed("prefill-ragged", head_dim, cand,
+                                     lambda t=trial: _time(ragged, t, block_m=winner.block_m))
+        winner = replace(winner, longest_first=times[True] < times[False])
     return _with_rule(table, head_dim, prefill_rules=[
-        PrefillLaunchRule(head_dim, *c) for c in (hopper[1], portable[1])])
+        winner, PrefillLaunchRule(head_dim, *portable[1])])
 
 
 def _hopper_candidates(head_dim: int) -> list[tuple]:
