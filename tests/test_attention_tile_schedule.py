@@ -22,11 +22,13 @@ from fuseinfer.ops.attention.dispatch import (
     PrefillLaunchRule,
 )
 from fuseinfer.ops.attention.tile_schedule import (
+    MAX_WAVES,
     MIN_GAIN,
     TILE_OVERHEAD,
     TileSchedule,
     longest_first,
     tile_costs,
+    waves_of,
     worth_it,
 )
 
@@ -352,3 +354,61 @@ def _to_meta(v):
     if not isinstance(v, torch.Tensor):
         return v
     return v.to("meta", torch.bfloat16) if v.is_floating_point() else v.to("meta")
+
+
+def test_no_schedule_past_max_waves():
+    """Dealing costs the host per wave: past MAX_WAVES waves the plan keeps the kernel's
+    alternating waves even where the model says dealing would pay; inside the bound it
+    deals where it pays."""
+    attn = _attention(_table(DEALT))
+    for lens, inside in (([2048] * 8 + [1000] * 14, True), ([3000] * 4 + [1000] * 24, False)):
+        plan = attn.plan_prefill(lens, lens, _page_table(len(lens), 3000))
+        dealt = longest_first(tile_costs(_plan_key_ends(plan), 128), 32, 132)
+        assert worth_it(dealt)  # the model would deal both
+        assert (dealt.waves <= MAX_WAVES) == inside
+        assert (plan.schedule is not None) == inside
+        assert plan.launch.persistent == 1
+
+
+def test_waves_of_matches_longest_first():
+    gen = torch.Generator().manual_seed(3)
+    for _ in range(30):
+        items, heads, programs = (int(torch.randint(0, n, (1,), generator=gen)) + 1
+                                  for n in (200, 64, 132))
+        dealt = longest_first([1.0] * items, heads, programs)
+        assert waves_of(items, heads, programs) == dealt.waves
+    assert waves_of(0, 32, 132) == 0
+
+
+def test_a_scheduled_launch_is_its_own_configuration():
+    """The build guard keys compiled variants by configuration: a persistent launch with a
+    schedule compiles apart from one without (Triton makes an int argument of 1 a
+    constant), so its first launch is guarded too."""
+    from fuseinfer.ops.attention.arguments import PrefillArgs, PrefillLaunch
+    from fuseinfer.ops.attention.prefill_hopper import _configuration
+
+    plan, args = _op_case()
+    launch = PrefillLaunch._make(args["launch"])
+    persistent = list(launch._replace(hopper_kernel=1, persistent=1))
+    base = dict(args, launch=persistent)
+    plain = _configuration(PrefillArgs(**base))
+    dealt = _configuration(PrefillArgs(**base, schedule=plan.schedule))
+    assert plain != dealt
+    # one program per tile ignores a schedule: the same compiled kernel
+    single = dict(args, launch=list(launch._replace(hopper_kernel=1, persistent=0)))
+    assert _configuration(PrefillArgs(**single)) == \
+        _configuration(PrefillArgs(**single, schedule=plan.schedule))
+
+
+def test_run_rejects_q_with_other_heads_than_the_shape():
+    """The schedule counts the shape's q heads: run refuses a q with another count."""
+    plan, args = _op_case()
+    heads = args["q"].size(1)
+    attn = PagedAttention(AttentionShape(heads, args["k_cache"].size(-2),
+                                         args["q"].size(2), args["k_cache"].size(1)), "cpu")
+    plan = attn.plan_prefill(plan.q_lens_host, plan.kv_lens_host, args["page_table"])
+    q = args["q"].repeat(1, 2, 1)
+    with pytest.raises(ValueError, match="q"):
+        attn.run(plan, q, args["k_cache"], args["v_cache"])
+    out = attn.run(plan, args["q"], args["k_cache"], args["v_cache"])
+    assert torch.isfinite(out).all()

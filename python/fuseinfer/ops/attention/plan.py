@@ -28,7 +28,7 @@ from ..arg_checks import fail
 from ..host_copy import to_device
 from .arguments import DecodeLaunch, PrefillLaunch, default_scale
 from .dispatch import HEAD_DIMS, AttentionDispatch, PrefillLaunchRule
-from .tile_schedule import longest_first, tile_costs, worth_it
+from .tile_schedule import MAX_WAVES, longest_first, tile_costs, waves_of, worth_it
 
 Lengths = Sequence[int] | torch.Tensor
 
@@ -291,7 +291,8 @@ class PagedAttention:
                        ) -> torch.Tensor | None:
         """The persistent launch's tiles dealt longest-first, where the cost model says
         that beats the kernel's alternating waves (tile_schedule.py)."""
-        if not key_ends:
+        if not key_ends or waves_of(len(key_ends), self.shape.num_q_heads,
+                                    self.sm_count) > MAX_WAVES:
             return None
         dealt = longest_first(tile_costs(key_ends, launch.block_n), self.shape.num_q_heads,
                               self.sm_count)
@@ -334,9 +335,9 @@ class PagedAttention:
         batch). Returns out (and lse [tokens, q_heads] when return_lse)."""
         op = "PagedAttention.run"
         expected = plan.total_q if isinstance(plan, PrefillPlan) else plan.batch
-        if q.dim() != 3 or q.size(0) != expected:
-            fail(op, "q", f"must be [{expected}, q_heads, head_dim] for this plan, got "
-                 f"{list(q.shape)}")
+        if q.dim() != 3 or q.size(0) != expected or q.size(1) != self.shape.num_q_heads:
+            fail(op, "q", f"must be [{expected}, {self.shape.num_q_heads}, head_dim] for "
+                 f"this plan, got {list(q.shape)}")
         page_size = k_cache.size(1) if k_cache.dim() == 4 else 1
         if page_size != self.shape.page_size:
             fail(op, "k_cache", f"has page size {page_size}, the plan expects "

@@ -141,7 +141,9 @@ def _configuration(a: PrefillArgs) -> tuple:
             page_size_of(a.k_cache), launch.block_m, launch.block_n, launch.num_stages,
             launch.pingpong,
             a.window_left is not None, None if a.sinks is None else a.sinks.dtype,
-            a.logit_cap > 0, a.lse is not None)
+            a.logit_cap > 0, a.lse is not None,
+            # Triton compiles the scheduled launch apart (an int argument of 1 is a constant)
+            bool(launch.persistent) and a.schedule is not None)
 
 
 def launch_prefill_hopper(a: PrefillArgs) -> bool:

@@ -26,6 +26,10 @@ from dataclasses import dataclass
 
 TILE_OVERHEAD = 0.5  # key blocks' worth of a tile's fixed work
 MIN_GAIN = 0.005  # the schedule is used where the model says it is this much shorter
+# dealing costs the host about 20 us a wave (1.3 ms at this bound); past this many waves
+# (about 33k query rows at 32 heads on 132 SMs, more than a chunked-prefill step) the plan
+# does not deal, and the kernel's alternating waves run
+MAX_WAVES = 64
 
 
 @dataclass(frozen=True)
@@ -70,6 +74,11 @@ def longest_first(item_costs: Sequence[float], heads: int, programs: int) -> Til
             alternating[len(costs):]
     return TileSchedule(programs, slots, max(loads, default=0.0),
                         max(alternating, default=0.0))
+
+
+def waves_of(items: int, heads: int, programs: int) -> int:
+    tiles = items * heads
+    return -(-tiles // max(1, min(programs, tiles))) if tiles else 0
 
 
 def worth_it(schedule: TileSchedule) -> bool:
