@@ -298,6 +298,7 @@ def test_a_persistent_winner_is_timed_on_a_ragged_batch_with_and_without_dealing
         return 5.0 + r.tma
 
     monkeypatch.setattr(tune, "_time", cost)
+    monkeypatch.setattr(tune, "_sm_count", lambda: 132)
     monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (9, 0))
@@ -325,3 +326,23 @@ def test_a_one_program_per_tile_winner_is_not_timed_ragged(monkeypatch):
     table, _ = tune.tune(0, ("prefill",), ATTENTION_BUILTIN, (128,))
     rule = table.prefill_rule(128)
     assert (rule.kernel, rule.persistent, rule.longest_first) == ("hopper", False, False)
+
+
+def test_no_ragged_timing_where_the_plan_would_not_deal(monkeypatch):
+    """On a GPU where the plan deals no tiles of the ragged batch (here: one SM, where every
+    order is the same), both timings would be one launch: none is taken, and the rule
+    does not deal."""
+    def cost(case, table, block_m=None, fp8=False):
+        assert case.shape != tune.RAGGED_PREFILL
+        r = table.prefill_rule(case.model.head_dim)
+        return 1.0 + (not r.persistent) + (r.block_n != 128) if r.kernel == "hopper" else 5.0
+
+    monkeypatch.setattr(tune, "_time", cost)
+    monkeypatch.setattr(tune, "_sm_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (9, 0))
+    table, log = tune.tune(0, ("prefill",), ATTENTION_BUILTIN, (128,))
+    rule = table.prefill_rule(128)
+    assert (rule.kernel, rule.persistent, rule.longest_first) == ("hopper", True, False)
+    assert "prefill-ragged" not in {e["kind"] for e in log}

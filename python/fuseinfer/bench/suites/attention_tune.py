@@ -5,24 +5,25 @@ Prefill: per head dim, every (block_m, block_n, warps, stages, tma) candidate on
 4k prefill of a model with that head dim, and on sm_90 the warp-specialized kernel at
 block_n 64 and 128 with 2-4 tiles in flight (those that fit), pingpong and persistent off
 and on; the fastest wins, and a persistent winner is timed on four 2k requests with and
-without the plan's dealt schedule (longest_first), keeping the faster. Decode: per head
-dim, the (block_n, warps, stages) with the lowest geometric-mean time over a small-batch
-long-KV shape and a large-batch shape, then 2 or 4 KV heads per program with its loop (its
-warps and 8), then the CUDA kernel at 4 and 8 warps (each also with the split count aimed
-at the programs an SM holds of it: rule field ctas_per_sm); where the small and the large
-batch's fastest differ, the small one's becomes a rule for batches up to SMALL_BATCH.
-`decode-fp8` does the same on FP8 caches for the FP8 rules. Splits: (min_chunk,
-target_ctas_per_sm), shared by every head dim, over small-batch shapes (where splitting
-matters). Merge: decode with the pieces merged by the last one (no merge kernel) against
-the merge kernel, on windows that bound a request to 2, 4, 8, 16 pieces, for both tuned
-models at both decode shapes; fused_merge_window_pieces becomes the largest count up to
-which the fused merge wins (geometric mean) at every count tried, 0 where it never does.
-`--kinds` and `--head-dims` pick parts, the rest of the entry kept (each candidate
-compiles: about 4 s apiece on an H200, so the decode blocks of one head dim take about 2
-minutes; --log is rewritten after every candidate, so a cut run keeps its timings, and
-`--resume LOG` takes them back instead of timing those candidates again). Head dim 256
-keeps the built-in rules (no model of ours uses it). Candidates that fail to compile
-(shared memory) are skipped. Timed like `fuseinfer bench attention`."""
+without the plan's dealt schedule (longest_first), keeping the faster (where the plan deals
+that batch's tiles on this GPU at all). Decode: per head dim, the (block_n, warps, stages)
+with the lowest geometric-mean time over a small-batch long-KV shape and a large-batch
+shape, then 2 or 4 KV heads per program with its loop (its warps and 8), then the CUDA
+kernel at 4 and 8 warps (each also with the split count aimed at the programs an SM holds
+of it: rule field ctas_per_sm); where the small and the large batch's fastest differ, the
+small one's becomes a rule for batches up to SMALL_BATCH. `decode-fp8` does the same on FP8
+caches for the FP8 rules. Splits: (min_chunk, target_ctas_per_sm), shared by every head
+dim, over small-batch shapes (where splitting matters). Merge: decode with the pieces
+merged by the last one (no merge kernel) against the merge kernel, on windows that bound a
+request to 2, 4, 8, 16 pieces, for both tuned models at both decode shapes;
+fused_merge_window_pieces becomes the largest count up to which the fused merge wins
+(geometric mean) at every count tried, 0 where it never does. `--kinds` and `--head-dims`
+pick parts, the rest of the entry kept (each candidate compiles: about 4 s apiece on an
+H200, so the decode blocks of one head dim take about 2 minutes; --log is rewritten after
+every candidate, so a cut run keeps its timings, and `--resume LOG` takes them back instead
+of timing those candidates again). Head dim 256 keeps the built-in rules (no model of ours
+uses it). Candidates that fail to compile (shared memory) are skipped. Timed like
+`fuseinfer bench attention`."""
 
 from __future__ import annotations
 
@@ -42,6 +43,7 @@ from ...ops.attention.dispatch import (
     DecodeLaunchRule,
     PrefillLaunchRule,
 )
+from ...ops.attention.plan import AttentionShape, PagedAttention
 from ..progress import Progress
 from ..timing import TimingConfig, time_calls
 from ..tuning import tune_target, write_tune_log
@@ -215,8 +217,11 @@ def _tune_prefill(table: AttentionDispatch, head_dim: int, m: Any, log: _Log, pr
     if hopper is None or hopper[0] >= portable[0]:
         return _with_rule(table, head_dim, prefill_rules=portable[1])
     winner = PrefillLaunchRule(head_dim, *hopper[1])
-    if winner.persistent:  # the dealt schedule only changes ragged batches: timed on one
-        ragged = Case("prefill", m, RAGGED_PREFILL, (2048,) * 4, (2048,) * 4)
+    ragged = Case("prefill", m, RAGGED_PREFILL, (2048,) * 4, (2048,) * 4)
+    # the dealt schedule only changes ragged batches: timed on one, where the plan deals
+    # its tiles on this GPU (elsewhere both timings would be the same launch)
+    if winner.persistent and _plan_deals(ragged, _with_rule(table, head_dim, prefill_rules=[
+            replace(winner, longest_first=True), PrefillLaunchRule(head_dim, *portable[1])])):
         times = {}
         for dealt in (False, True):
             cand = (*hopper[1], dealt)
@@ -228,6 +233,22 @@ def _tune_prefill(table: AttentionDispatch, head_dim: int, m: Any, log: _Log, pr
         winner = replace(winner, longest_first=times[True] < times[False])
     return _with_rule(table, head_dim, prefill_rules=[
         winner, PrefillLaunchRule(head_dim, *portable[1])])
+
+
+def _sm_count() -> int:
+    return torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
+
+
+def _plan_deals(case: Case, table: AttentionDispatch) -> bool:
+    """Whether the plan deals this prefill's tiles (planned on the host, this GPU's SMs)."""
+    m = case.model
+    attn = PagedAttention(AttentionShape(m.q_heads, m.kv_heads, m.head_dim, PAGE_SIZE),
+                          "cpu", table=table)
+    attn.sm_count = _sm_count()
+    pages = -(-max(case.kv_lens) // PAGE_SIZE)
+    table_rows = torch.zeros(len(case.kv_lens), pages, dtype=torch.int32)
+    return attn.plan_prefill(list(case.q_lens), list(case.kv_lens), table_rows).schedule \
+        is not None
 
 
 def _hopper_candidates(head_dim: int) -> list[tuple]:
