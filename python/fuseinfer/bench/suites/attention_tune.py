@@ -171,7 +171,9 @@ def tune(device: int, kinds: tuple[str, ...] = DEFAULT_KINDS,
     table = start
     log = _Log(saved, resumed)
     after_loop = 2 * len(KV_HEADS_PER_PROGRAM) + len(CUDA_DECODE_CANDIDATES)  # per decode part
-    prefill = {d: len(PREFILL_CANDIDATES) + len(_hopper_candidates(d)) for d in head_dims}
+    # the sm_90a candidates, and at most two ragged timings of a persistent winner
+    prefill = {d: len(PREFILL_CANDIDATES) + len(_hopper_candidates(d))
+               + 2 * bool(_hopper_candidates(d)) for d in head_dims}
     steps = sum(prefill.values()) * ("prefill" in kinds) \
         + len(head_dims) * ((len(DECODE_CANDIDATES) + after_loop) * ("decode" in kinds)
                             + (len(FP8_DECODE_CANDIDATES) + after_loop)
