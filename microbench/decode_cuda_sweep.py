@@ -51,8 +51,8 @@ def variants(table: AttentionDispatch, head_dim: int, batch: int, fp8: bool,
     label = f"table {rule.kernel} n{rule.block_n} w{rule.num_warps} s{rule.num_stages}"
     trials = [(label, base)] + [(f"{label} ctas{c}", replace(base, ctas_per_sm=c))
                                 for c in ctas]
-    cuda_variants = CUDA_VARIANTS + [(w, s, c) for w, s, _ in CUDA_VARIANTS if _ is None
-                                     for c in ctas]
+    cuda_variants = CUDA_VARIANTS + [(w, s, c) for w, s, per_sm in CUDA_VARIANTS
+                                     if per_sm is None for c in ctas]
     for warps, stages, per_sm in cuda_variants:
         if cuda_decode_smem_bytes(head_dim, 1 if fp8 else 2, warps, stages) > MAX_SMEM:
             continue

@@ -37,6 +37,16 @@ def fake(monkeypatch):
     monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)
 
 
+def _on_sm90(monkeypatch, cost, sm_count: int | None = None) -> None:
+    """Tune as on an sm_90 GPU (of sm_count SMs, where given) with made-up timings."""
+    monkeypatch.setattr(tune, "_time", cost)
+    if sm_count is not None:
+        monkeypatch.setattr(tune, "_sm_count", lambda: sm_count)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (9, 0))
+
+
 def test_decode_of_one_head_dim_leaves_the_rest(fake):
     start = ATTENTION_BUILTIN
     table, log = tune.tune(0, ("decode",), start, (64,))
@@ -229,10 +239,7 @@ def test_the_sm90_prefill_kernel_is_tried_on_sm90_and_wins_where_faster(monkeypa
         return 1.0 + (r.block_n != 128) + 0.5 * (not r.pingpong) if r.kernel == "hopper" \
             else 5.0 + r.tma
 
-    monkeypatch.setattr(tune, "_time", cost)
-    monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (9, 0))
+    _on_sm90(monkeypatch, cost)
     table, log = tune.tune(0, ("prefill",), ATTENTION_BUILTIN, (64, 128))
     table.validate("t")
     for d in (64, 128):
@@ -265,10 +272,7 @@ def test_a_winning_192_row_rule_is_written_with_its_portable_rule(monkeypatch):
             return 1.0 + (r.block_m != 192) + (r.num_stages != 3)
         return 5.0 + (r.block_n != 64) + r.num_warps / 8
 
-    monkeypatch.setattr(tune, "_time", cost)
-    monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (9, 0))
+    _on_sm90(monkeypatch, cost)
     table, _ = tune.tune(0, ("prefill",), ATTENTION_BUILTIN, (64,))
     table.validate("t")
     hopper, fallback = table.prefill_rule(64), table.portable_prefill_rule(64)
@@ -297,11 +301,7 @@ def test_a_persistent_winner_is_timed_on_a_ragged_batch_with_and_without_dealing
             return 1.0 + (r.block_n != 128) + (not r.persistent) + (r.num_stages != 2)
         return 5.0 + r.tma
 
-    monkeypatch.setattr(tune, "_time", cost)
-    monkeypatch.setattr(tune, "_sm_count", lambda: 132)
-    monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (9, 0))
+    _on_sm90(monkeypatch, cost, sm_count=132)
     table, log = tune.tune(0, ("prefill",), ATTENTION_BUILTIN, (128,))
     table.validate("t")
     rule = table.prefill_rule(128)
@@ -319,10 +319,7 @@ def test_a_one_program_per_tile_winner_is_not_timed_ragged(monkeypatch):
         r = table.prefill_rule(case.model.head_dim)
         return 1.0 + r.persistent + (r.block_n != 128) if r.kernel == "hopper" else 5.0
 
-    monkeypatch.setattr(tune, "_time", cost)
-    monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (9, 0))
+    _on_sm90(monkeypatch, cost)
     table, _ = tune.tune(0, ("prefill",), ATTENTION_BUILTIN, (128,))
     rule = table.prefill_rule(128)
     assert (rule.kernel, rule.persistent, rule.longest_first) == ("hopper", False, False)
@@ -337,11 +334,7 @@ def test_no_ragged_timing_where_the_plan_would_not_deal(monkeypatch):
         r = table.prefill_rule(case.model.head_dim)
         return 1.0 + (not r.persistent) + (r.block_n != 128) if r.kernel == "hopper" else 5.0
 
-    monkeypatch.setattr(tune, "_time", cost)
-    monkeypatch.setattr(tune, "_sm_count", lambda: 1)
-    monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (9, 0))
+    _on_sm90(monkeypatch, cost, sm_count=1)
     table, log = tune.tune(0, ("prefill",), ATTENTION_BUILTIN, (128,))
     rule = table.prefill_rule(128)
     assert (rule.kernel, rule.persistent, rule.longest_first) == ("hopper", True, False)

@@ -218,23 +218,26 @@ def _tune_prefill(table: AttentionDispatch, head_dim: int, m: Any, log: _Log, pr
     hopper = fastest(_hopper_candidates(head_dim))
     if hopper is None or hopper[0] >= portable[0]:
         return _with_rule(table, head_dim, prefill_rules=portable[1])
+    fallback = PrefillLaunchRule(head_dim, *portable[1])
     winner = PrefillLaunchRule(head_dim, *hopper[1])
+
+    def with_winner(dealt: bool) -> AttentionDispatch:
+        return _with_rule(table, head_dim, prefill_rules=[
+            replace(winner, longest_first=dealt), fallback])
+
     ragged = Case("prefill", m, RAGGED_PREFILL, (2048,) * 4, (2048,) * 4)
     # the dealt schedule only changes ragged batches: timed on one, where the plan deals
     # its tiles on this GPU (elsewhere both timings would be the same launch)
-    if winner.persistent and _plan_deals(ragged, _with_rule(table, head_dim, prefill_rules=[
-            replace(winner, longest_first=True), PrefillLaunchRule(head_dim, *portable[1])])):
+    if winner.persistent and _plan_deals(ragged, with_winner(True)):
         times = {}
         for dealt in (False, True):
             cand = (*hopper[1], dealt)
             progress.step(f"prefill d={head_dim} {RAGGED_PREFILL} {cand}")
-            trial = _with_rule(table, head_dim, prefill_rules=[
-                PrefillLaunchRule(head_dim, *cand), PrefillLaunchRule(head_dim, *portable[1])])
-            times[dealt] = log.timed("prefill-ragged", head_dim, cand,
-                                     lambda t=trial: _time(ragged, t, block_m=winner.block_m))
+            times[dealt] = log.timed(  # measured at once, inside timed
+                "prefill-ragged", head_dim, cand,
+                lambda d=dealt: _time(ragged, with_winner(d), block_m=winner.block_m))
         winner = replace(winner, longest_first=times[True] < times[False])
-    return _with_rule(table, head_dim, prefill_rules=[
-        winner, PrefillLaunchRule(head_dim, *portable[1])])
+    return _with_rule(table, head_dim, prefill_rules=[winner, fallback])
 
 
 def _sm_count() -> int:

@@ -53,8 +53,8 @@ def longest_first(item_costs: Sequence[float], heads: int, programs: int) -> Til
     """Deal item-major tiles (`heads` per item, item_costs descending) to `programs`
     programs, one per program per wave, each wave's heaviest to the least loaded."""
     tiles = len(item_costs) * heads
-    programs = max(1, min(programs, tiles))
-    waves = -(-tiles // programs)
+    programs = _programs(tiles, programs)
+    waves = waves_of(len(item_costs), heads, programs)
     loads = [0.0] * programs
     alternating = [0.0] * programs
     slots = [-1] * (waves * programs)
@@ -76,9 +76,15 @@ def longest_first(item_costs: Sequence[float], heads: int, programs: int) -> Til
                         max(alternating, default=0.0))
 
 
+def _programs(tiles: int, programs: int) -> int:
+    """Programs a launch of `tiles` tiles runs: at most one per tile, at least one."""
+    return max(1, min(programs, tiles))
+
+
 def waves_of(items: int, heads: int, programs: int) -> int:
+    """Waves of a persistent launch over `items` work items (no dealing needed to know)."""
     tiles = items * heads
-    return -(-tiles // max(1, min(programs, tiles))) if tiles else 0
+    return -(-tiles // _programs(tiles, programs))
 
 
 def worth_it(schedule: TileSchedule) -> bool:
