@@ -56,8 +56,9 @@ def build_model(args: argparse.Namespace) -> torch.nn.Module:
     import transformers
 
     config = transformers.Qwen3Config(
-        vocab_size=256, hidden_size=args.hidden, intermediate_size=args.hidden * 8 // 3 // 64
-        * 64, num_hidden_layers=args.layers, num_attention_heads=args.heads,
+        vocab_size=256, hidden_size=args.hidden,
+        intermediate_size=max(64, args.hidden * 8 // 3 // 64 * 64),  # about 8/3 x, as Llama's
+        num_hidden_layers=args.layers, num_attention_heads=args.heads,
         num_key_value_heads=args.kv_heads, head_dim=args.head_dim,
         max_position_embeddings=4096, rope_theta=1e6, tie_word_embeddings=False,
         bos_token_id=None, eos_token_id=None, pad_token_id=None)
