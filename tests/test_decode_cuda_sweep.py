@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import importlib.util
 import re
-import sys
 from pathlib import Path
 
 from fuseinfer.ops.attention.dispatch import attention_table
@@ -13,7 +12,6 @@ from fuseinfer.ops.attention.dispatch import attention_table
 SCRIPT = Path(__file__).resolve().parents[1] / "microbench" / "decode_cuda_sweep.py"
 spec = importlib.util.spec_from_file_location("decode_cuda_sweep", SCRIPT)
 sweep = importlib.util.module_from_spec(spec)
-sys.modules["decode_cuda_sweep"] = sweep
 spec.loader.exec_module(sweep)
 NAME = re.compile(r"triton n(\d+) w(\d+) s(\d+) h(\d+)( ctas(\d+))?$")
 
